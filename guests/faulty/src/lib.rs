@@ -1,0 +1,88 @@
+//! A service that misbehaves on request, so the node's tests can check how each fault is
+//! contained: a trap, a busy loop past the deadline, memory past the limit, a slow answer.
+use std::time::Duration;
+
+use switchyard_sdk::{Error, Request, Response, Service, config, log};
+
+struct Faulty;
+
+#[derive(serde::Serialize)]
+struct Echo<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: Option<&'a str>,
+    params: Vec<(&'a str, &'a str)>,
+    headers: &'a [(String, String)],
+    body: &'a str,
+    request_id: &'a str,
+    deadline_ms: u128,
+    config: Vec<(String, String)>,
+    env: Vec<(String, String)>,
+    files_visible: bool,
+}
+
+impl Service for Faulty {
+    fn handle(req: Request) -> Result<Response, Error> {
+        match req.param("fault").unwrap_or("echo") {
+            "echo" => {
+                let params = ["fault", "arg"]
+                    .into_iter()
+                    .filter_map(|key| req.param(key).map(|value| (key, value)))
+                    .collect();
+                Ok(Response::json(&Echo {
+                    method: req.method(),
+                    path: req.path(),
+                    query: req.query(),
+                    params,
+                    headers: req.headers(),
+                    body: req.text()?,
+                    request_id: req.request_id(),
+                    deadline_ms: req.deadline().as_millis(),
+                    config: config::all(),
+                    env: std::env::vars().collect(),
+                    files_visible: std::fs::read_dir("/").is_ok() || std::fs::read_dir(".").is_ok(),
+                }))
+            }
+            "trap" => {
+                log::error!("trapping on purpose");
+                panic!("faulty guest: trap requested");
+            }
+            "spin" => {
+                let mut counter: u64 = 0;
+                loop {
+                    counter = std::hint::black_box(counter.wrapping_add(1));
+                }
+            }
+            "oom" => {
+                let mb: usize = req
+                    .param("arg")
+                    .and_then(|arg| arg.parse().ok())
+                    .unwrap_or(256);
+                let mut hog: Vec<u8> = Vec::new();
+                hog.resize(mb * 1024 * 1024, 1);
+                Ok(Response::text(format!(
+                    "allocated {} bytes\n",
+                    std::hint::black_box(hog).len()
+                )))
+            }
+            "sleep" => {
+                let ms: u64 = req
+                    .param("arg")
+                    .and_then(|arg| arg.parse().ok())
+                    .unwrap_or(100);
+                std::thread::sleep(Duration::from_millis(ms));
+                Ok(Response::text(format!("slept {ms} ms\n")))
+            }
+            "status" => {
+                let code = req
+                    .param("arg")
+                    .and_then(|arg| arg.parse().ok())
+                    .unwrap_or(418);
+                Err(Error::new(code, "status requested"))
+            }
+            other => Err(Error::not_found(format!("unknown fault `{other}`"))),
+        }
+    }
+}
+
+switchyard_sdk::export!(Faulty);

@@ -1,0 +1,109 @@
+//! What a guest's imports do: one file per WIT interface, all acting on [`HostState`], the
+//! per-store data a request's instance owns.
+//!
+//! WASI is locked down: no preopened directories, no sockets, no environment beyond the
+//! manifest's `env`, no arguments. Guest stdout and stderr are kept (bounded) and written to
+//! the node's log with the request id, so a guest's panic message is not lost.
+
+mod config;
+mod log;
+mod output;
+mod types;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub(crate) use output::GuestOutput;
+
+/// What every instance of one service generation shares.
+#[derive(Debug)]
+pub(crate) struct GuestContext {
+    pub(crate) service: String,
+    pub(crate) config: BTreeMap<String, String>,
+    pub(crate) env: Vec<(String, String)>,
+}
+
+/// The data of one store: one request's instance.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    guest: Arc<GuestContext>,
+    request_id: String,
+}
+
+impl HostState {
+    pub(crate) fn new(
+        guest: Arc<GuestContext>,
+        request_id: String,
+        memory_limit_bytes: usize,
+        output: &GuestOutput,
+    ) -> Self {
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(&guest.env)
+            .stdout(output.clone())
+            .stderr(output.clone());
+        Self {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                limit: memory_limit_bytes,
+                exceeded: false,
+            },
+            guest,
+            request_id,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Adds WASI and the `switchyard:runtime` imports to `linker`.
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    crate::wasm::Service::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)
+}
+
+/// Caps one instance's linear memory; remembers a refused growth so the caller can tell
+/// "out of memory" from any other trap.
+pub(crate) struct MemoryLimiter {
+    limit: usize,
+    pub(crate) exceeded: bool,
+}
+
+/// Tables hold function references; a guest needing more than this is broken, not big.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}

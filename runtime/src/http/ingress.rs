@@ -1,0 +1,241 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use tracing::{Instrument, field};
+
+use super::router::{Lookup, Router};
+use super::server::Handler;
+use crate::wasm::{GuestRequest, GuestResponse, SlotError};
+
+/// Request bodies above this get `413`.
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// A client-sent `x-request-id` is used only when it is this short and plain.
+const MAX_CLIENT_REQUEST_ID: usize = 64;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Routes requests to services.
+pub(crate) struct Ingress {
+    router: Router,
+    ids: RequestIds,
+}
+
+impl Ingress {
+    pub(crate) fn new(router: Router) -> Self {
+        Self {
+            router,
+            ids: RequestIds::new(),
+        }
+    }
+}
+
+impl Handler for Ingress {
+    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let request_id = client_request_id(&request).unwrap_or_else(|| self.ids.next());
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            method = %request.method(),
+            path = request.uri().path(),
+            service = field::Empty,
+            route = field::Empty,
+            status = field::Empty,
+            duration_us = field::Empty,
+        );
+        let mut response = self
+            .route(request, &request_id)
+            .instrument(span.clone())
+            .await;
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+        }
+        let status = response.status().as_u16();
+        let duration_us = started.elapsed().as_micros() as u64;
+        span.record("status", status);
+        span.record("duration_us", duration_us);
+        span.in_scope(|| tracing::debug!(status, duration_us, "request done"));
+        response
+    }
+}
+
+impl Ingress {
+    async fn route(&self, request: Request<Incoming>, request_id: &str) -> Response<Full<Bytes>> {
+        let method = request.method().as_str().to_owned();
+        let path = request.uri().path().to_owned();
+        let (target, params) = match self.router.lookup(&method, &path) {
+            Lookup::Found { target, params } => (target, params),
+            Lookup::NotFound => {
+                return plain(
+                    StatusCode::NOT_FOUND,
+                    format!("no route for {method} {path}\n"),
+                );
+            }
+            Lookup::WrongMethod(allowed) => {
+                let mut response = plain(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!(
+                        "{path} does not accept {method}; it accepts {}\n",
+                        allowed.join(", ")
+                    ),
+                );
+                if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
+                    response.headers_mut().insert(http::header::ALLOW, value);
+                }
+                return response;
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("service", target.slot.name());
+        span.record("route", &*target.pattern);
+
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) => {
+                if error
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    return plain(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("request body is larger than {MAX_BODY_BYTES} bytes\n"),
+                    );
+                }
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read the request body: {error}\n"),
+                );
+            }
+        };
+        let guest_request = GuestRequest {
+            method: parts.method.as_str().to_owned(),
+            path,
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts
+                .headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+                })
+                .collect(),
+            params,
+            body: body.to_vec(),
+            request_id: request_id.to_owned(),
+            deadline_ms: u32::try_from(target.slot.timeout().as_millis()).unwrap_or(u32::MAX),
+        };
+        match target.slot.handle(guest_request).await {
+            Ok(response) => into_http(response, parts.method == Method::HEAD),
+            Err(error) => error_response(&error, request_id),
+        }
+    }
+}
+
+/// The one place where a failed guest call becomes an HTTP answer.
+fn error_response(error: &SlotError, request_id: &str) -> Response<Full<Bytes>> {
+    let status = match error {
+        SlotError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        SlotError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        SlotError::MemoryLimit { .. } | SlotError::Trap { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    match error {
+        SlotError::Busy { .. } => tracing::debug!(%error, "request refused"),
+        _ => tracing::error!(%error, "request failed"),
+    }
+    let detail = match error {
+        // The trap text can reveal guest internals; the log has it under the request id.
+        SlotError::Trap { service, .. } => format!("service `{service}` failed"),
+        other => other.to_string(),
+    };
+    let mut response = plain(status, format!("{detail} (request id {request_id})\n"));
+    if matches!(error, SlotError::Busy { .. }) {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn into_http(guest: GuestResponse, head: bool) -> Response<Full<Bytes>> {
+    let Ok(status) = StatusCode::from_u16(guest.status) else {
+        tracing::error!(
+            status = guest.status,
+            "guest answered with an invalid status code"
+        );
+        return plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("service answered with invalid status {}\n", guest.status),
+        );
+    };
+    let body = if head {
+        Bytes::new()
+    } else {
+        Bytes::from(guest.body)
+    };
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    for (name, value) in guest.headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                headers.append(name, value);
+            }
+            _ => tracing::warn!(header = %name, "guest sent an invalid header; dropped it"),
+        }
+    }
+    response
+}
+
+pub(super) fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn client_request_id(request: &Request<Incoming>) -> Option<String> {
+    let value = request.headers().get(&X_REQUEST_ID)?.to_str().ok()?;
+    let sane = !value.is_empty()
+        && value.len() <= MAX_CLIENT_REQUEST_ID
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    sane.then(|| value.to_owned())
+}
+
+/// Ids unique per node run: the start time and a counter, both hex.
+struct RequestIds {
+    prefix: String,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_millis();
+        Self {
+            prefix: format!("{start:x}"),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.prefix)
+    }
+}

@@ -1,0 +1,20 @@
+//! Switchyard: a node that runs microservices written as WebAssembly components.
+//!
+//! A [`Node`] is started from a checked [`Manifest`]; it compiles each service's component once
+//! (with an on-disk cache), routes HTTP requests to a fresh pooled instance per request, and
+//! keeps every guest inside its limits (deadline, memory, concurrency).
+//!
+//! Modules, one per subsystem (see `DESIGN.md`): [`manifest`] (schema and checks), [`node`]
+//! (lifecycle and wiring), [`wasm`] (engine, compile cache, slots), `host` (the guest's
+//! imports), `http` (ingress and admin API), [`telemetry`] (logging).
+
+pub mod manifest;
+pub mod node;
+pub mod telemetry;
+pub mod wasm;
+
+mod host;
+mod http;
+
+pub use manifest::Manifest;
+pub use node::{Node, NodeError};

@@ -1,0 +1,175 @@
+//! The operator's manifest: a TOML file that says what a node runs.
+//!
+//! ```toml
+//! [node]
+//! name = "edge-1"
+//! http = "127.0.0.1:8080"     # ingress
+//! admin = "127.0.0.1:9090"    # /health, /services
+//! data_dir = ".switchyard"    # compiled-component cache; relative to this file
+//!
+//! [[service]]
+//! name = "hello"
+//! version = "1.0.0"
+//! component = "hello.wasm"    # relative to this file
+//! routes = ["GET /hello/{name}"]
+//! max_instances = 64          # concurrent requests; more get 503 at once
+//! timeout_ms = 5000           # per request; past it: 504
+//! memory_limit_mb = 64        # per instance; past it: 500
+//! config = { greeting = "Hello" }
+//! env = { RUST_BACKTRACE = "1" }
+//! ```
+//!
+//! Parsing is strict ("parse, don't validate"): unknown keys, wrong types, bad addresses,
+//! versions and routes, missing component files and duplicate routes are all errors that name
+//! `file:line:column`. What comes out ([`Manifest`]) holds only checked values with paths
+//! resolved against the manifest's directory.
+
+mod raw;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A checked manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// `[node]`.
+    pub node: NodeSpec,
+    /// `[[service]]`, in file order.
+    pub services: Vec<ServiceSpec>,
+}
+
+/// `[node]`: how this process presents itself.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Name in logs and the admin API.
+    pub name: String,
+    /// Ingress listen address (port 0 picks a free port).
+    pub http: SocketAddr,
+    /// Admin API listen address (port 0 picks a free port).
+    pub admin: SocketAddr,
+    /// Where the node keeps its compiled-component cache.
+    pub data_dir: PathBuf,
+}
+
+/// One `[[service]]`.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub version: semver::Version,
+    /// Absolute (or manifest-relative, resolved) path of the component file.
+    pub component: PathBuf,
+    /// Where `component` was written, for errors found after parsing (e.g. a bad component).
+    pub component_at: Location,
+    pub routes: Vec<RouteSpec>,
+    /// Requests served at once; the next one gets `503` immediately.
+    pub max_instances: u32,
+    /// Per-request deadline.
+    pub timeout: Duration,
+    /// Linear-memory limit per instance.
+    pub memory_limit_bytes: usize,
+    /// Strings handed to the guest through the `config` interface.
+    pub config: BTreeMap<String, String>,
+    /// Environment variables the guest sees (it sees no others).
+    pub env: BTreeMap<String, String>,
+}
+
+/// `"GET /hello/{name}"`, split and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Upper-case method, or `*` for any.
+    pub method: String,
+    /// Path pattern; `{name}` captures one segment, `{*name}` the rest of the path.
+    pub pattern: String,
+    pub at: Location,
+}
+
+impl fmt::Display for RouteSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.method, self.pattern)
+    }
+}
+
+/// A place in a manifest file, 1-based.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// Why a manifest was refused. Each message names the place and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read: check the path and permissions.
+    #[error("cannot read manifest {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, a key is unknown or a value has the wrong type.
+    #[error("{at}: {message}")]
+    Syntax { at: Location, message: String },
+    /// A value is well-formed TOML but not acceptable; `hint` says what would be.
+    #[error("{at}: {message}\n  hint: {hint}")]
+    Invalid {
+        at: Location,
+        message: String,
+        hint: String,
+    },
+}
+
+/// Defaults, in one place so the docs and the code agree.
+pub mod defaults {
+    /// `[node] http`.
+    pub const HTTP: &str = "127.0.0.1:8080";
+    /// `[node] admin`.
+    pub const ADMIN: &str = "127.0.0.1:9090";
+    /// `[node] data_dir`, relative to the manifest.
+    pub const DATA_DIR: &str = ".switchyard";
+    /// `[[service]] max_instances`.
+    pub const MAX_INSTANCES: u32 = 64;
+    /// `[[service]] timeout_ms`.
+    pub const TIMEOUT_MS: u64 = 30_000;
+    /// `[[service]] memory_limit_mb`.
+    pub const MEMORY_LIMIT_MB: u64 = 64;
+}
+
+impl Manifest {
+    /// Reads and checks the manifest at `path`. Component files must exist; whether they are
+    /// valid components is checked when the node loads them.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ManifestError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Checks manifest `text` as if read from `path` (relative paths resolve against its
+    /// directory).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ManifestError> {
+        raw::parse(text, path)
+    }
+
+    /// Every route of every service, with its service name.
+    pub fn routes(&self) -> impl Iterator<Item = (&ServiceSpec, &RouteSpec)> {
+        self.services
+            .iter()
+            .flat_map(|service| service.routes.iter().map(move |route| (service, route)))
+    }
+}
+
+#[cfg(test)]
+mod tests;

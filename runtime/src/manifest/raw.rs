@@ -1,0 +1,381 @@
+//! The manifest as written (serde + spans), and the checks that turn it into a [`Manifest`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Location, Manifest, ManifestError, NodeSpec, RouteSpec, ServiceSpec, defaults};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    node: Option<RawNode>,
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Option<Spanned<String>>,
+    http: Option<Spanned<String>>,
+    admin: Option<Spanned<String>>,
+    data_dir: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    version: Spanned<String>,
+    component: Spanned<String>,
+    #[serde(default)]
+    routes: Vec<Spanned<String>>,
+    max_instances: Option<Spanned<u32>>,
+    timeout_ms: Option<Spanned<u64>>,
+    memory_limit_mb: Option<Spanned<u64>>,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "*",
+];
+
+struct Checker<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Checker<'_> {
+    fn at(&self, span: Range<usize>) -> Location {
+        let offset = span.start.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Location {
+            file: self.path.to_path_buf(),
+            line,
+            column: before[line_start..].chars().count() + 1,
+        }
+    }
+
+    fn invalid(
+        &self,
+        span: Range<usize>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> ManifestError {
+        ManifestError::Invalid {
+            at: self.at(span),
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+
+    fn resolve(&self, relative: &str) -> PathBuf {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        base.join(relative)
+    }
+}
+
+pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+    let check = Checker { text, path };
+    let raw: RawManifest = toml::from_str(text).map_err(|err| ManifestError::Syntax {
+        at: check.at(err.span().unwrap_or(0..0)),
+        message: err.message().trim_end().to_owned(),
+    })?;
+    let node = check_node(&check, raw.node)?;
+    let mut services = Vec::with_capacity(raw.service.len());
+    let mut names: HashMap<String, Location> = HashMap::new();
+    for service in raw.service {
+        let spec = check_service(&check, service)?;
+        if let Some(first) = names.get(&spec.name) {
+            return Err(ManifestError::Invalid {
+                at: spec.component_at.clone(),
+                message: format!("service `{}` is declared twice", spec.name),
+                hint: format!(
+                    "the first declaration is at {first}; give each [[service]] its own name"
+                ),
+            });
+        }
+        names.insert(spec.name.clone(), spec.component_at.clone());
+        services.push(spec);
+    }
+    check_duplicate_routes(&services)?;
+    Ok(Manifest {
+        path: path.to_path_buf(),
+        node,
+        services,
+    })
+}
+
+fn check_node(check: &Checker<'_>, raw: Option<RawNode>) -> Result<NodeSpec, ManifestError> {
+    let raw = raw.unwrap_or(RawNode {
+        name: None,
+        http: None,
+        admin: None,
+        data_dir: None,
+    });
+    let name = match raw.name {
+        Some(name) => {
+            check_name(check, &name, "node")?;
+            name.into_inner()
+        }
+        None => "switchyard".to_owned(),
+    };
+    let address = |value: Option<Spanned<String>>, default: &str, key: &str| match value {
+        None => default
+            .parse::<SocketAddr>()
+            .map_err(|err| check.invalid(0..0, format!("default {key}: {err}"), "report a bug")),
+        Some(value) => value.get_ref().parse::<SocketAddr>().map_err(|err| {
+            check.invalid(
+                value.span(),
+                format!(
+                    "`node.{key}` = {:?} is not a socket address: {err}",
+                    value.get_ref()
+                ),
+                "write IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:0\" (0 picks a free port)",
+            )
+        }),
+    };
+    let admin_span = raw.admin.as_ref().map_or(0..0, Spanned::span);
+    let http = address(raw.http, defaults::HTTP, "http")?;
+    let admin = address(raw.admin, defaults::ADMIN, "admin")?;
+    if http == admin && http.port() != 0 {
+        return Err(check.invalid(
+            admin_span,
+            format!("`node.admin` and `node.http` are both {http}"),
+            "give the admin API its own port",
+        ));
+    }
+    let data_dir = check.resolve(raw.data_dir.as_deref().unwrap_or(defaults::DATA_DIR));
+    Ok(NodeSpec {
+        name,
+        http,
+        admin,
+        data_dir,
+    })
+}
+
+/// Names appear in URLs, logs and (later) discovery keys: keep them to `[a-z0-9-]`.
+fn check_name(
+    check: &Checker<'_>,
+    name: &Spanned<String>,
+    what: &str,
+) -> Result<(), ManifestError> {
+    let value = name.get_ref();
+    let valid = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if valid {
+        return Ok(());
+    }
+    Err(check.invalid(
+        name.span(),
+        format!("{what} name {value:?} is not valid"),
+        "use 1 to 63 lower-case letters, digits and inner hyphens, e.g. \"inventory-api\"",
+    ))
+}
+
+fn check_service(check: &Checker<'_>, raw: RawService) -> Result<ServiceSpec, ManifestError> {
+    check_name(check, &raw.name, "service")?;
+    let name = raw.name.get_ref().clone();
+    let version = semver::Version::parse(raw.version.get_ref()).map_err(|err| {
+        check.invalid(
+            raw.version.span(),
+            format!(
+                "version {:?} of service `{name}` is not semver: {err}",
+                raw.version.get_ref()
+            ),
+            "write MAJOR.MINOR.PATCH, e.g. \"1.2.0\"",
+        )
+    })?;
+    let component_at = check.at(raw.component.span());
+    let component = check.resolve(raw.component.get_ref());
+    if !component.is_file() {
+        return Err(check.invalid(
+            raw.component.span(),
+            format!(
+                "component file {} of service `{name}` does not exist",
+                component.display()
+            ),
+            "paths are relative to the manifest's directory; build guests with \
+             `cargo xtask build-guests`",
+        ));
+    }
+    if raw.routes.is_empty() {
+        return Err(check.invalid(
+            raw.name.span(),
+            format!("service `{name}` has no routes"),
+            "add e.g. routes = [\"GET /hello/{name}\"]",
+        ));
+    }
+    let routes = raw
+        .routes
+        .iter()
+        .map(|route| check_route(check, route))
+        .collect::<Result<Vec<_>, _>>()?;
+    let max_instances = bounded(
+        check,
+        raw.max_instances,
+        defaults::MAX_INSTANCES,
+        1..=10_000,
+        "max_instances",
+    )?;
+    let timeout_ms = bounded(
+        check,
+        raw.timeout_ms,
+        defaults::TIMEOUT_MS,
+        1..=3_600_000,
+        "timeout_ms",
+    )?;
+    let memory_limit_mb = bounded(
+        check,
+        raw.memory_limit_mb,
+        defaults::MEMORY_LIMIT_MB,
+        1..=4096,
+        "memory_limit_mb",
+    )?;
+    Ok(ServiceSpec {
+        name,
+        version,
+        component,
+        component_at,
+        routes,
+        max_instances,
+        timeout: Duration::from_millis(timeout_ms),
+        memory_limit_bytes: usize::try_from(memory_limit_mb * 1024 * 1024).unwrap_or(usize::MAX),
+        config: raw.config,
+        env: raw.env,
+    })
+}
+
+fn bounded<T>(
+    check: &Checker<'_>,
+    value: Option<Spanned<T>>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+    key: &str,
+) -> Result<T, ManifestError>
+where
+    T: PartialOrd + Copy + std::fmt::Display,
+{
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let inner = *value.get_ref();
+    if range.contains(&inner) {
+        return Ok(inner);
+    }
+    Err(check.invalid(
+        value.span(),
+        format!("`{key}` = {inner} is out of range"),
+        format!("use a value from {} to {}", range.start(), range.end()),
+    ))
+}
+
+fn check_route(check: &Checker<'_>, raw: &Spanned<String>) -> Result<RouteSpec, ManifestError> {
+    let text = raw.get_ref().trim();
+    let hint = "write \"METHOD /path\", e.g. \"GET /hello/{name}\" or \"* /files/{*rest}\"";
+    let Some((method, pattern)) = text.split_once(' ') else {
+        return Err(check.invalid(raw.span(), format!("route {text:?} has no method"), hint));
+    };
+    let method = method.to_ascii_uppercase();
+    if !METHODS.contains(&method.as_str()) {
+        return Err(check.invalid(
+            raw.span(),
+            format!("route {text:?}: unknown method `{method}`"),
+            format!("use one of {}", METHODS.join(", ")),
+        ));
+    }
+    let pattern = pattern.trim();
+    if !pattern.starts_with('/') || pattern.contains(char::is_whitespace) {
+        return Err(check.invalid(
+            raw.span(),
+            format!("route {text:?}: the path must start with `/` and contain no spaces"),
+            hint,
+        ));
+    }
+    for segment in pattern.split('/') {
+        let opens = segment.matches('{').count();
+        let closes = segment.matches('}').count();
+        let whole = segment.starts_with('{') && segment.ends_with('}');
+        let param = segment.trim_start_matches('{').trim_end_matches('}');
+        let param = param.strip_prefix('*').unwrap_or(param);
+        let good_param = !param.is_empty()
+            && param
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if (opens, closes) != (0, 0) && !((opens, closes) == (1, 1) && whole && good_param) {
+            return Err(check.invalid(
+                raw.span(),
+                format!("route {text:?}: segment `{segment}` is not a valid parameter"),
+                "a parameter is a whole segment: `{name}`, or `{*rest}` as the last segment",
+            ));
+        }
+    }
+    Ok(RouteSpec {
+        method,
+        pattern: pattern.to_owned(),
+        at: check.at(raw.span()),
+    })
+}
+
+/// Two routes collide when they match the same requests: same method (or `*`) and the same
+/// pattern once parameter names are ignored.
+fn check_duplicate_routes(services: &[ServiceSpec]) -> Result<(), ManifestError> {
+    let mut seen: HashMap<(String, String), (&str, &RouteSpec)> = HashMap::new();
+    for service in services {
+        for route in &service.routes {
+            let shape = shape_of(&route.pattern);
+            let methods: Vec<&str> = if route.method == "*" {
+                METHODS.to_vec()
+            } else {
+                vec![route.method.as_str(), "*"]
+            };
+            for method in methods {
+                if let Some((other_service, other)) = seen.get(&(method.to_owned(), shape.clone()))
+                {
+                    return Err(ManifestError::Invalid {
+                        at: route.at.clone(),
+                        message: format!(
+                            "route `{route}` of service `{}` collides with route `{other}` of \
+                             service `{other_service}`",
+                            service.name
+                        ),
+                        hint: format!(
+                            "the other route is at {}; each request must match one route only",
+                            other.at
+                        ),
+                    });
+                }
+            }
+            seen.insert((route.method.clone(), shape), (&service.name, route));
+        }
+    }
+    Ok(())
+}
+
+fn shape_of(pattern: &str) -> String {
+    pattern
+        .split('/')
+        .map(|segment| match segment {
+            s if s.starts_with("{*") => "{*}",
+            s if s.starts_with('{') => "{}",
+            s => s,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}

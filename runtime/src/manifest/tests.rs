@@ -1,0 +1,135 @@
+use std::path::PathBuf;
+
+use super::{Manifest, ManifestError};
+
+/// A manifest next to a real (empty) component file, so `component` resolves.
+fn parse(body: &str) -> (Result<Manifest, ManifestError>, PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "switchyard-manifest-test-{}-{}",
+        std::process::id(),
+        body.len()
+    ));
+    std::fs::create_dir_all(&dir).ok();
+    std::fs::write(dir.join("svc.wasm"), b"").ok();
+    let path = dir.join("switchyard.toml");
+    (Manifest::parse(body, &path), path)
+}
+
+const GOOD: &str = r#"
+[node]
+name = "edge-1"
+http = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+
+[[service]]
+name = "hello"
+version = "1.2.3"
+component = "svc.wasm"
+routes = ["GET /hello/{name}", "post /echo"]
+timeout_ms = 250
+config = { greeting = "Hi" }
+"#;
+
+#[test]
+fn a_good_manifest_resolves_paths_and_defaults() {
+    let (manifest, path) = parse(GOOD);
+    let manifest = manifest.unwrap_or_else(|err| panic!("{err}"));
+    let service = &manifest.services[0];
+    assert_eq!(manifest.node.name, "edge-1");
+    assert_eq!(service.version, semver::Version::new(1, 2, 3));
+    assert_eq!(service.component, path.with_file_name("svc.wasm"));
+    assert_eq!(service.routes[1].method, "POST");
+    assert_eq!(service.timeout.as_millis(), 250);
+    assert_eq!(service.max_instances, super::defaults::MAX_INSTANCES);
+    assert_eq!(service.memory_limit_bytes, 64 * 1024 * 1024);
+    assert_eq!(
+        service.config.get("greeting").map(String::as_str),
+        Some("Hi")
+    );
+    assert_eq!(manifest.node.data_dir, path.with_file_name(".switchyard"));
+}
+
+fn error_of(body: &str) -> String {
+    match parse(body).0 {
+        Ok(_) => panic!("manifest was accepted:\n{body}"),
+        Err(err) => err.to_string(),
+    }
+}
+
+#[test]
+fn an_unknown_key_names_file_line_and_column() {
+    let err = error_of(&GOOD.replace("timeout_ms = 250", "timeout_msec = 250"));
+    assert!(err.contains("switchyard.toml:12:1"), "{err}");
+    assert!(err.contains("unknown field `timeout_msec`"), "{err}");
+}
+
+#[test]
+fn a_wrong_type_names_file_line_and_column() {
+    let err = error_of(&GOOD.replace("timeout_ms = 250", "timeout_ms = \"fast\""));
+    assert!(err.contains("switchyard.toml:12:14"), "{err}");
+    assert!(err.contains("invalid type"), "{err}");
+}
+
+#[test]
+fn a_missing_component_names_the_path() {
+    let err = error_of(&GOOD.replace("svc.wasm", "nope/missing.wasm"));
+    assert!(err.contains("nope/missing.wasm"), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(err.contains(":10:13"), "{err}");
+}
+
+#[test]
+fn a_duplicate_route_names_both_places() {
+    let body = format!(
+        "{GOOD}\n[[service]]\nname = \"other\"\nversion = \"1.0.0\"\ncomponent = \"svc.wasm\"\n\
+         routes = [\"GET /hello/{{who}}\"]\n"
+    );
+    let err = error_of(&body);
+    assert!(
+        err.contains("collides with route `GET /hello/{name}`"),
+        "{err}"
+    );
+    assert!(err.contains(":19:11"), "{err}");
+    assert!(err.contains(":11:11"), "{err}");
+}
+
+#[test]
+fn a_wildcard_method_collides_with_every_method() {
+    let err = error_of(&GOOD.replace("\"post /echo\"", "\"* /hello/{x}\""));
+    assert!(err.contains("collides"), "{err}");
+}
+
+#[test]
+fn bad_values_say_what_would_be_accepted() {
+    for (from, to, expect) in [
+        ("version = \"1.2.3\"", "version = \"1.2\"", "not semver"),
+        (
+            "http = \"127.0.0.1:0\"",
+            "http = \"localhost\"",
+            "not a socket address",
+        ),
+        ("GET /hello/{name}", "FETCH /hello", "unknown method"),
+        ("GET /hello/{name}", "GET hello", "must start with `/`"),
+        (
+            "GET /hello/{name}",
+            "GET /hello/x{name}",
+            "not a valid parameter",
+        ),
+        ("timeout_ms = 250", "timeout_ms = 0", "out of range"),
+        ("name = \"hello\"", "name = \"Hello World\"", "not valid"),
+    ] {
+        let err = error_of(&GOOD.replace(from, to));
+        assert!(err.contains(expect), "{to}: {err}");
+        assert!(err.contains("hint:"), "{to}: {err}");
+    }
+}
+
+#[test]
+fn the_same_port_for_ingress_and_admin_is_refused() {
+    let err = error_of(
+        &GOOD
+            .replace("http = \"127.0.0.1:0\"", "http = \"127.0.0.1:7000\"")
+            .replace("admin = \"127.0.0.1:0\"", "admin = \"127.0.0.1:7000\""),
+    );
+    assert!(err.contains("both 127.0.0.1:7000"), "{err}");
+}

@@ -1,0 +1,220 @@
+//! A node's lifecycle: from a checked [`Manifest`] to listening sockets, and back down.
+//!
+//! [`Node::start`] binds both listeners first (so a taken address fails in milliseconds, before
+//! any compilation), then loads every component off the async executor, builds the router, and
+//! serves. [`Node::shutdown`] stops accepting and lets in-flight requests finish.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::http::{self, Admin, Ingress, Router};
+use crate::manifest::{Location, Manifest, ServiceSpec};
+use crate::wasm::{Engine, EngineConfig, LoadError, LoadedComponent, Slot, SlotConfig};
+
+/// How long in-flight requests may take to finish once shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why a node did not start. Each message names the manifest place or address to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The wasm engine could not be built.
+    #[error(transparent)]
+    Engine(#[from] crate::wasm::EngineError),
+    /// A service's component could not be loaded.
+    #[error("{at}: service `{service}`: {source}")]
+    Load {
+        service: String,
+        at: Location,
+        source: LoadError,
+    },
+    /// A listen address is taken or not allowed.
+    #[error(
+        "cannot listen on {addr} (`node.{key}` in {}): {source}\n  hint: another process \
+         holds the port, or pick another one (port 0 picks a free one)", manifest.display()
+    )]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        manifest: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// Two routes conflict in a way the manifest check could not see.
+    #[error("{0}")]
+    Route(String),
+    /// A blocking load task panicked or was cancelled.
+    #[error("loading components was interrupted: {0}")]
+    Interrupted(String),
+}
+
+/// A running node.
+pub struct Node {
+    name: String,
+    http_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    servers: JoinSet<()>,
+}
+
+impl Node {
+    /// Starts serving `manifest`. Returns once both listeners accept connections.
+    pub async fn start(manifest: &Manifest) -> Result<Self, NodeError> {
+        let bind = |key: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind {
+                    key,
+                    addr,
+                    manifest: manifest.path.clone(),
+                    source,
+                })
+        };
+        let http_listener = bind("http", manifest.node.http).await?;
+        let admin_listener = bind("admin", manifest.node.admin).await?;
+        let local = |listener: &TcpListener, key, addr| {
+            listener.local_addr().map_err(|source| NodeError::Bind {
+                key,
+                addr,
+                manifest: manifest.path.clone(),
+                source,
+            })
+        };
+        let http_addr = local(&http_listener, "http", manifest.node.http)?;
+        let admin_addr = local(&admin_listener, "admin", manifest.node.admin)?;
+
+        let loaded = {
+            let manifest = manifest.clone();
+            tokio::task::spawn_blocking(move || load_all(&manifest))
+                .await
+                .map_err(|err| NodeError::Interrupted(err.to_string()))??
+        };
+        let (engine, components) = loaded;
+        let engine = Arc::new(engine);
+        let mut router = Router::default();
+        let mut admin_services = Vec::new();
+        for (spec, component) in manifest.services.iter().zip(components) {
+            let slot = Arc::new(Slot::new(engine.clone(), slot_config(spec), component));
+            for route in &spec.routes {
+                router
+                    .add(&route.method, &route.pattern, slot.clone())
+                    .map_err(|err| NodeError::Route(err.to_string()))?;
+            }
+            let routes = spec.routes.iter().map(ToString::to_string).collect();
+            admin_services.push((slot, routes));
+        }
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut servers = JoinSet::new();
+        servers.spawn(http::serve(
+            http_listener,
+            Arc::new(Ingress::new(router)),
+            shutdown_rx.clone(),
+            SHUTDOWN_GRACE,
+        ));
+        servers.spawn(http::serve(
+            admin_listener,
+            Arc::new(Admin::new(manifest.node.name.clone(), admin_services)),
+            shutdown_rx,
+            SHUTDOWN_GRACE,
+        ));
+        tracing::info!(
+            node = %manifest.node.name,
+            http = %http_addr,
+            admin = %admin_addr,
+            services = manifest.services.len(),
+            "node ready"
+        );
+        Ok(Self {
+            name: manifest.node.name.clone(),
+            http_addr,
+            admin_addr,
+            shutdown,
+            servers,
+        })
+    }
+
+    /// Where the ingress listens (the real port when the manifest said 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Where the admin API listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Stops accepting connections and waits (up to a grace period) for in-flight requests.
+    pub async fn shutdown(mut self) {
+        tracing::info!(node = %self.name, "shutting down");
+        let _ = self.shutdown.send(true);
+        while self.servers.join_next().await.is_some() {}
+        tracing::info!(node = %self.name, "stopped");
+    }
+}
+
+/// Compiles (or loads from cache) and checks every component of `manifest`, without serving.
+/// Blocking; this is what `switchyard check` runs after the manifest parses.
+pub fn check(manifest: &Manifest) -> Result<Vec<LoadedComponent>, NodeError> {
+    load_all(manifest).map(|(_, components)| components)
+}
+
+fn load_all(manifest: &Manifest) -> Result<(Engine, Vec<LoadedComponent>), NodeError> {
+    let engine = Engine::new(&engine_config(manifest))?;
+    let components = manifest
+        .services
+        .iter()
+        .map(|spec| {
+            engine
+                .load(&spec.component)
+                .map_err(|source| NodeError::Load {
+                    service: spec.name.clone(),
+                    at: spec.component_at.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((engine, components))
+}
+
+fn engine_config(manifest: &Manifest) -> EngineConfig {
+    let instances: u32 = manifest
+        .services
+        .iter()
+        .map(|spec| spec.max_instances)
+        .sum();
+    let max_memory = manifest
+        .services
+        .iter()
+        .map(|spec| spec.memory_limit_bytes)
+        .max()
+        .unwrap_or(crate::manifest::defaults::MEMORY_LIMIT_MB as usize * 1024 * 1024);
+    EngineConfig {
+        cache_dir: Some(cache_dir(&manifest.node.data_dir)),
+        // Room for a second generation of every service during a swap.
+        max_instances: instances.saturating_mul(2).max(16),
+        // The pool reserves this much address space per memory; the per-service limit
+        // is enforced by the store's limiter.
+        max_memory_bytes: max_memory,
+    }
+}
+
+fn cache_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("compiled")
+}
+
+fn slot_config(spec: &ServiceSpec) -> SlotConfig {
+    SlotConfig {
+        service: spec.name.clone(),
+        version: spec.version.clone(),
+        max_instances: spec.max_instances,
+        timeout: spec.timeout,
+        memory_limit_bytes: spec.memory_limit_bytes,
+        config: spec.config.clone(),
+        env: spec.env.clone(),
+    }
+}

@@ -1,0 +1,190 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::cache::ComponentCache;
+use super::{EPOCH_TICK, EngineError, LoadError, ServicePre};
+use crate::host::{self, HostState};
+
+/// Engine settings a node chooses; everything else is fixed here.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where compiled components are cached; `None` compiles on every load.
+    pub cache_dir: Option<PathBuf>,
+    /// Instances alive at once across all services (sizes the pooling allocator).
+    pub max_instances: u32,
+    /// The largest linear memory any instance may have.
+    pub max_memory_bytes: usize,
+}
+
+/// One wasmtime engine with the pooling allocator, an epoch ticker, the linker for the
+/// `service` world and the compiled-component cache. Cheap to share behind an `Arc`.
+pub struct Engine {
+    inner: wasmtime::Engine,
+    linker: Linker<HostState>,
+    cache: Option<ComponentCache>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// A component compiled, checked against the `service` world and ready to instantiate.
+#[derive(Clone)]
+pub struct LoadedComponent {
+    pub(crate) pre: ServicePre<HostState>,
+    /// SHA-256 of the component file, hex.
+    pub hash: String,
+    /// Whether the compiled code came from the on-disk cache.
+    pub from_cache: bool,
+}
+
+impl std::fmt::Debug for LoadedComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedComponent")
+            .field("hash", &self.hash)
+            .field("from_cache", &self.from_cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Builds the engine and starts its epoch ticker thread (stopped when the engine drops).
+    pub fn new(config: &EngineConfig) -> Result<Self, EngineError> {
+        let fail = |reason: String| EngineError { reason };
+        let mut pool = PoolingAllocationConfig::default();
+        let instances = config.max_instances.max(1);
+        pool.total_component_instances(instances)
+            // A wasip2 std guest has a handful of core instances and one or two memories.
+            .total_core_instances(instances.saturating_mul(8))
+            .total_memories(instances.saturating_mul(2))
+            .total_tables(instances.saturating_mul(4))
+            .total_stacks(instances)
+            .max_memory_size(config.max_memory_bytes)
+            // Keep a little of each memory resident so reuse does not fault every page in.
+            .linear_memory_keep_resident(64 * 1024)
+            .table_keep_resident(16 * 1024);
+        let mut wasm = wasmtime::Config::new();
+        wasm.epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .max_wasm_stack(512 * 1024)
+            .async_stack_size(2 * 1024 * 1024);
+        let inner = wasmtime::Engine::new(&wasm).map_err(|err| fail(format!("{err:#}")))?;
+        let mut linker = Linker::new(&inner);
+        host::add_to_linker(&mut linker).map_err(|err| fail(format!("{err:#}")))?;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(ComponentCache::open(dir, &inner).map_err(|err| {
+                fail(format!(
+                    "cannot create the component cache in {}: {err}",
+                    dir.display()
+                ))
+            })?),
+            None => None,
+        };
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(inner.clone(), ticker_stop.clone())
+            .map_err(|err| fail(format!("cannot start the epoch ticker thread: {err}")))?;
+        Ok(Self {
+            inner,
+            linker,
+            cache,
+            ticker_stop,
+        })
+    }
+
+    pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.inner
+    }
+
+    /// Reads, compiles (or loads from cache) and type-checks the component at `path`.
+    /// Blocking and CPU-heavy: call it from `spawn_blocking`, not from the async executor.
+    pub fn load(&self, path: &Path) -> Result<LoadedComponent, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !wasmparser::Parser::is_component(&bytes) {
+            if wasmparser::Parser::is_core_wasm(&bytes) {
+                return Err(LoadError::CoreModule {
+                    path: path.to_path_buf(),
+                });
+            }
+            return Err(LoadError::NotWasm {
+                path: path.to_path_buf(),
+                head: bytes.iter().take(8).copied().collect(),
+            });
+        }
+        let hash = hex(&Sha256::digest(&bytes));
+        let started = Instant::now();
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.get(&self.inner, &hash));
+        let from_cache = cached.is_some();
+        let component = match cached {
+            Some(component) => component,
+            None => {
+                let component =
+                    Component::new(&self.inner, &bytes).map_err(|err| LoadError::Invalid {
+                        path: path.to_path_buf(),
+                        reason: format!("{err:#}"),
+                    })?;
+                if let Some(cache) = &self.cache {
+                    cache.put(&hash, &component);
+                }
+                component
+            }
+        };
+        let wrong_world = |err: wasmtime::Error| LoadError::WrongWorld {
+            path: path.to_path_buf(),
+            reason: format!("{err:#}"),
+        };
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
+        let pre = ServicePre::new(instance_pre).map_err(wrong_world)?;
+        tracing::info!(
+            component = %path.display(),
+            hash = &hash[..12],
+            from_cache,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "component ready"
+        );
+        Ok(LoadedComponent {
+            pre,
+            hash,
+            from_cache,
+        })
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn spawn_epoch_ticker(engine: wasmtime::Engine, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("switchyard-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })
+        .map(drop)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
+}

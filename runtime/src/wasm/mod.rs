@@ -1,0 +1,66 @@
+//! Running guest components: one wasmtime [`Engine`] per node, a compiled-component cache on
+//! disk, and a [`Slot`] per service that hands each request a fresh pooled instance.
+//!
+//! Why a fresh instance per request: requests cannot see each other's memory, a trap or a
+//! timeout only ever poisons one store, and with the pooling allocator instantiation costs tens
+//! of microseconds. Limits are enforced per store: an epoch deadline (the engine's ticker
+//! advances the epoch every [`EPOCH_TICK`]) plus a host-side timeout for time spent awaiting
+//! the host, a linear-memory cap through a [`wasmtime::ResourceLimiter`], and a semaphore for
+//! `max_instances` that refuses at once instead of queueing.
+
+mod bindings;
+mod cache;
+mod engine;
+mod slot;
+
+pub use bindings::{GuestRequest, GuestResponse};
+pub(crate) use bindings::{Service, ServicePre, imports};
+pub use engine::{Engine, EngineConfig, LoadedComponent};
+pub use slot::{Slot, SlotConfig, SlotError, SlotStats};
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How often the epoch advances; deadlines are rounded up to it.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Why a component could not be loaded. Each variant says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file is gone or unreadable.
+    #[error("cannot read component {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not WebAssembly at all.
+    #[error(
+        "{} is not a WebAssembly file (it starts with {head:02x?}); point `component` at the \
+         .wasm that `cargo xtask build-guests` produced", path.display()
+    )]
+    NotWasm { path: PathBuf, head: Vec<u8> },
+    /// A core module, not a component.
+    #[error(
+        "{} is a core WebAssembly module, not a component; build the guest for \
+         `wasm32-wasip2` (cargo xtask build-guests), or wrap it with `wasm-tools component new`",
+        path.display()
+    )]
+    CoreModule { path: PathBuf },
+    /// The bytes say component but do not validate or compile.
+    #[error("{} is not a valid component: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    /// A valid component, but not one of the `service` world.
+    #[error(
+        "{} does not fit the `switchyard:runtime/service` world: {reason}\n  hint: build it with \
+         switchyard-sdk and `switchyard_sdk::export!(YourType)`; a guest may import only \
+         switchyard:runtime and wasi interfaces", path.display()
+    )]
+    WrongWorld { path: PathBuf, reason: String },
+}
+
+/// Why the engine could not be built (a configuration the host cannot satisfy).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the wasm engine: {reason}")]
+pub struct EngineError {
+    reason: String,
+}

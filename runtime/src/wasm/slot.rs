@@ -1,0 +1,217 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use wasmtime::{Store, Trap};
+
+use super::{EPOCH_TICK, Engine, GuestRequest, GuestResponse, LoadedComponent};
+use crate::host::{GuestContext, GuestOutput, HostState};
+
+/// What a [`Slot`] needs to know about its service.
+#[derive(Debug, Clone)]
+pub struct SlotConfig {
+    pub service: String,
+    pub version: semver::Version,
+    pub max_instances: u32,
+    pub timeout: Duration,
+    pub memory_limit_bytes: usize,
+    pub config: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
+}
+
+/// Where one service's requests run: its current component and its limits.
+pub struct Slot {
+    engine: Arc<Engine>,
+    settings: SlotConfig,
+    component: LoadedComponent,
+    guest: Arc<GuestContext>,
+    permits: Arc<Semaphore>,
+    stats: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    in_flight: AtomicU64,
+    served: AtomicU64,
+    errors: AtomicU64,
+    rejected: AtomicU64,
+}
+
+/// A snapshot of a slot for the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlotStats {
+    pub name: String,
+    pub version: String,
+    pub component_hash: String,
+    pub max_instances: u32,
+    pub in_flight: u64,
+    /// Requests the guest answered (any status it chose).
+    pub served: u64,
+    /// Requests that ended in a trap, a timeout or the memory limit.
+    pub errors: u64,
+    /// Requests refused with 503 at `max_instances`.
+    pub rejected: u64,
+}
+
+/// Why a request got no answer from the guest. The ingress maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    /// All `max_instances` are busy: retry later, or raise `max_instances`.
+    #[error("service `{service}` is at its limit of {max_instances} concurrent requests")]
+    Busy { service: String, max_instances: u32 },
+    /// The guest ran past `timeout_ms`.
+    #[error("service `{service}` did not answer within {timeout:?}")]
+    Timeout { service: String, timeout: Duration },
+    /// The guest tried to grow its memory past `memory_limit_mb`.
+    #[error("service `{service}` exceeded its memory limit of {limit_mb} MiB")]
+    MemoryLimit { service: String, limit_mb: usize },
+    /// The guest trapped (a panic, an invalid operation) or could not be instantiated.
+    #[error("service `{service}` failed: {reason}")]
+    Trap { service: String, reason: String },
+}
+
+impl Slot {
+    pub fn new(engine: Arc<Engine>, settings: SlotConfig, component: LoadedComponent) -> Self {
+        let guest = Arc::new(GuestContext {
+            service: settings.service.clone(),
+            config: settings.config.clone(),
+            env: settings
+                .env
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+        });
+        Self {
+            engine,
+            permits: Arc::new(Semaphore::new(settings.max_instances as usize)),
+            settings,
+            component,
+            guest,
+            stats: Counters::default(),
+        }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.settings.service
+    }
+
+    /// The per-request deadline.
+    pub fn timeout(&self) -> Duration {
+        self.settings.timeout
+    }
+
+    /// Runs `request` on a fresh instance within the service's limits.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops the instance mid-call; nothing else is affected.
+    pub async fn handle(&self, request: GuestRequest) -> Result<GuestResponse, SlotError> {
+        let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(SlotError::Busy {
+                service: self.settings.service.clone(),
+                max_instances: self.settings.max_instances,
+            });
+        };
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = DecrementOnDrop(&self.stats.in_flight);
+
+        let output = GuestOutput::default();
+        let request_id = request.request_id.clone();
+        let result = self.run(request, &output).await;
+        if let Some((text, dropped)) = output.take() {
+            tracing::info!(
+                target: "guest",
+                service = %self.settings.service,
+                request_id,
+                dropped_bytes = dropped,
+                "guest output:\n{text}"
+            );
+        }
+        match &result {
+            Ok(_) => self.stats.served.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.stats.errors.fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    async fn run(
+        &self,
+        request: GuestRequest,
+        output: &GuestOutput,
+    ) -> Result<GuestResponse, SlotError> {
+        let timeout = self.settings.timeout;
+        let state = HostState::new(
+            self.guest.clone(),
+            request.request_id.clone(),
+            self.settings.memory_limit_bytes,
+            output,
+        );
+        let mut store = Store::new(self.engine.wasmtime(), state);
+        store.limiter(|state| &mut state.limiter);
+        let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+
+        let call = async {
+            let service = self.component.pre.instantiate_async(&mut store).await?;
+            service
+                .switchyard_runtime_handler()
+                .call_handle(&mut store, &request)
+                .await
+        };
+        // Epochs stop guest code; this also stops time spent awaiting host calls.
+        let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await;
+        let service = || self.settings.service.clone();
+        match outcome {
+            Ok(Ok(response)) => Ok(response),
+            Err(_elapsed) => Err(SlotError::Timeout {
+                service: service(),
+                timeout,
+            }),
+            Ok(Err(err)) => {
+                if store.data().limiter.exceeded {
+                    return Err(SlotError::MemoryLimit {
+                        service: service(),
+                        limit_mb: self.settings.memory_limit_bytes / (1024 * 1024),
+                    });
+                }
+                if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+                    return Err(SlotError::Timeout {
+                        service: service(),
+                        timeout,
+                    });
+                }
+                Err(SlotError::Trap {
+                    service: service(),
+                    reason: format!("{err:#}"),
+                })
+            }
+        }
+    }
+
+    /// Counters and identity, for the admin API.
+    pub fn stats(&self) -> SlotStats {
+        SlotStats {
+            name: self.settings.service.clone(),
+            version: self.settings.version.to_string(),
+            component_hash: self.component.hash.clone(),
+            max_instances: self.settings.max_instances,
+            in_flight: self.stats.in_flight.load(Ordering::Relaxed),
+            served: self.stats.served.load(Ordering::Relaxed),
+            errors: self.stats.errors.load(Ordering::Relaxed),
+            rejected: self.stats.rejected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct DecrementOnDrop<'a>(&'a AtomicU64);
+
+impl Drop for DecrementOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,71 @@
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+use crate::bindings::switchyard::runtime::types;
+
+pub use types::MessageKind;
+
+/// A message delivered to [`crate::Service::on_message`].
+#[derive(Debug, Clone)]
+pub struct Message {
+    inner: types::Message,
+}
+
+impl Message {
+    pub(crate) fn from_wit(inner: types::Message) -> Self {
+        Self { inner }
+    }
+
+    /// The message id (unique per sender; use it to make handling idempotent).
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Document, command or event.
+    pub fn kind(&self) -> MessageKind {
+        self.inner.kind
+    }
+
+    /// The topic or queue it arrived on.
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// The partitioning key, if the sender set one.
+    pub fn key(&self) -> Option<&str> {
+        self.inner.key.as_deref()
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.inner
+            .headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Where the sender wants a reply, if anywhere.
+    pub fn reply_to(&self) -> Option<&str> {
+        self.inner.reply_to.as_deref()
+    }
+
+    /// The raw body.
+    pub fn body(&self) -> &[u8] {
+        &self.inner.body
+    }
+
+    /// The body parsed as JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.inner.body).map_err(|err| {
+            Error::bad_request(format!("message body is not the expected JSON: {err}"))
+        })
+    }
+
+    /// The body decoded as postcard.
+    pub fn postcard<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        postcard::from_bytes(&self.inner.body).map_err(|err| {
+            Error::bad_request(format!("message body is not the expected postcard: {err}"))
+        })
+    }
+}

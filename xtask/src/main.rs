@@ -1,0 +1,144 @@
+//! `cargo xtask <command>`: everything a fresh machine needs, in one place.
+//!
+//! - `build-guests [--path DIR]`: builds the guests workspace (or one guest crate) to
+//!   `wasm32-wasip2` components, choosing a toolchain route by itself (see [`toolchain`]).
+//! - `test`: installs what the tests need, builds the guests, runs every test.
+//! - `demo`: builds what the demo needs and runs the hello node in the foreground.
+//! - `bench`: builds the guests and runs the benchmarks with their baselines.
+
+mod toolchain;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Switchyard project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build guests to wasm32-wasip2 components (default: every crate under guests/).
+    BuildGuests {
+        /// Build this guest crate (a directory with its own Cargo.toml) instead.
+        #[arg(long)]
+        path: Option<PathBuf>,
+    },
+    /// Install what the tests need, build the guests, and run every test.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Build the hello guest and run the example node in the foreground.
+    Demo,
+    /// Build the guests and run the benchmarks (each against its baseline, same run).
+    Bench {
+        /// Extra arguments for `cargo bench`.
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.command {
+        Cmd::BuildGuests { path } => {
+            match path {
+                // A crate of its own keeps its own target dir, where its manifest expects it.
+                Some(dir) => build_guests(&dir.join("Cargo.toml"), &dir.join("target")),
+                None => build_guests(&root.join("guests/Cargo.toml"), &root.join("target/guests")),
+            }
+        }
+        Cmd::Test { cargo_args } => {
+            build_guests(&root.join("guests/Cargo.toml"), &root.join("target/guests"))?;
+            let mut test = cargo(&root);
+            test.args(["test", "--release", "--workspace"])
+                .args(&cargo_args);
+            run(&mut test)
+        }
+        Cmd::Demo => {
+            build_guests(&root.join("guests/Cargo.toml"), &root.join("target/guests"))?;
+            eprintln!(
+                "xtask: starting the hello node; try `curl http://127.0.0.1:8080/hello/ada` \
+                 (Ctrl-C stops it)"
+            );
+            let mut demo = cargo(&root);
+            demo.args([
+                "run",
+                "--release",
+                "--quiet",
+                "--package",
+                "switchyard",
+                "--",
+            ])
+            .args(["run", "examples/hello/switchyard.toml"]);
+            run(&mut demo)
+        }
+        Cmd::Bench { cargo_args } => {
+            build_guests(&root.join("guests/Cargo.toml"), &root.join("target/guests"))?;
+            let mut bench = cargo(&root);
+            bench
+                .args(["bench", "--package", "switchyard-benches"])
+                .args(&cargo_args);
+            run(&mut bench)
+        }
+    }
+}
+
+fn build_guests(manifest: &Path, target_dir: &Path) -> Result<()> {
+    if !manifest.is_file() {
+        bail!(
+            "no guest crate at {}: pass a directory that holds a Cargo.toml",
+            manifest.display()
+        );
+    }
+    let route = toolchain::choose()?;
+    eprintln!("xtask: guest toolchain route: {route}");
+    let mut build = cargo(manifest.parent().unwrap_or(Path::new(".")));
+    build
+        .args(["build", "--release", "--target", toolchain::TARGET])
+        .arg("--manifest-path")
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(target_dir);
+    route.configure(&mut build)?;
+    run(&mut build)?;
+    eprintln!(
+        "xtask: components are in {}",
+        target_dir.join(toolchain::TARGET).join("release").display()
+    );
+    Ok(())
+}
+
+/// The cargo that runs this xtask (so rustup's toolchain choice carries over).
+fn cargo(root: &Path) -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(root);
+    command
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("could not start {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let xtask_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    xtask_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask is expected to live one level below the workspace root")
+}
