@@ -112,10 +112,10 @@ impl fmt::Display for Location {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// The file could not be read: check the path and permissions.
-    #[error("cannot read manifest {}: {source}", path.display())]
+    #[error("cannot read manifest {}: {cause}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The TOML is malformed, a key is unknown or a value has the wrong type.
     #[error("{at}: {message}")]
@@ -150,9 +150,9 @@ impl Manifest {
     /// valid components is checked when the node loads them.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ManifestError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ManifestError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Self::parse(&text, path)
     }

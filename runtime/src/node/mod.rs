@@ -27,22 +27,22 @@ pub enum NodeError {
     #[error(transparent)]
     Engine(#[from] crate::wasm::EngineError),
     /// A service's component could not be loaded.
-    #[error("{at}: service `{service}`: {source}")]
+    #[error("{at}: service `{service}`: {cause}")]
     Load {
         service: String,
         at: Location,
-        source: LoadError,
+        cause: LoadError,
     },
     /// A listen address is taken or not allowed.
     #[error(
-        "cannot listen on {addr} (`node.{key}` in {}): {source}\n  hint: another process \
+        "cannot listen on {addr} (`node.{key}` in {}): {cause}\n  hint: another process \
          holds the port, or pick another one (port 0 picks a free one)", manifest.display()
     )]
     Bind {
         key: &'static str,
         addr: SocketAddr,
         manifest: std::path::PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Two routes conflict in a way the manifest check could not see.
     #[error("{0}")]
@@ -67,21 +67,21 @@ impl Node {
         let bind = |key: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| NodeError::Bind {
+                .map_err(|cause| NodeError::Bind {
                     key,
                     addr,
                     manifest: manifest.path.clone(),
-                    source,
+                    cause,
                 })
         };
         let http_listener = bind("http", manifest.node.http).await?;
         let admin_listener = bind("admin", manifest.node.admin).await?;
         let local = |listener: &TcpListener, key, addr| {
-            listener.local_addr().map_err(|source| NodeError::Bind {
+            listener.local_addr().map_err(|cause| NodeError::Bind {
                 key,
                 addr,
                 manifest: manifest.path.clone(),
-                source,
+                cause,
             })
         };
         let http_addr = local(&http_listener, "http", manifest.node.http)?;
@@ -171,10 +171,10 @@ fn load_all(manifest: &Manifest) -> Result<(Engine, Vec<LoadedComponent>), NodeE
         .map(|spec| {
             engine
                 .load(&spec.component)
-                .map_err(|source| NodeError::Load {
+                .map_err(|cause| NodeError::Load {
                     service: spec.name.clone(),
                     at: spec.component_at.clone(),
-                    source,
+                    cause,
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -34,16 +34,16 @@ impl ComponentCache {
     /// The cached compilation of the component whose bytes hash to `content_hash`, if any.
     pub(super) fn get(&self, engine: &wasmtime::Engine, content_hash: &str) -> Option<Component> {
         let path = self.path_for(content_hash);
-        if !path.is_file() {
-            return None;
-        }
-        // SAFETY: wasmtime requires that the file was produced by `Component::serialize` of
-        // a compatible engine. The node writes these files itself (rename-on-complete) into its
-        // own data_dir, keyed by the engine's compatibility hash, and wasmtime still checks the
-        // header and version. Anyone who can write the data_dir can already replace the node's
-        // components, so this trusts nothing new.
+        // Read into memory rather than `deserialize_file`, which maps the file: a mapping
+        // dies with SIGBUS if someone truncates the file while the node runs.
+        let bytes = std::fs::read(&path).ok()?;
+        // SAFETY: wasmtime requires bytes produced by `Component::serialize` of a compatible
+        // engine. The node writes these files itself (rename-on-complete) into its own
+        // data_dir, keyed by the engine's compatibility hash, and wasmtime still checks the
+        // header, version and configuration. Anyone who can write the data_dir can already
+        // replace the node's components, so this trusts nothing new.
         #[allow(unsafe_code, reason = "see SAFETY above")]
-        let loaded = unsafe { Component::deserialize_file(engine, &path) };
+        let loaded = unsafe { Component::deserialize(engine, &bytes) };
         match loaded {
             Ok(component) => Some(component),
             Err(err) => {

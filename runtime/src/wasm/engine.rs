@@ -101,9 +101,9 @@ impl Engine {
     /// Reads, compiles (or loads from cache) and type-checks the component at `path`.
     /// Blocking and CPU-heavy: call it from `spawn_blocking`, not from the async executor.
     pub fn load(&self, path: &Path) -> Result<LoadedComponent, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        let bytes = std::fs::read(path).map_err(|cause| LoadError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         if !wasmparser::Parser::is_component(&bytes) {
             if wasmparser::Parser::is_core_wasm(&bytes) {

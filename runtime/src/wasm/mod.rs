@@ -28,10 +28,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file is gone or unreadable.
-    #[error("cannot read component {}: {source}", path.display())]
+    #[error("cannot read component {}: {cause}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Not WebAssembly at all.
     #[error(

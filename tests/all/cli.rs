@@ -1,0 +1,188 @@
+//! The `switchyard` binary on bad input: a clear error, a non-zero exit, nothing else.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::support::{TestManifest, guest, service, switchyard_bin};
+
+fn switchyard(args: &[&str], manifest: &Path) -> Output {
+    Command::new(switchyard_bin())
+        .args(args)
+        .arg(manifest)
+        .env("SWITCHYARD_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// Runs `check` and `run` on the manifest; both must fail with `expect` in stderr and must
+/// not create the data directory's compiled artifacts for anything.
+fn refused(manifest: &TestManifest, expect: &[&str]) {
+    for command in ["check", "run"] {
+        let started = Instant::now();
+        let out = switchyard(&[command], &manifest.path);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "`{command}` accepted it:\n{stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "`{command}` took too long"
+        );
+        for needle in expect {
+            assert!(
+                stderr.contains(needle),
+                "`{command}` stderr lacks {needle:?}:\n{stderr}"
+            );
+        }
+    }
+}
+
+fn with_component(bytes: &[u8]) -> TestManifest {
+    let manifest = TestManifest::new("");
+    let component = manifest.dir.path().join("bad.wasm");
+    std::fs::write(&component, bytes).unwrap();
+    std::fs::write(
+        &manifest.path,
+        "[node]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[[service]]\nname = \"bad\"\n\
+         version = \"1.0.0\"\ncomponent = \"bad.wasm\"\nroutes = [\"GET /bad\"]\n",
+    )
+    .unwrap();
+    manifest
+}
+
+#[test]
+fn check_accepts_a_good_manifest() {
+    let manifest = TestManifest::new(&service("hello", "hello", &["GET /hello/{name}"], ""));
+    let out = switchyard(&["check"], &manifest.path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok:") && stdout.contains("1 service(s), 1 route(s)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn an_unknown_key_is_refused_with_file_line_and_column() {
+    let manifest = TestManifest::new(&service("hello", "hello", &["GET /x"], "colour = \"blue\""));
+    refused(
+        &manifest,
+        &["switchyard.toml:12:1", "unknown field `colour`"],
+    );
+}
+
+#[test]
+fn a_wrong_type_is_refused_with_file_line_and_column() {
+    let manifest = TestManifest::new(&service(
+        "hello",
+        "hello",
+        &["GET /x"],
+        "max_instances = \"lots\"",
+    ));
+    refused(
+        &manifest,
+        &["switchyard.toml:12:17", "invalid type: string \"lots\""],
+    );
+}
+
+#[test]
+fn a_missing_component_is_refused_naming_the_path() {
+    let manifest = TestManifest::new(
+        "[[service]]\nname = \"gone\"\nversion = \"1.0.0\"\ncomponent = \"nowhere/gone.wasm\"\n\
+         routes = [\"GET /gone\"]\n",
+    );
+    refused(
+        &manifest,
+        &[
+            "nowhere/gone.wasm",
+            "does not exist",
+            "switchyard.toml:10:13",
+        ],
+    );
+}
+
+#[test]
+fn bytes_that_are_not_wasm_are_refused() {
+    refused(
+        &with_component(b"#!/bin/sh\necho hi\n"),
+        &["bad.wasm is not a WebAssembly file"],
+    );
+}
+
+#[test]
+fn a_core_module_is_refused_as_not_a_component() {
+    let module = wat::parse_str("(module (func (export \"handle\")))").unwrap();
+    refused(
+        &with_component(&module),
+        &["is a core WebAssembly module, not a component"],
+    );
+}
+
+#[test]
+fn a_component_with_an_unknown_import_is_refused_naming_it() {
+    let component = wat::parse_str(
+        "(component (import \"acme:billing/charge@1.0.0\" (instance (export \"charge\" (func)))))",
+    )
+    .unwrap();
+    refused(
+        &with_component(&component),
+        &[
+            "does not fit the `switchyard:runtime/service` world",
+            "acme:billing/charge@1.0.0",
+        ],
+    );
+}
+
+#[test]
+fn a_component_without_the_handler_export_is_refused_naming_it() {
+    let component = wat::parse_str("(component)").unwrap();
+    refused(
+        &with_component(&component),
+        &["does not fit", "switchyard:runtime/handler"],
+    );
+}
+
+#[test]
+fn a_duplicate_route_is_refused() {
+    let manifest = TestManifest::new(&format!(
+        "{}{}",
+        service("one", "hello", &["GET /hello/{name}"], ""),
+        service("two", "hello", &["GET /hello/{other}"], "")
+    ));
+    refused(
+        &manifest,
+        &["collides with route `GET /hello/{name}` of service `one`"],
+    );
+}
+
+#[test]
+fn an_address_in_use_is_refused_naming_it_and_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let manifest = TestManifest::new(&service("hello", "hello", &["GET /x"], ""));
+    let text = std::fs::read_to_string(&manifest.path).unwrap().replacen(
+        "http = \"127.0.0.1:0\"",
+        &format!("http = \"{addr}\""),
+        1,
+    );
+    std::fs::write(&manifest.path, text).unwrap();
+    let started = Instant::now();
+    let out = switchyard(&["run"], &manifest.path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr} (`node.http`")),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Nothing was compiled: the address was checked before any work.
+    assert!(!manifest.dir.path().join("data/compiled").exists());
+}
+
+#[test]
+fn the_hello_guest_path_exists() {
+    assert!(guest("hello").is_file());
+}

@@ -1,0 +1,136 @@
+//! A misbehaving guest costs one request, never the node.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{TestManifest, capture_logs, get, logs, service};
+
+fn faulty(extra: &str) -> TestManifest {
+    TestManifest::new(&format!(
+        "{}{}",
+        service(
+            "faulty",
+            "faulty",
+            &["GET /f/{fault}", "GET /f/{fault}/{arg}"],
+            extra
+        ),
+        service("hello", "hello", &["GET /hello/{name}"], "")
+    ))
+}
+
+#[tokio::test]
+async fn a_trap_is_a_500_with_the_request_id_logged_and_the_node_keeps_serving() {
+    capture_logs();
+    let manifest = faulty("");
+    let node = manifest.start().await;
+    let reply = get(node.http_addr(), "/f/trap").await;
+    assert_eq!(reply.status, 500);
+    let id = reply.header("x-request-id").unwrap().to_owned();
+    assert!(
+        reply.body.contains(&id),
+        "the body names the request id: {}",
+        reply.body
+    );
+    let logged = logs();
+    let failure = logged
+        .lines()
+        .find(|line| line.contains("request failed") && line.contains(&id))
+        .unwrap_or_else(|| panic!("no failure logged for {id}:\n{logged}"));
+    assert!(failure.contains("faulty"), "{failure}");
+    // The guest's own panic message reaches the log under the same id.
+    assert!(
+        logged
+            .lines()
+            .any(|line| line.contains(&id) && line.contains("trap requested")),
+        "guest panic message not logged for {id}"
+    );
+    assert_eq!(get(node.http_addr(), "/f/echo").await.status, 200);
+    assert_eq!(get(node.http_addr(), "/hello/still-up").await.status, 200);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_guest_past_its_deadline_gets_504_near_the_deadline() {
+    let manifest = faulty("timeout_ms = 300");
+    let node = manifest.start().await;
+    let started = Instant::now();
+    let reply = get(node.http_addr(), "/f/spin").await;
+    let elapsed = started.elapsed();
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert!(
+        reply.body.contains("did not answer within 300ms"),
+        "{}",
+        reply.body
+    );
+    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "the deadline was not enforced: {elapsed:?}"
+    );
+    // A guest sleeping in a host call (not burning CPU) is stopped too.
+    let reply = get(node.http_addr(), "/f/sleep/5000").await;
+    assert_eq!(reply.status, 504);
+    assert_eq!(get(node.http_addr(), "/hello/alive").await.status, 200);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_guest_over_its_memory_limit_gets_500_and_the_next_request_is_fine() {
+    let manifest = faulty("memory_limit_mb = 16");
+    let node = manifest.start().await;
+    let reply = get(node.http_addr(), "/f/oom/64").await;
+    assert_eq!(reply.status, 500);
+    assert!(
+        reply.body.contains("exceeded its memory limit of 16 MiB"),
+        "{}",
+        reply.body
+    );
+    let reply = get(node.http_addr(), "/f/oom/4").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn at_max_instances_the_next_request_gets_503_at_once() {
+    let manifest = faulty("max_instances = 2");
+    let node = manifest.start().await;
+    let addr = node.http_addr();
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(addr, "/f/sleep/1500").await.status }))
+        .collect();
+    // Let both slow requests take their instances.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let services = get(node.admin_addr(), "/services").await;
+        let services: serde_json::Value = serde_json::from_str(&services.body).unwrap();
+        if services[0]["in_flight"] == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slow requests never started: {services}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let reply = get(addr, "/f/echo").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert!(
+        reply.body.contains("limit of 2 concurrent requests"),
+        "{}",
+        reply.body
+    );
+    for request in slow {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(get(addr, "/f/echo").await.status, 200);
+    let services = get(node.admin_addr(), "/services").await;
+    let services: serde_json::Value = serde_json::from_str(&services.body).unwrap();
+    assert_eq!(services[0]["rejected"], 1);
+    node.shutdown().await;
+}

@@ -1,0 +1,16 @@
+//! Integration tests. Guests come from `cargo xtask build-guests` (run by `cargo xtask test`);
+//! the CLI tests run the release `switchyard` binary that `cargo xtask test` builds.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly on purpose"
+)]
+
+mod support;
+
+mod cache;
+mod cli;
+mod ingress;
+mod limits;
+mod scaffold;

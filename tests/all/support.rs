@@ -1,0 +1,158 @@
+//! Helpers: manifests in temp dirs, nodes on port 0, a tiny HTTP/1.1 client, captured logs.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use switchyard::{Manifest, Node};
+
+pub(crate) fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A guest component built by `cargo xtask build-guests`.
+pub(crate) fn guest(name: &str) -> PathBuf {
+    let path = repo_root().join(format!("target/guests/wasm32-wasip2/release/{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "guest component {} is missing: run `cargo xtask build-guests` (or `cargo xtask test`)",
+        path.display()
+    );
+    path
+}
+
+/// The release `switchyard` binary built by `cargo xtask test`.
+pub(crate) fn switchyard_bin() -> PathBuf {
+    let path = repo_root().join("target/release/switchyard");
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// A manifest file in its own temp dir: `[node]` on free loopback ports, then `services`.
+pub(crate) struct TestManifest {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) path: PathBuf,
+}
+
+impl TestManifest {
+    pub(crate) fn new(services: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchyard.toml");
+        let text = format!(
+            "[node]\nname = \"test\"\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+             data_dir = \"data\"\n\n{services}"
+        );
+        std::fs::write(&path, text).unwrap();
+        Self { dir, path }
+    }
+
+    pub(crate) fn load(&self) -> Manifest {
+        Manifest::load(&self.path).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    pub(crate) async fn start(&self) -> Node {
+        Node::start(&self.load())
+            .await
+            .unwrap_or_else(|err| panic!("{err}"))
+    }
+}
+
+/// `[[service]]` for a guest component, with extra TOML lines.
+pub(crate) fn service(name: &str, guest_name: &str, routes: &[&str], extra: &str) -> String {
+    let routes: Vec<String> = routes.iter().map(|r| format!("{r:?}")).collect();
+    format!(
+        "[[service]]\nname = \"{name}\"\nversion = \"1.0.0\"\ncomponent = {:?}\nroutes = [{}]\n{extra}\n",
+        guest(guest_name).display().to_string(),
+        routes.join(", ")
+    )
+}
+
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: hyper::HeaderMap,
+    pub(crate) body: String,
+}
+
+impl Reply {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// One request on a fresh connection.
+pub(crate) async fn send(addr: SocketAddr, method: &str, path: &str, body: &str) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+pub(crate) async fn get(addr: SocketAddr, path: &str) -> Reply {
+    send(addr, "GET", path, "").await
+}
+
+/// Everything the node logged in this test binary, as JSON lines (debug and up).
+pub(crate) fn logs() -> String {
+    let buffer = log_buffer();
+    let bytes = buffer.lock().unwrap();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Installs the capturing subscriber (once per test binary).
+pub(crate) fn capture_logs() {
+    log_buffer();
+}
+
+fn log_buffer() -> Arc<Mutex<Vec<u8>>> {
+    static BUFFER: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    BUFFER
+        .get_or_init(|| {
+            let buffer = Arc::new(Mutex::new(Vec::new()));
+            let writer = buffer.clone();
+            tracing_subscriber::fmt()
+                .json()
+                .with_current_span(true)
+                .with_env_filter("switchyard=debug,guest=debug")
+                .with_writer(move || SharedWriter(writer.clone()))
+                .init();
+            buffer
+        })
+        .clone()
+}
+
+struct SharedWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
