@@ -58,6 +58,17 @@ fn main() -> Result<()> {
         }
         Cmd::Test { cargo_args } => {
             build_guests(&root.join("guests/Cargo.toml"), &root.join("target/guests"))?;
+            // The CLI and scaffold tests run these binaries as a user would.
+            let mut binaries = cargo(&root);
+            binaries.args([
+                "build",
+                "--release",
+                "--package",
+                "switchyard",
+                "--package",
+                "xtask",
+            ]);
+            run(&mut binaries)?;
             let mut test = cargo(&root);
             test.args(["test", "--release", "--workspace"])
                 .args(&cargo_args);
