@@ -58,16 +58,11 @@ fn main() -> Result<()> {
         }
         Cmd::Test { cargo_args } => {
             build_guests(&root.join("guests/Cargo.toml"), &root.join("target/guests"))?;
-            // The CLI and scaffold tests run these binaries as a user would.
+            // The CLI and scaffold tests run the `switchyard` and `xtask` binaries as a user
+            // would. Building every target of the workspace at once resolves the same features
+            // as `cargo test --workspace`, so wasmtime is compiled once, not twice.
             let mut binaries = cargo(&root);
-            binaries.args([
-                "build",
-                "--release",
-                "--package",
-                "switchyard",
-                "--package",
-                "xtask",
-            ]);
+            binaries.args(["build", "--release", "--workspace", "--all-targets"]);
             run(&mut binaries)?;
             let mut test = cargo(&root);
             test.args(["test", "--release", "--workspace"])

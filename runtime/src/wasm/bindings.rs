@@ -10,9 +10,9 @@ wasmtime::component::bindgen!({
 });
 
 /// The request record a guest's `handler.handle` receives.
-pub use switchyard::runtime::types::Request as GuestRequest;
+pub use self::switchyard::runtime::types::Request as GuestRequest;
 /// The response record a guest's `handler.handle` returns.
-pub use switchyard::runtime::types::Response as GuestResponse;
+pub use self::switchyard::runtime::types::Response as GuestResponse;
 
 /// The interfaces a guest imports, for the host's implementations.
 pub(crate) mod imports {
