@@ -1,5 +1,7 @@
 //! Requests/s and p50/p99 latency through the hello guest, against a plain hyper server
-//! answering the same text, with the same client and concurrency, in the same run.
+//! answering the same text, with the same client and concurrency, in the same run. The guest
+//! runs twice: with a fresh instance per request (the default) and with instance reuse
+//! (`requests_per_instance`).
 //!
 //! `cargo xtask bench` (or `cargo bench -p switchyard-benches --bench http_hello`).
 //! Knobs: `BENCH_SECONDS` per round (default 5), `BENCH_CONNECTIONS` (default 32),
@@ -43,66 +45,63 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (node, plain) = servers.block_on(async { start_servers(dir.path()).await })?;
 
-    // Warm up both (compiled code, pool slots, connections).
-    client.block_on(run_load(
-        node.http_addr(),
-        "/hello/ada",
-        connections,
-        Duration::from_secs(1),
-    ))?;
-    client.block_on(run_load(
-        plain,
-        "/hello/ada",
-        connections,
-        Duration::from_secs(1),
-    ))?;
+    // Warm up every target (compiled code, pool slots, connections).
+    let addr = node.http_addr();
+    let warm = Duration::from_secs(1);
+    for (target, path) in [
+        (plain, "/hello/ada"),
+        (addr, "/hello/ada"),
+        (addr, "/reuse/ada"),
+    ] {
+        client.block_on(run_load(target, path, connections, warm))?;
+    }
 
-    let mut wasm_rounds = Vec::new();
     let mut plain_rounds = Vec::new();
+    let mut fresh_rounds = Vec::new();
+    let mut reuse_rounds = Vec::new();
     for round in 1..=rounds {
         let p = client.block_on(run_load(plain, "/hello/ada", connections, duration))?;
-        let w = client.block_on(run_load(
-            node.http_addr(),
-            "/hello/ada",
-            connections,
-            duration,
-        ))?;
+        let f = client.block_on(run_load(addr, "/hello/ada", connections, duration))?;
+        let r = client.block_on(run_load(addr, "/reuse/ada", connections, duration))?;
         println!(
-            "round {round}: plain {} | switchyard {}",
+            "round {round}: plain {} | fresh {} | reuse {}",
             line(&p),
-            line(&w)
+            line(&f),
+            line(&r)
         );
-        if p.errors + w.errors > 0 {
+        if p.errors + f.errors + r.errors > 0 {
             bail!(
-                "errors during the run: plain {}, switchyard {}",
+                "errors: plain {}, fresh {}, reuse {}",
                 p.errors,
-                w.errors
+                f.errors,
+                r.errors
             );
         }
         plain_rounds.push(p);
-        wasm_rounds.push(w);
+        fresh_rounds.push(f);
+        reuse_rounds.push(r);
     }
     let plain = median(plain_rounds);
-    let wasm = median(wasm_rounds);
-    let rps_ratio = wasm.requests_per_second() / plain.requests_per_second();
-    let p50_ratio = wasm.latency_us(0.5) as f64 / plain.latency_us(0.5) as f64;
-    let p99_ratio = wasm.latency_us(0.99) as f64 / plain.latency_us(0.99) as f64;
+    let fresh = median(fresh_rounds);
+    let reuse = median(reuse_rounds);
     println!();
     println!("http_hello ({connections} connections, {seconds}s x {rounds} rounds, median round)");
-    println!("  plain hyper : {}", line(&plain));
-    println!("  switchyard  : {}", line(&wasm));
-    println!(
-        "  ratio       : {rps_ratio:.2}x requests/s (aim >= 0.5), p50 {p50_ratio:.2}x, \
-         p99 {p99_ratio:.2}x (aim <= 2.0)"
-    );
+    println!("  plain hyper                           : {}", line(&plain));
+    println!("  switchyard, fresh instance per request: {}", line(&fresh));
+    println!("  switchyard, requests_per_instance=1e5 : {}", line(&reuse));
+    println!("  aim: >= 0.5x the plain requests/s, p99 <= 2.0x");
+    println!("  fresh vs plain: {}", ratios(&fresh, &plain));
+    println!("  reuse vs plain: {}", ratios(&reuse, &plain));
     let report = serde_json::json!({
         "bench": "http_hello",
         "connections": connections,
         "seconds": seconds,
         "rounds": rounds,
         "plain": summary(&plain),
-        "switchyard": summary(&wasm),
-        "ratio": { "requests_per_second": rps_ratio, "p50": p50_ratio, "p99": p99_ratio },
+        "switchyard_fresh": summary(&fresh),
+        "switchyard_reuse": summary(&reuse),
+        "fresh_vs_plain": ratios(&fresh, &plain),
+        "reuse_vs_plain": ratios(&reuse, &plain),
     });
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
     std::fs::create_dir_all(&out)?;
@@ -120,6 +119,15 @@ fn line(report: &LoadReport) -> String {
         report.requests_per_second(),
         report.latency_us(0.5),
         report.latency_us(0.99)
+    )
+}
+
+fn ratios(ours: &LoadReport, plain: &LoadReport) -> String {
+    format!(
+        "{:.2}x requests/s, p50 {:.2}x, p99 {:.2}x",
+        ours.requests_per_second() / plain.requests_per_second(),
+        ours.latency_us(0.5) as f64 / plain.latency_us(0.5) as f64,
+        ours.latency_us(0.99) as f64 / plain.latency_us(0.99) as f64
     )
 }
 
@@ -149,7 +157,11 @@ async fn start_servers(dir: &Path) -> Result<(switchyard::Node, SocketAddr)> {
         format!(
             "[node]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[[service]]\n\
              name = \"hello\"\nversion = \"1.0.0\"\ncomponent = {:?}\n\
-             routes = [\"GET /hello/{{name}}\"]\nmax_instances = 512\n",
+             routes = [\"GET /hello/{{name}}\"]\nmax_instances = 512\n\n[[service]]\n\
+             name = \"hello-reuse\"\nversion = \"1.0.0\"\ncomponent = {:?}\n\
+             routes = [\"GET /reuse/{{name}}\"]\nmax_instances = 512\n\
+             requests_per_instance = 100000\n",
+            guest.display().to_string(),
             guest.display().to_string()
         ),
     )?;

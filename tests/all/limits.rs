@@ -134,3 +134,28 @@ async fn at_max_instances_the_next_request_gets_503_at_once() {
     assert_eq!(services[0]["rejected"], 1);
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_request_gets_a_fresh_instance_unless_reuse_is_asked_for() {
+    let fresh = faulty("");
+    let node = fresh.start().await;
+    for _ in 0..3 {
+        assert_eq!(get(node.http_addr(), "/f/count").await.body, "1\n");
+    }
+    node.shutdown().await;
+
+    let reused = faulty("requests_per_instance = 3");
+    let node = reused.start().await;
+    let addr = node.http_addr();
+    let mut counts = Vec::new();
+    for _ in 0..4 {
+        counts.push(get(addr, "/f/count").await.body);
+    }
+    // One instance serves three requests, then a fresh one takes over.
+    assert_eq!(counts, ["1\n", "2\n", "3\n", "1\n"]);
+    // A trap discards the instance: the next request starts from scratch.
+    assert_eq!(get(addr, "/f/count").await.body, "2\n");
+    assert_eq!(get(addr, "/f/trap").await.status, 500);
+    assert_eq!(get(addr, "/f/count").await.body, "1\n");
+    node.shutdown().await;
+}

@@ -1,10 +1,13 @@
 //! A service that misbehaves on request, so the node's tests can check how each fault is
 //! contained: a trap, a busy loop past the deadline, memory past the limit, a slow answer.
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use switchyard_sdk::{Error, Request, Response, Service, config, log};
 
 struct Faulty;
+
+static REQUESTS_SEEN: AtomicU64 = AtomicU64::new(0);
 
 #[derive(serde::Serialize)]
 struct Echo<'a> {
@@ -72,6 +75,11 @@ impl Service for Faulty {
                     .unwrap_or(100);
                 std::thread::sleep(Duration::from_millis(ms));
                 Ok(Response::text(format!("slept {ms} ms\n")))
+            }
+            "count" => {
+                // Globals live as long as the instance: 1 on every request unless reused.
+                let count = REQUESTS_SEEN.fetch_add(1, Ordering::Relaxed) + 1;
+                Ok(Response::text(format!("{count}\n")))
             }
             "status" => {
                 let code = req

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-pub(crate) use output::GuestOutput;
+use output::GuestOutput;
 
 /// What every instance of one service generation shares.
 #[derive(Debug)]
@@ -33,15 +33,12 @@ pub(crate) struct HostState {
     pub(crate) limiter: MemoryLimiter,
     guest: Arc<GuestContext>,
     request_id: String,
+    output: GuestOutput,
 }
 
 impl HostState {
-    pub(crate) fn new(
-        guest: Arc<GuestContext>,
-        request_id: String,
-        memory_limit_bytes: usize,
-        output: &GuestOutput,
-    ) -> Self {
+    pub(crate) fn new(guest: Arc<GuestContext>, memory_limit_bytes: usize) -> Self {
+        let output = GuestOutput::default();
         let mut wasi = WasiCtx::builder();
         wasi.envs(&guest.env)
             .stdout(output.clone())
@@ -54,8 +51,20 @@ impl HostState {
                 exceeded: false,
             },
             guest,
-            request_id,
+            request_id: String::new(),
+            output,
         }
+    }
+
+    /// Tags what the guest does next (log lines, output) with `request_id`.
+    pub(crate) fn begin_request(&mut self, request_id: &str) {
+        request_id.clone_into(&mut self.request_id);
+        self.limiter.exceeded = false;
+    }
+
+    /// What the guest wrote to stdout/stderr since the last call, if anything.
+    pub(crate) fn take_output(&self) -> Option<(String, usize)> {
+        self.output.take()
     }
 }
 

@@ -13,6 +13,7 @@
 //! component = "hello.wasm"    # relative to this file
 //! routes = ["GET /hello/{name}"]
 //! max_instances = 64          # concurrent requests; more get 503 at once
+//! requests_per_instance = 1   # 1: a fresh instance per request; more: reuse idle ones
 //! timeout_ms = 5000           # per request; past it: 504
 //! memory_limit_mb = 64        # per instance; past it: 500
 //! config = { greeting = "Hello" }
@@ -68,6 +69,11 @@ pub struct ServiceSpec {
     pub routes: Vec<RouteSpec>,
     /// Requests served at once; the next one gets `503` immediately.
     pub max_instances: u32,
+    /// Requests one instance serves before it is dropped. `1` gives every request a fresh
+    /// instance (full isolation); more reuses idle instances, which is faster but lets a
+    /// request see globals an earlier one left behind. An instance that trapped, timed out or
+    /// hit its memory limit is never reused.
+    pub requests_per_instance: u32,
     /// Per-request deadline.
     pub timeout: Duration,
     /// Linear-memory limit per instance.
@@ -139,6 +145,8 @@ pub mod defaults {
     pub const DATA_DIR: &str = ".switchyard";
     /// `[[service]] max_instances`.
     pub const MAX_INSTANCES: u32 = 64;
+    /// `[[service]] requests_per_instance`: a fresh instance per request.
+    pub const REQUESTS_PER_INSTANCE: u32 = 1;
     /// `[[service]] timeout_ms`.
     pub const TIMEOUT_MS: u64 = 30_000;
     /// `[[service]] memory_limit_mb`.

@@ -37,6 +37,7 @@ struct RawService {
     #[serde(default)]
     routes: Vec<Spanned<String>>,
     max_instances: Option<Spanned<u32>>,
+    requests_per_instance: Option<Spanned<u32>>,
     timeout_ms: Option<Spanned<u64>>,
     memory_limit_mb: Option<Spanned<u64>>,
     #[serde(default)]
@@ -234,6 +235,13 @@ fn check_service(check: &Checker<'_>, raw: RawService) -> Result<ServiceSpec, Ma
         1..=10_000,
         "max_instances",
     )?;
+    let requests_per_instance = bounded(
+        check,
+        raw.requests_per_instance,
+        defaults::REQUESTS_PER_INSTANCE,
+        1..=1_000_000,
+        "requests_per_instance",
+    )?;
     let timeout_ms = bounded(
         check,
         raw.timeout_ms,
@@ -255,6 +263,7 @@ fn check_service(check: &Checker<'_>, raw: RawService) -> Result<ServiceSpec, Ma
         component_at,
         routes,
         max_instances,
+        requests_per_instance,
         timeout: Duration::from_millis(timeout_ms),
         memory_limit_bytes: usize::try_from(memory_limit_mb * 1024 * 1024).unwrap_or(usize::MAX),
         config: raw.config,

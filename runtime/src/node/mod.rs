@@ -212,6 +212,7 @@ fn slot_config(spec: &ServiceSpec) -> SlotConfig {
         service: spec.name.clone(),
         version: spec.version.clone(),
         max_instances: spec.max_instances,
+        requests_per_instance: spec.requests_per_instance,
         timeout: spec.timeout,
         memory_limit_bytes: spec.memory_limit_bytes,
         config: spec.config.clone(),

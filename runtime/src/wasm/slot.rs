@@ -6,8 +6,9 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use wasmtime::{Store, Trap};
 
+use super::Service;
 use super::{EPOCH_TICK, Engine, GuestRequest, GuestResponse, LoadedComponent};
-use crate::host::{GuestContext, GuestOutput, HostState};
+use crate::host::{GuestContext, HostState};
 
 /// What a [`Slot`] needs to know about its service.
 #[derive(Debug, Clone)]
@@ -15,6 +16,8 @@ pub struct SlotConfig {
     pub service: String,
     pub version: semver::Version,
     pub max_instances: u32,
+    /// Requests one instance serves before it is dropped (1: fresh per request).
+    pub requests_per_instance: u32,
     pub timeout: Duration,
     pub memory_limit_bytes: usize,
     pub config: BTreeMap<String, String>,
@@ -28,7 +31,17 @@ pub struct Slot {
     component: LoadedComponent,
     guest: Arc<GuestContext>,
     permits: Arc<Semaphore>,
+    /// Instances that finished a request cleanly and may serve another
+    /// (only when `requests_per_instance` > 1). Locked briefly, never across an await.
+    idle: std::sync::Mutex<Vec<LiveInstance>>,
     stats: Counters,
+}
+
+/// A store and, once instantiated, its instance.
+struct LiveInstance {
+    store: Store<HostState>,
+    service: Option<Service>,
+    served: u32,
 }
 
 #[derive(Default)]
@@ -86,6 +99,7 @@ impl Slot {
         Self {
             engine,
             permits: Arc::new(Semaphore::new(settings.max_instances as usize)),
+            idle: std::sync::Mutex::new(Vec::new()),
             settings,
             component,
             guest,
@@ -103,7 +117,8 @@ impl Slot {
         self.settings.timeout
     }
 
-    /// Runs `request` on a fresh instance within the service's limits.
+    /// Runs `request` within the service's limits, on a fresh instance or, when
+    /// `requests_per_instance` > 1, on an idle one that served earlier requests cleanly.
     ///
     /// # Cancel safety
     ///
@@ -119,17 +134,25 @@ impl Slot {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let _in_flight = DecrementOnDrop(&self.stats.in_flight);
 
-        let output = GuestOutput::default();
-        let request_id = request.request_id.clone();
-        let result = self.run(request, &output).await;
-        if let Some((text, dropped)) = output.take() {
+        let mut live = self.idle_instance().unwrap_or_else(|| self.new_instance());
+        live.store.data_mut().begin_request(&request.request_id);
+        let result = self.run(&mut live, &request).await;
+        if let Some((text, dropped)) = live.store.data().take_output() {
             tracing::info!(
                 target: "guest",
                 service = %self.settings.service,
-                request_id,
+                request_id = %request.request_id,
                 dropped_bytes = dropped,
                 "guest output:\n{text}"
             );
+        }
+        live.served += 1;
+        // A failed store may be mid-call or poisoned: only a clean one is reused.
+        if result.is_ok()
+            && live.served < self.settings.requests_per_instance
+            && let Ok(mut idle) = self.idle.lock()
+        {
+            idle.push(live);
         }
         match &result {
             Ok(_) => self.stats.served.fetch_add(1, Ordering::Relaxed),
@@ -138,29 +161,42 @@ impl Slot {
         result
     }
 
-    async fn run(
-        &self,
-        request: GuestRequest,
-        output: &GuestOutput,
-    ) -> Result<GuestResponse, SlotError> {
-        let timeout = self.settings.timeout;
-        let state = HostState::new(
-            self.guest.clone(),
-            request.request_id.clone(),
-            self.settings.memory_limit_bytes,
-            output,
-        );
+    fn idle_instance(&self) -> Option<LiveInstance> {
+        if self.settings.requests_per_instance <= 1 {
+            return None;
+        }
+        self.idle.lock().ok()?.pop()
+    }
+
+    fn new_instance(&self) -> LiveInstance {
+        let state = HostState::new(self.guest.clone(), self.settings.memory_limit_bytes);
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|state| &mut state.limiter);
-        let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
-        store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
+        LiveInstance {
+            store,
+            service: None,
+            served: 0,
+        }
+    }
 
+    async fn run(
+        &self,
+        live: &mut LiveInstance,
+        request: &GuestRequest,
+    ) -> Result<GuestResponse, SlotError> {
+        let timeout = self.settings.timeout;
+        let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
+        live.store.set_epoch_deadline(ticks);
+        let LiveInstance { store, service, .. } = live;
         let call = async {
-            let service = self.component.pre.instantiate_async(&mut store).await?;
+            let service = match service {
+                Some(service) => service,
+                None => service.insert(self.component.pre.instantiate_async(&mut *store).await?),
+            };
             service
                 .switchyard_runtime_handler()
-                .call_handle(&mut store, &request)
+                .call_handle(&mut *store, request)
                 .await
         };
         // Epochs stop guest code; this also stops time spent awaiting host calls.
