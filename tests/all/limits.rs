@@ -159,3 +159,29 @@ async fn every_request_gets_a_fresh_instance_unless_reuse_is_asked_for() {
     assert_eq!(get(addr, "/f/count").await.body, "1\n");
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
+    let manifest = faulty("");
+    let node = manifest.start().await;
+    let addr = node.http_addr();
+    let slow = tokio::spawn(async move { get(addr, "/f/sleep/600").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    node.shutdown().await;
+    let reply = slow.await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the node still accepts connections after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_413() {
+    let manifest = faulty("");
+    let node = manifest.start().await;
+    let body = "x".repeat(16 * 1024 * 1024 + 1);
+    let reply = crate::support::send(node.http_addr(), "GET", "/f/echo", &body).await;
+    assert_eq!(reply.status, 413, "{}", reply.body);
+    node.shutdown().await;
+}
