@@ -6,7 +6,8 @@
 //!
 //! Modules, one per subsystem (see `DESIGN.md`): [`manifest`] (schema and checks), [`node`]
 //! (lifecycle and wiring), [`wasm`] (engine, compile cache, slots), `host` (the guest's
-//! imports), `http` (ingress and admin API), [`telemetry`] (logging).
+//! imports), `http` (ingress and admin API), `router` (`METHOD /path` matching), `rpc`
+//! (service-to-service calls), [`telemetry`] (logging).
 
 pub mod manifest;
 pub mod node;
@@ -15,6 +16,8 @@ pub mod wasm;
 
 mod host;
 mod http;
+mod router;
+mod rpc;
 
 pub use manifest::Manifest;
 pub use node::{Node, NodeError};

@@ -35,6 +35,7 @@ extern crate self as switchyard_sdk;
 mod message;
 mod request;
 mod response;
+pub mod rpc;
 
 pub use message::{Message, MessageKind};
 pub use request::Request;

@@ -13,4 +13,5 @@ mod cache;
 mod cli;
 mod ingress;
 mod limits;
+mod rpc;
 mod scaffold;

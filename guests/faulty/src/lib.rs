@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use switchyard_sdk::{Error, Request, Response, Service, config, log};
+use switchyard_sdk::{Error, Request, Response, Service, config, log, rpc};
 
 struct Faulty;
 
@@ -75,6 +75,31 @@ impl Service for Faulty {
                     .unwrap_or(100);
                 std::thread::sleep(Duration::from_millis(ms));
                 Ok(Response::text(format!("slept {ms} ms\n")))
+            }
+            "call" => {
+                // Body: target, method, and optionally a timeout in ms, one per line.
+                let body = req.text()?.to_owned();
+                let mut lines = body.lines();
+                let target = lines.next().unwrap_or_default();
+                let method = lines.next().unwrap_or_default();
+                let mut call = rpc::Call::new(target, method).header("x-probe", "1");
+                if let Some(ms) = lines.next().and_then(|ms| ms.parse().ok()) {
+                    call = call.timeout(Duration::from_millis(ms));
+                }
+                let reply = call.send()?;
+                Ok(Response::new(reply.status()).with_body(reply.body().to_vec()))
+            }
+            "fanout" => {
+                let n: usize = req.param("arg").and_then(|arg| arg.parse().ok()).unwrap_or(3);
+                let started = std::time::Instant::now();
+                let calls = (0..n)
+                    .map(|_| rpc::Call::new("faulty", "GET /f/sleep/100").start())
+                    .collect();
+                let ok = rpc::wait_all(calls)
+                    .into_iter()
+                    .filter(|reply| reply.as_ref().is_ok_and(|r| r.status() == 200))
+                    .count();
+                Ok(Response::json(&(ok, started.elapsed().as_millis() as u64)))
             }
             "count" => {
                 // Globals live as long as the instance: 1 on every request unless reused.

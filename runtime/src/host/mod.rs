@@ -8,6 +8,7 @@
 mod config;
 mod log;
 mod output;
+mod rpc;
 mod types;
 
 use std::collections::BTreeMap;
@@ -17,11 +18,17 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use output::GuestOutput;
+#[allow(
+    unreachable_pub,
+    reason = "bindgen re-exports it publicly; the module is private"
+)]
+pub use rpc::PendingCall;
 
 /// What every instance of one service generation shares.
-#[derive(Debug)]
 pub(crate) struct GuestContext {
     pub(crate) service: String,
+    /// Makes this service's outgoing calls.
+    pub(crate) rpc: crate::rpc::Client,
     pub(crate) config: BTreeMap<String, String>,
     pub(crate) env: Vec<(String, String)>,
 }
@@ -33,6 +40,10 @@ pub(crate) struct HostState {
     pub(crate) limiter: MemoryLimiter,
     guest: Arc<GuestContext>,
     request_id: String,
+    /// When the current request's time is up; calls it makes get what is left.
+    deadline: std::time::Instant,
+    /// Numbers the calls of the current request (their ids are `<request id>.<n>`).
+    calls_made: u32,
     output: GuestOutput,
 }
 
@@ -52,14 +63,29 @@ impl HostState {
             },
             guest,
             request_id: String::new(),
+            deadline: std::time::Instant::now(),
+            calls_made: 0,
             output,
         }
     }
 
-    /// Tags what the guest does next (log lines, output) with `request_id`.
-    pub(crate) fn begin_request(&mut self, request_id: &str) {
+    /// Tags what the guest does next (log lines, output, calls) with `request_id`, and sets
+    /// the deadline its outgoing calls must finish by.
+    pub(crate) fn begin_request(&mut self, request_id: &str, deadline: std::time::Instant) {
         request_id.clone_into(&mut self.request_id);
+        self.deadline = deadline;
+        self.calls_made = 0;
         self.limiter.exceeded = false;
+    }
+
+    fn remaining(&self) -> std::time::Duration {
+        self.deadline
+            .saturating_duration_since(std::time::Instant::now())
+    }
+
+    fn next_call_id(&mut self) -> String {
+        self.calls_made += 1;
+        format!("{}.{}", self.request_id, self.calls_made)
     }
 
     /// What the guest wrote to stdout/stderr since the last call, if anything.

@@ -10,8 +10,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tracing::{Instrument, field};
 
-use super::router::{Lookup, Router};
 use super::server::Handler;
+use crate::router::{Lookup, Router};
 use crate::wasm::{GuestRequest, GuestResponse, SlotError};
 
 /// Request bodies above this get `413`.

@@ -8,10 +8,8 @@
 
 mod admin;
 mod ingress;
-mod router;
 mod server;
 
 pub(crate) use admin::Admin;
 pub(crate) use ingress::Ingress;
-pub(crate) use router::Router;
 pub(crate) use server::serve;

@@ -13,8 +13,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::http::{self, Admin, Ingress, Router};
+use crate::http::{self, Admin, Ingress};
 use crate::manifest::{Location, Manifest, ServiceSpec};
+use crate::router::Router;
+use crate::rpc;
 use crate::wasm::{Engine, EngineConfig, LoadError, LoadedComponent, Slot, SlotConfig};
 
 /// How long in-flight requests may take to finish once shutdown starts.
@@ -95,18 +97,30 @@ impl Node {
         };
         let (engine, components) = loaded;
         let engine = Arc::new(engine);
+        let rpc = rpc::Client::default();
         let mut router = Router::default();
+        let mut directory = rpc::Directory::default();
         let mut admin_services = Vec::new();
         for (spec, component) in manifest.services.iter().zip(components) {
-            let slot = Arc::new(Slot::new(engine.clone(), slot_config(spec), component));
+            let slot = Arc::new(Slot::new(
+                engine.clone(),
+                slot_config(spec),
+                component,
+                rpc.clone(),
+            ));
+            let mut own_routes = Router::default();
             for route in &spec.routes {
-                router
-                    .add(&route.method, &route.pattern, slot.clone())
-                    .map_err(|err| NodeError::Route(err.to_string()))?;
+                for table in [&mut router, &mut own_routes] {
+                    table
+                        .add(&route.method, &route.pattern, slot.clone())
+                        .map_err(|err| NodeError::Route(err.to_string()))?;
+                }
             }
+            directory.add(&spec.name, spec.version.clone(), own_routes);
             let routes = spec.routes.iter().map(ToString::to_string).collect();
             admin_services.push((slot, routes));
         }
+        rpc.install(directory);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut servers = JoinSet::new();

@@ -1,12 +1,29 @@
 //! Host bindings for the `service` world, generated from `wit/`.
 //!
-//! Imports are synchronous (they never wait on I/O yet); exports are called with
-//! `call_async` so a guest runs on a fiber and epoch deadlines can interrupt it.
+//! Imports that wait (rpc) are async host functions: the guest's fiber yields while the host
+//! awaits. The rest are synchronous. Exports are called with `call_async` so a guest runs on a
+//! fiber and epoch deadlines can interrupt it. `trappable` imports may trap the guest (a bad
+//! resource handle), which is kept apart from errors the guest handles.
+
+#[allow(
+    unreachable_pub,
+    reason = "bindgen re-exports the `with` type publicly"
+)]
+pub use crate::host::PendingCall;
 
 wasmtime::component::bindgen!({
     world: "service",
     path: "../wit",
+    imports: {
+        "switchyard:runtime/rpc.call": async,
+        "switchyard:runtime/rpc.start": trappable,
+        "switchyard:runtime/rpc.wait-any": async | trappable,
+        "switchyard:runtime/rpc.[method]pending-call.wait": async | trappable,
+    },
     exports: { default: async },
+    with: {
+        "switchyard:runtime/rpc.pending-call": PendingCall,
+    },
 });
 
 /// The request record a guest's `handler.handle` receives.
@@ -16,5 +33,5 @@ pub use self::switchyard::runtime::types::Response as GuestResponse;
 
 /// The interfaces a guest imports, for the host's implementations.
 pub(crate) mod imports {
-    pub(crate) use super::switchyard::runtime::{config, log, types};
+    pub(crate) use super::switchyard::runtime::{config, log, rpc, types};
 }

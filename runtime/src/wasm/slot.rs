@@ -86,9 +86,15 @@ pub enum SlotError {
 }
 
 impl Slot {
-    pub fn new(engine: Arc<Engine>, settings: SlotConfig, component: LoadedComponent) -> Self {
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        settings: SlotConfig,
+        component: LoadedComponent,
+        rpc: crate::rpc::Client,
+    ) -> Self {
         let guest = Arc::new(GuestContext {
             service: settings.service.clone(),
+            rpc,
             config: settings.config.clone(),
             env: settings
                 .env
@@ -135,7 +141,10 @@ impl Slot {
         let _in_flight = DecrementOnDrop(&self.stats.in_flight);
 
         let mut live = self.idle_instance().unwrap_or_else(|| self.new_instance());
-        live.store.data_mut().begin_request(&request.request_id);
+        let deadline = std::time::Instant::now() + self.settings.timeout;
+        live.store
+            .data_mut()
+            .begin_request(&request.request_id, deadline);
         let result = self.run(&mut live, &request).await;
         if let Some((text, dropped)) = live.store.data().take_output() {
             tracing::info!(

@@ -1,4 +1,5 @@
-//! `METHOD /path` → service, built once from the manifest.
+//! `METHOD /path` → service, built once from the manifest. The ingress routes HTTP requests
+//! with one router over every service; `rpc` routes a call's method with a router per callee.
 
 use std::collections::HashMap;
 use std::sync::Arc;

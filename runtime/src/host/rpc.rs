@@ -1,0 +1,170 @@
+//! `switchyard:runtime/rpc`: calls to other services through the node's [`rpc::Client`].
+//!
+//! `start` spawns the call on the runtime, so calls started together run in parallel while
+//! the guest keeps going; the `pending-call` resource holds its outcome. Dropping a pending
+//! call aborts it.
+
+use std::future::{Future, poll_fn};
+use std::task::Poll;
+
+use tokio::sync::oneshot;
+use wasmtime::component::Resource;
+
+use super::HostState;
+use crate::rpc::{self, Call, CallError};
+use crate::wasm::imports::rpc::{self as wit, CallOptions};
+
+/// A call in flight, or its outcome once it arrived.
+#[allow(
+    unreachable_pub,
+    reason = "bindgen re-exports it publicly; the module is private"
+)]
+pub struct PendingCall {
+    state: PendingState,
+    task: tokio::task::AbortHandle,
+}
+
+enum PendingState {
+    Running(oneshot::Receiver<Result<rpc::Reply, CallError>>),
+    Done(Result<wit::Reply, wit::CallError>),
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl PendingCall {
+    /// Moves an arrived outcome into `Done`; `Pending` while the call runs.
+    fn poll_outcome(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if let PendingState::Running(receiver) = &mut self.state {
+            let outcome = match std::pin::Pin::new(receiver).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(outcome)) => outcome,
+                // The task was aborted or panicked: report it rather than hang.
+                Poll::Ready(Err(_)) => Err(CallError::Remote("the call was abandoned".into())),
+            };
+            self.state = PendingState::Done(to_wit(outcome));
+        }
+        Poll::Ready(())
+    }
+
+    fn outcome(&self) -> Option<Result<wit::Reply, wit::CallError>> {
+        match &self.state {
+            PendingState::Done(outcome) => Some(outcome.clone()),
+            PendingState::Running(_) => None,
+        }
+    }
+}
+
+impl HostState {
+    fn prepare_call(
+        &mut self,
+        service: String,
+        method: String,
+        body: Vec<u8>,
+        options: CallOptions,
+    ) -> Call {
+        let remaining = self.remaining();
+        let budget = match options.timeout_ms {
+            Some(ms) => remaining.min(std::time::Duration::from_millis(u64::from(ms))),
+            None => remaining,
+        };
+        Call {
+            target: service,
+            method,
+            body,
+            headers: options.headers,
+            budget,
+            caller: self.guest.service.clone(),
+            request_id: self.next_call_id(),
+        }
+    }
+}
+
+fn to_wit(outcome: Result<rpc::Reply, CallError>) -> Result<wit::Reply, wit::CallError> {
+    match outcome {
+        Ok(reply) => Ok(wit::Reply {
+            status: reply.status,
+            headers: reply.headers,
+            body: reply.body,
+        }),
+        Err(CallError::Timeout) => Err(wit::CallError::Timeout),
+        Err(CallError::Unavailable(m)) => Err(wit::CallError::Unavailable(m)),
+        Err(CallError::Remote(m)) => Err(wit::CallError::Remote(m)),
+        Err(CallError::BadRequest(m)) => Err(wit::CallError::BadRequest(m)),
+    }
+}
+
+impl wit::Host for HostState {
+    async fn call(
+        &mut self,
+        service: String,
+        method: String,
+        body: Vec<u8>,
+        options: CallOptions,
+    ) -> Result<wit::Reply, wit::CallError> {
+        let call = self.prepare_call(service, method, body, options);
+        let client = self.guest.rpc.clone();
+        to_wit(client.call(call).await)
+    }
+
+    fn start(
+        &mut self,
+        service: String,
+        method: String,
+        body: Vec<u8>,
+        options: CallOptions,
+    ) -> wasmtime::Result<Resource<PendingCall>> {
+        let call = self.prepare_call(service, method, body, options);
+        let client = self.guest.rpc.clone();
+        let (sender, receiver) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _ = sender.send(client.call(call).await);
+        });
+        let pending = PendingCall {
+            state: PendingState::Running(receiver),
+            task: task.abort_handle(),
+        };
+        Ok(self.table.push(pending)?)
+    }
+
+    async fn wait_any(&mut self, calls: Vec<Resource<PendingCall>>) -> wasmtime::Result<u32> {
+        if calls.is_empty() {
+            wasmtime::bail!("rpc.wait-any needs at least one pending call");
+        }
+        let table = &mut self.table;
+        poll_fn(|cx| {
+            for (index, call) in calls.iter().enumerate() {
+                let pending = match table.get_mut(call) {
+                    Ok(pending) => pending,
+                    Err(err) => return Poll::Ready(Err(err.into())),
+                };
+                if pending.poll_outcome(cx).is_ready() {
+                    return Poll::Ready(Ok(u32::try_from(index).unwrap_or(u32::MAX)));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl wit::HostPendingCall for HostState {
+    async fn wait(
+        &mut self,
+        call: Resource<PendingCall>,
+    ) -> wasmtime::Result<Result<wit::Reply, wit::CallError>> {
+        let pending = self.table.get_mut(&call)?;
+        poll_fn(|cx| pending.poll_outcome(cx)).await;
+        pending
+            .outcome()
+            .ok_or_else(|| wasmtime::format_err!("pending call has no outcome after completing"))
+    }
+
+    fn drop(&mut self, call: Resource<PendingCall>) -> wasmtime::Result<()> {
+        self.table.delete(call)?;
+        Ok(())
+    }
+}

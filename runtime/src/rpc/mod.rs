@@ -1,0 +1,233 @@
+//! Service-to-service calls.
+//!
+//! A guest calls `rpc.call("inventory@^1", "GET /items/42", body, options)`. The [`Client`]
+//! parses the target, finds the callee in the node's [`Directory`], routes the method with the
+//! callee's own routes (so path parameters work as for HTTP), and runs the callee's `handler`
+//! in-process: no socket, no encoding beyond the component boundary. The call's budget is the
+//! smaller of its `timeout-ms` and the caller's remaining deadline; the callee sees it as its
+//! `deadline-ms`, and the caller never waits longer.
+//!
+//! Calls to other nodes (QUIC transport, discovery, balancing) arrive with the next issue; they
+//! plug in where [`Client::call`] finds no local callee.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use crate::router::{Lookup, Router};
+use crate::wasm::{GuestRequest, SlotError};
+
+/// A reply from the callee: what its handler answered.
+#[derive(Debug, Clone)]
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+}
+
+/// Why a call has no reply. Mirrors `call-error` in `wit/rpc.wit` (whose `rejected` comes
+/// with policies).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CallError {
+    #[error("the call did not finish within its deadline")]
+    Timeout,
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("the callee failed: {0}")]
+    Remote(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+/// One call, as the guest asked for it.
+#[derive(Debug, Clone)]
+pub(crate) struct Call {
+    /// `name` or `name@<semver range>`.
+    pub(crate) target: String,
+    /// `METHOD /path?query`.
+    pub(crate) method: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) headers: Vec<(String, String)>,
+    /// The time the caller allows, already capped by its own deadline.
+    pub(crate) budget: Duration,
+    /// For the callee's logs: the caller's service and a request id derived from the caller's.
+    pub(crate) caller: String,
+    pub(crate) request_id: String,
+}
+
+/// The services this node runs, by name, with their routes.
+#[derive(Default)]
+pub(crate) struct Directory {
+    services: HashMap<String, Callee>,
+}
+
+struct Callee {
+    version: semver::Version,
+    routes: Router,
+}
+
+impl Directory {
+    pub(crate) fn add(&mut self, name: &str, version: semver::Version, routes: Router) {
+        self.services
+            .insert(name.to_owned(), Callee { version, routes });
+    }
+}
+
+/// Makes calls on behalf of guests. Cheap to clone; every slot holds one.
+#[derive(Clone, Default)]
+pub(crate) struct Client {
+    /// Filled once the node has built every slot (slots hold clients, the directory holds
+    /// slots, so it cannot exist first).
+    directory: Arc<OnceLock<Directory>>,
+}
+
+impl Client {
+    /// Makes `directory` the set of callees. Later calls are ignored: a node installs it once.
+    pub(crate) fn install(&self, directory: Directory) {
+        if self.directory.set(directory).is_err() {
+            tracing::warn!("rpc directory installed twice; keeping the first");
+        }
+    }
+
+    /// Runs `call` and returns the callee's reply.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops the callee's instance mid-call; nothing else is affected.
+    pub(crate) async fn call(&self, call: Call) -> Result<Reply, CallError> {
+        let (name, range) = parse_target(&call.target)?;
+        let (method, path, query) = parse_method(&call.method)?;
+        let directory = self
+            .directory
+            .get()
+            .ok_or_else(|| CallError::Unavailable("the node is still starting".into()))?;
+        let callee = directory.services.get(name).ok_or_else(|| {
+            CallError::Unavailable(format!("no service named `{name}` is running"))
+        })?;
+        if let Some(range) = &range
+            && !range.matches(&callee.version)
+        {
+            return Err(CallError::Unavailable(format!(
+                "service `{name}` runs version {}, which does not match `{range}`",
+                callee.version
+            )));
+        }
+        let (target, params) = match callee.routes.lookup(method, path) {
+            Lookup::Found { target, params } => (target, params),
+            Lookup::WrongMethod(allowed) => {
+                return Err(CallError::BadRequest(format!(
+                    "service `{name}` has no route for {method} {path}; that path takes {}",
+                    allowed.join(", ")
+                )));
+            }
+            Lookup::NotFound => {
+                return Err(CallError::BadRequest(format!(
+                    "service `{name}` has no route for {method} {path}"
+                )));
+            }
+        };
+        let budget = call.budget.min(target.slot.timeout());
+        let mut headers = call.headers;
+        headers.push(("x-switchyard-caller".into(), call.caller));
+        let request = GuestRequest {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            query: query.map(str::to_owned),
+            headers,
+            params,
+            body: call.body,
+            request_id: call.request_id,
+            deadline_ms: u32::try_from(budget.as_millis()).unwrap_or(u32::MAX),
+        };
+        let span = tracing::debug_span!("rpc", callee = name, route = &*target.pattern);
+        let outcome = tokio::time::timeout(budget, target.slot.handle(request))
+            .instrument(span)
+            .await;
+        match outcome {
+            Err(_elapsed) => Err(CallError::Timeout),
+            Ok(Ok(response)) => Ok(Reply {
+                status: response.status,
+                headers: response.headers,
+                body: response.body,
+            }),
+            Ok(Err(error)) => Err(match error {
+                SlotError::Busy { .. } => CallError::Unavailable(error.to_string()),
+                SlotError::Timeout { .. } => CallError::Timeout,
+                SlotError::MemoryLimit { .. } | SlotError::Trap { .. } => {
+                    CallError::Remote(error.to_string())
+                }
+            }),
+        }
+    }
+}
+
+/// `inventory` or `inventory@^1.2`.
+fn parse_target(target: &str) -> Result<(&str, Option<semver::VersionReq>), CallError> {
+    let (name, range) = match target.split_once('@') {
+        Some((name, range)) => {
+            let range = semver::VersionReq::parse(range).map_err(|err| {
+                CallError::BadRequest(format!(
+                    "`{target}`: `{range}` is not a semver range ({err}); write e.g. `{name}@^1`"
+                ))
+            })?;
+            (name, Some(range))
+        }
+        None => (target, None),
+    };
+    if name.is_empty() {
+        return Err(CallError::BadRequest(format!(
+            "`{target}` names no service; write e.g. `inventory` or `inventory@^1`"
+        )));
+    }
+    Ok((name, range))
+}
+
+/// `GET /items/42?x=1` → (`GET`, `/items/42`, `Some("x=1")`).
+fn parse_method(method: &str) -> Result<(&str, &str, Option<&str>), CallError> {
+    let bad = || {
+        CallError::BadRequest(format!(
+            "method `{method}` is not `METHOD /path`, e.g. `GET /items/42`"
+        ))
+    };
+    let (verb, target) = method.trim().split_once(' ').ok_or_else(bad)?;
+    if verb.is_empty() || !verb.bytes().all(|b| b.is_ascii_uppercase()) || !target.starts_with('/')
+    {
+        return Err(bad());
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    Ok((verb, path, query))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_and_methods_parse_or_say_what_is_wrong() {
+        assert_eq!(
+            parse_target("inventory").map(|(n, r)| (n, r.is_none())),
+            Ok(("inventory", true))
+        );
+        let (name, range) = parse_target("inventory@^1").unwrap_or(("", None));
+        assert_eq!(name, "inventory");
+        assert!(range.is_some_and(|r| r.matches(&semver::Version::new(1, 4, 0))));
+        assert!(
+            matches!(parse_target("inventory@banana"), Err(CallError::BadRequest(m)) if m.contains("not a semver range"))
+        );
+        assert!(matches!(parse_target("@^1"), Err(CallError::BadRequest(_))));
+        assert_eq!(
+            parse_method("GET /a/b?x=1"),
+            Ok(("GET", "/a/b", Some("x=1")))
+        );
+        assert!(matches!(
+            parse_method("get /a"),
+            Err(CallError::BadRequest(_))
+        ));
+        assert!(matches!(parse_method("/a"), Err(CallError::BadRequest(_))));
+    }
+}

@@ -1,0 +1,134 @@
+//! Service-to-service calls on one node: routing, versions, errors, deadlines, fan-out.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{Reply, TestManifest, get, send, service};
+
+fn node_with(extra_faulty: &str) -> TestManifest {
+    TestManifest::new(&format!(
+        "{}{}",
+        service(
+            "faulty",
+            "faulty",
+            &["GET /f/{fault}", "GET /f/{fault}/{arg}", "POST /f/{fault}"],
+            extra_faulty
+        ),
+        service("hello", "hello", &["GET /hello/{name}"], "")
+    ))
+}
+
+async fn call(addr: std::net::SocketAddr, body: &str) -> Reply {
+    send(addr, "POST", "/f/call", body).await
+}
+
+#[tokio::test]
+async fn a_guest_calls_another_service_through_its_routes() {
+    let manifest = node_with("");
+    let node = manifest.start().await;
+    let reply = call(node.http_addr(), "hello\nGET /hello/rpc").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "Hello, rpc!\n"));
+    let reply = call(node.http_addr(), "hello@^1\nGET /hello/ranged").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "Hello, ranged!\n")
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_calls_come_back_as_typed_errors_that_name_the_cause() {
+    let manifest = node_with("");
+    let node = manifest.start().await;
+    let addr = node.http_addr();
+    for (body, status, needle) in [
+        (
+            "hello@^2\nGET /hello/x",
+            503,
+            "runs version 1.0.0, which does not match `^2`",
+        ),
+        ("nobody\nGET /x", 503, "no service named `nobody`"),
+        (
+            "hello\nPOST /hello/x",
+            500,
+            "has no route for POST /hello/x",
+        ),
+        ("hello\nhello", 500, "is not `METHOD /path`"),
+        ("hello@what\nGET /hello/x", 500, "not a semver range"),
+        ("faulty\nGET /f/trap", 502, "the callee failed"),
+    ] {
+        let reply = call(addr, body).await;
+        assert_eq!(reply.status, status, "{body:?}: {}", reply.body);
+        assert!(reply.body.contains(needle), "{body:?}: {}", reply.body);
+    }
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_call_never_waits_past_its_timeout_or_the_callers_deadline() {
+    let manifest = node_with("timeout_ms = 600");
+    let node = manifest.start().await;
+    let addr = node.http_addr();
+
+    let started = Instant::now();
+    let reply = call(addr, "faulty\nGET /f/sleep/5000\n150").await;
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_millis(550), "{elapsed:?}");
+
+    // No explicit timeout: the caller's own deadline (600 ms) bounds the call, and the
+    // caller still answers (with the call's timeout) before its own deadline.
+    let started = Instant::now();
+    let reply = call(addr, "faulty\nGET /f/sleep/5000").await;
+    let elapsed = started.elapsed();
+    assert_eq!(reply.status, 504);
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+
+    // The callee sees the shrunken deadline, who called, and a request id derived from ours.
+    let reply = call(addr, "faulty\nGET /f/echo\n250").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let echo: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert!(echo["deadline_ms"].as_u64().unwrap() <= 250, "{echo}");
+    let headers = echo["headers"].as_array().unwrap();
+    assert!(
+        headers.contains(&serde_json::json!(["x-switchyard-caller", "faulty"])),
+        "{echo}"
+    );
+    assert!(
+        headers.contains(&serde_json::json!(["x-probe", "1"])),
+        "{echo}"
+    );
+    let id = echo["request_id"].as_str().unwrap();
+    assert!(id.ends_with(".1") && id.len() > 2, "{id}");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn calls_started_together_run_in_parallel() {
+    let manifest = node_with("");
+    let node = manifest.start().await;
+    let reply = get(node.http_addr(), "/f/fanout/3").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let (ok, elapsed_ms): (u64, u64) = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(ok, 3);
+    assert!(
+        (100..250).contains(&elapsed_ms),
+        "three 100 ms calls took {elapsed_ms} ms"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_guest_built_against_wit_0_1_0_still_runs() {
+    let old = crate::support::repo_root().join("tests/fixtures/hello-wit-0.1.0.wasm");
+    let manifest = TestManifest::new(&format!(
+        "[[service]]\nname = \"old\"\nversion = \"0.9.0\"\ncomponent = {:?}\nroutes = [\"GET /old/{{name}}\"]\n",
+        old.display().to_string()
+    ));
+    let node = manifest.start().await;
+    let reply = get(node.http_addr(), "/old/timer").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "Hello, timer!\n")
+    );
+    node.shutdown().await;
+}
