@@ -12,8 +12,10 @@
 pub mod manifest;
 pub mod node;
 pub mod telemetry;
+pub mod transport;
 pub mod wasm;
 
+mod discovery;
 mod host;
 mod http;
 mod router;

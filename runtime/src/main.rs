@@ -36,6 +36,11 @@ enum Command {
         /// Path of the manifest (TOML).
         manifest: PathBuf,
     },
+    /// Create cluster certificates for mutual TLS between nodes.
+    Cert {
+        #[command(subcommand)]
+        what: CertCommand,
+    },
     /// Create a new guest crate that builds and serves out of the box.
     New {
         /// Name of the service and crate (lower-case letters, digits, hyphens).
@@ -49,6 +54,30 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CertCommand {
+    /// A new cluster CA: writes ca.pem and ca.key (keep ca.key secret).
+    Ca {
+        /// Directory to write into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Cluster name, in the CA's common name.
+        #[arg(long, default_value = "switchyard")]
+        name: String,
+    },
+    /// A node certificate signed by the CA: writes <name>.pem and <name>.key.
+    Node {
+        /// Node name (as in `[node] name`).
+        name: String,
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long, default_value = ".")]
+        ca_dir: PathBuf,
+        /// Directory to write into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
@@ -56,6 +85,7 @@ fn main() -> ExitCode {
         Command::Run { manifest } => run(manifest),
         Command::Check { manifest } => check(manifest),
         Command::New { name, dir, sdk } => scaffold::new_guest(&name, &dir, sdk.as_deref()),
+        Command::Cert { what } => cert(what),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,4 +144,51 @@ fn check(path: PathBuf) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn cert(what: CertCommand) -> Result<()> {
+    use switchyard::transport::{CertPem, generate_ca, issue_node_cert};
+    let write = |dir: &std::path::Path, stem: &str, pem: &CertPem| -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let cert = dir.join(format!("{stem}.pem"));
+        let key = dir.join(format!("{stem}.key"));
+        for path in [&cert, &key] {
+            anyhow::ensure!(
+                !path.exists(),
+                "{} exists already; remove it or choose --out",
+                path.display()
+            );
+        }
+        std::fs::write(&cert, &pem.cert)
+            .with_context(|| format!("cannot write {}", cert.display()))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key)
+            .with_context(|| format!("cannot write {}", key.display()))?;
+        std::io::Write::write_all(&mut file, pem.key.as_bytes())?;
+        println!("wrote {} and {}", cert.display(), key.display());
+        Ok(())
+    };
+    match what {
+        CertCommand::Ca { out, name } => write(&out, "ca", &generate_ca(&name)?),
+        CertCommand::Node { name, ca_dir, out } => {
+            let read = |file: &str| {
+                let path = ca_dir.join(file);
+                std::fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "cannot read {}: create the CA first with `switchyard cert ca`",
+                        path.display()
+                    )
+                })
+            };
+            let ca = CertPem {
+                cert: read("ca.pem")?,
+                key: read("ca.key")?,
+            };
+            write(&out, &name, &issue_node_cert(&ca, &name)?)
+        }
+    }
 }

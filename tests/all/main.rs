@@ -13,5 +13,6 @@ mod cache;
 mod cli;
 mod ingress;
 mod limits;
+mod mesh;
 mod rpc;
 mod scaffold;

@@ -45,10 +45,15 @@ pub(crate) struct TestManifest {
 
 impl TestManifest {
     pub(crate) fn new(services: &str) -> Self {
+        Self::with_node("name = \"test\"", services)
+    }
+
+    /// Like [`TestManifest::new`], with extra `[node]` lines (name, quic, seeds, tls).
+    pub(crate) fn with_node(node: &str, services: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("switchyard.toml");
         let text = format!(
-            "[node]\nname = \"test\"\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+            "[node]\n{node}\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
              data_dir = \"data\"\n\n{services}"
         );
         std::fs::write(&path, text).unwrap();

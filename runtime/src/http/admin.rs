@@ -11,10 +11,11 @@ use super::ingress::plain;
 use super::server::Handler;
 use crate::wasm::Slot;
 
-/// The admin API: `GET /health`, `GET /services`.
+/// The admin API: `GET /health`, `GET /services`, `GET /registry`.
 pub(crate) struct Admin {
     node: String,
     services: Vec<(Arc<Slot>, Vec<String>)>,
+    registry: Option<Arc<crate::discovery::Registry>>,
 }
 
 #[derive(serde::Serialize)]
@@ -26,8 +27,16 @@ struct ServiceView<'a> {
 
 impl Admin {
     /// `services`: each slot with its routes as written (`GET /hello/{name}`).
-    pub(crate) fn new(node: String, services: Vec<(Arc<Slot>, Vec<String>)>) -> Self {
-        Self { node, services }
+    pub(crate) fn new(
+        node: String,
+        services: Vec<(Arc<Slot>, Vec<String>)>,
+        registry: Option<Arc<crate::discovery::Registry>>,
+    ) -> Self {
+        Self {
+            node,
+            services,
+            registry,
+        }
     }
 }
 
@@ -52,9 +61,13 @@ impl Handler for Admin {
                     .collect();
                 json(&views)
             }
+            "/registry" => json(&serde_json::json!({
+                "node": self.node,
+                "peers": self.registry.as_ref().map(|registry| registry.view()).unwrap_or_default(),
+            })),
             other => plain(
                 StatusCode::NOT_FOUND,
-                format!("no admin endpoint {other}; try /health or /services\n"),
+                format!("no admin endpoint {other}; try /health, /services or /registry\n"),
             ),
         }
     }

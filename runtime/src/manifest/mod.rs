@@ -6,6 +6,9 @@
 //! http = "127.0.0.1:8080"     # ingress
 //! admin = "127.0.0.1:9090"    # /health, /services
 //! data_dir = ".switchyard"    # compiled-component cache; relative to this file
+//! quic = "127.0.0.1:7000"     # for other nodes (optional)
+//! seeds = ["127.0.0.1:7001"]  # peers to learn services from
+//! tls = { ca = "ca.pem", cert = "edge-1.pem", key = "edge-1.key" }  # omit on loopback
 //!
 //! [[service]]
 //! name = "hello"
@@ -55,6 +58,23 @@ pub struct NodeSpec {
     pub admin: SocketAddr,
     /// Where the node keeps its compiled-component cache.
     pub data_dir: PathBuf,
+    /// QUIC listen address for other nodes; `None`: this node talks to no peers.
+    pub quic: Option<SocketAddr>,
+    /// QUIC addresses of peers to learn services from.
+    pub seeds: Vec<SocketAddr>,
+    /// Cluster certificates; `None` on loopback uses the built-in development CA.
+    pub tls: Option<TlsSpec>,
+}
+
+/// `[node.tls]`: PEM files (paths resolved against the manifest).
+#[derive(Debug, Clone)]
+pub struct TlsSpec {
+    /// The cluster CA certificate: peers must chain to it.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
 }
 
 /// One `[[service]]`.

@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Location, Manifest, ManifestError, NodeSpec, RouteSpec, ServiceSpec, defaults};
+use super::{
+    Location, Manifest, ManifestError, NodeSpec, RouteSpec, ServiceSpec, TlsSpec, defaults,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +28,18 @@ struct RawNode {
     http: Option<Spanned<String>>,
     admin: Option<Spanned<String>>,
     data_dir: Option<String>,
+    quic: Option<Spanned<String>>,
+    #[serde(default)]
+    seeds: Vec<Spanned<String>>,
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: String,
+    cert: String,
+    key: String,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +138,9 @@ fn check_node(check: &Checker<'_>, raw: Option<RawNode>) -> Result<NodeSpec, Man
         http: None,
         admin: None,
         data_dir: None,
+        quic: None,
+        seeds: Vec::new(),
+        tls: None,
     });
     let name = match raw.name {
         Some(name) => {
@@ -158,11 +175,65 @@ fn check_node(check: &Checker<'_>, raw: Option<RawNode>) -> Result<NodeSpec, Man
         ));
     }
     let data_dir = check.resolve(raw.data_dir.as_deref().unwrap_or(defaults::DATA_DIR));
+    let socket = |value: &Spanned<String>, key: &str| {
+        value.get_ref().parse::<SocketAddr>().map_err(|err| {
+            check.invalid(
+                value.span(),
+                format!(
+                    "`node.{key}` = {:?} is not a socket address: {err}",
+                    value.get_ref()
+                ),
+                "write IP:PORT, e.g. \"127.0.0.1:7000\"",
+            )
+        })
+    };
+    let quic = raw
+        .quic
+        .as_ref()
+        .map(|quic| socket(quic, "quic"))
+        .transpose()?;
+    let seeds = raw
+        .seeds
+        .iter()
+        .map(|seed| socket(seed, "seeds"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if quic.is_none() && !raw.seeds.is_empty() {
+        return Err(check.invalid(
+            raw.seeds[0].span(),
+            "`node.seeds` needs `node.quic`: peers are reached over QUIC",
+            "add e.g. quic = \"127.0.0.1:7000\" to [node]",
+        ));
+    }
+    let tls = match raw.tls {
+        None => None,
+        Some(tls) => {
+            let span = tls.span();
+            let tls = tls.into_inner();
+            let paths = TlsSpec {
+                ca: check.resolve(&tls.ca),
+                cert: check.resolve(&tls.cert),
+                key: check.resolve(&tls.key),
+            };
+            for path in [&paths.ca, &paths.cert, &paths.key] {
+                if !path.is_file() {
+                    return Err(check.invalid(
+                        span.clone(),
+                        format!("TLS file {} does not exist", path.display()),
+                        "create them with `switchyard cert ca` and `switchyard cert node <name>`",
+                    ));
+                }
+            }
+            Some(paths)
+        }
+    };
     Ok(NodeSpec {
         name,
         http,
         admin,
         data_dir,
+        quic,
+        seeds,
+        tls,
     })
 }
 

@@ -13,10 +13,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::discovery;
 use crate::http::{self, Admin, Ingress};
 use crate::manifest::{Location, Manifest, ServiceSpec};
 use crate::router::Router;
 use crate::rpc;
+use crate::transport::{Identity, Transport};
 use crate::wasm::{Engine, EngineConfig, LoadError, LoadedComponent, Slot, SlotConfig};
 
 /// How long in-flight requests may take to finish once shutdown starts.
@@ -49,6 +51,16 @@ pub enum NodeError {
     /// Two routes conflict in a way the manifest check could not see.
     #[error("{0}")]
     Route(String),
+    /// The QUIC transport could not start (address, certificates).
+    #[error("{0}\n  hint: check `node.quic` and `[node.tls]` in the manifest")]
+    Transport(#[from] crate::transport::TransportError),
+    /// A non-loopback node without certificates.
+    #[error(
+        "`node.quic` or a seed is not on loopback, so the built-in development CA cannot be \
+         used\n  hint: create a CA and node certificates with `switchyard cert ca` and \
+         `switchyard cert node <name>`, and set [node.tls] ca, cert and key"
+    )]
+    NeedsTls,
     /// A blocking load task panicked or was cancelled.
     #[error("loading components was interrupted: {0}")]
     Interrupted(String),
@@ -59,6 +71,7 @@ pub struct Node {
     name: String,
     http_addr: SocketAddr,
     admin_addr: SocketAddr,
+    quic_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     servers: JoinSet<()>,
 }
@@ -88,6 +101,10 @@ impl Node {
         };
         let http_addr = local(&http_listener, "http", manifest.node.http)?;
         let admin_addr = local(&admin_listener, "admin", manifest.node.admin)?;
+        let mesh = match manifest.node.quic {
+            Some(addr) => Some(start_transport(manifest, addr)?),
+            None => None,
+        };
 
         let loaded = {
             let manifest = manifest.clone();
@@ -97,7 +114,7 @@ impl Node {
         };
         let (engine, components) = loaded;
         let engine = Arc::new(engine);
-        let rpc = rpc::Client::default();
+        let rpc = rpc::Client::new(mesh.clone());
         let mut router = Router::default();
         let mut directory = rpc::Directory::default();
         let mut admin_services = Vec::new();
@@ -124,6 +141,25 @@ impl Node {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut servers = JoinSet::new();
+        let mut quic_addr = None;
+        if let Some(mesh) = &mesh {
+            quic_addr = mesh.transport.local_addr().ok();
+            let handler = rpc::PeerHandler {
+                node: manifest.node.name.clone(),
+                client: rpc.clone(),
+            };
+            servers.spawn(
+                mesh.transport
+                    .clone()
+                    .serve(Arc::new(handler), shutdown_rx.clone()),
+            );
+            servers.spawn(discovery::pull_from_seeds(
+                mesh.registry.clone(),
+                mesh.transport.clone(),
+                manifest.node.seeds.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
         servers.spawn(http::serve(
             http_listener,
             Arc::new(Ingress::new(router)),
@@ -132,7 +168,11 @@ impl Node {
         ));
         servers.spawn(http::serve(
             admin_listener,
-            Arc::new(Admin::new(manifest.node.name.clone(), admin_services)),
+            Arc::new(Admin::new(
+                manifest.node.name.clone(),
+                admin_services,
+                mesh.as_ref().map(|mesh| mesh.registry.clone()),
+            )),
             shutdown_rx,
             SHUTDOWN_GRACE,
         ));
@@ -140,6 +180,7 @@ impl Node {
             node = %manifest.node.name,
             http = %http_addr,
             admin = %admin_addr,
+            quic = ?quic_addr,
             services = manifest.services.len(),
             "node ready"
         );
@@ -147,6 +188,7 @@ impl Node {
             name: manifest.node.name.clone(),
             http_addr,
             admin_addr,
+            quic_addr,
             shutdown,
             servers,
         })
@@ -160,6 +202,11 @@ impl Node {
     /// Where the admin API listens.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Where other nodes reach this one, if it has a QUIC transport.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic_addr
     }
 
     /// Stops accepting connections and waits (up to a grace period) for in-flight requests.
@@ -193,6 +240,29 @@ fn load_all(manifest: &Manifest) -> Result<(Engine, Vec<LoadedComponent>), NodeE
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((engine, components))
+}
+
+fn start_transport(manifest: &Manifest, addr: SocketAddr) -> Result<Arc<rpc::Remote>, NodeError> {
+    let identity = match &manifest.node.tls {
+        Some(tls) => Identity::from_files(&tls.ca, &tls.cert, &tls.key)?,
+        None => {
+            let loopback =
+                addr.ip().is_loopback() && manifest.node.seeds.iter().all(|s| s.ip().is_loopback());
+            if !loopback {
+                return Err(NodeError::NeedsTls);
+            }
+            tracing::warn!(
+                "QUIC uses the built-in development CA (loopback only, not secure); set \
+                 [node.tls] for anything else"
+            );
+            Identity::development(&manifest.node.name)?
+        }
+    };
+    let transport = Arc::new(Transport::bind(addr, &identity)?);
+    Ok(Arc::new(rpc::Remote::new(
+        transport,
+        Arc::new(discovery::Registry::default()),
+    )))
 }
 
 fn engine_config(manifest: &Manifest) -> EngineConfig {

@@ -7,12 +7,19 @@
 //! smaller of its `timeout-ms` and the caller's remaining deadline; the callee sees it as its
 //! `deadline-ms`, and the caller never waits longer.
 //!
-//! Calls to other nodes (QUIC transport, discovery, balancing) arrive with the next issue; they
-//! plug in where [`Client::call`] finds no local callee.
+//! A call to a service this node does not run goes to a peer that runs it (from
+//! [`crate::discovery`], round robin) as one QUIC stream carrying a `Call` frame with the
+//! remaining budget; that node's [`PeerHandler`] runs it locally and answers. The guest cannot
+//! tell the two paths apart.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use crate::discovery::Registry;
+use crate::transport::frame::{FailureKind, Frame};
+use crate::transport::{FrameHandler, Transport, TransportError};
 
 use tracing::Instrument;
 
@@ -81,9 +88,35 @@ pub(crate) struct Client {
     /// Filled once the node has built every slot (slots hold clients, the directory holds
     /// slots, so it cannot exist first).
     directory: Arc<OnceLock<Directory>>,
+    /// Other nodes, when this node has a QUIC transport.
+    remote: Option<Arc<Remote>>,
+}
+
+/// The way to other nodes.
+pub(crate) struct Remote {
+    pub(crate) transport: Arc<Transport>,
+    pub(crate) registry: Arc<Registry>,
+    next: AtomicUsize,
+}
+
+impl Remote {
+    pub(crate) fn new(transport: Arc<Transport>, registry: Arc<Registry>) -> Self {
+        Self {
+            transport,
+            registry,
+            next: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl Client {
+    pub(crate) fn new(remote: Option<Arc<Remote>>) -> Self {
+        Self {
+            directory: Arc::default(),
+            remote,
+        }
+    }
+
     /// Makes `directory` the set of callees. Later calls are ignored: a node installs it once.
     pub(crate) fn install(&self, directory: Directory) {
         if self.directory.set(directory).is_err() {
@@ -97,6 +130,21 @@ impl Client {
     ///
     /// Dropping the future drops the callee's instance mid-call; nothing else is affected.
     pub(crate) async fn call(&self, call: Call) -> Result<Reply, CallError> {
+        let target = call.target.clone();
+        let (name, range) = parse_target(&target)?;
+        parse_method(&call.method)?;
+        let runs_here = self
+            .directory
+            .get()
+            .is_some_and(|directory| directory.services.contains_key(name));
+        match &self.remote {
+            Some(remote) if !runs_here => call_remote(remote, name, range.as_ref(), call).await,
+            _ => self.call_local(call).await,
+        }
+    }
+
+    /// Runs `call` on this node only.
+    pub(crate) async fn call_local(&self, call: Call) -> Result<Reply, CallError> {
         let (name, range) = parse_target(&call.target)?;
         let (method, path, query) = parse_method(&call.method)?;
         let directory = self
@@ -159,6 +207,129 @@ impl Client {
                     CallError::Remote(error.to_string())
                 }
             }),
+        }
+    }
+}
+
+async fn call_remote(
+    remote: &Remote,
+    name: &str,
+    range: Option<&semver::VersionReq>,
+    call: Call,
+) -> Result<Reply, CallError> {
+    let peers = remote.registry.candidates(name, range);
+    if peers.is_empty() {
+        return Err(CallError::Unavailable(match range {
+            Some(range) => format!("no node runs service `{name}` at `{range}`"),
+            None => format!("no service named `{name}` is running on this node or its peers"),
+        }));
+    }
+    let peer = peers[remote.next.fetch_add(1, Ordering::Relaxed) % peers.len()];
+    let budget = call.budget;
+    let frame = Frame::Call {
+        service: name.to_owned(),
+        method: call.method,
+        headers: call.headers,
+        body: call.body,
+        deadline_ms: u32::try_from(budget.as_millis()).unwrap_or(u32::MAX),
+        caller: call.caller,
+        request_id: call.request_id,
+        trace_context: None,
+    };
+    let span = tracing::debug_span!("rpc", callee = name, %peer);
+    match remote
+        .transport
+        .request(peer, &frame, budget)
+        .instrument(span)
+        .await
+    {
+        Ok(Frame::Reply {
+            status,
+            headers,
+            body,
+        }) => Ok(Reply {
+            status,
+            headers,
+            body,
+        }),
+        Ok(Frame::Failed { kind, message }) => Err(match kind {
+            FailureKind::Timeout => CallError::Timeout,
+            FailureKind::Unavailable => CallError::Unavailable(message),
+            FailureKind::Remote => CallError::Remote(message),
+            FailureKind::BadRequest => CallError::BadRequest(message),
+        }),
+        Ok(other) => Err(CallError::Remote(format!(
+            "peer {peer} answered with {other:?}"
+        ))),
+        Err(TransportError::TimedOut { .. }) => Err(CallError::Timeout),
+        Err(error) => Err(CallError::Unavailable(format!("service `{name}`: {error}"))),
+    }
+}
+
+/// Answers other nodes: runs their calls here, tells them what this node runs.
+pub(crate) struct PeerHandler {
+    pub(crate) node: String,
+    pub(crate) client: Client,
+}
+
+impl FrameHandler for PeerHandler {
+    async fn handle(&self, frame: Frame) -> Frame {
+        match frame {
+            Frame::Call {
+                service,
+                method,
+                headers,
+                body,
+                deadline_ms,
+                caller,
+                request_id,
+                trace_context: _,
+            } => {
+                let call = Call {
+                    target: service,
+                    method,
+                    body,
+                    headers,
+                    budget: Duration::from_millis(u64::from(deadline_ms)),
+                    caller,
+                    request_id,
+                };
+                match self.client.call_local(call).await {
+                    Ok(reply) => Frame::Reply {
+                        status: reply.status,
+                        headers: reply.headers,
+                        body: reply.body,
+                    },
+                    Err(error) => {
+                        let (kind, message) = match error {
+                            CallError::Timeout => (FailureKind::Timeout, String::new()),
+                            CallError::Unavailable(m) => (FailureKind::Unavailable, m),
+                            CallError::Remote(m) => (FailureKind::Remote, m),
+                            CallError::BadRequest(m) => (FailureKind::BadRequest, m),
+                        };
+                        Frame::Failed { kind, message }
+                    }
+                }
+            }
+            Frame::RegistryRequest => Frame::Registry {
+                node: self.node.clone(),
+                services: self
+                    .client
+                    .directory
+                    .get()
+                    .map(|directory| {
+                        directory
+                            .services
+                            .iter()
+                            .map(|(name, callee)| (name.clone(), callee.version.to_string()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            },
+            other => Frame::Failed {
+                kind: FailureKind::BadRequest,
+                message: format!("a node does not answer {other:?} frames"),
+            },
         }
     }
 }

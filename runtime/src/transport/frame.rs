@@ -1,0 +1,170 @@
+//! The wire format of one call, sans IO: `[u32 big-endian length][u8 version][postcard]`.
+//!
+//! Each QUIC stream carries one request frame and one response frame, so decoding takes a
+//! whole buffer. Lengths are checked before anything is allocated from them.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any incompatible change; a peer speaking another version gets a clear error.
+pub(crate) const PROTOCOL_VERSION: u8 = 1;
+/// The largest frame a node accepts (the body limit plus room for headers).
+pub(crate) const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024 + 64 * 1024;
+const HEADER_BYTES: usize = 5;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Frame {
+    /// Run `method` on `service` at the receiving node.
+    Call {
+        service: String,
+        method: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        /// Milliseconds the caller still allows; the callee never runs longer.
+        deadline_ms: u32,
+        caller: String,
+        request_id: String,
+        /// W3C `traceparent` of the caller, if any.
+        trace_context: Option<String>,
+    },
+    Reply {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    Failed {
+        kind: FailureKind,
+        message: String,
+    },
+    /// Which services do you run?
+    RegistryRequest,
+    Registry {
+        node: String,
+        services: Vec<(String, String)>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum FailureKind {
+    Timeout,
+    Unavailable,
+    Remote,
+    BadRequest,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum FrameError {
+    #[error("frame is truncated: {0} bytes")]
+    Truncated(usize),
+    #[error("frame says {declared} bytes but carries {actual}")]
+    LengthMismatch { declared: usize, actual: usize },
+    #[error("frame of {0} bytes is over the {MAX_FRAME_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("peer speaks protocol version {0}, this node speaks {PROTOCOL_VERSION}")]
+    Version(u8),
+    #[error("frame does not decode: {0}")]
+    Malformed(String),
+}
+
+pub(crate) fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
+    let payload =
+        postcard::to_stdvec(frame).map_err(|err| FrameError::Malformed(err.to_string()))?;
+    let length = payload.len() + 1;
+    if length + 4 > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(length + 4));
+    }
+    let mut out = Vec::with_capacity(length + 4);
+    out.extend_from_slice(&(length as u32).to_be_bytes());
+    out.push(PROTOCOL_VERSION);
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+pub(crate) fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
+    if bytes.len() < HEADER_BYTES {
+        return Err(FrameError::Truncated(bytes.len()));
+    }
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(bytes.len()));
+    }
+    let declared = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    if declared != bytes.len() - 4 {
+        return Err(FrameError::LengthMismatch {
+            declared,
+            actual: bytes.len() - 4,
+        });
+    }
+    if bytes[4] != PROTOCOL_VERSION {
+        return Err(FrameError::Version(bytes[4]));
+    }
+    postcard::from_bytes(&bytes[HEADER_BYTES..])
+        .map_err(|err| FrameError::Malformed(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call() -> Frame {
+        Frame::Call {
+            service: "inventory".into(),
+            method: "GET /items/42".into(),
+            headers: vec![("x-a".into(), "b".into())],
+            body: b"hello".to_vec(),
+            deadline_ms: 250,
+            caller: "orders".into(),
+            request_id: "abc.1".into(),
+            trace_context: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        }
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        for frame in [
+            call(),
+            Frame::Reply {
+                status: 200,
+                headers: vec![],
+                body: vec![1, 2, 3],
+            },
+            Frame::Failed {
+                kind: FailureKind::Timeout,
+                message: "late".into(),
+            },
+            Frame::RegistryRequest,
+            Frame::Registry {
+                node: "a".into(),
+                services: vec![("hello".into(), "1.0.0".into())],
+            },
+        ] {
+            let bytes = encode(&frame).unwrap_or_default();
+            assert_eq!(decode(&bytes), Ok(frame));
+        }
+    }
+
+    #[test]
+    fn bad_frames_are_errors_not_panics() {
+        let good = encode(&call()).unwrap_or_default();
+        assert_eq!(decode(&good[..3]), Err(FrameError::Truncated(3)));
+        assert!(matches!(
+            decode(&good[..good.len() - 1]),
+            Err(FrameError::LengthMismatch { .. })
+        ));
+        let mut other_version = good.clone();
+        other_version[4] = 9;
+        assert_eq!(decode(&other_version), Err(FrameError::Version(9)));
+        let mut garbage = good.clone();
+        for byte in garbage.iter_mut().skip(5) {
+            *byte = 0xff;
+        }
+        assert!(matches!(decode(&garbage), Err(FrameError::Malformed(_))));
+        let huge = vec![0u8; MAX_FRAME_BYTES + 1];
+        assert!(matches!(decode(&huge), Err(FrameError::TooLarge(_))));
+        // Every prefix and a cheap deterministic scramble of a real frame: never a panic.
+        for cut in 0..good.len() {
+            let _ = decode(&good[..cut]);
+            let mut scrambled = good.clone();
+            scrambled[cut] = scrambled[cut].wrapping_mul(31).wrapping_add(7);
+            let _ = decode(&scrambled);
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Node-to-node transport: QUIC (quinn + rustls) with mutual TLS, one stream per call.
+//!
+//! [`frame`] is the wire format, with no I/O (so it is tested and fuzzed alone); [`quic`]
+//! moves frames over pooled connections; [`tls`] makes and loads certificates. A peer is
+//! accepted only with a certificate signed by the cluster CA (`switchyard cert ca`,
+//! `switchyard cert node <name>`); on loopback, without configured certificates, a built-in
+//! development CA is used and the node says so.
+
+pub(crate) mod frame;
+mod quic;
+mod tls;
+
+pub(crate) use quic::FrameHandler;
+pub use quic::Transport;
+pub use tls::{CertPem, Identity, generate_ca, issue_node_cert};
+
+use std::net::SocketAddr;
+
+/// What went wrong between nodes. Each variant says where to look.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Certificates could not be made, read or used: check the `[node.tls]` files.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The QUIC address is taken or not allowed.
+    #[error("cannot listen for QUIC on {addr}: {cause}")]
+    Bind {
+        addr: SocketAddr,
+        cause: std::io::Error,
+    },
+    /// The peer refused us, is down, or does not trust our certificate.
+    #[error("peer {peer} is unreachable: {reason}")]
+    Unreachable { peer: SocketAddr, reason: String },
+    /// The peer did not answer in time.
+    #[error("peer {peer} did not answer in time")]
+    TimedOut { peer: SocketAddr },
+    /// A stream broke mid-way.
+    #[error("stream failed: {0}")]
+    Io(String),
+    /// The peer sent something that is not a frame of our protocol.
+    #[error("bad frame: {0}")]
+    Frame(String),
+}

@@ -1,0 +1,188 @@
+//! The async shell around [`super::frame`]: a quinn endpoint that is both server and client,
+//! one bidirectional stream per request, pooled connections per peer.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::TransportError;
+use super::frame::{self, Frame, MAX_FRAME_BYTES};
+use super::tls::{Identity, SERVER_NAME};
+
+/// Idle connections close after this; keep-alives below it keep live peers connected and
+/// let a dead peer be noticed within it.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+pub(super) fn transport_config() -> quinn::TransportConfig {
+    let mut config = quinn::TransportConfig::default();
+    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
+        config.max_idle_timeout(Some(idle));
+    }
+    config.keep_alive_interval(Some(KEEP_ALIVE));
+    config
+}
+
+/// Answers frames that peers send.
+pub(crate) trait FrameHandler: Send + Sync + 'static {
+    fn handle(&self, frame: Frame) -> impl Future<Output = Frame> + Send;
+}
+
+/// A QUIC endpoint with mutual TLS.
+pub struct Transport {
+    endpoint: quinn::Endpoint,
+    pool: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+}
+
+impl Transport {
+    /// Listens on `addr` (port 0 picks one) with `identity`.
+    pub fn bind(addr: SocketAddr, identity: &Identity) -> Result<Self, TransportError> {
+        let mut endpoint = quinn::Endpoint::server(identity.server_config()?, addr)
+            .map_err(|cause| TransportError::Bind { addr, cause })?;
+        endpoint.set_default_client_config(identity.client_config()?);
+        Ok(Self {
+            endpoint,
+            pool: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        self.endpoint
+            .local_addr()
+            .map_err(|err| TransportError::Io(err.to_string()))
+    }
+
+    /// Sends `request` to `peer` on a new stream and returns the peer's answer, within
+    /// `timeout` (connecting included).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future resets the stream; the pooled connection stays usable.
+    pub(crate) async fn request(
+        &self,
+        peer: SocketAddr,
+        request: &Frame,
+        timeout: Duration,
+    ) -> Result<Frame, TransportError> {
+        let bytes = frame::encode(request).map_err(|err| TransportError::Frame(err.to_string()))?;
+        let exchange = async {
+            let connection = self.connection(peer).await?;
+            let (mut send, mut recv) = connection.open_bi().await.map_err(|err| {
+                self.forget(peer);
+                TransportError::Unreachable {
+                    peer,
+                    reason: err.to_string(),
+                }
+            })?;
+            send.write_all(&bytes)
+                .await
+                .map_err(|err| TransportError::Io(err.to_string()))?;
+            send.finish()
+                .map_err(|err| TransportError::Io(err.to_string()))?;
+            let answer = recv
+                .read_to_end(MAX_FRAME_BYTES)
+                .await
+                .map_err(|err| TransportError::Io(err.to_string()))?;
+            frame::decode(&answer).map_err(|err| TransportError::Frame(err.to_string()))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| TransportError::TimedOut { peer })?
+    }
+
+    async fn connection(&self, peer: SocketAddr) -> Result<quinn::Connection, TransportError> {
+        let pooled = self
+            .pool
+            .lock()
+            .ok()
+            .and_then(|pool| pool.get(&peer).cloned());
+        if let Some(connection) = pooled.filter(|c| c.close_reason().is_none()) {
+            return Ok(connection);
+        }
+        let unreachable = |reason: String| TransportError::Unreachable { peer, reason };
+        let connection = self
+            .endpoint
+            .connect(peer, SERVER_NAME)
+            .map_err(|err| unreachable(err.to_string()))?
+            .await
+            .map_err(|err| unreachable(err.to_string()))?;
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.insert(peer, connection.clone());
+        }
+        Ok(connection)
+    }
+
+    fn forget(&self, peer: SocketAddr) {
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.remove(&peer);
+        }
+    }
+
+    /// Accepts peers until `shutdown` flips; each stream's frame goes to `handler`.
+    pub(crate) async fn serve<H: FrameHandler>(
+        self: Arc<Self>,
+        handler: Arc<H>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let incoming = tokio::select! {
+                incoming = self.endpoint.accept() => incoming,
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            let Some(incoming) = incoming else { break };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                let connection = match incoming.await {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        // Wrong CA, self-signed, no client certificate, wrong protocol.
+                        tracing::warn!(%remote, %error, "refused a peer");
+                        return;
+                    }
+                };
+                while let Ok((send, recv)) = connection.accept_bi().await {
+                    tokio::spawn(answer_stream(handler.clone(), send, recv, remote));
+                }
+            });
+        }
+        self.endpoint.close(0u32.into(), b"node shutting down");
+    }
+}
+
+async fn answer_stream<H: FrameHandler>(
+    handler: Arc<H>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    remote: SocketAddr,
+) {
+    let request = match recv.read_to_end(MAX_FRAME_BYTES).await {
+        Ok(bytes) => frame::decode(&bytes),
+        Err(error) => {
+            tracing::warn!(%remote, %error, "closed a stream: unreadable or oversize frame");
+            let _ = send.reset(1u32.into());
+            return;
+        }
+    };
+    let answer = match request {
+        Ok(frame) => handler.handle(frame).await,
+        Err(error) => {
+            tracing::warn!(%remote, %error, "closed a stream: malformed frame");
+            let _ = send.reset(2u32.into());
+            return;
+        }
+    };
+    match frame::encode(&answer) {
+        Ok(bytes) => {
+            if send.write_all(&bytes).await.is_ok() {
+                let _ = send.finish();
+            }
+        }
+        Err(error) => tracing::error!(%error, "could not encode an answer"),
+    }
+}

@@ -1,0 +1,167 @@
+//! Calls between nodes over QUIC with mutual TLS, discovery through seeds, dead peers.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::{TestManifest, get, send, service, switchyard_bin};
+
+fn faulty_routes() -> String {
+    service(
+        "faulty",
+        "faulty",
+        &["GET /f/{fault}", "POST /f/{fault}"],
+        "",
+    )
+}
+
+async fn wait_for_peer_service(admin: SocketAddr, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let registry = get(admin, "/registry").await.body;
+        if registry.contains(needle) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle} never appeared: {registry}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_call_reaches_a_service_on_another_node_and_a_dead_node_is_forgotten() {
+    let b_manifest = TestManifest::with_node(
+        "name = \"node-b\"\nquic = \"127.0.0.1:0\"",
+        &service("hello", "hello", &["GET /hello/{name}"], ""),
+    );
+    let b = b_manifest.start().await;
+    let b_quic = b.quic_addr().unwrap();
+    let a_manifest = TestManifest::with_node(
+        &format!("name = \"node-a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{b_quic}\"]"),
+        &faulty_routes(),
+    );
+    let a = a_manifest.start().await;
+    wait_for_peer_service(a.admin_addr(), "hello@1.0.0").await;
+
+    let reply = send(a.http_addr(), "POST", "/f/call", "hello\nGET /hello/mesh").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "Hello, mesh!\n"));
+    let reply = send(a.http_addr(), "POST", "/f/call", "hello@^2\nGET /hello/x").await;
+    assert_eq!(reply.status, 503);
+    assert!(
+        reply.body.contains("no node runs service `hello` at `^2`"),
+        "{}",
+        reply.body
+    );
+
+    // Node B goes away: calls fail fast with `unavailable`, and B drops out of the registry
+    // within the stated bound (TTL 2 s + one 0.5 s pull).
+    b.shutdown().await;
+    let gone = Instant::now();
+    loop {
+        let started = Instant::now();
+        let reply = send(a.http_addr(), "POST", "/f/call", "hello\nGET /hello/x").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a call to a dead node hung"
+        );
+        if reply.status == 503 && reply.body.contains("no service named `hello`") {
+            break;
+        }
+        assert!(
+            reply.status == 503 || reply.status == 504,
+            "{}: {}",
+            reply.status,
+            reply.body
+        );
+        assert!(
+            gone.elapsed() < Duration::from_secs(4),
+            "B was never forgotten"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gone.elapsed() < Duration::from_millis(3500),
+        "{:?}",
+        gone.elapsed()
+    );
+    a.shutdown().await;
+}
+
+fn cert(args: &[&str]) {
+    let out = Command::new(switchyard_bin())
+        .arg("cert")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn nodes_with_cluster_certificates_talk_and_a_foreign_ca_is_refused() {
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path().to_str().unwrap().to_owned();
+    let evil = format!("{dir}/evil");
+    cert(&["ca", "--out", &dir]);
+    cert(&["node", "node-a", "--ca-dir", &dir, "--out", &dir]);
+    cert(&["node", "node-b", "--ca-dir", &dir, "--out", &dir]);
+    cert(&["ca", "--out", &evil, "--name", "evil"]);
+    cert(&["node", "node-c", "--ca-dir", &evil, "--out", &evil]);
+    // The key is private to its owner.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(format!("{dir}/node-a.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    let tls = |ca: &str, name: &str| {
+        format!(
+            "tls = {{ ca = \"{ca}/ca.pem\", cert = \"{ca}/{name}.pem\", key = \"{ca}/{name}.key\" }}"
+        )
+    };
+    let b_manifest = TestManifest::with_node(
+        &format!(
+            "name = \"node-b\"\nquic = \"127.0.0.1:0\"\n{}",
+            tls(&dir, "node-b")
+        ),
+        &service("hello", "hello", &["GET /hello/{name}"], ""),
+    );
+    let b = b_manifest.start().await;
+    let b_quic = b.quic_addr().unwrap();
+
+    let a_manifest = TestManifest::with_node(
+        &format!(
+            "name = \"node-a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{b_quic}\"]\n{}",
+            tls(&dir, "node-a")
+        ),
+        &faulty_routes(),
+    );
+    let a = a_manifest.start().await;
+    wait_for_peer_service(a.admin_addr(), "hello@1.0.0").await;
+    let reply = send(a.http_addr(), "POST", "/f/call", "hello\nGET /hello/tls").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // A node whose certificate comes from another CA learns nothing and reaches nothing.
+    let c_manifest = TestManifest::with_node(
+        &format!(
+            "name = \"node-c\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{b_quic}\"]\n{}",
+            tls(&evil, "node-c")
+        ),
+        &faulty_routes(),
+    );
+    let c = c_manifest.start().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let registry = get(c.admin_addr(), "/registry").await.body;
+    assert!(!registry.contains("hello"), "{registry}");
+    let reply = send(c.http_addr(), "POST", "/f/call", "hello\nGET /hello/x").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    for node in [a, b, c] {
+        node.shutdown().await;
+    }
+}
