@@ -89,6 +89,23 @@ impl Service for Faulty {
                 let reply = call.send()?;
                 Ok(Response::new(reply.status()).with_body(reply.body().to_vec()))
             }
+            "calls" => {
+                // Body: target and method; `arg` sequential calls; answers each call's µs.
+                let n: usize = req.param("arg").and_then(|arg| arg.parse().ok()).unwrap_or(100);
+                let body = req.text()?.to_owned();
+                let mut lines = body.lines();
+                let (target, method) = (lines.next().unwrap_or_default(), lines.next().unwrap_or_default());
+                let mut micros = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let started = std::time::Instant::now();
+                    let reply = rpc::Call::new(target, method).send()?;
+                    if reply.status() != 200 {
+                        return Err(Error::new(502, format!("call answered {}", reply.status())));
+                    }
+                    micros.push(started.elapsed().as_micros() as u64);
+                }
+                Ok(Response::json(&micros))
+            }
             "fanout" => {
                 let n: usize = req.param("arg").and_then(|arg| arg.parse().ok()).unwrap_or(3);
                 let started = std::time::Instant::now();

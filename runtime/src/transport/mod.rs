@@ -12,7 +12,7 @@ mod tls;
 
 pub(crate) use quic::FrameHandler;
 pub use quic::Transport;
-pub use tls::{CertPem, Identity, generate_ca, issue_node_cert};
+pub use tls::{CertPem, Identity, SERVER_NAME, generate_ca, issue_node_cert};
 
 use std::net::SocketAddr;
 

@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::TransportError;
 
 /// The name every node certificate is issued for and every node checks.
-pub(crate) const SERVER_NAME: &str = "switchyard.node";
+pub const SERVER_NAME: &str = "switchyard.node";
 const ALPN: &[u8] = b"switchyard/1";
 
 /// The built-in development CA. Its key is public (it is in the source), so it proves
@@ -134,7 +134,8 @@ impl Identity {
         Ok(roots)
     }
 
-    pub(crate) fn server_config(&self) -> Result<quinn::ServerConfig, TransportError> {
+    /// A quinn server configuration that requires a client certificate from the same CA.
+    pub fn server_config(&self) -> Result<quinn::ServerConfig, TransportError> {
         let tls = |err: rustls::Error| TransportError::Tls(err.to_string());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -157,7 +158,8 @@ impl Identity {
         Ok(server)
     }
 
-    pub(crate) fn client_config(&self) -> Result<quinn::ClientConfig, TransportError> {
+    /// A quinn client configuration that presents this identity and trusts only its CA.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig, TransportError> {
         let tls = |err: rustls::Error| TransportError::Tls(err.to_string());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)

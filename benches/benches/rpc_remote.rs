@@ -1,0 +1,311 @@
+//! Remote calls guest → guest across two nodes (QUIC, mutual TLS), against a plain quinn
+//! request/response echo with the same TLS configuration and a plain hyper HTTP/1.1 echo,
+//! with the same concurrency, in the same run.
+//!
+//! `cargo xtask bench -- --bench rpc_remote`. Knobs: `BENCH_CALLS` per caller (default
+//! 2000), `BENCH_CALLERS` concurrent callers (default 8).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use switchyard::transport::{Identity, SERVER_NAME};
+
+const PAYLOAD: &[u8] = b"Hello, bench!\n";
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Outcome {
+    name: &'static str,
+    calls: u64,
+    elapsed: Duration,
+    histogram: Histogram<u64>,
+}
+
+impl Outcome {
+    fn line(&self) -> String {
+        format!(
+            "{:<28} {:>8.0} calls/s  p50 {:>5} us  p99 {:>6} us",
+            self.name,
+            self.calls as f64 / self.elapsed.as_secs_f64(),
+            self.histogram.value_at_quantile(0.5),
+            self.histogram.value_at_quantile(0.99)
+        )
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let calls: usize = env_or("BENCH_CALLS", 2000);
+    let callers: usize = env_or("BENCH_CALLERS", 8);
+    let dir = tempfile::tempdir()?;
+    let guests =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests/wasm32-wasip2/release");
+    if !guests.join("faulty.wasm").is_file() {
+        bail!("guests are missing: run `cargo xtask bench`");
+    }
+    let service = |name: &str, guest: &str, route: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nversion = \"1.0.0\"\ncomponent = {:?}\nroutes = [\"{route}\"]\n\
+             max_instances = 256\n",
+            guests.join(format!("{guest}.wasm")).display().to_string()
+        )
+    };
+    let manifest = |name: &str, node: &str, services: &str| -> Result<switchyard::Manifest> {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[node]\n{node}\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n{services}"
+            ),
+        )?;
+        Ok(switchyard::Manifest::load(&path)?)
+    };
+    let b = switchyard::Node::start(&manifest(
+        "b",
+        "name = \"b\"\nquic = \"127.0.0.1:0\"",
+        &format!(
+            "{}{}requests_per_instance = 100000\n",
+            service("hello", "hello", "GET /hello/{name}"),
+            service("hello-reuse", "hello", "GET /again/{name}")
+        ),
+    )?)
+    .await?;
+    let b_quic = b.quic_addr().context("node b has no QUIC address")?;
+    let a = switchyard::Node::start(&manifest(
+        "a",
+        &format!("name = \"a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{b_quic}\"]"),
+        &service("faulty", "faulty", "POST /f/{fault}/{arg}"),
+    )?)
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1200)).await; // discovery
+
+    let mut rounds = Vec::new();
+    // Warm-up, then the callee with a fresh instance per call (the default) and with reuse.
+    switchyard_calls(a.http_addr(), "hello", 50, callers).await?;
+    switchyard_calls(a.http_addr(), "hello-reuse", 50, callers).await?;
+    rounds.push(switchyard_calls(a.http_addr(), "hello", calls, callers).await?);
+    rounds.push(quinn_echo(calls, callers).await?);
+    rounds.push(hyper_echo(calls, callers).await?);
+    let mut reuse = switchyard_calls(a.http_addr(), "hello-reuse", calls, callers).await?;
+    reuse.name = "switchyard, callee reused";
+    rounds.push(reuse);
+    println!("rpc_remote ({callers} concurrent callers x {calls} sequential calls)");
+    for outcome in &rounds {
+        println!("  {}", outcome.line());
+    }
+    let (ours, quinn) = (&rounds[0], &rounds[1]);
+    let p50 = ours.histogram.value_at_quantile(0.5) as f64
+        / quinn.histogram.value_at_quantile(0.5) as f64;
+    let rate = (ours.calls as f64 / ours.elapsed.as_secs_f64())
+        / (quinn.calls as f64 / quinn.elapsed.as_secs_f64());
+    println!(
+        "  switchyard vs quinn echo: p50 {p50:.2}x (aim <= 1.5), calls/s {rate:.2}x (aim >= 0.5)"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}
+
+/// Each caller is one HTTP request to node A whose guest makes `calls` sequential calls to
+/// `hello` on node B and reports each call's duration as the guest measured it.
+async fn switchyard_calls(
+    http: SocketAddr,
+    callee: &'static str,
+    calls: usize,
+    callers: usize,
+) -> Result<Outcome> {
+    let method = if callee == "hello" {
+        "GET /hello/bench"
+    } else {
+        "GET /again/bench"
+    };
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(http).await?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let request = hyper::Request::post(format!("/f/calls/{calls}"))
+                .header("host", "bench")
+                .body(Full::new(Bytes::from(format!("{callee}\n{method}"))))?;
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            if status != 200 {
+                bail!("caller failed: {status} {}", String::from_utf8_lossy(&body));
+            }
+            Ok::<Vec<u64>, anyhow::Error>(serde_json::from_slice(&body)?)
+        }));
+    }
+    let mut histogram = Histogram::new_with_bounds(1, 60_000_000, 3)?;
+    let mut total = 0;
+    for task in tasks {
+        for micros in task.await?? {
+            histogram.record(micros.max(1))?;
+            total += 1;
+        }
+    }
+    Ok(Outcome {
+        name: "switchyard guest -> guest",
+        calls: total,
+        elapsed: started.elapsed(),
+        histogram,
+    })
+}
+
+async fn timed_loop<F, Fut>(
+    name: &'static str,
+    calls: usize,
+    callers: usize,
+    make: F,
+) -> Result<Outcome>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let make = make.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            for _ in 0..calls {
+                let call_started = Instant::now();
+                make().await?;
+                histogram.record((call_started.elapsed().as_micros() as u64).max(1))?;
+            }
+            Ok::<_, anyhow::Error>(histogram)
+        }));
+    }
+    let mut histogram = Histogram::new_with_bounds(1, 60_000_000, 3)?;
+    for task in tasks {
+        histogram.add(task.await??)?;
+    }
+    Ok(Outcome {
+        name,
+        calls: (calls * callers) as u64,
+        elapsed: started.elapsed(),
+        histogram,
+    })
+}
+
+/// Plain quinn: one stream per request, the server echoes what it read. Same TLS as nodes.
+async fn quinn_echo(calls: usize, callers: usize) -> Result<Outcome> {
+    let identity = Identity::development("bench")?;
+    let server = quinn::Endpoint::server(identity.server_config()?, "127.0.0.1:0".parse()?)?;
+    let addr = server.local_addr()?;
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            tokio::spawn(async move {
+                let Ok(connection) = incoming.await else {
+                    return;
+                };
+                while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+                    tokio::spawn(async move {
+                        if let Ok(bytes) = recv.read_to_end(1 << 20).await {
+                            let _ = send.write_all(&bytes).await;
+                            let _ = send.finish();
+                        }
+                    });
+                }
+            });
+        }
+    });
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    client.set_default_client_config(identity.client_config()?);
+    let connection = client.connect(addr, SERVER_NAME)?.await?;
+    let connection = Arc::new(connection);
+    timed_loop("plain quinn echo", calls, callers, move || {
+        let connection = connection.clone();
+        async move {
+            let (mut send, mut recv) = connection.open_bi().await?;
+            send.write_all(PAYLOAD).await?;
+            send.finish()?;
+            let echoed = recv.read_to_end(1 << 20).await?;
+            anyhow::ensure!(echoed == PAYLOAD, "echo mismatch");
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Plain hyper HTTP/1.1 with keep-alive: one connection per caller.
+async fn hyper_echo(calls: usize, callers: usize) -> Result<Outcome> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = service_fn(
+                    |request: hyper::Request<hyper::body::Incoming>| async move {
+                        let body = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(body)))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            for _ in 0..calls {
+                let call_started = Instant::now();
+                let request = hyper::Request::post("/echo")
+                    .header("host", "bench")
+                    .body(Full::new(Bytes::from_static(PAYLOAD)))?;
+                let body = sender
+                    .send_request(request)
+                    .await?
+                    .into_body()
+                    .collect()
+                    .await?
+                    .to_bytes();
+                anyhow::ensure!(body.as_ref() == PAYLOAD, "echo mismatch");
+                histogram.record((call_started.elapsed().as_micros() as u64).max(1))?;
+            }
+            Ok::<_, anyhow::Error>(histogram)
+        }));
+    }
+    let mut histogram = Histogram::new_with_bounds(1, 60_000_000, 3)?;
+    for task in tasks {
+        histogram.add(task.await??)?;
+    }
+    Ok(Outcome {
+        name: "plain hyper HTTP/1.1 echo",
+        calls: (calls * callers) as u64,
+        elapsed: started.elapsed(),
+        histogram,
+    })
+}
