@@ -107,14 +107,17 @@ async fn main() -> Result<()> {
     for outcome in &rounds {
         println!("  {}", outcome.line());
     }
-    let (ours, quinn) = (&rounds[0], &rounds[1]);
-    let p50 = ours.histogram.value_at_quantile(0.5) as f64
-        / quinn.histogram.value_at_quantile(0.5) as f64;
-    let rate = (ours.calls as f64 / ours.elapsed.as_secs_f64())
-        / (quinn.calls as f64 / quinn.elapsed.as_secs_f64());
-    println!(
-        "  switchyard vs quinn echo: p50 {p50:.2}x (aim <= 1.5), calls/s {rate:.2}x (aim >= 0.5)"
-    );
+    let quinn = &rounds[1];
+    for (label, ours) in [("fresh callee", &rounds[0]), ("callee reused", &rounds[3])] {
+        let p50 = ours.histogram.value_at_quantile(0.5) as f64
+            / quinn.histogram.value_at_quantile(0.5) as f64;
+        let rate = (ours.calls as f64 / ours.elapsed.as_secs_f64())
+            / (quinn.calls as f64 / quinn.elapsed.as_secs_f64());
+        println!(
+            "  switchyard ({label}) vs quinn echo: p50 {p50:.2}x (aim <= 1.5), \
+             calls/s {rate:.2}x (aim >= 0.5)"
+        );
+    }
     a.shutdown().await;
     b.shutdown().await;
     Ok(())
