@@ -36,6 +36,14 @@ enum Command {
         /// Path of the manifest (TOML).
         manifest: PathBuf,
     },
+    /// Show a running node's services and peers (from its admin API).
+    Status {
+        /// The node's manifest (its `node.admin` address is asked) ...
+        manifest: Option<PathBuf>,
+        /// ... or the admin address directly.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
     /// Create cluster certificates for mutual TLS between nodes.
     Cert {
         #[command(subcommand)]
@@ -86,6 +94,7 @@ fn main() -> ExitCode {
         Command::Check { manifest } => check(manifest),
         Command::New { name, dir, sdk } => scaffold::new_guest(&name, &dir, sdk.as_deref()),
         Command::Cert { what } => cert(what),
+        Command::Status { manifest, admin } => status(manifest, admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -191,4 +200,75 @@ fn cert(what: CertCommand) -> Result<()> {
             write(&out, &name, &issue_node_cert(&ca, &name)?)
         }
     }
+}
+
+fn status(manifest: Option<PathBuf>, admin: Option<std::net::SocketAddr>) -> Result<()> {
+    let admin = match (admin, manifest) {
+        (Some(admin), _) => admin,
+        (None, Some(path)) => Manifest::load(&path)?.node.admin,
+        (None, None) => anyhow::bail!("pass the node's manifest or --admin ADDRESS"),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (services, registry) = runtime.block_on(async {
+        let services = admin_get(admin, "/services").await?;
+        let registry = admin_get(admin, "/registry").await?;
+        anyhow::Ok((services, registry))
+    })?;
+    println!(
+        "node {} (admin {admin})",
+        registry["node"].as_str().unwrap_or("?")
+    );
+    println!(
+        "{:<20} {:<10} {:>9} {:>9} {:>7} {:>8}",
+        "SERVICE", "VERSION", "IN-FLIGHT", "SERVED", "ERRORS", "REJECTED"
+    );
+    for service in services.as_array().into_iter().flatten() {
+        println!(
+            "{:<20} {:<10} {:>9} {:>9} {:>7} {:>8}",
+            service["name"].as_str().unwrap_or("?"),
+            service["version"].as_str().unwrap_or("?"),
+            service["in_flight"],
+            service["served"],
+            service["errors"],
+            service["rejected"]
+        );
+    }
+    let peers = registry["peers"].as_array().cloned().unwrap_or_default();
+    println!("peers: {}", peers.len());
+    for peer in peers {
+        println!(
+            "  {} {} {}",
+            peer["node"].as_str().unwrap_or("?"),
+            peer["address"].as_str().unwrap_or("?"),
+            peer["services"]
+                .as_array()
+                .map(|s| s
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+async fn admin_get(admin: std::net::SocketAddr, path: &str) -> Result<serde_json::Value> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .with_context(|| {
+            format!("no node answers on {admin}: is it running, and is this its admin address?")
+        })?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header("host", admin.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let body = response.into_body().collect().await?.to_bytes();
+    serde_json::from_slice(&body).with_context(|| format!("{admin}{path} did not answer JSON"))
 }

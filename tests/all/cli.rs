@@ -186,3 +186,42 @@ fn an_address_in_use_is_refused_naming_it_and_the_key() {
 fn the_hello_guest_path_exists() {
     assert!(guest("hello").is_file());
 }
+
+#[tokio::test]
+async fn status_shows_a_running_nodes_services() {
+    let manifest = TestManifest::new(&service("hello", "hello", &["GET /hello/{name}"], ""));
+    let node = manifest.start().await;
+    crate::support::get(node.http_addr(), "/hello/x").await;
+    let out = tokio::process::Command::new(switchyard_bin())
+        .args(["status", "--admin", &node.admin_addr().to_string()])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("node test"), "{stdout}");
+    let hello = stdout
+        .lines()
+        .find(|line| line.starts_with("hello"))
+        .unwrap_or_default();
+    assert!(
+        hello.contains("1.0.0") && hello.split_whitespace().nth(3) == Some("1"),
+        "{stdout}"
+    );
+    node.shutdown().await;
+    let out = std::process::Command::new(switchyard_bin())
+        .args(["status", "--admin", &node_addr_gone()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node answers"));
+}
+
+fn node_addr_gone() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
