@@ -186,3 +186,81 @@ async fn answer_stream<H: FrameHandler>(
         Err(error) => tracing::error!(%error, "could not encode an answer"),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
+mod tests {
+    use super::*;
+    use crate::transport::{generate_ca, issue_node_cert};
+
+    struct Registry;
+
+    impl FrameHandler for Registry {
+        async fn handle(&self, _frame: Frame) -> Frame {
+            Frame::Registry {
+                node: "server".into(),
+                services: vec![("hello".into(), "1.0.0".into())],
+            }
+        }
+    }
+
+    async fn server(identity: &Identity) -> (SocketAddr, watch::Sender<bool>) {
+        let transport =
+            Arc::new(Transport::bind("127.0.0.1:0".parse().unwrap(), identity).unwrap());
+        let addr = transport.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(transport.serve(Arc::new(Registry), stopped));
+        (addr, stop)
+    }
+
+    #[tokio::test]
+    async fn malformed_and_oversize_frames_reset_only_their_stream() {
+        let identity = Identity::development("test").unwrap();
+        let (addr, _stop) = server(&identity).await;
+        let client = Transport::bind("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+        let connection = client.connection(addr).await.unwrap();
+
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        send.write_all(b"\x00\x00\x00\x03\x09ab").await.unwrap();
+        send.finish().unwrap();
+        assert!(
+            recv.read_to_end(1024).await.is_err(),
+            "a malformed frame got an answer"
+        );
+
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        // The server stops reading past the bound; the write may or may not see the reset.
+        let _ = send.write_all(&vec![7u8; MAX_FRAME_BYTES + 1024]).await;
+        let _ = send.finish();
+        assert!(
+            recv.read_to_end(1024).await.is_err(),
+            "an oversize frame got an answer"
+        );
+
+        let answer = client
+            .request(addr, &Frame::RegistryRequest, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(answer, Frame::Registry { node, .. } if node == "server"));
+        assert!(
+            connection.close_reason().is_none(),
+            "the connection did not survive"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_from_another_ca_is_refused() {
+        let (addr, _stop) = server(&Identity::development("server").unwrap()).await;
+        let other_ca = generate_ca("other").unwrap();
+        let stranger =
+            Identity::from_pem(&other_ca.cert, &issue_node_cert(&other_ca, "x").unwrap()).unwrap();
+        let client = Transport::bind("127.0.0.1:0".parse().unwrap(), &stranger).unwrap();
+        let result = client
+            .request(addr, &Frame::RegistryRequest, Duration::from_secs(5))
+            .await;
+        assert!(
+            matches!(result, Err(TransportError::Unreachable { .. })),
+            "{result:?}"
+        );
+    }
+}
