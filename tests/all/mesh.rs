@@ -34,7 +34,11 @@ async fn wait_for_peer_service(admin: SocketAddr, needle: &str) {
 async fn a_call_reaches_a_service_on_another_node_and_a_dead_node_is_forgotten() {
     let b_manifest = TestManifest::with_node(
         "name = \"node-b\"\nquic = \"127.0.0.1:0\"",
-        &service("hello", "hello", &["GET /hello/{name}"], ""),
+        &format!(
+            "{}{}",
+            service("hello", "hello", &["GET /hello/{name}"], ""),
+            service("echo-b", "faulty", &["GET /e/{fault}"], "")
+        ),
     );
     let b = b_manifest.start().await;
     let b_quic = b.quic_addr().unwrap();
@@ -47,6 +51,29 @@ async fn a_call_reaches_a_service_on_another_node_and_a_dead_node_is_forgotten()
 
     let reply = send(a.http_addr(), "POST", "/f/call", "hello\nGET /hello/mesh").await;
     assert_eq!((reply.status, reply.body.as_str()), (200, "Hello, mesh!\n"));
+    // Over QUIC the callee still sees who called, the budget, and the caller's trace.
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let reply = crate::support::send_with(
+        a.http_addr(),
+        "POST",
+        "/f/call",
+        "echo-b\nGET /e/echo\n400",
+        &[("traceparent", trace)],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let (trace_id, _) = crate::rpc::echoed_trace(&reply);
+    assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    let echo: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert!(echo["deadline_ms"].as_u64().unwrap() <= 400, "{echo}");
+    assert!(
+        echo["headers"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(["x-switchyard-caller", "faulty"])),
+        "{echo}"
+    );
+
     let reply = send(a.http_addr(), "POST", "/f/call", "hello@^2\nGET /hello/x").await;
     assert_eq!(reply.status, 503);
     assert!(

@@ -132,3 +132,43 @@ async fn a_guest_built_against_wit_0_1_0_still_runs() {
     );
     node.shutdown().await;
 }
+
+const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+
+/// The `traceparent` an echoed request carried, split into (trace id, parent id).
+pub(crate) fn echoed_trace(reply: &Reply) -> (String, String) {
+    let echo: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    let header = echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|pair| pair[0] == "traceparent")
+        .and_then(|pair| pair[1].as_str())
+        .unwrap_or_else(|| panic!("no traceparent reached the callee: {echo}"))
+        .to_owned();
+    let parts: Vec<&str> = header.split('-').collect();
+    (parts[1].to_owned(), parts[2].to_owned())
+}
+
+#[tokio::test]
+async fn the_callers_trace_continues_in_the_callee() {
+    let manifest = node_with("");
+    let node = manifest.start().await;
+    let incoming = format!("00-{TRACE_ID}-b7ad6b7169203331-01");
+    let reply = crate::support::send_with(
+        node.http_addr(),
+        "POST",
+        "/f/call",
+        "faulty\nGET /f/echo",
+        &[("traceparent", &incoming)],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let (trace_id, parent_id) = echoed_trace(&reply);
+    assert_eq!(trace_id, TRACE_ID);
+    assert_ne!(
+        parent_id, "b7ad6b7169203331",
+        "each hop needs its own parent id"
+    );
+    node.shutdown().await;
+}

@@ -95,15 +95,30 @@ impl Reply {
 
 /// One request on a fresh connection.
 pub(crate) async fn send(addr: SocketAddr, method: &str, path: &str, body: &str) -> Reply {
+    send_with(addr, method, path, body, &[]).await
+}
+
+/// One request with extra headers on a fresh connection.
+pub(crate) async fn send_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
     tokio::spawn(connection);
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", addr.to_string())
+        .header("host", addr.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
         .body(Full::new(Bytes::from(body.to_owned())))
         .unwrap();
     let response = sender.send_request(request).await.unwrap();

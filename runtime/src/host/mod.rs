@@ -44,6 +44,8 @@ pub(crate) struct HostState {
     deadline: std::time::Instant,
     /// Numbers the calls of the current request (their ids are `<request id>.<n>`).
     calls_made: u32,
+    /// The current request's trace; its calls continue it.
+    trace: Option<crate::telemetry::TraceContext>,
     output: GuestOutput,
 }
 
@@ -65,15 +67,22 @@ impl HostState {
             request_id: String::new(),
             deadline: std::time::Instant::now(),
             calls_made: 0,
+            trace: None,
             output,
         }
     }
 
     /// Tags what the guest does next (log lines, output, calls) with `request_id`, and sets
     /// the deadline its outgoing calls must finish by.
-    pub(crate) fn begin_request(&mut self, request_id: &str, deadline: std::time::Instant) {
+    pub(crate) fn begin_request(
+        &mut self,
+        request_id: &str,
+        deadline: std::time::Instant,
+        traceparent: Option<&str>,
+    ) {
         request_id.clone_into(&mut self.request_id);
         self.deadline = deadline;
+        self.trace = traceparent.and_then(crate::telemetry::TraceContext::parse);
         self.calls_made = 0;
         self.limiter.exceeded = false;
     }

@@ -12,6 +12,7 @@ use wasmtime::component::Resource;
 
 use super::HostState;
 use crate::rpc::{self, Call, CallError};
+use crate::telemetry::{TRACE_HEADER, TraceContext};
 use crate::wasm::imports::rpc::{self as wit, CallOptions};
 
 /// A call in flight, or its outcome once it arrived.
@@ -71,11 +72,18 @@ impl HostState {
             Some(ms) => remaining.min(std::time::Duration::from_millis(u64::from(ms))),
             None => remaining,
         };
+        let trace = self
+            .trace
+            .as_ref()
+            .map_or_else(TraceContext::root, TraceContext::child);
+        let mut headers = options.headers;
+        headers.retain(|(name, _)| !name.eq_ignore_ascii_case(TRACE_HEADER));
+        headers.push((TRACE_HEADER.to_owned(), trace.header()));
         Call {
             target: service,
             method,
             body,
-            headers: options.headers,
+            headers,
             budget,
             caller: self.guest.service.clone(),
             request_id: self.next_call_id(),

@@ -12,6 +12,7 @@ use tracing::{Instrument, field};
 
 use super::server::Handler;
 use crate::router::{Lookup, Router};
+use crate::telemetry::{TRACE_HEADER, TraceContext};
 use crate::wasm::{GuestRequest, GuestResponse, SlotError};
 
 /// Request bodies above this get `413`.
@@ -40,9 +41,16 @@ impl Handler for Ingress {
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let request_id = client_request_id(&request).unwrap_or_else(|| self.ids.next());
+        let trace = request
+            .headers()
+            .get(TRACE_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(TraceContext::parse)
+            .map_or_else(TraceContext::root, |parent| parent.child());
         let span = tracing::info_span!(
             "request",
             request_id = %request_id,
+            trace_id = trace.trace_id(),
             method = %request.method(),
             path = request.uri().path(),
             service = field::Empty,
@@ -51,7 +59,7 @@ impl Handler for Ingress {
             duration_us = field::Empty,
         );
         let mut response = self
-            .route(request, &request_id)
+            .route(request, &request_id, &trace)
             .instrument(span.clone())
             .await;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -67,7 +75,12 @@ impl Handler for Ingress {
 }
 
 impl Ingress {
-    async fn route(&self, request: Request<Incoming>, request_id: &str) -> Response<Full<Bytes>> {
+    async fn route(
+        &self,
+        request: Request<Incoming>,
+        request_id: &str,
+        trace: &TraceContext,
+    ) -> Response<Full<Bytes>> {
         let method = request.method().as_str().to_owned();
         let path = request.uri().path().to_owned();
         let (target, params) = match self.router.lookup(&method, &path) {
@@ -122,9 +135,11 @@ impl Ingress {
             headers: parts
                 .headers
                 .iter()
+                .filter(|(name, _)| name.as_str() != TRACE_HEADER)
                 .filter_map(|(name, value)| {
                     Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
                 })
+                .chain(std::iter::once((TRACE_HEADER.to_owned(), trace.header())))
                 .collect(),
             params,
             body: body.to_vec(),

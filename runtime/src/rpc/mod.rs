@@ -24,6 +24,7 @@ use crate::transport::{FrameHandler, Transport, TransportError};
 use tracing::Instrument;
 
 use crate::router::{Lookup, Router};
+use crate::telemetry::TRACE_HEADER;
 use crate::wasm::{GuestRequest, SlotError};
 
 /// A reply from the callee: what its handler answered.
@@ -226,15 +227,19 @@ async fn call_remote(
     }
     let peer = peers[remote.next.fetch_add(1, Ordering::Relaxed) % peers.len()];
     let budget = call.budget;
+    let (trace, headers): (Vec<_>, Vec<_>) = call
+        .headers
+        .into_iter()
+        .partition(|(header, _)| header == TRACE_HEADER);
     let frame = Frame::Call {
         service: name.to_owned(),
         method: call.method,
-        headers: call.headers,
+        headers,
         body: call.body,
         deadline_ms: u32::try_from(budget.as_millis()).unwrap_or(u32::MAX),
         caller: call.caller,
         request_id: call.request_id,
-        trace_context: None,
+        trace_context: trace.into_iter().next().map(|(_, value)| value),
     };
     let span = tracing::debug_span!("rpc", callee = name, %peer);
     match remote
@@ -283,8 +288,10 @@ impl FrameHandler for PeerHandler {
                 deadline_ms,
                 caller,
                 request_id,
-                trace_context: _,
+                trace_context,
             } => {
+                let mut headers = headers;
+                headers.extend(trace_context.map(|value| (TRACE_HEADER.to_owned(), value)));
                 let call = Call {
                     target: service,
                     method,

@@ -4,6 +4,10 @@
 //! `EnvFilter` syntax, default `info`. Guest log lines use target `guest`, so
 //! `SWITCHYARD_LOG=info,guest=debug` shows guests' debug lines only.
 
+mod trace;
+
+pub(crate) use trace::{HEADER as TRACE_HEADER, TraceContext};
+
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written to stderr.

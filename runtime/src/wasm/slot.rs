@@ -142,9 +142,14 @@ impl Slot {
 
         let mut live = self.idle_instance().unwrap_or_else(|| self.new_instance());
         let deadline = std::time::Instant::now() + self.settings.timeout;
+        let traceparent = request
+            .headers
+            .iter()
+            .find(|(name, _)| name == crate::telemetry::TRACE_HEADER)
+            .map(|(_, value)| value.as_str());
         live.store
             .data_mut()
-            .begin_request(&request.request_id, deadline);
+            .begin_request(&request.request_id, deadline, traceparent);
         let result = self.run(&mut live, &request).await;
         if let Some((text, dropped)) = live.store.data().take_output() {
             tracing::info!(
