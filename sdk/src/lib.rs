@@ -102,6 +102,25 @@ pub mod config {
     }
 }
 
+/// Where services run, as this node sees them.
+///
+/// ```no_run
+/// for instance in switchyard_sdk::discovery::resolve("inventory@^1").unwrap_or_default() {
+///     switchyard_sdk::log::info!("{} {} local={}", instance.node, instance.version, instance.local);
+/// }
+/// ```
+pub mod discovery {
+    use crate::bindings::switchyard::runtime::discovery as wit;
+
+    pub use wit::Instance;
+
+    /// Healthy instances of `service` (`"name"` or `"name@<semver range>"`), this node's
+    /// first. `Err` says why the name is malformed.
+    pub fn resolve(service: &str) -> Result<Vec<Instance>, String> {
+        wit::resolve(service)
+    }
+}
+
 /// Logging into the node's log. Lines carry the service name and request id.
 ///
 /// ```no_run

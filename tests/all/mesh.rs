@@ -49,6 +49,25 @@ async fn a_call_reaches_a_service_on_another_node_and_a_dead_node_is_forgotten()
     let a = a_manifest.start().await;
     wait_for_peer_service(a.admin_addr(), "hello@1.0.0").await;
 
+    // Guests see the same picture through discovery.resolve.
+    let resolved = get(a.http_addr(), "/f/resolve?hello@^1").await;
+    let expected = serde_json::json!([["node-b", false, b_quic.to_string(), "1.0.0"]]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&resolved.body).unwrap(),
+        expected
+    );
+    let resolved = get(a.http_addr(), "/f/resolve?faulty").await;
+    assert!(
+        resolved.body.contains("[\"node-a\",true,null,\"1.0.0\"]"),
+        "{}",
+        resolved.body
+    );
+    assert_eq!(get(a.http_addr(), "/f/resolve?hello@^9").await.body, "[]");
+    assert_eq!(
+        get(a.http_addr(), "/f/resolve?hello@nope").await.status,
+        400
+    );
+
     let reply = send(a.http_addr(), "POST", "/f/call", "hello\nGET /hello/mesh").await;
     assert_eq!((reply.status, reply.body.as_str()), (200, "Hello, mesh!\n"));
     // Over QUIC the callee still sees who called, the budget, and the caller's trace.

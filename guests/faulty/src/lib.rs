@@ -91,10 +91,16 @@ impl Service for Faulty {
             }
             "calls" => {
                 // Body: target and method; `arg` sequential calls; answers each call's µs.
-                let n: usize = req.param("arg").and_then(|arg| arg.parse().ok()).unwrap_or(100);
+                let n: usize = req
+                    .param("arg")
+                    .and_then(|arg| arg.parse().ok())
+                    .unwrap_or(100);
                 let body = req.text()?.to_owned();
                 let mut lines = body.lines();
-                let (target, method) = (lines.next().unwrap_or_default(), lines.next().unwrap_or_default());
+                let (target, method) = (
+                    lines.next().unwrap_or_default(),
+                    lines.next().unwrap_or_default(),
+                );
                 let mut micros = Vec::with_capacity(n);
                 for _ in 0..n {
                     let started = std::time::Instant::now();
@@ -107,7 +113,10 @@ impl Service for Faulty {
                 Ok(Response::json(&micros))
             }
             "fanout" => {
-                let n: usize = req.param("arg").and_then(|arg| arg.parse().ok()).unwrap_or(3);
+                let n: usize = req
+                    .param("arg")
+                    .and_then(|arg| arg.parse().ok())
+                    .unwrap_or(3);
                 let started = std::time::Instant::now();
                 let calls = (0..n)
                     .map(|_| rpc::Call::new("faulty", "GET /f/sleep/100").start())
@@ -117,6 +126,23 @@ impl Service for Faulty {
                     .filter(|reply| reply.as_ref().is_ok_and(|r| r.status() == 200))
                     .count();
                 Ok(Response::json(&(ok, started.elapsed().as_millis() as u64)))
+            }
+            "resolve" => {
+                let target = req.query().unwrap_or_default();
+                let instances =
+                    switchyard_sdk::discovery::resolve(target).map_err(Error::bad_request)?;
+                let view: Vec<_> = instances
+                    .iter()
+                    .map(|i| {
+                        (
+                            i.node.as_str(),
+                            i.local,
+                            i.address.as_deref(),
+                            i.version.as_str(),
+                        )
+                    })
+                    .collect();
+                Ok(Response::json(&view))
             }
             "count" => {
                 // Globals live as long as the instance: 1 on every request unless reused.

@@ -65,21 +65,36 @@ impl Registry {
         name: &str,
         range: Option<&semver::VersionReq>,
     ) -> Vec<SocketAddr> {
+        self.instances(name, range)
+            .into_iter()
+            .map(|(addr, _, _)| addr)
+            .collect()
+    }
+
+    /// Like [`Registry::candidates`], with each peer's node name and the version it runs.
+    pub(crate) fn instances(
+        &self,
+        name: &str,
+        range: Option<&semver::VersionReq>,
+    ) -> Vec<(SocketAddr, String, semver::Version)> {
         let now = Instant::now();
         let Ok(peers) = self.peers.lock() else {
             return Vec::new();
         };
-        let mut found: Vec<SocketAddr> = peers
+        let mut found: Vec<_> = peers
             .iter()
             .filter(|(_, entry)| entry.expires > now)
-            .filter(|(_, entry)| {
-                entry.services.iter().any(|(service, version)| {
-                    service == name && range.is_none_or(|range| range.matches(version))
-                })
+            .flat_map(|(addr, entry)| {
+                entry
+                    .services
+                    .iter()
+                    .filter(|(service, version)| {
+                        service == name && range.is_none_or(|range| range.matches(version))
+                    })
+                    .map(|(_, version)| (*addr, entry.node.clone(), version.clone()))
             })
-            .map(|(addr, _)| *addr)
             .collect();
-        found.sort();
+        found.sort_by_key(|(addr, _, _)| *addr);
         found
     }
 

@@ -6,6 +6,7 @@
 //! the node's log with the request id, so a guest's panic message is not lost.
 
 mod config;
+mod discovery;
 mod log;
 mod output;
 mod rpc;

@@ -116,7 +116,7 @@ impl Node {
         let engine = Arc::new(engine);
         let rpc = rpc::Client::new(mesh.clone());
         let mut router = Router::default();
-        let mut directory = rpc::Directory::default();
+        let mut directory = rpc::Directory::new(&manifest.node.name);
         let mut admin_services = Vec::new();
         for (spec, component) in manifest.services.iter().zip(components) {
             let slot = Arc::new(Slot::new(

@@ -68,7 +68,17 @@ pub(crate) struct Call {
 /// The services this node runs, by name, with their routes.
 #[derive(Default)]
 pub(crate) struct Directory {
+    node: String,
     services: HashMap<String, Callee>,
+}
+
+/// Where one instance of a service runs.
+#[derive(Debug, Clone)]
+pub(crate) struct Instance {
+    pub(crate) node: String,
+    /// `None` for this node.
+    pub(crate) address: Option<std::net::SocketAddr>,
+    pub(crate) version: String,
 }
 
 struct Callee {
@@ -77,6 +87,13 @@ struct Callee {
 }
 
 impl Directory {
+    pub(crate) fn new(node: &str) -> Self {
+        Self {
+            node: node.to_owned(),
+            services: HashMap::new(),
+        }
+    }
+
     pub(crate) fn add(&mut self, name: &str, version: semver::Version, routes: Router) {
         self.services
             .insert(name.to_owned(), Callee { version, routes });
@@ -142,6 +159,40 @@ impl Client {
             Some(remote) if !runs_here => call_remote(remote, name, range.as_ref(), call).await,
             _ => self.call_local(call).await,
         }
+    }
+
+    /// Healthy instances of `target` (`name` or `name@range`): this node's first, then peers'.
+    pub(crate) fn resolve(&self, target: &str) -> Result<Vec<Instance>, CallError> {
+        let (name, range) = parse_target(target)?;
+        let mut found = Vec::new();
+        if let Some((node, callee)) = self
+            .directory
+            .get()
+            .and_then(|directory| Some((&directory.node, directory.services.get(name)?)))
+            && range
+                .as_ref()
+                .is_none_or(|range| range.matches(&callee.version))
+        {
+            found.push(Instance {
+                node: node.clone(),
+                address: None,
+                version: callee.version.to_string(),
+            });
+        }
+        if let Some(remote) = &self.remote {
+            found.extend(
+                remote
+                    .registry
+                    .instances(name, range.as_ref())
+                    .into_iter()
+                    .map(|(address, node, version)| Instance {
+                        node,
+                        address: Some(address),
+                        version: version.to_string(),
+                    }),
+            );
+        }
+        Ok(found)
     }
 
     /// Runs `call` on this node only.

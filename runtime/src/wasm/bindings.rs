@@ -33,5 +33,5 @@ pub use self::switchyard::runtime::types::Response as GuestResponse;
 
 /// The interfaces a guest imports, for the host's implementations.
 pub(crate) mod imports {
-    pub(crate) use super::switchyard::runtime::{config, log, rpc, types};
+    pub(crate) use super::switchyard::runtime::{config, discovery, log, rpc, types};
 }
