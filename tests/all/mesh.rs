@@ -10,7 +10,7 @@ fn faulty_routes() -> String {
     service(
         "faulty",
         "faulty",
-        &["GET /f/{fault}", "POST /f/{fault}"],
+        &["GET /f/{fault}", "POST /f/{fault}", "POST /f/{fault}/{arg}"],
         "",
     )
 }
@@ -210,4 +210,66 @@ async fn nodes_with_cluster_certificates_talk_and_a_foreign_ca_is_refused() {
     for node in [a, b, c] {
         node.shutdown().await;
     }
+}
+
+/// Node A calls `work`, which runs on a slow node (300 ms) and a fast one, 40 calls with 4 in
+/// flight; returns how many calls each node served.
+async fn spread(strategy: &str) -> (u64, u64) {
+    let work = |sleep: u64| {
+        service(
+            "work",
+            "faulty",
+            &["GET /w/{fault}"],
+            &format!("config = {{ sleep_ms = \"{sleep}\" }}"),
+        )
+    };
+    let slow_manifest =
+        TestManifest::with_node("name = \"slow\"\nquic = \"127.0.0.1:0\"", &work(300));
+    let fast_manifest =
+        TestManifest::with_node("name = \"fast\"\nquic = \"127.0.0.1:0\"", &work(0));
+    let (slow, fast) = (slow_manifest.start().await, fast_manifest.start().await);
+    let a_manifest = TestManifest::with_node(
+        &format!(
+            "name = \"node-a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{}\", \"{}\"]",
+            slow.quic_addr().unwrap(),
+            fast.quic_addr().unwrap()
+        ),
+        &format!(
+            "{}\n[balance.work]\nstrategy = \"{strategy}\"\n",
+            faulty_routes()
+        ),
+    );
+    let a = a_manifest.start().await;
+    wait_for_peer_service(a.admin_addr(), "\"slow\"").await;
+    wait_for_peer_service(a.admin_addr(), "\"fast\"").await;
+    let reply = send(a.http_addr(), "POST", "/f/load/40", "work\nGET /w/nap").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "40"),
+        "{}",
+        reply.body
+    );
+    let served = |node: &switchyard::Node| {
+        let admin = node.admin_addr();
+        async move {
+            let services = get(admin, "/services").await.body;
+            serde_json::from_str::<serde_json::Value>(&services).unwrap()[0]["served"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    let counts = (served(&slow).await, served(&fast).await);
+    for node in [a, slow, fast] {
+        node.shutdown().await;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn round_robin_spreads_evenly_and_power_of_two_choices_avoids_the_slow_node() {
+    let (slow, fast) = spread("round-robin").await;
+    assert_eq!((slow, fast), (20, 20));
+    let (slow, fast) = spread("power-of-two-choices").await;
+    assert_eq!(slow + fast, 40);
+    assert!(slow <= 8, "p2c sent {slow} of 40 calls to the slow node");
 }

@@ -144,6 +144,38 @@ impl Service for Faulty {
                     .collect();
                 Ok(Response::json(&view))
             }
+            "nap" => {
+                let ms = config::get("sleep_ms")
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(0);
+                std::thread::sleep(Duration::from_millis(ms));
+                Ok(Response::text(format!("napped {ms} ms\n")))
+            }
+            "load" => {
+                // Body: target and method. Keeps 4 calls in flight until `arg` have finished.
+                let total: usize = req
+                    .param("arg")
+                    .and_then(|arg| arg.parse().ok())
+                    .unwrap_or(40);
+                let body = req.text()?.to_owned();
+                let mut lines = body.lines();
+                let (target, method) = (
+                    lines.next().unwrap_or_default(),
+                    lines.next().unwrap_or_default(),
+                );
+                let start = || rpc::Call::new(target, method).start();
+                let mut in_flight: Vec<rpc::Pending> = (0..4.min(total)).map(|_| start()).collect();
+                let (mut started, mut ok) = (in_flight.len(), 0);
+                while !in_flight.is_empty() {
+                    let done = in_flight.swap_remove(rpc::wait_any(&in_flight));
+                    ok += usize::from(done.wait().is_ok_and(|reply| reply.status() == 200));
+                    if started < total {
+                        in_flight.push(start());
+                        started += 1;
+                    }
+                }
+                Ok(Response::json(&ok))
+            }
             "count" => {
                 // Globals live as long as the instance: 1 on every request unless reused.
                 let count = REQUESTS_SEEN.fetch_add(1, Ordering::Relaxed) + 1;

@@ -10,6 +10,10 @@
 //! seeds = ["127.0.0.1:7001"]  # peers to learn services from
 //! tls = { ca = "ca.pem", cert = "edge-1.pem", key = "edge-1.key" }  # omit on loopback
 //!
+//! [balance.inventory]         # optional, per called service
+//! strategy = "power-of-two-choices"   # or "round-robin" (default)
+//! prefer_local = false        # default true: a local instance always wins
+//!
 //! [[service]]
 //! name = "hello"
 //! version = "1.0.0"
@@ -45,6 +49,43 @@ pub struct Manifest {
     pub node: NodeSpec,
     /// `[[service]]`, in file order.
     pub services: Vec<ServiceSpec>,
+    /// `[balance.<service>]`: how calls to a service pick an instance.
+    pub balance: BTreeMap<String, BalanceSpec>,
+}
+
+/// How calls to one service pick among its instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceSpec {
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Use this node's instance whenever it runs the service (default true).
+    #[serde(default = "yes")]
+    pub prefer_local: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for BalanceSpec {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::default(),
+            prefer_local: true,
+        }
+    }
+}
+
+/// A balancing strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Each instance in turn.
+    #[default]
+    RoundRobin,
+    /// Two instances at random; the one with fewer calls in flight.
+    PowerOfTwoChoices,
 }
 
 /// `[node]`: how this process presents itself.

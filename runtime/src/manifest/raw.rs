@@ -19,6 +19,8 @@ struct RawManifest {
     node: Option<RawNode>,
     #[serde(default)]
     service: Vec<RawService>,
+    #[serde(default)]
+    balance: BTreeMap<String, super::BalanceSpec>,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +131,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> 
         path: path.to_path_buf(),
         node,
         services,
+        balance: raw.balance,
     })
 }
 

@@ -133,3 +133,29 @@ fn the_same_port_for_ingress_and_admin_is_refused() {
     );
     assert!(err.contains("both 127.0.0.1:7000"), "{err}");
 }
+
+#[test]
+fn balancing_is_per_called_service_and_strategies_are_checked() {
+    let (manifest, _) = parse(&format!(
+        "{GOOD}\n[balance.inventory]\nstrategy = \"power-of-two-choices\"\nprefer_local = false\n"
+    ));
+    let manifest = manifest.unwrap_or_else(|err| panic!("{err}"));
+    let spec = manifest
+        .balance
+        .get("inventory")
+        .copied()
+        .unwrap_or_default();
+    assert_eq!(spec.strategy, super::Strategy::PowerOfTwoChoices);
+    assert!(!spec.prefer_local);
+    assert!(
+        super::BalanceSpec::default().prefer_local,
+        "local wins unless told otherwise"
+    );
+    let err = error_of(&format!(
+        "{GOOD}\n[balance.inventory]\nstrategy = \"random\"\n"
+    ));
+    assert!(
+        err.contains("unknown variant `random`") && err.contains(":16:12"),
+        "{err}"
+    );
+}

@@ -114,7 +114,7 @@ impl Node {
         };
         let (engine, components) = loaded;
         let engine = Arc::new(engine);
-        let rpc = rpc::Client::new(mesh.clone());
+        let rpc = rpc::Client::new(mesh.clone(), manifest.balance.clone());
         let mut router = Router::default();
         let mut directory = rpc::Directory::new(&manifest.node.name);
         let mut admin_services = Vec::new();

@@ -12,12 +12,14 @@
 //! remaining budget; that node's [`PeerHandler`] runs it locally and answers. The guest cannot
 //! tell the two paths apart.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::discovery::Registry;
+use crate::manifest::{BalanceSpec, Strategy};
 use crate::transport::frame::{FailureKind, Frame};
 use crate::transport::{FrameHandler, Transport, TransportError};
 
@@ -108,6 +110,8 @@ pub(crate) struct Client {
     directory: Arc<OnceLock<Directory>>,
     /// Other nodes, when this node has a QUIC transport.
     remote: Option<Arc<Remote>>,
+    /// `[balance.<service>]` from the manifest.
+    balance: Arc<BTreeMap<String, BalanceSpec>>,
 }
 
 /// The way to other nodes.
@@ -115,6 +119,8 @@ pub(crate) struct Remote {
     pub(crate) transport: Arc<Transport>,
     pub(crate) registry: Arc<Registry>,
     next: AtomicUsize,
+    /// Calls in flight per instance (`None` is this node), for power of two choices.
+    outstanding: Mutex<HashMap<Option<SocketAddr>, usize>>,
 }
 
 impl Remote {
@@ -123,15 +129,68 @@ impl Remote {
             transport,
             registry,
             next: AtomicUsize::new(0),
+            outstanding: Mutex::default(),
+        }
+    }
+
+    fn in_flight(&self, instance: Option<SocketAddr>) -> usize {
+        self.outstanding
+            .lock()
+            .map(|counts| counts.get(&instance).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    fn pick(&self, candidates: &[Option<SocketAddr>], strategy: Strategy) -> Option<SocketAddr> {
+        let n = candidates.len();
+        match strategy {
+            _ if n == 1 => candidates[0],
+            Strategy::RoundRobin => candidates[self.next.fetch_add(1, Ordering::Relaxed) % n],
+            Strategy::PowerOfTwoChoices => {
+                let first = fastrand::usize(..n);
+                let second = (first + 1 + fastrand::usize(..n - 1)) % n;
+                let (a, b) = (candidates[first], candidates[second]);
+                if self.in_flight(b) < self.in_flight(a) {
+                    b
+                } else {
+                    a
+                }
+            }
+        }
+    }
+
+    /// Counts a call to `instance` as in flight until the guard drops.
+    fn track(&self, instance: Option<SocketAddr>) -> InFlight<'_> {
+        if let Ok(mut counts) = self.outstanding.lock() {
+            *counts.entry(instance).or_default() += 1;
+        }
+        InFlight {
+            remote: self,
+            instance,
+        }
+    }
+}
+
+struct InFlight<'a> {
+    remote: &'a Remote,
+    instance: Option<SocketAddr>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.remote.outstanding.lock()
+            && let Some(count) = counts.get_mut(&self.instance)
+        {
+            *count = count.saturating_sub(1);
         }
     }
 }
 
 impl Client {
-    pub(crate) fn new(remote: Option<Arc<Remote>>) -> Self {
+    pub(crate) fn new(remote: Option<Arc<Remote>>, balance: BTreeMap<String, BalanceSpec>) -> Self {
         Self {
             directory: Arc::default(),
             remote,
+            balance: Arc::new(balance),
         }
     }
 
@@ -151,13 +210,43 @@ impl Client {
         let target = call.target.clone();
         let (name, range) = parse_target(&target)?;
         parse_method(&call.method)?;
-        let runs_here = self
-            .directory
-            .get()
-            .is_some_and(|directory| directory.services.contains_key(name));
-        match &self.remote {
-            Some(remote) if !runs_here => call_remote(remote, name, range.as_ref(), call).await,
-            _ => self.call_local(call).await,
+        let Some(remote) = &self.remote else {
+            return self.call_local(call).await;
+        };
+        let local = self.directory.get().and_then(|d| d.services.get(name));
+        let local_fits = local.is_some_and(|callee| {
+            range
+                .as_ref()
+                .is_none_or(|range| range.matches(&callee.version))
+        });
+        let policy = self.balance.get(name).copied().unwrap_or_default();
+        if local_fits && policy.prefer_local {
+            return self.call_local(call).await;
+        }
+        let mut candidates: Vec<Option<SocketAddr>> = remote
+            .registry
+            .candidates(name, range.as_ref())
+            .into_iter()
+            .map(Some)
+            .collect();
+        if local_fits {
+            candidates.insert(0, None);
+        }
+        if candidates.is_empty() {
+            if local.is_some() {
+                // Runs here, but not at a fitting version: the local path says so precisely.
+                return self.call_local(call).await;
+            }
+            return Err(CallError::Unavailable(match range {
+                Some(range) => format!("no node runs service `{name}` at `{range}`"),
+                None => format!("no service named `{name}` is running on this node or its peers"),
+            }));
+        }
+        let chosen = remote.pick(&candidates, policy.strategy);
+        let _in_flight = remote.track(chosen);
+        match chosen {
+            None => self.call_local(call).await,
+            Some(peer) => call_peer(remote, peer, name, call).await,
         }
     }
 
@@ -263,20 +352,12 @@ impl Client {
     }
 }
 
-async fn call_remote(
+async fn call_peer(
     remote: &Remote,
+    peer: SocketAddr,
     name: &str,
-    range: Option<&semver::VersionReq>,
     call: Call,
 ) -> Result<Reply, CallError> {
-    let peers = remote.registry.candidates(name, range);
-    if peers.is_empty() {
-        return Err(CallError::Unavailable(match range {
-            Some(range) => format!("no node runs service `{name}` at `{range}`"),
-            None => format!("no service named `{name}` is running on this node or its peers"),
-        }));
-    }
-    let peer = peers[remote.next.fetch_add(1, Ordering::Relaxed) % peers.len()];
     let budget = call.budget;
     let (trace, headers): (Vec<_>, Vec<_>) = call
         .headers
