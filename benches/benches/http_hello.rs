@@ -7,17 +7,12 @@
 //! Knobs: `BENCH_SECONDS` per round (default 5), `BENCH_CONNECTIONS` (default 32),
 //! `BENCH_ROUNDS` (default 3; the targets alternate each round, the median round counts).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use switchyard_benches::{LoadReport, run_load};
+use anyhow::{Result, bail};
+use switchyard_benches::{LoadReport, PlainReply, run_load, start_plain_hyper};
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
@@ -167,42 +162,6 @@ async fn start_servers(dir: &Path) -> Result<(switchyard::Node, SocketAddr)> {
     )?;
     let manifest = switchyard::Manifest::load(&manifest_path)?;
     let node = switchyard::Node::start(&manifest).await?;
-    let plain = start_plain_hyper().await?;
+    let plain = start_plain_hyper(PlainReply::Hello).await?;
     Ok((node, plain))
-}
-
-/// The baseline: hyper 1 HTTP/1.1, answering what the hello guest answers.
-async fn start_plain_hyper() -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr().context("no local address")?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = service_fn(
-                    |request: hyper::Request<hyper::body::Incoming>| async move {
-                        let name = request
-                            .uri()
-                            .path()
-                            .rsplit('/')
-                            .next()
-                            .unwrap_or("world")
-                            .to_owned();
-                        let mut response = hyper::Response::new(Full::new(Bytes::from(format!(
-                            "Hello, {name}!\n"
-                        ))));
-                        response.headers_mut().insert(
-                            hyper::header::CONTENT_TYPE,
-                            hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-                        );
-                        Ok::<_, Infallible>(response)
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
 }

@@ -5,7 +5,6 @@
 //! `cargo xtask bench -- --bench rpc_remote`. Knobs: `BENCH_CALLS` per caller (default
 //! 2000), `BENCH_CALLERS` concurrent callers (default 8).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -15,7 +14,6 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use switchyard::transport::{Identity, SERVER_NAME};
 
@@ -250,29 +248,7 @@ async fn quinn_echo(calls: usize, callers: usize) -> Result<Outcome> {
 
 /// Plain hyper HTTP/1.1 with keep-alive: one connection per caller.
 async fn hyper_echo(calls: usize, callers: usize) -> Result<Outcome> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = service_fn(
-                    |request: hyper::Request<hyper::body::Incoming>| async move {
-                        let body = request
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(body)))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let addr = switchyard_benches::start_plain_hyper(switchyard_benches::PlainReply::Echo).await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..callers {

@@ -6,10 +6,13 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use std::convert::Infallible;
+
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
 /// The outcome of one load run.
@@ -92,4 +95,57 @@ async fn connection_loop(
         }
     }
     Ok((requests, errors, histogram))
+}
+
+/// What the plain hyper baseline answers.
+#[derive(Debug, Clone, Copy)]
+pub enum PlainReply {
+    /// `Hello, <last path segment>!\n` as text, like the hello guest.
+    Hello,
+    /// The request body.
+    Echo,
+}
+
+/// A plain hyper 1 HTTP/1.1 server on a free loopback port: the baseline the benchmarks
+/// compare Switchyard with.
+pub async fn start_plain_hyper(reply: PlainReply) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr().context("no local address")?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| async move {
+                        let response = match reply {
+                            PlainReply::Hello => {
+                                let name =
+                                    request.uri().path().rsplit('/').next().unwrap_or("world");
+                                let mut response = hyper::Response::new(Full::new(Bytes::from(
+                                    format!("Hello, {name}!\n"),
+                                )));
+                                response.headers_mut().insert(
+                                    hyper::header::CONTENT_TYPE,
+                                    hyper::header::HeaderValue::from_static(
+                                        "text/plain; charset=utf-8",
+                                    ),
+                                );
+                                response
+                            }
+                            PlainReply::Echo => {
+                                let body =
+                                    request.into_body().collect().await.map(|b| b.to_bytes());
+                                hyper::Response::new(Full::new(body.unwrap_or_default()))
+                            }
+                        };
+                        Ok::<_, Infallible>(response)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
 }
