@@ -16,3 +16,4 @@ mod limits;
 mod mesh;
 mod rpc;
 mod scaffold;
+mod shop;

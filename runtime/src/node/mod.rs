@@ -72,6 +72,8 @@ pub struct Node {
     http_addr: SocketAddr,
     admin_addr: SocketAddr,
     quic_addr: Option<SocketAddr>,
+    /// Owns every slot (through their routes); dropped with the node.
+    _directory: Arc<rpc::Directory>,
     shutdown: watch::Sender<bool>,
     servers: JoinSet<()>,
 }
@@ -137,7 +139,8 @@ impl Node {
             let routes = spec.routes.iter().map(ToString::to_string).collect();
             admin_services.push((slot, routes));
         }
-        rpc.install(directory);
+        let directory = Arc::new(directory);
+        rpc.install(&directory);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut servers = JoinSet::new();
@@ -189,6 +192,7 @@ impl Node {
             http_addr,
             admin_addr,
             quic_addr,
+            _directory: directory,
             shutdown,
             servers,
         })

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use crate::discovery::Registry;
@@ -106,8 +106,9 @@ impl Directory {
 #[derive(Clone, Default)]
 pub(crate) struct Client {
     /// Filled once the node has built every slot (slots hold clients, the directory holds
-    /// slots, so it cannot exist first).
-    directory: Arc<OnceLock<Directory>>,
+    /// slots, so it cannot exist first). Weak, because that is a cycle: the node owns the
+    /// directory, and dropping the node frees slots, instances and the transport.
+    directory: Arc<OnceLock<Weak<Directory>>>,
     /// Other nodes, when this node has a QUIC transport.
     remote: Option<Arc<Remote>>,
     /// `[balance.<service>]` from the manifest.
@@ -194,9 +195,10 @@ impl Client {
         }
     }
 
-    /// Makes `directory` the set of callees. Later calls are ignored: a node installs it once.
-    pub(crate) fn install(&self, directory: Directory) {
-        if self.directory.set(directory).is_err() {
+    /// Makes `directory` the set of callees, for as long as the caller keeps it. Later calls
+    /// are ignored: a node installs it once.
+    pub(crate) fn install(&self, directory: &Arc<Directory>) {
+        if self.directory.set(Arc::downgrade(directory)).is_err() {
             tracing::warn!("rpc directory installed twice; keeping the first");
         }
     }
@@ -213,7 +215,8 @@ impl Client {
         let Some(remote) = &self.remote else {
             return self.call_local(call).await;
         };
-        let local = self.directory.get().and_then(|d| d.services.get(name));
+        let directory = self.directory();
+        let local = directory.as_ref().and_then(|d| d.services.get(name));
         let local_fits = local.is_some_and(|callee| {
             range
                 .as_ref()
@@ -250,13 +253,17 @@ impl Client {
         }
     }
 
+    fn directory(&self) -> Option<Arc<Directory>> {
+        self.directory.get().and_then(Weak::upgrade)
+    }
+
     /// Healthy instances of `target` (`name` or `name@range`): this node's first, then peers'.
     pub(crate) fn resolve(&self, target: &str) -> Result<Vec<Instance>, CallError> {
         let (name, range) = parse_target(target)?;
         let mut found = Vec::new();
-        if let Some((node, callee)) = self
-            .directory
-            .get()
+        let directory = self.directory();
+        if let Some((node, callee)) = directory
+            .as_ref()
             .and_then(|directory| Some((&directory.node, directory.services.get(name)?)))
             && range
                 .as_ref()
@@ -289,8 +296,7 @@ impl Client {
         let (name, range) = parse_target(&call.target)?;
         let (method, path, query) = parse_method(&call.method)?;
         let directory = self
-            .directory
-            .get()
+            .directory()
             .ok_or_else(|| CallError::Unavailable("the node is still starting".into()))?;
         let callee = directory.services.get(name).ok_or_else(|| {
             CallError::Unavailable(format!("no service named `{name}` is running"))
@@ -454,8 +460,7 @@ impl FrameHandler for PeerHandler {
                 node: self.node.clone(),
                 services: self
                     .client
-                    .directory
-                    .get()
+                    .directory()
                     .map(|directory| {
                         directory
                             .services

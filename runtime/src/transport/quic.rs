@@ -13,10 +13,12 @@ use super::TransportError;
 use super::frame::{self, Frame, MAX_FRAME_BYTES};
 use super::tls::{Identity, SERVER_NAME};
 
-/// Idle connections close after this; keep-alives below it keep live peers connected and
-/// let a dead peer be noticed within it.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// Idle connections close after this; keep-alives below it keep live peers connected, so a
+/// dead peer (which sends nothing, not even a refusal: quinn ignores ICMP) is noticed within
+/// it, and a connection attempt to one gives up after it. A call to a dead peer therefore
+/// fails with `unavailable` within 2 s, or sooner at its own deadline.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+const KEEP_ALIVE: Duration = Duration::from_millis(500);
 
 pub(super) fn transport_config() -> quinn::TransportConfig {
     let mut config = quinn::TransportConfig::default();
