@@ -78,12 +78,9 @@ impl Service for Faulty {
             }
             "call" => {
                 // Body: target, method, and optionally a timeout in ms, one per line.
-                let body = req.text()?.to_owned();
-                let mut lines = body.lines();
-                let target = lines.next().unwrap_or_default();
-                let method = lines.next().unwrap_or_default();
+                let (target, method, timeout) = call_spec(&req)?;
                 let mut call = rpc::Call::new(target, method).header("x-probe", "1");
-                if let Some(ms) = lines.next().and_then(|ms| ms.parse().ok()) {
+                if let Some(ms) = timeout {
                     call = call.timeout(Duration::from_millis(ms));
                 }
                 let reply = call.send()?;
@@ -95,12 +92,7 @@ impl Service for Faulty {
                     .param("arg")
                     .and_then(|arg| arg.parse().ok())
                     .unwrap_or(100);
-                let body = req.text()?.to_owned();
-                let mut lines = body.lines();
-                let (target, method) = (
-                    lines.next().unwrap_or_default(),
-                    lines.next().unwrap_or_default(),
-                );
+                let (target, method, _) = call_spec(&req)?;
                 let mut micros = Vec::with_capacity(n);
                 for _ in 0..n {
                     let started = std::time::Instant::now();
@@ -157,12 +149,7 @@ impl Service for Faulty {
                     .param("arg")
                     .and_then(|arg| arg.parse().ok())
                     .unwrap_or(40);
-                let body = req.text()?.to_owned();
-                let mut lines = body.lines();
-                let (target, method) = (
-                    lines.next().unwrap_or_default(),
-                    lines.next().unwrap_or_default(),
-                );
+                let (target, method, _) = call_spec(&req)?;
                 let start = || rpc::Call::new(target, method).start();
                 let mut in_flight: Vec<rpc::Pending> = (0..4.min(total)).map(|_| start()).collect();
                 let (mut started, mut ok) = (in_flight.len(), 0);
@@ -191,6 +178,14 @@ impl Service for Faulty {
             other => Err(Error::not_found(format!("unknown fault `{other}`"))),
         }
     }
+}
+
+/// A call described in the request body: target, method, optional timeout in ms (one a line).
+fn call_spec(req: &Request) -> Result<(&str, &str, Option<u64>), Error> {
+    let mut lines = req.text()?.lines();
+    let target = lines.next().unwrap_or_default();
+    let method = lines.next().unwrap_or_default();
+    Ok((target, method, lines.next().and_then(|ms| ms.parse().ok())))
 }
 
 switchyard_sdk::export!(Faulty);
