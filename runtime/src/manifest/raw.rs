@@ -152,11 +152,8 @@ fn check_node(check: &Checker<'_>, raw: Option<RawNode>) -> Result<NodeSpec, Man
         }
         None => "switchyard".to_owned(),
     };
-    let address = |value: Option<Spanned<String>>, default: &str, key: &str| match value {
-        None => default
-            .parse::<SocketAddr>()
-            .map_err(|err| check.invalid(0..0, format!("default {key}: {err}"), "report a bug")),
-        Some(value) => value.get_ref().parse::<SocketAddr>().map_err(|err| {
+    let socket = |value: &Spanned<String>, key: &str| {
+        value.get_ref().parse::<SocketAddr>().map_err(|err| {
             check.invalid(
                 value.span(),
                 format!(
@@ -165,7 +162,13 @@ fn check_node(check: &Checker<'_>, raw: Option<RawNode>) -> Result<NodeSpec, Man
                 ),
                 "write IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:0\" (0 picks a free port)",
             )
-        }),
+        })
+    };
+    let address = |value: Option<Spanned<String>>, default: &str, key: &str| match value {
+        None => default
+            .parse::<SocketAddr>()
+            .map_err(|err| check.invalid(0..0, format!("default {key}: {err}"), "report a bug")),
+        Some(value) => socket(&value, key),
     };
     let admin_span = raw.admin.as_ref().map_or(0..0, Spanned::span);
     let http = address(raw.http, defaults::HTTP, "http")?;
@@ -178,18 +181,6 @@ fn check_node(check: &Checker<'_>, raw: Option<RawNode>) -> Result<NodeSpec, Man
         ));
     }
     let data_dir = check.resolve(raw.data_dir.as_deref().unwrap_or(defaults::DATA_DIR));
-    let socket = |value: &Spanned<String>, key: &str| {
-        value.get_ref().parse::<SocketAddr>().map_err(|err| {
-            check.invalid(
-                value.span(),
-                format!(
-                    "`node.{key}` = {:?} is not a socket address: {err}",
-                    value.get_ref()
-                ),
-                "write IP:PORT, e.g. \"127.0.0.1:7000\"",
-            )
-        })
-    };
     let quic = raw
         .quic
         .as_ref()
