@@ -11,6 +11,7 @@ mod support;
 
 mod cache;
 mod cli;
+mod etcd;
 mod ingress;
 mod limits;
 mod mesh;

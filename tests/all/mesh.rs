@@ -101,9 +101,9 @@ async fn a_call_reaches_a_service_on_another_node_and_a_dead_node_is_forgotten()
         reply.body
     );
 
-    // Node B goes away: calls fail fast with `unavailable`, and B drops out of the registry
-    // within the stated bound (TTL 2 s + one 0.5 s pull).
-    b.shutdown().await;
+    // Node B crashes (dropped: no goodbye): calls fail fast with `unavailable`, and B drops
+    // out of the registry within the stated bound (TTL 2 s + one 0.5 s gossip round).
+    drop(b);
     let gone = Instant::now();
     loop {
         let started = Instant::now();
@@ -132,6 +132,55 @@ async fn a_call_reaches_a_service_on_another_node_and_a_dead_node_is_forgotten()
         "{:?}",
         gone.elapsed()
     );
+    a.shutdown().await;
+}
+
+/// Seeds only bootstrap: B and C each name only A, yet learn each other; a node that shuts
+/// down says goodbye and is forgotten at once, well within the TTL.
+#[tokio::test]
+async fn gossip_spreads_beyond_seeds_and_a_goodbye_is_heard_at_once() {
+    let a = TestManifest::with_node("name = \"node-a\"\nquic = \"127.0.0.1:0\"", "")
+        .start()
+        .await;
+    let a_quic = a.quic_addr().unwrap();
+    let b = TestManifest::with_node(
+        &format!("name = \"node-b\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{a_quic}\"]"),
+        &faulty_routes(),
+    )
+    .start()
+    .await;
+    let c = TestManifest::with_node(
+        &format!("name = \"node-c\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{a_quic}\"]"),
+        &service("hello", "hello", &["GET /hello/{name}"], ""),
+    )
+    .start()
+    .await;
+    wait_for_peer_service(b.admin_addr(), "hello@1.0.0").await;
+    wait_for_peer_service(a.admin_addr(), "faulty@1.0.0").await;
+    let reply = send(b.http_addr(), "POST", "/f/call", "hello\nGET /hello/gossip").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "Hello, gossip!\n")
+    );
+    // C learned B without ever being told of it by a seed list.
+    wait_for_peer_service(c.admin_addr(), "faulty@1.0.0").await;
+
+    let leaving = Instant::now();
+    c.shutdown().await;
+    let told = leaving.elapsed();
+    for admin in [a.admin_addr(), b.admin_addr()] {
+        let registry = get(admin, "/registry").await.body;
+        assert!(!registry.contains("hello@"), "C still listed: {registry}");
+    }
+    assert!(told < Duration::from_secs(1), "goodbye took {told:?}");
+    let reply = send(b.http_addr(), "POST", "/f/call", "hello\nGET /hello/x").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(reply.body.contains("`hello`"), "{}", reply.body);
+    // It stays gone: B's and A's later gossip does not bring it back from rumours.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let registry = get(b.admin_addr(), "/registry").await.body;
+    assert!(!registry.contains("hello@"), "C came back: {registry}");
+    b.shutdown().await;
     a.shutdown().await;
 }
 

@@ -66,6 +66,7 @@ fn run_command(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Test { cargo_args } => {
+            test_servers()?;
             build_guests(&root.join("guests/Cargo.toml"), &root.join("target/guests"))?;
             // The CLI and scaffold tests run the `switchyard` and `xtask` binaries as a user
             // would. Building every target of the workspace at once resolves the same features
@@ -105,6 +106,20 @@ fn run_command(cli: Cli) -> Result<()> {
             run(&mut bench)
         }
     }
+}
+
+/// Servers the tests start themselves, on free ports: etcd (for the etcd discovery backend).
+fn test_servers() -> Result<()> {
+    if Path::new("/usr/bin/etcd").is_file() || Path::new("/usr/local/bin/etcd").is_file() {
+        return Ok(());
+    }
+    toolchain::apt_install(
+        &["etcd-server"],
+        "the etcd discovery tests need an etcd server; install it as root",
+    )?;
+    // The package may start a system etcd on 2379; the tests start their own on free ports.
+    eprintln!("xtask: etcd installed");
+    Ok(())
 }
 
 fn build_guests(manifest: &Path, target_dir: &Path) -> Result<()> {

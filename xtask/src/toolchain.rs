@@ -191,18 +191,27 @@ fn host_triple() -> Option<String> {
 }
 
 fn install_debian_route() -> Result<()> {
-    let command = format!(
-        "apt-get update && apt-get install -y {}",
-        DEBIAN_PACKAGES.join(" ")
-    );
-    if !running_as_root() {
-        bail!(
+    apt_install(
+        DEBIAN_PACKAGES,
+        &format!(
             "cannot build {TARGET} guests: rustup's target is not installed and could not be \
              added, and the Debian route is missing. Either run `rustup target add {TARGET}`, \
-             or install the Debian route as root: `sudo sh -c '{command}'`"
-        );
+             or install the Debian route as root"
+        ),
+    )
+}
+
+/// Installs Debian `packages` when running as root; otherwise fails with `why` and the exact
+/// command to run.
+pub(crate) fn apt_install(packages: &[&str], why: &str) -> Result<()> {
+    let command = format!(
+        "apt-get update && apt-get install -y {}",
+        packages.join(" ")
+    );
+    if !running_as_root() {
+        bail!("{why}: `sudo sh -c '{command}'`");
     }
-    eprintln!("xtask: installing the Debian guest toolchain: {command}");
+    eprintln!("xtask: installing Debian packages: {command}");
     let status = Command::new("sh")
         .args(["-c", &command])
         .env("DEBIAN_FRONTEND", "noninteractive")

@@ -1,35 +1,81 @@
 //! Which node runs which service.
 //!
-//! Embedded backend: every node asks each of its seeds (`[node] seeds`) for the services it
-//! runs every [`PULL_INTERVAL`]; an answer renews that peer's entries for [`TTL`]. A node that
-//! stops answering (killed, partitioned, shut down) drops out within `TTL + PULL_INTERVAL`
-//! (2.5 s), and only peers that answered recently get traffic.
+//! A [`Registry`] is what this node currently believes about its peers; the request path
+//! reads it on every remote call. A [`Membership`] backend keeps it current and keeps this
+//! node registered with the others, chosen by `[node.discovery]` in the manifest:
+//!
+//! - **embedded** (the default, [`gossip`]): every [`GOSSIP_INTERVAL`] a node swaps what it
+//!   knows with its seeds and every peer it has heard of (push-pull). What a node says of
+//!   itself is good for [`TTL`]; what it relays of others carries the time they have left, so
+//!   news of a node spreads through the mesh but never outlives the node's own last word: a
+//!   killed node drops out everywhere within `TTL + GOSSIP_INTERVAL` (2.5 s). A node that
+//!   shuts down says goodbye to everyone it knows, who forget it at once.
+//! - **etcd** ([`etcd`]): a node writes its entry under a lease it keeps alive, and watches
+//!   the prefix; a killed node's lease runs out (etcd's TTL, at least 2 s), a shut-down node
+//!   revokes it.
+
+mod etcd;
+mod gossip;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::transport::Transport;
-use crate::transport::frame::Frame;
+pub(crate) use crate::transport::frame::Member;
+pub(crate) use etcd::Etcd;
+pub(crate) use gossip::Gossip;
 
-/// How often each seed is asked.
-pub(crate) const PULL_INTERVAL: Duration = Duration::from_millis(500);
-/// How long an answer counts.
+/// How often a node gossips.
+pub(crate) const GOSSIP_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a node's word about itself counts.
 pub(crate) const TTL: Duration = Duration::from_secs(2);
+/// How long a goodbye may take before the node stops anyway.
+pub(crate) const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A boxed future, so backends can sit behind `dyn Membership`.
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Keeps a node registered and its [`Registry`] current.
+pub(crate) trait Membership: Send + Sync {
+    /// Runs until `stop` flips: announces this node and learns about the others.
+    fn run(self: Arc<Self>, stop: watch::Receiver<bool>) -> BoxFuture<'static, ()>;
+    /// Deregisters this node so no new call is sent to it; best effort, at most
+    /// [`LEAVE_TIMEOUT`]. Called after `run` returned.
+    fn leave(self: Arc<Self>) -> BoxFuture<'static, ()>;
+    /// The backend's name for logs and the admin API.
+    fn backend(&self) -> &'static str;
+}
 
 /// What this node knows about its peers.
 #[derive(Default)]
 pub(crate) struct Registry {
-    peers: Mutex<HashMap<SocketAddr, PeerEntry>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    peers: HashMap<SocketAddr, PeerEntry>,
+    /// Incarnations that said goodbye, so a late rumour does not bring them back.
+    departed: HashMap<SocketAddr, (u64, Instant)>,
 }
 
 struct PeerEntry {
     node: String,
+    incarnation: u64,
     services: Vec<(String, semver::Version)>,
-    expires: Instant,
+    /// `None`: until a backend removes it (etcd watches).
+    expires: Option<Instant>,
+}
+
+impl PeerEntry {
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|expires| expires > now)
+    }
 }
 
 /// One peer as the admin API shows it.
@@ -38,25 +84,97 @@ pub(crate) struct PeerView {
     pub(crate) address: SocketAddr,
     pub(crate) node: String,
     pub(crate) services: Vec<String>,
-    pub(crate) expires_in_ms: u64,
+    /// `null` for entries a backend removes itself (etcd).
+    pub(crate) expires_in_ms: Option<u64>,
 }
 
 impl Registry {
-    pub(crate) fn renew(&self, peer: SocketAddr, node: String, services: Vec<(String, String)>) {
-        let services = services
-            .into_iter()
-            .filter_map(|(name, version)| Some((name, semver::Version::parse(&version).ok()?)))
-            .collect();
-        if let Ok(mut peers) = self.peers.lock() {
-            peers.insert(
-                peer,
-                PeerEntry {
-                    node,
-                    services,
-                    expires: Instant::now() + TTL,
-                },
-            );
+    /// Takes in news about `member`, good for `ttl` (`None`: until removed). Older
+    /// incarnations, departed ones and news older than what is known are ignored.
+    pub(crate) fn learn(&self, member: &Member, ttl: Option<Duration>) {
+        let now = Instant::now();
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if let Some((gone, _)) = state.departed.get(&member.address)
+            && *gone >= member.incarnation
+        {
+            return;
         }
+        let expires = ttl.map(|ttl| now + ttl);
+        if let Some(known) = state.peers.get_mut(&member.address)
+            && known.live(now)
+        {
+            if known.incarnation > member.incarnation {
+                return;
+            }
+            if known.incarnation == member.incarnation {
+                known.expires = match (known.expires, expires) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+                return;
+            }
+        }
+        let services = member
+            .services
+            .iter()
+            .filter_map(|(name, version)| {
+                Some((name.clone(), semver::Version::parse(version).ok()?))
+            })
+            .collect();
+        state.peers.insert(
+            member.address,
+            PeerEntry {
+                node: member.node.clone(),
+                incarnation: member.incarnation,
+                services,
+                expires,
+            },
+        );
+    }
+
+    /// Forgets `incarnation` of the node at `address` (a goodbye, a deleted etcd key).
+    pub(crate) fn forget(&self, address: SocketAddr, incarnation: u64) {
+        let now = Instant::now();
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if state
+            .peers
+            .get(&address)
+            .is_some_and(|known| known.incarnation <= incarnation)
+        {
+            state.peers.remove(&address);
+        }
+        state.departed.insert(address, (incarnation, now + TTL * 2));
+        state.departed.retain(|_, (_, until)| *until > now);
+    }
+
+    /// Live members with the time they have left, for relaying.
+    pub(crate) fn members(&self) -> Vec<Member> {
+        let now = Instant::now();
+        let Ok(state) = self.state.lock() else {
+            return Vec::new();
+        };
+        state
+            .peers
+            .iter()
+            .filter(|(_, entry)| entry.live(now))
+            .map(|(address, entry)| Member {
+                node: entry.node.clone(),
+                address: *address,
+                incarnation: entry.incarnation,
+                services: entry
+                    .services
+                    .iter()
+                    .map(|(name, version)| (name.clone(), version.to_string()))
+                    .collect(),
+                ttl_ms: entry.expires.map_or(TTL.as_millis() as u32, |expires| {
+                    expires.saturating_duration_since(now).as_millis() as u32
+                }),
+            })
+            .collect()
     }
 
     /// Live peers that run `name` at a version in `range`, in address order.
@@ -78,12 +196,13 @@ impl Registry {
         range: Option<&semver::VersionReq>,
     ) -> Vec<(SocketAddr, String, semver::Version)> {
         let now = Instant::now();
-        let Ok(peers) = self.peers.lock() else {
+        let Ok(state) = self.state.lock() else {
             return Vec::new();
         };
-        let mut found: Vec<_> = peers
+        let mut found: Vec<_> = state
+            .peers
             .iter()
-            .filter(|(_, entry)| entry.expires > now)
+            .filter(|(_, entry)| entry.live(now))
             .flat_map(|(addr, entry)| {
                 entry
                     .services
@@ -100,12 +219,13 @@ impl Registry {
 
     pub(crate) fn view(&self) -> Vec<PeerView> {
         let now = Instant::now();
-        let Ok(peers) = self.peers.lock() else {
+        let Ok(state) = self.state.lock() else {
             return Vec::new();
         };
-        let mut view: Vec<PeerView> = peers
+        let mut view: Vec<PeerView> = state
+            .peers
             .iter()
-            .filter(|(_, entry)| entry.expires > now)
+            .filter(|(_, entry)| entry.live(now))
             .map(|(address, entry)| PeerView {
                 address: *address,
                 node: entry.node.clone(),
@@ -114,7 +234,9 @@ impl Registry {
                     .iter()
                     .map(|(name, version)| format!("{name}@{version}"))
                     .collect(),
-                expires_in_ms: entry.expires.saturating_duration_since(now).as_millis() as u64,
+                expires_in_ms: entry
+                    .expires
+                    .map(|expires| expires.saturating_duration_since(now).as_millis() as u64),
             })
             .collect();
         view.sort_by_key(|peer| peer.address);
@@ -122,40 +244,62 @@ impl Registry {
     }
 }
 
-/// Asks every seed for its services until `shutdown` flips.
-pub(crate) async fn pull_from_seeds(
-    registry: Arc<Registry>,
-    transport: Arc<Transport>,
-    seeds: Vec<SocketAddr>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut ticker = tokio::time::interval(PULL_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
+/// A number that differs between two starts of the same node.
+pub(crate) fn new_incarnation() -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    // Microseconds keep it increasing across restarts; the random low bits break ties.
+    (since_epoch.as_micros() as u64) << 8 | u64::from(fastrand::u8(..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(incarnation: u64, ttl_ms: u32) -> Member {
+        Member {
+            node: "b".into(),
+            address: SocketAddr::from(([127, 0, 0, 2], 7000)),
+            incarnation,
+            services: vec![("hello".into(), "1.2.0".into())],
+            ttl_ms,
         }
-        let asks = seeds.iter().map(|seed| {
-            let transport = transport.clone();
-            let registry = registry.clone();
-            let seed = *seed;
-            async move {
-                match transport
-                    .request(seed, &Frame::RegistryRequest, TTL / 2)
-                    .await
-                {
-                    Ok(Frame::Registry { node, services }) => registry.renew(seed, node, services),
-                    Ok(other) => {
-                        tracing::warn!(%seed, ?other, "seed answered a registry request oddly")
-                    }
-                    Err(error) => tracing::debug!(%seed, %error, "seed did not answer"),
-                }
-            }
-        });
-        let tasks: Vec<_> = asks.map(tokio::spawn).collect();
-        for task in tasks {
-            let _ = task.await;
-        }
+    }
+
+    #[test]
+    fn news_expires_unless_renewed_and_a_goodbye_beats_late_rumours() {
+        let registry = Registry::default();
+        let b = member(5, 0);
+        registry.learn(&b, Some(Duration::from_millis(40)));
+        assert_eq!(registry.candidates("hello", None), vec![b.address]);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(registry.candidates("hello", None).is_empty(), "not expired");
+
+        registry.learn(&b, Some(TTL));
+        registry.forget(b.address, 5);
+        assert!(
+            registry.candidates("hello", None).is_empty(),
+            "goodbye ignored"
+        );
+        registry.learn(&b, Some(TTL));
+        assert!(
+            registry.candidates("hello", None).is_empty(),
+            "a rumour revived a departed node"
+        );
+        // The same node restarted: a newer incarnation is welcome.
+        registry.learn(&member(6, 0), Some(TTL));
+        assert_eq!(registry.candidates("hello", None), vec![b.address]);
+        // An older incarnation's news does not replace it.
+        registry.learn(&member(4, 0), Some(TTL));
+        assert_eq!(registry.members()[0].incarnation, 6);
+        assert!(
+            registry
+                .candidates(
+                    "hello",
+                    Some(&semver::VersionReq::parse("^2").unwrap_or_default())
+                )
+                .is_empty()
+        );
     }
 }

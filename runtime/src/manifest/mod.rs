@@ -7,7 +7,8 @@
 //! admin = "127.0.0.1:9090"    # /health, /services
 //! data_dir = ".switchyard"    # compiled-component cache; relative to this file
 //! quic = "127.0.0.1:7000"     # for other nodes (optional)
-//! seeds = ["127.0.0.1:7001"]  # peers to learn services from
+//! seeds = ["127.0.0.1:7001"]  # any peers already up: gossip finds the rest
+//! # discovery = { backend = "etcd", endpoints = ["http://127.0.0.1:2379"], prefix = "/switchyard" }
 //! tls = { ca = "ca.pem", cert = "edge-1.pem", key = "edge-1.key" }  # omit on loopback
 //!
 //! [balance.inventory]         # optional, per called service
@@ -105,6 +106,23 @@ pub struct NodeSpec {
     pub seeds: Vec<SocketAddr>,
     /// Cluster certificates; `None` on loopback uses the built-in development CA.
     pub tls: Option<TlsSpec>,
+    /// `[node.discovery]`: how nodes find each other.
+    pub discovery: DiscoverySpec,
+}
+
+/// `[node.discovery]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DiscoverySpec {
+    /// Gossip over the nodes' own QUIC transport, bootstrapped from `seeds` (default).
+    #[default]
+    Embedded,
+    /// Entries under `prefix` in etcd, kept alive by a lease and watched.
+    Etcd {
+        /// `host:port` of etcd's client endpoints, tried in order.
+        endpoints: Vec<String>,
+        /// Key prefix; nodes sharing it form one mesh.
+        prefix: String,
+    },
 }
 
 /// `[node.tls]`: PEM files (paths resolved against the manifest).

@@ -10,7 +10,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Location, Manifest, ManifestError, NodeSpec, RouteSpec, ServiceSpec, TlsSpec, defaults,
+    DiscoverySpec, Location, Manifest, ManifestError, NodeSpec, RouteSpec, ServiceSpec, TlsSpec,
+    defaults,
 };
 
 #[derive(Deserialize)]
@@ -34,6 +35,16 @@ struct RawNode {
     #[serde(default)]
     seeds: Vec<Spanned<String>>,
     tls: Option<Spanned<RawTls>>,
+    discovery: Option<Spanned<RawDiscovery>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    backend: Spanned<String>,
+    #[serde(default)]
+    endpoints: Vec<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -144,6 +155,7 @@ fn check_node(check: &Checker<'_>, raw: Option<RawNode>) -> Result<NodeSpec, Man
         quic: None,
         seeds: Vec::new(),
         tls: None,
+        discovery: None,
     });
     let name = match raw.name {
         Some(name) => {
@@ -198,6 +210,25 @@ fn check_node(check: &Checker<'_>, raw: Option<RawNode>) -> Result<NodeSpec, Man
             "add e.g. quic = \"127.0.0.1:7000\" to [node]",
         ));
     }
+    let discovery = check_discovery(check, raw.discovery, quic.is_some())?;
+    if let (DiscoverySpec::Etcd { .. }, Some(seed)) = (&discovery, raw.seeds.first()) {
+        return Err(check.invalid(
+            seed.span(),
+            "`node.seeds` is for the embedded discovery backend, but `[node.discovery]` chose etcd",
+            "remove `seeds`: with etcd every node finds the others through etcd",
+        ));
+    }
+    if let Some(quic) = quic
+        && quic.ip().is_unspecified()
+    {
+        let span = raw.quic.as_ref().map_or(0..0, Spanned::span);
+        return Err(check.invalid(
+            span,
+            format!("`node.quic` = {quic} is not an address other nodes can reach"),
+            "other nodes dial the address a node announces: give a concrete IP, e.g. \
+             \"10.0.0.5:7000\" or \"127.0.0.1:7000\"",
+        ));
+    }
     let tls = match raw.tls {
         None => None,
         Some(tls) => {
@@ -228,7 +259,85 @@ fn check_node(check: &Checker<'_>, raw: Option<RawNode>) -> Result<NodeSpec, Man
         quic,
         seeds,
         tls,
+        discovery,
     })
+}
+
+fn check_discovery(
+    check: &Checker<'_>,
+    raw: Option<Spanned<RawDiscovery>>,
+    has_quic: bool,
+) -> Result<DiscoverySpec, ManifestError> {
+    let Some(raw) = raw else {
+        return Ok(DiscoverySpec::Embedded);
+    };
+    let span = raw.span();
+    let raw = raw.into_inner();
+    if !has_quic {
+        return Err(check.invalid(
+            span,
+            "`[node.discovery]` needs `node.quic`: discovered peers are called over QUIC",
+            "add e.g. quic = \"127.0.0.1:7000\" to [node]",
+        ));
+    }
+    match raw.backend.get_ref().as_str() {
+        "embedded" => {
+            if let Some(endpoint) = raw.endpoints.first() {
+                return Err(check.invalid(
+                    endpoint.span(),
+                    "`endpoints` is for the etcd backend",
+                    "remove it, or set backend = \"etcd\"",
+                ));
+            }
+            Ok(DiscoverySpec::Embedded)
+        }
+        "etcd" => {
+            if raw.endpoints.is_empty() {
+                return Err(check.invalid(
+                    raw.backend.span(),
+                    "the etcd backend needs at least one endpoint",
+                    "add e.g. endpoints = [\"http://127.0.0.1:2379\"]",
+                ));
+            }
+            let mut endpoints = Vec::new();
+            for endpoint in &raw.endpoints {
+                let value = endpoint.get_ref();
+                let authority = value
+                    .strip_prefix("http://")
+                    .filter(|rest| !rest.is_empty() && !rest.contains('/') && rest.contains(':'));
+                match authority {
+                    Some(authority) => endpoints.push(authority.to_owned()),
+                    None => {
+                        return Err(check.invalid(
+                            endpoint.span(),
+                            format!("etcd endpoint {value:?} is not http://HOST:PORT"),
+                            "write e.g. \"http://127.0.0.1:2379\" (https is not supported yet)",
+                        ));
+                    }
+                }
+            }
+            let prefix = match raw.prefix {
+                None => "/switchyard".to_owned(),
+                Some(prefix) => {
+                    let value = prefix.get_ref().trim_end_matches('/');
+                    if !value.starts_with('/') {
+                        return Err(check.invalid(
+                            prefix.span(),
+                            format!("etcd prefix {:?} does not start with `/`", prefix.get_ref()),
+                            "write e.g. \"/switchyard/prod\"; nodes sharing a prefix form one mesh",
+                        ));
+                    }
+                    value.to_owned()
+                }
+            };
+            Ok(DiscoverySpec::Etcd { endpoints, prefix })
+        }
+        other => Err(check.invalid(
+            raw.backend.span(),
+            format!("unknown discovery backend {other:?}"),
+            "write backend = \"embedded\" (default, gossip over QUIC) or \"etcd\"",
+        )),
+    }
 }
 
 /// Names appear in URLs, logs and (later) discovery keys: keep them to `[a-z0-9-]`.

@@ -159,3 +159,50 @@ fn balancing_is_per_called_service_and_strategies_are_checked() {
         "{err}"
     );
 }
+
+#[test]
+fn discovery_backends_are_checked() {
+    let etcd = "[node]\nquic = \"127.0.0.1:7000\"\ndiscovery = { backend = \"etcd\", \
+                endpoints = [\"http://127.0.0.1:2379\"], prefix = \"/prod/\" }\n";
+    let (manifest, _) = parse(etcd);
+    let manifest = manifest.unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(
+        manifest.node.discovery,
+        super::DiscoverySpec::Etcd {
+            endpoints: vec!["127.0.0.1:2379".into()],
+            prefix: "/prod".into()
+        }
+    );
+    for (body, expected) in [
+        (
+            "[node]\nquic = \"127.0.0.1:7000\"\ndiscovery = { backend = \"consul\" }\n",
+            "unknown discovery backend \"consul\"",
+        ),
+        (
+            "[node]\nquic = \"127.0.0.1:7000\"\ndiscovery = { backend = \"etcd\" }\n",
+            "needs at least one endpoint",
+        ),
+        (
+            "[node]\nquic = \"127.0.0.1:7000\"\ndiscovery = { backend = \"etcd\", \
+             endpoints = [\"127.0.0.1:2379\"] }\n",
+            "is not http://HOST:PORT",
+        ),
+        (
+            "[node]\ndiscovery = { backend = \"etcd\", endpoints = [\"http://a:1\"] }\n",
+            "needs `node.quic`",
+        ),
+        (
+            "[node]\nquic = \"127.0.0.1:7000\"\nseeds = [\"127.0.0.1:7001\"]\n\
+             discovery = { backend = \"etcd\", endpoints = [\"http://a:1\"] }\n",
+            "`node.seeds` is for the embedded discovery backend",
+        ),
+        (
+            "[node]\nquic = \"0.0.0.0:7000\"\n",
+            "not an address other nodes can reach",
+        ),
+    ] {
+        let message = error_of(body);
+        assert!(message.contains(expected), "{body}\n=> {message}");
+        assert!(message.contains("switchyard.toml:"), "{message}");
+    }
+}

@@ -15,14 +15,17 @@ use tokio::task::JoinSet;
 
 use crate::discovery;
 use crate::http::{self, Admin, Ingress};
-use crate::manifest::{Location, Manifest, ServiceSpec};
+use crate::manifest::{DiscoverySpec, Location, Manifest, ServiceSpec};
 use crate::router::Router;
 use crate::rpc;
-use crate::transport::{Identity, Transport};
+use crate::transport::frame::{FailureKind, Frame};
+use crate::transport::{FrameHandler, Identity, Transport};
 use crate::wasm::{Engine, EngineConfig, LoadError, LoadedComponent, Slot, SlotConfig};
 
 /// How long in-flight requests may take to finish once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long closing QUIC connections may wait for peers to hear of it.
+const QUIC_CLOSE_GRACE: Duration = Duration::from_millis(200);
 
 /// Why a node did not start. Each message names the manifest place or address to fix.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +77,7 @@ pub struct Node {
     quic_addr: Option<SocketAddr>,
     /// Owns every slot (through their routes); dropped with the node.
     _directory: Arc<rpc::Directory>,
+    membership: Option<Membership>,
     shutdown: watch::Sender<bool>,
     servers: JoinSet<()>,
 }
@@ -145,23 +149,62 @@ impl Node {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut servers = JoinSet::new();
         let mut quic_addr = None;
+        let mut membership = None;
         if let Some(mesh) = &mesh {
-            quic_addr = mesh.transport.local_addr().ok();
-            let handler = rpc::PeerHandler {
+            let address = mesh.transport.local_addr()?;
+            quic_addr = Some(address);
+            let me = discovery::Member {
                 node: manifest.node.name.clone(),
-                client: rpc.clone(),
+                address,
+                incarnation: discovery::new_incarnation(),
+                services: manifest
+                    .services
+                    .iter()
+                    .map(|spec| (spec.name.clone(), spec.version.to_string()))
+                    .collect(),
+                ttl_ms: 0,
+            };
+            let (gossip, backend): (_, Arc<dyn discovery::Membership>) =
+                match &manifest.node.discovery {
+                    DiscoverySpec::Embedded => {
+                        let gossip = Arc::new(discovery::Gossip::new(
+                            mesh.registry.clone(),
+                            mesh.transport.clone(),
+                            me,
+                            manifest.node.seeds.clone(),
+                        ));
+                        (Some(gossip.clone()), gossip)
+                    }
+                    DiscoverySpec::Etcd { endpoints, prefix } => (
+                        None,
+                        Arc::new(discovery::Etcd::new(
+                            mesh.registry.clone(),
+                            endpoints.clone(),
+                            prefix.clone(),
+                            me,
+                        )),
+                    ),
+                };
+            let handler = PeerFrames {
+                rpc: rpc::PeerHandler {
+                    client: rpc.clone(),
+                },
+                gossip,
             };
             servers.spawn(
                 mesh.transport
                     .clone()
                     .serve(Arc::new(handler), shutdown_rx.clone()),
             );
-            servers.spawn(discovery::pull_from_seeds(
-                mesh.registry.clone(),
-                mesh.transport.clone(),
-                manifest.node.seeds.clone(),
-                shutdown_rx.clone(),
-            ));
+            let (stop, stopped) = watch::channel(false);
+            tracing::info!(backend = backend.backend(), "discovery started");
+            let running = tokio::spawn(backend.clone().run(stopped));
+            membership = Some(Membership {
+                backend,
+                stop,
+                running,
+                transport: mesh.transport.clone(),
+            });
         }
         servers.spawn(http::serve(
             http_listener,
@@ -193,6 +236,7 @@ impl Node {
             admin_addr,
             quic_addr,
             _directory: directory,
+            membership,
             shutdown,
             servers,
         })
@@ -214,11 +258,67 @@ impl Node {
     }
 
     /// Stops accepting connections and waits (up to a grace period) for in-flight requests.
+    ///
+    /// Peers are told first (a goodbye, or the etcd lease revoked) so they stop sending new
+    /// calls here while in-flight ones finish; the QUIC endpoint closes last.
     pub async fn shutdown(mut self) {
         tracing::info!(node = %self.name, "shutting down");
-        let _ = self.shutdown.send(true);
-        while self.servers.join_next().await.is_some() {}
+        if let Some(membership) = &self.membership {
+            let _ = membership.stop.send(true);
+        }
+        if let Some(mut membership) = self.membership.take() {
+            let _ = (&mut membership.running).await;
+            membership.backend.leave().await;
+            let _ = self.shutdown.send(true);
+            while self.servers.join_next().await.is_some() {}
+            membership.transport.close(QUIC_CLOSE_GRACE).await;
+        } else {
+            let _ = self.shutdown.send(true);
+            while self.servers.join_next().await.is_some() {}
+        }
         tracing::info!(node = %self.name, "stopped");
+    }
+}
+
+impl Drop for Node {
+    /// A node dropped without [`Node::shutdown`] goes silent like a crashed one: no goodbye,
+    /// peers forget it when its registration runs out.
+    fn drop(&mut self) {
+        if let Some(membership) = &self.membership {
+            membership.running.abort();
+        }
+    }
+}
+
+/// Discovery for a node with a QUIC transport.
+struct Membership {
+    backend: Arc<dyn discovery::Membership>,
+    stop: watch::Sender<bool>,
+    running: tokio::task::JoinHandle<()>,
+    transport: Arc<Transport>,
+}
+
+/// Routes each frame from a peer to the subsystem that answers it.
+struct PeerFrames {
+    rpc: rpc::PeerHandler,
+    /// `None` with etcd discovery: peers do not gossip with this node.
+    gossip: Option<Arc<discovery::Gossip>>,
+}
+
+impl FrameHandler for PeerFrames {
+    async fn handle(&self, frame: Frame) -> Frame {
+        match frame {
+            Frame::Gossip { .. } | Frame::Goodbye { .. } => match &self.gossip {
+                Some(gossip) => gossip.answer(frame),
+                None => Frame::Failed {
+                    kind: FailureKind::BadRequest,
+                    message: "this node finds peers through etcd; set the same \
+                              [node.discovery] on every node"
+                        .into(),
+                },
+            },
+            frame => self.rpc.handle(frame).await,
+        }
     }
 }
 

@@ -409,9 +409,8 @@ async fn call_peer(
     }
 }
 
-/// Answers other nodes: runs their calls here, tells them what this node runs.
+/// Runs other nodes' calls here.
 pub(crate) struct PeerHandler {
-    pub(crate) node: String,
     pub(crate) client: Client,
 }
 
@@ -456,23 +455,9 @@ impl FrameHandler for PeerHandler {
                     }
                 }
             }
-            Frame::RegistryRequest => Frame::Registry {
-                node: self.node.clone(),
-                services: self
-                    .client
-                    .directory()
-                    .map(|directory| {
-                        directory
-                            .services
-                            .iter()
-                            .map(|(name, callee)| (name.clone(), callee.version.to_string()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            },
             other => Frame::Failed {
                 kind: FailureKind::BadRequest,
-                message: format!("a node does not answer {other:?} frames"),
+                message: format!("rpc does not answer {other:?} frames"),
             },
         }
     }

@@ -3,10 +3,12 @@
 //! Each QUIC stream carries one request frame and one response frame, so decoding takes a
 //! whole buffer. Lengths are checked before anything is allocated from them.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change; a peer speaking another version gets a clear error.
-pub(crate) const PROTOCOL_VERSION: u8 = 1;
+pub(crate) const PROTOCOL_VERSION: u8 = 2;
 /// The largest frame a node accepts (the body limit plus room for headers).
 pub(crate) const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024 + 64 * 1024;
 const HEADER_BYTES: usize = 5;
@@ -35,12 +37,32 @@ pub(crate) enum Frame {
         kind: FailureKind,
         message: String,
     },
-    /// Which services do you run?
-    RegistryRequest,
-    Registry {
-        node: String,
-        services: Vec<(String, String)>,
+    /// Membership gossip, asked and answered alike: the sender itself (full TTL) and every
+    /// live member it knows (with the time they have left).
+    Gossip {
+        members: Vec<Member>,
     },
+    /// The sender is shutting down: forget this incarnation of it now.
+    Goodbye {
+        address: SocketAddr,
+        incarnation: u64,
+    },
+    /// Nothing to say back.
+    Ack,
+}
+
+/// One node as the mesh knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Member {
+    pub(crate) node: String,
+    /// Where its QUIC transport listens.
+    pub(crate) address: SocketAddr,
+    /// Changes on every start, so a goodbye or an old rumour never hides a restarted node.
+    pub(crate) incarnation: u64,
+    /// `(name, version)` of every service it runs.
+    pub(crate) services: Vec<(String, String)>,
+    /// How much longer this news is good for, in milliseconds.
+    pub(crate) ttl_ms: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,11 +152,20 @@ mod tests {
                 kind: FailureKind::Timeout,
                 message: "late".into(),
             },
-            Frame::RegistryRequest,
-            Frame::Registry {
-                node: "a".into(),
-                services: vec![("hello".into(), "1.0.0".into())],
+            Frame::Gossip {
+                members: vec![Member {
+                    node: "a".into(),
+                    address: SocketAddr::from(([127, 0, 0, 1], 7000)),
+                    incarnation: 42,
+                    services: vec![("hello".into(), "1.0.0".into())],
+                    ttl_ms: 2000,
+                }],
             },
+            Frame::Goodbye {
+                address: SocketAddr::from(([127, 0, 0, 1], 7000)),
+                incarnation: 42,
+            },
+            Frame::Ack,
         ] {
             let bytes = encode(&frame).unwrap_or_default();
             assert_eq!(decode(&bytes), Ok(frame));

@@ -125,36 +125,67 @@ impl Transport {
         }
     }
 
-    /// Accepts peers until `shutdown` flips; each stream's frame goes to `handler`.
+    /// Accepts peers until `shutdown` flips; each stream's frame goes to `handler`. Then
+    /// stops taking new streams and waits for the ones in flight. Dropping the future
+    /// aborts every connection task, so a dropped node answers nobody.
     pub(crate) async fn serve<H: FrameHandler>(
         self: Arc<Self>,
         handler: Arc<H>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let mut connections = tokio::task::JoinSet::new();
         loop {
             let incoming = tokio::select! {
                 incoming = self.endpoint.accept() => incoming,
                 _ = shutdown.wait_for(|stop| *stop) => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             };
             let Some(incoming) = incoming else { break };
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let remote = incoming.remote_address();
-                let connection = match incoming.await {
-                    Ok(connection) => connection,
-                    Err(error) => {
-                        // Wrong CA, self-signed, no client certificate, wrong protocol.
-                        tracing::warn!(%remote, %error, "refused a peer");
-                        return;
-                    }
-                };
-                while let Ok((send, recv)) = connection.accept_bi().await {
-                    tokio::spawn(answer_stream(handler.clone(), send, recv, remote));
-                }
-            });
+            connections.spawn(serve_connection(
+                incoming,
+                handler.clone(),
+                shutdown.clone(),
+            ));
         }
-        self.endpoint.close(0u32.into(), b"node shutting down");
+        while connections.join_next().await.is_some() {}
     }
+
+    /// Closes every connection (in-flight streams fail) and waits until peers were told,
+    /// at most `grace`. The node calls this last, after its goodbyes went out.
+    pub(crate) async fn close(&self, grace: Duration) {
+        self.endpoint.close(0u32.into(), b"node shutting down");
+        let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
+    }
+}
+
+async fn serve_connection<H: FrameHandler>(
+    incoming: quinn::Incoming,
+    handler: Arc<H>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let remote = incoming.remote_address();
+    let connection = match incoming.await {
+        Ok(connection) => connection,
+        Err(error) => {
+            // Wrong CA, self-signed, no client certificate, wrong protocol.
+            tracing::warn!(%remote, %error, "refused a peer");
+            return;
+        }
+    };
+    let mut streams = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = connection.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    streams.spawn(answer_stream(handler.clone(), send, recv, remote));
+                }
+                Err(_) => break,
+            },
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+    while streams.join_next().await.is_some() {}
 }
 
 async fn answer_stream<H: FrameHandler>(
@@ -199,10 +230,7 @@ mod tests {
 
     impl FrameHandler for Registry {
         async fn handle(&self, _frame: Frame) -> Frame {
-            Frame::Registry {
-                node: "server".into(),
-                services: vec![("hello".into(), "1.0.0".into())],
-            }
+            Frame::Gossip { members: vec![] }
         }
     }
 
@@ -240,10 +268,10 @@ mod tests {
         );
 
         let answer = client
-            .request(addr, &Frame::RegistryRequest, Duration::from_secs(5))
+            .request(addr, &Frame::Ack, Duration::from_secs(5))
             .await
             .unwrap();
-        assert!(matches!(answer, Frame::Registry { node, .. } if node == "server"));
+        assert!(matches!(answer, Frame::Gossip { .. }));
         assert!(
             connection.close_reason().is_none(),
             "the connection did not survive"
@@ -258,7 +286,7 @@ mod tests {
             Identity::from_pem(&other_ca.cert, &issue_node_cert(&other_ca, "x").unwrap()).unwrap();
         let client = Transport::bind("127.0.0.1:0".parse().unwrap(), &stranger).unwrap();
         let result = client
-            .request(addr, &Frame::RegistryRequest, Duration::from_secs(5))
+            .request(addr, &Frame::Ack, Duration::from_secs(5))
             .await;
         assert!(
             matches!(result, Err(TransportError::Unreachable { .. })),

@@ -1,0 +1,437 @@
+//! The etcd backend: one key per node under a lease, and a watch on the prefix.
+//!
+//! It speaks etcd's v3 JSON gateway (`POST /v3/...`, served by every etcd since 3.4) over
+//! hyper, which the node already has. The `etcd-client` crate speaks gRPC instead, but it
+//! generates its code with `protoc` at build time, which a fresh machine does not have and the
+//! demo must not need.
+//!
+//! A session: grant a lease (TTL [`LEASE_TTL_S`], etcd may raise it), put
+//! `<prefix>/nodes/<quic address>` = this node's [`Member`] as JSON under it, read the
+//! prefix, then watch it from the next revision while renewing the lease every third of its
+//! TTL. Any failure ends the session and a new one starts after [`RETRY`]; what the registry
+//! knew stays until the resync (etcd clients generally keep serving their last view during an
+//! outage). Leaving revokes the lease, which deletes the key at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::{BoxFuture, LEAVE_TIMEOUT, Member, Membership, Registry};
+
+/// The lease TTL asked for; etcd grants at least its own minimum (2 s by default).
+const LEASE_TTL_S: u64 = 2;
+/// Pause between failed sessions.
+const RETRY: Duration = Duration::from_millis(500);
+/// Connecting to and hearing back from etcd, for everything but the watch.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EtcdError {
+    #[error("etcd at {endpoint} is unreachable: {reason}")]
+    Unreachable { endpoint: String, reason: String },
+    #[error("etcd at {endpoint} answered {path} with {status}: {body}")]
+    Status {
+        endpoint: String,
+        path: &'static str,
+        status: u16,
+        body: String,
+    },
+    #[error("etcd answered {path} with something unexpected: {detail}")]
+    Unexpected { path: &'static str, detail: String },
+    #[error("the lease ran out (etcd unreachable for longer than its TTL?)")]
+    LeaseLost,
+}
+
+/// etcd membership for one node.
+pub(crate) struct Etcd {
+    registry: Arc<Registry>,
+    endpoints: Vec<String>,
+    prefix: String,
+    me: Member,
+    lease: Mutex<Option<String>>,
+    /// Peers this backend put into the registry, with their incarnation, for deletes and
+    /// resyncs.
+    known: Mutex<HashMap<SocketAddr, u64>>,
+}
+
+impl Etcd {
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        endpoints: Vec<String>,
+        prefix: String,
+        me: Member,
+    ) -> Self {
+        Self {
+            registry,
+            endpoints,
+            prefix,
+            me,
+            lease: Mutex::new(None),
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn nodes_prefix(&self) -> String {
+        format!("{}/nodes/", self.prefix)
+    }
+
+    async fn session(&self, stop: &mut watch::Receiver<bool>) -> Result<(), EtcdError> {
+        let granted = self
+            .post("/v3/lease/grant", json!({ "TTL": LEASE_TTL_S }))
+            .await?;
+        let lease = string_field(&granted, "ID", "/v3/lease/grant")?;
+        let ttl = string_field(&granted, "TTL", "/v3/lease/grant")?
+            .parse::<u64>()
+            .unwrap_or(LEASE_TTL_S)
+            .max(1);
+        if let Ok(mut slot) = self.lease.lock() {
+            *slot = Some(lease.clone());
+        }
+        let key = format!("{}{}", self.nodes_prefix(), self.me.address);
+        let value = serde_json::to_vec(&self.me).map_err(|err| EtcdError::Unexpected {
+            path: "/v3/kv/put",
+            detail: err.to_string(),
+        })?;
+        self.post(
+            "/v3/kv/put",
+            json!({ "key": BASE64.encode(&key), "value": BASE64.encode(value), "lease": lease }),
+        )
+        .await?;
+        tracing::info!(%key, lease_ttl_s = ttl, "registered in etcd");
+
+        let (start, end) = (self.nodes_prefix(), prefix_end(&self.nodes_prefix()));
+        let range = self
+            .post(
+                "/v3/kv/range",
+                json!({ "key": BASE64.encode(&start), "range_end": BASE64.encode(&end) }),
+            )
+            .await?;
+        let revision = range
+            .pointer("/header/revision")
+            .and_then(Value::as_str)
+            .and_then(|r| r.parse::<i64>().ok())
+            .ok_or_else(|| EtcdError::Unexpected {
+                path: "/v3/kv/range",
+                detail: "no header.revision".into(),
+            })?;
+        self.resync(range.get("kvs").and_then(Value::as_array));
+
+        let (endpoint, mut body) = self
+            .open_stream(
+                "/v3/watch",
+                json!({ "create_request": {
+                    "key": BASE64.encode(&start),
+                    "range_end": BASE64.encode(&end),
+                    "start_revision": (revision + 1).to_string(),
+                }}),
+            )
+            .await?;
+        let mut keepalive = tokio::time::interval(Duration::from_millis(ttl * 1000 / 3));
+        keepalive.tick().await;
+        let mut buffer = Vec::new();
+        loop {
+            tokio::select! {
+                // The guard `wait_for` returns is not Send: drop it inside.
+                _ = async { stop.wait_for(|stop| *stop).await.is_ok() } => return Ok(()),
+                _ = keepalive.tick() => {
+                    let renewed = self.post("/v3/lease/keepalive", json!({ "ID": lease })).await?;
+                    let left = renewed
+                        .pointer("/result/TTL")
+                        .and_then(Value::as_str)
+                        .and_then(|ttl| ttl.parse::<i64>().ok())
+                        .unwrap_or(0);
+                    if left <= 0 {
+                        return Err(EtcdError::LeaseLost);
+                    }
+                }
+                chunk = body.frame() => {
+                    let data = match chunk {
+                        Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
+                        Some(Err(err)) => return Err(EtcdError::Unreachable {
+                            endpoint, reason: format!("watch broke: {err}"),
+                        }),
+                        None => return Err(EtcdError::Unreachable {
+                            endpoint, reason: "watch ended".into(),
+                        }),
+                    };
+                    buffer.extend_from_slice(&data);
+                    while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buffer.drain(..=end).collect();
+                        self.on_watch_message(&line)?;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_watch_message(&self, line: &[u8]) -> Result<(), EtcdError> {
+        let unexpected = |detail: String| EtcdError::Unexpected {
+            path: "/v3/watch",
+            detail,
+        };
+        let message: Value =
+            serde_json::from_slice(line).map_err(|err| unexpected(err.to_string()))?;
+        if let Some(error) = message.get("error") {
+            return Err(unexpected(error.to_string()));
+        }
+        let Some(result) = message.get("result") else {
+            return Ok(());
+        };
+        if result.get("canceled").and_then(Value::as_bool) == Some(true) {
+            return Err(unexpected(format!("watch canceled: {result}")));
+        }
+        for event in result
+            .get("events")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let deleted = event.get("type").and_then(Value::as_str) == Some("DELETE");
+            let Some(kv) = event.get("kv") else { continue };
+            if deleted {
+                if let Some(address) = self.address_of(kv) {
+                    self.drop_peer(address);
+                }
+            } else if let Some(member) = decode_member(kv) {
+                self.add_peer(&member);
+            }
+        }
+        Ok(())
+    }
+
+    fn resync(&self, kvs: Option<&Vec<Value>>) {
+        let members: Vec<Member> = kvs
+            .into_iter()
+            .flatten()
+            .filter_map(decode_member)
+            .collect();
+        let stale: Vec<SocketAddr> = self
+            .known
+            .lock()
+            .map(|known| {
+                known
+                    .keys()
+                    .filter(|address| !members.iter().any(|m| m.address == **address))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for address in stale {
+            self.drop_peer(address);
+        }
+        for member in &members {
+            self.add_peer(member);
+        }
+    }
+
+    fn add_peer(&self, member: &Member) {
+        if member.address == self.me.address {
+            return;
+        }
+        self.registry.learn(member, None);
+        if let Ok(mut known) = self.known.lock() {
+            known.insert(member.address, member.incarnation);
+        }
+    }
+
+    fn drop_peer(&self, address: SocketAddr) {
+        let incarnation = self
+            .known
+            .lock()
+            .ok()
+            .and_then(|mut known| known.remove(&address));
+        if let Some(incarnation) = incarnation {
+            tracing::info!(peer = %address, "peer left etcd");
+            self.registry.forget(address, incarnation);
+        }
+    }
+
+    fn address_of(&self, kv: &Value) -> Option<SocketAddr> {
+        let key = BASE64.decode(kv.get("key")?.as_str()?).ok()?;
+        let key = String::from_utf8(key).ok()?;
+        key.strip_prefix(&self.nodes_prefix())?.parse().ok()
+    }
+
+    /// One JSON request to the first endpoint that answers.
+    async fn post(&self, path: &'static str, body: Value) -> Result<Value, EtcdError> {
+        let mut last = None;
+        for endpoint in &self.endpoints {
+            let attempt = async {
+                let response = send(endpoint, path, &body).await?;
+                let status = response.status().as_u16();
+                let bytes = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|err| EtcdError::Unreachable {
+                        endpoint: endpoint.clone(),
+                        reason: err.to_string(),
+                    })?
+                    .to_bytes();
+                if status != 200 {
+                    return Err(EtcdError::Status {
+                        endpoint: endpoint.clone(),
+                        path,
+                        status,
+                        body: String::from_utf8_lossy(&bytes).into_owned(),
+                    });
+                }
+                serde_json::from_slice::<Value>(&bytes).map_err(|err| EtcdError::Unexpected {
+                    path,
+                    detail: err.to_string(),
+                })
+            };
+            match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(error @ EtcdError::Status { .. })) => return Err(error),
+                Ok(Err(error)) => last = Some(error),
+                Err(_) => {
+                    last = Some(EtcdError::Unreachable {
+                        endpoint: endpoint.clone(),
+                        reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
+                    })
+                }
+            }
+        }
+        Err(last.unwrap_or(EtcdError::Unexpected {
+            path,
+            detail: "no endpoints".into(),
+        }))
+    }
+
+    /// A streaming request (the watch) to the first endpoint that accepts it.
+    async fn open_stream(
+        &self,
+        path: &'static str,
+        body: Value,
+    ) -> Result<(String, Incoming), EtcdError> {
+        let mut last = None;
+        for endpoint in &self.endpoints {
+            match tokio::time::timeout(REQUEST_TIMEOUT, send(endpoint, path, &body)).await {
+                Ok(Ok(response)) if response.status() == 200 => {
+                    return Ok((endpoint.clone(), response.into_body()));
+                }
+                Ok(Ok(response)) => {
+                    last = Some(EtcdError::Status {
+                        endpoint: endpoint.clone(),
+                        path,
+                        status: response.status().as_u16(),
+                        body: String::new(),
+                    })
+                }
+                Ok(Err(error)) => last = Some(error),
+                Err(_) => {
+                    last = Some(EtcdError::Unreachable {
+                        endpoint: endpoint.clone(),
+                        reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
+                    })
+                }
+            }
+        }
+        Err(last.unwrap_or(EtcdError::Unexpected {
+            path,
+            detail: "no endpoints".into(),
+        }))
+    }
+}
+
+impl Membership for Etcd {
+    fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            loop {
+                match self.session(&mut stop).await {
+                    Ok(()) => return,
+                    Err(error) => tracing::warn!(%error, "etcd discovery session ended; retrying"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = stop.wait_for(|stop| *stop) => return,
+                }
+            }
+        })
+    }
+
+    fn leave(self: Arc<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let lease = self.lease.lock().ok().and_then(|mut lease| lease.take());
+            let Some(lease) = lease else { return };
+            let revoke = self.post("/v3/lease/revoke", json!({ "ID": lease }));
+            match tokio::time::timeout(LEAVE_TIMEOUT, revoke).await {
+                Ok(Ok(_)) => tracing::info!("left etcd (lease revoked)"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "could not leave etcd; the lease will run out")
+                }
+                Err(_) => tracing::warn!("etcd did not answer the goodbye; the lease will run out"),
+            }
+        })
+    }
+
+    fn backend(&self) -> &'static str {
+        "etcd"
+    }
+}
+
+async fn send(
+    endpoint: &str,
+    path: &'static str,
+    body: &Value,
+) -> Result<hyper::Response<Incoming>, EtcdError> {
+    let unreachable = |reason: String| EtcdError::Unreachable {
+        endpoint: endpoint.to_owned(),
+        reason,
+    };
+    let stream = tokio::net::TcpStream::connect(endpoint)
+        .await
+        .map_err(|err| unreachable(err.to_string()))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|err| unreachable(err.to_string()))?;
+    tokio::spawn(connection);
+    let request = hyper::Request::post(path)
+        .header(hyper::header::HOST, endpoint)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|err| unreachable(err.to_string()))?;
+    sender
+        .send_request(request)
+        .await
+        .map_err(|err| unreachable(err.to_string()))
+}
+
+fn decode_member(kv: &Value) -> Option<Member> {
+    let value = BASE64.decode(kv.get("value")?.as_str()?).ok()?;
+    serde_json::from_slice(&value).ok()
+}
+
+fn string_field(value: &Value, field: &str, path: &'static str) -> Result<String, EtcdError> {
+    value
+        .get(field)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| EtcdError::Unexpected {
+            path,
+            detail: format!("no `{field}` in {value}"),
+        })
+}
+
+/// The smallest key after every key that starts with `prefix` (etcd's `range_end`).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}

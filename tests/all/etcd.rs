@@ -1,0 +1,174 @@
+//! Discovery through a real etcd server (Debian's `etcd-server`, installed by
+//! `cargo xtask test`): leases, watch, revoke on shutdown, expiry on a crash.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{TestManifest, get, send, service};
+
+/// An etcd server on free loopback ports, killed on drop.
+struct Etcd {
+    child: Child,
+    client: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn etcd_binary() -> PathBuf {
+    ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "etcd is not installed: `cargo xtask test` installs it, or run \
+                 `apt-get install -y etcd-server`"
+            )
+        })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap()
+}
+
+async fn start_etcd() -> Etcd {
+    let dir = tempfile::tempdir().unwrap();
+    let (client_port, peer_port) = (free_port(), free_port());
+    let client: SocketAddr = format!("127.0.0.1:{client_port}").parse().unwrap();
+    let child = Command::new(etcd_binary())
+        .args([
+            "--name",
+            "test",
+            "--data-dir",
+            &dir.path().join("data").display().to_string(),
+            "--listen-client-urls",
+            &format!("http://{client}"),
+            "--advertise-client-urls",
+            &format!("http://{client}"),
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{peer_port}"),
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer_port}"),
+            "--initial-cluster",
+            &format!("test=http://127.0.0.1:{peer_port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let etcd = Etcd {
+        child,
+        client,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(client).await.is_err() {
+        assert!(Instant::now() < deadline, "etcd did not start on {client}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    etcd
+}
+
+fn node(name: &str, etcd: SocketAddr, services: &str) -> TestManifest {
+    TestManifest::with_node(
+        &format!(
+            "name = \"{name}\"\nquic = \"127.0.0.1:0\"\n\
+             discovery = {{ backend = \"etcd\", endpoints = [\"http://{etcd}\"], prefix = \"/test\" }}"
+        ),
+        services,
+    )
+}
+
+async fn wait_until(admin: SocketAddr, what: &str, present: bool, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let registry = get(admin, "/registry").await.body;
+        if registry.contains(what) == present {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "`{what}` present={} after {within:?}: {registry}",
+            !present
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn nodes_find_each_other_through_etcd_and_leave_by_revoke_or_lease_expiry() {
+    let etcd = start_etcd().await;
+    let caller_manifest = node(
+        "caller",
+        etcd.client,
+        &service("faulty", "faulty", &["POST /f/{fault}"], ""),
+    );
+    let caller = caller_manifest.start().await;
+    let hello = service("hello", "hello", &["GET /hello/{name}"], "");
+    let callee_manifest = node("callee", etcd.client, &hello);
+    let callee = callee_manifest.start().await;
+    wait_until(
+        caller.admin_addr(),
+        "hello@1.0.0",
+        true,
+        Duration::from_secs(5),
+    )
+    .await;
+    let reply = send(
+        caller.http_addr(),
+        "POST",
+        "/f/call",
+        "hello\nGET /hello/etcd",
+    )
+    .await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "Hello, etcd!\n"));
+    // Keep-alives hold the registration well past the lease TTL.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until(caller.admin_addr(), "hello@1.0.0", true, Duration::ZERO).await;
+
+    // Graceful shutdown revokes the lease: the watch removes the callee at once.
+    let leaving = Instant::now();
+    callee.shutdown().await;
+    wait_until(caller.admin_addr(), "hello@", false, Duration::from_secs(1)).await;
+    assert!(
+        leaving.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        leaving.elapsed()
+    );
+    let reply = send(caller.http_addr(), "POST", "/f/call", "hello\nGET /hello/x").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+
+    // A crashed node (dropped, no revoke) goes when its lease runs out: etcd's TTL of 2 s
+    // plus at most one keep-alive period it had already paid for (TTL / 3).
+    let crashed = callee_manifest.start().await;
+    wait_until(
+        caller.admin_addr(),
+        "hello@1.0.0",
+        true,
+        Duration::from_secs(5),
+    )
+    .await;
+    drop(crashed);
+    let gone = wait_until(caller.admin_addr(), "hello@", false, Duration::from_secs(5)).await;
+    assert!(
+        gone < Duration::from_millis(3500),
+        "forgotten after {gone:?}"
+    );
+    assert!(
+        gone > Duration::from_millis(1000),
+        "forgotten too soon ({gone:?}): not by lease"
+    );
+
+    caller.shutdown().await;
+}
