@@ -315,10 +315,17 @@ async fn spread(strategy: &str) -> (u64, u64) {
 }
 
 #[tokio::test]
-async fn round_robin_spreads_evenly_and_power_of_two_choices_avoids_the_slow_node() {
+async fn round_robin_spreads_evenly_and_p2c_and_peak_ewma_avoid_the_slow_node() {
     let (slow, fast) = spread("round-robin").await;
     assert_eq!((slow, fast), (20, 20));
     let (slow, fast) = spread("power-of-two-choices").await;
     assert_eq!(slow + fast, 40);
     assert!(slow <= 8, "p2c sent {slow} of 40 calls to the slow node");
+    // Peak EWMA learns from the first slow answer; before it, in-flight counts steer.
+    let (slow, fast) = spread("peak-ewma").await;
+    assert_eq!(slow + fast, 40);
+    assert!(
+        slow <= 6,
+        "peak EWMA sent {slow} of 40 calls to the slow node"
+    );
 }

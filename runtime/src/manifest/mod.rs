@@ -12,7 +12,7 @@
 //! tls = { ca = "ca.pem", cert = "edge-1.pem", key = "edge-1.key" }  # omit on loopback
 //!
 //! [balance.inventory]         # optional, per called service
-//! strategy = "power-of-two-choices"   # or "round-robin" (default)
+//! strategy = "peak-ewma"     # or "power-of-two-choices", "round-robin" (default)
 //! prefer_local = false        # default true: a local instance always wins
 //!
 //! [[service]]
@@ -87,6 +87,8 @@ pub enum Strategy {
     RoundRobin,
     /// Two instances at random; the one with fewer calls in flight.
     PowerOfTwoChoices,
+    /// Two instances at random; the lower peak-EWMA latency × (calls in flight + 1).
+    PeakEwma,
 }
 
 /// `[node]`: how this process presents itself.

@@ -8,18 +8,21 @@
 //! `deadline-ms`, and the caller never waits longer.
 //!
 //! A call to a service this node does not run goes to a peer that runs it (from
-//! [`crate::discovery`], round robin) as one QUIC stream carrying a `Call` frame with the
+//! [`crate::discovery`], picked by [`balance`]) as one QUIC stream carrying a `Call` frame with the
 //! remaining budget; that node's [`PeerHandler`] runs it locally and answers. The guest cannot
 //! tell the two paths apart.
 
 use std::collections::{BTreeMap, HashMap};
+
+mod balance;
+
+use balance::Balancer;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use crate::discovery::Registry;
-use crate::manifest::{BalanceSpec, Strategy};
+use crate::manifest::BalanceSpec;
 use crate::transport::frame::{FailureKind, Frame};
 use crate::transport::{FrameHandler, Transport, TransportError};
 
@@ -119,9 +122,7 @@ pub(crate) struct Client {
 pub(crate) struct Remote {
     pub(crate) transport: Arc<Transport>,
     pub(crate) registry: Arc<Registry>,
-    next: AtomicUsize,
-    /// Calls in flight per instance (`None` is this node), for power of two choices.
-    outstanding: Mutex<HashMap<Option<SocketAddr>, usize>>,
+    balancer: Balancer,
 }
 
 impl Remote {
@@ -129,59 +130,7 @@ impl Remote {
         Self {
             transport,
             registry,
-            next: AtomicUsize::new(0),
-            outstanding: Mutex::default(),
-        }
-    }
-
-    fn in_flight(&self, instance: Option<SocketAddr>) -> usize {
-        self.outstanding
-            .lock()
-            .map(|counts| counts.get(&instance).copied().unwrap_or(0))
-            .unwrap_or(0)
-    }
-
-    fn pick(&self, candidates: &[Option<SocketAddr>], strategy: Strategy) -> Option<SocketAddr> {
-        let n = candidates.len();
-        match strategy {
-            _ if n == 1 => candidates[0],
-            Strategy::RoundRobin => candidates[self.next.fetch_add(1, Ordering::Relaxed) % n],
-            Strategy::PowerOfTwoChoices => {
-                let first = fastrand::usize(..n);
-                let second = (first + 1 + fastrand::usize(..n - 1)) % n;
-                let (a, b) = (candidates[first], candidates[second]);
-                if self.in_flight(b) < self.in_flight(a) {
-                    b
-                } else {
-                    a
-                }
-            }
-        }
-    }
-
-    /// Counts a call to `instance` as in flight until the guard drops.
-    fn track(&self, instance: Option<SocketAddr>) -> InFlight<'_> {
-        if let Ok(mut counts) = self.outstanding.lock() {
-            *counts.entry(instance).or_default() += 1;
-        }
-        InFlight {
-            remote: self,
-            instance,
-        }
-    }
-}
-
-struct InFlight<'a> {
-    remote: &'a Remote,
-    instance: Option<SocketAddr>,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut counts) = self.remote.outstanding.lock()
-            && let Some(count) = counts.get_mut(&self.instance)
-        {
-            *count = count.saturating_sub(1);
+            balancer: Balancer::default(),
         }
     }
 }
@@ -245,8 +194,8 @@ impl Client {
                 None => format!("no service named `{name}` is running on this node or its peers"),
             }));
         }
-        let chosen = remote.pick(&candidates, policy.strategy);
-        let _in_flight = remote.track(chosen);
+        let chosen = remote.balancer.pick(&candidates, policy.strategy);
+        let _in_flight = remote.balancer.track(chosen);
         match chosen {
             None => self.call_local(call).await,
             Some(peer) => call_peer(remote, peer, name, call).await,
