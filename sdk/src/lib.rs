@@ -33,6 +33,7 @@
 extern crate self as switchyard_sdk;
 
 mod message;
+pub mod quic;
 mod request;
 mod response;
 pub mod rpc;
@@ -41,11 +42,12 @@ pub use message::{Message, MessageKind};
 pub use request::Request;
 pub use response::{Error, Response};
 
-/// Bindings generated from `wit/` (the `service` world). Most authors never need them.
+/// Bindings generated from `wit/` (the `stream-service` world: `service` plus
+/// `stream-handler`). Most authors never need them.
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "service",
+        world: "stream-service",
         path: "../wit",
         pub_export_macro: true,
         export_macro_name: "export_service_world",
@@ -70,9 +72,20 @@ pub trait Service {
             msg.topic()
         ))
     }
+
+    /// Serves one raw stream another service opened with [`quic::connect`]; returning closes
+    /// it. `caller` is the calling service. The default closes it at once (the caller reads
+    /// the end) and logs a warning.
+    fn stream(stream: quic::Stream, caller: &str) {
+        drop(stream);
+        log::warn!(
+            "`{caller}` opened a stream, but this service does not implement Service::stream"
+        );
+    }
 }
 
-/// Exports a type that implements [`Service`] as the component's `handler` and `subscriber`.
+/// Exports a type that implements [`Service`] as the component's `handler`, `subscriber` and
+/// `stream-handler`.
 ///
 /// Use it once per crate, at the top level: `switchyard_sdk::export!(MyService);`.
 #[macro_export]
@@ -187,7 +200,7 @@ pub mod __private {
 
     use crate::Response;
     pub use crate::bindings::export_service_world;
-    use crate::bindings::exports::switchyard::runtime::{handler, subscriber};
+    use crate::bindings::exports::switchyard::runtime::{handler, stream_handler, subscriber};
     use crate::bindings::switchyard::runtime::types;
     pub use wit_bindgen;
 
@@ -199,6 +212,12 @@ pub mod __private {
             S::handle(crate::Request::from_wit(request))
                 .unwrap_or_else(Response::from)
                 .into_wit()
+        }
+    }
+
+    impl<S: crate::Service> stream_handler::Guest for Adapter<S> {
+        fn handle_stream(io: stream_handler::BidiStream, caller: String) {
+            S::stream(crate::quic::Stream::from_wit(io), &caller);
         }
     }
 

@@ -18,3 +18,4 @@ mod mesh;
 mod rpc;
 mod scaffold;
 mod shop;
+mod streams;

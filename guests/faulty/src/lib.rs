@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use switchyard_sdk::{Error, Request, Response, Service, config, log, rpc};
+use switchyard_sdk::{Error, Request, Response, Service, config, log, quic, rpc};
 
 struct Faulty;
 
@@ -163,6 +163,23 @@ impl Service for Faulty {
                 }
                 Ok(Response::json(&ok))
             }
+            "stream" => {
+                // Body: target on the first line, then the payload to send on a raw stream.
+                let text = req.text()?;
+                let (target, payload) = text.split_once('\n').unwrap_or((text, ""));
+                let connection = quic::connect(target)?;
+                let stream = connection.open_stream()?;
+                for chunk in payload.as_bytes().chunks(7) {
+                    stream.write_all(chunk)?;
+                }
+                stream.finish()?;
+                let answer = stream.read_to_end()?;
+                Ok(Response::text(format!(
+                    "{}\n{}",
+                    connection.node(),
+                    String::from_utf8_lossy(&answer)
+                )))
+            }
             "count" => {
                 // Globals live as long as the instance: 1 on every request unless reused.
                 let count = REQUESTS_SEEN.fetch_add(1, Ordering::Relaxed) + 1;
@@ -177,6 +194,20 @@ impl Service for Faulty {
             }
             other => Err(Error::not_found(format!("unknown fault `{other}`"))),
         }
+    }
+
+    /// Answers a raw stream: everything it read, upper-cased, after `<caller>:`; a payload of
+    /// `stall` reads nothing more and never answers (for deadline tests).
+    fn stream(stream: quic::Stream, caller: &str) {
+        let Ok(all) = stream.read_to_end() else { return };
+        if all == b"stall" {
+            loop {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let answer = format!("{caller}:{}", String::from_utf8_lossy(&all).to_uppercase());
+        let _ = stream.write_all(answer.as_bytes());
+        let _ = stream.finish();
     }
 }
 

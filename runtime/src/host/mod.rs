@@ -9,6 +9,7 @@ mod config;
 mod discovery;
 mod log;
 mod output;
+mod quic;
 mod rpc;
 mod types;
 
@@ -19,6 +20,11 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use output::GuestOutput;
+#[allow(
+    unreachable_pub,
+    reason = "bindgen re-exports it publicly; the module is private"
+)]
+pub use quic::{GuestConnection, GuestStream};
 #[allow(
     unreachable_pub,
     reason = "bindgen re-exports it publicly; the module is private"

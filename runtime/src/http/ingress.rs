@@ -158,7 +158,9 @@ fn error_response(error: &SlotError, request_id: &str) -> Response<Full<Bytes>> 
     let status = match error {
         SlotError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
         SlotError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        SlotError::MemoryLimit { .. } | SlotError::Trap { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        SlotError::MemoryLimit { .. } | SlotError::Trap { .. } | SlotError::NoStreams { .. } => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     };
     match error {
         SlotError::Busy { .. } => tracing::debug!(%error, "request refused"),

@@ -19,7 +19,7 @@ use crate::manifest::{DiscoverySpec, Location, Manifest, ServiceSpec};
 use crate::router::Router;
 use crate::rpc;
 use crate::transport::frame::{FailureKind, Frame};
-use crate::transport::{FrameHandler, Identity, Transport};
+use crate::transport::{FrameHandler, Identity, RawStream, Transport};
 use crate::wasm::{Engine, EngineConfig, LoadError, LoadedComponent, Slot, SlotConfig};
 
 /// How long in-flight requests may take to finish once shutdown starts.
@@ -139,7 +139,7 @@ impl Node {
                         .map_err(|err| NodeError::Route(err.to_string()))?;
                 }
             }
-            directory.add(&spec.name, spec.version.clone(), own_routes);
+            directory.add(&spec.name, spec.version.clone(), own_routes, slot.clone());
             let routes = spec.routes.iter().map(ToString::to_string).collect();
             admin_services.push((slot, routes));
         }
@@ -319,6 +319,10 @@ impl FrameHandler for PeerFrames {
             },
             frame => self.rpc.handle(frame).await,
         }
+    }
+
+    async fn open(&self, frame: Frame, stream: RawStream) {
+        self.rpc.serve_stream(frame, stream).await;
     }
 }
 

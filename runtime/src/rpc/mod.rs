@@ -24,13 +24,40 @@ use std::time::Duration;
 use crate::discovery::Registry;
 use crate::manifest::BalanceSpec;
 use crate::transport::frame::{FailureKind, Frame};
-use crate::transport::{FrameHandler, Transport, TransportError};
+use crate::transport::{RawStream, Transport, TransportError};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use tracing::Instrument;
 
 use crate::router::{Lookup, Router};
 use crate::telemetry::TRACE_HEADER;
-use crate::wasm::{GuestRequest, SlotError};
+use crate::wasm::{GuestRequest, Slot, SlotError};
+
+/// Bytes buffered each way in a stream between two guests on one node.
+const STREAM_BUFFER: usize = 64 * 1024;
+
+/// Both directions of a raw stream, wherever its other end is.
+pub(crate) struct ByteStream {
+    pub(crate) reader: Box<dyn AsyncRead + Send + Unpin>,
+    pub(crate) writer: Box<dyn AsyncWrite + Send + Unpin>,
+}
+
+/// Where a call or stream goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Local,
+    Peer(SocketAddr),
+}
+
+/// A guest's `quic.connection`: one service instance its streams go to.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamTarget {
+    service: String,
+    range: Option<semver::VersionReq>,
+    route: Route,
+    /// The node it runs on, for the guest to see.
+    pub(crate) node: String,
+}
 
 /// A reply from the callee: what its handler answered.
 #[derive(Debug, Clone)]
@@ -89,6 +116,8 @@ pub(crate) struct Instance {
 struct Callee {
     version: semver::Version,
     routes: Router,
+    /// Serves streams (requests come through `routes`).
+    slot: Arc<Slot>,
 }
 
 impl Directory {
@@ -99,9 +128,21 @@ impl Directory {
         }
     }
 
-    pub(crate) fn add(&mut self, name: &str, version: semver::Version, routes: Router) {
-        self.services
-            .insert(name.to_owned(), Callee { version, routes });
+    pub(crate) fn add(
+        &mut self,
+        name: &str,
+        version: semver::Version,
+        routes: Router,
+        slot: Arc<Slot>,
+    ) {
+        self.services.insert(
+            name.to_owned(),
+            Callee {
+                version,
+                routes,
+                slot,
+            },
+        );
     }
 }
 
@@ -161,23 +202,36 @@ impl Client {
         let target = call.target.clone();
         let (name, range) = parse_target(&target)?;
         parse_method(&call.method)?;
-        let Some(remote) = &self.remote else {
+        let (Some(remote), Route::Peer(peer)) = (&self.remote, self.route(name, range.as_ref())?)
+        else {
+            let _in_flight = self
+                .remote
+                .as_ref()
+                .map(|remote| remote.balancer.track(None));
             return self.call_local(call).await;
         };
+        let _in_flight = remote.balancer.track(Some(peer));
+        call_peer(remote, peer, name, call).await
+    }
+
+    /// Where a call or stream to `name` (at `range`) goes: this node or a peer, by the
+    /// service's balancing strategy. A service that runs here only at an unfitting version
+    /// routes here, so the local path can say precisely what does not fit.
+    fn route(&self, name: &str, range: Option<&semver::VersionReq>) -> Result<Route, CallError> {
         let directory = self.directory();
         let local = directory.as_ref().and_then(|d| d.services.get(name));
-        let local_fits = local.is_some_and(|callee| {
-            range
-                .as_ref()
-                .is_none_or(|range| range.matches(&callee.version))
-        });
+        let local_fits =
+            local.is_some_and(|callee| range.is_none_or(|range| range.matches(&callee.version)));
+        let Some(remote) = &self.remote else {
+            return Ok(Route::Local);
+        };
         let policy = self.balance.get(name).copied().unwrap_or_default();
         if local_fits && policy.prefer_local {
-            return self.call_local(call).await;
+            return Ok(Route::Local);
         }
         let mut candidates: Vec<Option<SocketAddr>> = remote
             .registry
-            .candidates(name, range.as_ref())
+            .candidates(name, range)
             .into_iter()
             .map(Some)
             .collect();
@@ -186,20 +240,120 @@ impl Client {
         }
         if candidates.is_empty() {
             if local.is_some() {
-                // Runs here, but not at a fitting version: the local path says so precisely.
-                return self.call_local(call).await;
+                return Ok(Route::Local);
             }
             return Err(CallError::Unavailable(match range {
                 Some(range) => format!("no node runs service `{name}` at `{range}`"),
                 None => format!("no service named `{name}` is running on this node or its peers"),
             }));
         }
-        let chosen = remote.balancer.pick(&candidates, policy.strategy);
-        let _in_flight = remote.balancer.track(chosen);
-        match chosen {
-            None => self.call_local(call).await,
-            Some(peer) => call_peer(remote, peer, name, call).await,
+        Ok(match remote.balancer.pick(&candidates, policy.strategy) {
+            None => Route::Local,
+            Some(peer) => Route::Peer(peer),
+        })
+    }
+
+    /// Picks the instance a guest's `quic.connect(target)` goes to.
+    pub(crate) fn connect(&self, target: &str) -> Result<StreamTarget, CallError> {
+        let (name, range) = parse_target(target)?;
+        let route = self.route(name, range.as_ref())?;
+        let node = match route {
+            Route::Local => self.directory().map(|d| d.node.clone()).unwrap_or_default(),
+            Route::Peer(peer) => self
+                .remote
+                .as_ref()
+                .and_then(|remote| {
+                    let instances = remote.registry.instances(name, range.as_ref());
+                    instances.into_iter().find(|(addr, _, _)| *addr == peer)
+                })
+                .map(|(_, node, _)| node)
+                .unwrap_or_else(|| peer.to_string()),
+        };
+        Ok(StreamTarget {
+            service: name.to_owned(),
+            range,
+            route,
+            node,
+        })
+    }
+
+    /// Opens a raw stream on a connection from [`Client::connect`]; the callee's
+    /// `stream-handler` runs on a fresh instance for at most `budget` (capped by its own
+    /// timeout).
+    pub(crate) async fn open_stream(
+        &self,
+        target: &StreamTarget,
+        caller: &str,
+        budget: Duration,
+    ) -> Result<ByteStream, CallError> {
+        match target.route {
+            Route::Local => {
+                let slot = self.local_stream_slot(&target.service, target.range.as_ref())?;
+                let (ours, theirs) = tokio::io::duplex(STREAM_BUFFER);
+                let (their_reader, their_writer) = tokio::io::split(theirs);
+                slot.serve_stream(
+                    ByteStream {
+                        reader: Box::new(their_reader),
+                        writer: Box::new(their_writer),
+                    },
+                    caller.to_owned(),
+                    budget,
+                )
+                .map_err(slot_error)?;
+                let (reader, writer) = tokio::io::split(ours);
+                Ok(ByteStream {
+                    reader: Box::new(reader),
+                    writer: Box::new(writer),
+                })
+            }
+            Route::Peer(peer) => {
+                let remote = self.remote.as_ref().ok_or_else(|| {
+                    CallError::Unavailable("this node has no QUIC transport".into())
+                })?;
+                let opening = Frame::OpenStream {
+                    service: target.service.clone(),
+                    caller: caller.to_owned(),
+                    deadline_ms: u32::try_from(budget.as_millis()).unwrap_or(u32::MAX),
+                };
+                match remote.transport.open_stream(peer, &opening, budget).await {
+                    Ok(Ok(stream)) => Ok(ByteStream {
+                        reader: Box::new(stream.recv),
+                        writer: Box::new(stream.send),
+                    }),
+                    Ok(Err(Frame::Failed { kind, message })) => Err(failure(kind, message)),
+                    Ok(Err(other)) => Err(CallError::Remote(format!(
+                        "peer {peer} answered a stream with {other:?}"
+                    ))),
+                    Err(TransportError::TimedOut { .. }) => Err(CallError::Timeout),
+                    Err(error) => Err(CallError::Unavailable(format!(
+                        "service `{}`: {error}",
+                        target.service
+                    ))),
+                }
+            }
         }
+    }
+
+    fn local_stream_slot(
+        &self,
+        name: &str,
+        range: Option<&semver::VersionReq>,
+    ) -> Result<Arc<Slot>, CallError> {
+        let directory = self
+            .directory()
+            .ok_or_else(|| CallError::Unavailable("the node is still starting".into()))?;
+        let callee = directory.services.get(name).ok_or_else(|| {
+            CallError::Unavailable(format!("no service named `{name}` is running"))
+        })?;
+        if let Some(range) = range
+            && !range.matches(&callee.version)
+        {
+            return Err(CallError::Unavailable(format!(
+                "service `{name}` runs version {}, which does not match `{range}`",
+                callee.version
+            )));
+        }
+        Ok(callee.slot.clone())
     }
 
     fn directory(&self) -> Option<Arc<Directory>> {
@@ -296,13 +450,7 @@ impl Client {
                 headers: response.headers,
                 body: response.body,
             }),
-            Ok(Err(error)) => Err(match error {
-                SlotError::Busy { .. } => CallError::Unavailable(error.to_string()),
-                SlotError::Timeout { .. } => CallError::Timeout,
-                SlotError::MemoryLimit { .. } | SlotError::Trap { .. } => {
-                    CallError::Remote(error.to_string())
-                }
-            }),
+            Ok(Err(error)) => Err(slot_error(error)),
         }
     }
 }
@@ -344,12 +492,7 @@ async fn call_peer(
             headers,
             body,
         }),
-        Ok(Frame::Failed { kind, message }) => Err(match kind {
-            FailureKind::Timeout => CallError::Timeout,
-            FailureKind::Unavailable => CallError::Unavailable(message),
-            FailureKind::Remote => CallError::Remote(message),
-            FailureKind::BadRequest => CallError::BadRequest(message),
-        }),
+        Ok(Frame::Failed { kind, message }) => Err(failure(kind, message)),
         Ok(other) => Err(CallError::Remote(format!(
             "peer {peer} answered with {other:?}"
         ))),
@@ -358,13 +501,102 @@ async fn call_peer(
     }
 }
 
-/// Runs other nodes' calls here.
+fn failure(kind: FailureKind, message: String) -> CallError {
+    match kind {
+        FailureKind::Timeout => CallError::Timeout,
+        FailureKind::Unavailable => CallError::Unavailable(message),
+        FailureKind::Remote => CallError::Remote(message),
+        FailureKind::BadRequest => CallError::BadRequest(message),
+    }
+}
+
+fn to_failure(error: CallError) -> Frame {
+    let (kind, message) = match error {
+        CallError::Timeout => (FailureKind::Timeout, String::new()),
+        CallError::Unavailable(m) => (FailureKind::Unavailable, m),
+        CallError::Remote(m) => (FailureKind::Remote, m),
+        CallError::BadRequest(m) => (FailureKind::BadRequest, m),
+    };
+    Frame::Failed { kind, message }
+}
+
+fn slot_error(error: SlotError) -> CallError {
+    match error {
+        SlotError::Busy { .. } | SlotError::NoStreams { .. } => {
+            CallError::Unavailable(error.to_string())
+        }
+        SlotError::Timeout { .. } => CallError::Timeout,
+        SlotError::MemoryLimit { .. } | SlotError::Trap { .. } => {
+            CallError::Remote(error.to_string())
+        }
+    }
+}
+
+/// Runs other nodes' calls and streams here.
 pub(crate) struct PeerHandler {
     pub(crate) client: Client,
 }
 
-impl FrameHandler for PeerHandler {
-    async fn handle(&self, frame: Frame) -> Frame {
+impl PeerHandler {
+    /// Serves a peer guest's raw stream with a local `stream-handler`.
+    pub(crate) async fn serve_stream(&self, frame: Frame, mut stream: RawStream) {
+        let Frame::OpenStream {
+            service,
+            caller,
+            deadline_ms,
+        } = frame
+        else {
+            return;
+        };
+        let budget = Duration::from_millis(u64::from(deadline_ms));
+        let slot = match self.client.local_stream_slot(&service, None) {
+            Ok(slot) => slot,
+            Err(error) => {
+                let _ = stream.answer(&to_failure(error)).await;
+                let _ = stream.send.finish();
+                return;
+            }
+        };
+        if let Err(error) = slot.check_streams().map_err(slot_error) {
+            let _ = stream.answer(&to_failure(error)).await;
+            let _ = stream.send.finish();
+            return;
+        }
+        // Admit first (instance limit), then say yes: a busy callee is a clear refusal.
+        let (ours, theirs) = tokio::io::duplex(STREAM_BUFFER);
+        let (their_reader, their_writer) = tokio::io::split(theirs);
+        let admitted = slot.serve_stream(
+            ByteStream {
+                reader: Box::new(their_reader),
+                writer: Box::new(their_writer),
+            },
+            caller,
+            budget,
+        );
+        if let Err(error) = admitted {
+            let _ = stream.answer(&to_failure(slot_error(error))).await;
+            let _ = stream.send.finish();
+            return;
+        }
+        if stream.answer(&Frame::Ack).await.is_err() {
+            return;
+        }
+        // Splice the QUIC stream and the guest's in-memory end, both ways.
+        let (mut reader, mut writer) = tokio::io::split(ours);
+        let RawStream { mut send, mut recv } = stream;
+        let inbound = async {
+            let _ = tokio::io::copy(&mut recv, &mut writer).await;
+            let _ = writer.shutdown().await;
+        };
+        let outbound = async {
+            let _ = tokio::io::copy(&mut reader, &mut send).await;
+            let _ = send.finish();
+        };
+        tokio::join!(inbound, outbound);
+    }
+
+    /// Answers a peer's call frame.
+    pub(crate) async fn handle(&self, frame: Frame) -> Frame {
         match frame {
             Frame::Call {
                 service,
@@ -393,15 +625,7 @@ impl FrameHandler for PeerHandler {
                         headers: reply.headers,
                         body: reply.body,
                     },
-                    Err(error) => {
-                        let (kind, message) = match error {
-                            CallError::Timeout => (FailureKind::Timeout, String::new()),
-                            CallError::Unavailable(m) => (FailureKind::Unavailable, m),
-                            CallError::Remote(m) => (FailureKind::Remote, m),
-                            CallError::BadRequest(m) => (FailureKind::BadRequest, m),
-                        };
-                        Frame::Failed { kind, message }
-                    }
+                    Err(error) => to_failure(error),
                 }
             }
             other => Frame::Failed {

@@ -47,8 +47,16 @@ pub(crate) enum Frame {
         address: SocketAddr,
         incarnation: u64,
     },
-    /// Nothing to say back.
+    /// Nothing to say back; for `OpenStream`: accepted, raw bytes follow both ways.
     Ack,
+    /// Open a raw stream to `service`'s `stream-handler`; after the answer frame the QUIC
+    /// stream carries the guests' own bytes.
+    OpenStream {
+        service: String,
+        caller: String,
+        /// How long the stream may live, in milliseconds.
+        deadline_ms: u32,
+    },
 }
 
 /// One node as the mesh knows it.
@@ -99,6 +107,19 @@ pub(crate) fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
     out.push(PROTOCOL_VERSION);
     out.extend_from_slice(&payload);
     Ok(out)
+}
+
+/// The length a frame's 4-byte prefix declares, checked against the bound, so a reader knows
+/// how much to read before it allocates.
+pub(crate) fn declared_length(prefix: [u8; 4]) -> Result<usize, FrameError> {
+    let declared = u32::from_be_bytes(prefix) as usize;
+    if declared + 4 > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(declared + 4));
+    }
+    if declared < HEADER_BYTES - 4 {
+        return Err(FrameError::Truncated(declared + 4));
+    }
+    Ok(declared)
 }
 
 pub(crate) fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
@@ -166,6 +187,11 @@ mod tests {
                 incarnation: 42,
             },
             Frame::Ack,
+            Frame::OpenStream {
+                service: "chat".into(),
+                caller: "edge".into(),
+                deadline_ms: 5000,
+            },
         ] {
             let bytes = encode(&frame).unwrap_or_default();
             assert_eq!(decode(&bytes), Ok(frame));

@@ -10,8 +10,8 @@ pub(crate) mod frame;
 mod quic;
 mod tls;
 
-pub(crate) use quic::FrameHandler;
 pub use quic::Transport;
+pub(crate) use quic::{FrameHandler, RawStream};
 pub use tls::{CertPem, Identity, SERVER_NAME, generate_ca, issue_node_cert};
 
 use std::net::SocketAddr;

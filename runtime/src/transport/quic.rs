@@ -31,7 +31,41 @@ pub(super) fn transport_config() -> quinn::TransportConfig {
 
 /// Answers frames that peers send.
 pub(crate) trait FrameHandler: Send + Sync + 'static {
+    /// Answers a request frame.
     fn handle(&self, frame: Frame) -> impl Future<Output = Frame> + Send;
+    /// Takes over a stream that opened with `OpenStream`: answers with a frame (`Ack` or
+    /// `Failed`) through [`RawStream::answer`], then the stream is the guests'.
+    fn open(&self, frame: Frame, stream: RawStream) -> impl Future<Output = ()> + Send;
+}
+
+/// Both halves of one QUIC stream, after the opening frame.
+pub(crate) struct RawStream {
+    pub(crate) send: quinn::SendStream,
+    pub(crate) recv: quinn::RecvStream,
+}
+
+impl RawStream {
+    /// Writes the answer to the opening frame.
+    pub(crate) async fn answer(&mut self, frame: &Frame) -> Result<(), TransportError> {
+        let bytes = frame::encode(frame).map_err(|err| TransportError::Frame(err.to_string()))?;
+        self.send
+            .write_all(&bytes)
+            .await
+            .map_err(|err| TransportError::Io(err.to_string()))
+    }
+}
+
+/// Reads exactly one length-prefixed frame from `recv` (the bytes after it stay unread).
+async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Frame, TransportError> {
+    let io = |err: quinn::ReadExactError| TransportError::Io(err.to_string());
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix).await.map_err(io)?;
+    let length =
+        frame::declared_length(prefix).map_err(|err| TransportError::Frame(err.to_string()))?;
+    let mut bytes = vec![0u8; 4 + length];
+    bytes[..4].copy_from_slice(&prefix);
+    recv.read_exact(&mut bytes[4..]).await.map_err(io)?;
+    frame::decode(&bytes).map_err(|err| TransportError::Frame(err.to_string()))
 }
 
 /// A QUIC endpoint with mutual TLS.
@@ -91,6 +125,37 @@ impl Transport {
                 .await
                 .map_err(|err| TransportError::Io(err.to_string()))?;
             frame::decode(&answer).map_err(|err| TransportError::Frame(err.to_string()))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| TransportError::TimedOut { peer })?
+    }
+
+    /// Opens a raw stream to `peer` with `opening` (an `OpenStream` frame) and waits, within
+    /// `timeout`, for the peer to accept it.
+    pub(crate) async fn open_stream(
+        &self,
+        peer: SocketAddr,
+        opening: &Frame,
+        timeout: Duration,
+    ) -> Result<Result<RawStream, Frame>, TransportError> {
+        let bytes = frame::encode(opening).map_err(|err| TransportError::Frame(err.to_string()))?;
+        let exchange = async {
+            let connection = self.connection(peer).await?;
+            let (mut send, mut recv) = connection.open_bi().await.map_err(|err| {
+                self.forget(peer);
+                TransportError::Unreachable {
+                    peer,
+                    reason: err.to_string(),
+                }
+            })?;
+            send.write_all(&bytes)
+                .await
+                .map_err(|err| TransportError::Io(err.to_string()))?;
+            Ok(match read_frame(&mut recv).await? {
+                Frame::Ack => Ok(RawStream { send, recv }),
+                refusal => Err(refusal),
+            })
         };
         tokio::time::timeout(timeout, exchange)
             .await
@@ -194,22 +259,20 @@ async fn answer_stream<H: FrameHandler>(
     mut recv: quinn::RecvStream,
     remote: SocketAddr,
 ) {
-    let request = match recv.read_to_end(MAX_FRAME_BYTES).await {
-        Ok(bytes) => frame::decode(&bytes),
+    let request = match read_frame(&mut recv).await {
+        Ok(frame) => frame,
         Err(error) => {
-            tracing::warn!(%remote, %error, "closed a stream: unreadable or oversize frame");
+            tracing::warn!(%remote, %error, "closed a stream: unreadable, malformed or oversize frame");
             let _ = send.reset(1u32.into());
+            let _ = recv.stop(1u32.into());
             return;
         }
     };
-    let answer = match request {
-        Ok(frame) => handler.handle(frame).await,
-        Err(error) => {
-            tracing::warn!(%remote, %error, "closed a stream: malformed frame");
-            let _ = send.reset(2u32.into());
-            return;
-        }
-    };
+    if let Frame::OpenStream { .. } = request {
+        handler.open(request, RawStream { send, recv }).await;
+        return;
+    }
+    let answer = handler.handle(request).await;
     match frame::encode(&answer) {
         Ok(bytes) => {
             if send.write_all(&bytes).await.is_ok() {
@@ -231,6 +294,14 @@ mod tests {
     impl FrameHandler for Registry {
         async fn handle(&self, _frame: Frame) -> Frame {
             Frame::Gossip { members: vec![] }
+        }
+
+        async fn open(&self, _frame: Frame, mut stream: RawStream) {
+            // Echo: accept, then copy everything back.
+            if stream.answer(&Frame::Ack).await.is_ok() {
+                let _ = tokio::io::copy(&mut stream.recv, &mut stream.send).await;
+                let _ = stream.send.finish();
+            }
         }
     }
 
@@ -276,6 +347,29 @@ mod tests {
             connection.close_reason().is_none(),
             "the connection did not survive"
         );
+    }
+
+    #[tokio::test]
+    async fn an_opened_stream_carries_raw_bytes_after_the_answer() {
+        use tokio::io::AsyncWriteExt;
+        let identity = Identity::development("test").unwrap();
+        let (addr, _stop) = server(&identity).await;
+        let client = Transport::bind("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+        let opening = Frame::OpenStream {
+            service: "echo".into(),
+            caller: "test".into(),
+            deadline_ms: 1000,
+        };
+        let mut stream = client
+            .open_stream(addr, &opening, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap_or_else(|refusal| panic!("{refusal:?}"));
+        let payload = vec![42u8; 300_000];
+        stream.send.write_all(&payload).await.unwrap();
+        stream.send.shutdown().await.unwrap();
+        let back = stream.recv.read_to_end(1 << 20).await.unwrap();
+        assert_eq!(back, payload);
     }
 
     #[tokio::test]

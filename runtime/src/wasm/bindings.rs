@@ -9,7 +9,7 @@
     unreachable_pub,
     reason = "bindgen re-exports the `with` type publicly"
 )]
-pub use crate::host::PendingCall;
+pub use crate::host::{GuestConnection, GuestStream, PendingCall};
 
 wasmtime::component::bindgen!({
     world: "service",
@@ -19,12 +19,38 @@ wasmtime::component::bindgen!({
         "switchyard:runtime/rpc.start": trappable,
         "switchyard:runtime/rpc.wait-any": async | trappable,
         "switchyard:runtime/rpc.[method]pending-call.wait": async | trappable,
+        "switchyard:runtime/quic.connect": async,
+        "switchyard:runtime/quic.[method]connection.open-stream": async | trappable,
+        "switchyard:runtime/quic.[method]bidi-stream.read": async | trappable,
+        "switchyard:runtime/quic.[method]bidi-stream.write": async | trappable,
+        "switchyard:runtime/quic.[method]bidi-stream.finish": async | trappable,
+        "switchyard:runtime/quic.[method]connection.node": trappable,
     },
     exports: { default: async },
     with: {
         "switchyard:runtime/rpc.pending-call": PendingCall,
+        "switchyard:runtime/quic.connection": GuestConnection,
+        "switchyard:runtime/quic.bidi-stream": GuestStream,
     },
 });
+
+/// The `stream-service` world: `service` plus the optional `stream-handler` export. Its
+/// imports are the ones above, so only the export is looked up from it.
+pub(crate) mod streams {
+    wasmtime::component::bindgen!({
+        world: "stream-service",
+        path: "../wit",
+        exports: { default: async },
+        with: {
+            "switchyard:runtime/types": super::switchyard::runtime::types,
+            "switchyard:runtime/log": super::switchyard::runtime::log,
+            "switchyard:runtime/config": super::switchyard::runtime::config,
+            "switchyard:runtime/rpc": super::switchyard::runtime::rpc,
+            "switchyard:runtime/discovery": super::switchyard::runtime::discovery,
+            "switchyard:runtime/quic": super::switchyard::runtime::quic,
+        },
+    });
+}
 
 /// The request record a guest's `handler.handle` receives.
 pub use self::switchyard::runtime::types::Request as GuestRequest;
@@ -33,5 +59,5 @@ pub use self::switchyard::runtime::types::Response as GuestResponse;
 
 /// The interfaces a guest imports, for the host's implementations.
 pub(crate) mod imports {
-    pub(crate) use super::switchyard::runtime::{config, discovery, log, rpc, types};
+    pub(crate) use super::switchyard::runtime::{config, discovery, log, quic, rpc, types};
 }

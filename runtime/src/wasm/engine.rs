@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::bindings::streams::StreamServicePre;
 use super::cache::ComponentCache;
 use super::{EPOCH_TICK, EngineError, LoadError, ServicePre};
 use crate::host::{self, HostState};
@@ -35,6 +36,8 @@ pub struct Engine {
 #[derive(Clone)]
 pub struct LoadedComponent {
     pub(crate) pre: ServicePre<HostState>,
+    /// Set when the component exports `stream-handler` (world `stream-service`).
+    pub(crate) streams: Option<StreamServicePre<HostState>>,
     /// SHA-256 of the component file, hex.
     pub hash: String,
     /// Whether the compiled code came from the on-disk cache.
@@ -149,16 +152,19 @@ impl Engine {
             .linker
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
-        let pre = ServicePre::new(instance_pre).map_err(wrong_world)?;
+        let pre = ServicePre::new(instance_pre.clone()).map_err(wrong_world)?;
+        let streams = StreamServicePre::new(instance_pre).ok();
         tracing::info!(
             component = %path.display(),
             hash = &hash[..12],
             from_cache,
+            streams = streams.is_some(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "component ready"
         );
         Ok(LoadedComponent {
             pre,
+            streams,
             hash,
             from_cache,
         })

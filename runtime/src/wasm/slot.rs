@@ -83,6 +83,12 @@ pub enum SlotError {
     /// The guest trapped (a panic, an invalid operation) or could not be instantiated.
     #[error("service `{service}` failed: {reason}")]
     Trap { service: String, reason: String },
+    /// A stream was opened to a component without a `stream-handler` export.
+    #[error(
+        "service `{service}` does not accept streams: its component does not export \
+         `stream-handler` (build it with switchyard-sdk and implement `Service::stream`)"
+    )]
+    NoStreams { service: String },
 }
 
 impl Slot {
@@ -215,9 +221,19 @@ impl Slot {
         };
         // Epochs stop guest code; this also stops time spent awaiting host calls.
         let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await;
+        self.outcome(outcome, store, timeout)
+    }
+
+    /// Names what ended a guest call: its answer, the deadline, the memory limit or a trap.
+    fn outcome<T>(
+        &self,
+        outcome: Result<wasmtime::Result<T>, tokio::time::error::Elapsed>,
+        store: &Store<HostState>,
+        timeout: Duration,
+    ) -> Result<T, SlotError> {
         let service = || self.settings.service.clone();
         match outcome {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(value)) => Ok(value),
             Err(_elapsed) => Err(SlotError::Timeout {
                 service: service(),
                 timeout,
@@ -241,6 +257,92 @@ impl Slot {
                 })
             }
         }
+    }
+
+    /// Fails unless the component serves streams.
+    pub(crate) fn check_streams(&self) -> Result<(), SlotError> {
+        match self.component.streams {
+            Some(_) => Ok(()),
+            None => Err(SlotError::NoStreams {
+                service: self.settings.service.clone(),
+            }),
+        }
+    }
+
+    /// Admits a raw stream (a free instance, a `stream-handler` export) and serves it on a
+    /// fresh instance in the background, for at most the smaller of `budget` and the
+    /// service's timeout. Refuses at once, like a request, when the service is at
+    /// `max_instances`.
+    pub(crate) fn serve_stream(
+        self: &Arc<Self>,
+        stream: crate::rpc::ByteStream,
+        caller: String,
+        budget: Duration,
+    ) -> Result<(), SlotError> {
+        self.check_streams()?;
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(SlotError::Busy {
+                service: self.settings.service.clone(),
+                max_instances: self.settings.max_instances,
+            });
+        };
+        let slot = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            slot.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+            let _in_flight = DecrementOnDrop(&slot.stats.in_flight);
+            let request_id = format!("stream-{}", fastrand::u64(..));
+            let result = slot.run_stream(stream, &caller, &request_id, budget).await;
+            match &result {
+                Ok(()) => slot.stats.served.fetch_add(1, Ordering::Relaxed),
+                Err(error) => {
+                    tracing::warn!(service = %slot.settings.service, %caller, %error, "stream handler failed");
+                    slot.stats.errors.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        });
+        Ok(())
+    }
+
+    async fn run_stream(
+        &self,
+        stream: crate::rpc::ByteStream,
+        caller: &str,
+        request_id: &str,
+        budget: Duration,
+    ) -> Result<(), SlotError> {
+        let Some(pre) = &self.component.streams else {
+            return self.check_streams();
+        };
+        let timeout = budget.min(self.settings.timeout);
+        let mut live = self.new_instance();
+        live.store
+            .data_mut()
+            .begin_request(request_id, std::time::Instant::now() + timeout, None);
+        let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
+        live.store.set_epoch_deadline(ticks);
+        let store = &mut live.store;
+        let call = async {
+            let resource = store.data_mut().adopt_stream(stream, timeout)?;
+            let instance = pre.instantiate_async(&mut *store).await?;
+            instance
+                .switchyard_runtime_stream_handler()
+                .call_handle_stream(&mut *store, resource, caller)
+                .await
+        };
+        let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await;
+        let result = self.outcome(outcome, &live.store, timeout);
+        if let Some((text, dropped)) = live.store.data().take_output() {
+            tracing::info!(
+                target: "guest",
+                service = %self.settings.service,
+                request_id,
+                dropped_bytes = dropped,
+                "guest output:\n{text}"
+            );
+        }
+        result
     }
 
     /// Counters and identity, for the admin API.
