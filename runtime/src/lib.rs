@@ -15,6 +15,9 @@ pub mod telemetry;
 pub mod transport;
 pub mod wasm;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 mod discovery;
 mod host;
 mod http;
