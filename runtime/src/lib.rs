@@ -21,6 +21,7 @@ pub mod fuzzing;
 mod discovery;
 mod host;
 mod http;
+mod policy;
 mod router;
 mod rpc;
 

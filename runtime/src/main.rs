@@ -44,6 +44,23 @@ enum Command {
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
+    /// Hot-swap a running node's service or policy to a new component, without dropping a
+    /// request (in-flight requests finish on the old code; a policy keeps its state).
+    Swap {
+        /// `service` or `policy`.
+        #[arg(value_enum)]
+        kind: SwapKind,
+        /// The service's or policy's name in the manifest.
+        name: String,
+        /// The new component (.wasm).
+        component: PathBuf,
+        /// The node's manifest (its `node.admin` address is used) ...
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// ... or the admin address directly (default 127.0.0.1:9090).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
     /// Create cluster certificates for mutual TLS between nodes.
     Cert {
         #[command(subcommand)]
@@ -60,6 +77,12 @@ enum Command {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SwapKind {
+    Service,
+    Policy,
 }
 
 #[derive(Subcommand)]
@@ -95,6 +118,13 @@ fn main() -> ExitCode {
         Command::New { name, dir, sdk } => scaffold::new_guest(&name, &dir, sdk.as_deref()),
         Command::Cert { what } => cert(what),
         Command::Status { manifest, admin } => status(manifest, admin),
+        Command::Swap {
+            kind,
+            name,
+            component,
+            manifest,
+            admin,
+        } => swap(kind, &name, &component, manifest, admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -200,6 +230,58 @@ fn cert(what: CertCommand) -> Result<()> {
             write(&out, &name, &issue_node_cert(&ca, &name)?)
         }
     }
+}
+
+fn swap(
+    kind: SwapKind,
+    name: &str,
+    component: &std::path::Path,
+    manifest: Option<PathBuf>,
+    admin: Option<std::net::SocketAddr>,
+) -> Result<()> {
+    let admin = match (admin, manifest) {
+        (Some(admin), _) => admin,
+        (None, Some(path)) => Manifest::load(&path)?.node.admin,
+        (None, None) => switchyard::manifest::defaults::ADMIN.parse()?,
+    };
+    let bytes = std::fs::read(component)
+        .with_context(|| format!("cannot read the new component {}", component.display()))?;
+    let path = match kind {
+        SwapKind::Service => format!("/services/{name}"),
+        SwapKind::Policy => format!("/policies/{name}"),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, body) = runtime.block_on(admin_post(admin, &path, bytes))?;
+    if status != 200 {
+        anyhow::bail!("the node refused the swap ({status}): {}", body.trim_end());
+    }
+    println!("{body}");
+    Ok(())
+}
+
+async fn admin_post(
+    admin: std::net::SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(u16, String)> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .with_context(|| {
+            format!("no node answers on {admin}: is it running, and is this its admin address?")
+        })?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::post(path)
+        .header("host", admin.to_string())
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 fn status(manifest: Option<PathBuf>, admin: Option<std::net::SocketAddr>) -> Result<()> {

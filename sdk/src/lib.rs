@@ -33,6 +33,7 @@
 extern crate self as switchyard_sdk;
 
 mod message;
+pub mod policy;
 pub mod quic;
 mod request;
 mod response;
@@ -53,6 +54,23 @@ pub mod bindings {
         export_macro_name: "export_service_world",
         default_bindings_module: "switchyard_sdk::bindings",
         runtime_path: "switchyard_sdk::__private::wit_bindgen::rt",
+    });
+}
+
+/// Bindings for the `resilience-policy` world (used by [`export_policy!`]).
+#[doc(hidden)]
+pub mod policy_bindings {
+    wit_bindgen::generate!({
+        world: "resilience-policy",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_policy_world",
+        default_bindings_module: "switchyard_sdk::policy_bindings",
+        runtime_path: "switchyard_sdk::__private::wit_bindgen::rt",
+        with: {
+            "switchyard:runtime/log@0.1.3": crate::bindings::switchyard::runtime::log,
+            "switchyard:runtime/types@0.1.3": crate::bindings::switchyard::runtime::types,
+        },
     });
 }
 
@@ -202,6 +220,8 @@ pub mod __private {
     pub use crate::bindings::export_service_world;
     use crate::bindings::exports::switchyard::runtime::{handler, stream_handler, subscriber};
     use crate::bindings::switchyard::runtime::types;
+    pub use crate::policy::adapter::PolicyAdapter;
+    pub use crate::policy_bindings::export_policy_world;
     pub use wit_bindgen;
 
     /// Implements the generated export traits for any [`crate::Service`].

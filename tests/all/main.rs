@@ -15,6 +15,7 @@ mod etcd;
 mod ingress;
 mod limits;
 mod mesh;
+mod policies;
 mod rpc;
 mod scaffold;
 mod shop;

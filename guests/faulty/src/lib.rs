@@ -199,7 +199,9 @@ impl Service for Faulty {
     /// Answers a raw stream: everything it read, upper-cased, after `<caller>:`; a payload of
     /// `stall` reads nothing more and never answers (for deadline tests).
     fn stream(stream: quic::Stream, caller: &str) {
-        let Ok(all) = stream.read_to_end() else { return };
+        let Ok(all) = stream.read_to_end() else {
+            return;
+        };
         if all == b"stall" {
             loop {
                 std::thread::sleep(Duration::from_millis(50));

@@ -61,6 +61,7 @@ fn to_wit(error: CallError) -> StreamError {
         CallError::Unavailable(m) => StreamError::Unavailable(m),
         CallError::Remote(m) => StreamError::Closed(m),
         CallError::BadRequest(m) => StreamError::BadRequest(m),
+        CallError::Rejected(m) => StreamError::Unavailable(format!("rejected by a policy: {m}")),
     }
 }
 

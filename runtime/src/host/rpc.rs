@@ -102,6 +102,7 @@ fn to_wit(outcome: Result<rpc::Reply, CallError>) -> Result<wit::Reply, wit::Cal
         Err(CallError::Unavailable(m)) => Err(wit::CallError::Unavailable(m)),
         Err(CallError::Remote(m)) => Err(wit::CallError::Remote(m)),
         Err(CallError::BadRequest(m)) => Err(wit::CallError::BadRequest(m)),
+        Err(CallError::Rejected(m)) => Err(wit::CallError::Rejected(m)),
     }
 }
 

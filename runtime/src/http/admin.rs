@@ -11,11 +11,34 @@ use super::ingress::plain;
 use super::server::Handler;
 use crate::wasm::Slot;
 
-/// The admin API: `GET /health`, `GET /services`, `GET /registry`.
+/// The largest component a swap accepts.
+const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
+
+/// What the admin API changes on a running node (implemented by the node).
+pub(crate) trait Operator: Send + Sync {
+    /// `GET /policies`.
+    fn policies(&self) -> crate::discovery::BoxFuture<'_, serde_json::Value>;
+    /// `POST /policies/<name>` with a component: swaps every binding of that policy.
+    fn swap_policy(
+        &self,
+        name: String,
+        component: Vec<u8>,
+    ) -> crate::discovery::BoxFuture<'_, Result<serde_json::Value, String>>;
+    /// `POST /services/<name>` with a component: a new generation of that service.
+    fn swap_service(
+        &self,
+        name: String,
+        component: Vec<u8>,
+    ) -> crate::discovery::BoxFuture<'_, Result<serde_json::Value, String>>;
+}
+
+/// The admin API: `GET /health`, `/services`, `/registry`, `/policies`; `POST
+/// /services/<name>` and `/policies/<name>` (hot swap, the body is the new component).
 pub(crate) struct Admin {
     node: String,
     services: Vec<(Arc<Slot>, Vec<String>)>,
     registry: Option<Arc<crate::discovery::Registry>>,
+    operator: Arc<dyn Operator>,
 }
 
 #[derive(serde::Serialize)]
@@ -31,21 +54,67 @@ impl Admin {
         node: String,
         services: Vec<(Arc<Slot>, Vec<String>)>,
         registry: Option<Arc<crate::discovery::Registry>>,
+        operator: Arc<dyn Operator>,
     ) -> Self {
         Self {
             node,
             services,
             registry,
+            operator,
+        }
+    }
+
+    async fn swap(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path().to_owned();
+        let (kind, name) = match path.trim_matches('/').split_once('/') {
+            Some((kind @ ("services" | "policies"), name)) if !name.is_empty() => {
+                (kind, name.to_owned())
+            }
+            _ => {
+                return plain(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no admin endpoint POST {path}; try POST /services/<name> or /policies/<name>\n"
+                    ),
+                );
+            }
+        };
+        let body = http_body_util::Limited::new(request.into_body(), MAX_UPLOAD_BYTES);
+        let component = match http_body_util::BodyExt::collect(body).await {
+            Ok(collected) => collected.to_bytes().to_vec(),
+            Err(error) => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "could not read the component (at most {MAX_UPLOAD_BYTES} bytes): {error}\n"
+                    ),
+                );
+            }
+        };
+        let outcome = match kind {
+            "services" => self.operator.swap_service(name, component).await,
+            _ => self.operator.swap_policy(name, component).await,
+        };
+        match outcome {
+            Ok(report) => json(&report),
+            Err(reason) => {
+                let mut response = plain(StatusCode::UNPROCESSABLE_ENTITY, format!("{reason}\n"));
+                *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+                response
+            }
         }
     }
 }
 
 impl Handler for Admin {
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.method() == Method::POST {
+            return self.swap(request).await;
+        }
         if request.method() != Method::GET {
             return plain(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "the admin API takes GET\n".into(),
+                "the admin API takes GET, and POST for swaps\n".into(),
             );
         }
         match request.uri().path() {
@@ -61,13 +130,16 @@ impl Handler for Admin {
                     .collect();
                 json(&views)
             }
+            "/policies" => json(&self.operator.policies().await),
             "/registry" => json(&serde_json::json!({
                 "node": self.node,
                 "peers": self.registry.as_ref().map(|registry| registry.view()).unwrap_or_default(),
             })),
             other => plain(
                 StatusCode::NOT_FOUND,
-                format!("no admin endpoint {other}; try /health, /services or /registry\n"),
+                format!(
+                    "no admin endpoint {other}; try /health, /services, /registry or /policies\n"
+                ),
             ),
         }
     }

@@ -52,6 +52,46 @@ pub struct Manifest {
     pub services: Vec<ServiceSpec>,
     /// `[balance.<service>]`: how calls to a service pick an instance.
     pub balance: BTreeMap<String, BalanceSpec>,
+    /// `[[policy]]`: resilience policy components, by name.
+    pub policies: Vec<PolicySpec>,
+    /// `[[bind]]`: which policies run, in order, around which calls.
+    pub bindings: Vec<BindSpec>,
+}
+
+/// One `[[policy]]`.
+#[derive(Debug, Clone)]
+pub struct PolicySpec {
+    pub name: String,
+    /// The `resilience-policy` component (resolved against the manifest's directory).
+    pub component: PathBuf,
+    pub component_at: Location,
+    /// Given to the policy's `configure`.
+    pub config: BTreeMap<String, String>,
+}
+
+/// One `[[bind]]`: `policies` in order around the calls of `scope`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindSpec {
+    pub policies: Vec<String>,
+    pub scope: BindScope,
+}
+
+/// Which calls a binding wraps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindScope {
+    /// Every call to this service, from any caller on this node.
+    CallsTo(String),
+    /// Every call this service makes.
+    OutgoingFrom(String),
+}
+
+impl std::fmt::Display for BindScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BindScope::CallsTo(service) => write!(f, "calls to `{service}`"),
+            BindScope::OutgoingFrom(service) => write!(f, "calls from `{service}`"),
+        }
+    }
 }
 
 /// How calls to one service pick among its instances.

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    DiscoverySpec, Location, Manifest, ManifestError, NodeSpec, RouteSpec, ServiceSpec, TlsSpec,
-    defaults,
+    BindScope, BindSpec, DiscoverySpec, Location, Manifest, ManifestError, NodeSpec, PolicySpec,
+    RouteSpec, ServiceSpec, TlsSpec, defaults,
 };
 
 #[derive(Deserialize)]
@@ -22,6 +22,28 @@ struct RawManifest {
     service: Vec<RawService>,
     #[serde(default)]
     balance: BTreeMap<String, super::BalanceSpec>,
+    #[serde(default)]
+    policy: Vec<RawPolicy>,
+    #[serde(default)]
+    bind: Vec<Spanned<RawBind>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: Spanned<String>,
+    component: Spanned<String>,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBind {
+    policies: Vec<Spanned<String>>,
+    calls_to: Option<Spanned<String>>,
+    outgoing_from: Option<Spanned<String>>,
+    queue: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -138,11 +160,15 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> 
         services.push(spec);
     }
     check_duplicate_routes(&services)?;
+    let policies = check_policies(&check, raw.policy)?;
+    let bindings = check_bindings(&check, raw.bind, &policies, &services)?;
     Ok(Manifest {
         path: path.to_path_buf(),
         node,
         services,
         balance: raw.balance,
+        policies,
+        bindings,
     })
 }
 
@@ -261,6 +287,116 @@ fn check_node(check: &Checker<'_>, raw: Option<RawNode>) -> Result<NodeSpec, Man
         tls,
         discovery,
     })
+}
+
+fn check_policies(
+    check: &Checker<'_>,
+    raw: Vec<RawPolicy>,
+) -> Result<Vec<PolicySpec>, ManifestError> {
+    let mut policies: Vec<PolicySpec> = Vec::with_capacity(raw.len());
+    for policy in raw {
+        check_name(check, &policy.name, "policy")?;
+        let name = policy.name.get_ref().clone();
+        if policies.iter().any(|p| p.name == name) {
+            return Err(check.invalid(
+                policy.name.span(),
+                format!("policy `{name}` is declared twice"),
+                "give each [[policy]] its own name",
+            ));
+        }
+        let component = check.resolve(policy.component.get_ref());
+        if !component.is_file() {
+            return Err(check.invalid(
+                policy.component.span(),
+                format!(
+                    "component file {} of policy `{name}` does not exist",
+                    component.display()
+                ),
+                "paths are relative to the manifest's directory; build guests with \
+                 `cargo xtask build-guests`",
+            ));
+        }
+        policies.push(PolicySpec {
+            name,
+            component_at: check.at(policy.component.span()),
+            component,
+            config: policy.config,
+        });
+    }
+    Ok(policies)
+}
+
+fn check_bindings(
+    check: &Checker<'_>,
+    raw: Vec<Spanned<RawBind>>,
+    policies: &[PolicySpec],
+    services: &[ServiceSpec],
+) -> Result<Vec<BindSpec>, ManifestError> {
+    let mut bindings = Vec::with_capacity(raw.len());
+    for bind in raw {
+        let span = bind.span();
+        let bind = bind.into_inner();
+        if bind.policies.is_empty() {
+            return Err(check.invalid(
+                span,
+                "[[bind]] lists no policies",
+                "write e.g. policies = [\"retry\", \"breaker\"] (applied in that order)",
+            ));
+        }
+        for name in &bind.policies {
+            if !policies.iter().any(|p| &p.name == name.get_ref()) {
+                let known: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+                return Err(check.invalid(
+                    name.span(),
+                    format!("no [[policy]] is named `{}`", name.get_ref()),
+                    format!(
+                        "declared policies: {}",
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+        let scope = match (bind.calls_to, bind.outgoing_from, bind.queue) {
+            (Some(to), None, None) => BindScope::CallsTo(to.into_inner()),
+            (None, Some(from), None) => {
+                if !services.iter().any(|s| &s.name == from.get_ref()) {
+                    return Err(check.invalid(
+                        from.span(),
+                        format!(
+                            "`outgoing_from` names `{}`, which this node does not run",
+                            from.get_ref()
+                        ),
+                        "name a [[service]] of this manifest",
+                    ));
+                }
+                BindScope::OutgoingFrom(from.into_inner())
+            }
+            (None, None, Some(queue)) => {
+                return Err(check.invalid(
+                    queue.span(),
+                    "queue bindings need messaging, which this version of Switchyard does not have yet",
+                    "bind to `calls_to` or `outgoing_from` for now",
+                ));
+            }
+            _ => {
+                return Err(check.invalid(
+                    span,
+                    "a [[bind]] needs exactly one of `calls_to`, `outgoing_from` or `queue`",
+                    "e.g. calls_to = \"inventory\" (every call to it) or outgoing_from = \
+                     \"orders\" (every call it makes)",
+                ));
+            }
+        };
+        bindings.push(BindSpec {
+            policies: bind.policies.into_iter().map(Spanned::into_inner).collect(),
+            scope,
+        });
+    }
+    Ok(bindings)
 }
 
 fn check_discovery(

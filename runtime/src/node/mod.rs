@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use crate::discovery;
 use crate::http::{self, Admin, Ingress};
 use crate::manifest::{DiscoverySpec, Location, Manifest, ServiceSpec};
+use crate::policy::Policies;
 use crate::router::Router;
 use crate::rpc;
 use crate::transport::frame::{FailureKind, Frame};
@@ -54,6 +55,9 @@ pub enum NodeError {
     /// Two routes conflict in a way the manifest check could not see.
     #[error("{0}")]
     Route(String),
+    /// A policy did not load or refused its configuration.
+    #[error("{0}\n  hint: check [[policy]] and [[bind]] in the manifest")]
+    Policy(#[from] crate::policy::PolicyError),
     /// The QUIC transport could not start (address, certificates).
     #[error("{0}\n  hint: check `node.quic` and `[node.tls]` in the manifest")]
     Transport(#[from] crate::transport::TransportError),
@@ -120,7 +124,8 @@ impl Node {
         };
         let (engine, components) = loaded;
         let engine = Arc::new(engine);
-        let rpc = rpc::Client::new(mesh.clone(), manifest.balance.clone());
+        let policies = Arc::new(Policies::start(&engine, manifest).await?);
+        let rpc = rpc::Client::new(mesh.clone(), manifest.balance.clone(), policies.clone());
         let mut router = Router::default();
         let mut directory = rpc::Directory::new(&manifest.node.name);
         let mut admin_services = Vec::new();
@@ -145,6 +150,14 @@ impl Node {
         }
         let directory = Arc::new(directory);
         rpc.install(&directory);
+        let control = Arc::new(Control {
+            engine: engine.clone(),
+            policies: policies.clone(),
+            slots: admin_services
+                .iter()
+                .map(|(slot, _)| (slot.name().to_owned(), slot.clone()))
+                .collect(),
+        });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut servers = JoinSet::new();
@@ -218,6 +231,7 @@ impl Node {
                 manifest.node.name.clone(),
                 admin_services,
                 mesh.as_ref().map(|mesh| mesh.registry.clone()),
+                control,
             )),
             shutdown_rx,
             SHUTDOWN_GRACE,
@@ -287,6 +301,68 @@ impl Drop for Node {
         if let Some(membership) = &self.membership {
             membership.running.abort();
         }
+    }
+}
+
+/// What the admin API may change on this node: hot swaps.
+struct Control {
+    engine: Arc<Engine>,
+    policies: Arc<Policies>,
+    slots: std::collections::HashMap<String, Arc<Slot>>,
+}
+
+impl http::Operator for Control {
+    fn policies(&self) -> discovery::BoxFuture<'_, serde_json::Value> {
+        Box::pin(async move { serde_json::json!(self.policies.views().await) })
+    }
+
+    fn swap_policy(
+        &self,
+        name: String,
+        component: Vec<u8>,
+    ) -> discovery::BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let generations = self
+                .policies
+                .swap(&self.engine, &name, component)
+                .await
+                .map_err(|err| {
+                    tracing::error!(policy = %name, error = %err, "policy swap refused; the old version keeps running");
+                    err.to_string()
+                })?;
+            Ok(serde_json::json!({
+                "policy": name,
+                "bindings": generations.len(),
+                "generations": generations,
+                "swap_ms": started.elapsed().as_secs_f64() * 1000.0,
+            }))
+        })
+    }
+
+    fn swap_service(
+        &self,
+        name: String,
+        component: Vec<u8>,
+    ) -> discovery::BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            let slot = self.slots.get(&name).ok_or_else(|| {
+                let mut known: Vec<&str> = self.slots.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                format!(
+                    "this node runs no service `{name}` (it runs: {})",
+                    known.join(", ")
+                )
+            })?;
+            let engine = slot.engine().clone();
+            let label = std::path::PathBuf::from(format!("<upload for service {name}>"));
+            let loaded = tokio::task::spawn_blocking(move || engine.load_bytes(&label, &component))
+                .await
+                .map_err(|err| err.to_string())?
+                .map_err(|err| err.to_string())?;
+            let event = slot.swap(loaded).await.map_err(|err| err.to_string())?;
+            serde_json::to_value(event).map_err(|err| err.to_string())
+        })
     }
 }
 
@@ -385,10 +461,15 @@ fn engine_config(manifest: &Manifest) -> EngineConfig {
         .map(|spec| spec.memory_limit_bytes)
         .max()
         .unwrap_or(crate::manifest::defaults::MEMORY_LIMIT_MB as usize * 1024 * 1024);
+    let policies = u32::try_from(Policies::count(manifest)).unwrap_or(u32::MAX);
     EngineConfig {
         cache_dir: Some(cache_dir(&manifest.node.data_dir)),
-        // Room for a second generation of every service during a swap.
-        max_instances: instances.saturating_mul(2).max(16),
+        // Room for a second generation of every service during a swap, and for each policy
+        // binding's instance and its successor.
+        max_instances: instances
+            .saturating_mul(2)
+            .saturating_add(policies.saturating_mul(2))
+            .max(16),
         // The pool reserves this much address space per memory; the per-service limit
         // is enforced by the store's limiter.
         max_memory_bytes: max_memory,

@@ -93,6 +93,15 @@ impl Balancer {
         if better_b { b } else { a }
     }
 
+    /// Calls in flight to `instance` now.
+    pub(super) fn in_flight(&self, instance: InstanceKey) -> u32 {
+        self.loads
+            .lock()
+            .ok()
+            .and_then(|loads| loads.get(&instance).map(|load| load.in_flight as u32))
+            .unwrap_or(0)
+    }
+
     /// Counts a call to `instance` as in flight until the guard drops, then records how long
     /// it took.
     pub(super) fn track(&self, instance: InstanceKey) -> InFlight<'_> {

@@ -22,7 +22,8 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use crate::discovery::Registry;
-use crate::manifest::BalanceSpec;
+use crate::manifest::{BalanceSpec, Strategy};
+use crate::policy::{self, Policies};
 use crate::transport::frame::{FailureKind, Frame};
 use crate::transport::{RawStream, Transport, TransportError};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -49,6 +50,13 @@ enum Route {
     Peer(SocketAddr),
 }
 
+/// The instances that fit a call.
+enum Candidates {
+    One(Route),
+    /// More than one (`None` is this node), and the service's strategy.
+    Several(Vec<Option<SocketAddr>>, Strategy),
+}
+
 /// A guest's `quic.connection`: one service instance its streams go to.
 #[derive(Debug, Clone)]
 pub(crate) struct StreamTarget {
@@ -67,8 +75,7 @@ pub(crate) struct Reply {
     pub(crate) body: Vec<u8>,
 }
 
-/// Why a call has no reply. Mirrors `call-error` in `wit/rpc.wit` (whose `rejected` comes
-/// with policies).
+/// Why a call has no reply. Mirrors `call-error` in `wit/rpc.wit`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum CallError {
     #[error("the call did not finish within its deadline")]
@@ -79,6 +86,8 @@ pub(crate) enum CallError {
     Remote(String),
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("rejected by a policy: {0}")]
+    Rejected(String),
 }
 
 /// One call, as the guest asked for it.
@@ -157,6 +166,8 @@ pub(crate) struct Client {
     remote: Option<Arc<Remote>>,
     /// `[balance.<service>]` from the manifest.
     balance: Arc<BTreeMap<String, BalanceSpec>>,
+    /// `[[bind]]` policies around calls.
+    policies: Arc<Policies>,
 }
 
 /// The way to other nodes.
@@ -177,11 +188,16 @@ impl Remote {
 }
 
 impl Client {
-    pub(crate) fn new(remote: Option<Arc<Remote>>, balance: BTreeMap<String, BalanceSpec>) -> Self {
+    pub(crate) fn new(
+        remote: Option<Arc<Remote>>,
+        balance: BTreeMap<String, BalanceSpec>,
+        policies: Arc<Policies>,
+    ) -> Self {
         Self {
             directory: Arc::default(),
             remote,
             balance: Arc::new(balance),
+            policies,
         }
     }
 
@@ -202,8 +218,44 @@ impl Client {
         let target = call.target.clone();
         let (name, range) = parse_target(&target)?;
         parse_method(&call.method)?;
-        let (Some(remote), Route::Peer(peer)) = (&self.remote, self.route(name, range.as_ref())?)
-        else {
+        let chain = self.policies.chain(&call.caller, name);
+        if chain.is_empty() {
+            return self.call_once(call, name, range.as_ref(), &[]).await;
+        }
+        let range = range.as_ref();
+        let chain_ref = &chain;
+        policy::run(&chain, call, name, |call| {
+            Box::pin(self.call_once(call, name, range, chain_ref))
+        })
+        .await
+    }
+
+    /// One attempt: route (asking the chain's `pick`, if several instances fit), then send.
+    async fn call_once(
+        &self,
+        call: Call,
+        name: &str,
+        range: Option<&semver::VersionReq>,
+        chain: &[Arc<policy::Binding>],
+    ) -> Result<Reply, CallError> {
+        let route = match self.candidates(name, range)? {
+            Candidates::One(route) => route,
+            Candidates::Several(candidates, strategy) => {
+                let picked = if chain.is_empty() {
+                    None
+                } else {
+                    self.pick_by_policy(chain, &call, name, range, &candidates)
+                        .await
+                };
+                let chosen = match (picked, &self.remote) {
+                    (Some(index), _) => candidates[index],
+                    (None, Some(remote)) => remote.balancer.pick(&candidates, strategy),
+                    (None, None) => None,
+                };
+                chosen.map_or(Route::Local, Route::Peer)
+            }
+        };
+        let (Some(remote), Route::Peer(peer)) = (&self.remote, route) else {
             let _in_flight = self
                 .remote
                 .as_ref()
@@ -214,20 +266,67 @@ impl Client {
         call_peer(remote, peer, name, call).await
     }
 
+    async fn pick_by_policy(
+        &self,
+        chain: &[Arc<policy::Binding>],
+        call: &Call,
+        name: &str,
+        range: Option<&semver::VersionReq>,
+        candidates: &[Option<SocketAddr>],
+    ) -> Option<usize> {
+        let remote = self.remote.as_ref()?;
+        let instances = remote.registry.instances(name, range);
+        let local_node = self.directory().map(|d| d.node.clone()).unwrap_or_default();
+        let described: Vec<(String, bool, u32)> = candidates
+            .iter()
+            .map(|candidate| {
+                let node = match candidate {
+                    None => local_node.clone(),
+                    Some(addr) => instances
+                        .iter()
+                        .find(|(a, _, _)| a == addr)
+                        .map_or_else(|| addr.to_string(), |(_, node, _)| node.clone()),
+                };
+                let in_flight = remote.balancer.in_flight(*candidate);
+                (node, candidate.is_none(), in_flight)
+            })
+            .collect();
+        policy::pick(chain, call, name, &described).await
+    }
+
     /// Where a call or stream to `name` (at `range`) goes: this node or a peer, by the
-    /// service's balancing strategy. A service that runs here only at an unfitting version
-    /// routes here, so the local path can say precisely what does not fit.
+    /// service's balancing strategy.
     fn route(&self, name: &str, range: Option<&semver::VersionReq>) -> Result<Route, CallError> {
+        Ok(match self.candidates(name, range)? {
+            Candidates::One(route) => route,
+            Candidates::Several(candidates, strategy) => match &self.remote {
+                Some(remote) => remote
+                    .balancer
+                    .pick(&candidates, strategy)
+                    .map_or(Route::Local, Route::Peer),
+                None => Route::Local,
+            },
+        })
+    }
+
+    /// The instances a call to `name` (at `range`) may go to. A service that runs here only
+    /// at an unfitting version routes here, so the local path can say precisely what does not
+    /// fit.
+    fn candidates(
+        &self,
+        name: &str,
+        range: Option<&semver::VersionReq>,
+    ) -> Result<Candidates, CallError> {
         let directory = self.directory();
         let local = directory.as_ref().and_then(|d| d.services.get(name));
         let local_fits =
             local.is_some_and(|callee| range.is_none_or(|range| range.matches(&callee.version)));
         let Some(remote) = &self.remote else {
-            return Ok(Route::Local);
+            return Ok(Candidates::One(Route::Local));
         };
-        let policy = self.balance.get(name).copied().unwrap_or_default();
-        if local_fits && policy.prefer_local {
-            return Ok(Route::Local);
+        let balance = self.balance.get(name).copied().unwrap_or_default();
+        if local_fits && balance.prefer_local {
+            return Ok(Candidates::One(Route::Local));
         }
         let mut candidates: Vec<Option<SocketAddr>> = remote
             .registry
@@ -240,17 +339,17 @@ impl Client {
         }
         if candidates.is_empty() {
             if local.is_some() {
-                return Ok(Route::Local);
+                return Ok(Candidates::One(Route::Local));
             }
             return Err(CallError::Unavailable(match range {
                 Some(range) => format!("no node runs service `{name}` at `{range}`"),
                 None => format!("no service named `{name}` is running on this node or its peers"),
             }));
         }
-        Ok(match remote.balancer.pick(&candidates, policy.strategy) {
-            None => Route::Local,
-            Some(peer) => Route::Peer(peer),
-        })
+        if let [only] = candidates[..] {
+            return Ok(Candidates::One(only.map_or(Route::Local, Route::Peer)));
+        }
+        Ok(Candidates::Several(candidates, balance.strategy))
     }
 
     /// Picks the instance a guest's `quic.connect(target)` goes to.
@@ -507,6 +606,7 @@ fn failure(kind: FailureKind, message: String) -> CallError {
         FailureKind::Unavailable => CallError::Unavailable(message),
         FailureKind::Remote => CallError::Remote(message),
         FailureKind::BadRequest => CallError::BadRequest(message),
+        FailureKind::Rejected => CallError::Rejected(message),
     }
 }
 
@@ -516,6 +616,7 @@ fn to_failure(error: CallError) -> Frame {
         CallError::Unavailable(m) => (FailureKind::Unavailable, m),
         CallError::Remote(m) => (FailureKind::Remote, m),
         CallError::BadRequest(m) => (FailureKind::BadRequest, m),
+        CallError::Rejected(m) => (FailureKind::Rejected, m),
     };
     Frame::Failed { kind, message }
 }

@@ -79,6 +79,7 @@ pub(crate) enum FailureKind {
     Unavailable,
     Remote,
     BadRequest,
+    Rejected,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

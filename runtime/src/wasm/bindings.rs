@@ -52,6 +52,19 @@ pub(crate) mod streams {
     });
 }
 
+/// The `resilience-policy` world: a policy component's one export.
+pub(crate) mod policy {
+    wasmtime::component::bindgen!({
+        world: "resilience-policy",
+        path: "../wit",
+        exports: { default: async },
+        with: {
+            "switchyard:runtime/types": super::switchyard::runtime::types,
+            "switchyard:runtime/log": super::switchyard::runtime::log,
+        },
+    });
+}
+
 /// The request record a guest's `handler.handle` receives.
 pub use self::switchyard::runtime::types::Request as GuestRequest;
 /// The response record a guest's `handler.handle` returns.

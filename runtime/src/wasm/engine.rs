@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::bindings::policy::ResiliencePolicyPre;
 use super::bindings::streams::StreamServicePre;
 use super::cache::ComponentCache;
 use super::{EPOCH_TICK, EngineError, LoadError, ServicePre};
@@ -108,42 +109,13 @@ impl Engine {
     /// Reads, compiles (or loads from cache) and type-checks the component at `path`.
     /// Blocking and CPU-heavy: call it from `spawn_blocking`, not from the async executor.
     pub fn load(&self, path: &Path) -> Result<LoadedComponent, LoadError> {
-        let bytes = std::fs::read(path).map_err(|cause| LoadError::Read {
-            path: path.to_path_buf(),
-            cause,
-        })?;
-        if !wasmparser::Parser::is_component(&bytes) {
-            if wasmparser::Parser::is_core_wasm(&bytes) {
-                return Err(LoadError::CoreModule {
-                    path: path.to_path_buf(),
-                });
-            }
-            return Err(LoadError::NotWasm {
-                path: path.to_path_buf(),
-                head: bytes.iter().take(8).copied().collect(),
-            });
-        }
-        let hash = hex(&Sha256::digest(&bytes));
+        self.load_bytes(path, &read(path)?)
+    }
+
+    /// Like [`Engine::load`], for bytes already read (a swap's upload); `path` labels errors.
+    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<LoadedComponent, LoadError> {
         let started = Instant::now();
-        let cached = self
-            .cache
-            .as_ref()
-            .and_then(|cache| cache.get(&self.inner, &hash));
-        let from_cache = cached.is_some();
-        let component = match cached {
-            Some(component) => component,
-            None => {
-                let component =
-                    Component::new(&self.inner, &bytes).map_err(|err| LoadError::Invalid {
-                        path: path.to_path_buf(),
-                        reason: format!("{err:#}"),
-                    })?;
-                if let Some(cache) = &self.cache {
-                    cache.put(&hash, &component);
-                }
-                component
-            }
-        };
+        let (component, hash, from_cache) = self.compile(path, bytes)?;
         let wrong_world = |err: wasmtime::Error| LoadError::WrongWorld {
             path: path.to_path_buf(),
             reason: format!("{err:#}"),
@@ -169,6 +141,85 @@ impl Engine {
             from_cache,
         })
     }
+
+    /// Reads, compiles (or loads from cache) and type-checks a `resilience-policy` component.
+    pub(crate) fn load_policy(&self, path: &Path) -> Result<LoadedPolicy, LoadError> {
+        self.load_policy_bytes(path, &read(path)?)
+    }
+
+    /// Like [`Engine::load_policy`], for bytes already read.
+    pub(crate) fn load_policy_bytes(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<LoadedPolicy, LoadError> {
+        let (component, hash, _) = self.compile(path, bytes)?;
+        let not_a_policy = |err: wasmtime::Error| LoadError::NotAPolicy {
+            path: path.to_path_buf(),
+            reason: format!("{err:#}"),
+        };
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(not_a_policy)?;
+        let pre = ResiliencePolicyPre::new(instance_pre).map_err(not_a_policy)?;
+        Ok(LoadedPolicy { pre, hash })
+    }
+
+    /// Checks that `bytes` are a component, and compiles it or takes it from the cache.
+    fn compile(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<(wasmtime::component::Component, String, bool), LoadError> {
+        if !wasmparser::Parser::is_component(bytes) {
+            if wasmparser::Parser::is_core_wasm(bytes) {
+                return Err(LoadError::CoreModule {
+                    path: path.to_path_buf(),
+                });
+            }
+            return Err(LoadError::NotWasm {
+                path: path.to_path_buf(),
+                head: bytes.iter().take(8).copied().collect(),
+            });
+        }
+        let hash = hex(&Sha256::digest(bytes));
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.get(&self.inner, &hash));
+        let from_cache = cached.is_some();
+        let component = match cached {
+            Some(component) => component,
+            None => {
+                let component =
+                    Component::new(&self.inner, bytes).map_err(|err| LoadError::Invalid {
+                        path: path.to_path_buf(),
+                        reason: format!("{err:#}"),
+                    })?;
+                if let Some(cache) = &self.cache {
+                    cache.put(&hash, &component);
+                }
+                component
+            }
+        };
+        Ok((component, hash, from_cache))
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|cause| LoadError::Read {
+        path: path.to_path_buf(),
+        cause,
+    })
+}
+
+/// A policy component compiled and checked against the `resilience-policy` world.
+#[derive(Clone)]
+pub(crate) struct LoadedPolicy {
+    pub(crate) pre: ResiliencePolicyPre<HostState>,
+    /// SHA-256 of the component file, hex.
+    pub(crate) hash: String,
 }
 
 impl Drop for Engine {

@@ -13,10 +13,12 @@ mod cache;
 mod engine;
 mod slot;
 
+pub(crate) use bindings::policy as policy_bindings;
 pub use bindings::{GuestRequest, GuestResponse};
 pub(crate) use bindings::{Service, ServicePre, imports};
+pub(crate) use engine::LoadedPolicy;
 pub use engine::{Engine, EngineConfig, LoadedComponent};
-pub use slot::{Slot, SlotConfig, SlotError, SlotStats};
+pub use slot::{Slot, SlotConfig, SlotError, SlotStats, SwapEvent};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,6 +58,12 @@ pub enum LoadError {
          switchyard:runtime and wasi interfaces", path.display()
     )]
     WrongWorld { path: PathBuf, reason: String },
+    /// A valid component, but not a policy.
+    #[error(
+        "{} is not a `switchyard:runtime/resilience-policy` component: {reason}\n  hint: build \
+         it with switchyard-sdk and `switchyard_sdk::export_policy!(YourType)`", path.display()
+    )]
+    NotAPolicy { path: PathBuf, reason: String },
 }
 
 /// Why the engine could not be built (a configuration the host cannot satisfy).

@@ -24,11 +24,55 @@ pub struct SlotConfig {
     pub env: BTreeMap<String, String>,
 }
 
+/// How long a new generation is watched after a swap.
+const PROBATION: Duration = Duration::from_secs(3);
+/// A new generation with at least this many failed requests in probation, and more failed
+/// than answered, is rolled back.
+const ROLLBACK_MIN_ERRORS: u64 = 5;
+
+/// One version of a service's code. Requests hold it while they run, so an old generation
+/// lives exactly as long as its last in-flight request (and its probation window).
+pub(crate) struct Generation {
+    number: u64,
+    component: LoadedComponent,
+    served: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Generation {
+    fn new(number: u64, component: LoadedComponent) -> Self {
+        Self {
+            number,
+            component,
+            served: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The last swap of a slot, for the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SwapEvent {
+    pub from_generation: u64,
+    pub to_generation: u64,
+    pub from_hash: String,
+    pub to_hash: String,
+    /// `probation`, `serving` or `rolled-back`.
+    pub state: &'static str,
+    pub reason: Option<String>,
+    pub swap_ms: f64,
+}
+
 /// Where one service's requests run: its current component and its limits.
 pub struct Slot {
     engine: Arc<Engine>,
     settings: SlotConfig,
-    component: LoadedComponent,
+    current: arc_swap::ArcSwap<Generation>,
+    /// The generation before the last swap, kept through probation for a rollback.
+    previous: std::sync::Mutex<Option<Arc<Generation>>>,
+    last_swap: std::sync::Mutex<Option<SwapEvent>>,
+    /// Serializes swaps.
+    swapping: tokio::sync::Mutex<()>,
     guest: Arc<GuestContext>,
     permits: Arc<Semaphore>,
     /// Instances that finished a request cleanly and may serve another
@@ -42,6 +86,7 @@ struct LiveInstance {
     store: Store<HostState>,
     service: Option<Service>,
     served: u32,
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -58,6 +103,9 @@ pub struct SlotStats {
     pub name: String,
     pub version: String,
     pub component_hash: String,
+    /// 1 at start, +1 per swap.
+    pub generation: u64,
+    pub last_swap: Option<SwapEvent>,
     pub max_instances: u32,
     pub in_flight: u64,
     /// Requests the guest answered (any status it chose).
@@ -113,7 +161,10 @@ impl Slot {
             permits: Arc::new(Semaphore::new(settings.max_instances as usize)),
             idle: std::sync::Mutex::new(Vec::new()),
             settings,
-            component,
+            current: arc_swap::ArcSwap::from_pointee(Generation::new(1, component)),
+            previous: std::sync::Mutex::new(None),
+            last_swap: std::sync::Mutex::new(None),
+            swapping: tokio::sync::Mutex::new(()),
             guest,
             stats: Counters::default(),
         }
@@ -146,7 +197,10 @@ impl Slot {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let _in_flight = DecrementOnDrop(&self.stats.in_flight);
 
-        let mut live = self.idle_instance().unwrap_or_else(|| self.new_instance());
+        let generation = self.current.load_full();
+        let mut live = self
+            .idle_instance(generation.number)
+            .unwrap_or_else(|| self.new_instance(generation.number));
         let deadline = std::time::Instant::now() + self.settings.timeout;
         let traceparent = request
             .headers
@@ -156,7 +210,7 @@ impl Slot {
         live.store
             .data_mut()
             .begin_request(&request.request_id, deadline, traceparent);
-        let result = self.run(&mut live, &request).await;
+        let result = self.run(&mut live, &request, &generation).await;
         if let Some((text, dropped)) = live.store.data().take_output() {
             tracing::info!(
                 target: "guest",
@@ -175,20 +229,29 @@ impl Slot {
             idle.push(live);
         }
         match &result {
-            Ok(_) => self.stats.served.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.stats.errors.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => {
+                self.stats.served.fetch_add(1, Ordering::Relaxed);
+                generation.served.fetch_add(1, Ordering::Relaxed)
+            }
+            Err(_) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                generation.errors.fetch_add(1, Ordering::Relaxed)
+            }
         };
         result
     }
 
-    fn idle_instance(&self) -> Option<LiveInstance> {
+    fn idle_instance(&self, generation: u64) -> Option<LiveInstance> {
         if self.settings.requests_per_instance <= 1 {
             return None;
         }
-        self.idle.lock().ok()?.pop()
+        let mut idle = self.idle.lock().ok()?;
+        // Instances of an older generation are dropped, not reused.
+        idle.retain(|live| live.generation == generation);
+        idle.pop()
     }
 
-    fn new_instance(&self) -> LiveInstance {
+    fn new_instance(&self, generation: u64) -> LiveInstance {
         let state = HostState::new(self.guest.clone(), self.settings.memory_limit_bytes);
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|state| &mut state.limiter);
@@ -197,6 +260,7 @@ impl Slot {
             store,
             service: None,
             served: 0,
+            generation,
         }
     }
 
@@ -204,6 +268,7 @@ impl Slot {
         &self,
         live: &mut LiveInstance,
         request: &GuestRequest,
+        generation: &Generation,
     ) -> Result<GuestResponse, SlotError> {
         let timeout = self.settings.timeout;
         let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
@@ -212,7 +277,13 @@ impl Slot {
         let call = async {
             let service = match service {
                 Some(service) => service,
-                None => service.insert(self.component.pre.instantiate_async(&mut *store).await?),
+                None => service.insert(
+                    generation
+                        .component
+                        .pre
+                        .instantiate_async(&mut *store)
+                        .await?,
+                ),
             };
             service
                 .switchyard_runtime_handler()
@@ -261,7 +332,7 @@ impl Slot {
 
     /// Fails unless the component serves streams.
     pub(crate) fn check_streams(&self) -> Result<(), SlotError> {
-        match self.component.streams {
+        match self.current.load().component.streams {
             Some(_) => Ok(()),
             None => Err(SlotError::NoStreams {
                 service: self.settings.service.clone(),
@@ -312,11 +383,12 @@ impl Slot {
         request_id: &str,
         budget: Duration,
     ) -> Result<(), SlotError> {
-        let Some(pre) = &self.component.streams else {
+        let generation = self.current.load_full();
+        let Some(pre) = &generation.component.streams else {
             return self.check_streams();
         };
         let timeout = budget.min(self.settings.timeout);
-        let mut live = self.new_instance();
+        let mut live = self.new_instance(generation.number);
         live.store
             .data_mut()
             .begin_request(request_id, std::time::Instant::now() + timeout, None);
@@ -345,12 +417,128 @@ impl Slot {
         result
     }
 
+    /// Makes `component` the code new requests run on. It is instantiated once first (a
+    /// component that cannot instantiate never serves); in-flight requests finish on the old
+    /// generation, which is dropped when the last of them ends and its probation is over.
+    /// During [`PROBATION`] the new generation is watched and rolled back if most of its
+    /// requests fail.
+    pub(crate) async fn swap(
+        self: &Arc<Self>,
+        component: LoadedComponent,
+    ) -> Result<SwapEvent, SlotError> {
+        let started = std::time::Instant::now();
+        let _one_at_a_time = self.swapping.lock().await;
+        let old = self.current.load_full();
+        let next = Arc::new(Generation::new(old.number + 1, component));
+        let mut probe = self.new_instance(next.number);
+        let ticks = self
+            .settings
+            .timeout
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis()) as u64
+            + 1;
+        probe.store.set_epoch_deadline(ticks);
+        if let Err(err) = next.component.pre.instantiate_async(&mut probe.store).await {
+            let reason = format!("the new component does not instantiate: {err:#}");
+            tracing::error!(service = %self.settings.service, %reason, "swap refused; the old generation keeps serving");
+            self.record(&old, &next, "rolled-back", Some(reason.clone()), started);
+            return Err(SlotError::Trap {
+                service: self.settings.service.clone(),
+                reason,
+            });
+        }
+        drop(probe);
+        self.current.store(next.clone());
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+        if let Ok(mut previous) = self.previous.lock() {
+            *previous = Some(old.clone());
+        }
+        let event = self.record(&old, &next, "probation", None, started);
+        tracing::info!(service = %self.settings.service, generation = next.number, hash = &next.component.hash[..12], swap_ms = event.swap_ms, "swapped; new requests go to the new generation");
+        let slot = self.clone();
+        tokio::spawn(async move { slot.watch_probation(old, next).await });
+        Ok(event)
+    }
+
+    async fn watch_probation(self: Arc<Self>, old: Arc<Generation>, next: Arc<Generation>) {
+        let started = std::time::Instant::now();
+        while started.elapsed() < PROBATION {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if self.current.load().number != next.number {
+                return;
+            }
+            let errors = next.errors.load(Ordering::Relaxed);
+            let served = next.served.load(Ordering::Relaxed);
+            if errors >= ROLLBACK_MIN_ERRORS && errors > served {
+                let reason = format!(
+                    "{errors} of its first {} requests failed within {:?} of the swap",
+                    errors + served,
+                    started.elapsed()
+                );
+                let _one_at_a_time = self.swapping.lock().await;
+                self.current.store(old.clone());
+                if let Ok(mut idle) = self.idle.lock() {
+                    idle.clear();
+                }
+                tracing::error!(service = %self.settings.service, from = next.number, back_to = old.number, %reason, "rolled back");
+                self.mark(next.number, "rolled-back", Some(reason));
+                return;
+            }
+        }
+        if let Ok(mut previous) = self.previous.lock() {
+            *previous = None;
+        }
+        self.mark(next.number, "serving", None);
+    }
+
+    fn record(
+        &self,
+        old: &Generation,
+        next: &Generation,
+        state: &'static str,
+        reason: Option<String>,
+        started: std::time::Instant,
+    ) -> SwapEvent {
+        let event = SwapEvent {
+            from_generation: old.number,
+            to_generation: next.number,
+            from_hash: old.component.hash.clone(),
+            to_hash: next.component.hash.clone(),
+            state,
+            reason,
+            swap_ms: started.elapsed().as_secs_f64() * 1000.0,
+        };
+        if let Ok(mut last) = self.last_swap.lock() {
+            *last = Some(event.clone());
+        }
+        event
+    }
+
+    fn mark(&self, generation: u64, state: &'static str, reason: Option<String>) {
+        if let Ok(mut last) = self.last_swap.lock()
+            && let Some(event) = last.as_mut()
+            && event.to_generation == generation
+        {
+            event.state = state;
+            event.reason = reason;
+        }
+    }
+
+    /// The engine this slot's components are compiled with.
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
     /// Counters and identity, for the admin API.
     pub fn stats(&self) -> SlotStats {
         SlotStats {
             name: self.settings.service.clone(),
             version: self.settings.version.to_string(),
-            component_hash: self.component.hash.clone(),
+            component_hash: self.current.load().component.hash.clone(),
+            generation: self.current.load().number,
+            last_swap: self.last_swap.lock().ok().and_then(|last| last.clone()),
             max_instances: self.settings.max_instances,
             in_flight: self.stats.in_flight.load(Ordering::Relaxed),
             served: self.stats.served.load(Ordering::Relaxed),

@@ -1,0 +1,303 @@
+//! Resilience policies: components of world `resilience-policy` at the decision points of
+//! every call.
+//!
+//! The manifest declares policies (`[[policy]]`) and binds them, in order, to calls
+//! (`[[bind]] policies = ["retry", "breaker"], calls_to = "inventory"`). Each binding gets
+//! one [`Binding`]: a long-lived instance shared by every call on the node. For a call, the
+//! chain is the caller's `outgoing_from` bindings, then the callee's `calls_to` bindings;
+//! [`run`] asks each `before-call` in order (the first `reject` or `respond` ends it), sends
+//! the call, then asks `after-call` of the policies that let it through, innermost first,
+//! which may replace the outcome (`respond`: a fallback) or ask for a retry (`retry-after`),
+//! honoured only while the call's deadline allows. Timeouts are native (the call's budget).
+//!
+//! Swapping a policy ([`Policies::swap`]) moves its state with `snapshot` / `restore`.
+
+mod binding;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::manifest::{BindScope, Manifest};
+use crate::rpc::{Call, CallError, Reply};
+use crate::wasm::{Engine, LoadError};
+
+use binding::{AfterDecision, BeforeDecision, CallInfo, Candidate, Outcome};
+pub(crate) use binding::{Binding, BindingView};
+
+/// Why policies could not start or swap.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The component did not load.
+    #[error("policy `{policy}`: {cause}")]
+    Load { policy: String, cause: LoadError },
+    /// The guest trapped in a step.
+    #[error("policy `{policy}` failed in {step}: {reason}")]
+    Guest {
+        policy: String,
+        step: &'static str,
+        reason: String,
+    },
+    /// The guest refused (bad config, unreadable snapshot).
+    #[error("policy `{policy}` refused {step}: {reason}")]
+    Refused {
+        policy: String,
+        step: &'static str,
+        reason: String,
+    },
+    /// No binding uses a policy of that name.
+    #[error("no binding uses a policy named `{0}`")]
+    Unknown(String),
+}
+
+/// Every binding of a node, indexed by what it wraps.
+#[derive(Default)]
+pub(crate) struct Policies {
+    calls_to: HashMap<String, Vec<Arc<Binding>>>,
+    outgoing_from: HashMap<String, Vec<Arc<Binding>>>,
+    all: Vec<Arc<Binding>>,
+}
+
+impl Policies {
+    /// Loads each declared policy once and starts one instance per (binding, policy).
+    /// Blocking compilation happens on the blocking pool.
+    pub(crate) async fn start(
+        engine: &Arc<Engine>,
+        manifest: &Manifest,
+    ) -> Result<Self, PolicyError> {
+        let mut loaded = HashMap::new();
+        for spec in &manifest.policies {
+            let engine = engine.clone();
+            let path = spec.component.clone();
+            let component = tokio::task::spawn_blocking(move || engine.load_policy(&path))
+                .await
+                .map_err(|err| PolicyError::Guest {
+                    policy: spec.name.clone(),
+                    step: "load",
+                    reason: err.to_string(),
+                })?
+                .map_err(|cause| PolicyError::Load {
+                    policy: spec.name.clone(),
+                    cause,
+                })?;
+            loaded.insert(spec.name.clone(), (component, spec.config.clone()));
+        }
+        let mut policies = Self::default();
+        for bind in &manifest.bindings {
+            let mut chain = Vec::new();
+            for name in &bind.policies {
+                let Some((component, config)) = loaded.get(name) else {
+                    return Err(PolicyError::Unknown(name.clone()));
+                };
+                let binding = Arc::new(
+                    Binding::start(
+                        engine.clone(),
+                        component.clone(),
+                        name.clone(),
+                        bind.scope.to_string(),
+                        config,
+                    )
+                    .await?,
+                );
+                policies.all.push(binding.clone());
+                chain.push(binding);
+            }
+            let table = match &bind.scope {
+                BindScope::CallsTo(service) => policies.calls_to.entry(service.clone()),
+                BindScope::OutgoingFrom(service) => policies.outgoing_from.entry(service.clone()),
+            };
+            table.or_default().extend(chain);
+        }
+        Ok(policies)
+    }
+
+    /// How many instances the bindings hold (for sizing the engine's pool).
+    pub(crate) fn count(manifest: &Manifest) -> usize {
+        manifest.bindings.iter().map(|b| b.policies.len()).sum()
+    }
+
+    /// The chain around a call from `caller` to `service`, outermost first.
+    pub(crate) fn chain(&self, caller: &str, service: &str) -> Vec<Arc<Binding>> {
+        let mut chain = Vec::new();
+        if let Some(outgoing) = self.outgoing_from.get(caller) {
+            chain.extend(outgoing.iter().cloned());
+        }
+        if let Some(incoming) = self.calls_to.get(service) {
+            chain.extend(incoming.iter().cloned());
+        }
+        chain
+    }
+
+    pub(crate) async fn views(&self) -> Vec<BindingView> {
+        let mut views = Vec::with_capacity(self.all.len());
+        for binding in &self.all {
+            views.push(binding.view().await);
+        }
+        views
+    }
+
+    /// Swaps the code of every binding of policy `name` to `bytes`, moving each binding's
+    /// state. Returns the new generation numbers. A binding that fails keeps its old code.
+    pub(crate) async fn swap(
+        &self,
+        engine: &Arc<Engine>,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u64>, PolicyError> {
+        let targets: Vec<_> = self.all.iter().filter(|b| b.policy == name).collect();
+        if targets.is_empty() {
+            return Err(PolicyError::Unknown(name.to_owned()));
+        }
+        let engine = engine.clone();
+        let label = std::path::PathBuf::from(format!("<upload for policy {name}>"));
+        let loaded = tokio::task::spawn_blocking(move || engine.load_policy_bytes(&label, &bytes))
+            .await
+            .map_err(|err| PolicyError::Guest {
+                policy: name.to_owned(),
+                step: "load",
+                reason: err.to_string(),
+            })?
+            .map_err(|cause| PolicyError::Load {
+                policy: name.to_owned(),
+                cause,
+            })?;
+        let mut generations = Vec::new();
+        for binding in targets {
+            let generation = binding.swap(loaded.clone()).await?;
+            tracing::info!(policy = name, scope = %binding.scope, generation, "policy swapped; state carried over");
+            generations.push(generation);
+        }
+        Ok(generations)
+    }
+}
+
+/// Runs `send` for `call` inside `chain` (see the module docs).
+pub(crate) async fn run<'a, F>(
+    chain: &[Arc<Binding>],
+    call: Call,
+    service: &str,
+    send: F,
+) -> Result<Reply, CallError>
+where
+    F: Fn(Call) -> crate::discovery::BoxFuture<'a, Result<Reply, CallError>>,
+{
+    let deadline = Instant::now() + call.budget;
+    let mut attempt = 1;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let info = CallInfo {
+            caller: call.caller.clone(),
+            service: service.to_owned(),
+            method: call.method.clone(),
+            attempt,
+            deadline_ms: u32::try_from(remaining.as_millis()).unwrap_or(u32::MAX),
+        };
+        let mut let_through = chain.len();
+        let mut outcome = None;
+        for (index, binding) in chain.iter().enumerate() {
+            match binding.before(&info).await {
+                BeforeDecision::Proceed => {}
+                BeforeDecision::Reject(reason) => {
+                    outcome = Some(Err(CallError::Rejected(format!(
+                        "{} ({}): {reason}",
+                        binding.policy, binding.scope
+                    ))));
+                    let_through = index;
+                    break;
+                }
+                BeforeDecision::Respond(canned) => {
+                    outcome = Some(Ok(Reply {
+                        status: canned.status,
+                        headers: canned.headers,
+                        body: canned.body,
+                    }));
+                    let_through = index;
+                    break;
+                }
+            }
+        }
+        let started = Instant::now();
+        let mut outcome = match outcome {
+            Some(outcome) => outcome,
+            None => {
+                let mut attempt_call = call.clone();
+                attempt_call.budget = deadline.saturating_duration_since(Instant::now());
+                if attempt > 1 {
+                    attempt_call.request_id = format!("{}~{attempt}", call.request_id);
+                }
+                send(attempt_call).await
+            }
+        };
+        let elapsed = started.elapsed();
+        let mut retry_after: Option<u32> = None;
+        for binding in chain[..let_through].iter().rev() {
+            match binding.after(&info, &to_outcome(&outcome), elapsed).await {
+                AfterDecision::Done => {}
+                AfterDecision::RetryAfter(ms) => {
+                    retry_after = Some(retry_after.map_or(ms, |other| other.max(ms)));
+                }
+                AfterDecision::Respond(canned) => {
+                    outcome = Ok(Reply {
+                        status: canned.status,
+                        headers: canned.headers,
+                        body: canned.body,
+                    });
+                    retry_after = None;
+                }
+            }
+        }
+        let Some(ms) = retry_after else {
+            return outcome;
+        };
+        let pause = Duration::from_millis(u64::from(ms));
+        if Instant::now() + pause >= deadline {
+            return outcome;
+        }
+        tokio::time::sleep(pause).await;
+        attempt += 1;
+    }
+}
+
+/// Asks the chain's policies, outermost first, to pick among `candidates`; `None` when all
+/// leave it to the service's strategy.
+pub(crate) async fn pick(
+    chain: &[Arc<Binding>],
+    call: &Call,
+    service: &str,
+    candidates: &[(String, bool, u32)],
+) -> Option<usize> {
+    let info = CallInfo {
+        caller: call.caller.clone(),
+        service: service.to_owned(),
+        method: call.method.clone(),
+        attempt: 1,
+        deadline_ms: u32::try_from(call.budget.as_millis()).unwrap_or(u32::MAX),
+    };
+    let candidates: Vec<Candidate> = candidates
+        .iter()
+        .map(|(node, local, in_flight)| Candidate {
+            node: node.clone(),
+            local: *local,
+            in_flight: *in_flight,
+        })
+        .collect();
+    for binding in chain {
+        if let Some(index) = binding.pick(&info, &candidates).await
+            && (index as usize) < candidates.len()
+        {
+            return Some(index as usize);
+        }
+    }
+    None
+}
+
+fn to_outcome(outcome: &Result<Reply, CallError>) -> Outcome {
+    match outcome {
+        Ok(reply) => Outcome::Replied(reply.status),
+        Err(CallError::Timeout) => Outcome::Timeout,
+        Err(CallError::Unavailable(m)) => Outcome::Unavailable(m.clone()),
+        Err(CallError::Rejected(m)) => Outcome::Rejected(m.clone()),
+        Err(CallError::Remote(m)) => Outcome::Remote(m.clone()),
+        Err(CallError::BadRequest(m)) => Outcome::BadRequest(m.clone()),
+    }
+}

@@ -1,0 +1,291 @@
+//! Resilience policies (guests/policy-*) bound to real calls, and their hot swap.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{TestManifest, get, guest, send, service};
+
+fn policy(name: &str, crate_name: &str, config: &str) -> String {
+    format!(
+        "[[policy]]\nname = \"{name}\"\ncomponent = {:?}\nconfig = {{ {config} }}\n",
+        guest(crate_name).display().to_string()
+    )
+}
+
+/// `faulty` calls `flaky` (also the faulty guest), with `policies` around calls to `flaky`.
+fn node_with(policies: &str, bind: &str) -> TestManifest {
+    TestManifest::new(&format!(
+        "{}{}{policies}[[bind]]\n{bind}\n",
+        service(
+            "faulty",
+            "faulty",
+            &["POST /f/{fault}", "POST /f/{fault}/{arg}"],
+            ""
+        ),
+        service(
+            "flaky",
+            "faulty",
+            &["GET /flaky/{fault}", "GET /flaky/{fault}/{arg}"],
+            ""
+        ),
+    ))
+}
+
+async fn call(node: &switchyard::Node, method: &str) -> (u16, String) {
+    let reply = send(
+        node.http_addr(),
+        "POST",
+        "/f/call",
+        &format!("flaky\n{method}"),
+    )
+    .await;
+    (reply.status, reply.body)
+}
+
+async fn served_by_flaky(node: &switchyard::Node) -> u64 {
+    let services: serde_json::Value =
+        serde_json::from_str(&get(node.admin_addr(), "/services").await.body).unwrap();
+    let flaky = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "flaky")
+        .unwrap()
+        .clone();
+    flaky["served"].as_u64().unwrap()
+}
+
+async fn admin_post(node: &switchyard::Node, path: &str, body: Vec<u8>) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(node.admin_addr())
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::post(path)
+        .header("host", "admin")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn a_circuit_breaker_opens_probes_closes_and_stays_open_across_a_swap() {
+    let manifest = node_with(
+        &policy(
+            "breaker",
+            "policy_breaker",
+            "consecutive_failures = \"3\", open_ms = \"400\"",
+        ),
+        "policies = [\"breaker\"]\ncalls_to = \"flaky\"",
+    );
+    let node = manifest.start().await;
+    for _ in 0..3 {
+        assert_eq!(call(&node, "GET /flaky/status/503").await.0, 503);
+    }
+    // Open: even a call that would succeed is refused, without reaching the callee.
+    let served = served_by_flaky(&node).await;
+    let (status, body) = call(&node, "GET /flaky/echo").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("rejected") && body.contains("circuit open"),
+        "{body}"
+    );
+    assert_eq!(
+        served_by_flaky(&node).await,
+        served,
+        "an open breaker let a call through"
+    );
+
+    // After open_ms one probe goes through; it succeeds, so the breaker closes.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(call(&node, "GET /flaky/echo").await.0, 200);
+    assert_eq!(call(&node, "GET /flaky/echo").await.0, 200);
+
+    // Open it again, then swap the breaker's code: the new generation starts open.
+    for _ in 0..3 {
+        call(&node, "GET /flaky/status/500").await;
+    }
+    assert!(
+        call(&node, "GET /flaky/echo")
+            .await
+            .1
+            .contains("circuit open")
+    );
+    let component = std::fs::read(guest("policy_breaker")).unwrap();
+    let (status, report) = admin_post(&node, "/policies/breaker", component).await;
+    assert_eq!(status, 200, "{report}");
+    assert!(report.contains("\"generations\""), "{report}");
+    let (status, body) = call(&node, "GET /flaky/echo").await;
+    assert_eq!(status, 503, "the swap lost the open state: {body}");
+    assert!(body.contains("circuit open"), "{body}");
+    let policies = get(node.admin_addr(), "/policies").await.body;
+    assert!(policies.contains("\"generation\": 2"), "{policies}");
+
+    // A component that is not a policy is refused and the old one keeps working.
+    let (status, reason) = admin_post(&node, "/policies/breaker", b"not wasm".to_vec()).await;
+    assert_eq!(status, 422, "{reason}");
+    assert!(reason.contains("not a WebAssembly file"), "{reason}");
+    let (status, reason) = admin_post(
+        &node,
+        "/policies/breaker",
+        std::fs::read(guest("hello")).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 422, "{reason}");
+    assert!(reason.contains("resilience-policy"), "{reason}");
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(call(&node, "GET /flaky/echo").await.0, 200);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn retries_back_off_within_a_budget_and_a_fallback_answers_for_an_open_breaker() {
+    let manifest = node_with(
+        &format!(
+            "{}{}",
+            policy(
+                "retry",
+                "policy_retry",
+                "max_attempts = \"3\", base_ms = \"20\", budget_ratio = \"0\", budget_cap = \"2\""
+            ),
+            policy(
+                "fallback",
+                "policy_fallback",
+                "status = \"200\", body = \"cached\""
+            )
+        ),
+        "policies = [\"retry\"]\ncalls_to = \"flaky\"",
+    );
+    let node = manifest.start().await;
+    let before = served_by_flaky(&node).await;
+    let started = Instant::now();
+    assert_eq!(call(&node, "GET /flaky/status/503").await.0, 503);
+    let took = started.elapsed();
+    // Three attempts, with two backoff pauses of 10..20 ms and 20..40 ms.
+    assert_eq!(served_by_flaky(&node).await - before, 3);
+    assert!(took >= Duration::from_millis(30), "no backoff: {took:?}");
+    // The budget (2 tokens, none earned) is spent: the next failure is not retried.
+    let before = served_by_flaky(&node).await;
+    call(&node, "GET /flaky/status/503").await;
+    assert_eq!(
+        served_by_flaky(&node).await - before,
+        1,
+        "retried past the budget"
+    );
+    // Success is never retried.
+    let before = served_by_flaky(&node).await;
+    assert_eq!(call(&node, "GET /flaky/echo").await.0, 200);
+    assert_eq!(served_by_flaky(&node).await - before, 1);
+    node.shutdown().await;
+
+    let manifest = node_with(
+        &format!(
+            "{}{}",
+            policy(
+                "fallback",
+                "policy_fallback",
+                "status = \"200\", body = \"cached\""
+            ),
+            policy(
+                "breaker",
+                "policy_breaker",
+                "consecutive_failures = \"2\", open_ms = \"60000\""
+            )
+        ),
+        "policies = [\"fallback\", \"breaker\"]\ncalls_to = \"flaky\"",
+    );
+    let node = manifest.start().await;
+    assert_eq!(
+        call(&node, "GET /flaky/status/502").await,
+        (200, "cached".into())
+    );
+    assert_eq!(
+        call(&node, "GET /flaky/status/502").await,
+        (200, "cached".into())
+    );
+    let served = served_by_flaky(&node).await;
+    // Breaker open: the fallback answers without the callee.
+    assert_eq!(call(&node, "GET /flaky/echo").await, (200, "cached".into()));
+    assert_eq!(served_by_flaky(&node).await, served);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_token_bucket_and_a_bulkhead_refuse_what_is_over_their_limit() {
+    let manifest = node_with(
+        &policy("limit", "policy_rate_limit", "rate = \"1\", burst = \"3\""),
+        "policies = [\"limit\"]\noutgoing_from = \"faulty\"",
+    );
+    let node = manifest.start().await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(call(&node, "GET /flaky/echo").await.0);
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 503, 503]);
+    let (_, body) = call(&node, "GET /flaky/echo").await;
+    assert!(body.contains("rate limited"), "{body}");
+    node.shutdown().await;
+
+    // Four callers against a bulkhead of 2 and a 100 ms callee: refused calls return at
+    // once and their callers move on, so most of the 12 are refused while two run.
+    let manifest = TestManifest::new(&format!(
+        "{}{}{}[[bind]]\npolicies = [\"bulkhead\"]\ncalls_to = \"slow\"\n",
+        service(
+            "faulty",
+            "faulty",
+            &["POST /f/{fault}", "POST /f/{fault}/{arg}"],
+            ""
+        ),
+        service(
+            "slow",
+            "faulty",
+            &["GET /slow/{fault}"],
+            "config = { sleep_ms = \"100\" }"
+        ),
+        policy("bulkhead", "policy_bulkhead", "max_concurrent = \"2\""),
+    ));
+    let node = manifest.start().await;
+    let reply = send(
+        node.http_addr(),
+        "POST",
+        "/f/load/12",
+        "slow\nGET /slow/nap",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let ok: usize = reply.body.trim().parse().unwrap();
+    assert!(
+        (2..=6).contains(&ok),
+        "{ok} of 12 got through a bulkhead of 2 with 4 in flight"
+    );
+    let reply = send(node.http_addr(), "POST", "/f/load/2", "slow\nGET /slow/nap").await;
+    assert_eq!(reply.body.trim(), "2", "two at a time fit");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_policy_config_stops_the_node_with_the_policys_reason() {
+    let manifest = node_with(
+        &policy("breaker", "policy_breaker", "failure_rate = \"2\""),
+        "policies = [\"breaker\"]\ncalls_to = \"flaky\"",
+    );
+    let error = switchyard::Node::start(&manifest.load())
+        .await
+        .err()
+        .map(|err| err.to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("policy `breaker` refused configure"),
+        "{error}"
+    );
+    assert!(
+        error.contains("failure_rate must be within 0..=1"),
+        "{error}"
+    );
+}
