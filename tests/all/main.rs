@@ -20,3 +20,4 @@ mod rpc;
 mod scaffold;
 mod shop;
 mod streams;
+mod swap;
