@@ -16,6 +16,8 @@ pub mod transport;
 pub mod wasm;
 
 #[doc(hidden)]
+pub mod bench;
+#[doc(hidden)]
 pub mod fuzzing;
 
 mod discovery;

@@ -22,7 +22,8 @@ use crate::manifest::{BindScope, Manifest};
 use crate::rpc::{Call, CallError, Reply};
 use crate::wasm::{Engine, LoadError};
 
-use binding::{AfterDecision, BeforeDecision, CallInfo, Candidate, Outcome};
+use binding::{AfterDecision, Candidate};
+pub(crate) use binding::{BeforeDecision, CallInfo, Outcome};
 pub(crate) use binding::{Binding, BindingView};
 
 /// Why policies could not start or swap.

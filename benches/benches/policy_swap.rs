@@ -1,0 +1,250 @@
+//! Two figures for resilience policies, each against its baseline in the same run:
+//!
+//! 1. Latency a wasm circuit breaker adds to a call: the node's `before-call` + `after-call`
+//!    round trip into `guests/policy-breaker`, against the same breaker logic in native Rust
+//!    (below), both timed per call with the same clock. Aim: at most 2 us more at p50.
+//! 2. Time from a swap request (`POST /services/<name>` with a component the node compiled
+//!    before, so it comes from the cache) to the first request answered by the new
+//!    generation, against the time of a plain request to the same node. Aim: at most 50 ms.
+//!
+//! `cargo xtask bench -- --bench policy_swap`. Knobs: `BENCH_CALLS` (default 200000),
+//! `BENCH_SWAPS` (default 40).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn guest(name: &str) -> Result<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "../target/guests/wasm32-wasip2/release/{name}.wasm"
+    ));
+    if !path.is_file() {
+        bail!("{} is missing: run `cargo xtask bench`", path.display());
+    }
+    Ok(path)
+}
+
+/// The breaker of `guests/policy-breaker`, closed-state path, in native Rust.
+struct NativeBreaker {
+    consecutive_failures: u32,
+    failure_rate: f64,
+    window: usize,
+    min_calls: usize,
+    open_until: Option<Instant>,
+    consecutive: u32,
+    recent: VecDeque<bool>,
+}
+
+impl NativeBreaker {
+    fn new() -> Self {
+        Self {
+            consecutive_failures: 1000,
+            failure_rate: 0.9,
+            window: 20,
+            min_calls: 10,
+            open_until: None,
+            consecutive: 0,
+            recent: VecDeque::new(),
+        }
+    }
+
+    fn before(&mut self) -> bool {
+        match self.open_until {
+            Some(until) if Instant::now() < until => false,
+            _ => true,
+        }
+    }
+
+    fn after(&mut self, status: u16) {
+        let failed = status >= 500;
+        self.consecutive = if failed { self.consecutive + 1 } else { 0 };
+        self.recent.push_back(failed);
+        while self.recent.len() > self.window {
+            self.recent.pop_front();
+        }
+        let failures = self.recent.iter().filter(|f| **f).count();
+        let rate = failures as f64 / self.recent.len().max(1) as f64;
+        if self.consecutive >= self.consecutive_failures
+            || (self.recent.len() >= self.min_calls && rate >= self.failure_rate)
+        {
+            self.open_until = Some(Instant::now() + Duration::from_secs(1));
+        }
+    }
+}
+
+fn histogram() -> Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).context("histogram")
+}
+
+fn us(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+async fn policy_overhead(calls: usize) -> Result<()> {
+    let probe = switchyard::bench::PolicyProbe::load(
+        &guest("policy_breaker")?,
+        &[("consecutive_failures", "1000"), ("failure_rate", "0.9")],
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let mut native = NativeBreaker::new();
+    let (mut wasm_h, mut native_h) = (histogram()?, histogram()?);
+    // Every 10th call fails: the breaker counts and windows, but stays closed.
+    let status = |i: usize| if i % 10 == 9 { 503 } else { 200 };
+    for i in 0..calls / 10 {
+        probe.around_call(status(i)).await;
+        if native.before() {
+            native.after(status(i));
+        }
+    }
+    // Interleaved in blocks, so both see the same machine.
+    for block in 0..20 {
+        for i in 0..calls / 20 {
+            let started = Instant::now();
+            let through = probe.around_call(status(i)).await;
+            wasm_h.record(started.elapsed().as_nanos() as u64)?;
+            if !through {
+                bail!("the breaker opened (block {block}, call {i})");
+            }
+        }
+        for i in 0..calls / 20 {
+            let started = Instant::now();
+            if std::hint::black_box(native.before()) {
+                native.after(std::hint::black_box(status(i)));
+            }
+            native_h.record(started.elapsed().as_nanos() as u64)?;
+        }
+    }
+    println!("circuit breaker around one call ({calls} calls each, per-call timing):");
+    println!(
+        "  native Rust      p50 {:>7.2} us  p99 {:>7.2} us",
+        us(&native_h, 0.5),
+        us(&native_h, 0.99)
+    );
+    println!(
+        "  wasm policy      p50 {:>7.2} us  p99 {:>7.2} us",
+        us(&wasm_h, 0.5),
+        us(&wasm_h, 0.99)
+    );
+    println!(
+        "  added by wasm    p50 {:>7.2} us  (aim <= 2 us)",
+        us(&wasm_h, 0.5) - us(&native_h, 0.5)
+    );
+    Ok(())
+}
+
+async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>)> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "bench")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    Ok((
+        status,
+        response.into_body().collect().await?.to_bytes().to_vec(),
+    ))
+}
+
+async fn swap_time(swaps: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let manifest_path = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &manifest_path,
+        format!(
+            "[node]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[[service]]\n\
+             name = \"greet\"\nversion = \"1.0.0\"\ncomponent = {:?}\nroutes = [\"GET /hello/{{name}}\"]\n",
+            guest("hello")?.display().to_string()
+        ),
+    )?;
+    let node = switchyard::Node::start(&switchyard::Manifest::load(&manifest_path)?).await?;
+    let versions = [
+        (std::fs::read(guest("hello_v2")?)?, &b"Hello v2, x!\n"[..]),
+        (std::fs::read(guest("hello")?)?, &b"Hello, x!\n"[..]),
+    ];
+    // The first swap of each version compiles it into the cache; the timed ones load it.
+    for (component, _) in &versions {
+        request(
+            node.admin_addr(),
+            "POST",
+            "/services/greet",
+            component.clone(),
+        )
+        .await?;
+    }
+    let (mut swap_h, mut plain_h) = (histogram()?, histogram()?);
+    for i in 0..swaps {
+        let started = Instant::now();
+        request(node.http_addr(), "GET", "/hello/x", Vec::new()).await?;
+        plain_h.record(started.elapsed().as_nanos() as u64)?;
+
+        let (component, expected) = &versions[i % 2];
+        let started = Instant::now();
+        let (status, report) = request(
+            node.admin_addr(),
+            "POST",
+            "/services/greet",
+            component.clone(),
+        )
+        .await?;
+        if status != 200 {
+            bail!("swap refused: {}", String::from_utf8_lossy(&report));
+        }
+        loop {
+            let (_, body) = request(node.http_addr(), "GET", "/hello/x", Vec::new()).await?;
+            if body == *expected {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                bail!("the new generation never answered");
+            }
+        }
+        swap_h.record(started.elapsed().as_nanos() as u64)?;
+        // Past probation, so the next swap does not race the watcher.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.shutdown().await;
+    println!("swap to a precompiled component ({swaps} swaps, request to first answer from it):");
+    println!(
+        "  plain request    p50 {:>7.2} ms  max {:>7.2} ms",
+        us(&plain_h, 0.5) / 1000.0,
+        plain_h.max() as f64 / 1e6
+    );
+    println!(
+        "  swap             p50 {:>7.2} ms  max {:>7.2} ms  (aim <= 50 ms)",
+        us(&swap_h, 0.5) / 1000.0,
+        swap_h.max() as f64 / 1e6
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        policy_overhead(env_or("BENCH_CALLS", 200_000)).await?;
+        swap_time(env_or("BENCH_SWAPS", 40)).await
+    })
+}
