@@ -59,10 +59,7 @@ impl NativeBreaker {
     }
 
     fn before(&mut self) -> bool {
-        match self.open_until {
-            Some(until) if Instant::now() < until => false,
-            _ => true,
-        }
+        self.open_until.is_none_or(|until| Instant::now() >= until)
     }
 
     fn after(&mut self, status: u16) {
