@@ -142,7 +142,10 @@ fn run(manifest: PathBuf) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let node = Node::start(&manifest).await?;
+        let mut node = Node::start(&manifest).await?;
+        if let Err(error) = node.watch_manifest(None) {
+            tracing::warn!(%error, "edits of the manifest will need a restart");
+        }
         wait_for_stop_signal().await?;
         node.shutdown().await;
         Ok(())

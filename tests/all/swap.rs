@@ -279,3 +279,63 @@ async fn swaps_every_second_under_load_drop_no_request_and_leak_no_generation() 
         node.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn editing_the_manifest_of_a_running_node_swaps_what_changed() {
+    let manifest = TestManifest::new(&service("hello", "hello", &["GET /hello/{name}"], ""));
+    let mut node = manifest.start().await;
+    let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
+    node.watch_manifest(Some(reports)).unwrap();
+    let original = std::fs::read_to_string(&manifest.path).unwrap();
+    let edit = |text: String| {
+        // As editors do: write a new file, rename it over the manifest.
+        let scratch = manifest.path.with_extension("toml.new");
+        std::fs::write(&scratch, text).unwrap();
+        std::fs::rename(&scratch, &manifest.path).unwrap();
+    };
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(5), reported.recv())
+            .await
+            .expect("no reload within 5 s")
+            .unwrap()
+    };
+
+    let v2 = guest("hello_v2").display().to_string();
+    let v1 = guest("hello").display().to_string();
+    edit(original.replace(&format!("{v1:?}"), &format!("{v2:?}")));
+    let report = next().await;
+    assert_eq!(
+        report.swapped,
+        vec!["service `hello`".to_owned()],
+        "{report:?}"
+    );
+    assert!(report.needs_restart.is_empty(), "{report:?}");
+    assert_eq!(
+        get(node.http_addr(), "/hello/ada").await.body,
+        "Hello v2, ada!\n"
+    );
+
+    // A broken edit is ignored: the node keeps serving.
+    edit("[[service]\nname = ".into());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        get(node.http_addr(), "/hello/ada").await.body,
+        "Hello v2, ada!\n"
+    );
+
+    // What a swap cannot do is reported, not half-applied.
+    edit(
+        original
+            .replace(&format!("{v1:?}"), &format!("{v2:?}"))
+            .replace("GET /hello/{name}", "GET /hi/{name}"),
+    );
+    let report = next().await;
+    assert!(report.swapped.is_empty(), "{report:?}");
+    assert_eq!(report.needs_restart.len(), 1, "{report:?}");
+    assert!(report.needs_restart[0].contains("routes"), "{report:?}");
+    assert_eq!(
+        get(node.http_addr(), "/hello/ada").await.body,
+        "Hello v2, ada!\n"
+    );
+    node.shutdown().await;
+}

@@ -4,6 +4,10 @@
 //! any compilation), then loads every component off the async executor, builds the router, and
 //! serves. [`Node::shutdown`] stops accepting and lets in-flight requests finish.
 
+mod reload;
+
+pub use reload::ReloadReport;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -68,6 +72,9 @@ pub enum NodeError {
          `switchyard cert node <name>`, and set [node.tls] ca, cert and key"
     )]
     NeedsTls,
+    /// The manifest file cannot be watched.
+    #[error("cannot watch the manifest for changes: {0}")]
+    Watch(String),
     /// A blocking load task panicked or was cancelled.
     #[error("loading components was interrupted: {0}")]
     Interrupted(String),
@@ -82,6 +89,9 @@ pub struct Node {
     /// Owns every slot (through their routes); dropped with the node.
     _directory: Arc<rpc::Directory>,
     membership: Option<Membership>,
+    /// The manifest it started from and what swaps go through, for [`Node::watch_manifest`].
+    manifest: Manifest,
+    control: Arc<Control>,
     shutdown: watch::Sender<bool>,
     servers: JoinSet<()>,
 }
@@ -231,7 +241,7 @@ impl Node {
                 manifest.node.name.clone(),
                 admin_services,
                 mesh.as_ref().map(|mesh| mesh.registry.clone()),
-                control,
+                control.clone(),
             )),
             shutdown_rx,
             SHUTDOWN_GRACE,
@@ -251,6 +261,8 @@ impl Node {
             quic_addr,
             _directory: directory,
             membership,
+            manifest: manifest.clone(),
+            control: control.clone(),
             shutdown,
             servers,
         })
@@ -264,6 +276,26 @@ impl Node {
     /// Where the admin API listens.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Watches the manifest file and applies edits while the node runs: a changed
+    /// `component` of a service or policy is hot-swapped; other changes are logged as needing a
+    /// restart. Each applied change is also sent to `reports`, if given.
+    pub fn watch_manifest(
+        &mut self,
+        reports: Option<tokio::sync::mpsc::UnboundedSender<ReloadReport>>,
+    ) -> Result<(), NodeError> {
+        let task = reload::spawn(
+            self.manifest.clone(),
+            self.control.clone(),
+            self.shutdown.subscribe(),
+            reports,
+        )
+        .map_err(|err| NodeError::Watch(err.to_string()))?;
+        self.servers.spawn(async move {
+            let _ = task.await;
+        });
+        Ok(())
     }
 
     /// Where other nodes reach this one, if it has a QUIC transport.

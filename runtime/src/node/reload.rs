@@ -1,0 +1,231 @@
+//! Applying edits of a running node's manifest.
+//!
+//! The manifest's directory is watched (editors save by renaming a new file over the old, so
+//! the file itself is not a stable thing to watch). After a change settles ([`SETTLE`]), the
+//! manifest is read again: a manifest that does not parse is logged and ignored (the node
+//! keeps serving what it has); a service or policy whose `component` changed (another path,
+//! or the same path with new contents) is hot-swapped, exactly like `switchyard swap`; any
+//! other difference (routes, limits, config, bindings, new or removed services) needs a
+//! restart, and the log says which.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::Watcher;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+
+use super::Control;
+use crate::http::Operator;
+use crate::manifest::Manifest;
+
+/// How long the file must be quiet before it is read.
+const SETTLE: Duration = Duration::from_millis(150);
+
+/// What a reload did, for the log and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Services and policies swapped to their new component.
+    pub swapped: Vec<String>,
+    /// Differences that only a restart applies.
+    pub needs_restart: Vec<String>,
+    /// Swaps the node refused (the old code keeps running).
+    pub refused: Vec<String>,
+}
+
+/// Watches `manifest`'s file until `stop`; each settled change is applied through `control`.
+pub(super) fn spawn(
+    manifest: Manifest,
+    control: Arc<Control>,
+    mut stop: watch::Receiver<bool>,
+    reports: Option<mpsc::UnboundedSender<ReloadReport>>,
+) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
+    let (changed, mut changes) = mpsc::unbounded_channel();
+    let file_name = manifest.path.file_name().map(ToOwned::to_owned);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && event
+                .paths
+                .iter()
+                .any(|path| path.file_name() == file_name.as_deref())
+        {
+            let _ = changed.send(());
+        }
+    })?;
+    let dir = manifest
+        .path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    Ok(tokio::spawn(async move {
+        let _watcher = watcher;
+        let mut current = manifest;
+        let mut hashes = component_hashes(&current);
+        loop {
+            tokio::select! {
+                event = changes.recv() => if event.is_none() { return },
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+            // Let a burst of events (write, rename, chmod) settle into one reload.
+            loop {
+                tokio::select! {
+                    more = changes.recv() => if more.is_none() { return },
+                    _ = tokio::time::sleep(SETTLE) => break,
+                }
+            }
+            let next = match Manifest::load(&current.path) {
+                Ok(next) => next,
+                Err(error) => {
+                    tracing::warn!(manifest = %current.path.display(), %error, "manifest changed but does not load; keeping what runs");
+                    continue;
+                }
+            };
+            let next_hashes = component_hashes(&next);
+            let report = apply(&current, &next, &hashes, &next_hashes, &control).await;
+            tracing::info!(swapped = ?report.swapped, needs_restart = ?report.needs_restart, refused = ?report.refused, "manifest change applied");
+            if let Some(reports) = &reports {
+                let _ = reports.send(report);
+            }
+            current = next;
+            hashes = next_hashes;
+        }
+    }))
+}
+
+/// SHA-256 of every service's and policy's component file, by `service:` / `policy:` name.
+fn component_hashes(manifest: &Manifest) -> HashMap<String, Option<String>> {
+    let hash = |path: &PathBuf| {
+        std::fs::read(path)
+            .ok()
+            .map(|bytes| format!("{:x}", Sha256::digest(bytes)))
+    };
+    let services = manifest
+        .services
+        .iter()
+        .map(|s| (format!("service:{}", s.name), hash(&s.component)));
+    let policies = manifest
+        .policies
+        .iter()
+        .map(|p| (format!("policy:{}", p.name), hash(&p.component)));
+    services.chain(policies).collect()
+}
+
+async fn apply(
+    old: &Manifest,
+    new: &Manifest,
+    old_hashes: &HashMap<String, Option<String>>,
+    new_hashes: &HashMap<String, Option<String>>,
+    control: &Control,
+) -> ReloadReport {
+    let mut report = ReloadReport::default();
+    let changed = |key: &str| old_hashes.get(key) != new_hashes.get(key);
+    for service in &new.services {
+        let Some(before) = old.services.iter().find(|s| s.name == service.name) else {
+            report
+                .needs_restart
+                .push(format!("service `{}` was added", service.name));
+            continue;
+        };
+        let same_but_component = ServiceShape::of(before) == ServiceShape::of(service);
+        if !same_but_component {
+            report.needs_restart.push(format!(
+                "service `{}`: routes, limits, config or env changed",
+                service.name
+            ));
+        }
+        if changed(&format!("service:{}", service.name)) {
+            swap(
+                &mut report,
+                format!("service `{}`", service.name),
+                &service.component,
+                |bytes| control.swap_service(service.name.clone(), bytes),
+            )
+            .await;
+        }
+    }
+    for service in &old.services {
+        if !new.services.iter().any(|s| s.name == service.name) {
+            report
+                .needs_restart
+                .push(format!("service `{}` was removed", service.name));
+        }
+    }
+    for policy in &new.policies {
+        let before = old.policies.iter().find(|p| p.name == policy.name);
+        if before.is_none_or(|before| before.config != policy.config) {
+            report.needs_restart.push(format!(
+                "policy `{}` was added or its config changed",
+                policy.name
+            ));
+            continue;
+        }
+        if changed(&format!("policy:{}", policy.name)) {
+            swap(
+                &mut report,
+                format!("policy `{}`", policy.name),
+                &policy.component,
+                |bytes| control.swap_policy(policy.name.clone(), bytes),
+            )
+            .await;
+        }
+    }
+    if old.bindings != new.bindings {
+        report.needs_restart.push("[[bind]] changed".into());
+    }
+    if old.node.http != new.node.http
+        || old.node.admin != new.node.admin
+        || old.node.quic != new.node.quic
+    {
+        report.needs_restart.push("[node] addresses changed".into());
+    }
+    report
+}
+
+async fn swap<'a>(
+    report: &mut ReloadReport,
+    what: String,
+    path: &Path,
+    send: impl FnOnce(Vec<u8>) -> crate::discovery::BoxFuture<'a, Result<serde_json::Value, String>>,
+) {
+    match std::fs::read(path) {
+        Ok(bytes) => match send(bytes).await {
+            Ok(_) => report.swapped.push(what),
+            Err(reason) => report.refused.push(format!("{what}: {reason}")),
+        },
+        Err(error) => report
+            .refused
+            .push(format!("{what}: cannot read {}: {error}", path.display())),
+    }
+}
+
+/// Everything of a service but its component, to tell a swap from a restart.
+#[derive(PartialEq)]
+struct ServiceShape<'a> {
+    version: &'a semver::Version,
+    routes: Vec<String>,
+    max_instances: u32,
+    requests_per_instance: u32,
+    timeout: Duration,
+    memory: usize,
+    config: &'a std::collections::BTreeMap<String, String>,
+    env: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl<'a> ServiceShape<'a> {
+    fn of(spec: &'a crate::manifest::ServiceSpec) -> Self {
+        Self {
+            version: &spec.version,
+            routes: spec.routes.iter().map(ToString::to_string).collect(),
+            max_instances: spec.max_instances,
+            requests_per_instance: spec.requests_per_instance,
+            timeout: spec.timeout,
+            memory: spec.memory_limit_bytes,
+            config: &spec.config,
+            env: &spec.env,
+        }
+    }
+}
