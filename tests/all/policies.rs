@@ -289,3 +289,38 @@ async fn bad_policy_config_stops_the_node_with_the_policys_reason() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_hedged_call_takes_the_second_attempt_when_the_first_is_slower_than_usual() {
+    let manifest = node_with(
+        &policy(
+            "hedge",
+            "policy_hedge",
+            "percentile = \"0.5\", min_samples = \"5\"",
+        ),
+        "policies = [\"hedge\"]\ncalls_to = \"flaky\"",
+    );
+    let node = manifest.start().await;
+    // Too few samples yet: no hedge, the slow first attempt answers.
+    let started = Instant::now();
+    assert_eq!(
+        call(&node, "GET /flaky/slowfirst/300").await,
+        (200, "first attempt".into())
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    for _ in 0..5 {
+        assert_eq!(call(&node, "GET /flaky/echo").await.0, 200);
+    }
+    // Usual latency is now a few ms, so the slow call is hedged long before its 800 ms.
+    let started = Instant::now();
+    assert_eq!(
+        call(&node, "GET /flaky/slowfirst/800").await,
+        (200, "second attempt".into())
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(200),
+        "hedge came late: {took:?}"
+    );
+    node.shutdown().await;
+}

@@ -180,6 +180,20 @@ impl Service for Faulty {
                     String::from_utf8_lossy(&answer)
                 )))
             }
+            "slowfirst" => {
+                // Sleeps `arg` ms, except for a retried or hedged attempt (its request id
+                // carries `~`): for hedging tests.
+                let ms: u64 = req.param("arg").and_then(|a| a.parse().ok()).unwrap_or(500);
+                let again = req.request_id().contains('~');
+                if !again {
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
+                Ok(Response::text(if again {
+                    "second attempt"
+                } else {
+                    "first attempt"
+                }))
+            }
             "count" => {
                 // Globals live as long as the instance: 1 on every request unless reused.
                 let count = REQUESTS_SEEN.fetch_add(1, Ordering::Relaxed) + 1;

@@ -195,9 +195,13 @@ where
         };
         let mut let_through = chain.len();
         let mut outcome = None;
+        let mut hedge_after: Option<u32> = None;
         for (index, binding) in chain.iter().enumerate() {
             match binding.before(&info).await {
                 BeforeDecision::Proceed => {}
+                BeforeDecision::Hedge(ms) => {
+                    hedge_after = Some(hedge_after.map_or(ms, |other| other.min(ms)));
+                }
                 BeforeDecision::Reject(reason) => {
                     outcome = Some(Err(CallError::Rejected(format!(
                         "{} ({}): {reason}",
@@ -226,7 +230,12 @@ where
                 if attempt > 1 {
                     attempt_call.request_id = format!("{}~{attempt}", call.request_id);
                 }
-                send(attempt_call).await
+                match hedge_after {
+                    None => send(attempt_call).await,
+                    Some(ms) => {
+                        hedged(&send, attempt_call, Duration::from_millis(u64::from(ms))).await
+                    }
+                }
             }
         };
         let elapsed = started.elapsed();
@@ -256,6 +265,27 @@ where
         }
         tokio::time::sleep(pause).await;
         attempt += 1;
+    }
+}
+
+/// Sends `call`, and a second copy if the first has not answered after `delay`; the first
+/// answer wins and dropping the other future cancels that attempt.
+async fn hedged<'a, F>(send: &F, call: Call, delay: Duration) -> Result<Reply, CallError>
+where
+    F: Fn(Call) -> crate::discovery::BoxFuture<'a, Result<Reply, CallError>>,
+{
+    let mut hedge = call.clone();
+    hedge.request_id = format!("{}~hedge", call.request_id);
+    hedge.budget = call.budget.saturating_sub(delay);
+    let first = send(call);
+    let second = async {
+        tokio::time::sleep(delay).await;
+        tracing::debug!(request_id = %hedge.request_id, "hedging a slow call");
+        send(hedge).await
+    };
+    tokio::select! {
+        outcome = first => outcome,
+        outcome = second => outcome,
     }
 }
 
