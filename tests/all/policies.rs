@@ -324,3 +324,53 @@ async fn a_hedged_call_takes_the_second_attempt_when_the_first_is_slower_than_us
     );
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_policy_picks_the_instance_a_call_goes_to() {
+    let work = service("work", "faulty", &["GET /w/{fault}"], "");
+    let b1 = TestManifest::with_node("name = \"b1\"\nquic = \"127.0.0.1:0\"", &work)
+        .start()
+        .await;
+    let b2 = TestManifest::with_node("name = \"b2\"\nquic = \"127.0.0.1:0\"", &work)
+        .start()
+        .await;
+    let a = TestManifest::with_node(
+        &format!(
+            "name = \"a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{}\", \"{}\"]",
+            b1.quic_addr().unwrap(),
+            b2.quic_addr().unwrap()
+        ),
+        &format!(
+            "{}{}[[bind]]\npolicies = [\"zone\"]\ncalls_to = \"work\"\n",
+            service(
+                "faulty",
+                "faulty",
+                &["POST /f/{fault}", "POST /f/{fault}/{arg}"],
+                ""
+            ),
+            policy("zone", "policy_prefer_node", "node = \"b2\""),
+        ),
+    )
+    .start()
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let registry = get(a.admin_addr(), "/registry").await.body;
+        if registry.contains("\"b1\"") && registry.contains("\"b2\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{registry}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reply = send(a.http_addr(), "POST", "/f/load/20", "work\nGET /w/echo").await;
+    assert_eq!(reply.body.trim(), "20", "{}", reply.body);
+    let served = async |node: &switchyard::Node| {
+        let services: serde_json::Value =
+            serde_json::from_str(&get(node.admin_addr(), "/services").await.body).unwrap();
+        services[0]["served"].as_u64().unwrap()
+    };
+    assert_eq!((served(&b1).await, served(&b2).await), (0, 20));
+    for node in [a, b1, b2] {
+        node.shutdown().await;
+    }
+}
