@@ -257,23 +257,29 @@ async fn swaps_every_second_under_load_drop_no_request_and_leak_no_generation() 
     );
     assert!(rate >= 2000.0, "only {rate:.0} requests/s");
 
-    // Old generations go once their requests and probation are over: memory comes back.
+    // Old generations go once their requests and probation are over: exactly one is left.
+    // (Resident memory is printed, not asserted: every test of this binary shares the
+    // process, so other tests' nodes move it.)
     tokio::time::sleep(Duration::from_secs(4)).await;
     let rss_after = resident_bytes();
-    let grown = rss_after.saturating_sub(rss_before) as f64 / (1024.0 * 1024.0);
+    let grown = rss_after as f64 / 1048576.0 - rss_before as f64 / 1048576.0;
     eprintln!(
-        "resident: {:.1} MiB after warm-up, {:.1} MiB after {swaps} swaps (+{grown:.1} MiB)",
+        "resident: {:.1} MiB after warm-up, {:.1} MiB after {swaps} swaps ({grown:+.1} MiB)",
         rss_before as f64 / 1048576.0,
         rss_after as f64 / 1048576.0
     );
-    assert!(
-        grown < 48.0,
-        "resident memory grew {grown:.1} MiB over {swaps} swaps"
-    );
-    let services = get(node.admin_addr(), "/services").await.body;
-    assert!(
-        services.contains(&format!("\"generation\": {}", swaps + 1)),
-        "{services}"
+    let services: serde_json::Value =
+        serde_json::from_str(&get(node.admin_addr(), "/services").await.body).unwrap();
+    let greet = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "greet")
+        .unwrap();
+    assert_eq!(greet["generation"], swaps + 1, "{greet}");
+    assert_eq!(
+        greet["generations_alive"], 1,
+        "old generations leaked: {greet}"
     );
     if let Ok(node) = Arc::try_unwrap(node) {
         node.shutdown().await;

@@ -37,16 +37,26 @@ pub(crate) struct Generation {
     component: LoadedComponent,
     served: AtomicU64,
     errors: AtomicU64,
+    /// The slot's count of generations alive, decremented on drop (a leak check).
+    alive: Arc<AtomicU64>,
 }
 
 impl Generation {
-    fn new(number: u64, component: LoadedComponent) -> Self {
+    fn new(number: u64, component: LoadedComponent, alive: Arc<AtomicU64>) -> Self {
+        alive.fetch_add(1, Ordering::Relaxed);
         Self {
             number,
             component,
             served: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            alive,
         }
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        self.alive.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -73,6 +83,8 @@ pub struct Slot {
     last_swap: std::sync::Mutex<Option<SwapEvent>>,
     /// Serializes swaps.
     swapping: tokio::sync::Mutex<()>,
+    /// Generations not yet freed: the current one, plus old ones still draining.
+    generations_alive: Arc<AtomicU64>,
     guest: Arc<GuestContext>,
     permits: Arc<Semaphore>,
     /// Instances that finished a request cleanly and may serve another
@@ -105,6 +117,9 @@ pub struct SlotStats {
     pub component_hash: String,
     /// 1 at start, +1 per swap.
     pub generation: u64,
+    /// Generations in memory: 1, plus old ones while their requests drain or their
+    /// probation runs.
+    pub generations_alive: u64,
     pub last_swap: Option<SwapEvent>,
     pub max_instances: u32,
     pub in_flight: u64,
@@ -156,12 +171,18 @@ impl Slot {
                 .map(|(key, value)| (key.clone(), value.clone()))
                 .collect(),
         });
+        let generations_alive = Arc::new(AtomicU64::new(0));
         Self {
             engine,
             permits: Arc::new(Semaphore::new(settings.max_instances as usize)),
             idle: std::sync::Mutex::new(Vec::new()),
             settings,
-            current: arc_swap::ArcSwap::from_pointee(Generation::new(1, component)),
+            current: arc_swap::ArcSwap::from_pointee(Generation::new(
+                1,
+                component,
+                generations_alive.clone(),
+            )),
+            generations_alive,
             previous: std::sync::Mutex::new(None),
             last_swap: std::sync::Mutex::new(None),
             swapping: tokio::sync::Mutex::new(()),
@@ -429,7 +450,11 @@ impl Slot {
         let started = std::time::Instant::now();
         let _one_at_a_time = self.swapping.lock().await;
         let old = self.current.load_full();
-        let next = Arc::new(Generation::new(old.number + 1, component));
+        let next = Arc::new(Generation::new(
+            old.number + 1,
+            component,
+            self.generations_alive.clone(),
+        ));
         let mut probe = self.new_instance(next.number);
         let ticks = self
             .settings
@@ -538,6 +563,7 @@ impl Slot {
             version: self.settings.version.to_string(),
             component_hash: self.current.load().component.hash.clone(),
             generation: self.current.load().number,
+            generations_alive: self.generations_alive.load(Ordering::Relaxed),
             last_swap: self.last_swap.lock().ok().and_then(|last| last.clone()),
             max_instances: self.settings.max_instances,
             in_flight: self.stats.in_flight.load(Ordering::Relaxed),
