@@ -264,29 +264,6 @@ fn swap(
     Ok(())
 }
 
-async fn admin_post(
-    admin: std::net::SocketAddr,
-    path: &str,
-    body: Vec<u8>,
-) -> Result<(u16, String)> {
-    use http_body_util::BodyExt;
-    let stream = tokio::net::TcpStream::connect(admin)
-        .await
-        .with_context(|| {
-            format!("no node answers on {admin}: is it running, and is this its admin address?")
-        })?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    let request = hyper::Request::post(path)
-        .header("host", admin.to_string())
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
-    let response = sender.send_request(request).await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
 fn status(manifest: Option<PathBuf>, admin: Option<std::net::SocketAddr>) -> Result<()> {
     let admin = match (admin, manifest) {
         (Some(admin), _) => admin,
@@ -341,6 +318,24 @@ fn status(manifest: Option<PathBuf>, admin: Option<std::net::SocketAddr>) -> Res
 }
 
 async fn admin_get(admin: std::net::SocketAddr, path: &str) -> Result<serde_json::Value> {
+    let (_, body) = admin_request(admin, hyper::Method::GET, path, Vec::new()).await?;
+    serde_json::from_str(&body).with_context(|| format!("{admin}{path} did not answer JSON"))
+}
+
+async fn admin_post(
+    admin: std::net::SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(u16, String)> {
+    admin_request(admin, hyper::Method::POST, path, body).await
+}
+
+async fn admin_request(
+    admin: std::net::SocketAddr,
+    method: hyper::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(u16, String)> {
     use http_body_util::BodyExt;
     let stream = tokio::net::TcpStream::connect(admin)
         .await
@@ -350,10 +345,13 @@ async fn admin_get(admin: std::net::SocketAddr, path: &str) -> Result<serde_json
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let request = hyper::Request::get(path)
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", admin.to_string())
-        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
     let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
-    serde_json::from_slice(&body).with_context(|| format!("{admin}{path} did not answer JSON"))
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

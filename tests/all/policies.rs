@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{TestManifest, get, guest, send, service};
+use crate::support::{TestManifest, admin_post, get, guest, send, service};
 
 fn policy(name: &str, crate_name: &str, config: &str) -> String {
     format!(
@@ -54,26 +54,6 @@ async fn served_by_flaky(node: &switchyard::Node) -> u64 {
     flaky["served"].as_u64().unwrap()
 }
 
-async fn admin_post(node: &switchyard::Node, path: &str, body: Vec<u8>) -> (u16, String) {
-    use http_body_util::BodyExt;
-    let stream = tokio::net::TcpStream::connect(node.admin_addr())
-        .await
-        .unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    let request = hyper::Request::post(path)
-        .header("host", "admin")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 #[tokio::test]
 async fn a_circuit_breaker_opens_probes_closes_and_stays_open_across_a_swap() {
     let manifest = node_with(
@@ -118,7 +98,7 @@ async fn a_circuit_breaker_opens_probes_closes_and_stays_open_across_a_swap() {
             .contains("circuit open")
     );
     let component = std::fs::read(guest("policy_breaker")).unwrap();
-    let (status, report) = admin_post(&node, "/policies/breaker", component).await;
+    let (status, report) = admin_post(node.admin_addr(), "/policies/breaker", component).await;
     assert_eq!(status, 200, "{report}");
     assert!(report.contains("\"generations\""), "{report}");
     let (status, body) = call(&node, "GET /flaky/echo").await;
@@ -128,11 +108,12 @@ async fn a_circuit_breaker_opens_probes_closes_and_stays_open_across_a_swap() {
     assert!(policies.contains("\"generation\": 2"), "{policies}");
 
     // A component that is not a policy is refused and the old one keeps working.
-    let (status, reason) = admin_post(&node, "/policies/breaker", b"not wasm".to_vec()).await;
+    let (status, reason) =
+        admin_post(node.admin_addr(), "/policies/breaker", b"not wasm".to_vec()).await;
     assert_eq!(status, 422, "{reason}");
     assert!(reason.contains("not a WebAssembly file"), "{reason}");
     let (status, reason) = admin_post(
-        &node,
+        node.admin_addr(),
         "/policies/breaker",
         std::fs::read(guest("hello")).unwrap(),
     )

@@ -388,22 +388,7 @@ impl Client {
         match target.route {
             Route::Local => {
                 let slot = self.local_stream_slot(&target.service, target.range.as_ref())?;
-                let (ours, theirs) = tokio::io::duplex(STREAM_BUFFER);
-                let (their_reader, their_writer) = tokio::io::split(theirs);
-                slot.serve_stream(
-                    ByteStream {
-                        reader: Box::new(their_reader),
-                        writer: Box::new(their_writer),
-                    },
-                    caller.to_owned(),
-                    budget,
-                )
-                .map_err(slot_error)?;
-                let (reader, writer) = tokio::io::split(ours);
-                Ok(ByteStream {
-                    reader: Box::new(reader),
-                    writer: Box::new(writer),
-                })
+                local_pipe(&slot, caller.to_owned(), budget).map_err(slot_error)
             }
             Route::Peer(peer) => {
                 let remote = self.remote.as_ref().ok_or_else(|| {
@@ -438,21 +423,13 @@ impl Client {
         name: &str,
         range: Option<&semver::VersionReq>,
     ) -> Result<Arc<Slot>, CallError> {
-        let directory = self
-            .directory()
-            .ok_or_else(|| CallError::Unavailable("the node is still starting".into()))?;
-        let callee = directory.services.get(name).ok_or_else(|| {
-            CallError::Unavailable(format!("no service named `{name}` is running"))
-        })?;
-        if let Some(range) = range
-            && !range.matches(&callee.version)
-        {
-            return Err(CallError::Unavailable(format!(
-                "service `{name}` runs version {}, which does not match `{range}`",
-                callee.version
-            )));
-        }
-        Ok(callee.slot.clone())
+        let directory = self.running_directory()?;
+        Ok(local_callee(&directory, name, range)?.slot.clone())
+    }
+
+    fn running_directory(&self) -> Result<Arc<Directory>, CallError> {
+        self.directory()
+            .ok_or_else(|| CallError::Unavailable("the node is still starting".into()))
     }
 
     fn directory(&self) -> Option<Arc<Directory>> {
@@ -497,20 +474,8 @@ impl Client {
     pub(crate) async fn call_local(&self, call: Call) -> Result<Reply, CallError> {
         let (name, range) = parse_target(&call.target)?;
         let (method, path, query) = parse_method(&call.method)?;
-        let directory = self
-            .directory()
-            .ok_or_else(|| CallError::Unavailable("the node is still starting".into()))?;
-        let callee = directory.services.get(name).ok_or_else(|| {
-            CallError::Unavailable(format!("no service named `{name}` is running"))
-        })?;
-        if let Some(range) = &range
-            && !range.matches(&callee.version)
-        {
-            return Err(CallError::Unavailable(format!(
-                "service `{name}` runs version {}, which does not match `{range}`",
-                callee.version
-            )));
-        }
+        let directory = self.running_directory()?;
+        let callee = local_callee(&directory, name, range.as_ref())?;
         let (target, params) = match callee.routes.lookup(method, path) {
             Lookup::Found { target, params } => (target, params),
             Lookup::WrongMethod(allowed) => {
@@ -600,6 +565,46 @@ async fn call_peer(
     }
 }
 
+/// `name` on this node, if it runs at a version in `range`.
+fn local_callee<'d>(
+    directory: &'d Directory,
+    name: &str,
+    range: Option<&semver::VersionReq>,
+) -> Result<&'d Callee, CallError> {
+    let callee = directory
+        .services
+        .get(name)
+        .ok_or_else(|| CallError::Unavailable(format!("no service named `{name}` is running")))?;
+    if let Some(range) = range
+        && !range.matches(&callee.version)
+    {
+        return Err(CallError::Unavailable(format!(
+            "service `{name}` runs version {}, which does not match `{range}`",
+            callee.version
+        )));
+    }
+    Ok(callee)
+}
+
+/// An in-memory stream to a `stream-handler` of `slot`, admitted (or refused) at once.
+fn local_pipe(slot: &Arc<Slot>, caller: String, budget: Duration) -> Result<ByteStream, SlotError> {
+    let (ours, theirs) = tokio::io::duplex(STREAM_BUFFER);
+    let (their_reader, their_writer) = tokio::io::split(theirs);
+    slot.serve_stream(
+        ByteStream {
+            reader: Box::new(their_reader),
+            writer: Box::new(their_writer),
+        },
+        caller,
+        budget,
+    )?;
+    let (reader, writer) = tokio::io::split(ours);
+    Ok(ByteStream {
+        reader: Box::new(reader),
+        writer: Box::new(writer),
+    })
+}
+
 fn failure(kind: FailureKind, message: String) -> CallError {
     match kind {
         FailureKind::Timeout => CallError::Timeout,
@@ -650,40 +655,27 @@ impl PeerHandler {
             return;
         };
         let budget = Duration::from_millis(u64::from(deadline_ms));
-        let slot = match self.client.local_stream_slot(&service, None) {
-            Ok(slot) => slot,
+        // Admit first (service, export, instance limit), then say yes: a refusal is clear.
+        let admitted = self
+            .client
+            .local_stream_slot(&service, None)
+            .and_then(|slot| local_pipe(&slot, caller, budget).map_err(slot_error));
+        let local = match admitted {
+            Ok(local) => local,
             Err(error) => {
                 let _ = stream.answer(&to_failure(error)).await;
                 let _ = stream.send.finish();
                 return;
             }
         };
-        if let Err(error) = slot.check_streams().map_err(slot_error) {
-            let _ = stream.answer(&to_failure(error)).await;
-            let _ = stream.send.finish();
-            return;
-        }
-        // Admit first (instance limit), then say yes: a busy callee is a clear refusal.
-        let (ours, theirs) = tokio::io::duplex(STREAM_BUFFER);
-        let (their_reader, their_writer) = tokio::io::split(theirs);
-        let admitted = slot.serve_stream(
-            ByteStream {
-                reader: Box::new(their_reader),
-                writer: Box::new(their_writer),
-            },
-            caller,
-            budget,
-        );
-        if let Err(error) = admitted {
-            let _ = stream.answer(&to_failure(slot_error(error))).await;
-            let _ = stream.send.finish();
-            return;
-        }
         if stream.answer(&Frame::Ack).await.is_err() {
             return;
         }
         // Splice the QUIC stream and the guest's in-memory end, both ways.
-        let (mut reader, mut writer) = tokio::io::split(ours);
+        let ByteStream {
+            mut reader,
+            mut writer,
+        } = local;
         let RawStream { mut send, mut recv } = stream;
         let inbound = async {
             let _ = tokio::io::copy(&mut recv, &mut writer).await;

@@ -107,17 +107,7 @@ impl Transport {
     ) -> Result<Frame, TransportError> {
         let bytes = frame::encode(request).map_err(|err| TransportError::Frame(err.to_string()))?;
         let exchange = async {
-            let connection = self.connection(peer).await?;
-            let (mut send, mut recv) = connection.open_bi().await.map_err(|err| {
-                self.forget(peer);
-                TransportError::Unreachable {
-                    peer,
-                    reason: err.to_string(),
-                }
-            })?;
-            send.write_all(&bytes)
-                .await
-                .map_err(|err| TransportError::Io(err.to_string()))?;
+            let (mut send, mut recv) = self.open_with(peer, &bytes).await?;
             send.finish()
                 .map_err(|err| TransportError::Io(err.to_string()))?;
             let answer = recv
@@ -141,17 +131,7 @@ impl Transport {
     ) -> Result<Result<RawStream, Frame>, TransportError> {
         let bytes = frame::encode(opening).map_err(|err| TransportError::Frame(err.to_string()))?;
         let exchange = async {
-            let connection = self.connection(peer).await?;
-            let (mut send, mut recv) = connection.open_bi().await.map_err(|err| {
-                self.forget(peer);
-                TransportError::Unreachable {
-                    peer,
-                    reason: err.to_string(),
-                }
-            })?;
-            send.write_all(&bytes)
-                .await
-                .map_err(|err| TransportError::Io(err.to_string()))?;
+            let (send, mut recv) = self.open_with(peer, &bytes).await?;
             Ok(match read_frame(&mut recv).await? {
                 Frame::Ack => Ok(RawStream { send, recv }),
                 refusal => Err(refusal),
@@ -160,6 +140,26 @@ impl Transport {
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| TransportError::TimedOut { peer })?
+    }
+
+    /// A new stream to `peer` (on its pooled connection) that starts with `bytes`.
+    async fn open_with(
+        &self,
+        peer: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+        let connection = self.connection(peer).await?;
+        let (mut send, recv) = connection.open_bi().await.map_err(|err| {
+            self.forget(peer);
+            TransportError::Unreachable {
+                peer,
+                reason: err.to_string(),
+            }
+        })?;
+        send.write_all(bytes)
+            .await
+            .map_err(|err| TransportError::Io(err.to_string()))?;
+        Ok((send, recv))
     }
 
     async fn connection(&self, peer: SocketAddr) -> Result<quinn::Connection, TransportError> {
