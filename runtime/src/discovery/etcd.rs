@@ -264,49 +264,33 @@ impl Etcd {
 
     /// One JSON request to the first endpoint that answers.
     async fn post(&self, path: &'static str, body: Value) -> Result<Value, EtcdError> {
-        let mut last = None;
-        for endpoint in &self.endpoints {
-            let attempt = async {
-                let response = send(endpoint, path, &body).await?;
-                let status = response.status().as_u16();
-                let bytes = response
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|err| EtcdError::Unreachable {
-                        endpoint: endpoint.clone(),
-                        reason: err.to_string(),
-                    })?
-                    .to_bytes();
-                if status != 200 {
-                    return Err(EtcdError::Status {
-                        endpoint: endpoint.clone(),
-                        path,
-                        status,
-                        body: String::from_utf8_lossy(&bytes).into_owned(),
-                    });
-                }
-                serde_json::from_slice::<Value>(&bytes).map_err(|err| EtcdError::Unexpected {
+        let body = &body;
+        self.first_endpoint(path, |endpoint| async move {
+            let response = send(&endpoint, path, body).await?;
+            let status = response.status().as_u16();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|err| EtcdError::Unreachable {
+                    endpoint: endpoint.clone(),
+                    reason: err.to_string(),
+                })?
+                .to_bytes();
+            if status != 200 {
+                return Err(EtcdError::Status {
+                    endpoint,
                     path,
-                    detail: err.to_string(),
-                })
-            };
-            match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(error @ EtcdError::Status { .. })) => return Err(error),
-                Ok(Err(error)) => last = Some(error),
-                Err(_) => {
-                    last = Some(EtcdError::Unreachable {
-                        endpoint: endpoint.clone(),
-                        reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
-                    })
-                }
+                    status,
+                    body: String::from_utf8_lossy(&bytes).into_owned(),
+                });
             }
-        }
-        Err(last.unwrap_or(EtcdError::Unexpected {
-            path,
-            detail: "no endpoints".into(),
-        }))
+            serde_json::from_slice::<Value>(&bytes).map_err(|err| EtcdError::Unexpected {
+                path,
+                detail: err.to_string(),
+            })
+        })
+        .await
     }
 
     /// A streaming request (the watch) to the first endpoint that accepts it.
@@ -315,20 +299,37 @@ impl Etcd {
         path: &'static str,
         body: Value,
     ) -> Result<(String, Incoming), EtcdError> {
+        let body = &body;
+        self.first_endpoint(path, |endpoint| async move {
+            let response = send(&endpoint, path, body).await?;
+            if response.status() != 200 {
+                return Err(EtcdError::Status {
+                    endpoint,
+                    path,
+                    status: response.status().as_u16(),
+                    body: String::new(),
+                });
+            }
+            Ok((endpoint, response.into_body()))
+        })
+        .await
+    }
+
+    /// Tries `attempt` on each endpoint in turn, each within [`REQUEST_TIMEOUT`], until one
+    /// answers; etcd's own refusal (a status) is final, an unreachable endpoint is skipped.
+    async fn first_endpoint<T, F>(
+        &self,
+        path: &'static str,
+        attempt: impl Fn(String) -> F,
+    ) -> Result<T, EtcdError>
+    where
+        F: std::future::Future<Output = Result<T, EtcdError>>,
+    {
         let mut last = None;
         for endpoint in &self.endpoints {
-            match tokio::time::timeout(REQUEST_TIMEOUT, send(endpoint, path, &body)).await {
-                Ok(Ok(response)) if response.status() == 200 => {
-                    return Ok((endpoint.clone(), response.into_body()));
-                }
-                Ok(Ok(response)) => {
-                    last = Some(EtcdError::Status {
-                        endpoint: endpoint.clone(),
-                        path,
-                        status: response.status().as_u16(),
-                        body: String::new(),
-                    })
-                }
+            match tokio::time::timeout(REQUEST_TIMEOUT, attempt(endpoint.clone())).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(error @ EtcdError::Status { .. })) => return Err(error),
                 Ok(Err(error)) => last = Some(error),
                 Err(_) => {
                     last = Some(EtcdError::Unreachable {
