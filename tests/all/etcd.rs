@@ -43,9 +43,13 @@ fn free_port() -> u16 {
 }
 
 async fn start_etcd() -> Etcd {
+    let client: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    start_etcd_on(client).await
+}
+
+async fn start_etcd_on(client: SocketAddr) -> Etcd {
     let dir = tempfile::tempdir().unwrap();
-    let (client_port, peer_port) = (free_port(), free_port());
-    let client: SocketAddr = format!("127.0.0.1:{client_port}").parse().unwrap();
+    let peer_port = free_port();
     let child = Command::new(etcd_binary())
         .args([
             "--name",
@@ -171,4 +175,26 @@ async fn nodes_find_each_other_through_etcd_and_leave_by_revoke_or_lease_expiry(
     );
 
     caller.shutdown().await;
+}
+
+/// etcd down when the node starts: the node serves anyway and registers once etcd is up.
+#[tokio::test]
+async fn a_node_starts_without_etcd_and_registers_when_it_comes_up() {
+    let client: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let hello = service("hello", "hello", &["GET /hello/{name}"], "");
+    let early_manifest = node("early", client, &hello);
+    let early = early_manifest.start().await;
+    assert_eq!(get(early.http_addr(), "/hello/x").await.status, 200);
+    let etcd = start_etcd_on(client).await;
+    let watcher_manifest = node("watcher", etcd.client, "");
+    let watcher = watcher_manifest.start().await;
+    wait_until(
+        watcher.admin_addr(),
+        "hello@1.0.0",
+        true,
+        Duration::from_secs(5),
+    )
+    .await;
+    early.shutdown().await;
+    watcher.shutdown().await;
 }
