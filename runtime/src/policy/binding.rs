@@ -17,9 +17,9 @@ use super::PolicyError;
 use crate::host::{GuestContext, HostState};
 use crate::wasm::policy_bindings::ResiliencePolicy;
 use crate::wasm::policy_bindings::exports::switchyard::runtime::policy as wit;
-use crate::wasm::{EPOCH_TICK, Engine, LoadedPolicy};
+use crate::wasm::{Engine, LoadedPolicy, epoch_ticks};
 
-pub(crate) use wit::{AfterDecision, BeforeDecision, CallInfo, Candidate, Outcome};
+pub(crate) use wit::{AfterDecision, BeforeDecision, CallInfo, Candidate, CannedResponse, Outcome};
 
 /// How long one decision may run.
 const DECISION_BUDGET: Duration = Duration::from_millis(100);
@@ -214,7 +214,7 @@ impl Binding {
 }
 
 fn budget_ticks() -> u64 {
-    DECISION_BUDGET.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1
+    epoch_ticks(DECISION_BUDGET)
 }
 
 async fn new_instance(

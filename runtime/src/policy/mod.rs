@@ -211,11 +211,7 @@ where
                     break;
                 }
                 BeforeDecision::Respond(canned) => {
-                    outcome = Some(Ok(Reply {
-                        status: canned.status,
-                        headers: canned.headers,
-                        body: canned.body,
-                    }));
+                    outcome = Some(Ok(canned_reply(canned)));
                     let_through = index;
                     break;
                 }
@@ -247,11 +243,7 @@ where
                     retry_after = Some(retry_after.map_or(ms, |other| other.max(ms)));
                 }
                 AfterDecision::Respond(canned) => {
-                    outcome = Ok(Reply {
-                        status: canned.status,
-                        headers: canned.headers,
-                        body: canned.body,
-                    });
+                    outcome = Ok(canned_reply(canned));
                     retry_after = None;
                 }
             }
@@ -320,6 +312,15 @@ pub(crate) async fn pick(
         }
     }
     None
+}
+
+/// A policy's answer in the callee's place, as the caller receives it.
+fn canned_reply(canned: binding::CannedResponse) -> Reply {
+    Reply {
+        status: canned.status,
+        headers: canned.headers,
+        body: canned.body,
+    }
 }
 
 fn to_outcome(outcome: &Result<Reply, CallError>) -> Outcome {

@@ -26,6 +26,11 @@ use std::time::Duration;
 /// How often the epoch advances; deadlines are rounded up to it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// The epoch deadline (in ticks from now) that lets a guest run for `limit`, rounded up.
+pub(crate) fn epoch_ticks(limit: Duration) -> u64 {
+    limit.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1
+}
+
 /// Why a component could not be loaded. Each variant says how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -7,7 +7,7 @@ use tokio::sync::Semaphore;
 use wasmtime::{Store, Trap};
 
 use super::Service;
-use super::{EPOCH_TICK, Engine, GuestRequest, GuestResponse, LoadedComponent};
+use super::{EPOCH_TICK, Engine, GuestRequest, GuestResponse, LoadedComponent, epoch_ticks};
 use crate::host::{GuestContext, HostState};
 
 /// What a [`Slot`] needs to know about its service.
@@ -232,15 +232,7 @@ impl Slot {
             .data_mut()
             .begin_request(&request.request_id, deadline, traceparent);
         let result = self.run(&mut live, &request, &generation).await;
-        if let Some((text, dropped)) = live.store.data().take_output() {
-            tracing::info!(
-                target: "guest",
-                service = %self.settings.service,
-                request_id = %request.request_id,
-                dropped_bytes = dropped,
-                "guest output:\n{text}"
-            );
-        }
+        self.log_output(&live.store, &request.request_id);
         live.served += 1;
         // A failed store may be mid-call or poisoned: only a clean one is reused.
         if result.is_ok()
@@ -292,8 +284,7 @@ impl Slot {
         generation: &Generation,
     ) -> Result<GuestResponse, SlotError> {
         let timeout = self.settings.timeout;
-        let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
-        live.store.set_epoch_deadline(ticks);
+        live.store.set_epoch_deadline(epoch_ticks(timeout));
         let LiveInstance { store, service, .. } = live;
         let call = async {
             let service = match service {
@@ -413,8 +404,7 @@ impl Slot {
         live.store
             .data_mut()
             .begin_request(request_id, std::time::Instant::now() + timeout, None);
-        let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
-        live.store.set_epoch_deadline(ticks);
+        live.store.set_epoch_deadline(epoch_ticks(timeout));
         let store = &mut live.store;
         let call = async {
             let resource = store.data_mut().adopt_stream(stream, timeout)?;
@@ -426,15 +416,7 @@ impl Slot {
         };
         let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await;
         let result = self.outcome(outcome, &live.store, timeout);
-        if let Some((text, dropped)) = live.store.data().take_output() {
-            tracing::info!(
-                target: "guest",
-                service = %self.settings.service,
-                request_id,
-                dropped_bytes = dropped,
-                "guest output:\n{text}"
-            );
-        }
+        self.log_output(&live.store, request_id);
         result
     }
 
@@ -456,13 +438,9 @@ impl Slot {
             self.generations_alive.clone(),
         ));
         let mut probe = self.new_instance(next.number);
-        let ticks = self
-            .settings
-            .timeout
-            .as_millis()
-            .div_ceil(EPOCH_TICK.as_millis()) as u64
-            + 1;
-        probe.store.set_epoch_deadline(ticks);
+        probe
+            .store
+            .set_epoch_deadline(epoch_ticks(self.settings.timeout));
         if let Err(err) = next.component.pre.instantiate_async(&mut probe.store).await {
             let reason = format!("the new component does not instantiate: {err:#}");
             tracing::error!(service = %self.settings.service, %reason, "swap refused; the old generation keeps serving");
@@ -554,6 +532,19 @@ impl Slot {
     /// The engine this slot's components are compiled with.
     pub(crate) fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// Writes what the guest printed (if anything) to the log under `request_id`.
+    fn log_output(&self, store: &Store<HostState>, request_id: &str) {
+        if let Some((text, dropped)) = store.data().take_output() {
+            tracing::info!(
+                target: "guest",
+                service = %self.settings.service,
+                request_id,
+                dropped_bytes = dropped,
+                "guest output:\n{text}"
+            );
+        }
     }
 
     /// Counters and identity, for the admin API.
