@@ -15,10 +15,18 @@ use super::tls::{Identity, SERVER_NAME};
 
 /// Idle connections close after this; keep-alives below it keep live peers connected, so a
 /// dead peer (which sends nothing, not even a refusal: quinn ignores ICMP) is noticed within
-/// it, and a connection attempt to one gives up after it. A call to a dead peer therefore
-/// fails with `unavailable` within 2 s, or sooner at its own deadline.
+/// it plus one keep-alive interval. A call to a dead peer therefore fails with `unavailable`
+/// within 2.5 s, or sooner at its own deadline.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 const KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// A handshake that has had no answer by then is to a dead (or unreachable) peer: mesh peers
+/// answer within a few round trips. Without it, quinn gives a handshake three probe timeouts,
+/// which at its internet-sized initial RTT is 3 s.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The round-trip time assumed before the first sample: peers sit in one data centre, not
+/// across the internet (quinn's default of 333 ms would make every lost handshake packet
+/// wait about a second to be resent).
+const INITIAL_RTT: Duration = Duration::from_millis(50);
 
 pub(super) fn transport_config() -> quinn::TransportConfig {
     let mut config = quinn::TransportConfig::default();
@@ -26,6 +34,7 @@ pub(super) fn transport_config() -> quinn::TransportConfig {
         config.max_idle_timeout(Some(idle));
     }
     config.keep_alive_interval(Some(KEEP_ALIVE));
+    config.initial_rtt(INITIAL_RTT);
     config
 }
 
@@ -172,11 +181,17 @@ impl Transport {
             return Ok(connection);
         }
         let unreachable = |reason: String| TransportError::Unreachable { peer, reason };
-        let connection = self
+        let connecting = self
             .endpoint
             .connect(peer, SERVER_NAME)
-            .map_err(|err| unreachable(err.to_string()))?
+            .map_err(|err| unreachable(err.to_string()))?;
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
+            .map_err(|_| {
+                unreachable(format!(
+                    "no answer to the QUIC handshake within {CONNECT_TIMEOUT:?}"
+                ))
+            })?
             .map_err(|err| unreachable(err.to_string()))?;
         if let Ok(mut pool) = self.pool.lock() {
             pool.insert(peer, connection.clone());
@@ -370,6 +385,31 @@ mod tests {
         stream.send.shutdown().await.unwrap();
         let back = stream.recv.read_to_end(1 << 20).await.unwrap();
         assert_eq!(back, payload);
+    }
+
+    #[tokio::test]
+    async fn a_dead_peer_is_unreachable_after_the_connect_timeout_not_the_call_deadline() {
+        // A port nobody listens on: the handshake gets no answer at all.
+        let dead = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let client = Transport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &Identity::development("client").unwrap(),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let result = client
+            .request(dead, &Frame::Ack, Duration::from_secs(10))
+            .await;
+        match result {
+            Err(TransportError::Unreachable { reason, .. }) => {
+                assert!(reason.contains("handshake"), "{reason}")
+            }
+            other => panic!("expected unreachable, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[tokio::test]
