@@ -12,6 +12,8 @@ pub(crate) const PROTOCOL_VERSION: u8 = 2;
 /// The largest frame a node accepts (the body limit plus room for headers).
 pub(crate) const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024 + 64 * 1024;
 const HEADER_BYTES: usize = 5;
+/// Room for a call with a few headers and a short body.
+const TYPICAL_FRAME_BYTES: usize = 512;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Frame {
@@ -97,16 +99,18 @@ pub(crate) enum FrameError {
 }
 
 pub(crate) fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
-    let payload =
-        postcard::to_stdvec(frame).map_err(|err| FrameError::Malformed(err.to_string()))?;
-    let length = payload.len() + 1;
-    if length + 4 > MAX_FRAME_BYTES {
-        return Err(FrameError::TooLarge(length + 4));
+    // Serialise straight after a placeholder header: one buffer, sized for a typical call so
+    // it rarely grows, instead of a payload vector grown from empty and then copied.
+    let mut out = Vec::with_capacity(TYPICAL_FRAME_BYTES);
+    out.extend_from_slice(&[0; HEADER_BYTES]);
+    let mut out =
+        postcard::to_extend(frame, out).map_err(|err| FrameError::Malformed(err.to_string()))?;
+    if out.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(out.len()));
     }
-    let mut out = Vec::with_capacity(length + 4);
-    out.extend_from_slice(&(length as u32).to_be_bytes());
-    out.push(PROTOCOL_VERSION);
-    out.extend_from_slice(&payload);
+    let length = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&length.to_be_bytes());
+    out[4] = PROTOCOL_VERSION;
     Ok(out)
 }
 

@@ -157,29 +157,50 @@ impl Transport {
         peer: SocketAddr,
         bytes: &[u8],
     ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
-        let connection = self.connection(peer).await?;
-        let (mut send, recv) = connection.open_bi().await.map_err(|err| {
+        let unreachable = |err: quinn::ConnectionError| {
             self.forget(peer);
             TransportError::Unreachable {
                 peer,
                 reason: err.to_string(),
             }
-        })?;
+        };
+        // A pooled connection that closed since its last use says so when asked for a stream,
+        // and one new connection is tried. Asking first (`close_reason`) would take the
+        // connection's lock once more per call, a lock its driver holds while it sends.
+        let (mut send, recv) = match self.pooled(peer) {
+            Some(pooled) => match pooled.open_bi().await {
+                Ok(streams) => streams,
+                Err(_closed) => {
+                    self.forget(peer);
+                    self.connect(peer)
+                        .await?
+                        .open_bi()
+                        .await
+                        .map_err(unreachable)?
+                }
+            },
+            None => self
+                .connect(peer)
+                .await?
+                .open_bi()
+                .await
+                .map_err(unreachable)?,
+        };
         send.write_all(bytes)
             .await
             .map_err(|err| TransportError::Io(err.to_string()))?;
         Ok((send, recv))
     }
 
-    async fn connection(&self, peer: SocketAddr) -> Result<quinn::Connection, TransportError> {
-        let pooled = self
-            .pool
+    fn pooled(&self, peer: SocketAddr) -> Option<quinn::Connection> {
+        self.pool
             .lock()
             .ok()
-            .and_then(|pool| pool.get(&peer).cloned());
-        if let Some(connection) = pooled.filter(|c| c.close_reason().is_none()) {
-            return Ok(connection);
-        }
+            .and_then(|pool| pool.get(&peer).cloned())
+    }
+
+    /// A new connection to `peer`, pooled for the calls after this one.
+    async fn connect(&self, peer: SocketAddr) -> Result<quinn::Connection, TransportError> {
         let unreachable = |reason: String| TransportError::Unreachable { peer, reason };
         let connecting = self
             .endpoint
@@ -257,12 +278,14 @@ async fn serve_connection<H: FrameHandler>(
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
+                    // Finished streams are reaped here, not by waiting on them: a wake-up
+                    // of this task per answered call would cost a task switch per call.
+                    while streams.try_join_next().is_some() {}
                     streams.spawn(answer_stream(handler.clone(), send, recv, remote));
                 }
                 Err(_) => break,
             },
             _ = shutdown.wait_for(|stop| *stop) => break,
-            Some(_) = streams.join_next(), if !streams.is_empty() => {}
         }
     }
     while streams.join_next().await.is_some() {}
@@ -334,7 +357,7 @@ mod tests {
         let identity = Identity::development("test").unwrap();
         let (addr, _stop) = server(&identity).await;
         let client = Transport::bind("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
-        let connection = client.connection(addr).await.unwrap();
+        let connection = client.connect(addr).await.unwrap();
 
         let (mut send, mut recv) = connection.open_bi().await.unwrap();
         send.write_all(b"\x00\x00\x00\x03\x09ab").await.unwrap();
