@@ -91,6 +91,16 @@ async fn main() -> Result<()> {
     .await?;
     tokio::time::sleep(Duration::from_millis(1200)).await; // discovery
 
+    if let Ok(only) = std::env::var("BENCH_PROFILE_ONLY") {
+        // For profilers: one round (`hello`, `hello-reuse` or `quinn`), no ratios.
+        let outcome = match only.as_str() {
+            "quinn" => quinn_echo(calls, callers).await?,
+            "hello" => switchyard_calls(a.http_addr(), "hello", calls, callers).await?,
+            _ => switchyard_calls(a.http_addr(), "hello-reuse", calls, callers).await?,
+        };
+        println!("  {}", outcome.line());
+        return Ok(());
+    }
     let mut rounds = Vec::new();
     // Warm-up, then the callee with a fresh instance per call (the default) and with reuse.
     switchyard_calls(a.http_addr(), "hello", 50, callers).await?;

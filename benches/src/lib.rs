@@ -3,6 +3,11 @@
 //! histogram. The same client runs against Switchyard and against its baseline, so the ratio
 //! is what matters on a shared, noisy machine.
 
+/// The allocator the `switchyard` binary ships with, for every measurement in a run (our
+/// side and its baseline alike), so ratios compare like with like.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

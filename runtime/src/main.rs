@@ -10,6 +10,12 @@ use clap::{Parser, Subcommand};
 use switchyard::telemetry::{self, LogFormat};
 use switchyard::{Manifest, Node};
 
+/// Calls cross threads at every hop (HTTP task, QUIC drivers, guest fibers), and glibc's
+/// allocator serialises such frees on its arena locks; mimalloc frees to the owning thread's
+/// heap without a lock. The benchmarks run with it too, baselines included.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "switchyard",
