@@ -3,7 +3,8 @@
 //! with the same concurrency, in the same run.
 //!
 //! `cargo xtask bench -- --bench rpc_remote`. Knobs: `BENCH_CALLS` per caller (default
-//! 2000), `BENCH_CALLERS` concurrent callers (default 8).
+//! 2000), `BENCH_CALLERS` concurrent callers (default 8), and `BENCH_PROFILE_ONLY` = `hello`
+//! (fresh callee), `hello-reuse` or `quinn` to run that one round alone under a profiler.
 
 use std::net::SocketAddr;
 use std::path::Path;
