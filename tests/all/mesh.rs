@@ -135,6 +135,66 @@ async fn a_call_reaches_a_service_on_another_node_and_a_dead_node_is_forgotten()
     a.shutdown().await;
 }
 
+/// A crashed replica costs at most the call that was on its way to it: the call that finds it
+/// unreachable goes to the live replica instead (it never left the node), and the calls after
+/// it skip the dead one while it is ejected rather than each waiting for a handshake.
+#[tokio::test]
+async fn calls_fail_over_to_a_live_replica_when_another_crashes() {
+    let a = TestManifest::with_node(
+        "name = \"node-a\"\nquic = \"127.0.0.1:0\"",
+        &faulty_routes(),
+    )
+    .start()
+    .await;
+    let a_quic = a.quic_addr().unwrap();
+    let hello = service("hello", "hello", &["GET /hello/{name}"], "");
+    let replica = |name: &str| {
+        TestManifest::with_node(
+            &format!("name = \"{name}\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{a_quic}\"]"),
+            &hello,
+        )
+    };
+    let (b_manifest, c_manifest) = (replica("node-b"), replica("node-c"));
+    let b = b_manifest.start().await;
+    let c = c_manifest.start().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let resolved = get(a.http_addr(), "/f/resolve?hello").await.body;
+        let instances: Vec<serde_json::Value> = serde_json::from_str(&resolved).unwrap();
+        if instances.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A never saw both replicas: {resolved}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both replicas take calls (round robin), so B's connection is in A's pool.
+    for _ in 0..4 {
+        let reply = send(a.http_addr(), "POST", "/f/call", "hello\nGET /hello/x").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+
+    drop(b);
+    let crashed = Instant::now();
+    let mut failed = Vec::new();
+    for _ in 0..20 {
+        let reply = send(a.http_addr(), "POST", "/f/call", "hello\nGET /hello/x").await;
+        if reply.status != 200 {
+            failed.push(format!("{}: {}", reply.status, reply.body));
+        }
+    }
+    let took = crashed.elapsed();
+    // At most one call was already on the dead connection (sent, so never resent).
+    assert!(failed.len() <= 1, "{failed:?}");
+    assert!(failed.iter().all(|f| f.starts_with("503")), "{failed:?}");
+    // Without ejection every other call would wait a 1 s handshake to B: 10 s or more.
+    assert!(took < Duration::from_secs(4), "20 calls took {took:?}");
+    c.shutdown().await;
+    a.shutdown().await;
+}
+
 /// Seeds only bootstrap: B and C each name only A, yet learn each other; a node that shuts
 /// down says goodbye and is forgotten at once, well within the TTL.
 #[tokio::test]

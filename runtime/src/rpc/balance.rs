@@ -8,6 +8,10 @@
 //!   is avoided after its first slow answer, not after the average catches up.
 //!
 //! State is per instance (`None` is this node) and shared by every call on the node.
+//!
+//! A peer that could not be reached at all (no connection, no stream: the call never left
+//! this node) is left out of every pick for [`EJECTION`], so a dead node costs one connection
+//! attempt per second rather than one per call, and a restarted one is back soon after.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,6 +26,8 @@ const DECAY: Duration = Duration::from_secs(10);
 /// What an instance with no answers yet is assumed to take, so it gets tried but is not
 /// flooded before its first answer.
 const DEFAULT_LATENCY: Duration = Duration::from_millis(1);
+/// How long an unreachable peer is left out.
+pub(super) const EJECTION: Duration = Duration::from_secs(1);
 
 type InstanceKey = Option<SocketAddr>;
 
@@ -29,6 +35,10 @@ type InstanceKey = Option<SocketAddr>;
 pub(super) struct Balancer {
     next: AtomicUsize,
     loads: Mutex<HashMap<InstanceKey, Load>>,
+    /// Unreachable peers: until when they are left out, and why. Mostly empty, so the count
+    /// spares every call the lock.
+    ejected: Mutex<HashMap<SocketAddr, (Instant, String)>>,
+    ejected_count: AtomicUsize,
 }
 
 struct Load {
@@ -93,6 +103,34 @@ impl Balancer {
         if better_b { b } else { a }
     }
 
+    /// Leaves `peer` out of picks for [`EJECTION`]; `reason` is what failed.
+    pub(super) fn eject(&self, peer: SocketAddr, reason: String) {
+        if let Ok(mut ejected) = self.ejected.lock() {
+            ejected.insert(peer, (Instant::now() + EJECTION, reason));
+            self.ejected_count.store(ejected.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Removes ejected peers from `peers`; returns why one of them was ejected, if any was.
+    pub(super) fn retain_reachable(&self, peers: &mut Vec<SocketAddr>) -> Option<String> {
+        if self.ejected_count.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut ejected = self.ejected.lock().ok()?;
+        let now = Instant::now();
+        ejected.retain(|_, (until, _)| *until > now);
+        self.ejected_count.store(ejected.len(), Ordering::Relaxed);
+        let mut reason = None;
+        peers.retain(|peer| match ejected.get(peer) {
+            Some((_, why)) => {
+                reason = Some(format!("{peer}: {why}"));
+                false
+            }
+            None => true,
+        });
+        reason
+    }
+
     /// Calls in flight to `instance` now.
     pub(super) fn in_flight(&self, instance: InstanceKey) -> u32 {
         self.loads
@@ -153,6 +191,31 @@ mod tests {
             "{}",
             load.latency_ns
         );
+    }
+
+    #[test]
+    fn an_ejected_peer_is_left_out_until_its_time_is_up() {
+        let balancer = Balancer::default();
+        let (a, b) = (
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            SocketAddr::from(([127, 0, 0, 1], 2)),
+        );
+        let mut peers = vec![a, b];
+        assert_eq!(balancer.retain_reachable(&mut peers), None);
+        assert_eq!(peers, [a, b]);
+        balancer.eject(a, "no answer".into());
+        let mut peers = vec![a, b];
+        let reason = balancer.retain_reachable(&mut peers);
+        assert_eq!(peers, [b]);
+        assert_eq!(reason.as_deref(), Some("127.0.0.1:1: no answer"));
+        // Its time is up: back in, and the table forgets it.
+        if let Ok(mut ejected) = balancer.ejected.lock() {
+            ejected.insert(a, (Instant::now(), "no answer".into()));
+        }
+        let mut peers = vec![a, b];
+        assert_eq!(balancer.retain_reachable(&mut peers), None);
+        assert_eq!(peers, [a, b]);
+        assert_eq!(balancer.ejected_count.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -262,8 +262,61 @@ impl Client {
                 .map(|remote| remote.balancer.track(None));
             return self.call_local(call).await;
         };
-        let _in_flight = remote.balancer.track(Some(peer));
-        call_peer(remote, peer, name, call).await
+        self.call_remote(remote, peer, name, range, call).await
+    }
+
+    /// Sends `call` to `peer`. If it never got there (no connection, no stream), the peer is
+    /// ejected for a moment and another instance takes the call, within what is left of the
+    /// budget; a call that may have reached its peer is never sent twice.
+    async fn call_remote(
+        &self,
+        remote: &Remote,
+        mut peer: SocketAddr,
+        name: &str,
+        range: Option<&semver::VersionReq>,
+        call: Call,
+    ) -> Result<Reply, CallError> {
+        let started = std::time::Instant::now();
+        let budget = call.budget;
+        let mut frame = call_frame(name, call);
+        let mut tried = Vec::new();
+        loop {
+            let left = budget.saturating_sub(started.elapsed());
+            if let Frame::Call { deadline_ms, .. } = &mut frame {
+                *deadline_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX);
+            }
+            let sent = {
+                let _in_flight = remote.balancer.track(Some(peer));
+                send_call(remote, peer, name, &frame, left).await
+            };
+            let reason = match sent {
+                Ok(answer) => return answer,
+                Err(Undelivered(reason)) => reason,
+            };
+            remote.balancer.eject(peer, reason.clone());
+            tried.push(peer);
+            let unavailable = || CallError::Unavailable(format!("service `{name}`: {reason}"));
+            let (mut others, strategy) = match self.candidates(name, range) {
+                Ok(Candidates::One(Route::Local)) => (vec![None], Strategy::default()),
+                Ok(Candidates::One(Route::Peer(other))) => (vec![Some(other)], Strategy::default()),
+                Ok(Candidates::Several(others, strategy)) => (others, strategy),
+                Err(_) => return Err(unavailable()),
+            };
+            others.retain(|other| other.is_none_or(|addr| !tried.contains(&addr)));
+            if others.is_empty() || started.elapsed() >= budget {
+                return Err(unavailable());
+            }
+            match remote.balancer.pick(&others, strategy) {
+                Some(other) => peer = other,
+                None => {
+                    let Ok(call) = call_from_frame(frame) else {
+                        return Err(unavailable());
+                    };
+                    let _in_flight = remote.balancer.track(None);
+                    return self.call_local(call).await;
+                }
+            }
+        }
     }
 
     async fn pick_by_policy(
@@ -328,18 +381,22 @@ impl Client {
         if local_fits && balance.prefer_local {
             return Ok(Candidates::One(Route::Local));
         }
-        let mut candidates: Vec<Option<SocketAddr>> = remote
-            .registry
-            .candidates(name, range)
-            .into_iter()
-            .map(Some)
-            .collect();
+        let mut peers = remote.registry.candidates(name, range);
+        let unreachable = remote.balancer.retain_reachable(&mut peers);
+        let mut candidates: Vec<Option<SocketAddr>> = peers.into_iter().map(Some).collect();
         if local_fits {
             candidates.insert(0, None);
         }
         if candidates.is_empty() {
             if local.is_some() {
                 return Ok(Candidates::One(Route::Local));
+            }
+            if let Some(reason) = unreachable {
+                return Err(CallError::Unavailable(format!(
+                    "service `{name}`: no node that runs it could be reached in the last \
+                     {:?} ({reason})",
+                    balance::EJECTION
+                )));
             }
             return Err(CallError::Unavailable(match range {
                 Some(range) => format!("no node runs service `{name}` at `{range}`"),
@@ -519,31 +576,65 @@ impl Client {
     }
 }
 
-async fn call_peer(
-    remote: &Remote,
-    peer: SocketAddr,
-    name: &str,
-    call: Call,
-) -> Result<Reply, CallError> {
-    let budget = call.budget;
+/// A call that never reached its peer, and why.
+struct Undelivered(String);
+
+/// `call` as a frame for the node that runs `name`.
+fn call_frame(name: &str, call: Call) -> Frame {
     let (trace, headers): (Vec<_>, Vec<_>) = call
         .headers
         .into_iter()
         .partition(|(header, _)| header == TRACE_HEADER);
-    let frame = Frame::Call {
+    Frame::Call {
         service: name.to_owned(),
         method: call.method,
         headers,
         body: call.body,
-        deadline_ms: u32::try_from(budget.as_millis()).unwrap_or(u32::MAX),
+        deadline_ms: u32::try_from(call.budget.as_millis()).unwrap_or(u32::MAX),
         caller: call.caller,
         request_id: call.request_id,
         trace_context: trace.into_iter().next().map(|(_, value)| value),
+    }
+}
+
+/// The call a `Call` frame carries (the inverse of [`call_frame`]); any other frame back.
+fn call_from_frame(frame: Frame) -> Result<Call, Box<Frame>> {
+    let Frame::Call {
+        service,
+        method,
+        mut headers,
+        body,
+        deadline_ms,
+        caller,
+        request_id,
+        trace_context,
+    } = frame
+    else {
+        return Err(Box::new(frame));
     };
+    headers.extend(trace_context.map(|value| (TRACE_HEADER.to_owned(), value)));
+    Ok(Call {
+        target: service,
+        method,
+        body,
+        headers,
+        budget: Duration::from_millis(u64::from(deadline_ms)),
+        caller,
+        request_id,
+    })
+}
+
+async fn send_call(
+    remote: &Remote,
+    peer: SocketAddr,
+    name: &str,
+    frame: &Frame,
+    budget: Duration,
+) -> Result<Result<Reply, CallError>, Undelivered> {
     let span = tracing::debug_span!("rpc", callee = name, %peer);
-    match remote
+    let answer = match remote
         .transport
-        .request(peer, &frame, budget)
+        .request(peer, frame, budget)
         .instrument(span)
         .await
     {
@@ -561,8 +652,12 @@ async fn call_peer(
             "peer {peer} answered with {other:?}"
         ))),
         Err(TransportError::TimedOut { .. }) => Err(CallError::Timeout),
+        Err(error @ TransportError::Unreachable { .. }) => {
+            return Err(Undelivered(error.to_string()));
+        }
         Err(error) => Err(CallError::Unavailable(format!("service `{name}`: {error}"))),
-    }
+    };
+    Ok(answer)
 }
 
 /// `name` on this node, if it runs at a version in `range`.
@@ -690,41 +785,22 @@ impl PeerHandler {
 
     /// Answers a peer's call frame.
     pub(crate) async fn handle(&self, frame: Frame) -> Frame {
-        match frame {
-            Frame::Call {
-                service,
-                method,
-                headers,
-                body,
-                deadline_ms,
-                caller,
-                request_id,
-                trace_context,
-            } => {
-                let mut headers = headers;
-                headers.extend(trace_context.map(|value| (TRACE_HEADER.to_owned(), value)));
-                let call = Call {
-                    target: service,
-                    method,
-                    body,
-                    headers,
-                    budget: Duration::from_millis(u64::from(deadline_ms)),
-                    caller,
-                    request_id,
+        let call = match call_from_frame(frame) {
+            Ok(call) => call,
+            Err(other) => {
+                return Frame::Failed {
+                    kind: FailureKind::BadRequest,
+                    message: format!("rpc does not answer {other:?} frames"),
                 };
-                match self.client.call_local(call).await {
-                    Ok(reply) => Frame::Reply {
-                        status: reply.status,
-                        headers: reply.headers,
-                        body: reply.body,
-                    },
-                    Err(error) => to_failure(error),
-                }
             }
-            other => Frame::Failed {
-                kind: FailureKind::BadRequest,
-                message: format!("rpc does not answer {other:?} frames"),
+        };
+        match self.client.call_local(call).await {
+            Ok(reply) => Frame::Reply {
+                status: reply.status,
+                headers: reply.headers,
+                body: reply.body,
             },
+            Err(error) => to_failure(error),
         }
     }
 }
