@@ -10,15 +10,57 @@ use crate::support::{TestManifest, get, send, service};
 
 /// An etcd server on free loopback ports, killed on drop.
 struct Etcd {
-    child: Child,
+    child: Option<Child>,
     client: SocketAddr,
-    _dir: tempfile::TempDir,
+    peer_port: u16,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
+    }
+}
+
+impl Etcd {
+    /// Kills the server (its data stays).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server on its ports and data, and waits until it listens.
+    async fn start(&mut self) {
+        let (client, peer_port) = (self.client, self.peer_port);
+        let child = Command::new(etcd_binary())
+            .args([
+                "--name",
+                "test",
+                "--data-dir",
+                &self.dir.path().join("data").display().to_string(),
+                "--listen-client-urls",
+                &format!("http://{client}"),
+                "--advertise-client-urls",
+                &format!("http://{client}"),
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{peer_port}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer_port}"),
+                "--initial-cluster",
+                &format!("test=http://127.0.0.1:{peer_port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(client).await.is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start on {client}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -48,39 +90,13 @@ async fn start_etcd() -> Etcd {
 }
 
 async fn start_etcd_on(client: SocketAddr) -> Etcd {
-    let dir = tempfile::tempdir().unwrap();
-    let peer_port = free_port();
-    let child = Command::new(etcd_binary())
-        .args([
-            "--name",
-            "test",
-            "--data-dir",
-            &dir.path().join("data").display().to_string(),
-            "--listen-client-urls",
-            &format!("http://{client}"),
-            "--advertise-client-urls",
-            &format!("http://{client}"),
-            "--listen-peer-urls",
-            &format!("http://127.0.0.1:{peer_port}"),
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer_port}"),
-            "--initial-cluster",
-            &format!("test=http://127.0.0.1:{peer_port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let etcd = Etcd {
-        child,
+    let mut etcd = Etcd {
+        child: None,
         client,
-        _dir: dir,
+        peer_port: free_port(),
+        dir: tempfile::tempdir().unwrap(),
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(client).await.is_err() {
-        assert!(Instant::now() < deadline, "etcd did not start on {client}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    etcd.start().await;
     etcd
 }
 
@@ -197,4 +213,66 @@ async fn a_node_starts_without_etcd_and_registers_when_it_comes_up() {
     .await;
     early.shutdown().await;
     watcher.shutdown().await;
+}
+
+/// etcd goes away while nodes run: they keep calling each other with what they last knew,
+/// well past the lease TTL, and once etcd is back they register again and the watch sees a
+/// node that joined since.
+#[tokio::test]
+async fn nodes_ride_out_an_etcd_outage_and_register_again_when_it_returns() {
+    let mut etcd = start_etcd().await;
+    let hello = service("hello", "hello", &["GET /hello/{name}"], "");
+    let callee_manifest = node("callee", etcd.client, &hello);
+    let callee = callee_manifest.start().await;
+    let caller_manifest = node(
+        "caller",
+        etcd.client,
+        &service("faulty", "faulty", &["POST /f/{fault}"], ""),
+    );
+    let caller = caller_manifest.start().await;
+    wait_until(
+        caller.admin_addr(),
+        "hello@1.0.0",
+        true,
+        Duration::from_secs(5),
+    )
+    .await;
+
+    etcd.stop();
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(3) {
+        let reply = send(caller.http_addr(), "POST", "/f/call", "hello\nGET /hello/x").await;
+        assert_eq!(reply.status, 200, "during the outage: {}", reply.body);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    etcd.start().await;
+    let late_manifest = node(
+        "late",
+        etcd.client,
+        &service("echo-late", "faulty", &["GET /late/{fault}"], ""),
+    );
+    let late = late_manifest.start().await;
+    wait_until(
+        caller.admin_addr(),
+        "echo-late@1.0.0",
+        true,
+        Duration::from_secs(10),
+    )
+    .await;
+    // Leases from before the outage have run out by now; the callee's new one holds it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    wait_until(caller.admin_addr(), "hello@1.0.0", true, Duration::ZERO).await;
+    let reply = send(
+        caller.http_addr(),
+        "POST",
+        "/f/call",
+        "hello\nGET /hello/back",
+    )
+    .await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "Hello, back!\n"));
+
+    late.shutdown().await;
+    callee.shutdown().await;
+    caller.shutdown().await;
 }
