@@ -144,7 +144,7 @@ impl Ingress {
             params,
             body: body.to_vec(),
             request_id: request_id.to_owned(),
-            deadline_ms: u32::try_from(target.slot.timeout().as_millis()).unwrap_or(u32::MAX),
+            deadline_ms: crate::rpc::deadline_ms(target.slot.timeout()),
         };
         match target.slot.handle(guest_request).await {
             Ok(response) => into_http(response, parts.method == Method::HEAD),

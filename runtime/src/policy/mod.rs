@@ -191,7 +191,7 @@ where
             service: service.to_owned(),
             method: call.method.clone(),
             attempt,
-            deadline_ms: u32::try_from(remaining.as_millis()).unwrap_or(u32::MAX),
+            deadline_ms: crate::rpc::deadline_ms(remaining),
         };
         let mut let_through = chain.len();
         let mut outcome = None;
@@ -294,7 +294,7 @@ pub(crate) async fn pick(
         service: service.to_owned(),
         method: call.method.clone(),
         attempt: 1,
-        deadline_ms: u32::try_from(call.budget.as_millis()).unwrap_or(u32::MAX),
+        deadline_ms: crate::rpc::deadline_ms(call.budget),
     };
     let candidates: Vec<Candidate> = candidates
         .iter()

@@ -283,7 +283,7 @@ impl Client {
         loop {
             let left = budget.saturating_sub(started.elapsed());
             if let Frame::Call { deadline_ms, .. } = &mut frame {
-                *deadline_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX);
+                *deadline_ms = self::deadline_ms(left);
             }
             let sent = {
                 let _in_flight = remote.balancer.track(Some(peer));
@@ -454,7 +454,7 @@ impl Client {
                 let opening = Frame::OpenStream {
                     service: target.service.clone(),
                     caller: caller.to_owned(),
-                    deadline_ms: u32::try_from(budget.as_millis()).unwrap_or(u32::MAX),
+                    deadline_ms: deadline_ms(budget),
                 };
                 match remote.transport.open_stream(peer, &opening, budget).await {
                     Ok(Ok(stream)) => Ok(ByteStream {
@@ -558,7 +558,7 @@ impl Client {
             params,
             body: call.body,
             request_id: call.request_id,
-            deadline_ms: u32::try_from(budget.as_millis()).unwrap_or(u32::MAX),
+            deadline_ms: deadline_ms(budget),
         };
         let span = tracing::debug_span!("rpc", callee = name, route = &*target.pattern);
         let outcome = tokio::time::timeout(budget, target.slot.handle(request))
@@ -576,6 +576,12 @@ impl Client {
     }
 }
 
+/// A budget as the `deadline-ms` a callee sees (saturating: budgets beyond `u32` ms are
+/// "no deadline" in practice).
+pub(crate) fn deadline_ms(budget: Duration) -> u32 {
+    u32::try_from(budget.as_millis()).unwrap_or(u32::MAX)
+}
+
 /// A call that never reached its peer, and why.
 struct Undelivered(String);
 
@@ -590,7 +596,7 @@ fn call_frame(name: &str, call: Call) -> Frame {
         method: call.method,
         headers,
         body: call.body,
-        deadline_ms: u32::try_from(call.budget.as_millis()).unwrap_or(u32::MAX),
+        deadline_ms: deadline_ms(call.budget),
         caller: call.caller,
         request_id: call.request_id,
         trace_context: trace.into_iter().next().map(|(_, value)| value),
