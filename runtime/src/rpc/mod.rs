@@ -309,9 +309,10 @@ impl Client {
             match remote.balancer.pick(&others, strategy) {
                 Some(other) => peer = other,
                 None => {
-                    let Ok(call) = call_from_frame(frame) else {
+                    let Ok(mut call) = call_from_frame(frame) else {
                         return Err(unavailable());
                     };
+                    call.budget = budget.saturating_sub(started.elapsed());
                     let _in_flight = remote.balancer.track(None);
                     return self.call_local(call).await;
                 }
