@@ -167,24 +167,20 @@ impl Transport {
         // A pooled connection that closed since its last use says so when asked for a stream,
         // and one new connection is tried. Asking first (`close_reason`) would take the
         // connection's lock once more per call, a lock its driver holds while it sends.
-        let (mut send, recv) = match self.pooled(peer) {
-            Some(pooled) => match pooled.open_bi().await {
-                Ok(streams) => streams,
-                Err(_closed) => {
-                    self.forget(peer);
-                    self.connect(peer)
-                        .await?
-                        .open_bi()
-                        .await
-                        .map_err(unreachable)?
-                }
-            },
-            None => self
-                .connect(peer)
-                .await?
-                .open_bi()
-                .await
-                .map_err(unreachable)?,
+        let on_pooled = match self.pooled(peer) {
+            Some(pooled) => pooled.open_bi().await.ok(),
+            None => None,
+        };
+        let (mut send, recv) = match on_pooled {
+            Some(streams) => streams,
+            None => {
+                self.forget(peer);
+                self.connect(peer)
+                    .await?
+                    .open_bi()
+                    .await
+                    .map_err(unreachable)?
+            }
         };
         send.write_all(bytes)
             .await
