@@ -97,7 +97,8 @@ async fn main() -> Result<()> {
         let outcome = match only.as_str() {
             "quinn" => quinn_echo(calls, callers).await?,
             "hello" => switchyard_calls(a.http_addr(), "hello", calls, callers).await?,
-            _ => switchyard_calls(a.http_addr(), "hello-reuse", calls, callers).await?,
+            "hello-reuse" => switchyard_calls(a.http_addr(), "hello-reuse", calls, callers).await?,
+            other => bail!("BENCH_PROFILE_ONLY={other}: use `hello`, `hello-reuse` or `quinn`"),
         };
         println!("  {}", outcome.line());
         return Ok(());
