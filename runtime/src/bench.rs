@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::policy::Binding;
+use crate::policy::{Binding, Code};
 use crate::wasm::{Engine, EngineConfig};
 
 /// One policy instance, as a `[[bind]]` would hold it.
@@ -30,7 +30,8 @@ impl PolicyProbe {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let binding = Binding::start(engine, loaded, "bench".into(), "bench".into(), &config)
+        let code = Code::new(loaded, &config);
+        let binding = Binding::start(engine, code, "bench".into(), "bench".into())
             .await
             .map_err(|err| err.to_string())?;
         Ok(Self {

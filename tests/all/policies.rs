@@ -355,3 +355,142 @@ async fn a_policy_picks_the_instance_a_call_goes_to() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn editing_policies_in_a_watched_manifest_applies_config_and_bindings_keeping_state() {
+    let breaker = |config: &str| policy("breaker", "policy_breaker", config);
+    let limit = policy("limit", "policy_rate_limit", "rate = \"1\", burst = \"2\"");
+    let bind_breaker = "policies = [\"breaker\"]\ncalls_to = \"flaky\"";
+    let manifest = node_with(
+        &breaker("consecutive_failures = \"3\", open_ms = \"300\""),
+        bind_breaker,
+    );
+    let mut node = manifest.start().await;
+    let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
+    node.watch_manifest(Some(reports)).unwrap();
+    let mut edit = async |policies: &str, bind: &str| {
+        let text = std::fs::read_to_string(node_with(policies, bind).path).unwrap();
+        // Keep this node's ports: only the services and policies part changes.
+        let original = std::fs::read_to_string(&manifest.path).unwrap();
+        let head = &original[..original.find("[[service]]").unwrap()];
+        let tail = &text[text.find("[[service]]").unwrap()..];
+        manifest.edit(&format!("{head}{tail}"));
+        tokio::time::timeout(Duration::from_secs(5), reported.recv())
+            .await
+            .expect("no reload within 5 s")
+            .unwrap()
+    };
+    let open = async |node: &switchyard::Node| {
+        call(node, "GET /flaky/echo")
+            .await
+            .1
+            .contains("circuit open")
+    };
+
+    for _ in 0..3 {
+        assert_eq!(call(&node, "GET /flaky/status/503").await.0, 503);
+    }
+    assert!(open(&node).await);
+
+    // New config: fresh instances that carry the state over, so the breaker is still open.
+    let report = edit(
+        &breaker("consecutive_failures = \"1\", open_ms = \"300\""),
+        bind_breaker,
+    )
+    .await;
+    assert_eq!(report.applied.len(), 1, "{report:?}");
+    assert!(
+        report.applied[0].contains("policy `breaker`: new config"),
+        "{report:?}"
+    );
+    assert!(
+        report.needs_restart.is_empty() && report.refused.is_empty(),
+        "{report:?}"
+    );
+    assert!(open(&node).await, "the new config lost the open state");
+    // ... and the new config counts: one failure now opens it.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(call(&node, "GET /flaky/echo").await.0, 200);
+    assert_eq!(call(&node, "GET /flaky/status/503").await.0, 503);
+    assert!(open(&node).await, "consecutive_failures = 1 did not apply");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(call(&node, "GET /flaky/echo").await.0, 200);
+
+    // A new policy and binding: it starts, the breaker's binding keeps its instance.
+    let both = format!(
+        "{}{limit}",
+        breaker("consecutive_failures = \"1\", open_ms = \"300\"")
+    );
+    let report = edit(
+        &both,
+        &format!("{bind_breaker}\n[[bind]]\npolicies = [\"limit\"]\noutgoing_from = \"faulty\""),
+    )
+    .await;
+    assert_eq!(
+        report.applied,
+        vec![
+            "policy `limit` declared".to_owned(),
+            "binding started: limit (calls from `faulty`)".to_owned()
+        ],
+        "{report:?}"
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(call(&node, "GET /flaky/echo").await.0);
+    }
+    assert_eq!(
+        statuses,
+        vec![200, 200, 503],
+        "the new rate limit does not apply"
+    );
+    let policies: serde_json::Value =
+        serde_json::from_str(&get(node.admin_addr(), "/policies").await.body).unwrap();
+    let generations: Vec<_> = policies
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["policy"].as_str().unwrap().to_owned(),
+                b["generation"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        generations,
+        vec![("breaker".to_owned(), 2), ("limit".to_owned(), 1)],
+        "the breaker's binding was restarted, not kept"
+    );
+
+    // The binding goes away again.
+    let report = edit(&both, bind_breaker).await;
+    assert_eq!(
+        report.applied,
+        vec!["binding dropped: limit (calls from `faulty`)".to_owned()],
+        "{report:?}"
+    );
+    for _ in 0..4 {
+        assert_eq!(call(&node, "GET /flaky/echo").await.0, 200);
+    }
+
+    // A config the policy refuses is reported and changes nothing.
+    let report = edit(&breaker("failure_rate = \"2\""), bind_breaker).await;
+    assert_eq!(
+        report.applied,
+        vec!["policy `limit` removed".to_owned()],
+        "{report:?}"
+    );
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert!(
+        report.refused[0].contains("refused configure"),
+        "{report:?}"
+    );
+    assert_eq!(call(&node, "GET /flaky/status/503").await.0, 503);
+    assert!(open(&node).await, "the refused config replaced the old one");
+
+    // Reading the manifest (as the reload itself does) is not an edit.
+    std::fs::read_to_string(&manifest.path).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(reported.try_recv().is_err(), "a reload without an edit");
+    node.shutdown().await;
+}

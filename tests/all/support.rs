@@ -60,6 +60,13 @@ impl TestManifest {
         Self { dir, path }
     }
 
+    /// Replaces the file's text as editors do: a new file renamed over the old.
+    pub(crate) fn edit(&self, text: &str) {
+        let scratch = self.path.with_extension("toml.new");
+        std::fs::write(&scratch, text).unwrap();
+        std::fs::rename(&scratch, &self.path).unwrap();
+    }
+
     pub(crate) fn load(&self) -> Manifest {
         Manifest::load(&self.path).unwrap_or_else(|err| panic!("{err}"))
     }

@@ -275,12 +275,7 @@ async fn editing_the_manifest_of_a_running_node_swaps_what_changed() {
     let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
     node.watch_manifest(Some(reports)).unwrap();
     let original = std::fs::read_to_string(&manifest.path).unwrap();
-    let edit = |text: String| {
-        // As editors do: write a new file, rename it over the manifest.
-        let scratch = manifest.path.with_extension("toml.new");
-        std::fs::write(&scratch, text).unwrap();
-        std::fs::rename(&scratch, &manifest.path).unwrap();
-    };
+    let edit = |text: String| manifest.edit(&text);
     let mut next = async || {
         tokio::time::timeout(Duration::from_secs(5), reported.recv())
             .await

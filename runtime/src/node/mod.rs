@@ -279,8 +279,8 @@ impl Node {
     }
 
     /// Watches the manifest file and applies edits while the node runs: a changed
-    /// `component` of a service or policy is hot-swapped; other changes are logged as needing a
-    /// restart. Each applied change is also sent to `reports`, if given.
+    /// `component` of a service or policy is hot-swapped, policy config and bindings are
+    /// applied; other changes are logged as needing a restart. Each applied change is also sent to `reports`, if given.
     pub fn watch_manifest(
         &mut self,
         reports: Option<tokio::sync::mpsc::UnboundedSender<ReloadReport>>,
@@ -336,11 +336,39 @@ impl Drop for Node {
     }
 }
 
-/// What the admin API may change on this node: hot swaps.
+/// What the admin API and manifest reloads may change on this node.
 struct Control {
     engine: Arc<Engine>,
     policies: Arc<Policies>,
     slots: std::collections::HashMap<String, Arc<Slot>>,
+}
+
+impl Control {
+    /// Gives every binding of policy `name` the new config; returns how many there are.
+    async fn reconfigure_policy(
+        &self,
+        name: &str,
+        config: &std::collections::BTreeMap<String, String>,
+    ) -> Result<usize, String> {
+        match self.policies.reconfigure(name, config).await {
+            Ok(generations) => Ok(generations.len()),
+            Err(err) => {
+                tracing::error!(policy = %name, error = %err, "policy config refused; the old config stays");
+                Err(err.to_string())
+            }
+        }
+    }
+
+    /// Makes `manifest`'s `[[policy]]` and `[[bind]]` entries the ones that run.
+    async fn rebind(&self, manifest: &Manifest) -> Result<crate::policy::Rebound, String> {
+        self.policies
+            .rebind(&self.engine, manifest)
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, "[[bind]] changes refused; the old bindings stay");
+                err.to_string()
+            })
+    }
 }
 
 impl http::Operator for Control {
@@ -481,6 +509,9 @@ fn start_transport(manifest: &Manifest, addr: SocketAddr) -> Result<Arc<rpc::Rem
     )))
 }
 
+/// Policy instances a node can add by manifest edits beyond what it started with.
+const BINDINGS_ADDED_LATER: u32 = 8;
+
 fn engine_config(manifest: &Manifest) -> EngineConfig {
     let instances: u32 = manifest
         .services
@@ -496,11 +527,12 @@ fn engine_config(manifest: &Manifest) -> EngineConfig {
     let policies = u32::try_from(Policies::count(manifest)).unwrap_or(u32::MAX);
     EngineConfig {
         cache_dir: Some(cache_dir(&manifest.node.data_dir)),
-        // Room for a second generation of every service during a swap, and for each policy
-        // binding's instance and its successor.
+        // Room for a second generation of every service during a swap, for each policy
+        // binding's instance and its successor, and for bindings a manifest edit adds.
         max_instances: instances
             .saturating_mul(2)
             .saturating_add(policies.saturating_mul(2))
+            .saturating_add(BINDINGS_ADDED_LATER)
             .max(16),
         // The pool reserves this much address space per memory; the per-service limit
         // is enforced by the store's limiter.

@@ -4,9 +4,12 @@
 //! the file itself is not a stable thing to watch). After a change settles ([`SETTLE`]), the
 //! manifest is read again: a manifest that does not parse is logged and ignored (the node
 //! keeps serving what it has); a service or policy whose `component` changed (another path,
-//! or the same path with new contents) is hot-swapped, exactly like `switchyard swap`; any
-//! other difference (routes, limits, config, bindings, new or removed services) needs a
-//! restart, and the log says which.
+//! or the same path with new contents) is hot-swapped, exactly like `switchyard swap`; a
+//! policy whose `config` changed gets fresh instances with the new config and the old ones'
+//! state; added, removed or reordered `[[bind]]` entries and `[[policy]]` declarations take
+//! effect for the next call (bindings that stay keep their instance and state). What is left
+//! (routes, limits, service config, new or removed services, addresses) needs a restart, and
+//! the log says which.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +32,8 @@ const SETTLE: Duration = Duration::from_millis(150);
 pub struct ReloadReport {
     /// Services and policies swapped to their new component.
     pub swapped: Vec<String>,
+    /// Other changes that took effect: policy config, policy declarations, bindings.
+    pub applied: Vec<String>,
     /// Differences that only a restart applies.
     pub needs_restart: Vec<String>,
     /// Swaps the node refused (the old code keeps running).
@@ -45,7 +50,10 @@ pub(super) fn spawn(
     let (changed, mut changes) = mpsc::unbounded_channel();
     let file_name = manifest.path.file_name().map(ToOwned::to_owned);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Opening or reading the file is not a change (the reload itself reads it: counting
+        // that would reload forever).
         if let Ok(event) = event
+            && changes_contents(&event.kind)
             && event
                 .paths
                 .iter()
@@ -86,14 +94,28 @@ pub(super) fn spawn(
             };
             let next_hashes = component_hashes(&next);
             let report = apply(&current, &next, &hashes, &next_hashes, &control).await;
-            tracing::info!(swapped = ?report.swapped, needs_restart = ?report.needs_restart, refused = ?report.refused, "manifest change applied");
+            current = next;
+            hashes = next_hashes;
+            if report == ReloadReport::default() {
+                tracing::debug!(manifest = %current.path.display(), "manifest saved without changes");
+            } else {
+                tracing::info!(swapped = ?report.swapped, applied = ?report.applied, needs_restart = ?report.needs_restart, refused = ?report.refused, "manifest change applied");
+            }
             if let Some(reports) = &reports {
                 let _ = reports.send(report);
             }
-            current = next;
-            hashes = next_hashes;
         }
     }))
+}
+
+fn changes_contents(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
+    }
 }
 
 /// SHA-256 of every service's and policy's component file, by `service:` / `policy:` name.
@@ -155,14 +177,9 @@ async fn apply(
         }
     }
     for policy in &new.policies {
-        let before = old.policies.iter().find(|p| p.name == policy.name);
-        if before.is_none_or(|before| before.config != policy.config) {
-            report.needs_restart.push(format!(
-                "policy `{}` was added or its config changed",
-                policy.name
-            ));
-            continue;
-        }
+        let Some(before) = old.policies.iter().find(|p| p.name == policy.name) else {
+            continue; // Declared by the rebind below.
+        };
         if changed(&format!("policy:{}", policy.name)) {
             swap(
                 &mut report,
@@ -172,9 +189,54 @@ async fn apply(
             )
             .await;
         }
+        if before.config != policy.config {
+            match control
+                .reconfigure_policy(&policy.name, &policy.config)
+                .await
+            {
+                Ok(bindings) => report.applied.push(format!(
+                    "policy `{}`: new config ({bindings} bindings, state carried over)",
+                    policy.name
+                )),
+                Err(reason) => report
+                    .refused
+                    .push(format!("policy `{}` config: {reason}", policy.name)),
+            }
+        }
     }
-    if old.bindings != new.bindings {
-        report.needs_restart.push("[[bind]] changed".into());
+    let names = |m: &Manifest| {
+        m.policies
+            .iter()
+            .map(|p| p.name.clone())
+            .collect::<Vec<_>>()
+    };
+    let (old_names, new_names) = (names(old), names(new));
+    if old.bindings != new.bindings || old_names != new_names {
+        match control.rebind(new).await {
+            Ok(rebound) => {
+                let added = new_names.iter().filter(|name| !old_names.contains(name));
+                let removed = old_names.iter().filter(|name| !new_names.contains(name));
+                report.applied.extend(
+                    (added.map(|name| format!("policy `{name}` declared")))
+                        .chain(removed.map(|name| format!("policy `{name}` removed")))
+                        .chain(
+                            rebound
+                                .started
+                                .iter()
+                                .map(|b| format!("binding started: {b}")),
+                        )
+                        .chain(
+                            rebound
+                                .dropped
+                                .iter()
+                                .map(|b| format!("binding dropped: {b}")),
+                        ),
+                );
+            }
+            Err(reason) => report
+                .refused
+                .push(format!("[[bind]] / [[policy]] changes: {reason}")),
+        }
     }
     if old.node.http != new.node.http
         || old.node.admin != new.node.admin

@@ -33,12 +33,27 @@ pub(crate) struct Binding {
     /// What it wraps, for logs and the admin API.
     pub(crate) scope: String,
     engine: Arc<Engine>,
-    config: Vec<(String, String)>,
     live: Mutex<Live>,
 }
 
+/// What a binding runs: a policy's code and its config.
+#[derive(Clone)]
+pub(crate) struct Code {
+    pub(crate) loaded: LoadedPolicy,
+    pub(crate) config: Vec<(String, String)>,
+}
+
+impl Code {
+    pub(crate) fn new(loaded: LoadedPolicy, config: &BTreeMap<String, String>) -> Self {
+        Self {
+            loaded,
+            config: config.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+}
+
 struct Live {
-    loaded: LoadedPolicy,
+    code: Code,
     instance: Option<Instance>,
     generation: u64,
 }
@@ -61,21 +76,17 @@ impl Binding {
     /// Instantiates and configures the policy; fails with the policy's own message.
     pub(crate) async fn start(
         engine: Arc<Engine>,
-        loaded: LoadedPolicy,
+        code: Code,
         policy: String,
         scope: String,
-        config: &BTreeMap<String, String>,
     ) -> Result<Self, PolicyError> {
-        let config: Vec<(String, String)> =
-            config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let instance = new_instance(&engine, &loaded, &policy, &config).await?;
+        let instance = new_instance(&engine, &code, &policy).await?;
         Ok(Self {
             policy,
             scope,
             engine,
-            config,
             live: Mutex::new(Live {
-                loaded,
+                code,
                 instance: Some(instance),
                 generation: 1,
             }),
@@ -87,7 +98,7 @@ impl Binding {
         BindingView {
             policy: self.policy.clone(),
             scope: self.scope.clone(),
-            component_hash: live.loaded.hash.clone(),
+            component_hash: live.code.loaded.hash.clone(),
             generation: live.generation,
         }
     }
@@ -135,7 +146,7 @@ impl Binding {
     ) -> T {
         let mut live = self.live.lock().await;
         if live.instance.is_none() {
-            match new_instance(&self.engine, &live.loaded, &self.policy, &self.config).await {
+            match new_instance(&self.engine, &live.code, &self.policy).await {
                 Ok(instance) => live.instance = Some(instance),
                 Err(error) => {
                     tracing::error!(policy = %self.policy, scope = %self.scope, %error, "policy cannot restart; letting calls through");
@@ -167,12 +178,12 @@ impl Binding {
         }
     }
 
-    /// Replaces the policy's code: a new instance is configured and given the old one's
-    /// snapshot, then takes over, all while calls wait on the lock (so none sees a half-swap).
-    /// On any failure the old instance stays and the error says why.
-    pub(crate) async fn swap(&self, loaded: LoadedPolicy) -> Result<u64, PolicyError> {
+    /// Replaces the policy's code or config: a new instance is configured and given the old
+    /// one's snapshot, then takes over, all while calls wait on the lock (so none sees a
+    /// half-swap). On any failure the old instance stays and the error says why.
+    pub(crate) async fn swap(&self, code: Code) -> Result<u64, PolicyError> {
         let mut live = self.live.lock().await;
-        let mut next = new_instance(&self.engine, &loaded, &self.policy, &self.config).await?;
+        let mut next = new_instance(&self.engine, &code, &self.policy).await?;
         let snapshot = match live.instance.as_mut() {
             Some(old) => {
                 old.store.set_epoch_deadline(budget_ticks());
@@ -207,7 +218,7 @@ impl Binding {
             });
         }
         live.instance = Some(next);
-        live.loaded = loaded;
+        live.code = code;
         live.generation += 1;
         Ok(live.generation)
     }
@@ -217,12 +228,7 @@ fn budget_ticks() -> u64 {
     epoch_ticks(DECISION_BUDGET)
 }
 
-async fn new_instance(
-    engine: &Engine,
-    loaded: &LoadedPolicy,
-    policy: &str,
-    config: &[(String, String)],
-) -> Result<Instance, PolicyError> {
+async fn new_instance(engine: &Engine, code: &Code, policy: &str) -> Result<Instance, PolicyError> {
     let context = Arc::new(GuestContext {
         service: format!("policy:{policy}"),
         rpc: crate::rpc::Client::default(),
@@ -243,14 +249,15 @@ async fn new_instance(
             reason: format!("{err:#}"),
         }
     };
-    let instance = loaded
+    let instance = code
+        .loaded
         .pre
         .instantiate_async(&mut store)
         .await
         .map_err(guest("instantiate"))?;
     let configured = instance
         .switchyard_runtime_policy()
-        .call_configure(&mut store, config)
+        .call_configure(&mut store, &code.config)
         .await
         .map_err(guest("configure"))?;
     if let Err(reason) = configured {

@@ -14,17 +14,21 @@
 
 mod binding;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+use tokio::sync::Mutex;
+
 use crate::manifest::{BindScope, Manifest};
 use crate::rpc::{Call, CallError, Reply};
-use crate::wasm::{Engine, LoadError};
+use crate::wasm::{Engine, LoadError, LoadedPolicy};
 
 use binding::{AfterDecision, Candidate};
 pub(crate) use binding::{BeforeDecision, CallInfo, Outcome};
-pub(crate) use binding::{Binding, BindingView};
+pub(crate) use binding::{Binding, BindingView, Code};
 
 /// Why policies could not start or swap.
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +56,34 @@ pub enum PolicyError {
 }
 
 /// Every binding of a node, indexed by what it wraps.
+///
+/// The tables are swapped whole ([`Policies::rebind`]): a call takes its chain from the
+/// tables of the moment and keeps it, so a call in flight finishes with the bindings it
+/// started with, and a binding dropped from the manifest goes away when its last call ends.
 #[derive(Default)]
 pub(crate) struct Policies {
+    tables: ArcSwap<Tables>,
+    /// Each declared policy's code and config as last applied, by name: what a binding added
+    /// later starts with. Its lock also serializes every change (swap, config, rebind).
+    declared: Mutex<HashMap<String, Code>>,
+}
+
+#[derive(Default)]
+struct Tables {
     calls_to: HashMap<String, Vec<Arc<Binding>>>,
     outgoing_from: HashMap<String, Vec<Arc<Binding>>>,
     all: Vec<Arc<Binding>>,
+}
+
+/// What [`Policies::rebind`] changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Rebound {
+    /// Bindings started, as `policy (scope)`.
+    pub(crate) started: Vec<String>,
+    /// Bindings that kept their instance (and its state).
+    pub(crate) kept: usize,
+    /// Bindings dropped, as `policy (scope)`.
+    pub(crate) dropped: Vec<String>,
 }
 
 impl Policies {
@@ -66,49 +93,8 @@ impl Policies {
         engine: &Arc<Engine>,
         manifest: &Manifest,
     ) -> Result<Self, PolicyError> {
-        let mut loaded = HashMap::new();
-        for spec in &manifest.policies {
-            let engine = engine.clone();
-            let path = spec.component.clone();
-            let component = tokio::task::spawn_blocking(move || engine.load_policy(&path))
-                .await
-                .map_err(|err| PolicyError::Guest {
-                    policy: spec.name.clone(),
-                    step: "load",
-                    reason: err.to_string(),
-                })?
-                .map_err(|cause| PolicyError::Load {
-                    policy: spec.name.clone(),
-                    cause,
-                })?;
-            loaded.insert(spec.name.clone(), (component, spec.config.clone()));
-        }
-        let mut policies = Self::default();
-        for bind in &manifest.bindings {
-            let mut chain = Vec::new();
-            for name in &bind.policies {
-                let Some((component, config)) = loaded.get(name) else {
-                    return Err(PolicyError::Unknown(name.clone()));
-                };
-                let binding = Arc::new(
-                    Binding::start(
-                        engine.clone(),
-                        component.clone(),
-                        name.clone(),
-                        bind.scope.to_string(),
-                        config,
-                    )
-                    .await?,
-                );
-                policies.all.push(binding.clone());
-                chain.push(binding);
-            }
-            let table = match &bind.scope {
-                BindScope::CallsTo(service) => policies.calls_to.entry(service.clone()),
-                BindScope::OutgoingFrom(service) => policies.outgoing_from.entry(service.clone()),
-            };
-            table.or_default().extend(chain);
-        }
+        let policies = Self::default();
+        policies.rebind(engine, manifest).await?;
         Ok(policies)
     }
 
@@ -119,22 +105,100 @@ impl Policies {
 
     /// The chain around a call from `caller` to `service`, outermost first.
     pub(crate) fn chain(&self, caller: &str, service: &str) -> Vec<Arc<Binding>> {
+        let tables = self.tables.load();
         let mut chain = Vec::new();
-        if let Some(outgoing) = self.outgoing_from.get(caller) {
+        if let Some(outgoing) = tables.outgoing_from.get(caller) {
             chain.extend(outgoing.iter().cloned());
         }
-        if let Some(incoming) = self.calls_to.get(service) {
+        if let Some(incoming) = tables.calls_to.get(service) {
             chain.extend(incoming.iter().cloned());
         }
         chain
     }
 
     pub(crate) async fn views(&self) -> Vec<BindingView> {
-        let mut views = Vec::with_capacity(self.all.len());
-        for binding in &self.all {
+        let tables = self.tables.load_full();
+        let mut views = Vec::with_capacity(tables.all.len());
+        for binding in &tables.all {
             views.push(binding.view().await);
         }
         views
+    }
+
+    /// Makes the manifest's `[[policy]]` and `[[bind]]` entries what runs: a policy not yet
+    /// declared is loaded from its file; a binding of the same policy to the same scope keeps
+    /// its instance and state (the first such, for each one in the manifest); others start
+    /// fresh with the policy's current code and config; bindings the manifest no longer has
+    /// are dropped once their calls end. On any failure nothing changes.
+    ///
+    /// Config changes of a declared policy are [`Policies::reconfigure`]'s job: a kept
+    /// binding runs what it ran.
+    pub(crate) async fn rebind(
+        &self,
+        engine: &Arc<Engine>,
+        manifest: &Manifest,
+    ) -> Result<Rebound, PolicyError> {
+        let mut declared = self.declared.lock().await;
+        let mut next_declared = HashMap::new();
+        for spec in &manifest.policies {
+            let code = match declared.get(&spec.name) {
+                Some(code) => code.clone(),
+                None => Code::new(
+                    load(engine, &spec.name, LoadFrom::File(spec.component.clone())).await?,
+                    &spec.config,
+                ),
+            };
+            next_declared.insert(spec.name.clone(), code);
+        }
+        let current = self.tables.load_full();
+        let mut unclaimed: Vec<Option<&Arc<Binding>>> = current.all.iter().map(Some).collect();
+        let mut next = Tables::default();
+        let mut rebound = Rebound::default();
+        for bind in &manifest.bindings {
+            let scope = bind.scope.to_string();
+            let mut chain = Vec::new();
+            for name in &bind.policies {
+                let kept = unclaimed
+                    .iter_mut()
+                    .find_map(|slot| slot.take_if(|b| b.policy == *name && b.scope == scope));
+                let binding = match kept {
+                    Some(binding) => {
+                        rebound.kept += 1;
+                        binding.clone()
+                    }
+                    None => {
+                        let Some(code) = next_declared.get(name) else {
+                            return Err(PolicyError::Unknown(name.clone()));
+                        };
+                        rebound.started.push(format!("{name} ({scope})"));
+                        Arc::new(
+                            Binding::start(
+                                engine.clone(),
+                                code.clone(),
+                                name.clone(),
+                                scope.clone(),
+                            )
+                            .await?,
+                        )
+                    }
+                };
+                next.all.push(binding.clone());
+                chain.push(binding);
+            }
+            let table = match &bind.scope {
+                BindScope::CallsTo(service) => next.calls_to.entry(service.clone()),
+                BindScope::OutgoingFrom(service) => next.outgoing_from.entry(service.clone()),
+            };
+            table.or_default().extend(chain);
+        }
+        rebound.dropped = unclaimed
+            .into_iter()
+            .flatten()
+            .map(|b| format!("{} ({})", b.policy, b.scope))
+            .collect();
+        self.tables.store(Arc::new(next));
+        *declared = next_declared;
+        Ok(rebound)
     }
 
     /// Swaps the code of every binding of policy `name` to `bytes`, moving each binding's
@@ -145,31 +209,84 @@ impl Policies {
         name: &str,
         bytes: Vec<u8>,
     ) -> Result<Vec<u64>, PolicyError> {
-        let targets: Vec<_> = self.all.iter().filter(|b| b.policy == name).collect();
-        if targets.is_empty() {
+        let mut declared = self.declared.lock().await;
+        let Some(current) = declared.get(name) else {
             return Err(PolicyError::Unknown(name.to_owned()));
-        }
-        let engine = engine.clone();
-        let label = std::path::PathBuf::from(format!("<upload for policy {name}>"));
-        let loaded = tokio::task::spawn_blocking(move || engine.load_policy_bytes(&label, &bytes))
-            .await
-            .map_err(|err| PolicyError::Guest {
-                policy: name.to_owned(),
-                step: "load",
-                reason: err.to_string(),
-            })?
-            .map_err(|cause| PolicyError::Load {
-                policy: name.to_owned(),
-                cause,
-            })?;
+        };
+        let loaded = load(engine, name, LoadFrom::Upload(bytes)).await?;
+        let code = Code {
+            loaded,
+            config: current.config.clone(),
+        };
+        let generations = self.swap_bindings(name, &code, "policy swapped").await?;
+        declared.insert(name.to_owned(), code);
+        Ok(generations)
+    }
+
+    /// Gives every binding of policy `name` a fresh instance configured with `config`, moving
+    /// each binding's state, as a swap does.
+    pub(crate) async fn reconfigure(
+        &self,
+        name: &str,
+        config: &BTreeMap<String, String>,
+    ) -> Result<Vec<u64>, PolicyError> {
+        let mut declared = self.declared.lock().await;
+        let Some(current) = declared.get(name) else {
+            return Err(PolicyError::Unknown(name.to_owned()));
+        };
+        let code = Code::new(current.loaded.clone(), config);
+        let generations = self
+            .swap_bindings(name, &code, "policy reconfigured")
+            .await?;
+        declared.insert(name.to_owned(), code);
+        Ok(generations)
+    }
+
+    /// Swaps every bound instance of `name` to `code`; stops at the first refusal.
+    async fn swap_bindings(
+        &self,
+        name: &str,
+        code: &Code,
+        what: &'static str,
+    ) -> Result<Vec<u64>, PolicyError> {
+        let tables = self.tables.load_full();
         let mut generations = Vec::new();
-        for binding in targets {
-            let generation = binding.swap(loaded.clone()).await?;
-            tracing::info!(policy = name, scope = %binding.scope, generation, "policy swapped; state carried over");
+        for binding in tables.all.iter().filter(|b| b.policy == name) {
+            let generation = binding.swap(code.clone()).await?;
+            tracing::info!(policy = name, scope = %binding.scope, generation, "{what}; state carried over");
             generations.push(generation);
         }
         Ok(generations)
     }
+}
+
+enum LoadFrom {
+    File(PathBuf),
+    Upload(Vec<u8>),
+}
+
+/// Compiles a policy component on the blocking pool.
+async fn load(
+    engine: &Arc<Engine>,
+    name: &str,
+    from: LoadFrom,
+) -> Result<LoadedPolicy, PolicyError> {
+    let engine = engine.clone();
+    let label = PathBuf::from(format!("<upload for policy {name}>"));
+    tokio::task::spawn_blocking(move || match from {
+        LoadFrom::File(path) => engine.load_policy(&path),
+        LoadFrom::Upload(bytes) => engine.load_policy_bytes(&label, &bytes),
+    })
+    .await
+    .map_err(|err| PolicyError::Guest {
+        policy: name.to_owned(),
+        step: "load",
+        reason: err.to_string(),
+    })?
+    .map_err(|cause| PolicyError::Load {
+        policy: name.to_owned(),
+        cause,
+    })
 }
 
 /// Runs `send` for `call` inside `chain` (see the module docs).
