@@ -322,3 +322,69 @@ async fn editing_the_manifest_of_a_running_node_swaps_what_changed() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn editing_a_services_config_and_limits_starts_a_generation_with_them() {
+    let with = |extra: &str| service("hello", "hello", &["GET /hello/{name}"], extra);
+    let manifest = TestManifest::new(&with(
+        "max_instances = 4\nmemory_limit_mb = 32\nconfig = { greeting = \"Hi\" }",
+    ));
+    let mut node = manifest.start().await;
+    let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
+    node.watch_manifest(Some(reports)).unwrap();
+    let head = {
+        let text = std::fs::read_to_string(&manifest.path).unwrap();
+        text[..text.find("[[service]]").unwrap()].to_owned()
+    };
+    let mut edit = async |extra: &str| {
+        manifest.edit(&format!("{head}{}", with(extra)));
+        tokio::time::timeout(Duration::from_secs(5), reported.recv())
+            .await
+            .expect("no reload within 5 s")
+            .unwrap()
+    };
+    assert_eq!(get(node.http_addr(), "/hello/ada").await.body, "Hi, ada!\n");
+
+    // New config and a lower limit: a new generation runs with both.
+    let report =
+        edit("max_instances = 2\nmemory_limit_mb = 32\nconfig = { greeting = \"Howdy\" }").await;
+    assert_eq!(
+        report.swapped,
+        vec!["service `hello` (new settings)".to_owned()],
+        "{report:?}"
+    );
+    assert!(
+        report.needs_restart.is_empty() && report.refused.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(
+        get(node.http_addr(), "/hello/ada").await.body,
+        "Howdy, ada!\n"
+    );
+    let services: serde_json::Value =
+        serde_json::from_str(&get(node.admin_addr(), "/services").await.body).unwrap();
+    assert_eq!(services[0]["generation"], 2, "{services}");
+    assert_eq!(services[0]["max_instances"], 2, "{services}");
+
+    // More than the pool was sized for: refused with the reason, the running generation stays.
+    let report =
+        edit("max_instances = 2\nmemory_limit_mb = 4096\nconfig = { greeting = \"Yo\" }").await;
+    assert!(report.swapped.is_empty(), "{report:?}");
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert!(
+        report.refused[0].contains("memory_limit_mb = 4096")
+            && report.refused[0].contains("restart"),
+        "{report:?}"
+    );
+    let report =
+        edit("max_instances = 8\nmemory_limit_mb = 32\nconfig = { greeting = \"Yo\" }").await;
+    assert!(
+        report.refused[0].contains("max_instances = 8"),
+        "{report:?}"
+    );
+    assert_eq!(
+        get(node.http_addr(), "/hello/ada").await.body,
+        "Howdy, ada!\n"
+    );
+    node.shutdown().await;
+}

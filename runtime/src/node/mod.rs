@@ -359,6 +359,42 @@ impl Control {
         }
     }
 
+    /// A new generation of service `name`: new code, new settings (from the manifest's
+    /// `[[service]]`), or both. Returns the swap event as JSON.
+    async fn update_service(
+        &self,
+        name: &str,
+        component: Option<Vec<u8>>,
+        settings: Option<SlotConfig>,
+    ) -> Result<serde_json::Value, String> {
+        let slot = self.slots.get(name).ok_or_else(|| {
+            let mut known: Vec<&str> = self.slots.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            format!(
+                "this node runs no service `{name}` (it runs: {})",
+                known.join(", ")
+            )
+        })?;
+        let loaded = match component {
+            Some(component) => {
+                let engine = slot.engine().clone();
+                let label = std::path::PathBuf::from(format!("<upload for service {name}>"));
+                let loaded =
+                    tokio::task::spawn_blocking(move || engine.load_bytes(&label, &component))
+                        .await
+                        .map_err(|err| err.to_string())?
+                        .map_err(|err| err.to_string())?;
+                Some(loaded)
+            }
+            None => None,
+        };
+        let event = slot
+            .next_generation(loaded, settings)
+            .await
+            .map_err(|err| err.to_string())?;
+        serde_json::to_value(event).map_err(|err| err.to_string())
+    }
+
     /// Makes `manifest`'s `[[policy]]` and `[[bind]]` entries the ones that run.
     async fn rebind(&self, manifest: &Manifest) -> Result<crate::policy::Rebound, String> {
         self.policies
@@ -405,24 +441,7 @@ impl http::Operator for Control {
         name: String,
         component: Vec<u8>,
     ) -> discovery::BoxFuture<'_, Result<serde_json::Value, String>> {
-        Box::pin(async move {
-            let slot = self.slots.get(&name).ok_or_else(|| {
-                let mut known: Vec<&str> = self.slots.keys().map(String::as_str).collect();
-                known.sort_unstable();
-                format!(
-                    "this node runs no service `{name}` (it runs: {})",
-                    known.join(", ")
-                )
-            })?;
-            let engine = slot.engine().clone();
-            let label = std::path::PathBuf::from(format!("<upload for service {name}>"));
-            let loaded = tokio::task::spawn_blocking(move || engine.load_bytes(&label, &component))
-                .await
-                .map_err(|err| err.to_string())?
-                .map_err(|err| err.to_string())?;
-            let event = slot.swap(loaded).await.map_err(|err| err.to_string())?;
-            serde_json::to_value(event).map_err(|err| err.to_string())
-        })
+        Box::pin(async move { self.update_service(&name, Some(component), None).await })
     }
 }
 

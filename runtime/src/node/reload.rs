@@ -5,11 +5,12 @@
 //! manifest is read again: a manifest that does not parse is logged and ignored (the node
 //! keeps serving what it has); a service or policy whose `component` changed (another path,
 //! or the same path with new contents) is hot-swapped, exactly like `switchyard swap`; a
-//! policy whose `config` changed gets fresh instances with the new config and the old ones'
-//! state; added, removed or reordered `[[bind]]` entries and `[[policy]]` declarations take
-//! effect for the next call (bindings that stay keep their instance and state). What is left
-//! (routes, limits, service config, new or removed services, addresses) needs a restart, and
-//! the log says which.
+//! service whose limits, `config` or `env` changed gets a new generation with them (same
+//! drain, probation and rollback); a policy whose `config` changed gets fresh instances with
+//! the new config and the old ones' state; added, removed or reordered `[[bind]]` entries and
+//! `[[policy]]` declarations take effect for the next call (bindings that stay keep their
+//! instance and state). What is left (routes, versions, new or removed services, addresses,
+//! limits above what the node started with) needs a restart, and the log says which.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -152,21 +153,44 @@ async fn apply(
                 .push(format!("service `{}` was added", service.name));
             continue;
         };
-        let same_but_component = ServiceShape::of(before) == ServiceShape::of(service);
-        if !same_but_component {
+        if before.version != service.version || route_list(before) != route_list(service) {
             report.needs_restart.push(format!(
-                "service `{}`: routes, limits, config or env changed",
+                "service `{}`: version or routes changed",
                 service.name
             ));
         }
-        if changed(&format!("service:{}", service.name)) {
-            swap(
-                &mut report,
-                format!("service `{}`", service.name),
-                &service.component,
-                |bytes| control.swap_service(service.name.clone(), bytes),
-            )
-            .await;
+        let component = if changed(&format!("service:{}", service.name)) {
+            match std::fs::read(&service.component) {
+                Ok(bytes) => Some(bytes),
+                Err(error) => {
+                    report.refused.push(format!(
+                        "service `{}`: cannot read {}: {error}",
+                        service.name,
+                        service.component.display()
+                    ));
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let mut settings = super::slot_config(service);
+        // What a restart would apply stays as it runs.
+        settings.version = before.version.clone();
+        let settings = (super::slot_config(before) != settings).then_some(settings);
+        let what = match (&component, &settings) {
+            (None, None) => continue,
+            (Some(_), None) => "",
+            (None, Some(_)) => " (new settings)",
+            (Some(_), Some(_)) => " (and new settings)",
+        };
+        let label = format!("service `{}`{what}", service.name);
+        match control
+            .update_service(&service.name, component, settings)
+            .await
+        {
+            Ok(_) => report.swapped.push(label),
+            Err(reason) => report.refused.push(format!("{label}: {reason}")),
         }
     }
     for service in &old.services {
@@ -264,30 +288,6 @@ async fn swap<'a>(
     }
 }
 
-/// Everything of a service but its component, to tell a swap from a restart.
-#[derive(PartialEq)]
-struct ServiceShape<'a> {
-    version: &'a semver::Version,
-    routes: Vec<String>,
-    max_instances: u32,
-    requests_per_instance: u32,
-    timeout: Duration,
-    memory: usize,
-    config: &'a std::collections::BTreeMap<String, String>,
-    env: &'a std::collections::BTreeMap<String, String>,
-}
-
-impl<'a> ServiceShape<'a> {
-    fn of(spec: &'a crate::manifest::ServiceSpec) -> Self {
-        Self {
-            version: &spec.version,
-            routes: spec.routes.iter().map(ToString::to_string).collect(),
-            max_instances: spec.max_instances,
-            requests_per_instance: spec.requests_per_instance,
-            timeout: spec.timeout,
-            memory: spec.memory_limit_bytes,
-            config: &spec.config,
-            env: &spec.env,
-        }
-    }
+fn route_list(spec: &crate::manifest::ServiceSpec) -> Vec<String> {
+    spec.routes.iter().map(ToString::to_string).collect()
 }

@@ -31,6 +31,7 @@ pub struct Engine {
     linker: Linker<HostState>,
     cache: Option<ComponentCache>,
     ticker_stop: Arc<AtomicBool>,
+    max_memory_bytes: usize,
 }
 
 /// A component compiled, checked against the `service` world and ready to instantiate.
@@ -99,7 +100,13 @@ impl Engine {
             linker,
             cache,
             ticker_stop,
+            max_memory_bytes: config.max_memory_bytes,
         })
+    }
+
+    /// The largest linear memory the pool has room for.
+    pub(crate) fn max_memory_bytes(&self) -> usize {
+        self.max_memory_bytes
     }
 
     pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {

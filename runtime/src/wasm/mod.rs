@@ -18,7 +18,7 @@ pub use bindings::{GuestRequest, GuestResponse};
 pub(crate) use bindings::{Service, ServicePre, imports};
 pub(crate) use engine::LoadedPolicy;
 pub use engine::{Engine, EngineConfig, LoadedComponent};
-pub use slot::{Slot, SlotConfig, SlotError, SlotStats, SwapEvent};
+pub use slot::{Slot, SlotConfig, SlotError, SlotStats, SwapError, SwapEvent};
 
 use std::path::PathBuf;
 use std::time::Duration;

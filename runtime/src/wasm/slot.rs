@@ -3,7 +3,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use wasmtime::{Store, Trap};
 
 use super::Service;
@@ -11,7 +10,7 @@ use super::{EPOCH_TICK, Engine, GuestRequest, GuestResponse, LoadedComponent, ep
 use crate::host::{GuestContext, HostState};
 
 /// What a [`Slot`] needs to know about its service.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SlotConfig {
     pub service: String,
     pub version: semver::Version,
@@ -35,6 +34,9 @@ const ROLLBACK_MIN_ERRORS: u64 = 5;
 pub(crate) struct Generation {
     number: u64,
     component: LoadedComponent,
+    /// Limits, config and env this generation runs with (a config edit is a new generation).
+    settings: Arc<SlotConfig>,
+    guest: Arc<GuestContext>,
     served: AtomicU64,
     errors: AtomicU64,
     /// The slot's count of generations alive, decremented on drop (a leak check).
@@ -42,11 +44,29 @@ pub(crate) struct Generation {
 }
 
 impl Generation {
-    fn new(number: u64, component: LoadedComponent, alive: Arc<AtomicU64>) -> Self {
+    fn new(
+        number: u64,
+        component: LoadedComponent,
+        settings: Arc<SlotConfig>,
+        rpc: crate::rpc::Client,
+        alive: Arc<AtomicU64>,
+    ) -> Self {
         alive.fetch_add(1, Ordering::Relaxed);
+        let guest = Arc::new(GuestContext {
+            service: settings.service.clone(),
+            rpc,
+            config: settings.config.clone(),
+            env: settings
+                .env
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+        });
         Self {
             number,
             component,
+            settings,
+            guest,
             served: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             alive,
@@ -76,7 +96,10 @@ pub struct SwapEvent {
 /// Where one service's requests run: its current component and its limits.
 pub struct Slot {
     engine: Arc<Engine>,
-    settings: SlotConfig,
+    /// The service's name, and the settings it started with: a new generation may change
+    /// limits, config and env, but not what the engine's pool was sized for.
+    started: SlotConfig,
+    rpc: crate::rpc::Client,
     current: arc_swap::ArcSwap<Generation>,
     /// The generation before the last swap, kept through probation for a rollback.
     previous: std::sync::Mutex<Option<Arc<Generation>>>,
@@ -85,8 +108,6 @@ pub struct Slot {
     swapping: tokio::sync::Mutex<()>,
     /// Generations not yet freed: the current one, plus old ones still draining.
     generations_alive: Arc<AtomicU64>,
-    guest: Arc<GuestContext>,
-    permits: Arc<Semaphore>,
     /// Instances that finished a request cleanly and may serve another
     /// (only when `requests_per_instance` > 1). Locked briefly, never across an await.
     idle: std::sync::Mutex<Vec<LiveInstance>>,
@@ -103,7 +124,8 @@ struct LiveInstance {
 
 #[derive(Default)]
 struct Counters {
-    in_flight: AtomicU64,
+    /// Requests and streams running; admission keeps it at most `max_instances`.
+    in_flight: Arc<AtomicU64>,
     served: AtomicU64,
     errors: AtomicU64,
     rejected: AtomicU64,
@@ -129,6 +151,17 @@ pub struct SlotStats {
     pub errors: u64,
     /// Requests refused with 503 at `max_instances`.
     pub rejected: u64,
+}
+
+/// Why a swap was refused; the old generation keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// The new generation failed its trial instantiation.
+    #[error("service `{service}`: {reason}")]
+    DoesNotInstantiate { service: String, reason: String },
+    /// New settings the slot cannot take while it runs.
+    #[error("service `{service}`: new settings refused: {reason}")]
+    Settings { service: String, reason: String },
 }
 
 /// Why a request got no answer from the guest. The ingress maps each to a status.
@@ -161,44 +194,35 @@ impl Slot {
         component: LoadedComponent,
         rpc: crate::rpc::Client,
     ) -> Self {
-        let guest = Arc::new(GuestContext {
-            service: settings.service.clone(),
-            rpc,
-            config: settings.config.clone(),
-            env: settings
-                .env
-                .iter()
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect(),
-        });
         let generations_alive = Arc::new(AtomicU64::new(0));
         Self {
             engine,
-            permits: Arc::new(Semaphore::new(settings.max_instances as usize)),
             idle: std::sync::Mutex::new(Vec::new()),
-            settings,
             current: arc_swap::ArcSwap::from_pointee(Generation::new(
                 1,
                 component,
+                Arc::new(settings.clone()),
+                rpc.clone(),
                 generations_alive.clone(),
             )),
+            started: settings,
+            rpc,
             generations_alive,
             previous: std::sync::Mutex::new(None),
             last_swap: std::sync::Mutex::new(None),
             swapping: tokio::sync::Mutex::new(()),
-            guest,
             stats: Counters::default(),
         }
     }
 
     /// The service's name.
     pub fn name(&self) -> &str {
-        &self.settings.service
+        &self.started.service
     }
 
-    /// The per-request deadline.
+    /// The per-request deadline of the current generation.
     pub fn timeout(&self) -> Duration {
-        self.settings.timeout
+        self.current.load().settings.timeout
     }
 
     /// Runs `request` within the service's limits, on a fresh instance or, when
@@ -208,21 +232,13 @@ impl Slot {
     ///
     /// Dropping the future drops the instance mid-call; nothing else is affected.
     pub async fn handle(&self, request: GuestRequest) -> Result<GuestResponse, SlotError> {
-        let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
-            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            return Err(SlotError::Busy {
-                service: self.settings.service.clone(),
-                max_instances: self.settings.max_instances,
-            });
-        };
-        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        let _in_flight = DecrementOnDrop(&self.stats.in_flight);
+        let _in_flight = self.admit()?;
 
         let generation = self.current.load_full();
         let mut live = self
-            .idle_instance(generation.number)
-            .unwrap_or_else(|| self.new_instance(generation.number));
-        let deadline = std::time::Instant::now() + self.settings.timeout;
+            .idle_instance(&generation)
+            .unwrap_or_else(|| self.new_instance(&generation));
+        let deadline = std::time::Instant::now() + generation.settings.timeout;
         let traceparent = request
             .headers
             .iter()
@@ -236,7 +252,7 @@ impl Slot {
         live.served += 1;
         // A failed store may be mid-call or poisoned: only a clean one is reused.
         if result.is_ok()
-            && live.served < self.settings.requests_per_instance
+            && live.served < generation.settings.requests_per_instance
             && let Ok(mut idle) = self.idle.lock()
         {
             idle.push(live);
@@ -254,18 +270,41 @@ impl Slot {
         result
     }
 
-    fn idle_instance(&self, generation: u64) -> Option<LiveInstance> {
-        if self.settings.requests_per_instance <= 1 {
+    /// Counts one more request or stream in flight, or refuses with `Busy` at the current
+    /// generation's `max_instances`.
+    fn admit(&self) -> Result<InFlight, SlotError> {
+        let max_instances = self.current.load().settings.max_instances;
+        let in_flight = &self.stats.in_flight;
+        let admitted = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < u64::from(max_instances)).then_some(n + 1)
+        });
+        match admitted {
+            Ok(_) => Ok(InFlight(in_flight.clone())),
+            Err(_) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(SlotError::Busy {
+                    service: self.started.service.clone(),
+                    max_instances,
+                })
+            }
+        }
+    }
+
+    fn idle_instance(&self, generation: &Generation) -> Option<LiveInstance> {
+        if generation.settings.requests_per_instance <= 1 {
             return None;
         }
         let mut idle = self.idle.lock().ok()?;
         // Instances of an older generation are dropped, not reused.
-        idle.retain(|live| live.generation == generation);
+        idle.retain(|live| live.generation == generation.number);
         idle.pop()
     }
 
-    fn new_instance(&self, generation: u64) -> LiveInstance {
-        let state = HostState::new(self.guest.clone(), self.settings.memory_limit_bytes);
+    fn new_instance(&self, generation: &Generation) -> LiveInstance {
+        let state = HostState::new(
+            generation.guest.clone(),
+            generation.settings.memory_limit_bytes,
+        );
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
@@ -273,7 +312,7 @@ impl Slot {
             store,
             service: None,
             served: 0,
-            generation,
+            generation: generation.number,
         }
     }
 
@@ -283,7 +322,7 @@ impl Slot {
         request: &GuestRequest,
         generation: &Generation,
     ) -> Result<GuestResponse, SlotError> {
-        let timeout = self.settings.timeout;
+        let timeout = generation.settings.timeout;
         live.store.set_epoch_deadline(epoch_ticks(timeout));
         let LiveInstance { store, service, .. } = live;
         let call = async {
@@ -304,7 +343,7 @@ impl Slot {
         };
         // Epochs stop guest code; this also stops time spent awaiting host calls.
         let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await;
-        self.outcome(outcome, store, timeout)
+        self.outcome(outcome, store, timeout, &generation.settings)
     }
 
     /// Names what ended a guest call: its answer, the deadline, the memory limit or a trap.
@@ -313,8 +352,9 @@ impl Slot {
         outcome: Result<wasmtime::Result<T>, tokio::time::error::Elapsed>,
         store: &Store<HostState>,
         timeout: Duration,
+        settings: &SlotConfig,
     ) -> Result<T, SlotError> {
-        let service = || self.settings.service.clone();
+        let service = || self.started.service.clone();
         match outcome {
             Ok(Ok(value)) => Ok(value),
             Err(_elapsed) => Err(SlotError::Timeout {
@@ -325,7 +365,7 @@ impl Slot {
                 if store.data().limiter.exceeded {
                     return Err(SlotError::MemoryLimit {
                         service: service(),
-                        limit_mb: self.settings.memory_limit_bytes / (1024 * 1024),
+                        limit_mb: settings.memory_limit_bytes / (1024 * 1024),
                     });
                 }
                 if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
@@ -347,7 +387,7 @@ impl Slot {
         match self.current.load().component.streams {
             Some(_) => Ok(()),
             None => Err(SlotError::NoStreams {
-                service: self.settings.service.clone(),
+                service: self.started.service.clone(),
             }),
         }
     }
@@ -363,24 +403,16 @@ impl Slot {
         budget: Duration,
     ) -> Result<(), SlotError> {
         self.check_streams()?;
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            return Err(SlotError::Busy {
-                service: self.settings.service.clone(),
-                max_instances: self.settings.max_instances,
-            });
-        };
+        let in_flight = self.admit()?;
         let slot = self.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            slot.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-            let _in_flight = DecrementOnDrop(&slot.stats.in_flight);
+            let _in_flight = in_flight;
             let request_id = format!("stream-{}", fastrand::u64(..));
             let result = slot.run_stream(stream, &caller, &request_id, budget).await;
             match &result {
                 Ok(()) => slot.stats.served.fetch_add(1, Ordering::Relaxed),
                 Err(error) => {
-                    tracing::warn!(service = %slot.settings.service, %caller, %error, "stream handler failed");
+                    tracing::warn!(service = %slot.started.service, %caller, %error, "stream handler failed");
                     slot.stats.errors.fetch_add(1, Ordering::Relaxed)
                 }
             };
@@ -399,8 +431,8 @@ impl Slot {
         let Some(pre) = &generation.component.streams else {
             return self.check_streams();
         };
-        let timeout = budget.min(self.settings.timeout);
-        let mut live = self.new_instance(generation.number);
+        let timeout = budget.min(generation.settings.timeout);
+        let mut live = self.new_instance(&generation);
         live.store
             .data_mut()
             .begin_request(request_id, std::time::Instant::now() + timeout, None);
@@ -415,38 +447,46 @@ impl Slot {
                 .await
         };
         let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await;
-        let result = self.outcome(outcome, &live.store, timeout);
+        let result = self.outcome(outcome, &live.store, timeout, &generation.settings);
         self.log_output(&live.store, request_id);
         result
     }
 
-    /// Makes `component` the code new requests run on. It is instantiated once first (a
-    /// component that cannot instantiate never serves); in-flight requests finish on the old
-    /// generation, which is dropped when the last of them ends and its probation is over.
-    /// During [`PROBATION`] the new generation is watched and rolled back if most of its
-    /// requests fail.
-    pub(crate) async fn swap(
+    /// Makes new code, new settings (limits, config, env) or both what new requests run on.
+    /// The new generation is instantiated once first (one that cannot instantiate never
+    /// serves); in-flight requests finish on the old generation, which is dropped when the
+    /// last of them ends and its probation is over. During [`PROBATION`] the new generation is
+    /// watched and rolled back if most of its requests fail. Settings the engine was not
+    /// sized for (more instances or memory than at start) are refused: they need a restart.
+    pub(crate) async fn next_generation(
         self: &Arc<Self>,
-        component: LoadedComponent,
-    ) -> Result<SwapEvent, SlotError> {
+        component: Option<LoadedComponent>,
+        settings: Option<SlotConfig>,
+    ) -> Result<SwapEvent, SwapError> {
         let started = std::time::Instant::now();
         let _one_at_a_time = self.swapping.lock().await;
         let old = self.current.load_full();
+        let settings = match settings {
+            Some(settings) => Arc::new(self.check(settings)?),
+            None => old.settings.clone(),
+        };
         let next = Arc::new(Generation::new(
             old.number + 1,
-            component,
+            component.unwrap_or_else(|| old.component.clone()),
+            settings,
+            self.rpc.clone(),
             self.generations_alive.clone(),
         ));
-        let mut probe = self.new_instance(next.number);
+        let mut probe = self.new_instance(&next);
         probe
             .store
-            .set_epoch_deadline(epoch_ticks(self.settings.timeout));
+            .set_epoch_deadline(epoch_ticks(next.settings.timeout));
         if let Err(err) = next.component.pre.instantiate_async(&mut probe.store).await {
-            let reason = format!("the new component does not instantiate: {err:#}");
-            tracing::error!(service = %self.settings.service, %reason, "swap refused; the old generation keeps serving");
+            let reason = format!("the new generation does not instantiate: {err:#}");
+            tracing::error!(service = %self.started.service, %reason, "swap refused; the old generation keeps serving");
             self.record(&old, &next, "rolled-back", Some(reason.clone()), started);
-            return Err(SlotError::Trap {
-                service: self.settings.service.clone(),
+            return Err(SwapError::DoesNotInstantiate {
+                service: self.started.service.clone(),
                 reason,
             });
         }
@@ -459,10 +499,42 @@ impl Slot {
             *previous = Some(old.clone());
         }
         let event = self.record(&old, &next, "probation", None, started);
-        tracing::info!(service = %self.settings.service, generation = next.number, hash = &next.component.hash[..12], swap_ms = event.swap_ms, "swapped; new requests go to the new generation");
+        tracing::info!(service = %self.started.service, generation = next.number, hash = &next.component.hash[..12], swap_ms = event.swap_ms, "swapped; new requests go to the new generation");
         let slot = self.clone();
         tokio::spawn(async move { slot.watch_probation(old, next).await });
         Ok(event)
+    }
+
+    /// Refuses settings this slot cannot take without a restart.
+    fn check(&self, settings: SlotConfig) -> Result<SlotConfig, SwapError> {
+        let refuse = |reason: String| {
+            Err(SwapError::Settings {
+                service: self.started.service.clone(),
+                reason,
+            })
+        };
+        if settings.service != self.started.service || settings.version != self.started.version {
+            return refuse(format!(
+                "its name or version changed (to `{}` {}); that needs a restart",
+                settings.service, settings.version
+            ));
+        }
+        if settings.max_instances > self.started.max_instances {
+            return refuse(format!(
+                "max_instances = {} is more than the {} it started with, which sized the \
+                 instance pool; restart the node to raise it",
+                settings.max_instances, self.started.max_instances
+            ));
+        }
+        if settings.memory_limit_bytes > self.engine.max_memory_bytes() {
+            return refuse(format!(
+                "memory_limit_mb = {} is more than the {} MiB the instance pool was sized for; \
+                 restart the node to raise it",
+                settings.memory_limit_bytes / (1024 * 1024),
+                self.engine.max_memory_bytes() / (1024 * 1024)
+            ));
+        }
+        Ok(settings)
     }
 
     async fn watch_probation(self: Arc<Self>, old: Arc<Generation>, next: Arc<Generation>) {
@@ -485,7 +557,7 @@ impl Slot {
                 if let Ok(mut idle) = self.idle.lock() {
                     idle.clear();
                 }
-                tracing::error!(service = %self.settings.service, from = next.number, back_to = old.number, %reason, "rolled back");
+                tracing::error!(service = %self.started.service, from = next.number, back_to = old.number, %reason, "rolled back");
                 self.mark(next.number, "rolled-back", Some(reason));
                 return;
             }
@@ -539,7 +611,7 @@ impl Slot {
         if let Some((text, dropped)) = store.data().take_output() {
             tracing::info!(
                 target: "guest",
-                service = %self.settings.service,
+                service = %self.started.service,
                 request_id,
                 dropped_bytes = dropped,
                 "guest output:\n{text}"
@@ -550,13 +622,13 @@ impl Slot {
     /// Counters and identity, for the admin API.
     pub fn stats(&self) -> SlotStats {
         SlotStats {
-            name: self.settings.service.clone(),
-            version: self.settings.version.to_string(),
+            name: self.started.service.clone(),
+            version: self.started.version.to_string(),
             component_hash: self.current.load().component.hash.clone(),
             generation: self.current.load().number,
             generations_alive: self.generations_alive.load(Ordering::Relaxed),
             last_swap: self.last_swap.lock().ok().and_then(|last| last.clone()),
-            max_instances: self.settings.max_instances,
+            max_instances: self.current.load().settings.max_instances,
             in_flight: self.stats.in_flight.load(Ordering::Relaxed),
             served: self.stats.served.load(Ordering::Relaxed),
             errors: self.stats.errors.load(Ordering::Relaxed),
@@ -565,9 +637,10 @@ impl Slot {
     }
 }
 
-struct DecrementOnDrop<'a>(&'a AtomicU64);
+/// One admitted request or stream; leaving lowers the count.
+struct InFlight(Arc<AtomicU64>);
 
-impl Drop for DecrementOnDrop<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
