@@ -494,3 +494,104 @@ async fn editing_policies_in_a_watched_manifest_applies_config_and_bindings_keep
     assert!(reported.try_recv().is_err(), "a reload without an edit");
     node.shutdown().await;
 }
+
+/// Each binding's `(scope, generation, last_swap.state)` from `GET /policies`.
+async fn swap_states(node: &switchyard::Node) -> Vec<(String, u64, String)> {
+    let policies: serde_json::Value =
+        serde_json::from_str(&get(node.admin_addr(), "/policies").await.body).unwrap();
+    policies
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["scope"].as_str().unwrap().to_owned(),
+                b["generation"].as_u64().unwrap(),
+                b["last_swap"]["state"]
+                    .as_str()
+                    .unwrap_or("none")
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_policy_release_that_fails_its_decisions_is_rolled_back_everywhere_with_its_state() {
+    // One breaker policy, bound twice on the same call path.
+    let manifest = node_with(
+        &policy(
+            "breaker",
+            "policy_breaker",
+            "consecutive_failures = \"3\", open_ms = \"60000\"",
+        ),
+        "policies = [\"breaker\"]\ncalls_to = \"flaky\"\n\n\
+         [[bind]]\npolicies = [\"breaker\"]\noutgoing_from = \"faulty\"",
+    );
+    let node = manifest.start().await;
+    for _ in 0..3 {
+        assert_eq!(call(&node, "GET /flaky/status/503").await.0, 503);
+    }
+    assert!(
+        call(&node, "GET /flaky/echo")
+            .await
+            .1
+            .contains("circuit open")
+    );
+
+    // A release that instantiates and restores fine, then traps in every decision.
+    let broken = std::fs::read(guest("policy_broken")).unwrap();
+    let swapped = Instant::now();
+    let (status, report) = admin_post(node.admin_addr(), "/policies/breaker", broken).await;
+    assert_eq!(status, 200, "{report}");
+    let states = swap_states(&node).await;
+    assert_eq!(states.len(), 2, "{states:?}");
+    assert!(
+        states
+            .iter()
+            .all(|(_, generation, state)| *generation == 2 && state == "probation"),
+        "{states:?}"
+    );
+
+    // While it runs, a failed decision lets the call through (a broken policy must not take
+    // the service down); after a few, it is rolled back to the old instances, still open.
+    let mut let_through = 0;
+    let rolled_back = loop {
+        let (status, body) = call(&node, "GET /flaky/echo").await;
+        if body.contains("circuit open") {
+            break true;
+        }
+        assert_eq!(status, 200, "{body}");
+        let_through += 1;
+        if let_through == 10 {
+            break false;
+        }
+    };
+    assert!(
+        rolled_back,
+        "10 calls after the swap, the broken policy still runs"
+    );
+    assert!(let_through <= 3, "{let_through} calls before the rollback");
+    assert!(
+        swapped.elapsed() < Duration::from_secs(3),
+        "the rollback came after probation"
+    );
+    let policies = get(node.admin_addr(), "/policies").await.body;
+    let states = swap_states(&node).await;
+    assert!(
+        states
+            .iter()
+            .all(|(_, generation, state)| *generation == 1 && state == "rolled-back"),
+        "both bindings should be back on generation 1: {states:?}\n{policies}"
+    );
+    assert!(policies.contains("decisions failed"), "{policies}");
+
+    // The open state came back with the old instances, and a later swap starts from them.
+    let good = std::fs::read(guest("policy_breaker")).unwrap();
+    let (status, report) = admin_post(node.admin_addr(), "/policies/breaker", good).await;
+    assert_eq!(status, 200, "{report}");
+    let (status, body) = call(&node, "GET /flaky/echo").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("circuit open"), "{body}");
+    node.shutdown().await;
+}

@@ -5,12 +5,19 @@
 //! ([`DECISION_BUDGET`]); a policy that traps or overruns is logged, replaced by a fresh
 //! instance (its state is lost, so the log says so) and treated as having let the call through:
 //! a broken policy must not take the service down with it.
+//!
+//! A swap (new code or new config) keeps the instance it replaced for [`PROBATION`]. If the
+//! new one's decisions fail (trap, overrun, cannot restart) more often than they succeed in
+//! that time, at least [`ROLLBACK_MIN_FAILURES`] times, the binding goes back to the old
+//! instance, with the state it had at the swap, and the log and the admin API say so. Every
+//! binding swapped together shares one [`SwapWatch`], so they roll back together.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 use wasmtime::Store;
 
 use super::PolicyError;
@@ -25,6 +32,11 @@ pub(crate) use wit::{AfterDecision, BeforeDecision, CallInfo, Candidate, CannedR
 const DECISION_BUDGET: Duration = Duration::from_millis(100);
 /// A policy's linear memory cap.
 const POLICY_MEMORY_BYTES: usize = 32 * 1024 * 1024;
+/// How long a swapped-in policy is watched, with the instance it replaced kept for a rollback.
+pub(crate) const PROBATION: Duration = Duration::from_secs(3);
+/// A swapped-in policy with at least this many failed decisions in probation, and more failed
+/// than not, is rolled back.
+pub(crate) const ROLLBACK_MIN_FAILURES: u64 = 5;
 
 /// A policy bound to some calls.
 pub(crate) struct Binding {
@@ -56,6 +68,75 @@ struct Live {
     code: Code,
     instance: Option<Instance>,
     generation: u64,
+    /// What the last swap replaced, while the new code is on probation.
+    probation: Option<Probation>,
+    last_swap: Option<SwapRecord>,
+}
+
+/// The generation a swap replaced, kept to go back to.
+struct Probation {
+    watch: Arc<SwapWatch>,
+    code: Code,
+    /// `None` if the old instance had already failed (a rollback restarts the old code).
+    instance: Option<Instance>,
+    generation: u64,
+}
+
+/// The decisions of one swap's new code, across every binding it was swapped into.
+pub(crate) struct SwapWatch {
+    since: Instant,
+    decided: AtomicU64,
+    failed: AtomicU64,
+    rolled_back: OnceLock<String>,
+}
+
+impl SwapWatch {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            since: Instant::now(),
+            decided: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            rolled_back: OnceLock::new(),
+        })
+    }
+
+    /// Why this swap was rolled back, once it was.
+    pub(crate) fn rolled_back(&self) -> Option<&str> {
+        self.rolled_back.get().map(String::as_str)
+    }
+
+    fn over(&self) -> bool {
+        self.since.elapsed() >= PROBATION
+    }
+
+    /// Counts one decision; returns the rollback reason when this one tips the balance.
+    fn count(&self, failed: bool) -> Option<String> {
+        let decided = self.decided.fetch_add(1, Ordering::Relaxed) + 1;
+        if !failed {
+            return None;
+        }
+        let failures = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= ROLLBACK_MIN_FAILURES && failures * 2 > decided {
+            let reason = format!(
+                "{failures} of its first {decided} decisions failed within {:?} of the swap",
+                self.since.elapsed()
+            );
+            let _ = self.rolled_back.set(reason);
+        }
+        self.rolled_back.get().cloned()
+    }
+}
+
+/// A binding's last swap, for the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct SwapRecord {
+    pub(crate) from_generation: u64,
+    pub(crate) to_generation: u64,
+    pub(crate) from_hash: String,
+    pub(crate) to_hash: String,
+    /// `probation`, `serving` or `rolled-back`.
+    pub(crate) state: &'static str,
+    pub(crate) reason: Option<String>,
 }
 
 struct Instance {
@@ -70,6 +151,16 @@ pub(crate) struct BindingView {
     pub(crate) scope: String,
     pub(crate) component_hash: String,
     pub(crate) generation: u64,
+    pub(crate) last_swap: Option<SwapRecord>,
+}
+
+/// A binding locked with its next instance ready: committing it cannot fail, so a policy bound
+/// in several places changes in all of them or in none.
+pub(crate) struct Prepared<'a> {
+    binding: &'a Binding,
+    live: MutexGuard<'a, Live>,
+    next: Instance,
+    code: Code,
 }
 
 impl Binding {
@@ -89,17 +180,52 @@ impl Binding {
                 code,
                 instance: Some(instance),
                 generation: 1,
+                probation: None,
+                last_swap: None,
             }),
         })
     }
 
     pub(crate) async fn view(&self) -> BindingView {
-        let live = self.live.lock().await;
+        let mut live = self.live.lock().await;
+        self.settle(&mut live);
         BindingView {
             policy: self.policy.clone(),
             scope: self.scope.clone(),
             component_hash: live.code.loaded.hash.clone(),
             generation: live.generation,
+            last_swap: live.last_swap.clone(),
+        }
+    }
+
+    /// Ends a probation that is over (the old instance is freed) or goes back to the old
+    /// instance if this swap was rolled back (here or in another binding of the same swap).
+    fn settle(&self, live: &mut Live) {
+        let Some(probation) = &live.probation else {
+            return;
+        };
+        if let Some(reason) = probation.watch.rolled_back() {
+            let reason = reason.to_owned();
+            self.roll_back(live, reason);
+        } else if probation.watch.over() {
+            live.probation = None;
+            if let Some(record) = live.last_swap.as_mut() {
+                record.state = "serving";
+            }
+        }
+    }
+
+    fn roll_back(&self, live: &mut Live, reason: String) {
+        let Some(old) = live.probation.take() else {
+            return;
+        };
+        tracing::error!(policy = %self.policy, scope = %self.scope, from = live.generation, back_to = old.generation, %reason, "policy rolled back to its previous version and state");
+        live.code = old.code;
+        live.instance = old.instance;
+        live.generation = old.generation;
+        if let Some(record) = live.last_swap.as_mut() {
+            record.state = "rolled-back";
+            record.reason = Some(reason);
         }
     }
 
@@ -145,18 +271,35 @@ impl Binding {
         call: impl AsyncFnOnce(&ResiliencePolicy, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> T {
         let mut live = self.live.lock().await;
+        self.settle(&mut live);
+        let decision = self.run_decision(&mut live, what, call).await;
+        if let Some(probation) = &live.probation {
+            let failed = decision.is_none();
+            if let Some(reason) = probation.watch.count(failed) {
+                self.roll_back(&mut live, reason);
+            }
+        }
+        decision.unwrap_or(fallback)
+    }
+
+    /// One decision on the live instance (restarted first if it failed before); `None` if it
+    /// failed, which is logged here.
+    async fn run_decision<T>(
+        &self,
+        live: &mut Live,
+        what: &str,
+        call: impl AsyncFnOnce(&ResiliencePolicy, &mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Option<T> {
         if live.instance.is_none() {
             match new_instance(&self.engine, &live.code, &self.policy).await {
                 Ok(instance) => live.instance = Some(instance),
                 Err(error) => {
                     tracing::error!(policy = %self.policy, scope = %self.scope, %error, "policy cannot restart; letting calls through");
-                    return fallback;
+                    return None;
                 }
             }
         }
-        let Some(instance) = live.instance.as_mut() else {
-            return fallback;
-        };
+        let instance = live.instance.as_mut()?;
         instance.store.set_epoch_deadline(budget_ticks());
         let outcome = tokio::time::timeout(
             DECISION_BUDGET * 2,
@@ -164,25 +307,26 @@ impl Binding {
         )
         .await;
         match outcome {
-            Ok(Ok(decision)) => decision,
+            Ok(Ok(decision)) => Some(decision),
             Ok(Err(error)) => {
                 tracing::error!(policy = %self.policy, scope = %self.scope, what, error = %format!("{error:#}"), "policy failed; its state is lost, the call goes through");
                 live.instance = None;
-                fallback
+                None
             }
             Err(_) => {
                 tracing::error!(policy = %self.policy, scope = %self.scope, what, "policy overran its budget; its state is lost, the call goes through");
                 live.instance = None;
-                fallback
+                None
             }
         }
     }
 
-    /// Replaces the policy's code or config: a new instance is configured and given the old
-    /// one's snapshot, then takes over, all while calls wait on the lock (so none sees a
-    /// half-swap). On any failure the old instance stays and the error says why.
-    pub(crate) async fn swap(&self, code: Code) -> Result<u64, PolicyError> {
+    /// Readies a swap to `code`: locks the binding (its calls wait, so none sees a half-swap),
+    /// configures a new instance and gives it the old one's snapshot. Nothing changes until
+    /// [`Prepared::commit`]; dropping the result leaves the binding as it was.
+    pub(crate) async fn prepare(&self, code: Code) -> Result<Prepared<'_>, PolicyError> {
         let mut live = self.live.lock().await;
+        self.settle(&mut live);
         let mut next = new_instance(&self.engine, &code, &self.policy).await?;
         let snapshot = match live.instance.as_mut() {
             Some(old) => {
@@ -217,10 +361,45 @@ impl Binding {
                 reason,
             });
         }
-        live.instance = Some(next);
-        live.code = code;
-        live.generation += 1;
-        Ok(live.generation)
+        Ok(Prepared {
+            binding: self,
+            live,
+            next,
+            code,
+        })
+    }
+}
+
+impl Prepared<'_> {
+    /// Makes the new instance the one calls use; the old one is kept through `watch`'s
+    /// probation. Returns the new generation.
+    pub(crate) fn commit(self, watch: &Arc<SwapWatch>) -> u64 {
+        let Prepared {
+            binding,
+            mut live,
+            next,
+            code,
+        } = self;
+        let generation = live.generation + 1;
+        let old_instance = live.instance.replace(next);
+        let old_code = std::mem::replace(&mut live.code, code);
+        live.last_swap = Some(SwapRecord {
+            from_generation: live.generation,
+            to_generation: generation,
+            from_hash: old_code.loaded.hash.clone(),
+            to_hash: live.code.loaded.hash.clone(),
+            state: "probation",
+            reason: None,
+        });
+        live.probation = Some(Probation {
+            watch: watch.clone(),
+            code: old_code,
+            instance: old_instance,
+            generation: live.generation,
+        });
+        live.generation = generation;
+        tracing::debug!(policy = %binding.policy, scope = %binding.scope, generation, "policy instance replaced; the old one is kept through probation");
+        generation
     }
 }
 

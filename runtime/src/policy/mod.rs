@@ -10,7 +10,10 @@
 //! which may replace the outcome (`respond`: a fallback) or ask for a retry (`retry-after`),
 //! honoured only while the call's deadline allows. Timeouts are native (the call's budget).
 //!
-//! Swapping a policy ([`Policies::swap`]) moves its state with `snapshot` / `restore`.
+//! Swapping a policy ([`Policies::swap`]) or its config ([`Policies::reconfigure`]) moves its
+//! state with `snapshot` / `restore`, in every binding of the policy or in none, and watches
+//! the new version for a probation period: one whose decisions mostly fail is rolled back
+//! (see [`binding`]).
 
 mod binding;
 
@@ -28,7 +31,7 @@ use crate::wasm::{Engine, LoadError, LoadedPolicy};
 
 use binding::{AfterDecision, Candidate};
 pub(crate) use binding::{BeforeDecision, CallInfo, Outcome};
-pub(crate) use binding::{Binding, BindingView, Code};
+pub(crate) use binding::{Binding, BindingView, Code, SwapWatch};
 
 /// Why policies could not start or swap.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +68,31 @@ pub(crate) struct Policies {
     tables: ArcSwap<Tables>,
     /// Each declared policy's code and config as last applied, by name: what a binding added
     /// later starts with. Its lock also serializes every change (swap, config, rebind).
-    declared: Mutex<HashMap<String, Code>>,
+    declared: Mutex<HashMap<String, Declared>>,
+}
+
+/// A declared policy's code and config, and what it replaced while on probation.
+#[derive(Clone)]
+struct Declared {
+    code: Code,
+    on_probation: Option<(Arc<SwapWatch>, Code)>,
+}
+
+impl Declared {
+    fn new(code: Code) -> Self {
+        Self {
+            code,
+            on_probation: None,
+        }
+    }
+
+    /// What runs: the previous code if the last swap was rolled back.
+    fn current(&self) -> &Code {
+        match &self.on_probation {
+            Some((watch, previous)) if watch.rolled_back().is_some() => previous,
+            _ => &self.code,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -141,14 +168,14 @@ impl Policies {
         let mut declared = self.declared.lock().await;
         let mut next_declared = HashMap::new();
         for spec in &manifest.policies {
-            let code = match declared.get(&spec.name) {
-                Some(code) => code.clone(),
-                None => Code::new(
+            let entry = match declared.get(&spec.name) {
+                Some(entry) => entry.clone(),
+                None => Declared::new(Code::new(
                     load(engine, &spec.name, LoadFrom::File(spec.component.clone())).await?,
                     &spec.config,
-                ),
+                )),
             };
-            next_declared.insert(spec.name.clone(), code);
+            next_declared.insert(spec.name.clone(), entry);
         }
         let current = self.tables.load_full();
         let mut unclaimed: Vec<Option<&Arc<Binding>>> = current.all.iter().map(Some).collect();
@@ -167,7 +194,7 @@ impl Policies {
                         binding.clone()
                     }
                     None => {
-                        let Some(code) = next_declared.get(name) else {
+                        let Some(code) = next_declared.get(name).map(Declared::current) else {
                             return Err(PolicyError::Unknown(name.clone()));
                         };
                         rebound.started.push(format!("{name} ({scope})"));
@@ -202,7 +229,7 @@ impl Policies {
     }
 
     /// Swaps the code of every binding of policy `name` to `bytes`, moving each binding's
-    /// state. Returns the new generation numbers. A binding that fails keeps its old code.
+    /// state. Returns the new generation numbers. If any binding refuses, none changes.
     pub(crate) async fn swap(
         &self,
         engine: &Arc<Engine>,
@@ -210,7 +237,7 @@ impl Policies {
         bytes: Vec<u8>,
     ) -> Result<Vec<u64>, PolicyError> {
         let mut declared = self.declared.lock().await;
-        let Some(current) = declared.get(name) else {
+        let Some(current) = declared.get(name).map(|d| d.current().clone()) else {
             return Err(PolicyError::Unknown(name.to_owned()));
         };
         let loaded = load(engine, name, LoadFrom::Upload(bytes)).await?;
@@ -218,8 +245,9 @@ impl Policies {
             loaded,
             config: current.config.clone(),
         };
-        let generations = self.swap_bindings(name, &code, "policy swapped").await?;
-        declared.insert(name.to_owned(), code);
+        let (generations, watch) = self.swap_bindings(name, &code, "policy swapped").await?;
+        let on_probation = Some((watch, current));
+        declared.insert(name.to_owned(), Declared { code, on_probation });
         Ok(generations)
     }
 
@@ -231,32 +259,44 @@ impl Policies {
         config: &BTreeMap<String, String>,
     ) -> Result<Vec<u64>, PolicyError> {
         let mut declared = self.declared.lock().await;
-        let Some(current) = declared.get(name) else {
+        let Some(current) = declared.get(name).map(|d| d.current().clone()) else {
             return Err(PolicyError::Unknown(name.to_owned()));
         };
         let code = Code::new(current.loaded.clone(), config);
-        let generations = self
+        let (generations, watch) = self
             .swap_bindings(name, &code, "policy reconfigured")
             .await?;
-        declared.insert(name.to_owned(), code);
+        let on_probation = Some((watch, current));
+        declared.insert(name.to_owned(), Declared { code, on_probation });
         Ok(generations)
     }
 
-    /// Swaps every bound instance of `name` to `code`; stops at the first refusal.
+    /// Swaps every bound instance of `name` to `code`, all or none: each binding is readied
+    /// (and locked) first, and only when all are ready do they change. The bindings share one
+    /// [`SwapWatch`] for their probation.
     async fn swap_bindings(
         &self,
         name: &str,
         code: &Code,
         what: &'static str,
-    ) -> Result<Vec<u64>, PolicyError> {
+    ) -> Result<(Vec<u64>, Arc<SwapWatch>), PolicyError> {
         let tables = self.tables.load_full();
-        let mut generations = Vec::new();
+        let mut prepared = Vec::new();
+        // Calls hold at most one binding's lock and never wait for another while holding it,
+        // so holding several here cannot deadlock with them; swaps are serialized by `declared`.
         for binding in tables.all.iter().filter(|b| b.policy == name) {
-            let generation = binding.swap(code.clone()).await?;
-            tracing::info!(policy = name, scope = %binding.scope, generation, "{what}; state carried over");
-            generations.push(generation);
+            prepared.push((binding, binding.prepare(code.clone()).await?));
         }
-        Ok(generations)
+        let watch = SwapWatch::new();
+        let generations = prepared
+            .into_iter()
+            .map(|(binding, ready)| {
+                let generation = ready.commit(&watch);
+                tracing::info!(policy = name, scope = %binding.scope, generation, "{what}; state carried over, on probation");
+                generation
+            })
+            .collect();
+        Ok((generations, watch))
     }
 }
 
