@@ -546,11 +546,12 @@ fn engine_config(manifest: &Manifest) -> EngineConfig {
     let policies = u32::try_from(Policies::count(manifest)).unwrap_or(u32::MAX);
     EngineConfig {
         cache_dir: Some(cache_dir(&manifest.node.data_dir)),
-        // Room for a second generation of every service during a swap, for each policy
-        // binding's instance and its successor, and for bindings a manifest edit adds.
+        // Room for a second generation of every service during a swap; for each policy
+        // binding's instance, the one a swap readies, and the one kept through the last
+        // swap's probation; and for bindings a manifest edit adds.
         max_instances: instances
             .saturating_mul(2)
-            .saturating_add(policies.saturating_mul(2))
+            .saturating_add(policies.saturating_mul(3))
             .saturating_add(BINDINGS_ADDED_LATER)
             .max(16),
         // The pool reserves this much address space per memory; the per-service limit
