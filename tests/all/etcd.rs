@@ -276,3 +276,56 @@ async fn nodes_ride_out_an_etcd_outage_and_register_again_when_it_returns() {
     callee.shutdown().await;
     caller.shutdown().await;
 }
+
+/// A service added to a running node's manifest is put into etcd under the node's lease, and
+/// a removed one drops out, so callers on other nodes follow the edit.
+#[tokio::test]
+async fn services_added_and_removed_by_a_manifest_edit_reach_etcd() {
+    let etcd = start_etcd().await;
+    let caller_manifest = node(
+        "caller",
+        etcd.client,
+        &service("faulty", "faulty", &["POST /f/{fault}"], ""),
+    );
+    let caller = caller_manifest.start().await;
+    let hello = service("hello", "hello", &["GET /hello/{name}"], "");
+    let callee_manifest = node("callee", etcd.client, &hello);
+    let mut callee = callee_manifest.start().await;
+    let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
+    callee.watch_manifest(Some(reports)).unwrap();
+    wait_until(
+        caller.admin_addr(),
+        "hello@1.0.0",
+        true,
+        Duration::from_secs(5),
+    )
+    .await;
+
+    let original = std::fs::read_to_string(&callee_manifest.path).unwrap();
+    let echo = service("echo", "faulty", &["GET /e/{fault}"], "");
+    callee_manifest.edit(&format!("{}{echo}", original.replace(&hello, "")));
+    let report = crate::support::next_reload(&mut reported).await;
+    assert_eq!(
+        report.applied,
+        vec![
+            "service `echo` added".to_owned(),
+            "service `hello` removed".to_owned()
+        ],
+        "{report:?}"
+    );
+    wait_until(
+        caller.admin_addr(),
+        "echo@1.0.0",
+        true,
+        Duration::from_secs(2),
+    )
+    .await;
+    wait_until(caller.admin_addr(), "hello@", false, Duration::ZERO).await;
+    let reply = send(caller.http_addr(), "POST", "/f/call", "echo\nGET /e/echo").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // Still registered past the lease TTL: the new entry is under the live lease.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until(caller.admin_addr(), "echo@1.0.0", true, Duration::ZERO).await;
+    callee.shutdown().await;
+    caller.shutdown().await;
+}

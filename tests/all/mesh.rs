@@ -389,3 +389,67 @@ async fn round_robin_spreads_evenly_and_p2c_and_peak_ewma_avoid_the_slow_node() 
         "peak EWMA sent {slow} of 40 calls to the slow node"
     );
 }
+
+/// Services added to or removed from a running node's manifest reach its peers: a call from
+/// another node finds the added one, and the removed one drops out of the registry.
+#[tokio::test]
+async fn peers_learn_of_services_added_and_removed_by_a_manifest_edit() {
+    let hello = service("hello", "hello", &["GET /hello/{name}"], "");
+    let b_manifest = TestManifest::with_node("name = \"node-b\"\nquic = \"127.0.0.1:0\"", &hello);
+    let mut b = b_manifest.start().await;
+    let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
+    b.watch_manifest(Some(reports)).unwrap();
+    let b_quic = b.quic_addr().unwrap();
+    let a_manifest = TestManifest::with_node(
+        &format!("name = \"node-a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{b_quic}\"]"),
+        &faulty_routes(),
+    );
+    let a = a_manifest.start().await;
+    wait_for_peer_service(a.admin_addr(), "hello@1.0.0").await;
+    let reply = send(a.http_addr(), "POST", "/f/call", "echo-b\nGET /e/echo").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+
+    // B's manifest gains echo-b (keeping its ports): A learns of it and calls it over QUIC.
+    let original = std::fs::read_to_string(&b_manifest.path).unwrap();
+    let echo = service("echo-b", "faulty", &["GET /e/{fault}"], "");
+    b_manifest.edit(&format!("{original}{echo}"));
+    let report = crate::support::next_reload(&mut reported).await;
+    assert_eq!(
+        report.applied,
+        vec!["service `echo-b` added".to_owned()],
+        "{report:?}"
+    );
+    wait_for_peer_service(a.admin_addr(), "echo-b@1.0.0").await;
+    let reply = send(a.http_addr(), "POST", "/f/call", "echo-b\nGET /e/echo").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // Without hello: A forgets it within a gossip round or two, and says so to callers.
+    b_manifest.edit(&format!("{}{echo}", original.replace(&hello, "")));
+    let report = crate::support::next_reload(&mut reported).await;
+    assert_eq!(
+        report.applied,
+        vec!["service `hello` removed".to_owned()],
+        "{report:?}"
+    );
+    let removed = Instant::now();
+    loop {
+        let registry = get(a.admin_addr(), "/registry").await.body;
+        if !registry.contains("hello@") {
+            break;
+        }
+        assert!(
+            removed.elapsed() < Duration::from_secs(3),
+            "A still lists hello: {registry}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reply = send(a.http_addr(), "POST", "/f/call", "hello\nGET /hello/x").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(
+        reply.body.contains("no service named `hello`"),
+        "{}",
+        reply.body
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -375,10 +375,7 @@ async fn editing_policies_in_a_watched_manifest_applies_config_and_bindings_keep
         let head = &original[..original.find("[[service]]").unwrap()];
         let tail = &text[text.find("[[service]]").unwrap()..];
         manifest.edit(&format!("{head}{tail}"));
-        tokio::time::timeout(Duration::from_secs(5), reported.recv())
-            .await
-            .expect("no reload within 5 s")
-            .unwrap()
+        crate::support::next_reload(&mut reported).await
     };
     let open = async |node: &switchyard::Node| {
         call(node, "GET /flaky/echo")

@@ -202,3 +202,13 @@ pub(crate) async fn admin_post(admin: SocketAddr, path: &str, body: Vec<u8>) -> 
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// The report of the next manifest reload, within 5 s.
+pub(crate) async fn next_reload(
+    reported: &mut tokio::sync::mpsc::UnboundedReceiver<switchyard::node::ReloadReport>,
+) -> switchyard::node::ReloadReport {
+    tokio::time::timeout(std::time::Duration::from_secs(5), reported.recv())
+        .await
+        .expect("no reload within 5 s")
+        .expect("the node stopped watching its manifest")
+}

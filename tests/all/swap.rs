@@ -276,12 +276,7 @@ async fn editing_the_manifest_of_a_running_node_swaps_what_changed() {
     node.watch_manifest(Some(reports)).unwrap();
     let original = std::fs::read_to_string(&manifest.path).unwrap();
     let edit = |text: String| manifest.edit(&text);
-    let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(5), reported.recv())
-            .await
-            .expect("no reload within 5 s")
-            .unwrap()
-    };
+    let mut next = async || crate::support::next_reload(&mut reported).await;
 
     let v2 = guest("hello_v2").display().to_string();
     let v1 = guest("hello").display().to_string();
@@ -306,18 +301,69 @@ async fn editing_the_manifest_of_a_running_node_swaps_what_changed() {
         "Hello v2, ada!\n"
     );
 
-    // What a swap cannot do is reported, not half-applied.
+    // New routes apply to the next request.
+    let v2_manifest = original.replace(&format!("{v1:?}"), &format!("{v2:?}"));
+    edit(v2_manifest.replace("GET /hello/{name}", "GET /hi/{name}"));
+    let report = next().await;
+    assert_eq!(
+        report.applied,
+        vec!["service `hello`: routes changed".to_owned()],
+        "{report:?}"
+    );
+    assert!(
+        report.swapped.is_empty() && report.needs_restart.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(
+        get(node.http_addr(), "/hi/ada").await.body,
+        "Hello v2, ada!\n"
+    );
+    assert_eq!(get(node.http_addr(), "/hello/ada").await.status, 404);
+
+    // A new version is reported as needing a restart; the service keeps running as it was.
     edit(
-        original
-            .replace(&format!("{v1:?}"), &format!("{v2:?}"))
-            .replace("GET /hello/{name}", "GET /hi/{name}"),
+        v2_manifest
+            .replace("GET /hello/{name}", "GET /hi/{name}")
+            .replace("version = \"1.0.0\"", "version = \"2.0.0\""),
     );
     let report = next().await;
-    assert!(report.swapped.is_empty(), "{report:?}");
-    assert_eq!(report.needs_restart.len(), 1, "{report:?}");
-    assert!(report.needs_restart[0].contains("routes"), "{report:?}");
     assert_eq!(
-        get(node.http_addr(), "/hello/ada").await.body,
+        report.needs_restart,
+        vec!["service `hello`: version 1.0.0 -> 2.0.0".to_owned()],
+        "{report:?}"
+    );
+    assert!(
+        report.applied.is_empty() && report.swapped.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(
+        get(node.http_addr(), "/hi/ada").await.body,
+        "Hello v2, ada!\n"
+    );
+
+    // A service added starts serving; removed, it stops.
+    let rerouted = v2_manifest.replace("GET /hello/{name}", "GET /hi/{name}");
+    let extra = service("extra", "faulty", &["GET /x/{fault}"], "");
+    edit(format!("{rerouted}{extra}"));
+    let report = next().await;
+    assert_eq!(
+        report.applied,
+        vec!["service `extra` added".to_owned()],
+        "{report:?}"
+    );
+    assert_eq!(get(node.http_addr(), "/x/echo").await.status, 200);
+    let services = get(node.admin_addr(), "/services").await.body;
+    assert!(services.contains("\"extra\""), "{services}");
+    edit(rerouted);
+    let report = next().await;
+    assert_eq!(
+        report.applied,
+        vec!["service `extra` removed".to_owned()],
+        "{report:?}"
+    );
+    assert_eq!(get(node.http_addr(), "/x/echo").await.status, 404);
+    assert_eq!(
+        get(node.http_addr(), "/hi/ada").await.body,
         "Hello v2, ada!\n"
     );
     node.shutdown().await;
@@ -338,10 +384,7 @@ async fn editing_a_services_config_and_limits_starts_a_generation_with_them() {
     };
     let mut edit = async |extra: &str| {
         manifest.edit(&format!("{head}{}", with(extra)));
-        tokio::time::timeout(Duration::from_secs(5), reported.recv())
-            .await
-            .expect("no reload within 5 s")
-            .unwrap()
+        crate::support::next_reload(&mut reported).await
     };
     assert_eq!(get(node.http_addr(), "/hello/ada").await.body, "Hi, ada!\n");
 

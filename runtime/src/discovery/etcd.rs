@@ -57,7 +57,10 @@ pub(crate) struct Etcd {
     registry: Arc<Registry>,
     endpoints: Vec<String>,
     prefix: String,
-    me: Member,
+    me: Mutex<Member>,
+    address: SocketAddr,
+    /// Wakes the session to put the new `me` under its lease.
+    announced: tokio::sync::Notify,
     lease: Mutex<Option<String>>,
     /// Peers this backend put into the registry, with their incarnation, for deletes and
     /// resyncs.
@@ -75,7 +78,9 @@ impl Etcd {
             registry,
             endpoints,
             prefix,
-            me,
+            address: me.address,
+            me: Mutex::new(me),
+            announced: tokio::sync::Notify::new(),
             lease: Mutex::new(None),
             known: Mutex::new(HashMap::new()),
         }
@@ -97,16 +102,7 @@ impl Etcd {
         if let Ok(mut slot) = self.lease.lock() {
             *slot = Some(lease.clone());
         }
-        let key = format!("{}{}", self.nodes_prefix(), self.me.address);
-        let value = serde_json::to_vec(&self.me).map_err(|err| EtcdError::Unexpected {
-            path: "/v3/kv/put",
-            detail: err.to_string(),
-        })?;
-        self.post(
-            "/v3/kv/put",
-            json!({ "key": BASE64.encode(&key), "value": BASE64.encode(value), "lease": lease }),
-        )
-        .await?;
+        let key = self.register(&lease).await?;
         tracing::info!(%key, lease_ttl_s = ttl, "registered in etcd");
 
         let (start, end) = (self.nodes_prefix(), prefix_end(&self.nodes_prefix()));
@@ -143,6 +139,10 @@ impl Etcd {
             tokio::select! {
                 // The guard `wait_for` returns is not Send: drop it inside.
                 _ = async { stop.wait_for(|stop| *stop).await.is_ok() } => return Ok(()),
+                _ = self.announced.notified() => {
+                    let key = self.register(&lease).await?;
+                    tracing::info!(%key, "announced a new set of services in etcd");
+                }
                 _ = keepalive.tick() => {
                     let renewed = self.post("/v3/lease/keepalive", json!({ "ID": lease })).await?;
                     let left = renewed
@@ -172,6 +172,29 @@ impl Etcd {
                 }
             }
         }
+    }
+
+    /// Puts this node's entry under `lease`; returns its key.
+    async fn register(&self, lease: &str) -> Result<String, EtcdError> {
+        let key = format!("{}{}", self.nodes_prefix(), self.address);
+        let me = self
+            .me
+            .lock()
+            .map(|me| me.clone())
+            .map_err(|_| EtcdError::Unexpected {
+                path: "/v3/kv/put",
+                detail: "this node's entry is poisoned".into(),
+            })?;
+        let value = serde_json::to_vec(&me).map_err(|err| EtcdError::Unexpected {
+            path: "/v3/kv/put",
+            detail: err.to_string(),
+        })?;
+        self.post(
+            "/v3/kv/put",
+            json!({ "key": BASE64.encode(&key), "value": BASE64.encode(value), "lease": lease }),
+        )
+        .await?;
+        Ok(key)
     }
 
     fn on_watch_message(&self, line: &[u8]) -> Result<(), EtcdError> {
@@ -235,7 +258,7 @@ impl Etcd {
     }
 
     fn add_peer(&self, member: &Member) {
-        if member.address == self.me.address {
+        if member.address == self.address {
             return;
         }
         self.registry.learn(member, None);
@@ -347,6 +370,14 @@ impl Etcd {
 }
 
 impl Membership for Etcd {
+    fn announce(&self, services: Vec<(String, String)>) {
+        if let Ok(mut me) = self.me.lock() {
+            super::reincarnate(&mut me, services);
+        }
+        // A session that is not running yet (or retrying) puts the new entry when it starts.
+        self.announced.notify_one();
+    }
+
     fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             loop {

@@ -7,7 +7,7 @@
 //! the bound simple; for meshes of hundreds of nodes a fan-out limit would be the next step.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -21,7 +21,8 @@ pub(crate) struct Gossip {
     registry: Arc<Registry>,
     transport: Arc<Transport>,
     /// This node, as it announces itself (`ttl_ms` = [`TTL`]).
-    me: Member,
+    me: Mutex<Member>,
+    address: SocketAddr,
     seeds: Vec<SocketAddr>,
 }
 
@@ -40,7 +41,8 @@ impl Gossip {
         Self {
             registry,
             transport,
-            me,
+            address: me.address,
+            me: Mutex::new(me),
             seeds,
         }
     }
@@ -70,13 +72,13 @@ impl Gossip {
     }
 
     fn news(&self) -> Vec<Member> {
-        let mut members = vec![self.me.clone()];
+        let mut members: Vec<Member> = self.me.lock().map(|me| me.clone()).into_iter().collect();
         members.extend(self.registry.members());
         members
     }
 
     fn take_in(&self, members: &[Member]) {
-        for member in members.iter().filter(|m| m.address != self.me.address) {
+        for member in members.iter().filter(|m| m.address != self.address) {
             let ttl = Duration::from_millis(u64::from(member.ttl_ms)).min(TTL);
             self.registry.learn(member, Some(ttl));
         }
@@ -88,7 +90,7 @@ impl Gossip {
         targets.extend(self.registry.members().iter().map(|m| m.address));
         targets.sort();
         targets.dedup();
-        targets.retain(|target| *target != self.me.address);
+        targets.retain(|target| *target != self.address);
         targets
     }
 
@@ -114,6 +116,12 @@ impl Gossip {
 }
 
 impl Membership for Gossip {
+    fn announce(&self, services: Vec<(String, String)>) {
+        if let Ok(mut me) = self.me.lock() {
+            super::reincarnate(&mut me, services);
+        }
+    }
+
     fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let mut ticker = tokio::time::interval(GOSSIP_INTERVAL);
@@ -130,9 +138,10 @@ impl Membership for Gossip {
 
     fn leave(self: Arc<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
+            let incarnation = self.me.lock().map_or(0, |me| me.incarnation);
             let goodbye = Frame::Goodbye {
-                address: self.me.address,
-                incarnation: self.me.incarnation,
+                address: self.address,
+                incarnation,
             };
             let sends: Vec<_> = self
                 .targets()

@@ -49,6 +49,9 @@ pub(crate) trait Membership: Send + Sync {
     fn leave(self: Arc<Self>) -> BoxFuture<'static, ()>;
     /// The backend's name for logs and the admin API.
     fn backend(&self) -> &'static str;
+    /// Announces this node's new set of `(service, version)` (a manifest edit added or removed
+    /// some) under a new incarnation, so peers replace what they knew of it.
+    fn announce(&self, services: Vec<(String, String)>);
 }
 
 /// What this node knows about its peers.
@@ -245,6 +248,12 @@ impl Registry {
 }
 
 /// A number that differs between two starts of the same node.
+/// `member` with `services`, under an incarnation newer than its current one.
+pub(crate) fn reincarnate(member: &mut Member, services: Vec<(String, String)>) {
+    member.services = services;
+    member.incarnation = new_incarnation().max(member.incarnation + 1);
+}
+
 pub(crate) fn new_incarnation() -> u64 {
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

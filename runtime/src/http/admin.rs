@@ -32,11 +32,15 @@ pub(crate) trait Operator: Send + Sync {
     ) -> crate::discovery::BoxFuture<'_, Result<serde_json::Value, String>>;
 }
 
+/// Each service's slot with its routes as written (`GET /hello/{name}`); a manifest edit
+/// replaces the list.
+pub(crate) type ServiceList = arc_swap::ArcSwap<Vec<(Arc<Slot>, Vec<String>)>>;
+
 /// The admin API: `GET /health`, `/services`, `/registry`, `/policies`; `POST
 /// /services/<name>` and `/policies/<name>` (hot swap, the body is the new component).
 pub(crate) struct Admin {
     node: String,
-    services: Vec<(Arc<Slot>, Vec<String>)>,
+    services: Arc<ServiceList>,
     registry: Option<Arc<crate::discovery::Registry>>,
     operator: Arc<dyn Operator>,
 }
@@ -49,10 +53,9 @@ struct ServiceView<'a> {
 }
 
 impl Admin {
-    /// `services`: each slot with its routes as written (`GET /hello/{name}`).
     pub(crate) fn new(
         node: String,
-        services: Vec<(Arc<Slot>, Vec<String>)>,
+        services: Arc<ServiceList>,
         registry: Option<Arc<crate::discovery::Registry>>,
         operator: Arc<dyn Operator>,
     ) -> Self {
@@ -120,8 +123,8 @@ impl Handler for Admin {
         match request.uri().path() {
             "/health" => json(&serde_json::json!({ "status": "ok", "node": self.node })),
             "/services" => {
-                let views: Vec<ServiceView<'_>> = self
-                    .services
+                let services = self.services.load();
+                let views: Vec<ServiceView<'_>> = services
                     .iter()
                     .map(|(slot, routes)| ServiceView {
                         stats: slot.stats(),

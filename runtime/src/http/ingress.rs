@@ -24,16 +24,22 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Routes requests to services.
 pub(crate) struct Ingress {
-    router: Router,
+    /// Replaced whole by a manifest edit; a request keeps the table it was routed with.
+    router: arc_swap::ArcSwap<Router>,
     ids: RequestIds,
 }
 
 impl Ingress {
     pub(crate) fn new(router: Router) -> Self {
         Self {
-            router,
+            router: arc_swap::ArcSwap::from_pointee(router),
             ids: RequestIds::new(),
         }
+    }
+
+    /// Makes `router` the routes new requests take.
+    pub(crate) fn replace_router(&self, router: Router) {
+        self.router.store(Arc::new(router));
     }
 }
 
@@ -83,7 +89,7 @@ impl Ingress {
     ) -> Response<Full<Bytes>> {
         let method = request.method().as_str().to_owned();
         let path = request.uri().path().to_owned();
-        let (target, params) = match self.router.lookup(&method, &path) {
+        let (target, params) = match self.router.load().lookup(&method, &path) {
             Lookup::Found { target, params } => (target, params),
             Lookup::NotFound => {
                 return plain(

@@ -5,6 +5,7 @@
 //! serves. [`Node::shutdown`] stops accepting and lets in-flight requests finish.
 
 mod reload;
+mod services;
 
 pub use reload::ReloadReport;
 
@@ -18,14 +19,16 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::discovery;
-use crate::http::{self, Admin, Ingress};
-use crate::manifest::{DiscoverySpec, Location, Manifest, ServiceSpec};
+use crate::http::{self, Admin};
+use crate::manifest::{DiscoverySpec, Location, Manifest};
 use crate::policy::Policies;
-use crate::router::Router;
 use crate::rpc;
 use crate::transport::frame::{FailureKind, Frame};
 use crate::transport::{FrameHandler, Identity, RawStream, Transport};
-use crate::wasm::{Engine, EngineConfig, LoadError, LoadedComponent, Slot, SlotConfig};
+use crate::wasm::{Engine, EngineConfig, LoadError, LoadedComponent, SlotConfig};
+
+use services::Services;
+use services::slot_config;
 
 /// How long in-flight requests may take to finish once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -136,37 +139,22 @@ impl Node {
         let engine = Arc::new(engine);
         let policies = Arc::new(Policies::start(&engine, manifest).await?);
         let rpc = rpc::Client::new(mesh.clone(), manifest.balance.clone(), policies.clone());
-        let mut router = Router::default();
-        let mut directory = rpc::Directory::new(&manifest.node.name);
-        let mut admin_services = Vec::new();
-        for (spec, component) in manifest.services.iter().zip(components) {
-            let slot = Arc::new(Slot::new(
+        let services = Arc::new(
+            Services::start(
                 engine.clone(),
-                slot_config(spec),
-                component,
                 rpc.clone(),
-            ));
-            let mut own_routes = Router::default();
-            for route in &spec.routes {
-                for table in [&mut router, &mut own_routes] {
-                    table
-                        .add(&route.method, &route.pattern, slot.clone())
-                        .map_err(|err| NodeError::Route(err.to_string()))?;
-                }
-            }
-            directory.add(&spec.name, spec.version.clone(), own_routes, slot.clone());
-            let routes = spec.routes.iter().map(ToString::to_string).collect();
-            admin_services.push((slot, routes));
-        }
-        let directory = Arc::new(directory);
-        rpc.install(&directory);
+                &manifest.node.name,
+                &manifest.services,
+                components,
+            )
+            .map_err(NodeError::Route)?,
+        );
         let control = Arc::new(Control {
             engine: engine.clone(),
             policies: policies.clone(),
-            slots: admin_services
-                .iter()
-                .map(|(slot, _)| (slot.name().to_owned(), slot.clone()))
-                .collect(),
+            services: services.clone(),
+            pool_instances: engine_config(manifest).max_instances,
+            membership: std::sync::OnceLock::new(),
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -222,6 +210,7 @@ impl Node {
             let (stop, stopped) = watch::channel(false);
             tracing::info!(backend = backend.backend(), "discovery started");
             let running = tokio::spawn(backend.clone().run(stopped));
+            let _ = control.membership.set(backend.clone());
             membership = Some(Membership {
                 backend,
                 stop,
@@ -231,7 +220,7 @@ impl Node {
         }
         servers.spawn(http::serve(
             http_listener,
-            Arc::new(Ingress::new(router)),
+            services.ingress(),
             shutdown_rx.clone(),
             SHUTDOWN_GRACE,
         ));
@@ -239,7 +228,7 @@ impl Node {
             admin_listener,
             Arc::new(Admin::new(
                 manifest.node.name.clone(),
-                admin_services,
+                services.listed(),
                 mesh.as_ref().map(|mesh| mesh.registry.clone()),
                 control.clone(),
             )),
@@ -259,7 +248,7 @@ impl Node {
             http_addr,
             admin_addr,
             quic_addr,
-            _directory: directory,
+            _directory: services.directory(),
             membership,
             manifest: manifest.clone(),
             control: control.clone(),
@@ -279,8 +268,10 @@ impl Node {
     }
 
     /// Watches the manifest file and applies edits while the node runs: a changed
-    /// `component` of a service or policy is hot-swapped, policy config and bindings are
-    /// applied; other changes are logged as needing a restart. Each applied change is also sent to `reports`, if given.
+    /// `component` of a service or policy is hot-swapped; service settings, policy config,
+    /// bindings, routes and added or removed services are applied; what needs a restart is
+    /// logged (see the `reload` module). Each reload's report is also sent to `reports`, if
+    /// given.
     pub fn watch_manifest(
         &mut self,
         reports: Option<tokio::sync::mpsc::UnboundedSender<ReloadReport>>,
@@ -340,7 +331,11 @@ impl Drop for Node {
 struct Control {
     engine: Arc<Engine>,
     policies: Arc<Policies>,
-    slots: std::collections::HashMap<String, Arc<Slot>>,
+    services: Arc<Services>,
+    /// Component instances the engine's pool was sized for at start.
+    pool_instances: u32,
+    /// Where changes to the set of services are announced (nodes with QUIC).
+    membership: std::sync::OnceLock<Arc<dyn discovery::Membership>>,
 }
 
 impl Control {
@@ -367,14 +362,7 @@ impl Control {
         component: Option<Vec<u8>>,
         settings: Option<SlotConfig>,
     ) -> Result<serde_json::Value, String> {
-        let slot = self.slots.get(name).ok_or_else(|| {
-            let mut known: Vec<&str> = self.slots.keys().map(String::as_str).collect();
-            known.sort_unstable();
-            format!(
-                "this node runs no service `{name}` (it runs: {})",
-                known.join(", ")
-            )
-        })?;
+        let slot = self.services.slot(name)?;
         let loaded = match component {
             Some(component) => {
                 let engine = slot.engine().clone();
@@ -393,6 +381,27 @@ impl Control {
             .await
             .map_err(|err| err.to_string())?;
         serde_json::to_value(event).map_err(|err| err.to_string())
+    }
+
+    /// Makes `manifest`'s `[[service]]` list the services this node runs: added ones start,
+    /// removed ones stop taking requests, routes are rebuilt; peers are told of a new set.
+    async fn reroute(&self, manifest: &Manifest) -> Result<services::Replaced, String> {
+        let needed = pool_needed(manifest);
+        if needed > self.pool_instances {
+            return Err(format!(
+                "the edited manifest needs room for {needed} component instances (2 x the sum \
+                 of max_instances, plus 3 per policy binding); this node's instance pool was \
+                 sized for {} at start. Lower max_instances, or restart the node",
+                self.pool_instances
+            ));
+        }
+        let replaced = self.services.replace(&manifest.services).await?;
+        if !(replaced.added.is_empty() && replaced.removed.is_empty())
+            && let Some(membership) = self.membership.get()
+        {
+            membership.announce(self.services.announced());
+        }
+        Ok(replaced)
     }
 
     /// Makes `manifest`'s `[[policy]]` and `[[bind]]` entries the ones that run.
@@ -528,32 +537,35 @@ fn start_transport(manifest: &Manifest, addr: SocketAddr) -> Result<Arc<rpc::Rem
     )))
 }
 
-/// Policy instances a node can add by manifest edits beyond what it started with.
-const BINDINGS_ADDED_LATER: u32 = 8;
+/// Pool room beyond what the manifest a node starts with needs, for services and bindings
+/// that manifest edits add (a service with the default `max_instances` = 64 needs 128).
+const ROOM_FOR_EDITS: u32 = 128;
 
-fn engine_config(manifest: &Manifest) -> EngineConfig {
+/// Component instances `manifest` needs at most: every service at `max_instances` with a
+/// second generation during a swap, and for each policy binding its instance, the one a swap
+/// readies and the one kept through the last swap's probation.
+fn pool_needed(manifest: &Manifest) -> u32 {
     let instances: u32 = manifest
         .services
         .iter()
         .map(|spec| spec.max_instances)
         .sum();
+    let policies = u32::try_from(Policies::count(manifest)).unwrap_or(u32::MAX);
+    instances
+        .saturating_mul(2)
+        .saturating_add(policies.saturating_mul(3))
+}
+
+fn engine_config(manifest: &Manifest) -> EngineConfig {
     let max_memory = manifest
         .services
         .iter()
         .map(|spec| spec.memory_limit_bytes)
         .max()
         .unwrap_or(crate::manifest::defaults::MEMORY_LIMIT_MB as usize * 1024 * 1024);
-    let policies = u32::try_from(Policies::count(manifest)).unwrap_or(u32::MAX);
     EngineConfig {
         cache_dir: Some(cache_dir(&manifest.node.data_dir)),
-        // Room for a second generation of every service during a swap; for each policy
-        // binding's instance, the one a swap readies, and the one kept through the last
-        // swap's probation; and for bindings a manifest edit adds.
-        max_instances: instances
-            .saturating_mul(2)
-            .saturating_add(policies.saturating_mul(3))
-            .saturating_add(BINDINGS_ADDED_LATER)
-            .max(16),
+        max_instances: pool_needed(manifest).saturating_add(ROOM_FOR_EDITS).max(16),
         // The pool reserves this much address space per memory; the per-service limit
         // is enforced by the store's limiter.
         max_memory_bytes: max_memory,
@@ -562,17 +574,4 @@ fn engine_config(manifest: &Manifest) -> EngineConfig {
 
 fn cache_dir(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("compiled")
-}
-
-fn slot_config(spec: &ServiceSpec) -> SlotConfig {
-    SlotConfig {
-        service: spec.name.clone(),
-        version: spec.version.clone(),
-        max_instances: spec.max_instances,
-        requests_per_instance: spec.requests_per_instance,
-        timeout: spec.timeout,
-        memory_limit_bytes: spec.memory_limit_bytes,
-        config: spec.config.clone(),
-        env: spec.env.clone(),
-    }
 }

@@ -9,8 +9,10 @@
 //! drain, probation and rollback); a policy whose `config` changed gets fresh instances with
 //! the new config and the old ones' state; added, removed or reordered `[[bind]]` entries and
 //! `[[policy]]` declarations take effect for the next call (bindings that stay keep their
-//! instance and state). What is left (routes, versions, new or removed services, addresses,
-//! limits above what the node started with) needs a restart, and the log says which.
+//! instance and state); added services start, removed ones stop taking requests (in-flight
+//! ones finish), changed routes apply to the next request, and peers learn the new set of
+//! services. What is left (versions, addresses, limits above what the node's instance pool
+//! was sized for) needs a restart, and the log says which.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -146,18 +148,38 @@ async fn apply(
 ) -> ReloadReport {
     let mut report = ReloadReport::default();
     let changed = |key: &str| old_hashes.get(key) != new_hashes.get(key);
+    match control.reroute(new).await {
+        Ok(replaced) => {
+            report.applied.extend(
+                (replaced
+                    .added
+                    .iter()
+                    .map(|name| format!("service `{name}` added")))
+                .chain(
+                    replaced
+                        .removed
+                        .iter()
+                        .map(|name| format!("service `{name}` removed")),
+                )
+                .chain(
+                    replaced
+                        .rerouted
+                        .iter()
+                        .map(|name| format!("service `{name}`: routes changed")),
+                ),
+            );
+            report.needs_restart.extend(replaced.version_changed);
+        }
+        Err(reason) => report
+            .refused
+            .push(format!("[[service]] list or routes: {reason}")),
+    }
     for service in &new.services {
         let Some(before) = old.services.iter().find(|s| s.name == service.name) else {
-            report
-                .needs_restart
-                .push(format!("service `{}` was added", service.name));
-            continue;
+            continue; // Added (or refused) just above.
         };
-        if before.version != service.version || route_list(before) != route_list(service) {
-            report.needs_restart.push(format!(
-                "service `{}`: version or routes changed",
-                service.name
-            ));
+        if before.version != service.version {
+            continue;
         }
         let component = if changed(&format!("service:{}", service.name)) {
             match std::fs::read(&service.component) {
@@ -174,9 +196,7 @@ async fn apply(
         } else {
             None
         };
-        let mut settings = super::slot_config(service);
-        // What a restart would apply stays as it runs.
-        settings.version = before.version.clone();
+        let settings = super::slot_config(service);
         let settings = (super::slot_config(before) != settings).then_some(settings);
         let what = match (&component, &settings) {
             (None, None) => continue,
@@ -191,13 +211,6 @@ async fn apply(
         {
             Ok(_) => report.swapped.push(label),
             Err(reason) => report.refused.push(format!("{label}: {reason}")),
-        }
-    }
-    for service in &old.services {
-        if !new.services.iter().any(|s| s.name == service.name) {
-            report
-                .needs_restart
-                .push(format!("service `{}` was removed", service.name));
         }
     }
     for policy in &new.policies {
@@ -286,8 +299,4 @@ async fn swap<'a>(
             .refused
             .push(format!("{what}: cannot read {}: {error}", path.display())),
     }
-}
-
-fn route_list(spec: &crate::manifest::ServiceSpec) -> Vec<String> {
-    spec.routes.iter().map(ToString::to_string).collect()
 }

@@ -106,11 +106,12 @@ pub(crate) struct Call {
     pub(crate) request_id: String,
 }
 
-/// The services this node runs, by name, with their routes.
+/// The services this node runs, by name, with their routes. A manifest edit replaces the
+/// set whole ([`Directory::replace`]); a call keeps the callee it looked up.
 #[derive(Default)]
 pub(crate) struct Directory {
     node: String,
-    services: HashMap<String, Callee>,
+    services: arc_swap::ArcSwap<HashMap<String, Arc<Callee>>>,
 }
 
 /// Where one instance of a service runs.
@@ -122,36 +123,34 @@ pub(crate) struct Instance {
     pub(crate) version: String,
 }
 
-struct Callee {
-    version: semver::Version,
-    routes: Router,
+/// One service of this node, as [`Directory::replace`] takes it.
+pub(crate) struct Callee {
+    pub(crate) version: semver::Version,
+    pub(crate) routes: Router,
     /// Serves streams (requests come through `routes`).
-    slot: Arc<Slot>,
+    pub(crate) slot: Arc<Slot>,
 }
 
 impl Directory {
     pub(crate) fn new(node: &str) -> Self {
         Self {
             node: node.to_owned(),
-            services: HashMap::new(),
+            services: arc_swap::ArcSwap::default(),
         }
     }
 
-    pub(crate) fn add(
-        &mut self,
-        name: &str,
-        version: semver::Version,
-        routes: Router,
-        slot: Arc<Slot>,
-    ) {
-        self.services.insert(
-            name.to_owned(),
-            Callee {
-                version,
-                routes,
-                slot,
-            },
-        );
+    /// Makes `services` (by name) the ones local calls reach.
+    pub(crate) fn replace(&self, services: HashMap<String, Callee>) {
+        self.services.store(Arc::new(
+            services
+                .into_iter()
+                .map(|(name, callee)| (name, Arc::new(callee)))
+                .collect(),
+        ));
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<Callee>> {
+        self.services.load().get(name).cloned()
     }
 }
 
@@ -372,9 +371,10 @@ impl Client {
         range: Option<&semver::VersionReq>,
     ) -> Result<Candidates, CallError> {
         let directory = self.directory();
-        let local = directory.as_ref().and_then(|d| d.services.get(name));
-        let local_fits =
-            local.is_some_and(|callee| range.is_none_or(|range| range.matches(&callee.version)));
+        let local = directory.as_ref().and_then(|d| d.get(name));
+        let local_fits = local
+            .as_ref()
+            .is_some_and(|callee| range.is_none_or(|range| range.matches(&callee.version)));
         let Some(remote) = &self.remote else {
             return Ok(Candidates::One(Route::Local));
         };
@@ -501,7 +501,7 @@ impl Client {
         let directory = self.directory();
         if let Some((node, callee)) = directory
             .as_ref()
-            .and_then(|directory| Some((&directory.node, directory.services.get(name)?)))
+            .and_then(|directory| Some((&directory.node, directory.get(name)?)))
             && range
                 .as_ref()
                 .is_none_or(|range| range.matches(&callee.version))
@@ -668,13 +668,12 @@ async fn send_call(
 }
 
 /// `name` on this node, if it runs at a version in `range`.
-fn local_callee<'d>(
-    directory: &'d Directory,
+fn local_callee(
+    directory: &Directory,
     name: &str,
     range: Option<&semver::VersionReq>,
-) -> Result<&'d Callee, CallError> {
+) -> Result<Arc<Callee>, CallError> {
     let callee = directory
-        .services
         .get(name)
         .ok_or_else(|| CallError::Unavailable(format!("no service named `{name}` is running")))?;
     if let Some(range) = range
