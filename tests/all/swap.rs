@@ -431,3 +431,42 @@ async fn editing_a_services_config_and_limits_starts_a_generation_with_them() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_service_removed_from_the_manifest_finishes_what_it_has_in_flight() {
+    let hello = service("hello", "hello", &["GET /hello/{name}"], "");
+    let slow = service(
+        "slow",
+        "faulty",
+        &["GET /slow/{fault}/{arg}"],
+        "timeout_ms = 5000",
+    );
+    let manifest = TestManifest::new(&format!("{hello}{slow}"));
+    let mut node = manifest.start().await;
+    let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
+    node.watch_manifest(Some(reports)).unwrap();
+    let http = node.http_addr();
+    let in_flight = tokio::spawn(async move { get(http, "/slow/sleep/1500").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let original = std::fs::read_to_string(&manifest.path).unwrap();
+    manifest.edit(&original.replace(&slow, ""));
+    let report = crate::support::next_reload(&mut reported).await;
+    assert_eq!(
+        report.applied,
+        vec!["service `slow` removed".to_owned()],
+        "{report:?}"
+    );
+    assert!(
+        !in_flight.is_finished(),
+        "the request ended before the edit"
+    );
+    assert_eq!(get(http, "/slow/sleep/1").await.status, 404);
+    let reply = in_flight.await.unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "slept 1500 ms\n"),
+        "the in-flight request did not finish on the removed service"
+    );
+    node.shutdown().await;
+}

@@ -109,7 +109,8 @@ impl SwapWatch {
         self.since.elapsed() >= PROBATION
     }
 
-    /// Counts one decision; returns the rollback reason when this one tips the balance.
+    /// Counts one decision; after a failed one, returns the rollback reason if the swap is (now)
+    /// rolled back.
     fn count(&self, failed: bool) -> Option<String> {
         let decided = self.decided.fetch_add(1, Ordering::Relaxed) + 1;
         if !failed {
@@ -450,4 +451,48 @@ async fn new_instance(engine: &Engine, code: &Code, policy: &str) -> Result<Inst
         store,
         policy: instance,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decide(watch: &SwapWatch, outcomes: &str) -> Option<String> {
+        let mut verdict = None;
+        for outcome in outcomes.chars() {
+            verdict = watch.count(outcome == 'x');
+        }
+        verdict
+    }
+
+    #[test]
+    fn a_swap_is_rolled_back_at_five_failures_when_they_are_most_decisions() {
+        // Four failures are not enough, however few successes.
+        assert_eq!(decide(&SwapWatch::new(), "xxxx"), None);
+        // Five failures out of nine decisions: rolled back, with the count in the reason.
+        let watch = SwapWatch::new();
+        let reason = decide(&watch, "x.x.x.x.x").unwrap_or_default();
+        assert!(
+            reason.starts_with("5 of its first 9 decisions failed"),
+            "{reason}"
+        );
+        assert_eq!(watch.rolled_back(), Some(reason.as_str()));
+        // Five of ten is not more than half: it stays.
+        let watch = SwapWatch::new();
+        assert_eq!(decide(&watch, ".x.x.x.x.x"), None);
+        assert_eq!(watch.rolled_back(), None);
+    }
+
+    #[test]
+    fn once_rolled_back_the_verdict_stays_and_later_successes_do_not_undo_it() {
+        let watch = SwapWatch::new();
+        let first = decide(&watch, "xxxxx");
+        assert!(first.is_some());
+        assert_eq!(
+            decide(&watch, "......."),
+            None,
+            "successes report nothing new"
+        );
+        assert_eq!(watch.rolled_back(), first.as_deref());
+    }
 }
