@@ -66,6 +66,10 @@ enum Command {
         /// ... or the admin address directly (default 127.0.0.1:9090).
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
+        /// Wait until the new version is through its probation (about 3 s): exit 0 once it
+        /// serves, non-zero if the node rolled it back (with the reason).
+        #[arg(long)]
+        wait: bool,
     },
     /// Create cluster certificates for mutual TLS between nodes.
     Cert {
@@ -130,7 +134,8 @@ fn main() -> ExitCode {
             component,
             manifest,
             admin,
-        } => swap(kind, &name, &component, manifest, admin),
+            wait,
+        } => swap(kind, &name, &component, manifest, admin, wait),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -247,6 +252,7 @@ fn swap(
     component: &std::path::Path,
     manifest: Option<PathBuf>,
     admin: Option<std::net::SocketAddr>,
+    wait: bool,
 ) -> Result<()> {
     let admin = match (admin, manifest) {
         (Some(admin), _) => admin,
@@ -267,7 +273,72 @@ fn swap(
         anyhow::bail!("the node refused the swap ({status}): {}", body.trim_end());
     }
     println!("{body}");
+    if wait {
+        let verdict = runtime.block_on(follow_probation(admin, kind, name))?;
+        println!("{verdict}");
+    }
     Ok(())
+}
+
+/// How long `swap --wait` follows a swap: the node's probation (3 s) and some slack.
+const PROBATION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Polls the admin API until the last swap of `name` serves (`Ok`, with what the node says)
+/// or was rolled back (`Err` with the node's reason). A policy counts as serving once every
+/// binding of it does.
+async fn follow_probation(
+    admin: std::net::SocketAddr,
+    kind: SwapKind,
+    name: &str,
+) -> Result<String> {
+    let started = std::time::Instant::now();
+    loop {
+        let swaps: Vec<serde_json::Value> = match kind {
+            SwapKind::Service => admin_get(admin, "/services")
+                .await?
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|service| service["name"] == name)
+                .map(|service| service["last_swap"].clone())
+                .collect(),
+            SwapKind::Policy => admin_get(admin, "/policies")
+                .await?
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|binding| binding["policy"] == name)
+                .map(|binding| binding["last_swap"].clone())
+                .collect(),
+        };
+        if swaps.is_empty() {
+            anyhow::bail!("the node no longer lists `{name}`; it may have been removed");
+        }
+        if let Some(rolled_back) = swaps.iter().find(|swap| swap["state"] == "rolled-back") {
+            anyhow::bail!(
+                "the node rolled `{name}` back to generation {}: {}",
+                rolled_back["from_generation"],
+                rolled_back["reason"].as_str().unwrap_or("no reason given")
+            );
+        }
+        if swaps.iter().all(|swap| swap["state"] == "serving") {
+            return Ok(format!(
+                "`{name}` generation {} passed its probation and serves",
+                swaps[0]["to_generation"]
+            ));
+        }
+        if started.elapsed() > PROBATION_WAIT {
+            anyhow::bail!(
+                "`{name}` is still on probation after {PROBATION_WAIT:?}; check `GET {}` on \
+                 {admin}",
+                match kind {
+                    SwapKind::Service => "/services",
+                    SwapKind::Policy => "/policies",
+                }
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 fn status(manifest: Option<PathBuf>, admin: Option<std::net::SocketAddr>) -> Result<()> {

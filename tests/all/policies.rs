@@ -583,10 +583,29 @@ async fn a_policy_release_that_fails_its_decisions_is_rolled_back_everywhere_wit
     );
     assert!(policies.contains("decisions failed"), "{policies}");
 
-    // The open state came back with the old instances, and a later swap starts from them.
-    let good = std::fs::read(guest("policy_breaker")).unwrap();
-    let (status, report) = admin_post(node.admin_addr(), "/policies/breaker", good).await;
-    assert_eq!(status, 200, "{report}");
+    // The open state came back with the old instances, and a later swap starts from them;
+    // `swap --wait` follows it through probation.
+    let admin = node.admin_addr().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::support::switchyard_bin())
+            .args(["swap", "policy", "breaker"])
+            .arg(guest("policy_breaker"))
+            .args(["--admin", &admin, "--wait"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("`breaker` generation 2 passed its probation"),
+        "{stdout}"
+    );
     let (status, body) = call(&node, "GET /flaky/echo").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("circuit open"), "{body}");

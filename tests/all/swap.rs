@@ -58,10 +58,25 @@ async fn a_swap_serves_the_new_generation_and_a_bad_release_is_rolled_back() {
         "{reason}"
     );
 
-    // A release that fails its requests is rolled back within its probation.
-    let broken = std::fs::read(guest("broken")).unwrap();
-    let (status, report) = admin_post(node.admin_addr(), "/services/hello", broken).await;
-    assert_eq!(status, 200, "{report}");
+    // A release that fails its requests is rolled back within its probation; `swap --wait`
+    // follows it there and fails with the node's reason.
+    let admin = node.admin_addr().to_string();
+    let cli = tokio::task::spawn_blocking(move || {
+        Command::new(switchyard_bin())
+            .args(["swap", "service", "hello"])
+            .arg(guest("broken"))
+            .args(["--admin", &admin, "--wait"])
+            .output()
+            .unwrap()
+    });
+    let asked = Instant::now();
+    while last_swap(&node).await["to_generation"] != 3 {
+        assert!(
+            asked.elapsed() < Duration::from_secs(10) && !cli.is_finished(),
+            "the CLI's swap never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let started = Instant::now();
     loop {
         let reply = get(node.http_addr(), "/hello/ada").await;
@@ -86,6 +101,16 @@ async fn a_swap_serves_the_new_generation_and_a_bad_release_is_rolled_back() {
     );
     let services = get(node.admin_addr(), "/services").await.body;
     assert!(services.contains("\"generation\": 2"), "{services}");
+    let out = cli.await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "swap --wait succeeded for a rolled-back release"
+    );
+    assert!(
+        stderr.contains("rolled `hello` back to generation 2") && stderr.contains("failed"),
+        "{stderr}"
+    );
     node.shutdown().await;
 }
 
