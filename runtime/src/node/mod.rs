@@ -89,8 +89,6 @@ pub struct Node {
     http_addr: SocketAddr,
     admin_addr: SocketAddr,
     quic_addr: Option<SocketAddr>,
-    /// Owns every slot (through their routes); dropped with the node.
-    _directory: Arc<rpc::Directory>,
     membership: Option<Membership>,
     /// The manifest it started from and what swaps go through, for [`Node::watch_manifest`].
     manifest: Manifest,
@@ -248,7 +246,6 @@ impl Node {
             http_addr,
             admin_addr,
             quic_addr,
-            _directory: services.directory(),
             membership,
             manifest: manifest.clone(),
             control: control.clone(),
@@ -327,7 +324,8 @@ impl Drop for Node {
     }
 }
 
-/// What the admin API and manifest reloads may change on this node.
+/// What the admin API and manifest reloads may change on this node. It owns the services
+/// (and so every slot); the node holds it, so they go when the node and its servers do.
 struct Control {
     engine: Arc<Engine>,
     policies: Arc<Policies>,

@@ -8,7 +8,7 @@
 //! last in-flight request ends; an added one is compiled first, off the executor.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
@@ -25,9 +25,13 @@ pub(super) struct Services {
     ingress: Arc<Ingress>,
     directory: Arc<rpc::Directory>,
     listed: Arc<ServiceList>,
-    slots: ArcSwap<HashMap<String, Arc<Slot>>>,
-    /// Each running service's spec as last applied (routes and version).
-    specs: Mutex<HashMap<String, ServiceSpec>>,
+    /// Each running service by name, with the spec its routes and version came from.
+    running: ArcSwap<HashMap<String, Running>>,
+}
+
+struct Running {
+    spec: ServiceSpec,
+    slot: Arc<Slot>,
 }
 
 /// What [`Services::replace`] changed, for the reload report.
@@ -60,8 +64,7 @@ impl Services {
             ingress: Arc::new(Ingress::new(Router::default())),
             directory: Arc::new(rpc::Directory::new(node)),
             listed: Arc::default(),
-            slots: ArcSwap::default(),
-            specs: Mutex::new(HashMap::new()),
+            running: ArcSwap::default(),
             rpc,
         };
         let served = specs
@@ -82,15 +85,10 @@ impl Services {
         self.listed.clone()
     }
 
-    /// The directory local calls go through; the node owns it (clients hold it weakly).
-    pub(super) fn directory(&self) -> Arc<rpc::Directory> {
-        self.directory.clone()
-    }
-
     pub(super) fn slot(&self, name: &str) -> Result<Arc<Slot>, String> {
-        let slots = self.slots.load();
-        slots.get(name).cloned().ok_or_else(|| {
-            let mut known: Vec<&str> = slots.keys().map(String::as_str).collect();
+        let running = self.running.load();
+        running.get(name).map(|r| r.slot.clone()).ok_or_else(|| {
+            let mut known: Vec<&str> = running.keys().map(String::as_str).collect();
             known.sort_unstable();
             format!(
                 "this node runs no service `{name}` (it runs: {})",
@@ -102,15 +100,11 @@ impl Services {
     /// `(name, version)` of every service, for discovery.
     pub(super) fn announced(&self) -> Vec<(String, String)> {
         let mut announced: Vec<_> = self
-            .specs
-            .lock()
-            .map(|specs| {
-                specs
-                    .values()
-                    .map(|spec| (spec.name.clone(), spec.version.to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .running
+            .load()
+            .values()
+            .map(|r| (r.spec.name.clone(), r.spec.version.to_string()))
+            .collect();
         announced.sort();
         announced
     }
@@ -120,17 +114,12 @@ impl Services {
     /// keeps running as it was (peers resolved that version; a restart changes it). On any
     /// error nothing changes.
     pub(super) async fn replace(&self, specs: &[ServiceSpec]) -> Result<Replaced, String> {
-        let current = self
-            .specs
-            .lock()
-            .map_err(|_| "the service table is poisoned".to_owned())?
-            .clone();
-        let slots = self.slots.load_full();
+        let current = self.running.load_full();
         let mut replaced = Replaced::default();
         let mut served = Vec::new();
         for spec in specs {
-            match (current.get(&spec.name), slots.get(&spec.name)) {
-                (Some(before), Some(slot)) => {
+            match current.get(&spec.name) {
+                Some(Running { spec: before, slot }) => {
                     if before.version != spec.version {
                         replaced.version_changed.push(format!(
                             "service `{}`: version {} -> {}",
@@ -144,7 +133,7 @@ impl Services {
                     }
                     served.push((spec.clone(), slot.clone()));
                 }
-                _ => {
+                None => {
                     if spec.memory_limit_bytes > self.engine.max_memory_bytes() {
                         return Err(format!(
                             "service `{}`: memory_limit_mb = {} is more than the {} MiB the \
@@ -213,18 +202,12 @@ impl Services {
         self.ingress.replace_router(router);
         self.directory.replace(callees);
         self.listed.store(Arc::new(listed));
-        self.slots.store(Arc::new(
+        self.running.store(Arc::new(
             served
-                .iter()
-                .map(|(spec, slot)| (spec.name.clone(), slot.clone()))
+                .into_iter()
+                .map(|(spec, slot)| (spec.name.clone(), Running { spec, slot }))
                 .collect(),
         ));
-        if let Ok(mut specs) = self.specs.lock() {
-            *specs = served
-                .into_iter()
-                .map(|(spec, _)| (spec.name.clone(), spec))
-                .collect();
-        }
         Ok(())
     }
 }

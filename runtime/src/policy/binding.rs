@@ -24,7 +24,7 @@ use super::PolicyError;
 use crate::host::{GuestContext, HostState};
 use crate::wasm::policy_bindings::ResiliencePolicy;
 use crate::wasm::policy_bindings::exports::switchyard::runtime::policy as wit;
-use crate::wasm::{Engine, LoadedPolicy, epoch_ticks};
+use crate::wasm::{Engine, LoadedPolicy, SwapEvent, epoch_ticks};
 
 pub(crate) use wit::{AfterDecision, BeforeDecision, CallInfo, Candidate, CannedResponse, Outcome};
 
@@ -70,7 +70,7 @@ struct Live {
     generation: u64,
     /// What the last swap replaced, while the new code is on probation.
     probation: Option<Probation>,
-    last_swap: Option<SwapRecord>,
+    last_swap: Option<SwapEvent>,
 }
 
 /// The generation a swap replaced, kept to go back to.
@@ -128,18 +128,6 @@ impl SwapWatch {
     }
 }
 
-/// A binding's last swap, for the admin API.
-#[derive(Debug, Clone, serde::Serialize)]
-pub(crate) struct SwapRecord {
-    pub(crate) from_generation: u64,
-    pub(crate) to_generation: u64,
-    pub(crate) from_hash: String,
-    pub(crate) to_hash: String,
-    /// `probation`, `serving` or `rolled-back`.
-    pub(crate) state: &'static str,
-    pub(crate) reason: Option<String>,
-}
-
 struct Instance {
     store: Store<HostState>,
     policy: ResiliencePolicy,
@@ -152,7 +140,7 @@ pub(crate) struct BindingView {
     pub(crate) scope: String,
     pub(crate) component_hash: String,
     pub(crate) generation: u64,
-    pub(crate) last_swap: Option<SwapRecord>,
+    pub(crate) last_swap: Option<SwapEvent>,
 }
 
 /// A binding locked with its next instance ready: committing it cannot fail, so a policy bound
@@ -162,6 +150,7 @@ pub(crate) struct Prepared<'a> {
     live: MutexGuard<'a, Live>,
     next: Instance,
     code: Code,
+    started: Instant,
 }
 
 impl Binding {
@@ -326,6 +315,7 @@ impl Binding {
     /// configures a new instance and gives it the old one's snapshot. Nothing changes until
     /// [`Prepared::commit`]; dropping the result leaves the binding as it was.
     pub(crate) async fn prepare(&self, code: Code) -> Result<Prepared<'_>, PolicyError> {
+        let started = Instant::now();
         let mut live = self.live.lock().await;
         self.settle(&mut live);
         let mut next = new_instance(&self.engine, &code, &self.policy).await?;
@@ -367,6 +357,7 @@ impl Binding {
             live,
             next,
             code,
+            started,
         })
     }
 }
@@ -380,17 +371,19 @@ impl Prepared<'_> {
             mut live,
             next,
             code,
+            started,
         } = self;
         let generation = live.generation + 1;
         let old_instance = live.instance.replace(next);
         let old_code = std::mem::replace(&mut live.code, code);
-        live.last_swap = Some(SwapRecord {
+        live.last_swap = Some(SwapEvent {
             from_generation: live.generation,
             to_generation: generation,
             from_hash: old_code.loaded.hash.clone(),
             to_hash: live.code.loaded.hash.clone(),
             state: "probation",
             reason: None,
+            swap_ms: started.elapsed().as_secs_f64() * 1000.0,
         });
         live.probation = Some(Probation {
             watch: watch.clone(),

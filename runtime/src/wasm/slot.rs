@@ -80,7 +80,7 @@ impl Drop for Generation {
     }
 }
 
-/// The last swap of a slot, for the admin API.
+/// The last swap of a slot or of a policy binding, for the admin API.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SwapEvent {
     pub from_generation: u64,
