@@ -35,7 +35,8 @@ const SETTLE: Duration = Duration::from_millis(150);
 pub struct ReloadReport {
     /// Services and policies swapped to their new component.
     pub swapped: Vec<String>,
-    /// Other changes that took effect: policy config, policy declarations, bindings.
+    /// Other changes that took effect: services added or removed, routes, policy config,
+    /// policy declarations, bindings.
     pub applied: Vec<String>,
     /// Differences that only a restart applies.
     pub needs_restart: Vec<String>,
