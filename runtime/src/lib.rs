@@ -7,7 +7,8 @@
 //! Modules, one per subsystem (see `DESIGN.md`): [`manifest`] (schema and checks), [`node`]
 //! (lifecycle and wiring), [`wasm`] (engine, compile cache, slots), `host` (the guest's
 //! imports), `http` (ingress and admin API), `router` (`METHOD /path` matching), `rpc`
-//! (service-to-service calls), [`telemetry`] (logging).
+//! (service-to-service calls), `messaging` (durable queues), `policy` (resilience policies),
+//! [`telemetry`] (logging).
 
 pub mod manifest;
 pub mod node;
@@ -23,6 +24,7 @@ pub mod fuzzing;
 mod discovery;
 mod host;
 mod http;
+mod messaging;
 mod policy;
 mod router;
 mod rpc;

@@ -15,6 +15,7 @@ mod etcd;
 mod ingress;
 mod limits;
 mod mesh;
+mod messaging;
 mod policies;
 mod rpc;
 mod scaffold;

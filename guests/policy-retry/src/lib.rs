@@ -5,7 +5,13 @@
 //! do not retry in lockstep. The budget keeps retries from multiplying load when the callee is
 //! down: every first attempt earns `budget_ratio` of a retry token (at most `budget_cap`
 //! saved), every retry spends one. The node never retries past the call's deadline.
-use switchyard_sdk::policy::{self, AfterDecision, CallInfo, Config, Outcome, Policy};
+//!
+//! Bound to a queue (`[[bind]] queue = ...`), the same backoff spaces redeliveries of a failed
+//! message, and after `max_attempts` failed deliveries it is dead-lettered. The retry budget
+//! is for calls only: a queued message waits, it does not add load while it waits.
+use switchyard_sdk::policy::{
+    self, AfterDecision, CallInfo, Config, Delivery, DeliveryDecision, Outcome, Policy,
+};
 
 struct Retry {
     max_attempts: u32,
@@ -18,6 +24,15 @@ struct Retry {
 }
 
 impl Retry {
+    /// The pause before attempt `attempt + 1`: exponential, capped, with full jitter.
+    fn backoff_ms(&mut self, attempt: u32) -> u32 {
+        let exp = self
+            .base_ms
+            .saturating_mul(1 << attempt.saturating_sub(1).min(20));
+        let ceiling = exp.min(self.max_ms) as f64;
+        (ceiling * (0.5 + 0.5 * self.next_unit())) as u32
+    }
+
     /// xorshift64*: jitter needs no cryptographic randomness.
     fn next_unit(&mut self) -> f64 {
         self.rng ^= self.rng >> 12;
@@ -62,10 +77,17 @@ impl Policy for Retry {
             return AfterDecision::Done;
         }
         self.tokens -= 1.0;
-        let exp = self.base_ms.saturating_mul(1 << (call.attempt - 1).min(20));
-        let ceiling = exp.min(self.max_ms) as f64;
-        let pause = ceiling * (0.5 + 0.5 * self.next_unit());
-        AfterDecision::RetryAfter(pause as u32)
+        AfterDecision::RetryAfter(self.backoff_ms(call.attempt))
+    }
+
+    fn on_delivery_failure(&mut self, message: &Delivery, attempt: u32) -> DeliveryDecision {
+        if attempt >= self.max_attempts {
+            return DeliveryDecision::DeadLetter(format!(
+                "{} failed {attempt} deliveries (max_attempts = {})",
+                message.id, self.max_attempts
+            ));
+        }
+        DeliveryDecision::RedeliverAfter(self.backoff_ms(attempt))
     }
 
     fn snapshot(&self) -> Vec<u8> {

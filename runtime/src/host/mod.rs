@@ -8,6 +8,7 @@
 mod config;
 mod discovery;
 mod log;
+mod messaging;
 mod output;
 mod quic;
 mod rpc;
@@ -31,11 +32,20 @@ pub use quic::{GuestConnection, GuestStream};
 )]
 pub use rpc::PendingCall;
 
+/// What a service's guests reach out to: other services, and this node's queues.
+#[derive(Clone)]
+pub(crate) struct Outbound {
+    pub(crate) rpc: crate::rpc::Client,
+    pub(crate) messaging: Arc<crate::messaging::Broker>,
+}
+
 /// What every instance of one service generation shares.
 pub(crate) struct GuestContext {
     pub(crate) service: String,
     /// Makes this service's outgoing calls.
     pub(crate) rpc: crate::rpc::Client,
+    /// Takes the messages it sends.
+    pub(crate) messaging: Arc<crate::messaging::Broker>,
     pub(crate) config: BTreeMap<String, String>,
     pub(crate) env: Vec<(String, String)>,
 }

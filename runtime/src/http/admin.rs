@@ -18,6 +18,8 @@ const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
 pub(crate) trait Operator: Send + Sync {
     /// `GET /policies`.
     fn policies(&self) -> crate::discovery::BoxFuture<'_, serde_json::Value>;
+    /// `GET /queues`.
+    fn queues(&self) -> serde_json::Value;
     /// `POST /policies/<name>` with a component: swaps every binding of that policy.
     fn swap_policy(
         &self,
@@ -36,7 +38,7 @@ pub(crate) trait Operator: Send + Sync {
 /// replaces the list.
 pub(crate) type ServiceList = arc_swap::ArcSwap<Vec<(Arc<Slot>, Vec<String>)>>;
 
-/// The admin API: `GET /health`, `/services`, `/registry`, `/policies`; `POST
+/// The admin API: `GET /health`, `/services`, `/registry`, `/policies`, `/queues`; `POST
 /// /services/<name>` and `/policies/<name>` (hot swap, the body is the new component).
 pub(crate) struct Admin {
     node: String,
@@ -134,6 +136,7 @@ impl Handler for Admin {
                 json(&views)
             }
             "/policies" => json(&self.operator.policies().await),
+            "/queues" => json(&self.operator.queues()),
             "/registry" => json(&serde_json::json!({
                 "node": self.node,
                 "peers": self.registry.as_ref().map(|registry| registry.view()).unwrap_or_default(),
@@ -141,7 +144,7 @@ impl Handler for Admin {
             other => plain(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no admin endpoint {other}; try /health, /services, /registry or /policies\n"
+                    "no admin endpoint {other}; try /health, /services, /registry, /policies or /queues\n"
                 ),
             ),
         }

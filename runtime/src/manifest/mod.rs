@@ -26,6 +26,23 @@
 //! memory_limit_mb = 64        # per instance; past it: 500
 //! config = { greeting = "Hello" }
 //! env = { RUST_BACKTRACE = "1" }
+//!
+//! [[queue]]                   # a durable queue (see the messaging module)
+//! name = "orders"
+//! subscriber = "hello"        # the service that consumes it
+//! concurrency = 1             # deliveries at once
+//! max_attempts = 10           # then the message is dead-lettered
+//! redeliver_ms = 100          # first pause without a policy; doubles per attempt
+//! max_depth = 10000           # owed messages before `send` answers `full`
+//!
+//! [[policy]]
+//! name = "retry"
+//! component = "policy-retry.wasm"
+//! config = { max_attempts = "3" }
+//!
+//! [[bind]]                    # one of calls_to, outgoing_from or queue
+//! policies = ["retry"]
+//! calls_to = "hello"
 //! ```
 //!
 //! Parsing is strict ("parse, don't validate"): unknown keys, wrong types, bad addresses,
@@ -56,6 +73,24 @@ pub struct Manifest {
     pub policies: Vec<PolicySpec>,
     /// `[[bind]]`: which policies run, in order, around which calls.
     pub bindings: Vec<BindSpec>,
+    /// `[[queue]]`: durable queues and the service that consumes each.
+    pub queues: Vec<QueueSpec>,
+}
+
+/// One `[[queue]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub name: String,
+    /// The service of this node whose `subscriber.on-message` gets the messages.
+    pub subscriber: String,
+    /// Deliveries at once (1 keeps the order of sending).
+    pub concurrency: u32,
+    /// Failed deliveries before a message is dead-lettered, whatever the policies say.
+    pub max_attempts: u32,
+    /// The first pause before a redelivery when no policy decides (doubles per attempt).
+    pub redeliver_after: Duration,
+    /// Messages owed before a send is refused as `full`.
+    pub max_depth: usize,
 }
 
 /// One `[[policy]]`.
@@ -83,6 +118,8 @@ pub enum BindScope {
     CallsTo(String),
     /// Every call this service makes.
     OutgoingFrom(String),
+    /// Every failed delivery of this queue (`on-delivery-failure`).
+    Queue(String),
 }
 
 impl std::fmt::Display for BindScope {
@@ -90,6 +127,7 @@ impl std::fmt::Display for BindScope {
         match self {
             BindScope::CallsTo(service) => write!(f, "calls to `{service}`"),
             BindScope::OutgoingFrom(service) => write!(f, "calls from `{service}`"),
+            BindScope::Queue(queue) => write!(f, "deliveries of queue `{queue}`"),
         }
     }
 }
@@ -272,6 +310,14 @@ pub mod defaults {
     pub const TIMEOUT_MS: u64 = 30_000;
     /// `[[service]] memory_limit_mb`.
     pub const MEMORY_LIMIT_MB: u64 = 64;
+    /// `[[queue]] concurrency`: one delivery at a time, in order.
+    pub const QUEUE_CONCURRENCY: u32 = 1;
+    /// `[[queue]] max_attempts`.
+    pub const QUEUE_MAX_ATTEMPTS: u32 = 10;
+    /// `[[queue]] redeliver_ms`.
+    pub const QUEUE_REDELIVER_MS: u64 = 100;
+    /// `[[queue]] max_depth`.
+    pub const QUEUE_MAX_DEPTH: usize = 10_000;
 }
 
 impl Manifest {

@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use super::{
     BindScope, BindSpec, DiscoverySpec, Location, Manifest, ManifestError, NodeSpec, PolicySpec,
-    RouteSpec, ServiceSpec, TlsSpec, defaults,
+    QueueSpec, RouteSpec, ServiceSpec, TlsSpec, defaults,
 };
 
 #[derive(Deserialize)]
@@ -26,6 +26,19 @@ struct RawManifest {
     policy: Vec<RawPolicy>,
     #[serde(default)]
     bind: Vec<Spanned<RawBind>>,
+    #[serde(default)]
+    queue: Vec<RawQueue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    name: Spanned<String>,
+    subscriber: Spanned<String>,
+    concurrency: Option<Spanned<u32>>,
+    max_attempts: Option<Spanned<u32>>,
+    redeliver_ms: Option<u64>,
+    max_depth: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -161,7 +174,8 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> 
     }
     check_duplicate_routes(&services)?;
     let policies = check_policies(&check, raw.policy)?;
-    let bindings = check_bindings(&check, raw.bind, &policies, &services)?;
+    let queues = check_queues(&check, raw.queue, &services)?;
+    let bindings = check_bindings(&check, raw.bind, &policies, &services, &queues)?;
     Ok(Manifest {
         path: path.to_path_buf(),
         node,
@@ -169,7 +183,90 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> 
         balance: raw.balance,
         policies,
         bindings,
+        queues,
     })
+}
+
+fn check_queues(
+    check: &Checker<'_>,
+    raw: Vec<RawQueue>,
+    services: &[ServiceSpec],
+) -> Result<Vec<QueueSpec>, ManifestError> {
+    let mut queues: Vec<QueueSpec> = Vec::with_capacity(raw.len());
+    for queue in raw {
+        check_name(check, &queue.name, "queue")?;
+        let name = queue.name.get_ref().clone();
+        if queues.iter().any(|q| q.name == name) {
+            return Err(check.invalid(
+                queue.name.span(),
+                format!("queue `{name}` is declared twice"),
+                "give each [[queue]] its own name",
+            ));
+        }
+        let subscriber = queue.subscriber.get_ref().clone();
+        if !services.iter().any(|s| s.name == subscriber) {
+            let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+            return Err(check.invalid(
+                queue.subscriber.span(),
+                format!(
+                    "queue `{name}`: its subscriber `{subscriber}` is not a service of this node"
+                ),
+                format!(
+                    "a queue is consumed on the node that declares it; name one of this \
+                     manifest's services ({})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
+        let at_least_one = |value: &Option<Spanned<u32>>, key: &str, default: u32| match value {
+            Some(value) if *value.get_ref() == 0 => Err(check.invalid(
+                value.span(),
+                format!("queue `{name}`: `{key}` must be at least 1"),
+                format!("leave it out for the default ({default})"),
+            )),
+            Some(value) => Ok(*value.get_ref()),
+            None => Ok(default),
+        };
+        let concurrency = at_least_one(
+            &queue.concurrency,
+            "concurrency",
+            defaults::QUEUE_CONCURRENCY,
+        )?;
+        let max_attempts = at_least_one(
+            &queue.max_attempts,
+            "max_attempts",
+            defaults::QUEUE_MAX_ATTEMPTS,
+        )?;
+        let max_depth = match queue.max_depth {
+            Some(depth) if *depth.get_ref() == 0 => {
+                return Err(check.invalid(
+                    depth.span(),
+                    format!("queue `{name}`: `max_depth` must be at least 1"),
+                    format!(
+                        "leave it out for the default ({})",
+                        defaults::QUEUE_MAX_DEPTH
+                    ),
+                ));
+            }
+            Some(depth) => depth.into_inner(),
+            None => defaults::QUEUE_MAX_DEPTH,
+        };
+        queues.push(QueueSpec {
+            name,
+            subscriber,
+            concurrency,
+            max_attempts,
+            redeliver_after: Duration::from_millis(
+                queue.redeliver_ms.unwrap_or(defaults::QUEUE_REDELIVER_MS),
+            ),
+            max_depth,
+        });
+    }
+    Ok(queues)
 }
 
 fn check_node(check: &Checker<'_>, raw: Option<RawNode>) -> Result<NodeSpec, ManifestError> {
@@ -331,6 +428,7 @@ fn check_bindings(
     raw: Vec<Spanned<RawBind>>,
     policies: &[PolicySpec],
     services: &[ServiceSpec],
+    queues: &[QueueSpec],
 ) -> Result<Vec<BindSpec>, ManifestError> {
     let mut bindings = Vec::with_capacity(raw.len());
     for bind in raw {
@@ -376,18 +474,32 @@ fn check_bindings(
                 BindScope::OutgoingFrom(from.into_inner())
             }
             (None, None, Some(queue)) => {
-                return Err(check.invalid(
-                    queue.span(),
-                    "queue bindings need messaging, which this version of Switchyard does not have yet",
-                    "bind to `calls_to` or `outgoing_from` for now",
-                ));
+                if !queues.iter().any(|q| &q.name == queue.get_ref()) {
+                    let known: Vec<&str> = queues.iter().map(|q| q.name.as_str()).collect();
+                    return Err(check.invalid(
+                        queue.span(),
+                        format!(
+                            "`queue` names `{}`, which this node does not declare",
+                            queue.get_ref()
+                        ),
+                        format!(
+                            "declare it with [[queue]] (declared: {})",
+                            if known.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    ));
+                }
+                BindScope::Queue(queue.into_inner())
             }
             _ => {
                 return Err(check.invalid(
                     span,
                     "a [[bind]] needs exactly one of `calls_to`, `outgoing_from` or `queue`",
-                    "e.g. calls_to = \"inventory\" (every call to it) or outgoing_from = \
-                     \"orders\" (every call it makes)",
+                    "e.g. calls_to = \"inventory\" (every call to it), outgoing_from = \
+                     \"orders\" (every call it makes) or queue = \"jobs\" (its failed deliveries)",
                 ));
             }
         };

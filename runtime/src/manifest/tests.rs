@@ -206,3 +206,50 @@ fn discovery_backends_are_checked() {
         assert!(message.contains("switchyard.toml:"), "{message}");
     }
 }
+
+#[test]
+fn a_queue_takes_defaults_and_a_binding_to_it() {
+    let body = format!(
+        "{GOOD}\n[[queue]]\nname = \"jobs\"\nsubscriber = \"hello\"\nmax_attempts = 3\n\n\
+         [[policy]]\nname = \"retry\"\ncomponent = \"svc.wasm\"\n\n\
+         [[bind]]\npolicies = [\"retry\"]\nqueue = \"jobs\"\n"
+    );
+    let (manifest, _) = parse(&body);
+    let manifest = manifest.unwrap_or_else(|err| panic!("{err}"));
+    let queue = &manifest.queues[0];
+    assert_eq!(queue.subscriber, "hello");
+    assert_eq!(queue.max_attempts, 3);
+    assert_eq!(queue.concurrency, super::defaults::QUEUE_CONCURRENCY);
+    assert_eq!(queue.max_depth, super::defaults::QUEUE_MAX_DEPTH);
+    assert_eq!(
+        manifest.bindings[0].scope,
+        super::BindScope::Queue("jobs".into())
+    );
+}
+
+#[test]
+fn bad_queues_say_what_to_fix() {
+    let queue = |lines: &str| format!("{GOOD}\n[[queue]]\nname = \"jobs\"\n{lines}\n");
+    let err = error_of(&queue("subscriber = \"nobody\""));
+    assert!(
+        err.contains("subscriber `nobody` is not a service"),
+        "{err}"
+    );
+    assert!(err.contains("hello"), "{err}");
+    let err = error_of(&queue("subscriber = \"hello\"\nconcurrency = 0"));
+    assert!(err.contains("`concurrency` must be at least 1"), "{err}");
+    let err = error_of(&queue("subscriber = \"hello\"\nmax_depth = 0"));
+    assert!(err.contains("`max_depth` must be at least 1"), "{err}");
+    let err = error_of(&format!(
+        "{}\n[[queue]]\nname = \"jobs\"\nsubscriber = \"hello\"\n",
+        queue("subscriber = \"hello\"")
+    ));
+    assert!(err.contains("queue `jobs` is declared twice"), "{err}");
+    let err = error_of(&format!(
+        "{}\n[[policy]]\nname = \"retry\"\ncomponent = \"svc.wasm\"\n\n\
+         [[bind]]\npolicies = [\"retry\"]\nqueue = \"mail\"\n",
+        queue("subscriber = \"hello\"")
+    ));
+    assert!(err.contains("`queue` names `mail`"), "{err}");
+    assert!(err.contains("declared: jobs"), "{err}");
+}

@@ -19,8 +19,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::discovery;
+use crate::host::Outbound;
 use crate::http::{self, Admin};
 use crate::manifest::{DiscoverySpec, Location, Manifest};
+use crate::messaging;
 use crate::policy::Policies;
 use crate::rpc;
 use crate::transport::frame::{FailureKind, Frame};
@@ -78,6 +80,9 @@ pub enum NodeError {
     /// The manifest file cannot be watched.
     #[error("cannot watch the manifest for changes: {0}")]
     Watch(String),
+    /// A queue's files could not be opened.
+    #[error("{0}\n  hint: check [[queue]] and `node.data_dir` in the manifest")]
+    Messaging(#[from] crate::messaging::MessagingError),
     /// A blocking load task panicked or was cancelled.
     #[error("loading components was interrupted: {0}")]
     Interrupted(String),
@@ -135,12 +140,23 @@ impl Node {
         };
         let (engine, components) = loaded;
         let engine = Arc::new(engine);
+        let broker = {
+            let (data_dir, queues) = (manifest.node.data_dir.clone(), manifest.queues.clone());
+            tokio::task::spawn_blocking(move || messaging::Broker::open(&data_dir, &queues))
+                .await
+                .map_err(|err| NodeError::Interrupted(err.to_string()))??
+        };
+        let broker = Arc::new(broker);
         let policies = Arc::new(Policies::start(&engine, manifest).await?);
         let rpc = rpc::Client::new(mesh.clone(), manifest.balance.clone(), policies.clone());
+        let outbound = Outbound {
+            rpc: rpc.clone(),
+            messaging: broker.clone(),
+        };
         let services = Arc::new(
             Services::start(
                 engine.clone(),
-                rpc.clone(),
+                outbound,
                 &manifest.node.name,
                 &manifest.services,
                 components,
@@ -151,6 +167,7 @@ impl Node {
             engine: engine.clone(),
             policies: policies.clone(),
             services: services.clone(),
+            broker: broker.clone(),
             pool_instances: engine_config(manifest).max_instances,
             membership: std::sync::OnceLock::new(),
         });
@@ -216,6 +233,13 @@ impl Node {
                 transport: mesh.transport.clone(),
             });
         }
+        servers.spawn(broker.clone().run(
+            Arc::new(Subscribers {
+                services: Arc::downgrade(&services),
+            }),
+            policies.clone(),
+            shutdown_rx.clone(),
+        ));
         servers.spawn(http::serve(
             http_listener,
             services.ingress(),
@@ -330,6 +354,7 @@ struct Control {
     engine: Arc<Engine>,
     policies: Arc<Policies>,
     services: Arc<Services>,
+    broker: Arc<messaging::Broker>,
     /// Component instances the engine's pool was sized for at start.
     pool_instances: u32,
     /// Where changes to the set of services are announced (nodes with QUIC).
@@ -419,6 +444,10 @@ impl http::Operator for Control {
         Box::pin(async move { serde_json::json!(self.policies.views().await) })
     }
 
+    fn queues(&self) -> serde_json::Value {
+        serde_json::json!(self.broker.views())
+    }
+
     fn swap_policy(
         &self,
         name: String,
@@ -449,6 +478,68 @@ impl http::Operator for Control {
         component: Vec<u8>,
     ) -> discovery::BoxFuture<'_, Result<serde_json::Value, String>> {
         Box::pin(async move { self.update_service(&name, Some(component), None).await })
+    }
+}
+
+/// Hands queued messages to the services' slots. Holds the services weakly: the node owns
+/// them, and a delivery after they are gone waits like one to a busy service.
+struct Subscribers {
+    services: std::sync::Weak<Services>,
+}
+
+impl messaging::Subscribers for Subscribers {
+    fn deliver<'a>(
+        &'a self,
+        service: &'a str,
+        queue: &'a str,
+        message: &'a messaging::StoredMessage,
+        attempt: u32,
+    ) -> discovery::BoxFuture<'a, messaging::Delivered> {
+        Box::pin(async move {
+            use messaging::Delivered;
+            let Some(services) = self.services.upgrade() else {
+                return Delivered::NotNow("the node is stopping".into());
+            };
+            let slot = match services.slot(service) {
+                Ok(slot) => slot,
+                Err(reason) => return Delivered::NotNow(reason),
+            };
+            drop(services);
+            match slot.deliver(guest_message(queue, message, attempt)).await {
+                Ok(Ok(())) => Delivered::Acked,
+                Ok(Err(reason)) => Delivered::Failed(format!("`{service}` refused it: {reason}")),
+                Err(busy @ crate::wasm::SlotError::Busy { .. }) => {
+                    Delivered::NotNow(busy.to_string())
+                }
+                Err(failed) => Delivered::Failed(failed.to_string()),
+            }
+        })
+    }
+}
+
+/// The `message` record a subscriber gets, with the node's own headers.
+fn guest_message(
+    queue: &str,
+    message: &messaging::StoredMessage,
+    attempt: u32,
+) -> crate::wasm::GuestMessage {
+    use crate::wasm::imports::types::MessageKind;
+    let mut headers = message.headers.clone();
+    headers.push(("x-switchyard-attempt".into(), attempt.to_string()));
+    headers.push(("x-switchyard-sender".into(), message.sender.clone()));
+    crate::wasm::GuestMessage {
+        id: message.id.clone(),
+        kind: match message.kind {
+            0 => MessageKind::Document,
+            1 => MessageKind::Command,
+            _ => MessageKind::Event,
+        },
+        topic: queue.to_owned(),
+        key: message.key.clone(),
+        headers,
+        reply_to: message.reply_to.clone(),
+        trace_context: message.trace_context.clone(),
+        body: message.body.clone(),
     }
 }
 

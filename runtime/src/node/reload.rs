@@ -282,6 +282,11 @@ async fn apply(
     {
         report.needs_restart.push("[node] addresses changed".into());
     }
+    if old.queues != new.queues {
+        report
+            .needs_restart
+            .push("[[queue]] entries changed (queues are opened at start)".into());
+    }
     report
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::host::Outbound;
 use crate::http::{Ingress, ServiceList};
 use crate::manifest::ServiceSpec;
 use crate::router::Router;
@@ -21,7 +22,7 @@ use crate::wasm::{Engine, LoadedComponent, Slot, SlotConfig};
 /// The node's current services and what routes to them.
 pub(super) struct Services {
     engine: Arc<Engine>,
-    rpc: rpc::Client,
+    outbound: Outbound,
     ingress: Arc<Ingress>,
     directory: Arc<rpc::Directory>,
     listed: Arc<ServiceList>,
@@ -54,7 +55,7 @@ impl Services {
     /// Starts serving `specs`, each with its loaded component.
     pub(super) fn start(
         engine: Arc<Engine>,
-        rpc: rpc::Client,
+        outbound: Outbound,
         node: &str,
         specs: &[ServiceSpec],
         components: Vec<LoadedComponent>,
@@ -65,7 +66,7 @@ impl Services {
             directory: Arc::new(rpc::Directory::new(node)),
             listed: Arc::default(),
             running: ArcSwap::default(),
-            rpc,
+            outbound,
         };
         let served = specs
             .iter()
@@ -73,7 +74,7 @@ impl Services {
             .map(|(spec, component)| (spec.clone(), services.new_slot(spec, component)))
             .collect();
         services.install(served)?;
-        services.rpc.install(&services.directory);
+        services.outbound.rpc.install(&services.directory);
         Ok(services)
     }
 
@@ -171,7 +172,7 @@ impl Services {
             self.engine.clone(),
             slot_config(spec),
             component,
-            self.rpc.clone(),
+            self.outbound.clone(),
         ))
     }
 

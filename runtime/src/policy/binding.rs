@@ -26,7 +26,10 @@ use crate::wasm::policy_bindings::ResiliencePolicy;
 use crate::wasm::policy_bindings::exports::switchyard::runtime::policy as wit;
 use crate::wasm::{Engine, LoadedPolicy, SwapEvent, epoch_ticks};
 
-pub(crate) use wit::{AfterDecision, BeforeDecision, CallInfo, Candidate, CannedResponse, Outcome};
+pub(crate) use wit::{
+    AfterDecision, BeforeDecision, CallInfo, Candidate, CannedResponse, Delivery, DeliveryDecision,
+    Outcome,
+};
 
 /// How long one decision may run.
 const DECISION_BUDGET: Duration = Duration::from_millis(100);
@@ -252,6 +255,21 @@ impl Binding {
         .await
     }
 
+    /// `None` if the policy failed (the queue's own rule then applies).
+    pub(crate) async fn on_delivery_failure(
+        &self,
+        delivery: &Delivery,
+        attempts: u32,
+    ) -> Option<DeliveryDecision> {
+        self.decide("on-delivery-failure", None, async |p, s| {
+            p.switchyard_runtime_policy()
+                .call_on_delivery_failure(s, delivery, attempts)
+                .await
+                .map(Some)
+        })
+        .await
+    }
+
     /// Runs one export with the decision budget; on failure, logs, replaces the instance and
     /// answers `fallback`.
     async fn decide<T>(
@@ -405,6 +423,8 @@ async fn new_instance(engine: &Engine, code: &Code, policy: &str) -> Result<Inst
     let context = Arc::new(GuestContext {
         service: format!("policy:{policy}"),
         rpc: crate::rpc::Client::default(),
+        // A policy world imports neither rpc nor messaging: these stay unused.
+        messaging: Arc::default(),
         config: BTreeMap::new(),
         env: Vec::new(),
     });

@@ -99,6 +99,7 @@ impl Declared {
 struct Tables {
     calls_to: HashMap<String, Vec<Arc<Binding>>>,
     outgoing_from: HashMap<String, Vec<Arc<Binding>>>,
+    queues: HashMap<String, Vec<Arc<Binding>>>,
     all: Vec<Arc<Binding>>,
 }
 
@@ -141,6 +142,16 @@ impl Policies {
             chain.extend(incoming.iter().cloned());
         }
         chain
+    }
+
+    /// The bindings asked when a delivery of `queue` fails, in order.
+    pub(crate) fn delivery_chain(&self, queue: &str) -> Vec<Arc<Binding>> {
+        self.tables
+            .load()
+            .queues
+            .get(queue)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub(crate) async fn views(&self) -> Vec<BindingView> {
@@ -215,6 +226,7 @@ impl Policies {
             let table = match &bind.scope {
                 BindScope::CallsTo(service) => next.calls_to.entry(service.clone()),
                 BindScope::OutgoingFrom(service) => next.outgoing_from.entry(service.clone()),
+                BindScope::Queue(queue) => next.queues.entry(queue.clone()),
             };
             table.or_default().extend(chain);
         }
@@ -469,6 +481,45 @@ pub(crate) async fn pick(
         }
     }
     None
+}
+
+/// What to do with a message whose delivery failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DeliveryVerdict {
+    RedeliverAfter(Duration),
+    /// With the reason, naming the policy that gave up.
+    DeadLetter(String),
+}
+
+/// Asks the chain's policies, in order, about a failed delivery (the `attempts`-th): the first
+/// that dead-letters decides; otherwise the longest redelivery pause asked for. `None` when no
+/// policy decided (none bound, or each failed), so the queue's own rule applies.
+pub(crate) async fn on_delivery_failure(
+    chain: &[Arc<Binding>],
+    queue: &str,
+    id: &str,
+    attempts: u32,
+) -> Option<DeliveryVerdict> {
+    let delivery = binding::Delivery {
+        queue: queue.to_owned(),
+        id: id.to_owned(),
+    };
+    let mut pause: Option<u32> = None;
+    for binding in chain {
+        match binding.on_delivery_failure(&delivery, attempts).await {
+            None => {}
+            Some(binding::DeliveryDecision::RedeliverAfter(ms)) => {
+                pause = Some(pause.map_or(ms, |other| other.max(ms)));
+            }
+            Some(binding::DeliveryDecision::DeadLetter(reason)) => {
+                return Some(DeliveryVerdict::DeadLetter(format!(
+                    "policy `{}` ({}): {reason}",
+                    binding.policy, binding.scope
+                )));
+            }
+        }
+    }
+    pause.map(|ms| DeliveryVerdict::RedeliverAfter(Duration::from_millis(u64::from(ms))))
 }
 
 /// A policy's answer in the callee's place, as the caller receives it.

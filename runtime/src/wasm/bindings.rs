@@ -25,6 +25,7 @@ wasmtime::component::bindgen!({
         "switchyard:runtime/quic.[method]bidi-stream.write": async | trappable,
         "switchyard:runtime/quic.[method]bidi-stream.finish": async | trappable,
         "switchyard:runtime/quic.[method]connection.node": trappable,
+        "switchyard:runtime/messaging.send": async,
     },
     exports: { default: async },
     with: {
@@ -48,6 +49,7 @@ pub(crate) mod streams {
             "switchyard:runtime/rpc": super::switchyard::runtime::rpc,
             "switchyard:runtime/discovery": super::switchyard::runtime::discovery,
             "switchyard:runtime/quic": super::switchyard::runtime::quic,
+            "switchyard:runtime/messaging": super::switchyard::runtime::messaging,
         },
     });
 }
@@ -65,6 +67,8 @@ pub(crate) mod policy {
     });
 }
 
+/// The message record a guest's `subscriber.on-message` receives.
+pub(crate) use self::switchyard::runtime::types::Message as GuestMessage;
 /// The request record a guest's `handler.handle` receives.
 pub use self::switchyard::runtime::types::Request as GuestRequest;
 /// The response record a guest's `handler.handle` returns.
@@ -72,5 +76,7 @@ pub use self::switchyard::runtime::types::Response as GuestResponse;
 
 /// The interfaces a guest imports, for the host's implementations.
 pub(crate) mod imports {
-    pub(crate) use super::switchyard::runtime::{config, discovery, log, quic, rpc, types};
+    pub(crate) use super::switchyard::runtime::{
+        config, discovery, log, messaging, quic, rpc, types,
+    };
 }

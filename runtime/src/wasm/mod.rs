@@ -14,8 +14,8 @@ mod engine;
 mod slot;
 
 pub(crate) use bindings::policy as policy_bindings;
+pub(crate) use bindings::{GuestMessage, Service, ServicePre, imports};
 pub use bindings::{GuestRequest, GuestResponse};
-pub(crate) use bindings::{Service, ServicePre, imports};
 pub(crate) use engine::LoadedPolicy;
 pub use engine::{Engine, EngineConfig, LoadedComponent};
 pub use slot::{Slot, SlotConfig, SlotError, SlotStats, SwapError, SwapEvent};

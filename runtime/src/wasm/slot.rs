@@ -6,8 +6,10 @@ use std::time::Duration;
 use wasmtime::{Store, Trap};
 
 use super::Service;
-use super::{EPOCH_TICK, Engine, GuestRequest, GuestResponse, LoadedComponent, epoch_ticks};
-use crate::host::{GuestContext, HostState};
+use super::{
+    EPOCH_TICK, Engine, GuestMessage, GuestRequest, GuestResponse, LoadedComponent, epoch_ticks,
+};
+use crate::host::{GuestContext, HostState, Outbound};
 
 /// What a [`Slot`] needs to know about its service.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,13 +50,14 @@ impl Generation {
         number: u64,
         component: LoadedComponent,
         settings: Arc<SlotConfig>,
-        rpc: crate::rpc::Client,
+        outbound: &Outbound,
         alive: Arc<AtomicU64>,
     ) -> Self {
         alive.fetch_add(1, Ordering::Relaxed);
         let guest = Arc::new(GuestContext {
             service: settings.service.clone(),
-            rpc,
+            rpc: outbound.rpc.clone(),
+            messaging: outbound.messaging.clone(),
             config: settings.config.clone(),
             env: settings
                 .env
@@ -99,7 +102,7 @@ pub struct Slot {
     /// The service's name, and the settings it started with: a new generation may change
     /// limits, config and env, but not what the engine's pool was sized for.
     started: SlotConfig,
-    rpc: crate::rpc::Client,
+    outbound: Outbound,
     current: arc_swap::ArcSwap<Generation>,
     /// The generation before the last swap, kept through probation for a rollback.
     previous: std::sync::Mutex<Option<Arc<Generation>>>,
@@ -192,7 +195,7 @@ impl Slot {
         engine: Arc<Engine>,
         settings: SlotConfig,
         component: LoadedComponent,
-        rpc: crate::rpc::Client,
+        outbound: Outbound,
     ) -> Self {
         let generations_alive = Arc::new(AtomicU64::new(0));
         Self {
@@ -202,11 +205,11 @@ impl Slot {
                 1,
                 component,
                 Arc::new(settings.clone()),
-                rpc.clone(),
+                &outbound,
                 generations_alive.clone(),
             )),
             started: settings,
-            rpc,
+            outbound,
             generations_alive,
             previous: std::sync::Mutex::new(None),
             last_swap: std::sync::Mutex::new(None),
@@ -232,6 +235,47 @@ impl Slot {
     ///
     /// Dropping the future drops the instance mid-call; nothing else is affected.
     pub async fn handle(&self, request: GuestRequest) -> Result<GuestResponse, SlotError> {
+        let traceparent = request
+            .headers
+            .iter()
+            .find(|(name, _)| name == crate::telemetry::TRACE_HEADER)
+            .map(|(_, value)| value.as_str());
+        self.serve(&request.request_id, traceparent, async |service, store| {
+            service
+                .switchyard_runtime_handler()
+                .call_handle(store, &request)
+                .await
+        })
+        .await
+    }
+
+    /// Hands `message` to the guest's `subscriber.on-message`, within the same limits as a
+    /// request; the inner result is the guest's own: acknowledged, or refused with a reason.
+    pub(crate) async fn deliver(
+        &self,
+        message: GuestMessage,
+    ) -> Result<Result<(), String>, SlotError> {
+        self.serve(
+            &message.id,
+            message.trace_context.as_deref(),
+            async |service, store| {
+                service
+                    .switchyard_runtime_subscriber()
+                    .call_on_message(store, &message)
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// Admits one unit of work, gives it an instance and runs `call` on it; counts the outcome
+    /// and keeps the instance for reuse if it ended cleanly.
+    async fn serve<T>(
+        &self,
+        request_id: &str,
+        traceparent: Option<&str>,
+        call: impl AsyncFnOnce(&Service, &mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<T, SlotError> {
         let _in_flight = self.admit()?;
 
         let generation = self.current.load_full();
@@ -239,16 +283,11 @@ impl Slot {
             .idle_instance(&generation)
             .unwrap_or_else(|| self.new_instance(&generation));
         let deadline = std::time::Instant::now() + generation.settings.timeout;
-        let traceparent = request
-            .headers
-            .iter()
-            .find(|(name, _)| name == crate::telemetry::TRACE_HEADER)
-            .map(|(_, value)| value.as_str());
         live.store
             .data_mut()
-            .begin_request(&request.request_id, deadline, traceparent);
-        let result = self.run(&mut live, &request, &generation).await;
-        self.log_output(&live.store, &request.request_id);
+            .begin_request(request_id, deadline, traceparent);
+        let result = self.run(&mut live, &generation, call).await;
+        self.log_output(&live.store, request_id);
         live.served += 1;
         // A failed store may be mid-call or poisoned: only a clean one is reused.
         if result.is_ok()
@@ -316,16 +355,16 @@ impl Slot {
         }
     }
 
-    async fn run(
+    async fn run<T>(
         &self,
         live: &mut LiveInstance,
-        request: &GuestRequest,
         generation: &Generation,
-    ) -> Result<GuestResponse, SlotError> {
+        call: impl AsyncFnOnce(&Service, &mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<T, SlotError> {
         let timeout = generation.settings.timeout;
         live.store.set_epoch_deadline(epoch_ticks(timeout));
         let LiveInstance { store, service, .. } = live;
-        let call = async {
+        let work = async {
             let service = match service {
                 Some(service) => service,
                 None => service.insert(
@@ -336,13 +375,10 @@ impl Slot {
                         .await?,
                 ),
             };
-            service
-                .switchyard_runtime_handler()
-                .call_handle(&mut *store, request)
-                .await
+            call(service, &mut *store).await
         };
         // Epochs stop guest code; this also stops time spent awaiting host calls.
-        let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await;
+        let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 2, work).await;
         self.outcome(outcome, store, timeout, &generation.settings)
     }
 
@@ -474,7 +510,7 @@ impl Slot {
             old.number + 1,
             component.unwrap_or_else(|| old.component.clone()),
             settings,
-            self.rpc.clone(),
+            &self.outbound,
             self.generations_alive.clone(),
         ));
         let mut probe = self.new_instance(&next);

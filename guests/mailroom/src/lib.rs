@@ -1,0 +1,56 @@
+//! Sends to queues over HTTP and consumes them; how a delivery goes is written in the message,
+//! so tests (and the README's walk-through) can drive redelivery and dead-lettering.
+//!
+//! - `POST /send/{queue}`: sends the request body (header `x-key` becomes the message key) and
+//!   answers `202` with the message id, or the send error's status and reason.
+//! - A delivered message whose body starts with `fail-until:N` fails its attempts before the
+//!   N-th; `always-fail` fails every time; `panic` traps; anything else is acknowledged.
+//!   With `config.mode = "refuse"` every message fails (a consumer that is down).
+use switchyard_sdk::{Error, Message, Request, Response, Service, config, log, messaging};
+
+struct Mailroom;
+
+impl Service for Mailroom {
+    fn handle(req: Request) -> Result<Response, Error> {
+        let queue = req
+            .param("queue")
+            .ok_or_else(|| Error::not_found("POST /send/{queue}"))?;
+        let mut message = messaging::Message::new(req.body().to_vec());
+        if let Some(key) = req.header("x-key") {
+            message = message.key(key);
+        }
+        let id = message.send(queue)?;
+        Ok(Response::text(id).with_status(202))
+    }
+
+    fn on_message(msg: Message) -> Result<(), String> {
+        let attempt: u32 = msg
+            .header("x-switchyard-attempt")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0);
+        let body = String::from_utf8_lossy(msg.body()).into_owned();
+        log::info!("{} attempt {attempt} on {}: {body}", msg.id(), msg.topic());
+        if config::get("mode").as_deref() == Some("refuse") {
+            return Err(format!("refusing {} (mode = refuse)", msg.id()));
+        }
+        if body.starts_with("panic") {
+            panic!("asked to panic on {}", msg.id());
+        }
+        if body.starts_with("always-fail") {
+            return Err(format!("{} always fails (attempt {attempt})", msg.id()));
+        }
+        if let Some(rest) = body.strip_prefix("fail-until:") {
+            let until: u32 = rest
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            if attempt < until {
+                return Err(format!("attempt {attempt} fails; attempt {until} will pass"));
+            }
+        }
+        Ok(())
+    }
+}
+
+switchyard_sdk::export!(Mailroom);

@@ -1,0 +1,570 @@
+//! A queue's durable log: append-only files of length-prefixed, checksummed postcard records,
+//! written by one thread per queue that commits in groups.
+//!
+//! `<queue>.log` holds what the queue owes: `Sent` (a message), `Failed` (attempts so far) and
+//! `Done` (acknowledged or dead-lettered). Replaying it gives the messages still to deliver,
+//! in the order they were sent. `<queue>.dead` is the dead-letter file: each message the queue
+//! gave up on, whole, with why; the node never deletes it. `<queue>.lock` is held while a node
+//! has the queue open, so two nodes cannot share one log.
+//!
+//! Every append waits for `fsync`. Appends that arrive while a write is in progress are written
+//! and synced together (group commit), so many senders cost one sync. A record is
+//! `[u32 length][u32 crc32][postcard]` (little-endian); replay stops at the first record that is
+//! cut short or fails its checksum (a write torn by a crash) and cuts the file there, saying
+//! how many bytes it dropped. When most records are settled, the queue asks for a compaction:
+//! the live messages are written to a new file that replaces the log atomically.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+/// The largest record accepted: a message body plus its headers.
+pub(super) const MAX_RECORD_BYTES: usize = 2 * 1024 * 1024;
+const HEADER_BYTES: usize = 8;
+
+/// A message as the log keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct StoredMessage {
+    /// Position in the queue; ids and replay order come from it.
+    pub(crate) seq: u64,
+    pub(crate) id: String,
+    /// 0 document, 1 command, 2 event (the WIT `message-kind`).
+    pub(crate) kind: u8,
+    pub(crate) key: Option<String>,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) reply_to: Option<String>,
+    pub(crate) trace_context: Option<String>,
+    pub(crate) body: Vec<u8>,
+    /// The service that sent it.
+    pub(crate) sender: String,
+    pub(crate) sent_at_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Record {
+    Sent(StoredMessage),
+    /// `attempts` deliveries of `seq` have failed so far.
+    Failed {
+        seq: u64,
+        attempts: u32,
+    },
+    /// `seq` was acknowledged or dead-lettered: nothing more is owed.
+    Done {
+        seq: u64,
+    },
+}
+
+/// A message the queue gave up on, as the dead-letter file keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct DeadLetter {
+    pub(crate) message: StoredMessage,
+    pub(crate) attempts: u32,
+    /// Who gave up, and why.
+    pub(crate) reason: String,
+    /// What the last delivery attempt got.
+    pub(crate) last_error: String,
+    pub(crate) at_ms: u64,
+}
+
+/// Why a log could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LogError {
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: io::Error },
+    #[error(
+        "{} is held by another running node\n  hint: two nodes cannot share a queue's log; give \
+         each node its own `data_dir`, or stop the other node", path.display()
+    )]
+    Locked { path: PathBuf },
+    #[error("the log writer of queue `{0}` stopped after a write error; restart the node")]
+    WriterGone(String),
+    #[error("a record of {0} bytes is larger than the {MAX_RECORD_BYTES} bytes a log takes")]
+    TooLarge(usize),
+}
+
+/// What replaying a queue's files found.
+#[derive(Debug, Default)]
+pub(super) struct Recovered {
+    /// Messages still owed, by sequence number, with their failed attempts.
+    pub(super) pending: BTreeMap<u64, (StoredMessage, u32)>,
+    /// The next free sequence number.
+    pub(super) next_seq: u64,
+    /// Records in the log that no longer describe a pending message.
+    pub(super) settled_records: usize,
+    /// Every dead letter so far, oldest first.
+    pub(super) dead: Vec<DeadLetter>,
+}
+
+/// The files of one queue.
+struct Paths {
+    log: PathBuf,
+    dead: PathBuf,
+    lock: PathBuf,
+}
+
+impl Paths {
+    fn new(dir: &Path, queue: &str) -> Self {
+        Self {
+            log: dir.join(format!("{queue}.log")),
+            dead: dir.join(format!("{queue}.dead")),
+            lock: dir.join(format!("{queue}.lock")),
+        }
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
+    move |cause| LogError::Io {
+        path: path.to_path_buf(),
+        cause,
+    }
+}
+
+/// Encodes one record with its length and checksum.
+pub(super) fn encode<T: Serialize>(record: &T, into: &mut Vec<u8>) -> Result<(), LogError> {
+    let payload = postcard::to_stdvec(record).map_err(|err| LogError::Io {
+        path: PathBuf::from("<encode>"),
+        cause: io::Error::other(err),
+    })?;
+    if payload.len() > MAX_RECORD_BYTES {
+        return Err(LogError::TooLarge(payload.len()));
+    }
+    into.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    into.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    into.extend_from_slice(&payload);
+    Ok(())
+}
+
+/// Decodes the records at the front of `bytes`; returns them and how many bytes they took.
+/// Stops at the first record that is cut short, too large, fails its checksum or does not
+/// decode.
+pub(super) fn decode_all<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> (Vec<T>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + HEADER_BYTES) {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len > MAX_RECORD_BYTES {
+            break;
+        }
+        let Some(payload) = bytes.get(at + HEADER_BYTES..at + HEADER_BYTES + len) else {
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        let Ok(record) = postcard::from_bytes(payload) else {
+            break;
+        };
+        records.push(record);
+        at += HEADER_BYTES + len;
+    }
+    (records, at)
+}
+
+/// Reads a whole file (missing: empty) and cuts off a torn tail.
+fn read_valid<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    queue: &str,
+) -> Result<Vec<T>, LogError> {
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(io_error(path)(err)),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io_error(path))?;
+    let (records, valid) = decode_all(&bytes);
+    if valid < bytes.len() {
+        tracing::warn!(
+            queue,
+            file = %path.display(),
+            dropped_bytes = bytes.len() - valid,
+            kept_records = records.len(),
+            "the end of a queue file was torn or corrupt (a crash mid-write?); cut it off"
+        );
+        file.set_len(valid as u64).map_err(io_error(path))?;
+        file.sync_all().map_err(io_error(path))?;
+    }
+    Ok(records)
+}
+
+/// Opens queue `queue`'s files in `dir` (creating them), takes its lock and replays it.
+pub(super) fn open(dir: &Path, queue: &str) -> Result<(Writer, Recovered), LogError> {
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let paths = Paths::new(dir, queue);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&paths.lock)
+        .map_err(io_error(&paths.lock))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(LogError::Locked { path: paths.lock });
+        }
+        Err(std::fs::TryLockError::Error(err)) => return Err(io_error(&paths.lock)(err)),
+    }
+
+    let mut recovered = Recovered::default();
+    for record in read_valid::<Record>(&paths.log, queue)? {
+        match record {
+            Record::Sent(message) => {
+                recovered.next_seq = recovered.next_seq.max(message.seq + 1);
+                recovered.pending.insert(message.seq, (message, 0));
+            }
+            Record::Failed { seq, attempts } => {
+                recovered.settled_records += 1;
+                if let Some((_, known)) = recovered.pending.get_mut(&seq) {
+                    *known = attempts;
+                }
+            }
+            Record::Done { seq } => {
+                // The `Sent` it settles is settled too.
+                recovered.settled_records += 2;
+                recovered.pending.remove(&seq);
+            }
+        }
+    }
+    recovered.dead = read_valid::<DeadLetter>(&paths.dead, queue)?;
+    for dead in &recovered.dead {
+        recovered.next_seq = recovered.next_seq.max(dead.message.seq + 1);
+    }
+
+    let append = |path: &Path| {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io_error(path))
+    };
+    let files = Files {
+        log: append(&paths.log)?,
+        dead: append(&paths.dead)?,
+        paths,
+        _lock: lock,
+    };
+    let (commands, inbox) = mpsc::channel();
+    let name = queue.to_owned();
+    std::thread::Builder::new()
+        .name(format!("queue-log-{queue}"))
+        .spawn(move || write_loop(files, inbox, &name))
+        .map_err(io_error(dir))?;
+    Ok((
+        Writer {
+            queue: queue.to_owned(),
+            commands,
+        },
+        recovered,
+    ))
+}
+
+struct Files {
+    log: File,
+    dead: File,
+    paths: Paths,
+    /// Held (locked) for as long as the writer runs.
+    _lock: File,
+}
+
+enum Command {
+    /// Records for the dead-letter file (first) and the log, synced before `done` is told.
+    Append {
+        dead: Vec<u8>,
+        log: Vec<u8>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Replace the log with these records (the live messages).
+    Compact { log: Vec<u8> },
+    /// Sync, release the files and their lock, then say so; later appends fail.
+    Close { done: oneshot::Sender<()> },
+}
+
+/// Sends records to a queue's writer thread. Commands are written in the order they are sent.
+#[derive(Clone)]
+pub(super) struct Writer {
+    queue: String,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Writer {
+    /// Queues `log` (and `dead`) records for writing and returns a future that resolves once
+    /// they are on disk. Sending is synchronous, so callers that order their sends under a lock
+    /// get that order in the file.
+    pub(super) fn append(
+        &self,
+        dead: Vec<u8>,
+        log: Vec<u8>,
+    ) -> impl Future<Output = Result<(), LogError>> + Send + 'static {
+        let (done, synced) = oneshot::channel();
+        let sent = self.commands.send(Command::Append { dead, log, done });
+        let queue = self.queue.clone();
+        async move {
+            sent.map_err(|_| LogError::WriterGone(queue.clone()))?;
+            match synced.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(reason)) => Err(LogError::Io {
+                    path: PathBuf::from(format!("queue `{queue}`")),
+                    cause: io::Error::other(reason),
+                }),
+                Err(_) => Err(LogError::WriterGone(queue)),
+            }
+        }
+    }
+
+    /// Writes what is queued, releases the files (and the lock) and resolves once they are
+    /// released, so another node (or a restart) can open the queue.
+    pub(super) async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.commands.send(Command::Close { done }).is_ok() {
+            let _ = closed.await;
+        }
+    }
+
+    /// Asks the writer to replace the log with `live` (encoded `Sent`/`Failed` records of every
+    /// message still owed). Must be sent in order with the appends it summarizes.
+    pub(super) fn compact(&self, live: Vec<u8>) {
+        let _ = self.commands.send(Command::Compact { log: live });
+    }
+}
+
+fn write_loop(mut files: Files, inbox: mpsc::Receiver<Command>, queue: &str) {
+    let mut broken: Option<String> = None;
+    let mut closing = None;
+    while let Ok(first) = inbox.recv() {
+        let mut batch = vec![first];
+        batch.extend(inbox.try_iter());
+        let mut waiting = Vec::new();
+        let mut wrote_dead = false;
+        for command in batch {
+            match command {
+                Command::Close { done } => closing = Some(done),
+                Command::Append { done, .. } if closing.is_some() => {
+                    let _ = done.send(Err("the queue is closed (the node is stopping)".into()));
+                }
+                Command::Compact { .. } if closing.is_some() => {}
+                Command::Append { dead, log, done } => {
+                    if broken.is_none()
+                        && let Err(err) = write_pair(&mut files, &dead, &log)
+                    {
+                        broken = Some(err.to_string());
+                    }
+                    wrote_dead |= !dead.is_empty();
+                    waiting.push(done);
+                }
+                Command::Compact { log } => {
+                    if broken.is_none() {
+                        // Earlier appends of this batch are in the old file; sync them first so
+                        // the replacement summarizes what is on disk.
+                        let compacted = files
+                            .log
+                            .sync_data()
+                            .and_then(|()| compact(&mut files, &log));
+                        match compacted {
+                            Ok(()) => {
+                                tracing::debug!(queue, bytes = log.len(), "queue log compacted")
+                            }
+                            Err(err) => broken = Some(format!("compaction failed: {err}")),
+                        }
+                    }
+                }
+            }
+        }
+        if broken.is_none() {
+            let synced = files.log.sync_data().and_then(|()| {
+                if wrote_dead {
+                    files.dead.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(err) = synced {
+                broken = Some(err.to_string());
+            }
+        }
+        if let Some(reason) = &broken {
+            tracing::error!(queue, %reason, "queue log write failed; sends to this queue now fail");
+        }
+        for done in waiting {
+            let _ = done.send(match &broken {
+                None => Ok(()),
+                Some(reason) => Err(reason.clone()),
+            });
+        }
+        if let Some(done) = closing {
+            drop(files);
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+fn write_pair(files: &mut Files, dead: &[u8], log: &[u8]) -> io::Result<()> {
+    if !dead.is_empty() {
+        // The dead letter is synced before the `Done` that drops the message from the log, so a
+        // crash between them keeps the message (delivered again, not lost).
+        files.dead.write_all(dead)?;
+        files.dead.sync_data()?;
+    }
+    files.log.write_all(log)
+}
+
+fn compact(files: &mut Files, live: &[u8]) -> io::Result<()> {
+    let next = files.paths.log.with_extension("log.compacting");
+    let mut file = File::create(&next)?;
+    file.write_all(live)?;
+    file.sync_all()?;
+    std::fs::rename(&next, &files.paths.log)?;
+    if let Some(dir) = files.paths.log.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    let mut log = OpenOptions::new().append(true).open(&files.paths.log)?;
+    log.seek(SeekFrom::End(0))?;
+    files.log = log;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
+mod tests {
+    use super::*;
+
+    fn message(seq: u64, body: &str) -> StoredMessage {
+        StoredMessage {
+            seq,
+            id: format!("q-{seq}"),
+            kind: 2,
+            key: None,
+            headers: vec![("a".into(), "b".into())],
+            reply_to: None,
+            trace_context: None,
+            body: body.as_bytes().to_vec(),
+            sender: "test".into(),
+            sent_at_ms: 1,
+        }
+    }
+
+    fn records(list: &[Record]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for record in list {
+            encode(record, &mut bytes).unwrap();
+        }
+        bytes
+    }
+
+    #[tokio::test]
+    async fn replay_keeps_what_is_owed_in_order_with_its_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (writer, recovered) = open(dir.path(), "q").unwrap();
+            assert!(recovered.pending.is_empty());
+            let log = records(&[
+                Record::Sent(message(0, "zero")),
+                Record::Sent(message(1, "one")),
+                Record::Sent(message(2, "two")),
+                Record::Done { seq: 1 },
+                Record::Failed {
+                    seq: 2,
+                    attempts: 3,
+                },
+            ]);
+            writer.append(Vec::new(), log).await.unwrap();
+        }
+        // The writer thread ends when its sender is dropped; wait for its lock to go.
+        let recovered = reopen(dir.path()).await;
+        let pending: Vec<_> = recovered
+            .pending
+            .values()
+            .map(|(m, attempts)| (m.body.clone(), *attempts))
+            .collect();
+        assert_eq!(pending, vec![(b"zero".to_vec(), 0), (b"two".to_vec(), 3)]);
+        assert_eq!(recovered.next_seq, 3);
+    }
+
+    async fn reopen(dir: &Path) -> Recovered {
+        for _ in 0..100 {
+            match open(dir, "q") {
+                Ok((_, recovered)) => return recovered,
+                Err(LogError::Locked { .. }) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                Err(err) => panic!("{err}"),
+            }
+        }
+        panic!("the writer thread kept its lock");
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_off_and_the_records_before_it_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = records(&[Record::Sent(message(0, "kept"))]);
+        let torn = records(&[Record::Sent(message(1, "torn"))]);
+        bytes.extend_from_slice(&torn[..torn.len() - 3]);
+        std::fs::write(dir.path().join("q.log"), &bytes).unwrap();
+        let recovered = reopen(dir.path()).await;
+        assert_eq!(recovered.pending.len(), 1);
+        assert_eq!(recovered.pending[&0].0.body, b"kept");
+        let on_disk = std::fs::metadata(dir.path().join("q.log")).unwrap().len();
+        assert_eq!(on_disk as usize, bytes.len() - (torn.len() - 3));
+    }
+
+    #[test]
+    fn a_flipped_bit_fails_the_checksum() {
+        let mut bytes = records(&[Record::Sent(message(0, "x")), Record::Done { seq: 0 }]);
+        let (all, _) = decode_all::<Record>(&bytes);
+        assert_eq!(all.len(), 2);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        let (some, valid) = decode_all::<Record>(&bytes);
+        assert_eq!(some.len(), 1);
+        assert!(valid < bytes.len());
+    }
+
+    #[tokio::test]
+    async fn a_second_opener_is_refused_while_the_first_holds_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_writer, _) = open(dir.path(), "q").unwrap();
+        match open(dir.path(), "q") {
+            Err(LogError::Locked { path }) => assert!(path.ends_with("q.lock")),
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("two writers on one queue"),
+        }
+    }
+
+    #[tokio::test]
+    async fn compaction_replaces_the_log_with_the_live_messages_and_appends_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (writer, _) = open(dir.path(), "q").unwrap();
+            let mut log = Vec::new();
+            for seq in 0..50 {
+                encode(&Record::Sent(message(seq, "m")), &mut log).unwrap();
+                if seq != 7 {
+                    encode(&Record::Done { seq }, &mut log).unwrap();
+                }
+            }
+            writer.append(Vec::new(), log).await.unwrap();
+            writer.compact(records(&[
+                Record::Sent(message(7, "m")),
+                Record::Failed {
+                    seq: 7,
+                    attempts: 2,
+                },
+            ]));
+            writer
+                .append(Vec::new(), records(&[Record::Sent(message(50, "after"))]))
+                .await
+                .unwrap();
+        }
+        let recovered = reopen(dir.path()).await;
+        let seqs: Vec<u64> = recovered.pending.keys().copied().collect();
+        assert_eq!(seqs, vec![7, 50]);
+        assert_eq!(recovered.pending[&7].1, 2);
+        assert_eq!(recovered.settled_records, 1);
+    }
+}

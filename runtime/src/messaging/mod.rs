@@ -1,0 +1,186 @@
+//! Messaging: durable queues that a node's services send to and one service consumes.
+//!
+//! The manifest declares a queue and its subscriber:
+//!
+//! ```toml
+//! [[queue]]
+//! name = "orders"
+//! subscriber = "fulfilment"   # a [[service]] of this node; gets `subscriber.on-message`
+//! concurrency = 1             # deliveries at once (1 keeps the order of sending)
+//! max_attempts = 10           # failed deliveries before a message is dead-lettered
+//! redeliver_ms = 100          # the first pause, doubling per attempt, without a policy
+//! max_depth = 10000           # messages owed before `send` answers `full`
+//! ```
+//!
+//! A guest sends with the `messaging` import; `send` returns once the message is in the
+//! queue's log on disk (see [`log`] for the format and the group commit). Delivery is
+//! *at least once*: a message is owed until its subscriber acknowledges it (`on-message`
+//! returns `ok`), survives a restart of the node, and is dead-lettered (kept, whole, in the
+//! queue's dead-letter file and listed by `GET /queues`) once the policies bound to the queue
+//! (`[[bind]] queue = "orders"`, their `on-delivery-failure`) or the queue's own rule give up.
+//! Subscribers should make handling idempotent with the message id.
+//!
+//! A queue lives on the node that declares it; its log is under that node's `data_dir`, and a
+//! second node on the same files is refused.
+
+mod log;
+mod queue;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::discovery::BoxFuture;
+use crate::manifest::QueueSpec;
+use crate::policy::Policies;
+
+pub(crate) use log::StoredMessage;
+pub(crate) use queue::QueueView;
+
+use queue::Queue;
+
+/// Why the queues could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("queue `{queue}`: {cause}")]
+pub struct MessagingError {
+    queue: String,
+    cause: log::LogError,
+}
+
+/// Why a `send` was refused. Each message names the queue and what to do.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    #[error("{0}")]
+    UnknownQueue(String),
+    #[error("{0}")]
+    Full(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// What a guest asks to send.
+pub(crate) struct Outgoing {
+    /// 0 document, 1 command, 2 event.
+    pub(crate) kind: u8,
+    pub(crate) key: Option<String>,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) reply_to: Option<String>,
+    pub(crate) body: Vec<u8>,
+}
+
+/// How one delivery went.
+pub(crate) enum Delivered {
+    /// The subscriber acknowledged it.
+    Acked,
+    /// The subscriber refused it or failed on it (counts an attempt).
+    Failed(String),
+    /// The subscriber cannot take it right now (busy, not running); it waits, no attempt.
+    NotNow(String),
+}
+
+/// Hands a message to a service's `subscriber.on-message` (implemented by the node).
+pub(crate) trait Subscribers: Send + Sync {
+    /// `attempt`: 1 for the first delivery.
+    fn deliver<'a>(
+        &'a self,
+        service: &'a str,
+        queue: &'a str,
+        message: &'a StoredMessage,
+        attempt: u32,
+    ) -> BoxFuture<'a, Delivered>;
+}
+
+/// The node's queues.
+#[derive(Default)]
+pub(crate) struct Broker {
+    queues: HashMap<String, Arc<Queue>>,
+}
+
+impl Broker {
+    /// Opens every queue's log under `data_dir/queues` and takes back what it owes. Blocking
+    /// (file I/O): call it off the executor.
+    pub(crate) fn open(data_dir: &Path, specs: &[QueueSpec]) -> Result<Self, MessagingError> {
+        let dir = data_dir.join("queues");
+        let mut queues = HashMap::new();
+        for spec in specs {
+            let name = spec.name.clone();
+            let queue = Queue::open(&dir, spec.clone()).map_err(|cause| MessagingError {
+                queue: name.clone(),
+                cause,
+            })?;
+            queues.insert(name, Arc::new(queue));
+        }
+        Ok(Self { queues })
+    }
+
+    /// Appends a message from `sender` to `queue`; resolves with its id once it is on disk.
+    pub(crate) async fn send(
+        &self,
+        queue: &str,
+        sender: &str,
+        trace_context: Option<String>,
+        outgoing: Outgoing,
+    ) -> Result<String, SendError> {
+        let Some(target) = self.queues.get(queue) else {
+            let mut known: Vec<&str> = self.queues.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(SendError::UnknownQueue(format!(
+                "this node has no queue named `{queue}` (it has: {}); declare it with [[queue]] \
+                 in the manifest",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        let message = StoredMessage {
+            seq: 0,
+            id: String::new(),
+            kind: outgoing.kind,
+            key: outgoing.key,
+            headers: outgoing.headers,
+            reply_to: outgoing.reply_to,
+            trace_context,
+            body: outgoing.body,
+            sender: sender.to_owned(),
+            sent_at_ms: now_ms(),
+        };
+        target.send(message).await
+    }
+
+    /// Delivers every queue's messages until `shutdown`, then lets deliveries in flight end.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        subscribers: Arc<dyn Subscribers>,
+        policies: Arc<Policies>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let mut dispatchers = tokio::task::JoinSet::new();
+        for queue in self.queues.values() {
+            dispatchers.spawn(queue.clone().dispatch(
+                subscribers.clone(),
+                policies.clone(),
+                shutdown.clone(),
+            ));
+        }
+        while dispatchers.join_next().await.is_some() {}
+    }
+
+    /// Every queue, by name.
+    pub(crate) fn views(&self) -> Vec<QueueView> {
+        let mut views: Vec<QueueView> = self.queues.values().map(|q| q.view()).collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        views
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,469 @@
+//! One queue: what it owes (in memory, mirrored by its log), and the dispatcher that hands
+//! messages to its subscriber, at most `concurrency` at a time.
+//!
+//! A delivery that the subscriber acknowledges is `Done`. One that fails (the guest returned
+//! an error, trapped, ran out of time or memory) counts an attempt, and the policies bound to
+//! the queue decide: redeliver after a pause, or dead-letter. Without policies the queue's own
+//! rule applies (`redeliver_ms` doubling per attempt, capped at [`MAX_BACKOFF`]); either way a
+//! message is dead-lettered once it has failed `max_attempts` times. A subscriber that cannot
+//! take a message right now (all instances busy, or not running on this node) does not count
+//! an attempt: the message waits and is offered again.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use super::log::{self, DeadLetter, Record, StoredMessage, Writer};
+use super::{Delivered, SendError, Subscribers};
+use crate::manifest::QueueSpec;
+use crate::policy::{self, DeliveryVerdict, Policies};
+
+/// The longest pause the default rule waits before a redelivery.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest reason or error text a dead letter keeps.
+const MAX_REASON_BYTES: usize = 4096;
+/// How long a message waits when the subscriber cannot take it now.
+const NOT_NOW_PAUSE: Duration = Duration::from_millis(50);
+/// How long shutdown waits for deliveries in flight.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// Dead letters the admin API lists (the file keeps all of them).
+const RECENT_DEAD_LETTERS: usize = 20;
+/// Settled log records before a compaction is considered.
+const COMPACT_AFTER_SETTLED: usize = 4096;
+
+pub(super) struct Queue {
+    pub(super) spec: QueueSpec,
+    writer: Writer,
+    state: std::sync::Mutex<State>,
+    /// Wakes the dispatcher: a message is ready, or a delivery slot is free.
+    wake: Notify,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct State {
+    /// Every message still owed, by sequence number.
+    owed: BTreeMap<u64, Owed>,
+    /// Sequence numbers ready to be delivered now, in order.
+    ready: VecDeque<u64>,
+    in_flight: usize,
+    next_seq: u64,
+    /// Log records that no longer describe an owed message (compaction's trigger).
+    settled_records: usize,
+    recent_dead: VecDeque<DeadLetter>,
+}
+
+struct Owed {
+    message: Arc<StoredMessage>,
+    /// Failed deliveries so far.
+    attempts: u32,
+}
+
+#[derive(Default)]
+struct Stats {
+    sent: AtomicU64,
+    delivered: AtomicU64,
+    redelivered: AtomicU64,
+    dead_lettered: AtomicU64,
+    /// Dead letters in the file, from earlier runs too.
+    dead_total: AtomicU64,
+}
+
+/// A queue as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct QueueView {
+    pub(crate) name: String,
+    pub(crate) subscriber: String,
+    /// Messages owed: waiting, paused before a redelivery, or being delivered.
+    pub(crate) depth: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) max_depth: usize,
+    /// Since this node started.
+    pub(crate) sent: u64,
+    pub(crate) delivered: u64,
+    pub(crate) redelivered: u64,
+    pub(crate) dead_lettered: u64,
+    /// All dead letters in the dead-letter file.
+    pub(crate) dead_letters_total: u64,
+    pub(crate) recent_dead_letters: Vec<DeadLetterView>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct DeadLetterView {
+    pub(crate) id: String,
+    pub(crate) attempts: u32,
+    pub(crate) reason: String,
+    pub(crate) last_error: String,
+    pub(crate) sender: String,
+    /// The first 256 bytes of the body, as text.
+    pub(crate) body_preview: String,
+}
+
+impl Queue {
+    /// Opens the queue's log under `dir` and takes back what it owes.
+    pub(super) fn open(dir: &std::path::Path, spec: QueueSpec) -> Result<Self, log::LogError> {
+        let (writer, recovered) = log::open(dir, &spec.name)?;
+        let dead_total = recovered.dead.len() as u64;
+        let mut state = State {
+            next_seq: recovered.next_seq,
+            settled_records: recovered.settled_records,
+            ..State::default()
+        };
+        for (seq, (message, attempts)) in recovered.pending {
+            state.ready.push_back(seq);
+            state.owed.insert(
+                seq,
+                Owed {
+                    message: Arc::new(message),
+                    attempts,
+                },
+            );
+        }
+        let skip = recovered.dead.len().saturating_sub(RECENT_DEAD_LETTERS);
+        state.recent_dead = recovered.dead.into_iter().skip(skip).collect();
+        if !state.owed.is_empty() {
+            tracing::info!(queue = %spec.name, owed = state.owed.len(), "queue recovered messages from its log");
+        }
+        let queue = Self {
+            spec,
+            writer,
+            state: std::sync::Mutex::new(state),
+            wake: Notify::new(),
+            stats: Stats::default(),
+        };
+        queue.stats.dead_total.store(dead_total, Ordering::Relaxed);
+        Ok(queue)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep going with it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends a message; resolves once it is on disk, with its id.
+    pub(super) async fn send(&self, mut message: StoredMessage) -> Result<String, SendError> {
+        let synced = {
+            let mut state = self.lock();
+            if state.owed.len() >= self.spec.max_depth {
+                return Err(SendError::Full(format!(
+                    "queue `{}` holds {} messages, its max_depth; its subscriber `{}` is behind \
+                     (retry later, or raise max_depth)",
+                    self.spec.name, self.spec.max_depth, self.spec.subscriber
+                )));
+            }
+            message.seq = state.next_seq;
+            message.id = format!("{}-{}", self.spec.name, message.seq);
+            let mut bytes = Vec::new();
+            log::encode(&Record::Sent(message.clone()), &mut bytes)
+                .map_err(|err| SendError::TooLarge(err.to_string()))?;
+            state.next_seq += 1;
+            let seq = message.seq;
+            let id = message.id.clone();
+            // Sent to the writer under the lock, so the log has records in the order of the
+            // state changes they describe (compaction relies on it).
+            let synced = self.writer.append(Vec::new(), bytes);
+            state.owed.insert(
+                seq,
+                Owed {
+                    message: Arc::new(message),
+                    attempts: 0,
+                },
+            );
+            state.ready.push_back(seq);
+            (synced, id)
+        };
+        let (synced, id) = synced;
+        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        self.wake.notify_one();
+        synced
+            .await
+            .map_err(|err| SendError::Unavailable(format!("queue `{}`: {err}", self.spec.name)))?;
+        Ok(id)
+    }
+
+    /// Delivers until `shutdown`, then waits (a while) for deliveries in flight. What is not
+    /// delivered stays in the log for the next start.
+    pub(super) async fn dispatch(
+        self: Arc<Self>,
+        subscribers: Arc<dyn Subscribers>,
+        policies: Arc<Policies>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut deliveries = JoinSet::new();
+        loop {
+            while let Some((seq, message, attempts)) = self.next_ready() {
+                let queue = self.clone();
+                let subscribers = subscribers.clone();
+                let policies = policies.clone();
+                deliveries.spawn(async move {
+                    queue
+                        .deliver(seq, message, attempts, &*subscribers, &policies)
+                        .await;
+                });
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        let drained = tokio::time::timeout(DRAIN_GRACE, async {
+            while deliveries.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(queue = %self.spec.name, "deliveries still running at shutdown were cut off; they will be delivered again");
+        }
+        self.writer.close().await;
+    }
+
+    fn next_ready(&self) -> Option<(u64, Arc<StoredMessage>, u32)> {
+        let mut state = self.lock();
+        if state.in_flight >= self.spec.concurrency as usize {
+            return None;
+        }
+        while let Some(seq) = state.ready.pop_front() {
+            if let Some(owed) = state.owed.get(&seq) {
+                let next = (seq, owed.message.clone(), owed.attempts);
+                state.in_flight += 1;
+                return Some(next);
+            }
+        }
+        None
+    }
+
+    async fn deliver(
+        self: &Arc<Self>,
+        seq: u64,
+        message: Arc<StoredMessage>,
+        attempts: u32,
+        subscribers: &dyn Subscribers,
+        policies: &Policies,
+    ) {
+        let outcome = subscribers
+            .deliver(
+                &self.spec.subscriber,
+                &self.spec.name,
+                &message,
+                attempts + 1,
+            )
+            .await;
+        match outcome {
+            Delivered::Acked => {
+                let synced = {
+                    let mut state = self.lock();
+                    state.owed.remove(&seq);
+                    state.settled_records += 2;
+                    self.append_locked(&state, Vec::new(), &Record::Done { seq })
+                };
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                self.finish(synced).await;
+            }
+            Delivered::NotNow(reason) => {
+                tracing::debug!(queue = %self.spec.name, id = %message.id, %reason, "subscriber cannot take the message now; offering it again shortly");
+                self.release_after(seq, NOT_NOW_PAUSE);
+            }
+            Delivered::Failed(error) => {
+                let attempts = attempts + 1;
+                let chain = policies.delivery_chain(&self.spec.name);
+                let verdict =
+                    policy::on_delivery_failure(&chain, &self.spec.name, &message.id, attempts)
+                        .await;
+                let verdict = self.bounded(verdict, attempts);
+                match verdict {
+                    DeliveryVerdict::RedeliverAfter(pause) => {
+                        tracing::info!(queue = %self.spec.name, id = %message.id, attempts, %error, pause_ms = pause.as_millis() as u64, "delivery failed; redelivering");
+                        let synced = {
+                            let mut state = self.lock();
+                            if let Some(owed) = state.owed.get_mut(&seq) {
+                                owed.attempts = attempts;
+                            }
+                            state.settled_records += 1;
+                            self.append_locked(
+                                &state,
+                                Vec::new(),
+                                &Record::Failed { seq, attempts },
+                            )
+                        };
+                        self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
+                        if let Err(err) = synced.await {
+                            tracing::error!(queue = %self.spec.name, error = %err, "could not record a failed delivery");
+                        }
+                        self.release_after(seq, pause);
+                    }
+                    DeliveryVerdict::DeadLetter(reason) => {
+                        self.dead_letter(seq, &message, attempts, reason, error)
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(
+        self: &Arc<Self>,
+        seq: u64,
+        message: &StoredMessage,
+        attempts: u32,
+        reason: String,
+        error: String,
+    ) {
+        tracing::warn!(queue = %self.spec.name, id = %message.id, attempts, %reason, last_error = %error, "message dead-lettered");
+        let dead = DeadLetter {
+            message: message.clone(),
+            attempts,
+            reason: clip(reason),
+            last_error: clip(error),
+            at_ms: super::now_ms(),
+        };
+        let mut dead_bytes = Vec::new();
+        if let Err(err) = log::encode(&dead, &mut dead_bytes) {
+            // Only a message already at the record limit gets here; keep it owed.
+            tracing::error!(queue = %self.spec.name, id = %message.id, error = %err, "cannot write the dead letter; the message stays in the queue");
+            self.release_after(seq, MAX_BACKOFF);
+            return;
+        }
+        let synced = {
+            let mut state = self.lock();
+            state.owed.remove(&seq);
+            state.settled_records += 2;
+            if state.recent_dead.len() == RECENT_DEAD_LETTERS {
+                state.recent_dead.pop_front();
+            }
+            state.recent_dead.push_back(dead);
+            self.append_locked(&state, dead_bytes, &Record::Done { seq })
+        };
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.stats.dead_total.fetch_add(1, Ordering::Relaxed);
+        self.finish(synced).await;
+    }
+
+    /// The policies' verdict, or the queue's own rule when none decided; never past
+    /// `max_attempts`.
+    fn bounded(&self, verdict: Option<DeliveryVerdict>, attempts: u32) -> DeliveryVerdict {
+        if attempts >= self.spec.max_attempts {
+            if let Some(DeliveryVerdict::DeadLetter(reason)) = verdict {
+                return DeliveryVerdict::DeadLetter(reason);
+            }
+            return DeliveryVerdict::DeadLetter(format!(
+                "queue `{}`: failed {attempts} times, its max_attempts",
+                self.spec.name
+            ));
+        }
+        verdict.unwrap_or_else(|| {
+            let doubling = 2u32.saturating_pow(attempts.saturating_sub(1).min(20));
+            let pause = self.spec.redeliver_after.saturating_mul(doubling);
+            DeliveryVerdict::RedeliverAfter(pause.min(MAX_BACKOFF))
+        })
+    }
+
+    /// Encodes `record` and sends it (after `dead`, if any) to the writer; call with the state
+    /// locked so the log's order is the state's.
+    fn append_locked(
+        &self,
+        _state: &State,
+        dead: Vec<u8>,
+        record: &Record,
+    ) -> impl Future<Output = Result<(), log::LogError>> + Send + 'static {
+        let mut bytes = Vec::new();
+        // These records hold no body; they always fit.
+        let _ = log::encode(record, &mut bytes);
+        self.writer.append(dead, bytes)
+    }
+
+    /// Frees the delivery slot once `synced` is on disk, and compacts the log if it is mostly
+    /// settled records.
+    async fn finish(&self, synced: impl Future<Output = Result<(), log::LogError>>) {
+        if let Err(err) = synced.await {
+            tracing::error!(queue = %self.spec.name, error = %err, "could not record a settled message; it may be delivered again after a restart");
+        }
+        {
+            let mut state = self.lock();
+            state.in_flight -= 1;
+            if state.settled_records >= COMPACT_AFTER_SETTLED
+                && state.settled_records >= 2 * state.owed.len()
+            {
+                let mut live = Vec::new();
+                for owed in state.owed.values() {
+                    let _ = log::encode(&Record::Sent((*owed.message).clone()), &mut live);
+                    if owed.attempts > 0 {
+                        let _ = log::encode(
+                            &Record::Failed {
+                                seq: owed.message.seq,
+                                attempts: owed.attempts,
+                            },
+                            &mut live,
+                        );
+                    }
+                }
+                self.writer.compact(live);
+                state.settled_records = 0;
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Frees the delivery slot now and makes `seq` ready again after `pause`.
+    fn release_after(self: &Arc<Self>, seq: u64, pause: Duration) {
+        self.lock().in_flight -= 1;
+        self.wake.notify_one();
+        // Weak: a stopped node's queue (and the lock on its files) must not wait for timers.
+        let queue = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(pause).await;
+            if let Some(queue) = queue.upgrade() {
+                queue.lock().ready.push_back(seq);
+                queue.wake.notify_one();
+            }
+        });
+    }
+
+    pub(super) fn view(&self) -> QueueView {
+        let state = self.lock();
+        QueueView {
+            name: self.spec.name.clone(),
+            subscriber: self.spec.subscriber.clone(),
+            depth: state.owed.len(),
+            in_flight: state.in_flight,
+            max_depth: self.spec.max_depth,
+            sent: self.stats.sent.load(Ordering::Relaxed),
+            delivered: self.stats.delivered.load(Ordering::Relaxed),
+            redelivered: self.stats.redelivered.load(Ordering::Relaxed),
+            dead_lettered: self.stats.dead_lettered.load(Ordering::Relaxed),
+            dead_letters_total: self.stats.dead_total.load(Ordering::Relaxed),
+            recent_dead_letters: state
+                .recent_dead
+                .iter()
+                .map(|dead| DeadLetterView {
+                    id: dead.message.id.clone(),
+                    attempts: dead.attempts,
+                    reason: dead.reason.clone(),
+                    last_error: dead.last_error.clone(),
+                    sender: dead.message.sender.clone(),
+                    body_preview: String::from_utf8_lossy(
+                        &dead.message.body[..dead.message.body.len().min(256)],
+                    )
+                    .into_owned(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `text`, cut to [`MAX_REASON_BYTES`] at a character boundary.
+fn clip(mut text: String) -> String {
+    if text.len() > MAX_REASON_BYTES {
+        let mut end = MAX_REASON_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}

@@ -1,0 +1,108 @@
+//! Sending messages to this node's durable queues.
+//!
+//! ```no_run
+//! use switchyard_sdk::{messaging, Error, Request, Response};
+//!
+//! fn place(req: Request) -> Result<Response, Error> {
+//!     // Returns once the message is on disk; `?` answers 503 when the queue is full.
+//!     let id = messaging::Message::new(req.body().to_vec())
+//!         .key("customer-42")
+//!         .header("content-type", "application/json")
+//!         .send("orders")?;
+//!     Ok(Response::text(id).with_status(202))
+//! }
+//! ```
+//!
+//! The queue's subscriber (a service named in the manifest's `[[queue]]`) gets each message in
+//! [`crate::Service::on_message`] at least once: return `Ok` to acknowledge it, `Err` to have
+//! the queue's policies decide on a redelivery. Make handling idempotent with the message id.
+
+use serde::Serialize;
+
+use crate::Error;
+use crate::bindings::switchyard::runtime::messaging as wit;
+use crate::bindings::switchyard::runtime::types::MessageKind;
+
+pub use wit::SendError;
+
+/// A message to build and send; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Message {
+    inner: wit::OutgoingMessage,
+}
+
+impl Message {
+    /// An event message with `body`.
+    pub fn new(body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            inner: wit::OutgoingMessage {
+                kind: MessageKind::Event,
+                key: None,
+                headers: Vec::new(),
+                reply_to: None,
+                body: body.into(),
+            },
+        }
+    }
+
+    /// A message whose body is `value` as JSON.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, Error> {
+        let body = serde_json::to_vec(value)
+            .map_err(|err| Error::internal(format!("cannot encode the message: {err}")))?;
+        Ok(Self::new(body).header("content-type", "application/json"))
+    }
+
+    /// Document, command or event (the default).
+    pub fn kind(mut self, kind: MessageKind) -> Self {
+        self.inner.kind = kind;
+        self
+    }
+
+    /// The partitioning / ordering key.
+    pub fn key(mut self, key: &str) -> Self {
+        self.inner.key = Some(key.to_owned());
+        self
+    }
+
+    /// Adds a header (names are lower-cased).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.inner
+            .headers
+            .push((name.to_ascii_lowercase(), value.to_owned()));
+        self
+    }
+
+    /// Where a reply should go.
+    pub fn reply_to(mut self, to: &str) -> Self {
+        self.inner.reply_to = Some(to.to_owned());
+        self
+    }
+
+    /// Appends it to `queue`; returns its id once it is stored.
+    pub fn send(self, queue: &str) -> Result<String, SendError> {
+        wit::send(queue, &self.inner)
+    }
+}
+
+/// Sends `body` as an event to `queue`; returns its id once it is stored.
+pub fn send(queue: &str, body: impl Into<Vec<u8>>) -> Result<String, SendError> {
+    Message::new(body).send(queue)
+}
+
+impl From<SendError> for Error {
+    /// Full or unavailable: 503 (the client may retry); unknown queue or too large: 500 (the
+    /// service or the manifest needs fixing).
+    fn from(err: SendError) -> Self {
+        let status = match &err {
+            SendError::Full(_) | SendError::Unavailable(_) => 503,
+            SendError::UnknownQueue(_) | SendError::TooLarge(_) => 500,
+        };
+        let reason = match err {
+            SendError::UnknownQueue(why) => format!("unknown queue: {why}"),
+            SendError::Full(why) => format!("queue full: {why}"),
+            SendError::TooLarge(why) => format!("message too large: {why}"),
+            SendError::Unavailable(why) => format!("queue unavailable: {why}"),
+        };
+        Error::new(status, reason)
+    }
+}

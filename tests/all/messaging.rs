@@ -1,0 +1,266 @@
+//! Durable queues: a guest sends (guests/mailroom over HTTP), the queue's subscriber consumes;
+//! failed deliveries are redelivered by the policies bound to the queue or by its own rule and
+//! dead-lettered when they give up; what is owed survives a restart.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{TestManifest, get, guest, send, send_with, service};
+
+/// The mailroom service (sends on `POST /send/{queue}`, consumes), then `rest`.
+fn node(mailroom_extra: &str, rest: &str) -> TestManifest {
+    TestManifest::new(&format!(
+        "{}{rest}",
+        service(
+            "mailroom",
+            "mailroom",
+            &["POST /send/{queue}"],
+            mailroom_extra
+        )
+    ))
+}
+
+fn queue(name: &str, extra: &str) -> String {
+    format!("[[queue]]\nname = \"{name}\"\nsubscriber = \"mailroom\"\n{extra}\n")
+}
+
+async fn send_to(node: &switchyard::Node, queue: &str, body: &str) -> (u16, String) {
+    let reply = send(node.http_addr(), "POST", &format!("/send/{queue}"), body).await;
+    (reply.status, reply.body)
+}
+
+async fn queue_view(node: &switchyard::Node, name: &str) -> serde_json::Value {
+    let queues: serde_json::Value =
+        serde_json::from_str(&get(node.admin_addr(), "/queues").await.body).unwrap();
+    queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == name)
+        .unwrap_or_else(|| panic!("no queue {name} in {queues}"))
+        .clone()
+}
+
+/// Polls `GET /queues` until `done` holds for queue `name`; fails with the last view.
+async fn wait_for(
+    node: &switchyard::Node,
+    name: &str,
+    within: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let view = queue_view(node, name).await;
+        if done(&view) {
+            return view;
+        }
+        assert!(
+            started.elapsed() < within,
+            "gave up waiting; queue is {view:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn count(view: &serde_json::Value, key: &str) -> u64 {
+    view[key].as_u64().unwrap_or(u64::MAX)
+}
+
+#[tokio::test]
+async fn messages_a_guest_sends_are_delivered_to_the_subscriber_and_acknowledged() {
+    let manifest = node("", &queue("jobs", "concurrency = 4"));
+    let node = manifest.start().await;
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let (status, id) = send_to(&node, "jobs", &format!("ok {n}")).await;
+        assert_eq!(status, 202, "{id}");
+        ids.push(id);
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "ids are unique: {ids:?}");
+    let view = wait_for(&node, "jobs", Duration::from_secs(10), |q| {
+        count(q, "delivered") == 20
+    })
+    .await;
+    assert_eq!(count(&view, "depth"), 0, "{view:#}");
+    assert_eq!(count(&view, "sent"), 20, "{view:#}");
+    assert_eq!(count(&view, "redelivered"), 0, "{view:#}");
+    assert_eq!(count(&view, "dead_lettered"), 0, "{view:#}");
+    // The subscriber's key header reached it too.
+    let (status, _) = {
+        let reply = send_with(
+            node.http_addr(),
+            "POST",
+            "/send/jobs",
+            "ok keyed",
+            &[("x-key", "customer-7")],
+        )
+        .await;
+        (reply.status, reply.body)
+    };
+    assert_eq!(status, 202);
+    wait_for(&node, "jobs", Duration::from_secs(5), |q| {
+        count(q, "delivered") == 21
+    })
+    .await;
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_queues_retry_policy_spaces_redeliveries_and_dead_letters_when_it_gives_up() {
+    let policy = format!(
+        "[[policy]]\nname = \"retry\"\ncomponent = {:?}\n\
+         config = {{ max_attempts = \"3\", base_ms = \"200\", max_ms = \"1000\" }}\n\n\
+         [[bind]]\npolicies = [\"retry\"]\nqueue = \"jobs\"\n",
+        guest("policy_retry").display().to_string()
+    );
+    // The queue's own limit is higher: the policy decides.
+    let manifest = node(
+        "",
+        &format!("{}{policy}", queue("jobs", "max_attempts = 10")),
+    );
+    let node = manifest.start().await;
+    let started = Instant::now();
+    assert_eq!(send_to(&node, "jobs", "fail-until:3").await.0, 202);
+    let (status, doomed) = send_to(&node, "jobs", "always-fail").await;
+    assert_eq!(status, 202);
+    let view = wait_for(&node, "jobs", Duration::from_secs(10), |q| {
+        count(q, "delivered") == 1 && count(q, "dead_lettered") == 1
+    })
+    .await;
+    // Two pauses, each at least half of 200 ms x 2^(attempt-1): 100 + 200 ms at the least.
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "redelivered too soon: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(count(&view, "redelivered"), 4, "{view:#}");
+    assert_eq!(count(&view, "depth"), 0, "{view:#}");
+    let dead = &view["recent_dead_letters"][0];
+    assert_eq!(dead["id"], doomed.as_str(), "{view:#}");
+    assert_eq!(dead["attempts"], 3, "{view:#}");
+    let reason = dead["reason"].as_str().unwrap();
+    assert!(reason.contains("policy `retry`"), "{reason}");
+    assert!(reason.contains("max_attempts = 3"), "{reason}");
+    let last_error = dead["last_error"].as_str().unwrap();
+    assert!(
+        last_error.contains("always fails (attempt 3)"),
+        "{last_error}"
+    );
+    assert_eq!(dead["body_preview"], "always-fail");
+    assert_eq!(dead["sender"], "mailroom");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_policy_a_trapping_subscriber_gets_max_attempts_and_the_node_goes_on() {
+    let manifest = node("", &queue("jobs", "max_attempts = 2\nredeliver_ms = 20"));
+    let node = manifest.start().await;
+    assert_eq!(send_to(&node, "jobs", "panic").await.0, 202);
+    let view = wait_for(&node, "jobs", Duration::from_secs(5), |q| {
+        count(q, "dead_lettered") == 1
+    })
+    .await;
+    let dead = &view["recent_dead_letters"][0];
+    assert_eq!(dead["attempts"], 2, "{view:#}");
+    assert!(
+        dead["reason"]
+            .as_str()
+            .unwrap()
+            .contains("failed 2 times, its max_attempts"),
+        "{view:#}"
+    );
+    assert!(
+        dead["last_error"].as_str().unwrap().contains("failed"),
+        "{view:#}"
+    );
+    // The node and the queue go on.
+    assert_eq!(send_to(&node, "jobs", "ok after").await.0, 202);
+    wait_for(&node, "jobs", Duration::from_secs(5), |q| {
+        count(q, "delivered") == 1
+    })
+    .await;
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn messages_owed_and_dead_letters_survive_a_restart() {
+    let queues = format!(
+        "{}{}",
+        queue("jobs", "redeliver_ms = 60000"),
+        queue("once", "max_attempts = 1")
+    );
+    let refusing = node("config = { mode = \"refuse\" }", &queues);
+    let first = refusing.start().await;
+    for n in 0..3 {
+        assert_eq!(send_to(&first, "jobs", &format!("ok {n}")).await.0, 202);
+    }
+    assert_eq!(send_to(&first, "once", "dropped").await.0, 202);
+    // Each failed once and now waits a minute; `once` dead-lettered at once.
+    wait_for(&first, "jobs", Duration::from_secs(5), |q| {
+        count(q, "redelivered") == 3
+    })
+    .await;
+    wait_for(&first, "once", Duration::from_secs(5), |q| {
+        count(q, "dead_lettered") == 1
+    })
+    .await;
+    first.shutdown().await;
+
+    // Same data_dir, a subscriber that acknowledges.
+    let text = std::fs::read_to_string(&refusing.path)
+        .unwrap()
+        .replace("config = { mode = \"refuse\" }", "");
+    refusing.edit(&text);
+    let second = refusing.start().await;
+    let view = wait_for(&second, "jobs", Duration::from_secs(5), |q| {
+        count(q, "delivered") == 3
+    })
+    .await;
+    assert_eq!(count(&view, "depth"), 0, "{view:#}");
+    let once = queue_view(&second, "once").await;
+    assert_eq!(count(&once, "dead_letters_total"), 1, "{once:#}");
+    assert_eq!(once["recent_dead_letters"][0]["body_preview"], "dropped");
+    assert_eq!(count(&once, "delivered"), 0, "{once:#}");
+    // New ids continue after the old ones.
+    let (_, id) = send_to(&second, "jobs", "ok again").await;
+    assert_eq!(id, "jobs-3");
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_sends_are_refused_with_the_reason() {
+    let manifest = node(
+        "config = { mode = \"refuse\" }",
+        &queue("jobs", "max_depth = 2\nredeliver_ms = 60000"),
+    );
+    let node = manifest.start().await;
+    let (status, body) = send_to(&node, "nope", "x").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("no queue named `nope`"), "{body}");
+    assert!(body.contains("jobs"), "{body}");
+    assert_eq!(send_to(&node, "jobs", "one").await.0, 202);
+    assert_eq!(send_to(&node, "jobs", "two").await.0, 202);
+    let (status, body) = send_to(&node, "jobs", "three").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("max_depth"), "{body}");
+    let too_big = "x".repeat(1024 * 1024 + 1);
+    let (status, body) = send_to(&node, "jobs", &too_big).await;
+    assert_eq!(status, 500, "{}", &body[..body.len().min(200)]);
+    assert!(body.contains("at most 1048576"), "{body}");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_node_on_the_same_queue_files_is_refused() {
+    let manifest = node("", &queue("jobs", ""));
+    let first = manifest.start().await;
+    let err = match switchyard::Node::start(&manifest.load()).await {
+        Ok(_) => panic!("two nodes opened one queue"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("queue `jobs`"), "{err}");
+    assert!(err.contains("held by another running node"), "{err}");
+    assert!(err.contains("data_dir"), "{err}");
+    first.shutdown().await;
+}
