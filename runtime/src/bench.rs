@@ -65,3 +65,89 @@ impl PolicyProbe {
         through
     }
 }
+
+/// One durable queue whose subscriber acknowledges at once (natively, no guest): what the
+/// broker costs per message, the log's fsync included.
+pub struct QueueProbe {
+    broker: Arc<crate::messaging::Broker>,
+    delivered: Arc<std::sync::atomic::AtomicU64>,
+    stop: tokio::sync::watch::Sender<bool>,
+    running: tokio::task::JoinHandle<()>,
+}
+
+struct AckAll(Arc<std::sync::atomic::AtomicU64>);
+
+impl crate::messaging::Subscribers for AckAll {
+    fn deliver<'a>(
+        &'a self,
+        _service: &'a str,
+        _queue: &'a str,
+        _message: &'a crate::messaging::StoredMessage,
+        _attempt: u32,
+    ) -> crate::discovery::BoxFuture<'a, crate::messaging::Delivered> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::pin(std::future::ready(crate::messaging::Delivered::Acked))
+    }
+}
+
+impl QueueProbe {
+    /// Opens queue `bench` with its log under `data_dir`, delivering `concurrency` at a time.
+    pub async fn open(data_dir: &Path, concurrency: u32) -> Result<Self, String> {
+        let spec = crate::manifest::QueueSpec {
+            name: "bench".into(),
+            subscriber: "bench".into(),
+            concurrency,
+            max_attempts: 1,
+            redeliver_after: Duration::from_millis(100),
+            max_depth: usize::MAX,
+        };
+        let dir = data_dir.to_path_buf();
+        let broker = tokio::task::spawn_blocking(move || {
+            crate::messaging::Broker::open(&dir, std::slice::from_ref(&spec))
+        })
+        .await
+        .map_err(|err| err.to_string())?
+        .map_err(|err| err.to_string())?;
+        let broker = Arc::new(broker);
+        let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(broker.clone().run(
+            Arc::new(AckAll(delivered.clone())),
+            Arc::new(crate::policy::Policies::default()),
+            stopped,
+        ));
+        Ok(Self {
+            broker,
+            delivered,
+            stop,
+            running,
+        })
+    }
+
+    /// Sends `body`; resolves once it is on disk.
+    pub async fn send(&self, body: Vec<u8>) -> Result<(), String> {
+        let outgoing = crate::messaging::Outgoing {
+            kind: 2,
+            key: None,
+            headers: Vec::new(),
+            reply_to: None,
+            body,
+        };
+        self.broker
+            .send("bench", "bench", None, outgoing)
+            .await
+            .map(drop)
+            .map_err(|err| err.to_string())
+    }
+
+    /// Messages acknowledged so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops delivering and closes the log.
+    pub async fn close(self) {
+        let _ = self.stop.send(true);
+        let _ = self.running.await;
+    }
+}

@@ -214,11 +214,7 @@ fn check_queues(
                 format!(
                     "a queue is consumed on the node that declares it; name one of this \
                      manifest's services ({})",
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
+                    names_or_none(&known)
                 ),
             ));
         }
@@ -447,14 +443,7 @@ fn check_bindings(
                 return Err(check.invalid(
                     name.span(),
                     format!("no [[policy]] is named `{}`", name.get_ref()),
-                    format!(
-                        "declared policies: {}",
-                        if known.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
+                    format!("declared policies: {}", names_or_none(&known)),
                 ));
             }
         }
@@ -484,11 +473,7 @@ fn check_bindings(
                         ),
                         format!(
                             "declare it with [[queue]] (declared: {})",
-                            if known.is_empty() {
-                                "none".to_owned()
-                            } else {
-                                known.join(", ")
-                            }
+                            names_or_none(&known)
                         ),
                     ));
                 }
@@ -589,6 +574,15 @@ fn check_discovery(
 }
 
 /// Names appear in URLs, logs and (later) discovery keys: keep them to `[a-z0-9-]`.
+/// `a, b, c`, or `none`, for hints that list what a manifest declares.
+fn names_or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
 fn check_name(
     check: &Checker<'_>,
     name: &Spanned<String>,

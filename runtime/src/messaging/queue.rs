@@ -176,14 +176,19 @@ impl Queue {
                 },
             );
             state.ready.push_back(seq);
-            (synced, id)
+            (synced, id, seq)
         };
-        let (synced, id) = synced;
+        let (synced, id, seq) = synced;
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
         self.wake.notify_one();
-        synced
-            .await
-            .map_err(|err| SendError::Unavailable(format!("queue `{}`: {err}", self.spec.name)))?;
+        if let Err(err) = synced.await {
+            // Not stored, so not owed: the sender is told and may send again.
+            self.lock().owed.remove(&seq);
+            return Err(SendError::Unavailable(format!(
+                "queue `{}` could not store the message: {err}",
+                self.spec.name
+            )));
+        }
         Ok(id)
     }
 
@@ -377,12 +382,11 @@ impl Queue {
         self.writer.append(dead, bytes)
     }
 
-    /// Frees the delivery slot once `synced` is on disk, and compacts the log if it is mostly
-    /// settled records.
+    /// Frees the delivery slot, compacts the log if it is mostly settled records, then waits
+    /// for `synced`. The next delivery does not wait for this one's `Done` to be on disk: a
+    /// crash before it is means one more delivery of a handled message, which at-least-once
+    /// allows, and consumers go as fast as the log syncs in groups.
     async fn finish(&self, synced: impl Future<Output = Result<(), log::LogError>>) {
-        if let Err(err) = synced.await {
-            tracing::error!(queue = %self.spec.name, error = %err, "could not record a settled message; it may be delivered again after a restart");
-        }
         {
             let mut state = self.lock();
             state.in_flight -= 1;
@@ -407,6 +411,9 @@ impl Queue {
             }
         }
         self.wake.notify_one();
+        if let Err(err) = synced.await {
+            tracing::error!(queue = %self.spec.name, error = %err, "could not record a settled message; it may be delivered again after a restart");
+        }
     }
 
     /// Frees the delivery slot now and makes `seq` ready again after `pause`.

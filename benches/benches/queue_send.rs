@@ -1,0 +1,187 @@
+//! Durable queue sends: the embedded broker (checksummed record, group-committed `fdatasync`,
+//! delivery to a subscriber that acknowledges at once) against two baselines in the same run
+//! on the same disk: a naive log that appends and `fdatasync`s each message under a lock (what
+//! a queue without group commit does), and the device's floor, one writer's append +
+//! `fdatasync` latency.
+//!
+//! `cargo xtask bench -- --bench queue_send`. Knobs: `BENCH_SENDERS` (default 16),
+//! `BENCH_SENDS` per sender (default 300), `BENCH_DIR` (default `target/bench-data`, on disk:
+//! a tmpfs would make every sync free).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use switchyard::bench::QueueProbe;
+// Links the shared allocator (the one the `switchyard` binary ships with).
+use switchyard_benches as _;
+
+const BODY: &[u8] = &[b'm'; 256];
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Outcome {
+    name: &'static str,
+    sends: u64,
+    elapsed: Duration,
+    histogram: Histogram<u64>,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.sends as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn p50(&self) -> u64 {
+        self.histogram.value_at_quantile(0.5)
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{:<34} {:>8.0} sends/s  p50 {:>6} us  p99 {:>6} us",
+            self.name,
+            self.rate(),
+            self.p50(),
+            self.histogram.value_at_quantile(0.99)
+        )
+    }
+}
+
+/// `senders` tasks, each sending `sends` times with `send`, timing each.
+async fn timed<F, Fut>(name: &'static str, senders: usize, sends: usize, send: F) -> Result<Outcome>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..senders {
+        let send = send.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            for _ in 0..sends {
+                let one = Instant::now();
+                send().await?;
+                histogram.record((one.elapsed().as_micros() as u64).max(1))?;
+            }
+            Ok::<_, anyhow::Error>(histogram)
+        }));
+    }
+    let mut histogram = Histogram::new_with_bounds(1, 60_000_000, 3)?;
+    for task in tasks {
+        histogram.add(task.await??)?;
+    }
+    Ok(Outcome {
+        name,
+        sends: (senders * sends) as u64,
+        elapsed: started.elapsed(),
+        histogram,
+    })
+}
+
+/// A log that appends one record and syncs it per send, under one lock.
+fn naive_log(path: &std::path::Path) -> Result<Arc<Mutex<std::fs::File>>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    Ok(Arc::new(Mutex::new(file)))
+}
+
+fn append_and_sync(file: &Mutex<std::fs::File>) -> Result<()> {
+    let mut file = file
+        .lock()
+        .map_err(|_| anyhow::anyhow!("log lock poisoned"))?;
+    let mut record = Vec::with_capacity(8 + BODY.len());
+    record.extend_from_slice(&(BODY.len() as u32).to_le_bytes());
+    record.extend_from_slice(&0u32.to_le_bytes());
+    record.extend_from_slice(BODY);
+    file.write_all(&record)?;
+    file.sync_data()?;
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let senders: usize = env_or("BENCH_SENDERS", 16);
+    let sends: usize = env_or("BENCH_SENDS", 300);
+    let base = std::env::var_os("BENCH_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"),
+        PathBuf::from,
+    );
+    std::fs::create_dir_all(&base)?;
+    let dir = tempfile::tempdir_in(&base)?;
+
+    let probe = Arc::new(
+        QueueProbe::open(dir.path(), 4)
+            .await
+            .map_err(anyhow::Error::msg)?,
+    );
+    let ours = {
+        let probe = probe.clone();
+        timed("switchyard queue send", senders, sends, move || {
+            let probe = probe.clone();
+            async move { probe.send(BODY.to_vec()).await.map_err(anyhow::Error::msg) }
+        })
+        .await?
+    };
+    let total = ours.sends;
+    let drain_started = Instant::now();
+    while probe.delivered() < total {
+        anyhow::ensure!(
+            drain_started.elapsed() < Duration::from_secs(60),
+            "only {} of {total} delivered",
+            probe.delivered()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let delivered_after = ours.elapsed + drain_started.elapsed();
+    if let Ok(probe) = Arc::try_unwrap(probe) {
+        probe.close().await;
+    }
+
+    let naive = {
+        let file = naive_log(&dir.path().join("naive.log"))?;
+        timed("naive log (fsync per send)", senders, sends, move || {
+            let file = file.clone();
+            async move { tokio::task::spawn_blocking(move || append_and_sync(&file)).await? }
+        })
+        .await?
+    };
+    let floor = {
+        let file = naive_log(&dir.path().join("floor.log"))?;
+        timed("one writer, append + fsync", 1, sends, move || {
+            let file = file.clone();
+            async move { tokio::task::spawn_blocking(move || append_and_sync(&file)).await? }
+        })
+        .await?
+    };
+
+    println!(
+        "queue_send ({senders} concurrent senders x {sends} sends of {} bytes)",
+        BODY.len()
+    );
+    for outcome in [&ours, &naive, &floor] {
+        println!("  {}", outcome.line());
+    }
+    println!(
+        "  all {total} delivered (acknowledged) {:.0} ms after the first send",
+        delivered_after.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  switchyard vs naive log: sends/s {:.2}x, p50 {:.2}x; switchyard p50 vs one fsync: {:.2}x",
+        ours.rate() / naive.rate(),
+        ours.p50() as f64 / naive.p50() as f64,
+        ours.p50() as f64 / floor.p50() as f64
+    );
+    Ok(())
+}
