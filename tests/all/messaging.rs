@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{TestManifest, get, guest, send, send_with, service};
+use crate::support::{TestManifest, admin_post, get, guest, send, send_with, service};
 
 /// The mailroom service (sends on `POST /send/{queue}`, consumes), then `rest`.
 fn node(mailroom_extra: &str, rest: &str) -> TestManifest {
@@ -263,4 +263,44 @@ async fn a_second_node_on_the_same_queue_files_is_refused() {
     assert!(err.contains("held by another running node"), "{err}");
     assert!(err.contains("data_dir"), "{err}");
     first.shutdown().await;
+}
+
+#[tokio::test]
+async fn swapping_the_subscriber_and_the_queues_policy_while_messages_flow_loses_none() {
+    let retry = format!(
+        "[[policy]]\nname = \"retry\"\ncomponent = {:?}\n\n\
+         [[bind]]\npolicies = [\"retry\"]\nqueue = \"jobs\"\n",
+        guest("policy_retry").display().to_string()
+    );
+    let manifest = node("", &format!("{}{retry}", queue("jobs", "concurrency = 4")));
+    let node = manifest.start().await;
+    let http = node.http_addr();
+    let sender = tokio::spawn(async move {
+        for n in 0..300 {
+            let reply = send(http, "POST", "/send/jobs", &format!("ok {n}")).await;
+            assert_eq!(reply.status, 202, "{}", reply.body);
+        }
+    });
+    let mailroom = std::fs::read(guest("mailroom")).unwrap();
+    let policy = std::fs::read(guest("policy_retry")).unwrap();
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, body) =
+            admin_post(node.admin_addr(), "/services/mailroom", mailroom.clone()).await;
+        assert_eq!(status, 200, "service swap {round}: {body}");
+        let (status, body) = admin_post(node.admin_addr(), "/policies/retry", policy.clone()).await;
+        assert_eq!(status, 200, "policy swap {round}: {body}");
+    }
+    sender.await.unwrap();
+    let view = wait_for(&node, "jobs", Duration::from_secs(20), |q| {
+        count(q, "delivered") == 300
+    })
+    .await;
+    assert_eq!(count(&view, "redelivered"), 0, "{view:#}");
+    assert_eq!(count(&view, "dead_lettered"), 0, "{view:#}");
+    assert_eq!(count(&view, "depth"), 0, "{view:#}");
+    let services: serde_json::Value =
+        serde_json::from_str(&get(node.admin_addr(), "/services").await.body).unwrap();
+    assert_eq!(services[0]["generation"], 4, "{services:#}");
+    node.shutdown().await;
 }
