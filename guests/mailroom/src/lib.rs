@@ -2,7 +2,9 @@
 //! so tests (and the README's walk-through) can drive redelivery and dead-lettering.
 //!
 //! - `POST /send/{queue}`: sends the request body (header `x-key` becomes the message key) and
-//!   answers `202` with the message id, or the send error's status and reason.
+//!   answers `202` with the message id, or the send error's status and reason. Header
+//!   `x-hold-ms` keeps the instance busy that long first (to make deliveries meet a busy
+//!   subscriber).
 //! - A delivered message whose body starts with `fail-until:N` fails its attempts before the
 //!   N-th; `always-fail` fails every time; `panic` traps; anything else is acknowledged.
 //!   With `config.mode = "refuse"` every message fails (a consumer that is down).
@@ -15,6 +17,9 @@ impl Service for Mailroom {
         let queue = req
             .param("queue")
             .ok_or_else(|| Error::not_found("POST /send/{queue}"))?;
+        if let Some(hold) = req.header("x-hold-ms").and_then(|ms| ms.parse().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(hold));
+        }
         let mut message = messaging::Message::new(req.body().to_vec());
         if let Some(key) = req.header("x-key") {
             message = message.key(key);

@@ -272,7 +272,15 @@ impl Queue {
             }
             Delivered::NotNow(reason) => {
                 tracing::debug!(queue = %self.spec.name, id = %message.id, %reason, "subscriber cannot take the message now; offering it again shortly");
-                self.release_after(seq, NOT_NOW_PAUSE);
+                // It keeps its delivery slot and its place at the front, so a queue delivered
+                // one at a time stays in order while its subscriber is busy.
+                tokio::time::sleep(NOT_NOW_PAUSE).await;
+                {
+                    let mut state = self.lock();
+                    state.ready.push_front(seq);
+                    state.in_flight -= 1;
+                }
+                self.wake.notify_one();
             }
             Delivered::Failed(error) => {
                 let attempts = attempts + 1;
