@@ -350,10 +350,12 @@ fn status(manifest: Option<PathBuf>, admin: Option<std::net::SocketAddr>) -> Res
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (services, registry) = runtime.block_on(async {
+    let (services, registry, queues) = runtime.block_on(async {
         let services = admin_get(admin, "/services").await?;
         let registry = admin_get(admin, "/registry").await?;
-        anyhow::Ok((services, registry))
+        // A node from before queues has no /queues: show the rest.
+        let queues = admin_get(admin, "/queues").await.unwrap_or_default();
+        anyhow::Ok((services, registry, queues))
     })?;
     println!(
         "node {} (admin {admin})",
@@ -372,6 +374,25 @@ fn status(manifest: Option<PathBuf>, admin: Option<std::net::SocketAddr>) -> Res
             service["served"],
             service["errors"],
             service["rejected"]
+        );
+    }
+    let queues = queues.as_array().cloned().unwrap_or_default();
+    if !queues.is_empty() {
+        println!(
+            "{:<20} {:<20} {:>7} {:>9} {:>9} {:>11} {:>6}",
+            "QUEUE", "SUBSCRIBER", "DEPTH", "IN-FLIGHT", "DELIVERED", "REDELIVERED", "DEAD"
+        );
+    }
+    for queue in &queues {
+        println!(
+            "{:<20} {:<20} {:>7} {:>9} {:>9} {:>11} {:>6}",
+            queue["name"].as_str().unwrap_or("?"),
+            queue["subscriber"].as_str().unwrap_or("?"),
+            queue["depth"],
+            queue["in_flight"],
+            queue["delivered"],
+            queue["redelivered"],
+            queue["dead_letters_total"]
         );
     }
     let peers = registry["peers"].as_array().cloned().unwrap_or_default();

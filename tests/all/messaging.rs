@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     TestManifest, admin_post, capture_logs, get, guest, logs, send, send_with, service,
+    switchyard_bin,
 };
 
 /// The mailroom service (sends on `POST /send/{queue}`, consumes), then `rest`.
@@ -151,6 +152,23 @@ async fn the_queues_retry_policy_spaces_redeliveries_and_dead_letters_when_it_gi
     );
     assert_eq!(dead["body_preview"], "always-fail");
     assert_eq!(dead["sender"], "mailroom");
+    // `switchyard status` shows the queue: depth 0, 1 delivered, 4 redelivered, 1 dead.
+    let out = tokio::process::Command::new(switchyard_bin())
+        .args(["status", "--admin", &node.admin_addr().to_string()])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("jobs"))
+        .unwrap_or_default();
+    let columns: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        columns,
+        ["jobs", "mailroom", "0", "0", "1", "4", "1"],
+        "{stdout}"
+    );
     node.shutdown().await;
 }
 
