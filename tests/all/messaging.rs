@@ -377,3 +377,73 @@ async fn a_queue_delivered_one_at_a_time_keeps_its_order_while_the_subscriber_is
         "delivered out of order: {delivered:?}"
     );
 }
+
+#[tokio::test]
+async fn editing_queues_in_a_watched_manifest_adds_reconfigures_and_removes_them() {
+    let jobs = |max_attempts: u32| {
+        queue(
+            "jobs",
+            &format!("max_attempts = {max_attempts}\nredeliver_ms = 20"),
+        )
+    };
+    let later = queue("later", "redeliver_ms = 60000");
+    let manifest = node("", &jobs(5));
+    let mut node = manifest.start().await;
+    let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
+    node.watch_manifest(Some(reports)).unwrap();
+    let original = std::fs::read_to_string(&manifest.path).unwrap();
+    let mut edit = async |queues: &str| {
+        let head = &original[..original.find("[[queue]]").unwrap()];
+        manifest.edit(&format!("{head}{queues}"));
+        crate::support::next_reload(&mut reported).await
+    };
+    assert_eq!(send_to(&node, "later", "x").await.0, 500);
+
+    // A queue added, another's max_attempts lowered.
+    let report = edit(&format!("{}{later}", jobs(1))).await;
+    assert_eq!(
+        report.applied,
+        vec![
+            "queue `jobs`: settings changed".to_owned(),
+            "queue `later` added".to_owned()
+        ],
+        "{report:?}"
+    );
+    assert!(report.needs_restart.is_empty(), "{report:?}");
+    assert_eq!(send_to(&node, "later", "ok").await.0, 202);
+    wait_for(&node, "later", Duration::from_secs(5), |q| {
+        count(q, "delivered") == 1
+    })
+    .await;
+    assert_eq!(send_to(&node, "jobs", "always-fail").await.0, 202);
+    let view = wait_for(&node, "jobs", Duration::from_secs(5), |q| {
+        count(q, "dead_lettered") == 1
+    })
+    .await;
+    assert_eq!(view["recent_dead_letters"][0]["attempts"], 1, "{view:#}");
+
+    // A queue with a message owed is removed: sends to it fail; back, it owes it still.
+    assert_eq!(send_to(&node, "later", "always-fail").await.0, 202);
+    wait_for(&node, "later", Duration::from_secs(5), |q| {
+        count(q, "redelivered") == 1
+    })
+    .await;
+    let report = edit(&jobs(1)).await;
+    assert_eq!(
+        report.applied,
+        vec!["queue `later` removed (what it owes stays in its files)".to_owned()],
+        "{report:?}"
+    );
+    let (status, body) = send_to(&node, "later", "x").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("no queue named `later`"), "{body}");
+    let report = edit(&format!("{}{later}", jobs(1))).await;
+    assert_eq!(
+        report.applied,
+        vec!["queue `later` added".to_owned()],
+        "{report:?}"
+    );
+    let view = queue_view(&node, "later").await;
+    assert_eq!(count(&view, "depth"), 1, "{view:#}");
+    node.shutdown().await;
+}

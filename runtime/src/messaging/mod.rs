@@ -21,14 +21,18 @@
 //! Subscribers should make handling idempotent with the message id.
 //!
 //! A queue lives on the node that declares it; its log is under that node's `data_dir`, and a
-//! second node on the same files is refused.
+//! second node on the same files is refused. Editing `[[queue]]` entries of a running node
+//! applies them: settings take effect for the next delivery, a new queue opens, a removed one
+//! drains and closes (its files keep what it owes).
 
 mod log;
 mod queue;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
 
 use tokio::sync::watch;
 
@@ -94,11 +98,20 @@ pub(crate) trait Subscribers: Send + Sync {
     ) -> BoxFuture<'a, Delivered>;
 }
 
-/// The node's queues.
+/// The node's queues. A manifest edit adds, removes and reconfigures them ([`Broker::apply`]).
 #[derive(Default)]
 pub(crate) struct Broker {
-    queues: HashMap<String, Arc<Queue>>,
+    /// Where the queues' files are.
+    dir: PathBuf,
+    queues: ArcSwap<HashMap<String, Arc<Queue>>>,
+    /// Set once delivery runs: what queues added later deliver with.
+    delivery: OnceLock<(Arc<dyn Subscribers>, Arc<Policies>)>,
+    /// Serializes [`Broker::apply`].
+    changing: tokio::sync::Mutex<()>,
 }
+
+/// What [`Broker::apply`] changed, as `queue `x` ...` lines.
+pub(crate) type QueueChanges = Vec<String>;
 
 impl Broker {
     /// Opens every queue's log under `data_dir/queues` and takes back what it owes. Blocking
@@ -107,14 +120,13 @@ impl Broker {
         let dir = data_dir.join("queues");
         let mut queues = HashMap::new();
         for spec in specs {
-            let name = spec.name.clone();
-            let queue = Queue::open(&dir, spec.clone()).map_err(|cause| MessagingError {
-                queue: name.clone(),
-                cause,
-            })?;
-            queues.insert(name, Arc::new(queue));
+            queues.insert(spec.name.clone(), Arc::new(open_queue(&dir, spec)?));
         }
-        Ok(Self { queues })
+        Ok(Self {
+            dir,
+            queues: ArcSwap::from_pointee(queues),
+            ..Self::default()
+        })
     }
 
     /// Appends a message from `sender` to `queue`; resolves with its id once it is on disk.
@@ -125,8 +137,9 @@ impl Broker {
         trace_context: Option<String>,
         outgoing: Outgoing,
     ) -> Result<String, SendError> {
-        let Some(target) = self.queues.get(queue) else {
-            let mut known: Vec<&str> = self.queues.keys().map(String::as_str).collect();
+        let queues = self.queues.load();
+        let Some(target) = queues.get(queue).cloned() else {
+            let mut known: Vec<&str> = queues.keys().map(String::as_str).collect();
             known.sort_unstable();
             return Err(SendError::UnknownQueue(format!(
                 "this node has no queue named `{queue}` (it has: {}); declare it with [[queue]] \
@@ -138,6 +151,7 @@ impl Broker {
                 }
             )));
         };
+        drop(queues);
         let message = StoredMessage {
             seq: 0,
             id: String::new(),
@@ -153,30 +167,102 @@ impl Broker {
         target.send(message).await
     }
 
-    /// Delivers every queue's messages until `shutdown`, then lets deliveries in flight end.
+    /// Delivers every queue's messages (and those of queues added later) until `shutdown`,
+    /// then lets deliveries in flight end and closes the logs.
     pub(crate) async fn run(
         self: Arc<Self>,
         subscribers: Arc<dyn Subscribers>,
         policies: Arc<Policies>,
-        shutdown: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut dispatchers = tokio::task::JoinSet::new();
-        for queue in self.queues.values() {
-            dispatchers.spawn(queue.clone().dispatch(
-                subscribers.clone(),
-                policies.clone(),
-                shutdown.clone(),
+        {
+            let _one_at_a_time = self.changing.lock().await;
+            let _ = self.delivery.set((subscribers.clone(), policies.clone()));
+            for queue in self.queues.load().values() {
+                queue.start(subscribers.clone(), policies.clone());
+            }
+        }
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        let _one_at_a_time = self.changing.lock().await;
+        let mut stopping = tokio::task::JoinSet::new();
+        for queue in self.queues.load().values() {
+            let queue = queue.clone();
+            stopping.spawn(async move { queue.stop().await });
+        }
+        while stopping.join_next().await.is_some() {}
+    }
+
+    /// Makes `specs` the node's queues: new ones are opened (taking back what their files
+    /// owe) and start delivering, removed ones stop taking sends, finish their deliveries in
+    /// flight and close their files (what they owe stays there for when they come back), and
+    /// the others take their new settings. If a new queue cannot open, nothing changes.
+    pub(crate) async fn apply(&self, specs: &[QueueSpec]) -> Result<QueueChanges, String> {
+        let _one_at_a_time = self.changing.lock().await;
+        let current = self.queues.load_full();
+        let added: Vec<QueueSpec> = specs
+            .iter()
+            .filter(|spec| !current.contains_key(&spec.name))
+            .cloned()
+            .collect();
+        let dir = self.dir.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            added
+                .iter()
+                .map(|spec| open_queue(&dir, spec).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|err| err.to_string())?
+        .map_err(|err| err.to_string())?;
+
+        let mut changes = Vec::new();
+        let mut next = HashMap::new();
+        for spec in specs {
+            if let Some(queue) = current.get(&spec.name) {
+                if *queue.spec() != *spec {
+                    queue.reconfigure(spec.clone());
+                    changes.push(format!("queue `{}`: settings changed", spec.name));
+                }
+                next.insert(spec.name.clone(), queue.clone());
+            }
+        }
+        for queue in opened {
+            changes.push(format!("queue `{}` added", queue.name));
+            if let Some((subscribers, policies)) = self.delivery.get() {
+                queue.start(subscribers.clone(), policies.clone());
+            }
+            next.insert(queue.name.clone(), queue);
+        }
+        let removed: Vec<Arc<Queue>> = current
+            .iter()
+            .filter(|(name, _)| !next.contains_key(*name))
+            .map(|(_, queue)| queue.clone())
+            .collect();
+        self.queues.store(Arc::new(next));
+        for queue in removed {
+            queue.stop().await;
+            changes.push(format!(
+                "queue `{}` removed (what it owes stays in its files)",
+                queue.name
             ));
         }
-        while dispatchers.join_next().await.is_some() {}
+        changes.sort();
+        Ok(changes)
     }
 
     /// Every queue, by name.
     pub(crate) fn views(&self) -> Vec<QueueView> {
-        let mut views: Vec<QueueView> = self.queues.values().map(|q| q.view()).collect();
+        let mut views: Vec<QueueView> = self.queues.load().values().map(|q| q.view()).collect();
         views.sort_by(|a, b| a.name.cmp(&b.name));
         views
     }
+}
+
+fn open_queue(dir: &Path, spec: &QueueSpec) -> Result<Queue, MessagingError> {
+    Queue::open(dir, spec.clone()).map_err(|cause| MessagingError {
+        queue: spec.name.clone(),
+        cause,
+    })
 }
 
 fn now_ms() -> u64 {

@@ -36,7 +36,12 @@ const RECENT_DEAD_LETTERS: usize = 20;
 const COMPACT_AFTER_SETTLED: usize = 4096;
 
 pub(super) struct Queue {
-    pub(super) spec: QueueSpec,
+    pub(super) name: String,
+    /// Settings a manifest edit may change while the queue runs.
+    spec: arc_swap::ArcSwap<QueueSpec>,
+    /// Stops this queue's dispatcher (the node stops, or the queue left the manifest).
+    stop: watch::Sender<bool>,
+    dispatcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     writer: Writer,
     state: std::sync::Mutex<State>,
     /// Wakes the dispatcher: a message is ready, or a delivery slot is free.
@@ -129,7 +134,10 @@ impl Queue {
             tracing::info!(queue = %spec.name, owed = state.owed.len(), "queue recovered messages from its log");
         }
         let queue = Self {
-            spec,
+            name: spec.name.clone(),
+            spec: arc_swap::ArcSwap::from_pointee(spec),
+            stop: watch::channel(false).0,
+            dispatcher: std::sync::Mutex::new(None),
             writer,
             state: std::sync::Mutex::new(state),
             wake: Notify::new(),
@@ -150,15 +158,16 @@ impl Queue {
     pub(super) async fn send(&self, mut message: StoredMessage) -> Result<String, SendError> {
         let synced = {
             let mut state = self.lock();
-            if state.owed.len() >= self.spec.max_depth {
+            let spec = self.spec.load();
+            if state.owed.len() >= spec.max_depth {
                 return Err(SendError::Full(format!(
                     "queue `{}` holds {} messages, its max_depth; its subscriber `{}` is behind \
                      (retry later, or raise max_depth)",
-                    self.spec.name, self.spec.max_depth, self.spec.subscriber
+                    self.name, spec.max_depth, spec.subscriber
                 )));
             }
             message.seq = state.next_seq;
-            message.id = format!("{}-{}", self.spec.name, message.seq);
+            message.id = format!("{}-{}", self.name, message.seq);
             let mut bytes = Vec::new();
             log::encode(&Record::Sent(message.clone()), &mut bytes)
                 .map_err(|err| SendError::TooLarge(err.to_string()))?;
@@ -186,15 +195,63 @@ impl Queue {
             self.lock().owed.remove(&seq);
             return Err(SendError::Unavailable(format!(
                 "queue `{}` could not store the message: {err}",
-                self.spec.name
+                self.name
             )));
         }
         Ok(id)
     }
 
+    /// Starts delivering (once; later calls do nothing).
+    pub(super) fn start(
+        self: &Arc<Self>,
+        subscribers: Arc<dyn Subscribers>,
+        policies: Arc<Policies>,
+    ) {
+        let mut dispatcher = self
+            .dispatcher
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if dispatcher.is_none() {
+            let stop = self.stop.subscribe();
+            *dispatcher = Some(tokio::spawn(self.clone().dispatch(
+                subscribers,
+                policies,
+                stop,
+            )));
+        }
+    }
+
+    /// Stops delivering, lets deliveries in flight end (a while) and closes the log; what is
+    /// owed stays in it.
+    pub(super) async fn stop(&self) {
+        self.stop.send_replace(true);
+        let running = self
+            .dispatcher
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        match running {
+            Some(running) => {
+                let _ = running.await;
+            }
+            None => self.writer.close().await,
+        }
+    }
+
+    /// Takes new settings (a manifest edit); deliveries from now on follow them.
+    pub(super) fn reconfigure(&self, spec: QueueSpec) {
+        self.spec.store(Arc::new(spec));
+        self.wake.notify_one();
+    }
+
+    /// The settings it runs with.
+    pub(super) fn spec(&self) -> Arc<QueueSpec> {
+        self.spec.load_full()
+    }
+
     /// Delivers until `shutdown`, then waits (a while) for deliveries in flight. What is not
     /// delivered stays in the log for the next start.
-    pub(super) async fn dispatch(
+    async fn dispatch(
         self: Arc<Self>,
         subscribers: Arc<dyn Subscribers>,
         policies: Arc<Policies>,
@@ -223,14 +280,14 @@ impl Queue {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(queue = %self.spec.name, "deliveries still running at shutdown were cut off; they will be delivered again");
+            tracing::warn!(queue = %self.name, "deliveries still running at shutdown were cut off; they will be delivered again");
         }
         self.writer.close().await;
     }
 
     fn next_ready(&self) -> Option<(u64, Arc<StoredMessage>, u32)> {
         let mut state = self.lock();
-        if state.in_flight >= self.spec.concurrency as usize {
+        if state.in_flight >= self.spec.load().concurrency as usize {
             return None;
         }
         while let Some(seq) = state.ready.pop_front() {
@@ -251,13 +308,9 @@ impl Queue {
         subscribers: &dyn Subscribers,
         policies: &Policies,
     ) {
+        let subscriber = self.spec.load().subscriber.clone();
         let outcome = subscribers
-            .deliver(
-                &self.spec.subscriber,
-                &self.spec.name,
-                &message,
-                attempts + 1,
-            )
+            .deliver(&subscriber, &self.name, &message, attempts + 1)
             .await;
         match outcome {
             Delivered::Acked => {
@@ -271,7 +324,7 @@ impl Queue {
                 self.finish(synced).await;
             }
             Delivered::NotNow(reason) => {
-                tracing::debug!(queue = %self.spec.name, id = %message.id, %reason, "subscriber cannot take the message now; offering it again shortly");
+                tracing::debug!(queue = %self.name, id = %message.id, %reason, "subscriber cannot take the message now; offering it again shortly");
                 // It keeps its delivery slot and its place at the front, so a queue delivered
                 // one at a time stays in order while its subscriber is busy.
                 tokio::time::sleep(NOT_NOW_PAUSE).await;
@@ -284,14 +337,13 @@ impl Queue {
             }
             Delivered::Failed(error) => {
                 let attempts = attempts + 1;
-                let chain = policies.delivery_chain(&self.spec.name);
+                let chain = policies.delivery_chain(&self.name);
                 let verdict =
-                    policy::on_delivery_failure(&chain, &self.spec.name, &message.id, attempts)
-                        .await;
+                    policy::on_delivery_failure(&chain, &self.name, &message.id, attempts).await;
                 let verdict = self.bounded(verdict, attempts);
                 match verdict {
                     DeliveryVerdict::RedeliverAfter(pause) => {
-                        tracing::info!(queue = %self.spec.name, id = %message.id, attempts, %error, pause_ms = pause.as_millis() as u64, "delivery failed; redelivering");
+                        tracing::info!(queue = %self.name, id = %message.id, attempts, %error, pause_ms = pause.as_millis() as u64, "delivery failed; redelivering");
                         let synced = {
                             let mut state = self.lock();
                             if let Some(owed) = state.owed.get_mut(&seq) {
@@ -306,7 +358,7 @@ impl Queue {
                         };
                         self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
                         if let Err(err) = synced.await {
-                            tracing::error!(queue = %self.spec.name, error = %err, "could not record a failed delivery");
+                            tracing::error!(queue = %self.name, error = %err, "could not record a failed delivery");
                         }
                         self.release_after(seq, pause);
                     }
@@ -327,7 +379,7 @@ impl Queue {
         reason: String,
         error: String,
     ) {
-        tracing::warn!(queue = %self.spec.name, id = %message.id, attempts, %reason, last_error = %error, "message dead-lettered");
+        tracing::warn!(queue = %self.name, id = %message.id, attempts, %reason, last_error = %error, "message dead-lettered");
         let dead = DeadLetter {
             message: message.clone(),
             attempts,
@@ -338,7 +390,7 @@ impl Queue {
         let mut dead_bytes = Vec::new();
         if let Err(err) = log::encode(&dead, &mut dead_bytes) {
             // Only a message already at the record limit gets here; keep it owed.
-            tracing::error!(queue = %self.spec.name, id = %message.id, error = %err, "cannot write the dead letter; the message stays in the queue");
+            tracing::error!(queue = %self.name, id = %message.id, error = %err, "cannot write the dead letter; the message stays in the queue");
             self.release_after(seq, MAX_BACKOFF);
             return;
         }
@@ -360,18 +412,19 @@ impl Queue {
     /// The policies' verdict, or the queue's own rule when none decided; never past
     /// `max_attempts`.
     fn bounded(&self, verdict: Option<DeliveryVerdict>, attempts: u32) -> DeliveryVerdict {
-        if attempts >= self.spec.max_attempts {
+        let spec = self.spec.load();
+        if attempts >= spec.max_attempts {
             if let Some(DeliveryVerdict::DeadLetter(reason)) = verdict {
                 return DeliveryVerdict::DeadLetter(reason);
             }
             return DeliveryVerdict::DeadLetter(format!(
                 "queue `{}`: failed {attempts} times, its max_attempts",
-                self.spec.name
+                self.name
             ));
         }
         verdict.unwrap_or_else(|| {
             let doubling = 2u32.saturating_pow(attempts.saturating_sub(1).min(20));
-            let pause = self.spec.redeliver_after.saturating_mul(doubling);
+            let pause = spec.redeliver_after.saturating_mul(doubling);
             DeliveryVerdict::RedeliverAfter(pause.min(MAX_BACKOFF))
         })
     }
@@ -420,7 +473,7 @@ impl Queue {
         }
         self.wake.notify_one();
         if let Err(err) = synced.await {
-            tracing::error!(queue = %self.spec.name, error = %err, "could not record a settled message; it may be delivered again after a restart");
+            tracing::error!(queue = %self.name, error = %err, "could not record a settled message; it may be delivered again after a restart");
         }
     }
 
@@ -441,12 +494,13 @@ impl Queue {
 
     pub(super) fn view(&self) -> QueueView {
         let state = self.lock();
+        let spec = self.spec.load();
         QueueView {
-            name: self.spec.name.clone(),
-            subscriber: self.spec.subscriber.clone(),
+            name: self.name.clone(),
+            subscriber: spec.subscriber.clone(),
             depth: state.owed.len(),
             in_flight: state.in_flight,
-            max_depth: self.spec.max_depth,
+            max_depth: spec.max_depth,
             sent: self.stats.sent.load(Ordering::Relaxed),
             delivered: self.stats.delivered.load(Ordering::Relaxed),
             redelivered: self.stats.redelivered.load(Ordering::Relaxed),

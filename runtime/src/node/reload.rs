@@ -11,8 +11,9 @@
 //! `[[policy]]` declarations take effect for the next call (bindings that stay keep their
 //! instance and state); added services start, removed ones stop taking requests (in-flight
 //! ones finish), changed routes apply to the next request, and peers learn the new set of
-//! services. What is left (versions, addresses, limits above what the node's instance pool
-//! was sized for) needs a restart, and the log says which.
+//! services; queues added to `[[queue]]` open, removed ones drain and close, and changed
+//! queue settings apply to the next delivery. What is left (versions, addresses, limits above
+//! what the node's instance pool was sized for) needs a restart, and the log says which.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,7 +37,7 @@ pub struct ReloadReport {
     /// Services and policies swapped to their new component.
     pub swapped: Vec<String>,
     /// Other changes that took effect: services added or removed, routes, policy config,
-    /// policy declarations, bindings.
+    /// policy declarations, bindings, queues added, removed or reconfigured.
     pub applied: Vec<String>,
     /// Differences that only a restart applies.
     pub needs_restart: Vec<String>,
@@ -175,6 +176,12 @@ async fn apply(
             .refused
             .push(format!("[[service]] list or routes: {reason}")),
     }
+    if old.queues != new.queues {
+        match control.broker.apply(&new.queues).await {
+            Ok(changes) => report.applied.extend(changes),
+            Err(reason) => report.refused.push(format!("[[queue]] changes: {reason}")),
+        }
+    }
     for service in &new.services {
         let Some(before) = old.services.iter().find(|s| s.name == service.name) else {
             continue; // Added (or refused) just above.
@@ -281,11 +288,6 @@ async fn apply(
         || old.node.quic != new.node.quic
     {
         report.needs_restart.push("[node] addresses changed".into());
-    }
-    if old.queues != new.queues {
-        report
-            .needs_restart
-            .push("[[queue]] entries changed (queues are opened at start)".into());
     }
     report
 }
