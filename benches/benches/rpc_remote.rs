@@ -1,10 +1,12 @@
 //! Remote calls guest → guest across two nodes (QUIC, mutual TLS), against a plain quinn
 //! request/response echo with the same TLS configuration and a plain hyper HTTP/1.1 echo,
-//! with the same concurrency, in the same run.
+//! with the same concurrency, in the same run. For scale, a last round calls an instance on
+//! the caller's own node (in-process, no socket: what a remote call costs on top of it).
 //!
 //! `cargo xtask bench -- --bench rpc_remote`. Knobs: `BENCH_CALLS` per caller (default
 //! 2000), `BENCH_CALLERS` concurrent callers (default 8), and `BENCH_PROFILE_ONLY` = `hello`
-//! (fresh callee), `hello-reuse` or `quinn` to run that one round alone under a profiler.
+//! (fresh callee), `hello-reuse`, `local` or `quinn` to run that one round alone under a
+//! profiler.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -87,7 +89,11 @@ async fn main() -> Result<()> {
     let a = switchyard::Node::start(&manifest(
         "a",
         &format!("name = \"a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{b_quic}\"]"),
-        &service("faulty", "faulty", "POST /f/{fault}/{arg}"),
+        &format!(
+            "{}{}requests_per_instance = 100000\n",
+            service("faulty", "faulty", "POST /f/{fault}/{arg}"),
+            service("hello-here", "hello", "GET /here/{name}")
+        ),
     )?)
     .await?;
     tokio::time::sleep(Duration::from_millis(1200)).await; // discovery
@@ -98,7 +104,10 @@ async fn main() -> Result<()> {
             "quinn" => quinn_echo(calls, callers).await?,
             "hello" => switchyard_calls(a.http_addr(), "hello", calls, callers).await?,
             "hello-reuse" => switchyard_calls(a.http_addr(), "hello-reuse", calls, callers).await?,
-            other => bail!("BENCH_PROFILE_ONLY={other}: use `hello`, `hello-reuse` or `quinn`"),
+            "local" => switchyard_calls(a.http_addr(), "hello-here", calls, callers).await?,
+            other => {
+                bail!("BENCH_PROFILE_ONLY={other}: use `hello`, `hello-reuse`, `local` or `quinn`")
+            }
         };
         println!("  {}", outcome.line());
         return Ok(());
@@ -113,6 +122,9 @@ async fn main() -> Result<()> {
     let mut reuse = switchyard_calls(a.http_addr(), "hello-reuse", calls, callers).await?;
     reuse.name = "switchyard, callee reused";
     rounds.push(reuse);
+    let mut local = switchyard_calls(a.http_addr(), "hello-here", calls, callers).await?;
+    local.name = "switchyard, same node (reused)";
+    rounds.push(local);
     println!("rpc_remote ({callers} concurrent callers x {calls} sequential calls)");
     for outcome in &rounds {
         println!("  {}", outcome.line());
@@ -141,10 +153,10 @@ async fn switchyard_calls(
     calls: usize,
     callers: usize,
 ) -> Result<Outcome> {
-    let method = if callee == "hello" {
-        "GET /hello/bench"
-    } else {
-        "GET /again/bench"
+    let method = match callee {
+        "hello" => "GET /hello/bench",
+        "hello-here" => "GET /here/bench",
+        _ => "GET /again/bench",
     };
     let started = Instant::now();
     let mut tasks = Vec::new();
