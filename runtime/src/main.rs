@@ -71,6 +71,17 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Send a queue's dead letters again (after fixing what made them fail).
+    Redrive {
+        /// The queue's name in the manifest.
+        queue: String,
+        /// The node's manifest (its `node.admin` address is used) ...
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// ... or the admin address directly (default 127.0.0.1:9090).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
     /// Create cluster certificates for mutual TLS between nodes.
     Cert {
         #[command(subcommand)]
@@ -136,6 +147,11 @@ fn main() -> ExitCode {
             admin,
             wait,
         } => swap(kind, &name, &component, manifest, admin, wait),
+        Command::Redrive {
+            queue,
+            manifest,
+            admin,
+        } => redrive(&queue, manifest, admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -254,11 +270,7 @@ fn swap(
     admin: Option<std::net::SocketAddr>,
     wait: bool,
 ) -> Result<()> {
-    let admin = match (admin, manifest) {
-        (Some(admin), _) => admin,
-        (None, Some(path)) => Manifest::load(&path)?.node.admin,
-        (None, None) => switchyard::manifest::defaults::ADMIN.parse()?,
-    };
+    let admin = admin_address(manifest, admin)?;
     let bytes = std::fs::read(component)
         .with_context(|| format!("cannot read the new component {}", component.display()))?;
     let path = match kind {
@@ -277,6 +289,39 @@ fn swap(
         let verdict = runtime.block_on(follow_probation(admin, kind, name))?;
         println!("{verdict}");
     }
+    Ok(())
+}
+
+/// The admin address given, or the manifest's, or the default.
+fn admin_address(
+    manifest: Option<PathBuf>,
+    admin: Option<std::net::SocketAddr>,
+) -> Result<std::net::SocketAddr> {
+    Ok(match (admin, manifest) {
+        (Some(admin), _) => admin,
+        (None, Some(path)) => Manifest::load(&path)?.node.admin,
+        (None, None) => switchyard::manifest::defaults::ADMIN.parse()?,
+    })
+}
+
+fn redrive(
+    queue: &str,
+    manifest: Option<PathBuf>,
+    admin: Option<std::net::SocketAddr>,
+) -> Result<()> {
+    let admin = admin_address(manifest, admin)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let path = format!("/queues/{queue}/redrive");
+    let (status, body) = runtime.block_on(admin_post(admin, &path, Vec::new()))?;
+    if status != 200 {
+        anyhow::bail!(
+            "the node refused the redrive ({status}): {}",
+            body.trim_end()
+        );
+    }
+    println!("{body}");
     Ok(())
 }
 

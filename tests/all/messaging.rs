@@ -447,3 +447,60 @@ async fn editing_queues_in_a_watched_manifest_adds_reconfigures_and_removes_them
     assert_eq!(count(&view, "depth"), 1, "{view:#}");
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_redrive_sends_the_dead_letters_again_once_the_subscriber_is_fixed() {
+    let manifest = node(
+        "config = { mode = \"refuse\" }",
+        &queue("jobs", "max_attempts = 1"),
+    );
+    let mut node = manifest.start().await;
+    let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
+    node.watch_manifest(Some(reports)).unwrap();
+    for body in ["first", "second"] {
+        assert_eq!(send_to(&node, "jobs", body).await.0, 202);
+    }
+    wait_for(&node, "jobs", Duration::from_secs(5), |q| {
+        count(q, "dead_lettered") == 2
+    })
+    .await;
+    let (status, body) = admin_post(node.admin_addr(), "/queues/nope/redrive", Vec::new()).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("no queue named `nope`"), "{body}");
+
+    // The subscriber is fixed (its config edited), then the dead letters are sent again.
+    let text = std::fs::read_to_string(&manifest.path)
+        .unwrap()
+        .replace("config = { mode = \"refuse\" }", "");
+    manifest.edit(&text);
+    crate::support::next_reload(&mut reported).await;
+    let out = tokio::process::Command::new(switchyard_bin())
+        .args(["redrive", "jobs", "--admin", &node.admin_addr().to_string()])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"redriven\": 2"), "{stdout}");
+    let view = wait_for(&node, "jobs", Duration::from_secs(5), |q| {
+        count(q, "delivered") == 2
+    })
+    .await;
+    assert_eq!(count(&view, "dead_letters_total"), 0, "{view:#}");
+    assert_eq!(
+        view["recent_dead_letters"],
+        serde_json::json!([]),
+        "{view:#}"
+    );
+    let dead_file = manifest.dir.path().join("data/queues/jobs.dead");
+    assert_eq!(std::fs::metadata(&dead_file).unwrap().len(), 0);
+    // Nothing is left to send again.
+    let (status, body) = admin_post(node.admin_addr(), "/queues/jobs/redrive", Vec::new()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"redriven\": 0"), "{body}");
+    node.shutdown().await;
+}

@@ -20,6 +20,11 @@ pub(crate) trait Operator: Send + Sync {
     fn policies(&self) -> crate::discovery::BoxFuture<'_, serde_json::Value>;
     /// `GET /queues`.
     fn queues(&self) -> serde_json::Value;
+    /// `POST /queues/<name>/redrive`: sends the queue's dead letters again.
+    fn redrive(
+        &self,
+        queue: String,
+    ) -> crate::discovery::BoxFuture<'_, Result<serde_json::Value, String>>;
     /// `POST /policies/<name>` with a component: swaps every binding of that policy.
     fn swap_policy(
         &self,
@@ -39,7 +44,8 @@ pub(crate) trait Operator: Send + Sync {
 pub(crate) type ServiceList = arc_swap::ArcSwap<Vec<(Arc<Slot>, Vec<String>)>>;
 
 /// The admin API: `GET /health`, `/services`, `/registry`, `/policies`, `/queues`; `POST
-/// /services/<name>` and `/policies/<name>` (hot swap, the body is the new component).
+/// /services/<name>` and `/policies/<name>` (hot swap, the body is the new component) and
+/// `/queues/<name>/redrive` (send its dead letters again).
 pub(crate) struct Admin {
     node: String,
     services: Arc<ServiceList>,
@@ -71,6 +77,15 @@ impl Admin {
 
     async fn swap(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = request.uri().path().to_owned();
+        if let Some(queue) = path
+            .strip_prefix("/queues/")
+            .and_then(|rest| rest.strip_suffix("/redrive"))
+        {
+            return match self.operator.redrive(queue.to_owned()).await {
+                Ok(report) => json(&report),
+                Err(reason) => plain(StatusCode::UNPROCESSABLE_ENTITY, format!("{reason}\n")),
+            };
+        }
         let (kind, name) = match path.trim_matches('/').split_once('/') {
             Some((kind @ ("services" | "policies"), name)) if !name.is_empty() => {
                 (kind, name.to_owned())
@@ -79,7 +94,7 @@ impl Admin {
                 return plain(
                     StatusCode::NOT_FOUND,
                     format!(
-                        "no admin endpoint POST {path}; try POST /services/<name> or /policies/<name>\n"
+                        "no admin endpoint POST {path}; try POST /services/<name>, /policies/<name> or /queues/<name>/redrive\n"
                     ),
                 );
             }

@@ -283,6 +283,16 @@ enum Command {
     Compact { log: Vec<u8> },
     /// Sync, release the files and their lock, then say so; later appends fail.
     Close { done: oneshot::Sender<()> },
+    /// Read every dead letter, and how many bytes of the dead-letter file they take.
+    ReadDead {
+        done: oneshot::Sender<Result<(Vec<DeadLetter>, u64), String>>,
+    },
+    /// Drop the first `upto` bytes of the dead-letter file (the letters a redrive re-sent);
+    /// letters written since stay.
+    DropDead {
+        upto: u64,
+        done: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// Sends records to a queue's writer thread. Commands are written in the order they are sent.
@@ -326,6 +336,38 @@ impl Writer {
         }
     }
 
+    /// Every dead letter in the file, and the byte length they take (for [`Writer::drop_dead`]).
+    pub(super) async fn read_dead(&self) -> Result<(Vec<DeadLetter>, u64), LogError> {
+        let (done, read) = oneshot::channel();
+        self.commands
+            .send(Command::ReadDead { done })
+            .map_err(|_| LogError::WriterGone(self.queue.clone()))?;
+        self.answer(read.await)
+    }
+
+    /// Removes the first `upto` bytes of the dead-letter file, keeping letters written since.
+    pub(super) async fn drop_dead(&self, upto: u64) -> Result<(), LogError> {
+        let (done, dropped) = oneshot::channel();
+        self.commands
+            .send(Command::DropDead { upto, done })
+            .map_err(|_| LogError::WriterGone(self.queue.clone()))?;
+        self.answer(dropped.await)
+    }
+
+    fn answer<T>(
+        &self,
+        answer: Result<Result<T, String>, oneshot::error::RecvError>,
+    ) -> Result<T, LogError> {
+        match answer {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(reason)) => Err(LogError::Io {
+                path: PathBuf::from(format!("queue `{}`", self.queue)),
+                cause: io::Error::other(reason),
+            }),
+            Err(_) => Err(LogError::WriterGone(self.queue.clone())),
+        }
+    }
+
     /// Asks the writer to replace the log with `live` (encoded `Sent`/`Failed` records of every
     /// message still owed). Must be sent in order with the appends it summarizes.
     pub(super) fn compact(&self, live: Vec<u8>) {
@@ -348,6 +390,12 @@ fn write_loop(mut files: Files, inbox: mpsc::Receiver<Command>, queue: &str) {
                     let _ = done.send(Err("the queue is closed (the node is stopping)".into()));
                 }
                 Command::Compact { .. } if closing.is_some() => {}
+                Command::ReadDead { done } => {
+                    let _ = done.send(read_dead(&mut files).map_err(|err| err.to_string()));
+                }
+                Command::DropDead { upto, done } => {
+                    let _ = done.send(drop_dead(&mut files, upto).map_err(|err| err.to_string()));
+                }
                 Command::Append { dead, log, done } => {
                     if broken.is_none()
                         && let Err(err) = write_pair(&mut files, &dead, &log)
@@ -414,18 +462,40 @@ fn write_pair(files: &mut Files, dead: &[u8], log: &[u8]) -> io::Result<()> {
     files.log.write_all(log)
 }
 
-fn compact(files: &mut Files, live: &[u8]) -> io::Result<()> {
-    let next = files.paths.log.with_extension("log.compacting");
+fn read_dead(files: &mut Files) -> io::Result<(Vec<DeadLetter>, u64)> {
+    files.dead.sync_data()?;
+    let bytes = std::fs::read(&files.paths.dead)?;
+    let (letters, valid) = decode_all::<DeadLetter>(&bytes);
+    Ok((letters, valid as u64))
+}
+
+fn drop_dead(files: &mut Files, upto: u64) -> io::Result<()> {
+    let bytes = std::fs::read(&files.paths.dead)?;
+    let keep = bytes.get(upto as usize..).unwrap_or_default();
+    files.dead = replace_file(&files.paths.dead, keep)?;
+    Ok(())
+}
+
+/// Writes `contents` to a new file that then replaces `path` atomically; returns it opened
+/// for appending.
+fn replace_file(path: &Path, contents: &[u8]) -> io::Result<File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".replacing");
+    let next = PathBuf::from(name);
     let mut file = File::create(&next)?;
-    file.write_all(live)?;
+    file.write_all(contents)?;
     file.sync_all()?;
-    std::fs::rename(&next, &files.paths.log)?;
-    if let Some(dir) = files.paths.log.parent() {
+    std::fs::rename(&next, path)?;
+    if let Some(dir) = path.parent() {
         File::open(dir)?.sync_all()?;
     }
-    let mut log = OpenOptions::new().append(true).open(&files.paths.log)?;
-    log.seek(SeekFrom::End(0))?;
-    files.log = log;
+    let mut reopened = OpenOptions::new().append(true).open(path)?;
+    reopened.seek(SeekFrom::End(0))?;
+    Ok(reopened)
+}
+
+fn compact(files: &mut Files, live: &[u8]) -> io::Result<()> {
+    files.log = replace_file(&files.paths.log, live)?;
     Ok(())
 }
 

@@ -250,6 +250,15 @@ impl Broker {
         Ok(changes)
     }
 
+    /// Sends queue `name`'s dead letters again; returns how many.
+    pub(crate) async fn redrive(&self, name: &str) -> Result<usize, String> {
+        let queue = self.queues.load().get(name).cloned();
+        match queue {
+            Some(queue) => queue.redrive().await,
+            None => Err(format!("this node has no queue named `{name}`")),
+        }
+    }
+
     /// Every queue, by name.
     pub(crate) fn views(&self) -> Vec<QueueView> {
         let mut views: Vec<QueueView> = self.queues.load().values().map(|q| q.view()).collect();

@@ -249,6 +249,82 @@ impl Queue {
         self.spec.load_full()
     }
 
+    /// Sends every dead letter again as a new message (attempts from zero, header
+    /// `x-switchyard-redriven-from` naming the old id) and removes them from the dead-letter
+    /// file once the new messages are on disk. Returns how many. A crash between the two steps
+    /// redrives them twice, never loses one.
+    pub(super) async fn redrive(&self) -> Result<usize, String> {
+        let (letters, upto) = self
+            .writer
+            .read_dead()
+            .await
+            .map_err(|err| err.to_string())?;
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        let (synced, seqs) = {
+            let mut state = self.lock();
+            let mut bytes = Vec::new();
+            let mut messages = Vec::with_capacity(letters.len());
+            for letter in &letters {
+                let mut message = letter.message.clone();
+                message.seq = state.next_seq + messages.len() as u64;
+                message.id = format!("{}-{}", self.name, message.seq);
+                message
+                    .headers
+                    .retain(|(name, _)| name != "x-switchyard-redriven-from");
+                message.headers.push((
+                    "x-switchyard-redriven-from".into(),
+                    letter.message.id.clone(),
+                ));
+                log::encode(&Record::Sent(message.clone()), &mut bytes)
+                    .map_err(|err| err.to_string())?;
+                messages.push(message);
+            }
+            state.next_seq += messages.len() as u64;
+            let synced = self.writer.append(Vec::new(), bytes);
+            let mut seqs = Vec::with_capacity(messages.len());
+            for message in messages {
+                seqs.push(message.seq);
+                state.ready.push_back(message.seq);
+                state.owed.insert(
+                    message.seq,
+                    Owed {
+                        message: Arc::new(message),
+                        attempts: 0,
+                    },
+                );
+            }
+            (synced, seqs)
+        };
+        self.wake.notify_one();
+        if let Err(err) = synced.await {
+            let mut state = self.lock();
+            for seq in seqs {
+                state.owed.remove(&seq);
+            }
+            return Err(format!("the dead letters could not be sent again: {err}"));
+        }
+        let redriven = letters.len();
+        self.writer.drop_dead(upto).await.map_err(|err| {
+            format!(
+                "{redriven} dead letters were sent again, but could not be removed from the \
+                 dead-letter file (a later redrive would send them once more): {err}"
+            )
+        })?;
+        {
+            let mut state = self.lock();
+            state
+                .recent_dead
+                .retain(|dead| !letters.iter().any(|l| l.message.id == dead.message.id));
+        }
+        self.stats
+            .dead_total
+            .fetch_sub(redriven as u64, Ordering::Relaxed);
+        tracing::info!(queue = %self.name, redriven, "dead letters sent again");
+        Ok(redriven)
+    }
+
     /// Delivers until `shutdown`, then waits (a while) for deliveries in flight. What is not
     /// delivered stays in the log for the next start.
     async fn dispatch(

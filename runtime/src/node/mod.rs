@@ -448,6 +448,16 @@ impl http::Operator for Control {
         serde_json::json!(self.broker.views())
     }
 
+    fn redrive(
+        &self,
+        queue: String,
+    ) -> discovery::BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            let redriven = self.broker.redrive(&queue).await?;
+            Ok(serde_json::json!({ "queue": queue, "redriven": redriven }))
+        })
+    }
+
     fn swap_policy(
         &self,
         name: String,
