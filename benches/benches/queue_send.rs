@@ -14,10 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use hdrhistogram::Histogram;
 use switchyard::bench::QueueProbe;
-// Links the shared allocator (the one the `switchyard` binary ships with).
-use switchyard_benches as _;
+use switchyard_benches::timed_loop;
 
 const BODY: &[u8] = &[b'm'; 256];
 
@@ -26,65 +24,6 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-struct Outcome {
-    name: &'static str,
-    sends: u64,
-    elapsed: Duration,
-    histogram: Histogram<u64>,
-}
-
-impl Outcome {
-    fn rate(&self) -> f64 {
-        self.sends as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn p50(&self) -> u64 {
-        self.histogram.value_at_quantile(0.5)
-    }
-
-    fn line(&self) -> String {
-        format!(
-            "{:<34} {:>8.0} sends/s  p50 {:>6} us  p99 {:>6} us",
-            self.name,
-            self.rate(),
-            self.p50(),
-            self.histogram.value_at_quantile(0.99)
-        )
-    }
-}
-
-/// `senders` tasks, each sending `sends` times with `send`, timing each.
-async fn timed<F, Fut>(name: &'static str, senders: usize, sends: usize, send: F) -> Result<Outcome>
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<()>> + Send,
-{
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..senders {
-        let send = send.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            for _ in 0..sends {
-                let one = Instant::now();
-                send().await?;
-                histogram.record((one.elapsed().as_micros() as u64).max(1))?;
-            }
-            Ok::<_, anyhow::Error>(histogram)
-        }));
-    }
-    let mut histogram = Histogram::new_with_bounds(1, 60_000_000, 3)?;
-    for task in tasks {
-        histogram.add(task.await??)?;
-    }
-    Ok(Outcome {
-        name,
-        sends: (senders * sends) as u64,
-        elapsed: started.elapsed(),
-        histogram,
-    })
 }
 
 /// A log that appends one record and syncs it per send, under one lock.
@@ -128,13 +67,13 @@ async fn main() -> Result<()> {
     );
     let ours = {
         let probe = probe.clone();
-        timed("switchyard queue send", senders, sends, move || {
+        timed_loop("switchyard queue send", sends, senders, move || {
             let probe = probe.clone();
             async move { probe.send(BODY.to_vec()).await.map_err(anyhow::Error::msg) }
         })
         .await?
     };
-    let total = ours.sends;
+    let total = ours.count;
     let drain_started = Instant::now();
     while probe.delivered() < total {
         anyhow::ensure!(
@@ -151,7 +90,7 @@ async fn main() -> Result<()> {
 
     let naive = {
         let file = naive_log(&dir.path().join("naive.log"))?;
-        timed("naive log (fsync per send)", senders, sends, move || {
+        timed_loop("naive log (fsync per send)", sends, senders, move || {
             let file = file.clone();
             async move { tokio::task::spawn_blocking(move || append_and_sync(&file)).await? }
         })
@@ -159,7 +98,7 @@ async fn main() -> Result<()> {
     };
     let floor = {
         let file = naive_log(&dir.path().join("floor.log"))?;
-        timed("one writer, append + fsync", 1, sends, move || {
+        timed_loop("one writer, append + fsync", sends, 1, move || {
             let file = file.clone();
             async move { tokio::task::spawn_blocking(move || append_and_sync(&file)).await? }
         })
@@ -171,7 +110,7 @@ async fn main() -> Result<()> {
         BODY.len()
     );
     for outcome in [&ours, &naive, &floor] {
-        println!("  {}", outcome.line());
+        println!("  {}", outcome.line("sends"));
     }
     println!(
         "  all {total} delivered (acknowledged) {:.0} ms after the first send",
@@ -180,8 +119,8 @@ async fn main() -> Result<()> {
     println!(
         "  switchyard vs naive log: sends/s {:.2}x, p50 {:.2}x; switchyard p50 vs one fsync: {:.2}x",
         ours.rate() / naive.rate(),
-        ours.p50() as f64 / naive.p50() as f64,
-        ours.p50() as f64 / floor.p50() as f64
+        ours.latency_us(0.5) as f64 / naive.latency_us(0.5) as f64,
+        ours.latency_us(0.5) as f64 / floor.latency_us(0.5) as f64
     );
     Ok(())
 }

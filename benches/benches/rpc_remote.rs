@@ -19,6 +19,7 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use switchyard::transport::{Identity, SERVER_NAME};
+use switchyard_benches::{Timed, timed_loop};
 
 const PAYLOAD: &[u8] = b"Hello, bench!\n";
 
@@ -27,25 +28,6 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-struct Outcome {
-    name: &'static str,
-    calls: u64,
-    elapsed: Duration,
-    histogram: Histogram<u64>,
-}
-
-impl Outcome {
-    fn line(&self) -> String {
-        format!(
-            "{:<28} {:>8.0} calls/s  p50 {:>5} us  p99 {:>6} us",
-            self.name,
-            self.calls as f64 / self.elapsed.as_secs_f64(),
-            self.histogram.value_at_quantile(0.5),
-            self.histogram.value_at_quantile(0.99)
-        )
-    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -109,7 +91,7 @@ async fn main() -> Result<()> {
                 bail!("BENCH_PROFILE_ONLY={other}: use `hello`, `hello-reuse`, `local` or `quinn`")
             }
         };
-        println!("  {}", outcome.line());
+        println!("  {}", outcome.line("calls"));
         return Ok(());
     }
     let mut rounds = Vec::new();
@@ -127,14 +109,12 @@ async fn main() -> Result<()> {
     rounds.push(local);
     println!("rpc_remote ({callers} concurrent callers x {calls} sequential calls)");
     for outcome in &rounds {
-        println!("  {}", outcome.line());
+        println!("  {}", outcome.line("calls"));
     }
     let quinn = &rounds[1];
     for (label, ours) in [("fresh callee", &rounds[0]), ("callee reused", &rounds[3])] {
-        let p50 = ours.histogram.value_at_quantile(0.5) as f64
-            / quinn.histogram.value_at_quantile(0.5) as f64;
-        let rate = (ours.calls as f64 / ours.elapsed.as_secs_f64())
-            / (quinn.calls as f64 / quinn.elapsed.as_secs_f64());
+        let p50 = ours.latency_us(0.5) as f64 / quinn.latency_us(0.5) as f64;
+        let rate = ours.rate() / quinn.rate();
         println!(
             "  switchyard ({label}) vs quinn echo: p50 {p50:.2}x (aim <= 1.5), \
              calls/s {rate:.2}x (aim >= 0.5)"
@@ -152,7 +132,7 @@ async fn switchyard_calls(
     callee: &'static str,
     calls: usize,
     callers: usize,
-) -> Result<Outcome> {
+) -> Result<Timed> {
     let method = match callee {
         "hello" => "GET /hello/bench",
         "hello-here" => "GET /here/bench",
@@ -186,52 +166,16 @@ async fn switchyard_calls(
             total += 1;
         }
     }
-    Ok(Outcome {
+    Ok(Timed {
         name: "switchyard guest -> guest",
-        calls: total,
-        elapsed: started.elapsed(),
-        histogram,
-    })
-}
-
-async fn timed_loop<F, Fut>(
-    name: &'static str,
-    calls: usize,
-    callers: usize,
-    make: F,
-) -> Result<Outcome>
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<()>> + Send,
-{
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..callers {
-        let make = make.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            for _ in 0..calls {
-                let call_started = Instant::now();
-                make().await?;
-                histogram.record((call_started.elapsed().as_micros() as u64).max(1))?;
-            }
-            Ok::<_, anyhow::Error>(histogram)
-        }));
-    }
-    let mut histogram = Histogram::new_with_bounds(1, 60_000_000, 3)?;
-    for task in tasks {
-        histogram.add(task.await??)?;
-    }
-    Ok(Outcome {
-        name,
-        calls: (calls * callers) as u64,
+        count: total,
         elapsed: started.elapsed(),
         histogram,
     })
 }
 
 /// Plain quinn: one stream per request, the server echoes what it read. Same TLS as nodes.
-async fn quinn_echo(calls: usize, callers: usize) -> Result<Outcome> {
+async fn quinn_echo(calls: usize, callers: usize) -> Result<Timed> {
     let identity = Identity::development("bench")?;
     let server = quinn::Endpoint::server(identity.server_config()?, "127.0.0.1:0".parse()?)?;
     let addr = server.local_addr()?;
@@ -271,7 +215,7 @@ async fn quinn_echo(calls: usize, callers: usize) -> Result<Outcome> {
 }
 
 /// Plain hyper HTTP/1.1 with keep-alive: one connection per caller.
-async fn hyper_echo(calls: usize, callers: usize) -> Result<Outcome> {
+async fn hyper_echo(calls: usize, callers: usize) -> Result<Timed> {
     let addr = switchyard_benches::start_plain_hyper(switchyard_benches::PlainReply::Echo).await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -305,9 +249,9 @@ async fn hyper_echo(calls: usize, callers: usize) -> Result<Outcome> {
     for task in tasks {
         histogram.add(task.await??)?;
     }
-    Ok(Outcome {
+    Ok(Timed {
         name: "plain hyper HTTP/1.1 echo",
-        calls: (calls * callers) as u64,
+        count: (calls * callers) as u64,
         elapsed: started.elapsed(),
         histogram,
     })

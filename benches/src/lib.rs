@@ -154,3 +154,71 @@ pub async fn start_plain_hyper(reply: PlainReply) -> Result<SocketAddr> {
     });
     Ok(addr)
 }
+
+/// Calls or sends timed one by one: how many, over how long, and each one's latency.
+pub struct Timed {
+    pub name: &'static str,
+    pub count: u64,
+    pub elapsed: Duration,
+    pub histogram: Histogram<u64>,
+}
+
+impl Timed {
+    /// Operations per second.
+    pub fn rate(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Latency at `quantile` (0..=1), in microseconds.
+    pub fn latency_us(&self, quantile: f64) -> u64 {
+        self.histogram.value_at_quantile(quantile)
+    }
+
+    /// One aligned report line, `unit` naming what was counted (`calls`, `sends`).
+    pub fn line(&self, unit: &str) -> String {
+        format!(
+            "{:<34} {:>8.0} {unit}/s  p50 {:>6} us  p99 {:>6} us",
+            self.name,
+            self.rate(),
+            self.latency_us(0.5),
+            self.latency_us(0.99)
+        )
+    }
+}
+
+/// `tasks` concurrent tasks, each awaiting `make()` `each` times in a row, timing each.
+pub async fn timed_loop<F, Fut>(
+    name: &'static str,
+    each: usize,
+    tasks: usize,
+    make: F,
+) -> Result<Timed>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let started = Instant::now();
+    let mut running = Vec::new();
+    for _ in 0..tasks {
+        let make = make.clone();
+        running.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            for _ in 0..each {
+                let one = Instant::now();
+                make().await?;
+                histogram.record((one.elapsed().as_micros() as u64).max(1))?;
+            }
+            Ok::<_, anyhow::Error>(histogram)
+        }));
+    }
+    let mut histogram = Histogram::new_with_bounds(1, 60_000_000, 3)?;
+    for task in running {
+        histogram.add(task.await??)?;
+    }
+    Ok(Timed {
+        name,
+        count: (each * tasks) as u64,
+        elapsed: started.elapsed(),
+        histogram,
+    })
+}
