@@ -192,17 +192,11 @@ async fn status_shows_a_running_nodes_services() {
     let manifest = TestManifest::new(&service("hello", "hello", &["GET /hello/{name}"], ""));
     let node = manifest.start().await;
     crate::support::get(node.http_addr(), "/hello/x").await;
-    let out = tokio::process::Command::new(switchyard_bin())
-        .args(["status", "--admin", &node.admin_addr().to_string()])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let status =
+        crate::support::switchyard_cli(&["status", "--admin", &node.admin_addr().to_string()])
+            .await;
+    let stdout = status.stdout;
+    assert!(status.success, "{}", status.stderr);
     assert!(stdout.contains("node test"), "{stdout}");
     let hello = stdout
         .lines()

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     TestManifest, admin_post, capture_logs, get, guest, logs, send, send_with, service,
-    switchyard_bin,
+    switchyard_cli,
 };
 
 /// The mailroom service (sends on `POST /send/{queue}`, consumes), then `rest`.
@@ -153,12 +153,9 @@ async fn the_queues_retry_policy_spaces_redeliveries_and_dead_letters_when_it_gi
     assert_eq!(dead["body_preview"], "always-fail");
     assert_eq!(dead["sender"], "mailroom");
     // `switchyard status` shows the queue: depth 0, 1 delivered, 4 redelivered, 1 dead.
-    let out = tokio::process::Command::new(switchyard_bin())
-        .args(["status", "--admin", &node.admin_addr().to_string()])
-        .output()
+    let stdout = switchyard_cli(&["status", "--admin", &node.admin_addr().to_string()])
         .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+        .stdout;
     let line = stdout
         .lines()
         .find(|l| l.starts_with("jobs"))
@@ -474,18 +471,14 @@ async fn a_redrive_sends_the_dead_letters_again_once_the_subscriber_is_fixed() {
         .replace("config = { mode = \"refuse\" }", "");
     manifest.edit(&text);
     crate::support::next_reload(&mut reported).await;
-    let out = tokio::process::Command::new(switchyard_bin())
-        .args(["redrive", "jobs", "--admin", &node.admin_addr().to_string()])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let redrive =
+        switchyard_cli(&["redrive", "jobs", "--admin", &node.admin_addr().to_string()]).await;
+    assert!(redrive.success, "{}{}", redrive.stdout, redrive.stderr);
     assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        redrive.stdout.contains("\"redriven\": 2"),
+        "{}",
+        redrive.stdout
     );
-    assert!(stdout.contains("\"redriven\": 2"), "{stdout}");
     let view = wait_for(&node, "jobs", Duration::from_secs(5), |q| {
         count(q, "delivered") == 2
     })

@@ -37,6 +37,28 @@ pub(crate) fn switchyard_bin() -> PathBuf {
     path
 }
 
+/// What a run of the `switchyard` binary printed.
+pub(crate) struct CliRun {
+    pub(crate) success: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+/// Runs the release `switchyard` binary with `args` (from a test on the runtime: it does not
+/// block the nodes the command talks to).
+pub(crate) async fn switchyard_cli(args: &[&str]) -> CliRun {
+    let out = tokio::process::Command::new(switchyard_bin())
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    CliRun {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// A manifest file in its own temp dir: `[node]` on free loopback ports, then `services`.
 pub(crate) struct TestManifest {
     pub(crate) dir: tempfile::TempDir,
