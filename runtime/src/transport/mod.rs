@@ -1,7 +1,7 @@
 //! Node-to-node transport: QUIC (quinn + rustls) with mutual TLS, one stream per call.
 //!
-//! [`frame`] is the wire format, with no I/O (so it is tested and fuzzed alone); [`quic`]
-//! moves frames over pooled connections; [`tls`] makes and loads certificates. A peer is
+//! `frame` is the wire format, with no I/O (so it is tested and fuzzed alone); `quic`
+//! moves frames over pooled connections; `tls` makes and loads certificates. A peer is
 //! accepted only with a certificate signed by the cluster CA (`switchyard cert ca`,
 //! `switchyard cert node <name>`); on loopback, without configured certificates, a built-in
 //! development CA is used and the node says so.
