@@ -269,6 +269,37 @@ async fn bad_sends_are_refused_with_the_reason() {
 }
 
 #[tokio::test]
+async fn a_node_dropped_without_shutdown_releases_its_queues_to_the_next_one() {
+    let manifest = node(
+        "config = { mode = \"refuse\" }",
+        &queue("jobs", "redeliver_ms = 60000"),
+    );
+    let first = manifest.start().await;
+    assert_eq!(send_to(&first, "jobs", "owed").await.0, 202);
+    wait_for(&first, "jobs", Duration::from_secs(5), |q| {
+        count(q, "redelivered") == 1
+    })
+    .await;
+    drop(first); // like a crash: no goodbye, no drain
+    let started = Instant::now();
+    let second = loop {
+        match switchyard::Node::start(&manifest.load()).await {
+            Ok(node) => break node,
+            Err(err) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "the dropped node kept its queue: {err}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let view = queue_view(&second, "jobs").await;
+    assert_eq!(count(&view, "depth"), 1, "{view:#}");
+    second.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_second_node_on_the_same_queue_files_is_refused() {
     let manifest = node("", &queue("jobs", ""));
     let first = manifest.start().await;

@@ -125,7 +125,8 @@ impl Broker {
         Ok(Self {
             dir,
             queues: ArcSwap::from_pointee(queues),
-            ..Self::default()
+            delivery: OnceLock::new(),
+            changing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -264,6 +265,16 @@ impl Broker {
         let mut views: Vec<QueueView> = self.queues.load().values().map(|q| q.view()).collect();
         views.sort_by(|a, b| a.name.cmp(&b.name));
         views
+    }
+}
+
+impl Drop for Broker {
+    /// A node dropped without shutting down stops delivering at once, like a crashed one; the
+    /// queues' files (and their locks) are released once the dispatchers are gone.
+    fn drop(&mut self) {
+        for queue in self.queues.load().values() {
+            queue.abort();
+        }
     }
 }
 

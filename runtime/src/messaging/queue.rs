@@ -238,6 +238,18 @@ impl Queue {
         }
     }
 
+    /// Stops delivering at once, without draining (the node was dropped, not shut down).
+    pub(super) fn abort(&self) {
+        let running = self
+            .dispatcher
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(running) = running {
+            running.abort();
+        }
+    }
+
     /// Takes new settings (a manifest edit); deliveries from now on follow them.
     pub(super) fn reconfigure(&self, spec: QueueSpec) {
         self.spec.store(Arc::new(spec));
