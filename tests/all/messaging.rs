@@ -110,6 +110,41 @@ async fn messages_a_guest_sends_are_delivered_to_the_subscriber_and_acknowledged
 }
 
 #[tokio::test]
+async fn a_delivery_has_a_span_that_continues_the_senders_trace() {
+    capture_logs();
+    let manifest = node("", &queue("traced", ""));
+    let node = manifest.start().await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let reply = send_with(
+        node.http_addr(),
+        "POST",
+        "/send/traced",
+        "ok",
+        &[("traceparent", parent.as_str())],
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    wait_for(&node, "traced", Duration::from_secs(5), |q| {
+        count(q, "delivered") == 1
+    })
+    .await;
+    node.shutdown().await;
+    let line = logs()
+        .lines()
+        .find(|line| line.contains("delivery done") && line.contains("\"queue\":\"traced\""))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no `delivery done` event:\n{}", logs()));
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let span = &event["span"];
+    assert_eq!(span["name"], "delivery", "{line}");
+    assert_eq!(span["trace_id"], trace_id, "{line}");
+    assert_eq!(span["subscriber"], "mailroom", "{line}");
+    assert_eq!(span["id"], reply.body.as_str(), "{line}");
+    assert_eq!(event["fields"]["outcome"], "acked", "{line}");
+}
+
+#[tokio::test]
 async fn the_queues_retry_policy_spaces_redeliveries_and_dead_letters_when_it_gives_up() {
     let policy = format!(
         "[[policy]]\nname = \"retry\"\ncomponent = {:?}\n\

@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
+use tracing::{Instrument, field};
 
 use super::log::{self, DeadLetter, Record, StoredMessage, Writer};
 use super::{Delivered, SendError, Subscribers};
 use crate::manifest::QueueSpec;
 use crate::policy::{self, DeliveryVerdict, Policies};
+use crate::telemetry::TraceContext;
 
 /// The longest pause the default rule waits before a redelivery.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -397,9 +399,35 @@ impl Queue {
         policies: &Policies,
     ) {
         let subscriber = self.spec.load().subscriber.clone();
+        let trace = message
+            .trace_context
+            .as_deref()
+            .and_then(TraceContext::parse)
+            .map_or_else(TraceContext::root, |sender| sender.child());
+        let span = tracing::info_span!(
+            "delivery",
+            queue = %self.name,
+            id = %message.id,
+            attempt = attempts + 1,
+            subscriber = %subscriber,
+            trace_id = trace.trace_id(),
+            outcome = field::Empty,
+            duration_us = field::Empty,
+        );
+        let started = std::time::Instant::now();
         let outcome = subscribers
             .deliver(&subscriber, &self.name, &message, attempts + 1)
+            .instrument(span.clone())
             .await;
+        let duration_us = started.elapsed().as_micros() as u64;
+        let label = match &outcome {
+            Delivered::Acked => "acked",
+            Delivered::Failed(_) => "failed",
+            Delivered::NotNow(_) => "not-now",
+        };
+        span.record("outcome", label);
+        span.record("duration_us", duration_us);
+        span.in_scope(|| tracing::debug!(outcome = label, duration_us, "delivery done"));
         match outcome {
             Delivered::Acked => {
                 let synced = {
