@@ -24,6 +24,9 @@ use crate::manifest::QueueSpec;
 use crate::policy::{self, DeliveryVerdict, Policies};
 use crate::telemetry::TraceContext;
 
+/// Resolves once records sent to the writer are on disk.
+type LogSync = crate::discovery::BoxFuture<'static, Result<(), log::LogError>>;
+
 /// The longest pause the default rule waits before a redelivery.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The longest reason or error text a dead letter keeps.
@@ -157,8 +160,8 @@ impl Queue {
     }
 
     /// Appends a message; resolves once it is on disk, with its id.
-    pub(super) async fn send(&self, mut message: StoredMessage) -> Result<String, SendError> {
-        let synced = {
+    pub(super) async fn send(&self, message: StoredMessage) -> Result<String, SendError> {
+        let (synced, seqs) = {
             let mut state = self.lock();
             let spec = self.spec.load();
             if state.owed.len() >= spec.max_depth {
@@ -168,39 +171,73 @@ impl Queue {
                     self.name, spec.max_depth, spec.subscriber
                 )));
             }
-            message.seq = state.next_seq;
-            message.id = format!("{}-{}", self.name, message.seq);
-            let mut bytes = Vec::new();
-            log::encode(&Record::Sent(message.clone()), &mut bytes)
-                .map_err(|err| SendError::TooLarge(err.to_string()))?;
-            state.next_seq += 1;
-            let seq = message.seq;
-            let id = message.id.clone();
-            // Sent to the writer under the lock, so the log has records in the order of the
-            // state changes they describe (compaction relies on it).
-            let synced = self.writer.append(Vec::new(), bytes);
+            self.enqueue_locked(&mut state, vec![message])
+                .map_err(|err| SendError::TooLarge(err.to_string()))?
+        };
+        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        self.stored(synced, seqs.clone()).await.map_err(|err| {
+            SendError::Unavailable(format!(
+                "queue `{}` could not store the message: {err}",
+                self.name
+            ))
+        })?;
+        Ok(self.id(seqs.start))
+    }
+
+    /// The id of the message at `seq`.
+    fn id(&self, seq: u64) -> String {
+        format!("{}-{seq}", self.name)
+    }
+
+    /// Gives `messages` the next sequence numbers and their ids, sends their records to the
+    /// writer and makes them owed and ready; call with the state locked, so the log has records
+    /// in the order of the state changes they describe (compaction relies on it).
+    fn enqueue_locked(
+        &self,
+        state: &mut State,
+        messages: Vec<StoredMessage>,
+    ) -> Result<(LogSync, std::ops::Range<u64>), log::LogError> {
+        let first = state.next_seq;
+        let mut bytes = Vec::new();
+        let mut numbered = Vec::with_capacity(messages.len());
+        for (seq, mut message) in (first..).zip(messages) {
+            message.seq = seq;
+            message.id = self.id(seq);
+            log::encode(&Record::Sent(message.clone()), &mut bytes)?;
+            numbered.push(message);
+        }
+        let seqs = first..first + numbered.len() as u64;
+        state.next_seq = seqs.end;
+        let synced = Box::pin(self.writer.append(Vec::new(), bytes));
+        for message in numbered {
+            state.ready.push_back(message.seq);
             state.owed.insert(
-                seq,
+                message.seq,
                 Owed {
                     message: Arc::new(message),
                     attempts: 0,
                 },
             );
-            state.ready.push_back(seq);
-            (synced, id, seq)
-        };
-        let (synced, id, seq) = synced;
-        self.stats.sent.fetch_add(1, Ordering::Relaxed);
-        self.wake.notify_one();
-        if let Err(err) = synced.await {
-            // Not stored, so not owed: the sender is told and may send again.
-            self.lock().owed.remove(&seq);
-            return Err(SendError::Unavailable(format!(
-                "queue `{}` could not store the message: {err}",
-                self.name
-            )));
         }
-        Ok(id)
+        self.wake.notify_one();
+        Ok((synced, seqs))
+    }
+
+    /// Waits for the records of `seqs` to be on disk; if they did not get there, the messages
+    /// are not owed (their senders are told and may send again).
+    async fn stored(
+        &self,
+        synced: LogSync,
+        seqs: std::ops::Range<u64>,
+    ) -> Result<(), log::LogError> {
+        let outcome = synced.await;
+        if outcome.is_err() {
+            let mut state = self.lock();
+            for seq in seqs {
+                state.owed.remove(&seq);
+            }
+        }
+        outcome
     }
 
     /// Starts delivering (once; later calls do nothing).
@@ -276,14 +313,10 @@ impl Queue {
         if letters.is_empty() {
             return Ok(0);
         }
-        let (synced, seqs) = {
-            let mut state = self.lock();
-            let mut bytes = Vec::new();
-            let mut messages = Vec::with_capacity(letters.len());
-            for letter in &letters {
+        let resent = letters
+            .iter()
+            .map(|letter| {
                 let mut message = letter.message.clone();
-                message.seq = state.next_seq + messages.len() as u64;
-                message.id = format!("{}-{}", self.name, message.seq);
                 message
                     .headers
                     .retain(|(name, _)| name != "x-switchyard-redriven-from");
@@ -291,34 +324,15 @@ impl Queue {
                     "x-switchyard-redriven-from".into(),
                     letter.message.id.clone(),
                 ));
-                log::encode(&Record::Sent(message.clone()), &mut bytes)
-                    .map_err(|err| err.to_string())?;
-                messages.push(message);
-            }
-            state.next_seq += messages.len() as u64;
-            let synced = self.writer.append(Vec::new(), bytes);
-            let mut seqs = Vec::with_capacity(messages.len());
-            for message in messages {
-                seqs.push(message.seq);
-                state.ready.push_back(message.seq);
-                state.owed.insert(
-                    message.seq,
-                    Owed {
-                        message: Arc::new(message),
-                        attempts: 0,
-                    },
-                );
-            }
-            (synced, seqs)
-        };
-        self.wake.notify_one();
-        if let Err(err) = synced.await {
-            let mut state = self.lock();
-            for seq in seqs {
-                state.owed.remove(&seq);
-            }
-            return Err(format!("the dead letters could not be sent again: {err}"));
-        }
+                message
+            })
+            .collect();
+        let (synced, seqs) = self
+            .enqueue_locked(&mut self.lock(), resent)
+            .map_err(|err| err.to_string())?;
+        self.stored(synced, seqs)
+            .await
+            .map_err(|err| format!("the dead letters could not be sent again: {err}"))?;
         let redriven = letters.len();
         self.writer.drop_dead(upto).await.map_err(|err| {
             format!(
@@ -430,12 +444,7 @@ impl Queue {
         span.in_scope(|| tracing::debug!(outcome = label, duration_us, "delivery done"));
         match outcome {
             Delivered::Acked => {
-                let synced = {
-                    let mut state = self.lock();
-                    state.owed.remove(&seq);
-                    state.settled_records += 2;
-                    self.append_locked(&state, Vec::new(), &Record::Done { seq })
-                };
+                let synced = self.settle_locked(&mut self.lock(), Vec::new(), Record::Done { seq });
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 self.finish(synced).await;
             }
@@ -460,18 +469,11 @@ impl Queue {
                 match verdict {
                     DeliveryVerdict::RedeliverAfter(pause) => {
                         tracing::info!(queue = %self.name, id = %message.id, attempts, %error, pause_ms = pause.as_millis() as u64, "delivery failed; redelivering");
-                        let synced = {
-                            let mut state = self.lock();
-                            if let Some(owed) = state.owed.get_mut(&seq) {
-                                owed.attempts = attempts;
-                            }
-                            state.settled_records += 1;
-                            self.append_locked(
-                                &state,
-                                Vec::new(),
-                                &Record::Failed { seq, attempts },
-                            )
-                        };
+                        let synced = self.settle_locked(
+                            &mut self.lock(),
+                            Vec::new(),
+                            Record::Failed { seq, attempts },
+                        );
                         self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
                         if let Err(err) = synced.await {
                             tracing::error!(queue = %self.name, error = %err, "could not record a failed delivery");
@@ -512,13 +514,11 @@ impl Queue {
         }
         let synced = {
             let mut state = self.lock();
-            state.owed.remove(&seq);
-            state.settled_records += 2;
             if state.recent_dead.len() == RECENT_DEAD_LETTERS {
                 state.recent_dead.pop_front();
             }
             state.recent_dead.push_back(dead);
-            self.append_locked(&state, dead_bytes, &Record::Done { seq })
+            self.settle_locked(&mut state, dead_bytes, Record::Done { seq })
         };
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         self.stats.dead_total.fetch_add(1, Ordering::Relaxed);
@@ -545,25 +545,34 @@ impl Queue {
         })
     }
 
-    /// Encodes `record` and sends it (after `dead`, if any) to the writer; call with the state
-    /// locked so the log's order is the state's.
-    fn append_locked(
-        &self,
-        _state: &State,
-        dead: Vec<u8>,
-        record: &Record,
-    ) -> impl Future<Output = Result<(), log::LogError>> + Send + 'static {
+    /// Applies a `Failed` or `Done` record to the state and sends it (after `dead`, if any) to
+    /// the writer; call with the state locked so the log's order is the state's.
+    fn settle_locked(&self, state: &mut State, dead: Vec<u8>, record: Record) -> LogSync {
+        match &record {
+            Record::Failed { seq, attempts } => {
+                if let Some(owed) = state.owed.get_mut(seq) {
+                    owed.attempts = *attempts;
+                }
+                state.settled_records += 1;
+            }
+            Record::Done { seq } => {
+                state.owed.remove(seq);
+                // The `Sent` it settles is settled too.
+                state.settled_records += 2;
+            }
+            Record::Sent(_) => {}
+        }
         let mut bytes = Vec::new();
         // These records hold no body; they always fit.
-        let _ = log::encode(record, &mut bytes);
-        self.writer.append(dead, bytes)
+        let _ = log::encode(&record, &mut bytes);
+        Box::pin(self.writer.append(dead, bytes))
     }
 
     /// Frees the delivery slot, compacts the log if it is mostly settled records, then waits
     /// for `synced`. The next delivery does not wait for this one's `Done` to be on disk: a
     /// crash before it is means one more delivery of a handled message, which at-least-once
     /// allows, and consumers go as fast as the log syncs in groups.
-    async fn finish(&self, synced: impl Future<Output = Result<(), log::LogError>>) {
+    async fn finish(&self, synced: LogSync) {
         {
             let mut state = self.lock();
             state.in_flight -= 1;
