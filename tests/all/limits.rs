@@ -74,6 +74,44 @@ async fn a_guest_past_its_deadline_gets_504_near_the_deadline() {
 }
 
 #[tokio::test]
+async fn a_guest_computing_in_a_loop_shares_its_thread_with_other_requests() {
+    // The test's runtime has one thread: a guest that held it until its deadline would keep
+    // every other request (and the node's own tasks) waiting for those 3 s.
+    let manifest = faulty("timeout_ms = 3000");
+    let node = manifest.start().await;
+    let addr = node.http_addr();
+    let spinning = tokio::spawn(async move { get(addr, "/f/spin").await.status });
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let services = get(node.admin_addr(), "/services").await;
+        let services: serde_json::Value = serde_json::from_str(&services.body).unwrap();
+        let faulty = services
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["name"] == "faulty"))
+            .cloned()
+            .unwrap_or_default();
+        if faulty["in_flight"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the spinning request never showed as in flight (or the admin API could not answer while it ran)"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    assert_eq!(get(addr, "/hello/meanwhile").await.status, 200);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(1000),
+        "a request waited {waited:?} for a spinning guest"
+    );
+    assert!(!spinning.is_finished(), "the spinning guest ended early");
+    assert_eq!(spinning.await.unwrap(), 504);
+    node.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_guest_over_its_memory_limit_gets_500_and_the_next_request_is_fine() {
     let manifest = faulty("memory_limit_mb = 16");
     let node = manifest.start().await;

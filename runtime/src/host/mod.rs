@@ -104,6 +104,11 @@ impl HostState {
         self.limiter.exceeded = false;
     }
 
+    /// When the current request's time is up.
+    pub(crate) fn deadline(&self) -> std::time::Instant {
+        self.deadline
+    }
+
     fn remaining(&self) -> std::time::Duration {
         self.deadline
             .saturating_duration_since(std::time::Instant::now())

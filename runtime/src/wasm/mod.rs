@@ -4,8 +4,9 @@
 //! Why a fresh instance per request: requests cannot see each other's memory, a trap or a
 //! timeout only ever poisons one store, and with the pooling allocator instantiation costs tens
 //! of microseconds. Limits are enforced per store: an epoch deadline (the engine's ticker
-//! advances the epoch every [`EPOCH_TICK`]) plus a host-side timeout for time spent awaiting
-//! the host, a linear-memory cap through a [`wasmtime::ResourceLimiter`], and a semaphore for
+//! advances the epoch every [`EPOCH_TICK`]; at each tick a running guest either yields its
+//! thread to other tasks or, past its deadline, is stopped) plus a host-side timeout for time
+//! spent awaiting the host, a linear-memory cap through a [`wasmtime::ResourceLimiter`], and a semaphore for
 //! `max_instances` that refuses at once instead of queueing.
 
 mod bindings;

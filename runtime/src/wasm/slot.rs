@@ -3,12 +3,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, StoreContextMut, Trap, UpdateDeadline};
 
 use super::Service;
-use super::{
-    EPOCH_TICK, Engine, GuestMessage, GuestRequest, GuestResponse, LoadedComponent, epoch_ticks,
-};
+use super::{EPOCH_TICK, Engine, GuestMessage, GuestRequest, GuestResponse, LoadedComponent};
 use crate::host::{GuestContext, HostState, Outbound};
 
 /// What a [`Slot`] needs to know about its service.
@@ -346,7 +344,7 @@ impl Slot {
         );
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|state| &mut state.limiter);
-        store.epoch_deadline_trap();
+        store.epoch_deadline_callback(on_epoch_tick);
         LiveInstance {
             store,
             service: None,
@@ -362,7 +360,7 @@ impl Slot {
         call: impl AsyncFnOnce(&Service, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, SlotError> {
         let timeout = generation.settings.timeout;
-        live.store.set_epoch_deadline(epoch_ticks(timeout));
+        live.store.set_epoch_deadline(1);
         let LiveInstance { store, service, .. } = live;
         let work = async {
             let service = match service {
@@ -472,7 +470,7 @@ impl Slot {
         live.store
             .data_mut()
             .begin_request(request_id, std::time::Instant::now() + timeout, None);
-        live.store.set_epoch_deadline(epoch_ticks(timeout));
+        live.store.set_epoch_deadline(1);
         let store = &mut live.store;
         let call = async {
             let resource = store.data_mut().adopt_stream(stream, timeout)?;
@@ -514,9 +512,12 @@ impl Slot {
             self.generations_alive.clone(),
         ));
         let mut probe = self.new_instance(&next);
-        probe
-            .store
-            .set_epoch_deadline(epoch_ticks(next.settings.timeout));
+        probe.store.data_mut().begin_request(
+            "swap-probe",
+            std::time::Instant::now() + next.settings.timeout,
+            None,
+        );
+        probe.store.set_epoch_deadline(1);
         if let Err(err) = next.component.pre.instantiate_async(&mut probe.store).await {
             let reason = format!("the new generation does not instantiate: {err:#}");
             tracing::error!(service = %self.started.service, %reason, "swap refused; the old generation keeps serving");
@@ -680,4 +681,18 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+/// Runs every epoch tick that guest code runs through without returning. Past the store's
+/// deadline the guest is stopped (a `Trap::Interrupt`, reported as a timeout); before it, the
+/// guest yields to the executor and carries on at the next tick. A guest computing in a loop
+/// thus shares its worker thread (with the node's QUIC drivers, other guests, and streams a
+/// connection answers inline) a tick at a time instead of holding it until its deadline.
+fn on_epoch_tick(store: StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline> {
+    if std::time::Instant::now() >= store.data().deadline() {
+        return Ok(UpdateDeadline::Interrupt);
+    }
+    Ok(UpdateDeadline::YieldCustom(
+        1,
+        Box::pin(tokio::task::yield_now()),
+    ))
 }
