@@ -195,6 +195,68 @@ async fn calls_fail_over_to_a_live_replica_when_another_crashes() {
     a.shutdown().await;
 }
 
+/// Streams from one peer are answered in its connection's task when the callee does not wait;
+/// a callee that computes must not hold that task (and every call behind it) until its
+/// deadline. Two worker threads, so one spinning guest cannot block the node outright.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_callee_does_not_hold_up_other_calls_from_the_same_node() {
+    let b_manifest = TestManifest::with_node(
+        "name = \"node-b\"\nquic = \"127.0.0.1:0\"",
+        &format!(
+            "{}{}",
+            service("hello", "hello", &["GET /hello/{name}"], ""),
+            service(
+                "spinner",
+                "faulty",
+                &["GET /e/{fault}"],
+                "timeout_ms = 2500"
+            )
+        ),
+    );
+    let b = b_manifest.start().await;
+    let b_quic = b.quic_addr().unwrap();
+    let a_manifest = TestManifest::with_node(
+        &format!("name = \"node-a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{b_quic}\"]"),
+        &faulty_routes(),
+    );
+    let a = a_manifest.start().await;
+    wait_for_peer_service(a.admin_addr(), "spinner@1.0.0").await;
+    let a_http = a.http_addr();
+    let spinning =
+        tokio::spawn(async move { send(a_http, "POST", "/f/call", "spinner\nGET /e/spin").await });
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let services = get(b.admin_addr(), "/services").await.body;
+        let services: serde_json::Value = serde_json::from_str(&services).unwrap();
+        let spinner = services
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["name"] == "spinner"))
+            .cloned()
+            .unwrap_or_default();
+        if spinner["in_flight"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the spinning call never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A takes its connections to B in turn, so some of these share the spinner's.
+    for _ in 0..6 {
+        let started = Instant::now();
+        let reply = send(a_http, "POST", "/f/call", "hello\nGET /hello/x").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_millis(800),
+            "a call waited {waited:?} behind a spinning callee"
+        );
+    }
+    assert!(!spinning.is_finished(), "the spinning call ended early");
+    let spun = spinning.await.unwrap();
+    assert_ne!(spun.status, 200, "{}", spun.body);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// Seeds only bootstrap: B and C each name only A, yet learn each other; a node that shuts
 /// down says goodbye and is forgotten at once, well within the TTL.
 #[tokio::test]
