@@ -1,12 +1,17 @@
 //! Remote calls guest → guest across two nodes (QUIC, mutual TLS), against a plain quinn
 //! request/response echo with the same TLS configuration and a plain hyper HTTP/1.1 echo,
-//! with the same concurrency, in the same run. For scale, a last round calls an instance on
-//! the caller's own node (in-process, no socket: what a remote call costs on top of it).
+//! with the same concurrency, in the same run. The callee runs on a fresh instance per call
+//! (the default) and, in a second round, on reused instances (`requests_per_instance`). For
+//! scale, the same two rounds call an instance on the caller's own node (in-process, no
+//! socket): what a remote call costs on top of the callee itself.
+//!
+//! Each set of rounds runs at 8 concurrent callers (load: calls/s and latency under it) and
+//! at 1 (one call at a time: latency with nothing queued).
 //!
 //! `cargo xtask bench -- --bench rpc_remote`. Knobs: `BENCH_CALLS` per caller (default
-//! 2000), `BENCH_CALLERS` concurrent callers (default 8), and `BENCH_PROFILE_ONLY` = `hello`
-//! (fresh callee), `hello-reuse`, `local` or `quinn` to run that one round alone under a
-//! profiler.
+//! 2000), `BENCH_CALLERS` the concurrency levels (default `8,1`), and `BENCH_PROFILE_ONLY` =
+//! `hello` (fresh callee), `hello-reuse`, `local`, `local-fresh` or `quinn` to run that one
+//! round alone (at the first level) under a profiler.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -33,7 +38,13 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let calls: usize = env_or("BENCH_CALLS", 2000);
-    let callers: usize = env_or("BENCH_CALLERS", 8);
+    let levels: Vec<usize> = std::env::var("BENCH_CALLERS")
+        .unwrap_or_else(|_| "8,1".into())
+        .split(',')
+        .map(|level| level.trim().parse())
+        .collect::<Result<_, _>>()
+        .context("BENCH_CALLERS: a comma-separated list of caller counts, e.g. `8,1`")?;
+    let callers = *levels.first().context("BENCH_CALLERS names no level")?;
     let dir = tempfile::tempdir()?;
     let guests =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests/wasm32-wasip2/release");
@@ -72,8 +83,9 @@ async fn main() -> Result<()> {
         "a",
         &format!("name = \"a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{b_quic}\"]"),
         &format!(
-            "{}{}requests_per_instance = 100000\n",
+            "{}{}{}requests_per_instance = 100000\n",
             service("faulty", "faulty", "POST /f/{fault}/{arg}"),
+            service("hello-here-fresh", "hello", "GET /here-fresh/{name}"),
             service("hello-here", "hello", "GET /here/{name}")
         ),
     )?)
@@ -81,44 +93,66 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(1200)).await; // discovery
 
     if let Ok(only) = std::env::var("BENCH_PROFILE_ONLY") {
-        // For profilers: one round (`hello`, `hello-reuse` or `quinn`), no ratios.
-        let outcome = match only.as_str() {
-            "quinn" => quinn_echo(calls, callers).await?,
-            "hello" => switchyard_calls(a.http_addr(), "hello", calls, callers).await?,
-            "hello-reuse" => switchyard_calls(a.http_addr(), "hello-reuse", calls, callers).await?,
-            "local" => switchyard_calls(a.http_addr(), "hello-here", calls, callers).await?,
-            other => {
-                bail!("BENCH_PROFILE_ONLY={other}: use `hello`, `hello-reuse`, `local` or `quinn`")
-            }
+        // For profilers: one round, no ratios.
+        let callee = match only.as_str() {
+            "quinn" => None,
+            "hello" | "hello-reuse" => Some(if only == "hello" {
+                "hello"
+            } else {
+                "hello-reuse"
+            }),
+            "local" => Some("hello-here"),
+            "local-fresh" => Some("hello-here-fresh"),
+            other => bail!(
+                "BENCH_PROFILE_ONLY={other}: use `hello`, `hello-reuse`, `local`, \
+                 `local-fresh` or `quinn`"
+            ),
+        };
+        let outcome = match callee {
+            None => quinn_echo(calls, callers).await?,
+            Some(callee) => switchyard_calls(a.http_addr(), callee, calls, callers).await?,
         };
         println!("  {}", outcome.line("calls"));
         return Ok(());
     }
-    let mut rounds = Vec::new();
-    // Warm-up, then the callee with a fresh instance per call (the default) and with reuse.
-    switchyard_calls(a.http_addr(), "hello", 50, callers).await?;
-    switchyard_calls(a.http_addr(), "hello-reuse", 50, callers).await?;
-    rounds.push(switchyard_calls(a.http_addr(), "hello", calls, callers).await?);
-    rounds.push(quinn_echo(calls, callers).await?);
-    rounds.push(hyper_echo(calls, callers).await?);
-    let mut reuse = switchyard_calls(a.http_addr(), "hello-reuse", calls, callers).await?;
-    reuse.name = "switchyard, callee reused";
-    rounds.push(reuse);
-    let mut local = switchyard_calls(a.http_addr(), "hello-here", calls, callers).await?;
-    local.name = "switchyard, same node (reused)";
-    rounds.push(local);
-    println!("rpc_remote ({callers} concurrent callers x {calls} sequential calls)");
-    for outcome in &rounds {
-        println!("  {}", outcome.line("calls"));
+    // Warm-up: every callee's code and every connection.
+    for callee in ["hello", "hello-reuse", "hello-here", "hello-here-fresh"] {
+        switchyard_calls(a.http_addr(), callee, 50, callers).await?;
     }
-    let quinn = &rounds[1];
-    for (label, ours) in [("fresh callee", &rounds[0]), ("callee reused", &rounds[3])] {
-        let p50 = ours.latency_us(0.5) as f64 / quinn.latency_us(0.5) as f64;
-        let rate = ours.rate() / quinn.rate();
-        println!(
-            "  switchyard ({label}) vs quinn echo: p50 {p50:.2}x (aim <= 1.5), \
-             calls/s {rate:.2}x (aim >= 0.5)"
-        );
+    println!("rpc_remote ({calls} sequential calls per caller)");
+    for callers in levels {
+        let mut rounds = Vec::new();
+        for (callee, name) in [
+            ("hello", "switchyard guest -> guest, fresh callee"),
+            ("hello-reuse", "switchyard guest -> guest, callee reused"),
+        ] {
+            let mut round = switchyard_calls(a.http_addr(), callee, calls, callers).await?;
+            round.name = name;
+            rounds.push(round);
+        }
+        let quinn = quinn_echo(calls, callers).await?;
+        let hyper = hyper_echo(calls, callers).await?;
+        let mut local = Vec::new();
+        for (callee, name) in [
+            ("hello-here-fresh", "same node, fresh callee"),
+            ("hello-here", "same node, callee reused"),
+        ] {
+            let mut round = switchyard_calls(a.http_addr(), callee, calls, callers).await?;
+            round.name = name;
+            local.push(round);
+        }
+        println!(" {callers} concurrent caller(s):");
+        for outcome in rounds.iter().chain([&quinn, &hyper]).chain(&local) {
+            println!("  {}", outcome.line("calls"));
+        }
+        for ours in &rounds {
+            let p50 = ours.latency_us(0.5) as f64 / quinn.latency_us(0.5) as f64;
+            let rate = ours.rate() / quinn.rate();
+            println!(
+                "  {} vs quinn echo: p50 {p50:.2}x (aim <= 1.5), calls/s {rate:.2}x (aim >= 0.5)",
+                ours.name
+            );
+        }
     }
     a.shutdown().await;
     b.shutdown().await;
@@ -136,6 +170,7 @@ async fn switchyard_calls(
     let method = match callee {
         "hello" => "GET /hello/bench",
         "hello-here" => "GET /here/bench",
+        "hello-here-fresh" => "GET /here-fresh/bench",
         _ => "GET /again/bench",
     };
     let started = Instant::now();

@@ -177,7 +177,7 @@ impl Timed {
     /// One aligned report line, `unit` naming what was counted (`calls`, `sends`).
     pub fn line(&self, unit: &str) -> String {
         format!(
-            "{:<34} {:>8.0} {unit}/s  p50 {:>6} us  p99 {:>6} us",
+            "{:<42} {:>8.0} {unit}/s  p50 {:>6} us  p99 {:>6} us",
             self.name,
             self.rate(),
             self.latency_us(0.5),
