@@ -99,6 +99,19 @@ async fn a_call_never_waits_past_its_timeout_or_the_callers_deadline() {
     );
     let id = echo["request_id"].as_str().unwrap();
     assert!(id.ends_with(".1") && id.len() > 2, "{id}");
+
+    // The budget carries on down a chain: a callee given 250 ms passes what is left of it to
+    // its own call (which names no timeout), not its service's 600 ms.
+    let reply = call(addr, "faulty\nPOST /f/call\n250\nfaulty\nGET /f/echo").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let echo: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert!(echo["deadline_ms"].as_u64().unwrap() <= 250, "{echo}");
+    // ... and stops that callee at it: a nested sleep ends with the outer budget.
+    let started = Instant::now();
+    let reply = call(addr, "faulty\nPOST /f/call\n200\nfaulty\nGET /f/sleep/5000").await;
+    let elapsed = started.elapsed();
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert!(elapsed < Duration::from_millis(500), "{elapsed:?}");
     node.shutdown().await;
 }
 

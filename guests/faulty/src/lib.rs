@@ -77,9 +77,13 @@ impl Service for Faulty {
                 Ok(Response::text(format!("slept {ms} ms\n")))
             }
             "call" => {
-                // Body: target, method, and optionally a timeout in ms, one per line.
+                // Body: target, method, and optionally a timeout in ms, one per line; any
+                // lines after those are the call's own body (so calls can nest).
                 let (target, method, timeout) = call_spec(&req)?;
-                let mut call = rpc::Call::new(target, method).header("x-probe", "1");
+                let forwarded: Vec<&str> = req.text()?.lines().skip(3).collect();
+                let mut call = rpc::Call::new(target, method)
+                    .header("x-probe", "1")
+                    .body(forwarded.join("\n"));
                 if let Some(ms) = timeout {
                     call = call.timeout(Duration::from_millis(ms));
                 }

@@ -561,18 +561,15 @@ impl Client {
             request_id: call.request_id,
             deadline_ms: deadline_ms(budget),
         };
+        // The slot stops the callee at the request's `deadline_ms`, which is this budget.
         let span = tracing::debug_span!("rpc", callee = name, route = &*target.pattern);
-        let outcome = tokio::time::timeout(budget, target.slot.handle(request))
-            .instrument(span)
-            .await;
-        match outcome {
-            Err(_elapsed) => Err(CallError::Timeout),
-            Ok(Ok(response)) => Ok(Reply {
+        match target.slot.handle(request).instrument(span).await {
+            Ok(response) => Ok(Reply {
                 status: response.status,
                 headers: response.headers,
                 body: response.body,
             }),
-            Ok(Err(error)) => Err(slot_error(error)),
+            Err(error) => Err(slot_error(error)),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use wasmtime::{Store, StoreContextMut, Trap, UpdateDeadline};
 
 use super::Service;
-use super::{EPOCH_TICK, Engine, GuestMessage, GuestRequest, GuestResponse, LoadedComponent};
+use super::{Engine, GuestMessage, GuestRequest, GuestResponse, LoadedComponent};
 use crate::host::{GuestContext, HostState, Outbound};
 
 /// What a [`Slot`] needs to know about its service.
@@ -227,7 +227,9 @@ impl Slot {
     }
 
     /// Runs `request` within the service's limits, on a fresh instance or, when
-    /// `requests_per_instance` > 1, on an idle one that served earlier requests cleanly.
+    /// `requests_per_instance` > 1, on an idle one that served earlier requests cleanly. The
+    /// request's `deadline-ms` (a caller's remaining budget) caps the service's own timeout:
+    /// the guest is stopped at the smaller, and its outgoing calls get what is left of it.
     ///
     /// # Cancel safety
     ///
@@ -238,12 +240,18 @@ impl Slot {
             .iter()
             .find(|(name, _)| name == crate::telemetry::TRACE_HEADER)
             .map(|(_, value)| value.as_str());
-        self.serve(&request.request_id, traceparent, async |service, store| {
-            service
-                .switchyard_runtime_handler()
-                .call_handle(store, &request)
-                .await
-        })
+        let budget = Duration::from_millis(u64::from(request.deadline_ms));
+        self.serve(
+            &request.request_id,
+            traceparent,
+            budget,
+            async |service, store| {
+                service
+                    .switchyard_runtime_handler()
+                    .call_handle(store, &request)
+                    .await
+            },
+        )
         .await
     }
 
@@ -256,6 +264,7 @@ impl Slot {
         self.serve(
             &message.id,
             message.trace_context.as_deref(),
+            Duration::MAX,
             async |service, store| {
                 service
                     .switchyard_runtime_subscriber()
@@ -266,12 +275,14 @@ impl Slot {
         .await
     }
 
-    /// Admits one unit of work, gives it an instance and runs `call` on it; counts the outcome
-    /// and keeps the instance for reuse if it ended cleanly.
+    /// Admits one unit of work, gives it an instance and runs `call` on it for at most
+    /// `budget` (capped by the service's timeout); counts the outcome and keeps the instance
+    /// for reuse if it ended cleanly.
     async fn serve<T>(
         &self,
         request_id: &str,
         traceparent: Option<&str>,
+        budget: Duration,
         call: impl AsyncFnOnce(&Service, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, SlotError> {
         let _in_flight = self.admit()?;
@@ -280,11 +291,13 @@ impl Slot {
         let mut live = self
             .idle_instance(&generation)
             .unwrap_or_else(|| self.new_instance(&generation));
-        let deadline = std::time::Instant::now() + generation.settings.timeout;
-        live.store
-            .data_mut()
-            .begin_request(request_id, deadline, traceparent);
-        let result = self.run(&mut live, &generation, call).await;
+        let timeout = budget.min(generation.settings.timeout);
+        live.store.data_mut().begin_request(
+            request_id,
+            std::time::Instant::now() + timeout,
+            traceparent,
+        );
+        let result = self.run(&mut live, &generation, timeout, call).await;
         self.log_output(&live.store, request_id);
         live.served += 1;
         // A failed store may be mid-call or poisoned: only a clean one is reused.
@@ -357,9 +370,9 @@ impl Slot {
         &self,
         live: &mut LiveInstance,
         generation: &Generation,
+        timeout: Duration,
         call: impl AsyncFnOnce(&Service, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, SlotError> {
-        let timeout = generation.settings.timeout;
         live.store.set_epoch_deadline(1);
         let LiveInstance { store, service, .. } = live;
         let work = async {
@@ -375,8 +388,9 @@ impl Slot {
             };
             call(service, &mut *store).await
         };
-        // Epochs stop guest code; this also stops time spent awaiting host calls.
-        let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 2, work).await;
+        // Epoch ticks stop guest code that computes (it yields each tick, so this timer fires
+        // on time too); this stops time spent awaiting host calls.
+        let outcome = tokio::time::timeout(timeout, work).await;
         self.outcome(outcome, store, timeout, &generation.settings)
     }
 
@@ -480,7 +494,7 @@ impl Slot {
                 .call_handle_stream(&mut *store, resource, caller)
                 .await
         };
-        let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await;
+        let outcome = tokio::time::timeout(timeout, call).await;
         let result = self.outcome(outcome, &live.store, timeout, &generation.settings);
         self.log_output(&live.store, request_id);
         result
