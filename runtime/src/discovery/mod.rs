@@ -186,10 +186,24 @@ impl Registry {
         name: &str,
         range: Option<&semver::VersionReq>,
     ) -> Vec<SocketAddr> {
-        self.instances(name, range)
-            .into_iter()
-            .map(|(addr, _, _)| addr)
-            .collect()
+        // Every remote call asks this: addresses only, no node names or versions to clone.
+        let now = Instant::now();
+        let Ok(state) = self.state.lock() else {
+            return Vec::new();
+        };
+        let mut found: Vec<SocketAddr> = state
+            .peers
+            .iter()
+            .filter(|(_, entry)| {
+                entry.live(now)
+                    && entry.services.iter().any(|(service, version)| {
+                        service == name && range.is_none_or(|range| range.matches(version))
+                    })
+            })
+            .map(|(addr, _)| *addr)
+            .collect();
+        found.sort_unstable();
+        found
     }
 
     /// Like [`Registry::candidates`], with each peer's node name and the version it runs.
