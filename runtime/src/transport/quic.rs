@@ -91,8 +91,8 @@ pub struct Transport {
     /// while it sends and by every stream operation, and one driver task, so calls to a peer
     /// on a single connection queue behind each other on a busy node. One connection per core
     /// (up to [`MAX_LANES`]) spreads them: measured with `cargo xtask bench -- --bench
-    /// rpc_remote` on 2 cores, 2 connections answered about 1.4x the calls/s of one and had
-    /// a third fewer context switches; 4 were no better than 2.
+    /// rpc_remote` on 2 cores, 2 connections answered about 1.4x the calls/s of one with a
+    /// third as many context switches (most were waits for that lock); 3 or 4 did worse than 2.
     lanes: usize,
     /// Calls take the lanes in turn.
     next_lane: AtomicUsize,
