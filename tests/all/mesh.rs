@@ -195,6 +195,49 @@ async fn calls_fail_over_to_a_live_replica_when_another_crashes() {
     a.shutdown().await;
 }
 
+/// A node that listens on every interface (as in a container) tells peers the address they
+/// can dial, and they reach it there.
+#[tokio::test]
+async fn a_node_listening_on_every_interface_is_reached_at_its_advertised_address() {
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path().to_str().unwrap().to_owned();
+    cert(&["ca", "--out", &dir]);
+    cert(&["node", "node-a", "--ca-dir", &dir, "--out", &dir]);
+    cert(&["node", "node-b", "--ca-dir", &dir, "--out", &dir]);
+    let tls = |name: &str| {
+        format!(
+            "tls = {{ ca = \"{dir}/ca.pem\", cert = \"{dir}/{name}.pem\", key = \"{dir}/{name}.key\" }}"
+        )
+    };
+    let b_manifest = TestManifest::with_node(
+        &format!(
+            "name = \"node-b\"\nquic = \"0.0.0.0:0\"\nadvertise = \"127.0.0.1:0\"\n{}",
+            tls("node-b")
+        ),
+        &service("hello", "hello", &["GET /hello/{name}"], ""),
+    );
+    let b = b_manifest.start().await;
+    let bound = b.quic_addr().unwrap();
+    assert!(bound.ip().is_unspecified(), "{bound}");
+    let dialed = SocketAddr::from(([127, 0, 0, 1], bound.port()));
+    let a_manifest = TestManifest::with_node(
+        &format!(
+            "name = \"node-a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{dialed}\"]\n{}",
+            tls("node-a")
+        ),
+        &faulty_routes(),
+    );
+    let a = a_manifest.start().await;
+    wait_for_peer_service(a.admin_addr(), "hello@1.0.0").await;
+    let registry = get(a.admin_addr(), "/registry").await.body;
+    assert!(registry.contains(&dialed.to_string()), "{registry}");
+    assert!(!registry.contains("0.0.0.0"), "{registry}");
+    let reply = send(a.http_addr(), "POST", "/f/call", "hello\nGET /hello/there").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// Streams from one peer are answered in its connection's task when the callee does not wait;
 /// a callee that computes must not hold that task (and every call behind it) until its
 /// deadline. Two worker threads, so one spinning guest cannot block the node outright.

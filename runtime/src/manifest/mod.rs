@@ -7,6 +7,7 @@
 //! admin = "127.0.0.1:9090"    # /health, /services
 //! data_dir = ".switchyard"    # compiled-component cache; relative to this file
 //! quic = "127.0.0.1:7000"     # for other nodes (optional)
+//! # advertise = "10.0.0.5:7000"  # what peers dial, if not `quic` (e.g. quic = "0.0.0.0:7000")
 //! seeds = ["127.0.0.1:7001"]  # any peers already up: gossip finds the rest
 //! # discovery = { backend = "etcd", endpoints = ["http://127.0.0.1:2379"], prefix = "/switchyard" }
 //! tls = { ca = "ca.pem", cert = "edge-1.pem", key = "edge-1.key" }  # omit on loopback
@@ -182,6 +183,9 @@ pub struct NodeSpec {
     pub data_dir: PathBuf,
     /// QUIC listen address for other nodes; `None`: this node talks to no peers.
     pub quic: Option<SocketAddr>,
+    /// The address peers dial for this node, when it differs from `quic` (which may then be
+    /// `0.0.0.0`); port 0 means the port `quic` is bound to.
+    pub advertise: Option<SocketAddr>,
     /// QUIC addresses of peers to learn services from.
     pub seeds: Vec<SocketAddr>,
     /// Cluster certificates; `None` on loopback uses the built-in development CA.

@@ -67,6 +67,7 @@ struct RawNode {
     admin: Option<Spanned<String>>,
     data_dir: Option<String>,
     quic: Option<Spanned<String>>,
+    advertise: Option<Spanned<String>>,
     #[serde(default)]
     seeds: Vec<Spanned<String>>,
     tls: Option<Spanned<RawTls>>,
@@ -272,6 +273,7 @@ fn check_node(check: &Checker<'_>, raw: Option<RawNode>) -> Result<NodeSpec, Man
         admin: None,
         data_dir: None,
         quic: None,
+        advertise: None,
         seeds: Vec::new(),
         tls: None,
         discovery: None,
@@ -337,15 +339,41 @@ fn check_node(check: &Checker<'_>, raw: Option<RawNode>) -> Result<NodeSpec, Man
             "remove `seeds`: with etcd every node finds the others through etcd",
         ));
     }
+    let advertise = match &raw.advertise {
+        None => None,
+        Some(value) => {
+            let advertise = socket(value, "advertise")?;
+            if quic.is_none() {
+                return Err(check.invalid(
+                    value.span(),
+                    "`node.advertise` needs `node.quic`: it is the address peers dial for it",
+                    "add e.g. quic = \"0.0.0.0:7000\" to [node], or remove `advertise`",
+                ));
+            }
+            if advertise.ip().is_unspecified() {
+                return Err(check.invalid(
+                    value.span(),
+                    format!(
+                        "`node.advertise` = {advertise} is not an address other nodes can reach"
+                    ),
+                    "give the IP peers dial for this node, e.g. \"10.0.0.5:7000\" (port 0: the \
+                     port `quic` is bound to)",
+                ));
+            }
+            Some(advertise)
+        }
+    };
     if let Some(quic) = quic
         && quic.ip().is_unspecified()
+        && advertise.is_none()
     {
         let span = raw.quic.as_ref().map_or(0..0, Spanned::span);
         return Err(check.invalid(
             span,
             format!("`node.quic` = {quic} is not an address other nodes can reach"),
             "other nodes dial the address a node announces: give a concrete IP, e.g. \
-             \"10.0.0.5:7000\" or \"127.0.0.1:7000\"",
+             \"10.0.0.5:7000\" or \"127.0.0.1:7000\", or keep {quic} and add \
+             advertise = \"10.0.0.5:7000\" (the address peers dial)",
         ));
     }
     let tls = match raw.tls {
@@ -376,6 +404,7 @@ fn check_node(check: &Checker<'_>, raw: Option<RawNode>) -> Result<NodeSpec, Man
         admin,
         data_dir,
         quic,
+        advertise,
         seeds,
         tls,
         discovery,

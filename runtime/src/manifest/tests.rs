@@ -200,6 +200,14 @@ fn discovery_backends_are_checked() {
             "[node]\nquic = \"0.0.0.0:7000\"\n",
             "not an address other nodes can reach",
         ),
+        (
+            "[node]\nadvertise = \"10.0.0.5:7000\"\n",
+            "`node.advertise` needs `node.quic`",
+        ),
+        (
+            "[node]\nquic = \"0.0.0.0:7000\"\nadvertise = \"0.0.0.0:7000\"\n",
+            "`node.advertise` = 0.0.0.0:7000 is not an address other nodes can reach",
+        ),
     ] {
         let message = error_of(body);
         assert!(message.contains(expected), "{body}\n=> {message}");
@@ -252,4 +260,16 @@ fn bad_queues_say_what_to_fix() {
     ));
     assert!(err.contains("`queue` names `mail`"), "{err}");
     assert!(err.contains("declared: jobs"), "{err}");
+}
+
+#[test]
+fn a_node_bound_to_every_interface_advertises_the_address_peers_dial() {
+    let body = GOOD.replace(
+        "admin = \"127.0.0.1:0\"",
+        "admin = \"127.0.0.1:0\"\nquic = \"0.0.0.0:7000\"\nadvertise = \"10.0.0.5:0\"",
+    );
+    let (manifest, _) = parse(&body);
+    let manifest = manifest.unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(manifest.node.quic, "0.0.0.0:7000".parse().ok());
+    assert_eq!(manifest.node.advertise, "10.0.0.5:0".parse().ok());
 }

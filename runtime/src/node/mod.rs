@@ -177,8 +177,16 @@ impl Node {
         let mut quic_addr = None;
         let mut membership = None;
         if let Some(mesh) = &mesh {
-            let address = mesh.transport.local_addr()?;
-            quic_addr = Some(address);
+            let bound = mesh.transport.local_addr()?;
+            quic_addr = Some(bound);
+            // What peers dial: the advertised address (port 0 there: the bound port).
+            let address = match manifest.node.advertise {
+                Some(advertise) if advertise.port() == 0 => {
+                    SocketAddr::new(advertise.ip(), bound.port())
+                }
+                Some(advertise) => advertise,
+                None => bound,
+            };
             let me = discovery::Member {
                 node: manifest.node.name.clone(),
                 address,
@@ -223,7 +231,7 @@ impl Node {
                     .serve(Arc::new(handler), shutdown_rx.clone()),
             );
             let (stop, stopped) = watch::channel(false);
-            tracing::info!(backend = backend.backend(), "discovery started");
+            tracing::info!(backend = backend.backend(), advertised = %address, "discovery started");
             let running = tokio::spawn(backend.clone().run(stopped));
             let _ = control.membership.set(backend.clone());
             membership = Some(Membership {
