@@ -11,11 +11,20 @@
 //! TTL. Any failure ends the session and a new one starts after [`RETRY`]; what the registry
 //! knew stays until the resync (etcd clients generally keep serving their last view during an
 //! outage). Leaving revokes the lease, which deletes the key at once.
+//!
+//! With `tls` in `[node.discovery]` every endpoint is https: etcd's certificate must chain to
+//! the given CA and name the endpoint's host (DNS name or IP), and the node presents its
+//! client certificate when one is given (etcd's `--client-cert-auth`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -27,6 +36,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::{BoxFuture, LEAVE_TIMEOUT, Member, Membership, Registry};
+use crate::manifest::EtcdTlsSpec;
 
 /// The lease TTL asked for; etcd grants at least its own minimum (2 s by default).
 const LEASE_TTL_S: u64 = 2;
@@ -50,6 +60,12 @@ pub(crate) enum EtcdError {
     Unexpected { path: &'static str, detail: String },
     #[error("the lease ran out (etcd unreachable for longer than its TTL?)")]
     LeaseLost,
+    #[error("etcd TLS: {what} {}: {reason}", path.display())]
+    Tls {
+        what: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// etcd membership for one node.
@@ -57,6 +73,8 @@ pub(crate) struct Etcd {
     registry: Arc<Registry>,
     endpoints: Vec<String>,
     prefix: String,
+    /// Set: the endpoints are https.
+    tls: Option<TlsConnector>,
     me: Mutex<Member>,
     address: SocketAddr,
     /// Wakes the session to put the new `me` under its lease.
@@ -72,12 +90,14 @@ impl Etcd {
         registry: Arc<Registry>,
         endpoints: Vec<String>,
         prefix: String,
+        tls: Option<TlsConnector>,
         me: Member,
     ) -> Self {
         Self {
             registry,
             endpoints,
             prefix,
+            tls,
             address: me.address,
             me: Mutex::new(me),
             announced: tokio::sync::Notify::new(),
@@ -289,7 +309,7 @@ impl Etcd {
     async fn post(&self, path: &'static str, body: Value) -> Result<Value, EtcdError> {
         let body = &body;
         self.first_endpoint(path, |endpoint| async move {
-            let response = send(&endpoint, path, body).await?;
+            let response = send(&endpoint, self.tls.as_ref(), path, body).await?;
             let status = response.status().as_u16();
             let bytes = response
                 .into_body()
@@ -324,7 +344,7 @@ impl Etcd {
     ) -> Result<(String, Incoming), EtcdError> {
         let body = &body;
         self.first_endpoint(path, |endpoint| async move {
-            let response = send(&endpoint, path, body).await?;
+            let response = send(&endpoint, self.tls.as_ref(), path, body).await?;
             if response.status() != 200 {
                 return Err(EtcdError::Status {
                     endpoint,
@@ -413,8 +433,58 @@ impl Membership for Etcd {
     }
 }
 
+/// Reads the files `tls` names into a connector for etcd's https endpoints.
+pub(crate) fn connector(tls: &EtcdTlsSpec) -> Result<TlsConnector, EtcdError> {
+    let fail = |what: &'static str, path: &std::path::Path, reason: String| EtcdError::Tls {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&tls.ca)
+        .map_err(|err| fail("cannot read the CA", &tls.ca, err.to_string()))?
+    {
+        let cert = cert.map_err(|err| fail("cannot read the CA", &tls.ca, err.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|err| fail("unusable CA certificate in", &tls.ca, err.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(fail(
+            "no certificate in the CA file",
+            &tls.ca,
+            "expected PEM `-----BEGIN CERTIFICATE-----` blocks".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| fail("no TLS versions for", &tls.ca, err.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match &tls.client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|err| fail("cannot read the client certificate", cert, err.to_string()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|err| fail("cannot read the client key", key, err.to_string()))?;
+            builder.with_client_auth_cert(chain, key).map_err(|err| {
+                fail(
+                    "the client certificate does not fit its key",
+                    cert,
+                    err.to_string(),
+                )
+            })?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
 async fn send(
     endpoint: &str,
+    tls: Option<&TlsConnector>,
     path: &'static str,
     body: &Value,
 ) -> Result<hyper::Response<Incoming>, EtcdError> {
@@ -425,7 +495,42 @@ async fn send(
     let stream = tokio::net::TcpStream::connect(endpoint)
         .await
         .map_err(|err| unreachable(err.to_string()))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let Some(tls) = tls else {
+        return exchange(stream, endpoint, path, body).await;
+    };
+    // The certificate must name the host as written in the endpoint (`[v6]` without brackets).
+    let host = endpoint
+        .rsplit_once(':')
+        .map_or(endpoint, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = ServerName::try_from(host.to_owned()).map_err(|err| {
+        unreachable(format!(
+            "`{host}` is not a name to check a certificate against: {err}"
+        ))
+    })?;
+    let stream = tls
+        .connect(name, stream)
+        .await
+        .map_err(|err| unreachable(format!("TLS handshake failed: {err}")))?;
+    exchange(stream, endpoint, path, body).await
+}
+
+/// One HTTP/1.1 request on a fresh connection `io` to `endpoint`.
+async fn exchange<IO>(
+    io: IO,
+    endpoint: &str,
+    path: &'static str,
+    body: &Value,
+) -> Result<hyper::Response<Incoming>, EtcdError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let unreachable = |reason: String| EtcdError::Unreachable {
+        endpoint: endpoint.to_owned(),
+        reason,
+    };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|err| unreachable(err.to_string()))?;
     tokio::spawn(connection);

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 pub(crate) use crate::transport::frame::Member;
-pub(crate) use etcd::Etcd;
+pub(crate) use etcd::{Etcd, connector as etcd_connector};
 pub(crate) use gossip::Gossip;
 
 /// How often a node gossips.

@@ -10,6 +10,7 @@
 //! # advertise = "10.0.0.5:7000"  # what peers dial, if not `quic` (e.g. quic = "0.0.0.0:7000")
 //! seeds = ["127.0.0.1:7001"]  # any peers already up: gossip finds the rest
 //! # discovery = { backend = "etcd", endpoints = ["http://127.0.0.1:2379"], prefix = "/switchyard" }
+//! #   https: endpoints = ["https://10.0.0.9:2379"], tls = { ca = "etcd-ca.pem", cert = "c.pem", key = "c.key" }
 //! tls = { ca = "ca.pem", cert = "edge-1.pem", key = "edge-1.key" }  # omit on loopback
 //!
 //! [balance.inventory]         # optional, per called service
@@ -206,7 +207,19 @@ pub enum DiscoverySpec {
         endpoints: Vec<String>,
         /// Key prefix; nodes sharing it form one mesh.
         prefix: String,
+        /// Set: the endpoints are https, verified with this CA.
+        tls: Option<EtcdTlsSpec>,
     },
+}
+
+/// `tls` in `[node.discovery]`: PEM files for reaching etcd over https (paths resolved
+/// against the manifest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTlsSpec {
+    /// The CA that signed etcd's server certificate.
+    pub ca: PathBuf,
+    /// This node's client certificate and key, for an etcd started with `--client-cert-auth`.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// `[node.tls]`: PEM files (paths resolved against the manifest).

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    BindScope, BindSpec, DiscoverySpec, Location, Manifest, ManifestError, NodeSpec, PolicySpec,
-    QueueSpec, RouteSpec, ServiceSpec, TlsSpec, defaults,
+    BindScope, BindSpec, DiscoverySpec, EtcdTlsSpec, Location, Manifest, ManifestError, NodeSpec,
+    PolicySpec, QueueSpec, RouteSpec, ServiceSpec, TlsSpec, defaults,
 };
 
 #[derive(Deserialize)]
@@ -81,6 +81,16 @@ struct RawDiscovery {
     #[serde(default)]
     endpoints: Vec<Spanned<String>>,
     prefix: Option<Spanned<String>>,
+    tls: Option<Spanned<RawEtcdTls>>,
+}
+
+/// `[node.discovery] tls`: how to reach etcd over https.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcdTls {
+    ca: String,
+    cert: Option<String>,
+    key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -551,6 +561,13 @@ fn check_discovery(
                     "remove it, or set backend = \"etcd\"",
                 ));
             }
+            if let Some(tls) = &raw.tls {
+                return Err(check.invalid(
+                    tls.span(),
+                    "`tls` in [node.discovery] is for the etcd backend (peers use [node.tls])",
+                    "remove it, or set backend = \"etcd\"",
+                ));
+            }
             Ok(DiscoverySpec::Embedded)
         }
         "etcd" => {
@@ -561,23 +578,62 @@ fn check_discovery(
                     "add e.g. endpoints = [\"http://127.0.0.1:2379\"]",
                 ));
             }
+            // Every endpoint speaks the same scheme: https exactly when `tls` says how.
+            let https = raw.tls.is_some();
+            let scheme = if https { "https://" } else { "http://" };
             let mut endpoints = Vec::new();
             for endpoint in &raw.endpoints {
                 let value = endpoint.get_ref();
                 let authority = value
-                    .strip_prefix("http://")
+                    .strip_prefix(scheme)
                     .filter(|rest| !rest.is_empty() && !rest.contains('/') && rest.contains(':'));
                 match authority {
                     Some(authority) => endpoints.push(authority.to_owned()),
+                    None if !https && value.starts_with("https://") => {
+                        return Err(check.invalid(
+                            endpoint.span(),
+                            format!("etcd endpoint {value:?} is https, but [node.discovery] has no `tls`"),
+                            "add tls = { ca = \"etcd-ca.pem\" } (and cert, key if etcd asks for a \
+                             client certificate)",
+                        ));
+                    }
                     None => {
                         return Err(check.invalid(
                             endpoint.span(),
-                            format!("etcd endpoint {value:?} is not http://HOST:PORT"),
-                            "write e.g. \"http://127.0.0.1:2379\" (https is not supported yet)",
+                            format!("etcd endpoint {value:?} is not {scheme}HOST:PORT"),
+                            if https {
+                                "with `tls` every endpoint is https: write e.g. \"https://10.0.0.9:2379\""
+                            } else {
+                                "write e.g. \"http://127.0.0.1:2379\""
+                            },
                         ));
                     }
                 }
             }
+            let tls = match raw.tls {
+                None => None,
+                Some(tls) => {
+                    let span = tls.span();
+                    let tls = tls.into_inner();
+                    let client = match (tls.cert, tls.key) {
+                        (Some(cert), Some(key)) => {
+                            Some((check.resolve(&cert), check.resolve(&key)))
+                        }
+                        (None, None) => None,
+                        _ => {
+                            return Err(check.invalid(
+                                span,
+                                "`tls` names a client certificate or key but not both",
+                                "give both cert and key (etcd with --client-cert-auth), or neither",
+                            ));
+                        }
+                    };
+                    Some(EtcdTlsSpec {
+                        ca: check.resolve(&tls.ca),
+                        client,
+                    })
+                }
+            };
             let prefix = match raw.prefix {
                 None => "/switchyard".to_owned(),
                 Some(prefix) => {
@@ -592,7 +648,11 @@ fn check_discovery(
                     value.to_owned()
                 }
             };
-            Ok(DiscoverySpec::Etcd { endpoints, prefix })
+            Ok(DiscoverySpec::Etcd {
+                endpoints,
+                prefix,
+                tls,
+            })
         }
         other => Err(check.invalid(
             raw.backend.span(),

@@ -170,7 +170,24 @@ fn discovery_backends_are_checked() {
         manifest.node.discovery,
         super::DiscoverySpec::Etcd {
             endpoints: vec!["127.0.0.1:2379".into()],
-            prefix: "/prod".into()
+            prefix: "/prod".into(),
+            tls: None,
+        }
+    );
+    let https = "[node]\nquic = \"127.0.0.1:7000\"\ndiscovery = { backend = \"etcd\", \
+                 endpoints = [\"https://etcd-1:2379\"], tls = { ca = \"ca.pem\", \
+                 cert = \"n.pem\", key = \"n.key\" } }\n";
+    let (manifest, path) = parse(https);
+    let manifest = manifest.unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(
+        manifest.node.discovery,
+        super::DiscoverySpec::Etcd {
+            endpoints: vec!["etcd-1:2379".into()],
+            prefix: "/switchyard".into(),
+            tls: Some(super::EtcdTlsSpec {
+                ca: path.with_file_name("ca.pem"),
+                client: Some((path.with_file_name("n.pem"), path.with_file_name("n.key"))),
+            }),
         }
     );
     for (body, expected) in [
@@ -190,6 +207,26 @@ fn discovery_backends_are_checked() {
         (
             "[node]\ndiscovery = { backend = \"etcd\", endpoints = [\"http://a:1\"] }\n",
             "needs `node.quic`",
+        ),
+        (
+            "[node]\nquic = \"127.0.0.1:7000\"\ndiscovery = { backend = \"etcd\", \
+             endpoints = [\"https://a:1\"] }\n",
+            "is https, but [node.discovery] has no `tls`",
+        ),
+        (
+            "[node]\nquic = \"127.0.0.1:7000\"\ndiscovery = { backend = \"etcd\", \
+             endpoints = [\"http://a:1\"], tls = { ca = \"ca.pem\" } }\n",
+            "with `tls` every endpoint is https",
+        ),
+        (
+            "[node]\nquic = \"127.0.0.1:7000\"\ndiscovery = { backend = \"etcd\", \
+             endpoints = [\"https://a:1\"], tls = { ca = \"ca.pem\", cert = \"n.pem\" } }\n",
+            "names a client certificate or key but not both",
+        ),
+        (
+            "[node]\nquic = \"127.0.0.1:7000\"\ndiscovery = { backend = \"embedded\", \
+             tls = { ca = \"ca.pem\" } }\n",
+            "is for the etcd backend (peers use [node.tls])",
         ),
         (
             "[node]\nquic = \"127.0.0.1:7000\"\nseeds = [\"127.0.0.1:7001\"]\n\

@@ -77,6 +77,9 @@ pub enum NodeError {
          `switchyard cert node <name>`, and set [node.tls] ca, cert and key"
     )]
     NeedsTls,
+    /// The files for reaching etcd over https are missing or unusable.
+    #[error("{0}\n  hint: check `tls` in [node.discovery] (PEM files: ca, and cert with key)")]
+    EtcdTls(String),
     /// The manifest file cannot be watched.
     #[error("cannot watch the manifest for changes: {0}")]
     Watch(String),
@@ -209,15 +212,27 @@ impl Node {
                         ));
                         (Some(gossip.clone()), gossip)
                     }
-                    DiscoverySpec::Etcd { endpoints, prefix } => (
-                        None,
-                        Arc::new(discovery::Etcd::new(
-                            mesh.registry.clone(),
-                            endpoints.clone(),
-                            prefix.clone(),
-                            me,
-                        )),
-                    ),
+                    DiscoverySpec::Etcd {
+                        endpoints,
+                        prefix,
+                        tls,
+                    } => {
+                        let tls = tls
+                            .as_ref()
+                            .map(discovery::etcd_connector)
+                            .transpose()
+                            .map_err(|err| NodeError::EtcdTls(err.to_string()))?;
+                        (
+                            None,
+                            Arc::new(discovery::Etcd::new(
+                                mesh.registry.clone(),
+                                endpoints.clone(),
+                                prefix.clone(),
+                                tls,
+                                me,
+                            )),
+                        )
+                    }
                 };
             let handler = PeerFrames {
                 rpc: rpc::PeerHandler {
