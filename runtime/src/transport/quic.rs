@@ -309,16 +309,29 @@ async fn serve_connection<H: FrameHandler>(
         // waits goes on as a task of its own; a guest that computes yields every epoch tick
         // (`wasm::Slot`), so no stream holds this loop for longer than about one tick.
         let mut answer = Box::pin(answer_stream(handler.clone(), send, recv, remote));
-        if poll_once(answer.as_mut()).await.is_pending() {
-            streams.spawn(answer);
+        match poll_once(answer.as_mut()).await {
+            Ok(Poll::Pending) => {
+                streams.spawn(answer);
+            }
+            Ok(Poll::Ready(())) => {}
+            // A bug answering one stream costs that stream (as it would in a task of its
+            // own), not every stream of the connection.
+            Err(_panic) => tracing::error!(%remote, "answering a stream panicked; stream dropped"),
         }
     }
     while streams.join_next().await.is_some() {}
 }
 
-/// Polls `future` once, in the calling task, and says whether it finished.
-async fn poll_once<F: Future + ?Sized>(mut future: Pin<&mut F>) -> Poll<F::Output> {
-    std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
+/// Polls `future` once, in the calling task, and says whether it finished; `Err` if that poll
+/// panicked (the future must not be polled again).
+async fn poll_once<F: Future + ?Sized>(
+    mut future: Pin<&mut F>,
+) -> std::thread::Result<Poll<F::Output>> {
+    std::future::poll_fn(|cx| {
+        let poll = std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx));
+        Poll::Ready(std::panic::catch_unwind(poll))
+    })
+    .await
 }
 
 async fn answer_stream<H: FrameHandler>(
@@ -411,6 +424,46 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(answer, Frame::Gossip { .. }));
+        assert!(
+            connection.close_reason().is_none(),
+            "the connection did not survive"
+        );
+    }
+
+    /// Panics answering an `Ack` frame (a bug in a handler), answers anything else.
+    struct Buggy;
+
+    impl FrameHandler for Buggy {
+        async fn handle(&self, frame: Frame) -> Frame {
+            if frame == Frame::Ack {
+                panic!("a bug answering this frame");
+            }
+            Frame::Gossip { members: vec![] }
+        }
+
+        async fn open(&self, _frame: Frame, _stream: RawStream) {}
+    }
+
+    #[tokio::test]
+    async fn a_panic_answering_one_stream_costs_only_that_stream() {
+        let identity = Identity::development("test").unwrap();
+        let transport =
+            Arc::new(Transport::bind("127.0.0.1:0".parse().unwrap(), &identity).unwrap());
+        let addr = transport.local_addr().unwrap();
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(transport.serve(Arc::new(Buggy), stopped));
+        let client = Transport::bind("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+        let connection = client.connect(addr, 0).await.unwrap();
+        let five = Duration::from_secs(5);
+        assert!(client.request(addr, &Frame::Ack, five).await.is_err());
+        let goodbye = Frame::Goodbye {
+            address: addr,
+            incarnation: 1,
+        };
+        for _ in 0..3 {
+            let answer = client.request(addr, &goodbye, five).await;
+            assert!(matches!(answer, Ok(Frame::Gossip { .. })), "{answer:?}");
+        }
         assert!(
             connection.close_reason().is_none(),
             "the connection did not survive"
