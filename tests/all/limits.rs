@@ -111,6 +111,35 @@ async fn a_guest_computing_in_a_loop_shares_its_thread_with_other_requests() {
     node.shutdown().await;
 }
 
+/// WASI sockets are linked (std needs the interfaces) but refuse everything: a guest talks to
+/// the world only through the node's own interfaces (rpc, quic, messaging).
+#[tokio::test]
+async fn a_guest_cannot_open_sockets_or_look_up_names() {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let manifest = faulty("");
+    let node = manifest.start().await;
+    for target in [tcp.local_addr().unwrap(), udp.local_addr().unwrap()] {
+        let reply = get(node.http_addr(), &format!("/f/socket?{target}")).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let outcomes: Vec<(String, String)> = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(outcomes.len(), 4, "{outcomes:?}");
+        for (attempt, outcome) in &outcomes {
+            assert!(
+                outcome.starts_with("refused"),
+                "{attempt} was {outcome}: {outcomes:?}"
+            );
+        }
+    }
+    // Nothing reached the host's sockets either.
+    let accepted = tokio::time::timeout(Duration::from_millis(200), tcp.accept()).await;
+    assert!(accepted.is_err(), "a guest connected: {accepted:?}");
+    let mut buf = [0u8; 16];
+    let received = tokio::time::timeout(Duration::from_millis(200), udp.recv(&mut buf)).await;
+    assert!(received.is_err(), "a guest sent a datagram: {received:?}");
+    node.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_guest_over_its_memory_limit_gets_500_and_the_next_request_is_fine() {
     let manifest = faulty("memory_limit_mb = 16");

@@ -46,6 +46,26 @@ impl Service for Faulty {
                     files_visible: std::fs::read_dir("/").is_ok() || std::fs::read_dir(".").is_ok(),
                 }))
             }
+            "socket" => {
+                // Query: an IP:PORT. Tries what a guest could do with WASI sockets and says
+                // how each attempt ended; a locked-down host refuses all of them.
+                let target = req.query().unwrap_or("127.0.0.1:9");
+                let tcp = std::net::TcpStream::connect(target).map(|_| ());
+                let udp = std::net::UdpSocket::bind("0.0.0.0:0")
+                    .and_then(|socket| socket.send_to(b"hello", target).map(|_| ()));
+                let listen = std::net::TcpListener::bind("0.0.0.0:0").map(|_| ());
+                let lookup = std::net::ToSocketAddrs::to_socket_addrs("localhost:80").map(|_| ());
+                let outcome = |result: std::io::Result<()>| match result {
+                    Ok(()) => "allowed".to_owned(),
+                    Err(err) => format!("refused: {err}"),
+                };
+                Ok(Response::json(&[
+                    ("tcp_connect", outcome(tcp)),
+                    ("udp_send", outcome(udp)),
+                    ("tcp_listen", outcome(listen)),
+                    ("name_lookup", outcome(lookup)),
+                ]))
+            }
             "trap" => {
                 log::error!("trapping on purpose");
                 panic!("faulty guest: trap requested");
