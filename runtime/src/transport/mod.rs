@@ -1,7 +1,10 @@
 //! Node-to-node transport: QUIC (quinn + rustls) with mutual TLS, one stream per call.
 //!
 //! `frame` is the wire format, with no I/O (so it is tested and fuzzed alone); `quic`
-//! moves frames over pooled connections; `tls` makes and loads certificates. A peer is
+//! moves frames over pooled connections (one per core to each peer, taken in turn, so calls
+//! do not queue on one connection's lock) and answers a stream in its connection's own task
+//! when the answer does not wait (a task hop per call is most of a call's latency on a busy
+//! node); `tls` makes and loads certificates. A peer is
 //! accepted only with a certificate signed by the cluster CA (`switchyard cert ca`,
 //! `switchyard cert node <name>`); on loopback, without configured certificates, a built-in
 //! development CA is used and the node says so.
