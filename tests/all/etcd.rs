@@ -178,15 +178,14 @@ async fn wait_until(admin: SocketAddr, what: &str, present: bool, within: Durati
     }
 }
 
+/// Waits (up to 5 s) until the node at `admin` has learnt of `hello` through etcd.
+async fn wait_for_hello(admin: SocketAddr) {
+    wait_until(admin, "hello@1.0.0", true, Duration::from_secs(5)).await;
+}
+
 /// Waits until `caller` has learnt of `hello` through etcd, then calls it with `name`.
 async fn call_hello_once_seen(caller: &switchyard::Node, name: &str) {
-    wait_until(
-        caller.admin_addr(),
-        "hello@1.0.0",
-        true,
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_for_hello(caller.admin_addr()).await;
     let call = format!("hello\nGET /hello/{name}");
     let reply = send(caller.http_addr(), "POST", "/f/call", &call).await;
     assert_eq!(
@@ -227,13 +226,7 @@ async fn nodes_find_each_other_through_etcd_and_leave_by_revoke_or_lease_expiry(
     // A crashed node (dropped, no revoke) goes when its lease runs out: etcd's TTL of 2 s
     // plus at most one keep-alive period it had already paid for (TTL / 3).
     let crashed = callee_manifest.start().await;
-    wait_until(
-        caller.admin_addr(),
-        "hello@1.0.0",
-        true,
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_for_hello(caller.admin_addr()).await;
     drop(crashed);
     let gone = wait_until(caller.admin_addr(), "hello@", false, Duration::from_secs(5)).await;
     assert!(
@@ -259,13 +252,7 @@ async fn a_node_starts_without_etcd_and_registers_when_it_comes_up() {
     let etcd = start_etcd_on(client).await;
     let watcher_manifest = node("watcher", etcd.client, "");
     let watcher = watcher_manifest.start().await;
-    wait_until(
-        watcher.admin_addr(),
-        "hello@1.0.0",
-        true,
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_for_hello(watcher.admin_addr()).await;
     early.shutdown().await;
     watcher.shutdown().await;
 }
@@ -285,13 +272,7 @@ async fn nodes_ride_out_an_etcd_outage_and_register_again_when_it_returns() {
         &service("faulty", "faulty", &["POST /f/{fault}"], ""),
     );
     let caller = caller_manifest.start().await;
-    wait_until(
-        caller.admin_addr(),
-        "hello@1.0.0",
-        true,
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_for_hello(caller.admin_addr()).await;
 
     etcd.stop();
     let outage = Instant::now();
@@ -348,13 +329,7 @@ async fn services_added_and_removed_by_a_manifest_edit_reach_etcd() {
     let mut callee = callee_manifest.start().await;
     let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
     callee.watch_manifest(Some(reports)).unwrap();
-    wait_until(
-        caller.admin_addr(),
-        "hello@1.0.0",
-        true,
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_for_hello(caller.admin_addr()).await;
 
     let original = std::fs::read_to_string(&callee_manifest.path).unwrap();
     let echo = service("echo", "faulty", &["GET /e/{fault}"], "");
