@@ -75,6 +75,9 @@ pub(crate) struct Etcd {
     prefix: String,
     /// Set: the endpoints are https.
     tls: Option<TlsConnector>,
+    /// A connection kept open between requests, with its endpoint: lease keep-alives come
+    /// every third of the TTL, and over https each new connection is a TLS handshake.
+    kept: Mutex<Option<(String, Sender)>>,
     me: Mutex<Member>,
     address: SocketAddr,
     /// Wakes the session to put the new `me` under its lease.
@@ -98,6 +101,7 @@ impl Etcd {
             endpoints,
             prefix,
             tls,
+            kept: Mutex::new(None),
             address: me.address,
             me: Mutex::new(me),
             announced: tokio::sync::Notify::new(),
@@ -309,7 +313,7 @@ impl Etcd {
     async fn post(&self, path: &'static str, body: Value) -> Result<Value, EtcdError> {
         let body = &body;
         self.first_endpoint(path, |endpoint| async move {
-            let response = send(&endpoint, self.tls.as_ref(), path, body).await?;
+            let (response, sender) = self.request_on_kept(&endpoint, path, body).await?;
             let status = response.status().as_u16();
             let bytes = response
                 .into_body()
@@ -320,6 +324,8 @@ impl Etcd {
                     reason: err.to_string(),
                 })?
                 .to_bytes();
+            // The answer is read whole, so the connection can take the next request.
+            self.keep(endpoint.clone(), sender);
             if status != 200 {
                 return Err(EtcdError::Status {
                     endpoint,
@@ -336,6 +342,37 @@ impl Etcd {
         .await
     }
 
+    /// Sends on the kept connection to `endpoint` if there is one, else (or if that one was
+    /// closed meanwhile: etcd restarted, an idle timeout) on a new one.
+    async fn request_on_kept(
+        &self,
+        endpoint: &str,
+        path: &'static str,
+        body: &Value,
+    ) -> Result<(hyper::Response<Incoming>, Sender), EtcdError> {
+        let kept = self
+            .kept
+            .lock()
+            .ok()
+            .and_then(|mut kept| kept.take())
+            .filter(|(at, sender)| at == endpoint && !sender.is_closed());
+        if let Some((_, mut sender)) = kept
+            && let Ok(response) = request(&mut sender, endpoint, path, body).await
+        {
+            return Ok((response, sender));
+        }
+        let mut sender = connect(endpoint, self.tls.as_ref()).await?;
+        let response = request(&mut sender, endpoint, path, body).await?;
+        Ok((response, sender))
+    }
+
+    /// Keeps `sender` for the next request.
+    fn keep(&self, endpoint: String, sender: Sender) {
+        if let Ok(mut kept) = self.kept.lock() {
+            *kept = Some((endpoint, sender));
+        }
+    }
+
     /// A streaming request (the watch) to the first endpoint that accepts it.
     async fn open_stream(
         &self,
@@ -344,7 +381,9 @@ impl Etcd {
     ) -> Result<(String, Incoming), EtcdError> {
         let body = &body;
         self.first_endpoint(path, |endpoint| async move {
-            let response = send(&endpoint, self.tls.as_ref(), path, body).await?;
+            // The watch holds its connection for as long as it runs: always a new one.
+            let mut sender = connect(&endpoint, self.tls.as_ref()).await?;
+            let response = request(&mut sender, &endpoint, path, body).await?;
             if response.status() != 200 {
                 return Err(EtcdError::Status {
                     endpoint,
@@ -482,12 +521,11 @@ pub(crate) fn connector(tls: &EtcdTlsSpec) -> Result<TlsConnector, EtcdError> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-async fn send(
-    endpoint: &str,
-    tls: Option<&TlsConnector>,
-    path: &'static str,
-    body: &Value,
-) -> Result<hyper::Response<Incoming>, EtcdError> {
+/// The sending half of an HTTP/1.1 connection to etcd.
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// A new connection to `endpoint` (TLS with `tls`).
+async fn connect(endpoint: &str, tls: Option<&TlsConnector>) -> Result<Sender, EtcdError> {
     let unreachable = |reason: String| EtcdError::Unreachable {
         endpoint: endpoint.to_owned(),
         reason,
@@ -496,7 +534,7 @@ async fn send(
         .await
         .map_err(|err| unreachable(err.to_string()))?;
     let Some(tls) = tls else {
-        return exchange(stream, endpoint, path, body).await;
+        return handshake(stream, endpoint).await;
     };
     // The certificate must name the host as written in the endpoint (`[v6]` without brackets).
     let host = endpoint
@@ -513,27 +551,39 @@ async fn send(
         .connect(name, stream)
         .await
         .map_err(|err| unreachable(format!("TLS handshake failed: {err}")))?;
-    exchange(stream, endpoint, path, body).await
+    handshake(stream, endpoint).await
 }
 
-/// One HTTP/1.1 request on a fresh connection `io` to `endpoint`.
-async fn exchange<IO>(
-    io: IO,
-    endpoint: &str,
-    path: &'static str,
-    body: &Value,
-) -> Result<hyper::Response<Incoming>, EtcdError>
+/// HTTP/1.1 on `io`; the connection runs in a task of its own until either side drops it.
+async fn handshake<IO>(io: IO, endpoint: &str) -> Result<Sender, EtcdError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|err| EtcdError::Unreachable {
+            endpoint: endpoint.to_owned(),
+            reason: err.to_string(),
+        })?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// POSTs `body` to `path` on `sender`'s connection once it can take a request.
+async fn request(
+    sender: &mut Sender,
+    endpoint: &str,
+    path: &'static str,
+    body: &Value,
+) -> Result<hyper::Response<Incoming>, EtcdError> {
     let unreachable = |reason: String| EtcdError::Unreachable {
         endpoint: endpoint.to_owned(),
         reason,
     };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+    sender
+        .ready()
         .await
         .map_err(|err| unreachable(err.to_string()))?;
-    tokio::spawn(connection);
     let request = hyper::Request::post(path)
         .header(hyper::header::HOST, endpoint)
         .header(hyper::header::CONTENT_TYPE, "application/json")
