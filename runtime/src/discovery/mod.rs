@@ -79,6 +79,20 @@ impl PeerEntry {
     fn live(&self, now: Instant) -> bool {
         self.expires.is_none_or(|expires| expires > now)
     }
+
+    /// The versions of `name` this peer runs that fit `range`.
+    fn versions_of<'a>(
+        &'a self,
+        name: &'a str,
+        range: Option<&'a semver::VersionReq>,
+    ) -> impl Iterator<Item = &'a semver::Version> {
+        self.services
+            .iter()
+            .filter(move |(service, version)| {
+                service == name && range.is_none_or(|range| range.matches(version))
+            })
+            .map(|(_, version)| version)
+    }
 }
 
 /// One peer as the admin API shows it.
@@ -194,12 +208,7 @@ impl Registry {
         let mut found: Vec<SocketAddr> = state
             .peers
             .iter()
-            .filter(|(_, entry)| {
-                entry.live(now)
-                    && entry.services.iter().any(|(service, version)| {
-                        service == name && range.is_none_or(|range| range.matches(version))
-                    })
-            })
+            .filter(|(_, entry)| entry.live(now) && entry.versions_of(name, range).next().is_some())
             .map(|(addr, _)| *addr)
             .collect();
         found.sort_unstable();
@@ -222,12 +231,8 @@ impl Registry {
             .filter(|(_, entry)| entry.live(now))
             .flat_map(|(addr, entry)| {
                 entry
-                    .services
-                    .iter()
-                    .filter(|(service, version)| {
-                        service == name && range.is_none_or(|range| range.matches(version))
-                    })
-                    .map(|(_, version)| (*addr, entry.node.clone(), version.clone()))
+                    .versions_of(name, range)
+                    .map(|version| (*addr, entry.node.clone(), version.clone()))
             })
             .collect();
         found.sort_by_key(|(addr, _, _)| *addr);
