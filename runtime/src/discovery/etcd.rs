@@ -521,18 +521,21 @@ pub(crate) fn connector(tls: &EtcdTlsSpec) -> Result<TlsConnector, EtcdError> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
+fn unreachable(endpoint: &str, reason: String) -> EtcdError {
+    EtcdError::Unreachable {
+        endpoint: endpoint.to_owned(),
+        reason,
+    }
+}
+
 /// The sending half of an HTTP/1.1 connection to etcd.
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// A new connection to `endpoint` (TLS with `tls`).
 async fn connect(endpoint: &str, tls: Option<&TlsConnector>) -> Result<Sender, EtcdError> {
-    let unreachable = |reason: String| EtcdError::Unreachable {
-        endpoint: endpoint.to_owned(),
-        reason,
-    };
     let stream = tokio::net::TcpStream::connect(endpoint)
         .await
-        .map_err(|err| unreachable(err.to_string()))?;
+        .map_err(|err| unreachable(endpoint, err.to_string()))?;
     let Some(tls) = tls else {
         return handshake(stream, endpoint).await;
     };
@@ -543,14 +546,15 @@ async fn connect(endpoint: &str, tls: Option<&TlsConnector>) -> Result<Sender, E
         .trim_start_matches('[')
         .trim_end_matches(']');
     let name = ServerName::try_from(host.to_owned()).map_err(|err| {
-        unreachable(format!(
-            "`{host}` is not a name to check a certificate against: {err}"
-        ))
+        unreachable(
+            endpoint,
+            format!("`{host}` is not a name to check a certificate against: {err}"),
+        )
     })?;
     let stream = tls
         .connect(name, stream)
         .await
-        .map_err(|err| unreachable(format!("TLS handshake failed: {err}")))?;
+        .map_err(|err| unreachable(endpoint, format!("TLS handshake failed: {err}")))?;
     handshake(stream, endpoint).await
 }
 
@@ -561,10 +565,7 @@ where
 {
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|err| EtcdError::Unreachable {
-            endpoint: endpoint.to_owned(),
-            reason: err.to_string(),
-        })?;
+        .map_err(|err| unreachable(endpoint, err.to_string()))?;
     tokio::spawn(connection);
     Ok(sender)
 }
@@ -576,23 +577,19 @@ async fn request(
     path: &'static str,
     body: &Value,
 ) -> Result<hyper::Response<Incoming>, EtcdError> {
-    let unreachable = |reason: String| EtcdError::Unreachable {
-        endpoint: endpoint.to_owned(),
-        reason,
-    };
     sender
         .ready()
         .await
-        .map_err(|err| unreachable(err.to_string()))?;
+        .map_err(|err| unreachable(endpoint, err.to_string()))?;
     let request = hyper::Request::post(path)
         .header(hyper::header::HOST, endpoint)
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
-        .map_err(|err| unreachable(err.to_string()))?;
+        .map_err(|err| unreachable(endpoint, err.to_string()))?;
     sender
         .send_request(request)
         .await
-        .map_err(|err| unreachable(err.to_string()))
+        .map_err(|err| unreachable(endpoint, err.to_string()))
 }
 
 fn decode_member(kv: &Value) -> Option<Member> {
