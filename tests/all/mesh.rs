@@ -30,6 +30,22 @@ async fn wait_for_peer_service(admin: SocketAddr, needle: &str) {
     }
 }
 
+/// Starts node A (the `faulty` guest, plus `extra` `[node]` lines) with `seed` as its seed,
+/// and waits until it has learnt of `service` (e.g. `hello@1.0.0`) from the mesh.
+async fn start_node_a(
+    seed: SocketAddr,
+    extra: &str,
+    service: &str,
+) -> (TestManifest, switchyard::Node) {
+    let manifest = TestManifest::with_node(
+        &format!("name = \"node-a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{seed}\"]\n{extra}"),
+        &faulty_routes(),
+    );
+    let node = manifest.start().await;
+    wait_for_peer_service(node.admin_addr(), service).await;
+    (manifest, node)
+}
+
 #[tokio::test]
 async fn a_call_reaches_a_service_on_another_node_and_a_dead_node_is_forgotten() {
     let b_manifest = TestManifest::with_node(
@@ -42,12 +58,7 @@ async fn a_call_reaches_a_service_on_another_node_and_a_dead_node_is_forgotten()
     );
     let b = b_manifest.start().await;
     let b_quic = b.quic_addr().unwrap();
-    let a_manifest = TestManifest::with_node(
-        &format!("name = \"node-a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{b_quic}\"]"),
-        &faulty_routes(),
-    );
-    let a = a_manifest.start().await;
-    wait_for_peer_service(a.admin_addr(), "hello@1.0.0").await;
+    let (_a_manifest, a) = start_node_a(b_quic, "", "hello@1.0.0").await;
 
     // Guests see the same picture through discovery.resolve.
     let resolved = get(a.http_addr(), "/f/resolve?hello@^1").await;
@@ -220,15 +231,7 @@ async fn a_node_listening_on_every_interface_is_reached_at_its_advertised_addres
     let bound = b.quic_addr().unwrap();
     assert!(bound.ip().is_unspecified(), "{bound}");
     let dialed = SocketAddr::from(([127, 0, 0, 1], bound.port()));
-    let a_manifest = TestManifest::with_node(
-        &format!(
-            "name = \"node-a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{dialed}\"]\n{}",
-            tls("node-a")
-        ),
-        &faulty_routes(),
-    );
-    let a = a_manifest.start().await;
-    wait_for_peer_service(a.admin_addr(), "hello@1.0.0").await;
+    let (_a_manifest, a) = start_node_a(dialed, &tls("node-a"), "hello@1.0.0").await;
     let registry = get(a.admin_addr(), "/registry").await.body;
     assert!(registry.contains(&dialed.to_string()), "{registry}");
     assert!(!registry.contains("0.0.0.0"), "{registry}");
@@ -258,12 +261,7 @@ async fn a_spinning_callee_does_not_hold_up_other_calls_from_the_same_node() {
     );
     let b = b_manifest.start().await;
     let b_quic = b.quic_addr().unwrap();
-    let a_manifest = TestManifest::with_node(
-        &format!("name = \"node-a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{b_quic}\"]"),
-        &faulty_routes(),
-    );
-    let a = a_manifest.start().await;
-    wait_for_peer_service(a.admin_addr(), "spinner@1.0.0").await;
+    let (_a_manifest, a) = start_node_a(b_quic, "", "spinner@1.0.0").await;
     let a_http = a.http_addr();
     let spinning =
         tokio::spawn(async move { send(a_http, "POST", "/f/call", "spinner\nGET /e/spin").await });
@@ -395,15 +393,7 @@ async fn nodes_with_cluster_certificates_talk_and_a_foreign_ca_is_refused() {
     let b = b_manifest.start().await;
     let b_quic = b.quic_addr().unwrap();
 
-    let a_manifest = TestManifest::with_node(
-        &format!(
-            "name = \"node-a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{b_quic}\"]\n{}",
-            tls(&dir, "node-a")
-        ),
-        &faulty_routes(),
-    );
-    let a = a_manifest.start().await;
-    wait_for_peer_service(a.admin_addr(), "hello@1.0.0").await;
+    let (_a_manifest, a) = start_node_a(b_quic, &tls(&dir, "node-a"), "hello@1.0.0").await;
     let reply = send(a.http_addr(), "POST", "/f/call", "hello\nGET /hello/tls").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
 
@@ -505,12 +495,7 @@ async fn peers_learn_of_services_added_and_removed_by_a_manifest_edit() {
     let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
     b.watch_manifest(Some(reports)).unwrap();
     let b_quic = b.quic_addr().unwrap();
-    let a_manifest = TestManifest::with_node(
-        &format!("name = \"node-a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{b_quic}\"]"),
-        &faulty_routes(),
-    );
-    let a = a_manifest.start().await;
-    wait_for_peer_service(a.admin_addr(), "hello@1.0.0").await;
+    let (_a_manifest, a) = start_node_a(b_quic, "", "hello@1.0.0").await;
     let reply = send(a.http_addr(), "POST", "/f/call", "echo-b\nGET /e/echo").await;
     assert_eq!(reply.status, 503, "{}", reply.body);
 
