@@ -28,6 +28,47 @@ use switchyard_benches::{Timed, timed_loop};
 
 const PAYLOAD: &[u8] = b"Hello, bench!\n";
 
+/// A service the rounds call: its name, the method its route takes, the round's label, and
+/// the `BENCH_PROFILE_ONLY` value that runs it alone.
+struct Callee {
+    service: &'static str,
+    method: &'static str,
+    label: &'static str,
+    profile: &'static str,
+}
+
+/// On node B: a fresh instance per call (the default), and reused instances.
+const REMOTE: [Callee; 2] = [
+    Callee {
+        service: "hello",
+        method: "GET /hello/bench",
+        label: "switchyard guest -> guest, fresh callee",
+        profile: "hello",
+    },
+    Callee {
+        service: "hello-reuse",
+        method: "GET /again/bench",
+        label: "switchyard guest -> guest, callee reused",
+        profile: "hello-reuse",
+    },
+];
+
+/// The same two on the caller's own node A.
+const LOCAL: [Callee; 2] = [
+    Callee {
+        service: "hello-here-fresh",
+        method: "GET /here-fresh/bench",
+        label: "same node, fresh callee",
+        profile: "local-fresh",
+    },
+    Callee {
+        service: "hello-here",
+        method: "GET /here/bench",
+        label: "same node, callee reused",
+        profile: "local",
+    },
+];
+
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
         .ok()
@@ -94,52 +135,32 @@ async fn main() -> Result<()> {
 
     if let Ok(only) = std::env::var("BENCH_PROFILE_ONLY") {
         // For profilers: one round, no ratios.
-        let callee = match only.as_str() {
-            "quinn" => None,
-            "hello" | "hello-reuse" => Some(if only == "hello" {
-                "hello"
-            } else {
-                "hello-reuse"
-            }),
-            "local" => Some("hello-here"),
-            "local-fresh" => Some("hello-here-fresh"),
-            other => bail!(
-                "BENCH_PROFILE_ONLY={other}: use `hello`, `hello-reuse`, `local`, \
-                 `local-fresh` or `quinn`"
-            ),
-        };
-        let outcome = match callee {
-            None => quinn_echo(calls, callers).await?,
+        let outcome = match REMOTE.iter().chain(&LOCAL).find(|c| c.profile == only) {
             Some(callee) => switchyard_calls(a.http_addr(), callee, calls, callers).await?,
+            None if only == "quinn" => quinn_echo(calls, callers).await?,
+            None => {
+                let known: Vec<_> = REMOTE.iter().chain(&LOCAL).map(|c| c.profile).collect();
+                bail!("BENCH_PROFILE_ONLY={only}: use one of {known:?} or `quinn`")
+            }
         };
         println!("  {}", outcome.line("calls"));
         return Ok(());
     }
     // Warm-up: every callee's code and every connection.
-    for callee in ["hello", "hello-reuse", "hello-here", "hello-here-fresh"] {
+    for callee in REMOTE.iter().chain(&LOCAL) {
         switchyard_calls(a.http_addr(), callee, 50, callers).await?;
     }
     println!("rpc_remote ({calls} sequential calls per caller)");
     for callers in levels {
         let mut rounds = Vec::new();
-        for (callee, name) in [
-            ("hello", "switchyard guest -> guest, fresh callee"),
-            ("hello-reuse", "switchyard guest -> guest, callee reused"),
-        ] {
-            let mut round = switchyard_calls(a.http_addr(), callee, calls, callers).await?;
-            round.name = name;
-            rounds.push(round);
+        for callee in &REMOTE {
+            rounds.push(switchyard_calls(a.http_addr(), callee, calls, callers).await?);
         }
         let quinn = quinn_echo(calls, callers).await?;
         let hyper = hyper_echo(calls, callers).await?;
         let mut local = Vec::new();
-        for (callee, name) in [
-            ("hello-here-fresh", "same node, fresh callee"),
-            ("hello-here", "same node, callee reused"),
-        ] {
-            let mut round = switchyard_calls(a.http_addr(), callee, calls, callers).await?;
-            round.name = name;
-            local.push(round);
+        for callee in &LOCAL {
+            local.push(switchyard_calls(a.http_addr(), callee, calls, callers).await?);
         }
         println!(" {callers} concurrent caller(s):");
         for outcome in rounds.iter().chain([&quinn, &hyper]).chain(&local) {
@@ -160,19 +181,14 @@ async fn main() -> Result<()> {
 }
 
 /// Each caller is one HTTP request to node A whose guest makes `calls` sequential calls to
-/// `hello` on node B and reports each call's duration as the guest measured it.
+/// `callee` and reports each call's duration as the guest measured it.
 async fn switchyard_calls(
     http: SocketAddr,
-    callee: &'static str,
+    callee: &Callee,
     calls: usize,
     callers: usize,
 ) -> Result<Timed> {
-    let method = match callee {
-        "hello" => "GET /hello/bench",
-        "hello-here" => "GET /here/bench",
-        "hello-here-fresh" => "GET /here-fresh/bench",
-        _ => "GET /again/bench",
-    };
+    let (service, method) = (callee.service, callee.method);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..callers {
@@ -183,7 +199,7 @@ async fn switchyard_calls(
             tokio::spawn(connection);
             let request = hyper::Request::post(format!("/f/calls/{calls}"))
                 .header("host", "bench")
-                .body(Full::new(Bytes::from(format!("{callee}\n{method}"))))?;
+                .body(Full::new(Bytes::from(format!("{service}\n{method}"))))?;
             let response = sender.send_request(request).await?;
             let status = response.status();
             let body = response.into_body().collect().await?.to_bytes();
@@ -202,7 +218,7 @@ async fn switchyard_calls(
         }
     }
     Ok(Timed {
-        name: "switchyard guest -> guest",
+        name: callee.label,
         count: total,
         elapsed: started.elapsed(),
         histogram,
