@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{TestManifest, capture_logs, get, logs, service};
+use crate::support::{TestManifest, capture_logs, get, logs, service, wait_for_in_flight};
 
 fn faulty(extra: &str) -> TestManifest {
     TestManifest::new(&format!(
@@ -81,24 +81,14 @@ async fn a_guest_computing_in_a_loop_shares_its_thread_with_other_requests() {
     let node = manifest.start().await;
     let addr = node.http_addr();
     let spinning = tokio::spawn(async move { get(addr, "/f/spin").await.status });
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let services = get(node.admin_addr(), "/services").await;
-        let services: serde_json::Value = serde_json::from_str(&services.body).unwrap();
-        let faulty = services
-            .as_array()
-            .and_then(|all| all.iter().find(|s| s["name"] == "faulty"))
-            .cloned()
-            .unwrap_or_default();
-        if faulty["in_flight"] == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the spinning request never showed as in flight (or the admin API could not answer while it ran)"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_in_flight(
+        node.admin_addr(),
+        "faulty",
+        1,
+        Duration::from_secs(2),
+        "the spinning request never showed as in flight (or the admin API could not answer while it ran)",
+    )
+    .await;
     let started = Instant::now();
     assert_eq!(get(addr, "/hello/meanwhile").await.status, 200);
     let waited = started.elapsed();
@@ -165,19 +155,14 @@ async fn at_max_instances_the_next_request_gets_503_at_once() {
         .map(|_| tokio::spawn(async move { get(addr, "/f/sleep/1500").await.status }))
         .collect();
     // Let both slow requests take their instances.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let services = get(node.admin_addr(), "/services").await;
-        let services: serde_json::Value = serde_json::from_str(&services.body).unwrap();
-        if services[0]["in_flight"] == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "slow requests never started: {services}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_in_flight(
+        node.admin_addr(),
+        "faulty",
+        2,
+        Duration::from_secs(5),
+        "slow requests never started",
+    )
+    .await;
     let started = Instant::now();
     let reply = get(addr, "/f/echo").await;
     assert_eq!(reply.status, 503, "{}", reply.body);

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{TestManifest, get, send, service, switchyard_bin};
+use crate::support::{TestManifest, get, send, service, switchyard_bin, wait_for_in_flight};
 
 fn faulty_routes() -> String {
     service(
@@ -265,21 +265,14 @@ async fn a_spinning_callee_does_not_hold_up_other_calls_from_the_same_node() {
     let a_http = a.http_addr();
     let spinning =
         tokio::spawn(async move { send(a_http, "POST", "/f/call", "spinner\nGET /e/spin").await });
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let services = get(b.admin_addr(), "/services").await.body;
-        let services: serde_json::Value = serde_json::from_str(&services).unwrap();
-        let spinner = services
-            .as_array()
-            .and_then(|all| all.iter().find(|s| s["name"] == "spinner"))
-            .cloned()
-            .unwrap_or_default();
-        if spinner["in_flight"] == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the spinning call never arrived");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_in_flight(
+        b.admin_addr(),
+        "spinner",
+        1,
+        Duration::from_secs(2),
+        "the spinning call never arrived",
+    )
+    .await;
     // A takes its connections to B in turn, so some of these share the spinner's.
     for _ in 0..6 {
         let started = Instant::now();

@@ -234,3 +234,29 @@ pub(crate) async fn next_reload(
         .expect("no reload within 5 s")
         .expect("the node stopped watching its manifest")
 }
+
+/// Waits until `service` on the node whose admin API is at `admin` has `count` requests in
+/// flight, polling `/services`; past `within` it fails with `what` and the last listing.
+pub(crate) async fn wait_for_in_flight(
+    admin: SocketAddr,
+    service: &str,
+    count: u64,
+    within: std::time::Duration,
+    what: &str,
+) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let services = get(admin, "/services").await;
+        let services: serde_json::Value = serde_json::from_str(&services.body).unwrap();
+        let found = services
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["name"] == service))
+            .cloned()
+            .unwrap_or_default();
+        if found["in_flight"] == count {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {services}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
