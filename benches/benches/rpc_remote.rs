@@ -24,7 +24,7 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use switchyard::transport::{Identity, SERVER_NAME};
-use switchyard_benches::{Timed, timed_loop};
+use switchyard_benches::{RoundClock, Timed, timed_loop};
 
 const PAYLOAD: &[u8] = b"Hello, bench!\n";
 
@@ -189,7 +189,7 @@ async fn switchyard_calls(
     callers: usize,
 ) -> Result<Timed> {
     let (service, method) = (callee.service, callee.method);
-    let started = Instant::now();
+    let clock = RoundClock::start();
     let mut tasks = Vec::new();
     for _ in 0..callers {
         tasks.push(tokio::spawn(async move {
@@ -217,12 +217,7 @@ async fn switchyard_calls(
             total += 1;
         }
     }
-    Ok(Timed {
-        name: callee.label,
-        count: total,
-        elapsed: started.elapsed(),
-        histogram,
-    })
+    Ok(clock.finish(callee.label, total, histogram))
 }
 
 /// Plain quinn: one stream per request, the server echoes what it read. Same TLS as nodes.
@@ -268,7 +263,7 @@ async fn quinn_echo(calls: usize, callers: usize) -> Result<Timed> {
 /// Plain hyper HTTP/1.1 with keep-alive: one connection per caller.
 async fn hyper_echo(calls: usize, callers: usize) -> Result<Timed> {
     let addr = switchyard_benches::start_plain_hyper(switchyard_benches::PlainReply::Echo).await?;
-    let started = Instant::now();
+    let clock = RoundClock::start();
     let mut tasks = Vec::new();
     for _ in 0..callers {
         tasks.push(tokio::spawn(async move {
@@ -300,10 +295,9 @@ async fn hyper_echo(calls: usize, callers: usize) -> Result<Timed> {
     for task in tasks {
         histogram.add(task.await??)?;
     }
-    Ok(Timed {
-        name: "plain hyper HTTP/1.1 echo",
-        count: (calls * callers) as u64,
-        elapsed: started.elapsed(),
+    Ok(clock.finish(
+        "plain hyper HTTP/1.1 echo",
+        (calls * callers) as u64,
         histogram,
-    })
+    ))
 }

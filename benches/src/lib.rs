@@ -155,12 +155,16 @@ pub async fn start_plain_hyper(reply: PlainReply) -> Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Calls or sends timed one by one: how many, over how long, and each one's latency.
+/// Calls or sends timed one by one: how many, over how long, each one's latency, and the CPU
+/// time the whole process spent meanwhile.
 pub struct Timed {
     pub name: &'static str,
     pub count: u64,
     pub elapsed: Duration,
     pub histogram: Histogram<u64>,
+    /// CPU time of every thread of the process during the round: both sides of each exchange
+    /// run in this process, so this is what one round cost the machine, whoever did the work.
+    pub cpu: Duration,
 }
 
 impl Timed {
@@ -174,16 +178,58 @@ impl Timed {
         self.histogram.value_at_quantile(quantile)
     }
 
+    /// CPU time per operation, in microseconds. Unlike latency and rate, this hardly moves
+    /// with what else the machine runs, so it says best where a difference comes from.
+    pub fn cpu_us_each(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.count.max(1) as f64
+    }
+
     /// One aligned report line, `unit` naming what was counted (`calls`, `sends`).
     pub fn line(&self, unit: &str) -> String {
         format!(
-            "{:<42} {:>8.0} {unit}/s  p50 {:>6} us  p99 {:>6} us",
+            "{:<42} {:>8.0} {unit}/s  p50 {:>6} us  p99 {:>6} us  cpu {:>5.1} us each",
             self.name,
             self.rate(),
             self.latency_us(0.5),
-            self.latency_us(0.99)
+            self.latency_us(0.99),
+            self.cpu_us_each()
         )
     }
+}
+
+/// Wall and process CPU time since a round started.
+pub struct RoundClock {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl RoundClock {
+    pub fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu: process_cpu_time(),
+        }
+    }
+
+    /// The round's outcome: `count` operations with latencies in `histogram`.
+    pub fn finish(self, name: &'static str, count: u64, histogram: Histogram<u64>) -> Timed {
+        Timed {
+            name,
+            count,
+            elapsed: self.wall.elapsed(),
+            histogram,
+            cpu: process_cpu_time().saturating_sub(self.cpu),
+        }
+    }
+}
+
+/// CPU time used so far by all threads of this process.
+fn process_cpu_time() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// `tasks` concurrent tasks, each awaiting `make()` `each` times in a row, timing each.
@@ -197,7 +243,7 @@ where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<()>> + Send,
 {
-    let started = Instant::now();
+    let clock = RoundClock::start();
     let mut running = Vec::new();
     for _ in 0..tasks {
         let make = make.clone();
@@ -215,10 +261,5 @@ where
     for task in running {
         histogram.add(task.await??)?;
     }
-    Ok(Timed {
-        name,
-        count: (each * tasks) as u64,
-        elapsed: started.elapsed(),
-        histogram,
-    })
+    Ok(clock.finish(name, (each * tasks) as u64, histogram))
 }
