@@ -6,7 +6,10 @@
 //! socket): what a remote call costs on top of the callee itself.
 //!
 //! Each set of rounds runs at 8 concurrent callers (load: calls/s and latency under it) and
-//! at 1 (one call at a time: latency with nothing queued).
+//! at 1 (one call at a time: latency with nothing queued). Every row also gives the process
+//! CPU time per call: at 8 callers on a small machine the rounds are CPU-bound, and a remote
+//! call cannot cost less than the echo's exchange plus the same call made on one node, which
+//! says how far from its floor a row is.
 //!
 //! `cargo xtask bench -- --bench rpc_remote`. Knobs: `BENCH_CALLS` per caller (default
 //! 2000), `BENCH_CALLERS` the concurrency levels (default `8,1`), and `BENCH_PROFILE_ONLY` =
