@@ -26,7 +26,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use switchyard::transport::{Identity, SERVER_NAME};
+use switchyard::bench::{Identity, SERVER_NAME};
 use switchyard_benches::{RoundClock, Timed, timed_loop};
 
 const PAYLOAD: &[u8] = b"Hello, bench!\n";

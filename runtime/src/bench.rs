@@ -5,6 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::transport::{Identity, SERVER_NAME};
+
 use crate::policy::{Binding, Code};
 use crate::wasm::{Engine, EngineConfig};
 
@@ -84,7 +86,7 @@ impl crate::messaging::Subscribers for AckAll {
         _queue: &'a str,
         _message: &'a crate::messaging::StoredMessage,
         _attempt: u32,
-    ) -> crate::discovery::BoxFuture<'a, crate::messaging::Delivered> {
+    ) -> crate::util::BoxFuture<'a, crate::messaging::Delivered> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Box::pin(std::future::ready(crate::messaging::Delivered::Acked))
     }
@@ -126,8 +128,8 @@ impl QueueProbe {
 
     /// Sends `body`; resolves once it is on disk.
     pub async fn send(&self, body: Vec<u8>) -> Result<(), String> {
-        let outgoing = crate::messaging::Outgoing {
-            kind: 2,
+        let outgoing = crate::host::Outgoing {
+            kind: crate::wire::MessageKind::Event,
             key: None,
             headers: Vec::new(),
             reply_to: None,

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::manifest::{Manifest, ManifestError};
-use crate::transport::frame;
+use crate::wire::frame;
 
 /// Whatever the bytes, decoding a frame returns (never panics, never allocates from an
 /// unchecked length), and a frame that decodes encodes back to one that decodes the same.
@@ -69,10 +69,11 @@ mod tests {
     }
 
     fn frame_seeds() -> Vec<Vec<u8>> {
-        use crate::transport::frame::{FailureKind, Frame, Member};
+        use crate::wire::frame::{FailureKind, Frame, Member};
         [
             Frame::Call {
                 service: "inventory".into(),
+                range: Some("^1".into()),
                 method: "GET /items/42".into(),
                 headers: vec![("x-a".into(), "b".into())],
                 body: b"hello".to_vec(),
@@ -96,6 +97,7 @@ mod tests {
             },
             Frame::OpenStream {
                 service: "s".into(),
+                range: None,
                 caller: "c".into(),
                 deadline_ms: 1,
             },

@@ -4,23 +4,36 @@
 //! (with an on-disk cache), routes HTTP requests to a fresh pooled instance per request, and
 //! keeps every guest inside its limits (deadline, memory, concurrency).
 //!
-//! Modules, one per subsystem (see `DESIGN.md`): [`manifest`] (schema and checks), [`node`]
-//! (lifecycle and wiring), [`wasm`] (engine, compile cache, slots), `host` (the guest's
-//! imports), `http` (ingress and admin API), `router` (`METHOD /path` matching), `rpc`
-//! (service-to-service calls), `messaging` (durable queues), `policy` (resilience policies),
-//! [`telemetry`] (logging).
+//! The public surface is small: [`Manifest`] (with its checks, [`manifest`]), [`Node`] (start,
+//! reload, shut down, [`node`]), [`cert`] for the mesh's certificates and [`telemetry`] for
+//! logging. Everything else is private and layered, each layer using only those below it
+//! (`ARCHITECTURE.md` in the repository draws it; a test checks it):
+//!
+//! - leaves: `call` (a call's vocabulary), `wire` (frames), `manifest`, `util`, `telemetry`;
+//! - `host` (the guest's imports, store state per world, ports), `transport` (QUIC, TLS),
+//!   `router` (`METHOD /path` matching, generic);
+//! - `wasm` (engine, compile cache, slots), `discovery` (registry, gossip, etcd);
+//! - `policy` (bindings and the policy chain as one call layer);
+//! - `rpc` (route, local, remote, peer, streams), `messaging` (durable queues);
+//! - `http` (ingress and admin API);
+//! - `node` (lifecycle, wiring, reload).
 
 pub mod manifest;
 pub mod node;
 pub mod telemetry;
-pub mod transport;
-pub mod wasm;
+
+/// Certificates for the mesh's mutual TLS: a cluster CA and node certificates signed by it
+/// (what `switchyard cert` writes).
+pub mod cert {
+    pub use crate::transport::{CertPem, generate_ca, issue_node_cert};
+}
 
 #[doc(hidden)]
 pub mod bench;
 #[doc(hidden)]
 pub mod fuzzing;
 
+mod call;
 mod discovery;
 mod host;
 mod http;
@@ -28,6 +41,10 @@ mod messaging;
 mod policy;
 mod router;
 mod rpc;
+mod transport;
+mod util;
+mod wasm;
+mod wire;
 
 pub use manifest::Manifest;
 pub use node::{Node, NodeError};

@@ -216,7 +216,7 @@ fn check(path: PathBuf) -> Result<()> {
 }
 
 fn cert(what: CertCommand) -> Result<()> {
-    use switchyard::transport::{CertPem, generate_ca, issue_node_cert};
+    use switchyard::cert::{CertPem, generate_ca, issue_node_cert};
     let write = |dir: &std::path::Path, stem: &str, pem: &CertPem| -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let cert = dir.join(format!("{stem}.pem"));

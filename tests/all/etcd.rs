@@ -29,7 +29,7 @@ impl TlsFiles {
         use rcgen::{CertificateParams, Issuer, KeyPair};
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, pem: &str| std::fs::write(dir.path().join(name), pem).unwrap();
-        let ca = switchyard::transport::generate_ca("etcd-test").unwrap();
+        let ca = switchyard::cert::generate_ca("etcd-test").unwrap();
         write("ca.pem", &ca.cert);
         let issuer =
             Issuer::from_ca_cert_pem(&ca.cert, KeyPair::from_pem(&ca.key).unwrap()).unwrap();
@@ -40,10 +40,10 @@ impl TlsFiles {
             .unwrap();
         write("server.pem", &server.pem());
         write("server.key", &key.serialize_pem());
-        let client = switchyard::transport::issue_node_cert(&ca, "etcd-client").unwrap();
+        let client = switchyard::cert::issue_node_cert(&ca, "etcd-client").unwrap();
         write("client.pem", &client.cert);
         write("client.key", &client.key);
-        let stranger = switchyard::transport::generate_ca("stranger").unwrap();
+        let stranger = switchyard::cert::generate_ca("stranger").unwrap();
         write("stranger-ca.pem", &stranger.cert);
         Self { dir }
     }

@@ -9,6 +9,7 @@
 
 mod support;
 
+mod architecture;
 mod cache;
 mod cli;
 mod etcd;

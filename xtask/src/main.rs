@@ -66,6 +66,10 @@ fn run_command(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Test { cargo_args } => {
+            // Formatting first: it fails in a second, before anything is built.
+            let mut fmt = cargo(&root);
+            fmt.args(["fmt", "--all", "--", "--check"]);
+            run(&mut fmt).context("`cargo fmt --all` would change files; run it and commit")?;
             test_servers()?;
             build_guests(&root.join("guests/Cargo.toml"), &root.join("target/guests"))?;
             // The CLI and scaffold tests run the `switchyard` and `xtask` binaries as a user
@@ -74,6 +78,23 @@ fn run_command(cli: Cli) -> Result<()> {
             let mut binaries = cargo(&root);
             binaries.args(["build", "--release", "--workspace", "--all-targets"]);
             run(&mut binaries)?;
+            // Lints and docs before the tests (whose summary is the last thing printed), in
+            // the release profile, so both reuse one check of the dependencies.
+            let mut clippy = cargo(&root);
+            clippy.args([
+                "clippy",
+                "--release",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]);
+            run(&mut clippy)?;
+            let mut doc = cargo(&root);
+            doc.args(["doc", "--release", "--workspace", "--no-deps"])
+                .env("RUSTDOCFLAGS", "-D warnings");
+            run(&mut doc)?;
             let mut test = cargo(&root);
             test.args(["test", "--release", "--workspace"])
                 .args(&cargo_args);

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::{BoxFuture, GOSSIP_INTERVAL, LEAVE_TIMEOUT, Member, Membership, Registry, TTL};
 use crate::transport::Transport;
-use crate::transport::frame::{FailureKind, Frame};
+use crate::wire::frame::{FailureKind, Frame};
 
 /// Embedded membership for one node.
 pub(crate) struct Gossip {
@@ -66,7 +66,7 @@ impl Gossip {
             }
             other => Frame::Failed {
                 kind: FailureKind::BadRequest,
-                message: format!("gossip does not answer {other:?}"),
+                message: format!("gossip does not answer {} frames", other.kind()),
             },
         }
     }

@@ -18,15 +18,13 @@ mod etcd;
 mod gossip;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-pub(crate) use crate::transport::frame::Member;
+pub(crate) use crate::wire::frame::Member;
 pub(crate) use etcd::{Etcd, connector as etcd_connector};
 pub(crate) use gossip::Gossip;
 
@@ -37,8 +35,7 @@ pub(crate) const TTL: Duration = Duration::from_secs(2);
 /// How long a goodbye may take before the node stops anyway.
 pub(crate) const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A boxed future, so backends can sit behind `dyn Membership`.
-pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) use crate::util::BoxFuture;
 
 /// Keeps a node registered and its [`Registry`] current.
 pub(crate) trait Membership: Send + Sync {

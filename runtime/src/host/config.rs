@@ -1,7 +1,7 @@
 //! `switchyard:runtime/config`: the manifest's `config` table, read-only.
 
 use super::HostState;
-use crate::wasm::imports::config;
+use super::bindings::imports::config;
 
 impl config::Host for HostState {
     fn get(&mut self, key: String) -> Option<String> {

@@ -1,24 +1,29 @@
-//! `switchyard:runtime/discovery`: what the node's rpc client would call, as data.
+//! `switchyard:runtime/discovery`: what the node's calls would reach, as data.
 
 use super::HostState;
-use crate::wasm::imports::discovery::{self as wit, Instance};
+use super::bindings::imports::discovery::{self as wit, Instance};
+use crate::call::{self, Target};
 
 impl wit::Host for HostState {
     fn resolve(&mut self, service: String) -> Result<Vec<Instance>, String> {
-        self.guest
-            .rpc
-            .resolve(&service)
-            .map(|instances| {
-                instances
-                    .into_iter()
-                    .map(|instance| Instance {
-                        node: instance.node,
-                        local: instance.address.is_none(),
-                        address: instance.address.map(|addr| addr.to_string()),
-                        version: instance.version,
-                    })
-                    .collect()
-            })
-            .map_err(|err| err.to_string())
+        let target = Target::parse(&service).map_err(|err| err.to_string())?;
+        Ok(self
+            .guest
+            .calls
+            .resolve(&target)
+            .into_iter()
+            .map(Instance::from)
+            .collect())
+    }
+}
+
+impl From<call::Instance> for Instance {
+    fn from(instance: call::Instance) -> Self {
+        Self {
+            node: instance.node,
+            local: instance.endpoint.peer().is_none(),
+            address: instance.endpoint.peer().map(|addr| addr.to_string()),
+            version: instance.version,
+        }
     }
 }

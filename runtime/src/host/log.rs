@@ -1,34 +1,50 @@
 //! `switchyard:runtime/log`: guest lines go to the node's log under target `guest`, with the
 //! service and request id as fields.
 
-use super::HostState;
-use crate::wasm::imports::log::{self, Level};
+use super::bindings::imports::log::{self, Level};
+use super::{HostState, PolicyState};
 
 /// Guest messages are cut here so one guest cannot flood the log with a single line.
 const MAX_MESSAGE_BYTES: usize = 8 * 1024;
 
 impl log::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
-        let message = truncate(&message, MAX_MESSAGE_BYTES);
-        let service = self.guest.service.as_str();
-        let request_id = self.request_id.as_str();
-        match level {
-            Level::Trace => tracing::trace!(target: "guest", service, request_id, "{message}"),
-            Level::Debug => tracing::debug!(target: "guest", service, request_id, "{message}"),
-            Level::Info => tracing::info!(target: "guest", service, request_id, "{message}"),
-            Level::Warn => tracing::warn!(target: "guest", service, request_id, "{message}"),
-            Level::Error => tracing::error!(target: "guest", service, request_id, "{message}"),
-        }
+        write(&self.guest.service, &self.request_id, level, &message);
     }
 
     fn enabled(&mut self, level: Level) -> bool {
-        match level {
-            Level::Trace => tracing::enabled!(target: "guest", tracing::Level::TRACE),
-            Level::Debug => tracing::enabled!(target: "guest", tracing::Level::DEBUG),
-            Level::Info => tracing::enabled!(target: "guest", tracing::Level::INFO),
-            Level::Warn => tracing::enabled!(target: "guest", tracing::Level::WARN),
-            Level::Error => tracing::enabled!(target: "guest", tracing::Level::ERROR),
-        }
+        enabled(level)
+    }
+}
+
+impl log::Host for PolicyState {
+    fn log(&mut self, level: Level, message: String) {
+        write(&self.name, "", level, &message);
+    }
+
+    fn enabled(&mut self, level: Level) -> bool {
+        enabled(level)
+    }
+}
+
+fn write(service: &str, request_id: &str, level: Level, message: &str) {
+    let message = truncate(message, MAX_MESSAGE_BYTES);
+    match level {
+        Level::Trace => tracing::trace!(target: "guest", service, request_id, "{message}"),
+        Level::Debug => tracing::debug!(target: "guest", service, request_id, "{message}"),
+        Level::Info => tracing::info!(target: "guest", service, request_id, "{message}"),
+        Level::Warn => tracing::warn!(target: "guest", service, request_id, "{message}"),
+        Level::Error => tracing::error!(target: "guest", service, request_id, "{message}"),
+    }
+}
+
+fn enabled(level: Level) -> bool {
+    match level {
+        Level::Trace => tracing::enabled!(target: "guest", tracing::Level::TRACE),
+        Level::Debug => tracing::enabled!(target: "guest", tracing::Level::DEBUG),
+        Level::Info => tracing::enabled!(target: "guest", tracing::Level::INFO),
+        Level::Warn => tracing::enabled!(target: "guest", tracing::Level::WARN),
+        Level::Error => tracing::enabled!(target: "guest", tracing::Level::ERROR),
     }
 }
 

@@ -1,10 +1,10 @@
-//! `switchyard:runtime/messaging`: sends to this node's durable queues.
+//! `switchyard:runtime/messaging`: durable sends through the [`super::Queues`] port.
 
-use super::HostState;
-use crate::messaging::{Outgoing, SendError};
+use super::bindings::imports::messaging::{self as wit, OutgoingMessage};
+use super::bindings::imports::types::MessageKind as WitKind;
+use super::{HostState, Outgoing, SendError};
 use crate::telemetry::TraceContext;
-use crate::wasm::imports::messaging::{self as wit, OutgoingMessage};
-use crate::wasm::imports::types::MessageKind;
+use crate::wire::MessageKind;
 
 /// The largest message body a queue takes.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -27,25 +27,47 @@ impl wit::Host for HostState {
             .as_ref()
             .map_or_else(TraceContext::root, TraceContext::child);
         let outgoing = Outgoing {
-            kind: match message.kind {
-                MessageKind::Document => 0,
-                MessageKind::Command => 1,
-                MessageKind::Event => 2,
-            },
+            kind: message.kind.into(),
             key: message.key,
             headers: message.headers,
             reply_to: message.reply_to,
             body: message.body,
         };
-        let broker = self.guest.messaging.clone();
-        let sent = broker
+        let queues = self.guest.queues.clone();
+        let sent = queues
             .send(&queue, &self.guest.service, Some(trace.header()), outgoing)
             .await;
-        sent.map_err(|err| match err {
-            SendError::UnknownQueue(m) => wit::SendError::UnknownQueue(m),
-            SendError::Full(m) => wit::SendError::Full(m),
-            SendError::TooLarge(m) => wit::SendError::TooLarge(m),
-            SendError::Unavailable(m) => wit::SendError::Unavailable(m),
-        })
+        sent.map_err(Into::into)
+    }
+}
+
+impl From<WitKind> for MessageKind {
+    fn from(kind: WitKind) -> Self {
+        match kind {
+            WitKind::Document => Self::Document,
+            WitKind::Command => Self::Command,
+            WitKind::Event => Self::Event,
+        }
+    }
+}
+
+impl From<MessageKind> for WitKind {
+    fn from(kind: MessageKind) -> Self {
+        match kind {
+            MessageKind::Document => Self::Document,
+            MessageKind::Command => Self::Command,
+            MessageKind::Event => Self::Event,
+        }
+    }
+}
+
+impl From<SendError> for wit::SendError {
+    fn from(error: SendError) -> Self {
+        match error {
+            SendError::UnknownQueue(m) => Self::UnknownQueue(m),
+            SendError::Full(m) => Self::Full(m),
+            SendError::TooLarge(m) => Self::TooLarge(m),
+            SendError::Unavailable(m) => Self::Unavailable(m),
+        }
     }
 }

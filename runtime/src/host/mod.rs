@@ -1,18 +1,28 @@
-//! What a guest's imports do: one file per WIT interface, all acting on [`HostState`], the
-//! per-store data a request's instance owns.
+//! What a guest's imports do: one file per WIT interface, acting on the store state of its
+//! world: [`HostState`] for a service's instance (one request's, or a few in a row), and
+//! [`PolicyState`] for a policy's (which imports only WASI and `log`). The `bindgen!` output
+//! for every world is [`bindings`]'s. What reaches beyond the store (other services, queues)
+//! goes through the [`ports`] that `rpc` and `messaging` implement.
 //!
 //! WASI is locked down: no preopened directories, no sockets, no environment beyond the
 //! manifest's `env`, no arguments. Guest stdout and stderr are kept (bounded) and written to
 //! the node's log with the request id, so a guest's panic message is not lost.
 
+mod bindings;
 mod config;
 mod discovery;
 mod log;
 mod messaging;
 mod output;
+mod ports;
 mod quic;
 mod rpc;
 mod types;
+
+pub(crate) use bindings::policy as policy_bindings;
+pub(crate) use bindings::streams::StreamServicePre;
+pub(crate) use bindings::{GuestMessage, GuestRequest, GuestResponse, Service, ServicePre};
+pub(crate) use ports::{Calls, Outgoing, Queues, SendError};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,32 +30,23 @@ use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::call::Deadline;
 use output::GuestOutput;
-#[allow(
-    unreachable_pub,
-    reason = "bindgen re-exports it publicly; the module is private"
-)]
-pub use quic::{GuestConnection, GuestStream};
-#[allow(
-    unreachable_pub,
-    reason = "bindgen re-exports it publicly; the module is private"
-)]
-pub use rpc::PendingCall;
 
-/// What a service's guests reach out to: other services, and this node's queues.
+/// What a service's guests reach out to: other services, and queues.
 #[derive(Clone)]
 pub(crate) struct Outbound {
-    pub(crate) rpc: crate::rpc::Client,
-    pub(crate) messaging: Arc<crate::messaging::Broker>,
+    pub(crate) calls: Arc<dyn Calls>,
+    pub(crate) queues: Arc<dyn Queues>,
 }
 
 /// What every instance of one service generation shares.
 pub(crate) struct GuestContext {
     pub(crate) service: String,
     /// Makes this service's outgoing calls.
-    pub(crate) rpc: crate::rpc::Client,
+    pub(crate) calls: Arc<dyn Calls>,
     /// Takes the messages it sends.
-    pub(crate) messaging: Arc<crate::messaging::Broker>,
+    pub(crate) queues: Arc<dyn Queues>,
     pub(crate) config: BTreeMap<String, String>,
     pub(crate) env: Vec<(String, String)>,
 }
@@ -58,7 +59,7 @@ pub(crate) struct HostState {
     guest: Arc<GuestContext>,
     request_id: String,
     /// When the current request's time is up; calls it makes get what is left.
-    deadline: std::time::Instant,
+    deadline: Deadline,
     /// Numbers the calls of the current request (their ids are `<request id>.<n>`).
     calls_made: u32,
     /// The current request's trace; its calls continue it.
@@ -82,7 +83,7 @@ impl HostState {
             },
             guest,
             request_id: String::new(),
-            deadline: std::time::Instant::now(),
+            deadline: Deadline::after(std::time::Duration::ZERO),
             calls_made: 0,
             trace: None,
             output,
@@ -94,7 +95,7 @@ impl HostState {
     pub(crate) fn begin_request(
         &mut self,
         request_id: &str,
-        deadline: std::time::Instant,
+        deadline: Deadline,
         traceparent: Option<&str>,
     ) {
         request_id.clone_into(&mut self.request_id);
@@ -105,13 +106,8 @@ impl HostState {
     }
 
     /// When the current request's time is up.
-    pub(crate) fn deadline(&self) -> std::time::Instant {
+    pub(crate) fn deadline(&self) -> Deadline {
         self.deadline
-    }
-
-    fn remaining(&self) -> std::time::Duration {
-        self.deadline
-            .saturating_duration_since(std::time::Instant::now())
     }
 
     fn next_call_id(&mut self) -> String {
@@ -134,10 +130,52 @@ impl WasiView for HostState {
     }
 }
 
-/// Adds WASI and the `switchyard:runtime` imports to `linker`.
+/// Adds WASI and the `switchyard:runtime` imports of the `service` world to `linker`.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
-    crate::wasm::Service::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)
+    Service::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)
+}
+
+/// The data of one policy instance's store: WASI (nothing opened), its memory cap, its name
+/// for the log.
+pub(crate) struct PolicyState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    /// `policy:<name>`, as its log lines say.
+    name: String,
+}
+
+impl PolicyState {
+    pub(crate) fn new(policy: &str, memory_limit_bytes: usize) -> Self {
+        Self {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                limit: memory_limit_bytes,
+                exceeded: false,
+            },
+            name: format!("policy:{policy}"),
+        }
+    }
+}
+
+impl WasiView for PolicyState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Adds WASI and the `log` import of the `resilience-policy` world to `linker`.
+pub(crate) fn add_policy_to_linker(linker: &mut Linker<PolicyState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    policy_bindings::ResiliencePolicy::add_to_linker::<PolicyState, HasSelf<PolicyState>>(
+        linker,
+        |state| state,
+    )
 }
 
 /// Caps one instance's linear memory; remembers a refused growth so the caller can tell

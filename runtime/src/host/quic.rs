@@ -1,6 +1,6 @@
 //! `switchyard:runtime/quic`: raw bidirectional streams between guests.
 //!
-//! `connect` picks an instance of the service the way a call would ([`rpc::Client::connect`]);
+//! `connect` picks an instance of the service the way a call would ([`Calls::connect`]);
 //! `open-stream` asks that node to serve a new stream with the callee's `stream-handler`.
 //! Either way the guest holds a [`GuestStream`]: byte reader and writer halves, over QUIC
 //! between nodes or an in-memory pipe on one node. Every read and write stops at the
@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmtime::component::Resource;
 
+#[cfg(doc)]
+use super::Calls;
 use super::HostState;
-use crate::rpc::{self, ByteStream, CallError, StreamTarget};
-use crate::wasm::imports::quic::{self as wit, StreamError};
+use super::bindings::imports::quic::{self as wit, StreamError};
+use crate::call::{ByteStream, CallError, Connection, Target};
 
 /// Reads return at most this much, whatever the guest asks for.
 const MAX_READ: u32 = 64 * 1024;
@@ -24,7 +26,7 @@ const MAX_READ: u32 = 64 * 1024;
     reason = "bindgen re-exports it publicly; the module is private"
 )]
 pub struct GuestConnection {
-    target: StreamTarget,
+    connection: Connection,
     /// How long each stream opened on it may live.
     budget: Duration,
 }
@@ -55,13 +57,15 @@ impl HostState {
     }
 }
 
-fn to_wit(error: CallError) -> StreamError {
-    match error {
-        CallError::Timeout => StreamError::Timeout,
-        CallError::Unavailable(m) => StreamError::Unavailable(m),
-        CallError::Remote(m) => StreamError::Closed(m),
-        CallError::BadRequest(m) => StreamError::BadRequest(m),
-        CallError::Rejected(m) => StreamError::Unavailable(format!("rejected by a policy: {m}")),
+impl From<CallError> for StreamError {
+    fn from(error: CallError) -> Self {
+        match error {
+            CallError::Timeout => Self::Timeout,
+            CallError::Unavailable(m) => Self::Unavailable(m),
+            CallError::Remote(m) => Self::Closed(m),
+            CallError::BadRequest(m) => Self::BadRequest(m),
+            CallError::Rejected(m) => Self::Unavailable(format!("rejected by a policy: {m}")),
+        }
     }
 }
 
@@ -71,13 +75,13 @@ impl wit::Host for HostState {
         service: String,
         timeout_ms: Option<u32>,
     ) -> Result<Resource<GuestConnection>, StreamError> {
-        let remaining = self.remaining();
+        let remaining = self.deadline.remaining();
         let budget = timeout_ms.map_or(remaining, |ms| {
             remaining.min(Duration::from_millis(u64::from(ms)))
         });
-        let target = self.guest.rpc.connect(&service).map_err(to_wit)?;
+        let connection = self.guest.calls.connect(Target::parse(&service)?)?;
         self.table
-            .push(GuestConnection { target, budget })
+            .push(GuestConnection { connection, budget })
             .map_err(|err| StreamError::Closed(err.to_string()))
     }
 }
@@ -89,12 +93,12 @@ impl wit::HostConnection for HostState {
     ) -> wasmtime::Result<Result<Resource<GuestStream>, StreamError>> {
         let (target, budget) = {
             let connection = self.table.get(&connection)?;
-            (connection.target.clone(), connection.budget)
+            (connection.connection.clone(), connection.budget)
         };
         // What is left of this request's time caps the stream too.
-        let budget = budget.min(self.remaining());
-        let client: rpc::Client = self.guest.rpc.clone();
-        let opened = client
+        let budget = budget.min(self.deadline.remaining());
+        let calls = self.guest.calls.clone();
+        let opened = calls
             .open_stream(&target, &self.guest.service, budget)
             .await;
         Ok(match opened {
@@ -103,12 +107,12 @@ impl wit::HostConnection for HostState {
                 finished: false,
                 deadline: Instant::now() + budget,
             })?),
-            Err(error) => Err(to_wit(error)),
+            Err(error) => Err(error.into()),
         })
     }
 
     fn node(&mut self, connection: Resource<GuestConnection>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&connection)?.target.node.clone())
+        Ok(self.table.get(&connection)?.connection.node.clone())
     }
 
     fn drop(&mut self, connection: Resource<GuestConnection>) -> wasmtime::Result<()> {

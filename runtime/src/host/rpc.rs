@@ -1,4 +1,4 @@
-//! `switchyard:runtime/rpc`: calls to other services through the node's [`rpc::Client`].
+//! `switchyard:runtime/rpc`: calls to other services through the [`Calls`] port.
 //!
 //! `start` spawns the call on the runtime, so calls started together run in parallel while
 //! the guest keeps going; the `pending-call` resource holds its outcome. Dropping a pending
@@ -10,10 +10,10 @@ use std::task::Poll;
 use tokio::sync::oneshot;
 use wasmtime::component::Resource;
 
-use super::HostState;
-use crate::rpc::{self, Call, CallError};
+use super::bindings::imports::rpc::{self as wit, CallOptions};
+use super::{Calls, HostState};
+use crate::call::{Call, CallError, Reply, Target};
 use crate::telemetry::{TRACE_HEADER, TraceContext};
-use crate::wasm::imports::rpc::{self as wit, CallOptions};
 
 /// A call in flight, or its outcome once it arrived.
 #[allow(
@@ -26,7 +26,7 @@ pub struct PendingCall {
 }
 
 enum PendingState {
-    Running(oneshot::Receiver<Result<rpc::Reply, CallError>>),
+    Running(oneshot::Receiver<Result<Reply, CallError>>),
     Done(Result<wit::Reply, wit::CallError>),
 }
 
@@ -46,7 +46,7 @@ impl PendingCall {
                 // The task was aborted or panicked: report it rather than hang.
                 Poll::Ready(Err(_)) => Err(CallError::Remote("the call was abandoned".into())),
             };
-            self.state = PendingState::Done(to_wit(outcome));
+            self.state = PendingState::Done(outcome.map(Into::into).map_err(Into::into));
         }
         Poll::Ready(())
     }
@@ -60,17 +60,21 @@ impl PendingCall {
 }
 
 impl HostState {
+    /// The guest's call as the host's: its target parsed once, its deadline the smaller of
+    /// its `timeout-ms` and what is left of the caller's own.
     fn prepare_call(
         &mut self,
-        service: String,
+        service: &str,
         method: String,
         body: Vec<u8>,
         options: CallOptions,
-    ) -> Call {
-        let remaining = self.remaining();
-        let budget = match options.timeout_ms {
-            Some(ms) => remaining.min(std::time::Duration::from_millis(u64::from(ms))),
-            None => remaining,
+    ) -> Result<Call, CallError> {
+        let target = Target::parse(service)?;
+        let deadline = match options.timeout_ms {
+            Some(ms) => self
+                .deadline
+                .capped(std::time::Duration::from_millis(u64::from(ms))),
+            None => self.deadline,
         };
         let trace = self
             .trace
@@ -79,31 +83,43 @@ impl HostState {
         let mut headers = options.headers;
         headers.retain(|(name, _)| !name.eq_ignore_ascii_case(TRACE_HEADER));
         headers.push((TRACE_HEADER.to_owned(), trace.header()));
-        Call {
-            target: service,
+        Ok(Call {
+            target,
             method,
             body,
             headers,
-            budget,
+            deadline,
             caller: self.guest.service.clone(),
             request_id: self.next_call_id(),
+        })
+    }
+}
+
+impl From<Reply> for wit::Reply {
+    fn from(reply: Reply) -> Self {
+        Self {
+            status: reply.status,
+            headers: reply.headers,
+            body: reply.body,
         }
     }
 }
 
-fn to_wit(outcome: Result<rpc::Reply, CallError>) -> Result<wit::Reply, wit::CallError> {
-    match outcome {
-        Ok(reply) => Ok(wit::Reply {
-            status: reply.status,
-            headers: reply.headers,
-            body: reply.body,
-        }),
-        Err(CallError::Timeout) => Err(wit::CallError::Timeout),
-        Err(CallError::Unavailable(m)) => Err(wit::CallError::Unavailable(m)),
-        Err(CallError::Remote(m)) => Err(wit::CallError::Remote(m)),
-        Err(CallError::BadRequest(m)) => Err(wit::CallError::BadRequest(m)),
-        Err(CallError::Rejected(m)) => Err(wit::CallError::Rejected(m)),
+impl From<CallError> for wit::CallError {
+    fn from(error: CallError) -> Self {
+        match error {
+            CallError::Timeout => Self::Timeout,
+            CallError::Unavailable(m) => Self::Unavailable(m),
+            CallError::Remote(m) => Self::Remote(m),
+            CallError::BadRequest(m) => Self::BadRequest(m),
+            CallError::Rejected(m) => Self::Rejected(m),
+        }
     }
+}
+
+/// Runs `call` through `calls`, or answers the error that stopped it from being made.
+async fn run(calls: &dyn Calls, call: Result<Call, CallError>) -> Result<Reply, CallError> {
+    calls.call(call?).await
 }
 
 impl wit::Host for HostState {
@@ -114,9 +130,10 @@ impl wit::Host for HostState {
         body: Vec<u8>,
         options: CallOptions,
     ) -> Result<wit::Reply, wit::CallError> {
-        let call = self.prepare_call(service, method, body, options);
-        let client = self.guest.rpc.clone();
-        to_wit(client.call(call).await)
+        let call = self.prepare_call(&service, method, body, options);
+        let calls = self.guest.calls.clone();
+        let outcome = run(&*calls, call).await;
+        outcome.map(Into::into).map_err(Into::into)
     }
 
     fn start(
@@ -126,11 +143,11 @@ impl wit::Host for HostState {
         body: Vec<u8>,
         options: CallOptions,
     ) -> wasmtime::Result<Resource<PendingCall>> {
-        let call = self.prepare_call(service, method, body, options);
-        let client = self.guest.rpc.clone();
+        let call = self.prepare_call(&service, method, body, options);
+        let calls = self.guest.calls.clone();
         let (sender, receiver) = oneshot::channel();
         let task = tokio::spawn(async move {
-            let _ = sender.send(client.call(call).await);
+            let _ = sender.send(run(&*calls, call).await);
         });
         let pending = PendingCall {
             state: PendingState::Running(receiver),

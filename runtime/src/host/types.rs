@@ -1,6 +1,8 @@
 //! `switchyard:runtime/types` has no functions; the generated trait still needs an impl.
 
-use super::HostState;
-use crate::wasm::imports::types;
+use super::bindings::imports::types;
+use super::{HostState, PolicyState};
 
 impl types::Host for HostState {}
+
+impl types::Host for PolicyState {}

@@ -17,26 +17,26 @@ const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
 /// What the admin API changes on a running node (implemented by the node).
 pub(crate) trait Operator: Send + Sync {
     /// `GET /policies`.
-    fn policies(&self) -> crate::discovery::BoxFuture<'_, serde_json::Value>;
+    fn policies(&self) -> crate::util::BoxFuture<'_, serde_json::Value>;
     /// `GET /queues`.
     fn queues(&self) -> serde_json::Value;
     /// `POST /queues/<name>/redrive`: sends the queue's dead letters again.
     fn redrive(
         &self,
         queue: String,
-    ) -> crate::discovery::BoxFuture<'_, Result<serde_json::Value, String>>;
+    ) -> crate::util::BoxFuture<'_, Result<serde_json::Value, String>>;
     /// `POST /policies/<name>` with a component: swaps every binding of that policy.
     fn swap_policy(
         &self,
         name: String,
         component: Vec<u8>,
-    ) -> crate::discovery::BoxFuture<'_, Result<serde_json::Value, String>>;
+    ) -> crate::util::BoxFuture<'_, Result<serde_json::Value, String>>;
     /// `POST /services/<name>` with a component: a new generation of that service.
     fn swap_service(
         &self,
         name: String,
         component: Vec<u8>,
-    ) -> crate::discovery::BoxFuture<'_, Result<serde_json::Value, String>>;
+    ) -> crate::util::BoxFuture<'_, Result<serde_json::Value, String>>;
 }
 
 /// Each service's slot with its routes as written (`GET /hello/{name}`); a manifest edit

@@ -13,7 +13,7 @@ use tracing::{Instrument, field};
 use super::server::Handler;
 use crate::router::{Lookup, Router};
 use crate::telemetry::{TRACE_HEADER, TraceContext};
-use crate::wasm::{GuestRequest, GuestResponse, SlotError};
+use crate::wasm::{GuestRequest, GuestResponse, Slot, SlotError};
 
 /// Request bodies above this get `413`.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -25,12 +25,12 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Routes requests to services.
 pub(crate) struct Ingress {
     /// Replaced whole by a manifest edit; a request keeps the table it was routed with.
-    router: arc_swap::ArcSwap<Router>,
+    router: arc_swap::ArcSwap<Router<Arc<Slot>>>,
     ids: RequestIds,
 }
 
 impl Ingress {
-    pub(crate) fn new(router: Router) -> Self {
+    pub(crate) fn new(router: Router<Arc<Slot>>) -> Self {
         Self {
             router: arc_swap::ArcSwap::from_pointee(router),
             ids: RequestIds::new(),
@@ -38,7 +38,7 @@ impl Ingress {
     }
 
     /// Makes `router` the routes new requests take.
-    pub(crate) fn replace_router(&self, router: Router) {
+    pub(crate) fn replace_router(&self, router: Router<Arc<Slot>>) {
         self.router.store(Arc::new(router));
     }
 }
@@ -112,7 +112,7 @@ impl Ingress {
             }
         };
         let span = tracing::Span::current();
-        span.record("service", target.slot.name());
+        span.record("service", target.value.name());
         span.record("route", &*target.pattern);
 
         let (parts, body) = request.into_parts();
@@ -150,9 +150,9 @@ impl Ingress {
             params,
             body: body.to_vec(),
             request_id: request_id.to_owned(),
-            deadline_ms: crate::rpc::deadline_ms(target.slot.timeout()),
+            deadline_ms: crate::call::budget_ms(target.value.timeout()),
         };
-        match target.slot.handle(guest_request).await {
+        match target.value.handle(guest_request).await {
             Ok(response) => into_http(response, parts.method == Method::HEAD),
             Err(error) => error_response(&error, request_id),
         }

@@ -52,7 +52,10 @@
 //! `file:line:column`. What comes out ([`Manifest`]) holds only checked values with paths
 //! resolved against the manifest's directory.
 
+mod plan;
 mod raw;
+
+pub use plan::{Plan, plan};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -223,7 +226,7 @@ pub struct EtcdTlsSpec {
 }
 
 /// `[node.tls]`: PEM files (paths resolved against the manifest).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSpec {
     /// The cluster CA certificate: peers must chain to it.
     pub ca: PathBuf,

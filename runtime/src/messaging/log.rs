@@ -20,6 +20,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
+use crate::wire::MessageKind;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -33,8 +34,7 @@ pub(crate) struct StoredMessage {
     /// Position in the queue; ids and replay order come from it.
     pub(crate) seq: u64,
     pub(crate) id: String,
-    /// 0 document, 1 command, 2 event (the WIT `message-kind`).
-    pub(crate) kind: u8,
+    pub(crate) kind: MessageKind,
     pub(crate) key: Option<String>,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) reply_to: Option<String>,
@@ -508,7 +508,7 @@ mod tests {
         StoredMessage {
             seq,
             id: format!("q-{seq}"),
-            kind: 2,
+            kind: MessageKind::Event,
             key: None,
             headers: vec![("a".into(), "b".into())],
             reply_to: None,

@@ -36,9 +36,10 @@ use arc_swap::ArcSwap;
 
 use tokio::sync::watch;
 
-use crate::discovery::BoxFuture;
+use crate::host::{Outgoing, Queues, SendError};
 use crate::manifest::QueueSpec;
 use crate::policy::Policies;
+use crate::util::BoxFuture;
 
 pub(crate) use log::StoredMessage;
 pub(crate) use queue::QueueView;
@@ -51,29 +52,6 @@ use queue::Queue;
 pub struct MessagingError {
     queue: String,
     cause: log::LogError,
-}
-
-/// Why a `send` was refused. Each message names the queue and what to do.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SendError {
-    #[error("{0}")]
-    UnknownQueue(String),
-    #[error("{0}")]
-    Full(String),
-    #[error("{0}")]
-    TooLarge(String),
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-/// What a guest asks to send.
-pub(crate) struct Outgoing {
-    /// 0 document, 1 command, 2 event.
-    pub(crate) kind: u8,
-    pub(crate) key: Option<String>,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) reply_to: Option<String>,
-    pub(crate) body: Vec<u8>,
 }
 
 /// How one delivery went.
@@ -99,7 +77,6 @@ pub(crate) trait Subscribers: Send + Sync {
 }
 
 /// The node's queues. A manifest edit adds, removes and reconfigures them ([`Broker::apply`]).
-#[derive(Default)]
 pub(crate) struct Broker {
     /// Where the queues' files are.
     dir: PathBuf,
@@ -265,6 +242,18 @@ impl Broker {
         let mut views: Vec<QueueView> = self.queues.load().values().map(|q| q.view()).collect();
         views.sort_by(|a, b| a.name.cmp(&b.name));
         views
+    }
+}
+
+impl Queues for Broker {
+    fn send<'a>(
+        &'a self,
+        queue: &'a str,
+        sender: &'a str,
+        trace_context: Option<String>,
+        message: Outgoing,
+    ) -> BoxFuture<'a, Result<String, SendError>> {
+        Box::pin(Broker::send(self, queue, sender, trace_context, message))
     }
 }
 

@@ -25,7 +25,7 @@ use crate::policy::{self, DeliveryVerdict, Policies};
 use crate::telemetry::TraceContext;
 
 /// Resolves once records sent to the writer are on disk.
-type LogSync = crate::discovery::BoxFuture<'static, Result<(), log::LogError>>;
+type LogSync = crate::util::BoxFuture<'static, Result<(), log::LogError>>;
 
 /// The longest pause the default rule waits before a redelivery.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);

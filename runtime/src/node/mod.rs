@@ -25,9 +25,9 @@ use crate::manifest::{DiscoverySpec, Location, Manifest};
 use crate::messaging;
 use crate::policy::Policies;
 use crate::rpc;
-use crate::transport::frame::{FailureKind, Frame};
 use crate::transport::{FrameHandler, Identity, RawStream, Transport};
 use crate::wasm::{Engine, EngineConfig, LoadError, LoadedComponent, SlotConfig};
+use crate::wire::frame::{FailureKind, Frame};
 
 use services::Services;
 use services::slot_config;
@@ -153,8 +153,8 @@ impl Node {
         let policies = Arc::new(Policies::start(&engine, manifest).await?);
         let rpc = rpc::Client::new(mesh.clone(), manifest.balance.clone(), policies.clone());
         let outbound = Outbound {
-            rpc: rpc.clone(),
-            messaging: broker.clone(),
+            calls: Arc::new(rpc.clone()),
+            queues: broker.clone(),
         };
         let services = Arc::new(
             Services::start(
@@ -166,8 +166,10 @@ impl Node {
             )
             .map_err(NodeError::Route)?,
         );
+        rpc.install(services.directory());
         let control = Arc::new(Control {
             engine: engine.clone(),
+            rpc: rpc.clone(),
             policies: policies.clone(),
             services: services.clone(),
             broker: broker.clone(),
@@ -375,6 +377,8 @@ impl Drop for Node {
 /// (and so every slot); the node holds it, so they go when the node and its servers do.
 struct Control {
     engine: Arc<Engine>,
+    /// Makes this node's outgoing calls (its balancing settings change with the manifest).
+    rpc: rpc::Client,
     policies: Arc<Policies>,
     services: Arc<Services>,
     broker: Arc<messaging::Broker>,
@@ -385,6 +389,14 @@ struct Control {
 }
 
 impl Control {
+    /// Makes `balance` the `[balance.*]` settings of calls from now on.
+    fn rebalance(
+        &self,
+        balance: &std::collections::BTreeMap<String, crate::manifest::BalanceSpec>,
+    ) {
+        self.rpc.rebalance(balance.clone());
+    }
+
     /// Gives every binding of policy `name` the new config; returns how many there are.
     async fn reconfigure_policy(
         &self,
@@ -463,7 +475,7 @@ impl Control {
 }
 
 impl http::Operator for Control {
-    fn policies(&self) -> discovery::BoxFuture<'_, serde_json::Value> {
+    fn policies(&self) -> crate::util::BoxFuture<'_, serde_json::Value> {
         Box::pin(async move { serde_json::json!(self.policies.views().await) })
     }
 
@@ -474,7 +486,7 @@ impl http::Operator for Control {
     fn redrive(
         &self,
         queue: String,
-    ) -> discovery::BoxFuture<'_, Result<serde_json::Value, String>> {
+    ) -> crate::util::BoxFuture<'_, Result<serde_json::Value, String>> {
         Box::pin(async move {
             let redriven = self.broker.redrive(&queue).await?;
             Ok(serde_json::json!({ "queue": queue, "redriven": redriven }))
@@ -485,7 +497,7 @@ impl http::Operator for Control {
         &self,
         name: String,
         component: Vec<u8>,
-    ) -> discovery::BoxFuture<'_, Result<serde_json::Value, String>> {
+    ) -> crate::util::BoxFuture<'_, Result<serde_json::Value, String>> {
         Box::pin(async move {
             let started = std::time::Instant::now();
             let generations = self
@@ -509,7 +521,7 @@ impl http::Operator for Control {
         &self,
         name: String,
         component: Vec<u8>,
-    ) -> discovery::BoxFuture<'_, Result<serde_json::Value, String>> {
+    ) -> crate::util::BoxFuture<'_, Result<serde_json::Value, String>> {
         Box::pin(async move { self.update_service(&name, Some(component), None).await })
     }
 }
@@ -527,7 +539,7 @@ impl messaging::Subscribers for Subscribers {
         queue: &'a str,
         message: &'a messaging::StoredMessage,
         attempt: u32,
-    ) -> discovery::BoxFuture<'a, messaging::Delivered> {
+    ) -> crate::util::BoxFuture<'a, messaging::Delivered> {
         Box::pin(async move {
             use messaging::Delivered;
             let Some(services) = self.services.upgrade() else {
@@ -555,18 +567,13 @@ fn guest_message(
     queue: &str,
     message: &messaging::StoredMessage,
     attempt: u32,
-) -> crate::wasm::GuestMessage {
-    use crate::wasm::imports::types::MessageKind;
+) -> crate::host::GuestMessage {
     let mut headers = message.headers.clone();
     headers.push(("x-switchyard-attempt".into(), attempt.to_string()));
     headers.push(("x-switchyard-sender".into(), message.sender.clone()));
-    crate::wasm::GuestMessage {
+    crate::host::GuestMessage {
         id: message.id.clone(),
-        kind: match message.kind {
-            0 => MessageKind::Document,
-            1 => MessageKind::Command,
-            _ => MessageKind::Event,
-        },
+        kind: message.kind.into(),
         topic: queue.to_owned(),
         key: message.key.clone(),
         headers,

@@ -149,6 +149,7 @@ async fn apply(
     control: &Control,
 ) -> ReloadReport {
     let mut report = ReloadReport::default();
+    let plan = crate::manifest::plan(old, new);
     let changed = |key: &str| old_hashes.get(key) != new_hashes.get(key);
     match control.reroute(new).await {
         Ok(replaced) => {
@@ -176,7 +177,7 @@ async fn apply(
             .refused
             .push(format!("[[service]] list or routes: {reason}")),
     }
-    if old.queues != new.queues {
+    if plan.queues {
         match control.broker.apply(&new.queues).await {
             Ok(changes) => report.applied.extend(changes),
             Err(reason) => report.refused.push(format!("[[queue]] changes: {reason}")),
@@ -283,12 +284,13 @@ async fn apply(
                 .push(format!("[[bind]] / [[policy]] changes: {reason}")),
         }
     }
-    if old.node.http != new.node.http
-        || old.node.admin != new.node.admin
-        || old.node.quic != new.node.quic
-    {
-        report.needs_restart.push("[node] addresses changed".into());
+    if plan.balance {
+        control.rebalance(&new.balance);
+        report
+            .applied
+            .push("[balance]: calls from now on pick instances by the new settings".into());
     }
+    report.needs_restart.extend(plan.needs_restart);
     report
 }
 
@@ -296,7 +298,7 @@ async fn swap<'a>(
     report: &mut ReloadReport,
     what: String,
     path: &Path,
-    send: impl FnOnce(Vec<u8>) -> crate::discovery::BoxFuture<'a, Result<serde_json::Value, String>>,
+    send: impl FnOnce(Vec<u8>) -> crate::util::BoxFuture<'a, Result<serde_json::Value, String>>,
 ) {
     match std::fs::read(path) {
         Ok(bytes) => match send(bytes).await {

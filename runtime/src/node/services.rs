@@ -74,8 +74,12 @@ impl Services {
             .map(|(spec, component)| (spec.clone(), services.new_slot(spec, component)))
             .collect();
         services.install(served)?;
-        services.outbound.rpc.install(&services.directory);
         Ok(services)
+    }
+
+    /// The callees local calls reach, for the node's rpc client.
+    pub(super) fn directory(&self) -> &Arc<rpc::Directory> {
+        &self.directory
     }
 
     pub(super) fn ingress(&self) -> Arc<Ingress> {
@@ -186,7 +190,7 @@ impl Services {
             for route in &spec.routes {
                 for table in [&mut router, &mut own_routes] {
                     table
-                        .add(&route.method, &route.pattern, slot.clone())
+                        .add(&route.method, &route.pattern, &spec.name, slot.clone())
                         .map_err(|err| err.to_string())?;
                 }
             }

@@ -6,9 +6,10 @@
 //! instance (its state is lost, so the log says so) and treated as having let the call through:
 //! a broken policy must not take the service down with it.
 //!
-//! A swap (new code or new config) keeps the instance it replaced for [`PROBATION`]. If the
-//! new one's decisions fail (trap, overrun, cannot restart) more often than they succeed in
-//! that time, at least [`ROLLBACK_MIN_FAILURES`] times, the binding goes back to the old
+//! A swap (new code or new config) keeps the instance it replaced through probation (the
+//! rule `wasm::Probation` applies to services too). If the new one's decisions fail (trap,
+//! overrun, cannot restart) more often than they succeed in that time, at least five times,
+//! the binding goes back to the old
 //! instance, with the state it had at the swap, and the log and the admin API say so. Every
 //! binding swapped together shares one [`SwapWatch`], so they roll back together.
 
@@ -21,10 +22,10 @@ use tokio::sync::{Mutex, MutexGuard};
 use wasmtime::Store;
 
 use super::PolicyError;
-use crate::host::{GuestContext, HostState};
-use crate::wasm::policy_bindings::ResiliencePolicy;
-use crate::wasm::policy_bindings::exports::switchyard::runtime::policy as wit;
-use crate::wasm::{Engine, LoadedPolicy, SwapEvent, epoch_ticks};
+use crate::host::PolicyState;
+use crate::host::policy_bindings::ResiliencePolicy;
+use crate::host::policy_bindings::exports::switchyard::runtime::policy as wit;
+use crate::wasm::{Engine, LoadedPolicy, Probation, SwapEvent, SwapState, Verdict, epoch_ticks};
 
 pub(crate) use wit::{
     AfterDecision, BeforeDecision, CallInfo, Candidate, CannedResponse, Delivery, DeliveryDecision,
@@ -35,11 +36,6 @@ pub(crate) use wit::{
 const DECISION_BUDGET: Duration = Duration::from_millis(100);
 /// A policy's linear memory cap.
 const POLICY_MEMORY_BYTES: usize = 32 * 1024 * 1024;
-/// How long a swapped-in policy is watched, with the instance it replaced kept for a rollback.
-pub(crate) const PROBATION: Duration = Duration::from_secs(3);
-/// A swapped-in policy with at least this many failed decisions in probation, and more failed
-/// than not, is rolled back.
-pub(crate) const ROLLBACK_MIN_FAILURES: u64 = 5;
 
 /// A policy bound to some calls.
 pub(crate) struct Binding {
@@ -72,12 +68,12 @@ struct Live {
     instance: Option<Instance>,
     generation: u64,
     /// What the last swap replaced, while the new code is on probation.
-    probation: Option<Probation>,
+    probation: Option<Previous>,
     last_swap: Option<SwapEvent>,
 }
 
 /// The generation a swap replaced, kept to go back to.
-struct Probation {
+struct Previous {
     watch: Arc<SwapWatch>,
     code: Code,
     /// `None` if the old instance had already failed (a rollback restarts the old code).
@@ -87,7 +83,7 @@ struct Probation {
 
 /// The decisions of one swap's new code, across every binding it was swapped into.
 pub(crate) struct SwapWatch {
-    since: Instant,
+    probation: Probation,
     decided: AtomicU64,
     failed: AtomicU64,
     rolled_back: OnceLock<String>,
@@ -96,7 +92,7 @@ pub(crate) struct SwapWatch {
 impl SwapWatch {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
-            since: Instant::now(),
+            probation: Probation::start(tokio::time::Instant::now()),
             decided: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             rolled_back: OnceLock::new(),
@@ -109,7 +105,7 @@ impl SwapWatch {
     }
 
     fn over(&self) -> bool {
-        self.since.elapsed() >= PROBATION
+        self.probation.over(tokio::time::Instant::now())
     }
 
     /// Counts one decision; after a failed one, returns the rollback reason if the swap is (now)
@@ -120,11 +116,11 @@ impl SwapWatch {
             return None;
         }
         let failures = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= ROLLBACK_MIN_FAILURES && failures * 2 > decided {
-            let reason = format!(
-                "{failures} of its first {decided} decisions failed within {:?} of the swap",
-                self.since.elapsed()
-            );
+        let now = tokio::time::Instant::now();
+        let succeeded = decided.saturating_sub(failures);
+        if let Verdict::RollBack(reason) =
+            self.probation.judge(failures, succeeded, "decisions", now)
+        {
             let _ = self.rolled_back.set(reason);
         }
         self.rolled_back.get().cloned()
@@ -132,7 +128,7 @@ impl SwapWatch {
 }
 
 struct Instance {
-    store: Store<HostState>,
+    store: Store<PolicyState>,
     policy: ResiliencePolicy,
 }
 
@@ -203,7 +199,7 @@ impl Binding {
         } else if probation.watch.over() {
             live.probation = None;
             if let Some(record) = live.last_swap.as_mut() {
-                record.state = "serving";
+                record.state = SwapState::Serving;
             }
         }
     }
@@ -217,7 +213,7 @@ impl Binding {
         live.instance = old.instance;
         live.generation = old.generation;
         if let Some(record) = live.last_swap.as_mut() {
-            record.state = "rolled-back";
+            record.state = SwapState::RolledBack;
             record.reason = Some(reason);
         }
     }
@@ -276,7 +272,7 @@ impl Binding {
         &self,
         what: &str,
         fallback: T,
-        call: impl AsyncFnOnce(&ResiliencePolicy, &mut Store<HostState>) -> wasmtime::Result<T>,
+        call: impl AsyncFnOnce(&ResiliencePolicy, &mut Store<PolicyState>) -> wasmtime::Result<T>,
     ) -> T {
         let mut live = self.live.lock().await;
         self.settle(&mut live);
@@ -296,7 +292,7 @@ impl Binding {
         &self,
         live: &mut Live,
         what: &str,
-        call: impl AsyncFnOnce(&ResiliencePolicy, &mut Store<HostState>) -> wasmtime::Result<T>,
+        call: impl AsyncFnOnce(&ResiliencePolicy, &mut Store<PolicyState>) -> wasmtime::Result<T>,
     ) -> Option<T> {
         if live.instance.is_none() {
             match new_instance(&self.engine, &live.code, &self.policy).await {
@@ -399,11 +395,11 @@ impl Prepared<'_> {
             to_generation: generation,
             from_hash: old_code.loaded.hash.clone(),
             to_hash: live.code.loaded.hash.clone(),
-            state: "probation",
+            state: SwapState::Probation,
             reason: None,
             swap_ms: started.elapsed().as_secs_f64() * 1000.0,
         });
-        live.probation = Some(Probation {
+        live.probation = Some(Previous {
             watch: watch.clone(),
             code: old_code,
             instance: old_instance,
@@ -420,17 +416,9 @@ fn budget_ticks() -> u64 {
 }
 
 async fn new_instance(engine: &Engine, code: &Code, policy: &str) -> Result<Instance, PolicyError> {
-    let context = Arc::new(GuestContext {
-        service: format!("policy:{policy}"),
-        rpc: crate::rpc::Client::default(),
-        // A policy world imports neither rpc nor messaging: these stay unused.
-        messaging: Arc::default(),
-        config: BTreeMap::new(),
-        env: Vec::new(),
-    });
     let mut store = Store::new(
         engine.wasmtime(),
-        HostState::new(context, POLICY_MEMORY_BYTES),
+        PolicyState::new(policy, POLICY_MEMORY_BYTES),
     );
     store.limiter(|state| &mut state.limiter);
     store.epoch_deadline_trap();

@@ -5,7 +5,7 @@
 //! (`[[bind]] policies = ["retry", "breaker"], calls_to = "inventory"`). Each binding gets
 //! one [`Binding`]: a long-lived instance shared by every call on the node. For a call, the
 //! chain is the caller's `outgoing_from` bindings, then the callee's `calls_to` bindings;
-//! [`run`] asks each `before-call` in order (the first `reject` or `respond` ends it), sends
+//! [`Chain::around`] asks each `before-call` in order (the first `reject` or `respond` ends it), sends
 //! the call, then asks `after-call` of the policies that let it through, innermost first,
 //! which may replace the outcome (`respond`: a fallback) or ask for a retry (`retry-after`),
 //! honoured only while the call's deadline allows. Timeouts are native (the call's budget).
@@ -16,22 +16,22 @@
 //! (see [`binding`]).
 
 mod binding;
+mod chain;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 
 use crate::manifest::{BindScope, Manifest};
-use crate::rpc::{Call, CallError, Reply};
 use crate::wasm::{Engine, LoadError, LoadedPolicy};
 
-use binding::{AfterDecision, Candidate};
 pub(crate) use binding::{BeforeDecision, CallInfo, Outcome};
 pub(crate) use binding::{Binding, BindingView, Code, SwapWatch};
+pub(crate) use chain::Chain;
 
 /// Why policies could not start or swap.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +132,7 @@ impl Policies {
     }
 
     /// The chain around a call from `caller` to `service`, outermost first.
-    pub(crate) fn chain(&self, caller: &str, service: &str) -> Vec<Arc<Binding>> {
+    pub(crate) fn chain(&self, caller: &str, service: &str) -> Chain {
         let tables = self.tables.load();
         let mut chain = Vec::new();
         if let Some(outgoing) = tables.outgoing_from.get(caller) {
@@ -141,7 +141,7 @@ impl Policies {
         if let Some(incoming) = tables.calls_to.get(service) {
             chain.extend(incoming.iter().cloned());
         }
-        chain
+        Chain::new(chain)
     }
 
     /// The bindings asked when a delivery of `queue` fails, in order.
@@ -341,148 +341,6 @@ async fn load(
     })
 }
 
-/// Runs `send` for `call` inside `chain` (see the module docs).
-pub(crate) async fn run<'a, F>(
-    chain: &[Arc<Binding>],
-    call: Call,
-    service: &str,
-    send: F,
-) -> Result<Reply, CallError>
-where
-    F: Fn(Call) -> crate::discovery::BoxFuture<'a, Result<Reply, CallError>>,
-{
-    let deadline = Instant::now() + call.budget;
-    let mut attempt = 1;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let info = CallInfo {
-            caller: call.caller.clone(),
-            service: service.to_owned(),
-            method: call.method.clone(),
-            attempt,
-            deadline_ms: crate::rpc::deadline_ms(remaining),
-        };
-        let mut let_through = chain.len();
-        let mut outcome = None;
-        let mut hedge_after: Option<u32> = None;
-        for (index, binding) in chain.iter().enumerate() {
-            match binding.before(&info).await {
-                BeforeDecision::Proceed => {}
-                BeforeDecision::Hedge(ms) => {
-                    hedge_after = Some(hedge_after.map_or(ms, |other| other.min(ms)));
-                }
-                BeforeDecision::Reject(reason) => {
-                    outcome = Some(Err(CallError::Rejected(format!(
-                        "{} ({}): {reason}",
-                        binding.policy, binding.scope
-                    ))));
-                    let_through = index;
-                    break;
-                }
-                BeforeDecision::Respond(canned) => {
-                    outcome = Some(Ok(canned_reply(canned)));
-                    let_through = index;
-                    break;
-                }
-            }
-        }
-        let started = Instant::now();
-        let mut outcome = match outcome {
-            Some(outcome) => outcome,
-            None => {
-                let mut attempt_call = call.clone();
-                attempt_call.budget = deadline.saturating_duration_since(Instant::now());
-                if attempt > 1 {
-                    attempt_call.request_id = format!("{}~{attempt}", call.request_id);
-                }
-                match hedge_after {
-                    None => send(attempt_call).await,
-                    Some(ms) => {
-                        hedged(&send, attempt_call, Duration::from_millis(u64::from(ms))).await
-                    }
-                }
-            }
-        };
-        let elapsed = started.elapsed();
-        let mut retry_after: Option<u32> = None;
-        for binding in chain[..let_through].iter().rev() {
-            match binding.after(&info, &to_outcome(&outcome), elapsed).await {
-                AfterDecision::Done => {}
-                AfterDecision::RetryAfter(ms) => {
-                    retry_after = Some(retry_after.map_or(ms, |other| other.max(ms)));
-                }
-                AfterDecision::Respond(canned) => {
-                    outcome = Ok(canned_reply(canned));
-                    retry_after = None;
-                }
-            }
-        }
-        let Some(ms) = retry_after else {
-            return outcome;
-        };
-        let pause = Duration::from_millis(u64::from(ms));
-        if Instant::now() + pause >= deadline {
-            return outcome;
-        }
-        tokio::time::sleep(pause).await;
-        attempt += 1;
-    }
-}
-
-/// Sends `call`, and a second copy if the first has not answered after `delay`; the first
-/// answer wins and dropping the other future cancels that attempt.
-async fn hedged<'a, F>(send: &F, call: Call, delay: Duration) -> Result<Reply, CallError>
-where
-    F: Fn(Call) -> crate::discovery::BoxFuture<'a, Result<Reply, CallError>>,
-{
-    let mut hedge = call.clone();
-    hedge.request_id = format!("{}~hedge", call.request_id);
-    hedge.budget = call.budget.saturating_sub(delay);
-    let first = send(call);
-    let second = async {
-        tokio::time::sleep(delay).await;
-        tracing::debug!(request_id = %hedge.request_id, "hedging a slow call");
-        send(hedge).await
-    };
-    tokio::select! {
-        outcome = first => outcome,
-        outcome = second => outcome,
-    }
-}
-
-/// Asks the chain's policies, outermost first, to pick among `candidates`; `None` when all
-/// leave it to the service's strategy.
-pub(crate) async fn pick(
-    chain: &[Arc<Binding>],
-    call: &Call,
-    service: &str,
-    candidates: &[(String, bool, u32)],
-) -> Option<usize> {
-    let info = CallInfo {
-        caller: call.caller.clone(),
-        service: service.to_owned(),
-        method: call.method.clone(),
-        attempt: 1,
-        deadline_ms: crate::rpc::deadline_ms(call.budget),
-    };
-    let candidates: Vec<Candidate> = candidates
-        .iter()
-        .map(|(node, local, in_flight)| Candidate {
-            node: node.clone(),
-            local: *local,
-            in_flight: *in_flight,
-        })
-        .collect();
-    for binding in chain {
-        if let Some(index) = binding.pick(&info, &candidates).await
-            && (index as usize) < candidates.len()
-        {
-            return Some(index as usize);
-        }
-    }
-    None
-}
-
 /// What to do with a message whose delivery failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum DeliveryVerdict {
@@ -520,24 +378,4 @@ pub(crate) async fn on_delivery_failure(
         }
     }
     pause.map(|ms| DeliveryVerdict::RedeliverAfter(Duration::from_millis(u64::from(ms))))
-}
-
-/// A policy's answer in the callee's place, as the caller receives it.
-fn canned_reply(canned: binding::CannedResponse) -> Reply {
-    Reply {
-        status: canned.status,
-        headers: canned.headers,
-        body: canned.body,
-    }
-}
-
-fn to_outcome(outcome: &Result<Reply, CallError>) -> Outcome {
-    match outcome {
-        Ok(reply) => Outcome::Replied(reply.status),
-        Err(CallError::Timeout) => Outcome::Timeout,
-        Err(CallError::Unavailable(m)) => Outcome::Unavailable(m.clone()),
-        Err(CallError::Rejected(m)) => Outcome::Rejected(m.clone()),
-        Err(CallError::Remote(m)) => Outcome::Remote(m.clone()),
-        Err(CallError::BadRequest(m)) => Outcome::BadRequest(m.clone()),
-    }
 }

@@ -1,23 +1,22 @@
-//! `METHOD /path` → service, built once from the manifest. The ingress routes HTTP requests
-//! with one router over every service; `rpc` routes a call's method with a router per callee.
+//! `METHOD /path` → whatever serves it (`T`: for the node, a service's slot), built once from
+//! the manifest. The ingress routes HTTP requests with one router over every service; `rpc`
+//! routes a call's method with a router per callee. Generic, so routing knows nothing of wasm.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::wasm::Slot;
-
 /// What a route leads to.
 #[derive(Clone)]
-pub(crate) struct Target {
-    pub(crate) slot: Arc<Slot>,
+pub(crate) struct Target<T> {
+    pub(crate) value: T,
     /// The pattern as written, e.g. `/hello/{name}` (for logs and spans).
     pub(crate) pattern: Arc<str>,
 }
 
 /// The result of looking a request up.
-pub(crate) enum Lookup {
+pub(crate) enum Lookup<T> {
     Found {
-        target: Target,
+        target: Target<T>,
         params: Vec<(String, String)>,
     },
     /// The path exists, but not for this method; these are the methods it has.
@@ -25,10 +24,17 @@ pub(crate) enum Lookup {
     NotFound,
 }
 
-#[derive(Default)]
-pub(crate) struct Router {
+pub(crate) struct Router<T> {
     /// Method (upper-case, or `*` for any) → path router.
-    by_method: HashMap<String, matchit::Router<Target>>,
+    by_method: HashMap<String, matchit::Router<Target<T>>>,
+}
+
+impl<T> Default for Router<T> {
+    fn default() -> Self {
+        Self {
+            by_method: HashMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,16 +46,17 @@ pub(crate) struct RouteError {
     pub(crate) reason: String,
 }
 
-impl Router {
+impl<T: Clone> Router<T> {
+    /// Routes `method pattern` of `service` to `value`.
     pub(crate) fn add(
         &mut self,
         method: &str,
         pattern: &str,
-        slot: Arc<Slot>,
+        service: &str,
+        value: T,
     ) -> Result<(), RouteError> {
-        let service = slot.name().to_owned();
         let target = Target {
-            slot,
+            value,
             pattern: pattern.into(),
         };
         self.by_method
@@ -59,12 +66,12 @@ impl Router {
             .map_err(|err| RouteError {
                 method: method.to_owned(),
                 pattern: pattern.to_owned(),
-                service,
+                service: service.to_owned(),
                 reason: err.to_string(),
             })
     }
 
-    pub(crate) fn lookup(&self, method: &str, path: &str) -> Lookup {
+    pub(crate) fn lookup(&self, method: &str, path: &str) -> Lookup<T> {
         for key in [method, "*"] {
             if let Some(found) = self
                 .by_method

@@ -1,6 +1,7 @@
 //! Node-to-node transport: QUIC (quinn + rustls) with mutual TLS, one stream per call.
 //!
-//! `frame` is the wire format, with no I/O (so it is tested and fuzzed alone); `quic`
+//! The frames it carries are [`crate::wire`]'s, with no I/O (so they are tested and fuzzed
+//! alone); `quic`
 //! moves frames over pooled connections (one per core to each peer, taken in turn, so calls
 //! do not queue on one connection's lock) and answers a stream in its connection's own task
 //! when the answer does not wait (a task hop per call is most of a call's latency on a busy
@@ -9,11 +10,10 @@
 //! `switchyard cert node <name>`); on loopback, without configured certificates, a built-in
 //! development CA is used and the node says so.
 
-pub(crate) mod frame;
 mod quic;
 mod tls;
 
-pub use quic::Transport;
+pub(crate) use quic::Transport;
 pub(crate) use quic::{FrameHandler, RawStream};
 pub use tls::{CertPem, Identity, SERVER_NAME, generate_ca, issue_node_cert};
 

@@ -1,4 +1,4 @@
-//! The async shell around [`super::frame`]: a quinn endpoint that is both server and client,
+//! The async shell around [`crate::wire::frame`]: a quinn endpoint that is both server and client,
 //! one bidirectional stream per request, a few pooled connections per peer.
 
 use std::collections::HashMap;
@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::TransportError;
-use super::frame::{self, Frame, MAX_FRAME_BYTES};
 use super::tls::{Identity, SERVER_NAME};
+use crate::wire::frame::{self, Frame, MAX_FRAME_BYTES};
 
 /// Idle connections close after this; keep-alives below it keep live peers connected, so a
 /// dead peer (which sends nothing, not even a refusal: quinn ignores ICMP) is noticed within
@@ -33,7 +33,23 @@ const INITIAL_RTT: Duration = Duration::from_millis(50);
 /// At most this many connections to one peer (see [`Transport::lanes`]).
 const MAX_LANES: usize = 4;
 
-pub(super) fn transport_config() -> quinn::TransportConfig {
+impl Identity {
+    /// A quinn server configuration that requires a client certificate from the same CA.
+    pub fn server_config(&self) -> Result<quinn::ServerConfig, TransportError> {
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(self.server_crypto()?));
+        server.transport_config(Arc::new(transport_config()));
+        Ok(server)
+    }
+
+    /// A quinn client configuration that presents this identity and trusts only its CA.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig, TransportError> {
+        let mut client = quinn::ClientConfig::new(Arc::new(self.client_crypto()?));
+        client.transport_config(Arc::new(transport_config()));
+        Ok(client)
+    }
+}
+
+fn transport_config() -> quinn::TransportConfig {
     let mut config = quinn::TransportConfig::default();
     if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
         config.max_idle_timeout(Some(idle));
@@ -83,7 +99,7 @@ async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Frame, TransportErro
 }
 
 /// A QUIC endpoint with mutual TLS.
-pub struct Transport {
+pub(crate) struct Transport {
     endpoint: quinn::Endpoint,
     /// Connections by peer and lane, made on first use and remade after a failure.
     pool: Mutex<HashMap<(SocketAddr, usize), quinn::Connection>>,
@@ -100,7 +116,7 @@ pub struct Transport {
 
 impl Transport {
     /// Listens on `addr` (port 0 picks one) with `identity`.
-    pub fn bind(addr: SocketAddr, identity: &Identity) -> Result<Self, TransportError> {
+    pub(crate) fn bind(addr: SocketAddr, identity: &Identity) -> Result<Self, TransportError> {
         let mut endpoint = quinn::Endpoint::server(identity.server_config()?, addr)
             .map_err(|cause| TransportError::Bind { addr, cause })?;
         endpoint.set_default_client_config(identity.client_config()?);
@@ -114,7 +130,7 @@ impl Transport {
     }
 
     /// Where it listens.
-    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+    pub(crate) fn local_addr(&self) -> Result<SocketAddr, TransportError> {
         self.endpoint
             .local_addr()
             .map_err(|err| TransportError::Io(err.to_string()))
@@ -478,6 +494,7 @@ mod tests {
         let client = Transport::bind("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
         let opening = Frame::OpenStream {
             service: "echo".into(),
+            range: None,
             caller: "test".into(),
             deadline_ms: 1000,
         };

@@ -134,8 +134,10 @@ impl Identity {
         Ok(roots)
     }
 
-    /// A quinn server configuration that requires a client certificate from the same CA.
-    pub fn server_config(&self) -> Result<quinn::ServerConfig, TransportError> {
+    /// QUIC's TLS for accepting peers: requires a client certificate from the same CA.
+    pub(super) fn server_crypto(
+        &self,
+    ) -> Result<quinn::crypto::rustls::QuicServerConfig, TransportError> {
         let tls = |err: rustls::Error| TransportError::Tls(err.to_string());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -151,15 +153,14 @@ impl Identity {
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .map_err(tls)?;
         config.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(config)
-            .map_err(|err| TransportError::Tls(err.to_string()))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(Arc::new(super::quic::transport_config()));
-        Ok(server)
+        quinn::crypto::rustls::QuicServerConfig::try_from(config)
+            .map_err(|err| TransportError::Tls(err.to_string()))
     }
 
-    /// A quinn client configuration that presents this identity and trusts only its CA.
-    pub fn client_config(&self) -> Result<quinn::ClientConfig, TransportError> {
+    /// QUIC's TLS for dialling peers: presents this identity and trusts only its CA.
+    pub(super) fn client_crypto(
+        &self,
+    ) -> Result<quinn::crypto::rustls::QuicClientConfig, TransportError> {
         let tls = |err: rustls::Error| TransportError::Tls(err.to_string());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -169,10 +170,7 @@ impl Identity {
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(tls)?;
         config.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config)
-            .map_err(|err| TransportError::Tls(err.to_string()))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-        client.transport_config(Arc::new(super::quic::transport_config()));
-        Ok(client)
+        quinn::crypto::rustls::QuicClientConfig::try_from(config)
+            .map_err(|err| TransportError::Tls(err.to_string()))
     }
 }

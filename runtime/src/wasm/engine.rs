@@ -7,15 +7,14 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::policy::ResiliencePolicyPre;
-use super::bindings::streams::StreamServicePre;
 use super::cache::ComponentCache;
-use super::{EPOCH_TICK, EngineError, LoadError, ServicePre};
-use crate::host::{self, HostState};
+use super::{EPOCH_TICK, EngineError, LoadError};
+use crate::host::policy_bindings::ResiliencePolicyPre;
+use crate::host::{self, HostState, PolicyState, ServicePre, StreamServicePre};
 
 /// Engine settings a node chooses; everything else is fixed here.
 #[derive(Debug, Clone)]
-pub struct EngineConfig {
+pub(crate) struct EngineConfig {
     /// Where compiled components are cached; `None` compiles on every load.
     pub cache_dir: Option<PathBuf>,
     /// Instances alive at once across all services (sizes the pooling allocator).
@@ -24,11 +23,13 @@ pub struct EngineConfig {
     pub max_memory_bytes: usize,
 }
 
-/// One wasmtime engine with the pooling allocator, an epoch ticker, the linker for the
-/// `service` world and the compiled-component cache. Cheap to share behind an `Arc`.
-pub struct Engine {
+/// One wasmtime engine with the pooling allocator, an epoch ticker, a linker per world
+/// (`service`, `resilience-policy`) and the compiled-component cache. Cheap to share behind
+/// an `Arc`.
+pub(crate) struct Engine {
     inner: wasmtime::Engine,
     linker: Linker<HostState>,
+    policy_linker: Linker<PolicyState>,
     cache: Option<ComponentCache>,
     ticker_stop: Arc<AtomicBool>,
     max_memory_bytes: usize,
@@ -57,7 +58,7 @@ impl std::fmt::Debug for LoadedComponent {
 
 impl Engine {
     /// Builds the engine and starts its epoch ticker thread (stopped when the engine drops).
-    pub fn new(config: &EngineConfig) -> Result<Self, EngineError> {
+    pub(crate) fn new(config: &EngineConfig) -> Result<Self, EngineError> {
         let fail = |reason: String| EngineError { reason };
         let mut pool = PoolingAllocationConfig::default();
         let instances = config.max_instances.max(1);
@@ -83,6 +84,8 @@ impl Engine {
         let inner = wasmtime::Engine::new(&wasm).map_err(|err| fail(format!("{err:#}")))?;
         let mut linker = Linker::new(&inner);
         host::add_to_linker(&mut linker).map_err(|err| fail(format!("{err:#}")))?;
+        let mut policy_linker = Linker::new(&inner);
+        host::add_policy_to_linker(&mut policy_linker).map_err(|err| fail(format!("{err:#}")))?;
         let cache = match &config.cache_dir {
             Some(dir) => Some(ComponentCache::open(dir, &inner).map_err(|err| {
                 fail(format!(
@@ -98,6 +101,7 @@ impl Engine {
         Ok(Self {
             inner,
             linker,
+            policy_linker,
             cache,
             ticker_stop,
             max_memory_bytes: config.max_memory_bytes,
@@ -115,12 +119,16 @@ impl Engine {
 
     /// Reads, compiles (or loads from cache) and type-checks the component at `path`.
     /// Blocking and CPU-heavy: call it from `spawn_blocking`, not from the async executor.
-    pub fn load(&self, path: &Path) -> Result<LoadedComponent, LoadError> {
+    pub(crate) fn load(&self, path: &Path) -> Result<LoadedComponent, LoadError> {
         self.load_bytes(path, &read(path)?)
     }
 
     /// Like [`Engine::load`], for bytes already read (a swap's upload); `path` labels errors.
-    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<LoadedComponent, LoadError> {
+    pub(crate) fn load_bytes(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<LoadedComponent, LoadError> {
         let started = Instant::now();
         let (component, hash, from_cache) = self.compile(path, bytes)?;
         let wrong_world = |err: wasmtime::Error| LoadError::WrongWorld {
@@ -166,7 +174,7 @@ impl Engine {
             reason: format!("{err:#}"),
         };
         let instance_pre = self
-            .linker
+            .policy_linker
             .instantiate_pre(&component)
             .map_err(not_a_policy)?;
         let pre = ResiliencePolicyPre::new(instance_pre).map_err(not_a_policy)?;
@@ -224,7 +232,7 @@ fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
 /// A policy component compiled and checked against the `resilience-policy` world.
 #[derive(Clone)]
 pub(crate) struct LoadedPolicy {
-    pub(crate) pre: ResiliencePolicyPre<HostState>,
+    pub(crate) pre: ResiliencePolicyPre<PolicyState>,
     /// SHA-256 of the component file, hex.
     pub(crate) hash: String,
 }

@@ -11,23 +11,23 @@
 //! host, a linear-memory cap through a [`wasmtime::ResourceLimiter`], and a count of work in
 //! flight that refuses at once at `max_instances` instead of queueing.
 
-mod bindings;
 mod cache;
 mod engine;
+mod probation;
 mod slot;
 
-pub(crate) use bindings::policy as policy_bindings;
-pub(crate) use bindings::{GuestMessage, Service, ServicePre, imports};
-pub use bindings::{GuestRequest, GuestResponse};
+pub(crate) use probation::{Probation, SwapState, Verdict};
+
+pub(crate) use crate::host::{GuestRequest, GuestResponse};
 pub(crate) use engine::LoadedPolicy;
-pub use engine::{Engine, EngineConfig, LoadedComponent};
-pub use slot::{Slot, SlotConfig, SlotError, SlotStats, SwapError, SwapEvent};
+pub(crate) use engine::{Engine, EngineConfig, LoadedComponent};
+pub(crate) use slot::{Slot, SlotConfig, SlotError, SlotStats, SwapEvent};
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// How often the epoch advances; deadlines are rounded up to it.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The epoch deadline (in ticks from now) that lets a guest run for `limit`, rounded up.
 pub(crate) fn epoch_ticks(limit: Duration) -> u64 {

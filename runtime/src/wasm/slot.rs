@@ -5,13 +5,16 @@ use std::time::Duration;
 
 use wasmtime::{Store, StoreContextMut, Trap, UpdateDeadline};
 
-use super::Service;
-use super::{Engine, GuestMessage, GuestRequest, GuestResponse, LoadedComponent};
-use crate::host::{GuestContext, HostState, Outbound};
+use super::probation::{Probation, SwapState, Verdict};
+use super::{Engine, LoadedComponent};
+use crate::call::{ByteStream, CallError, Deadline, Reply};
+use crate::host::{
+    GuestContext, GuestMessage, GuestRequest, GuestResponse, HostState, Outbound, Service,
+};
 
 /// What a [`Slot`] needs to know about its service.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SlotConfig {
+pub(crate) struct SlotConfig {
     pub service: String,
     pub version: semver::Version,
     pub max_instances: u32,
@@ -22,12 +25,6 @@ pub struct SlotConfig {
     pub config: BTreeMap<String, String>,
     pub env: BTreeMap<String, String>,
 }
-
-/// How long a new generation is watched after a swap.
-const PROBATION: Duration = Duration::from_secs(3);
-/// A new generation with at least this many failed requests in probation, and more failed
-/// than answered, is rolled back.
-const ROLLBACK_MIN_ERRORS: u64 = 5;
 
 /// One version of a service's code. Requests hold it while they run, so an old generation
 /// lives exactly as long as its last in-flight request (and its probation window).
@@ -54,8 +51,8 @@ impl Generation {
         alive.fetch_add(1, Ordering::Relaxed);
         let guest = Arc::new(GuestContext {
             service: settings.service.clone(),
-            rpc: outbound.rpc.clone(),
-            messaging: outbound.messaging.clone(),
+            calls: outbound.calls.clone(),
+            queues: outbound.queues.clone(),
             config: settings.config.clone(),
             env: settings
                 .env
@@ -83,19 +80,18 @@ impl Drop for Generation {
 
 /// The last swap of a slot or of a policy binding, for the admin API.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct SwapEvent {
+pub(crate) struct SwapEvent {
     pub from_generation: u64,
     pub to_generation: u64,
     pub from_hash: String,
     pub to_hash: String,
-    /// `probation`, `serving` or `rolled-back`.
-    pub state: &'static str,
+    pub state: SwapState,
     pub reason: Option<String>,
     pub swap_ms: f64,
 }
 
 /// Where one service's requests run: its current component and its limits.
-pub struct Slot {
+pub(crate) struct Slot {
     engine: Arc<Engine>,
     /// The service's name, and the settings it started with: a new generation may change
     /// limits, config and env, but not what the engine's pool was sized for.
@@ -134,7 +130,7 @@ struct Counters {
 
 /// A snapshot of a slot for the admin API.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct SlotStats {
+pub(crate) struct SlotStats {
     pub name: String,
     pub version: String,
     pub component_hash: String,
@@ -156,7 +152,7 @@ pub struct SlotStats {
 
 /// Why a swap was refused; the old generation keeps serving.
 #[derive(Debug, thiserror::Error)]
-pub enum SwapError {
+pub(crate) enum SwapError {
     /// The new generation failed its trial instantiation.
     #[error("service `{service}`: {reason}")]
     DoesNotInstantiate { service: String, reason: String },
@@ -167,7 +163,7 @@ pub enum SwapError {
 
 /// Why a request got no answer from the guest. The ingress maps each to a status.
 #[derive(Debug, thiserror::Error)]
-pub enum SlotError {
+pub(crate) enum SlotError {
     /// All `max_instances` are busy: retry later, or raise `max_instances`.
     #[error("service `{service}` is at its limit of {max_instances} concurrent requests")]
     Busy { service: String, max_instances: u32 },
@@ -186,6 +182,31 @@ pub enum SlotError {
          `stream-handler` (build it with switchyard-sdk and implement `Service::stream`)"
     )]
     NoStreams { service: String },
+}
+
+impl From<SlotError> for CallError {
+    /// What a caller learns when its callee on this node gave no answer.
+    fn from(error: SlotError) -> Self {
+        match error {
+            SlotError::Busy { .. } | SlotError::NoStreams { .. } => {
+                Self::Unavailable(error.to_string())
+            }
+            SlotError::Timeout { .. } => Self::Timeout,
+            SlotError::MemoryLimit { .. } | SlotError::Trap { .. } => {
+                Self::Remote(error.to_string())
+            }
+        }
+    }
+}
+
+impl From<GuestResponse> for Reply {
+    fn from(response: GuestResponse) -> Self {
+        Self {
+            status: response.status,
+            headers: response.headers,
+            body: response.body,
+        }
+    }
 }
 
 impl Slot {
@@ -217,12 +238,12 @@ impl Slot {
     }
 
     /// The service's name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.started.service
     }
 
     /// The per-request deadline of the current generation.
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.current.load().settings.timeout
     }
 
@@ -234,7 +255,7 @@ impl Slot {
     /// # Cancel safety
     ///
     /// Dropping the future drops the instance mid-call; nothing else is affected.
-    pub async fn handle(&self, request: GuestRequest) -> Result<GuestResponse, SlotError> {
+    pub(crate) async fn handle(&self, request: GuestRequest) -> Result<GuestResponse, SlotError> {
         let traceparent = request
             .headers
             .iter()
@@ -292,11 +313,9 @@ impl Slot {
             .idle_instance(&generation)
             .unwrap_or_else(|| self.new_instance(&generation));
         let timeout = budget.min(generation.settings.timeout);
-        live.store.data_mut().begin_request(
-            request_id,
-            std::time::Instant::now() + timeout,
-            traceparent,
-        );
+        live.store
+            .data_mut()
+            .begin_request(request_id, Deadline::after(timeout), traceparent);
         let result = self.run(&mut live, &generation, timeout, call).await;
         self.log_output(&live.store, request_id);
         live.served += 1;
@@ -446,7 +465,7 @@ impl Slot {
     /// `max_instances`.
     pub(crate) fn serve_stream(
         self: &Arc<Self>,
-        stream: crate::rpc::ByteStream,
+        stream: ByteStream,
         caller: String,
         budget: Duration,
     ) -> Result<(), SlotError> {
@@ -470,7 +489,7 @@ impl Slot {
 
     async fn run_stream(
         &self,
-        stream: crate::rpc::ByteStream,
+        stream: ByteStream,
         caller: &str,
         request_id: &str,
         budget: Duration,
@@ -483,7 +502,7 @@ impl Slot {
         let mut live = self.new_instance(&generation);
         live.store
             .data_mut()
-            .begin_request(request_id, std::time::Instant::now() + timeout, None);
+            .begin_request(request_id, Deadline::after(timeout), None);
         live.store.set_epoch_deadline(1);
         let store = &mut live.store;
         let call = async {
@@ -528,14 +547,20 @@ impl Slot {
         let mut probe = self.new_instance(&next);
         probe.store.data_mut().begin_request(
             "swap-probe",
-            std::time::Instant::now() + next.settings.timeout,
+            Deadline::after(next.settings.timeout),
             None,
         );
         probe.store.set_epoch_deadline(1);
         if let Err(err) = next.component.pre.instantiate_async(&mut probe.store).await {
             let reason = format!("the new generation does not instantiate: {err:#}");
             tracing::error!(service = %self.started.service, %reason, "swap refused; the old generation keeps serving");
-            self.record(&old, &next, "rolled-back", Some(reason.clone()), started);
+            self.record(
+                &old,
+                &next,
+                SwapState::RolledBack,
+                Some(reason.clone()),
+                started,
+            );
             return Err(SwapError::DoesNotInstantiate {
                 service: self.started.service.clone(),
                 reason,
@@ -549,7 +574,7 @@ impl Slot {
         if let Ok(mut previous) = self.previous.lock() {
             *previous = Some(old.clone());
         }
-        let event = self.record(&old, &next, "probation", None, started);
+        let event = self.record(&old, &next, SwapState::Probation, None, started);
         tracing::info!(service = %self.started.service, generation = next.number, hash = &next.component.hash[..12], swap_ms = event.swap_ms, "swapped; new requests go to the new generation");
         let slot = self.clone();
         tokio::spawn(async move { slot.watch_probation(old, next).await });
@@ -589,41 +614,40 @@ impl Slot {
     }
 
     async fn watch_probation(self: Arc<Self>, old: Arc<Generation>, next: Arc<Generation>) {
-        let started = std::time::Instant::now();
-        while started.elapsed() < PROBATION {
+        let probation = Probation::start(tokio::time::Instant::now());
+        loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             if self.current.load().number != next.number {
                 return;
             }
             let errors = next.errors.load(Ordering::Relaxed);
             let served = next.served.load(Ordering::Relaxed);
-            if errors >= ROLLBACK_MIN_ERRORS && errors > served {
-                let reason = format!(
-                    "{errors} of its first {} requests failed within {:?} of the swap",
-                    errors + served,
-                    started.elapsed()
-                );
-                let _one_at_a_time = self.swapping.lock().await;
-                self.current.store(old.clone());
-                if let Ok(mut idle) = self.idle.lock() {
-                    idle.clear();
+            match probation.judge(errors, served, "requests", tokio::time::Instant::now()) {
+                Verdict::Watching => {}
+                Verdict::Passed => break,
+                Verdict::RollBack(reason) => {
+                    let _one_at_a_time = self.swapping.lock().await;
+                    self.current.store(old.clone());
+                    if let Ok(mut idle) = self.idle.lock() {
+                        idle.clear();
+                    }
+                    tracing::error!(service = %self.started.service, from = next.number, back_to = old.number, %reason, "rolled back");
+                    self.mark(next.number, SwapState::RolledBack, Some(reason));
+                    return;
                 }
-                tracing::error!(service = %self.started.service, from = next.number, back_to = old.number, %reason, "rolled back");
-                self.mark(next.number, "rolled-back", Some(reason));
-                return;
             }
         }
         if let Ok(mut previous) = self.previous.lock() {
             *previous = None;
         }
-        self.mark(next.number, "serving", None);
+        self.mark(next.number, SwapState::Serving, None);
     }
 
     fn record(
         &self,
         old: &Generation,
         next: &Generation,
-        state: &'static str,
+        state: SwapState,
         reason: Option<String>,
         started: std::time::Instant,
     ) -> SwapEvent {
@@ -642,7 +666,7 @@ impl Slot {
         event
     }
 
-    fn mark(&self, generation: u64, state: &'static str, reason: Option<String>) {
+    fn mark(&self, generation: u64, state: SwapState, reason: Option<String>) {
         if let Ok(mut last) = self.last_swap.lock()
             && let Some(event) = last.as_mut()
             && event.to_generation == generation
@@ -671,7 +695,7 @@ impl Slot {
     }
 
     /// Counters and identity, for the admin API.
-    pub fn stats(&self) -> SlotStats {
+    pub(crate) fn stats(&self) -> SlotStats {
         SlotStats {
             name: self.started.service.clone(),
             version: self.started.version.to_string(),
@@ -702,7 +726,7 @@ impl Drop for InFlight {
 /// thus shares its worker thread (with the node's QUIC drivers, other guests, and streams a
 /// connection answers inline) a tick at a time instead of holding it until its deadline.
 fn on_epoch_tick(store: StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline> {
-    if std::time::Instant::now() >= store.data().deadline() {
+    if store.data().deadline().remaining().is_zero() {
         return Ok(UpdateDeadline::Interrupt);
     }
     Ok(UpdateDeadline::YieldCustom(

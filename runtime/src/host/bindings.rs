@@ -9,7 +9,12 @@
     unreachable_pub,
     reason = "bindgen re-exports the `with` type publicly"
 )]
-pub use crate::host::{GuestConnection, GuestStream, PendingCall};
+pub use super::quic::{GuestConnection, GuestStream};
+#[allow(
+    unreachable_pub,
+    reason = "bindgen re-exports the `with` type publicly"
+)]
+pub use super::rpc::PendingCall;
 
 wasmtime::component::bindgen!({
     world: "service",
@@ -70,9 +75,9 @@ pub(crate) mod policy {
 /// The message record a guest's `subscriber.on-message` receives.
 pub(crate) use self::switchyard::runtime::types::Message as GuestMessage;
 /// The request record a guest's `handler.handle` receives.
-pub use self::switchyard::runtime::types::Request as GuestRequest;
+pub(crate) use self::switchyard::runtime::types::Request as GuestRequest;
 /// The response record a guest's `handler.handle` returns.
-pub use self::switchyard::runtime::types::Response as GuestResponse;
+pub(crate) use self::switchyard::runtime::types::Response as GuestResponse;
 
 /// The interfaces a guest imports, for the host's implementations.
 pub(crate) mod imports {

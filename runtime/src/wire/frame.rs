@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change; a peer speaking another version gets a clear error.
-pub(crate) const PROTOCOL_VERSION: u8 = 2;
+pub(crate) const PROTOCOL_VERSION: u8 = 3;
 /// The largest frame a node accepts (the body limit plus room for headers).
 pub(crate) const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024 + 64 * 1024;
 const HEADER_BYTES: usize = 5;
@@ -20,6 +20,8 @@ pub(crate) enum Frame {
     /// Run `method` on `service` at the receiving node.
     Call {
         service: String,
+        /// The versions that may answer (a semver range), as the caller wrote it.
+        range: Option<String>,
         method: String,
         headers: Vec<(String, String)>,
         body: Vec<u8>,
@@ -55,6 +57,8 @@ pub(crate) enum Frame {
     /// stream carries the guests' own bytes.
     OpenStream {
         service: String,
+        /// The versions that may answer (a semver range), as the caller wrote it.
+        range: Option<String>,
         caller: String,
         /// How long the stream may live, in milliseconds.
         deadline_ms: u32,
@@ -82,6 +86,22 @@ pub(crate) enum FailureKind {
     Remote,
     BadRequest,
     Rejected,
+}
+
+impl Frame {
+    /// The frame's kind, for error text: a frame is never formatted whole into a message,
+    /// which would copy a peer's body (of up to 16 MiB) into logs and guests' errors.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::Call { .. } => "call",
+            Self::Reply { .. } => "reply",
+            Self::Failed { .. } => "failed",
+            Self::Gossip { .. } => "gossip",
+            Self::Goodbye { .. } => "goodbye",
+            Self::Ack => "ack",
+            Self::OpenStream { .. } => "open-stream",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -155,6 +175,7 @@ mod tests {
     fn call() -> Frame {
         Frame::Call {
             service: "inventory".into(),
+            range: Some("^1".into()),
             method: "GET /items/42".into(),
             headers: vec![("x-a".into(), "b".into())],
             body: b"hello".to_vec(),
@@ -194,6 +215,7 @@ mod tests {
             Frame::Ack,
             Frame::OpenStream {
                 service: "chat".into(),
+                range: None,
                 caller: "edge".into(),
                 deadline_ms: 5000,
             },

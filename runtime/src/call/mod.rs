@@ -1,0 +1,289 @@
+//! The vocabulary of one service-to-service call, shared by every layer it passes.
+//!
+//! A guest's `rpc.call("inventory@^1", "GET /items/42", ..)` becomes a [`Call`] once, at the
+//! host boundary: its [`Target`] is parsed there (name and semver range) and never again, and
+//! its budget becomes a [`Deadline`] that every layer below reads instead of keeping its own
+//! timer. The layers are [`CallService`]s: the policy chain wraps the routed call, the route
+//! picks an [`Endpoint`] (asking a [`Pick`], the chain's `pick`, when several fit), and the
+//! endpoint is this node's slot or a peer over QUIC. Whatever goes wrong is a [`CallError`],
+//! whose conversions to and from every other error type (the WIT's, a frame's, a slot's) are
+//! each written once, as a `From` beside the type converted to.
+//!
+//! This module is a leaf: it knows no other module of the crate but `util`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+use crate::util::BoxFuture;
+
+/// A service name and, optionally, the versions that may answer: `inventory` or
+/// `inventory@^1.2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub(crate) service: String,
+    pub(crate) range: Option<semver::VersionReq>,
+}
+
+impl Target {
+    /// Parses `name` or `name@<semver range>`; the error says what to write instead.
+    pub(crate) fn parse(text: &str) -> Result<Self, CallError> {
+        let (name, range) = match text.split_once('@') {
+            Some((name, range)) => {
+                let range = semver::VersionReq::parse(range).map_err(|err| {
+                    CallError::BadRequest(format!(
+                        "`{text}`: `{range}` is not a semver range ({err}); write e.g. `{name}@^1`"
+                    ))
+                })?;
+                (name, Some(range))
+            }
+            None => (text, None),
+        };
+        if name.is_empty() {
+            return Err(CallError::BadRequest(format!(
+                "`{text}` names no service; write e.g. `inventory` or `inventory@^1`"
+            )));
+        }
+        Ok(Self {
+            service: name.to_owned(),
+            range,
+        })
+    }
+
+    /// Any version of `service`.
+    #[cfg(test)]
+    pub(crate) fn any(service: &str) -> Self {
+        Self {
+            service: service.to_owned(),
+            range: None,
+        }
+    }
+
+    /// Whether `version` may answer.
+    pub(crate) fn fits(&self, version: &semver::Version) -> bool {
+        self.range
+            .as_ref()
+            .is_none_or(|range| range.matches(version))
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.range {
+            Some(range) => write!(f, "{}@{range}", self.service),
+            None => f.write_str(&self.service),
+        }
+    }
+}
+
+/// `GET /items/42?x=1` → (`GET`, `/items/42`, `Some("x=1")`); the error says the form.
+pub(crate) fn split_method(method: &str) -> Result<(&str, &str, Option<&str>), CallError> {
+    let bad = || {
+        CallError::BadRequest(format!(
+            "method `{method}` is not `METHOD /path`, e.g. `GET /items/42`"
+        ))
+    };
+    let (verb, target) = method.trim().split_once(' ').ok_or_else(bad)?;
+    if verb.is_empty() || !verb.bytes().all(|b| b.is_ascii_uppercase()) || !target.starts_with('/')
+    {
+        return Err(bad());
+    }
+    Ok(match target.split_once('?') {
+        Some((path, query)) => (verb, path, Some(query)),
+        None => (verb, target, None),
+    })
+}
+
+/// When a call's time is up, on tokio's clock (so tests can pause it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Deadline(Instant);
+
+impl Deadline {
+    /// `budget` from now.
+    pub(crate) fn after(budget: Duration) -> Self {
+        Self(Instant::now() + budget)
+    }
+
+    /// What is left of it (zero once past).
+    pub(crate) fn remaining(self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    /// What is left, as the `deadline-ms` a callee sees.
+    pub(crate) fn remaining_ms(self) -> u32 {
+        budget_ms(self.remaining())
+    }
+
+    /// The earlier of this deadline and `budget` from now.
+    pub(crate) fn capped(self, budget: Duration) -> Self {
+        self.min(Self::after(budget))
+    }
+}
+
+/// A budget as the `deadline-ms` a callee sees (saturating: budgets beyond `u32` ms are
+/// "no deadline" in practice).
+pub(crate) fn budget_ms(budget: Duration) -> u32 {
+    u32::try_from(budget.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// One call, as the guest asked for it.
+#[derive(Debug, Clone)]
+pub(crate) struct Call {
+    pub(crate) target: Target,
+    /// `METHOD /path?query`, in the callee's own route syntax.
+    pub(crate) method: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) headers: Vec<(String, String)>,
+    /// When the caller stops waiting; already capped by the caller's own deadline.
+    pub(crate) deadline: Deadline,
+    /// For the callee's logs: the caller's service and a request id derived from the caller's.
+    pub(crate) caller: String,
+    pub(crate) request_id: String,
+}
+
+/// What the callee's handler answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+}
+
+/// Why a call has no reply. Mirrors `call-error` in `wit/rpc.wit`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CallError {
+    #[error("the call did not finish within its deadline")]
+    Timeout,
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("the callee failed: {0}")]
+    Remote(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("rejected by a policy: {0}")]
+    Rejected(String),
+}
+
+/// Where a call or stream goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Endpoint {
+    Local,
+    Peer(SocketAddr),
+}
+
+impl Endpoint {
+    /// `None` for this node, as the balancer and the registry count instances.
+    pub(crate) fn peer(self) -> Option<SocketAddr> {
+        match self {
+            Self::Local => None,
+            Self::Peer(addr) => Some(addr),
+        }
+    }
+}
+
+impl From<Option<SocketAddr>> for Endpoint {
+    fn from(peer: Option<SocketAddr>) -> Self {
+        peer.map_or(Self::Local, Self::Peer)
+    }
+}
+
+/// An instance a call may go to, as a [`Pick`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Candidate {
+    pub(crate) endpoint: Endpoint,
+    /// The node's name (its address if the registry no longer knows it).
+    pub(crate) node: String,
+    /// Calls this node has in flight to it.
+    pub(crate) in_flight: u32,
+}
+
+/// A healthy instance of a service, as `discovery.resolve` shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct Instance {
+    pub(crate) node: String,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) version: String,
+}
+
+/// Something that answers calls: a layer of the call path, or the path's end.
+pub(crate) trait CallService: Send + Sync {
+    fn call(&self, call: Call) -> BoxFuture<'_, Result<Reply, CallError>>;
+}
+
+/// Chooses among the instances that fit a call; `None` leaves it to the service's balancing
+/// strategy.
+pub(crate) trait Pick: Send + Sync {
+    fn pick<'a>(
+        &'a self,
+        call: &'a Call,
+        candidates: &'a [Candidate],
+    ) -> BoxFuture<'a, Option<usize>>;
+}
+
+/// Both directions of a raw stream, wherever its other end is.
+pub(crate) struct ByteStream {
+    pub(crate) reader: Box<dyn AsyncRead + Send + Unpin>,
+    pub(crate) writer: Box<dyn AsyncWrite + Send + Unpin>,
+}
+
+/// A guest's `quic.connection`: one service instance its streams go to.
+#[derive(Debug, Clone)]
+pub(crate) struct Connection {
+    pub(crate) target: Target,
+    pub(crate) endpoint: Endpoint,
+    /// The node it runs on, for the guest to see.
+    pub(crate) node: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_and_methods_parse_or_say_what_is_wrong() {
+        let plain = Target::parse("inventory").ok();
+        assert_eq!(plain, Some(Target::any("inventory")));
+        let ranged = Target::parse("inventory@^1").ok();
+        assert!(ranged.as_ref().is_some_and(|t| t.service == "inventory"
+            && t.fits(&semver::Version::new(1, 4, 0))
+            && !t.fits(&semver::Version::new(2, 0, 0))));
+        assert_eq!(
+            ranged.map(|t| t.to_string()).as_deref(),
+            Some("inventory@^1")
+        );
+        assert!(
+            matches!(Target::parse("inventory@banana"), Err(CallError::BadRequest(m)) if m.contains("not a semver range"))
+        );
+        assert!(matches!(
+            Target::parse("@^1"),
+            Err(CallError::BadRequest(_))
+        ));
+        assert_eq!(
+            split_method("GET /a/b?x=1"),
+            Ok(("GET", "/a/b", Some("x=1")))
+        );
+        assert!(matches!(
+            split_method("get /a"),
+            Err(CallError::BadRequest(_))
+        ));
+        assert!(matches!(split_method("/a"), Err(CallError::BadRequest(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_shrinks_as_time_passes_and_stops_at_zero() {
+        let deadline = Deadline::after(Duration::from_millis(250));
+        assert_eq!(deadline.remaining_ms(), 250);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(deadline.remaining_ms(), 150);
+        assert_eq!(
+            deadline.capped(Duration::from_millis(50)).remaining_ms(),
+            50
+        );
+        assert_eq!(deadline.capped(Duration::from_secs(5)).remaining_ms(), 150);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(deadline.remaining(), Duration::ZERO);
+    }
+}

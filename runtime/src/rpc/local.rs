@@ -1,0 +1,102 @@
+//! The local endpoint: a callee on this node, run in-process by its slot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use super::{Callee, Client, Directory};
+use crate::call::{ByteStream, Call, CallError, Reply, Target, budget_ms, split_method};
+use crate::router::Lookup;
+use crate::wasm::{GuestRequest, Slot, SlotError};
+
+/// Bytes buffered each way in a stream between two guests on one node.
+const STREAM_BUFFER: usize = 64 * 1024;
+
+impl Client {
+    /// Runs `call` on this node only.
+    pub(super) async fn call_local(&self, call: Call) -> Result<Reply, CallError> {
+        let name = call.target.service.as_str();
+        let (method, path, query) = split_method(&call.method)?;
+        let directory = self.running_directory()?;
+        let callee = local_callee(&directory, &call.target)?;
+        let (target, params) = match callee.routes.lookup(method, path) {
+            Lookup::Found { target, params } => (target, params),
+            Lookup::WrongMethod(allowed) => {
+                return Err(CallError::BadRequest(format!(
+                    "service `{name}` has no route for {method} {path}; that path takes {}",
+                    allowed.join(", ")
+                )));
+            }
+            Lookup::NotFound => {
+                return Err(CallError::BadRequest(format!(
+                    "service `{name}` has no route for {method} {path}"
+                )));
+            }
+        };
+        let slot = &target.value;
+        let budget = call.deadline.remaining().min(slot.timeout());
+        let mut headers = call.headers;
+        headers.push(("x-switchyard-caller".into(), call.caller));
+        let request = GuestRequest {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            query: query.map(str::to_owned),
+            headers,
+            params,
+            body: call.body,
+            request_id: call.request_id,
+            deadline_ms: budget_ms(budget),
+        };
+        // The slot stops the callee at the request's `deadline_ms`, which is this budget.
+        let span = tracing::debug_span!("rpc", callee = name, route = &*target.pattern);
+        let response = slot.handle(request).instrument(span).await?;
+        Ok(response.into())
+    }
+
+    /// The slot that serves `target`'s streams on this node.
+    pub(super) fn local_stream_slot(&self, target: &Target) -> Result<Arc<Slot>, CallError> {
+        let directory = self.running_directory()?;
+        Ok(local_callee(&directory, target)?.slot.clone())
+    }
+}
+
+/// `target`'s service on this node, if it runs at a version that fits.
+fn local_callee(directory: &Directory, target: &Target) -> Result<Arc<Callee>, CallError> {
+    let name = &target.service;
+    let callee = directory
+        .get(name)
+        .ok_or_else(|| CallError::Unavailable(format!("no service named `{name}` is running")))?;
+    if let Some(range) = &target.range
+        && !range.matches(&callee.version)
+    {
+        return Err(CallError::Unavailable(format!(
+            "service `{name}` runs version {}, which does not match `{range}`",
+            callee.version
+        )));
+    }
+    Ok(callee)
+}
+
+/// An in-memory stream to a `stream-handler` of `slot`, admitted (or refused) at once.
+pub(super) fn local_pipe(
+    slot: &Arc<Slot>,
+    caller: String,
+    budget: Duration,
+) -> Result<ByteStream, SlotError> {
+    let (ours, theirs) = tokio::io::duplex(STREAM_BUFFER);
+    let (their_reader, their_writer) = tokio::io::split(theirs);
+    slot.serve_stream(
+        ByteStream {
+            reader: Box::new(their_reader),
+            writer: Box::new(their_writer),
+        },
+        caller,
+        budget,
+    )?;
+    let (reader, writer) = tokio::io::split(ours);
+    Ok(ByteStream {
+        reader: Box::new(reader),
+        writer: Box::new(writer),
+    })
+}

@@ -1,0 +1,15 @@
+//! Small things every layer shares.
+//!
+//! [`BoxFuture`] lets an async method sit behind `dyn Trait` (ports, backends, layers).
+//!
+//! Time: logic that decides by time either takes `now` as an argument (the pure state
+//! machines: registry expiry, ejection, probation) or runs on tokio's clock
+//! ([`tokio::time::Instant`], `sleep`, `timeout`), so tests run it under
+//! `#[tokio::test(start_paused = true)]` in milliseconds. The wall clock is read only at the
+//! edges (timestamps stored in logs, JSON for operators).
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed, sendable future.
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
