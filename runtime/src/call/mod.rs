@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -142,6 +143,37 @@ pub(crate) struct Call {
     /// For the callee's logs: the caller's service and a request id derived from the caller's.
     pub(crate) caller: String,
     pub(crate) request_id: String,
+    /// Set on copies of one call that race each other (a hedge), so each goes to an instance
+    /// the others did not take while there is one.
+    pub(crate) spread: Option<Arc<Spread>>,
+}
+
+/// The instances the racing copies of one call went to.
+#[derive(Debug, Default)]
+pub(crate) struct Spread {
+    taken: Mutex<Vec<Endpoint>>,
+}
+
+impl Spread {
+    /// Records that a copy went to `endpoint`.
+    pub(crate) fn take(&self, endpoint: Endpoint) {
+        if let Ok(mut taken) = self.taken.lock() {
+            taken.push(endpoint);
+        }
+    }
+
+    /// Of `candidates`, the ones no copy took yet; all of them when every one was taken.
+    pub(crate) fn spread_out<T: Copy + Into<Endpoint>>(&self, candidates: Vec<T>) -> Vec<T> {
+        let Ok(taken) = self.taken.lock() else {
+            return candidates;
+        };
+        let fresh: Vec<T> = candidates
+            .iter()
+            .copied()
+            .filter(|candidate| !taken.contains(&(*candidate).into()))
+            .collect();
+        if fresh.is_empty() { candidates } else { fresh }
+    }
 }
 
 /// What the callee's handler answered.
@@ -241,6 +273,25 @@ pub(crate) struct Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn racing_copies_spread_over_instances_while_there_are_fresh_ones() {
+        let spread = Spread::default();
+        let (a, b) = (
+            Some(SocketAddr::from(([127, 0, 0, 1], 1))),
+            Some(SocketAddr::from(([127, 0, 0, 1], 2))),
+        );
+        assert_eq!(spread.spread_out(vec![None, a, b]), [None, a, b]);
+        spread.take(Endpoint::Local);
+        assert_eq!(spread.spread_out(vec![None, a, b]), [a, b]);
+        spread.take(Endpoint::from(a));
+        spread.take(Endpoint::from(b));
+        assert_eq!(
+            spread.spread_out(vec![None, a, b]),
+            [None, a, b],
+            "all taken: any"
+        );
+    }
 
     #[test]
     fn targets_and_methods_parse_or_say_what_is_wrong() {

@@ -91,6 +91,7 @@ impl HostState {
             deadline,
             caller: self.guest.service.clone(),
             request_id: self.next_call_id(),
+            spread: None,
         })
     }
 }

@@ -153,9 +153,11 @@ impl<D: Decide> Chain<D> {
         attempts: &AtomicU32,
         delay: Duration,
     ) -> Result<Reply, CallError> {
-        let mut hedge = call.clone();
+        let mut first = call.clone();
+        first.spread = Some(first.spread.take().unwrap_or_default());
+        let mut hedge = first.clone();
         hedge.request_id = format!("{}~hedge", call.request_id);
-        let first = self.layer(index, call.clone(), inner, attempts);
+        let first = self.layer(index, first, inner, attempts);
         let second = async {
             tokio::time::sleep(delay).await;
             tracing::debug!(request_id = %hedge.request_id, "hedging a slow call");

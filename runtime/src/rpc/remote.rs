@@ -44,7 +44,7 @@ impl Client {
             remote.balancer.eject(peer, reason.clone());
             tried.push(peer);
             let unavailable = || CallError::Unavailable(format!("service `{name}`: {reason}"));
-            let (mut others, strategy) = match self.candidates(&target) {
+            let (mut others, strategy) = match self.candidates(&target, false) {
                 Ok(Candidates::One(endpoint)) => (vec![endpoint.peer()], Strategy::default()),
                 Ok(Candidates::Several(others, strategy)) => (others, strategy),
                 Err(_) => return Err(unavailable()),

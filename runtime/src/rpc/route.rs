@@ -20,9 +20,14 @@ impl Client {
         call: Call,
         pick: Option<&dyn Pick>,
     ) -> Result<Reply, CallError> {
-        let endpoint = match self.candidates(&call.target)? {
+        let spread = call.spread.as_deref();
+        let endpoint = match self.candidates(&call.target, spread.is_some())? {
             Candidates::One(endpoint) => endpoint,
             Candidates::Several(candidates, strategy) => {
+                let candidates = match spread {
+                    Some(spread) => spread.spread_out(candidates),
+                    None => candidates,
+                };
                 let picked = match pick {
                     Some(pick) => self.ask_pick(pick, &call, &candidates).await,
                     None => None,
@@ -35,6 +40,9 @@ impl Client {
                 Endpoint::from(chosen)
             }
         };
+        if let Some(spread) = spread {
+            spread.take(endpoint);
+        }
         let (Some(remote), Endpoint::Peer(peer)) = (&self.remote, endpoint) else {
             let _in_flight = self
                 .remote
@@ -77,7 +85,7 @@ impl Client {
     /// Where a call or stream to `target` goes: this node or a peer, by the service's
     /// balancing strategy.
     pub(super) fn route(&self, target: &Target) -> Result<Endpoint, CallError> {
-        Ok(match self.candidates(target)? {
+        Ok(match self.candidates(target, false)? {
             Candidates::One(endpoint) => endpoint,
             Candidates::Several(candidates, strategy) => match &self.remote {
                 Some(remote) => Endpoint::from(remote.balancer.pick(&candidates, strategy)),
@@ -88,7 +96,13 @@ impl Client {
 
     /// The instances a call to `target` may go to. A service that runs here only at an
     /// unfitting version routes here, so the local path can say precisely what does not fit.
-    pub(super) fn candidates(&self, target: &Target) -> Result<Candidates, CallError> {
+    /// `spreading` (racing copies of a call) lists peers even when a local instance would be
+    /// preferred, so a hedge can go elsewhere.
+    pub(super) fn candidates(
+        &self,
+        target: &Target,
+        spreading: bool,
+    ) -> Result<Candidates, CallError> {
         let name = target.service.as_str();
         let directory = self.directory();
         let local = directory.as_ref().and_then(|d| d.get(name));
@@ -99,7 +113,7 @@ impl Client {
             return Ok(Candidates::One(Endpoint::Local));
         };
         let balance = self.balance.load().get(name).copied().unwrap_or_default();
-        if local_fits && balance.prefer_local {
+        if local_fits && balance.prefer_local && !spreading {
             return Ok(Candidates::One(Endpoint::Local));
         }
         let mut peers = remote.registry.candidates(name, target.range.as_ref());

@@ -66,6 +66,7 @@ impl TryFrom<Frame> for Call {
             deadline: Deadline::after(std::time::Duration::from_millis(u64::from(deadline_ms))),
             caller,
             request_id,
+            spread: None,
         })
     }
 }
@@ -155,6 +156,7 @@ mod tests {
             deadline: Deadline::after(std::time::Duration::from_millis(300)),
             caller: "orders".into(),
             request_id: "r.1".into(),
+            spread: None,
         };
         tokio::time::advance(std::time::Duration::from_millis(100)).await;
         let frame = Frame::from(call.clone());

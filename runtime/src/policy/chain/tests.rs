@@ -68,6 +68,8 @@ impl Decide for Scripted {
 struct Callee {
     script: Script,
     calls: AtomicU32,
+    /// Which `Spread` each call carried (its address), if any.
+    spreads: Mutex<Vec<Option<usize>>>,
     log: Log,
     started: Instant,
 }
@@ -76,6 +78,9 @@ impl CallService for Callee {
     fn call(&self, call: Call) -> BoxFuture<'_, Result<Reply, CallError>> {
         Box::pin(async move {
             let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Ok(mut spreads) = self.spreads.lock() {
+                spreads.push(call.spread.as_ref().map(|s| Arc::as_ptr(s) as usize));
+            }
             self.log.push(
                 self.started,
                 format!(
@@ -112,6 +117,7 @@ fn call(budget_ms: u64) -> Call {
         deadline: Deadline::after(Duration::from_millis(budget_ms)),
         caller: "caller".into(),
         request_id: "r".into(),
+        spread: None,
     }
 }
 
@@ -181,6 +187,7 @@ impl Rig {
         Callee {
             script: Box::new(script),
             calls: AtomicU32::new(0),
+            spreads: Mutex::default(),
             log: self.log.clone(),
             started: self.started,
         }
@@ -307,6 +314,14 @@ async fn a_hedge_starts_a_second_copy_after_its_delay_and_the_first_answer_wins(
     assert!(
         lines.contains(&"50: callee r~hedge (950 ms left)".to_owned()),
         "{lines:#?}"
+    );
+    // Both copies share one record of where they went, so the route sends the hedge to an
+    // instance the first did not take.
+    let spreads = callee.spreads.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(spreads.len(), 2);
+    assert!(
+        spreads[0].is_some() && spreads[0] == spreads[1],
+        "{spreads:?}"
     );
     // A first copy that answers before the delay means no hedge at all.
     let rig = Rig::new();
