@@ -46,7 +46,7 @@ enum Command {
     Status {
         /// The node's manifest (its `node.admin` address is asked) ...
         manifest: Option<PathBuf>,
-        /// ... or the admin address directly.
+        /// ... or the admin address directly (default 127.0.0.1:9090).
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
@@ -292,7 +292,8 @@ fn swap(
     Ok(())
 }
 
-/// The admin address given, or the manifest's, or the default.
+/// The admin address given, or the manifest's, or the default: the one rule of every command
+/// that talks to a running node.
 fn admin_address(
     manifest: Option<PathBuf>,
     admin: Option<std::net::SocketAddr>,
@@ -387,11 +388,7 @@ async fn follow_probation(
 }
 
 fn status(manifest: Option<PathBuf>, admin: Option<std::net::SocketAddr>) -> Result<()> {
-    let admin = match (admin, manifest) {
-        (Some(admin), _) => admin,
-        (None, Some(path)) => Manifest::load(&path)?.node.admin,
-        (None, None) => anyhow::bail!("pass the node's manifest or --admin ADDRESS"),
-    };
+    let admin = admin_address(manifest, admin)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -8,18 +8,9 @@ use anyhow::{Context, Result, bail};
 const BUILT_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk");
 
 pub(crate) fn new_guest(name: &str, dir: &Path, sdk: Option<&Path>) -> Result<()> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && name.starts_with(|c: char| c.is_ascii_lowercase());
-    if !valid {
-        bail!(
-            "`{name}` is not a valid service name: use lower-case letters, digits and hyphens, \
-             starting with a letter (e.g. `orders-api`)"
-        );
-    }
+    // The manifest's own rule, so a scaffolded manifest always loads.
+    switchyard::manifest::ServiceName::parse(name)
+        .with_context(|| "`switchyard new` takes a service name")?;
     let sdk = match sdk {
         Some(path) => path.to_path_buf(),
         None => PathBuf::from(BUILT_SDK),

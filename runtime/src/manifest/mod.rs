@@ -293,6 +293,47 @@ impl fmt::Display for Location {
     }
 }
 
+/// The name of a service, policy, queue or node: 1 to 63 lower-case letters, digits and
+/// hyphens, starting with a letter and not ending with a hyphen. Names appear in URLs, logs,
+/// discovery keys and (for `switchyard new`) crate names, which all take this form. The one
+/// rule for the manifest and the scaffold.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName(String);
+
+/// Why a name was refused; the message says the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a valid name: use 1 to 63 lower-case letters, digits and inner hyphens, \
+     starting with a letter, e.g. \"inventory-api\""
+)]
+pub struct InvalidName(pub String);
+
+impl ServiceName {
+    pub fn parse(name: &str) -> Result<Self, InvalidName> {
+        let valid = (1..=63).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && !name.ends_with('-')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if valid {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(InvalidName(name.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Why a manifest was refused. Each message names the place and how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {

@@ -662,7 +662,6 @@ fn check_discovery(
     }
 }
 
-/// Names appear in URLs, logs and (later) discovery keys: keep them to `[a-z0-9-]`.
 /// `a, b, c`, or `none`, for hints that list what a manifest declares.
 fn names_or_none(names: &[&str]) -> String {
     if names.is_empty() {
@@ -678,21 +677,15 @@ fn check_name(
     what: &str,
 ) -> Result<(), ManifestError> {
     let value = name.get_ref();
-    let valid = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if valid {
-        return Ok(());
+    match super::ServiceName::parse(value) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(check.invalid(
+            name.span(),
+            format!("{what} name {value:?} is not valid"),
+            "use 1 to 63 lower-case letters, digits and inner hyphens, starting with a letter, \
+             e.g. \"inventory-api\"",
+        )),
     }
-    Err(check.invalid(
-        name.span(),
-        format!("{what} name {value:?} is not valid"),
-        "use 1 to 63 lower-case letters, digits and inner hyphens, e.g. \"inventory-api\"",
-    ))
 }
 
 fn check_service(check: &Checker<'_>, raw: RawService) -> Result<ServiceSpec, ManifestError> {

@@ -310,3 +310,22 @@ fn a_node_bound_to_every_interface_advertises_the_address_peers_dial() {
     assert_eq!(manifest.node.quic, "0.0.0.0:7000".parse().ok());
     assert_eq!(manifest.node.advertise, "10.0.0.5:0".parse().ok());
 }
+
+#[test]
+fn one_name_rule_for_the_manifest_and_the_scaffold() {
+    use super::ServiceName;
+    for good in ["a", "inventory-api", "a1-b2"] {
+        assert!(ServiceName::parse(good).is_ok(), "{good}");
+    }
+    let long = "a".repeat(64);
+    for bad in ["", "abc-", "-abc", "1abc", "Abc", "a_b", long.as_str()] {
+        assert!(ServiceName::parse(bad).is_err(), "{bad:?}");
+    }
+    // What `switchyard new abc-` refuses, a manifest refuses too (it used to scaffold one
+    // that `switchyard run` then refused).
+    let (manifest, _) = parse(&GOOD.replace("name = \"hello\"", "name = \"abc-\""));
+    assert!(
+        manifest.is_err_and(|err| err.to_string().contains("is not valid")),
+        "a trailing hyphen passed"
+    );
+}
