@@ -20,7 +20,9 @@ mod gossip;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::watch;
 
@@ -292,13 +294,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn news_expires_unless_renewed_and_a_goodbye_beats_late_rumours() {
+    #[tokio::test(start_paused = true)]
+    async fn news_expires_unless_renewed_and_a_goodbye_beats_late_rumours() {
         let registry = Registry::default();
         let b = member(5, 0);
         registry.learn(&b, Some(Duration::from_millis(40)));
         assert_eq!(registry.candidates("hello", None), vec![b.address]);
-        std::thread::sleep(Duration::from_millis(60));
+        tokio::time::advance(Duration::from_millis(39)).await;
+        assert_eq!(registry.candidates("hello", None), vec![b.address]);
+        // Renewed news extends it; older news never shortens it.
+        registry.learn(&b, Some(Duration::from_millis(40)));
+        registry.learn(&b, Some(Duration::from_millis(5)));
+        tokio::time::advance(Duration::from_millis(39)).await;
+        assert_eq!(
+            registry.candidates("hello", None),
+            vec![b.address],
+            "renewal lost"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert!(registry.candidates("hello", None).is_empty(), "not expired");
 
         registry.learn(&b, Some(TTL));
@@ -312,6 +325,10 @@ mod tests {
             registry.candidates("hello", None).is_empty(),
             "a rumour revived a departed node"
         );
+        // A goodbye is remembered for twice the TTL, which outlives any rumour of it.
+        tokio::time::advance(TTL * 2 - Duration::from_millis(1)).await;
+        registry.learn(&b, Some(TTL));
+        assert!(registry.candidates("hello", None).is_empty());
         // The same node restarted: a newer incarnation is welcome.
         registry.learn(&member(6, 0), Some(TTL));
         assert_eq!(registry.candidates("hello", None), vec![b.address]);

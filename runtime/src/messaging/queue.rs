@@ -465,7 +465,7 @@ impl Queue {
                 let chain = policies.delivery_chain(&self.name);
                 let verdict =
                     policy::on_delivery_failure(&chain, &self.name, &message.id, attempts).await;
-                let verdict = self.bounded(verdict, attempts);
+                let verdict = after_failure(&self.spec.load(), verdict, attempts);
                 match verdict {
                     DeliveryVerdict::RedeliverAfter(pause) => {
                         tracing::info!(queue = %self.name, id = %message.id, attempts, %error, pause_ms = pause.as_millis() as u64, "delivery failed; redelivering");
@@ -523,26 +523,6 @@ impl Queue {
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         self.stats.dead_total.fetch_add(1, Ordering::Relaxed);
         self.finish(synced).await;
-    }
-
-    /// The policies' verdict, or the queue's own rule when none decided; never past
-    /// `max_attempts`.
-    fn bounded(&self, verdict: Option<DeliveryVerdict>, attempts: u32) -> DeliveryVerdict {
-        let spec = self.spec.load();
-        if attempts >= spec.max_attempts {
-            if let Some(DeliveryVerdict::DeadLetter(reason)) = verdict {
-                return DeliveryVerdict::DeadLetter(reason);
-            }
-            return DeliveryVerdict::DeadLetter(format!(
-                "queue `{}`: failed {attempts} times, its max_attempts",
-                self.name
-            ));
-        }
-        verdict.unwrap_or_else(|| {
-            let doubling = 2u32.saturating_pow(attempts.saturating_sub(1).min(20));
-            let pause = spec.redeliver_after.saturating_mul(doubling);
-            DeliveryVerdict::RedeliverAfter(pause.min(MAX_BACKOFF))
-        })
     }
 
     /// Applies a `Failed` or `Done` record to the state and sends it (after `dead`, if any) to
@@ -660,4 +640,89 @@ fn clip(mut text: String) -> String {
         text.truncate(end);
     }
     text
+}
+
+/// What follows the `attempts`-th failed delivery of a message of the queue `spec`: the
+/// policies' verdict, or the queue's own rule when none decided (`redeliver_ms` doubling per
+/// attempt, at most [`MAX_BACKOFF`]); never a redelivery past `max_attempts`. Pure, so the
+/// rule is tested without a clock.
+fn after_failure(
+    spec: &QueueSpec,
+    verdict: Option<DeliveryVerdict>,
+    attempts: u32,
+) -> DeliveryVerdict {
+    if attempts >= spec.max_attempts {
+        if let Some(DeliveryVerdict::DeadLetter(reason)) = verdict {
+            return DeliveryVerdict::DeadLetter(reason);
+        }
+        return DeliveryVerdict::DeadLetter(format!(
+            "queue `{}`: failed {attempts} times, its max_attempts",
+            spec.name
+        ));
+    }
+    verdict.unwrap_or_else(|| {
+        let doubling = 2u32.saturating_pow(attempts.saturating_sub(1).min(20));
+        let pause = spec.redeliver_after.saturating_mul(doubling);
+        DeliveryVerdict::RedeliverAfter(pause.min(MAX_BACKOFF))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(max_attempts: u32) -> QueueSpec {
+        QueueSpec {
+            name: "orders".into(),
+            subscriber: "fulfilment".into(),
+            concurrency: 1,
+            max_attempts,
+            redeliver_after: Duration::from_millis(100),
+            max_depth: 10,
+        }
+    }
+
+    #[test]
+    fn without_policies_redelivery_backs_off_doubling_up_to_its_cap_then_dead_letters() {
+        let spec = spec(12);
+        let pauses: Vec<_> = (1..12)
+            .map(|attempts| match after_failure(&spec, None, attempts) {
+                DeliveryVerdict::RedeliverAfter(pause) => pause.as_millis(),
+                DeliveryVerdict::DeadLetter(reason) => panic!("dead at {attempts}: {reason}"),
+            })
+            .collect();
+        assert_eq!(
+            pauses,
+            [
+                100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000
+            ]
+        );
+        assert_eq!(
+            after_failure(&spec, None, 12),
+            DeliveryVerdict::DeadLetter("queue `orders`: failed 12 times, its max_attempts".into())
+        );
+    }
+
+    #[test]
+    fn a_policy_decides_within_max_attempts_and_its_dead_letter_reason_is_kept() {
+        let spec = spec(3);
+        let redeliver = Some(DeliveryVerdict::RedeliverAfter(Duration::from_secs(7)));
+        assert_eq!(
+            after_failure(&spec, redeliver.clone(), 2),
+            DeliveryVerdict::RedeliverAfter(Duration::from_secs(7))
+        );
+        assert!(matches!(
+            after_failure(&spec, redeliver, 3),
+            DeliveryVerdict::DeadLetter(reason) if reason.contains("max_attempts")
+        ));
+        let gave_up = Some(DeliveryVerdict::DeadLetter("policy `retry`: enough".into()));
+        assert_eq!(
+            after_failure(&spec, gave_up.clone(), 1),
+            DeliveryVerdict::DeadLetter("policy `retry`: enough".into())
+        );
+        assert_eq!(
+            after_failure(&spec, gave_up, 3),
+            DeliveryVerdict::DeadLetter("policy `retry`: enough".into())
+        );
+    }
 }

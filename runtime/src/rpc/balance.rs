@@ -17,7 +17,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::manifest::Strategy;
 
@@ -193,8 +195,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_ejected_peer_is_left_out_until_its_time_is_up() {
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_peer_is_left_out_until_its_time_is_up() {
         let balancer = Balancer::default();
         let (a, b) = (
             SocketAddr::from(([127, 0, 0, 1], 1)),
@@ -208,10 +210,12 @@ mod tests {
         let reason = balancer.retain_reachable(&mut peers);
         assert_eq!(peers, [b]);
         assert_eq!(reason.as_deref(), Some("127.0.0.1:1: no answer"));
+        tokio::time::advance(EJECTION - Duration::from_millis(1)).await;
+        let mut peers = vec![a, b];
+        assert!(balancer.retain_reachable(&mut peers).is_some());
+        assert_eq!(peers, [b], "back in early");
         // Its time is up: back in, and the table forgets it.
-        if let Ok(mut ejected) = balancer.ejected.lock() {
-            ejected.insert(a, (Instant::now(), "no answer".into()));
-        }
+        tokio::time::advance(Duration::from_millis(1)).await;
         let mut peers = vec![a, b];
         assert_eq!(balancer.retain_reachable(&mut peers), None);
         assert_eq!(peers, [a, b]);
