@@ -1,3 +1,10 @@
+//! The admin API: what an operator asks of a running node, as JSON (JSON lives only here).
+//!
+//! Reads (`/health`, `/services`, `/registry`, `/policies`, `/queues`) and changes (a
+//! component upload swaps a service or a policy; a redrive resends a queue's dead letters).
+//! Changes go through the [`Operator`] the node implements, so this file knows HTTP and JSON,
+//! not how a swap is done.
+
 use std::sync::Arc;
 
 use bytes::Bytes;

@@ -1,3 +1,12 @@
+//! The ingress: HTTP requests to services, and the one mapping from what went wrong to a
+//! status code.
+//!
+//! A request is routed (`404`, or `405` with `Allow`) and given a request id (the client's
+//! `x-request-id` if short and plain) and a trace context, its body is read within the size
+//! limit (`413`), and the service's slot runs it: `503` at `max_instances`, `504` past the
+//! timeout, `500` on a trap or the memory limit. Every answer names the request id, and one
+//! `request` span per request carries the route, status and duration.
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

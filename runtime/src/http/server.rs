@@ -1,3 +1,7 @@
+//! The HTTP server loop shared by the ingress and the admin API: accept, serve HTTP/1.1
+//! connections with a [`Handler`], and on shutdown stop accepting and let open connections
+//! finish within a grace period.
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;

@@ -1,3 +1,8 @@
+//! The node's one wasmtime [`Engine`]: the pooling allocator sized at start, the epoch ticker
+//! that enforces deadlines, a linker per world (`service`, `resilience-policy`), and the
+//! compile cache. Loading checks a component against its world once, into an `InstancePre`,
+//! so instantiating per request does no lookups.
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

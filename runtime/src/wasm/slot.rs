@@ -1,3 +1,15 @@
+//! A [`Slot`]: where one service's requests, deliveries and streams run.
+//!
+//! A slot holds the service's current [`Generation`] (its component, limits, config and env)
+//! behind an `ArcSwap`, so a swap is one store: new work takes the new generation, work in
+//! flight keeps the one it started on, and an old generation is freed when its last request
+//! ends. Each request gets a store of its own (fresh, or an idle one when
+//! `requests_per_instance` > 1), an epoch deadline and a host-side timeout at the smaller of
+//! the service's timeout and the caller's `deadline-ms`, and a memory cap; admission counts
+//! work in flight and refuses at `max_instances` at once (the caller gets `503`, not a queue).
+//! After a swap the new generation is judged by [`super::Probation`] and rolled back if it
+//! fails.
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
