@@ -121,9 +121,9 @@ fn run_command(cli: Cli) -> Result<()> {
         Cmd::Bench { cargo_args } => {
             build_guests(&root.join("guests/Cargo.toml"), &root.join("target/guests"))?;
             let mut bench = cargo(&root);
-            bench
-                .args(["bench", "--package", "switchyard-benches"])
-                .args(&cargo_args);
+            // The whole workspace's feature set, as `cargo xtask test` builds it: asking for
+            // the benches package alone resolved other features and rebuilt wasmtime.
+            bench.args(["bench", "--workspace"]).args(&cargo_args);
             run(&mut bench)
         }
     }
