@@ -584,6 +584,61 @@ mod tests {
     }
 
     #[test]
+    fn records_written_when_the_kind_was_a_bare_byte_still_replay() {
+        // The layout `StoredMessage` and `Record` had before `MessageKind` was an enum.
+        #[derive(Serialize)]
+        struct OldMessage {
+            seq: u64,
+            id: String,
+            kind: u8,
+            key: Option<String>,
+            headers: Vec<(String, String)>,
+            reply_to: Option<String>,
+            trace_context: Option<String>,
+            body: Vec<u8>,
+            sender: String,
+            sent_at_ms: u64,
+        }
+        #[derive(Serialize)]
+        enum OldRecord {
+            Sent(OldMessage),
+        }
+        let mut bytes = Vec::new();
+        for (seq, kind) in [(1, 0u8), (2, 1), (3, 2)] {
+            let old = OldRecord::Sent(OldMessage {
+                seq,
+                id: format!("q-{seq}"),
+                kind,
+                key: Some("k".into()),
+                headers: vec![],
+                reply_to: None,
+                trace_context: None,
+                body: b"x".to_vec(),
+                sender: "old".into(),
+                sent_at_ms: 7,
+            });
+            encode(&old, &mut bytes).unwrap();
+        }
+        let (replayed, valid) = decode_all::<Record>(&bytes);
+        assert_eq!(valid, bytes.len(), "every old record decodes");
+        let kinds: Vec<_> = replayed
+            .iter()
+            .map(|record| match record {
+                Record::Sent(message) => Some(message.kind),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                Some(MessageKind::Document),
+                Some(MessageKind::Command),
+                Some(MessageKind::Event)
+            ]
+        );
+    }
+
+    #[test]
     fn a_flipped_bit_fails_the_checksum() {
         let mut bytes = records(&[Record::Sent(message(0, "x")), Record::Done { seq: 0 }]);
         let (all, _) = decode_all::<Record>(&bytes);
