@@ -1,0 +1,16 @@
+//! The `switchyard` command's subcommands that are more than a call into the library: the
+//! admin API client and what uses it (`status`, `swap`, `redrive`), certificates, and the
+//! guest scaffold. Part of the binary only.
+
+mod admin;
+mod cert;
+mod scaffold;
+mod status;
+mod swap;
+
+pub(crate) use cert::cert;
+pub(crate) use scaffold::new_guest;
+pub(crate) use status::status;
+pub(crate) use swap::{redrive, swap};
+
+use super::{CertCommand, SwapKind};
