@@ -1,0 +1,282 @@
+//! `[node]`: addresses, TLS and discovery.
+
+use std::net::SocketAddr;
+
+use toml::Spanned;
+
+use super::*;
+
+pub(super) fn check_node(
+    check: &Checker<'_>,
+    raw: Option<RawNode>,
+) -> Result<NodeSpec, ManifestError> {
+    let raw = raw.unwrap_or(RawNode {
+        name: None,
+        http: None,
+        admin: None,
+        data_dir: None,
+        quic: None,
+        advertise: None,
+        seeds: Vec::new(),
+        tls: None,
+        discovery: None,
+    });
+    let name = match raw.name {
+        Some(name) => {
+            check_name(check, &name, "node")?;
+            name.into_inner()
+        }
+        None => "switchyard".to_owned(),
+    };
+    let socket = |value: &Spanned<String>, key: &str| {
+        value.get_ref().parse::<SocketAddr>().map_err(|err| {
+            check.invalid(
+                value.span(),
+                format!(
+                    "`node.{key}` = {:?} is not a socket address: {err}",
+                    value.get_ref()
+                ),
+                "write IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:0\" (0 picks a free port)",
+            )
+        })
+    };
+    let address = |value: Option<Spanned<String>>, default: &str, key: &str| match value {
+        None => default
+            .parse::<SocketAddr>()
+            .map_err(|err| check.invalid(0..0, format!("default {key}: {err}"), "report a bug")),
+        Some(value) => socket(&value, key),
+    };
+    let admin_span = raw.admin.as_ref().map_or(0..0, Spanned::span);
+    let http = address(raw.http, defaults::HTTP, "http")?;
+    let admin = address(raw.admin, defaults::ADMIN, "admin")?;
+    if http == admin && http.port() != 0 {
+        return Err(check.invalid(
+            admin_span,
+            format!("`node.admin` and `node.http` are both {http}"),
+            "give the admin API its own port",
+        ));
+    }
+    let data_dir = check.resolve(raw.data_dir.as_deref().unwrap_or(defaults::DATA_DIR));
+    let quic = raw
+        .quic
+        .as_ref()
+        .map(|quic| socket(quic, "quic"))
+        .transpose()?;
+    let seeds = raw
+        .seeds
+        .iter()
+        .map(|seed| socket(seed, "seeds"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if quic.is_none() && !raw.seeds.is_empty() {
+        return Err(check.invalid(
+            raw.seeds[0].span(),
+            "`node.seeds` needs `node.quic`: peers are reached over QUIC",
+            "add e.g. quic = \"127.0.0.1:7000\" to [node]",
+        ));
+    }
+    let discovery = check_discovery(check, raw.discovery, quic.is_some())?;
+    if let (DiscoverySpec::Etcd { .. }, Some(seed)) = (&discovery, raw.seeds.first()) {
+        return Err(check.invalid(
+            seed.span(),
+            "`node.seeds` is for the embedded discovery backend, but `[node.discovery]` chose etcd",
+            "remove `seeds`: with etcd every node finds the others through etcd",
+        ));
+    }
+    let advertise = match &raw.advertise {
+        None => None,
+        Some(value) => {
+            let advertise = socket(value, "advertise")?;
+            if quic.is_none() {
+                return Err(check.invalid(
+                    value.span(),
+                    "`node.advertise` needs `node.quic`: it is the address peers dial for it",
+                    "add e.g. quic = \"0.0.0.0:7000\" to [node], or remove `advertise`",
+                ));
+            }
+            if advertise.ip().is_unspecified() {
+                return Err(check.invalid(
+                    value.span(),
+                    format!(
+                        "`node.advertise` = {advertise} is not an address other nodes can reach"
+                    ),
+                    "give the IP peers dial for this node, e.g. \"10.0.0.5:7000\" (port 0: the \
+                     port `quic` is bound to)",
+                ));
+            }
+            Some(advertise)
+        }
+    };
+    if let Some(quic) = quic
+        && quic.ip().is_unspecified()
+        && advertise.is_none()
+    {
+        let span = raw.quic.as_ref().map_or(0..0, Spanned::span);
+        return Err(check.invalid(
+            span,
+            format!("`node.quic` = {quic} is not an address other nodes can reach"),
+            "other nodes dial the address a node announces: give a concrete IP, e.g. \
+             \"10.0.0.5:7000\" or \"127.0.0.1:7000\", or keep {quic} and add \
+             advertise = \"10.0.0.5:7000\" (the address peers dial)",
+        ));
+    }
+    let tls = match raw.tls {
+        None => None,
+        Some(tls) => {
+            let span = tls.span();
+            let tls = tls.into_inner();
+            let paths = TlsSpec {
+                ca: check.resolve(&tls.ca),
+                cert: check.resolve(&tls.cert),
+                key: check.resolve(&tls.key),
+            };
+            for path in [&paths.ca, &paths.cert, &paths.key] {
+                if !path.is_file() {
+                    return Err(check.invalid(
+                        span.clone(),
+                        format!("TLS file {} does not exist", path.display()),
+                        "create them with `switchyard cert ca` and `switchyard cert node <name>`",
+                    ));
+                }
+            }
+            Some(paths)
+        }
+    };
+    Ok(NodeSpec {
+        name,
+        http,
+        admin,
+        data_dir,
+        quic,
+        advertise,
+        seeds,
+        tls,
+        discovery,
+    })
+}
+
+fn check_discovery(
+    check: &Checker<'_>,
+    raw: Option<Spanned<RawDiscovery>>,
+    has_quic: bool,
+) -> Result<DiscoverySpec, ManifestError> {
+    let Some(raw) = raw else {
+        return Ok(DiscoverySpec::Embedded);
+    };
+    let span = raw.span();
+    let raw = raw.into_inner();
+    if !has_quic {
+        return Err(check.invalid(
+            span,
+            "`[node.discovery]` needs `node.quic`: discovered peers are called over QUIC",
+            "add e.g. quic = \"127.0.0.1:7000\" to [node]",
+        ));
+    }
+    match raw.backend.get_ref().as_str() {
+        "embedded" => {
+            if let Some(endpoint) = raw.endpoints.first() {
+                return Err(check.invalid(
+                    endpoint.span(),
+                    "`endpoints` is for the etcd backend",
+                    "remove it, or set backend = \"etcd\"",
+                ));
+            }
+            if let Some(tls) = &raw.tls {
+                return Err(check.invalid(
+                    tls.span(),
+                    "`tls` in [node.discovery] is for the etcd backend (peers use [node.tls])",
+                    "remove it, or set backend = \"etcd\"",
+                ));
+            }
+            Ok(DiscoverySpec::Embedded)
+        }
+        "etcd" => {
+            if raw.endpoints.is_empty() {
+                return Err(check.invalid(
+                    raw.backend.span(),
+                    "the etcd backend needs at least one endpoint",
+                    "add e.g. endpoints = [\"http://127.0.0.1:2379\"]",
+                ));
+            }
+            // Every endpoint speaks the same scheme: https exactly when `tls` says how.
+            let https = raw.tls.is_some();
+            let scheme = if https { "https://" } else { "http://" };
+            let mut endpoints = Vec::new();
+            for endpoint in &raw.endpoints {
+                let value = endpoint.get_ref();
+                let authority = value
+                    .strip_prefix(scheme)
+                    .filter(|rest| !rest.is_empty() && !rest.contains('/') && rest.contains(':'));
+                match authority {
+                    Some(authority) => endpoints.push(authority.to_owned()),
+                    None if !https && value.starts_with("https://") => {
+                        return Err(check.invalid(
+                            endpoint.span(),
+                            format!("etcd endpoint {value:?} is https, but [node.discovery] has no `tls`"),
+                            "add tls = { ca = \"etcd-ca.pem\" } (and cert, key if etcd asks for a \
+                             client certificate)",
+                        ));
+                    }
+                    None => {
+                        return Err(check.invalid(
+                            endpoint.span(),
+                            format!("etcd endpoint {value:?} is not {scheme}HOST:PORT"),
+                            if https {
+                                "with `tls` every endpoint is https: write e.g. \"https://10.0.0.9:2379\""
+                            } else {
+                                "write e.g. \"http://127.0.0.1:2379\""
+                            },
+                        ));
+                    }
+                }
+            }
+            let tls = match raw.tls {
+                None => None,
+                Some(tls) => {
+                    let span = tls.span();
+                    let tls = tls.into_inner();
+                    let client = match (tls.cert, tls.key) {
+                        (Some(cert), Some(key)) => {
+                            Some((check.resolve(&cert), check.resolve(&key)))
+                        }
+                        (None, None) => None,
+                        _ => {
+                            return Err(check.invalid(
+                                span,
+                                "`tls` names a client certificate or key but not both",
+                                "give both cert and key (etcd with --client-cert-auth), or neither",
+                            ));
+                        }
+                    };
+                    Some(EtcdTlsSpec {
+                        ca: check.resolve(&tls.ca),
+                        client,
+                    })
+                }
+            };
+            let prefix = match raw.prefix {
+                None => "/switchyard".to_owned(),
+                Some(prefix) => {
+                    let value = prefix.get_ref().trim_end_matches('/');
+                    if !value.starts_with('/') {
+                        return Err(check.invalid(
+                            prefix.span(),
+                            format!("etcd prefix {:?} does not start with `/`", prefix.get_ref()),
+                            "write e.g. \"/switchyard/prod\"; nodes sharing a prefix form one mesh",
+                        ));
+                    }
+                    value.to_owned()
+                }
+            };
+            Ok(DiscoverySpec::Etcd {
+                endpoints,
+                prefix,
+                tls,
+            })
+        }
+        other => Err(check.invalid(
+            raw.backend.span(),
+            format!("unknown discovery backend {other:?}"),
+            "write backend = \"embedded\" (default, gossip over QUIC) or \"etcd\"",
+        )),
+    }
+}

@@ -1,0 +1,210 @@
+//! `[[service]]`: versions, limits and routes (and the routes of all services together).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::*;
+
+pub(super) fn check_service(
+    check: &Checker<'_>,
+    raw: RawService,
+) -> Result<ServiceSpec, ManifestError> {
+    check_name(check, &raw.name, "service")?;
+    let name = raw.name.get_ref().clone();
+    let version = semver::Version::parse(raw.version.get_ref()).map_err(|err| {
+        check.invalid(
+            raw.version.span(),
+            format!(
+                "version {:?} of service `{name}` is not semver: {err}",
+                raw.version.get_ref()
+            ),
+            "write MAJOR.MINOR.PATCH, e.g. \"1.2.0\"",
+        )
+    })?;
+    let component_at = check.at(raw.component.span());
+    let component = check.resolve(raw.component.get_ref());
+    if !component.is_file() {
+        return Err(check.invalid(
+            raw.component.span(),
+            format!(
+                "component file {} of service `{name}` does not exist",
+                component.display()
+            ),
+            "paths are relative to the manifest's directory; build guests with \
+             `cargo xtask build-guests`",
+        ));
+    }
+    if raw.routes.is_empty() {
+        return Err(check.invalid(
+            raw.name.span(),
+            format!("service `{name}` has no routes"),
+            "add e.g. routes = [\"GET /hello/{name}\"]",
+        ));
+    }
+    let routes = raw
+        .routes
+        .iter()
+        .map(|route| check_route(check, route))
+        .collect::<Result<Vec<_>, _>>()?;
+    let max_instances = bounded(
+        check,
+        raw.max_instances,
+        defaults::MAX_INSTANCES,
+        1..=10_000,
+        "max_instances",
+    )?;
+    let requests_per_instance = bounded(
+        check,
+        raw.requests_per_instance,
+        defaults::REQUESTS_PER_INSTANCE,
+        1..=1_000_000,
+        "requests_per_instance",
+    )?;
+    let timeout_ms = bounded(
+        check,
+        raw.timeout_ms,
+        defaults::TIMEOUT_MS,
+        1..=3_600_000,
+        "timeout_ms",
+    )?;
+    let memory_limit_mb = bounded(
+        check,
+        raw.memory_limit_mb,
+        defaults::MEMORY_LIMIT_MB,
+        1..=4096,
+        "memory_limit_mb",
+    )?;
+    Ok(ServiceSpec {
+        name,
+        version,
+        component,
+        component_at,
+        routes,
+        max_instances,
+        requests_per_instance,
+        timeout: Duration::from_millis(timeout_ms),
+        memory_limit_bytes: usize::try_from(memory_limit_mb * 1024 * 1024).unwrap_or(usize::MAX),
+        config: raw.config,
+        env: raw.env,
+    })
+}
+
+fn bounded<T>(
+    check: &Checker<'_>,
+    value: Option<Spanned<T>>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+    key: &str,
+) -> Result<T, ManifestError>
+where
+    T: PartialOrd + Copy + std::fmt::Display,
+{
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let inner = *value.get_ref();
+    if range.contains(&inner) {
+        return Ok(inner);
+    }
+    Err(check.invalid(
+        value.span(),
+        format!("`{key}` = {inner} is out of range"),
+        format!("use a value from {} to {}", range.start(), range.end()),
+    ))
+}
+
+fn check_route(check: &Checker<'_>, raw: &Spanned<String>) -> Result<RouteSpec, ManifestError> {
+    let text = raw.get_ref().trim();
+    let hint = "write \"METHOD /path\", e.g. \"GET /hello/{name}\" or \"* /files/{*rest}\"";
+    let Some((method, pattern)) = text.split_once(' ') else {
+        return Err(check.invalid(raw.span(), format!("route {text:?} has no method"), hint));
+    };
+    let method = method.to_ascii_uppercase();
+    if !METHODS.contains(&method.as_str()) {
+        return Err(check.invalid(
+            raw.span(),
+            format!("route {text:?}: unknown method `{method}`"),
+            format!("use one of {}", METHODS.join(", ")),
+        ));
+    }
+    let pattern = pattern.trim();
+    if !pattern.starts_with('/') || pattern.contains(char::is_whitespace) {
+        return Err(check.invalid(
+            raw.span(),
+            format!("route {text:?}: the path must start with `/` and contain no spaces"),
+            hint,
+        ));
+    }
+    for segment in pattern.split('/') {
+        let opens = segment.matches('{').count();
+        let closes = segment.matches('}').count();
+        let whole = segment.starts_with('{') && segment.ends_with('}');
+        let param = segment.trim_start_matches('{').trim_end_matches('}');
+        let param = param.strip_prefix('*').unwrap_or(param);
+        let good_param = !param.is_empty()
+            && param
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if (opens, closes) != (0, 0) && !((opens, closes) == (1, 1) && whole && good_param) {
+            return Err(check.invalid(
+                raw.span(),
+                format!("route {text:?}: segment `{segment}` is not a valid parameter"),
+                "a parameter is a whole segment: `{name}`, or `{*rest}` as the last segment",
+            ));
+        }
+    }
+    Ok(RouteSpec {
+        method,
+        pattern: pattern.to_owned(),
+        at: check.at(raw.span()),
+    })
+}
+
+/// Two routes collide when they match the same requests: same method (or `*`) and the same
+/// pattern once parameter names are ignored.
+pub(super) fn check_duplicate_routes(services: &[ServiceSpec]) -> Result<(), ManifestError> {
+    let mut seen: HashMap<(String, String), (&str, &RouteSpec)> = HashMap::new();
+    for service in services {
+        for route in &service.routes {
+            let shape = shape_of(&route.pattern);
+            let methods: Vec<&str> = if route.method == "*" {
+                METHODS.to_vec()
+            } else {
+                vec![route.method.as_str(), "*"]
+            };
+            for method in methods {
+                if let Some((other_service, other)) = seen.get(&(method.to_owned(), shape.clone()))
+                {
+                    return Err(ManifestError::Invalid {
+                        at: route.at.clone(),
+                        message: format!(
+                            "route `{route}` of service `{}` collides with route `{other}` of \
+                             service `{other_service}`",
+                            service.name
+                        ),
+                        hint: format!(
+                            "the other route is at {}; each request must match one route only",
+                            other.at
+                        ),
+                    });
+                }
+            }
+            seen.insert((route.method.clone(), shape), (&service.name, route));
+        }
+    }
+    Ok(())
+}
+
+fn shape_of(pattern: &str) -> String {
+    pattern
+        .split('/')
+        .map(|segment| match segment {
+            s if s.starts_with("{*") => "{*}",
+            s if s.starts_with('{') => "{}",
+            s => s,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}

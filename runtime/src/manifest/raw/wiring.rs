@@ -1,0 +1,199 @@
+//! `[[policy]]`, `[[queue]]` and `[[bind]]`: what they name must exist.
+
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::*;
+
+pub(super) fn check_queues(
+    check: &Checker<'_>,
+    raw: Vec<RawQueue>,
+    services: &[ServiceSpec],
+) -> Result<Vec<QueueSpec>, ManifestError> {
+    let mut queues: Vec<QueueSpec> = Vec::with_capacity(raw.len());
+    for queue in raw {
+        check_name(check, &queue.name, "queue")?;
+        let name = queue.name.get_ref().clone();
+        if queues.iter().any(|q| q.name == name) {
+            return Err(check.invalid(
+                queue.name.span(),
+                format!("queue `{name}` is declared twice"),
+                "give each [[queue]] its own name",
+            ));
+        }
+        let subscriber = queue.subscriber.get_ref().clone();
+        if !services.iter().any(|s| s.name == subscriber) {
+            let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+            return Err(check.invalid(
+                queue.subscriber.span(),
+                format!(
+                    "queue `{name}`: its subscriber `{subscriber}` is not a service of this node"
+                ),
+                format!(
+                    "a queue is consumed on the node that declares it; name one of this \
+                     manifest's services ({})",
+                    names_or_none(&known)
+                ),
+            ));
+        }
+        let at_least_one = |value: &Option<Spanned<u32>>, key: &str, default: u32| match value {
+            Some(value) if *value.get_ref() == 0 => Err(check.invalid(
+                value.span(),
+                format!("queue `{name}`: `{key}` must be at least 1"),
+                format!("leave it out for the default ({default})"),
+            )),
+            Some(value) => Ok(*value.get_ref()),
+            None => Ok(default),
+        };
+        let concurrency = at_least_one(
+            &queue.concurrency,
+            "concurrency",
+            defaults::QUEUE_CONCURRENCY,
+        )?;
+        let max_attempts = at_least_one(
+            &queue.max_attempts,
+            "max_attempts",
+            defaults::QUEUE_MAX_ATTEMPTS,
+        )?;
+        let max_depth = match queue.max_depth {
+            Some(depth) if *depth.get_ref() == 0 => {
+                return Err(check.invalid(
+                    depth.span(),
+                    format!("queue `{name}`: `max_depth` must be at least 1"),
+                    format!(
+                        "leave it out for the default ({})",
+                        defaults::QUEUE_MAX_DEPTH
+                    ),
+                ));
+            }
+            Some(depth) => depth.into_inner(),
+            None => defaults::QUEUE_MAX_DEPTH,
+        };
+        queues.push(QueueSpec {
+            name,
+            subscriber,
+            concurrency,
+            max_attempts,
+            redeliver_after: Duration::from_millis(
+                queue.redeliver_ms.unwrap_or(defaults::QUEUE_REDELIVER_MS),
+            ),
+            max_depth,
+        });
+    }
+    Ok(queues)
+}
+
+pub(super) fn check_policies(
+    check: &Checker<'_>,
+    raw: Vec<RawPolicy>,
+) -> Result<Vec<PolicySpec>, ManifestError> {
+    let mut policies: Vec<PolicySpec> = Vec::with_capacity(raw.len());
+    for policy in raw {
+        check_name(check, &policy.name, "policy")?;
+        let name = policy.name.get_ref().clone();
+        if policies.iter().any(|p| p.name == name) {
+            return Err(check.invalid(
+                policy.name.span(),
+                format!("policy `{name}` is declared twice"),
+                "give each [[policy]] its own name",
+            ));
+        }
+        let component = check.resolve(policy.component.get_ref());
+        if !component.is_file() {
+            return Err(check.invalid(
+                policy.component.span(),
+                format!(
+                    "component file {} of policy `{name}` does not exist",
+                    component.display()
+                ),
+                "paths are relative to the manifest's directory; build guests with \
+                 `cargo xtask build-guests`",
+            ));
+        }
+        policies.push(PolicySpec {
+            name,
+            component_at: check.at(policy.component.span()),
+            component,
+            config: policy.config,
+        });
+    }
+    Ok(policies)
+}
+
+pub(super) fn check_bindings(
+    check: &Checker<'_>,
+    raw: Vec<Spanned<RawBind>>,
+    policies: &[PolicySpec],
+    services: &[ServiceSpec],
+    queues: &[QueueSpec],
+) -> Result<Vec<BindSpec>, ManifestError> {
+    let mut bindings = Vec::with_capacity(raw.len());
+    for bind in raw {
+        let span = bind.span();
+        let bind = bind.into_inner();
+        if bind.policies.is_empty() {
+            return Err(check.invalid(
+                span,
+                "[[bind]] lists no policies",
+                "write e.g. policies = [\"retry\", \"breaker\"] (applied in that order)",
+            ));
+        }
+        for name in &bind.policies {
+            if !policies.iter().any(|p| &p.name == name.get_ref()) {
+                let known: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+                return Err(check.invalid(
+                    name.span(),
+                    format!("no [[policy]] is named `{}`", name.get_ref()),
+                    format!("declared policies: {}", names_or_none(&known)),
+                ));
+            }
+        }
+        let scope = match (bind.calls_to, bind.outgoing_from, bind.queue) {
+            (Some(to), None, None) => BindScope::CallsTo(to.into_inner()),
+            (None, Some(from), None) => {
+                if !services.iter().any(|s| &s.name == from.get_ref()) {
+                    return Err(check.invalid(
+                        from.span(),
+                        format!(
+                            "`outgoing_from` names `{}`, which this node does not run",
+                            from.get_ref()
+                        ),
+                        "name a [[service]] of this manifest",
+                    ));
+                }
+                BindScope::OutgoingFrom(from.into_inner())
+            }
+            (None, None, Some(queue)) => {
+                if !queues.iter().any(|q| &q.name == queue.get_ref()) {
+                    let known: Vec<&str> = queues.iter().map(|q| q.name.as_str()).collect();
+                    return Err(check.invalid(
+                        queue.span(),
+                        format!(
+                            "`queue` names `{}`, which this node does not declare",
+                            queue.get_ref()
+                        ),
+                        format!(
+                            "declare it with [[queue]] (declared: {})",
+                            names_or_none(&known)
+                        ),
+                    ));
+                }
+                BindScope::Queue(queue.into_inner())
+            }
+            _ => {
+                return Err(check.invalid(
+                    span,
+                    "a [[bind]] needs exactly one of `calls_to`, `outgoing_from` or `queue`",
+                    "e.g. calls_to = \"inventory\" (every call to it), outgoing_from = \
+                     \"orders\" (every call it makes) or queue = \"jobs\" (its failed deliveries)",
+                ));
+            }
+        };
+        bindings.push(BindSpec {
+            policies: bind.policies.into_iter().map(Spanned::into_inner).collect(),
+            scope,
+        });
+    }
+    Ok(bindings)
+}
