@@ -6,6 +6,7 @@
 
 mod reload;
 mod services;
+mod start;
 
 pub use reload::ReloadReport;
 
@@ -14,14 +15,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::discovery;
-use crate::host::Outbound;
-use crate::http::{self, Admin};
-use crate::manifest::{DiscoverySpec, Location, Manifest};
+use crate::http::{self};
+use crate::manifest::{Location, Manifest};
 use crate::messaging;
 use crate::policy::Policies;
 use crate::rpc;
@@ -107,181 +106,37 @@ pub struct Node {
 
 impl Node {
     /// Starts serving `manifest`. Returns once both listeners accept connections.
+    ///
+    /// The steps, in order (see `start.rs`): bind the listeners (a taken address fails in
+    /// milliseconds, before any compilation), start the QUIC transport, build the runtime
+    /// (engine and components, queues, policies, the rpc client, the services), start the
+    /// mesh (peer frames and discovery), then serve HTTP, the admin API and queue delivery.
     pub async fn start(manifest: &Manifest) -> Result<Self, NodeError> {
-        let bind = |key: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|cause| NodeError::Bind {
-                    key,
-                    addr,
-                    manifest: manifest.path.clone(),
-                    cause,
-                })
-        };
-        let http_listener = bind("http", manifest.node.http).await?;
-        let admin_listener = bind("admin", manifest.node.admin).await?;
-        let local = |listener: &TcpListener, key, addr| {
-            listener.local_addr().map_err(|cause| NodeError::Bind {
-                key,
-                addr,
-                manifest: manifest.path.clone(),
-                cause,
-            })
-        };
-        let http_addr = local(&http_listener, "http", manifest.node.http)?;
-        let admin_addr = local(&admin_listener, "admin", manifest.node.admin)?;
-        let mesh = match manifest.node.quic {
-            Some(addr) => Some(start_transport(manifest, addr)?),
-            None => None,
-        };
-
-        let loaded = {
-            let manifest = manifest.clone();
-            tokio::task::spawn_blocking(move || load_all(&manifest))
-                .await
-                .map_err(|err| NodeError::Interrupted(err.to_string()))??
-        };
-        let (engine, components) = loaded;
-        let engine = Arc::new(engine);
-        let broker = {
-            let (data_dir, queues) = (manifest.node.data_dir.clone(), manifest.queues.clone());
-            tokio::task::spawn_blocking(move || messaging::Broker::open(&data_dir, &queues))
-                .await
-                .map_err(|err| NodeError::Interrupted(err.to_string()))??
-        };
-        let broker = Arc::new(broker);
-        let policies = Arc::new(Policies::start(&engine, manifest).await?);
-        let rpc = rpc::Client::new(mesh.clone(), manifest.balance.clone(), policies.clone());
-        let outbound = Outbound {
-            calls: Arc::new(rpc.clone()),
-            queues: broker.clone(),
-        };
-        let services = Arc::new(
-            Services::start(
-                engine.clone(),
-                outbound,
-                &manifest.node.name,
-                &manifest.services,
-                components,
-            )
-            .map_err(NodeError::Route)?,
-        );
-        rpc.install(services.directory());
-        let control = Arc::new(Control {
-            engine: engine.clone(),
-            rpc: rpc.clone(),
-            policies: policies.clone(),
-            services: services.clone(),
-            broker: broker.clone(),
-            pool_instances: engine_config(manifest).max_instances,
-            membership: std::sync::OnceLock::new(),
-        });
-
+        let listeners = start::Listeners::bind(manifest).await?;
+        let mesh = manifest
+            .node
+            .quic
+            .map(|addr| start_transport(manifest, addr))
+            .transpose()?;
+        let runtime = start::Runtime::build(manifest, mesh.clone()).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut servers = JoinSet::new();
         let mut quic_addr = None;
         let mut membership = None;
         if let Some(mesh) = &mesh {
-            let bound = mesh.transport.local_addr()?;
+            let (bound, joined) =
+                start::join_mesh(manifest, mesh, &runtime, &mut servers, &shutdown_rx)?;
             quic_addr = Some(bound);
-            // What peers dial: the advertised address (port 0 there: the bound port).
-            let address = match manifest.node.advertise {
-                Some(advertise) if advertise.port() == 0 => {
-                    SocketAddr::new(advertise.ip(), bound.port())
-                }
-                Some(advertise) => advertise,
-                None => bound,
-            };
-            let me = discovery::Member {
-                node: manifest.node.name.clone(),
-                address,
-                incarnation: discovery::new_incarnation(),
-                services: manifest
-                    .services
-                    .iter()
-                    .map(|spec| (spec.name.clone(), spec.version.to_string()))
-                    .collect(),
-                ttl_ms: 0,
-            };
-            let (gossip, backend): (_, Arc<dyn discovery::Membership>) =
-                match &manifest.node.discovery {
-                    DiscoverySpec::Embedded => {
-                        let gossip = Arc::new(discovery::Gossip::new(
-                            mesh.registry.clone(),
-                            mesh.transport.clone(),
-                            me,
-                            manifest.node.seeds.clone(),
-                        ));
-                        (Some(gossip.clone()), gossip)
-                    }
-                    DiscoverySpec::Etcd {
-                        endpoints,
-                        prefix,
-                        tls,
-                    } => {
-                        let tls = tls
-                            .as_ref()
-                            .map(discovery::etcd_connector)
-                            .transpose()
-                            .map_err(|err| NodeError::EtcdTls(err.to_string()))?;
-                        (
-                            None,
-                            Arc::new(discovery::Etcd::new(
-                                mesh.registry.clone(),
-                                endpoints.clone(),
-                                prefix.clone(),
-                                tls,
-                                me,
-                            )),
-                        )
-                    }
-                };
-            let handler = PeerFrames {
-                rpc: rpc::PeerHandler {
-                    client: rpc.clone(),
-                },
-                gossip,
-            };
-            servers.spawn(
-                mesh.transport
-                    .clone()
-                    .serve(Arc::new(handler), shutdown_rx.clone()),
-            );
-            let (stop, stopped) = watch::channel(false);
-            tracing::info!(backend = backend.backend(), advertised = %address, "discovery started");
-            let running = tokio::spawn(backend.clone().run(stopped));
-            let _ = control.membership.set(backend.clone());
-            membership = Some(Membership {
-                backend,
-                stop,
-                running,
-                transport: mesh.transport.clone(),
-            });
+            membership = Some(joined);
         }
-        servers.spawn(broker.clone().run(
-            Arc::new(Subscribers {
-                services: Arc::downgrade(&services),
-            }),
-            policies.clone(),
-            shutdown_rx.clone(),
-        ));
-        servers.spawn(http::serve(
-            http_listener,
-            services.ingress(),
-            shutdown_rx.clone(),
-            SHUTDOWN_GRACE,
-        ));
-        servers.spawn(http::serve(
-            admin_listener,
-            Arc::new(Admin::new(
-                manifest.node.name.clone(),
-                services.listed(),
-                mesh.as_ref().map(|mesh| mesh.registry.clone()),
-                control.clone(),
-            )),
+        let (http_addr, admin_addr) = (listeners.http_addr, listeners.admin_addr);
+        runtime.serve(
+            manifest,
+            listeners,
+            mesh.as_ref(),
+            &mut servers,
             shutdown_rx,
-            SHUTDOWN_GRACE,
-        ));
+        );
         tracing::info!(
             node = %manifest.node.name,
             http = %http_addr,
@@ -297,7 +152,7 @@ impl Node {
             quic_addr,
             membership,
             manifest: manifest.clone(),
-            control: control.clone(),
+            control: runtime.control,
             shutdown,
             servers,
         })

@@ -1,0 +1,258 @@
+//! The steps of [`super::Node::start`], each a function with what it needs and what it
+//! makes, so the start reads as their sequence.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::services::Services;
+use super::{
+    Control, Membership, NodeError, PeerFrames, SHUTDOWN_GRACE, Subscribers, engine_config,
+    load_all,
+};
+use crate::discovery;
+use crate::host::Outbound;
+use crate::http::{self, Admin};
+use crate::manifest::{DiscoverySpec, Manifest};
+use crate::messaging;
+use crate::policy::Policies;
+use crate::rpc;
+
+/// The node's two TCP listeners, bound before anything slow happens.
+pub(super) struct Listeners {
+    http: TcpListener,
+    admin: TcpListener,
+    /// Where they listen (the real ports when the manifest said 0).
+    pub(super) http_addr: SocketAddr,
+    pub(super) admin_addr: SocketAddr,
+}
+
+impl Listeners {
+    pub(super) async fn bind(manifest: &Manifest) -> Result<Self, NodeError> {
+        let failed = |key: &'static str, addr: SocketAddr| {
+            move |cause| NodeError::Bind {
+                key,
+                addr,
+                manifest: manifest.path.clone(),
+                cause,
+            }
+        };
+        let (http_at, admin_at) = (manifest.node.http, manifest.node.admin);
+        let http = TcpListener::bind(http_at)
+            .await
+            .map_err(failed("http", http_at))?;
+        let admin = TcpListener::bind(admin_at)
+            .await
+            .map_err(failed("admin", admin_at))?;
+        Ok(Self {
+            http_addr: http.local_addr().map_err(failed("http", http_at))?,
+            admin_addr: admin.local_addr().map_err(failed("admin", admin_at))?,
+            http,
+            admin,
+        })
+    }
+}
+
+/// Everything that runs guests, built from the manifest.
+pub(super) struct Runtime {
+    broker: Arc<messaging::Broker>,
+    policies: Arc<Policies>,
+    rpc: rpc::Client,
+    services: Arc<Services>,
+    pub(super) control: Arc<Control>,
+}
+
+impl Runtime {
+    /// Compiles every component (off the executor), opens the queues, starts the policies,
+    /// and builds the services with the rpc client that calls between them.
+    pub(super) async fn build(
+        manifest: &Manifest,
+        mesh: Option<Arc<rpc::Remote>>,
+    ) -> Result<Self, NodeError> {
+        let (engine, components) = {
+            let manifest = manifest.clone();
+            tokio::task::spawn_blocking(move || load_all(&manifest))
+                .await
+                .map_err(|err| NodeError::Interrupted(err.to_string()))??
+        };
+        let engine = Arc::new(engine);
+        let broker = {
+            let (data_dir, queues) = (manifest.node.data_dir.clone(), manifest.queues.clone());
+            tokio::task::spawn_blocking(move || messaging::Broker::open(&data_dir, &queues))
+                .await
+                .map_err(|err| NodeError::Interrupted(err.to_string()))??
+        };
+        let broker = Arc::new(broker);
+        let policies = Arc::new(Policies::start(&engine, manifest).await?);
+        let rpc = rpc::Client::new(mesh, manifest.balance.clone(), policies.clone());
+        let outbound = Outbound {
+            calls: Arc::new(rpc.clone()),
+            queues: broker.clone(),
+        };
+        let services = Arc::new(
+            Services::start(
+                engine.clone(),
+                outbound,
+                &manifest.node.name,
+                &manifest.services,
+                components,
+            )
+            .map_err(NodeError::Route)?,
+        );
+        rpc.install(services.directory());
+        let control = Arc::new(Control {
+            engine: engine.clone(),
+            rpc: rpc.clone(),
+            policies: policies.clone(),
+            services: services.clone(),
+            broker: broker.clone(),
+            pool_instances: engine_config(manifest).max_instances,
+            membership: std::sync::OnceLock::new(),
+        });
+        Ok(Self {
+            broker,
+            policies,
+            rpc,
+            services,
+            control,
+        })
+    }
+
+    /// Serves queue delivery, the ingress and the admin API until `shutdown` flips.
+    pub(super) fn serve(
+        &self,
+        manifest: &Manifest,
+        listeners: Listeners,
+        mesh: Option<&Arc<rpc::Remote>>,
+        servers: &mut JoinSet<()>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        servers.spawn(self.broker.clone().run(
+            Arc::new(Subscribers {
+                services: Arc::downgrade(&self.services),
+            }),
+            self.policies.clone(),
+            shutdown.clone(),
+        ));
+        servers.spawn(http::serve(
+            listeners.http,
+            self.services.ingress(),
+            shutdown.clone(),
+            SHUTDOWN_GRACE,
+        ));
+        servers.spawn(http::serve(
+            listeners.admin,
+            Arc::new(Admin::new(
+                manifest.node.name.clone(),
+                self.services.listed(),
+                mesh.map(|mesh| mesh.registry.clone()),
+                self.control.clone(),
+            )),
+            shutdown,
+            SHUTDOWN_GRACE,
+        ));
+    }
+}
+
+/// Serves peers' frames on the transport and starts discovery; returns the bound QUIC address
+/// and the running membership.
+pub(super) fn join_mesh(
+    manifest: &Manifest,
+    mesh: &Arc<rpc::Remote>,
+    runtime: &Runtime,
+    servers: &mut JoinSet<()>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(SocketAddr, Membership), NodeError> {
+    let bound = mesh.transport.local_addr()?;
+    // What peers dial: the advertised address (port 0 there: the bound port).
+    let address = match manifest.node.advertise {
+        Some(advertise) if advertise.port() == 0 => SocketAddr::new(advertise.ip(), bound.port()),
+        Some(advertise) => advertise,
+        None => bound,
+    };
+    let me = discovery::Member {
+        node: manifest.node.name.clone(),
+        address,
+        incarnation: discovery::new_incarnation(),
+        services: manifest
+            .services
+            .iter()
+            .map(|spec| (spec.name.clone(), spec.version.to_string()))
+            .collect(),
+        ttl_ms: 0,
+    };
+    let (gossip, backend) = discovery_backend(manifest, mesh, me)?;
+    let handler = PeerFrames {
+        rpc: rpc::PeerHandler {
+            client: runtime.rpc.clone(),
+        },
+        gossip,
+    };
+    servers.spawn(
+        mesh.transport
+            .clone()
+            .serve(Arc::new(handler), shutdown.clone()),
+    );
+    let (stop, stopped) = watch::channel(false);
+    tracing::info!(backend = backend.backend(), advertised = %address, "discovery started");
+    let running = tokio::spawn(backend.clone().run(stopped));
+    let _ = runtime.control.membership.set(backend.clone());
+    Ok((
+        bound,
+        Membership {
+            backend,
+            stop,
+            running,
+            transport: mesh.transport.clone(),
+        },
+    ))
+}
+
+/// A discovery backend, and the gossip that answers peers' frames when it is the embedded one.
+type Discovery = (
+    Option<Arc<discovery::Gossip>>,
+    Arc<dyn discovery::Membership>,
+);
+
+/// The manifest's discovery backend for `me`.
+fn discovery_backend(
+    manifest: &Manifest,
+    mesh: &rpc::Remote,
+    me: discovery::Member,
+) -> Result<Discovery, NodeError> {
+    Ok(match &manifest.node.discovery {
+        DiscoverySpec::Embedded => {
+            let gossip = Arc::new(discovery::Gossip::new(
+                mesh.registry.clone(),
+                mesh.transport.clone(),
+                me,
+                manifest.node.seeds.clone(),
+            ));
+            (Some(gossip.clone()), gossip)
+        }
+        DiscoverySpec::Etcd {
+            endpoints,
+            prefix,
+            tls,
+        } => {
+            let tls = tls
+                .as_ref()
+                .map(discovery::etcd_connector)
+                .transpose()
+                .map_err(|err| NodeError::EtcdTls(err.to_string()))?;
+            (
+                None,
+                Arc::new(discovery::Etcd::new(
+                    mesh.registry.clone(),
+                    endpoints.clone(),
+                    prefix.clone(),
+                    tls,
+                    me,
+                )),
+            )
+        }
+    })
+}
