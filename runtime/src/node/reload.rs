@@ -141,6 +141,7 @@ fn component_hashes(manifest: &Manifest) -> HashMap<String, Option<String>> {
     services.chain(policies).collect()
 }
 
+/// Applies the edit from `old` to `new`, one part of [`crate::manifest::plan`] at a time.
 async fn apply(
     old: &Manifest,
     new: &Manifest,
@@ -151,6 +152,28 @@ async fn apply(
     let mut report = ReloadReport::default();
     let plan = crate::manifest::plan(old, new);
     let changed = |key: &str| old_hashes.get(key) != new_hashes.get(key);
+    reroute(new, control, &mut report).await;
+    if plan.queues {
+        match control.broker.apply(&new.queues).await {
+            Ok(changes) => report.applied.extend(changes),
+            Err(reason) => report.refused.push(format!("[[queue]] changes: {reason}")),
+        }
+    }
+    update_services(old, new, &changed, control, &mut report).await;
+    update_policies(old, new, &changed, control, &mut report).await;
+    rebind(old, new, control, &mut report).await;
+    if plan.balance {
+        control.rebalance(&new.balance);
+        report
+            .applied
+            .push("[balance]: calls from now on pick instances by the new settings".into());
+    }
+    report.needs_restart.extend(plan.needs_restart);
+    report
+}
+
+/// The services step's first half: the set of services and their routes.
+async fn reroute(new: &Manifest, control: &Control, report: &mut ReloadReport) {
     match control.reroute(new).await {
         Ok(replaced) => {
             report.applied.extend(
@@ -177,12 +200,17 @@ async fn apply(
             .refused
             .push(format!("[[service]] list or routes: {reason}")),
     }
-    if plan.queues {
-        match control.broker.apply(&new.queues).await {
-            Ok(changes) => report.applied.extend(changes),
-            Err(reason) => report.refused.push(format!("[[queue]] changes: {reason}")),
-        }
-    }
+}
+
+/// The services step's second half: a service that stays gets its new component or settings
+/// as a new generation.
+async fn update_services(
+    old: &Manifest,
+    new: &Manifest,
+    changed: &impl Fn(&str) -> bool,
+    control: &Control,
+    report: &mut ReloadReport,
+) {
     for service in &new.services {
         let Some(before) = old.services.iter().find(|s| s.name == service.name) else {
             continue; // Added (or refused) just above.
@@ -222,13 +250,23 @@ async fn apply(
             Err(reason) => report.refused.push(format!("{label}: {reason}")),
         }
     }
+}
+
+/// Policies whose component or config changed: swapped or reconfigured, state carried over.
+async fn update_policies(
+    old: &Manifest,
+    new: &Manifest,
+    changed: &impl Fn(&str) -> bool,
+    control: &Control,
+    report: &mut ReloadReport,
+) {
     for policy in &new.policies {
         let Some(before) = old.policies.iter().find(|p| p.name == policy.name) else {
             continue; // Declared by the rebind below.
         };
         if changed(&format!("policy:{}", policy.name)) {
             swap(
-                &mut report,
+                report,
                 format!("policy `{}`", policy.name),
                 &policy.component,
                 |bytes| control.swap_policy(policy.name.clone(), bytes),
@@ -250,6 +288,10 @@ async fn apply(
             }
         }
     }
+}
+
+/// Policies declared or removed and `[[bind]]` entries: the binding tables, rebuilt.
+async fn rebind(old: &Manifest, new: &Manifest, control: &Control, report: &mut ReloadReport) {
     let names = |m: &Manifest| {
         m.policies
             .iter()
@@ -284,14 +326,6 @@ async fn apply(
                 .push(format!("[[bind]] / [[policy]] changes: {reason}")),
         }
     }
-    if plan.balance {
-        control.rebalance(&new.balance);
-        report
-            .applied
-            .push("[balance]: calls from now on pick instances by the new settings".into());
-    }
-    report.needs_restart.extend(plan.needs_restart);
-    report
 }
 
 async fn swap<'a>(
