@@ -28,18 +28,7 @@ pub(super) fn check_node(
         }
         None => "switchyard".to_owned(),
     };
-    let socket = |value: &Spanned<String>, key: &str| {
-        value.get_ref().parse::<SocketAddr>().map_err(|err| {
-            check.invalid(
-                value.span(),
-                format!(
-                    "`node.{key}` = {:?} is not a socket address: {err}",
-                    value.get_ref()
-                ),
-                "write IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:0\" (0 picks a free port)",
-            )
-        })
-    };
+    let socket = |value: &Spanned<String>, key: &str| socket_address(check, value, key);
     let address = |value: Option<Spanned<String>>, default: &str, key: &str| match value {
         None => default
             .parse::<SocketAddr>()
@@ -82,10 +71,51 @@ pub(super) fn check_node(
             "remove `seeds`: with etcd every node finds the others through etcd",
         ));
     }
-    let advertise = match &raw.advertise {
+    let advertise = check_advertise(check, raw.advertise.as_ref(), raw.quic.as_ref(), quic)?;
+    let tls = raw.tls.map(|tls| check_tls(check, tls)).transpose()?;
+    Ok(NodeSpec {
+        name,
+        http,
+        admin,
+        data_dir,
+        quic,
+        advertise,
+        seeds,
+        tls,
+        discovery,
+    })
+}
+
+/// A `node.*` socket address, or an error at its place saying the form.
+fn socket_address(
+    check: &Checker<'_>,
+    value: &Spanned<String>,
+    key: &str,
+) -> Result<SocketAddr, ManifestError> {
+    value.get_ref().parse::<SocketAddr>().map_err(|err| {
+        check.invalid(
+            value.span(),
+            format!(
+                "`node.{key}` = {:?} is not a socket address: {err}",
+                value.get_ref()
+            ),
+            "write IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:0\" (0 picks a free port)",
+        )
+    })
+}
+
+/// `node.advertise`, and whether peers can reach the node at all: it needs `quic`, must be a
+/// concrete IP, and is required when `quic` listens on every interface.
+fn check_advertise(
+    check: &Checker<'_>,
+    advertise: Option<&Spanned<String>>,
+    quic_raw: Option<&Spanned<String>>,
+    quic: Option<SocketAddr>,
+) -> Result<Option<SocketAddr>, ManifestError> {
+    let advertise = match advertise {
         None => None,
         Some(value) => {
-            let advertise = socket(value, "advertise")?;
+            let advertise = socket_address(check, value, "advertise")?;
             if quic.is_none() {
                 return Err(check.invalid(
                     value.span(),
@@ -110,7 +140,7 @@ pub(super) fn check_node(
         && quic.ip().is_unspecified()
         && advertise.is_none()
     {
-        let span = raw.quic.as_ref().map_or(0..0, Spanned::span);
+        let span = quic_raw.map_or(0..0, Spanned::span);
         return Err(check.invalid(
             span,
             format!("`node.quic` = {quic} is not an address other nodes can reach"),
@@ -119,39 +149,28 @@ pub(super) fn check_node(
              advertise = \"10.0.0.5:7000\" (the address peers dial)",
         ));
     }
-    let tls = match raw.tls {
-        None => None,
-        Some(tls) => {
-            let span = tls.span();
-            let tls = tls.into_inner();
-            let paths = TlsSpec {
-                ca: check.resolve(&tls.ca),
-                cert: check.resolve(&tls.cert),
-                key: check.resolve(&tls.key),
-            };
-            for path in [&paths.ca, &paths.cert, &paths.key] {
-                if !path.is_file() {
-                    return Err(check.invalid(
-                        span.clone(),
-                        format!("TLS file {} does not exist", path.display()),
-                        "create them with `switchyard cert ca` and `switchyard cert node <name>`",
-                    ));
-                }
-            }
-            Some(paths)
-        }
+    Ok(advertise)
+}
+
+/// `[node.tls]`: the three PEM files, which must exist.
+fn check_tls(check: &Checker<'_>, tls: Spanned<RawTls>) -> Result<TlsSpec, ManifestError> {
+    let span = tls.span();
+    let tls = tls.into_inner();
+    let paths = TlsSpec {
+        ca: check.resolve(&tls.ca),
+        cert: check.resolve(&tls.cert),
+        key: check.resolve(&tls.key),
     };
-    Ok(NodeSpec {
-        name,
-        http,
-        admin,
-        data_dir,
-        quic,
-        advertise,
-        seeds,
-        tls,
-        discovery,
-    })
+    for path in [&paths.ca, &paths.cert, &paths.key] {
+        if !path.is_file() {
+            return Err(check.invalid(
+                span.clone(),
+                format!("TLS file {} does not exist", path.display()),
+                "create them with `switchyard cert ca` and `switchyard cert node <name>`",
+            ));
+        }
+    }
+    Ok(paths)
 }
 
 fn check_discovery(
