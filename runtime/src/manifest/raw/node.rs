@@ -190,7 +190,8 @@ fn check_discovery(
             "add e.g. quic = \"127.0.0.1:7000\" to [node]",
         ));
     }
-    match raw.backend.get_ref().as_str() {
+    let backend = raw.backend.get_ref().clone();
+    match backend.as_str() {
         "embedded" => {
             if let Some(endpoint) = raw.endpoints.first() {
                 return Err(check.invalid(
@@ -208,94 +209,113 @@ fn check_discovery(
             }
             Ok(DiscoverySpec::Embedded)
         }
-        "etcd" => {
-            if raw.endpoints.is_empty() {
-                return Err(check.invalid(
-                    raw.backend.span(),
-                    "the etcd backend needs at least one endpoint",
-                    "add e.g. endpoints = [\"http://127.0.0.1:2379\"]",
-                ));
-            }
-            // Every endpoint speaks the same scheme: https exactly when `tls` says how.
-            let https = raw.tls.is_some();
-            let scheme = if https { "https://" } else { "http://" };
-            let mut endpoints = Vec::new();
-            for endpoint in &raw.endpoints {
-                let value = endpoint.get_ref();
-                let authority = value
-                    .strip_prefix(scheme)
-                    .filter(|rest| !rest.is_empty() && !rest.contains('/') && rest.contains(':'));
-                match authority {
-                    Some(authority) => endpoints.push(authority.to_owned()),
-                    None if !https && value.starts_with("https://") => {
-                        return Err(check.invalid(
-                            endpoint.span(),
-                            format!("etcd endpoint {value:?} is https, but [node.discovery] has no `tls`"),
-                            "add tls = { ca = \"etcd-ca.pem\" } (and cert, key if etcd asks for a \
-                             client certificate)",
-                        ));
-                    }
-                    None => {
-                        return Err(check.invalid(
-                            endpoint.span(),
-                            format!("etcd endpoint {value:?} is not {scheme}HOST:PORT"),
-                            if https {
-                                "with `tls` every endpoint is https: write e.g. \"https://10.0.0.9:2379\""
-                            } else {
-                                "write e.g. \"http://127.0.0.1:2379\""
-                            },
-                        ));
-                    }
-                }
-            }
-            let tls = match raw.tls {
-                None => None,
-                Some(tls) => {
-                    let span = tls.span();
-                    let tls = tls.into_inner();
-                    let client = match (tls.cert, tls.key) {
-                        (Some(cert), Some(key)) => {
-                            Some((check.resolve(&cert), check.resolve(&key)))
-                        }
-                        (None, None) => None,
-                        _ => {
-                            return Err(check.invalid(
-                                span,
-                                "`tls` names a client certificate or key but not both",
-                                "give both cert and key (etcd with --client-cert-auth), or neither",
-                            ));
-                        }
-                    };
-                    Some(EtcdTlsSpec {
-                        ca: check.resolve(&tls.ca),
-                        client,
-                    })
-                }
-            };
-            let prefix = match raw.prefix {
-                None => "/switchyard".to_owned(),
-                Some(prefix) => {
-                    let value = prefix.get_ref().trim_end_matches('/');
-                    if !value.starts_with('/') {
-                        return Err(check.invalid(
-                            prefix.span(),
-                            format!("etcd prefix {:?} does not start with `/`", prefix.get_ref()),
-                            "write e.g. \"/switchyard/prod\"; nodes sharing a prefix form one mesh",
-                        ));
-                    }
-                    value.to_owned()
-                }
-            };
-            Ok(DiscoverySpec::Etcd {
-                endpoints,
-                prefix,
-                tls,
-            })
-        }
+        "etcd" => check_etcd(check, raw),
         other => Err(check.invalid(
             raw.backend.span(),
             format!("unknown discovery backend {other:?}"),
             "write backend = \"embedded\" (default, gossip over QUIC) or \"etcd\"",
         )),
     }
+}
+
+/// `[node.discovery]` with backend "etcd": endpoints, TLS and key prefix.
+fn check_etcd(check: &Checker<'_>, raw: RawDiscovery) -> Result<DiscoverySpec, ManifestError> {
+    if raw.endpoints.is_empty() {
+        return Err(check.invalid(
+            raw.backend.span(),
+            "the etcd backend needs at least one endpoint",
+            "add e.g. endpoints = [\"http://127.0.0.1:2379\"]",
+        ));
+    }
+    let https = raw.tls.is_some();
+    let endpoints = etcd_endpoints(check, &raw.endpoints, https)?;
+    let tls = raw.tls.map(|tls| etcd_tls(check, tls)).transpose()?;
+    let prefix = etcd_prefix(check, raw.prefix)?;
+    Ok(DiscoverySpec::Etcd {
+        endpoints,
+        prefix,
+        tls,
+    })
+}
+
+/// The etcd endpoints as `HOST:PORT`. Every endpoint speaks the same scheme: https exactly
+/// when `tls` says how.
+fn etcd_endpoints(
+    check: &Checker<'_>,
+    raw: &[Spanned<String>],
+    https: bool,
+) -> Result<Vec<String>, ManifestError> {
+    let scheme = if https { "https://" } else { "http://" };
+    let mut endpoints = Vec::new();
+    for endpoint in raw {
+        let value = endpoint.get_ref();
+        let authority = value
+            .strip_prefix(scheme)
+            .filter(|rest| !rest.is_empty() && !rest.contains('/') && rest.contains(':'));
+        match authority {
+            Some(authority) => endpoints.push(authority.to_owned()),
+            None if !https && value.starts_with("https://") => {
+                return Err(check.invalid(
+                    endpoint.span(),
+                    format!("etcd endpoint {value:?} is https, but [node.discovery] has no `tls`"),
+                    "add tls = { ca = \"etcd-ca.pem\" } (and cert, key if etcd asks for a \
+                     client certificate)",
+                ));
+            }
+            None => {
+                return Err(check.invalid(
+                    endpoint.span(),
+                    format!("etcd endpoint {value:?} is not {scheme}HOST:PORT"),
+                    if https {
+                        "with `tls` every endpoint is https: write e.g. \"https://10.0.0.9:2379\""
+                    } else {
+                        "write e.g. \"http://127.0.0.1:2379\""
+                    },
+                ));
+            }
+        }
+    }
+    Ok(endpoints)
+}
+
+/// `tls` in `[node.discovery]`: the CA, and a client certificate with its key or neither.
+fn etcd_tls(check: &Checker<'_>, tls: Spanned<RawEtcdTls>) -> Result<EtcdTlsSpec, ManifestError> {
+    let span = tls.span();
+    let tls = tls.into_inner();
+    let client = match (tls.cert, tls.key) {
+        (Some(cert), Some(key)) => Some((check.resolve(&cert), check.resolve(&key))),
+        (None, None) => None,
+        _ => {
+            return Err(check.invalid(
+                span,
+                "`tls` names a client certificate or key but not both",
+                "give both cert and key (etcd with --client-cert-auth), or neither",
+            ));
+        }
+    };
+    Ok(EtcdTlsSpec {
+        ca: check.resolve(&tls.ca),
+        client,
+    })
+}
+
+/// The etcd key prefix, `/switchyard` unless given; it must start with `/`.
+fn etcd_prefix(
+    check: &Checker<'_>,
+    prefix: Option<Spanned<String>>,
+) -> Result<String, ManifestError> {
+    Ok(match prefix {
+        None => "/switchyard".to_owned(),
+        Some(prefix) => {
+            let value = prefix.get_ref().trim_end_matches('/');
+            if !value.starts_with('/') {
+                return Err(check.invalid(
+                    prefix.span(),
+                    format!("etcd prefix {:?} does not start with `/`", prefix.get_ref()),
+                    "write e.g. \"/switchyard/prod\"; nodes sharing a prefix form one mesh",
+                ));
+            }
+            value.to_owned()
+        }
+    })
 }
