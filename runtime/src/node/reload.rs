@@ -152,7 +152,9 @@ async fn apply(
     let mut report = ReloadReport::default();
     let plan = crate::manifest::plan(old, new);
     let changed = |key: &str| old_hashes.get(key) != new_hashes.get(key);
-    reroute(new, control, &mut report).await;
+    if plan.services {
+        reroute(new, control, &mut report).await;
+    }
     if plan.queues {
         match control.broker.apply(&new.queues).await {
             Ok(changes) => report.applied.extend(changes),
@@ -161,7 +163,9 @@ async fn apply(
     }
     update_services(old, new, &changed, control, &mut report).await;
     update_policies(old, new, &changed, control, &mut report).await;
-    rebind(old, new, control, &mut report).await;
+    if plan.policies {
+        rebind(old, new, control, &mut report).await;
+    }
     if plan.balance {
         control.rebalance(&new.balance);
         report
