@@ -5,7 +5,7 @@
 //! here: applied by the running node (and by which step of the reload), or reported as needing
 //! a restart. Nothing an operator edits is silently ignored.
 
-use super::{Manifest, NodeSpec};
+use super::{Manifest, NodeSpec, PolicySpec, ServiceSpec};
 
 /// The parts of a manifest edit, as the reload applies them.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -37,30 +37,65 @@ pub fn plan(old: &Manifest, new: &Manifest) -> Plan {
     } = new;
     Plan {
         services: old.services.len() != services.len()
-            || old.services.iter().zip(services).any(|(a, b)| {
-                a.name != b.name
-                    || a.version != b.version
-                    || a.component != b.component
-                    || a.routes
-                        .iter()
-                        .map(|r| (&r.method, &r.pattern))
-                        .ne(b.routes.iter().map(|r| (&r.method, &r.pattern)))
-                    || a.max_instances != b.max_instances
-                    || a.requests_per_instance != b.requests_per_instance
-                    || a.timeout != b.timeout
-                    || a.memory_limit_bytes != b.memory_limit_bytes
-                    || a.config != b.config
-                    || a.env != b.env
-            }),
+            || old
+                .services
+                .iter()
+                .zip(services)
+                .any(|(a, b)| service_changed(a, b)),
         queues: old.queues != *queues,
         policies: old.bindings != *bindings
             || old.policies.len() != policies.len()
-            || old.policies.iter().zip(policies).any(|(a, b)| {
-                a.name != b.name || a.component != b.component || a.config != b.config
-            }),
+            || old
+                .policies
+                .iter()
+                .zip(policies)
+                .any(|(a, b)| policy_changed(a, b)),
         balance: old.balance != *balance,
         needs_restart: node_restarts(&old.node, node),
     }
+}
+
+/// Whether a `[[service]]` entry differs in anything but where it is written.
+fn service_changed(old: &ServiceSpec, new: &ServiceSpec) -> bool {
+    let ServiceSpec {
+        name,
+        version,
+        component,
+        // Where the entry is written: moving it in the file changes nothing.
+        component_at: _,
+        routes,
+        max_instances,
+        requests_per_instance,
+        timeout,
+        memory_limit_bytes,
+        config,
+        env,
+    } = new;
+    old.name != *name
+        || old.version != *version
+        || old.component != *component
+        || old
+            .routes
+            .iter()
+            .map(|r| (&r.method, &r.pattern))
+            .ne(routes.iter().map(|r| (&r.method, &r.pattern)))
+        || old.max_instances != *max_instances
+        || old.requests_per_instance != *requests_per_instance
+        || old.timeout != *timeout
+        || old.memory_limit_bytes != *memory_limit_bytes
+        || old.config != *config
+        || old.env != *env
+}
+
+/// Whether a `[[policy]]` entry differs in anything but where it is written.
+fn policy_changed(old: &PolicySpec, new: &PolicySpec) -> bool {
+    let PolicySpec {
+        name,
+        component,
+        component_at: _,
+        config,
+    } = new;
+    old.name != *name || old.component != *component || old.config != *config
 }
 
 /// The `[node]` keys that changed; none of them can change under a running node.
