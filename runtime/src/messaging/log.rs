@@ -45,7 +45,7 @@ pub(crate) struct StoredMessage {
     pub(crate) sent_at_ms: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub(super) enum Record {
     Sent(StoredMessage),
     /// `attempts` deliveries of `seq` have failed so far.

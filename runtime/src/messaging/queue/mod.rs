@@ -9,13 +9,15 @@
 //! take a message right now (all instances busy, or not running on this node) does not count
 //! an attempt: the message waits and is offered again.
 
-use std::collections::{BTreeMap, VecDeque};
+mod ledger;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::{Instrument, field};
 
 use super::log::{self, DeadLetter, Record, StoredMessage, Writer};
@@ -23,22 +25,15 @@ use super::{Delivered, SendError, Subscribers};
 use crate::manifest::QueueSpec;
 use crate::policy::{self, DeliveryVerdict, Policies};
 use crate::telemetry::TraceContext;
+use ledger::{Delivery, Ledger, MAX_BACKOFF, after_failure};
 
 /// Resolves once records sent to the writer are on disk.
 type LogSync = crate::util::BoxFuture<'static, Result<(), log::LogError>>;
 
-/// The longest pause the default rule waits before a redelivery.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The longest reason or error text a dead letter keeps.
 const MAX_REASON_BYTES: usize = 4096;
-/// How long a message waits when the subscriber cannot take it now.
-const NOT_NOW_PAUSE: Duration = Duration::from_millis(50);
 /// How long shutdown waits for deliveries in flight.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
-/// Dead letters the admin API lists (the file keeps all of them).
-const RECENT_DEAD_LETTERS: usize = 20;
-/// Settled log records before a compaction is considered.
-const COMPACT_AFTER_SETTLED: usize = 4096;
 
 pub(super) struct Queue {
     pub(super) name: String,
@@ -48,29 +43,10 @@ pub(super) struct Queue {
     stop: watch::Sender<bool>,
     dispatcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     writer: Writer,
-    state: std::sync::Mutex<State>,
+    ledger: std::sync::Mutex<Ledger>,
     /// Wakes the dispatcher: a message is ready, or a delivery slot is free.
     wake: Notify,
     stats: Stats,
-}
-
-#[derive(Default)]
-struct State {
-    /// Every message still owed, by sequence number.
-    owed: BTreeMap<u64, Owed>,
-    /// Sequence numbers ready to be delivered now, in order.
-    ready: VecDeque<u64>,
-    in_flight: usize,
-    next_seq: u64,
-    /// Log records that no longer describe an owed message (compaction's trigger).
-    settled_records: usize,
-    recent_dead: VecDeque<DeadLetter>,
-}
-
-struct Owed {
-    message: Arc<StoredMessage>,
-    /// Failed deliveries so far.
-    attempts: u32,
 }
 
 #[derive(Default)]
@@ -118,25 +94,9 @@ impl Queue {
     pub(super) fn open(dir: &std::path::Path, spec: QueueSpec) -> Result<Self, log::LogError> {
         let (writer, recovered) = log::open(dir, &spec.name)?;
         let dead_total = recovered.dead.len() as u64;
-        let mut state = State {
-            next_seq: recovered.next_seq,
-            settled_records: recovered.settled_records,
-            ..State::default()
-        };
-        for (seq, (message, attempts)) in recovered.pending {
-            state.ready.push_back(seq);
-            state.owed.insert(
-                seq,
-                Owed {
-                    message: Arc::new(message),
-                    attempts,
-                },
-            );
-        }
-        let skip = recovered.dead.len().saturating_sub(RECENT_DEAD_LETTERS);
-        state.recent_dead = recovered.dead.into_iter().skip(skip).collect();
-        if !state.owed.is_empty() {
-            tracing::info!(queue = %spec.name, owed = state.owed.len(), "queue recovered messages from its log");
+        let ledger = Ledger::recover(recovered);
+        if ledger.owed() > 0 {
+            tracing::info!(queue = %spec.name, owed = ledger.owed(), "queue recovered messages from its log");
         }
         let queue = Self {
             name: spec.name.clone(),
@@ -144,7 +104,7 @@ impl Queue {
             stop: watch::channel(false).0,
             dispatcher: std::sync::Mutex::new(None),
             writer,
-            state: std::sync::Mutex::new(state),
+            ledger: std::sync::Mutex::new(ledger),
             wake: Notify::new(),
             stats: Stats::default(),
         };
@@ -152,9 +112,9 @@ impl Queue {
         Ok(queue)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
         // A panic while holding the lock leaves plain data behind; keep going with it.
-        self.state
+        self.ledger
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -162,16 +122,16 @@ impl Queue {
     /// Appends a message; resolves once it is on disk, with its id.
     pub(super) async fn send(&self, message: StoredMessage) -> Result<String, SendError> {
         let (synced, seqs) = {
-            let mut state = self.lock();
+            let mut ledger = self.lock();
             let spec = self.spec.load();
-            if state.owed.len() >= spec.max_depth {
+            if ledger.owed() >= spec.max_depth {
                 return Err(SendError::Full(format!(
                     "queue `{}` holds {} messages, its max_depth; its subscriber `{}` is behind \
                      (retry later, or raise max_depth)",
                     self.name, spec.max_depth, spec.subscriber
                 )));
             }
-            self.enqueue_locked(&mut state, vec![message])
+            self.enqueue_locked(&mut ledger, vec![message])
                 .map_err(|err| SendError::TooLarge(err.to_string()))?
         };
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
@@ -189,36 +149,24 @@ impl Queue {
         format!("{}-{seq}", self.name)
     }
 
-    /// Gives `messages` the next sequence numbers and their ids, sends their records to the
-    /// writer and makes them owed and ready; call with the state locked, so the log has records
-    /// in the order of the state changes they describe (compaction relies on it).
+    /// Numbers `messages` from the ledger's next sequence number, gives them their ids, sends
+    /// their records to the writer and owes them; call with the ledger locked, so the log has
+    /// records in the order of the ledger's changes.
     fn enqueue_locked(
         &self,
-        state: &mut State,
+        ledger: &mut Ledger,
         messages: Vec<StoredMessage>,
     ) -> Result<(LogSync, std::ops::Range<u64>), log::LogError> {
-        let first = state.next_seq;
         let mut bytes = Vec::new();
         let mut numbered = Vec::with_capacity(messages.len());
-        for (seq, mut message) in (first..).zip(messages) {
+        for (seq, mut message) in (ledger.next_seq()..).zip(messages) {
             message.seq = seq;
             message.id = self.id(seq);
             log::encode(&Record::Sent(message.clone()), &mut bytes)?;
             numbered.push(message);
         }
-        let seqs = first..first + numbered.len() as u64;
-        state.next_seq = seqs.end;
         let synced = Box::pin(self.writer.append(Vec::new(), bytes));
-        for message in numbered {
-            state.ready.push_back(message.seq);
-            state.owed.insert(
-                message.seq,
-                Owed {
-                    message: Arc::new(message),
-                    attempts: 0,
-                },
-            );
-        }
+        let seqs = ledger.owe(numbered);
         self.wake.notify_one();
         Ok((synced, seqs))
     }
@@ -232,10 +180,7 @@ impl Queue {
     ) -> Result<(), log::LogError> {
         let outcome = synced.await;
         if outcome.is_err() {
-            let mut state = self.lock();
-            for seq in seqs {
-                state.owed.remove(&seq);
-            }
+            self.lock().forget(seqs);
         }
         outcome
     }
@@ -340,12 +285,8 @@ impl Queue {
                  dead-letter file (a later redrive would send them once more): {err}"
             )
         })?;
-        {
-            let mut state = self.lock();
-            state
-                .recent_dead
-                .retain(|dead| !letters.iter().any(|l| l.message.id == dead.message.id));
-        }
+        let ids: Vec<&str> = letters.iter().map(|l| l.message.id.as_str()).collect();
+        self.lock().forget_dead(&ids);
         self.stats
             .dead_total
             .fetch_sub(redriven as u64, Ordering::Relaxed);
@@ -363,18 +304,26 @@ impl Queue {
     ) {
         let mut deliveries = JoinSet::new();
         loop {
-            while let Some((seq, message, attempts)) = self.next_ready() {
+            let concurrency = self.spec.load().concurrency as usize;
+            let now = Instant::now();
+            while let Some(delivery) = self.lock().next(now, concurrency) {
                 let queue = self.clone();
                 let subscribers = subscribers.clone();
                 let policies = policies.clone();
                 deliveries.spawn(async move {
-                    queue
-                        .deliver(seq, message, attempts, &*subscribers, &policies)
-                        .await;
+                    queue.deliver(delivery, &*subscribers, &policies).await;
                 });
             }
+            let due = self.lock().next_due();
+            let moment = async {
+                match due {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = self.wake.notified() => {}
+                () = moment => {}
                 Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
                 _ = shutdown.changed() => break,
             }
@@ -389,29 +338,17 @@ impl Queue {
         self.writer.close().await;
     }
 
-    fn next_ready(&self) -> Option<(u64, Arc<StoredMessage>, u32)> {
-        let mut state = self.lock();
-        if state.in_flight >= self.spec.load().concurrency as usize {
-            return None;
-        }
-        while let Some(seq) = state.ready.pop_front() {
-            if let Some(owed) = state.owed.get(&seq) {
-                let next = (seq, owed.message.clone(), owed.attempts);
-                state.in_flight += 1;
-                return Some(next);
-            }
-        }
-        None
-    }
-
     async fn deliver(
         self: &Arc<Self>,
-        seq: u64,
-        message: Arc<StoredMessage>,
-        attempts: u32,
+        delivery: Delivery,
         subscribers: &dyn Subscribers,
         policies: &Policies,
     ) {
+        let Delivery {
+            seq,
+            message,
+            attempts,
+        } = delivery;
         let subscriber = self.spec.load().subscriber.clone();
         let trace = message
             .trace_context
@@ -444,20 +381,13 @@ impl Queue {
         span.in_scope(|| tracing::debug!(outcome = label, duration_us, "delivery done"));
         match outcome {
             Delivered::Acked => {
-                let synced = self.settle_locked(&mut self.lock(), Vec::new(), Record::Done { seq });
+                let synced = self.settle(|ledger| ledger.acked(seq));
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 self.finish(synced).await;
             }
             Delivered::NotNow(reason) => {
                 tracing::debug!(queue = %self.name, id = %message.id, %reason, "subscriber cannot take the message now; offering it again shortly");
-                // It keeps its delivery slot and its place at the front, so a queue delivered
-                // one at a time stays in order while its subscriber is busy.
-                tokio::time::sleep(NOT_NOW_PAUSE).await;
-                {
-                    let mut state = self.lock();
-                    state.ready.push_front(seq);
-                    state.in_flight -= 1;
-                }
+                self.lock().not_now(seq, Instant::now());
                 self.wake.notify_one();
             }
             Delivered::Failed(error) => {
@@ -465,20 +395,13 @@ impl Queue {
                 let chain = policies.delivery_chain(&self.name);
                 let verdict =
                     policy::on_delivery_failure(&chain, &self.name, &message.id, attempts).await;
-                let verdict = after_failure(&self.spec.load(), verdict, attempts);
-                match verdict {
+                match after_failure(&self.spec.load(), verdict, attempts) {
                     DeliveryVerdict::RedeliverAfter(pause) => {
                         tracing::info!(queue = %self.name, id = %message.id, attempts, %error, pause_ms = pause.as_millis() as u64, "delivery failed; redelivering");
-                        let synced = self.settle_locked(
-                            &mut self.lock(),
-                            Vec::new(),
-                            Record::Failed { seq, attempts },
-                        );
+                        let synced = self
+                            .settle(|ledger| ledger.failed(seq, attempts, pause, Instant::now()));
                         self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
-                        if let Err(err) = synced.await {
-                            tracing::error!(queue = %self.name, error = %err, "could not record a failed delivery");
-                        }
-                        self.release_after(seq, pause);
+                        self.finish(synced).await;
                     }
                     DeliveryVerdict::DeadLetter(reason) => {
                         self.dead_letter(seq, &message, attempts, reason, error)
@@ -509,71 +432,47 @@ impl Queue {
         if let Err(err) = log::encode(&dead, &mut dead_bytes) {
             // Only a message already at the record limit gets here; keep it owed.
             tracing::error!(queue = %self.name, id = %message.id, error = %err, "cannot write the dead letter; the message stays in the queue");
-            self.release_after(seq, MAX_BACKOFF);
+            self.lock().retry_later(seq, MAX_BACKOFF, Instant::now());
+            self.wake.notify_one();
             return;
         }
         let synced = {
-            let mut state = self.lock();
-            if state.recent_dead.len() == RECENT_DEAD_LETTERS {
-                state.recent_dead.pop_front();
-            }
-            state.recent_dead.push_back(dead);
-            self.settle_locked(&mut state, dead_bytes, Record::Done { seq })
+            let mut ledger = self.lock();
+            let record = ledger.dead_lettered(seq, dead);
+            self.write_locked(dead_bytes, &record)
         };
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         self.stats.dead_total.fetch_add(1, Ordering::Relaxed);
         self.finish(synced).await;
     }
 
-    /// Applies a `Failed` or `Done` record to the state and sends it (after `dead`, if any) to
-    /// the writer; call with the state locked so the log's order is the state's.
-    fn settle_locked(&self, state: &mut State, dead: Vec<u8>, record: Record) -> LogSync {
-        match &record {
-            Record::Failed { seq, attempts } => {
-                if let Some(owed) = state.owed.get_mut(seq) {
-                    owed.attempts = *attempts;
-                }
-                state.settled_records += 1;
-            }
-            Record::Done { seq } => {
-                state.owed.remove(seq);
-                // The `Sent` it settles is settled too.
-                state.settled_records += 2;
-            }
-            Record::Sent(_) => {}
-        }
+    /// Applies a settling event to the ledger and sends its record to the writer, under one
+    /// lock so the log's order is the ledger's.
+    fn settle(&self, event: impl FnOnce(&mut Ledger) -> Record) -> LogSync {
+        let mut ledger = self.lock();
+        let record = event(&mut ledger);
+        self.write_locked(Vec::new(), &record)
+    }
+
+    /// Sends `record` (after `dead`, if any) to the writer; call with the ledger locked.
+    fn write_locked(&self, dead: Vec<u8>, record: &Record) -> LogSync {
         let mut bytes = Vec::new();
         // These records hold no body; they always fit.
-        let _ = log::encode(&record, &mut bytes);
+        let _ = log::encode(record, &mut bytes);
         Box::pin(self.writer.append(dead, bytes))
     }
 
-    /// Frees the delivery slot, compacts the log if it is mostly settled records, then waits
-    /// for `synced`. The next delivery does not wait for this one's `Done` to be on disk: a
-    /// crash before it is means one more delivery of a handled message, which at-least-once
-    /// allows, and consumers go as fast as the log syncs in groups.
+    /// Wakes the dispatcher for the freed slot, compacts the log if it is mostly settled
+    /// records, then waits for `synced`. The next delivery does not wait for this one's record
+    /// to be on disk: a crash before it is means one more delivery of a handled message, which
+    /// at-least-once allows, and consumers go as fast as the log syncs in groups.
     async fn finish(&self, synced: LogSync) {
         {
-            let mut state = self.lock();
-            state.in_flight -= 1;
-            if state.settled_records >= COMPACT_AFTER_SETTLED
-                && state.settled_records >= 2 * state.owed.len()
-            {
-                let mut live = Vec::new();
-                for owed in state.owed.values() {
-                    let _ = log::encode(&Record::Sent((*owed.message).clone()), &mut live);
-                    if owed.attempts > 0 {
-                        let _ = log::encode(
-                            &Record::Failed {
-                                seq: owed.message.seq,
-                                attempts: owed.attempts,
-                            },
-                            &mut live,
-                        );
-                    }
-                }
+            // Under the lock: no record may reach the writer between the snapshot and the
+            // compaction that replaces the log with it.
+            let mut ledger = self.lock();
+            if let Some(live) = ledger.compaction() {
                 self.writer.compact(live);
-                state.settled_records = 0;
             }
         }
         self.wake.notify_one();
@@ -582,38 +481,22 @@ impl Queue {
         }
     }
 
-    /// Frees the delivery slot now and makes `seq` ready again after `pause`.
-    fn release_after(self: &Arc<Self>, seq: u64, pause: Duration) {
-        self.lock().in_flight -= 1;
-        self.wake.notify_one();
-        // Weak: a stopped node's queue (and the lock on its files) must not wait for timers.
-        let queue = Arc::downgrade(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(pause).await;
-            if let Some(queue) = queue.upgrade() {
-                queue.lock().ready.push_back(seq);
-                queue.wake.notify_one();
-            }
-        });
-    }
-
     pub(super) fn view(&self) -> QueueView {
-        let state = self.lock();
+        let ledger = self.lock();
         let spec = self.spec.load();
         QueueView {
             name: self.name.clone(),
             subscriber: spec.subscriber.clone(),
-            depth: state.owed.len(),
-            in_flight: state.in_flight,
+            depth: ledger.owed(),
+            in_flight: ledger.in_flight(),
             max_depth: spec.max_depth,
             sent: self.stats.sent.load(Ordering::Relaxed),
             delivered: self.stats.delivered.load(Ordering::Relaxed),
             redelivered: self.stats.redelivered.load(Ordering::Relaxed),
             dead_lettered: self.stats.dead_lettered.load(Ordering::Relaxed),
             dead_letters_total: self.stats.dead_total.load(Ordering::Relaxed),
-            recent_dead_letters: state
-                .recent_dead
-                .iter()
+            recent_dead_letters: ledger
+                .recent_dead()
                 .map(|dead| DeadLetterView {
                     id: dead.message.id.clone(),
                     attempts: dead.attempts,
@@ -642,87 +525,5 @@ fn clip(mut text: String) -> String {
     text
 }
 
-/// What follows the `attempts`-th failed delivery of a message of the queue `spec`: the
-/// policies' verdict, or the queue's own rule when none decided (`redeliver_ms` doubling per
-/// attempt, at most [`MAX_BACKOFF`]); never a redelivery past `max_attempts`. Pure, so the
-/// rule is tested without a clock.
-fn after_failure(
-    spec: &QueueSpec,
-    verdict: Option<DeliveryVerdict>,
-    attempts: u32,
-) -> DeliveryVerdict {
-    if attempts >= spec.max_attempts {
-        if let Some(DeliveryVerdict::DeadLetter(reason)) = verdict {
-            return DeliveryVerdict::DeadLetter(reason);
-        }
-        return DeliveryVerdict::DeadLetter(format!(
-            "queue `{}`: failed {attempts} times, its max_attempts",
-            spec.name
-        ));
-    }
-    verdict.unwrap_or_else(|| {
-        let doubling = 2u32.saturating_pow(attempts.saturating_sub(1).min(20));
-        let pause = spec.redeliver_after.saturating_mul(doubling);
-        DeliveryVerdict::RedeliverAfter(pause.min(MAX_BACKOFF))
-    })
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(max_attempts: u32) -> QueueSpec {
-        QueueSpec {
-            name: "orders".into(),
-            subscriber: "fulfilment".into(),
-            concurrency: 1,
-            max_attempts,
-            redeliver_after: Duration::from_millis(100),
-            max_depth: 10,
-        }
-    }
-
-    #[test]
-    fn without_policies_redelivery_backs_off_doubling_up_to_its_cap_then_dead_letters() {
-        let spec = spec(12);
-        let pauses: Vec<_> = (1..12)
-            .map(|attempts| match after_failure(&spec, None, attempts) {
-                DeliveryVerdict::RedeliverAfter(pause) => pause.as_millis(),
-                DeliveryVerdict::DeadLetter(reason) => panic!("dead at {attempts}: {reason}"),
-            })
-            .collect();
-        assert_eq!(
-            pauses,
-            [
-                100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000
-            ]
-        );
-        assert_eq!(
-            after_failure(&spec, None, 12),
-            DeliveryVerdict::DeadLetter("queue `orders`: failed 12 times, its max_attempts".into())
-        );
-    }
-
-    #[test]
-    fn a_policy_decides_within_max_attempts_and_its_dead_letter_reason_is_kept() {
-        let spec = spec(3);
-        let redeliver = Some(DeliveryVerdict::RedeliverAfter(Duration::from_secs(7)));
-        assert_eq!(
-            after_failure(&spec, redeliver.clone(), 2),
-            DeliveryVerdict::RedeliverAfter(Duration::from_secs(7))
-        );
-        assert!(matches!(
-            after_failure(&spec, redeliver, 3),
-            DeliveryVerdict::DeadLetter(reason) if reason.contains("max_attempts")
-        ));
-        let gave_up = Some(DeliveryVerdict::DeadLetter("policy `retry`: enough".into()));
-        assert_eq!(
-            after_failure(&spec, gave_up.clone(), 1),
-            DeliveryVerdict::DeadLetter("policy `retry`: enough".into())
-        );
-        assert_eq!(
-            after_failure(&spec, gave_up, 3),
-            DeliveryVerdict::DeadLetter("policy `retry`: enough".into())
-        );
-    }
-}
+mod tests;

@@ -1,0 +1,296 @@
+//! What a queue owes and which message goes out next: the delivery state machine, without I/O
+//! and without a clock.
+//!
+//! The queue's task shell ([`super::Queue`]) feeds it events (a message sent, a delivery
+//! acknowledged, failed, or turned away because the subscriber is busy) together with the
+//! time they happened, and asks it what to deliver now and when to look again. Each event
+//! that changes what is owed returns the log [`Record`] that describes it; the shell writes
+//! it while it still holds the ledger, so the log's order is the ledger's (compaction relies
+//! on it).
+//!
+//! The rules it keeps:
+//! - at most `concurrency` deliveries at a time;
+//! - a failed delivery counts an attempt and waits its pause with its slot freed, then goes to
+//!   the back of the line;
+//! - a busy subscriber ([`Ledger::not_now`]) is not charged an attempt: the message keeps its
+//!   slot and its place at the front, so a queue delivered one at a time stays in order;
+//! - the pause after a failure is [`after_failure`]'s: the policies' verdict, or the queue's
+//!   own doubling rule, and never a redelivery past `max_attempts`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::manifest::QueueSpec;
+use crate::messaging::log::{self, DeadLetter, Record, Recovered, StoredMessage};
+use crate::policy::DeliveryVerdict;
+
+/// The longest pause the default rule waits before a redelivery.
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a message waits when the subscriber cannot take it now.
+pub(super) const NOT_NOW_PAUSE: Duration = Duration::from_millis(50);
+/// Dead letters kept in memory for the admin API (the file keeps all of them).
+pub(super) const RECENT_DEAD_LETTERS: usize = 20;
+/// Settled log records before a compaction is considered.
+const COMPACT_AFTER_SETTLED: usize = 4096;
+
+#[derive(Default)]
+pub(super) struct Ledger {
+    /// Every message still owed, by sequence number.
+    owed: BTreeMap<u64, Owed>,
+    /// Sequence numbers ready to be delivered now, in order.
+    ready: VecDeque<u64>,
+    /// Messages waiting for a moment, by when it comes.
+    waiting: BTreeSet<(Instant, u64, Resume)>,
+    /// Deliveries holding a slot: being delivered, or turned away and waiting to be offered
+    /// again.
+    in_flight: usize,
+    next_seq: u64,
+    /// Log records that no longer describe an owed message (compaction's trigger).
+    settled_records: usize,
+    recent_dead: VecDeque<DeadLetter>,
+}
+
+struct Owed {
+    message: Arc<StoredMessage>,
+    /// Failed deliveries so far.
+    attempts: u32,
+}
+
+/// Where a waiting message goes when its moment comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Resume {
+    /// Back of the line; it waited with its slot freed (a redelivery).
+    Back,
+    /// Front of the line, freeing the slot it kept (the subscriber was busy).
+    Front,
+}
+
+/// One delivery to make now.
+#[derive(Debug)]
+pub(super) struct Delivery {
+    pub(super) seq: u64,
+    pub(super) message: Arc<StoredMessage>,
+    /// Failed deliveries before this one.
+    pub(super) attempts: u32,
+}
+
+impl Ledger {
+    /// What the log said was owed, all of it ready; keeps the last [`RECENT_DEAD_LETTERS`].
+    pub(super) fn recover(recovered: Recovered) -> Self {
+        let mut ledger = Self {
+            next_seq: recovered.next_seq,
+            settled_records: recovered.settled_records,
+            ..Self::default()
+        };
+        for (seq, (message, attempts)) in recovered.pending {
+            ledger.ready.push_back(seq);
+            let message = Arc::new(message);
+            ledger.owed.insert(seq, Owed { message, attempts });
+        }
+        let skip = recovered.dead.len().saturating_sub(RECENT_DEAD_LETTERS);
+        ledger.recent_dead = recovered.dead.into_iter().skip(skip).collect();
+        ledger
+    }
+
+    /// Messages owed: ready, waiting, or being delivered.
+    pub(super) fn owed(&self) -> usize {
+        self.owed.len()
+    }
+
+    pub(super) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    pub(super) fn recent_dead(&self) -> impl Iterator<Item = &DeadLetter> {
+        self.recent_dead.iter()
+    }
+
+    /// The sequence number the next sent message gets.
+    pub(super) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Owes `messages`, numbered from [`Ledger::next_seq`] on, and makes them ready.
+    pub(super) fn owe(&mut self, messages: Vec<StoredMessage>) -> Range<u64> {
+        let first = self.next_seq;
+        for message in messages {
+            let seq = message.seq;
+            debug_assert_eq!(seq, self.next_seq, "messages numbered from next_seq on");
+            self.next_seq = seq + 1;
+            self.ready.push_back(seq);
+            let message = Arc::new(message);
+            self.owed.insert(
+                seq,
+                Owed {
+                    message,
+                    attempts: 0,
+                },
+            );
+        }
+        first..self.next_seq
+    }
+
+    /// Stops owing `seqs` (their records never reached the disk; their senders were told).
+    pub(super) fn forget(&mut self, seqs: Range<u64>) {
+        for seq in seqs {
+            self.owed.remove(&seq);
+        }
+    }
+
+    /// The next message to deliver at `now`, if a slot is free and one is ready.
+    pub(super) fn next(&mut self, now: Instant, concurrency: usize) -> Option<Delivery> {
+        self.wake_due(now);
+        if self.in_flight >= concurrency {
+            return None;
+        }
+        while let Some(seq) = self.ready.pop_front() {
+            // A message forgotten or settled while it waited in line is skipped.
+            if let Some(owed) = self.owed.get(&seq) {
+                self.in_flight += 1;
+                return Some(Delivery {
+                    seq,
+                    message: owed.message.clone(),
+                    attempts: owed.attempts,
+                });
+            }
+        }
+        None
+    }
+
+    /// When the first waiting message's moment comes (the shell sleeps until then).
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.waiting.first().map(|(due, _, _)| *due)
+    }
+
+    fn wake_due(&mut self, now: Instant) {
+        while let Some(&(due, seq, resume)) = self.waiting.first() {
+            if due > now {
+                break;
+            }
+            self.waiting.pop_first();
+            match resume {
+                Resume::Back => self.ready.push_back(seq),
+                Resume::Front => {
+                    self.in_flight -= 1;
+                    self.ready.push_front(seq);
+                }
+            }
+        }
+    }
+
+    /// The subscriber acknowledged `seq`: nothing more is owed.
+    pub(super) fn acked(&mut self, seq: u64) -> Record {
+        self.in_flight -= 1;
+        self.settle(seq)
+    }
+
+    /// The subscriber could not take `seq` at `now` (busy, not running): no attempt is
+    /// counted; it keeps its slot and is offered again first after [`NOT_NOW_PAUSE`].
+    pub(super) fn not_now(&mut self, seq: u64, now: Instant) {
+        self.waiting
+            .insert((now + NOT_NOW_PAUSE, seq, Resume::Front));
+    }
+
+    /// The `attempts`-th delivery of `seq` failed at `now` and `verdict` says to try again
+    /// after a pause: the slot is freed, the message waits.
+    pub(super) fn failed(
+        &mut self,
+        seq: u64,
+        attempts: u32,
+        pause: Duration,
+        now: Instant,
+    ) -> Record {
+        self.in_flight -= 1;
+        self.settled_records += 1;
+        if let Some(owed) = self.owed.get_mut(&seq) {
+            owed.attempts = attempts;
+        }
+        self.waiting.insert((now + pause, seq, Resume::Back));
+        Record::Failed { seq, attempts }
+    }
+
+    /// `seq` could not be settled now (its dead letter does not fit a record): it stays owed
+    /// and is tried again after `pause`, without counting an attempt.
+    pub(super) fn retry_later(&mut self, seq: u64, pause: Duration, now: Instant) {
+        self.in_flight -= 1;
+        self.waiting.insert((now + pause, seq, Resume::Back));
+    }
+
+    /// `seq` was given up on as `dead`: nothing more is owed, the admin API lists it.
+    pub(super) fn dead_lettered(&mut self, seq: u64, dead: DeadLetter) -> Record {
+        self.in_flight -= 1;
+        if self.recent_dead.len() == RECENT_DEAD_LETTERS {
+            self.recent_dead.pop_front();
+        }
+        self.recent_dead.push_back(dead);
+        self.settle(seq)
+    }
+
+    fn settle(&mut self, seq: u64) -> Record {
+        self.owed.remove(&seq);
+        // The `Sent` it settles is settled too.
+        self.settled_records += 2;
+        Record::Done { seq }
+    }
+
+    /// Drops the recent dead letters with these message ids (they were sent again).
+    pub(super) fn forget_dead(&mut self, ids: &[&str]) {
+        self.recent_dead
+            .retain(|dead| !ids.contains(&dead.message.id.as_str()));
+    }
+
+    /// When the log is mostly settled records: the records that describe what is owed now,
+    /// to replace it with.
+    pub(super) fn compaction(&mut self) -> Option<Vec<u8>> {
+        if self.settled_records < COMPACT_AFTER_SETTLED
+            || self.settled_records < 2 * self.owed.len()
+        {
+            return None;
+        }
+        let mut live = Vec::new();
+        for owed in self.owed.values() {
+            // Records already written once; they fit again.
+            let _ = log::encode(&Record::Sent((*owed.message).clone()), &mut live);
+            if owed.attempts > 0 {
+                let failed = Record::Failed {
+                    seq: owed.message.seq,
+                    attempts: owed.attempts,
+                };
+                let _ = log::encode(&failed, &mut live);
+            }
+        }
+        self.settled_records = 0;
+        Some(live)
+    }
+}
+
+/// What follows the `attempts`-th failed delivery of a message of the queue `spec`: the
+/// policies' verdict, or the queue's own rule when none decided (`redeliver_ms` doubling per
+/// attempt, at most [`MAX_BACKOFF`]); never a redelivery past `max_attempts`.
+pub(super) fn after_failure(
+    spec: &QueueSpec,
+    verdict: Option<DeliveryVerdict>,
+    attempts: u32,
+) -> DeliveryVerdict {
+    if attempts >= spec.max_attempts {
+        if let Some(DeliveryVerdict::DeadLetter(reason)) = verdict {
+            return DeliveryVerdict::DeadLetter(reason);
+        }
+        return DeliveryVerdict::DeadLetter(format!(
+            "queue `{}`: failed {attempts} times, its max_attempts",
+            spec.name
+        ));
+    }
+    verdict.unwrap_or_else(|| {
+        let doubling = 2u32.saturating_pow(attempts.saturating_sub(1).min(20));
+        let pause = spec.redeliver_after.saturating_mul(doubling);
+        DeliveryVerdict::RedeliverAfter(pause.min(MAX_BACKOFF))
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,236 @@
+//! The ledger's rules, driven with explicit instants: no clock, no disk, no subscriber.
+
+#![allow(clippy::expect_used, reason = "tests fail loudly on purpose")]
+
+use super::*;
+use crate::wire::MessageKind;
+
+fn spec(max_attempts: u32) -> QueueSpec {
+    QueueSpec {
+        name: "orders".into(),
+        subscriber: "fulfilment".into(),
+        concurrency: 1,
+        max_attempts,
+        redeliver_after: Duration::from_millis(100),
+        max_depth: 10,
+    }
+}
+
+fn message(seq: u64) -> StoredMessage {
+    StoredMessage {
+        seq,
+        id: format!("orders-{seq}"),
+        kind: MessageKind::Command,
+        key: None,
+        headers: Vec::new(),
+        reply_to: None,
+        trace_context: None,
+        body: format!("order {seq}").into_bytes(),
+        sender: "shop".into(),
+        sent_at_ms: 0,
+    }
+}
+
+/// A ledger owing messages `0..count`.
+fn owing(count: u64) -> Ledger {
+    let mut ledger = Ledger::default();
+    ledger.owe((0..count).map(message).collect());
+    ledger
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// `(seq, attempts)` of the next delivery at `now`.
+fn next(ledger: &mut Ledger, now: Instant) -> Option<(u64, u32)> {
+    ledger
+        .next(now, 1)
+        .map(|delivery| (delivery.seq, delivery.attempts))
+}
+
+#[test]
+fn at_most_concurrency_deliveries_run_at_once_in_the_order_of_sending() {
+    let mut ledger = owing(3);
+    let now = Instant::now();
+    let first = ledger.next(now, 2).map(|d| d.seq);
+    let second = ledger.next(now, 2).map(|d| d.seq);
+    assert_eq!((first, second), (Some(0), Some(1)));
+    assert!(ledger.next(now, 2).is_none(), "both slots are taken");
+    assert_eq!(ledger.acked(0), Record::Done { seq: 0 });
+    assert_eq!(ledger.next(now, 2).map(|d| d.seq), Some(2));
+    assert_eq!((ledger.owed(), ledger.in_flight()), (2, 2));
+}
+
+#[test]
+fn a_busy_subscriber_is_not_charged_and_the_message_keeps_its_slot_and_its_place() {
+    let mut ledger = owing(2);
+    let start = Instant::now();
+    assert_eq!(next(&mut ledger, start), Some((0, 0)));
+    ledger.not_now(0, start);
+    assert_eq!(ledger.next_due(), Some(start + NOT_NOW_PAUSE));
+    // The slot stays taken while it waits: message 1 does not overtake it.
+    assert_eq!(next(&mut ledger, start + NOT_NOW_PAUSE - ms(1)), None);
+    assert_eq!(ledger.in_flight(), 1);
+    // Offered again first, still with no attempt counted, as often as the subscriber is busy.
+    let mut now = start;
+    for _ in 0..5 {
+        now += NOT_NOW_PAUSE;
+        assert_eq!(next(&mut ledger, now), Some((0, 0)));
+        ledger.not_now(0, now);
+    }
+    now += NOT_NOW_PAUSE;
+    assert_eq!(next(&mut ledger, now), Some((0, 0)));
+    ledger.acked(0);
+    assert_eq!(next(&mut ledger, now), Some((1, 0)));
+}
+
+#[test]
+fn a_failed_delivery_frees_its_slot_waits_its_pause_and_goes_to_the_back_of_the_line() {
+    let mut ledger = owing(2);
+    let start = Instant::now();
+    assert_eq!(next(&mut ledger, start), Some((0, 0)));
+    let record = ledger.failed(0, 1, ms(100), start);
+    assert!(matches!(
+        record,
+        Record::Failed {
+            seq: 0,
+            attempts: 1
+        }
+    ));
+    // Message 1 goes while message 0 waits.
+    assert_eq!(next(&mut ledger, start), Some((1, 0)));
+    ledger.acked(1);
+    assert_eq!(next(&mut ledger, start + ms(99)), None);
+    assert_eq!(ledger.next_due(), Some(start + ms(100)));
+    assert_eq!(next(&mut ledger, start + ms(100)), Some((0, 1)));
+    assert_eq!(ledger.next_due(), None);
+}
+
+#[test]
+fn redelivery_backs_off_doubling_then_dead_letters_at_max_attempts() {
+    let spec = spec(4);
+    let mut ledger = owing(1);
+    let mut now = Instant::now();
+    let mut delivered_at = Vec::new();
+    let start = now;
+    loop {
+        let Some(delivery) = ledger.next(now, 1) else {
+            now = ledger
+                .next_due()
+                .expect("a failed message waits for its redelivery");
+            continue;
+        };
+        delivered_at.push((now - start).as_millis());
+        let attempts = delivery.attempts + 1;
+        match after_failure(&spec, None, attempts) {
+            DeliveryVerdict::RedeliverAfter(pause) => {
+                ledger.failed(delivery.seq, attempts, pause, now);
+            }
+            DeliveryVerdict::DeadLetter(reason) => {
+                assert_eq!(reason, "queue `orders`: failed 4 times, its max_attempts");
+                let dead = DeadLetter {
+                    message: (*delivery.message).clone(),
+                    attempts,
+                    reason,
+                    last_error: "boom".into(),
+                    at_ms: 0,
+                };
+                assert_eq!(
+                    ledger.dead_lettered(delivery.seq, dead),
+                    Record::Done { seq: 0 }
+                );
+                break;
+            }
+        }
+    }
+    assert_eq!(delivered_at, [0, 100, 300, 700]);
+    assert_eq!((ledger.owed(), ledger.in_flight()), (0, 0));
+    let dead: Vec<_> = ledger.recent_dead().map(|d| d.attempts).collect();
+    assert_eq!(dead, [4]);
+}
+
+#[test]
+fn without_policies_redelivery_backs_off_doubling_up_to_its_cap_then_dead_letters() {
+    let spec = spec(12);
+    let pauses: Vec<_> = (1..12)
+        .map(|attempts| match after_failure(&spec, None, attempts) {
+            DeliveryVerdict::RedeliverAfter(pause) => pause.as_millis(),
+            DeliveryVerdict::DeadLetter(reason) => panic!("dead at {attempts}: {reason}"),
+        })
+        .collect();
+    assert_eq!(
+        pauses,
+        [
+            100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000
+        ]
+    );
+    assert_eq!(
+        after_failure(&spec, None, 12),
+        DeliveryVerdict::DeadLetter("queue `orders`: failed 12 times, its max_attempts".into())
+    );
+}
+
+#[test]
+fn a_policy_decides_within_max_attempts_and_its_dead_letter_reason_is_kept() {
+    let spec = spec(3);
+    let redeliver = Some(DeliveryVerdict::RedeliverAfter(Duration::from_secs(7)));
+    assert_eq!(
+        after_failure(&spec, redeliver.clone(), 2),
+        DeliveryVerdict::RedeliverAfter(Duration::from_secs(7))
+    );
+    assert!(matches!(
+        after_failure(&spec, redeliver, 3),
+        DeliveryVerdict::DeadLetter(reason) if reason.contains("max_attempts")
+    ));
+    let gave_up = Some(DeliveryVerdict::DeadLetter("policy `retry`: enough".into()));
+    assert_eq!(
+        after_failure(&spec, gave_up.clone(), 1),
+        DeliveryVerdict::DeadLetter("policy `retry`: enough".into())
+    );
+    assert_eq!(
+        after_failure(&spec, gave_up, 3),
+        DeliveryVerdict::DeadLetter("policy `retry`: enough".into())
+    );
+}
+
+#[test]
+fn a_forgotten_message_is_skipped_even_when_it_is_waiting() {
+    let mut ledger = owing(3);
+    let now = Instant::now();
+    assert_eq!(next(&mut ledger, now), Some((0, 0)));
+    ledger.failed(0, 1, ms(10), now);
+    ledger.forget(0..2);
+    assert_eq!(next(&mut ledger, now + ms(10)), Some((2, 0)));
+    ledger.acked(2);
+    assert_eq!(next(&mut ledger, now + ms(10)), None);
+    assert_eq!(ledger.owed(), 0);
+}
+
+#[test]
+fn a_mostly_settled_log_is_compacted_to_the_records_of_what_is_owed() {
+    let mut ledger = owing(COMPACT_AFTER_SETTLED as u64 / 2 + 2);
+    let now = Instant::now();
+    let (seq, _) = next(&mut ledger, now).expect("a message is ready");
+    ledger.failed(seq, 1, ms(1), now);
+    assert!(
+        ledger.compaction().is_none(),
+        "one settled record is not enough"
+    );
+    for _ in 0..COMPACT_AFTER_SETTLED / 2 {
+        let (seq, _) = next(&mut ledger, now + ms(1)).expect("a message is ready");
+        ledger.acked(seq);
+    }
+    let live = ledger.compaction().expect("the log is mostly settled");
+    let (records, _) = log::decode_all::<Record>(&live);
+    let owed: Vec<_> = records
+        .iter()
+        .map(|record| match record {
+            Record::Sent(message) => format!("sent {}", message.seq),
+            Record::Failed { seq, attempts } => format!("failed {seq} x{attempts}"),
+            Record::Done { seq } => format!("done {seq}"),
+        })
+        .collect();
+    assert_eq!(owed, ["sent 0", "failed 0 x1", "sent 2049"]);
+    assert!(ledger.compaction().is_none(), "compacted once");
+}

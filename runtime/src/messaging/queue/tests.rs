@@ -1,0 +1,140 @@
+//! The queue's task shell on tokio's paused clock: a real log in a temporary directory, a
+//! scripted subscriber that notes the attempt number and the moment of each delivery.
+
+#![allow(clippy::expect_used, reason = "tests fail loudly on purpose")]
+
+use std::sync::Mutex;
+
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::util::BoxFuture;
+use crate::wire::MessageKind;
+
+/// Answers deliveries from a script, in order, and reports `(attempt, when)` for each.
+struct Scripted {
+    script: Mutex<std::vec::IntoIter<Delivered>>,
+    seen: mpsc::UnboundedSender<(u32, Instant)>,
+}
+
+impl Subscribers for Scripted {
+    fn deliver<'a>(
+        &'a self,
+        _service: &'a str,
+        _queue: &'a str,
+        _message: &'a StoredMessage,
+        attempt: u32,
+    ) -> BoxFuture<'a, Delivered> {
+        let _ = self.seen.send((attempt, Instant::now()));
+        let next = self.script.lock().map(|mut script| script.next());
+        let outcome = match next {
+            Ok(Some(outcome)) => outcome,
+            _ => Delivered::Failed("the script is over".into()),
+        };
+        Box::pin(async move { outcome })
+    }
+}
+
+fn spec(max_attempts: u32) -> QueueSpec {
+    QueueSpec {
+        name: "orders".into(),
+        subscriber: "fulfilment".into(),
+        concurrency: 1,
+        max_attempts,
+        redeliver_after: Duration::from_millis(100),
+        max_depth: 10,
+    }
+}
+
+fn order() -> StoredMessage {
+    StoredMessage {
+        seq: 0,
+        id: String::new(),
+        kind: MessageKind::Command,
+        key: None,
+        headers: Vec::new(),
+        reply_to: None,
+        trace_context: None,
+        body: b"order 1".to_vec(),
+        sender: "shop".into(),
+        sent_at_ms: 0,
+    }
+}
+
+/// Runs a queue of `spec` whose subscriber answers with `script`; sends one message and
+/// returns the queue and the milliseconds between consecutive deliveries with their attempt
+/// numbers, once `deliveries` were made.
+async fn run(
+    dir: &std::path::Path,
+    spec: QueueSpec,
+    script: Vec<Delivered>,
+    deliveries: usize,
+) -> (Arc<Queue>, Vec<(u32, u128)>) {
+    let (seen, mut deliveries_seen) = mpsc::unbounded_channel();
+    let subscriber = Scripted {
+        script: Mutex::new(script.into_iter()),
+        seen,
+    };
+    let queue = Arc::new(Queue::open(dir, spec).expect("open the queue's log"));
+    queue.start(Arc::new(subscriber), Arc::new(Policies::default()));
+    let id = queue.send(order()).await.expect("send");
+    assert_eq!(id, "orders-0");
+    let mut made = Vec::new();
+    let mut last: Option<Instant> = None;
+    for _ in 0..deliveries {
+        let (attempt, at) = deliveries_seen.recv().await.expect("a delivery");
+        let gap = last.map_or(0, |last| (at - last).as_millis());
+        made.push((attempt, gap));
+        last = Some(at);
+    }
+    (queue, made)
+}
+
+/// Waits (on the paused clock) until `done` holds for the queue's view.
+async fn until(queue: &Queue, done: impl Fn(&QueueView) -> bool) -> QueueView {
+    for _ in 0..1000 {
+        let view = queue.view();
+        if done(&view) {
+            return view;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("the queue never got there: {:?}", queue.view());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_subscriber_is_not_charged_an_attempt_and_is_offered_the_message_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = vec![
+        Delivered::NotNow("all instances busy".into()),
+        Delivered::NotNow("all instances busy".into()),
+        Delivered::NotNow("all instances busy".into()),
+        Delivered::Failed("boom".into()),
+        Delivered::Acked,
+    ];
+    let (queue, made) = run(dir.path(), spec(5), script, 5).await;
+    // Busy three times (50 ms apart, still attempt 1), then failed once: attempt 2 comes
+    // after the queue's first pause.
+    assert_eq!(made, [(1, 0), (1, 50), (1, 50), (1, 50), (2, 100)]);
+    let view = until(&queue, |view| view.depth == 0).await;
+    assert_eq!((view.delivered, view.redelivered), (1, 1));
+    assert_eq!(view.in_flight, 0);
+    queue.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn redelivery_backs_off_and_a_message_is_dead_lettered_at_max_attempts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let failures = (0..3)
+        .map(|n| Delivered::Failed(format!("boom {n}")))
+        .collect();
+    let (queue, made) = run(dir.path(), spec(3), failures, 3).await;
+    assert_eq!(made, [(1, 0), (2, 100), (3, 200)]);
+    let view = until(&queue, |view| view.dead_lettered == 1).await;
+    assert_eq!((view.depth, view.in_flight, view.redelivered), (0, 0, 2));
+    let dead = &view.recent_dead_letters[0];
+    assert_eq!((dead.id.as_str(), dead.attempts), ("orders-0", 3));
+    assert_eq!(dead.last_error, "boom 2");
+    assert!(dead.reason.contains("max_attempts"), "{}", dead.reason);
+    queue.stop().await;
+}
