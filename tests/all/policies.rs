@@ -198,6 +198,63 @@ async fn retries_back_off_within_a_budget_and_a_fallback_answers_for_an_open_bre
 }
 
 #[tokio::test]
+async fn a_fallback_answers_for_a_hung_callee_in_the_time_its_caller_keeps() {
+    let node_keeping = |reserve: &str| {
+        TestManifest::new(&format!(
+            "{}{}{}[[bind]]\npolicies = [\"fallback\"]\ncalls_to = \"flaky\"\n{reserve}\n",
+            service(
+                "faulty",
+                "faulty",
+                &["POST /f/{fault}", "POST /f/{fault}/{arg}"],
+                "timeout_ms = 1000"
+            ),
+            service(
+                "flaky",
+                "faulty",
+                &["GET /flaky/{fault}", "GET /flaky/{fault}/{arg}"],
+                ""
+            ),
+            policy(
+                "fallback",
+                "policy_fallback",
+                "status = \"200\", body = \"cached\""
+            ),
+        ))
+    };
+    let timed = |node: &switchyard::Node, body: &'static str| {
+        let addr = node.http_addr();
+        async move {
+            let started = Instant::now();
+            let reply = send(addr, "POST", "/f/call", body).await;
+            ((reply.status, reply.body), started.elapsed())
+        }
+    };
+    // The caller has 1 s; its call gets 900 ms by default, and the fallback answers in the
+    // 100 ms the caller kept (the client used to get the caller's own 504).
+    let manifest = node_keeping("");
+    let node = manifest.start().await;
+    let (reply, took) = timed(&node, "flaky\nGET /flaky/sleep/60000").await;
+    assert_eq!(reply, (200, "cached".into()), "after {took:?}");
+    assert!(took >= Duration::from_millis(850), "{took:?}");
+    // The call's own reserve: 500 ms kept, so the callee is cut off at about 500 ms.
+    let (reply, took) = timed(&node, "flaky\nGET /flaky/sleep/60000\nreserve 500").await;
+    assert_eq!(reply, (200, "cached".into()));
+    assert!(took < Duration::from_millis(850), "{took:?}");
+    // The reserve header is for the node; the callee never sees it.
+    let (reply, _) = timed(&node, "flaky\nGET /flaky/echo\nreserve 5").await;
+    assert!(reply.1.contains("x-probe"), "{}", reply.1);
+    assert!(!reply.1.contains("x-switchyard-reserve-ms"), "{}", reply.1);
+    node.shutdown().await;
+    // Or the binding's: reserve_ms = 500 for every call to `flaky`.
+    let manifest = node_keeping("reserve_ms = 500");
+    let node = manifest.start().await;
+    let (reply, took) = timed(&node, "flaky\nGET /flaky/sleep/60000").await;
+    assert_eq!(reply, (200, "cached".into()));
+    assert!(took < Duration::from_millis(850), "{took:?}");
+    node.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_token_bucket_and_a_bulkhead_refuse_what_is_over_their_limit() {
     let manifest = node_with(
         &policy("limit", "policy_rate_limit", "rate = \"1\", burst = \"3\""),

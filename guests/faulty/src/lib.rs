@@ -97,8 +97,9 @@ impl Service for Faulty {
                 Ok(Response::text(format!("slept {ms} ms\n")))
             }
             "call" => {
-                // Body: target, method, and optionally a timeout in ms, one per line; any
-                // lines after those are the call's own body (so calls can nest).
+                // Body: target, method, and optionally a timeout in ms (or `reserve <ms>`),
+                // one per line; any lines after those are the call's own body (so calls can
+                // nest).
                 let (target, method, timeout) = call_spec(&req)?;
                 let forwarded: Vec<&str> = req.text()?.lines().skip(3).collect();
                 let mut call = rpc::Call::new(target, method)
@@ -106,6 +107,13 @@ impl Service for Faulty {
                     .body(forwarded.join("\n"));
                 if let Some(ms) = timeout {
                     call = call.timeout(Duration::from_millis(ms));
+                }
+                let reserve = req.text()?.lines().nth(2).and_then(|line| {
+                    line.strip_prefix("reserve ")
+                        .and_then(|ms| ms.trim().parse().ok())
+                });
+                if let Some(ms) = reserve {
+                    call = call.reserve(Duration::from_millis(ms));
                 }
                 let reply = call.send()?;
                 Ok(Response::new(reply.status()).with_body(reply.body().to_vec()))

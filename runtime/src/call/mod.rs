@@ -122,6 +122,42 @@ impl Deadline {
     pub(crate) fn capped(self, budget: Duration) -> Self {
         self.min(Self::after(budget))
     }
+
+    /// `reserve` earlier (never before now).
+    pub(crate) fn less(self, reserve: Duration) -> Self {
+        let now = Instant::now();
+        Self(
+            self.0
+                .checked_sub(reserve)
+                .map_or(now, |earlier| earlier.max(now)),
+        )
+    }
+}
+
+/// The most of its remaining time a caller keeps by default.
+pub(crate) const MAX_DEFAULT_RESERVE: Duration = Duration::from_secs(1);
+
+/// What a caller with `remaining` time keeps for itself by default when it calls: a tenth of
+/// it, at most [`MAX_DEFAULT_RESERVE`]. Enough for a fallback or an error answer, which take
+/// microseconds in a guest, and little enough that a callee rarely notices.
+pub(crate) fn default_reserve(remaining: Duration) -> Duration {
+    (remaining / 10).min(MAX_DEFAULT_RESERVE)
+}
+
+/// The deadline of a call made by a caller whose own deadline is `caller`: `reserve` (else
+/// [`default_reserve`]) before the caller's, so the caller still has time to handle a callee
+/// that did not answer, and no later than `timeout` from now if the call sets one.
+pub(crate) fn call_deadline(
+    caller: Deadline,
+    timeout: Option<Duration>,
+    reserve: Option<Duration>,
+) -> Deadline {
+    let reserve = reserve.unwrap_or_else(|| default_reserve(caller.remaining()));
+    let deadline = caller.less(reserve);
+    match timeout {
+        Some(timeout) => deadline.capped(timeout),
+        None => deadline,
+    }
 }
 
 /// A budget as the `deadline-ms` a callee sees (saturating: budgets beyond `u32` ms are
@@ -273,6 +309,41 @@ pub(crate) struct Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_leaves_its_caller_a_reserve_and_honours_a_shorter_timeout() {
+        let ms = Duration::from_millis;
+        let caller = Deadline::after(ms(1000));
+        // By default a tenth of what is left.
+        assert_eq!(call_deadline(caller, None, None).remaining(), ms(900));
+        assert_eq!(
+            call_deadline(caller, Some(ms(200)), None).remaining(),
+            ms(200)
+        );
+        assert_eq!(
+            call_deadline(caller, Some(ms(950)), None).remaining(),
+            ms(900)
+        );
+        // Set per call (or per binding): as asked, even none at all.
+        assert_eq!(
+            call_deadline(caller, None, Some(ms(300))).remaining(),
+            ms(700)
+        );
+        assert_eq!(
+            call_deadline(caller, None, Some(ms(0))).remaining(),
+            ms(1000)
+        );
+        // A reserve larger than what is left leaves the callee nothing (it times out at once).
+        assert_eq!(
+            call_deadline(caller, None, Some(ms(5000))).remaining(),
+            ms(0)
+        );
+        // At most a second by default, and it shrinks with the time the caller has spent.
+        let patient = Deadline::after(Duration::from_secs(60));
+        assert_eq!(call_deadline(patient, None, None).remaining(), ms(59_000));
+        tokio::time::advance(ms(500)).await;
+        assert_eq!(call_deadline(caller, None, None).remaining(), ms(450));
+    }
 
     #[test]
     fn racing_copies_spread_over_instances_while_there_are_fresh_ones() {

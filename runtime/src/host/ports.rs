@@ -12,6 +12,9 @@ use crate::wire::MessageKind;
 pub(crate) trait Calls: Send + Sync {
     /// Runs `call` through the policies bound to it and returns the callee's reply.
     fn call(&self, call: Call) -> BoxFuture<'_, Result<Reply, CallError>>;
+    /// The time a call from `caller` to `service` leaves its caller, if the node's bindings
+    /// set it (`reserve_ms`).
+    fn reserve(&self, caller: &str, service: &str) -> Option<Duration>;
     /// Healthy instances of `target`: this node's first, then peers'.
     fn resolve(&self, target: &Target) -> Vec<Instance>;
     /// Picks the instance a guest's `quic.connect` goes to.

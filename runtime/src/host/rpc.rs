@@ -6,13 +6,14 @@
 
 use std::future::{Future, poll_fn};
 use std::task::Poll;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use wasmtime::component::Resource;
 
 use super::bindings::imports::rpc::{self as wit, CallOptions};
 use super::{Calls, HostState};
-use crate::call::{Call, CallError, Reply, Target};
+use crate::call::{self, Call, CallError, Reply, Target};
 use crate::telemetry::{TRACE_HEADER, TraceContext};
 
 /// A call in flight, or its outcome once it arrived.
@@ -61,7 +62,9 @@ impl PendingCall {
 
 impl HostState {
     /// The guest's call as the host's: its target parsed once, its deadline the smaller of
-    /// its `timeout-ms` and what is left of the caller's own.
+    /// its `timeout-ms` and what is left of the caller's own less the caller's reserve (the
+    /// call's `x-switchyard-reserve-ms` header, else the bindings' `reserve_ms`, else
+    /// [`call::default_reserve`]).
     fn prepare_call(
         &mut self,
         service: &str,
@@ -70,17 +73,22 @@ impl HostState {
         options: CallOptions,
     ) -> Result<Call, CallError> {
         let target = Target::parse(service)?;
-        let deadline = match options.timeout_ms {
-            Some(ms) => self
-                .deadline
-                .capped(std::time::Duration::from_millis(u64::from(ms))),
-            None => self.deadline,
+        let mut headers = options.headers;
+        let reserve = match take_reserve(&mut headers)? {
+            Some(reserve) => Some(reserve),
+            None => self
+                .guest
+                .calls
+                .reserve(&self.guest.service, &target.service),
         };
+        let timeout = options
+            .timeout_ms
+            .map(|ms| Duration::from_millis(u64::from(ms)));
+        let deadline = call::call_deadline(self.deadline, timeout, reserve);
         let trace = self
             .trace
             .as_ref()
             .map_or_else(TraceContext::root, TraceContext::child);
-        let mut headers = options.headers;
         headers.retain(|(name, _)| !name.eq_ignore_ascii_case(TRACE_HEADER));
         headers.push((TRACE_HEADER.to_owned(), trace.header()));
         Ok(Call {
@@ -116,6 +124,28 @@ impl From<CallError> for wit::CallError {
             CallError::Rejected(m) => Self::Rejected(m),
         }
     }
+}
+
+/// The header a guest sets on a call to choose its reserve for that call.
+pub(crate) const RESERVE_HEADER: &str = "x-switchyard-reserve-ms";
+
+/// Removes the reserve header from a call's headers (it is for the node, not the callee) and
+/// returns the reserve it asks for.
+fn take_reserve(headers: &mut Vec<(String, String)>) -> Result<Option<Duration>, CallError> {
+    let mut reserve = None;
+    for (name, value) in headers.iter() {
+        if name.eq_ignore_ascii_case(RESERVE_HEADER) {
+            let ms: u64 = value.trim().parse().map_err(|_| {
+                CallError::BadRequest(format!(
+                    "header `{RESERVE_HEADER}: {value}` is not a number of milliseconds \
+                     (the time this caller keeps for itself, e.g. `50`)"
+                ))
+            })?;
+            reserve = Some(Duration::from_millis(ms));
+        }
+    }
+    headers.retain(|(name, _)| !name.eq_ignore_ascii_case(RESERVE_HEADER));
+    Ok(reserve)
 }
 
 /// Runs `call` through `calls`, or answers the error that stopped it from being made.

@@ -114,6 +114,10 @@ pub struct PolicySpec {
 pub struct BindSpec {
     pub policies: Vec<String>,
     pub scope: BindScope,
+    /// `reserve_ms`: how much of its own remaining time the caller keeps when it makes one of
+    /// these calls (instead of the default tenth), so its fallback or error answer runs in
+    /// time. Only for calls; a call's own `x-switchyard-reserve-ms` header wins.
+    pub reserve: Option<Duration>,
 }
 
 /// Which calls a binding wraps.

@@ -262,5 +262,12 @@ routes = ["GET /hello/{{name}}"]
             &manifest("", "\n[[queue]]\nname = \"q\"\nsubscriber = \"hello\"\n"),
         );
         assert!(queued.queues && !queued.services, "{queued:?}");
+        let reserved = "\n[[bind]]\ncalls_to = \"inventory\"\nreserve_ms = ";
+        let before = manifest("", &format!("{reserved}50\n"));
+        let after = plan(&before, &manifest("", &format!("{reserved}80\n")));
+        assert!(
+            after.policies && after.needs_restart.is_empty(),
+            "{after:?}"
+        );
     }
 }

@@ -273,6 +273,33 @@ fn a_queue_takes_defaults_and_a_binding_to_it() {
 }
 
 #[test]
+fn a_binding_sets_the_reserve_of_calls_and_only_of_calls() {
+    let bind = |lines: &str| {
+        format!(
+            "{GOOD}\n[[queue]]\nname = \"jobs\"\nsubscriber = \"hello\"\n\n\
+             [[policy]]\nname = \"retry\"\ncomponent = \"svc.wasm\"\n\n[[bind]]\n{lines}\n"
+        )
+    };
+    let (manifest, _) = parse(&bind("calls_to = \"inventory\"\nreserve_ms = 80"));
+    let manifest = manifest.unwrap_or_else(|err| panic!("{err}"));
+    let binding = &manifest.bindings[0];
+    assert_eq!(binding.reserve, Some(std::time::Duration::from_millis(80)));
+    assert!(binding.policies.is_empty(), "a reserve needs no policy");
+    let (manifest, _) = parse(&bind("policies = [\"retry\"]\noutgoing_from = \"hello\""));
+    let manifest = manifest.unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(manifest.bindings[0].reserve, None);
+    let err = error_of(&bind(
+        "policies = [\"retry\"]\nqueue = \"jobs\"\nreserve_ms = 5",
+    ));
+    assert!(err.contains("a queue's deliveries have no caller"), "{err}");
+    assert!(err.contains("switchyard.toml:"), "{err}");
+    let err = error_of(&bind("calls_to = \"inventory\""));
+    assert!(err.contains("[[bind]] lists no policies"), "{err}");
+    let err = error_of(&bind("calls_to = \"inventory\"\nreserve_ms = -1"));
+    assert!(err.contains("expected u64"), "{err}");
+}
+
+#[test]
 fn bad_queues_say_what_to_fix() {
     let queue = |lines: &str| format!("{GOOD}\n[[queue]]\nname = \"jobs\"\n{lines}\n");
     let err = error_of(&queue("subscriber = \"nobody\""));

@@ -101,6 +101,9 @@ struct Tables {
     outgoing_from: HashMap<String, Vec<Arc<Binding>>>,
     queues: HashMap<String, Vec<Arc<Binding>>>,
     all: Vec<Arc<Binding>>,
+    /// `reserve_ms` of the bindings of calls to a service, and of calls from one.
+    reserve_to: HashMap<String, Duration>,
+    reserve_from: HashMap<String, Duration>,
 }
 
 /// What [`Policies::rebind`] changed.
@@ -129,6 +132,15 @@ impl Policies {
     /// How many instances the bindings hold (for sizing the engine's pool).
     pub(crate) fn count(manifest: &Manifest) -> usize {
         manifest.bindings.iter().map(|b| b.policies.len()).sum()
+    }
+
+    /// The time a call from `caller` to `service` leaves its caller, if a binding sets it
+    /// (`reserve_ms`; the larger one when both the caller's and the callee's do).
+    pub(crate) fn reserve(&self, caller: &str, service: &str) -> Option<Duration> {
+        let tables = self.tables.load();
+        let to = tables.reserve_to.get(service);
+        let from = tables.reserve_from.get(caller);
+        to.max(from).copied()
     }
 
     /// The chain around a call from `caller` to `service`, outermost first.
@@ -222,6 +234,17 @@ impl Policies {
                 };
                 next.all.push(binding.clone());
                 chain.push(binding);
+            }
+            if let Some(reserve) = bind.reserve {
+                let reserves = match &bind.scope {
+                    BindScope::CallsTo(service) => Some((&mut next.reserve_to, service)),
+                    BindScope::OutgoingFrom(service) => Some((&mut next.reserve_from, service)),
+                    BindScope::Queue(_) => None,
+                };
+                if let Some((reserves, service)) = reserves {
+                    let kept = reserves.entry(service.clone()).or_default();
+                    *kept = (*kept).max(reserve);
+                }
             }
             let table = match &bind.scope {
                 BindScope::CallsTo(service) => next.calls_to.entry(service.clone()),

@@ -193,6 +193,10 @@ impl Calls for Client {
         Box::pin(Client::call(self, call))
     }
 
+    fn reserve(&self, caller: &str, service: &str) -> Option<Duration> {
+        self.policies.reserve(caller, service)
+    }
+
     fn resolve(&self, target: &Target) -> Vec<Instance> {
         Client::resolve(self, target)
     }

@@ -59,10 +59,12 @@ struct RawPolicy {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBind {
+    #[serde(default)]
     policies: Vec<Spanned<String>>,
     calls_to: Option<Spanned<String>>,
     outgoing_from: Option<Spanned<String>>,
     queue: Option<Spanned<String>>,
+    reserve_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]

@@ -132,11 +132,20 @@ pub(super) fn check_bindings(
     for bind in raw {
         let span = bind.span();
         let bind = bind.into_inner();
-        if bind.policies.is_empty() {
+        if bind.policies.is_empty() && bind.reserve_ms.is_none() {
             return Err(check.invalid(
                 span,
                 "[[bind]] lists no policies",
-                "write e.g. policies = [\"retry\", \"breaker\"] (applied in that order)",
+                "write e.g. policies = [\"retry\", \"breaker\"] (applied in that order), or \
+                 set only reserve_ms",
+            ));
+        }
+        if let (Some(reserve), Some(_)) = (&bind.reserve_ms, &bind.queue) {
+            return Err(check.invalid(
+                reserve.span(),
+                "`reserve_ms` is the time a caller keeps for itself; a queue's deliveries have no \
+                 caller",
+                "remove it, or put it in a [[bind]] with calls_to or outgoing_from",
             ));
         }
         for name in &bind.policies {
@@ -193,6 +202,9 @@ pub(super) fn check_bindings(
         bindings.push(BindSpec {
             policies: bind.policies.into_iter().map(Spanned::into_inner).collect(),
             scope,
+            reserve: bind
+                .reserve_ms
+                .map(|ms| Duration::from_millis(ms.into_inner())),
         });
     }
     Ok(bindings)

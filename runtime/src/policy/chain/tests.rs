@@ -254,6 +254,47 @@ async fn a_fallback_outside_a_retry_sees_only_the_last_failure() {
     );
 }
 
+/// A callee that never answers: the call path stops it at the call's deadline, as a slot or
+/// a peer does.
+struct Hung;
+
+impl CallService for Hung {
+    fn call(&self, call: Call) -> BoxFuture<'_, Result<Reply, CallError>> {
+        Box::pin(async move {
+            tokio::time::sleep(call.deadline.remaining()).await;
+            Err(CallError::Timeout)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fallback_answers_for_a_hung_callee_within_the_reserve_its_caller_kept() {
+    let rig = Rig::new();
+    let chain = Chain::new(vec![rig.fallback(), rig.retry(5, 3)]);
+    // The caller (say an HTTP request) has 1 s; its call keeps the default reserve, or 250 ms.
+    for (reserve, answered_at) in [(None, 900), (Some(250), 750)] {
+        let caller = Deadline::after(Duration::from_millis(1000));
+        let started = Instant::now();
+        let mut call = call(0);
+        call.deadline =
+            crate::call::call_deadline(caller, None, reserve.map(Duration::from_millis));
+        let outcome = chain.around(call, &Hung).await;
+        assert_eq!(outcome.map(|reply| reply.status), Ok(299));
+        assert_eq!(started.elapsed().as_millis(), answered_at);
+        assert!(
+            caller.remaining() > Duration::ZERO,
+            "the caller can still answer"
+        );
+    }
+    // Keeping nothing: the callee runs to the caller's own deadline, the fallback answers
+    // when the caller has no time left to send it.
+    let caller = Deadline::after(Duration::from_millis(1000));
+    let mut call = call(0);
+    call.deadline = crate::call::call_deadline(caller, None, Some(Duration::ZERO));
+    let _ = chain.around(call, &Hung).await;
+    assert_eq!(caller.remaining(), Duration::ZERO);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_fallback_inside_a_retry_answers_each_attempt_so_nothing_is_retried() {
     let rig = Rig::new();
