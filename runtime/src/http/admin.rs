@@ -16,7 +16,7 @@ use hyper::{Request, Response};
 
 use super::ingress::plain;
 use super::server::Handler;
-use crate::wasm::Slot;
+use crate::wasm::Directory;
 
 /// The largest component a swap accepts.
 const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
@@ -46,31 +46,28 @@ pub(crate) trait Operator: Send + Sync {
     ) -> crate::util::BoxFuture<'_, Result<serde_json::Value, String>>;
 }
 
-/// Each service's slot with its routes as written (`GET /hello/{name}`); a manifest edit
-/// replaces the list.
-pub(crate) type ServiceList = arc_swap::ArcSwap<Vec<(Arc<Slot>, Vec<String>)>>;
-
 /// The admin API: `GET /health`, `/services`, `/registry`, `/policies`, `/queues`; `POST
 /// /services/<name>` and `/policies/<name>` (hot swap, the body is the new component) and
 /// `/queues/<name>/redrive` (send its dead letters again).
 pub(crate) struct Admin {
     node: String,
-    services: Arc<ServiceList>,
+    services: Arc<Directory>,
     registry: Option<Arc<crate::discovery::Registry>>,
     operator: Arc<dyn Operator>,
 }
 
 #[derive(serde::Serialize)]
-struct ServiceView<'a> {
+struct ServiceView {
     #[serde(flatten)]
     stats: crate::wasm::SlotStats,
-    routes: &'a [String],
+    /// As written in the manifest (`GET /hello/{name}`).
+    routes: Vec<String>,
 }
 
 impl Admin {
     pub(crate) fn new(
         node: String,
-        services: Arc<ServiceList>,
+        services: Arc<Directory>,
         registry: Option<Arc<crate::discovery::Registry>>,
         operator: Arc<dyn Operator>,
     ) -> Self {
@@ -147,12 +144,13 @@ impl Handler for Admin {
         match request.uri().path() {
             "/health" => json(&serde_json::json!({ "status": "ok", "node": self.node })),
             "/services" => {
-                let services = self.services.load();
-                let views: Vec<ServiceView<'_>> = services
+                let table = self.services.table();
+                let views: Vec<ServiceView> = table
+                    .services
                     .iter()
-                    .map(|(slot, routes)| ServiceView {
-                        stats: slot.stats(),
-                        routes,
+                    .map(|callee| ServiceView {
+                        stats: callee.slot.stats(),
+                        routes: callee.spec.routes.iter().map(ToString::to_string).collect(),
                     })
                     .collect();
                 json(&views)

@@ -20,9 +20,10 @@ use hyper::{Request, Response};
 use tracing::{Instrument, field};
 
 use super::server::Handler;
-use crate::router::{Lookup, Router};
+use crate::router::Lookup;
 use crate::telemetry::{TRACE_HEADER, TraceContext};
-use crate::wasm::{GuestRequest, GuestResponse, Slot, SlotError};
+use crate::wasm::Directory;
+use crate::wasm::{GuestRequest, GuestResponse, SlotError};
 
 /// Request bodies above this get `413`.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -33,22 +34,17 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Routes requests to services.
 pub(crate) struct Ingress {
-    /// Replaced whole by a manifest edit; a request keeps the table it was routed with.
-    router: arc_swap::ArcSwap<Router<Arc<Slot>>>,
+    /// The node's services; a request is routed with the snapshot of the moment it came.
+    services: Arc<Directory>,
     ids: RequestIds,
 }
 
 impl Ingress {
-    pub(crate) fn new(router: Router<Arc<Slot>>) -> Self {
+    pub(crate) fn new(services: Arc<Directory>) -> Self {
         Self {
-            router: arc_swap::ArcSwap::from_pointee(router),
+            services,
             ids: RequestIds::new(),
         }
-    }
-
-    /// Makes `router` the routes new requests take.
-    pub(crate) fn replace_router(&self, router: Router<Arc<Slot>>) {
-        self.router.store(Arc::new(router));
     }
 }
 
@@ -98,7 +94,7 @@ impl Ingress {
     ) -> Response<Full<Bytes>> {
         let method = request.method().as_str().to_owned();
         let path = request.uri().path().to_owned();
-        let (target, params) = match self.router.load().lookup(&method, &path) {
+        let (target, params) = match self.services.guard().router.lookup(&method, &path) {
             Lookup::Found { target, params } => (target, params),
             Lookup::NotFound => {
                 return plain(

@@ -1,38 +1,24 @@
 //! The services a node serves, as one set that a manifest edit replaces whole.
 //!
-//! Three things route to a service's [`Slot`]: the ingress router (HTTP), the rpc
-//! [`Directory`](rpc::Directory) (calls from guests and peers) and the admin API's list. They
-//! are built together from `(spec, slot)` pairs ([`Services::replace`]), so a route conflict in
-//! an edited manifest changes none of them. A slot that stays keeps serving (and its
+//! Everything that reaches a service's [`Slot`] (the ingress router, calls from guests and
+//! peers, the admin API's list, this file's bookkeeping) reads one [`rpc::ServiceTable`],
+//! built from `(spec, slot)` pairs and swapped in with one store ([`Services::replace`]): a
+//! route conflict in an edited manifest changes nothing, and no request sees half an edit. A slot that stays keeps serving (and its
 //! generations and counters); a removed one stops getting new requests and is freed when its
 //! last in-flight request ends; an added one is compiled first, off the executor.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use crate::host::Outbound;
-use crate::http::{Ingress, ServiceList};
 use crate::manifest::ServiceSpec;
-use crate::router::Router;
-use crate::rpc;
+use crate::wasm::{Directory, ServiceTable};
 use crate::wasm::{Engine, LoadedComponent, Slot, SlotConfig};
 
 /// The node's current services and what routes to them.
 pub(super) struct Services {
     engine: Arc<Engine>,
     outbound: Outbound,
-    ingress: Arc<Ingress>,
-    directory: Arc<rpc::Directory>,
-    listed: Arc<ServiceList>,
-    /// Each running service by name, with the spec its routes and version came from.
-    running: ArcSwap<HashMap<String, Running>>,
-}
-
-struct Running {
-    spec: ServiceSpec,
-    slot: Arc<Slot>,
+    directory: Arc<Directory>,
 }
 
 /// What [`Services::replace`] changed, for the reload report.
@@ -62,10 +48,7 @@ impl Services {
     ) -> Result<Self, String> {
         let services = Self {
             engine,
-            ingress: Arc::new(Ingress::new(Router::default())),
-            directory: Arc::new(rpc::Directory::new(node)),
-            listed: Arc::default(),
-            running: ArcSwap::default(),
+            directory: Arc::new(Directory::new(node)),
             outbound,
         };
         let served = specs
@@ -77,38 +60,32 @@ impl Services {
         Ok(services)
     }
 
-    /// The callees local calls reach, for the node's rpc client.
-    pub(super) fn directory(&self) -> &Arc<rpc::Directory> {
+    /// The table every reader shares: the ingress, the rpc client, the admin API.
+    pub(super) fn directory(&self) -> &Arc<Directory> {
         &self.directory
     }
 
-    pub(super) fn ingress(&self) -> Arc<Ingress> {
-        self.ingress.clone()
-    }
-
-    pub(super) fn listed(&self) -> Arc<ServiceList> {
-        self.listed.clone()
-    }
-
     pub(super) fn slot(&self, name: &str) -> Result<Arc<Slot>, String> {
-        let running = self.running.load();
-        running.get(name).map(|r| r.slot.clone()).ok_or_else(|| {
-            let mut known: Vec<&str> = running.keys().map(String::as_str).collect();
-            known.sort_unstable();
-            format!(
-                "this node runs no service `{name}` (it runs: {})",
-                known.join(", ")
-            )
-        })
+        let table = self.directory.guard();
+        table
+            .get(name)
+            .map(|callee| callee.slot.clone())
+            .ok_or_else(|| {
+                format!(
+                    "this node runs no service `{name}` (it runs: {})",
+                    table.names().join(", ")
+                )
+            })
     }
 
     /// `(name, version)` of every service, for discovery.
     pub(super) fn announced(&self) -> Vec<(String, String)> {
         let mut announced: Vec<_> = self
-            .running
-            .load()
-            .values()
-            .map(|r| (r.spec.name.clone(), r.spec.version.to_string()))
+            .directory
+            .guard()
+            .services
+            .iter()
+            .map(|callee| (callee.spec.name.clone(), callee.spec.version.to_string()))
             .collect();
         announced.sort();
         announced
@@ -119,12 +96,15 @@ impl Services {
     /// keeps running as it was (peers resolved that version; a restart changes it). On any
     /// error nothing changes.
     pub(super) async fn replace(&self, specs: &[ServiceSpec]) -> Result<Replaced, String> {
-        let current = self.running.load_full();
+        let current = self.directory.table();
         let mut replaced = Replaced::default();
         let mut served = Vec::new();
         for spec in specs {
-            match current.get(&spec.name) {
-                Some(Running { spec: before, slot }) => {
+            match current
+                .get(&spec.name)
+                .map(|callee| (&callee.spec, &callee.slot))
+            {
+                Some((before, slot)) => {
                     if before.version != spec.version {
                         replaced.version_changed.push(format!(
                             "service `{}`: version {} -> {}",
@@ -160,7 +140,9 @@ impl Services {
             }
         }
         replaced.removed = current
-            .keys()
+            .services
+            .iter()
+            .map(|callee| &callee.spec.name)
             .filter(|name| !specs.iter().any(|spec| &spec.name == *name))
             .cloned()
             .collect();
@@ -180,39 +162,10 @@ impl Services {
         ))
     }
 
-    /// Builds every table from `served` and swaps them in; a route conflict changes nothing.
+    /// Builds the table of `served` and swaps it in; a route conflict changes nothing.
     fn install(&self, served: Vec<(ServiceSpec, Arc<Slot>)>) -> Result<(), String> {
-        let mut router = Router::default();
-        let mut callees = HashMap::new();
-        let mut listed = Vec::new();
-        for (spec, slot) in &served {
-            let mut own_routes = Router::default();
-            for route in &spec.routes {
-                for table in [&mut router, &mut own_routes] {
-                    table
-                        .add(&route.method, &route.pattern, &spec.name, slot.clone())
-                        .map_err(|err| err.to_string())?;
-                }
-            }
-            callees.insert(
-                spec.name.clone(),
-                rpc::Callee {
-                    version: spec.version.clone(),
-                    routes: own_routes,
-                    slot: slot.clone(),
-                },
-            );
-            listed.push((slot.clone(), routes(spec)));
-        }
-        self.ingress.replace_router(router);
-        self.directory.replace(callees);
-        self.listed.store(Arc::new(listed));
-        self.running.store(Arc::new(
-            served
-                .into_iter()
-                .map(|(spec, slot)| (spec.name.clone(), Running { spec, slot }))
-                .collect(),
-        ));
+        let table = ServiceTable::build(served).map_err(|err| err.to_string())?;
+        self.directory.replace(table);
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::discovery;
 use crate::host::Outbound;
-use crate::http::{self, Admin};
+use crate::http::{self, Admin, Ingress};
 use crate::manifest::{DiscoverySpec, Manifest};
 use crate::messaging;
 use crate::policy::Policies;
@@ -139,7 +139,7 @@ impl Runtime {
         ));
         servers.spawn(http::serve(
             listeners.http,
-            self.services.ingress(),
+            Arc::new(Ingress::new(self.services.directory().clone())),
             shutdown.clone(),
             SHUTDOWN_GRACE,
         ));
@@ -147,7 +147,7 @@ impl Runtime {
             listeners.admin,
             Arc::new(Admin::new(
                 manifest.node.name.clone(),
-                self.services.listed(),
+                self.services.directory().clone(),
                 mesh.map(|mesh| mesh.registry.clone()),
                 self.control.clone(),
             )),

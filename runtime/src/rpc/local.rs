@@ -68,11 +68,11 @@ fn local_callee(directory: &Directory, target: &Target) -> Result<Arc<Callee>, C
         .get(name)
         .ok_or_else(|| CallError::Unavailable(format!("no service named `{name}` is running")))?;
     if let Some(range) = &target.range
-        && !range.matches(&callee.version)
+        && !range.matches(&callee.spec.version)
     {
         return Err(CallError::Unavailable(format!(
             "service `{name}` runs version {}, which does not match `{range}`",
-            callee.version
+            callee.spec.version
         )));
     }
     Ok(callee)

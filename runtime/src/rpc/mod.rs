@@ -25,7 +25,7 @@ mod remote;
 mod route;
 mod streams;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -39,50 +39,11 @@ use crate::discovery::Registry;
 use crate::host::Calls;
 use crate::manifest::BalanceSpec;
 use crate::policy::{Chain, Policies};
-use crate::router::Router;
 use crate::transport::Transport;
 use crate::util::BoxFuture;
-use crate::wasm::Slot;
+use crate::wasm::{Callee, Directory};
 
 pub(crate) use peer::PeerHandler;
-
-/// The services this node runs, by name, with their routes. A manifest edit replaces the
-/// set whole ([`Directory::replace`]); a call keeps the callee it looked up.
-pub(crate) struct Directory {
-    node: String,
-    services: arc_swap::ArcSwap<HashMap<String, Arc<Callee>>>,
-}
-
-/// One service of this node, as [`Directory::replace`] takes it.
-pub(crate) struct Callee {
-    pub(crate) version: semver::Version,
-    pub(crate) routes: Router<Arc<Slot>>,
-    /// Serves streams (requests come through `routes`).
-    pub(crate) slot: Arc<Slot>,
-}
-
-impl Directory {
-    pub(crate) fn new(node: &str) -> Self {
-        Self {
-            node: node.to_owned(),
-            services: arc_swap::ArcSwap::default(),
-        }
-    }
-
-    /// Makes `services` (by name) the ones local calls reach.
-    pub(crate) fn replace(&self, services: HashMap<String, Callee>) {
-        self.services.store(Arc::new(
-            services
-                .into_iter()
-                .map(|(name, callee)| (name, Arc::new(callee)))
-                .collect(),
-        ));
-    }
-
-    fn get(&self, name: &str) -> Option<Arc<Callee>> {
-        self.services.load().get(name).cloned()
-    }
-}
 
 /// Makes calls on behalf of guests. Cheap to clone; every service's guests hold one.
 #[derive(Clone)]
@@ -172,7 +133,9 @@ impl Client {
 
     /// This node's name, as guests and policies see it.
     fn node_name(&self) -> String {
-        self.directory().map(|d| d.node.clone()).unwrap_or_default()
+        self.directory()
+            .map(|d| d.node().to_owned())
+            .unwrap_or_default()
     }
 }
 

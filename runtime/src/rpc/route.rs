@@ -108,7 +108,7 @@ impl Client {
         let local = directory.as_ref().and_then(|d| d.get(name));
         let local_fits = local
             .as_ref()
-            .is_some_and(|callee| target.fits(&callee.version));
+            .is_some_and(|callee| target.fits(&callee.spec.version));
         let Some(remote) = &self.remote else {
             return Ok(Candidates::One(Endpoint::Local));
         };
@@ -148,15 +148,14 @@ impl Client {
     pub(super) fn resolve(&self, target: &Target) -> Vec<Instance> {
         let mut found = Vec::new();
         let directory = self.directory();
-        if let Some((node, callee)) = directory
-            .as_ref()
-            .and_then(|directory| Some((&directory.node, directory.get(&target.service)?)))
-            && target.fits(&callee.version)
+        if let Some((node, callee)) = directory.as_ref().and_then(|directory| {
+            Some((directory.node().to_owned(), directory.get(&target.service)?))
+        }) && target.fits(&callee.spec.version)
         {
             found.push(Instance {
-                node: node.clone(),
+                node,
                 endpoint: Endpoint::Local,
-                version: callee.version.to_string(),
+                version: callee.spec.version.to_string(),
             });
         }
         if let Some(remote) = &self.remote {

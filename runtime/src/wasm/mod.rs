@@ -15,6 +15,7 @@ mod cache;
 mod engine;
 mod probation;
 mod slot;
+mod table;
 
 pub(crate) use probation::{Probation, SwapState, Verdict};
 
@@ -22,6 +23,7 @@ pub(crate) use crate::host::{GuestRequest, GuestResponse};
 pub(crate) use engine::LoadedPolicy;
 pub(crate) use engine::{Engine, EngineConfig, LoadedComponent};
 pub(crate) use slot::{Slot, SlotConfig, SlotError, SlotStats, SwapEvent};
+pub(crate) use table::{Callee, Directory, ServiceTable};
 
 use std::path::PathBuf;
 use std::time::Duration;
