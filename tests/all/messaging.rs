@@ -528,7 +528,7 @@ async fn a_redrive_sends_the_dead_letters_again_once_the_subscriber_is_fixed() {
     })
     .await;
     let (status, body) = admin_post(node.admin_addr(), "/queues/nope/redrive", Vec::new()).await;
-    assert_eq!(status, 422, "{body}");
+    assert_eq!(status, 404, "{body}");
     assert!(body.contains("no queue named `nope`"), "{body}");
 
     // The subscriber is fixed (its config edited), then the dead letters are sent again.

@@ -52,7 +52,7 @@ async fn a_swap_serves_the_new_generation_and_a_bad_release_is_rolled_back() {
     assert_eq!(status, 422);
     assert!(reason.contains("not a WebAssembly file"), "{reason}");
     let (status, reason) = admin_post(node.admin_addr(), "/services/nobody", b"x".to_vec()).await;
-    assert_eq!(status, 422);
+    assert_eq!(status, 404);
     assert!(
         reason.contains("runs no service `nobody`") && reason.contains("hello"),
         "{reason}"

@@ -16,34 +16,99 @@ use hyper::{Request, Response};
 
 use super::ingress::plain;
 use super::server::Handler;
-use crate::wasm::Directory;
+use crate::messaging::{QueueError, QueueView};
+use crate::policy::{BindingView, PolicyError};
+use crate::router::RouteError;
+use crate::util::BoxFuture;
+use crate::wasm::{Directory, LoadError, SwapError, SwapEvent};
 
 /// The largest component a swap accepts.
 const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
 
-/// What the admin API changes on a running node (implemented by the node).
+/// What the admin API asks of a running node (implemented by the node's `Control`, which
+/// the manifest watcher drives too). Typed both ways: JSON is made here, from these.
 pub(crate) trait Operator: Send + Sync {
     /// `GET /policies`.
-    fn policies(&self) -> crate::util::BoxFuture<'_, serde_json::Value>;
+    fn policies(&self) -> BoxFuture<'_, Vec<BindingView>>;
     /// `GET /queues`.
-    fn queues(&self) -> serde_json::Value;
-    /// `POST /queues/<name>/redrive`: sends the queue's dead letters again.
-    fn redrive(
-        &self,
-        queue: String,
-    ) -> crate::util::BoxFuture<'_, Result<serde_json::Value, String>>;
+    fn queues(&self) -> Vec<QueueView>;
+    /// `POST /queues/<name>/redrive`: sends the queue's dead letters again; how many.
+    fn redrive(&self, queue: String) -> BoxFuture<'_, Result<usize, ControlError>>;
     /// `POST /policies/<name>` with a component: swaps every binding of that policy.
     fn swap_policy(
         &self,
         name: String,
         component: Vec<u8>,
-    ) -> crate::util::BoxFuture<'_, Result<serde_json::Value, String>>;
+    ) -> BoxFuture<'_, Result<PolicySwapped, ControlError>>;
     /// `POST /services/<name>` with a component: a new generation of that service.
     fn swap_service(
         &self,
         name: String,
         component: Vec<u8>,
-    ) -> crate::util::BoxFuture<'_, Result<serde_json::Value, String>>;
+    ) -> BoxFuture<'_, Result<SwapEvent, ControlError>>;
+}
+
+/// A policy swapped in every binding of it.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct PolicySwapped {
+    pub(crate) policy: String,
+    pub(crate) bindings: usize,
+    /// Each binding's new generation.
+    pub(crate) generations: Vec<u64>,
+    pub(crate) swap_ms: f64,
+}
+
+/// Why a change to a running node was refused; what was running keeps running. The admin API
+/// answers it with [`ControlError::status`], the manifest watcher logs it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ControlError {
+    #[error("this node runs no service `{name}` (it runs: {known})")]
+    UnknownService { name: String, known: String },
+    #[error("service `{service}`: {cause}")]
+    Component { service: String, cause: LoadError },
+    #[error(transparent)]
+    Swap(#[from] SwapError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(
+        "service `{service}`: memory_limit_mb = {asked_mib} is more than the {pool_mib} MiB the \
+         instance pool was sized for at start; restart the node to add it"
+    )]
+    MemoryAbovePool {
+        service: String,
+        asked_mib: usize,
+        pool_mib: usize,
+    },
+    #[error(
+        "the edited manifest needs room for {needed} component instances (2 x the sum of \
+         max_instances, plus 3 per policy binding); this node's instance pool was sized for \
+         {sized} at start. Lower max_instances, or restart the node"
+    )]
+    PoolTooSmall { needed: u32, sized: u32 },
+    #[error("the change was cut off: {0}")]
+    Interrupted(#[from] tokio::task::JoinError),
+}
+
+impl ControlError {
+    /// The status the admin API answers with: 404 for what does not exist, 409 for what this
+    /// node cannot take without a restart, 422 for a component or config that was refused.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownService { .. }
+            | Self::Queue(QueueError::Unknown { .. })
+            | Self::Policy(PolicyError::Unknown(_)) => StatusCode::NOT_FOUND,
+            Self::MemoryAbovePool { .. } | Self::PoolTooSmall { .. } => StatusCode::CONFLICT,
+            Self::Interrupted(_)
+            | Self::Queue(QueueError::Interrupted(_) | QueueError::DeadLettersKept { .. }) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
 }
 
 /// The admin API: `GET /health`, `/services`, `/registry`, `/policies`, `/queues`; `POST
@@ -86,8 +151,8 @@ impl Admin {
             .and_then(|rest| rest.strip_suffix("/redrive"))
         {
             return match self.operator.redrive(queue.to_owned()).await {
-                Ok(report) => json(&report),
-                Err(reason) => plain(StatusCode::UNPROCESSABLE_ENTITY, format!("{reason}\n")),
+                Ok(redriven) => json(&serde_json::json!({ "queue": queue, "redriven": redriven })),
+                Err(error) => refused(&error),
             };
         }
         let (kind, name) = match path.trim_matches('/').split_once('/') {
@@ -116,17 +181,18 @@ impl Admin {
             }
         };
         let outcome = match kind {
-            "services" => self.operator.swap_service(name, component).await,
-            _ => self.operator.swap_policy(name, component).await,
+            "services" => self
+                .operator
+                .swap_service(name, component)
+                .await
+                .map(|event| json(&event)),
+            _ => self
+                .operator
+                .swap_policy(name, component)
+                .await
+                .map(|swapped| json(&swapped)),
         };
-        match outcome {
-            Ok(report) => json(&report),
-            Err(reason) => {
-                let mut response = plain(StatusCode::UNPROCESSABLE_ENTITY, format!("{reason}\n"));
-                *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-                response
-            }
-        }
+        outcome.unwrap_or_else(|error| refused(&error))
     }
 }
 
@@ -171,6 +237,11 @@ impl Handler for Admin {
     }
 }
 
+/// A refused change, with its reason as the body.
+fn refused(error: &ControlError) -> Response<Full<Bytes>> {
+    plain(error.status(), format!("{error}\n"))
+}
+
 fn json<T: serde::Serialize>(value: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => {
@@ -181,5 +252,37 @@ fn json<T: serde::Serialize>(value: &T) -> Response<Full<Bytes>> {
             response
         }
         Err(error) => plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_change_answers_by_what_refused_it() {
+        let unknown = ControlError::UnknownService {
+            name: "nobody".into(),
+            known: "hello".into(),
+        };
+        assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+        let no_queue = ControlError::from(QueueError::Unknown {
+            name: "nope".into(),
+            known: "none".into(),
+        });
+        assert_eq!(no_queue.status(), StatusCode::NOT_FOUND);
+        let no_policy = ControlError::from(PolicyError::Unknown("breaker".into()));
+        assert_eq!(no_policy.status(), StatusCode::NOT_FOUND);
+        let pool = ControlError::PoolTooSmall {
+            needed: 300,
+            sized: 200,
+        };
+        assert_eq!(pool.status(), StatusCode::CONFLICT);
+        assert!(pool.to_string().contains("restart the node"), "{pool}");
+        let refused = ControlError::from(SwapError::DoesNotInstantiate {
+            service: "hello".into(),
+            reason: "missing export".into(),
+        });
+        assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
     }
 }

@@ -54,6 +54,26 @@ pub struct MessagingError {
     cause: log::LogError,
 }
 
+/// Why an operation on a running node's queues did not happen (or only in part).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum QueueError {
+    #[error("this node has no queue named `{name}` (it has: {known})")]
+    Unknown { name: String, known: String },
+    #[error(transparent)]
+    Log(#[from] MessagingError),
+    #[error(
+        "queue `{queue}`: {redriven} dead letters were sent again, but could not be removed from \
+         the dead-letter file (a later redrive would send them once more): {cause}"
+    )]
+    DeadLettersKept {
+        queue: String,
+        redriven: usize,
+        cause: log::LogError,
+    },
+    #[error("opening the new queues was cut off: {0}")]
+    Interrupted(#[from] tokio::task::JoinError),
+}
+
 /// How one delivery went.
 pub(crate) enum Delivered {
     /// The subscriber acknowledged it.
@@ -174,7 +194,7 @@ impl Broker {
     /// owe) and start delivering, removed ones stop taking sends, finish their deliveries in
     /// flight and close their files (what they owe stays there for when they come back), and
     /// the others take their new settings. If a new queue cannot open, nothing changes.
-    pub(crate) async fn apply(&self, specs: &[QueueSpec]) -> Result<QueueChanges, String> {
+    pub(crate) async fn apply(&self, specs: &[QueueSpec]) -> Result<QueueChanges, QueueError> {
         let _one_at_a_time = self.changing.lock().await;
         let current = self.queues.load_full();
         let added: Vec<QueueSpec> = specs
@@ -189,9 +209,7 @@ impl Broker {
                 .map(|spec| open_queue(&dir, spec).map(Arc::new))
                 .collect::<Result<Vec<_>, _>>()
         })
-        .await
-        .map_err(|err| err.to_string())?
-        .map_err(|err| err.to_string())?;
+        .await??;
 
         let mut changes = Vec::new();
         let mut next = HashMap::new();
@@ -229,11 +247,22 @@ impl Broker {
     }
 
     /// Sends queue `name`'s dead letters again; returns how many.
-    pub(crate) async fn redrive(&self, name: &str) -> Result<usize, String> {
-        let queue = self.queues.load().get(name).cloned();
-        match queue {
+    pub(crate) async fn redrive(&self, name: &str) -> Result<usize, QueueError> {
+        let queues = self.queues.load_full();
+        match queues.get(name) {
             Some(queue) => queue.redrive().await,
-            None => Err(format!("this node has no queue named `{name}`")),
+            None => {
+                let mut known: Vec<&str> = queues.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                Err(QueueError::Unknown {
+                    name: name.to_owned(),
+                    known: if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    },
+                })
+            }
         }
     }
 

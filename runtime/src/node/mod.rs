@@ -4,6 +4,7 @@
 //! any compilation), then loads every component off the async executor, builds the router, and
 //! serves. [`Node::shutdown`] stops accepting and lets in-flight requests finish.
 
+mod control;
 mod reload;
 mod services;
 mod start;
@@ -19,15 +20,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::discovery;
-use crate::http::{self};
 use crate::manifest::{Location, Manifest};
 use crate::messaging;
 use crate::policy::Policies;
 use crate::rpc;
 use crate::transport::{FrameHandler, Identity, RawStream, Transport};
-use crate::wasm::{Engine, EngineConfig, LoadError, LoadedComponent, SlotConfig};
+use crate::wasm::{Engine, EngineConfig, LoadError, LoadedComponent};
 use crate::wire::frame::{FailureKind, Frame};
 
+use control::Control;
 use services::Services;
 use services::slot_config;
 
@@ -228,159 +229,6 @@ impl Drop for Node {
     }
 }
 
-/// What the admin API and manifest reloads may change on this node. It owns the services
-/// (and so every slot); the node holds it, so they go when the node and its servers do.
-struct Control {
-    engine: Arc<Engine>,
-    /// Makes this node's outgoing calls (its balancing settings change with the manifest).
-    rpc: rpc::Client,
-    policies: Arc<Policies>,
-    services: Arc<Services>,
-    broker: Arc<messaging::Broker>,
-    /// Component instances the engine's pool was sized for at start.
-    pool_instances: u32,
-    /// Where changes to the set of services are announced (nodes with QUIC).
-    membership: std::sync::OnceLock<Arc<dyn discovery::Membership>>,
-}
-
-impl Control {
-    /// Makes `balance` the `[balance.*]` settings of calls from now on.
-    fn rebalance(
-        &self,
-        balance: &std::collections::BTreeMap<String, crate::manifest::BalanceSpec>,
-    ) {
-        self.rpc.rebalance(balance.clone());
-    }
-
-    /// Gives every binding of policy `name` the new config; returns how many there are.
-    async fn reconfigure_policy(
-        &self,
-        name: &str,
-        config: &std::collections::BTreeMap<String, String>,
-    ) -> Result<usize, String> {
-        match self.policies.reconfigure(name, config).await {
-            Ok(generations) => Ok(generations.len()),
-            Err(err) => {
-                tracing::error!(policy = %name, error = %err, "policy config refused; the old config stays");
-                Err(err.to_string())
-            }
-        }
-    }
-
-    /// A new generation of service `name`: new code, new settings (from the manifest's
-    /// `[[service]]`), or both. Returns the swap event as JSON.
-    async fn update_service(
-        &self,
-        name: &str,
-        component: Option<Vec<u8>>,
-        settings: Option<SlotConfig>,
-    ) -> Result<serde_json::Value, String> {
-        let slot = self.services.slot(name)?;
-        let loaded = match component {
-            Some(component) => {
-                let engine = slot.engine().clone();
-                let label = std::path::PathBuf::from(format!("<upload for service {name}>"));
-                let loaded =
-                    tokio::task::spawn_blocking(move || engine.load_bytes(&label, &component))
-                        .await
-                        .map_err(|err| err.to_string())?
-                        .map_err(|err| err.to_string())?;
-                Some(loaded)
-            }
-            None => None,
-        };
-        let event = slot
-            .next_generation(loaded, settings)
-            .await
-            .map_err(|err| err.to_string())?;
-        serde_json::to_value(event).map_err(|err| err.to_string())
-    }
-
-    /// Makes `manifest`'s `[[service]]` list the services this node runs: added ones start,
-    /// removed ones stop taking requests, routes are rebuilt; peers are told of a new set.
-    async fn reroute(&self, manifest: &Manifest) -> Result<services::Replaced, String> {
-        let needed = pool_needed(manifest);
-        if needed > self.pool_instances {
-            return Err(format!(
-                "the edited manifest needs room for {needed} component instances (2 x the sum \
-                 of max_instances, plus 3 per policy binding); this node's instance pool was \
-                 sized for {} at start. Lower max_instances, or restart the node",
-                self.pool_instances
-            ));
-        }
-        let replaced = self.services.replace(&manifest.services).await?;
-        if !(replaced.added.is_empty() && replaced.removed.is_empty())
-            && let Some(membership) = self.membership.get()
-        {
-            membership.announce(self.services.announced());
-        }
-        Ok(replaced)
-    }
-
-    /// Makes `manifest`'s `[[policy]]` and `[[bind]]` entries the ones that run.
-    async fn rebind(&self, manifest: &Manifest) -> Result<crate::policy::Rebound, String> {
-        self.policies
-            .rebind(&self.engine, manifest)
-            .await
-            .map_err(|err| {
-                tracing::error!(error = %err, "[[bind]] changes refused; the old bindings stay");
-                err.to_string()
-            })
-    }
-}
-
-impl http::Operator for Control {
-    fn policies(&self) -> crate::util::BoxFuture<'_, serde_json::Value> {
-        Box::pin(async move { serde_json::json!(self.policies.views().await) })
-    }
-
-    fn queues(&self) -> serde_json::Value {
-        serde_json::json!(self.broker.views())
-    }
-
-    fn redrive(
-        &self,
-        queue: String,
-    ) -> crate::util::BoxFuture<'_, Result<serde_json::Value, String>> {
-        Box::pin(async move {
-            let redriven = self.broker.redrive(&queue).await?;
-            Ok(serde_json::json!({ "queue": queue, "redriven": redriven }))
-        })
-    }
-
-    fn swap_policy(
-        &self,
-        name: String,
-        component: Vec<u8>,
-    ) -> crate::util::BoxFuture<'_, Result<serde_json::Value, String>> {
-        Box::pin(async move {
-            let started = std::time::Instant::now();
-            let generations = self
-                .policies
-                .swap(&self.engine, &name, component)
-                .await
-                .map_err(|err| {
-                    tracing::error!(policy = %name, error = %err, "policy swap refused; the old version keeps running");
-                    err.to_string()
-                })?;
-            Ok(serde_json::json!({
-                "policy": name,
-                "bindings": generations.len(),
-                "generations": generations,
-                "swap_ms": started.elapsed().as_secs_f64() * 1000.0,
-            }))
-        })
-    }
-
-    fn swap_service(
-        &self,
-        name: String,
-        component: Vec<u8>,
-    ) -> crate::util::BoxFuture<'_, Result<serde_json::Value, String>> {
-        Box::pin(async move { self.update_service(&name, Some(component), None).await })
-    }
-}
-
 /// Hands queued messages to the services' slots. Holds the services weakly: the node owns
 /// them, and a delivery after they are gone waits like one to a busy service.
 struct Subscribers {
@@ -402,7 +250,7 @@ impl messaging::Subscribers for Subscribers {
             };
             let slot = match services.slot(service) {
                 Ok(slot) => slot,
-                Err(reason) => return Delivered::NotNow(reason),
+                Err(reason) => return Delivered::NotNow(reason.to_string()),
             };
             drop(services);
             match slot.deliver(guest_message(queue, message, attempt)).await {

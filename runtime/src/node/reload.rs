@@ -25,7 +25,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 
 use super::Control;
-use crate::http::Operator;
 use crate::manifest::Manifest;
 
 /// How long the file must be quiet before it is read.
@@ -156,7 +155,7 @@ async fn apply(
         reroute(new, control, &mut report).await;
     }
     if plan.queues {
-        match control.broker.apply(&new.queues).await {
+        match control.requeue(new).await {
             Ok(changes) => report.applied.extend(changes),
             Err(reason) => report.refused.push(format!("[[queue]] changes: {reason}")),
         }
@@ -269,13 +268,17 @@ async fn update_policies(
             continue; // Declared by the rebind below.
         };
         if changed(&format!("policy:{}", policy.name)) {
-            swap(
-                report,
-                format!("policy `{}`", policy.name),
-                &policy.component,
-                |bytes| control.swap_policy(policy.name.clone(), bytes),
-            )
-            .await;
+            let what = format!("policy `{}`", policy.name);
+            match std::fs::read(&policy.component) {
+                Ok(bytes) => match control.swap_policy(&policy.name, bytes).await {
+                    Ok(_) => report.swapped.push(what),
+                    Err(reason) => report.refused.push(format!("{what}: {reason}")),
+                },
+                Err(error) => report.refused.push(format!(
+                    "{what}: cannot read {}: {error}",
+                    policy.component.display()
+                )),
+            }
         }
         if before.config != policy.config {
             match control
@@ -329,22 +332,5 @@ async fn rebind(old: &Manifest, new: &Manifest, control: &Control, report: &mut 
                 .refused
                 .push(format!("[[bind]] / [[policy]] changes: {reason}")),
         }
-    }
-}
-
-async fn swap<'a>(
-    report: &mut ReloadReport,
-    what: String,
-    path: &Path,
-    send: impl FnOnce(Vec<u8>) -> crate::util::BoxFuture<'a, Result<serde_json::Value, String>>,
-) {
-    match std::fs::read(path) {
-        Ok(bytes) => match send(bytes).await {
-            Ok(_) => report.swapped.push(what),
-            Err(reason) => report.refused.push(format!("{what}: {reason}")),
-        },
-        Err(error) => report
-            .refused
-            .push(format!("{what}: cannot read {}: {error}", path.display())),
     }
 }

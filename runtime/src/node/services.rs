@@ -10,7 +10,9 @@
 use std::sync::Arc;
 
 use crate::host::Outbound;
+use crate::http::ControlError;
 use crate::manifest::ServiceSpec;
+use crate::router::RouteError;
 use crate::wasm::{Directory, ServiceTable};
 use crate::wasm::{Engine, LoadedComponent, Slot, SlotConfig};
 
@@ -45,7 +47,7 @@ impl Services {
         node: &str,
         specs: &[ServiceSpec],
         components: Vec<LoadedComponent>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, RouteError> {
         let services = Self {
             engine,
             directory: Arc::new(Directory::new(node)),
@@ -65,16 +67,14 @@ impl Services {
         &self.directory
     }
 
-    pub(super) fn slot(&self, name: &str) -> Result<Arc<Slot>, String> {
+    pub(super) fn slot(&self, name: &str) -> Result<Arc<Slot>, ControlError> {
         let table = self.directory.guard();
         table
             .get(name)
             .map(|callee| callee.slot.clone())
-            .ok_or_else(|| {
-                format!(
-                    "this node runs no service `{name}` (it runs: {})",
-                    table.names().join(", ")
-                )
+            .ok_or_else(|| ControlError::UnknownService {
+                name: name.to_owned(),
+                known: table.names().join(", "),
             })
     }
 
@@ -95,7 +95,7 @@ impl Services {
     /// ones stop taking requests, and every route is rebuilt. A service whose version changed
     /// keeps running as it was (peers resolved that version; a restart changes it). On any
     /// error nothing changes.
-    pub(super) async fn replace(&self, specs: &[ServiceSpec]) -> Result<Replaced, String> {
+    pub(super) async fn replace(&self, specs: &[ServiceSpec]) -> Result<Replaced, ControlError> {
         let current = self.directory.table();
         let mut replaced = Replaced::default();
         let mut served = Vec::new();
@@ -120,20 +120,20 @@ impl Services {
                 }
                 None => {
                     if spec.memory_limit_bytes > self.engine.max_memory_bytes() {
-                        return Err(format!(
-                            "service `{}`: memory_limit_mb = {} is more than the {} MiB the \
-                             instance pool was sized for at start; restart the node to add it",
-                            spec.name,
-                            spec.memory_limit_bytes / (1024 * 1024),
-                            self.engine.max_memory_bytes() / (1024 * 1024)
-                        ));
+                        return Err(ControlError::MemoryAbovePool {
+                            service: spec.name.clone(),
+                            asked_mib: spec.memory_limit_bytes / (1024 * 1024),
+                            pool_mib: self.engine.max_memory_bytes() / (1024 * 1024),
+                        });
                     }
                     let engine = self.engine.clone();
                     let path = spec.component.clone();
                     let component = tokio::task::spawn_blocking(move || engine.load(&path))
-                        .await
-                        .map_err(|err| err.to_string())?
-                        .map_err(|err| format!("service `{}`: {err}", spec.name))?;
+                        .await?
+                        .map_err(|cause| ControlError::Component {
+                            service: spec.name.clone(),
+                            cause,
+                        })?;
                     replaced.added.push(spec.name.clone());
                     served.push((spec.clone(), self.new_slot(spec, component)));
                 }
@@ -163,8 +163,8 @@ impl Services {
     }
 
     /// Builds the table of `served` and swaps it in; a route conflict changes nothing.
-    fn install(&self, served: Vec<(ServiceSpec, Arc<Slot>)>) -> Result<(), String> {
-        let table = ServiceTable::build(served).map_err(|err| err.to_string())?;
+    fn install(&self, served: Vec<(ServiceSpec, Arc<Slot>)>) -> Result<(), RouteError> {
+        let table = ServiceTable::build(served)?;
         self.directory.replace(table);
         Ok(())
     }

@@ -100,7 +100,7 @@ impl Runtime {
                 &manifest.services,
                 components,
             )
-            .map_err(NodeError::Route)?,
+            .map_err(|err| NodeError::Route(err.to_string()))?,
         );
         rpc.install(services.directory());
         let control = Arc::new(Control {

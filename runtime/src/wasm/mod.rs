@@ -22,7 +22,7 @@ pub(crate) use probation::{Probation, SwapState, Verdict};
 pub(crate) use crate::host::{GuestRequest, GuestResponse};
 pub(crate) use engine::LoadedPolicy;
 pub(crate) use engine::{Engine, EngineConfig, LoadedComponent};
-pub(crate) use slot::{Slot, SlotConfig, SlotError, SlotStats, SwapEvent};
+pub(crate) use slot::{Slot, SlotConfig, SlotError, SlotStats, SwapError, SwapEvent};
 pub(crate) use table::{Callee, Directory, ServiceTable};
 
 use std::path::PathBuf;

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, field};
 
 use super::log::{self, DeadLetter, Record, StoredMessage, Writer};
-use super::{Delivered, SendError, Subscribers};
+use super::{Delivered, MessagingError, QueueError, SendError, Subscribers};
 use crate::manifest::QueueSpec;
 use crate::policy::{self, DeliveryVerdict, Policies};
 use crate::telemetry::TraceContext;
@@ -249,12 +249,12 @@ impl Queue {
     /// `x-switchyard-redriven-from` naming the old id) and removes them from the dead-letter
     /// file once the new messages are on disk. Returns how many. A crash between the two steps
     /// redrives them twice, never loses one.
-    pub(super) async fn redrive(&self) -> Result<usize, String> {
-        let (letters, upto) = self
-            .writer
-            .read_dead()
-            .await
-            .map_err(|err| err.to_string())?;
+    pub(super) async fn redrive(&self) -> Result<usize, QueueError> {
+        let failed = |cause| MessagingError {
+            queue: self.name.clone(),
+            cause,
+        };
+        let (letters, upto) = self.writer.read_dead().await.map_err(failed)?;
         if letters.is_empty() {
             return Ok(0);
         }
@@ -274,17 +274,17 @@ impl Queue {
             .collect();
         let (synced, seqs) = self
             .enqueue_locked(&mut self.lock(), resent)
-            .map_err(|err| err.to_string())?;
-        self.stored(synced, seqs)
-            .await
-            .map_err(|err| format!("the dead letters could not be sent again: {err}"))?;
+            .map_err(failed)?;
+        self.stored(synced, seqs).await.map_err(failed)?;
         let redriven = letters.len();
-        self.writer.drop_dead(upto).await.map_err(|err| {
-            format!(
-                "{redriven} dead letters were sent again, but could not be removed from the \
-                 dead-letter file (a later redrive would send them once more): {err}"
-            )
-        })?;
+        self.writer
+            .drop_dead(upto)
+            .await
+            .map_err(|cause| QueueError::DeadLettersKept {
+                queue: self.name.clone(),
+                redriven,
+                cause,
+            })?;
         let ids: Vec<&str> = letters.iter().map(|l| l.message.id.as_str()).collect();
         self.lock().forget_dead(&ids);
         self.stats

@@ -1,0 +1,169 @@
+//! The one way a running node is changed: the admin API (through [`http::Operator`]) and the
+//! manifest watcher ([`super::reload`]) both call [`Control`], and get typed outcomes and a
+//! typed [`ControlError`] back. Each operation changes everything it touches or nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::pool_needed;
+use super::services::{self, Services};
+use crate::http::{self, ControlError, PolicySwapped};
+use crate::manifest::{BalanceSpec, Manifest};
+use crate::messaging::{self, QueueChanges, QueueView};
+use crate::policy::{BindingView, Policies, Rebound};
+use crate::rpc;
+use crate::util::BoxFuture;
+use crate::wasm::{Engine, SlotConfig, SwapEvent};
+
+/// What the admin API and manifest reloads may change on this node. It owns the services
+/// (and so every slot); the node holds it, so they go when the node and its servers do.
+pub(super) struct Control {
+    pub(super) engine: Arc<Engine>,
+    /// Makes this node's outgoing calls (its balancing settings change with the manifest).
+    pub(super) rpc: rpc::Client,
+    pub(super) policies: Arc<Policies>,
+    pub(super) services: Arc<Services>,
+    pub(super) broker: Arc<messaging::Broker>,
+    /// Component instances the engine's pool was sized for at start.
+    pub(super) pool_instances: u32,
+    /// Where changes to the set of services are announced (nodes with QUIC).
+    pub(super) membership: std::sync::OnceLock<Arc<dyn crate::discovery::Membership>>,
+}
+
+impl Control {
+    /// Makes `balance` the `[balance.*]` settings of calls from now on.
+    pub(super) fn rebalance(&self, balance: &BTreeMap<String, BalanceSpec>) {
+        self.rpc.rebalance(balance.clone());
+    }
+
+    /// Makes `manifest`'s `[[queue]]` entries the node's queues.
+    pub(super) async fn requeue(&self, manifest: &Manifest) -> Result<QueueChanges, ControlError> {
+        Ok(self.broker.apply(&manifest.queues).await?)
+    }
+
+    /// Gives every binding of policy `name` the new config; returns how many there are.
+    pub(super) async fn reconfigure_policy(
+        &self,
+        name: &str,
+        config: &BTreeMap<String, String>,
+    ) -> Result<usize, ControlError> {
+        match self.policies.reconfigure(name, config).await {
+            Ok(generations) => Ok(generations.len()),
+            Err(err) => {
+                tracing::error!(policy = %name, error = %err, "policy config refused; the old config stays");
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Swaps every binding of policy `name` to the component `bytes`, moving their state.
+    pub(super) async fn swap_policy(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<PolicySwapped, ControlError> {
+        let started = std::time::Instant::now();
+        match self.policies.swap(&self.engine, name, bytes).await {
+            Ok(generations) => Ok(PolicySwapped {
+                policy: name.to_owned(),
+                bindings: generations.len(),
+                generations,
+                swap_ms: started.elapsed().as_secs_f64() * 1000.0,
+            }),
+            Err(err) => {
+                tracing::error!(policy = %name, error = %err, "policy swap refused; the old version keeps running");
+                Err(err.into())
+            }
+        }
+    }
+
+    /// A new generation of service `name`: new code, new settings (from the manifest's
+    /// `[[service]]`), or both.
+    pub(super) async fn update_service(
+        &self,
+        name: &str,
+        component: Option<Vec<u8>>,
+        settings: Option<SlotConfig>,
+    ) -> Result<SwapEvent, ControlError> {
+        let slot = self.services.slot(name)?;
+        let loaded = match component {
+            Some(component) => {
+                let engine = slot.engine().clone();
+                let label = std::path::PathBuf::from(format!("<upload for service {name}>"));
+                let loaded =
+                    tokio::task::spawn_blocking(move || engine.load_bytes(&label, &component))
+                        .await?
+                        .map_err(|cause| ControlError::Component {
+                            service: name.to_owned(),
+                            cause,
+                        })?;
+                Some(loaded)
+            }
+            None => None,
+        };
+        Ok(slot.next_generation(loaded, settings).await?)
+    }
+
+    /// Makes `manifest`'s `[[service]]` list the services this node runs: added ones start,
+    /// removed ones stop taking requests, routes are rebuilt; peers are told of a new set.
+    pub(super) async fn reroute(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<services::Replaced, ControlError> {
+        let needed = pool_needed(manifest);
+        if needed > self.pool_instances {
+            return Err(ControlError::PoolTooSmall {
+                needed,
+                sized: self.pool_instances,
+            });
+        }
+        let replaced = self.services.replace(&manifest.services).await?;
+        if !(replaced.added.is_empty() && replaced.removed.is_empty())
+            && let Some(membership) = self.membership.get()
+        {
+            membership.announce(self.services.announced());
+        }
+        Ok(replaced)
+    }
+
+    /// Makes `manifest`'s `[[policy]]` and `[[bind]]` entries the ones that run.
+    pub(super) async fn rebind(&self, manifest: &Manifest) -> Result<Rebound, ControlError> {
+        self.policies
+            .rebind(&self.engine, manifest)
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, "[[bind]] changes refused; the old bindings stay");
+                err.into()
+            })
+    }
+}
+
+impl http::Operator for Control {
+    fn policies(&self) -> BoxFuture<'_, Vec<BindingView>> {
+        Box::pin(self.policies.views())
+    }
+
+    fn queues(&self) -> Vec<QueueView> {
+        self.broker.views()
+    }
+
+    fn redrive(&self, queue: String) -> BoxFuture<'_, Result<usize, ControlError>> {
+        Box::pin(async move { Ok(self.broker.redrive(&queue).await?) })
+    }
+
+    fn swap_policy(
+        &self,
+        name: String,
+        component: Vec<u8>,
+    ) -> BoxFuture<'_, Result<PolicySwapped, ControlError>> {
+        Box::pin(async move { Control::swap_policy(self, &name, component).await })
+    }
+
+    fn swap_service(
+        &self,
+        name: String,
+        component: Vec<u8>,
+    ) -> BoxFuture<'_, Result<SwapEvent, ControlError>> {
+        Box::pin(async move { self.update_service(&name, Some(component), None).await })
+    }
+}
