@@ -28,8 +28,13 @@ pub mod cert {
     pub use crate::transport::{CertPem, generate_ca, issue_node_cert};
 }
 
+/// Entry points for the benchmarks (feature `bench`), not an API.
+#[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod bench;
+/// Entry points for the fuzz targets (feature `fuzzing`), not an API; their seeded tests run
+/// in every `cargo test`.
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 

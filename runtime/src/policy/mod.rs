@@ -29,6 +29,7 @@ use tokio::sync::Mutex;
 use crate::manifest::{BindScope, Manifest};
 use crate::wasm::{Engine, LoadError, LoadedPolicy};
 
+#[cfg(feature = "bench")]
 pub(crate) use binding::{BeforeDecision, CallInfo, Outcome};
 pub(crate) use binding::{Binding, BindingView, Code, SwapWatch};
 pub(crate) use chain::Chain;

@@ -15,7 +15,11 @@ mod tls;
 
 pub(crate) use quic::Transport;
 pub(crate) use quic::{FrameHandler, RawStream};
-pub use tls::{CertPem, Identity, SERVER_NAME, generate_ca, issue_node_cert};
+#[cfg(not(feature = "bench"))]
+pub(crate) use tls::Identity;
+pub use tls::{CertPem, generate_ca, issue_node_cert};
+#[cfg(feature = "bench")]
+pub use tls::{Identity, SERVER_NAME};
 
 use std::net::SocketAddr;
 

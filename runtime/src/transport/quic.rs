@@ -1,6 +1,14 @@
 //! The async shell around [`crate::wire::frame`]: a quinn endpoint that is both server and client,
 //! one bidirectional stream per request, a few pooled connections per peer.
 
+#![cfg_attr(
+    not(feature = "bench"),
+    allow(
+        unreachable_pub,
+        reason = "`Identity` is public only for the benchmarks (feature `bench`)"
+    )
+)]
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;

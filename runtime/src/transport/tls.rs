@@ -5,6 +5,14 @@
 //! address and checks "signed by our CA" rather than a per-host name: membership of the
 //! cluster is having a certificate from its CA.
 
+#![cfg_attr(
+    not(feature = "bench"),
+    allow(
+        unreachable_pub,
+        reason = "`Identity` is public only for the benchmarks (feature `bench`)"
+    )
+)]
+
 use std::path::Path;
 use std::sync::Arc;
 
