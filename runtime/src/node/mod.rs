@@ -119,7 +119,7 @@ impl Node {
             .quic
             .map(|addr| start_transport(manifest, addr))
             .transpose()?;
-        let runtime = start::Runtime::build(manifest, mesh.clone()).await?;
+        let runtime = start::Runtime::build(manifest, mesh.as_ref()).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut servers = JoinSet::new();
         let mut quic_addr = None;
@@ -346,7 +346,15 @@ fn load_all(manifest: &Manifest) -> Result<(Engine, Vec<LoadedComponent>), NodeE
     Ok((engine, components))
 }
 
-fn start_transport(manifest: &Manifest, addr: SocketAddr) -> Result<Arc<rpc::Remote>, NodeError> {
+/// This node's part of the mesh: the QUIC transport and the registry of peers. The node
+/// builds it and runs discovery on it; the rpc client gets a share to route calls with.
+#[derive(Clone)]
+struct Mesh {
+    transport: Arc<Transport>,
+    registry: Arc<discovery::Registry>,
+}
+
+fn start_transport(manifest: &Manifest, addr: SocketAddr) -> Result<Mesh, NodeError> {
     let identity = match &manifest.node.tls {
         Some(tls) => Identity::from_files(&tls.ca, &tls.cert, &tls.key)?,
         None => {
@@ -362,11 +370,10 @@ fn start_transport(manifest: &Manifest, addr: SocketAddr) -> Result<Arc<rpc::Rem
             Identity::development(&manifest.node.name)?
         }
     };
-    let transport = Arc::new(Transport::bind(addr, &identity)?);
-    Ok(Arc::new(rpc::Remote::new(
-        transport,
-        Arc::new(discovery::Registry::default()),
-    )))
+    Ok(Mesh {
+        transport: Arc::new(Transport::bind(addr, &identity)?),
+        registry: Arc::new(discovery::Registry::default()),
+    })
 }
 
 /// Pool room beyond what the manifest a node starts with needs, for services and bindings

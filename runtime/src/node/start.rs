@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use super::services::Services;
 use super::{
-    Control, Membership, NodeError, PeerFrames, SHUTDOWN_GRACE, Subscribers, engine_config,
+    Control, Membership, Mesh, NodeError, PeerFrames, SHUTDOWN_GRACE, Subscribers, engine_config,
     load_all,
 };
 use crate::discovery;
@@ -68,10 +68,7 @@ pub(super) struct Runtime {
 impl Runtime {
     /// Compiles every component (off the executor), opens the queues, starts the policies,
     /// and builds the services with the rpc client that calls between them.
-    pub(super) async fn build(
-        manifest: &Manifest,
-        mesh: Option<Arc<rpc::Remote>>,
-    ) -> Result<Self, NodeError> {
+    pub(super) async fn build(manifest: &Manifest, mesh: Option<&Mesh>) -> Result<Self, NodeError> {
         let (engine, components) = {
             let manifest = manifest.clone();
             tokio::task::spawn_blocking(move || load_all(&manifest))
@@ -87,7 +84,13 @@ impl Runtime {
         };
         let broker = Arc::new(broker);
         let policies = Arc::new(Policies::start(&engine, manifest).await?);
-        let rpc = rpc::Client::new(mesh, manifest.balance.clone(), policies.clone());
+        let remote = mesh.map(|mesh| {
+            Arc::new(rpc::Remote::new(
+                mesh.transport.clone(),
+                mesh.registry.clone(),
+            ))
+        });
+        let rpc = rpc::Client::new(remote, manifest.balance.clone(), policies.clone());
         let outbound = Outbound {
             calls: Arc::new(rpc.clone()),
             queues: broker.clone(),
@@ -126,7 +129,7 @@ impl Runtime {
         &self,
         manifest: &Manifest,
         listeners: Listeners,
-        mesh: Option<&Arc<rpc::Remote>>,
+        mesh: Option<&Mesh>,
         servers: &mut JoinSet<()>,
         shutdown: watch::Receiver<bool>,
     ) {
@@ -161,7 +164,7 @@ impl Runtime {
 /// and the running membership.
 pub(super) fn join_mesh(
     manifest: &Manifest,
-    mesh: &Arc<rpc::Remote>,
+    mesh: &Mesh,
     runtime: &Runtime,
     servers: &mut JoinSet<()>,
     shutdown: &watch::Receiver<bool>,
@@ -220,7 +223,7 @@ type Discovery = (
 /// The manifest's discovery backend for `me`.
 fn discovery_backend(
     manifest: &Manifest,
-    mesh: &rpc::Remote,
+    mesh: &Mesh,
     me: discovery::Member,
 ) -> Result<Discovery, NodeError> {
     Ok(match &manifest.node.discovery {

@@ -62,8 +62,8 @@ pub(crate) struct Client {
 
 /// The way to other nodes.
 pub(crate) struct Remote {
-    pub(crate) transport: Arc<Transport>,
-    pub(crate) registry: Arc<Registry>,
+    transport: Arc<Transport>,
+    registry: Arc<Registry>,
     balancer: Balancer,
 }
 
