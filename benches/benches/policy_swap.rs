@@ -3,7 +3,10 @@
 //! 1. Latency a wasm circuit breaker adds to a call: the node's `before-call` + `after-call`
 //!    round trip into `guests/policy-breaker`, against the same breaker logic in native Rust
 //!    (below), both timed per call with the same clock. Aim: at most 2 us more at p50.
-//! 2. Time from a swap request (`POST /services/<name>` with a component the node compiled
+//! 2. A call through a chain of three breaker bindings (nested layers, as `policies =
+//!    ["a", "b", "c"]` runs them) to a callee that answers at once, against three native
+//!    breakers around the same call: the chain's cost per binding should be figure 1's.
+//! 3. Time from a swap request (`POST /services/<name>` with a component the node compiled
 //!    before, so it comes from the cache) to the first request answered by the new
 //!    generation, against the time of a plain request to the same node. Aim: at most 50 ms.
 //!
@@ -142,6 +145,64 @@ async fn policy_overhead(calls: usize) -> Result<()> {
     Ok(())
 }
 
+async fn chain_overhead(calls: usize) -> Result<()> {
+    const DEPTH: usize = 3;
+    let probe = switchyard::bench::ChainProbe::load(
+        &guest("policy_breaker")?,
+        &[("consecutive_failures", "1000"), ("failure_rate", "0.9")],
+        DEPTH,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let mut natives: Vec<NativeBreaker> = (0..DEPTH).map(|_| NativeBreaker::new()).collect();
+    let (mut wasm_h, mut native_h) = (histogram()?, histogram()?);
+    // The same shape natively: each layer asks before, the callee answers, each asks after.
+    let native_call = |natives: &mut Vec<NativeBreaker>| {
+        let through = natives.iter_mut().all(|breaker| breaker.before());
+        let status = std::hint::black_box(if through { 200 } else { 503 });
+        for breaker in natives.iter_mut().rev() {
+            breaker.after(status);
+        }
+        status
+    };
+    for _ in 0..calls / 10 {
+        probe.call().await.map_err(anyhow::Error::msg)?;
+        native_call(&mut natives);
+    }
+    for _ in 0..20 {
+        for _ in 0..calls / 20 {
+            let started = Instant::now();
+            let status = probe.call().await.map_err(anyhow::Error::msg)?;
+            wasm_h.record(started.elapsed().as_nanos() as u64)?;
+            if status != 200 {
+                bail!("the chain answered {status}");
+            }
+        }
+        for _ in 0..calls / 20 {
+            let started = Instant::now();
+            std::hint::black_box(native_call(&mut natives));
+            native_h.record(started.elapsed().as_nanos() as u64)?;
+        }
+    }
+    let added = us(&wasm_h, 0.5) - us(&native_h, 0.5);
+    println!("a call through {DEPTH} breaker bindings ({calls} calls each, per-call timing):");
+    println!(
+        "  native Rust      p50 {:>7.2} us  p99 {:>7.2} us",
+        us(&native_h, 0.5),
+        us(&native_h, 0.99)
+    );
+    println!(
+        "  wasm chain       p50 {:>7.2} us  p99 {:>7.2} us",
+        us(&wasm_h, 0.5),
+        us(&wasm_h, 0.99)
+    );
+    println!(
+        "  added per layer  p50 {:>7.2} us  (aim <= 2 us, figure 1's)",
+        added / DEPTH as f64
+    );
+    Ok(())
+}
+
 async fn request(
     addr: std::net::SocketAddr,
     method: &str,
@@ -244,6 +305,7 @@ fn main() -> Result<()> {
         .build()?;
     runtime.block_on(async {
         policy_overhead(env_or("BENCH_CALLS", 200_000)).await?;
+        chain_overhead(env_or("BENCH_CALLS", 200_000) / 2).await?;
         swap_time(env_or("BENCH_SWAPS", 40)).await
     })
 }

@@ -68,6 +68,84 @@ impl PolicyProbe {
     }
 }
 
+/// A call through `depth` bindings of one policy (as a `[[bind]]` listing it that many times
+/// holds them: nested layers, each asked `before-call` and `after-call`) to a callee that
+/// answers at once: what the policy chain costs on the call path, routing and the callee
+/// left out.
+pub struct ChainProbe {
+    chain: crate::policy::Chain,
+}
+
+/// A callee that answers `200` at once.
+struct Answers;
+
+impl crate::call::CallService for Answers {
+    fn call(
+        &self,
+        _call: crate::call::Call,
+    ) -> crate::util::BoxFuture<'_, Result<crate::call::Reply, crate::call::CallError>> {
+        Box::pin(std::future::ready(Ok(crate::call::Reply {
+            status: 200,
+            headers: Vec::new(),
+            body: Vec::new(),
+        })))
+    }
+}
+
+impl ChainProbe {
+    /// Loads the policy component at `path` once and binds it `depth` times.
+    pub async fn load(path: &Path, config: &[(&str, &str)], depth: usize) -> Result<Self, String> {
+        let engine = Arc::new(
+            Engine::new(&EngineConfig {
+                cache_dir: None,
+                max_instances: 16 + 3 * depth as u32,
+                max_memory_bytes: 64 * 1024 * 1024,
+            })
+            .map_err(|err| err.to_string())?,
+        );
+        let loaded = engine.load_policy(path).map_err(|err| err.to_string())?;
+        let config: BTreeMap<String, String> = config
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let code = Code::new(loaded, &config);
+        let mut layers = Vec::with_capacity(depth);
+        for layer in 0..depth {
+            let binding = Binding::start(
+                engine.clone(),
+                code.clone(),
+                format!("bench-{layer}"),
+                "bench".into(),
+            )
+            .await
+            .map_err(|err| err.to_string())?;
+            layers.push(Arc::new(binding));
+        }
+        Ok(Self {
+            chain: crate::policy::Chain::new(layers),
+        })
+    }
+
+    /// One call through the chain; its status.
+    pub async fn call(&self) -> Result<u16, String> {
+        let call = crate::call::Call {
+            target: crate::call::Target::any("callee"),
+            method: "GET /x".into(),
+            body: Vec::new(),
+            headers: Vec::new(),
+            deadline: crate::call::Deadline::after(Duration::from_secs(1)),
+            caller: "bench".into(),
+            request_id: "bench".into(),
+            spread: None,
+        };
+        self.chain
+            .around(call, &Answers)
+            .await
+            .map(|reply| reply.status)
+            .map_err(|err| err.to_string())
+    }
+}
+
 /// One durable queue whose subscriber acknowledges at once (natively, no guest): what the
 /// broker costs per message, the log's fsync included.
 pub struct QueueProbe {

@@ -55,7 +55,7 @@ impl Target {
     }
 
     /// Any version of `service`.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "bench"))]
     pub(crate) fn any(service: &str) -> Self {
         Self {
             service: service.to_owned(),
@@ -117,21 +117,6 @@ impl Deadline {
     pub(crate) fn remaining_ms(self) -> u32 {
         budget_ms(self.remaining())
     }
-
-    /// The earlier of this deadline and `budget` from now.
-    pub(crate) fn capped(self, budget: Duration) -> Self {
-        self.min(Self::after(budget))
-    }
-
-    /// `reserve` earlier (never before now).
-    pub(crate) fn less(self, reserve: Duration) -> Self {
-        let now = Instant::now();
-        Self(
-            self.0
-                .checked_sub(reserve)
-                .map_or(now, |earlier| earlier.max(now)),
-        )
-    }
 }
 
 /// The most of its remaining time a caller keeps by default.
@@ -152,12 +137,18 @@ pub(crate) fn call_deadline(
     timeout: Option<Duration>,
     reserve: Option<Duration>,
 ) -> Deadline {
-    let reserve = reserve.unwrap_or_else(|| default_reserve(caller.remaining()));
-    let deadline = caller.less(reserve);
-    match timeout {
-        Some(timeout) => deadline.capped(timeout),
-        None => deadline,
-    }
+    // One reading of the clock for the whole rule: it runs on every call.
+    let now = Instant::now();
+    let remaining = caller.0.saturating_duration_since(now);
+    let reserve = reserve.unwrap_or_else(|| default_reserve(remaining));
+    let kept = caller
+        .0
+        .checked_sub(reserve)
+        .map_or(now, |end| end.max(now));
+    Deadline(match timeout {
+        Some(timeout) => kept.min(now + timeout),
+        None => kept,
+    })
 }
 
 /// A budget as the `deadline-ms` a callee sees (saturating: budgets beyond `u32` ms are
@@ -400,11 +391,15 @@ mod tests {
         assert_eq!(deadline.remaining_ms(), 250);
         tokio::time::advance(Duration::from_millis(100)).await;
         assert_eq!(deadline.remaining_ms(), 150);
-        assert_eq!(
-            deadline.capped(Duration::from_millis(50)).remaining_ms(),
-            50
-        );
-        assert_eq!(deadline.capped(Duration::from_secs(5)).remaining_ms(), 150);
+        let timeout = |ms| {
+            call_deadline(
+                deadline,
+                Some(Duration::from_millis(ms)),
+                Some(Duration::ZERO),
+            )
+        };
+        assert_eq!(timeout(50).remaining_ms(), 50);
+        assert_eq!(timeout(5000).remaining_ms(), 150);
         tokio::time::advance(Duration::from_millis(200)).await;
         assert_eq!(deadline.remaining(), Duration::ZERO);
     }
