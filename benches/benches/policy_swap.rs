@@ -92,6 +92,15 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+/// One row of per-call timings: p50 and p99 in microseconds.
+fn print_row(label: &str, h: &Histogram<u64>) {
+    println!(
+        "  {label:<16} p50 {:>7.2} us  p99 {:>7.2} us",
+        us(h, 0.5),
+        us(h, 0.99)
+    );
+}
+
 async fn policy_overhead(calls: usize) -> Result<()> {
     let probe = switchyard::bench::PolicyProbe::load(
         &guest("policy_breaker")?,
@@ -128,16 +137,8 @@ async fn policy_overhead(calls: usize) -> Result<()> {
         }
     }
     println!("circuit breaker around one call ({calls} calls each, per-call timing):");
-    println!(
-        "  native Rust      p50 {:>7.2} us  p99 {:>7.2} us",
-        us(&native_h, 0.5),
-        us(&native_h, 0.99)
-    );
-    println!(
-        "  wasm policy      p50 {:>7.2} us  p99 {:>7.2} us",
-        us(&wasm_h, 0.5),
-        us(&wasm_h, 0.99)
-    );
+    print_row("native Rust", &native_h);
+    print_row("wasm policy", &wasm_h);
     println!(
         "  added by wasm    p50 {:>7.2} us  (aim <= 2 us)",
         us(&wasm_h, 0.5) - us(&native_h, 0.5)
@@ -186,16 +187,8 @@ async fn chain_overhead(calls: usize) -> Result<()> {
     }
     let added = us(&wasm_h, 0.5) - us(&native_h, 0.5);
     println!("a call through {DEPTH} breaker bindings ({calls} calls each, per-call timing):");
-    println!(
-        "  native Rust      p50 {:>7.2} us  p99 {:>7.2} us",
-        us(&native_h, 0.5),
-        us(&native_h, 0.99)
-    );
-    println!(
-        "  wasm chain       p50 {:>7.2} us  p99 {:>7.2} us",
-        us(&wasm_h, 0.5),
-        us(&wasm_h, 0.99)
-    );
+    print_row("native Rust", &native_h);
+    print_row("wasm chain", &wasm_h);
     println!(
         "  added per layer  p50 {:>7.2} us  (aim <= 2 us, figure 1's)",
         added / DEPTH as f64

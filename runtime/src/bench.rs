@@ -10,6 +10,29 @@ pub use crate::transport::{Identity, SERVER_NAME};
 use crate::policy::{Binding, Code};
 use crate::wasm::{Engine, EngineConfig};
 
+/// An engine with room for `max_instances`, and the policy component at `path` loaded into
+/// it with `config`.
+fn policy_code(
+    path: &Path,
+    config: &[(&str, &str)],
+    max_instances: u32,
+) -> Result<(Arc<Engine>, Code), String> {
+    let engine = Arc::new(
+        Engine::new(&EngineConfig {
+            cache_dir: None,
+            max_instances,
+            max_memory_bytes: 64 * 1024 * 1024,
+        })
+        .map_err(|err| err.to_string())?,
+    );
+    let loaded = engine.load_policy(path).map_err(|err| err.to_string())?;
+    let config: BTreeMap<String, String> = config
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Ok((engine, Code::new(loaded, &config)))
+}
+
 /// One policy instance, as a `[[bind]]` would hold it.
 pub struct PolicyProbe {
     binding: Binding,
@@ -19,20 +42,7 @@ pub struct PolicyProbe {
 impl PolicyProbe {
     /// Loads the policy component at `path` and configures it with `config`.
     pub async fn load(path: &Path, config: &[(&str, &str)]) -> Result<Self, String> {
-        let engine = Arc::new(
-            Engine::new(&EngineConfig {
-                cache_dir: None,
-                max_instances: 16,
-                max_memory_bytes: 64 * 1024 * 1024,
-            })
-            .map_err(|err| err.to_string())?,
-        );
-        let loaded = engine.load_policy(path).map_err(|err| err.to_string())?;
-        let config: BTreeMap<String, String> = config
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let code = Code::new(loaded, &config);
+        let (engine, code) = policy_code(path, config, 16)?;
         let binding = Binding::start(engine, code, "bench".into(), "bench".into())
             .await
             .map_err(|err| err.to_string())?;
@@ -95,20 +105,7 @@ impl crate::call::CallService for Answers {
 impl ChainProbe {
     /// Loads the policy component at `path` once and binds it `depth` times.
     pub async fn load(path: &Path, config: &[(&str, &str)], depth: usize) -> Result<Self, String> {
-        let engine = Arc::new(
-            Engine::new(&EngineConfig {
-                cache_dir: None,
-                max_instances: 16 + 3 * depth as u32,
-                max_memory_bytes: 64 * 1024 * 1024,
-            })
-            .map_err(|err| err.to_string())?,
-        );
-        let loaded = engine.load_policy(path).map_err(|err| err.to_string())?;
-        let config: BTreeMap<String, String> = config
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let code = Code::new(loaded, &config);
+        let (engine, code) = policy_code(path, config, 16 + 3 * depth as u32)?;
         let mut layers = Vec::with_capacity(depth);
         for layer in 0..depth {
             let binding = Binding::start(

@@ -293,4 +293,4 @@ pub(super) fn after_failure(
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

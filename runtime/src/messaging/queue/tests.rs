@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use tokio::sync::mpsc;
 
+use super::ledger::tests::spec;
 use super::*;
 use crate::util::BoxFuture;
 use crate::wire::MessageKind;
@@ -32,17 +33,6 @@ impl Subscribers for Scripted {
             _ => Delivered::Failed("the script is over".into()),
         };
         Box::pin(async move { outcome })
-    }
-}
-
-fn spec(max_attempts: u32) -> QueueSpec {
-    QueueSpec {
-        name: "orders".into(),
-        subscriber: "fulfilment".into(),
-        concurrency: 1,
-        max_attempts,
-        redeliver_after: Duration::from_millis(100),
-        max_depth: 10,
     }
 }
 

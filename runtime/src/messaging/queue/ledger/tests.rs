@@ -5,7 +5,8 @@
 use super::*;
 use crate::wire::MessageKind;
 
-fn spec(max_attempts: u32) -> QueueSpec {
+/// A queue delivered one at a time, first pause 100 ms (the queue shell's tests use it too).
+pub(in crate::messaging::queue) fn spec(max_attempts: u32) -> QueueSpec {
     QueueSpec {
         name: "orders".into(),
         subscriber: "fulfilment".into(),
