@@ -9,14 +9,17 @@
 //!
 //! Every append waits for `fsync`. Appends that arrive while a write is in progress are written
 //! and synced together (group commit), so many senders cost one sync. A record is
-//! `[u32 length][u32 crc32][postcard]` (little-endian); replay stops at the first record that is
-//! cut short or fails its checksum (a write torn by a crash) and cuts the file there, saying
-//! how many bytes it dropped. When most records are settled, the queue asks for a compaction:
+//! `[u32 length][u32 crc32][postcard]` (little-endian). Replay cuts off a torn tail (a write
+//! cut short by a crash), saying how many bytes it dropped. Damage in the middle (a flipped
+//! byte, a bad sector) costs only the damaged bytes: replay finds the next whole record after
+//! them and goes on, logs an error, keeps the damaged bytes aside in `<file>.damaged` and
+//! rewrites the file without them. When most records are settled, the queue asks for a compaction:
 //! the live messages are written to a new file that replaces the log atomically.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -139,34 +142,87 @@ pub(super) fn encode<T: Serialize>(record: &T, into: &mut Vec<u8>) -> Result<(),
     Ok(())
 }
 
+/// The record at `at` in `bytes` and where the next one starts, if one is whole there: its
+/// length fits, its checksum matches and it decodes.
+fn decode_at<T: serde::de::DeserializeOwned>(bytes: &[u8], at: usize) -> Option<(T, usize)> {
+    let header = bytes.get(at..at.checked_add(HEADER_BYTES)?)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len > MAX_RECORD_BYTES {
+        return None;
+    }
+    let end = at + HEADER_BYTES + len;
+    let payload = bytes.get(at + HEADER_BYTES..end)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let record = postcard::from_bytes(payload).ok()?;
+    Some((record, end))
+}
+
 /// Decodes the records at the front of `bytes`; returns them and how many bytes they took.
 /// Stops at the first record that is cut short, too large, fails its checksum or does not
 /// decode.
 pub(super) fn decode_all<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> (Vec<T>, usize) {
     let mut records = Vec::new();
     let mut at = 0;
-    while let Some(header) = bytes.get(at..at + HEADER_BYTES) {
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if len > MAX_RECORD_BYTES {
-            break;
-        }
-        let Some(payload) = bytes.get(at + HEADER_BYTES..at + HEADER_BYTES + len) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        let Ok(record) = postcard::from_bytes(payload) else {
-            break;
-        };
+    while let Some((record, next)) = decode_at(bytes, at) {
         records.push(record);
-        at += HEADER_BYTES + len;
+        at = next;
     }
     (records, at)
 }
 
-/// Reads a whole file (missing: empty) and cuts off a torn tail.
+/// What replaying a file found: its whole records, and the bytes that were not one.
+struct Scan<T> {
+    records: Vec<T>,
+    /// Byte ranges of the whole records, in order.
+    kept: Vec<Range<usize>>,
+    /// Damage with whole records after it: skipped, kept aside for an operator.
+    damaged: Vec<Range<usize>>,
+    /// Where a tail with no whole record in it starts (a write torn by a crash).
+    torn_from: Option<usize>,
+}
+
+/// Replays `bytes`: where a record is damaged, looks for the next whole record after it and
+/// goes on from there, so damage in the middle costs the damaged bytes only. What follows the
+/// last whole record is a torn tail. A whole record is a length that fits, a matching CRC-32
+/// and a payload that decodes: bytes that pass all three by chance are rare enough to take.
+fn scan<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Scan<T> {
+    let mut scan = Scan {
+        records: Vec::new(),
+        kept: Vec::new(),
+        damaged: Vec::new(),
+        torn_from: None,
+    };
+    let mut at = 0;
+    while at < bytes.len() {
+        if let Some((record, next)) = decode_at(bytes, at) {
+            scan.records.push(record);
+            match scan.kept.last_mut() {
+                Some(last) if last.end == at => last.end = next,
+                _ => scan.kept.push(at..next),
+            }
+            at = next;
+            continue;
+        }
+        match (at + 1..bytes.len()).find(|&from| decode_at::<T>(bytes, from).is_some()) {
+            Some(resume) => {
+                scan.damaged.push(at..resume);
+                at = resume;
+            }
+            None => {
+                scan.torn_from = Some(at);
+                break;
+            }
+        }
+    }
+    scan
+}
+
+/// Reads a whole file (missing: empty). A torn tail is cut off; damaged bytes in the middle
+/// are appended to `<file>.damaged` (for an operator to look at) and the file is rewritten
+/// without them, keeping every whole record after them.
 fn read_valid<T: serde::de::DeserializeOwned>(
     path: &Path,
     queue: &str,
@@ -178,19 +234,65 @@ fn read_valid<T: serde::de::DeserializeOwned>(
     };
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).map_err(io_error(path))?;
-    let (records, valid) = decode_all(&bytes);
-    if valid < bytes.len() {
+    let scan = scan::<T>(&bytes);
+    if let Some(torn_from) = scan.torn_from {
         tracing::warn!(
             queue,
             file = %path.display(),
-            dropped_bytes = bytes.len() - valid,
-            kept_records = records.len(),
-            "the end of a queue file was torn or corrupt (a crash mid-write?); cut it off"
+            dropped_bytes = bytes.len() - torn_from,
+            kept_records = scan.records.len(),
+            "the end of a queue file was torn (a crash mid-write?); cut it off"
         );
-        file.set_len(valid as u64).map_err(io_error(path))?;
+    }
+    if !scan.damaged.is_empty() {
+        let aside = keep_aside(path, &bytes, &scan.damaged).map_err(io_error(path))?;
+        let damaged_bytes: usize = scan.damaged.iter().map(ExactSizeIterator::len).sum();
+        tracing::error!(
+            queue,
+            file = %path.display(),
+            damaged_bytes,
+            damaged_spans = scan.damaged.len(),
+            kept_records = scan.records.len(),
+            kept_aside = %aside.display(),
+            "a queue file is damaged in the middle (disk or filesystem fault?): skipped the \
+             damaged bytes, kept every whole record around them; the damaged bytes are kept \
+             aside, and any message in them is lost"
+        );
+        let whole: Vec<u8> = scan
+            .kept
+            .iter()
+            .flat_map(|range| &bytes[range.clone()])
+            .copied()
+            .collect();
+        replace_file(path, &whole).map_err(io_error(path))?;
+    } else if let Some(torn_from) = scan.torn_from {
+        file.set_len(torn_from as u64).map_err(io_error(path))?;
         file.sync_all().map_err(io_error(path))?;
     }
-    Ok(records)
+    Ok(scan.records)
+}
+
+/// Appends the `damaged` spans of `bytes` (read from `path`) to `<path>.damaged`, each after a
+/// line saying where it was; returns that file's path.
+fn keep_aside(path: &Path, bytes: &[u8], damaged: &[Range<usize>]) -> io::Result<PathBuf> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".damaged");
+    let aside = PathBuf::from(name);
+    let mut file = OpenOptions::new().create(true).append(true).open(&aside)?;
+    for range in damaged {
+        writeln!(
+            file,
+            "# {} bytes at offset {} of {}, found at {} ms since the epoch",
+            range.len(),
+            range.start,
+            path.display(),
+            super::now_ms()
+        )?;
+        file.write_all(&bytes[range.clone()])?;
+        writeln!(file)?;
+    }
+    file.sync_all()?;
+    Ok(aside)
 }
 
 /// Opens queue `queue`'s files in `dir` (creating them), takes its lock and replays it.
@@ -581,6 +683,84 @@ mod tests {
         assert_eq!(recovered.pending[&0].0.body, b"kept");
         let on_disk = std::fs::metadata(dir.path().join("q.log")).unwrap().len();
         assert_eq!(on_disk as usize, bytes.len() - (torn.len() - 3));
+    }
+
+    /// 60 owed messages as a log, and where each record starts.
+    fn sixty() -> (Vec<u8>, Vec<usize>) {
+        let mut bytes = Vec::new();
+        let mut starts = Vec::new();
+        for seq in 0..60 {
+            starts.push(bytes.len());
+            encode(
+                &Record::Sent(message(seq, &format!("body {seq}"))),
+                &mut bytes,
+            )
+            .unwrap();
+        }
+        (bytes, starts)
+    }
+
+    fn owed(recovered: &Recovered) -> Vec<u64> {
+        recovered.pending.keys().copied().collect()
+    }
+
+    #[tokio::test]
+    async fn damage_in_the_middle_costs_only_the_damaged_record_and_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut bytes, starts) = sixty();
+        // A flipped byte inside record 30's payload: its checksum fails, its length holds.
+        bytes[starts[30] + HEADER_BYTES + 3] ^= 0x40;
+        std::fs::write(dir.path().join("q.log"), &bytes).unwrap();
+        let recovered = reopen(dir.path()).await;
+        let expected: Vec<u64> = (0..60).filter(|seq| *seq != 30).collect();
+        assert_eq!(owed(&recovered), expected);
+        assert_eq!(recovered.next_seq, 60);
+        let aside = std::fs::read(dir.path().join("q.log.damaged")).unwrap();
+        let damaged = &bytes[starts[30]..starts[31]];
+        assert!(
+            aside.windows(damaged.len()).any(|w| w == damaged),
+            "the damaged record is kept aside whole"
+        );
+        // The log was rewritten without it: the next start finds nothing more to set aside.
+        let recovered = reopen(dir.path()).await;
+        assert_eq!(owed(&recovered), expected);
+        let again = std::fs::read(dir.path().join("q.log.damaged")).unwrap();
+        assert_eq!(again.len(), aside.len());
+    }
+
+    #[tokio::test]
+    async fn a_damaged_length_loses_its_record_not_the_ones_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut bytes, starts) = sixty();
+        // Record 20's length now points far past its end: the scan finds record 21 again.
+        bytes[starts[20] + 1] ^= 0x10;
+        // And the last record is torn by a crash.
+        bytes.truncate(starts[59] + 5);
+        std::fs::write(dir.path().join("q.log"), &bytes).unwrap();
+        let recovered = reopen(dir.path()).await;
+        let expected: Vec<u64> = (0..59).filter(|seq| *seq != 20).collect();
+        assert_eq!(owed(&recovered), expected);
+        let on_disk = std::fs::read(dir.path().join("q.log")).unwrap();
+        assert_eq!(
+            on_disk.len(),
+            starts[59] - (starts[21] - starts[20]),
+            "rewritten with the whole records only"
+        );
+    }
+
+    #[test]
+    fn a_scan_of_zeroed_or_random_bytes_finds_no_records_and_never_panics() {
+        let zeros = vec![0u8; 4096];
+        let found = scan::<Record>(&zeros);
+        assert!(found.records.is_empty());
+        assert_eq!(found.torn_from, Some(0));
+        let (bytes, starts) = sixty();
+        let mut zeroed = bytes.clone();
+        zeroed[starts[10]..starts[12]].fill(0);
+        let found = scan::<Record>(&zeroed);
+        assert_eq!(found.records.len(), 58);
+        assert_eq!(found.damaged, vec![starts[10]..starts[12]]);
+        assert_eq!(found.torn_from, None);
     }
 
     #[test]
