@@ -50,6 +50,26 @@ async fn the_guest_sees_request_params_config_and_only_the_granted_environment()
     );
     assert_eq!(echo["deadline_ms"], 1500);
     assert_eq!(echo["request_id"].as_str(), reply.header("x-request-id"));
+    // Headers only the node sets never come from a client.
+    let reply = crate::support::send_with(
+        node.http_addr(),
+        "POST",
+        "/echo/echo/42",
+        "",
+        &[
+            ("x-switchyard-caller", "admin"),
+            ("X-Switchyard-Sender", "billing"),
+        ],
+    )
+    .await;
+    let echo: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    let forged: Vec<_> = echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|header| header[0].as_str().unwrap().starts_with("x-switchyard-"))
+        .collect();
+    assert!(forged.is_empty(), "{forged:?}");
     node.shutdown().await;
 }
 

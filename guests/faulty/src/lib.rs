@@ -102,8 +102,10 @@ impl Service for Faulty {
                 // nest).
                 let (target, method, timeout) = call_spec(&req)?;
                 let forwarded: Vec<&str> = req.text()?.lines().skip(3).collect();
+                // A guest that tries to claim another caller: the node drops the header.
                 let mut call = rpc::Call::new(target, method)
                     .header("x-probe", "1")
+                    .header("x-switchyard-caller", "forged")
                     .body(forwarded.join("\n"));
                 if let Some(ms) = timeout {
                     call = call.timeout(Duration::from_millis(ms));

@@ -98,6 +98,23 @@ pub(crate) fn split_method(method: &str) -> Result<(&str, &str, Option<&str>), C
     })
 }
 
+/// The prefix of the headers only the node sets (`x-switchyard-caller`, `-sender`,
+/// `-attempt`, ...): one that arrives from a client, a peer or a guest is dropped, so nobody
+/// can claim to be another caller or sender.
+pub(crate) const NODE_HEADER_PREFIX: &str = "x-switchyard-";
+
+/// Whether `name` is a header only the node may set.
+pub(crate) fn is_node_header(name: &str) -> bool {
+    name.len() >= NODE_HEADER_PREFIX.len()
+        && name.as_bytes()[..NODE_HEADER_PREFIX.len()]
+            .eq_ignore_ascii_case(NODE_HEADER_PREFIX.as_bytes())
+}
+
+/// Drops the headers only the node may set from `headers` that came from elsewhere.
+pub(crate) fn drop_node_headers(headers: &mut Vec<(String, String)>) {
+    headers.retain(|(name, _)| !is_node_header(name));
+}
+
 /// When a call's time is up, on tokio's clock (so tests can pause it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Deadline(Instant);
@@ -300,6 +317,21 @@ pub(crate) struct Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_only_the_node_sets_are_dropped_whatever_their_case() {
+        let mut headers = vec![
+            ("X-Switchyard-Caller".to_owned(), "admin".to_owned()),
+            ("x-switchyard-sender".to_owned(), "billing".to_owned()),
+            ("x-switchyar".to_owned(), "short".to_owned()),
+            ("accept".to_owned(), "*/*".to_owned()),
+        ];
+        drop_node_headers(&mut headers);
+        let names: Vec<&str> = headers.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["x-switchyar", "accept"]);
+        assert!(is_node_header("x-SWITCHYARD-attempt"));
+        assert!(!is_node_header("x-switchyard"));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_call_leaves_its_caller_a_reserve_and_honours_a_shorter_timeout() {

@@ -26,10 +26,13 @@ impl wit::Host for HostState {
             .trace
             .as_ref()
             .map_or_else(TraceContext::root, TraceContext::child);
+        let mut headers = message.headers;
+        // The subscriber learns the sender and attempt from the node, not from the sender.
+        crate::call::drop_node_headers(&mut headers);
         let outgoing = Outgoing {
             kind: message.kind.into(),
             key: message.key,
-            headers: message.headers,
+            headers,
             reply_to: message.reply_to,
             body: message.body,
         };

@@ -74,7 +74,9 @@ impl HostState {
     ) -> Result<Call, CallError> {
         let target = Target::parse(service)?;
         let mut headers = options.headers;
-        let reserve = match take_reserve(&mut headers)? {
+        let asked = take_reserve(&mut headers)?;
+        call::drop_node_headers(&mut headers);
+        let reserve = match asked {
             Some(reserve) => Some(reserve),
             None => self
                 .guest

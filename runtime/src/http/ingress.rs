@@ -146,7 +146,9 @@ impl Ingress {
             headers: parts
                 .headers
                 .iter()
-                .filter(|(name, _)| name.as_str() != TRACE_HEADER)
+                .filter(|(name, _)| {
+                    name.as_str() != TRACE_HEADER && !crate::call::is_node_header(name.as_str())
+                })
                 .filter_map(|(name, value)| {
                     Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
                 })

@@ -272,6 +272,10 @@ fn guest_message(
     attempt: u32,
 ) -> crate::host::GuestMessage {
     let mut headers = message.headers.clone();
+    // Logs written before senders' node headers were dropped may still hold some.
+    headers.retain(|(name, _)| {
+        !crate::call::is_node_header(name) || name == "x-switchyard-redriven-from"
+    });
     headers.push(("x-switchyard-attempt".into(), attempt.to_string()));
     headers.push(("x-switchyard-sender".into(), message.sender.clone()));
     crate::host::GuestMessage {

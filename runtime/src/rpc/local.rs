@@ -37,6 +37,8 @@ impl Client {
         let slot = &target.value;
         let budget = call.deadline.remaining().min(slot.timeout());
         let mut headers = call.headers;
+        // Calls from peers too: only this node says who the caller is.
+        crate::call::drop_node_headers(&mut headers);
         headers.push(("x-switchyard-caller".into(), call.caller));
         let request = GuestRequest {
             method: method.to_owned(),
