@@ -60,6 +60,20 @@ async fn failed_calls_come_back_as_typed_errors_that_name_the_cause() {
         assert_eq!(reply.status, status, "{body:?}: {}", reply.body);
         assert!(reply.body.contains(needle), "{body:?}: {}", reply.body);
     }
+    // A trapped callee's caller learns its panic message, not a wasm backtrace.
+    let reply = call(addr, "faulty\nGET /f/trap").await;
+    assert!(
+        reply
+            .body
+            .contains("panicked: faulty guest: trap requested"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        !reply.body.contains("backtrace") && reply.body.len() < 400,
+        "{}",
+        reply.body
+    );
     node.shutdown().await;
 }
 

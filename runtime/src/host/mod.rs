@@ -116,6 +116,16 @@ impl HostState {
     }
 
     /// What the guest wrote to stdout/stderr since the last call, if anything.
+    /// The current request's id.
+    pub(crate) fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The message of the last panic the guest printed, if it printed one.
+    pub(crate) fn panic_message(&self) -> Option<String> {
+        self.output.panic_message()
+    }
+
     pub(crate) fn take_output(&self) -> Option<(String, usize)> {
         self.output.take()
     }

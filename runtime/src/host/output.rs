@@ -34,6 +34,25 @@ impl GuestOutput {
         buffer.dropped += bytes.len() - kept;
     }
 
+    /// The message of the last Rust panic the guest printed (`thread '..' panicked at
+    /// file:line:col:` and the message on the lines after it), at most 512 bytes; kept in the
+    /// buffer for the log.
+    pub(crate) fn panic_message(&self) -> Option<String> {
+        let buffer = self.inner.lock().ok()?;
+        let text = String::from_utf8_lossy(&buffer.kept);
+        let (_, after) = text.rsplit_once(" panicked at ")?;
+        let (_location, message) = after.split_once('\n')?;
+        let message = message.split("\nnote: ").next().unwrap_or_default().trim();
+        if message.is_empty() {
+            return None;
+        }
+        let mut end = message.len().min(512);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        Some(message[..end].to_owned())
+    }
+
     /// What the guest wrote (lossy UTF-8, trimmed), and how many bytes did not fit.
     pub(crate) fn take(&self) -> Option<(String, usize)> {
         let mut buffer = self.inner.lock().ok()?;
@@ -100,5 +119,31 @@ impl tokio::io::AsyncWrite for GuestOutput {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_panic_message_is_found_in_what_the_guest_printed() {
+        let output = GuestOutput::default();
+        assert_eq!(output.panic_message(), None);
+        output.append(b"starting\nthread '<unnamed>' panicked at src/lib.rs:71:17:\nfirst\n");
+        output.append(
+            b"thread '<unnamed>' panicked at src/lib.rs:9:5:\nout of stock\nfor item 42\n\
+              note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n",
+        );
+        assert_eq!(
+            output.panic_message().as_deref(),
+            Some("out of stock\nfor item 42")
+        );
+        // Peeking leaves the text for the log.
+        assert!(
+            output
+                .take()
+                .is_some_and(|(text, _)| text.contains("starting"))
+        );
     }
 }

@@ -456,9 +456,21 @@ impl Slot {
                         timeout,
                     });
                 }
+                // Callers, clients and dead letters get the panic message or the trap's kind;
+                // the wasm backtrace is for the operator.
+                tracing::warn!(
+                    service = %self.started.service,
+                    request_id = store.data().request_id(),
+                    error = ?err,
+                    "guest trapped"
+                );
+                let reason = match store.data().panic_message() {
+                    Some(message) => format!("panicked: {message}"),
+                    None => err.root_cause().to_string(),
+                };
                 Err(SlotError::Trap {
                     service: service(),
-                    reason: format!("{err:#}"),
+                    reason,
                 })
             }
         }
