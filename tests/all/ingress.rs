@@ -157,3 +157,37 @@ async fn admin_reports_health_and_per_service_counters() {
     assert_eq!(get(node.admin_addr(), "/nope").await.status, 404);
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_guest_cannot_set_framing_headers_or_an_informational_status() {
+    let manifest = TestManifest::new(&service(
+        "faulty",
+        "faulty",
+        &["POST /echo/{fault}/{arg}"],
+        "",
+    ));
+    let node = manifest.start().await;
+    let reply = send(node.http_addr(), "POST", "/echo/framing/200", "").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body, "short");
+    assert_eq!(reply.header("content-length"), Some("5"));
+    assert_eq!(reply.header("x-kept"), Some("yes"));
+    for dropped in ["transfer-encoding", "connection", "upgrade"] {
+        assert_eq!(reply.header(dropped), None, "{dropped}");
+    }
+    for informational in [101, 103] {
+        let reply = send(
+            node.http_addr(),
+            "POST",
+            &format!("/echo/framing/{informational}"),
+            "",
+        )
+        .await;
+        assert_eq!(reply.status, 500, "{informational}: {}", reply.body);
+        assert!(reply.body.contains("200-599"), "{}", reply.body);
+    }
+    // The node still answers after them.
+    let reply = send(node.http_addr(), "POST", "/echo/framing/200", "").await;
+    assert_eq!(reply.status, 200);
+    node.shutdown().await;
+}

@@ -233,6 +233,20 @@ impl Service for Faulty {
                 let count = REQUESTS_SEEN.fetch_add(1, Ordering::Relaxed) + 1;
                 Ok(Response::text(format!("{count}\n")))
             }
+            "framing" => {
+                // Headers and statuses a handler must not set: the node drops or refuses them.
+                let code = req
+                    .param("arg")
+                    .and_then(|arg| arg.parse().ok())
+                    .unwrap_or(200);
+                Ok(Response::new(code)
+                    .with_header("content-length", "999999")
+                    .with_header("transfer-encoding", "chunked")
+                    .with_header("connection", "close")
+                    .with_header("upgrade", "websocket")
+                    .with_header("x-kept", "yes")
+                    .with_body(b"short".to_vec()))
+            }
             "status" => {
                 let code = req
                     .param("arg")

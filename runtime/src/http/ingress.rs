@@ -193,7 +193,33 @@ fn error_response(error: &SlotError, request_id: &str) -> Response<Full<Bytes>> 
     response
 }
 
+/// Headers that describe the connection or the message's framing: hyper sets them from the
+/// body it sends, and a handler's say would make the response lie about itself.
+const FRAMING_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 fn into_http(guest: GuestResponse, head: bool) -> Response<Full<Bytes>> {
+    if guest.status < 200 {
+        tracing::error!(
+            status = guest.status,
+            "guest answered with an informational status, which a handler cannot send"
+        );
+        return plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "service answered with status {}; a handler answers with 200-599\n",
+                guest.status
+            ),
+        );
+    }
     let Ok(status) = StatusCode::from_u16(guest.status) else {
         tracing::error!(
             status = guest.status,
@@ -213,6 +239,13 @@ fn into_http(guest: GuestResponse, head: bool) -> Response<Full<Bytes>> {
     *response.status_mut() = status;
     let headers = response.headers_mut();
     for (name, value) in guest.headers {
+        if FRAMING_HEADERS
+            .iter()
+            .any(|framing| name.eq_ignore_ascii_case(framing))
+        {
+            tracing::debug!(header = %name, "guest set a framing header; dropped it");
+            continue;
+        }
         match (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&value),
