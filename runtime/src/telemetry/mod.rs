@@ -8,6 +8,41 @@ mod trace;
 
 pub(crate) use trace::{HEADER as TRACE_HEADER, TraceContext};
 
+/// How text log lines write their fields: the message and every value as [`one_line`], so
+/// text from a guest, a client or a peer (a guest's log line, its output, a panic message, a
+/// path) can never start a line of its own that looks like the node's.
+pub(crate) fn text_fields()
+-> impl for<'writer> tracing_subscriber::fmt::FormatFields<'writer> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            write!(writer, "{}", one_line(&text))
+        } else {
+            write!(writer, "{field}={}", one_line(&text))
+        }
+    })
+    .delimited(" ")
+}
+
+/// `text` as one line of the node's log: line breaks and other control characters escaped
+/// (`\n`, `\u{1b}`), so text from a guest or a client cannot start a line that looks like the
+/// node's own. Tabs stay.
+pub(crate) fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written to stderr.
@@ -30,7 +65,56 @@ pub fn init(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.fmt_fields(text_fields()).init(),
         LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut kept) = self.0.lock() {
+                kept.extend_from_slice(bytes);
+            }
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn text_from_outside_cannot_forge_a_line_of_the_node_log() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(text_fields())
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let forged = "paid\n2026-11-26T00:00:00Z  INFO switchyard: admin token rotated\r\x1b[2J";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "guest", service = "shop", "{forged}");
+            tracing::warn!(reason = %forged, path = ?forged, "delivery failed");
+        });
+        let text = captured
+            .0
+            .lock()
+            .map(|kept| String::from_utf8_lossy(&kept).into_owned())
+            .unwrap_or_default();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("paid\\n2026-11-26"), "{text}");
+        assert!(text.contains("\\r\\u{1b}[2J"), "{text}");
+        assert!(text.contains("service=\"shop\""), "{text}");
+        assert_eq!(one_line("plain\ttext"), "plain\ttext");
     }
 }
