@@ -137,7 +137,7 @@ impl Deadline {
 }
 
 /// The most of its remaining time a caller keeps by default.
-pub(crate) const MAX_DEFAULT_RESERVE: Duration = Duration::from_secs(1);
+const MAX_DEFAULT_RESERVE: Duration = Duration::from_secs(1);
 
 /// What a caller with `remaining` time keeps for itself by default when it calls: a tenth of
 /// it, at most [`MAX_DEFAULT_RESERVE`]. Enough for a fallback or an error answer, which take

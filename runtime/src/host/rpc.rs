@@ -74,7 +74,7 @@ impl HostState {
     ) -> Result<Call, CallError> {
         let target = Target::parse(service)?;
         let mut headers = options.headers;
-        let asked = take_reserve(&mut headers)?;
+        let asked = asked_reserve(&headers)?;
         call::drop_node_headers(&mut headers);
         let reserve = match asked {
             Some(reserve) => Some(reserve),
@@ -128,12 +128,13 @@ impl From<CallError> for wit::CallError {
     }
 }
 
-/// The header a guest sets on a call to choose its reserve for that call.
-pub(crate) const RESERVE_HEADER: &str = "x-switchyard-reserve-ms";
+/// The header a guest sets on a call to choose its reserve for that call. Like every
+/// `x-switchyard-*` header it is for the node: [`call::drop_node_headers`] removes it before
+/// the callee sees the call.
+const RESERVE_HEADER: &str = "x-switchyard-reserve-ms";
 
-/// Removes the reserve header from a call's headers (it is for the node, not the callee) and
-/// returns the reserve it asks for.
-fn take_reserve(headers: &mut Vec<(String, String)>) -> Result<Option<Duration>, CallError> {
+/// The reserve a call's headers ask for (the last reserve header, if any).
+fn asked_reserve(headers: &[(String, String)]) -> Result<Option<Duration>, CallError> {
     let mut reserve = None;
     for (name, value) in headers.iter() {
         if name.eq_ignore_ascii_case(RESERVE_HEADER) {
@@ -146,7 +147,6 @@ fn take_reserve(headers: &mut Vec<(String, String)>) -> Result<Option<Duration>,
             reserve = Some(Duration::from_millis(ms));
         }
     }
-    headers.retain(|(name, _)| !name.eq_ignore_ascii_case(RESERVE_HEADER));
     Ok(reserve)
 }
 

@@ -8,39 +8,52 @@ mod trace;
 
 pub(crate) use trace::{HEADER as TRACE_HEADER, TraceContext};
 
-/// How text log lines write their fields: the message and every value as [`one_line`], so
-/// text from a guest, a client or a peer (a guest's log line, its output, a panic message, a
-/// path) can never start a line of its own that looks like the node's.
+/// How text log lines write their fields: the message and every value through [`OneLine`],
+/// so text from a guest, a client or a peer (a guest's log line, its output, a panic message,
+/// a path) can never start a line of its own that looks like the node's.
 pub(crate) fn text_fields()
 -> impl for<'writer> tracing_subscriber::fmt::FormatFields<'writer> + Send + Sync + 'static {
+    use std::fmt::Write as _;
+
     use tracing_subscriber::field::MakeExt;
     tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
-        let text = format!("{value:?}");
         if field.name() == "message" {
-            write!(writer, "{}", one_line(&text))
+            write!(OneLine(writer), "{value:?}")
         } else {
-            write!(writer, "{field}={}", one_line(&text))
+            write!(OneLine(writer), "{field}={value:?}")
         }
     })
     .delimited(" ")
 }
 
-/// `text` as one line of the node's log: line breaks and other control characters escaped
-/// (`\n`, `\u{1b}`), so text from a guest or a client cannot start a line that looks like the
-/// node's own. Tabs stay.
-pub(crate) fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(|c| c.is_control() && c != '\t') {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut escaped = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() && c != '\t' {
-            escaped.extend(c.escape_default());
-        } else {
-            escaped.push(c);
+/// Writes through to the inner writer as one line: line breaks and other control characters
+/// escaped (`\n`, `\u{1b}`) as they pass, tabs kept. No copy of the text is made.
+struct OneLine<W>(W);
+
+impl<W: std::fmt::Write> std::fmt::Write for OneLine<W> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        let mut rest = text;
+        while let Some((at, c)) = rest
+            .char_indices()
+            .find(|&(_, c)| c.is_control() && c != '\t')
+        {
+            self.0.write_str(&rest[..at])?;
+            for escaped in c.escape_default() {
+                self.0.write_char(escaped)?;
+            }
+            rest = &rest[at + c.len_utf8()..];
         }
+        self.0.write_str(rest)
     }
-    std::borrow::Cow::Owned(escaped)
+}
+
+/// `text` as one line of the node's log, as [`text_fields`] writes it.
+#[cfg(test)]
+fn one_line(text: &str) -> String {
+    use std::fmt::Write as _;
+    let mut line = String::new();
+    let _ = OneLine(&mut line).write_str(text);
+    line
 }
 
 use tracing_subscriber::EnvFilter;

@@ -166,6 +166,24 @@ impl Checker<'_> {
         let base = self.path.parent().unwrap_or(Path::new("."));
         base.join(relative)
     }
+
+    /// The component file `raw` names for `owner` (e.g. "service `hello`"), resolved against
+    /// the manifest's directory; an error at its place if there is no such file.
+    fn component(&self, raw: &Spanned<String>, owner: &str) -> Result<PathBuf, ManifestError> {
+        let component = self.resolve(raw.get_ref());
+        if !component.is_file() {
+            return Err(self.invalid(
+                raw.span(),
+                format!(
+                    "component file {} of {owner} does not exist",
+                    component.display()
+                ),
+                "paths are relative to the manifest's directory; build guests with \
+                 `cargo xtask build-guests`",
+            ));
+        }
+        Ok(component)
+    }
 }
 
 pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {

@@ -24,18 +24,7 @@ pub(super) fn check_service(
         )
     })?;
     let component_at = check.at(raw.component.span());
-    let component = check.resolve(raw.component.get_ref());
-    if !component.is_file() {
-        return Err(check.invalid(
-            raw.component.span(),
-            format!(
-                "component file {} of service `{name}` does not exist",
-                component.display()
-            ),
-            "paths are relative to the manifest's directory; build guests with \
-             `cargo xtask build-guests`",
-        ));
-    }
+    let component = check.component(&raw.component, &format!("service `{name}`"))?;
     if raw.routes.is_empty() {
         return Err(check.invalid(
             raw.name.span(),

@@ -99,18 +99,7 @@ pub(super) fn check_policies(
                 "give each [[policy]] its own name",
             ));
         }
-        let component = check.resolve(policy.component.get_ref());
-        if !component.is_file() {
-            return Err(check.invalid(
-                policy.component.span(),
-                format!(
-                    "component file {} of policy `{name}` does not exist",
-                    component.display()
-                ),
-                "paths are relative to the manifest's directory; build guests with \
-                 `cargo xtask build-guests`",
-            ));
-        }
+        let component = check.component(&policy.component, &format!("policy `{name}`"))?;
         policies.push(PolicySpec {
             name,
             component_at: check.at(policy.component.span()),
