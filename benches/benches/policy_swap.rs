@@ -196,22 +196,46 @@ async fn chain_overhead(calls: usize) -> Result<()> {
     Ok(())
 }
 
+/// A request to the node's admin API at `addr`, with the node's token from `token_file`.
+async fn admin_request(
+    addr: std::net::SocketAddr,
+    token_file: &std::path::Path,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>)> {
+    let token = std::fs::read_to_string(token_file)?;
+    request_with(addr, "POST", path, body, Some(token.trim())).await
+}
+
 async fn request(
     addr: std::net::SocketAddr,
     method: &str,
     path: &str,
     body: Vec<u8>,
 ) -> Result<(u16, Vec<u8>)> {
+    request_with(addr, method, path, body, None).await
+}
+
+async fn request_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> Result<(u16, Vec<u8>)> {
     use http_body_util::BodyExt;
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let request = hyper::Request::builder()
+    let mut request = hyper::Request::builder()
         .method(method)
         .uri(path)
-        .header("host", "bench")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+        .header("host", addr.to_string());
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request.body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
     let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
     Ok((
@@ -238,9 +262,9 @@ async fn swap_time(swaps: usize) -> Result<()> {
     ];
     // The first swap of each version compiles it into the cache; the timed ones load it.
     for (component, _) in &versions {
-        request(
+        admin_request(
             node.admin_addr(),
-            "POST",
+            node.admin_token_file(),
             "/services/greet",
             component.clone(),
         )
@@ -254,9 +278,9 @@ async fn swap_time(swaps: usize) -> Result<()> {
 
         let (component, expected) = &versions[i % 2];
         let started = Instant::now();
-        let (status, report) = request(
+        let (status, report) = admin_request(
             node.admin_addr(),
-            "POST",
+            node.admin_token_file(),
             "/services/greet",
             component.clone(),
         )

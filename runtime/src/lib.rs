@@ -23,9 +23,10 @@ pub mod node;
 pub mod telemetry;
 
 /// Certificates for the mesh's mutual TLS: a cluster CA and node certificates signed by it
-/// (what `switchyard cert` writes).
+/// (what `switchyard cert` writes). The admin API off loopback is served with a node's
+/// certificate too, checked against [`cert::SERVER_NAME`].
 pub mod cert {
-    pub use crate::transport::{CertPem, generate_ca, issue_node_cert};
+    pub use crate::transport::{CertPem, SERVER_NAME, generate_ca, issue_node_cert};
 }
 
 /// Entry points for the benchmarks (feature `bench`), not an API.

@@ -44,11 +44,10 @@ enum Command {
     },
     /// Show a running node's services and peers (from its admin API).
     Status {
-        /// The node's manifest (its `node.admin` address is asked) ...
+        /// The node's manifest (its admin address, token and CA are used).
         manifest: Option<PathBuf>,
-        /// ... or the admin address directly (default 127.0.0.1:9090).
-        #[arg(long)]
-        admin: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
     },
     /// Hot-swap a running node's service or policy to a new component, without dropping a
     /// request (in-flight requests finish on the old code; a policy keeps its state).
@@ -60,12 +59,11 @@ enum Command {
         name: String,
         /// The new component (.wasm).
         component: PathBuf,
-        /// The node's manifest (its `node.admin` address is used) ...
+        /// The node's manifest (its admin address, token and CA are used).
         #[arg(long)]
         manifest: Option<PathBuf>,
-        /// ... or the admin address directly (default 127.0.0.1:9090).
-        #[arg(long)]
-        admin: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
         /// Wait until the new version is through its probation (about 3 s): exit 0 once it
         /// serves, non-zero if the node rolled it back (with the reason).
         #[arg(long)]
@@ -75,12 +73,11 @@ enum Command {
     Redrive {
         /// The queue's name in the manifest.
         queue: String,
-        /// The node's manifest (its `node.admin` address is used) ...
+        /// The node's manifest (its admin address, token and CA are used).
         #[arg(long)]
         manifest: Option<PathBuf>,
-        /// ... or the admin address directly (default 127.0.0.1:9090).
-        #[arg(long)]
-        admin: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
     },
     /// Create cluster certificates for mutual TLS between nodes.
     Cert {
@@ -138,7 +135,7 @@ fn main() -> ExitCode {
         Command::Check { manifest } => check(manifest),
         Command::New { name, dir, sdk } => cli::new_guest(&name, &dir, sdk.as_deref()),
         Command::Cert { what } => cli::cert(what),
-        Command::Status { manifest, admin } => cli::status(manifest, admin),
+        Command::Status { manifest, admin } => cli::status(manifest, &admin),
         Command::Swap {
             kind,
             name,
@@ -146,12 +143,12 @@ fn main() -> ExitCode {
             manifest,
             admin,
             wait,
-        } => cli::swap(kind, &name, &component, manifest, admin, wait),
+        } => cli::swap(kind, &name, &component, manifest, &admin, wait),
         Command::Redrive {
             queue,
             manifest,
             admin,
-        } => cli::redrive(&queue, manifest, admin),
+        } => cli::redrive(&queue, manifest, &admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -192,9 +192,10 @@ async fn status_shows_a_running_nodes_services() {
     let manifest = TestManifest::new(&service("hello", "hello", &["GET /hello/{name}"], ""));
     let node = manifest.start().await;
     crate::support::get(node.http_addr(), "/hello/x").await;
-    let status =
-        crate::support::switchyard_cli(&["status", "--admin", &node.admin_addr().to_string()])
-            .await;
+    let token_file = node.admin_token_file().display().to_string();
+    let admin = node.admin_addr().to_string();
+    let args = ["status", "--admin", &admin, "--token-file", &token_file];
+    let status = crate::support::switchyard_cli(&args).await;
     let stdout = status.stdout;
     assert!(status.success, "{}", status.stderr);
     assert!(stdout.contains("node test"), "{stdout}");
@@ -209,6 +210,7 @@ async fn status_shows_a_running_nodes_services() {
     node.shutdown().await;
     let out = std::process::Command::new(switchyard_bin())
         .args(["status", "--admin", &node_addr_gone()])
+        .env("SWITCHYARD_ADMIN_TOKEN", "any-token-of-enough-length")
         .output()
         .unwrap();
     assert!(!out.status.success());

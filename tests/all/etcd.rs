@@ -1,10 +1,12 @@
 //! Discovery through a real etcd server (Debian's `etcd-server`, installed by
 //! `cargo xtask test`): leases, watch, revoke on shutdown, expiry on a crash.
 
+use crate::support::admin_get;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use switchyard::Node;
 
 use crate::support::{TestManifest, get, send, service};
 
@@ -162,10 +164,10 @@ fn node(name: &str, etcd: SocketAddr, services: &str) -> TestManifest {
     )
 }
 
-async fn wait_until(admin: SocketAddr, what: &str, present: bool, within: Duration) -> Duration {
+async fn wait_until(admin: &Node, what: &str, present: bool, within: Duration) -> Duration {
     let started = Instant::now();
     loop {
-        let registry = get(admin, "/registry").await.body;
+        let registry = admin_get(admin, "/registry").await.body;
         if registry.contains(what) == present {
             return started.elapsed();
         }
@@ -179,13 +181,13 @@ async fn wait_until(admin: SocketAddr, what: &str, present: bool, within: Durati
 }
 
 /// Waits (up to 5 s) until the node at `admin` has learnt of `hello` through etcd.
-async fn wait_for_hello(admin: SocketAddr) {
+async fn wait_for_hello(admin: &Node) {
     wait_until(admin, "hello@1.0.0", true, Duration::from_secs(5)).await;
 }
 
 /// Waits until `caller` has learnt of `hello` through etcd, then calls it with `name`.
 async fn call_hello_once_seen(caller: &switchyard::Node, name: &str) {
-    wait_for_hello(caller.admin_addr()).await;
+    wait_for_hello(caller).await;
     let call = format!("hello\nGET /hello/{name}");
     let reply = send(caller.http_addr(), "POST", "/f/call", &call).await;
     assert_eq!(
@@ -209,12 +211,12 @@ async fn nodes_find_each_other_through_etcd_and_leave_by_revoke_or_lease_expiry(
     call_hello_once_seen(&caller, "etcd").await;
     // Keep-alives hold the registration well past the lease TTL.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    wait_until(caller.admin_addr(), "hello@1.0.0", true, Duration::ZERO).await;
+    wait_until(&caller, "hello@1.0.0", true, Duration::ZERO).await;
 
     // Graceful shutdown revokes the lease: the watch removes the callee at once.
     let leaving = Instant::now();
     callee.shutdown().await;
-    wait_until(caller.admin_addr(), "hello@", false, Duration::from_secs(1)).await;
+    wait_until(&caller, "hello@", false, Duration::from_secs(1)).await;
     assert!(
         leaving.elapsed() < Duration::from_secs(1),
         "{:?}",
@@ -226,9 +228,9 @@ async fn nodes_find_each_other_through_etcd_and_leave_by_revoke_or_lease_expiry(
     // A crashed node (dropped, no revoke) goes when its lease runs out: etcd's TTL of 2 s
     // plus at most one keep-alive period it had already paid for (TTL / 3).
     let crashed = callee_manifest.start().await;
-    wait_for_hello(caller.admin_addr()).await;
+    wait_for_hello(&caller).await;
     drop(crashed);
-    let gone = wait_until(caller.admin_addr(), "hello@", false, Duration::from_secs(5)).await;
+    let gone = wait_until(&caller, "hello@", false, Duration::from_secs(5)).await;
     assert!(
         gone < Duration::from_millis(3500),
         "forgotten after {gone:?}"
@@ -252,7 +254,7 @@ async fn a_node_starts_without_etcd_and_registers_when_it_comes_up() {
     let etcd = start_etcd_on(client).await;
     let watcher_manifest = node("watcher", etcd.client, "");
     let watcher = watcher_manifest.start().await;
-    wait_for_hello(watcher.admin_addr()).await;
+    wait_for_hello(&watcher).await;
     early.shutdown().await;
     watcher.shutdown().await;
 }
@@ -272,7 +274,7 @@ async fn nodes_ride_out_an_etcd_outage_and_register_again_when_it_returns() {
         &service("faulty", "faulty", &["POST /f/{fault}"], ""),
     );
     let caller = caller_manifest.start().await;
-    wait_for_hello(caller.admin_addr()).await;
+    wait_for_hello(&caller).await;
 
     etcd.stop();
     let outage = Instant::now();
@@ -289,16 +291,10 @@ async fn nodes_ride_out_an_etcd_outage_and_register_again_when_it_returns() {
         &service("echo-late", "faulty", &["GET /late/{fault}"], ""),
     );
     let late = late_manifest.start().await;
-    wait_until(
-        caller.admin_addr(),
-        "echo-late@1.0.0",
-        true,
-        Duration::from_secs(10),
-    )
-    .await;
+    wait_until(&caller, "echo-late@1.0.0", true, Duration::from_secs(10)).await;
     // Leases from before the outage have run out by now; the callee's new one holds it.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    wait_until(caller.admin_addr(), "hello@1.0.0", true, Duration::ZERO).await;
+    wait_until(&caller, "hello@1.0.0", true, Duration::ZERO).await;
     let reply = send(
         caller.http_addr(),
         "POST",
@@ -329,7 +325,7 @@ async fn services_added_and_removed_by_a_manifest_edit_reach_etcd() {
     let mut callee = callee_manifest.start().await;
     let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
     callee.watch_manifest(Some(reports)).unwrap();
-    wait_for_hello(caller.admin_addr()).await;
+    wait_for_hello(&caller).await;
 
     let original = std::fs::read_to_string(&callee_manifest.path).unwrap();
     let echo = service("echo", "faulty", &["GET /e/{fault}"], "");
@@ -343,19 +339,13 @@ async fn services_added_and_removed_by_a_manifest_edit_reach_etcd() {
         ],
         "{report:?}"
     );
-    wait_until(
-        caller.admin_addr(),
-        "echo@1.0.0",
-        true,
-        Duration::from_secs(2),
-    )
-    .await;
-    wait_until(caller.admin_addr(), "hello@", false, Duration::ZERO).await;
+    wait_until(&caller, "echo@1.0.0", true, Duration::from_secs(2)).await;
+    wait_until(&caller, "hello@", false, Duration::ZERO).await;
     let reply = send(caller.http_addr(), "POST", "/f/call", "echo\nGET /e/echo").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     // Still registered past the lease TTL: the new entry is under the live lease.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    wait_until(caller.admin_addr(), "echo@1.0.0", true, Duration::ZERO).await;
+    wait_until(&caller, "echo@1.0.0", true, Duration::ZERO).await;
     callee.shutdown().await;
     caller.shutdown().await;
 }
@@ -410,9 +400,9 @@ async fn nodes_reach_etcd_over_https_with_client_certificates() {
     );
     let stranger = stranger_manifest.start().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let registry = get(stranger.admin_addr(), "/registry").await.body;
+    let registry = admin_get(&stranger, "/registry").await.body;
     assert!(!registry.contains("hello"), "{registry}");
-    wait_until(caller.admin_addr(), "stranger", false, Duration::ZERO).await;
+    wait_until(&caller, "stranger", false, Duration::ZERO).await;
     let logged = crate::support::logs();
     assert!(
         logged.contains("TLS handshake failed"),

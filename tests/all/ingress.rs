@@ -1,5 +1,6 @@
 //! Requests reach the right guest with everything the manifest and the client gave them.
 
+use crate::support::admin_get;
 use crate::support::{TestManifest, capture_logs, get, logs, send, service};
 
 #[tokio::test]
@@ -138,12 +139,12 @@ async fn admin_reports_health_and_per_service_counters() {
     }
     assert_eq!(get(node.http_addr(), "/faulty/trap").await.status, 500);
 
-    let health = get(node.admin_addr(), "/health").await;
+    let health = admin_get(&node, "/health").await;
     assert_eq!(health.status, 200);
     let health: serde_json::Value = serde_json::from_str(&health.body).unwrap();
     assert_eq!(health["status"], "ok");
 
-    let services = get(node.admin_addr(), "/services").await;
+    let services = admin_get(&node, "/services").await;
     let services: serde_json::Value = serde_json::from_str(&services.body).unwrap();
     let hello = &services[0];
     assert_eq!(hello["name"], "hello");
@@ -154,7 +155,7 @@ async fn admin_reports_health_and_per_service_counters() {
     assert_eq!(hello["routes"], serde_json::json!(["GET /hello/{name}"]));
     assert_eq!(hello["component_hash"].as_str().map(str::len), Some(64));
     assert_eq!(services[1]["errors"], 1);
-    assert_eq!(get(node.admin_addr(), "/nope").await.status, 404);
+    assert_eq!(admin_get(&node, "/nope").await.status, 404);
     node.shutdown().await;
 }
 

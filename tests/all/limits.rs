@@ -1,5 +1,6 @@
 //! A misbehaving guest costs one request, never the node.
 
+use crate::support::admin_get;
 use std::time::{Duration, Instant};
 
 use crate::support::{TestManifest, capture_logs, get, logs, service, wait_for_in_flight};
@@ -82,7 +83,7 @@ async fn a_guest_computing_in_a_loop_shares_its_thread_with_other_requests() {
     let addr = node.http_addr();
     let spinning = tokio::spawn(async move { get(addr, "/f/spin").await.status });
     wait_for_in_flight(
-        node.admin_addr(),
+        &node,
         "faulty",
         1,
         Duration::from_secs(2),
@@ -156,7 +157,7 @@ async fn at_max_instances_the_next_request_gets_503_at_once() {
         .collect();
     // Let both slow requests take their instances.
     wait_for_in_flight(
-        node.admin_addr(),
+        &node,
         "faulty",
         2,
         Duration::from_secs(5),
@@ -181,7 +182,7 @@ async fn at_max_instances_the_next_request_gets_503_at_once() {
         assert_eq!(request.await.unwrap(), 200);
     }
     assert_eq!(get(addr, "/f/echo").await.status, 200);
-    let services = get(node.admin_addr(), "/services").await;
+    let services = admin_get(&node, "/services").await;
     let services: serde_json::Value = serde_json::from_str(&services.body).unwrap();
     assert_eq!(services[0]["rejected"], 1);
     node.shutdown().await;

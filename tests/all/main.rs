@@ -9,6 +9,7 @@
 
 mod support;
 
+mod admin;
 mod architecture;
 mod cache;
 mod cli;

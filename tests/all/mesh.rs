@@ -1,8 +1,10 @@
 //! Calls between nodes over QUIC with mutual TLS, discovery through seeds, dead peers.
 
+use crate::support::admin_get;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use switchyard::Node;
 
 use crate::support::{TestManifest, get, send, service, switchyard_bin, wait_for_in_flight};
 
@@ -15,10 +17,10 @@ fn faulty_routes() -> String {
     )
 }
 
-async fn wait_for_peer_service(admin: SocketAddr, needle: &str) {
+async fn wait_for_peer_service(admin: &Node, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let registry = get(admin, "/registry").await.body;
+        let registry = admin_get(admin, "/registry").await.body;
         if registry.contains(needle) {
             return;
         }
@@ -42,7 +44,7 @@ async fn start_node_a(
         &faulty_routes(),
     );
     let node = manifest.start().await;
-    wait_for_peer_service(node.admin_addr(), service).await;
+    wait_for_peer_service(&node, service).await;
     (manifest, node)
 }
 
@@ -151,12 +153,11 @@ async fn a_call_reaches_a_service_on_another_node_and_a_dead_node_is_forgotten()
 /// it skip the dead one while it is ejected rather than each waiting for a handshake.
 #[tokio::test]
 async fn calls_fail_over_to_a_live_replica_when_another_crashes() {
-    let a = TestManifest::with_node(
+    let a_files = TestManifest::with_node(
         "name = \"node-a\"\nquic = \"127.0.0.1:0\"",
         &faulty_routes(),
-    )
-    .start()
-    .await;
+    );
+    let a = a_files.start().await;
     let a_quic = a.quic_addr().unwrap();
     let hello = service("hello", "hello", &["GET /hello/{name}"], "");
     let replica = |name: &str| {
@@ -232,7 +233,7 @@ async fn a_node_listening_on_every_interface_is_reached_at_its_advertised_addres
     assert!(bound.ip().is_unspecified(), "{bound}");
     let dialed = SocketAddr::from(([127, 0, 0, 1], bound.port()));
     let (_a_manifest, a) = start_node_a(dialed, &tls("node-a"), "hello@1.0.0").await;
-    let registry = get(a.admin_addr(), "/registry").await.body;
+    let registry = admin_get(&a, "/registry").await.body;
     assert!(registry.contains(&dialed.to_string()), "{registry}");
     assert!(!registry.contains("0.0.0.0"), "{registry}");
     let reply = send(a.http_addr(), "POST", "/f/call", "hello\nGET /hello/there").await;
@@ -266,7 +267,7 @@ async fn a_spinning_callee_does_not_hold_up_other_calls_from_the_same_node() {
     let spinning =
         tokio::spawn(async move { send(a_http, "POST", "/f/call", "spinner\nGET /e/spin").await });
     wait_for_in_flight(
-        b.admin_addr(),
+        &b,
         "spinner",
         1,
         Duration::from_secs(2),
@@ -295,37 +296,34 @@ async fn a_spinning_callee_does_not_hold_up_other_calls_from_the_same_node() {
 /// down says goodbye and is forgotten at once, well within the TTL.
 #[tokio::test]
 async fn gossip_spreads_beyond_seeds_and_a_goodbye_is_heard_at_once() {
-    let a = TestManifest::with_node("name = \"node-a\"\nquic = \"127.0.0.1:0\"", "")
-        .start()
-        .await;
+    let a_files = TestManifest::with_node("name = \"node-a\"\nquic = \"127.0.0.1:0\"", "");
+    let a = a_files.start().await;
     let a_quic = a.quic_addr().unwrap();
-    let b = TestManifest::with_node(
+    let b_files = TestManifest::with_node(
         &format!("name = \"node-b\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{a_quic}\"]"),
         &faulty_routes(),
-    )
-    .start()
-    .await;
-    let c = TestManifest::with_node(
+    );
+    let b = b_files.start().await;
+    let c_files = TestManifest::with_node(
         &format!("name = \"node-c\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{a_quic}\"]"),
         &service("hello", "hello", &["GET /hello/{name}"], ""),
-    )
-    .start()
-    .await;
-    wait_for_peer_service(b.admin_addr(), "hello@1.0.0").await;
-    wait_for_peer_service(a.admin_addr(), "faulty@1.0.0").await;
+    );
+    let c = c_files.start().await;
+    wait_for_peer_service(&b, "hello@1.0.0").await;
+    wait_for_peer_service(&a, "faulty@1.0.0").await;
     let reply = send(b.http_addr(), "POST", "/f/call", "hello\nGET /hello/gossip").await;
     assert_eq!(
         (reply.status, reply.body.as_str()),
         (200, "Hello, gossip!\n")
     );
     // C learned B without ever being told of it by a seed list.
-    wait_for_peer_service(c.admin_addr(), "faulty@1.0.0").await;
+    wait_for_peer_service(&c, "faulty@1.0.0").await;
 
     let leaving = Instant::now();
     c.shutdown().await;
     let told = leaving.elapsed();
-    for admin in [a.admin_addr(), b.admin_addr()] {
-        let registry = get(admin, "/registry").await.body;
+    for admin in [&a, &b] {
+        let registry = admin_get(admin, "/registry").await.body;
         assert!(!registry.contains("hello@"), "C still listed: {registry}");
     }
     assert!(told < Duration::from_secs(1), "goodbye took {told:?}");
@@ -334,7 +332,7 @@ async fn gossip_spreads_beyond_seeds_and_a_goodbye_is_heard_at_once() {
     assert!(reply.body.contains("`hello`"), "{}", reply.body);
     // It stays gone: B's and A's later gossip does not bring it back from rumours.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let registry = get(b.admin_addr(), "/registry").await.body;
+    let registry = admin_get(&b, "/registry").await.body;
     assert!(!registry.contains("hello@"), "C came back: {registry}");
     b.shutdown().await;
     a.shutdown().await;
@@ -400,7 +398,7 @@ async fn nodes_with_cluster_certificates_talk_and_a_foreign_ca_is_refused() {
     );
     let c = c_manifest.start().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let registry = get(c.admin_addr(), "/registry").await.body;
+    let registry = admin_get(&c, "/registry").await.body;
     assert!(!registry.contains("hello"), "{registry}");
     let reply = send(c.http_addr(), "POST", "/f/call", "hello\nGET /hello/x").await;
     assert_eq!(reply.status, 503, "{}", reply.body);
@@ -437,8 +435,8 @@ async fn spread(strategy: &str) -> (u64, u64) {
         ),
     );
     let a = a_manifest.start().await;
-    wait_for_peer_service(a.admin_addr(), "\"slow\"").await;
-    wait_for_peer_service(a.admin_addr(), "\"fast\"").await;
+    wait_for_peer_service(&a, "\"slow\"").await;
+    wait_for_peer_service(&a, "\"fast\"").await;
     let reply = send(a.http_addr(), "POST", "/f/load/40", "work\nGET /w/nap").await;
     assert_eq!(
         (reply.status, reply.body.as_str()),
@@ -446,15 +444,12 @@ async fn spread(strategy: &str) -> (u64, u64) {
         "{}",
         reply.body
     );
-    let served = |node: &switchyard::Node| {
-        let admin = node.admin_addr();
-        async move {
-            let services = get(admin, "/services").await.body;
-            serde_json::from_str::<serde_json::Value>(&services).unwrap()[0]["served"]
-                .as_u64()
-                .unwrap()
-        }
-    };
+    async fn served(node: &switchyard::Node) -> u64 {
+        let services = admin_get(node, "/services").await.body;
+        serde_json::from_str::<serde_json::Value>(&services).unwrap()[0]["served"]
+            .as_u64()
+            .unwrap()
+    }
     let counts = (served(&slow).await, served(&fast).await);
     for node in [a, slow, fast] {
         node.shutdown().await;
@@ -502,7 +497,7 @@ async fn peers_learn_of_services_added_and_removed_by_a_manifest_edit() {
         vec!["service `echo-b` added".to_owned()],
         "{report:?}"
     );
-    wait_for_peer_service(a.admin_addr(), "echo-b@1.0.0").await;
+    wait_for_peer_service(&a, "echo-b@1.0.0").await;
     let reply = send(a.http_addr(), "POST", "/f/call", "echo-b\nGET /e/echo").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
 
@@ -516,7 +511,7 @@ async fn peers_learn_of_services_added_and_removed_by_a_manifest_edit() {
     );
     let removed = Instant::now();
     loop {
-        let registry = get(a.admin_addr(), "/registry").await.body;
+        let registry = admin_get(&a, "/registry").await.body;
         if !registry.contains("hello@") {
             break;
         }

@@ -2,11 +2,11 @@
 //! failed deliveries are redelivered by the policies bound to the queue or by its own rule and
 //! dead-lettered when they give up; what is owed survives a restart.
 
+use crate::support::admin_get;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    TestManifest, admin_post, capture_logs, get, guest, logs, send, send_with, service,
-    switchyard_cli,
+    TestManifest, admin_post, capture_logs, guest, logs, send, send_with, service, switchyard_cli,
 };
 
 /// The mailroom service (sends on `POST /send/{queue}`, consumes), then `rest`.
@@ -33,7 +33,7 @@ async fn send_to(node: &switchyard::Node, queue: &str, body: &str) -> (u16, Stri
 
 async fn queue_view(node: &switchyard::Node, name: &str) -> serde_json::Value {
     let queues: serde_json::Value =
-        serde_json::from_str(&get(node.admin_addr(), "/queues").await.body).unwrap();
+        serde_json::from_str(&admin_get(node, "/queues").await.body).unwrap();
     queues
         .as_array()
         .unwrap()
@@ -188,7 +188,11 @@ async fn the_queues_retry_policy_spaces_redeliveries_and_dead_letters_when_it_gi
     assert_eq!(dead["body_preview"], "always-fail");
     assert_eq!(dead["sender"], "mailroom");
     // `switchyard status` shows the queue: depth 0, 1 delivered, 4 redelivered, 1 dead.
-    let stdout = switchyard_cli(&["status", "--admin", &node.admin_addr().to_string()])
+    let (admin, token_file) = (
+        node.admin_addr().to_string(),
+        node.admin_token_file().display().to_string(),
+    );
+    let stdout = switchyard_cli(&["status", "--admin", &admin, "--token-file", &token_file])
         .await
         .stdout;
     let line = stdout
@@ -368,10 +372,9 @@ async fn swapping_the_subscriber_and_the_queues_policy_while_messages_flow_loses
     let policy = std::fs::read(guest("policy_retry")).unwrap();
     for round in 0..3 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let (status, body) =
-            admin_post(node.admin_addr(), "/services/mailroom", mailroom.clone()).await;
+        let (status, body) = admin_post(&node, "/services/mailroom", mailroom.clone()).await;
         assert_eq!(status, 200, "service swap {round}: {body}");
-        let (status, body) = admin_post(node.admin_addr(), "/policies/retry", policy.clone()).await;
+        let (status, body) = admin_post(&node, "/policies/retry", policy.clone()).await;
         assert_eq!(status, 200, "policy swap {round}: {body}");
     }
     sender.await.unwrap();
@@ -383,7 +386,7 @@ async fn swapping_the_subscriber_and_the_queues_policy_while_messages_flow_loses
     assert_eq!(count(&view, "dead_lettered"), 0, "{view:#}");
     assert_eq!(count(&view, "depth"), 0, "{view:#}");
     let services: serde_json::Value =
-        serde_json::from_str(&get(node.admin_addr(), "/services").await.body).unwrap();
+        serde_json::from_str(&admin_get(&node, "/services").await.body).unwrap();
     assert_eq!(services[0]["generation"], 4, "{services:#}");
     node.shutdown().await;
 }
@@ -527,7 +530,7 @@ async fn a_redrive_sends_the_dead_letters_again_once_the_subscriber_is_fixed() {
         count(q, "dead_lettered") == 2
     })
     .await;
-    let (status, body) = admin_post(node.admin_addr(), "/queues/nope/redrive", Vec::new()).await;
+    let (status, body) = admin_post(&node, "/queues/nope/redrive", Vec::new()).await;
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("no queue named `nope`"), "{body}");
 
@@ -537,8 +540,20 @@ async fn a_redrive_sends_the_dead_letters_again_once_the_subscriber_is_fixed() {
         .replace("config = { mode = \"refuse\" }", "");
     manifest.edit(&text);
     crate::support::next_reload(&mut reported).await;
-    let redrive =
-        switchyard_cli(&["redrive", "jobs", "--admin", &node.admin_addr().to_string()]).await;
+    // The token comes from the manifest (the node created it in its data_dir).
+    let (admin, manifest_path) = (
+        node.admin_addr().to_string(),
+        manifest.path.display().to_string(),
+    );
+    let redrive = switchyard_cli(&[
+        "redrive",
+        "jobs",
+        "--manifest",
+        &manifest_path,
+        "--admin",
+        &admin,
+    ])
+    .await;
     assert!(redrive.success, "{}{}", redrive.stdout, redrive.stderr);
     assert!(
         redrive.stdout.contains("\"redriven\": 2"),
@@ -558,7 +573,7 @@ async fn a_redrive_sends_the_dead_letters_again_once_the_subscriber_is_fixed() {
     let dead_file = manifest.dir.path().join("data/queues/jobs.dead");
     assert_eq!(std::fs::metadata(&dead_file).unwrap().len(), 0);
     // Nothing is left to send again.
-    let (status, body) = admin_post(node.admin_addr(), "/queues/jobs/redrive", Vec::new()).await;
+    let (status, body) = admin_post(&node, "/queues/jobs/redrive", Vec::new()).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"redriven\": 0"), "{body}");
     node.shutdown().await;

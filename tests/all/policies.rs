@@ -1,8 +1,9 @@
 //! Resilience policies (guests/policy-*) bound to real calls, and their hot swap.
 
+use crate::support::admin_get;
 use std::time::{Duration, Instant};
 
-use crate::support::{TestManifest, admin_post, get, guest, send, service};
+use crate::support::{TestManifest, admin_post, guest, send, service};
 
 fn policy(name: &str, crate_name: &str, config: &str) -> String {
     format!(
@@ -43,7 +44,7 @@ async fn call(node: &switchyard::Node, method: &str) -> (u16, String) {
 
 async fn served_by_flaky(node: &switchyard::Node) -> u64 {
     let services: serde_json::Value =
-        serde_json::from_str(&get(node.admin_addr(), "/services").await.body).unwrap();
+        serde_json::from_str(&admin_get(node, "/services").await.body).unwrap();
     let flaky = services
         .as_array()
         .unwrap()
@@ -98,22 +99,21 @@ async fn a_circuit_breaker_opens_probes_closes_and_stays_open_across_a_swap() {
             .contains("circuit open")
     );
     let component = std::fs::read(guest("policy_breaker")).unwrap();
-    let (status, report) = admin_post(node.admin_addr(), "/policies/breaker", component).await;
+    let (status, report) = admin_post(&node, "/policies/breaker", component).await;
     assert_eq!(status, 200, "{report}");
     assert!(report.contains("\"generations\""), "{report}");
     let (status, body) = call(&node, "GET /flaky/echo").await;
     assert_eq!(status, 503, "the swap lost the open state: {body}");
     assert!(body.contains("circuit open"), "{body}");
-    let policies = get(node.admin_addr(), "/policies").await.body;
+    let policies = admin_get(&node, "/policies").await.body;
     assert!(policies.contains("\"generation\": 2"), "{policies}");
 
     // A component that is not a policy is refused and the old one keeps working.
-    let (status, reason) =
-        admin_post(node.admin_addr(), "/policies/breaker", b"not wasm".to_vec()).await;
+    let (status, reason) = admin_post(&node, "/policies/breaker", b"not wasm".to_vec()).await;
     assert_eq!(status, 422, "{reason}");
     assert!(reason.contains("not a WebAssembly file"), "{reason}");
     let (status, reason) = admin_post(
-        node.admin_addr(),
+        &node,
         "/policies/breaker",
         std::fs::read(guest("hello")).unwrap(),
     )
@@ -366,13 +366,11 @@ async fn a_hedged_call_takes_the_second_attempt_when_the_first_is_slower_than_us
 #[tokio::test]
 async fn a_policy_picks_the_instance_a_call_goes_to() {
     let work = service("work", "faulty", &["GET /w/{fault}"], "");
-    let b1 = TestManifest::with_node("name = \"b1\"\nquic = \"127.0.0.1:0\"", &work)
-        .start()
-        .await;
-    let b2 = TestManifest::with_node("name = \"b2\"\nquic = \"127.0.0.1:0\"", &work)
-        .start()
-        .await;
-    let a = TestManifest::with_node(
+    let b1_files = TestManifest::with_node("name = \"b1\"\nquic = \"127.0.0.1:0\"", &work);
+    let b1 = b1_files.start().await;
+    let b2_files = TestManifest::with_node("name = \"b2\"\nquic = \"127.0.0.1:0\"", &work);
+    let b2 = b2_files.start().await;
+    let a_files = TestManifest::with_node(
         &format!(
             "name = \"a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{}\", \"{}\"]",
             b1.quic_addr().unwrap(),
@@ -388,12 +386,11 @@ async fn a_policy_picks_the_instance_a_call_goes_to() {
             ),
             policy("zone", "policy_prefer_node", "node = \"b2\""),
         ),
-    )
-    .start()
-    .await;
+    );
+    let a = a_files.start().await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let registry = get(a.admin_addr(), "/registry").await.body;
+        let registry = admin_get(&a, "/registry").await.body;
         if registry.contains("\"b1\"") && registry.contains("\"b2\"") {
             break;
         }
@@ -404,7 +401,7 @@ async fn a_policy_picks_the_instance_a_call_goes_to() {
     assert_eq!(reply.body.trim(), "20", "{}", reply.body);
     let served = async |node: &switchyard::Node| {
         let services: serde_json::Value =
-            serde_json::from_str(&get(node.admin_addr(), "/services").await.body).unwrap();
+            serde_json::from_str(&admin_get(node, "/services").await.body).unwrap();
         services[0]["served"].as_u64().unwrap()
     };
     assert_eq!((served(&b1).await, served(&b2).await), (0, 20));
@@ -498,7 +495,7 @@ async fn editing_policies_in_a_watched_manifest_applies_config_and_bindings_keep
         "the new rate limit does not apply"
     );
     let policies: serde_json::Value =
-        serde_json::from_str(&get(node.admin_addr(), "/policies").await.body).unwrap();
+        serde_json::from_str(&admin_get(&node, "/policies").await.body).unwrap();
     let generations: Vec<_> = policies
         .as_array()
         .unwrap()
@@ -552,7 +549,7 @@ async fn editing_policies_in_a_watched_manifest_applies_config_and_bindings_keep
 /// Each binding's `(scope, generation, last_swap.state)` from `GET /policies`.
 async fn swap_states(node: &switchyard::Node) -> Vec<(String, u64, String)> {
     let policies: serde_json::Value =
-        serde_json::from_str(&get(node.admin_addr(), "/policies").await.body).unwrap();
+        serde_json::from_str(&admin_get(node, "/policies").await.body).unwrap();
     policies
         .as_array()
         .unwrap()
@@ -596,7 +593,7 @@ async fn a_policy_release_that_fails_its_decisions_is_rolled_back_everywhere_wit
     // A release that instantiates and restores fine, then traps in every decision.
     let broken = std::fs::read(guest("policy_broken")).unwrap();
     let swapped = Instant::now();
-    let (status, report) = admin_post(node.admin_addr(), "/policies/breaker", broken).await;
+    let (status, report) = admin_post(&node, "/policies/breaker", broken).await;
     assert_eq!(status, 200, "{report}");
     let states = swap_states(&node).await;
     assert_eq!(states.len(), 2, "{states:?}");
@@ -630,7 +627,7 @@ async fn a_policy_release_that_fails_its_decisions_is_rolled_back_everywhere_wit
         swapped.elapsed() < Duration::from_secs(3),
         "the rollback came after probation"
     );
-    let policies = get(node.admin_addr(), "/policies").await.body;
+    let policies = admin_get(&node, "/policies").await.body;
     let states = swap_states(&node).await;
     assert!(
         states
@@ -643,11 +640,13 @@ async fn a_policy_release_that_fails_its_decisions_is_rolled_back_everywhere_wit
     // The open state came back with the old instances, and a later swap starts from them;
     // `swap --wait` follows it through probation.
     let admin = node.admin_addr().to_string();
+    let token = std::fs::read_to_string(node.admin_token_file()).unwrap();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(crate::support::switchyard_bin())
             .args(["swap", "policy", "breaker"])
             .arg(guest("policy_breaker"))
             .args(["--admin", &admin, "--wait"])
+            .env("SWITCHYARD_ADMIN_TOKEN", token)
             .output()
             .unwrap()
     })

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use switchyard::{Manifest, Node};
 
-use crate::support::{Reply, get, repo_root, send};
+use crate::support::{Reply, admin_get, repo_root, send};
 
 fn example(name: &str) -> PathBuf {
     repo_root().join("examples/shop").join(name)
@@ -97,9 +97,7 @@ async fn the_shop_survives_a_dead_node_a_slow_service_and_a_restart() {
     // Back to normal: orders flow again.
     let stock = start("stock.toml", |t| t).await;
     eventually("/checkout/widget/1", 200).await;
-    let registry = get("127.0.0.2:9090".parse().unwrap(), "/registry")
-        .await
-        .body;
+    let registry = admin_get(&orders, "/registry").await.body;
     assert!(
         registry.contains("inventory@1.0.0") && registry.contains("payments@1.0.0"),
         "{registry}"

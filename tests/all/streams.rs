@@ -1,9 +1,10 @@
 //! `quic` streams between guests: on one node (in memory) and across nodes (QUIC), with the
 //! callee's limits and clear errors.
 
+use crate::support::admin_get;
 use std::time::{Duration, Instant};
 
-use crate::support::{TestManifest, get, send, service};
+use crate::support::{TestManifest, send, service};
 
 fn caller() -> String {
     service("faulty", "faulty", &["POST /f/{fault}"], "")
@@ -65,7 +66,7 @@ async fn a_stream_on_one_node_carries_bytes_both_ways_and_errors_are_clear() {
         started.elapsed()
     );
     let services: serde_json::Value =
-        serde_json::from_str(&get(node.admin_addr(), "/services").await.body).unwrap();
+        serde_json::from_str(&admin_get(&node, "/services").await.body).unwrap();
     let shouter = services
         .as_array()
         .unwrap()
@@ -83,24 +84,19 @@ async fn a_stream_on_one_node_carries_bytes_both_ways_and_errors_are_clear() {
 
 #[tokio::test]
 async fn a_stream_to_another_node_rides_quic() {
-    let b = TestManifest::with_node("name = \"node-b\"\nquic = \"127.0.0.1:0\"", &shouter(""))
-        .start()
-        .await;
-    let a = TestManifest::with_node(
+    let b_files =
+        TestManifest::with_node("name = \"node-b\"\nquic = \"127.0.0.1:0\"", &shouter(""));
+    let b = b_files.start().await;
+    let a_files = TestManifest::with_node(
         &format!(
             "name = \"node-a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{}\"]",
             b.quic_addr().unwrap()
         ),
         &caller(),
-    )
-    .start()
-    .await;
+    );
+    let a = a_files.start().await;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !get(a.admin_addr(), "/registry")
-        .await
-        .body
-        .contains("shouter@")
-    {
+    while !admin_get(&a, "/registry").await.body.contains("shouter@") {
         assert!(Instant::now() < deadline, "node-b never appeared");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

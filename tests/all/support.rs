@@ -135,21 +135,34 @@ pub(crate) async fn send_with(
     body: &str,
     headers: &[(&str, &str)],
 ) -> Reply {
+    send_bytes(addr, method, path, body.as_bytes().to_vec(), headers).await
+}
+
+/// One request with a binary body and extra headers on a fresh connection (a `host` among
+/// `headers` replaces the default, the address).
+pub(crate) async fn send_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> Reply {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
     tokio::spawn(connection);
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
+    let mut request = Request::builder().method(method).uri(path);
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        request = request.header("host", addr.to_string());
+    }
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let request = request
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
+    let request = request.body(Full::new(Bytes::from(body))).unwrap();
     let response = sender.send_request(request).await.unwrap();
     let (parts, body) = response.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
@@ -206,23 +219,34 @@ impl Write for SharedWriter {
     }
 }
 
-/// POSTs `body` to an admin endpoint (a swap); returns status and body.
-pub(crate) async fn admin_post(admin: SocketAddr, path: &str, body: Vec<u8>) -> (u16, String) {
-    use http_body_util::BodyExt;
-    let stream = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    let request = hyper::Request::post(path)
-        .header("host", "admin")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+/// The headers every admin request needs: the node's own address as Host, and its token.
+fn admin_headers(node: &Node) -> Vec<(String, String)> {
+    let token = std::fs::read_to_string(node.admin_token_file()).unwrap();
+    vec![
+        ("host".into(), node.admin_addr().to_string()),
+        ("authorization".into(), format!("Bearer {}", token.trim())),
+    ]
+}
+
+/// A request to `node`'s admin API, with its token.
+pub(crate) async fn admin_request(node: &Node, method: &str, path: &str, body: Vec<u8>) -> Reply {
+    let headers = admin_headers(node);
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    send_bytes(node.admin_addr(), method, path, body, &headers).await
+}
+
+/// GET from `node`'s admin API, with its token.
+pub(crate) async fn admin_get(node: &Node, path: &str) -> Reply {
+    admin_request(node, "GET", path, Vec::new()).await
+}
+
+/// POSTs `body` to an admin endpoint of `node` (a swap), with its token; status and body.
+pub(crate) async fn admin_post(node: &Node, path: &str, body: Vec<u8>) -> (u16, String) {
+    let reply = admin_request(node, "POST", path, body).await;
+    (reply.status, reply.body)
 }
 
 /// The report of the next manifest reload, within 5 s.
@@ -235,10 +259,10 @@ pub(crate) async fn next_reload(
         .expect("the node stopped watching its manifest")
 }
 
-/// Waits until `service` on the node whose admin API is at `admin` has `count` requests in
-/// flight, polling `/services`; past `within` it fails with `what` and the last listing.
+/// Waits until `service` on `admin` has `count` requests in flight, polling `/services`;
+/// past `within` it fails with `what` and the last listing.
 pub(crate) async fn wait_for_in_flight(
-    admin: SocketAddr,
+    admin: &Node,
     service: &str,
     count: u64,
     within: std::time::Duration,
@@ -246,7 +270,7 @@ pub(crate) async fn wait_for_in_flight(
 ) {
     let deadline = std::time::Instant::now() + within;
     loop {
-        let services = get(admin, "/services").await;
+        let services = admin_get(admin, "/services").await;
         let services: serde_json::Value = serde_json::from_str(&services.body).unwrap();
         let found = services
             .as_array()

@@ -1,6 +1,7 @@
 //! Hot swap of services: generations, refusal, automatic rollback, and a swap every second
 //! under load with zero failed requests.
 
+use crate::support::admin_get;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +11,7 @@ use crate::support::{TestManifest, admin_post, get, guest, service, switchyard_b
 
 async fn last_swap(node: &switchyard::Node) -> serde_json::Value {
     let services: serde_json::Value =
-        serde_json::from_str(&get(node.admin_addr(), "/services").await.body).unwrap();
+        serde_json::from_str(&admin_get(node, "/services").await.body).unwrap();
     services[0]["last_swap"].clone()
 }
 
@@ -26,11 +27,14 @@ async fn a_swap_serves_the_new_generation_and_a_bad_release_is_rolled_back() {
     // The CLI, as an operator would use it.
     let admin = node.admin_addr().to_string();
     let v2 = guest("hello_v2");
+    let manifest_path = manifest.path.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(switchyard_bin())
             .args(["swap", "service", "hello"])
             .arg(&v2)
             .args(["--admin", &admin])
+            .arg("--manifest")
+            .arg(manifest_path)
             .output()
             .unwrap()
     })
@@ -48,10 +52,10 @@ async fn a_swap_serves_the_new_generation_and_a_bad_release_is_rolled_back() {
     );
 
     // Not a component, or an unknown service: refused, nothing changes.
-    let (status, reason) = admin_post(node.admin_addr(), "/services/hello", b"nope".to_vec()).await;
+    let (status, reason) = admin_post(&node, "/services/hello", b"nope".to_vec()).await;
     assert_eq!(status, 422);
     assert!(reason.contains("not a WebAssembly file"), "{reason}");
-    let (status, reason) = admin_post(node.admin_addr(), "/services/nobody", b"x".to_vec()).await;
+    let (status, reason) = admin_post(&node, "/services/nobody", b"x".to_vec()).await;
     assert_eq!(status, 404);
     assert!(
         reason.contains("runs no service `nobody`") && reason.contains("hello"),
@@ -61,11 +65,13 @@ async fn a_swap_serves_the_new_generation_and_a_bad_release_is_rolled_back() {
     // A release that fails its requests is rolled back within its probation; `swap --wait`
     // follows it there and fails with the node's reason.
     let admin = node.admin_addr().to_string();
+    let token_file = node.admin_token_file().to_owned();
     let cli = tokio::task::spawn_blocking(move || {
         Command::new(switchyard_bin())
             .args(["swap", "service", "hello"])
             .arg(guest("broken"))
-            .args(["--admin", &admin, "--wait"])
+            .args(["--admin", &admin, "--wait", "--token-file"])
+            .arg(token_file)
             .output()
             .unwrap()
     });
@@ -99,7 +105,7 @@ async fn a_swap_serves_the_new_generation_and_a_bad_release_is_rolled_back() {
             .contains("failed"),
         "{swap}"
     );
-    let services = get(node.admin_addr(), "/services").await.body;
+    let services = admin_get(&node, "/services").await.body;
     assert!(services.contains("\"generation\": 2"), "{services}");
     let out = cli.await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -227,17 +233,13 @@ async fn swaps_every_second_under_load_drop_no_request_and_leak_no_generation() 
         } else {
             v1.clone()
         };
-        let (status, report) = admin_post(node.admin_addr(), "/services/greet", component).await;
+        let (status, report) = admin_post(&node, "/services/greet", component).await;
         assert_eq!(status, 200, "service swap {second}: {report}");
         let report: serde_json::Value = serde_json::from_str(&report).unwrap();
         swap_ms.push(report["swap_ms"].as_f64().unwrap());
         for (name, component) in [("breaker", &breaker), ("retry", &retry)] {
-            let (status, report) = admin_post(
-                node.admin_addr(),
-                &format!("/policies/{name}"),
-                component.clone(),
-            )
-            .await;
+            let (status, report) =
+                admin_post(&node, &format!("/policies/{name}"), component.clone()).await;
             assert_eq!(status, 200, "policy swap {second}: {report}");
         }
         swaps += 1;
@@ -276,7 +278,7 @@ async fn swaps_every_second_under_load_drop_no_request_and_leak_no_generation() 
         rss_after as f64 / 1048576.0
     );
     let services: serde_json::Value =
-        serde_json::from_str(&get(node.admin_addr(), "/services").await.body).unwrap();
+        serde_json::from_str(&admin_get(&node, "/services").await.body).unwrap();
     let greet = services
         .as_array()
         .unwrap()
@@ -377,7 +379,7 @@ async fn editing_the_manifest_of_a_running_node_swaps_what_changed() {
         "{report:?}"
     );
     assert_eq!(get(node.http_addr(), "/x/echo").await.status, 200);
-    let services = get(node.admin_addr(), "/services").await.body;
+    let services = admin_get(&node, "/services").await.body;
     assert!(services.contains("\"extra\""), "{services}");
     edit(rerouted);
     let report = next().await;
@@ -430,7 +432,7 @@ async fn editing_a_services_config_and_limits_starts_a_generation_with_them() {
         "Howdy, ada!\n"
     );
     let services: serde_json::Value =
-        serde_json::from_str(&get(node.admin_addr(), "/services").await.body).unwrap();
+        serde_json::from_str(&admin_get(&node, "/services").await.body).unwrap();
     assert_eq!(services[0]["generation"], 2, "{services}");
     assert_eq!(services[0]["max_instances"], 2, "{services}");
 

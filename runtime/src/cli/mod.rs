@@ -8,6 +8,7 @@ mod scaffold;
 mod status;
 mod swap;
 
+pub(crate) use admin::AdminArgs;
 pub(crate) use cert::cert;
 pub(crate) use scaffold::new_guest;
 pub(crate) use status::status;

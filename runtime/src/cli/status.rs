@@ -1,22 +1,22 @@
 //! `switchyard status`: a running node's services, queues and peers, as tables.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::admin::{admin_address, admin_get};
+use super::admin::{AdminApi, AdminArgs};
 
-pub(crate) fn status(manifest: Option<PathBuf>, admin: Option<SocketAddr>) -> Result<()> {
-    let admin = admin_address(manifest, admin)?;
+pub(crate) fn status(manifest: Option<PathBuf>, args: &AdminArgs) -> Result<()> {
+    let api = AdminApi::find(manifest.as_deref(), args)?;
+    let admin = api.address();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let (services, registry, queues) = runtime.block_on(async {
-        let services = admin_get(admin, "/services").await?;
-        let registry = admin_get(admin, "/registry").await?;
+        let services = api.get("/services").await?;
+        let registry = api.get("/registry").await?;
         // A node from before queues has no /queues: show the rest.
-        let queues = admin_get(admin, "/queues").await.unwrap_or_default();
+        let queues = api.get("/queues").await.unwrap_or_default();
         anyhow::Ok((services, registry, queues))
     })?;
     println!(

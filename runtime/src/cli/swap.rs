@@ -1,22 +1,21 @@
 //! `switchyard swap` and `switchyard redrive`: changes to a running node, through its admin API.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
 use super::SwapKind;
-use super::admin::{admin_address, admin_get, admin_post};
+use super::admin::{AdminApi, AdminArgs};
 
 pub(crate) fn swap(
     kind: SwapKind,
     name: &str,
     component: &std::path::Path,
     manifest: Option<PathBuf>,
-    admin: Option<SocketAddr>,
+    args: &AdminArgs,
     wait: bool,
 ) -> Result<()> {
-    let admin = admin_address(manifest, admin)?;
+    let api = AdminApi::find(manifest.as_deref(), args)?;
     let bytes = std::fs::read(component)
         .with_context(|| format!("cannot read the new component {}", component.display()))?;
     let path = match kind {
@@ -26,29 +25,25 @@ pub(crate) fn swap(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (status, body) = runtime.block_on(admin_post(admin, &path, bytes))?;
+    let (status, body) = runtime.block_on(api.post(&path, bytes))?;
     if status != 200 {
         anyhow::bail!("the node refused the swap ({status}): {}", body.trim_end());
     }
     println!("{body}");
     if wait {
-        let verdict = runtime.block_on(follow_probation(admin, kind, name))?;
+        let verdict = runtime.block_on(follow_probation(&api, kind, name))?;
         println!("{verdict}");
     }
     Ok(())
 }
 
-pub(crate) fn redrive(
-    queue: &str,
-    manifest: Option<PathBuf>,
-    admin: Option<SocketAddr>,
-) -> Result<()> {
-    let admin = admin_address(manifest, admin)?;
+pub(crate) fn redrive(queue: &str, manifest: Option<PathBuf>, args: &AdminArgs) -> Result<()> {
+    let api = AdminApi::find(manifest.as_deref(), args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let path = format!("/queues/{queue}/redrive");
-    let (status, body) = runtime.block_on(admin_post(admin, &path, Vec::new()))?;
+    let (status, body) = runtime.block_on(api.post(&path, Vec::new()))?;
     if status != 200 {
         anyhow::bail!(
             "the node refused the redrive ({status}): {}",
@@ -65,11 +60,12 @@ const PROBATION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Polls the admin API until the last swap of `name` serves (`Ok`, with what the node says)
 /// or was rolled back (`Err` with the node's reason). A policy counts as serving once every
 /// binding of it does.
-async fn follow_probation(admin: SocketAddr, kind: SwapKind, name: &str) -> Result<String> {
+async fn follow_probation(api: &AdminApi, kind: SwapKind, name: &str) -> Result<String> {
     let started = std::time::Instant::now();
     loop {
         let swaps: Vec<serde_json::Value> = match kind {
-            SwapKind::Service => admin_get(admin, "/services")
+            SwapKind::Service => api
+                .get("/services")
                 .await?
                 .as_array()
                 .into_iter()
@@ -77,7 +73,8 @@ async fn follow_probation(admin: SocketAddr, kind: SwapKind, name: &str) -> Resu
                 .filter(|service| service["name"] == name)
                 .map(|service| service["last_swap"].clone())
                 .collect(),
-            SwapKind::Policy => admin_get(admin, "/policies")
+            SwapKind::Policy => api
+                .get("/policies")
                 .await?
                 .as_array()
                 .into_iter()
@@ -105,11 +102,12 @@ async fn follow_probation(admin: SocketAddr, kind: SwapKind, name: &str) -> Resu
         if started.elapsed() > PROBATION_WAIT {
             anyhow::bail!(
                 "`{name}` is still on probation after {PROBATION_WAIT:?}; check `GET {}` on \
-                 {admin}",
+                 {}",
                 match kind {
                     SwapKind::Service => "/services",
                     SwapKind::Policy => "/policies",
-                }
+                },
+                api.address()
             );
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -10,6 +10,6 @@ mod admin;
 mod ingress;
 mod server;
 
-pub(crate) use admin::{Admin, ControlError, Operator, PolicySwapped};
+pub(crate) use admin::{Admin, AdminToken, ControlError, Operator, PolicySwapped, TokenError};
 pub(crate) use ingress::Ingress;
 pub(crate) use server::serve;

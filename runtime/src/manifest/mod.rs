@@ -4,7 +4,8 @@
 //! [node]
 //! name = "edge-1"
 //! http = "127.0.0.1:8080"     # ingress
-//! admin = "127.0.0.1:9090"    # /health, /services
+//! admin = "127.0.0.1:9090"    # the admin API; off loopback only with `tls` (served over it)
+//! # admin_token_file = "admin.token"  # its bearer token; default: generated in data_dir
 //! data_dir = ".switchyard"    # compiled-component cache; relative to this file
 //! quic = "127.0.0.1:7000"     # for other nodes (optional)
 //! # advertise = "10.0.0.5:7000"  # what peers dial, if not `quic` (e.g. quic = "0.0.0.0:7000")
@@ -185,8 +186,12 @@ pub struct NodeSpec {
     pub name: String,
     /// Ingress listen address (port 0 picks a free port).
     pub http: SocketAddr,
-    /// Admin API listen address (port 0 picks a free port).
+    /// Admin API listen address (port 0 picks a free port). Off loopback only with `tls`:
+    /// the admin API is then served over TLS with the node's certificate.
     pub admin: SocketAddr,
+    /// The file holding the admin API's bearer token; `None`: `admin.token` in `data_dir`,
+    /// generated at the first start.
+    pub admin_token_file: Option<PathBuf>,
     /// Where the node keeps its compiled-component cache.
     pub data_dir: PathBuf,
     /// QUIC listen address for other nodes; `None`: this node talks to no peers.

@@ -104,6 +104,7 @@ fn node_restarts(old: &NodeSpec, new: &NodeSpec) -> Vec<String> {
         name,
         http,
         admin,
+        admin_token_file,
         data_dir,
         quic,
         advertise,
@@ -126,6 +127,11 @@ fn node_restarts(old: &NodeSpec, new: &NodeSpec) -> Vec<String> {
             "node.admin",
             old.admin != *admin,
             "the admin listener is bound at start",
+        ),
+        (
+            "node.admin_token_file",
+            old.admin_token_file != *admin_token_file,
+            "the admin API reads its token from the file named at start",
         ),
         (
             "node.data_dir",

@@ -356,3 +356,27 @@ fn one_name_rule_for_the_manifest_and_the_scaffold() {
         "a trailing hyphen passed"
     );
 }
+
+#[test]
+fn an_admin_api_off_loopback_needs_tls() {
+    let err = error_of(&GOOD.replace("admin = \"127.0.0.1:0\"", "admin = \"0.0.0.0:9090\""));
+    assert!(err.contains("switchyard.toml:5:9"), "{err}");
+    assert!(err.contains("only over TLS"), "{err}");
+    assert!(err.contains("[node.tls]"), "{err}");
+    // Any loopback address is fine without it.
+    let (loopback, _) = parse(&GOOD.replace("admin = \"127.0.0.1:0\"", "admin = \"127.0.0.2:0\""));
+    loopback.unwrap_or_else(|err| panic!("{err}"));
+}
+
+#[test]
+fn the_admin_token_file_resolves_against_the_manifest() {
+    let (manifest, path) = parse(&GOOD.replace(
+        "admin = \"127.0.0.1:0\"",
+        "admin = \"127.0.0.1:0\"\nadmin_token_file = \"secrets/admin.token\"",
+    ));
+    let manifest = manifest.unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(
+        manifest.node.admin_token_file,
+        Some(path.with_file_name("secrets/admin.token"))
+    );
+}

@@ -28,9 +28,32 @@ pub(super) struct Control {
     pub(super) pool_instances: u32,
     /// Where changes to the set of services are announced (nodes with QUIC).
     pub(super) membership: std::sync::OnceLock<Arc<dyn crate::discovery::Membership>>,
+    /// Components swapped in through the admin API, by `service:<name>` or `policy:<name>`:
+    /// their SHA-256. A manifest edit keeps them (new settings apply to the swapped code);
+    /// an edit of that `component` replaces them, and its reload report says so.
+    pub(super) admin_swaps: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+/// The key of [`Control::admin_swaps`].
+pub(super) fn swap_key(kind: &str, name: &str) -> String {
+    format!("{kind}:{name}")
 }
 
 impl Control {
+    /// The SHA-256 of the component the admin API swapped in for `key` ([`swap_key`]), which
+    /// the manifest's component is about to replace; forgotten here.
+    pub(super) fn replaces_admin_swap(&self, key: &str) -> Option<String> {
+        self.admin_swaps.lock().ok()?.remove(key)
+    }
+
+    fn remember_admin_swap(&self, key: String, component: &[u8]) {
+        use sha2::Digest;
+        let sha256 = format!("{:x}", sha2::Sha256::digest(component));
+        if let Ok(mut swaps) = self.admin_swaps.lock() {
+            swaps.insert(key, sha256);
+        }
+    }
+
     /// Makes `balance` the `[balance.*]` settings of calls from now on.
     pub(super) fn rebalance(&self, balance: &BTreeMap<String, BalanceSpec>) {
         self.rpc.rebalance(balance.clone());
@@ -156,7 +179,12 @@ impl http::Operator for Control {
         name: String,
         component: Vec<u8>,
     ) -> BoxFuture<'_, Result<PolicySwapped, ControlError>> {
-        Box::pin(async move { Control::swap_policy(self, &name, component).await })
+        Box::pin(async move {
+            let key = swap_key("policy", &name);
+            let swapped = Control::swap_policy(self, &name, component.clone()).await?;
+            self.remember_admin_swap(key, &component);
+            Ok(swapped)
+        })
     }
 
     fn swap_service(
@@ -164,6 +192,13 @@ impl http::Operator for Control {
         name: String,
         component: Vec<u8>,
     ) -> BoxFuture<'_, Result<SwapEvent, ControlError>> {
-        Box::pin(async move { self.update_service(&name, Some(component), None).await })
+        Box::pin(async move {
+            let key = swap_key("service", &name);
+            let event = self
+                .update_service(&name, Some(component.clone()), None)
+                .await?;
+            self.remember_admin_swap(key, &component);
+            Ok(event)
+        })
     }
 }

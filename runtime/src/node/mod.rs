@@ -86,6 +86,9 @@ pub enum NodeError {
     /// A queue's files could not be opened.
     #[error("{0}\n  hint: check [[queue]] and `node.data_dir` in the manifest")]
     Messaging(#[from] crate::messaging::MessagingError),
+    /// The admin API's token file is missing, short or cannot be created.
+    #[error(transparent)]
+    AdminToken(#[from] crate::http::TokenError),
     /// A blocking load task panicked or was cancelled.
     #[error("loading components was interrupted: {0}")]
     Interrupted(String),
@@ -96,6 +99,7 @@ pub struct Node {
     name: String,
     http_addr: SocketAddr,
     admin_addr: SocketAddr,
+    admin_token_file: std::path::PathBuf,
     quic_addr: Option<SocketAddr>,
     membership: Option<Membership>,
     /// The manifest it started from and what swaps go through, for [`Node::watch_manifest`].
@@ -114,6 +118,8 @@ impl Node {
     /// mesh (peer frames and discovery), then serve HTTP, the admin API and queue delivery.
     pub async fn start(manifest: &Manifest) -> Result<Self, NodeError> {
         let listeners = start::Listeners::bind(manifest).await?;
+        let admin = start::AdminAccess::new(manifest)?;
+        let admin_token_file = admin.token.path().to_owned();
         let mesh = manifest
             .node
             .quic
@@ -134,6 +140,7 @@ impl Node {
         runtime.serve(
             manifest,
             listeners,
+            admin,
             mesh.as_ref(),
             &mut servers,
             shutdown_rx,
@@ -142,6 +149,7 @@ impl Node {
             node = %manifest.node.name,
             http = %http_addr,
             admin = %admin_addr,
+            admin_token = %admin_token_file.display(),
             quic = ?quic_addr,
             services = manifest.services.len(),
             "node ready"
@@ -150,6 +158,7 @@ impl Node {
             name: manifest.node.name.clone(),
             http_addr,
             admin_addr,
+            admin_token_file,
             quic_addr,
             membership,
             manifest: manifest.clone(),
@@ -167,6 +176,11 @@ impl Node {
     /// Where the admin API listens.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The file holding the admin API's bearer token (see `[node] admin_token_file`).
+    pub fn admin_token_file(&self) -> &Path {
+        &self.admin_token_file
     }
 
     /// Watches the manifest file and applies edits while the node runs: a changed

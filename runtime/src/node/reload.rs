@@ -244,14 +244,32 @@ async fn update_services(
             (None, Some(_)) => " (new settings)",
             (Some(_), Some(_)) => " (and new settings)",
         };
-        let label = format!("service `{}`{what}", service.name);
+        let mut label = format!("service `{}`{what}", service.name);
+        let replaces_upload = component.is_some();
         match control
             .update_service(&service.name, component, settings)
             .await
         {
-            Ok(_) => report.swapped.push(label),
+            Ok(_) => {
+                if replaces_upload {
+                    note_replaced_upload(control, "service", &service.name, &mut label);
+                }
+                report.swapped.push(label);
+            }
             Err(reason) => report.refused.push(format!("{label}: {reason}")),
         }
+    }
+}
+
+/// The manifest's component of `name` replaced one the admin API had swapped in: said in
+/// the report and the log, since the operator who swapped it may not be the one who edited.
+fn note_replaced_upload(control: &Control, kind: &str, name: &str, label: &mut String) {
+    if let Some(sha256) = control.replaces_admin_swap(&super::control::swap_key(kind, name)) {
+        let short = &sha256[..sha256.len().min(12)];
+        tracing::warn!(target: "switchyard::audit", action = "manifest replaces upload", kind, name, replaced = %sha256, "the manifest's component replaces one swapped in through the admin API");
+        label.push_str(&format!(
+            " (replaces sha256:{short}, swapped in through the admin API)"
+        ));
     }
 }
 
@@ -268,10 +286,13 @@ async fn update_policies(
             continue; // Declared by the rebind below.
         };
         if changed(&format!("policy:{}", policy.name)) {
-            let what = format!("policy `{}`", policy.name);
+            let mut what = format!("policy `{}`", policy.name);
             match std::fs::read(&policy.component) {
                 Ok(bytes) => match control.swap_policy(&policy.name, bytes).await {
-                    Ok(_) => report.swapped.push(what),
+                    Ok(_) => {
+                        note_replaced_upload(control, "policy", &policy.name, &mut what);
+                        report.swapped.push(what);
+                    }
                     Err(reason) => report.refused.push(format!("{what}: {reason}")),
                 },
                 Err(error) => report.refused.push(format!(

@@ -15,11 +15,12 @@ use super::{
 };
 use crate::discovery;
 use crate::host::Outbound;
-use crate::http::{self, Admin, Ingress};
+use crate::http::{self, Admin, AdminToken, Ingress};
 use crate::manifest::{DiscoverySpec, Manifest};
 use crate::messaging;
 use crate::policy::Policies;
 use crate::rpc;
+use crate::transport::Identity;
 
 /// The node's two TCP listeners, bound before anything slow happens.
 pub(super) struct Listeners {
@@ -53,6 +54,30 @@ impl Listeners {
             http,
             admin,
         })
+    }
+}
+
+/// Who may use the admin API, and over what.
+pub(super) struct AdminAccess {
+    pub(super) token: AdminToken,
+    /// Set when the admin API listens off loopback (the manifest check allows that only
+    /// with `[node.tls]`): it is served over TLS with the node's certificate.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl AdminAccess {
+    pub(super) fn new(manifest: &Manifest) -> Result<Self, NodeError> {
+        let node = &manifest.node;
+        let token = AdminToken::open(node.admin_token_file.as_deref(), &node.data_dir)?;
+        let tls = match &node.tls {
+            Some(files) if !node.admin.ip().is_loopback() => {
+                let identity = Identity::from_files(&files.ca, &files.cert, &files.key)?;
+                let config = identity.https_server()?;
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+            }
+            _ => None,
+        };
+        Ok(Self { token, tls })
     }
 }
 
@@ -114,6 +139,7 @@ impl Runtime {
             broker: broker.clone(),
             pool_instances: engine_config(manifest).max_instances,
             membership: std::sync::OnceLock::new(),
+            admin_swaps: std::sync::Mutex::default(),
         });
         Ok(Self {
             broker,
@@ -129,6 +155,7 @@ impl Runtime {
         &self,
         manifest: &Manifest,
         listeners: Listeners,
+        admin: AdminAccess,
         mesh: Option<&Mesh>,
         servers: &mut JoinSet<()>,
         shutdown: watch::Receiver<bool>,
@@ -143,6 +170,7 @@ impl Runtime {
         servers.spawn(http::serve(
             listeners.http,
             Arc::new(Ingress::new(self.services.directory().clone())),
+            None,
             shutdown.clone(),
             SHUTDOWN_GRACE,
         ));
@@ -153,7 +181,9 @@ impl Runtime {
                 self.services.directory().clone(),
                 mesh.map(|mesh| mesh.registry.clone()),
                 self.control.clone(),
+                admin.token,
             )),
+            admin.tls,
             shutdown,
             SHUTDOWN_GRACE,
         ));

@@ -17,9 +17,9 @@ pub(crate) use quic::Transport;
 pub(crate) use quic::{FrameHandler, RawStream};
 #[cfg(not(feature = "bench"))]
 pub(crate) use tls::Identity;
-pub use tls::{CertPem, generate_ca, issue_node_cert};
 #[cfg(feature = "bench")]
-pub use tls::{Identity, SERVER_NAME};
+pub use tls::Identity;
+pub use tls::{CertPem, SERVER_NAME, generate_ca, issue_node_cert};
 
 use std::net::SocketAddr;
 

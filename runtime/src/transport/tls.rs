@@ -165,6 +165,21 @@ impl Identity {
             .map_err(|err| TransportError::Tls(err.to_string()))
     }
 
+    /// TLS for the admin API off loopback: this node's certificate, no client certificate
+    /// (clients bring the admin token), HTTP/1.1.
+    pub(crate) fn https_server(&self) -> Result<rustls::ServerConfig, TransportError> {
+        let tls = |err: rustls::Error| TransportError::Tls(err.to_string());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(tls)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
     /// QUIC's TLS for dialling peers: presents this identity and trusts only its CA.
     pub(super) fn client_crypto(
         &self,

@@ -73,6 +73,7 @@ struct RawNode {
     name: Option<Spanned<String>>,
     http: Option<Spanned<String>>,
     admin: Option<Spanned<String>>,
+    admin_token_file: Option<String>,
     data_dir: Option<String>,
     quic: Option<Spanned<String>>,
     advertise: Option<Spanned<String>>,

@@ -14,6 +14,7 @@ pub(super) fn check_node(
         name: None,
         http: None,
         admin: None,
+        admin_token_file: None,
         data_dir: None,
         quic: None,
         advertise: None,
@@ -46,6 +47,10 @@ pub(super) fn check_node(
         ));
     }
     let data_dir = check.resolve(raw.data_dir.as_deref().unwrap_or(defaults::DATA_DIR));
+    let admin_token_file = raw
+        .admin_token_file
+        .as_deref()
+        .map(|path| check.resolve(path));
     let quic = raw
         .quic
         .as_ref()
@@ -73,10 +78,22 @@ pub(super) fn check_node(
     }
     let advertise = check_advertise(check, raw.advertise.as_ref(), raw.quic.as_ref(), quic)?;
     let tls = raw.tls.map(|tls| check_tls(check, tls)).transpose()?;
+    if !admin.ip().is_loopback() && tls.is_none() {
+        return Err(check.invalid(
+            admin_span,
+            format!(
+                "`node.admin` = {admin} is off loopback, and the admin API (which can swap any \
+                 service) is served off loopback only over TLS"
+            ),
+            "set [node.tls] (the admin API is then served over TLS with the node's certificate), \
+             or bind the admin API to loopback, e.g. admin = \"127.0.0.1:9090\"",
+        ));
+    }
     Ok(NodeSpec {
         name,
         http,
         admin,
+        admin_token_file,
         data_dir,
         quic,
         advertise,

@@ -4,7 +4,17 @@
 //! component upload swaps a service or a policy; a redrive resends a queue's dead letters).
 //! Changes go through the [`Operator`] the node implements, so this file knows HTTP and JSON,
 //! not how a swap is done.
+//!
+//! Every request but `GET /health` is checked by [`access`] (its own `Host`, no foreign
+//! `Origin`, the bearer token) before its body is read; at most [`MAX_COMPILES`] uploads are
+//! read and compiled at once; every change leaves one audit line (target
+//! `switchyard::audit`): what, the component's SHA-256, from which address, the outcome.
 
+mod access;
+
+pub(crate) use access::{AdminToken, ConnectionInfo, TokenError};
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,6 +23,7 @@ use http::{Method, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use sha2::Digest;
 
 use super::ingress::plain;
 use super::server::Handler;
@@ -24,6 +35,9 @@ use crate::wasm::{Directory, LoadError, SwapError, SwapEvent};
 
 /// The largest component a swap accepts.
 const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
+/// Uploads read and compiled at once; more are answered `429` (a compile takes a core and
+/// up to a few hundred MiB).
+const MAX_COMPILES: usize = 2;
 
 /// What the admin API asks of a running node (implemented by the node's `Control`, which
 /// the manifest watcher drives too). Typed both ways: JSON is made here, from these.
@@ -119,6 +133,8 @@ pub(crate) struct Admin {
     services: Arc<Directory>,
     registry: Option<Arc<crate::discovery::Registry>>,
     operator: Arc<dyn Operator>,
+    token: AdminToken,
+    compiles: tokio::sync::Semaphore,
 }
 
 #[derive(serde::Serialize)]
@@ -135,22 +151,34 @@ impl Admin {
         services: Arc<Directory>,
         registry: Option<Arc<crate::discovery::Registry>>,
         operator: Arc<dyn Operator>,
+        token: AdminToken,
     ) -> Self {
         Self {
             node,
             services,
             registry,
             operator,
+            token,
+            compiles: tokio::sync::Semaphore::new(MAX_COMPILES),
         }
     }
 
-    async fn swap(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn swap(&self, request: Request<Incoming>, from: SocketAddr) -> Response<Full<Bytes>> {
         let path = request.uri().path().to_owned();
         if let Some(queue) = path
             .strip_prefix("/queues/")
             .and_then(|rest| rest.strip_suffix("/redrive"))
         {
-            return match self.operator.redrive(queue.to_owned()).await {
+            let outcome = self.operator.redrive(queue.to_owned()).await;
+            match &outcome {
+                Ok(redriven) => {
+                    tracing::info!(target: "switchyard::audit", action = "redrive", queue, redriven, %from, "dead letters redriven");
+                }
+                Err(error) => {
+                    tracing::warn!(target: "switchyard::audit", action = "redrive", queue, %from, %error, "redrive refused");
+                }
+            }
+            return match outcome {
                 Ok(redriven) => json(&serde_json::json!({ "queue": queue, "redriven": redriven })),
                 Err(error) => refused(&error),
             };
@@ -168,6 +196,17 @@ impl Admin {
                 );
             }
         };
+        let Ok(_compiling) = self.compiles.try_acquire() else {
+            let mut busy = plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{MAX_COMPILES} uploads are being compiled already; retry when one is done\n"
+                ),
+            );
+            busy.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return busy;
+        };
         let body = http_body_util::Limited::new(request.into_body(), MAX_UPLOAD_BYTES);
         let component = match http_body_util::BodyExt::collect(body).await {
             Ok(collected) => collected.to_bytes().to_vec(),
@@ -180,26 +219,55 @@ impl Admin {
                 );
             }
         };
+        let sha256 = format!("{:x}", sha2::Sha256::digest(&component));
+        let (action, bytes) = (format!("swap {kind}"), component.len());
         let outcome = match kind {
             "services" => self
                 .operator
-                .swap_service(name, component)
+                .swap_service(name.clone(), component)
                 .await
                 .map(|event| json(&event)),
             _ => self
                 .operator
-                .swap_policy(name, component)
+                .swap_policy(name.clone(), component)
                 .await
                 .map(|swapped| json(&swapped)),
         };
-        outcome.unwrap_or_else(|error| refused(&error))
+        match outcome {
+            Ok(response) => {
+                tracing::info!(target: "switchyard::audit", action, name, sha256, bytes, %from, "swapped");
+                response
+            }
+            Err(error) => {
+                tracing::warn!(target: "switchyard::audit", action, name, sha256, bytes, %from, %error, "swap refused");
+                refused(&error)
+            }
+        }
     }
 }
 
 impl Handler for Admin {
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let Some(connection) = request.extensions().get::<ConnectionInfo>().copied() else {
+            return plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the admin API got a request without its connection\n".into(),
+            );
+        };
+        let health = request.method() == Method::GET && request.uri().path() == "/health";
+        if let Err(denied) = access::check(&self.token, &request, &connection, !health) {
+            tracing::warn!(target: "switchyard::audit", action = "denied", method = %request.method(), path = request.uri().path(), from = %connection.peer, reason = %denied, "admin request refused");
+            let mut response = plain(denied.status(), format!("{denied}\n"));
+            if denied.status() == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
+            }
+            return response;
+        }
         if request.method() == Method::POST {
-            return self.swap(request).await;
+            return self.swap(request, connection.peer).await;
         }
         if request.method() != Method::GET {
             return plain(
