@@ -10,6 +10,7 @@
 mod support;
 
 mod admin;
+mod admission;
 mod architecture;
 mod cache;
 mod cli;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tracing::{Instrument, field};
@@ -37,14 +37,100 @@ pub(crate) struct Ingress {
     /// The node's services; a request is routed with the snapshot of the moment it came.
     services: Arc<Directory>,
     ids: RequestIds,
+    /// Bytes of request bodies this node may hold at once (`[node] body_budget_mb`), one
+    /// permit a byte, taken as the bytes arrive and given back when the request ends.
+    body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl Ingress {
-    pub(crate) fn new(services: Arc<Directory>) -> Self {
+    pub(crate) fn new(services: Arc<Directory>, body_budget_bytes: usize) -> Self {
         Self {
             services,
             ids: RequestIds::new(),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(
+                body_budget_bytes.min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
         }
+    }
+}
+
+/// Why a request's body was not read.
+enum BodyRefused {
+    TooLarge,
+    Slow(Duration),
+    OverBudget,
+    Broken(hyper::Error),
+}
+
+impl BodyRefused {
+    fn response(&self, budget_bytes: usize) -> Response<Full<Bytes>> {
+        match self {
+            Self::TooLarge => plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {MAX_BODY_BYTES} bytes\n"),
+            ),
+            Self::Slow(timeout) => plain(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within the service's timeout ({} ms)\n",
+                    timeout.as_millis()
+                ),
+            ),
+            Self::OverBudget => {
+                let mut response = plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "this node holds {} MiB of request bodies already (its body_budget_mb); \
+                         retry\n",
+                        budget_bytes / (1024 * 1024)
+                    ),
+                );
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+            Self::Broken(error) => plain(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the request body: {error}\n"),
+            ),
+        }
+    }
+}
+
+/// Reads `body` by `deadline`, at most [`MAX_BODY_BYTES`], taking a permit of `budget` for
+/// every byte; the permits are held until the request ends.
+async fn read_body(
+    mut body: Incoming,
+    budget: &Arc<tokio::sync::Semaphore>,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<(Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>), BodyRefused> {
+    let mut bytes = Vec::new();
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(BodyRefused::Slow(timeout)),
+            Ok(None) => return Ok((bytes, held)),
+            Ok(Some(Err(error))) => return Err(BodyRefused::Broken(error)),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // Trailers: the guest interface has no place for them.
+        };
+        if bytes.len() + data.len() > MAX_BODY_BYTES {
+            return Err(BodyRefused::TooLarge);
+        }
+        let wanted = u32::try_from(data.len()).map_err(|_| BodyRefused::TooLarge)?;
+        let permit = budget
+            .clone()
+            .try_acquire_many_owned(wanted)
+            .map_err(|_| BodyRefused::OverBudget)?;
+        match &mut held {
+            Some(held) => held.merge(permit),
+            None => held = Some(permit),
+        }
+        bytes.extend_from_slice(&data);
     }
 }
 
@@ -70,7 +156,7 @@ impl Handler for Ingress {
             duration_us = field::Empty,
         );
         let mut response = self
-            .route(request, &request_id, &trace)
+            .route(request, started, &request_id, &trace)
             .instrument(span.clone())
             .await;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -86,9 +172,14 @@ impl Handler for Ingress {
 }
 
 impl Ingress {
+    fn budget_bytes(&self) -> usize {
+        self.body_budget.available_permits()
+    }
+
     async fn route(
         &self,
         request: Request<Incoming>,
+        started: Instant,
         request_id: &str,
         trace: &TraceContext,
     ) -> Response<Full<Bytes>> {
@@ -120,25 +211,28 @@ impl Ingress {
         span.record("service", target.value.name());
         span.record("route", &*target.pattern);
 
-        let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) => {
-                if error
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    return plain(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("request body is larger than {MAX_BODY_BYTES} bytes\n"),
-                    );
-                }
-                return plain(
-                    StatusCode::BAD_REQUEST,
-                    format!("could not read the request body: {error}\n"),
-                );
-            }
+        // Admitted before a byte of the body is read: a full service answers at once.
+        let admission = match target.value.admit() {
+            Ok(admission) => admission,
+            Err(error) => return error_response(&error, request_id),
         };
+        let (parts, body) = request.into_parts();
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+            return BodyRefused::TooLarge.response(self.budget_bytes());
+        }
+        // The body arrives within the request's own timeout; the guest gets what is left.
+        let timeout = target.value.timeout();
+        let deadline = tokio::time::Instant::from_std(started) + timeout;
+        let (body, _body_permits) =
+            match read_body(body, &self.body_budget, deadline, timeout).await {
+                Ok(read) => read,
+                Err(refused) => return refused.response(self.budget_bytes()),
+            };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let guest_request = GuestRequest {
             method: parts.method.as_str().to_owned(),
             path,
@@ -155,11 +249,11 @@ impl Ingress {
                 .chain(std::iter::once((TRACE_HEADER.to_owned(), trace.header())))
                 .collect(),
             params,
-            body: body.to_vec(),
+            body,
             request_id: request_id.to_owned(),
-            deadline_ms: crate::call::budget_ms(target.value.timeout()),
+            deadline_ms: crate::call::budget_ms(remaining),
         };
-        match target.value.handle(guest_request).await {
+        match target.value.handle_admitted(admission, guest_request).await {
             Ok(response) => into_http(response, parts.method == Method::HEAD),
             Err(error) => error_response(&error, request_id),
         }

@@ -12,4 +12,4 @@ mod server;
 
 pub(crate) use admin::{Admin, AdminToken, ControlError, Operator, PolicySwapped, TokenError};
 pub(crate) use ingress::Ingress;
-pub(crate) use server::serve;
+pub(crate) use server::{ConnectionLimits, serve};

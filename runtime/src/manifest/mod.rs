@@ -6,6 +6,9 @@
 //! http = "127.0.0.1:8080"     # ingress
 //! admin = "127.0.0.1:9090"    # the admin API; off loopback only with `tls` (served over it)
 //! # admin_token_file = "admin.token"  # its bearer token; default: generated in data_dir
+//! max_connections = 4096      # ingress connections at once; more are closed at once
+//! idle_timeout_ms = 30000     # a connection silent (or not reading) this long is closed
+//! body_budget_mb = 256        # request bodies held at once, all requests; past it: 503
 //! data_dir = ".switchyard"    # compiled-component cache; relative to this file
 //! quic = "127.0.0.1:7000"     # for other nodes (optional)
 //! # advertise = "10.0.0.5:7000"  # what peers dial, if not `quic` (e.g. quic = "0.0.0.0:7000")
@@ -192,6 +195,8 @@ pub struct NodeSpec {
     /// The file holding the admin API's bearer token; `None`: `admin.token` in `data_dir`,
     /// generated at the first start.
     pub admin_token_file: Option<PathBuf>,
+    /// What the ingress holds for its clients at most.
+    pub ingress: IngressLimits,
     /// Where the node keeps its compiled-component cache.
     pub data_dir: PathBuf,
     /// QUIC listen address for other nodes; `None`: this node talks to no peers.
@@ -205,6 +210,18 @@ pub struct NodeSpec {
     pub tls: Option<TlsSpec>,
     /// `[node.discovery]`: how nodes find each other.
     pub discovery: DiscoverySpec,
+}
+
+/// `[node] max_connections`, `idle_timeout_ms`, `body_budget_mb`: the ingress's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngressLimits {
+    /// Client connections open at once; past it a new connection is closed at once.
+    pub max_connections: u32,
+    /// A connection that sends no request (or not all of a request's headers) for this long
+    /// is closed; so is one that does not take the response's bytes for this long.
+    pub idle_timeout: Duration,
+    /// Bytes of request bodies held at once, across requests; past it a request gets `503`.
+    pub body_budget_bytes: usize,
 }
 
 /// `[node.discovery]`.
@@ -374,6 +391,12 @@ pub mod defaults {
     pub const DATA_DIR: &str = ".switchyard";
     /// `[[service]] max_instances`.
     pub const MAX_INSTANCES: u32 = 64;
+    /// `[node] max_connections`.
+    pub const MAX_CONNECTIONS: u32 = 4096;
+    /// `[node] idle_timeout_ms`.
+    pub const IDLE_TIMEOUT_MS: u64 = 30_000;
+    /// `[node] body_budget_mb`.
+    pub const BODY_BUDGET_MB: u64 = 256;
     /// `[[service]] requests_per_instance`: a fresh instance per request.
     pub const REQUESTS_PER_INSTANCE: u32 = 1;
     /// `[[service]] timeout_ms`.

@@ -105,6 +105,7 @@ fn node_restarts(old: &NodeSpec, new: &NodeSpec) -> Vec<String> {
         http,
         admin,
         admin_token_file,
+        ingress,
         data_dir,
         quic,
         advertise,
@@ -132,6 +133,11 @@ fn node_restarts(old: &NodeSpec, new: &NodeSpec) -> Vec<String> {
             "node.admin_token_file",
             old.admin_token_file != *admin_token_file,
             "the admin API reads its token from the file named at start",
+        ),
+        (
+            "node.max_connections, idle_timeout_ms or body_budget_mb",
+            old.ingress != *ingress,
+            "the ingress is built with them at start",
         ),
         (
             "node.data_dir",

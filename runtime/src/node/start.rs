@@ -15,7 +15,7 @@ use super::{
 };
 use crate::discovery;
 use crate::host::Outbound;
-use crate::http::{self, Admin, AdminToken, Ingress};
+use crate::http::{self, Admin, AdminToken, ConnectionLimits, Ingress};
 use crate::manifest::{DiscoverySpec, Manifest};
 use crate::messaging;
 use crate::policy::Policies;
@@ -56,6 +56,12 @@ impl Listeners {
         })
     }
 }
+
+/// The admin API serves a few operators and scripts, not the public.
+const ADMIN_CONNECTIONS: ConnectionLimits = ConnectionLimits {
+    max_connections: 64,
+    idle_timeout: std::time::Duration::from_secs(30),
+};
 
 /// Who may use the admin API, and over what.
 pub(super) struct AdminAccess {
@@ -167,10 +173,18 @@ impl Runtime {
             self.policies.clone(),
             shutdown.clone(),
         ));
+        let ingress = manifest.node.ingress;
         servers.spawn(http::serve(
             listeners.http,
-            Arc::new(Ingress::new(self.services.directory().clone())),
+            Arc::new(Ingress::new(
+                self.services.directory().clone(),
+                ingress.body_budget_bytes,
+            )),
             None,
+            ConnectionLimits {
+                max_connections: usize::try_from(ingress.max_connections).unwrap_or(usize::MAX),
+                idle_timeout: ingress.idle_timeout,
+            },
             shutdown.clone(),
             SHUTDOWN_GRACE,
         ));
@@ -184,6 +198,7 @@ impl Runtime {
                 admin.token,
             )),
             admin.tls,
+            ADMIN_CONNECTIONS,
             shutdown,
             SHUTDOWN_GRACE,
         ));

@@ -1,6 +1,9 @@
 //! `[node]`: addresses, TLS and discovery.
 
 use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::manifest::IngressLimits;
 
 use toml::Spanned;
 
@@ -15,6 +18,9 @@ pub(super) fn check_node(
         http: None,
         admin: None,
         admin_token_file: None,
+        max_connections: None,
+        idle_timeout_ms: None,
+        body_budget_mb: None,
         data_dir: None,
         quic: None,
         advertise: None,
@@ -78,6 +84,33 @@ pub(super) fn check_node(
     }
     let advertise = check_advertise(check, raw.advertise.as_ref(), raw.quic.as_ref(), quic)?;
     let tls = raw.tls.map(|tls| check_tls(check, tls)).transpose()?;
+    let ingress = IngressLimits {
+        max_connections: super::services::bounded(
+            check,
+            raw.max_connections,
+            defaults::MAX_CONNECTIONS,
+            1..=1_000_000,
+            "max_connections",
+        )?,
+        idle_timeout: Duration::from_millis(super::services::bounded(
+            check,
+            raw.idle_timeout_ms,
+            defaults::IDLE_TIMEOUT_MS,
+            100..=3_600_000,
+            "idle_timeout_ms",
+        )?),
+        body_budget_bytes: usize::try_from(
+            super::services::bounded(
+                check,
+                raw.body_budget_mb,
+                defaults::BODY_BUDGET_MB,
+                1..=1_048_576,
+                "body_budget_mb",
+            )? * 1024
+                * 1024,
+        )
+        .unwrap_or(usize::MAX),
+    };
     if !admin.ip().is_loopback() && tls.is_none() {
         return Err(check.invalid(
             admin_span,
@@ -94,6 +127,7 @@ pub(super) fn check_node(
         http,
         admin,
         admin_token_file,
+        ingress,
         data_dir,
         quic,
         advertise,

@@ -80,7 +80,7 @@ pub(super) fn check_service(
     })
 }
 
-fn bounded<T>(
+pub(super) fn bounded<T>(
     check: &Checker<'_>,
     value: Option<Spanned<T>>,
     default: T,

@@ -271,6 +271,16 @@ impl Slot {
     ///
     /// Dropping the future drops the instance mid-call; nothing else is affected.
     pub(crate) async fn handle(&self, request: GuestRequest) -> Result<GuestResponse, SlotError> {
+        self.handle_admitted(self.admit()?, request).await
+    }
+
+    /// [`Slot::handle`] for a request admitted earlier (the ingress admits before it reads
+    /// the body, so a full service answers `503` at once instead of after a slow upload).
+    pub(crate) async fn handle_admitted(
+        &self,
+        admission: Admission,
+        request: GuestRequest,
+    ) -> Result<GuestResponse, SlotError> {
         let traceparent = request
             .headers
             .iter()
@@ -278,6 +288,7 @@ impl Slot {
             .map(|(_, value)| value.as_str());
         let budget = Duration::from_millis(u64::from(request.deadline_ms));
         self.serve(
+            admission,
             &request.request_id,
             traceparent,
             budget,
@@ -298,6 +309,7 @@ impl Slot {
         message: GuestMessage,
     ) -> Result<Result<(), String>, SlotError> {
         self.serve(
+            self.admit()?,
             &message.id,
             message.trace_context.as_deref(),
             Duration::MAX,
@@ -316,13 +328,12 @@ impl Slot {
     /// for reuse if it ended cleanly.
     async fn serve<T>(
         &self,
+        _admission: Admission,
         request_id: &str,
         traceparent: Option<&str>,
         budget: Duration,
         call: impl AsyncFnOnce(&Service, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, SlotError> {
-        let _in_flight = self.admit()?;
-
         let generation = self.current.load_full();
         let mut live = self
             .idle_instance(&generation)
@@ -355,15 +366,15 @@ impl Slot {
     }
 
     /// Counts one more request or stream in flight, or refuses with `Busy` at the current
-    /// generation's `max_instances`.
-    fn admit(&self) -> Result<InFlight, SlotError> {
+    /// generation's `max_instances`; the count goes down when the [`Admission`] is dropped.
+    pub(crate) fn admit(&self) -> Result<Admission, SlotError> {
         let max_instances = self.current.load().settings.max_instances;
         let in_flight = &self.stats.in_flight;
         let admitted = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < u64::from(max_instances)).then_some(n + 1)
         });
         match admitted {
-            Ok(_) => Ok(InFlight(in_flight.clone())),
+            Ok(_) => Ok(Admission(in_flight.clone())),
             Err(_) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 Err(SlotError::Busy {
@@ -513,9 +524,10 @@ impl Slot {
 }
 
 /// One admitted request or stream; leaving lowers the count.
-struct InFlight(Arc<AtomicU64>);
+/// One request or stream counted in flight by [`Slot::admit`], until dropped.
+pub(crate) struct Admission(Arc<AtomicU64>);
 
-impl Drop for InFlight {
+impl Drop for Admission {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
