@@ -279,6 +279,9 @@ fn keep_aside(path: &Path, bytes: &[u8], damaged: &[Range<usize>]) -> io::Result
     name.push(".damaged");
     let aside = PathBuf::from(name);
     let mut file = OpenOptions::new().create(true).append(true).open(&aside)?;
+    if let Some(dir) = aside.parent() {
+        crate::util::sync_dir(dir)?;
+    }
     for range in damaged {
         writeln!(
             file,
@@ -351,6 +354,11 @@ pub(super) fn open(dir: &Path, queue: &str) -> Result<(Writer, Recovered), LogEr
         paths,
         _lock: lock,
     };
+    // The files may be new: their names must survive a crash as their records will.
+    crate::util::sync_dir(dir).map_err(io_error(dir))?;
+    if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        crate::util::sync_dir(parent).map_err(io_error(parent))?;
+    }
     let (commands, inbox) = mpsc::channel();
     let name = queue.to_owned();
     std::thread::Builder::new()
@@ -589,7 +597,7 @@ fn replace_file(path: &Path, contents: &[u8]) -> io::Result<File> {
     file.sync_all()?;
     std::fs::rename(&next, path)?;
     if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
+        crate::util::sync_dir(dir)?;
     }
     let mut reopened = OpenOptions::new().append(true).open(path)?;
     reopened.seek(SeekFrom::End(0))?;

@@ -13,3 +13,9 @@ use std::pin::Pin;
 
 /// A boxed, sendable future.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Makes the creation, rename or removal of files in `dir` durable: a file's own fsync does
+/// not write the directory entry that names it.
+pub(crate) fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}

@@ -132,6 +132,9 @@ fn create(path: &Path) -> Result<(), TokenError> {
     file.write_all(format!("{token}\n").as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(failed)?;
+    if let Some(dir) = path.parent() {
+        crate::util::sync_dir(dir).map_err(failed)?;
+    }
     Ok(())
 }
 
