@@ -238,3 +238,37 @@ async fn a_body_over_the_limit_gets_413() {
     assert_eq!(reply.status, 413, "{}", reply.body);
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_guest_logging_without_end_is_cut_at_its_per_request_budget_with_one_line_saying_so() {
+    capture_logs();
+    let manifest = faulty("");
+    let node = manifest.start().await;
+    // 1,000 lines of 1 KiB: 64 of them fit the 64 KiB budget.
+    let reply = get(node.http_addr(), "/f/chatty/1000").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let id = reply.header("x-request-id").unwrap().to_owned();
+    let lines: Vec<serde_json::Value> = logs()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .filter(|line: &serde_json::Value| line["fields"]["request_id"] == id.as_str())
+        .collect();
+    let logged = lines
+        .iter()
+        .filter(|line| line["level"] == "INFO" && line["target"] == "guest")
+        .count();
+    assert!((60..=64).contains(&logged), "{logged} lines were logged");
+    let cut: Vec<_> = lines
+        .iter()
+        .filter(|line| line["fields"]["dropped_lines"].is_u64())
+        .collect();
+    assert_eq!(cut.len(), 1, "{cut:?}");
+    assert_eq!(
+        cut[0]["fields"]["dropped_lines"].as_u64().unwrap() + logged as u64,
+        1000
+    );
+    // The next request has its own budget.
+    let reply = get(node.http_addr(), "/f/chatty/3").await;
+    assert_eq!(reply.status, 200);
+    node.shutdown().await;
+}

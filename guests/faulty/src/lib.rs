@@ -247,6 +247,18 @@ impl Service for Faulty {
                     .with_header("x-kept", "yes")
                     .with_body(b"short".to_vec()))
             }
+            "chatty" => {
+                // Logs `arg` lines of 1 KiB each: the node keeps a per-request budget.
+                let lines: usize = req
+                    .param("arg")
+                    .and_then(|arg| arg.parse().ok())
+                    .unwrap_or(1000);
+                let line = "x".repeat(1024);
+                for n in 0..lines {
+                    log::info!("{n:06} {line}");
+                }
+                Ok(Response::text(format!("logged {lines}\n")))
+            }
             "status" => {
                 let code = req
                     .param("arg")

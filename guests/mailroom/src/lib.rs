@@ -51,7 +51,9 @@ impl Service for Mailroom {
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(1);
             if attempt < until {
-                return Err(format!("attempt {attempt} fails; attempt {until} will pass"));
+                return Err(format!(
+                    "attempt {attempt} fails; attempt {until} will pass"
+                ));
             }
         }
         Ok(())

@@ -6,10 +6,53 @@ use super::{HostState, PolicyState};
 
 /// Guest messages are cut here so one guest cannot flood the log with a single line.
 const MAX_MESSAGE_BYTES: usize = 8 * 1024;
+/// Bytes of log messages one request (or delivery) may write; past it lines are dropped and
+/// counted, and one line at the end of the request says how many.
+pub(crate) const MAX_REQUEST_LOG_BYTES: usize = 64 * 1024;
+
+/// What is left of the current request's log budget, and what was dropped past it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogBudget {
+    left: usize,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        Self {
+            left: MAX_REQUEST_LOG_BYTES,
+            dropped_lines: 0,
+            dropped_bytes: 0,
+        }
+    }
+}
+
+impl LogBudget {
+    /// Whether a message of `bytes` still fits; if not, it is counted as dropped.
+    fn spend(&mut self, bytes: usize) -> bool {
+        if bytes <= self.left {
+            self.left -= bytes;
+            return true;
+        }
+        self.left = 0;
+        self.dropped_lines += 1;
+        self.dropped_bytes += bytes as u64;
+        false
+    }
+
+    /// Lines and bytes dropped since the budget was set, if any.
+    pub(crate) fn dropped(&self) -> Option<(u64, u64)> {
+        (self.dropped_lines > 0).then_some((self.dropped_lines, self.dropped_bytes))
+    }
+}
 
 impl log::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
-        write(&self.guest.service, &self.request_id, level, &message);
+        let message = truncate(&message, MAX_MESSAGE_BYTES);
+        if self.log_budget.spend(message.len()) {
+            write(&self.guest.service, &self.request_id, level, message);
+        }
     }
 
     fn enabled(&mut self, level: Level) -> bool {

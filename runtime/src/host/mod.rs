@@ -22,6 +22,7 @@ mod types;
 pub(crate) use bindings::policy as policy_bindings;
 pub(crate) use bindings::streams::StreamServicePre;
 pub(crate) use bindings::{GuestMessage, GuestRequest, GuestResponse, Service, ServicePre};
+pub(crate) use log::MAX_REQUEST_LOG_BYTES;
 pub(crate) use ports::{Calls, Outgoing, Queues, SendError};
 
 use std::collections::BTreeMap;
@@ -65,6 +66,8 @@ pub(crate) struct HostState {
     /// The current request's trace; its calls continue it.
     trace: Option<crate::telemetry::TraceContext>,
     output: GuestOutput,
+    /// The current request's log budget.
+    log_budget: log::LogBudget,
 }
 
 impl HostState {
@@ -87,6 +90,7 @@ impl HostState {
             calls_made: 0,
             trace: None,
             output,
+            log_budget: log::LogBudget::default(),
         }
     }
 
@@ -103,6 +107,12 @@ impl HostState {
         self.trace = traceparent.and_then(crate::telemetry::TraceContext::parse);
         self.calls_made = 0;
         self.limiter.exceeded = false;
+        self.log_budget = log::LogBudget::default();
+    }
+
+    /// Log lines and bytes the current request dropped past its budget, if any.
+    pub(crate) fn log_dropped(&self) -> Option<(u64, u64)> {
+        self.log_budget.dropped()
     }
 
     /// When the current request's time is up.

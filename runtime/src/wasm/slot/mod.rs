@@ -494,6 +494,17 @@ impl Slot {
 
     /// Writes what the guest printed (if anything) to the log under `request_id`.
     fn log_output(&self, store: &Store<HostState>, request_id: &str) {
+        if let Some((lines, bytes)) = store.data().log_dropped() {
+            tracing::warn!(
+                target: "guest",
+                service = %self.started.service,
+                request_id,
+                dropped_lines = lines,
+                dropped_bytes = bytes,
+                "the guest logged more than its per-request budget of {} KiB; the rest was dropped",
+                crate::host::MAX_REQUEST_LOG_BYTES / 1024
+            );
+        }
         if let Some((text, dropped)) = store.data().take_output() {
             tracing::info!(
                 target: "guest",
