@@ -150,6 +150,23 @@ async fn calls_started_together_run_in_parallel() {
 }
 
 #[tokio::test]
+async fn calls_started_past_max_pending_calls_answer_unavailable_at_once() {
+    let manifest = node_with("max_pending_calls = 4");
+    let node = manifest.start().await;
+    // Ten started together: four run, six are refused before they start.
+    let reply = get(node.http_addr(), "/f/fanout/10").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let (ok, elapsed_ms): (u64, u64) = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(ok, 4, "{}", reply.body);
+    assert!(elapsed_ms < 1000, "{elapsed_ms} ms");
+    // Dropped calls count no more: the next request's instance starts four again.
+    let reply = get(node.http_addr(), "/f/fanout/4").await;
+    let (ok, _): (u64, u64) = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(ok, 4, "{}", reply.body);
+    node.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_guest_built_against_wit_0_1_0_still_runs() {
     let old = crate::support::repo_root().join("tests/fixtures/hello-wit-0.1.0.wasm");
     let manifest = TestManifest::new(&format!(

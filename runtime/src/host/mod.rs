@@ -50,6 +50,8 @@ pub(crate) struct GuestContext {
     pub(crate) queues: Arc<dyn Queues>,
     pub(crate) config: BTreeMap<String, String>,
     pub(crate) env: Vec<(String, String)>,
+    /// Calls an instance may hold started and not dropped.
+    pub(crate) max_pending_calls: u32,
 }
 
 /// The data of one store: one request's instance.
@@ -68,6 +70,8 @@ pub(crate) struct HostState {
     output: GuestOutput,
     /// The current request's log budget.
     log_budget: log::LogBudget,
+    /// Pending calls this instance holds (each one's drop counts it down).
+    pending_calls: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl HostState {
@@ -91,6 +95,7 @@ impl HostState {
             trace: None,
             output,
             log_budget: log::LogBudget::default(),
+            pending_calls: Arc::default(),
         }
     }
 

@@ -5,6 +5,8 @@
 //! call aborts it.
 
 use std::future::{Future, poll_fn};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -23,7 +25,10 @@ use crate::telemetry::{TRACE_HEADER, TraceContext};
 )]
 pub struct PendingCall {
     state: PendingState,
-    task: tokio::task::AbortHandle,
+    /// The spawned call; `None` when it was refused before it started.
+    task: Option<tokio::task::AbortHandle>,
+    /// The instance's count of pending calls, counted down on drop.
+    held: Arc<AtomicU32>,
 }
 
 enum PendingState {
@@ -33,7 +38,10 @@ enum PendingState {
 
 impl Drop for PendingCall {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+        self.held.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -176,6 +184,22 @@ impl wit::Host for HostState {
         body: Vec<u8>,
         options: CallOptions,
     ) -> wasmtime::Result<Resource<PendingCall>> {
+        let held = self.pending_calls.clone();
+        let limit = self.guest.max_pending_calls;
+        if held.fetch_add(1, Ordering::Relaxed) >= limit {
+            // Refused before it runs; the guest sees an ordinary error it can handle.
+            let refused = CallError::Unavailable(format!(
+                "this instance holds {limit} pending calls already (max_pending_calls of \
+                 service `{}`); wait for or drop some before starting more",
+                self.guest.service
+            ));
+            let pending = PendingCall {
+                state: PendingState::Done(Err(refused.into())),
+                task: None,
+                held,
+            };
+            return Ok(self.table.push(pending)?);
+        }
         let call = self.prepare_call(&service, method, body, options);
         let calls = self.guest.calls.clone();
         let (sender, receiver) = oneshot::channel();
@@ -184,7 +208,8 @@ impl wit::Host for HostState {
         });
         let pending = PendingCall {
             state: PendingState::Running(receiver),
-            task: task.abort_handle(),
+            task: Some(task.abort_handle()),
+            held,
         };
         Ok(self.table.push(pending)?)
     }

@@ -30,6 +30,7 @@
 //! requests_per_instance = 1   # 1: a fresh instance per request; more: reuse idle ones
 //! timeout_ms = 5000           # per request; past it: 504
 //! memory_limit_mb = 64        # per instance; past it: 500
+//! max_pending_calls = 1024    # rpc.start calls one instance holds; past it: unavailable
 //! config = { greeting = "Hello" }
 //! env = { RUST_BACKTRACE = "1" }
 //!
@@ -283,6 +284,9 @@ pub struct ServiceSpec {
     pub timeout: Duration,
     /// Linear-memory limit per instance.
     pub memory_limit_bytes: usize,
+    /// Calls one instance may have started (`rpc.start`) and not yet dropped; past it a
+    /// start answers `unavailable` at once.
+    pub max_pending_calls: u32,
     /// Strings handed to the guest through the `config` interface.
     pub config: BTreeMap<String, String>,
     /// Environment variables the guest sees (it sees no others).
@@ -391,6 +395,8 @@ pub mod defaults {
     pub const DATA_DIR: &str = ".switchyard";
     /// `[[service]] max_instances`.
     pub const MAX_INSTANCES: u32 = 64;
+    /// `max_pending_calls` of a service: far above any fan-out a normal guest makes.
+    pub const MAX_PENDING_CALLS: u32 = 1024;
     /// `[node] max_connections`.
     pub const MAX_CONNECTIONS: u32 = 4096;
     /// `[node] idle_timeout_ms`.

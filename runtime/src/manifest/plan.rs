@@ -68,6 +68,7 @@ fn service_changed(old: &ServiceSpec, new: &ServiceSpec) -> bool {
         requests_per_instance,
         timeout,
         memory_limit_bytes,
+        max_pending_calls,
         config,
         env,
     } = new;
@@ -83,6 +84,7 @@ fn service_changed(old: &ServiceSpec, new: &ServiceSpec) -> bool {
         || old.requests_per_instance != *requests_per_instance
         || old.timeout != *timeout
         || old.memory_limit_bytes != *memory_limit_bytes
+        || old.max_pending_calls != *max_pending_calls
         || old.config != *config
         || old.env != *env
 }

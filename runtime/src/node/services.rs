@@ -182,6 +182,7 @@ pub(super) fn slot_config(spec: &ServiceSpec) -> SlotConfig {
         requests_per_instance: spec.requests_per_instance,
         timeout: spec.timeout,
         memory_limit_bytes: spec.memory_limit_bytes,
+        max_pending_calls: spec.max_pending_calls,
         config: spec.config.clone(),
         env: spec.env.clone(),
     }

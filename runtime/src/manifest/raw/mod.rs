@@ -125,6 +125,7 @@ struct RawService {
     requests_per_instance: Option<Spanned<u32>>,
     timeout_ms: Option<Spanned<u64>>,
     memory_limit_mb: Option<Spanned<u64>>,
+    max_pending_calls: Option<Spanned<u32>>,
     #[serde(default)]
     config: BTreeMap<String, String>,
     #[serde(default)]

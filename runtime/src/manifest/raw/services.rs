@@ -65,6 +65,13 @@ pub(super) fn check_service(
         1..=4096,
         "memory_limit_mb",
     )?;
+    let max_pending_calls = bounded(
+        check,
+        raw.max_pending_calls,
+        defaults::MAX_PENDING_CALLS,
+        1..=100_000,
+        "max_pending_calls",
+    )?;
     Ok(ServiceSpec {
         name,
         version,
@@ -75,6 +82,7 @@ pub(super) fn check_service(
         requests_per_instance,
         timeout: Duration::from_millis(timeout_ms),
         memory_limit_bytes: usize::try_from(memory_limit_mb * 1024 * 1024).unwrap_or(usize::MAX),
+        max_pending_calls,
         config: raw.config,
         env: raw.env,
     })

@@ -37,6 +37,7 @@ pub(crate) struct SlotConfig {
     pub requests_per_instance: u32,
     pub timeout: Duration,
     pub memory_limit_bytes: usize,
+    pub max_pending_calls: u32,
     pub config: BTreeMap<String, String>,
     pub env: BTreeMap<String, String>,
 }
@@ -69,6 +70,7 @@ impl Generation {
             calls: outbound.calls.clone(),
             queues: outbound.queues.clone(),
             config: settings.config.clone(),
+            max_pending_calls: settings.max_pending_calls,
             env: settings
                 .env
                 .iter()
