@@ -26,7 +26,10 @@ pub mod telemetry;
 /// (what `switchyard cert` writes). The admin API off loopback is served with a node's
 /// certificate too, checked against [`cert::SERVER_NAME`].
 pub mod cert {
-    pub use crate::transport::{CertPem, SERVER_NAME, generate_ca, issue_node_cert};
+    pub use crate::transport::{
+        CA_DAYS, CertPem, NODE_DAYS, SERVER_NAME, generate_ca, generate_ca_for, issue_node_cert,
+        issue_node_cert_for,
+    };
 }
 
 /// Entry points for the benchmarks (feature `bench`), not an API.

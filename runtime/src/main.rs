@@ -113,6 +113,9 @@ enum CertCommand {
         /// Cluster name, in the CA's common name.
         #[arg(long, default_value = "switchyard")]
         name: String,
+        /// Days the CA is valid (every node must trust a new one before it replaces it).
+        #[arg(long, default_value_t = switchyard::cert::CA_DAYS)]
+        days: u32,
     },
     /// A node certificate signed by the CA: writes <name>.pem and <name>.key.
     Node {
@@ -124,6 +127,9 @@ enum CertCommand {
         /// Directory to write into.
         #[arg(long, default_value = ".")]
         out: PathBuf,
+        /// Days the certificate is valid; renew it before then (see SECURITY.md).
+        #[arg(long, default_value_t = switchyard::cert::NODE_DAYS)]
+        days: u32,
     },
 }
 

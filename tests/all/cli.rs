@@ -221,3 +221,34 @@ fn node_addr_gone() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().to_string()
 }
+
+#[test]
+fn certificates_are_valid_for_the_days_asked_and_a_year_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().display().to_string();
+    let run = |args: &[&str]| {
+        let output = Command::new(switchyard_bin()).args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run(&["cert", "ca", "--out", &out, "--days", "30"]);
+    run(&[
+        "cert", "node", "edge", "--ca-dir", &out, "--out", &out, "--days", "2",
+    ]);
+    run(&["cert", "node", "core", "--ca-dir", &out, "--out", &out]);
+    let days_valid = |file: &str| {
+        let pem = std::fs::read(dir.path().join(file)).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let validity = cert.validity();
+        (validity.not_after.timestamp() - validity.not_before.timestamp()) as f64 / 86_400.0
+    };
+    // Each is valid from an hour ago (clocks differ a little).
+    let hour = 1.0 / 24.0;
+    assert_eq!(days_valid("ca.pem"), 30.0 + hour);
+    assert_eq!(days_valid("edge.pem"), 2.0 + hour);
+    assert_eq!(days_valid("core.pem"), 365.0 + hour);
+}

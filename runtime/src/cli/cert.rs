@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use super::CertCommand;
 
 pub(crate) fn cert(what: CertCommand) -> Result<()> {
-    use switchyard::cert::{CertPem, generate_ca, issue_node_cert};
+    use switchyard::cert::{CertPem, generate_ca_for, issue_node_cert_for};
     let write = |dir: &std::path::Path, stem: &str, pem: &CertPem| -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let cert = dir.join(format!("{stem}.pem"));
@@ -31,8 +31,13 @@ pub(crate) fn cert(what: CertCommand) -> Result<()> {
         Ok(())
     };
     match what {
-        CertCommand::Ca { out, name } => write(&out, "ca", &generate_ca(&name)?),
-        CertCommand::Node { name, ca_dir, out } => {
+        CertCommand::Ca { out, name, days } => write(&out, "ca", &generate_ca_for(&name, days)?),
+        CertCommand::Node {
+            name,
+            ca_dir,
+            out,
+            days,
+        } => {
             let read = |file: &str| {
                 let path = ca_dir.join(file);
                 std::fs::read_to_string(&path).with_context(|| {
@@ -46,7 +51,7 @@ pub(crate) fn cert(what: CertCommand) -> Result<()> {
                 cert: read("ca.pem")?,
                 key: read("ca.key")?,
             };
-            write(&out, &name, &issue_node_cert(&ca, &name)?)
+            write(&out, &name, &issue_node_cert_for(&ca, &name, days)?)
         }
     }
 }

@@ -19,7 +19,10 @@ pub(crate) use quic::{FrameHandler, RawStream};
 pub(crate) use tls::Identity;
 #[cfg(feature = "bench")]
 pub use tls::Identity;
-pub use tls::{CertPem, SERVER_NAME, generate_ca, issue_node_cert};
+pub use tls::{
+    CA_DAYS, CertPem, NODE_DAYS, SERVER_NAME, generate_ca, generate_ca_for, issue_node_cert,
+    issue_node_cert_for,
+};
 
 use std::net::SocketAddr;
 

@@ -55,8 +55,25 @@ fn tls_error(what: &str) -> impl Fn(rcgen::Error) -> TransportError + '_ {
     move |err| TransportError::Tls(format!("{what}: {err}"))
 }
 
-/// A new cluster CA.
+/// Days a cluster CA is valid by default: rotating a CA means restarting every node.
+pub const CA_DAYS: u32 = 3650;
+/// Days a node certificate is valid by default.
+pub const NODE_DAYS: u32 = 365;
+
+/// A certificate valid from an hour ago (clocks differ a little) for `days` days.
+fn validity(params: &mut CertificateParams, days: u32) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+}
+
+/// A new cluster CA, valid for [`CA_DAYS`].
 pub fn generate_ca(name: &str) -> Result<CertPem, TransportError> {
+    generate_ca_for(name, CA_DAYS)
+}
+
+/// A new cluster CA, valid for `days` days.
+pub fn generate_ca_for(name: &str, days: u32) -> Result<CertPem, TransportError> {
     let key = KeyPair::generate().map_err(tls_error("generating the CA key"))?;
     let mut params =
         CertificateParams::new(Vec::<String>::new()).map_err(tls_error("CA parameters"))?;
@@ -65,6 +82,7 @@ pub fn generate_ca(name: &str) -> Result<CertPem, TransportError> {
         format!("{name} (Switchyard cluster CA)"),
     );
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    validity(&mut params, days);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let cert = params
         .self_signed(&key)
@@ -75,8 +93,13 @@ pub fn generate_ca(name: &str) -> Result<CertPem, TransportError> {
     })
 }
 
-/// A certificate for node `name`, signed by the CA in `ca`.
+/// A certificate for node `name`, signed by the CA in `ca`, valid for [`NODE_DAYS`].
 pub fn issue_node_cert(ca: &CertPem, name: &str) -> Result<CertPem, TransportError> {
+    issue_node_cert_for(ca, name, NODE_DAYS)
+}
+
+/// A certificate for node `name`, signed by the CA in `ca`, valid for `days` days.
+pub fn issue_node_cert_for(ca: &CertPem, name: &str, days: u32) -> Result<CertPem, TransportError> {
     let ca_key = KeyPair::from_pem(&ca.key).map_err(tls_error("reading the CA key"))?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key)
         .map_err(tls_error("reading the CA certificate"))?;
@@ -84,6 +107,7 @@ pub fn issue_node_cert(ca: &CertPem, name: &str) -> Result<CertPem, TransportErr
     let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned()])
         .map_err(tls_error("node certificate parameters"))?;
     params.distinguished_name.push(DnType::CommonName, name);
+    validity(&mut params, days);
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(tls_error("signing the node certificate"))?;
