@@ -1,10 +1,13 @@
 //! The embedded backend: push-pull gossip over the nodes' own QUIC transport.
 //!
-//! Each round a node sends `Gossip { itself, everyone it knows }` to its seeds and to every
-//! live peer, and takes in the same from each answer. Seeds only bootstrap: a node that
-//! names one seed still learns (and is learned by) every node that seed knows, within a
-//! couple of rounds. Every exchange goes to every known peer, which keeps liveness direct and
-//! the bound simple; for meshes of hundreds of nodes a fan-out limit would be the next step.
+//! Each round a node sends `Gossip { itself, everyone it knows }` to the seeds it has not
+//! heard from and to at most [`FANOUT`] live peers chosen at random, and takes in the same
+//! from each answer. Seeds only bootstrap: a node that names one seed still learns (and is
+//! learned by) every node that seed knows, within a couple of rounds. News spreads
+//! epidemically (push-pull), so with [`super::TTL`] four rounds long a node's own word
+//! reaches every peer well before it runs out; a mesh of up to `FANOUT + 1` nodes talks to
+//! every peer every round. A frame of more than [`MAX_MEMBERS_PER_FRAME`] members is refused
+//! whole, and expired entries are purged every round.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -15,6 +18,11 @@ use tokio::sync::watch;
 use super::{BoxFuture, GOSSIP_INTERVAL, LEAVE_TIMEOUT, Member, Membership, Registry, TTL};
 use crate::transport::Transport;
 use crate::wire::frame::{FailureKind, Frame};
+
+/// Live peers a round exchanges news with, beside seeds not heard from yet.
+const FANOUT: usize = 4;
+/// Members a gossip frame may carry: a registry's worth and the sender itself.
+const MAX_MEMBERS_PER_FRAME: usize = super::MAX_PEERS + 1;
 
 /// Embedded membership for one node.
 pub(crate) struct Gossip {
@@ -50,6 +58,20 @@ impl Gossip {
     /// Answers a peer's gossip or goodbye frame.
     pub(crate) fn answer(&self, frame: Frame) -> Frame {
         match frame {
+            Frame::Gossip { members } if members.len() > MAX_MEMBERS_PER_FRAME => {
+                tracing::warn!(
+                    members = members.len(),
+                    max = MAX_MEMBERS_PER_FRAME,
+                    "refused a gossip frame with too many members"
+                );
+                Frame::Failed {
+                    kind: FailureKind::BadRequest,
+                    message: format!(
+                        "a gossip frame carries at most {MAX_MEMBERS_PER_FRAME} members, this one {}",
+                        members.len()
+                    ),
+                }
+            }
             Frame::Gossip { members } => {
                 self.take_in(&members);
                 Frame::Gossip {
@@ -78,13 +100,21 @@ impl Gossip {
     }
 
     fn take_in(&self, members: &[Member]) {
+        if members.len() > MAX_MEMBERS_PER_FRAME {
+            tracing::warn!(
+                members = members.len(),
+                max = MAX_MEMBERS_PER_FRAME,
+                "ignored a gossip answer with too many members"
+            );
+            return;
+        }
         for member in members.iter().filter(|m| m.address != self.address) {
             let ttl = Duration::from_millis(u64::from(member.ttl_ms)).min(TTL);
             self.registry.learn(member, Some(ttl));
         }
     }
 
-    /// Seeds and every live peer, once each.
+    /// Seeds and every live peer, once each (a goodbye goes to all of them).
     fn targets(&self) -> Vec<SocketAddr> {
         let mut targets = self.seeds.clone();
         targets.extend(self.registry.members().iter().map(|m| m.address));
@@ -95,10 +125,19 @@ impl Gossip {
     }
 
     async fn round(self: &Arc<Self>) {
+        self.registry.purge();
+        let known: Vec<SocketAddr> = self.registry.members().iter().map(|m| m.address).collect();
+        let targets = round_targets(
+            &self.seeds,
+            known,
+            self.address,
+            FANOUT,
+            &mut fastrand::Rng::new(),
+        );
         let frame = Frame::Gossip {
             members: self.news(),
         };
-        let exchanges = self.targets().into_iter().map(|peer| {
+        let exchanges = targets.into_iter().map(|peer| {
             let this = self.clone();
             let frame = frame.clone();
             tokio::spawn(async move {
@@ -167,5 +206,58 @@ impl Membership for Gossip {
 
     fn backend(&self) -> &'static str {
         "embedded"
+    }
+}
+
+/// Whom a round talks to: every seed not among the `known` live peers (bootstrap, and a
+/// seed that came back), and at most `fanout` of the known ones, chosen at random; never
+/// `me`, never one twice.
+fn round_targets(
+    seeds: &[SocketAddr],
+    mut known: Vec<SocketAddr>,
+    me: SocketAddr,
+    fanout: usize,
+    rng: &mut fastrand::Rng,
+) -> Vec<SocketAddr> {
+    known.retain(|peer| *peer != me);
+    let mut targets: Vec<SocketAddr> = seeds
+        .iter()
+        .filter(|seed| **seed != me && !known.contains(seed))
+        .copied()
+        .collect();
+    rng.shuffle(&mut known);
+    targets.extend(known.into_iter().take(fanout));
+    targets.sort();
+    targets.dedup();
+    targets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(n: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, n], 7000))
+    }
+
+    #[test]
+    fn a_round_talks_to_unheard_seeds_and_at_most_fanout_known_peers() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let me = addr(1);
+        // A small mesh: everyone, every round.
+        let small = round_targets(&[addr(2)], vec![addr(2), addr(3), me], me, 4, &mut rng);
+        assert_eq!(small, vec![addr(2), addr(3)]);
+        // A large one: four known peers, plus the seed nobody has heard from.
+        let known: Vec<SocketAddr> = (2..=200).map(addr).collect();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let targets = round_targets(&[addr(250)], known.clone(), me, 4, &mut rng);
+            assert_eq!(targets.len(), 5, "{targets:?}");
+            assert!(targets.contains(&addr(250)));
+            assert!(!targets.contains(&me));
+            seen.extend(targets);
+        }
+        // Random choice reaches everyone over rounds.
+        assert!(seen.len() > 150, "{}", seen.len());
     }
 }

@@ -36,6 +36,9 @@ pub(crate) const GOSSIP_INTERVAL: Duration = Duration::from_millis(500);
 pub(crate) const TTL: Duration = Duration::from_secs(2);
 /// How long a goodbye may take before the node stops anyway.
 pub(crate) const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Peers a registry holds at most: news of more is dropped (and said in the log), so a peer
+/// that invents members cannot grow a node's memory without end.
+pub(crate) const MAX_PEERS: usize = 1024;
 
 pub(crate) use crate::util::BoxFuture;
 
@@ -64,6 +67,15 @@ struct State {
     peers: HashMap<SocketAddr, PeerEntry>,
     /// Incarnations that said goodbye, so a late rumour does not bring them back.
     departed: HashMap<SocketAddr, (u64, Instant)>,
+    /// Members not taken in at [`MAX_PEERS`] since the last purge.
+    turned_away: u64,
+}
+
+impl State {
+    fn purge(&mut self, now: Instant) {
+        self.peers.retain(|_, entry| entry.live(now));
+        self.departed.retain(|_, (_, until)| *until > now);
+    }
 }
 
 struct PeerEntry {
@@ -132,6 +144,13 @@ impl Registry {
                 return;
             }
         }
+        if !state.peers.contains_key(&member.address) && state.peers.len() >= MAX_PEERS {
+            state.purge(now);
+            if state.peers.len() >= MAX_PEERS {
+                state.turned_away += 1;
+                return;
+            }
+        }
         let services = member
             .services
             .iter()
@@ -148,6 +167,30 @@ impl Registry {
                 expires,
             },
         );
+    }
+
+    /// Drops every entry whose time is up (they count no more, but they took room), and
+    /// says how many members were turned away at [`MAX_PEERS`] since the last purge.
+    pub(crate) fn purge(&self) {
+        let now = Instant::now();
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        state.purge(now);
+        if state.turned_away > 0 {
+            tracing::warn!(
+                turned_away = state.turned_away,
+                max_peers = MAX_PEERS,
+                "news of more peers than a registry holds was dropped"
+            );
+            state.turned_away = 0;
+        }
+    }
+
+    /// How many entries are held, live or not yet purged.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.state.lock().map_or(0, |state| state.peers.len())
     }
 
     /// Forgets `incarnation` of the node at `address` (a goodbye, a deleted etcd key).
@@ -284,6 +327,30 @@ pub(crate) fn new_incarnation() -> u64 {
 mod tests {
     use super::*;
 
+    #[tokio::test(start_paused = true)]
+    async fn a_registry_holds_at_most_max_peers_and_expired_ones_make_room() {
+        let registry = Registry::default();
+        let numbered = |n: usize| Member {
+            node: format!("n{n}"),
+            address: SocketAddr::from(([10, 0, (n / 250) as u8, (n % 250) as u8], 7000)),
+            incarnation: 1,
+            services: Vec::new(),
+            ttl_ms: 0,
+        };
+        for n in 0..MAX_PEERS + 100 {
+            registry.learn(&numbered(n), Some(TTL));
+        }
+        assert_eq!(registry.held(), MAX_PEERS);
+        assert_eq!(registry.members().len(), MAX_PEERS);
+        // Known members are still renewed at the cap.
+        registry.learn(&numbered(0), Some(TTL * 3));
+        tokio::time::advance(TTL).await;
+        assert_eq!(registry.members().len(), 1);
+        // Once the others expired, new ones fit again.
+        registry.learn(&numbered(MAX_PEERS + 500), Some(TTL));
+        assert_eq!(registry.held(), 2);
+    }
+
     fn member(incarnation: u64, ttl_ms: u32) -> Member {
         Member {
             node: "b".into(),
@@ -335,6 +402,11 @@ mod tests {
         // An older incarnation's news does not replace it.
         registry.learn(&member(4, 0), Some(TTL));
         assert_eq!(registry.members()[0].incarnation, 6);
+        // Expired entries are purged, not just hidden.
+        tokio::time::advance(TTL).await;
+        assert_eq!(registry.held(), 1);
+        registry.purge();
+        assert_eq!(registry.held(), 0);
         assert!(
             registry
                 .candidates(
