@@ -5,7 +5,8 @@
 //! node registered with the others, chosen by `[node.discovery]` in the manifest:
 //!
 //! - **embedded** (the default, [`gossip`]): every [`GOSSIP_INTERVAL`] a node swaps what it
-//!   knows with its seeds and every peer it has heard of (push-pull). What a node says of
+//!   knows with the seeds it has not heard from and a few peers it has heard of, chosen at
+//!   random (push-pull; every peer in a small mesh). What a node says of
 //!   itself is good for [`TTL`]; what it relays of others carries the time they have left, so
 //!   news of a node spreads through the mesh but never outlives the node's own last word: a
 //!   killed node drops out everywhere within `TTL + GOSSIP_INTERVAL` (2.5 s). A node that
