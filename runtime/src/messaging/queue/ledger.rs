@@ -9,6 +9,8 @@
 //! on it).
 //!
 //! The rules it keeps:
+//! - a sent message is delivered only once its record is on disk ([`Ledger::stored`]), so a
+//!   subscriber never acts on a message a crash could take back;
 //! - at most `concurrency` deliveries at a time;
 //! - a failed delivery counts an attempt and waits its pause with its slot freed, then goes to
 //!   the back of the line;
@@ -49,6 +51,8 @@ pub(super) struct Ledger {
     /// again.
     in_flight: usize,
     next_seq: u64,
+    /// The first sequence number not yet known to be on disk (not ready before it is).
+    unstored_from: u64,
     /// Log records that no longer describe an owed message (compaction's trigger).
     settled_records: usize,
     recent_dead: VecDeque<DeadLetter>,
@@ -83,6 +87,7 @@ impl Ledger {
     pub(super) fn recover(recovered: Recovered) -> Self {
         let mut ledger = Self {
             next_seq: recovered.next_seq,
+            unstored_from: recovered.next_seq,
             settled_records: recovered.settled_records,
             ..Self::default()
         };
@@ -114,14 +119,14 @@ impl Ledger {
         self.next_seq
     }
 
-    /// Owes `messages`, numbered from [`Ledger::next_seq`] on, and makes them ready.
+    /// Owes `messages`, numbered from [`Ledger::next_seq`] on; they are ready once
+    /// [`Ledger::stored`] says their records are on disk.
     pub(super) fn owe(&mut self, messages: Vec<StoredMessage>) -> Range<u64> {
         let first = self.next_seq;
         for message in messages {
             let seq = message.seq;
             debug_assert_eq!(seq, self.next_seq, "messages numbered from next_seq on");
             self.next_seq = seq + 1;
-            self.ready.push_back(seq);
             let message = Arc::new(message);
             self.owed.insert(
                 seq,
@@ -132,6 +137,17 @@ impl Ledger {
             );
         }
         first..self.next_seq
+    }
+
+    /// The records of every message up to `seqs.end` are on disk (the log syncs in order):
+    /// those still owed become ready, in the order they were sent.
+    pub(super) fn stored(&mut self, seqs: Range<u64>) {
+        for seq in self.unstored_from..seqs.end {
+            if self.owed.contains_key(&seq) {
+                self.ready.push_back(seq);
+            }
+        }
+        self.unstored_from = self.unstored_from.max(seqs.end);
     }
 
     /// Stops owing `seqs` (their records never reached the disk; their senders were told).

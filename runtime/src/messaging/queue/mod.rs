@@ -167,7 +167,6 @@ impl Queue {
         }
         let synced = Box::pin(self.writer.append(Vec::new(), bytes));
         let seqs = ledger.owe(numbered);
-        self.wake.notify_one();
         Ok((synced, seqs))
     }
 
@@ -179,8 +178,12 @@ impl Queue {
         seqs: std::ops::Range<u64>,
     ) -> Result<(), log::LogError> {
         let outcome = synced.await;
-        if outcome.is_err() {
-            self.lock().forget(seqs);
+        match &outcome {
+            Ok(()) => {
+                self.lock().stored(seqs);
+                self.wake.notify_one();
+            }
+            Err(_) => self.lock().forget(seqs),
         }
         outcome
     }

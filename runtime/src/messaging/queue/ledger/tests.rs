@@ -32,11 +32,36 @@ fn message(seq: u64) -> StoredMessage {
     }
 }
 
-/// A ledger owing messages `0..count`.
+/// A ledger owing messages `0..count`, all on disk.
 fn owing(count: u64) -> Ledger {
     let mut ledger = Ledger::default();
-    ledger.owe((0..count).map(message).collect());
+    let seqs = ledger.owe((0..count).map(message).collect());
+    ledger.stored(seqs);
     ledger
+}
+
+#[test]
+fn a_message_is_delivered_only_once_its_send_is_on_disk_and_in_the_order_sent() {
+    let mut ledger = Ledger::default();
+    let now = Instant::now();
+    let first = ledger.owe(vec![message(0), message(1)]);
+    let second = ledger.owe(vec![message(2)]);
+    assert_eq!(ledger.owed(), 3, "owed (and counted for max_depth) at once");
+    assert!(
+        ledger.next(now, 3).is_none(),
+        "delivered before it was on disk"
+    );
+    // The later sync reports first: it covers the earlier records too (the log syncs in order).
+    ledger.stored(second);
+    ledger.stored(first);
+    let order: Vec<u64> = std::iter::from_fn(|| ledger.next(now, 3).map(|d| d.seq)).collect();
+    assert_eq!(order, vec![0, 1, 2]);
+    // A send whose record never reached the disk is forgotten, not delivered.
+    let failed = ledger.owe(vec![message(3)]);
+    ledger.forget(failed);
+    let after = ledger.owe(vec![message(4)]);
+    ledger.stored(after);
+    assert_eq!(ledger.next(now, 4).map(|d| d.seq), Some(4));
 }
 
 fn ms(n: u64) -> Duration {
