@@ -19,6 +19,12 @@ pub fn frame_decode(data: &[u8]) {
     }
 }
 
+/// Whatever the bytes of a queue's log file, replay returns, keeps every whole record and
+/// accounts for every other byte as damage or a torn tail.
+pub fn log_replay(data: &[u8]) {
+    crate::messaging::check_replay(data);
+}
+
 /// Whatever the text, parsing a manifest returns, and an error points inside the file.
 pub fn manifest_parse(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -112,6 +118,13 @@ mod tests {
         let seeds = frame_seeds();
         assert_eq!(seeds.len(), 4);
         mutate_and_check(&seeds, frame_decode, 5_000);
+    }
+
+    #[test]
+    fn mutated_queue_logs_replay_every_whole_record_and_never_panic() {
+        let log = crate::messaging::sample_log();
+        let seeds = vec![log.clone(), log[..log.len() / 2].to_vec(), Vec::new()];
+        mutate_and_check(&seeds, log_replay, 5_000);
     }
 
     #[test]

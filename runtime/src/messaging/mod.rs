@@ -26,6 +26,11 @@
 //! drains and closes (its files keep what it owes).
 
 mod log;
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use log::check_replay;
+#[cfg(test)]
+pub(crate) use log::sample_log;
 mod queue;
 
 use std::collections::HashMap;
