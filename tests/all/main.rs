@@ -14,6 +14,7 @@ mod admission;
 mod architecture;
 mod cache;
 mod cli;
+mod crash;
 mod etcd;
 mod ingress;
 mod limits;
