@@ -177,6 +177,7 @@ impl QueueProbe {
             max_attempts: 1,
             redeliver_after: Duration::from_millis(100),
             max_depth: usize::MAX,
+            max_bytes: usize::MAX,
         };
         let dir = data_dir.to_path_buf();
         let broker = tokio::task::spawn_blocking(move || {

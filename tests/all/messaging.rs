@@ -308,6 +308,28 @@ async fn bad_sends_are_refused_with_the_reason() {
 }
 
 #[tokio::test]
+async fn a_queue_refuses_sends_past_its_max_bytes_also_after_a_restart() {
+    let manifest = node(
+        "config = { mode = \"refuse\" }",
+        &queue("big", "max_bytes_mb = 1\nredeliver_ms = 60000"),
+    );
+    let node = manifest.start().await;
+    let large = "x".repeat(600 * 1024);
+    assert_eq!(send_to(&node, "big", &large).await.0, 202);
+    let (status, body) = send_to(&node, "big", &large).await;
+    assert_eq!(status, 503, "{}", &body[..body.len().min(300)]);
+    assert!(body.contains("max_bytes_mb"), "{body}");
+    // Small ones still fit beside it.
+    assert_eq!(send_to(&node, "big", "small").await.0, 202);
+    node.shutdown().await;
+    // What the log gives back counts too.
+    let node = manifest.start().await;
+    let (status, body) = send_to(&node, "big", &large).await;
+    assert_eq!(status, 503, "{}", &body[..body.len().min(300)]);
+    node.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_node_dropped_without_shutdown_releases_its_queues_to_the_next_one() {
     let manifest = node(
         "config = { mode = \"refuse\" }",

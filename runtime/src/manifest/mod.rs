@@ -41,6 +41,7 @@
 //! max_attempts = 10           # then the message is dead-lettered
 //! redeliver_ms = 100          # first pause without a policy; doubles per attempt
 //! max_depth = 10000           # owed messages before `send` answers `full`
+//! max_bytes_mb = 1024         # or owed bytes (bodies, keys, headers)
 //!
 //! [[policy]]
 //! name = "retry"
@@ -101,6 +102,9 @@ pub struct QueueSpec {
     pub redeliver_after: Duration,
     /// Messages owed before a send is refused as `full`.
     pub max_depth: usize,
+    /// Bytes of owed messages' bodies (and keys and headers) before a send is refused as
+    /// `full`: `max_depth` alone lets a queue of large messages fill the disk.
+    pub max_bytes: usize,
 }
 
 /// One `[[policy]]`.
@@ -415,6 +419,8 @@ pub mod defaults {
     pub const QUEUE_MAX_ATTEMPTS: u32 = 10;
     /// `[[queue]] redeliver_ms`.
     pub const QUEUE_REDELIVER_MS: u64 = 100;
+    /// `[[queue]] max_bytes_mb`.
+    pub const QUEUE_MAX_BYTES_MB: u64 = 1024;
     /// `[[queue]] max_depth`.
     pub const QUEUE_MAX_DEPTH: usize = 10_000;
 }

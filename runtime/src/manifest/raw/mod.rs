@@ -45,6 +45,7 @@ struct RawQueue {
     max_attempts: Option<Spanned<u32>>,
     redeliver_ms: Option<u64>,
     max_depth: Option<Spanned<usize>>,
+    max_bytes_mb: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]

@@ -51,6 +51,8 @@ pub(super) struct Ledger {
     /// again.
     in_flight: usize,
     next_seq: u64,
+    /// What the owed messages weigh ([`weight`]): `max_bytes` bounds it.
+    owed_bytes: usize,
     /// The first sequence number not yet known to be on disk (not ready before it is).
     unstored_from: u64,
     /// Log records that no longer describe an owed message (compaction's trigger).
@@ -93,6 +95,7 @@ impl Ledger {
         };
         for (seq, (message, attempts)) in recovered.pending {
             ledger.ready.push_back(seq);
+            ledger.owed_bytes += weight(&message);
             let message = Arc::new(message);
             ledger.owed.insert(seq, Owed { message, attempts });
         }
@@ -104,6 +107,17 @@ impl Ledger {
     /// Messages owed: ready, waiting, or being delivered.
     pub(super) fn owed(&self) -> usize {
         self.owed.len()
+    }
+
+    /// What the owed messages weigh, for `max_bytes`.
+    pub(super) fn owed_bytes(&self) -> usize {
+        self.owed_bytes
+    }
+
+    fn drop_owed(&mut self, seq: u64) {
+        if let Some(owed) = self.owed.remove(&seq) {
+            self.owed_bytes = self.owed_bytes.saturating_sub(weight(&owed.message));
+        }
     }
 
     pub(super) fn in_flight(&self) -> usize {
@@ -127,6 +141,7 @@ impl Ledger {
             let seq = message.seq;
             debug_assert_eq!(seq, self.next_seq, "messages numbered from next_seq on");
             self.next_seq = seq + 1;
+            self.owed_bytes += weight(&message);
             let message = Arc::new(message);
             self.owed.insert(
                 seq,
@@ -153,7 +168,7 @@ impl Ledger {
     /// Stops owing `seqs` (their records never reached the disk; their senders were told).
     pub(super) fn forget(&mut self, seqs: Range<u64>) {
         for seq in seqs {
-            self.owed.remove(&seq);
+            self.drop_owed(seq);
         }
     }
 
@@ -247,7 +262,7 @@ impl Ledger {
     }
 
     fn settle(&mut self, seq: u64) -> Record {
-        self.owed.remove(&seq);
+        self.drop_owed(seq);
         // The `Sent` it settles is settled too.
         self.settled_records += 2;
         Record::Done { seq }
@@ -306,6 +321,17 @@ pub(super) fn after_failure(
         let pause = spec.redeliver_after.saturating_mul(doubling);
         DeliveryVerdict::RedeliverAfter(pause.min(MAX_BACKOFF))
     })
+}
+
+/// What a message weighs against `max_bytes`: its body, key and headers.
+pub(super) fn weight(message: &StoredMessage) -> usize {
+    message.body.len()
+        + message.key.as_ref().map_or(0, String::len)
+        + message
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len())
+            .sum::<usize>()
 }
 
 #[cfg(test)]

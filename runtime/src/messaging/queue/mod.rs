@@ -131,6 +131,18 @@ impl Queue {
                     self.name, spec.max_depth, spec.subscriber
                 )));
             }
+            if ledger.owed_bytes() + ledger::weight(&message) > spec.max_bytes {
+                return Err(SendError::Full(format!(
+                    "queue `{}` holds {} bytes of messages, and this one ({} bytes) would pass \
+                     its max_bytes_mb ({}); its subscriber `{}` is behind (retry later, or raise \
+                     max_bytes_mb)",
+                    self.name,
+                    ledger.owed_bytes(),
+                    ledger::weight(&message),
+                    spec.max_bytes / (1024 * 1024),
+                    spec.subscriber
+                )));
+            }
             self.enqueue_locked(&mut ledger, vec![message])
                 .map_err(|err| SendError::TooLarge(err.to_string()))?
         };

@@ -14,6 +14,7 @@ pub(in crate::messaging::queue) fn spec(max_attempts: u32) -> QueueSpec {
         max_attempts,
         redeliver_after: Duration::from_millis(100),
         max_depth: 10,
+        max_bytes: 1024 * 1024,
     }
 }
 
@@ -56,12 +57,18 @@ fn a_message_is_delivered_only_once_its_send_is_on_disk_and_in_the_order_sent() 
     ledger.stored(first);
     let order: Vec<u64> = std::iter::from_fn(|| ledger.next(now, 3).map(|d| d.seq)).collect();
     assert_eq!(order, vec![0, 1, 2]);
+    assert_eq!(ledger.owed_bytes(), 3 * "order 0".len());
     // A send whose record never reached the disk is forgotten, not delivered.
     let failed = ledger.owe(vec![message(3)]);
     ledger.forget(failed);
     let after = ledger.owe(vec![message(4)]);
     ledger.stored(after);
     assert_eq!(ledger.next(now, 4).map(|d| d.seq), Some(4));
+    // Settled messages weigh nothing any more.
+    for seq in [0, 1, 2, 4] {
+        ledger.acked(seq);
+    }
+    assert_eq!((ledger.owed(), ledger.owed_bytes()), (0, 0));
 }
 
 fn ms(n: u64) -> Duration {
