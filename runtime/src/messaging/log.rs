@@ -21,6 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc;
 
 use crate::wire::MessageKind;
@@ -301,6 +302,9 @@ fn keep_aside(path: &Path, bytes: &[u8], damaged: &[Range<usize>]) -> io::Result
 /// Opens queue `queue`'s files in `dir` (creating them), takes its lock and replays it.
 pub(super) fn open(dir: &Path, queue: &str) -> Result<(Writer, Recovered), LogError> {
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let broken = Arc::new(std::sync::Mutex::new(None));
+    #[cfg(test)]
+    let faults = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let paths = Paths::new(dir, queue);
     let lock = OpenOptions::new()
         .create(true)
@@ -348,11 +352,18 @@ pub(super) fn open(dir: &Path, queue: &str) -> Result<(Writer, Recovered), LogEr
             .open(path)
             .map_err(io_error(path))
     };
+    let (log, dead) = (append(&paths.log)?, append(&paths.dead)?);
+    let length =
+        |file: &File, path: &Path| file.metadata().map(|m| m.len()).map_err(io_error(path));
     let files = Files {
-        log: append(&paths.log)?,
-        dead: append(&paths.dead)?,
+        log_good: length(&log, &paths.log)?,
+        dead_good: length(&dead, &paths.dead)?,
+        log,
+        dead,
         paths,
         _lock: lock,
+        #[cfg(test)]
+        faults: faults.clone(),
     };
     // The files may be new: their names must survive a crash as their records will.
     crate::util::sync_dir(dir).map_err(io_error(dir))?;
@@ -363,12 +374,18 @@ pub(super) fn open(dir: &Path, queue: &str) -> Result<(Writer, Recovered), LogEr
     let name = queue.to_owned();
     std::thread::Builder::new()
         .name(format!("queue-log-{queue}"))
-        .spawn(move || write_loop(files, inbox, &name))
+        .spawn({
+            let broken = broken.clone();
+            move || write_loop(files, inbox, &name, &broken)
+        })
         .map_err(io_error(dir))?;
     Ok((
         Writer {
             queue: queue.to_owned(),
             commands,
+            broken,
+            #[cfg(test)]
+            faults,
         },
         recovered,
     ))
@@ -377,9 +394,33 @@ pub(super) fn open(dir: &Path, queue: &str) -> Result<(Writer, Recovered), LogEr
 struct Files {
     log: File,
     dead: File,
+    /// Each file's length at its last good sync: a failed batch is cut back to it before
+    /// the writer tries again, so a half-written record never sits between good ones.
+    log_good: u64,
+    dead_good: u64,
     paths: Paths,
     /// Held (locked) for as long as the writer runs.
     _lock: File,
+    /// Writes still to fail on purpose (tests of recovery): each writes half, then fails.
+    #[cfg(test)]
+    faults: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Files {
+    /// Cuts both files back to their last good sync and syncs them.
+    fn repair(&mut self) -> io::Result<()> {
+        self.log.set_len(self.log_good)?;
+        self.dead.set_len(self.dead_good)?;
+        self.log.sync_data()?;
+        self.dead.sync_data()
+    }
+
+    /// Both files are on disk as they are now.
+    fn mark_good(&mut self) -> io::Result<()> {
+        self.log_good = self.log.metadata()?.len();
+        self.dead_good = self.dead.metadata()?.len();
+        Ok(())
+    }
 }
 
 enum Command {
@@ -410,6 +451,10 @@ enum Command {
 pub(super) struct Writer {
     queue: String,
     commands: mpsc::Sender<Command>,
+    /// Why the last write failed, while the files are not writable.
+    broken: Arc<std::sync::Mutex<Option<String>>>,
+    #[cfg(test)]
+    faults: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Writer {
@@ -435,6 +480,19 @@ impl Writer {
                 Err(_) => Err(LogError::WriterGone(queue)),
             }
         }
+    }
+
+    /// Makes the next `count` appends write half their records, then fail as a full disk.
+    #[cfg(test)]
+    pub(super) fn inject_faults(&self, count: u32) {
+        self.faults
+            .store(count, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Why the queue's files cannot be written now, if they cannot (the writer retries with
+    /// every new write and clears this once one succeeds).
+    pub(super) fn unwritable(&self) -> Option<String> {
+        self.broken.lock().ok()?.clone()
     }
 
     /// Writes what is queued, releases the files (and the lock) and resolves once they are
@@ -485,12 +543,28 @@ impl Writer {
     }
 }
 
-fn write_loop(mut files: Files, inbox: mpsc::Receiver<Command>, queue: &str) {
+fn write_loop(
+    mut files: Files,
+    inbox: mpsc::Receiver<Command>,
+    queue: &str,
+    shared: &std::sync::Mutex<Option<String>>,
+) {
     let mut broken: Option<String> = None;
     let mut closing = None;
     while let Ok(first) = inbox.recv() {
         let mut batch = vec![first];
         batch.extend(inbox.try_iter());
+        // A failed batch left the files as they were at the last good sync plus whatever
+        // was half-written: cut that off and try again with this batch.
+        if broken.is_some() {
+            match files.repair() {
+                Ok(()) => {
+                    tracing::info!(queue, "queue log writable again");
+                    broken = None;
+                }
+                Err(err) => broken = Some(format!("still cannot write: {err}")),
+            }
+        }
         let mut waiting = Vec::new();
         let mut wrote_dead = false;
         for command in batch {
@@ -527,7 +601,11 @@ fn write_loop(mut files: Files, inbox: mpsc::Receiver<Command>, queue: &str) {
                             Ok(()) => {
                                 tracing::debug!(queue, bytes = log.len(), "queue log compacted")
                             }
-                            Err(err) => broken = Some(format!("compaction failed: {err}")),
+                            // The old log is intact (the new one replaces it only once
+                            // it is whole); the next compaction tries again.
+                            Err(err) => {
+                                tracing::warn!(queue, error = %err, "queue log compaction failed; the old log stays")
+                            }
                         }
                     }
                 }
@@ -541,12 +619,16 @@ fn write_loop(mut files: Files, inbox: mpsc::Receiver<Command>, queue: &str) {
                     Ok(())
                 }
             });
-            if let Err(err) = synced {
-                broken = Some(err.to_string());
+            match synced.and_then(|()| files.mark_good()) {
+                Ok(()) => {}
+                Err(err) => broken = Some(err.to_string()),
             }
         }
         if let Some(reason) = &broken {
-            tracing::error!(queue, %reason, "queue log write failed; sends to this queue now fail");
+            tracing::error!(queue, %reason, "queue log write failed; this batch's sends fail, the next write tries again");
+        }
+        if let Ok(mut shared) = shared.lock() {
+            shared.clone_from(&broken);
         }
         for done in waiting {
             let _ = done.send(match &broken {
@@ -563,6 +645,22 @@ fn write_loop(mut files: Files, inbox: mpsc::Receiver<Command>, queue: &str) {
 }
 
 fn write_pair(files: &mut Files, dead: &[u8], log: &[u8]) -> io::Result<()> {
+    #[cfg(test)]
+    if files
+        .faults
+        .fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |left| left.checked_sub(1),
+        )
+        .is_ok()
+    {
+        files.log.write_all(&log[..log.len() / 2])?;
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            "injected: no space left",
+        ));
+    }
     if !dead.is_empty() {
         // The dead letter is synced before the `Done` that drops the message from the log, so a
         // crash between them keeps the message (delivered again, not lost).
@@ -595,12 +693,14 @@ fn replace_file(path: &Path, contents: &[u8]) -> io::Result<File> {
     let mut file = File::create(&next)?;
     file.write_all(contents)?;
     file.sync_all()?;
+    // Opened before the rename, so the handle is the new file whatever fails after it: a
+    // handle to the replaced file would write into an unlinked inode.
+    let mut reopened = OpenOptions::new().append(true).open(&next)?;
+    reopened.seek(SeekFrom::End(0))?;
     std::fs::rename(&next, path)?;
     if let Some(dir) = path.parent() {
         crate::util::sync_dir(dir)?;
     }
-    let mut reopened = OpenOptions::new().append(true).open(path)?;
-    reopened.seek(SeekFrom::End(0))?;
     Ok(reopened)
 }
 
@@ -725,6 +825,42 @@ mod tests {
             .collect();
         assert_eq!(pending, vec![(b"zero".to_vec(), 0), (b"two".to_vec(), 3)]);
         assert_eq!(recovered.next_seq, 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_its_sends_only_and_the_queue_recovers_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (writer, _) = open(dir.path(), "q").unwrap();
+            let good = records(&[Record::Sent(message(0, "before"))]);
+            writer.append(Vec::new(), good).await.unwrap();
+            assert_eq!(writer.unwritable(), None);
+            // The disk fills up mid-record: that send fails, and the queue says why.
+            writer.inject_faults(1);
+            let lost = records(&[Record::Sent(message(1, "never acknowledged"))]);
+            let failed = writer.append(Vec::new(), lost).await;
+            assert!(failed.is_err());
+            assert!(
+                writer.unwritable().unwrap().contains("no space"),
+                "{:?}",
+                writer.unwritable()
+            );
+            // Space again: the next write cuts the half record off and succeeds.
+            let after = records(&[Record::Sent(message(2, "after"))]);
+            writer.append(Vec::new(), after).await.unwrap();
+            assert_eq!(writer.unwritable(), None);
+        }
+        // The log holds exactly the acknowledged records, with no damage between them.
+        let bytes = std::fs::read(dir.path().join("q.log")).unwrap();
+        let scan = scan::<Record>(&bytes);
+        assert!(scan.damaged.is_empty() && scan.torn_from.is_none());
+        let recovered = reopen(dir.path()).await;
+        let bodies: Vec<_> = recovered
+            .pending
+            .values()
+            .map(|(m, _)| m.body.clone())
+            .collect();
+        assert_eq!(bodies, vec![b"before".to_vec(), b"after".to_vec()]);
     }
 
     async fn reopen(dir: &Path) -> Recovered {

@@ -272,6 +272,19 @@ impl Broker {
     }
 
     /// Every queue, by name.
+    /// Queues whose log cannot be written now, each with why (sends to them answer
+    /// `unavailable` until a write succeeds again).
+    pub(crate) fn unwritable(&self) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .queues
+            .load()
+            .values()
+            .filter_map(|queue| queue.unwritable())
+            .collect();
+        problems.sort();
+        problems
+    }
+
     pub(crate) fn views(&self) -> Vec<QueueView> {
         let mut views: Vec<QueueView> = self.queues.load().values().map(|q| q.view()).collect();
         views.sort_by(|a, b| a.name.cmp(&b.name));

@@ -170,6 +170,10 @@ impl http::Operator for Control {
         self.broker.views()
     }
 
+    fn problems(&self) -> Vec<String> {
+        self.broker.unwritable()
+    }
+
     fn redrive(&self, queue: String) -> BoxFuture<'_, Result<usize, ControlError>> {
         Box::pin(async move { Ok(self.broker.redrive(&queue).await?) })
     }

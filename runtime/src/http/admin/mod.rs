@@ -46,6 +46,8 @@ pub(crate) trait Operator: Send + Sync {
     fn policies(&self) -> BoxFuture<'_, Vec<BindingView>>;
     /// `GET /queues`.
     fn queues(&self) -> Vec<QueueView>;
+    /// What keeps the node from doing its work now (for `GET /health`): empty when healthy.
+    fn problems(&self) -> Vec<String>;
     /// `POST /queues/<name>/redrive`: sends the queue's dead letters again; how many.
     fn redrive(&self, queue: String) -> BoxFuture<'_, Result<usize, ControlError>>;
     /// `POST /policies/<name>` with a component: swaps every binding of that policy.
@@ -276,7 +278,20 @@ impl Handler for Admin {
             );
         }
         match request.uri().path() {
-            "/health" => json(&serde_json::json!({ "status": "ok", "node": self.node })),
+            "/health" => {
+                let problems = self.operator.problems();
+                if problems.is_empty() {
+                    json(&serde_json::json!({ "status": "ok", "node": self.node }))
+                } else {
+                    let mut response = json(&serde_json::json!({
+                        "status": "degraded",
+                        "node": self.node,
+                        "problems": problems,
+                    }));
+                    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    response
+                }
+            }
             "/services" => {
                 let table = self.services.table();
                 let views: Vec<ServiceView> = table

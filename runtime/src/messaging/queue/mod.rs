@@ -496,6 +496,13 @@ impl Queue {
         }
     }
 
+    /// Why this queue's log cannot be written now, if it cannot.
+    pub(super) fn unwritable(&self) -> Option<String> {
+        self.writer
+            .unwritable()
+            .map(|reason| format!("queue `{}` cannot write its log: {reason}", self.name))
+    }
+
     pub(super) fn view(&self) -> QueueView {
         let ledger = self.lock();
         let spec = self.spec.load();

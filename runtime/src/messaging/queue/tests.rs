@@ -128,3 +128,29 @@ async fn redelivery_backs_off_and_a_message_is_dead_lettered_at_max_attempts() {
     assert!(dead.reason.contains("max_attempts"), "{}", dead.reason);
     queue.stop().await;
 }
+
+#[tokio::test]
+async fn a_queue_that_cannot_write_answers_unavailable_says_so_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = Queue::open(dir.path(), spec(3)).expect("open");
+    queue.send(order()).await.expect("the first send");
+    assert_eq!(queue.unwritable(), None);
+    queue.writer.inject_faults(1);
+    let refused = queue.send(order()).await;
+    assert!(
+        matches!(refused, Err(SendError::Unavailable(_))),
+        "{refused:?}"
+    );
+    let problem = queue
+        .unwritable()
+        .expect("the queue should say it cannot write");
+    assert!(problem.contains("queue `orders`"), "{problem}");
+    // The refused message is not owed; the next send is written and owed.
+    assert_eq!(queue.lock().owed(), 1);
+    queue
+        .send(order())
+        .await
+        .expect("a send after the disk has room again");
+    assert_eq!(queue.unwritable(), None);
+    assert_eq!(queue.lock().owed(), 2);
+}
