@@ -11,6 +11,11 @@ use crate::support::{
     switchyard_cli,
 };
 
+/// The bytes of the next version of `hello`, the upload every swap here sends.
+fn hello_v2() -> Vec<u8> {
+    std::fs::read(guest("hello_v2")).unwrap()
+}
+
 #[tokio::test]
 async fn every_endpoint_but_health_needs_the_token_from_the_admin_address_and_no_web_page() {
     capture_logs();
@@ -42,7 +47,7 @@ async fn every_endpoint_but_health_needs_the_token_from_the_admin_address_and_no
         admin,
         "POST",
         "/services/hello",
-        std::fs::read(guest("hello_v2")).unwrap(),
+        hello_v2(),
         &[("authorization", "Bearer not-the-token-at-all")],
     )
     .await;
@@ -66,7 +71,7 @@ async fn every_endpoint_but_health_needs_the_token_from_the_admin_address_and_no
         admin,
         "POST",
         "/services/hello",
-        std::fs::read(guest("hello_v2")).unwrap(),
+        hello_v2(),
         &[
             ("host", &own_host),
             ("authorization", &bearer),
@@ -81,7 +86,7 @@ async fn every_endpoint_but_health_needs_the_token_from_the_admin_address_and_no
 
     // The operator's swap goes through, and leaves an audit line with what, the
     // component's hash and where it came from; so do the refusals.
-    let v2 = std::fs::read(guest("hello_v2")).unwrap();
+    let v2 = hello_v2();
     let sha256 = {
         use sha2::Digest;
         format!("{:x}", sha2::Sha256::digest(&v2))
@@ -197,7 +202,7 @@ async fn uploads_past_the_compile_limit_are_answered_429_before_their_body() {
         node.admin_addr(),
         "POST",
         "/services/hello",
-        std::fs::read(guest("hello_v2")).unwrap(),
+        hello_v2(),
         &[("authorization", &format!("Bearer {}", token.trim()))],
     )
     .await;
@@ -207,12 +212,7 @@ async fn uploads_past_the_compile_limit_are_answered_429_before_their_body() {
     assert_eq!(admin_get(&node, "/services").await.status, 200);
     drop(slow);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (status, body) = admin_post(
-        &node,
-        "/services/hello",
-        std::fs::read(guest("hello_v2")).unwrap(),
-    )
-    .await;
+    let (status, body) = admin_post(&node, "/services/hello", hello_v2()).await;
     assert_eq!(status, 200, "{body}");
     node.shutdown().await;
 }
@@ -310,12 +310,7 @@ async fn an_admin_swap_survives_setting_edits_and_a_component_edit_says_it_repla
     let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
     node.watch_manifest(Some(reports)).unwrap();
     let http = node.http_addr();
-    let (status, body) = admin_post(
-        &node,
-        "/services/hello",
-        std::fs::read(guest("hello_v2")).unwrap(),
-    )
-    .await;
+    let (status, body) = admin_post(&node, "/services/hello", hello_v2()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(get(http, "/hello/ada").await.body, "Hello v2, ada!\n");
 

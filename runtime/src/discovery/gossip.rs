@@ -58,26 +58,15 @@ impl Gossip {
     /// Answers a peer's gossip or goodbye frame.
     pub(crate) fn answer(&self, frame: Frame) -> Frame {
         match frame {
-            Frame::Gossip { members } if members.len() > MAX_MEMBERS_PER_FRAME => {
-                tracing::warn!(
-                    members = members.len(),
-                    max = MAX_MEMBERS_PER_FRAME,
-                    "refused a gossip frame with too many members"
-                );
-                Frame::Failed {
-                    kind: FailureKind::BadRequest,
-                    message: format!(
-                        "a gossip frame carries at most {MAX_MEMBERS_PER_FRAME} members, this one {}",
-                        members.len()
-                    ),
-                }
-            }
-            Frame::Gossip { members } => {
-                self.take_in(&members);
-                Frame::Gossip {
+            Frame::Gossip { members } => match self.take_in(&members) {
+                Ok(()) => Frame::Gossip {
                     members: self.news(),
-                }
-            }
+                },
+                Err(message) => Frame::Failed {
+                    kind: FailureKind::BadRequest,
+                    message,
+                },
+            },
             Frame::Goodbye {
                 address,
                 incarnation,
@@ -99,19 +88,25 @@ impl Gossip {
         members
     }
 
-    fn take_in(&self, members: &[Member]) {
+    /// Learns `members` from a peer's frame, or refuses the whole frame if it carries more
+    /// than [`MAX_MEMBERS_PER_FRAME`].
+    fn take_in(&self, members: &[Member]) -> Result<(), String> {
         if members.len() > MAX_MEMBERS_PER_FRAME {
             tracing::warn!(
                 members = members.len(),
                 max = MAX_MEMBERS_PER_FRAME,
-                "ignored a gossip answer with too many members"
+                "refused a gossip frame with too many members"
             );
-            return;
+            return Err(format!(
+                "a gossip frame carries at most {MAX_MEMBERS_PER_FRAME} members, this one {}",
+                members.len()
+            ));
         }
         for member in members.iter().filter(|m| m.address != self.address) {
             let ttl = Duration::from_millis(u64::from(member.ttl_ms)).min(TTL);
             self.registry.learn(member, Some(ttl));
         }
+        Ok(())
     }
 
     /// Seeds and every live peer, once each (a goodbye goes to all of them).
@@ -126,7 +121,9 @@ impl Gossip {
 
     async fn round(self: &Arc<Self>) {
         self.registry.purge();
-        let known: Vec<SocketAddr> = self.registry.members().iter().map(|m| m.address).collect();
+        let members = self.news();
+        // This node and every live peer; `round_targets` leaves this node out.
+        let known = members.iter().map(|m| m.address).collect();
         let targets = round_targets(
             &self.seeds,
             known,
@@ -134,15 +131,16 @@ impl Gossip {
             FANOUT,
             &mut fastrand::Rng::new(),
         );
-        let frame = Frame::Gossip {
-            members: self.news(),
-        };
+        let frame = Frame::Gossip { members };
         let exchanges = targets.into_iter().map(|peer| {
             let this = self.clone();
             let frame = frame.clone();
             tokio::spawn(async move {
                 match this.transport.request(peer, &frame, TTL / 2).await {
-                    Ok(Frame::Gossip { members }) => this.take_in(&members),
+                    // An oversized answer is refused whole; `take_in` logged it.
+                    Ok(Frame::Gossip { members }) => {
+                        let _ = this.take_in(&members);
+                    }
                     Ok(other) => tracing::warn!(%peer, ?other, "peer answered gossip oddly"),
                     Err(error) => tracing::debug!(%peer, %error, "peer did not answer gossip"),
                 }

@@ -76,20 +76,14 @@ impl BodyRefused {
                     timeout.as_millis()
                 ),
             ),
-            Self::OverBudget => {
-                let mut response = plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "this node holds {} MiB of request bodies already (its body_budget_mb); \
-                         retry\n",
-                        budget_bytes / (1024 * 1024)
-                    ),
-                );
-                response
-                    .headers_mut()
-                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                response
-            }
+            Self::OverBudget => retry_soon(plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "this node holds {} MiB of request bodies already (its body_budget_mb); \
+                     retry\n",
+                    budget_bytes / (1024 * 1024)
+                ),
+            )),
             Self::Broken(error) => plain(
                 StatusCode::BAD_REQUEST,
                 format!("could not read the request body: {error}\n"),
@@ -278,13 +272,12 @@ fn error_response(error: &SlotError, request_id: &str) -> Response<Full<Bytes>> 
         SlotError::Trap { service, .. } => format!("service `{service}` failed"),
         other => other.to_string(),
     };
-    let mut response = plain(status, format!("{detail} (request id {request_id})\n"));
+    let response = plain(status, format!("{detail} (request id {request_id})\n"));
     if matches!(error, SlotError::Busy { .. }) {
+        retry_soon(response)
+    } else {
         response
-            .headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
-    response
 }
 
 /// Headers that describe the connection or the message's framing: hyper sets them from the
@@ -360,6 +353,14 @@ pub(super) fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    response
+}
+
+/// `response`, telling the client to come back in a second (a refusal for now, not for good).
+pub(super) fn retry_soon(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 

@@ -10,6 +10,8 @@ mod admin;
 mod ingress;
 mod server;
 
-pub(crate) use admin::{Admin, AdminToken, ControlError, Operator, PolicySwapped, TokenError};
+pub(crate) use admin::{
+    Admin, AdminToken, ControlError, Operator, PolicySwapped, TokenError, Upload,
+};
 pub(crate) use ingress::Ingress;
 pub(crate) use server::{ConnectionLimits, serve};

@@ -185,6 +185,17 @@ struct Scan<T> {
     torn_from: Option<usize>,
 }
 
+impl<T> Scan<T> {
+    /// The bytes of the whole records of `bytes` (the file this scanned), in order.
+    fn whole_records(&self, bytes: &[u8]) -> Vec<u8> {
+        self.kept
+            .iter()
+            .flat_map(|range| &bytes[range.clone()])
+            .copied()
+            .collect()
+    }
+}
+
 /// Replays `bytes`: where a record is damaged, looks for the next whole record after it and
 /// goes on from there, so damage in the middle costs the damaged bytes only. What follows the
 /// last whole record is a torn tail. A whole record is a length that fits, a matching CRC-32
@@ -259,13 +270,7 @@ fn read_valid<T: serde::de::DeserializeOwned>(
              damaged bytes, kept every whole record around them; the damaged bytes are kept \
              aside, and any message in them is lost"
         );
-        let whole: Vec<u8> = scan
-            .kept
-            .iter()
-            .flat_map(|range| &bytes[range.clone()])
-            .copied()
-            .collect();
-        replace_file(path, &whole).map_err(io_error(path))?;
+        replace_file(path, &scan.whole_records(&bytes)).map_err(io_error(path))?;
     } else if let Some(torn_from) = scan.torn_from {
         file.set_len(torn_from as u64).map_err(io_error(path))?;
         file.sync_all().map_err(io_error(path))?;
@@ -728,13 +733,7 @@ pub(crate) fn check_replay(bytes: &[u8]) {
     if let Some(torn_from) = first.torn_from {
         assert!(torn_from >= end && torn_from <= bytes.len());
     }
-    let whole: Vec<u8> = first
-        .kept
-        .iter()
-        .flat_map(|range| &bytes[range.clone()])
-        .copied()
-        .collect();
-    let again = scan::<Record>(&whole);
+    let again = scan::<Record>(&first.whole_records(bytes));
     assert_eq!(again.records, first.records);
     assert!(again.damaged.is_empty() && again.torn_from.is_none());
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::pool_needed;
 use super::services::{self, Services};
-use crate::http::{self, ControlError, PolicySwapped};
+use crate::http::{self, ControlError, PolicySwapped, Upload};
 use crate::manifest::{BalanceSpec, Manifest};
 use crate::messaging::{self, QueueChanges, QueueView};
 use crate::policy::{BindingView, Policies, Rebound};
@@ -46,9 +46,7 @@ impl Control {
         self.admin_swaps.lock().ok()?.remove(key)
     }
 
-    fn remember_admin_swap(&self, key: String, component: &[u8]) {
-        use sha2::Digest;
-        let sha256 = format!("{:x}", sha2::Sha256::digest(component));
+    fn remember_admin_swap(&self, key: String, sha256: String) {
         if let Ok(mut swaps) = self.admin_swaps.lock() {
             swaps.insert(key, sha256);
         }
@@ -181,12 +179,11 @@ impl http::Operator for Control {
     fn swap_policy(
         &self,
         name: String,
-        component: Vec<u8>,
+        component: Upload,
     ) -> BoxFuture<'_, Result<PolicySwapped, ControlError>> {
         Box::pin(async move {
-            let key = swap_key("policy", &name);
-            let swapped = Control::swap_policy(self, &name, component.clone()).await?;
-            self.remember_admin_swap(key, &component);
+            let swapped = Control::swap_policy(self, &name, component.bytes).await?;
+            self.remember_admin_swap(swap_key("policy", &name), component.sha256);
             Ok(swapped)
         })
     }
@@ -194,14 +191,13 @@ impl http::Operator for Control {
     fn swap_service(
         &self,
         name: String,
-        component: Vec<u8>,
+        component: Upload,
     ) -> BoxFuture<'_, Result<SwapEvent, ControlError>> {
         Box::pin(async move {
-            let key = swap_key("service", &name);
             let event = self
-                .update_service(&name, Some(component.clone()), None)
+                .update_service(&name, Some(component.bytes), None)
                 .await?;
-            self.remember_admin_swap(key, &component);
+            self.remember_admin_swap(swap_key("service", &name), component.sha256);
             Ok(event)
         })
     }

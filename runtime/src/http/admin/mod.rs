@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use sha2::Digest;
 
-use super::ingress::plain;
+use super::ingress::{plain, retry_soon};
 use super::server::Handler;
 use crate::messaging::{QueueError, QueueView};
 use crate::policy::{BindingView, PolicyError};
@@ -54,14 +54,29 @@ pub(crate) trait Operator: Send + Sync {
     fn swap_policy(
         &self,
         name: String,
-        component: Vec<u8>,
+        component: Upload,
     ) -> BoxFuture<'_, Result<PolicySwapped, ControlError>>;
     /// `POST /services/<name>` with a component: a new generation of that service.
     fn swap_service(
         &self,
         name: String,
-        component: Vec<u8>,
+        component: Upload,
     ) -> BoxFuture<'_, Result<SwapEvent, ControlError>>;
+}
+
+/// A component uploaded through the admin API, hashed once as it arrives: the audit line
+/// and the node's record of admin swaps both name it by this hash.
+pub(crate) struct Upload {
+    pub(crate) bytes: Vec<u8>,
+    /// Hex SHA-256 of `bytes`.
+    pub(crate) sha256: String,
+}
+
+impl Upload {
+    fn new(bytes: Vec<u8>) -> Self {
+        let sha256 = format!("{:x}", sha2::Sha256::digest(&bytes));
+        Self { bytes, sha256 }
+    }
 }
 
 /// A policy swapped in every binding of it.
@@ -171,18 +186,15 @@ impl Admin {
             .strip_prefix("/queues/")
             .and_then(|rest| rest.strip_suffix("/redrive"))
         {
-            let outcome = self.operator.redrive(queue.to_owned()).await;
-            match &outcome {
+            return match self.operator.redrive(queue.to_owned()).await {
                 Ok(redriven) => {
                     tracing::info!(target: "switchyard::audit", action = "redrive", queue, redriven, %from, "dead letters redriven");
+                    json(&serde_json::json!({ "queue": queue, "redriven": redriven }))
                 }
                 Err(error) => {
                     tracing::warn!(target: "switchyard::audit", action = "redrive", queue, %from, %error, "redrive refused");
+                    refused(&error)
                 }
-            }
-            return match outcome {
-                Ok(redriven) => json(&serde_json::json!({ "queue": queue, "redriven": redriven })),
-                Err(error) => refused(&error),
             };
         }
         let (kind, name) = match path.trim_matches('/').split_once('/') {
@@ -199,19 +211,16 @@ impl Admin {
             }
         };
         let Ok(_compiling) = self.compiles.try_acquire() else {
-            let mut busy = plain(
+            return retry_soon(plain(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
                     "{MAX_COMPILES} uploads are being compiled already; retry when one is done\n"
                 ),
-            );
-            busy.headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return busy;
+            ));
         };
         let body = http_body_util::Limited::new(request.into_body(), MAX_UPLOAD_BYTES);
-        let component = match http_body_util::BodyExt::collect(body).await {
-            Ok(collected) => collected.to_bytes().to_vec(),
+        let upload = match http_body_util::BodyExt::collect(body).await {
+            Ok(collected) => Upload::new(collected.to_bytes().to_vec()),
             Err(error) => {
                 return plain(
                     StatusCode::BAD_REQUEST,
@@ -221,17 +230,17 @@ impl Admin {
                 );
             }
         };
-        let sha256 = format!("{:x}", sha2::Sha256::digest(&component));
-        let (action, bytes) = (format!("swap {kind}"), component.len());
+        let (action, bytes) = (format!("swap {kind}"), upload.bytes.len());
+        let sha256 = upload.sha256.clone();
         let outcome = match kind {
             "services" => self
                 .operator
-                .swap_service(name.clone(), component)
+                .swap_service(name.clone(), upload)
                 .await
                 .map(|event| json(&event)),
             _ => self
                 .operator
-                .swap_policy(name.clone(), component)
+                .swap_policy(name.clone(), upload)
                 .await
                 .map(|swapped| json(&swapped)),
         };

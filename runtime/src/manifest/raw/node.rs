@@ -99,17 +99,13 @@ pub(super) fn check_node(
             100..=3_600_000,
             "idle_timeout_ms",
         )?),
-        body_budget_bytes: usize::try_from(
-            super::services::bounded(
-                check,
-                raw.body_budget_mb,
-                defaults::BODY_BUDGET_MB,
-                1..=1_048_576,
-                "body_budget_mb",
-            )? * 1024
-                * 1024,
-        )
-        .unwrap_or(usize::MAX),
+        body_budget_bytes: super::services::mebibytes(super::services::bounded(
+            check,
+            raw.body_budget_mb,
+            defaults::BODY_BUDGET_MB,
+            1..=1_048_576,
+            "body_budget_mb",
+        )?),
     };
     if !admin.ip().is_loopback() && tls.is_none() {
         return Err(check.invalid(

@@ -81,11 +81,16 @@ pub(super) fn check_service(
         max_instances,
         requests_per_instance,
         timeout: Duration::from_millis(timeout_ms),
-        memory_limit_bytes: usize::try_from(memory_limit_mb * 1024 * 1024).unwrap_or(usize::MAX),
+        memory_limit_bytes: mebibytes(memory_limit_mb),
         max_pending_calls,
         config: raw.config,
         env: raw.env,
     })
+}
+
+/// A `*_mb` key's value in bytes (saturating: no manifest asks for that much).
+pub(super) fn mebibytes(mib: u64) -> usize {
+    usize::try_from(mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
 }
 
 pub(super) fn bounded<T>(

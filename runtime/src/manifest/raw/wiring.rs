@@ -70,14 +70,13 @@ pub(super) fn check_queues(
             Some(depth) => depth.into_inner(),
             None => defaults::QUEUE_MAX_DEPTH,
         };
-        let max_bytes = super::services::bounded(
+        let max_bytes = super::services::mebibytes(super::services::bounded(
             check,
             queue.max_bytes_mb,
             defaults::QUEUE_MAX_BYTES_MB,
             1..=1_048_576,
             "max_bytes_mb",
-        )?
-        .saturating_mul(1024 * 1024);
+        )?);
         queues.push(QueueSpec {
             name,
             subscriber,
@@ -87,7 +86,7 @@ pub(super) fn check_queues(
                 queue.redeliver_ms.unwrap_or(defaults::QUEUE_REDELIVER_MS),
             ),
             max_depth,
-            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            max_bytes,
         });
     }
     Ok(queues)

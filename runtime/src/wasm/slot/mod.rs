@@ -536,7 +536,6 @@ impl Slot {
     }
 }
 
-/// One admitted request or stream; leaving lowers the count.
 /// One request or stream counted in flight by [`Slot::admit`], until dropped.
 pub(crate) struct Admission(Arc<AtomicU64>);
 
