@@ -40,6 +40,8 @@ pub(crate) struct Ingress {
     /// Bytes of request bodies this node may hold at once (`[node] body_budget_mb`), one
     /// permit a byte, taken as the bytes arrive and given back when the request ends.
     body_budget: Arc<tokio::sync::Semaphore>,
+    /// Its size, for the refusal's text.
+    body_budget_bytes: usize,
 }
 
 impl Ingress {
@@ -50,6 +52,7 @@ impl Ingress {
             body_budget: Arc::new(tokio::sync::Semaphore::new(
                 body_budget_bytes.min(tokio::sync::Semaphore::MAX_PERMITS),
             )),
+            body_budget_bytes,
         }
     }
 }
@@ -166,10 +169,6 @@ impl Handler for Ingress {
 }
 
 impl Ingress {
-    fn budget_bytes(&self) -> usize {
-        self.body_budget.available_permits()
-    }
-
     async fn route(
         &self,
         request: Request<Incoming>,
@@ -216,7 +215,7 @@ impl Ingress {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
-            return BodyRefused::TooLarge.response(self.budget_bytes());
+            return BodyRefused::TooLarge.response(self.body_budget_bytes);
         }
         // The body arrives within the request's own timeout; the guest gets what is left.
         let timeout = target.value.timeout();
@@ -224,7 +223,7 @@ impl Ingress {
         let (body, _body_permits) =
             match read_body(body, &self.body_budget, deadline, timeout).await {
                 Ok(read) => read,
-                Err(refused) => return refused.response(self.budget_bytes()),
+                Err(refused) => return refused.response(self.body_budget_bytes),
             };
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let guest_request = GuestRequest {
