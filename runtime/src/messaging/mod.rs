@@ -105,6 +105,7 @@ pub(crate) trait Subscribers: Send + Sync {
 pub(crate) struct Broker {
     /// Where the queues' files are.
     dir: PathBuf,
+    storage: Arc<dyn log::Storage>,
     queues: ArcSwap<HashMap<String, Arc<Queue>>>,
     /// Set once delivery runs: what queues added later deliver with.
     delivery: OnceLock<(Arc<dyn Subscribers>, Arc<Policies>)>,
@@ -120,12 +121,17 @@ impl Broker {
     /// (file I/O): call it off the executor.
     pub(crate) fn open(data_dir: &Path, specs: &[QueueSpec]) -> Result<Self, MessagingError> {
         let dir = data_dir.join("queues");
+        let storage: Arc<dyn log::Storage> = Arc::new(log::Disk);
         let mut queues = HashMap::new();
         for spec in specs {
-            queues.insert(spec.name.clone(), Arc::new(open_queue(&dir, spec)?));
+            queues.insert(
+                spec.name.clone(),
+                Arc::new(open_queue(&storage, &dir, spec)?),
+            );
         }
         Ok(Self {
             dir,
+            storage,
             queues: ArcSwap::from_pointee(queues),
             delivery: OnceLock::new(),
             changing: tokio::sync::Mutex::new(()),
@@ -207,11 +213,11 @@ impl Broker {
             .filter(|spec| !current.contains_key(&spec.name))
             .cloned()
             .collect();
-        let dir = self.dir.clone();
+        let (dir, storage) = (self.dir.clone(), self.storage.clone());
         let opened = tokio::task::spawn_blocking(move || {
             added
                 .iter()
-                .map(|spec| open_queue(&dir, spec).map(Arc::new))
+                .map(|spec| open_queue(&storage, &dir, spec).map(Arc::new))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await??;
@@ -314,8 +320,12 @@ impl Drop for Broker {
     }
 }
 
-fn open_queue(dir: &Path, spec: &QueueSpec) -> Result<Queue, MessagingError> {
-    Queue::open(dir, spec.clone()).map_err(|cause| MessagingError {
+fn open_queue(
+    storage: &Arc<dyn log::Storage>,
+    dir: &Path,
+    spec: &QueueSpec,
+) -> Result<Queue, MessagingError> {
+    Queue::open(storage, dir, spec.clone()).map_err(|cause| MessagingError {
         queue: spec.name.clone(),
         cause,
     })

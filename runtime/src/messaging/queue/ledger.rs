@@ -57,6 +57,9 @@ pub(super) struct Ledger {
     unstored_from: u64,
     /// Log records that no longer describe an owed message (compaction's trigger).
     settled_records: usize,
+    /// Settled records that make a compaction due; `None`: [`COMPACT_AFTER_SETTLED`] (the
+    /// model tests compact far more often).
+    compact_after: Option<usize>,
     recent_dead: VecDeque<DeadLetter>,
 }
 
@@ -154,8 +157,9 @@ impl Ledger {
         first..self.next_seq
     }
 
-    /// The records of every message up to `seqs.end` are on disk (the log syncs in order):
-    /// those still owed become ready, in the order they were sent.
+    /// The records of `seqs` are on disk, and every message before them was stored or
+    /// forgotten already (the log writer tells outcomes in the order of the log): those still
+    /// owed become ready, in the order they were sent.
     pub(super) fn stored(&mut self, seqs: Range<u64>) {
         for seq in self.unstored_from..seqs.end {
             if self.owed.contains_key(&seq) {
@@ -274,10 +278,16 @@ impl Ledger {
             .retain(|dead| !ids.contains(&dead.message.id.as_str()));
     }
 
+    /// Makes a compaction due after `settled` settled records instead of thousands.
+    #[cfg(test)]
+    pub(super) fn compact_after(&mut self, settled: usize) {
+        self.compact_after = Some(settled);
+    }
+
     /// When the log is mostly settled records: the records that describe what is owed now,
     /// to replace it with.
     pub(super) fn compaction(&mut self) -> Option<Vec<u8>> {
-        if self.settled_records < COMPACT_AFTER_SETTLED
+        if self.settled_records < self.compact_after.unwrap_or(COMPACT_AFTER_SETTLED)
             || self.settled_records < 2 * self.owed.len()
         {
             return None;

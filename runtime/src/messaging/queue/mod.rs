@@ -43,9 +43,10 @@ pub(super) struct Queue {
     stop: watch::Sender<bool>,
     dispatcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     writer: Writer,
-    ledger: std::sync::Mutex<Ledger>,
+    /// Shared with the log writer, which tells it what is stored in the order it was written.
+    ledger: Arc<std::sync::Mutex<Ledger>>,
     /// Wakes the dispatcher: a message is ready, or a delivery slot is free.
-    wake: Notify,
+    wake: Arc<Notify>,
     stats: Stats,
 }
 
@@ -91,8 +92,12 @@ pub(crate) struct DeadLetterView {
 
 impl Queue {
     /// Opens the queue's log under `dir` and takes back what it owes.
-    pub(super) fn open(dir: &std::path::Path, spec: QueueSpec) -> Result<Self, log::LogError> {
-        let (writer, recovered) = log::open(dir, &spec.name)?;
+    pub(super) fn open(
+        storage: &Arc<dyn log::Storage>,
+        dir: &std::path::Path,
+        spec: QueueSpec,
+    ) -> Result<Self, log::LogError> {
+        let (writer, recovered) = log::open(storage, dir, &spec.name)?;
         let dead_total = recovered.dead.len() as u64;
         let ledger = Ledger::recover(recovered);
         if ledger.owed() > 0 {
@@ -104,8 +109,8 @@ impl Queue {
             stop: watch::channel(false).0,
             dispatcher: std::sync::Mutex::new(None),
             writer,
-            ledger: std::sync::Mutex::new(ledger),
-            wake: Notify::new(),
+            ledger: Arc::new(std::sync::Mutex::new(ledger)),
+            wake: Arc::new(Notify::new()),
             stats: Stats::default(),
         };
         queue.stats.dead_total.store(dead_total, Ordering::Relaxed);
@@ -113,10 +118,7 @@ impl Queue {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
-        // A panic while holding the lock leaves plain data behind; keep going with it.
-        self.ledger
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.ledger)
     }
 
     /// Appends a message; resolves once it is on disk, with its id.
@@ -147,7 +149,7 @@ impl Queue {
                 .map_err(|err| SendError::TooLarge(err.to_string()))?
         };
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
-        self.stored(synced, seqs.clone()).await.map_err(|err| {
+        synced.await.map_err(|err| {
             SendError::Unavailable(format!(
                 "queue `{}` could not store the message: {err}",
                 self.name
@@ -177,27 +179,20 @@ impl Queue {
             log::encode(&Record::Sent(message.clone()), &mut bytes)?;
             numbered.push(message);
         }
-        let synced = Box::pin(self.writer.append(Vec::new(), bytes));
         let seqs = ledger.owe(numbered);
-        Ok((synced, seqs))
-    }
-
-    /// Waits for the records of `seqs` to be on disk; if they did not get there, the messages
-    /// are not owed (their senders are told and may send again).
-    async fn stored(
-        &self,
-        synced: LogSync,
-        seqs: std::ops::Range<u64>,
-    ) -> Result<(), log::LogError> {
-        let outcome = synced.await;
-        match &outcome {
-            Ok(()) => {
-                self.lock().stored(seqs);
-                self.wake.notify_one();
+        // Told on the writer thread, in the order of the log: a message becomes deliverable
+        // only after every message before it is stored or refused, whichever sender task
+        // runs first (and even if a sender stops waiting).
+        let (ledger, wake, told) = (self.ledger.clone(), self.wake.clone(), seqs.clone());
+        let synced = self.writer.append_then(Vec::new(), bytes, move |stored| {
+            if stored {
+                lock(&ledger).stored(told);
+                wake.notify_one();
+            } else {
+                lock(&ledger).forget(told);
             }
-            Err(_) => self.lock().forget(seqs),
-        }
-        outcome
+        });
+        Ok((Box::pin(synced), seqs))
     }
 
     /// Starts delivering (once; later calls do nothing).
@@ -269,7 +264,7 @@ impl Queue {
             queue: self.name.clone(),
             cause,
         };
-        let (letters, upto) = self.writer.read_dead().await.map_err(failed)?;
+        let (letters, read) = self.writer.read_dead().await.map_err(failed)?;
         if letters.is_empty() {
             return Ok(0);
         }
@@ -287,13 +282,13 @@ impl Queue {
                 message
             })
             .collect();
-        let (synced, seqs) = self
+        let (synced, _) = self
             .enqueue_locked(&mut self.lock(), resent)
             .map_err(failed)?;
-        self.stored(synced, seqs).await.map_err(failed)?;
+        synced.await.map_err(failed)?;
         let redriven = letters.len();
         self.writer
-            .drop_dead(upto)
+            .drop_dead(read)
             .await
             .map_err(|cause| QueueError::DeadLettersKept {
                 queue: self.name.clone(),
@@ -451,14 +446,23 @@ impl Queue {
             self.wake.notify_one();
             return;
         }
+        // Written before the ledger lets the message go: if the write fails, the repair cuts
+        // the letter off again, and the message must still be owed.
         let synced = {
-            let mut ledger = self.lock();
-            let record = ledger.dead_lettered(seq, dead);
-            self.write_locked(dead_bytes, &record)
+            let _in_order = self.lock();
+            self.write_locked(dead_bytes, &Record::Done { seq })
         };
+        if let Err(err) = synced.await {
+            tracing::error!(queue = %self.name, id = %message.id, error = %err, "could not write the dead letter; the message stays in the queue and is offered again later");
+            self.lock().retry_later(seq, MAX_BACKOFF, Instant::now());
+            self.wake.notify_one();
+            return;
+        }
+        // Its `Done` record is on disk already.
+        let _done = self.lock().dead_lettered(seq, dead);
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         self.stats.dead_total.fetch_add(1, Ordering::Relaxed);
-        self.finish(synced).await;
+        self.compact_if_due_and_wake();
     }
 
     /// Applies a settling event to the ledger and sends its record to the writer, under one
@@ -482,6 +486,13 @@ impl Queue {
     /// to be on disk: a crash before it is means one more delivery of a handled message, which
     /// at-least-once allows, and consumers go as fast as the log syncs in groups.
     async fn finish(&self, synced: LogSync) {
+        self.compact_if_due_and_wake();
+        if let Err(err) = synced.await {
+            tracing::error!(queue = %self.name, error = %err, "could not record a settled message; it may be delivered again after a restart");
+        }
+    }
+
+    fn compact_if_due_and_wake(&self) {
         {
             // Under the lock: no record may reach the writer between the snapshot and the
             // compaction that replaces the log with it.
@@ -491,9 +502,6 @@ impl Queue {
             }
         }
         self.wake.notify_one();
-        if let Err(err) = synced.await {
-            tracing::error!(queue = %self.name, error = %err, "could not record a settled message; it may be delivered again after a restart");
-        }
     }
 
     /// Why this queue's log cannot be written now, if it cannot.
@@ -535,6 +543,13 @@ impl Queue {
     }
 }
 
+fn lock(ledger: &std::sync::Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
+    // A panic while holding the lock leaves plain data behind; keep going with it.
+    ledger
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// `text`, cut to [`MAX_REASON_BYTES`] at a character boundary.
 fn clip(mut text: String) -> String {
     if text.len() > MAX_REASON_BYTES {
@@ -547,5 +562,7 @@ fn clip(mut text: String) -> String {
     text
 }
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,11 @@ use tokio::sync::mpsc;
 
 use super::ledger::tests::spec;
 use super::*;
+use crate::messaging::log::sim::{Op, SimDisk};
+
+fn disk() -> Arc<dyn log::Storage> {
+    Arc::new(log::Disk)
+}
 use crate::util::BoxFuture;
 use crate::wire::MessageKind;
 
@@ -37,6 +42,11 @@ impl Subscribers for Scripted {
 }
 
 fn order() -> StoredMessage {
+    message("order 1")
+}
+
+/// A message from `shop` with this body.
+pub(super) fn message(body: &str) -> StoredMessage {
     StoredMessage {
         seq: 0,
         id: String::new(),
@@ -45,7 +55,7 @@ fn order() -> StoredMessage {
         headers: Vec::new(),
         reply_to: None,
         trace_context: None,
-        body: b"order 1".to_vec(),
+        body: body.as_bytes().to_vec(),
         sender: "shop".into(),
         sent_at_ms: 0,
     }
@@ -65,7 +75,7 @@ async fn run(
         script: Mutex::new(script.into_iter()),
         seen,
     };
-    let queue = Arc::new(Queue::open(dir, spec).expect("open the queue's log"));
+    let queue = Arc::new(Queue::open(&disk(), dir, spec).expect("open the queue's log"));
     queue.start(Arc::new(subscriber), Arc::new(Policies::default()));
     let id = queue.send(order()).await.expect("send");
     assert_eq!(id, "orders-0");
@@ -80,14 +90,17 @@ async fn run(
     (queue, made)
 }
 
-/// Waits (on the paused clock) until `done` holds for the queue's view.
+/// Waits until `done` holds for the queue's view. The clock is paused, but the log writer's
+/// fsyncs take real time: the bound is on real time.
 async fn until(queue: &Queue, done: impl Fn(&QueueView) -> bool) -> QueueView {
-    for _ in 0..1000 {
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(20) {
         let view = queue.view();
         if done(&view) {
             return view;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
+        std::thread::sleep(std::time::Duration::from_micros(200));
     }
     panic!("the queue never got there: {:?}", queue.view());
 }
@@ -131,11 +144,12 @@ async fn redelivery_backs_off_and_a_message_is_dead_lettered_at_max_attempts() {
 
 #[tokio::test]
 async fn a_queue_that_cannot_write_answers_unavailable_says_so_and_recovers_by_itself() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let queue = Queue::open(dir.path(), spec(3)).expect("open");
+    let sim = SimDisk::new(3);
+    let storage: Arc<dyn log::Storage> = Arc::new(sim.clone());
+    let queue = Queue::open(&storage, std::path::Path::new("/sim"), spec(3)).expect("open");
     queue.send(order()).await.expect("the first send");
     assert_eq!(queue.unwritable(), None);
-    queue.writer.inject_faults(1);
+    sim.fail_next(Op::Write, std::io::ErrorKind::StorageFull);
     let refused = queue.send(order()).await;
     assert!(
         matches!(refused, Err(SendError::Unavailable(_))),

@@ -15,14 +15,30 @@
 //! them and goes on, logs an error, keeps the damaged bytes aside in `<file>.damaged` and
 //! rewrites the file without them. When most records are settled, the queue asks for a compaction:
 //! the live messages are written to a new file that replaces the log atomically.
+//!
+//! A failed write or sync fails its whole batch: the senders hear `unavailable`, the queue says
+//! why (and `/health` with it), and the next batch first cuts both files back to their last
+//! good sync, so a half-written record never sits between good ones. The writer tells each
+//! append's outcome on its own thread, in the order of the log, so the queue makes a message
+//! deliverable only once every message before it is stored or refused.
+//!
+//! The files are reached through [`Storage`] ([`storage`]): [`Disk`] in the node, a simulated
+//! disk that fails and crashes on purpose in the model tests (`queue/model_tests.rs`).
+
+mod storage;
+
+#[cfg(test)]
+pub(super) mod sim;
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
+
+use storage::LogFile;
+pub(crate) use storage::{Disk, Storage};
 
 use crate::wire::MessageKind;
 use serde::{Deserialize, Serialize};
@@ -236,16 +252,13 @@ fn scan<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Scan<T> {
 /// are appended to `<file>.damaged` (for an operator to look at) and the file is rewritten
 /// without them, keeping every whole record after them.
 fn read_valid<T: serde::de::DeserializeOwned>(
+    storage: &dyn Storage,
     path: &Path,
     queue: &str,
 ) -> Result<Vec<T>, LogError> {
-    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => return Err(io_error(path)(err)),
+    let Some(bytes) = storage.read(path).map_err(io_error(path))? else {
+        return Ok(Vec::new());
     };
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(io_error(path))?;
     let scan = scan::<T>(&bytes);
     if let Some(torn_from) = scan.torn_from {
         tracing::warn!(
@@ -257,7 +270,7 @@ fn read_valid<T: serde::de::DeserializeOwned>(
         );
     }
     if !scan.damaged.is_empty() {
-        let aside = keep_aside(path, &bytes, &scan.damaged).map_err(io_error(path))?;
+        let aside = keep_aside(storage, path, &bytes, &scan.damaged).map_err(io_error(path))?;
         let damaged_bytes: usize = scan.damaged.iter().map(ExactSizeIterator::len).sum();
         tracing::error!(
             queue,
@@ -270,63 +283,75 @@ fn read_valid<T: serde::de::DeserializeOwned>(
              damaged bytes, kept every whole record around them; the damaged bytes are kept \
              aside, and any message in them is lost"
         );
-        replace_file(path, &scan.whole_records(&bytes)).map_err(io_error(path))?;
+        storage
+            .replace(path, &scan.whole_records(&bytes))
+            .and_then(|_| sync_parent(storage, path))
+            .map_err(io_error(path))?;
     } else if let Some(torn_from) = scan.torn_from {
+        let mut file = storage.append(path).map_err(io_error(path))?;
         file.set_len(torn_from as u64).map_err(io_error(path))?;
-        file.sync_all().map_err(io_error(path))?;
+        file.sync_data().map_err(io_error(path))?;
     }
     Ok(scan.records)
 }
 
+/// Syncs the directory `path` is in, so its name (created, renamed) survives a crash.
+fn sync_parent(storage: &dyn Storage, path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => storage.sync_dir(dir),
+        _ => Ok(()),
+    }
+}
+
 /// Appends the `damaged` spans of `bytes` (read from `path`) to `<path>.damaged`, each after a
 /// line saying where it was; returns that file's path.
-fn keep_aside(path: &Path, bytes: &[u8], damaged: &[Range<usize>]) -> io::Result<PathBuf> {
+fn keep_aside(
+    storage: &dyn Storage,
+    path: &Path,
+    bytes: &[u8],
+    damaged: &[Range<usize>],
+) -> io::Result<PathBuf> {
     let mut name = path.as_os_str().to_owned();
     name.push(".damaged");
     let aside = PathBuf::from(name);
-    let mut file = OpenOptions::new().create(true).append(true).open(&aside)?;
-    if let Some(dir) = aside.parent() {
-        crate::util::sync_dir(dir)?;
-    }
+    let mut kept = Vec::new();
     for range in damaged {
-        writeln!(
-            file,
-            "# {} bytes at offset {} of {}, found at {} ms since the epoch",
-            range.len(),
-            range.start,
-            path.display(),
-            super::now_ms()
-        )?;
-        file.write_all(&bytes[range.clone()])?;
-        writeln!(file)?;
+        kept.extend_from_slice(
+            format!(
+                "# {} bytes at offset {} of {}, found at {} ms since the epoch\n",
+                range.len(),
+                range.start,
+                path.display(),
+                super::now_ms()
+            )
+            .as_bytes(),
+        );
+        kept.extend_from_slice(&bytes[range.clone()]);
+        kept.push(b'\n');
     }
-    file.sync_all()?;
+    let mut file = storage.append(&aside)?;
+    sync_parent(storage, &aside)?;
+    file.write_all(&kept)?;
+    file.sync_data()?;
     Ok(aside)
 }
 
-/// Opens queue `queue`'s files in `dir` (creating them), takes its lock and replays it.
-pub(super) fn open(dir: &Path, queue: &str) -> Result<(Writer, Recovered), LogError> {
-    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-    let broken = Arc::new(std::sync::Mutex::new(None));
-    #[cfg(test)]
-    let faults = Arc::new(std::sync::atomic::AtomicU32::new(0));
+/// Opens queue `queue`'s files in `dir` on `storage` (creating them), takes its lock and
+/// replays it.
+pub(super) fn open(
+    storage: &Arc<dyn Storage>,
+    dir: &Path,
+    queue: &str,
+) -> Result<(Writer, Recovered), LogError> {
+    storage.create_dir_all(dir).map_err(io_error(dir))?;
     let paths = Paths::new(dir, queue);
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&paths.lock)
-        .map_err(io_error(&paths.lock))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(LogError::Locked { path: paths.lock });
-        }
-        Err(std::fs::TryLockError::Error(err)) => return Err(io_error(&paths.lock)(err)),
-    }
+    let lock = match storage.lock(&paths.lock).map_err(io_error(&paths.lock))? {
+        Some(lock) => lock,
+        None => return Err(LogError::Locked { path: paths.lock }),
+    };
 
     let mut recovered = Recovered::default();
-    for record in read_valid::<Record>(&paths.log, queue)? {
+    for record in read_valid::<Record>(&**storage, &paths.log, queue)? {
         match record {
             Record::Sent(message) => {
                 recovered.next_seq = recovered.next_seq.max(message.seq + 1);
@@ -345,36 +370,29 @@ pub(super) fn open(dir: &Path, queue: &str) -> Result<(Writer, Recovered), LogEr
             }
         }
     }
-    recovered.dead = read_valid::<DeadLetter>(&paths.dead, queue)?;
+    recovered.dead = read_valid::<DeadLetter>(&**storage, &paths.dead, queue)?;
     for dead in &recovered.dead {
         recovered.next_seq = recovered.next_seq.max(dead.message.seq + 1);
     }
 
-    let append = |path: &Path| {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io_error(path))
-    };
+    let append = |path: &Path| storage.append(path).map_err(io_error(path));
     let (log, dead) = (append(&paths.log)?, append(&paths.dead)?);
-    let length =
-        |file: &File, path: &Path| file.metadata().map(|m| m.len()).map_err(io_error(path));
     let files = Files {
-        log_good: length(&log, &paths.log)?,
-        dead_good: length(&dead, &paths.dead)?,
+        log_good: log.len().map_err(io_error(&paths.log))?,
+        dead_good: dead.len().map_err(io_error(&paths.dead))?,
         log,
         dead,
+        dir_unsynced: false,
         paths,
+        storage: storage.clone(),
         _lock: lock,
-        #[cfg(test)]
-        faults: faults.clone(),
     };
     // The files may be new: their names must survive a crash as their records will.
-    crate::util::sync_dir(dir).map_err(io_error(dir))?;
+    storage.sync_dir(dir).map_err(io_error(dir))?;
     if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-        crate::util::sync_dir(parent).map_err(io_error(parent))?;
+        storage.sync_dir(parent).map_err(io_error(parent))?;
     }
+    let broken = Arc::new(std::sync::Mutex::new(None));
     let (commands, inbox) = mpsc::channel();
     let name = queue.to_owned();
     std::thread::Builder::new()
@@ -389,43 +407,75 @@ pub(super) fn open(dir: &Path, queue: &str) -> Result<(Writer, Recovered), LogEr
             queue: queue.to_owned(),
             commands,
             broken,
-            #[cfg(test)]
-            faults,
         },
         recovered,
     ))
 }
 
 struct Files {
-    log: File,
-    dead: File,
+    log: Box<dyn LogFile>,
+    dead: Box<dyn LogFile>,
     /// Each file's length at its last good sync: a failed batch is cut back to it before
     /// the writer tries again, so a half-written record never sits between good ones.
     log_good: u64,
     dead_good: u64,
+    /// A file was replaced but the directory sync that makes the new name durable failed:
+    /// until one succeeds, a crash may bring the old file back, so nothing written to the new
+    /// one counts as stored.
+    dir_unsynced: bool,
     paths: Paths,
+    storage: Arc<dyn Storage>,
     /// Held (locked) for as long as the writer runs.
-    _lock: File,
-    /// Writes still to fail on purpose (tests of recovery): each writes half, then fails.
-    #[cfg(test)]
-    faults: Arc<std::sync::atomic::AtomicU32>,
+    _lock: Box<dyn Send>,
 }
 
 impl Files {
-    /// Cuts both files back to their last good sync and syncs them.
+    /// Cuts both files back to their last good sync and syncs them (and their directory, if a
+    /// replacement is not yet durable).
     fn repair(&mut self) -> io::Result<()> {
         self.log.set_len(self.log_good)?;
         self.dead.set_len(self.dead_good)?;
         self.log.sync_data()?;
-        self.dead.sync_data()
+        self.dead.sync_data()?;
+        self.sync_dir_if_needed()
+    }
+
+    fn sync_dir_if_needed(&mut self) -> io::Result<()> {
+        if self.dir_unsynced {
+            sync_parent(&*self.storage, &self.paths.log)?;
+            self.dir_unsynced = false;
+        }
+        Ok(())
     }
 
     /// Both files are on disk as they are now.
     fn mark_good(&mut self) -> io::Result<()> {
-        self.log_good = self.log.metadata()?.len();
-        self.dead_good = self.dead.metadata()?.len();
+        self.log_good = self.log.len()?;
+        self.dead_good = self.dead.len()?;
         Ok(())
     }
+
+    /// Replaces the file `which` with `contents` (synced); the handle and its good length
+    /// follow the new file once the rename happened, even if the directory sync then fails.
+    fn replace(&mut self, which: Which, contents: &[u8]) -> io::Result<()> {
+        let path = match which {
+            Which::Log => &self.paths.log,
+            Which::Dead => &self.paths.dead,
+        };
+        let file = self.storage.replace(path, contents)?;
+        match which {
+            Which::Log => (self.log, self.log_good) = (file, contents.len() as u64),
+            Which::Dead => (self.dead, self.dead_good) = (file, contents.len() as u64),
+        }
+        self.dir_unsynced = true;
+        self.sync_dir_if_needed()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Log,
+    Dead,
 }
 
 enum Command {
@@ -433,23 +483,26 @@ enum Command {
     Append {
         dead: Vec<u8>,
         log: Vec<u8>,
-        done: oneshot::Sender<Result<(), String>>,
+        done: Told,
     },
     /// Replace the log with these records (the live messages).
     Compact { log: Vec<u8> },
     /// Sync, release the files and their lock, then say so; later appends fail.
     Close { done: oneshot::Sender<()> },
-    /// Read every dead letter, and how many bytes of the dead-letter file they take.
+    /// Read every dead letter, and which bytes of the dead-letter file they are.
     ReadDead {
-        done: oneshot::Sender<Result<(Vec<DeadLetter>, u64), String>>,
+        done: oneshot::Sender<Result<(Vec<DeadLetter>, DeadPrefix), String>>,
     },
-    /// Drop the first `upto` bytes of the dead-letter file (the letters a redrive re-sent);
+    /// Drop these first bytes of the dead-letter file (the letters a redrive re-sent);
     /// letters written since stay.
     DropDead {
-        upto: u64,
+        prefix: DeadPrefix,
         done: oneshot::Sender<Result<(), String>>,
     },
 }
+
+/// Told on the writer thread whether an append is on disk (`Err`: why not).
+type Told = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// Sends records to a queue's writer thread. Commands are written in the order they are sent.
 #[derive(Clone)]
@@ -458,8 +511,6 @@ pub(super) struct Writer {
     commands: mpsc::Sender<Command>,
     /// Why the last write failed, while the files are not writable.
     broken: Arc<std::sync::Mutex<Option<String>>>,
-    #[cfg(test)]
-    faults: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Writer {
@@ -471,7 +522,26 @@ impl Writer {
         dead: Vec<u8>,
         log: Vec<u8>,
     ) -> impl Future<Output = Result<(), LogError>> + Send + 'static {
-        let (done, synced) = oneshot::channel();
+        self.append_then(dead, log, |_| ())
+    }
+
+    /// [`Writer::append`], and `then` is told whether the records are on disk: on the writer
+    /// thread, in the order of the appends, before the future resolves, and even if the
+    /// future is dropped. What depends on the order of outcomes (a message may be delivered
+    /// only once every message sent before it is stored or refused) belongs in `then`. If the
+    /// writer is gone (the queue closed), `then` is never told: nothing will be stored again.
+    pub(super) fn append_then(
+        &self,
+        dead: Vec<u8>,
+        log: Vec<u8>,
+        then: impl FnOnce(bool) + Send + 'static,
+    ) -> impl Future<Output = Result<(), LogError>> + Send + 'static {
+        let (tell, synced) = oneshot::channel();
+        let done: Told = Box::new(move |outcome: Result<(), String>| {
+            then(outcome.is_ok());
+            let _ = tell.send(outcome);
+        });
+        // Not told here if the writer is gone: the caller may hold the lock `then` takes.
         let sent = self.commands.send(Command::Append { dead, log, done });
         let queue = self.queue.clone();
         async move {
@@ -485,13 +555,6 @@ impl Writer {
                 Err(_) => Err(LogError::WriterGone(queue)),
             }
         }
-    }
-
-    /// Makes the next `count` appends write half their records, then fail as a full disk.
-    #[cfg(test)]
-    pub(super) fn inject_faults(&self, count: u32) {
-        self.faults
-            .store(count, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Why the queue's files cannot be written now, if they cannot (the writer retries with
@@ -509,8 +572,8 @@ impl Writer {
         }
     }
 
-    /// Every dead letter in the file, and the byte length they take (for [`Writer::drop_dead`]).
-    pub(super) async fn read_dead(&self) -> Result<(Vec<DeadLetter>, u64), LogError> {
+    /// Every dead letter in the file, and the bytes they take (for [`Writer::drop_dead`]).
+    pub(super) async fn read_dead(&self) -> Result<(Vec<DeadLetter>, DeadPrefix), LogError> {
         let (done, read) = oneshot::channel();
         self.commands
             .send(Command::ReadDead { done })
@@ -518,11 +581,12 @@ impl Writer {
         self.answer(read.await)
     }
 
-    /// Removes the first `upto` bytes of the dead-letter file, keeping letters written since.
-    pub(super) async fn drop_dead(&self, upto: u64) -> Result<(), LogError> {
+    /// Removes the letters [`Writer::read_dead`] read from the dead-letter file, keeping
+    /// letters written since; refused if the file no longer starts with them.
+    pub(super) async fn drop_dead(&self, prefix: DeadPrefix) -> Result<(), LogError> {
         let (done, dropped) = oneshot::channel();
         self.commands
-            .send(Command::DropDead { upto, done })
+            .send(Command::DropDead { prefix, done })
             .map_err(|_| LogError::WriterGone(self.queue.clone()))?;
         self.answer(dropped.await)
     }
@@ -576,14 +640,22 @@ fn write_loop(
             match command {
                 Command::Close { done } => closing = Some(done),
                 Command::Append { done, .. } if closing.is_some() => {
-                    let _ = done.send(Err("the queue is closed (the node is stopping)".into()));
+                    done(Err("the queue is closed (the node is stopping)".into()));
                 }
                 Command::Compact { .. } if closing.is_some() => {}
+                // While the files are unwritable the dead-letter file may still hold letters
+                // the repair will cut off: not a file to redrive from.
                 Command::ReadDead { done } => {
-                    let _ = done.send(read_dead(&mut files).map_err(|err| err.to_string()));
+                    let _ = done.send(match &broken {
+                        Some(reason) => Err(reason.clone()),
+                        None => read_dead(&mut files).map_err(|err| err.to_string()),
+                    });
                 }
-                Command::DropDead { upto, done } => {
-                    let _ = done.send(drop_dead(&mut files, upto).map_err(|err| err.to_string()));
+                Command::DropDead { prefix, done } => {
+                    let _ = done.send(match &broken {
+                        Some(reason) => Err(reason.clone()),
+                        None => drop_dead(&mut files, prefix),
+                    });
                 }
                 Command::Append { dead, log, done } => {
                     if broken.is_none()
@@ -601,15 +673,17 @@ fn write_loop(
                         let compacted = files
                             .log
                             .sync_data()
-                            .and_then(|()| compact(&mut files, &log));
+                            .and_then(|()| files.replace(Which::Log, &log));
                         match compacted {
                             Ok(()) => {
                                 tracing::debug!(queue, bytes = log.len(), "queue log compacted")
                             }
-                            // The old log is intact (the new one replaces it only once
-                            // it is whole); the next compaction tries again.
+                            // Either the old log is intact (the new one replaces it only once it
+                            // is whole) and the next compaction tries again, or the new one is
+                            // in place but its name not yet durable, which the batch's sync
+                            // below retries.
                             Err(err) => {
-                                tracing::warn!(queue, error = %err, "queue log compaction failed; the old log stays")
+                                tracing::warn!(queue, error = %err, "queue log compaction failed")
                             }
                         }
                     }
@@ -624,7 +698,10 @@ fn write_loop(
                     Ok(())
                 }
             });
-            match synced.and_then(|()| files.mark_good()) {
+            let synced = synced
+                .and_then(|()| files.sync_dir_if_needed())
+                .and_then(|()| files.mark_good());
+            match synced {
                 Ok(()) => {}
                 Err(err) => broken = Some(err.to_string()),
             }
@@ -636,7 +713,7 @@ fn write_loop(
             shared.clone_from(&broken);
         }
         for done in waiting {
-            let _ = done.send(match &broken {
+            done(match &broken {
                 None => Ok(()),
                 Some(reason) => Err(reason.clone()),
             });
@@ -650,22 +727,6 @@ fn write_loop(
 }
 
 fn write_pair(files: &mut Files, dead: &[u8], log: &[u8]) -> io::Result<()> {
-    #[cfg(test)]
-    if files
-        .faults
-        .fetch_update(
-            std::sync::atomic::Ordering::Relaxed,
-            std::sync::atomic::Ordering::Relaxed,
-            |left| left.checked_sub(1),
-        )
-        .is_ok()
-    {
-        files.log.write_all(&log[..log.len() / 2])?;
-        return Err(io::Error::new(
-            io::ErrorKind::StorageFull,
-            "injected: no space left",
-        ));
-    }
     if !dead.is_empty() {
         // The dead letter is synced before the `Done` that drops the message from the log, so a
         // crash between them keeps the message (delivered again, not lost).
@@ -675,43 +736,39 @@ fn write_pair(files: &mut Files, dead: &[u8], log: &[u8]) -> io::Result<()> {
     files.log.write_all(log)
 }
 
-fn read_dead(files: &mut Files) -> io::Result<(Vec<DeadLetter>, u64)> {
+/// The first bytes of the dead-letter file as a redrive read them.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DeadPrefix {
+    len: u64,
+    crc: u32,
+}
+
+fn read_dead(files: &mut Files) -> io::Result<(Vec<DeadLetter>, DeadPrefix)> {
     files.dead.sync_data()?;
-    let bytes = std::fs::read(&files.paths.dead)?;
+    let bytes = files.storage.read(&files.paths.dead)?.unwrap_or_default();
     let (letters, valid) = decode_all::<DeadLetter>(&bytes);
-    Ok((letters, valid as u64))
+    let prefix = DeadPrefix {
+        len: valid as u64,
+        crc: crc32fast::hash(&bytes[..valid]),
+    };
+    Ok((letters, prefix))
 }
 
-fn drop_dead(files: &mut Files, upto: u64) -> io::Result<()> {
-    let bytes = std::fs::read(&files.paths.dead)?;
-    let keep = bytes.get(upto as usize..).unwrap_or_default();
-    files.dead = replace_file(&files.paths.dead, keep)?;
-    Ok(())
-}
-
-/// Writes `contents` to a new file that then replaces `path` atomically; returns it opened
-/// for appending.
-fn replace_file(path: &Path, contents: &[u8]) -> io::Result<File> {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".replacing");
-    let next = PathBuf::from(name);
-    let mut file = File::create(&next)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    // Opened before the rename, so the handle is the new file whatever fails after it: a
-    // handle to the replaced file would write into an unlinked inode.
-    let mut reopened = OpenOptions::new().append(true).open(&next)?;
-    reopened.seek(SeekFrom::End(0))?;
-    std::fs::rename(&next, path)?;
-    if let Some(dir) = path.parent() {
-        crate::util::sync_dir(dir)?;
+fn drop_dead(files: &mut Files, prefix: DeadPrefix) -> Result<(), String> {
+    let bytes = files
+        .storage
+        .read(&files.paths.dead)
+        .map_err(|err| err.to_string())?
+        .unwrap_or_default();
+    let read = usize::try_from(prefix.len)
+        .ok()
+        .and_then(|len| bytes.get(..len));
+    match read {
+        Some(read) if crc32fast::hash(read) == prefix.crc => files
+            .replace(Which::Dead, &bytes[read.len()..])
+            .map_err(|err| err.to_string()),
+        _ => Err("the dead-letter file changed since the redrive read it".into()),
     }
-    Ok(reopened)
-}
-
-fn compact(files: &mut Files, live: &[u8]) -> io::Result<()> {
-    files.log = replace_file(&files.paths.log, live)?;
-    Ok(())
 }
 
 /// The fuzz target's check of [`scan`]: whatever the bytes, replay returns; whole records,
@@ -774,6 +831,10 @@ pub(crate) fn sample_log() -> Vec<u8> {
 mod tests {
     use super::*;
 
+    fn disk() -> Arc<dyn Storage> {
+        Arc::new(Disk)
+    }
+
     fn message(seq: u64, body: &str) -> StoredMessage {
         StoredMessage {
             seq,
@@ -801,7 +862,7 @@ mod tests {
     async fn replay_keeps_what_is_owed_in_order_with_its_attempts() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (writer, recovered) = open(dir.path(), "q").unwrap();
+            let (writer, recovered) = open(&disk(), dir.path(), "q").unwrap();
             assert!(recovered.pending.is_empty());
             let log = records(&[
                 Record::Sent(message(0, "zero")),
@@ -826,45 +887,84 @@ mod tests {
         assert_eq!(recovered.next_seq, 3);
     }
 
-    #[tokio::test]
-    async fn a_failed_write_fails_its_sends_only_and_the_queue_recovers_by_itself() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let (writer, _) = open(dir.path(), "q").unwrap();
-            let good = records(&[Record::Sent(message(0, "before"))]);
-            writer.append(Vec::new(), good).await.unwrap();
-            assert_eq!(writer.unwritable(), None);
-            // The disk fills up mid-record: that send fails, and the queue says why.
-            writer.inject_faults(1);
-            let lost = records(&[Record::Sent(message(1, "never acknowledged"))]);
-            let failed = writer.append(Vec::new(), lost).await;
-            assert!(failed.is_err());
-            assert!(
-                writer.unwritable().unwrap().contains("no space"),
-                "{:?}",
-                writer.unwritable()
-            );
-            // Space again: the next write cuts the half record off and succeeds.
-            let after = records(&[Record::Sent(message(2, "after"))]);
-            writer.append(Vec::new(), after).await.unwrap();
-            assert_eq!(writer.unwritable(), None);
-        }
-        // The log holds exactly the acknowledged records, with no damage between them.
-        let bytes = std::fs::read(dir.path().join("q.log")).unwrap();
-        let scan = scan::<Record>(&bytes);
-        assert!(scan.damaged.is_empty() && scan.torn_from.is_none());
-        let recovered = reopen(dir.path()).await;
-        let bodies: Vec<_> = recovered
+    fn bodies(recovered: &Recovered) -> Vec<Vec<u8>> {
+        recovered
             .pending
             .values()
             .map(|(m, _)| m.body.clone())
-            .collect();
-        assert_eq!(bodies, vec![b"before".to_vec(), b"after".to_vec()]);
+            .collect()
+    }
+
+    /// A simulated disk (clone it to fail and crash it) and the log of queue `q` on it.
+    fn on_sim(seed: u64) -> (sim::SimDisk, Arc<dyn Storage>, &'static Path, Writer) {
+        let sim = sim::SimDisk::new(seed);
+        let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+        let dir = Path::new("/sim/queues");
+        let (writer, _) = open(&storage, dir, "q").unwrap();
+        (sim, storage, dir, writer)
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_its_sends_only_and_the_queue_recovers_by_itself() {
+        let (sim, storage, dir, writer) = on_sim(1);
+        let good = records(&[Record::Sent(message(0, "before"))]);
+        writer.append(Vec::new(), good).await.unwrap();
+        assert_eq!(writer.unwritable(), None);
+        // The disk fills up mid-record: that send fails, and the queue says why.
+        sim.fail_next(sim::Op::Write, io::ErrorKind::StorageFull);
+        let lost = records(&[Record::Sent(message(1, "never acknowledged"))]);
+        let failed = writer.append(Vec::new(), lost).await;
+        assert!(failed.is_err());
+        let reason = writer.unwritable().unwrap();
+        assert!(reason.contains("simulated fault in Write"), "{reason}");
+        // Space again: the next write cuts the half record off and succeeds.
+        let after = records(&[Record::Sent(message(2, "after"))]);
+        writer.append(Vec::new(), after).await.unwrap();
+        assert_eq!(writer.unwritable(), None);
+        writer.close().await;
+        // The log holds exactly the acknowledged records, with no damage between them.
+        let bytes = sim.contents(&dir.join("q.log")).unwrap();
+        let scan = scan::<Record>(&bytes);
+        assert!(scan.damaged.is_empty() && scan.torn_from.is_none());
+        let (_, recovered) = open(&storage, dir, "q").unwrap();
+        assert_eq!(
+            bodies(&recovered),
+            vec![b"before".to_vec(), b"after".to_vec()]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_compaction_whose_rename_is_not_yet_durable_fails_the_sends_after_it_until_it_is() {
+        let (sim, storage, dir, writer) = on_sim(2);
+        let mut log = records(&[Record::Sent(message(0, "settled"))]);
+        encode(&Record::Done { seq: 0 }, &mut log).unwrap();
+        encode(&Record::Sent(message(1, "owed")), &mut log).unwrap();
+        writer.append(Vec::new(), log).await.unwrap();
+        // The new log is renamed into place, but the directory sync fails (and again when the
+        // batch ends): until a directory sync succeeds, a crash could bring the old log back,
+        // so an append to the new one must not be acknowledged.
+        sim.fail_next(sim::Op::SyncDir, io::ErrorKind::Other);
+        sim.fail_next(sim::Op::SyncDir, io::ErrorKind::Other);
+        writer.compact(records(&[Record::Sent(message(1, "owed"))]));
+        // In the compaction's batch it fails; in a later one the repair's directory sync
+        // succeeds first: either way an acknowledged send must survive the crash.
+        let unsure = records(&[Record::Sent(message(2, "unsure"))]);
+        let unsure_acked = writer.append(Vec::new(), unsure).await.is_ok();
+        let sure = records(&[Record::Sent(message(3, "sure"))]);
+        writer.append(Vec::new(), sure).await.unwrap();
+        sim.crash();
+        let (_, recovered) = open(&storage, dir, "q").unwrap();
+        let mut expected = vec![b"owed".to_vec()];
+        if unsure_acked {
+            expected.push(b"unsure".to_vec());
+        }
+        expected.push(b"sure".to_vec());
+        assert_eq!(bodies(&recovered), expected);
     }
 
     async fn reopen(dir: &Path) -> Recovered {
         for _ in 0..100 {
-            match open(dir, "q") {
+            match open(&disk(), dir, "q") {
                 Ok((_, recovered)) => return recovered,
                 Err(LogError::Locked { .. }) => {
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await
@@ -1037,8 +1137,8 @@ mod tests {
     #[tokio::test]
     async fn a_second_opener_is_refused_while_the_first_holds_the_queue() {
         let dir = tempfile::tempdir().unwrap();
-        let (_writer, _) = open(dir.path(), "q").unwrap();
-        match open(dir.path(), "q") {
+        let (_writer, _) = open(&disk(), dir.path(), "q").unwrap();
+        match open(&disk(), dir.path(), "q") {
             Err(LogError::Locked { path }) => assert!(path.ends_with("q.lock")),
             Err(other) => panic!("wrong error: {other}"),
             Ok(_) => panic!("two writers on one queue"),
@@ -1049,7 +1149,7 @@ mod tests {
     async fn compaction_replaces_the_log_with_the_live_messages_and_appends_go_on() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (writer, _) = open(dir.path(), "q").unwrap();
+            let (writer, _) = open(&disk(), dir.path(), "q").unwrap();
             let mut log = Vec::new();
             for seq in 0..50 {
                 encode(&Record::Sent(message(seq, "m")), &mut log).unwrap();

@@ -1,0 +1,290 @@
+//! A simulated disk for the model tests: files in memory that fail on purpose and crash.
+//!
+//! Each file keeps what a reader sees beside what a crash would keep (the bytes as of its last
+//! successful sync); each directory keeps its names beside the names as of its last successful
+//! sync. Faults come from a seeded generator (a share of all operations) or a script (the next
+//! operation of a kind): a write that fails after writing part of its bytes (a full disk, an
+//! I/O error, a short write), a sync that fails after writing back part of the file, a failed
+//! cut, replace, read or directory sync. A crash keeps, per file, its synced bytes plus any
+//! prefix of the rest (a torn write), brings back the synced names, and turns every handle
+//! opened before it into one that fails, as the killed process's would.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::storage::{LogFile, Storage};
+
+/// An operation the disk can fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Write,
+    Sync,
+    SetLen,
+    Replace,
+    SyncDir,
+    Read,
+    Open,
+}
+
+/// The simulated disk; clones share it.
+#[derive(Clone)]
+pub(crate) struct SimDisk {
+    state: Arc<Mutex<State>>,
+}
+
+struct State {
+    files: Vec<SimFile>,
+    names: BTreeMap<PathBuf, usize>,
+    synced_names: BTreeMap<PathBuf, usize>,
+    /// Bumped by each crash: handles from an earlier epoch fail.
+    epoch: u64,
+    rng: fastrand::Rng,
+    /// Chance per thousand that an operation fails.
+    fault_per_mille: u32,
+    scripted: VecDeque<(Op, io::ErrorKind)>,
+    faults: u64,
+}
+
+#[derive(Default)]
+struct SimFile {
+    seen: Vec<u8>,
+    synced: Vec<u8>,
+}
+
+impl SimDisk {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State {
+                files: Vec::new(),
+                names: BTreeMap::new(),
+                synced_names: BTreeMap::new(),
+                epoch: 0,
+                rng: fastrand::Rng::with_seed(seed),
+                fault_per_mille: 0,
+                scripted: VecDeque::new(),
+                faults: 0,
+            })),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// From now on, this share (per thousand) of all operations fails.
+    pub(crate) fn set_fault_rate(&self, per_mille: u32) {
+        self.state().fault_per_mille = per_mille;
+    }
+
+    /// The next `op` fails with `kind` (a write after writing half its bytes).
+    pub(crate) fn fail_next(&self, op: Op, kind: io::ErrorKind) {
+        self.state().scripted.push_back((op, kind));
+    }
+
+    /// How many operations failed on purpose so far.
+    pub(crate) fn faults(&self) -> u64 {
+        self.state().faults
+    }
+
+    /// Loses power: every file keeps its synced bytes and maybe part of the rest, every
+    /// directory its synced names; handles opened before fail from now on.
+    pub(crate) fn crash(&self) {
+        let mut state = self.state();
+        let State { files, rng, .. } = &mut *state;
+        for file in files.iter_mut() {
+            let kept = if file.seen.starts_with(&file.synced) {
+                let torn = rng.usize(..=file.seen.len() - file.synced.len());
+                file.seen[..file.synced.len() + torn].to_vec()
+            } else if rng.bool() {
+                // Cut (or rewritten) since its last sync: either state may be on the platter.
+                file.seen.clone()
+            } else {
+                file.synced.clone()
+            };
+            file.synced.clone_from(&kept);
+            file.seen = kept;
+        }
+        state.names = state.synced_names.clone();
+        state.epoch += 1;
+    }
+
+    /// The bytes a reader sees at `path`, if it exists.
+    pub(crate) fn contents(&self, path: &Path) -> Option<Vec<u8>> {
+        let state = self.state();
+        state
+            .names
+            .get(path)
+            .map(|&at| state.files[at].seen.clone())
+    }
+}
+
+impl State {
+    /// The error `op` fails with now, if it fails.
+    fn fault(&mut self, op: Op) -> Option<io::Error> {
+        let kind = match self.scripted.front() {
+            Some(&(next, kind)) if next == op => {
+                self.scripted.pop_front();
+                Some(kind)
+            }
+            _ if self.fault_per_mille > 0 && self.rng.u32(..1000) < self.fault_per_mille => {
+                Some(if op == Op::Write && self.rng.bool() {
+                    io::ErrorKind::StorageFull
+                } else {
+                    io::ErrorKind::Other
+                })
+            }
+            _ => None,
+        }?;
+        self.faults += 1;
+        Some(io::Error::new(kind, format!("simulated fault in {op:?}")))
+    }
+
+    fn create(&mut self, path: &Path, contents: Vec<u8>) -> usize {
+        self.files.push(SimFile {
+            seen: contents.clone(),
+            synced: contents,
+        });
+        let at = self.files.len() - 1;
+        self.names.insert(path.to_path_buf(), at);
+        at
+    }
+}
+
+impl Storage for SimDisk {
+    fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        let mut state = self.state();
+        if let Some(err) = state.fault(Op::Read) {
+            return Err(err);
+        }
+        Ok(state
+            .names
+            .get(path)
+            .map(|&at| state.files[at].seen.clone()))
+    }
+
+    fn append(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+        let mut state = self.state();
+        if let Some(err) = state.fault(Op::Open) {
+            return Err(err);
+        }
+        let at = match state.names.get(path) {
+            Some(&at) => at,
+            None => state.create(path, Vec::new()),
+        };
+        Ok(Box::new(Handle {
+            disk: self.clone(),
+            at,
+            epoch: state.epoch,
+        }))
+    }
+
+    fn replace(&self, path: &Path, contents: &[u8]) -> io::Result<Box<dyn LogFile>> {
+        let mut state = self.state();
+        if let Some(err) = state.fault(Op::Replace) {
+            return Err(err);
+        }
+        let at = state.create(path, contents.to_vec());
+        Ok(Box::new(Handle {
+            disk: self.clone(),
+            at,
+            epoch: state.epoch,
+        }))
+    }
+
+    fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.state();
+        if let Some(err) = state.fault(Op::SyncDir) {
+            return Err(err);
+        }
+        let in_dir = |path: &PathBuf| path.parent() == Some(dir);
+        state.synced_names.retain(|path, _| !in_dir(path));
+        let names: Vec<_> = state
+            .names
+            .iter()
+            .filter(|(path, _)| in_dir(path))
+            .map(|(path, &at)| (path.clone(), at))
+            .collect();
+        state.synced_names.extend(names);
+        Ok(())
+    }
+
+    fn lock(&self, _path: &Path) -> io::Result<Option<Box<dyn Send>>> {
+        Ok(Some(Box::new(())))
+    }
+}
+
+/// An open file of the simulated disk.
+struct Handle {
+    disk: SimDisk,
+    at: usize,
+    epoch: u64,
+}
+
+impl Handle {
+    /// The disk's state, or an error if the disk crashed since this handle was opened.
+    fn live(&self) -> io::Result<MutexGuard<'_, State>> {
+        let state = self.disk.state();
+        if state.epoch != self.epoch {
+            return Err(io::Error::other(
+                "the process that opened this file crashed",
+            ));
+        }
+        Ok(state)
+    }
+}
+
+impl LogFile for Handle {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut state = self.live()?;
+        if let Some(err) = state.fault(Op::Write) {
+            let part = if err.kind() == io::ErrorKind::Other && state.rng.bool() {
+                state.rng.usize(..=bytes.len())
+            } else {
+                bytes.len() / 2
+            };
+            state.files[self.at].seen.extend_from_slice(&bytes[..part]);
+            return Err(err);
+        }
+        state.files[self.at].seen.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        let mut state = self.live()?;
+        if let Some(err) = state.fault(Op::Sync) {
+            // Part of the file may have been written back before the error.
+            let seen_len = state.files[self.at].seen.len();
+            let part = state.rng.usize(..=seen_len);
+            let file = &mut state.files[self.at];
+            if file.seen.starts_with(&file.synced) && part > file.synced.len() {
+                file.synced = file.seen[..part].to_vec();
+            }
+            return Err(err);
+        }
+        let file = &mut state.files[self.at];
+        file.synced.clone_from(&file.seen);
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        let state = self.live()?;
+        Ok(state.files[self.at].seen.len() as u64)
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        let mut state = self.live()?;
+        if let Some(err) = state.fault(Op::SetLen) {
+            return Err(err);
+        }
+        state.files[self.at].seen.resize(len as usize, 0);
+        Ok(())
+    }
+}

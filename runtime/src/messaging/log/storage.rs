@@ -1,0 +1,120 @@
+//! What a queue's log needs from the disk, and nothing more: whole-file reads, append handles
+//! that write, sync and cut back, an atomic replace, directory syncs and a lock.
+//!
+//! The log runs on [`Disk`], the real files. Being a trait, the same writer and replay also run
+//! on the simulated disk of the model tests (`sim.rs`), which fails writes and syncs on purpose
+//! (a full disk, an I/O error, a write cut short) and crashes, keeping only what was synced.
+//! What the log promises (an acknowledged send survives anything) is checked against that.
+//!
+//! The contract the log relies on, which both implementations keep:
+//! - bytes written to a [`LogFile`] survive a crash only once a later `sync_data` succeeds;
+//!   until then any prefix of them may survive, or none;
+//! - [`Storage::replace`] leaves the old contents or the new, never a mix, but which of the two
+//!   a crash keeps is only settled by a successful [`Storage::sync_dir`]; the same goes for a
+//!   file's creation.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// The file system under a queue's log.
+pub(crate) trait Storage: Send + Sync + 'static {
+    /// The whole file; `None` if it does not exist.
+    fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
+    /// The file opened for appending, created if missing.
+    fn append(&self, path: &Path) -> io::Result<Box<dyn LogFile>>;
+    /// Makes `path` hold `contents` (written and synced to a new file that is renamed over
+    /// it) and returns it opened for appending. The rename is durable after [`Storage::sync_dir`].
+    fn replace(&self, path: &Path, contents: &[u8]) -> io::Result<Box<dyn LogFile>>;
+    /// Creates `dir` and its parents if missing.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Makes the names in `dir` (created, renamed) survive a crash.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes the lock file at `path` for as long as the returned guard lives; `Ok(None)` if
+    /// another holder has it.
+    fn lock(&self, path: &Path) -> io::Result<Option<Box<dyn Send>>>;
+}
+
+/// One file opened for appending.
+pub(crate) trait LogFile: Send {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
+    fn sync_data(&mut self) -> io::Result<()>;
+    fn len(&self) -> io::Result<u64>;
+    /// Cuts the file to `len` bytes (appends go on from there).
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+}
+
+/// The real file system.
+pub(crate) struct Disk;
+
+impl Storage for Disk {
+    fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        let mut file = match File::open(path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(Some(bytes))
+    }
+
+    fn append(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Box::new(file))
+    }
+
+    fn replace(&self, path: &Path, contents: &[u8]) -> io::Result<Box<dyn LogFile>> {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".replacing");
+        let next = PathBuf::from(name);
+        let mut file = File::create(&next)?;
+        Write::write_all(&mut file, contents)?;
+        file.sync_all()?;
+        // Opened before the rename, so the handle is the new file whatever fails after it: a
+        // handle to the replaced file would write into an unlinked inode.
+        let mut reopened = OpenOptions::new().append(true).open(&next)?;
+        reopened.seek(SeekFrom::End(0))?;
+        std::fs::rename(&next, path)?;
+        Ok(Box::new(reopened))
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        crate::util::sync_dir(dir)
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Option<Box<dyn Send>>> {
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        match lock.try_lock() {
+            Ok(()) => Ok(Some(Box::new(lock))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(err)) => Err(err),
+        }
+    }
+}
+
+impl LogFile for File {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        Write::write_all(self, bytes)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        File::sync_data(self)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        File::set_len(self, len)
+    }
+}
