@@ -178,6 +178,7 @@ impl QueueProbe {
             redeliver_after: Duration::from_millis(100),
             max_depth: usize::MAX,
             max_bytes: usize::MAX,
+            max_dead_bytes: usize::MAX,
         };
         let dir = data_dir.to_path_buf();
         let broker = tokio::task::spawn_blocking(move || {

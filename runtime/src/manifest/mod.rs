@@ -42,6 +42,7 @@
 //! redeliver_ms = 100          # first pause without a policy; doubles per attempt
 //! max_depth = 10000           # owed messages before `send` answers `full`
 //! max_bytes_mb = 1024         # or owed bytes (bodies, keys, headers)
+//! max_dead_mb = 256           # dead-letter file size; past it failed messages stay owed
 //!
 //! [[policy]]
 //! name = "retry"
@@ -105,6 +106,9 @@ pub struct QueueSpec {
     /// Bytes of owed messages' bodies (and keys and headers) before a send is refused as
     /// `full`: `max_depth` alone lets a queue of large messages fill the disk.
     pub max_bytes: usize,
+    /// Bytes the dead-letter file may hold. Past it a message that fails for good is not
+    /// dropped: it stays owed (and counts against `max_depth`) until a redrive makes room.
+    pub max_dead_bytes: usize,
 }
 
 /// One `[[policy]]`.
@@ -423,6 +427,8 @@ pub mod defaults {
     pub const QUEUE_MAX_BYTES_MB: u64 = 1024;
     /// `[[queue]] max_depth`.
     pub const QUEUE_MAX_DEPTH: usize = 10_000;
+    /// `[[queue]] max_dead_mb`.
+    pub const QUEUE_MAX_DEAD_MB: u64 = 256;
 }
 
 impl Manifest {

@@ -267,6 +267,10 @@ fn a_queue_takes_defaults_and_a_binding_to_it() {
     assert_eq!(queue.concurrency, super::defaults::QUEUE_CONCURRENCY);
     assert_eq!(queue.max_depth, super::defaults::QUEUE_MAX_DEPTH);
     assert_eq!(
+        queue.max_dead_bytes as u64,
+        super::defaults::QUEUE_MAX_DEAD_MB * 1024 * 1024
+    );
+    assert_eq!(
         manifest.bindings[0].scope,
         super::BindScope::Queue("jobs".into())
     );
@@ -312,6 +316,8 @@ fn bad_queues_say_what_to_fix() {
     assert!(err.contains("`concurrency` must be at least 1"), "{err}");
     let err = error_of(&queue("subscriber = \"hello\"\nmax_depth = 0"));
     assert!(err.contains("`max_depth` must be at least 1"), "{err}");
+    let err = error_of(&queue("subscriber = \"hello\"\nmax_dead_mb = 0"));
+    assert!(err.contains("max_dead_mb"), "{err}");
     let err = error_of(&format!(
         "{}\n[[queue]]\nname = \"jobs\"\nsubscriber = \"hello\"\n",
         queue("subscriber = \"hello\"")

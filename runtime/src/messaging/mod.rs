@@ -277,15 +277,14 @@ impl Broker {
         }
     }
 
-    /// Every queue, by name.
-    /// Queues whose log cannot be written now, each with why (sends to them answer
-    /// `unavailable` until a write succeeds again).
-    pub(crate) fn unwritable(&self) -> Vec<String> {
+    /// What is wrong with the queues now, one line each: a log that cannot be written (sends
+    /// answer `unavailable` until a write succeeds again), a full dead-letter file.
+    pub(crate) fn problems(&self) -> Vec<String> {
         let mut problems: Vec<String> = self
             .queues
             .load()
             .values()
-            .filter_map(|queue| queue.unwritable())
+            .flat_map(|queue| queue.problems())
             .collect();
         problems.sort();
         problems

@@ -169,7 +169,7 @@ impl http::Operator for Control {
     }
 
     fn problems(&self) -> Vec<String> {
-        self.broker.unwritable()
+        self.broker.problems()
     }
 
     fn redrive(&self, queue: String) -> BoxFuture<'_, Result<usize, ControlError>> {

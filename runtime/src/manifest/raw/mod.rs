@@ -46,6 +46,7 @@ struct RawQueue {
     redeliver_ms: Option<u64>,
     max_depth: Option<Spanned<usize>>,
     max_bytes_mb: Option<Spanned<u64>>,
+    max_dead_mb: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]

@@ -77,6 +77,13 @@ pub(super) fn check_queues(
             1..=1_048_576,
             "max_bytes_mb",
         )?);
+        let max_dead_bytes = super::services::mebibytes(super::services::bounded(
+            check,
+            queue.max_dead_mb,
+            defaults::QUEUE_MAX_DEAD_MB,
+            1..=1_048_576,
+            "max_dead_mb",
+        )?);
         queues.push(QueueSpec {
             name,
             subscriber,
@@ -87,6 +94,7 @@ pub(super) fn check_queues(
             ),
             max_depth,
             max_bytes,
+            max_dead_bytes,
         });
     }
     Ok(queues)

@@ -118,6 +118,8 @@ pub(super) struct Recovered {
     pub(super) settled_records: usize,
     /// Every dead letter so far, oldest first.
     pub(super) dead: Vec<DeadLetter>,
+    /// The bytes they take in the dead-letter file.
+    pub(super) dead_bytes: u64,
 }
 
 /// The files of one queue.
@@ -377,9 +379,10 @@ pub(super) fn open(
 
     let append = |path: &Path| storage.append(path).map_err(io_error(path));
     let (log, dead) = (append(&paths.log)?, append(&paths.dead)?);
+    recovered.dead_bytes = dead.len().map_err(io_error(&paths.dead))?;
     let files = Files {
         log_good: log.len().map_err(io_error(&paths.log))?,
-        dead_good: dead.len().map_err(io_error(&paths.dead))?,
+        dead_good: recovered.dead_bytes,
         log,
         dead,
         dir_unsynced: false,
@@ -741,6 +744,13 @@ fn write_pair(files: &mut Files, dead: &[u8], log: &[u8]) -> io::Result<()> {
 pub(super) struct DeadPrefix {
     len: u64,
     crc: u32,
+}
+
+impl DeadPrefix {
+    /// How many bytes.
+    pub(super) fn len(self) -> u64 {
+        self.len
+    }
 }
 
 fn read_dead(files: &mut Files) -> io::Result<(Vec<DeadLetter>, DeadPrefix)> {

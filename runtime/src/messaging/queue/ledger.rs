@@ -61,6 +61,8 @@ pub(super) struct Ledger {
     /// model tests compact far more often).
     compact_after: Option<usize>,
     recent_dead: VecDeque<DeadLetter>,
+    /// What the dead-letter file holds: `max_dead_bytes` bounds it.
+    dead_bytes: u64,
 }
 
 struct Owed {
@@ -94,6 +96,7 @@ impl Ledger {
             next_seq: recovered.next_seq,
             unstored_from: recovered.next_seq,
             settled_records: recovered.settled_records,
+            dead_bytes: recovered.dead_bytes,
             ..Self::default()
         };
         for (seq, (message, attempts)) in recovered.pending {
@@ -272,8 +275,30 @@ impl Ledger {
         Record::Done { seq }
     }
 
-    /// Drops the recent dead letters with these message ids (they were sent again).
-    pub(super) fn forget_dead(&mut self, ids: &[&str]) {
+    /// What the dead-letter file holds (with the letters being written).
+    pub(super) fn dead_bytes(&self) -> u64 {
+        self.dead_bytes
+    }
+
+    /// Makes room for a dead letter of `bytes` if the file stays within `max` with it.
+    pub(super) fn reserve_dead(&mut self, bytes: usize, max: usize) -> bool {
+        let after = self.dead_bytes.saturating_add(bytes as u64);
+        let fits = after <= max as u64;
+        if fits {
+            self.dead_bytes = after;
+        }
+        fits
+    }
+
+    /// Gives back room [`Ledger::reserve_dead`] made for a letter that was not written.
+    pub(super) fn release_dead(&mut self, bytes: usize) {
+        self.dead_bytes = self.dead_bytes.saturating_sub(bytes as u64);
+    }
+
+    /// Drops the recent dead letters with these message ids (they were sent again, and
+    /// `bytes` of the dead-letter file with them).
+    pub(super) fn forget_dead(&mut self, ids: &[&str], bytes: u64) {
+        self.dead_bytes = self.dead_bytes.saturating_sub(bytes);
         self.recent_dead
             .retain(|dead| !ids.contains(&dead.message.id.as_str()));
     }

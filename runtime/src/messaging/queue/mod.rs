@@ -47,6 +47,8 @@ pub(super) struct Queue {
     ledger: Arc<std::sync::Mutex<Ledger>>,
     /// Wakes the dispatcher: a message is ready, or a delivery slot is free.
     wake: Arc<Notify>,
+    /// Set while a message that failed for good found the dead-letter file full.
+    dead_full: std::sync::Mutex<Option<String>>,
     stats: Stats,
 }
 
@@ -111,6 +113,7 @@ impl Queue {
             writer,
             ledger: Arc::new(std::sync::Mutex::new(ledger)),
             wake: Arc::new(Notify::new()),
+            dead_full: std::sync::Mutex::new(None),
             stats: Stats::default(),
         };
         queue.stats.dead_total.store(dead_total, Ordering::Relaxed);
@@ -296,7 +299,8 @@ impl Queue {
                 cause,
             })?;
         let ids: Vec<&str> = letters.iter().map(|l| l.message.id.as_str()).collect();
-        self.lock().forget_dead(&ids);
+        self.lock().forget_dead(&ids, read.len());
+        self.set_dead_full(None);
         self.stats
             .dead_total
             .fetch_sub(redriven as u64, Ordering::Relaxed);
@@ -446,18 +450,40 @@ impl Queue {
             self.wake.notify_one();
             return;
         }
+        let size = dead_bytes.len();
         // Written before the ledger lets the message go: if the write fails, the repair cuts
         // the letter off again, and the message must still be owed.
         let synced = {
-            let _in_order = self.lock();
+            let mut ledger = self.lock();
+            let max = self.spec.load().max_dead_bytes;
+            if !ledger.reserve_dead(size, max) {
+                let problem = format!(
+                    "queue `{}`: its dead-letter file holds {} bytes and its max_dead_mb is {}; \
+                     messages that fail for good stay in the queue (and count against \
+                     max_depth) until `switchyard redrive {}` makes room, or max_dead_mb is \
+                     raised",
+                    self.name,
+                    ledger.dead_bytes(),
+                    max / (1024 * 1024),
+                    self.name
+                );
+                tracing::error!(queue = %self.name, id = %message.id, %problem, "dead-letter file full; the message stays in the queue and is offered again later");
+                ledger.retry_later(seq, MAX_BACKOFF, Instant::now());
+                self.set_dead_full(Some(problem));
+                self.wake.notify_one();
+                return;
+            }
             self.write_locked(dead_bytes, &Record::Done { seq })
         };
         if let Err(err) = synced.await {
             tracing::error!(queue = %self.name, id = %message.id, error = %err, "could not write the dead letter; the message stays in the queue and is offered again later");
-            self.lock().retry_later(seq, MAX_BACKOFF, Instant::now());
+            let mut ledger = self.lock();
+            ledger.release_dead(size);
+            ledger.retry_later(seq, MAX_BACKOFF, Instant::now());
             self.wake.notify_one();
             return;
         }
+        self.set_dead_full(None);
         // Its `Done` record is on disk already.
         let _done = self.lock().dead_lettered(seq, dead);
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
@@ -504,11 +530,26 @@ impl Queue {
         self.wake.notify_one();
     }
 
-    /// Why this queue's log cannot be written now, if it cannot.
-    pub(super) fn unwritable(&self) -> Option<String> {
-        self.writer
+    /// What is wrong with this queue now, if anything: its log cannot be written, or its
+    /// dead-letter file is full.
+    pub(super) fn problems(&self) -> Vec<String> {
+        let unwritable = self
+            .writer
             .unwritable()
-            .map(|reason| format!("queue `{}` cannot write its log: {reason}", self.name))
+            .map(|reason| format!("queue `{}` cannot write its log: {reason}", self.name));
+        let dead_full = self
+            .dead_full
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        unwritable.into_iter().chain(dead_full).collect()
+    }
+
+    fn set_dead_full(&self, problem: Option<String>) {
+        *self
+            .dead_full
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = problem;
     }
 
     pub(super) fn view(&self) -> QueueView {

@@ -148,23 +148,53 @@ async fn a_queue_that_cannot_write_answers_unavailable_says_so_and_recovers_by_i
     let storage: Arc<dyn log::Storage> = Arc::new(sim.clone());
     let queue = Queue::open(&storage, std::path::Path::new("/sim"), spec(3)).expect("open");
     queue.send(order()).await.expect("the first send");
-    assert_eq!(queue.unwritable(), None);
+    assert!(queue.problems().is_empty());
     sim.fail_next(Op::Write, std::io::ErrorKind::StorageFull);
     let refused = queue.send(order()).await;
     assert!(
         matches!(refused, Err(SendError::Unavailable(_))),
         "{refused:?}"
     );
-    let problem = queue
-        .unwritable()
-        .expect("the queue should say it cannot write");
-    assert!(problem.contains("queue `orders`"), "{problem}");
+    let problem = queue.problems().join("\n");
+    assert!(
+        problem.contains("queue `orders` cannot write its log"),
+        "{problem}"
+    );
     // The refused message is not owed; the next send is written and owed.
     assert_eq!(queue.lock().owed(), 1);
     queue
         .send(order())
         .await
         .expect("a send after the disk has room again");
-    assert_eq!(queue.unwritable(), None);
+    assert!(queue.problems().is_empty());
     assert_eq!(queue.lock().owed(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_max_dead_mb_a_failed_message_stays_owed_and_says_so_until_there_is_room() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let failures = (0..4)
+        .map(|n| Delivered::Failed(format!("boom {n}")))
+        .collect();
+    // No letter fits in one byte.
+    let full = QueueSpec {
+        max_dead_bytes: 1,
+        ..spec(3)
+    };
+    let (queue, made) = run(dir.path(), full, failures, 3).await;
+    assert_eq!(made, [(1, 0), (2, 100), (3, 200)]);
+    let view = until(&queue, |_| !queue.problems().is_empty()).await;
+    assert_eq!((view.depth, view.dead_lettered), (1, 0), "not dropped");
+    let problem = queue.problems().join("\n");
+    assert!(
+        problem.contains("dead-letter file") && problem.contains("max_dead_mb"),
+        "{problem}"
+    );
+    // Room again: the message is offered once more and, failing, is dead-lettered.
+    queue.reconfigure(spec(3));
+    tokio::time::advance(MAX_BACKOFF).await;
+    let view = until(&queue, |view| view.dead_lettered == 1).await;
+    assert_eq!(view.depth, 0);
+    assert!(queue.problems().is_empty(), "{:?}", queue.problems());
+    queue.stop().await;
 }

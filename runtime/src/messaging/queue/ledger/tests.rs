@@ -15,6 +15,7 @@ pub(in crate::messaging::queue) fn spec(max_attempts: u32) -> QueueSpec {
         redeliver_after: Duration::from_millis(100),
         max_depth: 10,
         max_bytes: 1024 * 1024,
+        max_dead_bytes: 1024 * 1024,
     }
 }
 
