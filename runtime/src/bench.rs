@@ -20,8 +20,13 @@ fn policy_code(
     let engine = Arc::new(
         Engine::new(&EngineConfig {
             cache_dir: None,
-            max_instances,
-            max_memory_bytes: 64 * 1024 * 1024,
+            pool: crate::manifest::PoolPlan {
+                max_instances,
+                max_memory_bytes: u64::from(max_instances) * (64 << 20),
+                max_idle: 1,
+                policy_instances: max_instances,
+                slot_bytes: 64 << 20,
+            },
         })
         .map_err(|err| err.to_string())?,
     );

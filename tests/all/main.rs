@@ -21,6 +21,7 @@ mod limits;
 mod mesh;
 mod messaging;
 mod policies;
+mod pool;
 mod rpc;
 mod scaffold;
 mod shop;

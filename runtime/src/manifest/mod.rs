@@ -9,6 +9,8 @@
 //! max_connections = 4096      # ingress connections at once; more are closed at once
 //! idle_timeout_ms = 30000     # a connection silent (or not reading) this long is closed
 //! body_budget_mb = 256        # request bodies held at once, all requests; past it: 503
+//! max_instances = 1024        # service instances running at once, all services; past it: 503
+//! max_memory_mb = 8192        # their memory_limit_mb added up; past it: 503
 //! data_dir = ".switchyard"    # compiled-component cache; relative to this file
 //! quic = "127.0.0.1:7000"     # for other nodes (optional)
 //! # advertise = "10.0.0.5:7000"  # what peers dial, if not `quic` (e.g. quic = "0.0.0.0:7000")
@@ -60,9 +62,11 @@
 //! resolved against the manifest's directory.
 
 mod plan;
+mod pool;
 mod raw;
 
 pub use plan::{Plan, plan};
+pub use pool::PoolPlan;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -206,6 +210,8 @@ pub struct NodeSpec {
     pub admin_token_file: Option<PathBuf>,
     /// What the ingress holds for its clients at most.
     pub ingress: IngressLimits,
+    /// `[node] max_instances`, `max_memory_mb`: what all services run with together.
+    pub pool: PoolBudget,
     /// Where the node keeps its compiled-component cache.
     pub data_dir: PathBuf,
     /// QUIC listen address for other nodes; `None`: this node talks to no peers.
@@ -231,6 +237,15 @@ pub struct IngressLimits {
     pub idle_timeout: Duration,
     /// Bytes of request bodies held at once, across requests; past it a request gets `503`.
     pub body_budget_bytes: usize,
+}
+
+/// `[node] max_instances`, `max_memory_mb`: the node's budget of running instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolBudget {
+    /// Service instances running at once, all services together.
+    pub max_instances: u32,
+    /// The memory limits (`memory_limit_mb`) of running instances, added up.
+    pub max_memory_bytes: u64,
 }
 
 /// `[node.discovery]`.
@@ -407,6 +422,10 @@ pub mod defaults {
     pub const MAX_PENDING_CALLS: u32 = 1024;
     /// `[node] max_connections`.
     pub const MAX_CONNECTIONS: u32 = 4096;
+    /// `[node] max_instances`: service instances running at once, node-wide.
+    pub const NODE_MAX_INSTANCES: u32 = 1024;
+    /// `[node] max_memory_mb`: 8 GiB of memory limits at once (128 default instances).
+    pub const NODE_MAX_MEMORY_MB: u64 = 8192;
     /// `[node] idle_timeout_ms`.
     pub const IDLE_TIMEOUT_MS: u64 = 30_000;
     /// `[node] body_budget_mb`.

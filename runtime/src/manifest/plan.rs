@@ -108,6 +108,7 @@ fn node_restarts(old: &NodeSpec, new: &NodeSpec) -> Vec<String> {
         admin,
         admin_token_file,
         ingress,
+        pool,
         data_dir,
         quic,
         advertise,
@@ -140,6 +141,11 @@ fn node_restarts(old: &NodeSpec, new: &NodeSpec) -> Vec<String> {
             "node.max_connections, idle_timeout_ms or body_budget_mb",
             old.ingress != *ingress,
             "the ingress is built with them at start",
+        ),
+        (
+            "node.max_instances or max_memory_mb",
+            old.pool != *pool,
+            "the engine's instance pool is sized for them at start",
         ),
         (
             "node.data_dir",

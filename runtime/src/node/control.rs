@@ -5,10 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::pool_needed;
 use super::services::{self, Services};
 use crate::http::{self, ControlError, PolicySwapped, Upload};
-use crate::manifest::{BalanceSpec, Manifest};
+use crate::manifest::{BalanceSpec, Manifest, PoolPlan};
 use crate::messaging::{self, QueueChanges, QueueView};
 use crate::policy::{BindingView, Policies, Rebound};
 use crate::rpc;
@@ -24,8 +23,8 @@ pub(super) struct Control {
     pub(super) policies: Arc<Policies>,
     pub(super) services: Arc<Services>,
     pub(super) broker: Arc<messaging::Broker>,
-    /// Component instances the engine's pool was sized for at start.
-    pub(super) pool_instances: u32,
+    /// Policy instances the engine's pool was sized for at start.
+    pub(super) policy_instances: u32,
     /// Where changes to the set of services are announced (nodes with QUIC).
     pub(super) membership: std::sync::OnceLock<Arc<dyn crate::discovery::Membership>>,
     /// Components swapped in through the admin API, by `service:<name>` or `policy:<name>`:
@@ -131,13 +130,6 @@ impl Control {
         &self,
         manifest: &Manifest,
     ) -> Result<services::Replaced, ControlError> {
-        let needed = pool_needed(manifest);
-        if needed > self.pool_instances {
-            return Err(ControlError::PoolTooSmall {
-                needed,
-                sized: self.pool_instances,
-            });
-        }
         let replaced = self.services.replace(&manifest.services).await?;
         if !(replaced.added.is_empty() && replaced.removed.is_empty())
             && let Some(membership) = self.membership.get()
@@ -149,6 +141,13 @@ impl Control {
 
     /// Makes `manifest`'s `[[policy]]` and `[[bind]]` entries the ones that run.
     pub(super) async fn rebind(&self, manifest: &Manifest) -> Result<Rebound, ControlError> {
+        let needed = PoolPlan::policy_instances_for(Policies::count(manifest));
+        if needed > self.policy_instances {
+            return Err(ControlError::PoolTooSmall {
+                needed,
+                sized: self.policy_instances,
+            });
+        }
         self.policies
             .rebind(&self.engine, manifest)
             .await

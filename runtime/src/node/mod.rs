@@ -22,7 +22,6 @@ use tokio::task::JoinSet;
 use crate::discovery;
 use crate::manifest::{Location, Manifest};
 use crate::messaging;
-use crate::policy::Policies;
 use crate::rpc;
 use crate::transport::{FrameHandler, Identity, RawStream, Transport};
 use crate::wasm::{Engine, EngineConfig, LoadError, LoadedComponent};
@@ -394,38 +393,10 @@ fn start_transport(manifest: &Manifest, addr: SocketAddr) -> Result<Mesh, NodeEr
     })
 }
 
-/// Pool room beyond what the manifest a node starts with needs, for services and bindings
-/// that manifest edits add (a service with the default `max_instances` = 64 needs 128).
-const ROOM_FOR_EDITS: u32 = 128;
-
-/// Component instances `manifest` needs at most: every service at `max_instances` with a
-/// second generation during a swap, and for each policy binding its instance, the one a swap
-/// readies and the one kept through the last swap's probation.
-fn pool_needed(manifest: &Manifest) -> u32 {
-    let instances: u32 = manifest
-        .services
-        .iter()
-        .map(|spec| spec.max_instances)
-        .sum();
-    let policies = u32::try_from(Policies::count(manifest)).unwrap_or(u32::MAX);
-    instances
-        .saturating_mul(2)
-        .saturating_add(policies.saturating_mul(3))
-}
-
 fn engine_config(manifest: &Manifest) -> EngineConfig {
-    let max_memory = manifest
-        .services
-        .iter()
-        .map(|spec| spec.memory_limit_bytes)
-        .max()
-        .unwrap_or(crate::manifest::defaults::MEMORY_LIMIT_MB as usize * 1024 * 1024);
     EngineConfig {
         cache_dir: Some(cache_dir(&manifest.node.data_dir)),
-        max_instances: pool_needed(manifest).saturating_add(ROOM_FOR_EDITS).max(16),
-        // The pool reserves this much address space per memory; the per-service limit
-        // is enforced by the store's limiter.
-        max_memory_bytes: max_memory,
+        pool: crate::manifest::PoolPlan::of(manifest),
     }
 }
 

@@ -143,7 +143,7 @@ impl Runtime {
             policies: policies.clone(),
             services: services.clone(),
             broker: broker.clone(),
-            pool_instances: engine_config(manifest).max_instances,
+            policy_instances: engine_config(manifest).pool.policy_instances,
             membership: std::sync::OnceLock::new(),
             admin_swaps: std::sync::Mutex::default(),
         });

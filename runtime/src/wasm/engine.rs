@@ -12,20 +12,20 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::budget::Budget;
 use super::cache::ComponentCache;
 use super::{EPOCH_TICK, EngineError, LoadError};
 use crate::host::policy_bindings::ResiliencePolicyPre;
 use crate::host::{self, HostState, PolicyState, ServicePre, StreamServicePre};
+use crate::manifest::PoolPlan;
 
 /// Engine settings a node chooses; everything else is fixed here.
 #[derive(Debug, Clone)]
 pub(crate) struct EngineConfig {
     /// Where compiled components are cached; `None` compiles on every load.
     pub cache_dir: Option<PathBuf>,
-    /// Instances alive at once across all services (sizes the pooling allocator).
-    pub max_instances: u32,
-    /// The largest linear memory any instance may have.
-    pub max_memory_bytes: usize,
+    /// The node's budget of running instances and the pool sized for it.
+    pub pool: PoolPlan,
 }
 
 /// One wasmtime engine with the pooling allocator, an epoch ticker, a linker per world
@@ -38,6 +38,7 @@ pub(crate) struct Engine {
     cache: Option<ComponentCache>,
     ticker_stop: Arc<AtomicBool>,
     max_memory_bytes: usize,
+    budget: Arc<Budget>,
 }
 
 /// A component compiled, checked against the `service` world and ready to instantiate.
@@ -66,14 +67,19 @@ impl Engine {
     pub(crate) fn new(config: &EngineConfig) -> Result<Self, EngineError> {
         let fail = |reason: String| EngineError { reason };
         let mut pool = PoolingAllocationConfig::default();
-        let instances = config.max_instances.max(1);
+        let plan = &config.pool;
+        let instances = plan.pool_instances().max(1);
         pool.total_component_instances(instances)
             // A wasip2 std guest has a handful of core instances and one or two memories.
             .total_core_instances(instances.saturating_mul(8))
-            .total_memories(instances.saturating_mul(2))
+            .total_memories(instances.saturating_mul(PoolPlan::MEMORIES_PER_INSTANCE))
             .total_tables(instances.saturating_mul(4))
             .total_stacks(instances)
-            .max_memory_size(config.max_memory_bytes)
+            // One component cannot take more than a few instances' share of the pool.
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16)
+            .max_memory_size(plan.slot_bytes)
             // Reuse a slot's pages instead of unmapping them: with the kernel's PAGEMAP_SCAN
             // (Linux 6.7+) only the pages a request dirtied are reset, so a resident 8 MiB
             // costs what the guest touched. Measured with `cargo xtask bench`: 2.4x the
@@ -83,6 +89,11 @@ impl Engine {
             .pagemap_scan(wasmtime::Enabled::Auto);
         let mut wasm = wasmtime::Config::new();
         wasm.epoch_interruption(true)
+            // Each slot reserves what the largest memory limit needs, not 4 GiB: a node hosts
+            // thousands of instances' worth of slots. Guest code then checks memory accesses
+            // against the bound; `http_hello` measured what that costs (README).
+            .memory_reservation(plan.slot_bytes as u64)
+            .memory_guard_size(PoolPlan::GUARD_BYTES)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .max_wasm_stack(512 * 1024)
             .async_stack_size(2 * 1024 * 1024);
@@ -109,8 +120,14 @@ impl Engine {
             policy_linker,
             cache,
             ticker_stop,
-            max_memory_bytes: config.max_memory_bytes,
+            max_memory_bytes: plan.slot_bytes,
+            budget: Arc::new(Budget::new(plan)),
         })
+    }
+
+    /// The node's budget of running instances, which every slot admits against.
+    pub(crate) fn budget(&self) -> &Arc<Budget> {
+        &self.budget
     }
 
     /// The largest linear memory the pool has room for.

@@ -11,6 +11,7 @@
 //! host, a linear-memory cap through a [`wasmtime::ResourceLimiter`], and a count of work in
 //! flight that refuses at once at `max_instances` instead of queueing.
 
+mod budget;
 mod cache;
 mod engine;
 mod probation;

@@ -115,9 +115,9 @@ pub(crate) enum ControlError {
         pool_mib: usize,
     },
     #[error(
-        "the edited manifest needs room for {needed} component instances (2 x the sum of \
-         max_instances, plus 3 per policy binding); this node's instance pool was sized for \
-         {sized} at start. Lower max_instances, or restart the node"
+        "the edited manifest's policy bindings need room for {needed} policy instances (3 per \
+         binding: its instance, a swap's and a rollback's); this node's instance pool was sized \
+         for {sized} at start. Bind fewer policies, or restart the node"
     )]
     PoolTooSmall { needed: u32, sized: u32 },
     #[error("the change was cut off: {0}")]

@@ -79,6 +79,8 @@ struct RawNode {
     max_connections: Option<Spanned<u32>>,
     idle_timeout_ms: Option<Spanned<u64>>,
     body_budget_mb: Option<Spanned<u64>>,
+    max_instances: Option<Spanned<u32>>,
+    max_memory_mb: Option<Spanned<u64>>,
     data_dir: Option<String>,
     quic: Option<Spanned<String>>,
     advertise: Option<Spanned<String>>,
@@ -199,11 +201,16 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> 
         at: check.at(err.span().unwrap_or(0..0)),
         message: err.message().trim_end().to_owned(),
     })?;
+    let pool_at = raw
+        .node
+        .as_ref()
+        .and_then(|node| node.max_instances.as_ref().map(Spanned::span))
+        .unwrap_or(0..0);
     let node = check_node(&check, raw.node)?;
     let mut services = Vec::with_capacity(raw.service.len());
     let mut names: HashMap<String, Location> = HashMap::new();
     for service in raw.service {
-        let spec = check_service(&check, service)?;
+        let spec = check_service(&check, service, &node.pool)?;
         if let Some(first) = names.get(&spec.name) {
             return Err(ManifestError::Invalid {
                 at: spec.component_at.clone(),
@@ -220,7 +227,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> 
     let policies = check_policies(&check, raw.policy)?;
     let queues = check_queues(&check, raw.queue, &services)?;
     let bindings = check_bindings(&check, raw.bind, &policies, &services, &queues)?;
-    Ok(Manifest {
+    let manifest = Manifest {
         path: path.to_path_buf(),
         node,
         services,
@@ -228,7 +235,33 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> 
         policies,
         bindings,
         queues,
-    })
+    };
+    check_pool(&check, &manifest, pool_at)?;
+    Ok(manifest)
+}
+
+/// Refuses a pool whose address space the machine cannot reserve.
+fn check_pool(
+    check: &Checker<'_>,
+    manifest: &Manifest,
+    at: std::ops::Range<usize>,
+) -> Result<(), ManifestError> {
+    let plan = super::PoolPlan::of(manifest);
+    if plan.reserved_bytes() <= super::pool::MAX_RESERVED_BYTES {
+        return Ok(());
+    }
+    Err(check.invalid(
+        at,
+        format!(
+            "the instance pool would reserve {} GiB of address space ({} slots x {} memories x              {} MiB, the largest memory_limit_mb rounded up to a power of two, plus guard              pages); a node reserves at most {} GiB",
+            plan.reserved_bytes() >> 30,
+            plan.pool_instances(),
+            super::PoolPlan::MEMORIES_PER_INSTANCE,
+            plan.slot_bytes >> 20,
+            super::pool::MAX_RESERVED_BYTES >> 30
+        ),
+        "lower [node] max_instances, or the largest memory_limit_mb",
+    ))
 }
 
 /// `a, b, c`, or `none`, for hints that list what a manifest declares.

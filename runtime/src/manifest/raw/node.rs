@@ -21,6 +21,8 @@ pub(super) fn check_node(
         max_connections: None,
         idle_timeout_ms: None,
         body_budget_mb: None,
+        max_instances: None,
+        max_memory_mb: None,
         data_dir: None,
         quic: None,
         advertise: None,
@@ -107,6 +109,22 @@ pub(super) fn check_node(
             "body_budget_mb",
         )?),
     };
+    let pool = crate::manifest::PoolBudget {
+        max_instances: super::services::bounded(
+            check,
+            raw.max_instances,
+            defaults::NODE_MAX_INSTANCES,
+            1..=1_000_000,
+            "max_instances",
+        )?,
+        max_memory_bytes: super::services::mebibytes(super::services::bounded(
+            check,
+            raw.max_memory_mb,
+            defaults::NODE_MAX_MEMORY_MB,
+            1..=1 << 30,
+            "max_memory_mb",
+        )?) as u64,
+    };
     if !admin.ip().is_loopback() && tls.is_none() {
         return Err(check.invalid(
             admin_span,
@@ -124,6 +142,7 @@ pub(super) fn check_node(
         admin,
         admin_token_file,
         ingress,
+        pool,
         data_dir,
         quic,
         advertise,

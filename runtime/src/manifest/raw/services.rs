@@ -10,6 +10,7 @@ use super::*;
 pub(super) fn check_service(
     check: &Checker<'_>,
     raw: RawService,
+    budget: &crate::manifest::PoolBudget,
 ) -> Result<ServiceSpec, ManifestError> {
     check_name(check, &raw.name, "service")?;
     let name = raw.name.get_ref().clone();
@@ -37,6 +38,8 @@ pub(super) fn check_service(
         .iter()
         .map(|route| check_route(check, route))
         .collect::<Result<Vec<_>, _>>()?;
+    let max_instances_at = raw.max_instances.as_ref().map_or(0..0, Spanned::span);
+    let memory_limit_at = raw.memory_limit_mb.as_ref().map_or(0..0, Spanned::span);
     let max_instances = bounded(
         check,
         raw.max_instances,
@@ -65,6 +68,29 @@ pub(super) fn check_service(
         1..=4096,
         "memory_limit_mb",
     )?;
+    if max_instances > budget.max_instances {
+        return Err(check.invalid(
+            max_instances_at,
+            format!(
+                "service `{name}`: max_instances = {max_instances} is more than the {} instances \
+                 the whole node runs at once ([node] max_instances)",
+                budget.max_instances
+            ),
+            "lower max_instances, or raise [node] max_instances",
+        ));
+    }
+    if mebibytes(memory_limit_mb) as u64 > budget.max_memory_bytes {
+        return Err(check.invalid(
+            memory_limit_at,
+            format!(
+                "service `{name}`: memory_limit_mb = {memory_limit_mb} is more than the {} MiB \
+                 all running instances of the node may hold together ([node] max_memory_mb): \
+                 it could never start an instance",
+                budget.max_memory_bytes >> 20
+            ),
+            "lower memory_limit_mb, or raise [node] max_memory_mb",
+        ));
+    }
     let max_pending_calls = bounded(
         check,
         raw.max_pending_calls,

@@ -123,8 +123,8 @@ pub(crate) struct Slot {
     /// Generations not yet freed: the current one, plus old ones still draining.
     generations_alive: Arc<AtomicU64>,
     /// Instances that finished a request cleanly and may serve another
-    /// (only when `requests_per_instance` > 1). Locked briefly, never across an await.
-    idle: std::sync::Mutex<Vec<LiveInstance>>,
+    /// (only when `requests_per_instance` > 1).
+    idle: IdleInstances,
     stats: Counters,
 }
 
@@ -181,9 +181,10 @@ pub(crate) enum SwapError {
 /// Why a request got no answer from the guest. The ingress maps each to a status.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SlotError {
-    /// All `max_instances` are busy: retry later, or raise `max_instances`.
-    #[error("service `{service}` is at its limit of {max_instances} concurrent requests")]
-    Busy { service: String, max_instances: u32 },
+    /// All `max_instances` are busy, or the node's budget is full: retry later, or raise
+    /// the limit the reason names.
+    #[error("service `{service}` {reason}")]
+    Busy { service: String, reason: String },
     /// The guest ran past `timeout_ms`.
     #[error("service `{service}` did not answer within {timeout:?}")]
     Timeout { service: String, timeout: Duration },
@@ -235,8 +236,11 @@ impl Slot {
     ) -> Self {
         let generations_alive = Arc::new(AtomicU64::new(0));
         Self {
+            idle: IdleInstances {
+                list: std::sync::Mutex::new(Vec::new()),
+                budget: engine.budget().clone(),
+            },
             engine,
-            idle: std::sync::Mutex::new(Vec::new()),
             current: arc_swap::ArcSwap::from_pointee(Generation::new(
                 1,
                 component,
@@ -348,11 +352,8 @@ impl Slot {
         self.log_output(&live.store, request_id);
         live.served += 1;
         // A failed store may be mid-call or poisoned: only a clean one is reused.
-        if result.is_ok()
-            && live.served < generation.settings.requests_per_instance
-            && let Ok(mut idle) = self.idle.lock()
-        {
-            idle.push(live);
+        if result.is_ok() && live.served < generation.settings.requests_per_instance {
+            self.idle.keep(live);
         }
         match &result {
             Ok(_) => {
@@ -367,23 +368,36 @@ impl Slot {
         result
     }
 
-    /// Counts one more request or stream in flight, or refuses with `Busy` at the current
-    /// generation's `max_instances`; the count goes down when the [`Admission`] is dropped.
+    /// Counts one more request or stream in flight and takes its instance and memory limit
+    /// from the node's budget, or refuses with `Busy` at the current generation's
+    /// `max_instances` or when the node's budget is full; both are given back when the
+    /// [`Admission`] is dropped.
     pub(crate) fn admit(&self) -> Result<Admission, SlotError> {
-        let max_instances = self.current.load().settings.max_instances;
+        let settings = self.current.load().settings.clone();
         let in_flight = &self.stats.in_flight;
         let admitted = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < u64::from(max_instances)).then_some(n + 1)
+            (n < u64::from(settings.max_instances)).then_some(n + 1)
         });
-        match admitted {
-            Ok(_) => Ok(Admission(in_flight.clone())),
-            Err(_) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(SlotError::Busy {
-                    service: self.started.service.clone(),
-                    max_instances,
-                })
+        let refused = |reason: String| {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            SlotError::Busy {
+                service: self.started.service.clone(),
+                reason,
             }
+        };
+        if admitted.is_err() {
+            return Err(refused(format!(
+                "is at its limit of {} concurrent requests",
+                settings.max_instances
+            )));
+        }
+        let in_flight = InFlight(in_flight.clone());
+        match self.engine.budget().take(settings.memory_limit_bytes) {
+            Ok(share) => Ok(Admission {
+                _in_flight: in_flight,
+                _share: share,
+            }),
+            Err(full) => Err(refused(format!("cannot start an instance: {full}"))),
         }
     }
 
@@ -391,10 +405,7 @@ impl Slot {
         if generation.settings.requests_per_instance <= 1 {
             return None;
         }
-        let mut idle = self.idle.lock().ok()?;
-        // Instances of an older generation are dropped, not reused.
-        idle.retain(|live| live.generation == generation.number);
-        idle.pop()
+        self.idle.take(generation.number)
     }
 
     fn new_instance(&self, generation: &Generation) -> LiveInstance {
@@ -537,11 +548,61 @@ impl Slot {
 }
 
 /// One request or stream counted in flight by [`Slot::admit`], until dropped.
-pub(crate) struct Admission(Arc<AtomicU64>);
+pub(crate) struct Admission {
+    _in_flight: InFlight,
+    _share: super::budget::BudgetShare,
+}
 
-impl Drop for Admission {
+/// One unit of a slot's work in flight, counted down on drop.
+struct InFlight(Arc<AtomicU64>);
+
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A slot's idle instances, counted against the node's cap on idle instances.
+struct IdleInstances {
+    /// Locked briefly, never across an await.
+    list: std::sync::Mutex<Vec<LiveInstance>>,
+    budget: Arc<super::budget::Budget>,
+}
+
+impl IdleInstances {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<LiveInstance>> {
+        self.list
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps `live` for reuse, unless the node keeps as many idle instances as it may.
+    fn keep(&self, live: LiveInstance) {
+        if self.budget.keep_idle() {
+            self.lock().push(live);
+        }
+    }
+
+    /// An idle instance of `generation`; those of older generations are dropped.
+    fn take(&self, generation: u64) -> Option<LiveInstance> {
+        let mut list = self.lock();
+        let before = list.len();
+        list.retain(|live| live.generation == generation);
+        let taken = list.pop();
+        self.budget.idle_gone(before - list.len());
+        taken
+    }
+
+    fn clear(&self) {
+        let mut list = self.lock();
+        self.budget.idle_gone(list.len());
+        list.clear();
+    }
+}
+
+impl Drop for IdleInstances {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 /// Runs every epoch tick that guest code runs through without returning. Past the store's

@@ -54,9 +54,7 @@ impl Slot {
         }
         drop(probe);
         self.current.store(next.clone());
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.clear();
-        }
+        self.idle.clear();
         if let Ok(mut previous) = self.previous.lock() {
             *previous = Some(old.clone());
         }
@@ -118,9 +116,7 @@ impl Slot {
                 Verdict::RollBack(reason) => {
                     let _one_at_a_time = self.swapping.lock().await;
                     self.current.store(old.clone());
-                    if let Ok(mut idle) = self.idle.lock() {
-                        idle.clear();
-                    }
+                    self.idle.clear();
                     tracing::error!(service = %self.started.service, from = next.number, back_to = old.number, %reason, "rolled back");
                     self.mark(next.number, SwapState::RolledBack, Some(reason));
                     return;
