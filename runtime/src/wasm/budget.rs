@@ -21,23 +21,23 @@ use crate::manifest::PoolPlan;
 /// What every running instance of the node takes from, and gives back to.
 pub(crate) struct Budget {
     max_instances: u64,
-    max_memory: u64,
+    max_memory_mib: u64,
     max_idle: u64,
-    instances: AtomicU64,
-    memory: AtomicU64,
+    /// Instances running (high 32 bits) and the MiB of memory limits they hold (low 32 bits):
+    /// one word, so taking and giving back a share is one atomic operation on the hot path.
+    held: AtomicU64,
     idle: AtomicU64,
 }
 
 /// One admitted unit of work's share of the budget, given back on drop.
 pub(crate) struct BudgetShare {
     budget: Arc<Budget>,
-    memory: u64,
+    share: u64,
 }
 
 impl Drop for BudgetShare {
     fn drop(&mut self) {
-        self.budget.instances.fetch_sub(1, Ordering::AcqRel);
-        self.budget.memory.fetch_sub(self.memory, Ordering::AcqRel);
+        self.budget.held.fetch_sub(self.share, Ordering::AcqRel);
     }
 }
 
@@ -61,48 +61,45 @@ pub(crate) enum BudgetFull {
 }
 
 const MIB: u64 = 1024 * 1024;
+const INSTANCE: u64 = 1 << 32;
+const MEMORY_MASK: u64 = INSTANCE - 1;
 
 impl Budget {
     pub(crate) fn new(plan: &PoolPlan) -> Self {
         Self {
-            max_instances: u64::from(plan.max_instances),
-            max_memory: plan.max_memory_bytes,
+            max_instances: u64::from(plan.max_instances).min(MEMORY_MASK),
+            max_memory_mib: (plan.max_memory_bytes / MIB).min(MEMORY_MASK),
             max_idle: u64::from(plan.max_idle),
-            instances: AtomicU64::new(0),
-            memory: AtomicU64::new(0),
+            held: AtomicU64::new(0),
             idle: AtomicU64::new(0),
         }
     }
 
-    /// Takes one instance and `memory` bytes, or says which budget is full.
+    /// Takes one instance and `memory` bytes (counted in whole MiB), or says which budget is
+    /// full.
     pub(crate) fn take(self: &Arc<Self>, memory: usize) -> Result<BudgetShare, BudgetFull> {
-        let memory = memory as u64;
-        let max_instances = self.max_instances;
-        self.instances
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max_instances).then_some(n + 1)
-            })
-            .map_err(|_| BudgetFull::Instances(max_instances))?;
-        let max_memory = self.max_memory;
+        let memory_mib = (memory as u64).div_ceil(MIB);
+        let share = INSTANCE + memory_mib;
         let taken = self
-            .memory
+            .held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                held.checked_add(memory)
-                    .filter(|after| *after <= max_memory)
+                let fits = held >> 32 < self.max_instances
+                    && (held & MEMORY_MASK) + memory_mib <= self.max_memory_mib;
+                fits.then_some(held + share)
             });
         match taken {
             Ok(_) => Ok(BudgetShare {
                 budget: self.clone(),
-                memory,
+                share,
             }),
-            Err(held) => {
-                self.instances.fetch_sub(1, Ordering::AcqRel);
-                Err(BudgetFull::Memory {
-                    held_mib: held / MIB,
-                    asked_mib: memory.div_ceil(MIB),
-                    max_mib: max_memory / MIB,
-                })
+            Err(held) if held >> 32 >= self.max_instances => {
+                Err(BudgetFull::Instances(self.max_instances))
             }
+            Err(held) => Err(BudgetFull::Memory {
+                held_mib: held & MEMORY_MASK,
+                asked_mib: memory_mib,
+                max_mib: self.max_memory_mib,
+            }),
         }
     }
 
@@ -118,16 +115,16 @@ impl Budget {
 
     /// `count` idle instances were taken for work or dropped.
     pub(crate) fn idle_gone(&self, count: usize) {
-        self.idle.fetch_sub(count as u64, Ordering::AcqRel);
+        if count > 0 {
+            self.idle.fetch_sub(count as u64, Ordering::AcqRel);
+        }
     }
 
-    /// Instances running now, and the memory limits they hold.
+    /// Instances running now, and the memory limits they hold in bytes.
     #[cfg(test)]
     fn in_use(&self) -> (u64, u64) {
-        (
-            self.instances.load(Ordering::Relaxed),
-            self.memory.load(Ordering::Relaxed),
-        )
+        let held = self.held.load(Ordering::Relaxed);
+        (held >> 32, (held & MEMORY_MASK) * MIB)
     }
 }
 

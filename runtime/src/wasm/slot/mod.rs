@@ -373,7 +373,8 @@ impl Slot {
     /// `max_instances` or when the node's budget is full; both are given back when the
     /// [`Admission`] is dropped.
     pub(crate) fn admit(&self) -> Result<Admission, SlotError> {
-        let settings = self.current.load().settings.clone();
+        let current = self.current.load();
+        let settings = &current.settings;
         let in_flight = &self.stats.in_flight;
         let admitted = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < u64::from(settings.max_instances)).then_some(n + 1)
