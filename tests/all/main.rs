@@ -11,6 +11,7 @@ mod support;
 
 mod admin;
 mod admission;
+mod allow;
 mod architecture;
 mod cache;
 mod cli;

@@ -52,6 +52,28 @@ pub(crate) struct GuestContext {
     pub(crate) env: Vec<(String, String)>,
     /// Calls an instance may hold started and not dropped.
     pub(crate) max_pending_calls: u32,
+    /// The services it may call or open streams to; `None`: any.
+    pub(crate) may_call: Option<Vec<String>>,
+}
+
+impl GuestContext {
+    /// Refuses a call or stream to `service` that the service's `may_call` does not list.
+    pub(crate) fn may_call(&self, service: &str) -> Result<(), crate::call::CallError> {
+        match &self.may_call {
+            Some(allowed) if !allowed.iter().any(|name| name == service) => {
+                Err(crate::call::CallError::Rejected(format!(
+                    "service `{}` may not call `{service}`: its may_call lists {}",
+                    self.service,
+                    if allowed.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        allowed.join(", ")
+                    }
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The data of one store: one request's instance.

@@ -79,7 +79,9 @@ impl wit::Host for HostState {
         let budget = timeout_ms.map_or(remaining, |ms| {
             remaining.min(Duration::from_millis(u64::from(ms)))
         });
-        let connection = self.guest.calls.connect(Target::parse(&service)?)?;
+        let target = Target::parse(&service)?;
+        self.guest.may_call(&target.service)?;
+        let connection = self.guest.calls.connect(target)?;
         self.table
             .push(GuestConnection { connection, budget })
             .map_err(|err| StreamError::Closed(err.to_string()))

@@ -81,6 +81,7 @@ impl HostState {
         options: CallOptions,
     ) -> Result<Call, CallError> {
         let target = Target::parse(service)?;
+        self.guest.may_call(&target.service)?;
         let mut headers = options.headers;
         let asked = asked_reserve(&headers)?;
         call::drop_node_headers(&mut headers);

@@ -205,7 +205,11 @@ impl Ingress {
         span.record("route", &*target.pattern);
 
         // Admitted before a byte of the body is read: a full service answers at once.
-        let admission = match target.value.admit() {
+        let admission = match target
+            .value
+            .accepts(crate::manifest::INGRESS_CALLER)
+            .and_then(|()| target.value.admit())
+        {
             Ok(admission) => admission,
             Err(error) => return error_response(&error, request_id),
         };
@@ -257,13 +261,16 @@ impl Ingress {
 fn error_response(error: &SlotError, request_id: &str) -> Response<Full<Bytes>> {
     let status = match error {
         SlotError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        SlotError::NotAccepted { .. } => StatusCode::FORBIDDEN,
         SlotError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         SlotError::MemoryLimit { .. } | SlotError::Trap { .. } | SlotError::NoStreams { .. } => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
     };
     match error {
-        SlotError::Busy { .. } => tracing::debug!(%error, "request refused"),
+        SlotError::Busy { .. } | SlotError::NotAccepted { .. } => {
+            tracing::debug!(%error, "request refused")
+        }
         _ => tracing::error!(%error, "request failed"),
     }
     let detail = match error {

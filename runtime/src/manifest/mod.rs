@@ -33,6 +33,8 @@
 //! timeout_ms = 5000           # per request; past it: 504
 //! memory_limit_mb = 64        # per instance; past it: 500
 //! max_pending_calls = 1024    # rpc.start calls one instance holds; past it: unavailable
+//! may_call = ["inventory"]    # optional: the only services it may call (default: any)
+//! accepts_from = ["shop", "@ingress"]  # optional: the only callers it takes; "@ingress": HTTP
 //! config = { greeting = "Hello" }
 //! env = { RUST_BACKTRACE = "1" }
 //!
@@ -310,11 +312,20 @@ pub struct ServiceSpec {
     /// Calls one instance may have started (`rpc.start`) and not yet dropped; past it a
     /// start answers `unavailable` at once.
     pub max_pending_calls: u32,
+    /// The services it may call or open streams to; `None`: any.
+    pub may_call: Option<Vec<String>>,
+    /// The services whose calls and streams it takes ([`INGRESS_CALLER`] for HTTP clients);
+    /// `None`: anyone's.
+    pub accepts_from: Option<Vec<String>>,
     /// Strings handed to the guest through the `config` interface.
     pub config: BTreeMap<String, String>,
     /// Environment variables the guest sees (it sees no others).
     pub env: BTreeMap<String, String>,
 }
+
+/// The `accepts_from` entry that lets HTTP clients in through the ingress (no service is
+/// named so: names cannot start with `@`).
+pub const INGRESS_CALLER: &str = "@ingress";
 
 /// `"GET /hello/{name}"`, split and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]

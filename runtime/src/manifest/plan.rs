@@ -69,6 +69,8 @@ fn service_changed(old: &ServiceSpec, new: &ServiceSpec) -> bool {
         timeout,
         memory_limit_bytes,
         max_pending_calls,
+        may_call,
+        accepts_from,
         config,
         env,
     } = new;
@@ -85,6 +87,8 @@ fn service_changed(old: &ServiceSpec, new: &ServiceSpec) -> bool {
         || old.timeout != *timeout
         || old.memory_limit_bytes != *memory_limit_bytes
         || old.max_pending_calls != *max_pending_calls
+        || old.may_call != *may_call
+        || old.accepts_from != *accepts_from
         || old.config != *config
         || old.env != *env
 }

@@ -386,3 +386,25 @@ fn the_admin_token_file_resolves_against_the_manifest() {
         Some(path.with_file_name("secrets/admin.token"))
     );
 }
+
+#[test]
+fn allow_lists_take_service_names_and_the_ingress_where_it_fits() {
+    let (manifest, _) = parse(&format!(
+        "{GOOD}may_call = [\"inventory\"]\naccepts_from = [\"shop\", \"@ingress\"]\n"
+    ));
+    let manifest = manifest.unwrap_or_else(|err| panic!("{err}"));
+    let hello = &manifest.services[0];
+    assert_eq!(hello.may_call, Some(vec!["inventory".to_owned()]));
+    assert_eq!(
+        hello.accepts_from,
+        Some(vec!["shop".to_owned(), "@ingress".to_owned()])
+    );
+    let err = error_of(&format!("{GOOD}may_call = [\"@ingress\"]\n"));
+    assert!(
+        err.contains("may_call entry \"@ingress\" is not a service name"),
+        "{err}"
+    );
+    let err = error_of(&format!("{GOOD}accepts_from = [\"Shop Front\"]\n"));
+    assert!(err.contains("or \"@ingress\" for HTTP clients"), "{err}");
+    assert!(err.contains("switchyard.toml:"), "{err}");
+}

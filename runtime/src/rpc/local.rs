@@ -35,6 +35,7 @@ impl Client {
             }
         };
         let slot = &target.value;
+        slot.accepts(&call.caller)?;
         let budget = call.deadline.remaining().min(slot.timeout());
         let mut headers = call.headers;
         // Calls from peers too: only this node says who the caller is.

@@ -130,6 +130,8 @@ struct RawService {
     timeout_ms: Option<Spanned<u64>>,
     memory_limit_mb: Option<Spanned<u64>>,
     max_pending_calls: Option<Spanned<u32>>,
+    may_call: Option<Vec<Spanned<String>>>,
+    accepts_from: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     config: BTreeMap<String, String>,
     #[serde(default)]

@@ -98,6 +98,14 @@ pub(super) fn check_service(
         1..=100_000,
         "max_pending_calls",
     )?;
+    let may_call = raw
+        .may_call
+        .map(|names| allow_list(check, &name, "may_call", names, false))
+        .transpose()?;
+    let accepts_from = raw
+        .accepts_from
+        .map(|names| allow_list(check, &name, "accepts_from", names, true))
+        .transpose()?;
     Ok(ServiceSpec {
         name,
         version,
@@ -109,9 +117,48 @@ pub(super) fn check_service(
         timeout: Duration::from_millis(timeout_ms),
         memory_limit_bytes: mebibytes(memory_limit_mb),
         max_pending_calls,
+        may_call,
+        accepts_from,
         config: raw.config,
         env: raw.env,
     })
+}
+
+/// The service names of an allow-list (`may_call`, `accepts_from`), each checked; the
+/// ingress's name is allowed where `ingress` says so. Services elsewhere in the mesh may be
+/// named: a list is not checked against this manifest's services.
+fn allow_list(
+    check: &Checker<'_>,
+    service: &str,
+    key: &str,
+    names: Vec<Spanned<String>>,
+    ingress: bool,
+) -> Result<Vec<String>, ManifestError> {
+    names
+        .into_iter()
+        .map(|name| {
+            let value = name.get_ref();
+            if ingress && value == crate::manifest::INGRESS_CALLER {
+                return Ok(name.into_inner());
+            }
+            if crate::manifest::ServiceName::parse(value).is_err() {
+                let also = if ingress {
+                    format!(
+                        ", or \"{}\" for HTTP clients",
+                        crate::manifest::INGRESS_CALLER
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(check.invalid(
+                    name.span(),
+                    format!("service `{service}`: {key} entry {value:?} is not a service name"),
+                    format!("list service names, e.g. [\"inventory\"]{also}"),
+                ));
+            }
+            Ok(name.into_inner())
+        })
+        .collect()
 }
 
 /// A `*_mb` key's value in bytes (saturating: no manifest asks for that much).

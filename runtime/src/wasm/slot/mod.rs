@@ -38,6 +38,10 @@ pub(crate) struct SlotConfig {
     pub timeout: Duration,
     pub memory_limit_bytes: usize,
     pub max_pending_calls: u32,
+    /// The services it may call; `None`: any.
+    pub may_call: Option<Vec<String>>,
+    /// The callers it takes (`@ingress`: HTTP clients); `None`: anyone.
+    pub accepts_from: Option<Vec<String>>,
     pub config: BTreeMap<String, String>,
     pub env: BTreeMap<String, String>,
 }
@@ -71,6 +75,7 @@ impl Generation {
             queues: outbound.queues.clone(),
             config: settings.config.clone(),
             max_pending_calls: settings.max_pending_calls,
+            may_call: settings.may_call.clone(),
             env: settings
                 .env
                 .iter()
@@ -194,6 +199,15 @@ pub(crate) enum SlotError {
     /// The guest trapped (a panic, an invalid operation) or could not be instantiated.
     #[error("service `{service}` failed: {reason}")]
     Trap { service: String, reason: String },
+    /// The caller is not in the service's `accepts_from`.
+    #[error(
+        "service `{service}` does not take calls from {caller}; its accepts_from lists: {accepted}"
+    )]
+    NotAccepted {
+        service: String,
+        caller: String,
+        accepted: String,
+    },
     /// A stream was opened to a component without a `stream-handler` export.
     #[error(
         "service `{service}` does not accept streams: its component does not export \
@@ -209,6 +223,7 @@ impl From<SlotError> for CallError {
             SlotError::Busy { .. } | SlotError::NoStreams { .. } => {
                 Self::Unavailable(error.to_string())
             }
+            SlotError::NotAccepted { .. } => Self::Rejected(error.to_string()),
             SlotError::Timeout { .. } => Self::Timeout,
             SlotError::MemoryLimit { .. } | SlotError::Trap { .. } => {
                 Self::Remote(error.to_string())
@@ -261,6 +276,28 @@ impl Slot {
     /// The service's name.
     pub(crate) fn name(&self) -> &str {
         &self.started.service
+    }
+
+    /// Whether the current generation takes work from `caller` (a service name, or
+    /// [`crate::manifest::INGRESS_CALLER`] for an HTTP client): its `accepts_from`, if set,
+    /// must list it.
+    pub(crate) fn accepts(&self, caller: &str) -> Result<(), SlotError> {
+        let current = self.current.load();
+        match &current.settings.accepts_from {
+            Some(accepted) if !accepted.iter().any(|name| name == caller) => {
+                let caller = if caller == crate::manifest::INGRESS_CALLER {
+                    "HTTP clients (add \"@ingress\" to take them)".to_owned()
+                } else {
+                    format!("`{caller}`")
+                };
+                Err(SlotError::NotAccepted {
+                    service: self.started.service.clone(),
+                    caller,
+                    accepted: accepted.join(", "),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The per-request deadline of the current generation.

@@ -24,6 +24,7 @@ impl Slot {
         budget: Duration,
     ) -> Result<(), SlotError> {
         self.check_streams()?;
+        self.accepts(&caller)?;
         let in_flight = self.admit()?;
         let slot = self.clone();
         tokio::spawn(async move {
