@@ -272,3 +272,63 @@ async fn a_guest_logging_without_end_is_cut_at_its_per_request_budget_with_one_l
     assert_eq!(reply.status, 200);
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn replies_that_pending_calls_hold_unread_are_bounded_by_the_memory_limit() {
+    let manifest = TestManifest::new(&format!(
+        "{}{}",
+        service(
+            "holder",
+            "faulty",
+            &["* /f/{fault}", "* /f/{fault}/{arg}"],
+            "memory_limit_mb = 8"
+        ),
+        service("big", "faulty", &["GET /b/{fault}/{arg}"], ""),
+    ));
+    let node = manifest.start().await;
+    // Twelve replies of 1 MiB, all arrived before the guest reads any: at most 8 MiB of them
+    // are held for it, the others answer unavailable.
+    let reply = crate::support::send(
+        node.http_addr(),
+        "POST",
+        "/f/hold/12",
+        "big\nGET /b/big/1024",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let (ok, errors): (usize, Vec<String>) = serde_json::from_str(&reply.body).unwrap();
+    assert!((4..=8).contains(&ok), "{ok} held: {errors:?}");
+    assert_eq!(ok + errors.len(), 12);
+    assert!(
+        errors
+            .iter()
+            .all(|error| error.contains("8 MiB that this instance's pending calls may hold unread")),
+        "{errors:?}"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_instance_opens_at_most_max_open_streams() {
+    let manifest = TestManifest::new(&format!(
+        "{}{}",
+        service(
+            "holder",
+            "faulty",
+            &["* /f/{fault}", "* /f/{fault}/{arg}"],
+            "max_open_streams = 3"
+        ),
+        service("shouter", "faulty", &["GET /shouter/{fault}"], ""),
+    ));
+    let node = manifest.start().await;
+    let reply = crate::support::send(node.http_addr(), "POST", "/f/streams/5", "shouter").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let (opened, error): (usize, Option<String>) = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(opened, 3);
+    let error = error.unwrap_or_default();
+    assert!(
+        error.contains("holds 3 open streams already (max_open_streams"),
+        "{error}"
+    );
+    node.shutdown().await;
+}

@@ -197,6 +197,50 @@ impl Service for Faulty {
                 }
                 Ok(Response::json(&ok))
             }
+            "big" => {
+                // A body of `arg` KiB.
+                let kib: usize = req.param("arg").and_then(|a| a.parse().ok()).unwrap_or(1);
+                Ok(Response::new(200).with_body(vec![b'x'; kib * 1024]))
+            }
+            "hold" => {
+                // Body: target and method. Starts `arg` calls, lets them all finish unread
+                // (their replies wait in the host), then reads them one at a time: how many
+                // were 200, and the errors of the others.
+                let n: usize = req.param("arg").and_then(|a| a.parse().ok()).unwrap_or(4);
+                let (target, method, _) = call_spec(&req)?;
+                let calls: Vec<_> = (0..n)
+                    .map(|_| rpc::Call::new(target, method).start())
+                    .collect();
+                std::thread::sleep(Duration::from_millis(300));
+                let mut ok = 0;
+                let mut errors = Vec::new();
+                for call in calls {
+                    match call.wait() {
+                        Ok(reply) if reply.status() == 200 => ok += 1,
+                        Ok(reply) => errors.push(format!("status {}", reply.status())),
+                        Err(err) => errors.push(format!("{err:?}")),
+                    }
+                }
+                Ok(Response::json(&(ok, errors)))
+            }
+            "streams" => {
+                // Body: target. Opens `arg` streams to it and holds them: how many opened, and
+                // the error of the first that did not.
+                let n: usize = req.param("arg").and_then(|a| a.parse().ok()).unwrap_or(4);
+                let connection = quic::connect(req.text()?.trim())?;
+                let mut open = Vec::new();
+                let mut error = None;
+                for _ in 0..n {
+                    match connection.open_stream() {
+                        Ok(stream) => open.push(stream),
+                        Err(err) => {
+                            error = Some(format!("{err:?}"));
+                            break;
+                        }
+                    }
+                }
+                Ok(Response::json(&(open.len(), error)))
+            }
             "stream" => {
                 // Body: target on the first line, then the payload to send on a raw stream.
                 let text = req.text()?;

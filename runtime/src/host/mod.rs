@@ -52,6 +52,8 @@ pub(crate) struct GuestContext {
     pub(crate) env: Vec<(String, String)>,
     /// Calls an instance may hold started and not dropped.
     pub(crate) max_pending_calls: u32,
+    /// Streams an instance may hold open.
+    pub(crate) max_open_streams: u32,
     /// The services it may call or open streams to; `None`: any.
     pub(crate) may_call: Option<Vec<String>>,
 }
@@ -94,6 +96,10 @@ pub(crate) struct HostState {
     log_budget: log::LogBudget,
     /// Pending calls this instance holds (each one's drop counts it down).
     pending_calls: Arc<std::sync::atomic::AtomicU32>,
+    /// Streams this instance opened and holds (each one's drop counts it down).
+    open_streams: Arc<std::sync::atomic::AtomicU32>,
+    /// Bytes of replies its pending calls hold, bounded by its memory limit.
+    replies: Arc<rpc::ReplyBudget>,
 }
 
 impl HostState {
@@ -118,6 +124,8 @@ impl HostState {
             output,
             log_budget: log::LogBudget::default(),
             pending_calls: Arc::default(),
+            open_streams: Arc::default(),
+            replies: Arc::new(rpc::ReplyBudget::new(memory_limit_bytes)),
         }
     }
 

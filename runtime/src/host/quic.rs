@@ -6,6 +6,8 @@
 //! between nodes or an in-memory pipe on one node. Every read and write stops at the
 //! stream's deadline, so a silent peer cannot hold an instance past its time.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,6 +42,17 @@ pub struct GuestStream {
     stream: ByteStream,
     finished: bool,
     deadline: Instant,
+    /// The instance's count of streams it opened, counted down on drop (`None`: a stream a
+    /// peer opened to this instance's handler).
+    held: Option<Arc<AtomicU32>>,
+}
+
+impl Drop for GuestStream {
+    fn drop(&mut self) {
+        if let Some(held) = &self.held {
+            held.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl HostState {
@@ -53,6 +66,7 @@ impl HostState {
             stream,
             finished: false,
             deadline: Instant::now() + lifetime,
+            held: None,
         })?)
     }
 }
@@ -64,7 +78,7 @@ impl From<CallError> for StreamError {
             CallError::Unavailable(m) => Self::Unavailable(m),
             CallError::Remote(m) => Self::Closed(m),
             CallError::BadRequest(m) => Self::BadRequest(m),
-            CallError::Rejected(m) => Self::Unavailable(format!("rejected by a policy: {m}")),
+            CallError::Rejected(m) => Self::Unavailable(format!("rejected: {m}")),
         }
     }
 }
@@ -97,6 +111,16 @@ impl wit::HostConnection for HostState {
             let connection = self.table.get(&connection)?;
             (connection.connection.clone(), connection.budget)
         };
+        let limit = self.guest.max_open_streams;
+        let held = self.open_streams.clone();
+        if held.fetch_add(1, Ordering::Relaxed) >= limit {
+            held.fetch_sub(1, Ordering::Relaxed);
+            return Ok(Err(StreamError::Unavailable(format!(
+                "this instance holds {limit} open streams already (max_open_streams of service \
+                 `{}`); finish or drop some before opening more",
+                self.guest.service
+            ))));
+        }
         // What is left of this request's time caps the stream too.
         let budget = budget.min(self.deadline.remaining());
         let calls = self.guest.calls.clone();
@@ -108,8 +132,12 @@ impl wit::HostConnection for HostState {
                 stream,
                 finished: false,
                 deadline: Instant::now() + budget,
+                held: Some(held),
             })?),
-            Err(error) => Err(error.into()),
+            Err(error) => {
+                held.fetch_sub(1, Ordering::Relaxed);
+                Err(error.into())
+            }
         })
     }
 

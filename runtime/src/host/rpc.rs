@@ -6,7 +6,7 @@
 
 use std::future::{Future, poll_fn};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -29,6 +29,56 @@ pub struct PendingCall {
     task: Option<tokio::task::AbortHandle>,
     /// The instance's count of pending calls, counted down on drop.
     held: Arc<AtomicU32>,
+    /// Where the reply's bytes are counted until the call is dropped.
+    replies: Arc<ReplyBudget>,
+}
+
+/// The bytes of replies that an instance's pending calls hold outside its memory, bounded by
+/// its memory limit: a guest that starts many calls and reads none cannot make the host hold
+/// more than it could itself.
+pub(crate) struct ReplyBudget {
+    held: AtomicUsize,
+    max: usize,
+}
+
+impl ReplyBudget {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            held: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Counts `reply` in, or refuses it (the call then answers `unavailable`).
+    fn take(&self, reply: &Reply) -> Result<(), CallError> {
+        let size = reply_bytes(&reply.headers, &reply.body);
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(size).filter(|after| *after <= self.max)
+            })
+            .map(drop)
+            .map_err(|held| {
+                CallError::Unavailable(format!(
+                    "a reply of {size} bytes would pass the {} MiB that this instance's pending \
+                     calls may hold unread ({held} bytes held; its memory_limit_mb); wait for \
+                     or drop pending calls sooner",
+                    self.max >> 20
+                ))
+            })
+    }
+
+    fn give_back(&self, size: usize) {
+        self.held.fetch_sub(size, Ordering::AcqRel);
+    }
+}
+
+/// What a reply weighs against [`ReplyBudget`]: its body and headers.
+fn reply_bytes(headers: &[(String, String)], body: &[u8]) -> usize {
+    body.len()
+        + headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len())
+            .sum::<usize>()
 }
 
 enum PendingState {
@@ -42,6 +92,23 @@ impl Drop for PendingCall {
             task.abort();
         }
         self.held.fetch_sub(1, Ordering::Relaxed);
+        // A reply the task counted in, whether it arrived here or waits in the channel; once
+        // the channel is closed, a reply the task still sends comes back to it, and the task
+        // gives it back.
+        let counted = match &mut self.state {
+            PendingState::Done(Ok(reply)) => Some(reply_bytes(&reply.headers, &reply.body)),
+            PendingState::Done(Err(_)) => None,
+            PendingState::Running(receiver) => {
+                receiver.close();
+                match receiver.try_recv() {
+                    Ok(Ok(reply)) => Some(reply_bytes(&reply.headers, &reply.body)),
+                    _ => None,
+                }
+            }
+        };
+        if let Some(size) = counted {
+            self.replies.give_back(size);
+        }
     }
 }
 
@@ -198,19 +265,30 @@ impl wit::Host for HostState {
                 state: PendingState::Done(Err(refused.into())),
                 task: None,
                 held,
+                replies: self.replies.clone(),
             };
             return Ok(self.table.push(pending)?);
         }
         let call = self.prepare_call(&service, method, body, options);
         let calls = self.guest.calls.clone();
         let (sender, receiver) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            let _ = sender.send(run(&*calls, call).await);
+        let replies = self.replies.clone();
+        let task = tokio::spawn({
+            let replies = replies.clone();
+            async move {
+                let outcome = run(&*calls, call)
+                    .await
+                    .and_then(|reply| replies.take(&reply).map(|()| reply));
+                if let Err(Ok(reply)) = sender.send(outcome) {
+                    replies.give_back(reply_bytes(&reply.headers, &reply.body));
+                }
+            }
         });
         let pending = PendingCall {
             state: PendingState::Running(receiver),
             task: Some(task.abort_handle()),
             held,
+            replies,
         };
         Ok(self.table.push(pending)?)
     }

@@ -33,6 +33,7 @@
 //! timeout_ms = 5000           # per request; past it: 504
 //! memory_limit_mb = 64        # per instance; past it: 500
 //! max_pending_calls = 1024    # rpc.start calls one instance holds; past it: unavailable
+//! max_open_streams = 256      # streams one instance holds open; past it: unavailable
 //! may_call = ["inventory"]    # optional: the only services it may call (default: any)
 //! accepts_from = ["shop", "@ingress"]  # optional: the only callers it takes; "@ingress": HTTP
 //! config = { greeting = "Hello" }
@@ -312,6 +313,9 @@ pub struct ServiceSpec {
     /// Calls one instance may have started (`rpc.start`) and not yet dropped; past it a
     /// start answers `unavailable` at once.
     pub max_pending_calls: u32,
+    /// Streams one instance may have opened (`quic` connections' `open-stream`) and not yet
+    /// dropped; past it an open answers `unavailable` at once.
+    pub max_open_streams: u32,
     /// The services it may call or open streams to; `None`: any.
     pub may_call: Option<Vec<String>>,
     /// The services whose calls and streams it takes ([`INGRESS_CALLER`] for HTTP clients);
@@ -429,6 +433,8 @@ pub mod defaults {
     pub const DATA_DIR: &str = ".switchyard";
     /// `[[service]] max_instances`.
     pub const MAX_INSTANCES: u32 = 64;
+    /// `[[service]] max_open_streams`: far above what a normal guest keeps open.
+    pub const MAX_OPEN_STREAMS: u32 = 256;
     /// `max_pending_calls` of a service: far above any fan-out a normal guest makes.
     pub const MAX_PENDING_CALLS: u32 = 1024;
     /// `[node] max_connections`.

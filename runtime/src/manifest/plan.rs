@@ -69,6 +69,7 @@ fn service_changed(old: &ServiceSpec, new: &ServiceSpec) -> bool {
         timeout,
         memory_limit_bytes,
         max_pending_calls,
+        max_open_streams,
         may_call,
         accepts_from,
         config,
@@ -87,6 +88,7 @@ fn service_changed(old: &ServiceSpec, new: &ServiceSpec) -> bool {
         || old.timeout != *timeout
         || old.memory_limit_bytes != *memory_limit_bytes
         || old.max_pending_calls != *max_pending_calls
+        || old.max_open_streams != *max_open_streams
         || old.may_call != *may_call
         || old.accepts_from != *accepts_from
         || old.config != *config

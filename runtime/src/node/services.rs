@@ -183,6 +183,7 @@ pub(super) fn slot_config(spec: &ServiceSpec) -> SlotConfig {
         timeout: spec.timeout,
         memory_limit_bytes: spec.memory_limit_bytes,
         max_pending_calls: spec.max_pending_calls,
+        max_open_streams: spec.max_open_streams,
         may_call: spec.may_call.clone(),
         accepts_from: spec.accepts_from.clone(),
         config: spec.config.clone(),

@@ -130,6 +130,7 @@ struct RawService {
     timeout_ms: Option<Spanned<u64>>,
     memory_limit_mb: Option<Spanned<u64>>,
     max_pending_calls: Option<Spanned<u32>>,
+    max_open_streams: Option<Spanned<u32>>,
     may_call: Option<Vec<Spanned<String>>>,
     accepts_from: Option<Vec<Spanned<String>>>,
     #[serde(default)]

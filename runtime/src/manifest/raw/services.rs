@@ -98,6 +98,13 @@ pub(super) fn check_service(
         1..=100_000,
         "max_pending_calls",
     )?;
+    let max_open_streams = bounded(
+        check,
+        raw.max_open_streams,
+        defaults::MAX_OPEN_STREAMS,
+        1..=100_000,
+        "max_open_streams",
+    )?;
     let may_call = raw
         .may_call
         .map(|names| allow_list(check, &name, "may_call", names, false))
@@ -117,6 +124,7 @@ pub(super) fn check_service(
         timeout: Duration::from_millis(timeout_ms),
         memory_limit_bytes: mebibytes(memory_limit_mb),
         max_pending_calls,
+        max_open_streams,
         may_call,
         accepts_from,
         config: raw.config,

@@ -38,6 +38,7 @@ pub(crate) struct SlotConfig {
     pub timeout: Duration,
     pub memory_limit_bytes: usize,
     pub max_pending_calls: u32,
+    pub max_open_streams: u32,
     /// The services it may call; `None`: any.
     pub may_call: Option<Vec<String>>,
     /// The callers it takes (`@ingress`: HTTP clients); `None`: anyone.
@@ -75,6 +76,7 @@ impl Generation {
             queues: outbound.queues.clone(),
             config: settings.config.clone(),
             max_pending_calls: settings.max_pending_calls,
+            max_open_streams: settings.max_open_streams,
             may_call: settings.may_call.clone(),
             env: settings
                 .env
