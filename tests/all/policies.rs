@@ -667,3 +667,29 @@ async fn a_policy_release_that_fails_its_decisions_is_rolled_back_everywhere_wit
     assert!(body.contains("circuit open"), "{body}");
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_policy_that_floods_the_log_is_cut_at_its_per_decision_budget() {
+    crate::support::capture_logs();
+    let manifest = node_with(
+        &policy("chatty", "policy_broken", "logs_per_call = \"20\""),
+        "policies = [\"chatty\"]\ncalls_to = \"flaky\"",
+    );
+    let node = manifest.start().await;
+    let (status, body) = call(&node, "GET /flaky/echo").await;
+    assert_eq!(status, 200, "the call goes through: {body}");
+    let logged = crate::support::logs();
+    let kept = logged
+        .lines()
+        .filter(|line| line.contains("policy:chatty") && line.contains("before flaky"))
+        .count();
+    // 4 KiB a decision: three lines of 1 KiB and a bit fit, the other 17 are dropped, and
+    // one line says so.
+    assert_eq!(kept, 3, "{logged}");
+    let warning = logged
+        .lines()
+        .find(|line| line.contains("per-decision budget"))
+        .unwrap_or_else(|| panic!("no budget warning:\n{logged}"));
+    assert!(warning.contains("\"dropped_lines\":17"), "{warning}");
+    node.shutdown().await;
+}

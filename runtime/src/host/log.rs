@@ -9,6 +9,9 @@ const MAX_MESSAGE_BYTES: usize = 8 * 1024;
 /// Bytes of log messages one request (or delivery) may write; past it lines are dropped and
 /// counted, and one line at the end of the request says how many.
 pub(crate) const MAX_REQUEST_LOG_BYTES: usize = 64 * 1024;
+/// Bytes of log messages one policy decision may write: a decision runs for every call, so
+/// its budget is far smaller than a request's.
+pub(crate) const MAX_DECISION_LOG_BYTES: usize = 4 * 1024;
 
 /// What is left of the current request's log budget, and what was dropped past it.
 #[derive(Debug, Clone, Copy)]
@@ -20,15 +23,19 @@ pub(crate) struct LogBudget {
 
 impl Default for LogBudget {
     fn default() -> Self {
-        Self {
-            left: MAX_REQUEST_LOG_BYTES,
-            dropped_lines: 0,
-            dropped_bytes: 0,
-        }
+        Self::new(MAX_REQUEST_LOG_BYTES)
     }
 }
 
 impl LogBudget {
+    pub(crate) fn new(bytes: usize) -> Self {
+        Self {
+            left: bytes,
+            dropped_lines: 0,
+            dropped_bytes: 0,
+        }
+    }
+
     /// Whether a message of `bytes` still fits; if not, it is counted as dropped.
     fn spend(&mut self, bytes: usize) -> bool {
         if bytes <= self.left {
@@ -62,7 +69,10 @@ impl log::Host for HostState {
 
 impl log::Host for PolicyState {
     fn log(&mut self, level: Level, message: String) {
-        write(&self.name, "", level, &message);
+        let message = truncate(&message, MAX_MESSAGE_BYTES);
+        if self.log_budget.spend(message.len()) {
+            write(&self.name, "", level, message);
+        }
     }
 
     fn enabled(&mut self, level: Level) -> bool {

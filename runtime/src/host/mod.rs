@@ -22,7 +22,7 @@ mod types;
 pub(crate) use bindings::policy as policy_bindings;
 pub(crate) use bindings::streams::StreamServicePre;
 pub(crate) use bindings::{GuestMessage, GuestRequest, GuestResponse, Service, ServicePre};
-pub(crate) use log::MAX_REQUEST_LOG_BYTES;
+pub(crate) use log::{MAX_DECISION_LOG_BYTES, MAX_REQUEST_LOG_BYTES};
 pub(crate) use ports::{Calls, Outgoing, Queues, SendError};
 
 use std::collections::BTreeMap;
@@ -199,6 +199,8 @@ pub(crate) struct PolicyState {
     pub(crate) limiter: MemoryLimiter,
     /// `policy:<name>`, as its log lines say.
     name: String,
+    /// The current decision's log budget.
+    log_budget: log::LogBudget,
 }
 
 impl PolicyState {
@@ -211,7 +213,18 @@ impl PolicyState {
                 exceeded: false,
             },
             name: format!("policy:{policy}"),
+            log_budget: log::LogBudget::new(log::MAX_DECISION_LOG_BYTES),
         }
+    }
+
+    /// Starts a decision with a fresh log budget.
+    pub(crate) fn begin_decision(&mut self) {
+        self.log_budget = log::LogBudget::new(log::MAX_DECISION_LOG_BYTES);
+    }
+
+    /// Log lines and bytes the current decision dropped past its budget, if any.
+    pub(crate) fn log_dropped(&self) -> Option<(u64, u64)> {
+        self.log_budget.dropped()
     }
 }
 

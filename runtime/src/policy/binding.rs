@@ -305,11 +305,24 @@ impl Binding {
         }
         let instance = live.instance.as_mut()?;
         instance.store.set_epoch_deadline(budget_ticks());
+        instance.store.data_mut().begin_decision();
         let outcome = tokio::time::timeout(
             DECISION_BUDGET * 2,
             call(&instance.policy, &mut instance.store),
         )
         .await;
+        if let Some((lines, bytes)) = instance.store.data().log_dropped() {
+            tracing::warn!(
+                target: "guest",
+                policy = %self.policy,
+                scope = %self.scope,
+                what,
+                dropped_lines = lines,
+                dropped_bytes = bytes,
+                "the policy logged more than its per-decision budget of {} KiB; the rest was dropped",
+                crate::host::MAX_DECISION_LOG_BYTES / 1024
+            );
+        }
         match outcome {
             Ok(Ok(decision)) => Some(decision),
             Ok(Err(error)) => {
