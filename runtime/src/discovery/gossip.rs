@@ -131,12 +131,19 @@ impl Gossip {
             FANOUT,
             &mut fastrand::Rng::new(),
         );
-        let frame = Frame::Gossip { members };
+        // Encoded once, for every target.
+        let frame: Arc<[u8]> = match crate::transport::encode(&Frame::Gossip { members }) {
+            Ok(bytes) => bytes.into(),
+            Err(error) => {
+                tracing::error!(%error, "cannot encode this node's gossip");
+                return;
+            }
+        };
         let exchanges = targets.into_iter().map(|peer| {
             let this = self.clone();
             let frame = frame.clone();
             tokio::spawn(async move {
-                match this.transport.request(peer, &frame, TTL / 2).await {
+                match this.transport.request_encoded(peer, &frame, TTL / 2).await {
                     // An oversized answer is refused whole; `take_in` logged it.
                     Ok(Frame::Gossip { members }) => {
                         let _ = this.take_in(&members);
@@ -180,6 +187,13 @@ impl Membership for Gossip {
                 address: self.address,
                 incarnation,
             };
+            let goodbye: Arc<[u8]> = match crate::transport::encode(&goodbye) {
+                Ok(bytes) => bytes.into(),
+                Err(error) => {
+                    tracing::error!(%error, "cannot encode this node's goodbye");
+                    return;
+                }
+            };
             let sends: Vec<_> = self
                 .targets()
                 .into_iter()
@@ -188,7 +202,7 @@ impl Membership for Gossip {
                     let goodbye = goodbye.clone();
                     tokio::spawn(async move {
                         transport
-                            .request(peer, &goodbye, LEAVE_TIMEOUT)
+                            .request_encoded(peer, &goodbye, LEAVE_TIMEOUT)
                             .await
                             .is_ok()
                     })

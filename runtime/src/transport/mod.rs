@@ -14,7 +14,7 @@ mod quic;
 mod tls;
 
 pub(crate) use quic::Transport;
-pub(crate) use quic::{FrameHandler, RawStream};
+pub(crate) use quic::{FrameHandler, RawStream, encode};
 #[cfg(not(feature = "bench"))]
 pub(crate) use tls::Identity;
 #[cfg(feature = "bench")]

@@ -40,6 +40,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const INITIAL_RTT: Duration = Duration::from_millis(50);
 /// At most this many connections to one peer (see [`Transport::lanes`]).
 const MAX_LANES: usize = 4;
+/// Streams a peer may have open on one connection at once: far above what its callers need
+/// (a call is one stream for its round trip), low enough that a peer cannot make this node
+/// hold state for many more.
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Connections one peer (one remote address: a node dials from its one endpoint) may hold
+/// to this node at once: its lanes, with room for reconnects.
+const MAX_CONNECTIONS_PER_PEER: usize = 2 * MAX_LANES;
+/// A stream's first frame must arrive whole within this: a peer that declares a large frame
+/// and sends it slowly (or not at all) holds nothing for longer.
+const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// What one read of a frame's body takes at most: the buffer grows with what arrives, not
+/// with what the length prefix declares.
+const READ_CHUNK: usize = 64 * 1024;
 
 impl Identity {
     /// A quinn server configuration that requires a client certificate from the same CA.
@@ -64,6 +77,9 @@ fn transport_config() -> quinn::TransportConfig {
     }
     config.keep_alive_interval(Some(KEEP_ALIVE));
     config.initial_rtt(INITIAL_RTT);
+    // Every exchange is one bidirectional stream: a peer may open no unidirectional ones.
+    config.max_concurrent_uni_streams(0u32.into());
+    config.max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into());
     config
 }
 
@@ -93,16 +109,42 @@ impl RawStream {
     }
 }
 
-/// Reads exactly one length-prefixed frame from `recv` (the bytes after it stay unread).
+/// Reads exactly one length-prefixed frame from `recv` (the bytes after it stay unread),
+/// within [`FRAME_READ_TIMEOUT`]. The buffer grows as bytes arrive, so a peer that declares
+/// 16 MiB and sends a byte costs a byte, not 16 MiB.
 async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Frame, TransportError> {
-    let io = |err: quinn::ReadExactError| TransportError::Io(err.to_string());
+    tokio::time::timeout(FRAME_READ_TIMEOUT, read_frame_bytes(recv))
+        .await
+        .map_err(|_| {
+            TransportError::Io(format!(
+                "the frame did not arrive whole within {FRAME_READ_TIMEOUT:?}"
+            ))
+        })?
+}
+
+async fn read_frame_bytes(recv: &mut quinn::RecvStream) -> Result<Frame, TransportError> {
     let mut prefix = [0u8; 4];
-    recv.read_exact(&mut prefix).await.map_err(io)?;
+    recv.read_exact(&mut prefix)
+        .await
+        .map_err(|err| TransportError::Io(err.to_string()))?;
     let length =
         frame::declared_length(prefix).map_err(|err| TransportError::Frame(err.to_string()))?;
-    let mut bytes = vec![0u8; 4 + length];
-    bytes[..4].copy_from_slice(&prefix);
-    recv.read_exact(&mut bytes[4..]).await.map_err(io)?;
+    let mut bytes = Vec::with_capacity(4 + length.min(READ_CHUNK));
+    bytes.extend_from_slice(&prefix);
+    while bytes.len() < 4 + length {
+        let wanted = (4 + length - bytes.len()).min(READ_CHUNK);
+        match recv.read_chunk(wanted, true).await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(TransportError::Io(format!(
+                    "the stream ended {} bytes into a frame of {}",
+                    bytes.len(),
+                    4 + length
+                )));
+            }
+            Err(err) => return Err(TransportError::Io(err.to_string())),
+        }
+    }
     frame::decode(&bytes).map_err(|err| TransportError::Frame(err.to_string()))
 }
 
@@ -156,9 +198,20 @@ impl Transport {
         request: &Frame,
         timeout: Duration,
     ) -> Result<Frame, TransportError> {
-        let bytes = frame::encode(request).map_err(|err| TransportError::Frame(err.to_string()))?;
+        let bytes = encode(request)?;
+        self.request_encoded(peer, &bytes, timeout).await
+    }
+
+    /// [`Transport::request`] with the frame already encoded ([`encode`]): a frame sent to
+    /// many peers (gossip) is encoded once.
+    pub(crate) async fn request_encoded(
+        &self,
+        peer: SocketAddr,
+        bytes: &[u8],
+        timeout: Duration,
+    ) -> Result<Frame, TransportError> {
         let exchange = async {
-            let (mut send, mut recv) = self.open_with(peer, &bytes).await?;
+            let (mut send, mut recv) = self.open_with(peer, bytes).await?;
             send.finish()
                 .map_err(|err| TransportError::Io(err.to_string()))?;
             let answer = recv
@@ -180,7 +233,7 @@ impl Transport {
         opening: &Frame,
         timeout: Duration,
     ) -> Result<Result<RawStream, Frame>, TransportError> {
-        let bytes = frame::encode(opening).map_err(|err| TransportError::Frame(err.to_string()))?;
+        let bytes = encode(opening)?;
         let exchange = async {
             let (send, mut recv) = self.open_with(peer, &bytes).await?;
             Ok(match read_frame(&mut recv).await? {
@@ -278,6 +331,7 @@ impl Transport {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut connections = tokio::task::JoinSet::new();
+        let per_peer: Arc<Mutex<HashMap<SocketAddr, usize>>> = Arc::default();
         loop {
             let incoming = tokio::select! {
                 incoming = self.endpoint.accept() => incoming,
@@ -285,11 +339,17 @@ impl Transport {
                 Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             };
             let Some(incoming) = incoming else { break };
-            connections.spawn(serve_connection(
-                incoming,
-                handler.clone(),
-                shutdown.clone(),
-            ));
+            let remote = incoming.remote_address();
+            let Some(slot) = PeerSlot::take(&per_peer, remote) else {
+                tracing::warn!(%remote, "refused a connection: the peer holds {MAX_CONNECTIONS_PER_PEER} already");
+                incoming.refuse();
+                continue;
+            };
+            let (handler, stop) = (handler.clone(), shutdown.clone());
+            connections.spawn(async move {
+                let _slot = slot;
+                serve_connection(incoming, handler, stop).await;
+            });
         }
         while connections.join_next().await.is_some() {}
     }
@@ -299,6 +359,50 @@ impl Transport {
     pub(crate) async fn close(&self, grace: Duration) {
         self.endpoint.close(0u32.into(), b"node shutting down");
         let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Encodes `frame` for [`Transport::request_encoded`].
+pub(crate) fn encode(frame: &Frame) -> Result<Vec<u8>, TransportError> {
+    frame::encode(frame).map_err(|err| TransportError::Frame(err.to_string()))
+}
+
+/// One of a peer's connections to this node, counted until it ends.
+struct PeerSlot {
+    counts: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    remote: SocketAddr,
+}
+
+impl PeerSlot {
+    /// Counts one more connection from `remote`, unless it holds the most a peer may.
+    fn take(counts: &Arc<Mutex<HashMap<SocketAddr, usize>>>, remote: SocketAddr) -> Option<Self> {
+        let mut held = counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = held.entry(remote).or_default();
+        if *count >= MAX_CONNECTIONS_PER_PEER {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            counts: counts.clone(),
+            remote,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut held = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = held.get_mut(&self.remote) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.remote);
+            }
+        }
     }
 }
 
@@ -443,6 +547,16 @@ mod tests {
             "an oversize frame got an answer"
         );
 
+        // A frame that declares 16 MiB and ends after a few bytes: read as it arrives, cut
+        // off when the stream ends.
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        send.write_all(b"\x00\x00\x00\x01abc").await.unwrap();
+        send.finish().unwrap();
+        assert!(
+            recv.read_to_end(1024).await.is_err(),
+            "a short frame got an answer"
+        );
+
         let answer = client
             .request(addr, &Frame::Ack, Duration::from_secs(5))
             .await
@@ -452,6 +566,29 @@ mod tests {
             connection.close_reason().is_none(),
             "the connection did not survive"
         );
+    }
+
+    #[tokio::test]
+    async fn a_peer_opens_no_unidirectional_streams_and_a_bounded_number_of_connections() {
+        let identity = Identity::development("test").unwrap();
+        let (addr, _stop) = server(&identity).await;
+        let client = Transport::bind("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+        let first = client.connect(addr, 0).await.unwrap();
+        let uni = tokio::time::timeout(Duration::from_millis(300), first.open_uni()).await;
+        assert!(uni.is_err(), "the peer was given a unidirectional stream");
+        let mut held = vec![first];
+        for lane in 1..MAX_CONNECTIONS_PER_PEER {
+            held.push(client.connect(addr, lane).await.unwrap());
+        }
+        let refused = client.connect(addr, MAX_CONNECTIONS_PER_PEER).await;
+        assert!(refused.is_err(), "one connection too many was accepted");
+        // The ones it holds still work.
+        let (mut send, mut recv) = held[0].open_bi().await.unwrap();
+        send.write_all(&frame::encode(&Frame::Ack).unwrap())
+            .await
+            .unwrap();
+        send.finish().unwrap();
+        assert!(recv.read_to_end(1024).await.is_ok());
     }
 
     /// Panics answering an `Ack` frame (a bug in a handler), answers anything else.
