@@ -531,3 +531,70 @@ async fn peers_learn_of_services_added_and_removed_by_a_manifest_edit() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Renewed certificate files are taken while the node runs; files that are not a certificate
+/// of the cluster's CA are refused and the old one stays.
+#[tokio::test]
+async fn a_node_takes_renewed_certificate_files_without_a_restart() {
+    crate::support::capture_logs();
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path().to_str().unwrap().to_owned();
+    cert(&["ca", "--out", &dir]);
+    cert(&["node", "node-r", "--ca-dir", &dir, "--out", &dir]);
+    let manifest = TestManifest::with_node(
+        &format!(
+            "name = \"node-r\"\nquic = \"127.0.0.1:0\"\n\
+             tls = {{ ca = \"{dir}/ca.pem\", cert = \"{dir}/node-r.pem\", key = \"{dir}/node-r.key\" }}"
+        ),
+        &service("hello", "hello", &["GET /hello/{name}"], ""),
+    );
+    let node = manifest.start().await;
+    let wait_for = |needle: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if crate::support::logs().contains(needle) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("never logged {needle:?}:\n{}", crate::support::logs());
+    };
+    // Another CA's certificate over the node's files: refused.
+    let other = tempfile::tempdir().unwrap();
+    let other_dir = other.path().to_str().unwrap().to_owned();
+    cert(&["ca", "--out", &other_dir]);
+    cert(&[
+        "node", "node-r", "--ca-dir", &other_dir, "--out", &other_dir,
+    ]);
+    for ext in ["pem", "key"] {
+        std::fs::copy(
+            format!("{other_dir}/node-r.{ext}"),
+            format!("{dir}/node-r.{ext}"),
+        )
+        .unwrap();
+    }
+    wait_for("were not taken").await;
+    // A renewed one from the cluster's CA: taken.
+    let renewed = tempfile::tempdir().unwrap();
+    let renewed_dir = renewed.path().to_str().unwrap().to_owned();
+    cert(&[
+        "node",
+        "node-r",
+        "--ca-dir",
+        &dir,
+        "--out",
+        &renewed_dir,
+        "--days",
+        "30",
+    ]);
+    for ext in ["pem", "key"] {
+        std::fs::copy(
+            format!("{renewed_dir}/node-r.{ext}"),
+            format!("{dir}/node-r.{ext}"),
+        )
+        .unwrap();
+    }
+    wait_for("node certificate reloaded").await;
+    assert_eq!(get(node.http_addr(), "/hello/still").await.status, 200);
+    node.shutdown().await;
+}

@@ -4,6 +4,7 @@
 //! any compilation), then loads every component off the async executor, builds the router, and
 //! serves. [`Node::shutdown`] stops accepting and lets in-flight requests finish.
 
+mod certificates;
 mod control;
 mod reload;
 mod services;
@@ -134,6 +135,22 @@ impl Node {
                 start::join_mesh(manifest, mesh, &runtime, &mut servers, &shutdown_rx)?;
             quic_addr = Some(bound);
             membership = Some(joined);
+        }
+        if let Some(tls) = &manifest.node.tls {
+            let presenters: Vec<_> = mesh
+                .as_ref()
+                .and_then(|mesh| mesh.node_cert.clone())
+                .into_iter()
+                .chain(admin.node_cert())
+                .collect();
+            if !presenters.is_empty() {
+                servers.spawn(certificates::watch(
+                    presenters,
+                    tls.cert.clone(),
+                    tls.key.clone(),
+                    shutdown_rx.clone(),
+                ));
+            }
         }
         let (http_addr, admin_addr) = (listeners.http_addr, listeners.admin_addr);
         runtime.serve(
@@ -369,6 +386,8 @@ fn load_all(manifest: &Manifest) -> Result<(Engine, Vec<LoadedComponent>), NodeE
 struct Mesh {
     transport: Arc<Transport>,
     registry: Arc<discovery::Registry>,
+    /// What the transport presents, when it comes from `[node.tls]` files (to reload them).
+    node_cert: Option<Arc<crate::transport::NodeCert>>,
 }
 
 fn start_transport(manifest: &Manifest, addr: SocketAddr) -> Result<Mesh, NodeError> {
@@ -390,6 +409,7 @@ fn start_transport(manifest: &Manifest, addr: SocketAddr) -> Result<Mesh, NodeEr
     Ok(Mesh {
         transport: Arc::new(Transport::bind(addr, &identity)?),
         registry: Arc::new(discovery::Registry::default()),
+        node_cert: manifest.node.tls.as_ref().map(|_| identity.node_cert()),
     })
 }
 

@@ -69,21 +69,35 @@ pub(super) struct AdminAccess {
     /// Set when the admin API listens off loopback (the manifest check allows that only
     /// with `[node.tls]`): it is served over TLS with the node's certificate.
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The certificate the TLS acceptor presents, to reload it.
+    node_cert: Option<Arc<crate::transport::NodeCert>>,
 }
 
 impl AdminAccess {
     pub(super) fn new(manifest: &Manifest) -> Result<Self, NodeError> {
         let node = &manifest.node;
         let token = AdminToken::open(node.admin_token_file.as_deref(), &node.data_dir)?;
-        let tls = match &node.tls {
+        let (tls, node_cert) = match &node.tls {
             Some(files) if !node.admin.ip().is_loopback() => {
                 let identity = Identity::from_files(&files.ca, &files.cert, &files.key)?;
                 let config = identity.https_server()?;
-                Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+                (
+                    Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+                    Some(identity.node_cert()),
+                )
             }
-            _ => None,
+            _ => (None, None),
         };
-        Ok(Self { token, tls })
+        Ok(Self {
+            token,
+            tls,
+            node_cert,
+        })
+    }
+
+    /// The certificate the admin API presents, if it is served over TLS.
+    pub(super) fn node_cert(&self) -> Option<Arc<crate::transport::NodeCert>> {
+        self.node_cert.clone()
     }
 }
 

@@ -15,10 +15,11 @@ mod tls;
 
 pub(crate) use quic::Transport;
 pub(crate) use quic::{FrameHandler, RawStream, encode};
-#[cfg(not(feature = "bench"))]
-pub(crate) use tls::Identity;
 #[cfg(feature = "bench")]
 pub use tls::Identity;
+#[cfg(not(feature = "bench"))]
+pub(crate) use tls::Identity;
+pub(crate) use tls::NodeCert;
 pub use tls::{
     CA_DAYS, CertPem, NODE_DAYS, SERVER_NAME, generate_ca, generate_ca_for, issue_node_cert,
     issue_node_cert_for,

@@ -34,8 +34,117 @@ const DEV_CA_KEY: &str = include_str!("dev-ca-INSECURE.key");
 /// A node's TLS identity: the CA it trusts, and its own chain and key.
 pub struct Identity {
     ca: CertificateDer<'static>,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    node: Arc<NodeCert>,
+}
+
+/// This node's certificate and key as every TLS handshake (QUIC both ways, the admin API)
+/// presents them: replaceable while connections run, so a renewed certificate is used from
+/// the next handshake on, without a restart.
+pub(crate) struct NodeCert {
+    current: arc_swap::ArcSwap<rustls::sign::CertifiedKey>,
+    /// The cluster CA, which a replacement must chain to.
+    ca: CertificateDer<'static>,
+}
+
+impl std::fmt::Debug for NodeCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCert").finish_non_exhaustive()
+    }
+}
+
+impl NodeCert {
+    /// Replaces the certificate with the one in `cert` and `key` (PEM files), once it is
+    /// checked: the key matches it, it chains to the cluster CA, it is valid now and names
+    /// [`SERVER_NAME`]. On an error the old one stays.
+    pub(crate) fn reload(&self, cert: &Path, key: &Path) -> Result<(), TransportError> {
+        let node = CertPem {
+            cert: read_pem(cert)?,
+            key: read_pem(key)?,
+        };
+        let certified = certified_key(&node)?;
+        let roots = roots(&self.ca)?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .map_err(|err| TransportError::Tls(err.to_string()))?;
+        let (end_entity, intermediates) = certified.cert.split_first().ok_or_else(|| {
+            TransportError::Tls(format!("{} holds no certificate", cert.display()))
+        })?;
+        let name = rustls::pki_types::ServerName::try_from(SERVER_NAME)
+            .map_err(|err| TransportError::Tls(err.to_string()))?;
+        rustls::client::danger::ServerCertVerifier::verify_server_cert(
+            &*verifier,
+            end_entity,
+            intermediates,
+            &name,
+            &[],
+            rustls::pki_types::UnixTime::now(),
+        )
+        .map_err(|err| {
+            TransportError::Tls(format!(
+                "{} is not a node certificate of this cluster's CA that is valid now: {err}",
+                cert.display()
+            ))
+        })?;
+        self.current.store(Arc::new(certified));
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.current.load_full()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for NodeCert {
+    fn resolve(
+        &self,
+        _client_hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for NodeCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn read_pem(path: &Path) -> Result<String, TransportError> {
+    std::fs::read_to_string(path)
+        .map_err(|err| TransportError::Tls(format!("cannot read {}: {err}", path.display())))
+}
+
+/// A node's chain and key, parsed, with the key checked against the certificate.
+fn certified_key(node: &CertPem) -> Result<rustls::sign::CertifiedKey, TransportError> {
+    let bad = |what: &str, err: rustls::pki_types::pem::Error| {
+        TransportError::Tls(format!("{what} is not valid PEM: {err}"))
+    };
+    let chain = CertificateDer::pem_slice_iter(node.cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("the node certificate", e))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(node.key.as_bytes()).map_err(|e| bad("the node key", e))?;
+    rustls::sign::CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider())
+        .map_err(|err| TransportError::Tls(format!("the node certificate and key: {err}")))
+}
+
+fn roots(ca: &CertificateDer<'static>) -> Result<rustls::RootCertStore, TransportError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ca.clone())
+        .map_err(|err| TransportError::Tls(format!("the CA certificate is unusable: {err}")))?;
+    Ok(roots)
 }
 
 impl std::fmt::Debug for Identity {
@@ -120,16 +229,11 @@ pub fn issue_node_cert_for(ca: &CertPem, name: &str, days: u32) -> Result<CertPe
 impl Identity {
     /// An identity from PEM files: the CA certificate, this node's certificate and its key.
     pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TransportError> {
-        let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|err| {
-                TransportError::Tls(format!("cannot read {}: {err}", path.display()))
-            })
-        };
         Self::from_pem(
-            &read(ca)?,
+            &read_pem(ca)?,
             &CertPem {
-                cert: read(cert)?,
-                key: read(key)?,
+                cert: read_pem(cert)?,
+                key: read_pem(key)?,
             },
         )
     }
@@ -141,12 +245,16 @@ impl Identity {
         };
         let ca = CertificateDer::from_pem_slice(ca.as_bytes())
             .map_err(|e| bad("the CA certificate", e))?;
-        let chain = CertificateDer::pem_slice_iter(node.cert.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad("the node certificate", e))?;
-        let key = PrivateKeyDer::from_pem_slice(node.key.as_bytes())
-            .map_err(|e| bad("the node key", e))?;
-        Ok(Self { ca, chain, key })
+        let node = Arc::new(NodeCert {
+            current: arc_swap::ArcSwap::from_pointee(certified_key(node)?),
+            ca: ca.clone(),
+        });
+        Ok(Self { ca, node })
+    }
+
+    /// The certificate its TLS configurations present, to replace it while they run.
+    pub(crate) fn node_cert(&self) -> Arc<NodeCert> {
+        self.node.clone()
     }
 
     /// A fresh node certificate from the built-in development CA (loopback only).
@@ -159,11 +267,7 @@ impl Identity {
     }
 
     fn roots(&self) -> Result<rustls::RootCertStore, TransportError> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(self.ca.clone())
-            .map_err(|err| TransportError::Tls(format!("the CA certificate is unusable: {err}")))?;
-        Ok(roots)
+        roots(&self.ca)
     }
 
     /// QUIC's TLS for accepting peers: requires a client certificate from the same CA.
@@ -182,8 +286,7 @@ impl Identity {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls)?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(tls)?;
+            .with_cert_resolver(self.node.clone());
         config.alpn_protocols = vec![ALPN.to_vec()];
         quinn::crypto::rustls::QuicServerConfig::try_from(config)
             .map_err(|err| TransportError::Tls(err.to_string()))
@@ -198,8 +301,7 @@ impl Identity {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls)?
             .with_no_client_auth()
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(tls)?;
+            .with_cert_resolver(self.node.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(config)
     }
@@ -214,10 +316,65 @@ impl Identity {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls)?
             .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(tls)?;
+            .with_client_cert_resolver(self.node.clone());
         config.alpn_protocols = vec![ALPN.to_vec()];
         quinn::crypto::rustls::QuicClientConfig::try_from(config)
             .map_err(|err| TransportError::Tls(err.to_string()))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, node: &CertPem) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (cert, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, &node.cert).unwrap();
+        std::fs::write(&key, &node.key).unwrap();
+        (cert, key)
+    }
+
+    #[test]
+    fn a_renewed_certificate_replaces_the_one_presented_and_a_bad_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = generate_ca("cluster").unwrap();
+        let identity = Identity::from_pem(&ca.cert, &issue_node_cert(&ca, "a").unwrap()).unwrap();
+        let presented = identity.node_cert();
+        let before = presented.current().cert[0].clone();
+
+        let renewed = issue_node_cert(&ca, "a").unwrap();
+        let (cert, key) = write(dir.path(), "renewed", &renewed);
+        presented.reload(&cert, &key).unwrap();
+        let now = presented.current().cert[0].clone();
+        assert_ne!(now, before);
+        assert_eq!(
+            now,
+            CertificateDer::from_pem_slice(renewed.cert.as_bytes()).unwrap()
+        );
+
+        // Another CA's certificate, and a key that is not the certificate's: refused, and the
+        // renewed one stays.
+        let other = generate_ca("other").unwrap();
+        let (cert, key) = write(
+            dir.path(),
+            "stranger",
+            &issue_node_cert(&other, "a").unwrap(),
+        );
+        let refused = presented.reload(&cert, &key).unwrap_err().to_string();
+        assert!(
+            refused.contains("not a node certificate of this cluster's CA"),
+            "{refused}"
+        );
+        let mismatched = CertPem {
+            cert: renewed.cert.clone(),
+            key: issue_node_cert(&ca, "a").unwrap().key,
+        };
+        let (cert, key) = write(dir.path(), "mismatched", &mismatched);
+        assert!(presented.reload(&cert, &key).is_err());
+        assert_eq!(presented.current().cert[0], now);
     }
 }
