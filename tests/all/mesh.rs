@@ -598,3 +598,40 @@ async fn a_node_takes_renewed_certificate_files_without_a_restart() {
     assert_eq!(get(node.http_addr(), "/hello/still").await.status, 200);
     node.shutdown().await;
 }
+
+/// `accepts_from` holds for calls from other nodes too: the caller is the service the calling
+/// node names.
+#[tokio::test]
+async fn accepts_from_refuses_a_peer_node_s_caller_it_does_not_list() {
+    let b_manifest = TestManifest::with_node(
+        "name = \"node-b\"\nquic = \"127.0.0.1:0\"",
+        &format!(
+            "{}{}",
+            service(
+                "hello",
+                "hello",
+                &["GET /hello/{name}"],
+                "accepts_from = [\"someone-else\"]"
+            ),
+            service(
+                "open",
+                "hello",
+                &["GET /open/{name}"],
+                "accepts_from = [\"faulty\"]"
+            ),
+        ),
+    );
+    let b = b_manifest.start().await;
+    let (_a_manifest, a) = start_node_a(b.quic_addr().unwrap(), "", "open@1.0.0").await;
+    let reply = send(a.http_addr(), "POST", "/f/call", "open\nGET /open/x").await;
+    assert_eq!(reply.status, 200, "a listed caller: {}", reply.body);
+    let reply = send(a.http_addr(), "POST", "/f/call", "hello\nGET /hello/x").await;
+    assert_ne!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply.body.contains("does not take calls from `faulty`"),
+        "{}",
+        reply.body
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
