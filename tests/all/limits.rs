@@ -273,18 +273,25 @@ async fn a_guest_logging_without_end_is_cut_at_its_per_request_budget_with_one_l
     node.shutdown().await;
 }
 
-#[tokio::test]
-async fn replies_that_pending_calls_hold_unread_are_bounded_by_the_memory_limit() {
-    let manifest = TestManifest::new(&format!(
-        "{}{}",
+/// A faulty guest `holder` with `limits`, beside `callee`.
+fn holder(limits: &str, callee: &str) -> TestManifest {
+    TestManifest::new(&format!(
+        "{}{callee}",
         service(
             "holder",
             "faulty",
             &["* /f/{fault}", "* /f/{fault}/{arg}"],
-            "memory_limit_mb = 8"
-        ),
-        service("big", "faulty", &["GET /b/{fault}/{arg}"], ""),
-    ));
+            limits
+        )
+    ))
+}
+
+#[tokio::test]
+async fn replies_that_pending_calls_hold_unread_are_bounded_by_the_memory_limit() {
+    let manifest = holder(
+        "memory_limit_mb = 8",
+        &service("big", "faulty", &["GET /b/{fault}/{arg}"], ""),
+    );
     let node = manifest.start().await;
     // Twelve replies of 1 MiB, all arrived before the guest reads any: at most 8 MiB of them
     // are held for it, the others answer unavailable.
@@ -310,16 +317,10 @@ async fn replies_that_pending_calls_hold_unread_are_bounded_by_the_memory_limit(
 
 #[tokio::test]
 async fn an_instance_opens_at_most_max_open_streams() {
-    let manifest = TestManifest::new(&format!(
-        "{}{}",
-        service(
-            "holder",
-            "faulty",
-            &["* /f/{fault}", "* /f/{fault}/{arg}"],
-            "max_open_streams = 3"
-        ),
-        service("shouter", "faulty", &["GET /shouter/{fault}"], ""),
-    ));
+    let manifest = holder(
+        "max_open_streams = 3",
+        &service("shouter", "faulty", &["GET /shouter/{fault}"], ""),
+    );
     let node = manifest.start().await;
     let reply = crate::support::send(node.http_addr(), "POST", "/f/streams/5", "shouter").await;
     assert_eq!(reply.status, 200, "{}", reply.body);

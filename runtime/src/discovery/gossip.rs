@@ -131,13 +131,8 @@ impl Gossip {
             FANOUT,
             &mut fastrand::Rng::new(),
         );
-        // Encoded once, for every target.
-        let frame: Arc<[u8]> = match crate::transport::encode(&Frame::Gossip { members }) {
-            Ok(bytes) => bytes.into(),
-            Err(error) => {
-                tracing::error!(%error, "cannot encode this node's gossip");
-                return;
-            }
+        let Some(frame) = encoded_once(&Frame::Gossip { members }) else {
+            return;
         };
         let exchanges = targets.into_iter().map(|peer| {
             let this = self.clone();
@@ -187,12 +182,8 @@ impl Membership for Gossip {
                 address: self.address,
                 incarnation,
             };
-            let goodbye: Arc<[u8]> = match crate::transport::encode(&goodbye) {
-                Ok(bytes) => bytes.into(),
-                Err(error) => {
-                    tracing::error!(%error, "cannot encode this node's goodbye");
-                    return;
-                }
+            let Some(goodbye) = encoded_once(&goodbye) else {
+                return;
             };
             let sends: Vec<_> = self
                 .targets()
@@ -219,6 +210,15 @@ impl Membership for Gossip {
     fn backend(&self) -> &'static str {
         "embedded"
     }
+}
+
+/// `frame` encoded once, to send the same bytes to every target; `None` (logged) if it does
+/// not encode.
+fn encoded_once(frame: &Frame) -> Option<Arc<[u8]>> {
+    crate::transport::encode(frame)
+        .map(Into::into)
+        .map_err(|error| tracing::error!(%error, frame = frame.kind(), "cannot encode this node's frame"))
+        .ok()
 }
 
 /// Whom a round talks to: every seed not among the `known` live peers (bootstrap, and a

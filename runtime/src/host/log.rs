@@ -48,6 +48,14 @@ impl LogBudget {
         false
     }
 
+    /// Writes `message` (cut to [`MAX_MESSAGE_BYTES`]) to the log if it fits what is left.
+    fn write(&mut self, guest: &str, request_id: &str, level: Level, message: &str) {
+        let message = truncate(message, MAX_MESSAGE_BYTES);
+        if self.spend(message.len()) {
+            write(guest, request_id, level, message);
+        }
+    }
+
     /// Lines and bytes dropped since the budget was set, if any.
     pub(crate) fn dropped(&self) -> Option<(u64, u64)> {
         (self.dropped_lines > 0).then_some((self.dropped_lines, self.dropped_bytes))
@@ -56,10 +64,8 @@ impl LogBudget {
 
 impl log::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
-        let message = truncate(&message, MAX_MESSAGE_BYTES);
-        if self.log_budget.spend(message.len()) {
-            write(&self.guest.service, &self.request_id, level, message);
-        }
+        let budget = &mut self.log_budget;
+        budget.write(&self.guest.service, &self.request_id, level, &message);
     }
 
     fn enabled(&mut self, level: Level) -> bool {
@@ -69,10 +75,7 @@ impl log::Host for HostState {
 
 impl log::Host for PolicyState {
     fn log(&mut self, level: Level, message: String) {
-        let message = truncate(&message, MAX_MESSAGE_BYTES);
-        if self.log_budget.spend(message.len()) {
-            write(&self.name, "", level, message);
-        }
+        self.log_budget.write(&self.name, "", level, &message);
     }
 
     fn enabled(&mut self, level: Level) -> bool {

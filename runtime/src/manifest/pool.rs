@@ -53,19 +53,19 @@ impl PoolPlan {
             .map(|spec| spec.memory_limit_bytes)
             .max()
             .unwrap_or(0);
-        let bindings: usize = manifest.bindings.iter().map(|b| b.policies.len()).sum();
         let budget = &manifest.node.pool;
         Self {
             max_instances: budget.max_instances,
             max_memory_bytes: budget.max_memory_bytes,
             max_idle: (budget.max_instances / 4).max(1),
-            policy_instances: Self::policy_instances_for(bindings).saturating_add(POLICY_ROOM),
+            policy_instances: Self::policy_instances_needed(manifest).saturating_add(POLICY_ROOM),
             slot_bytes: largest.max(MIN_SLOT_BYTES).next_power_of_two(),
         }
     }
 
-    /// Policy instances `bindings` policy bindings need at most.
-    pub fn policy_instances_for(bindings: usize) -> u32 {
+    /// Policy instances `manifest`'s bindings need at most: 3 per policy of each binding.
+    pub fn policy_instances_needed(manifest: &Manifest) -> u32 {
+        let bindings: usize = manifest.bindings.iter().map(|b| b.policies.len()).sum();
         u32::try_from(bindings)
             .unwrap_or(u32::MAX)
             .saturating_mul(3)

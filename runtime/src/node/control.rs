@@ -23,8 +23,6 @@ pub(super) struct Control {
     pub(super) policies: Arc<Policies>,
     pub(super) services: Arc<Services>,
     pub(super) broker: Arc<messaging::Broker>,
-    /// Policy instances the engine's pool was sized for at start.
-    pub(super) policy_instances: u32,
     /// Where changes to the set of services are announced (nodes with QUIC).
     pub(super) membership: std::sync::OnceLock<Arc<dyn crate::discovery::Membership>>,
     /// Components swapped in through the admin API, by `service:<name>` or `policy:<name>`:
@@ -141,12 +139,10 @@ impl Control {
 
     /// Makes `manifest`'s `[[policy]]` and `[[bind]]` entries the ones that run.
     pub(super) async fn rebind(&self, manifest: &Manifest) -> Result<Rebound, ControlError> {
-        let needed = PoolPlan::policy_instances_for(Policies::count(manifest));
-        if needed > self.policy_instances {
-            return Err(ControlError::PoolTooSmall {
-                needed,
-                sized: self.policy_instances,
-            });
+        let needed = PoolPlan::policy_instances_needed(manifest);
+        let sized = self.engine.pool().policy_instances;
+        if needed > sized {
+            return Err(ControlError::PoolTooSmall { needed, sized });
         }
         self.policies
             .rebind(&self.engine, manifest)

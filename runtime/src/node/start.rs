@@ -10,8 +10,7 @@ use tokio::task::JoinSet;
 
 use super::services::Services;
 use super::{
-    Control, Membership, Mesh, NodeError, PeerFrames, SHUTDOWN_GRACE, Subscribers, engine_config,
-    load_all,
+    Control, Membership, Mesh, NodeError, PeerFrames, SHUTDOWN_GRACE, Subscribers, load_all,
 };
 use crate::discovery;
 use crate::host::Outbound;
@@ -157,7 +156,6 @@ impl Runtime {
             policies: policies.clone(),
             services: services.clone(),
             broker: broker.clone(),
-            policy_instances: engine_config(manifest).pool.policy_instances,
             membership: std::sync::OnceLock::new(),
             admin_swaps: std::sync::Mutex::default(),
         });

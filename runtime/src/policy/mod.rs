@@ -130,11 +130,6 @@ impl Policies {
         Ok(policies)
     }
 
-    /// How many instances the bindings hold (for sizing the engine's pool).
-    pub(crate) fn count(manifest: &Manifest) -> usize {
-        manifest.bindings.iter().map(|b| b.policies.len()).sum()
-    }
-
     /// The time a call from `caller` to `service` leaves its caller, if a binding sets it
     /// (`reserve_ms`; the larger one when both the caller's and the callee's do).
     pub(crate) fn reserve(&self, caller: &str, service: &str) -> Option<Duration> {

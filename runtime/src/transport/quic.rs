@@ -101,7 +101,7 @@ pub(crate) struct RawStream {
 impl RawStream {
     /// Writes the answer to the opening frame.
     pub(crate) async fn answer(&mut self, frame: &Frame) -> Result<(), TransportError> {
-        let bytes = frame::encode(frame).map_err(|err| TransportError::Frame(err.to_string()))?;
+        let bytes = encode(frame)?;
         self.send
             .write_all(&bytes)
             .await

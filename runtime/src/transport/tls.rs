@@ -33,7 +33,7 @@ const DEV_CA_KEY: &str = include_str!("dev-ca-INSECURE.key");
 
 /// A node's TLS identity: the CA it trusts, and its own chain and key.
 pub struct Identity {
-    ca: CertificateDer<'static>,
+    /// Its certificate, and the CA it trusts.
     node: Arc<NodeCert>,
 }
 
@@ -247,9 +247,9 @@ impl Identity {
             .map_err(|e| bad("the CA certificate", e))?;
         let node = Arc::new(NodeCert {
             current: arc_swap::ArcSwap::from_pointee(certified_key(node)?),
-            ca: ca.clone(),
+            ca,
         });
-        Ok(Self { ca, node })
+        Ok(Self { node })
     }
 
     /// The certificate its TLS configurations present, to replace it while they run.
@@ -267,7 +267,7 @@ impl Identity {
     }
 
     fn roots(&self) -> Result<rustls::RootCertStore, TransportError> {
-        roots(&self.ca)
+        roots(&self.node.ca)
     }
 
     /// QUIC's TLS for accepting peers: requires a client certificate from the same CA.

@@ -37,7 +37,8 @@ pub(crate) struct Engine {
     policy_linker: Linker<PolicyState>,
     cache: Option<ComponentCache>,
     ticker_stop: Arc<AtomicBool>,
-    max_memory_bytes: usize,
+    /// The pool it was sized with.
+    pool: PoolPlan,
     budget: Arc<Budget>,
 }
 
@@ -120,8 +121,8 @@ impl Engine {
             policy_linker,
             cache,
             ticker_stop,
-            max_memory_bytes: plan.slot_bytes,
             budget: Arc::new(Budget::new(plan)),
+            pool: plan.clone(),
         })
     }
 
@@ -132,7 +133,12 @@ impl Engine {
 
     /// The largest linear memory the pool has room for.
     pub(crate) fn max_memory_bytes(&self) -> usize {
-        self.max_memory_bytes
+        self.pool.slot_bytes
+    }
+
+    /// The pool it was sized with at start.
+    pub(crate) fn pool(&self) -> &PoolPlan {
+        &self.pool
     }
 
     pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
