@@ -235,3 +235,41 @@ impl QueueProbe {
         let _ = self.running.await;
     }
 }
+
+/// Sends one call to the node at `peer` as the node `identity` names, claiming it comes from
+/// service `caller`: what a node that lies about its callers would send (the tests use it to
+/// show that such a claim is checked). `Ok((status, body))` for a reply, `Err` with the
+/// failure's kind and message otherwise.
+pub async fn call_claiming(
+    identity: &Identity,
+    peer: std::net::SocketAddr,
+    service: &str,
+    method: &str,
+    caller: &str,
+) -> Result<(u16, String), String> {
+    use crate::wire::Frame;
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let transport =
+        crate::transport::Transport::bind(local, identity).map_err(|err| err.to_string())?;
+    let call = Frame::Call {
+        service: service.to_owned(),
+        range: None,
+        method: method.to_owned(),
+        headers: Vec::new(),
+        body: Vec::new(),
+        deadline_ms: 5_000,
+        caller: caller.to_owned(),
+        request_id: "claimed.1".to_owned(),
+        trace_context: None,
+    };
+    let answer = transport
+        .request(peer, &call, Duration::from_secs(5))
+        .await
+        .map_err(|err| err.to_string());
+    transport.close(Duration::from_millis(100)).await;
+    match answer? {
+        Frame::Reply { status, body, .. } => Ok((status, String::from_utf8_lossy(&body).into())),
+        Frame::Failed { kind, message } => Err(format!("{kind:?}: {message}")),
+        other => Err(format!("answered with a {} frame", other.kind())),
+    }
+}

@@ -97,8 +97,14 @@ mod tests {
                     node: "a".into(),
                     address: std::net::SocketAddr::from(([127, 0, 0, 1], 7000)),
                     incarnation: 9,
+                    beat: 1,
                     services: vec![("hello".into(), "1.0.0".into())],
                     ttl_ms: 2000,
+                    proof: crate::wire::frame::Proof {
+                        scheme: 0x0403,
+                        signature: vec![7; 70],
+                        chain: vec![vec![8; 300]],
+                    },
                 }],
             },
             Frame::OpenStream {

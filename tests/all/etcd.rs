@@ -196,9 +196,9 @@ async fn call_hello_once_seen(caller: &switchyard::Node, name: &str) {
     );
 }
 
-#[tokio::test]
-async fn nodes_find_each_other_through_etcd_and_leave_by_revoke_or_lease_expiry() {
-    let etcd = start_etcd().await;
+/// A caller (`faulty`) and a callee (`hello`) registered in `etcd`, once the caller has called
+/// the callee.
+async fn caller_and_callee(etcd: &Etcd) -> (TestManifest, Node, TestManifest, Node) {
     let caller_manifest = node(
         "caller",
         etcd.client,
@@ -209,6 +209,13 @@ async fn nodes_find_each_other_through_etcd_and_leave_by_revoke_or_lease_expiry(
     let callee_manifest = node("callee", etcd.client, &hello);
     let callee = callee_manifest.start().await;
     call_hello_once_seen(&caller, "etcd").await;
+    (caller_manifest, caller, callee_manifest, callee)
+}
+
+#[tokio::test]
+async fn nodes_find_each_other_through_etcd_and_leave_by_revoke_or_lease_expiry() {
+    let etcd = start_etcd().await;
+    let (_caller_manifest, caller, callee_manifest, callee) = caller_and_callee(&etcd).await;
     // Keep-alives hold the registration well past the lease TTL.
     tokio::time::sleep(Duration::from_secs(3)).await;
     wait_until(&caller, "hello@1.0.0", true, Duration::ZERO).await;
@@ -240,6 +247,60 @@ async fn nodes_find_each_other_through_etcd_and_leave_by_revoke_or_lease_expiry(
         "forgotten too soon ({gone:?}): not by lease"
     );
 
+    caller.shutdown().await;
+}
+
+/// Whoever can write to etcd can put any entry there; a node believes one only if the node
+/// it names signed it.
+#[tokio::test]
+async fn an_etcd_entry_its_node_did_not_sign_is_not_believed() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    let etcd = start_etcd().await;
+    let (_caller_manifest, caller, _callee_manifest, callee) = caller_and_callee(&etcd).await;
+
+    let etcd_post = |path: &'static str, body: serde_json::Value| async move {
+        let reply = send(etcd.client, "POST", path, &body.to_string()).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+        serde_json::from_str::<serde_json::Value>(&reply.body).unwrap()
+    };
+    let key = format!("/test/nodes/{}", callee.quic_addr().unwrap());
+    let found = etcd_post(
+        "/v3/kv/range",
+        serde_json::json!({ "key": BASE64.encode(&key) }),
+    )
+    .await;
+    let value = found["kvs"][0]["value"].as_str().unwrap();
+    let mut entry: serde_json::Value =
+        serde_json::from_slice(&BASE64.decode(value).unwrap()).unwrap();
+    // The callee's own signed entry, with a service added, at its key and at another's.
+    entry["services"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!(["payments", "1.0.0"]));
+    entry["beat"] = serde_json::json!(entry["beat"].as_u64().unwrap() + 1);
+    let forged = BASE64.encode(entry.to_string());
+    etcd_post(
+        "/v3/kv/put",
+        serde_json::json!({ "key": BASE64.encode(&key), "value": forged }),
+    )
+    .await;
+    entry["address"] = serde_json::json!("127.0.0.1:9");
+    etcd_post(
+        "/v3/kv/put",
+        serde_json::json!({
+            "key": BASE64.encode("/test/nodes/127.0.0.1:9"),
+            "value": BASE64.encode(entry.to_string()),
+        }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let registry = admin_get(&caller, "/registry").await.body;
+    assert!(!registry.contains("payments"), "{registry}");
+    assert!(!registry.contains("127.0.0.1:9"), "{registry}");
+    // What the callee itself signed still stands.
+    assert!(registry.contains("hello@1.0.0"), "{registry}");
+    callee.shutdown().await;
     caller.shutdown().await;
 }
 

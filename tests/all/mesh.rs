@@ -387,6 +387,28 @@ async fn nodes_with_cluster_certificates_talk_and_a_foreign_ca_is_refused() {
     let (_a_manifest, a) = start_node_a(b_quic, &tls(&dir, "node-a"), "hello@1.0.0").await;
     let reply = send(a.http_addr(), "POST", "/f/call", "hello\nGET /hello/tls").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
+    // Each knows the other as the node its certificate names.
+    let registry = admin_get(&a, "/registry").await.body;
+    assert!(registry.contains("\"node-b\""), "{registry}");
+
+    // A node is its certificate: node-b's certificate does not start a node named otherwise.
+    let impostor = TestManifest::with_node(
+        &format!(
+            "name = \"node-x\"\nquic = \"127.0.0.1:0\"\n{}",
+            tls(&dir, "node-b")
+        ),
+        &service("hello", "hello", &["GET /hello/{name}"], ""),
+    );
+    let refused = switchyard::Node::start(&impostor.load())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        refused.contains("is for node `node-b`, but this manifest's node is `node-x`")
+            && refused.contains("switchyard cert node node-x"),
+        "{refused}"
+    );
 
     // A node whose certificate comes from another CA learns nothing and reaches nothing.
     let c_manifest = TestManifest::with_node(
@@ -600,13 +622,14 @@ async fn a_node_takes_renewed_certificate_files_without_a_restart() {
 }
 
 /// `accepts_from` holds for calls from other nodes too: the caller is the service the calling
-/// node names.
+/// node names, and it is believed only if that node (as its certificate names it) announces
+/// that service.
 #[tokio::test]
 async fn accepts_from_refuses_a_peer_node_s_caller_it_does_not_list() {
     let b_manifest = TestManifest::with_node(
         "name = \"node-b\"\nquic = \"127.0.0.1:0\"",
         &format!(
-            "{}{}",
+            "{}{}{}",
             service(
                 "hello",
                 "hello",
@@ -619,10 +642,12 @@ async fn accepts_from_refuses_a_peer_node_s_caller_it_does_not_list() {
                 &["GET /open/{name}"],
                 "accepts_from = [\"faulty\"]"
             ),
+            service("free", "hello", &["GET /free/{name}"], ""),
         ),
     );
     let b = b_manifest.start().await;
-    let (_a_manifest, a) = start_node_a(b.quic_addr().unwrap(), "", "open@1.0.0").await;
+    let b_quic = b.quic_addr().unwrap();
+    let (_a_manifest, a) = start_node_a(b_quic, "", "open@1.0.0").await;
     let reply = send(a.http_addr(), "POST", "/f/call", "open\nGET /open/x").await;
     assert_eq!(reply.status, 200, "a listed caller: {}", reply.body);
     let reply = send(a.http_addr(), "POST", "/f/call", "hello\nGET /hello/x").await;
@@ -632,6 +657,21 @@ async fn accepts_from_refuses_a_peer_node_s_caller_it_does_not_list() {
         "{}",
         reply.body
     );
+
+    // Another member of the cluster claims to call as `faulty`, which it does not run.
+    let rogue = switchyard::bench::Identity::development("rogue").unwrap();
+    let claim = |service: &'static str, method: &'static str| {
+        switchyard::bench::call_claiming(&rogue, b_quic, service, method, "faulty")
+    };
+    let refused = claim("open", "GET /open/x").await.unwrap_err();
+    assert!(
+        refused.starts_with("Rejected")
+            && refused.contains("the calling node `rogue` does not announce `faulty`"),
+        "{refused}"
+    );
+    // A service that does not pick its callers takes the call (the claim is only a name).
+    let taken = claim("free", "GET /free/x").await;
+    assert_eq!(taken.map(|(status, _)| status), Ok(200));
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -8,6 +8,12 @@
 //! reaches every peer well before it runs out; a mesh of up to `FANOUT + 1` nodes talks to
 //! every peer every round. A frame of more than [`MAX_MEMBERS_PER_FRAME`] members is refused
 //! whole, and expired entries are purged every round.
+//!
+//! A node speaks only for itself: it signs its own record anew every round (one beat later)
+//! with its certificate's key, and peers relay that record unchanged. A record is believed
+//! when the certificate it carries chains to the cluster CA and names the node the record is
+//! about; a relay can delay a record, never change it or keep it alive past its node's last
+//! beat. A goodbye is signed the same way.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -16,8 +22,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{BoxFuture, GOSSIP_INTERVAL, LEAVE_TIMEOUT, Member, Membership, Registry, TTL};
-use crate::transport::Transport;
-use crate::wire::frame::{FailureKind, Frame};
+use crate::transport::{NodeCert, Peer, Transport, TransportError};
+use crate::wire::frame::{FailureKind, Frame, GOODBYE_PURPOSE, goodbye_words};
 
 /// Live peers a round exchanges news with, beside seeds not heard from yet.
 const FANOUT: usize = 4;
@@ -28,7 +34,9 @@ const MAX_MEMBERS_PER_FRAME: usize = super::MAX_PEERS + 1;
 pub(crate) struct Gossip {
     registry: Arc<Registry>,
     transport: Arc<Transport>,
-    /// This node, as it announces itself (`ttl_ms` = [`TTL`]).
+    /// Signs this node's words and checks its peers'.
+    cert: Arc<NodeCert>,
+    /// This node, as it announces itself (`ttl_ms` = [`TTL`]), signed.
     me: Mutex<Member>,
     address: SocketAddr,
     seeds: Vec<SocketAddr>,
@@ -38,27 +46,30 @@ impl Gossip {
     pub(crate) fn new(
         registry: Arc<Registry>,
         transport: Arc<Transport>,
+        cert: Arc<NodeCert>,
         mut me: Member,
         seeds: Vec<SocketAddr>,
-    ) -> Self {
+    ) -> Result<Self, TransportError> {
         me.ttl_ms = TTL.as_millis() as u32;
+        super::sign(&mut me, &cert)?;
         let seeds = seeds
             .into_iter()
             .filter(|seed| *seed != me.address)
             .collect();
-        Self {
+        Ok(Self {
             registry,
             transport,
+            cert,
             address: me.address,
             me: Mutex::new(me),
             seeds,
-        }
+        })
     }
 
-    /// Answers a peer's gossip or goodbye frame.
-    pub(crate) fn answer(&self, frame: Frame) -> Frame {
+    /// Answers `peer`'s gossip or goodbye frame.
+    pub(crate) fn answer(&self, peer: &Peer, frame: Frame) -> Frame {
         match frame {
-            Frame::Gossip { members } => match self.take_in(&members) {
+            Frame::Gossip { members } => match self.take_in(&members, peer.address) {
                 Ok(()) => Frame::Gossip {
                     members: self.news(),
                 },
@@ -68,12 +79,26 @@ impl Gossip {
                 },
             },
             Frame::Goodbye {
+                node,
                 address,
                 incarnation,
+                proof,
             } => {
-                tracing::info!(peer = %address, "peer said goodbye");
-                self.registry.forget(address, incarnation);
-                Frame::Ack
+                let words = goodbye_words(&node, address, incarnation);
+                match super::check_signed(&self.cert, &node, GOODBYE_PURPOSE, words, &proof) {
+                    Ok(()) => {
+                        tracing::info!(%node, %address, from = %peer.node, "peer said goodbye");
+                        self.registry.forget(&node, incarnation);
+                        Frame::Ack
+                    }
+                    Err(error) => {
+                        tracing::warn!(from = %peer.node, %error, "refused a goodbye");
+                        Frame::Failed {
+                            kind: FailureKind::Rejected,
+                            message: error.to_string(),
+                        }
+                    }
+                }
             }
             other => Frame::Failed {
                 kind: FailureKind::BadRequest,
@@ -89,8 +114,9 @@ impl Gossip {
     }
 
     /// Learns `members` from a peer's frame, or refuses the whole frame if it carries more
-    /// than [`MAX_MEMBERS_PER_FRAME`].
-    fn take_in(&self, members: &[Member]) -> Result<(), String> {
+    /// than [`MAX_MEMBERS_PER_FRAME`]. Records their nodes did not sign are left out (and
+    /// logged); the rest are taken.
+    fn take_in(&self, members: &[Member], from: SocketAddr) -> Result<(), String> {
         if members.len() > MAX_MEMBERS_PER_FRAME {
             tracing::warn!(
                 members = members.len(),
@@ -102,9 +128,18 @@ impl Gossip {
                 members.len()
             ));
         }
+        let mut refused = 0;
         for member in members.iter().filter(|m| m.address != self.address) {
             let ttl = Duration::from_millis(u64::from(member.ttl_ms)).min(TTL);
-            self.registry.learn(member, Some(ttl));
+            if let Err(error) = self.registry.learn_signed(member, Some(ttl), &self.cert) {
+                if refused == 0 {
+                    tracing::warn!(%from, %error, "refused a record in a gossip frame");
+                }
+                refused += 1;
+            }
+        }
+        if refused > 1 {
+            tracing::warn!(%from, refused, "refused records in one gossip frame");
         }
         Ok(())
     }
@@ -121,6 +156,11 @@ impl Gossip {
 
     async fn round(self: &Arc<Self>) {
         self.registry.purge();
+        if let Ok(mut me) = self.me.lock()
+            && let Err(error) = super::sign(&mut me, &self.cert)
+        {
+            tracing::error!(%error, "cannot sign this node's record; peers will drop it");
+        }
         let members = self.news();
         // This node and every live peer; `round_targets` leaves this node out.
         let known = members.iter().map(|m| m.address).collect();
@@ -141,7 +181,7 @@ impl Gossip {
                 match this.transport.request_encoded(peer, &frame, TTL / 2).await {
                     // An oversized answer is refused whole; `take_in` logged it.
                     Ok(Frame::Gossip { members }) => {
-                        let _ = this.take_in(&members);
+                        let _ = this.take_in(&members, peer);
                     }
                     Ok(other) => tracing::warn!(%peer, ?other, "peer answered gossip oddly"),
                     Err(error) => tracing::debug!(%peer, %error, "peer did not answer gossip"),
@@ -158,6 +198,9 @@ impl Membership for Gossip {
     fn announce(&self, services: Vec<(String, String)>) {
         if let Ok(mut me) = self.me.lock() {
             super::reincarnate(&mut me, services);
+            if let Err(error) = super::sign(&mut me, &self.cert) {
+                tracing::error!(%error, "cannot sign this node's record; peers will drop it");
+            }
         }
     }
 
@@ -178,9 +221,22 @@ impl Membership for Gossip {
     fn leave(self: Arc<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let incarnation = self.me.lock().map_or(0, |me| me.incarnation);
+            let node = self.cert.name().to_owned();
+            let signed = goodbye_words(&node, self.address, incarnation)
+                .map_err(|err| TransportError::Frame(err.to_string()))
+                .and_then(|words| self.cert.sign(GOODBYE_PURPOSE, &words));
+            let proof = match signed {
+                Ok(proof) => proof,
+                Err(error) => {
+                    tracing::error!(%error, "cannot sign a goodbye; peers will notice this node is gone");
+                    return;
+                }
+            };
             let goodbye = Frame::Goodbye {
+                node,
                 address: self.address,
                 incarnation,
+                proof,
             };
             let Some(goodbye) = encoded_once(&goodbye) else {
                 return;
@@ -271,5 +327,78 @@ mod tests {
         }
         // Random choice reaches everyone over rounds.
         assert!(seen.len() > 150, "{}", seen.len());
+    }
+
+    #[tokio::test]
+    #[allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
+    async fn a_goodbye_counts_only_signed_by_the_node_that_leaves() {
+        use crate::transport::{Identity, generate_ca, issue_node_cert};
+        let ca = generate_ca("cluster").unwrap();
+        let identity = |name: &str| {
+            Identity::from_pem(&ca.cert, &issue_node_cert(&ca, name).unwrap()).unwrap()
+        };
+        let (a, b, c) = (identity("a"), identity("b"), identity("c"));
+        let registry = Arc::new(Registry::default());
+        let transport = Arc::new(Transport::bind(addr_local(), &a).unwrap());
+        let me = |node: &str, n: u8| Member {
+            node: node.into(),
+            address: addr(n),
+            incarnation: 5,
+            beat: 0,
+            services: vec![("hello".into(), "1.0.0".into())],
+            ttl_ms: 0,
+            proof: Default::default(),
+        };
+        let gossip = Gossip::new(
+            registry.clone(),
+            transport,
+            a.node_cert(),
+            me("a", 1),
+            vec![],
+        )
+        .unwrap();
+        let mut record = me("b", 2);
+        record.ttl_ms = 2000;
+        super::super::sign(&mut record, &b.node_cert()).unwrap();
+        let from_c = Peer {
+            node: "c".into(),
+            address: addr(3),
+        };
+        assert_eq!(
+            gossip.answer(
+                &from_c,
+                Frame::Gossip {
+                    members: vec![record]
+                }
+            ),
+            Frame::Gossip {
+                members: gossip.news()
+            }
+        );
+        assert!(registry.runs("b", "hello"));
+
+        let goodbye = |signer: &Identity| {
+            let words = goodbye_words("b", addr(2), 5).unwrap();
+            Frame::Goodbye {
+                node: "b".into(),
+                address: addr(2),
+                incarnation: 5,
+                proof: signer.node_cert().sign(GOODBYE_PURPOSE, &words).unwrap(),
+            }
+        };
+        // c says b left: not believed.
+        let answer = gossip.answer(&from_c, goodbye(&c));
+        assert!(
+            matches!(&answer, Frame::Failed { kind: FailureKind::Rejected, message } if message.contains("node `c` signed it")),
+            "{answer:?}"
+        );
+        assert!(registry.runs("b", "hello"));
+        // b's own goodbye, relayed by anyone, is.
+        assert_eq!(gossip.answer(&from_c, goodbye(&b)), Frame::Ack);
+        assert!(!registry.runs("b", "hello"));
+    }
+
+    fn addr_local() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
     }
 }

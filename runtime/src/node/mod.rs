@@ -24,7 +24,7 @@ use crate::discovery;
 use crate::manifest::{Location, Manifest};
 use crate::messaging;
 use crate::rpc;
-use crate::transport::{FrameHandler, Identity, RawStream, Transport};
+use crate::transport::{FrameHandler, Identity, Peer, RawStream, Transport};
 use crate::wasm::{Engine, EngineConfig, LoadError, LoadedComponent};
 use crate::wire::frame::{FailureKind, Frame};
 
@@ -70,6 +70,13 @@ pub enum NodeError {
     /// The QUIC transport could not start (address, certificates).
     #[error("{0}\n  hint: check `node.quic` and `[node.tls]` in the manifest")]
     Transport(#[from] crate::transport::TransportError),
+    /// The node certificate names another node than the manifest.
+    #[error(
+        "the node certificate in [node.tls] is for node `{certificate}`, but this manifest's \
+         node is `{node}`: a node is its certificate\n  hint: issue one for this node with \
+         `switchyard cert node {node}`, or set `node.name = \"{certificate}\"`"
+    )]
+    NotThisNode { certificate: String, node: String },
     /// A non-loopback node without certificates.
     #[error(
         "`node.quic` or a seed is not on loopback, so the built-in development CA cannot be \
@@ -139,7 +146,7 @@ impl Node {
         if let Some(tls) = &manifest.node.tls {
             let presenters: Vec<_> = mesh
                 .as_ref()
-                .and_then(|mesh| mesh.node_cert.clone())
+                .map(|mesh| mesh.node_cert.clone())
                 .into_iter()
                 .chain(admin.node_cert())
                 .collect();
@@ -336,10 +343,10 @@ struct PeerFrames {
 }
 
 impl FrameHandler for PeerFrames {
-    async fn handle(&self, frame: Frame) -> Frame {
+    async fn handle(&self, peer: &Peer, frame: Frame) -> Frame {
         match frame {
             Frame::Gossip { .. } | Frame::Goodbye { .. } => match &self.gossip {
-                Some(gossip) => gossip.answer(frame),
+                Some(gossip) => gossip.answer(peer, frame),
                 None => Frame::Failed {
                     kind: FailureKind::BadRequest,
                     message: "this node finds peers through etcd; set the same \
@@ -347,12 +354,12 @@ impl FrameHandler for PeerFrames {
                         .into(),
                 },
             },
-            frame => self.rpc.handle(frame).await,
+            frame => self.rpc.handle(peer, frame).await,
         }
     }
 
-    async fn open(&self, frame: Frame, stream: RawStream) {
-        self.rpc.serve_stream(frame, stream).await;
+    async fn open(&self, peer: &Peer, frame: Frame, stream: RawStream) {
+        self.rpc.serve_stream(peer, frame, stream).await;
     }
 }
 
@@ -386,8 +393,9 @@ fn load_all(manifest: &Manifest) -> Result<(Engine, Vec<LoadedComponent>), NodeE
 struct Mesh {
     transport: Arc<Transport>,
     registry: Arc<discovery::Registry>,
-    /// What the transport presents, when it comes from `[node.tls]` files (to reload them).
-    node_cert: Option<Arc<crate::transport::NodeCert>>,
+    /// What the transport presents and what this node signs its words with (reloaded from
+    /// the `[node.tls]` files when they change).
+    node_cert: Arc<crate::transport::NodeCert>,
 }
 
 fn start_transport(manifest: &Manifest, addr: SocketAddr) -> Result<Mesh, NodeError> {
@@ -406,10 +414,17 @@ fn start_transport(manifest: &Manifest, addr: SocketAddr) -> Result<Mesh, NodeEr
             Identity::development(&manifest.node.name)?
         }
     };
+    let node_cert = identity.node_cert();
+    if node_cert.name() != manifest.node.name {
+        return Err(NodeError::NotThisNode {
+            certificate: node_cert.name().to_owned(),
+            node: manifest.node.name.clone(),
+        });
+    }
     Ok(Mesh {
         transport: Arc::new(Transport::bind(addr, &identity)?),
         registry: Arc::new(discovery::Registry::default()),
-        node_cert: manifest.node.tls.as_ref().map(|_| identity.node_cert()),
+        node_cert,
     })
 }
 

@@ -237,6 +237,8 @@ pub(super) fn join_mesh(
         node: manifest.node.name.clone(),
         address,
         incarnation: discovery::new_incarnation(),
+        beat: 0,
+        proof: Default::default(),
         services: manifest
             .services
             .iter()
@@ -288,9 +290,10 @@ fn discovery_backend(
             let gossip = Arc::new(discovery::Gossip::new(
                 mesh.registry.clone(),
                 mesh.transport.clone(),
+                mesh.node_cert.clone(),
                 me,
                 manifest.node.seeds.clone(),
-            ));
+            )?);
             (Some(gossip.clone()), gossip)
         }
         DiscoverySpec::Etcd {
@@ -310,8 +313,9 @@ fn discovery_backend(
                     endpoints.clone(),
                     prefix.clone(),
                     tls,
+                    mesh.node_cert.clone(),
                     me,
-                )),
+                )?),
             )
         }
     })

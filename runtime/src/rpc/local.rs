@@ -16,6 +16,15 @@ const STREAM_BUFFER: usize = 64 * 1024;
 impl Client {
     /// Runs `call` on this node only.
     pub(super) async fn call_local(&self, call: Call) -> Result<Reply, CallError> {
+        self.call_local_from(call, None).await
+    }
+
+    /// Runs `call` on this node only; `peer` is the node it came from, if another node.
+    pub(super) async fn call_local_from(
+        &self,
+        call: Call,
+        peer: Option<&str>,
+    ) -> Result<Reply, CallError> {
         let name = call.target.service.as_str();
         let (method, path, query) = split_method(&call.method)?;
         let directory = self.running_directory()?;
@@ -36,6 +45,9 @@ impl Client {
         };
         let slot = &target.value;
         slot.accepts(&call.caller)?;
+        if let Some(node) = peer {
+            self.vouch(slot, node, &call.caller)?;
+        }
         let budget = call.deadline.remaining().min(slot.timeout());
         let mut headers = call.headers;
         // Calls from peers too: only this node says who the caller is.
@@ -55,6 +67,28 @@ impl Client {
         let span = tracing::debug_span!("rpc", callee = name, route = &*target.pattern);
         let response = slot.handle(request).instrument(span).await?;
         Ok(response.into())
+    }
+
+    /// A peer's call or stream names its caller. A service that picks its callers
+    /// (`accepts_from`) believes that name only if the calling node, as its certificate names
+    /// it, announces that service: a node calls only as a service it runs.
+    pub(super) fn vouch(&self, slot: &Slot, node: &str, caller: &str) -> Result<(), CallError> {
+        if !slot.picks_callers() || caller == crate::manifest::INGRESS_CALLER {
+            return Ok(());
+        }
+        let announced = self
+            .remote
+            .as_ref()
+            .is_some_and(|remote| remote.registry.runs(node, caller));
+        if announced {
+            return Ok(());
+        }
+        Err(CallError::Rejected(format!(
+            "service `{}` takes calls only from the services it lists, and the calling node \
+             `{node}` does not announce `{caller}`: a node calls only as a service it runs \
+             (a node that just started is believed once its gossip arrived, within a second)",
+            slot.name()
+        )))
     }
 
     /// The slot that serves `target`'s streams on this node.

@@ -5,7 +5,7 @@ use tokio::io::AsyncWriteExt;
 use super::Client;
 use super::local::local_pipe;
 use crate::call::{ByteStream, Call, CallError};
-use crate::transport::RawStream;
+use crate::transport::{Peer, RawStream};
 use crate::wire::{self, Frame};
 
 /// Runs other nodes' calls and streams here.
@@ -14,10 +14,10 @@ pub(crate) struct PeerHandler {
 }
 
 impl PeerHandler {
-    /// Answers a peer's call frame.
-    pub(crate) async fn handle(&self, frame: Frame) -> Frame {
+    /// Answers `peer`'s call frame.
+    pub(crate) async fn handle(&self, peer: &Peer, frame: Frame) -> Frame {
         let answer = match Call::try_from(frame) {
-            Ok(call) => self.client.call_local(call).await,
+            Ok(call) => self.client.call_local_from(call, Some(&peer.node)).await,
             Err(error) => Err(error),
         };
         match answer {
@@ -27,7 +27,7 @@ impl PeerHandler {
     }
 
     /// Serves a peer guest's raw stream with a local `stream-handler`.
-    pub(crate) async fn serve_stream(&self, frame: Frame, mut stream: RawStream) {
+    pub(crate) async fn serve_stream(&self, peer: &Peer, frame: Frame, mut stream: RawStream) {
         let Frame::OpenStream {
             service,
             range,
@@ -42,7 +42,11 @@ impl PeerHandler {
         // clear.
         let admitted = wire::target(service, range)
             .and_then(|target| self.client.local_stream_slot(&target))
-            .and_then(|slot| local_pipe(&slot, caller, budget).map_err(CallError::from));
+            .and_then(|slot| {
+                slot.accepts(&caller)?;
+                self.client.vouch(&slot, &peer.node, &caller)?;
+                local_pipe(&slot, caller, budget).map_err(CallError::from)
+            });
         let local = match admitted {
             Ok(local) => local,
             Err(error) => {

@@ -14,7 +14,7 @@ mod quic;
 mod tls;
 
 pub(crate) use quic::Transport;
-pub(crate) use quic::{FrameHandler, RawStream, encode};
+pub(crate) use quic::{FrameHandler, Peer, RawStream, encode};
 #[cfg(feature = "bench")]
 pub use tls::Identity;
 #[cfg(not(feature = "bench"))]

@@ -3,7 +3,11 @@
 //!
 //! Every node certificate carries the DNS name [`SERVER_NAME`], so a node dials peers by
 //! address and checks "signed by our CA" rather than a per-host name: membership of the
-//! cluster is having a certificate from its CA.
+//! cluster is having a certificate from its CA. Its subject's common name is the node's name
+//! ([`node_name`]): a node is its certificate. What a peer says about itself (its address,
+//! its services, its goodbye) is believed when it comes with a [`Proof`] made by
+//! [`NodeCert::sign`], checked by [`NodeCert::check`]: a signature by the key of a certificate
+//! of this cluster that names the node the words are about.
 
 #![cfg_attr(
     not(feature = "bench"),
@@ -13,14 +17,17 @@
     )
 )]
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::TransportError;
+pub(crate) use crate::wire::frame::Proof;
 
 /// The name every node certificate is issued for and every node checks.
 pub const SERVER_NAME: &str = "switchyard.node";
@@ -44,6 +51,55 @@ pub(crate) struct NodeCert {
     current: arc_swap::ArcSwap<rustls::sign::CertifiedKey>,
     /// The cluster CA, which a replacement must chain to.
     ca: CertificateDer<'static>,
+    /// The node the certificate names; a replacement must name the same one.
+    name: String,
+    /// Checks that a peer's certificate chains to the CA, for [`NodeCert::check`].
+    peers: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    /// Peer certificates checked lately, with the node each names: a peer's chain is checked
+    /// once per [`CHAIN_RECHECK`], its signatures every time.
+    checked: Mutex<HashMap<CertificateDer<'static>, (String, Instant)>>,
+}
+
+/// How long a checked peer certificate is taken without checking its chain again (its
+/// validity is what can change).
+const CHAIN_RECHECK: Duration = Duration::from_secs(60);
+/// Peer certificates remembered as checked at most; the cache starts over past it.
+const MAX_CHECKED: usize = 4096;
+/// Signature schemes this node signs and accepts words with.
+fn schemes() -> Vec<rustls::SignatureScheme> {
+    rustls::crypto::ring::default_provider()
+        .signature_verification_algorithms
+        .supported_schemes()
+}
+
+/// The node a certificate was issued to: its subject's common name, as `switchyard cert node
+/// <name>` writes it.
+pub(crate) fn node_name(cert: &CertificateDer<'_>) -> Result<String, TransportError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|err| TransportError::Tls(format!("a node certificate does not parse: {err}")))?;
+    parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|name| name.as_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            TransportError::Tls(
+                "a node certificate names no node (no common name); issue it with \
+                 `switchyard cert node <name>`"
+                    .into(),
+            )
+        })
+}
+
+/// What a signature covers: the words and what they are for, so words signed for one
+/// purpose never pass for another.
+fn signed_message(purpose: &str, words: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(purpose.len() + 1 + words.len());
+    message.extend_from_slice(purpose.as_bytes());
+    message.push(0);
+    message.extend_from_slice(words);
+    message
 }
 
 impl std::fmt::Debug for NodeCert {
@@ -62,6 +118,16 @@ impl NodeCert {
             key: read_pem(key)?,
         };
         let certified = certified_key(&node)?;
+        if let Some(leaf) = certified.cert.first() {
+            let named = node_name(leaf)?;
+            if named != self.name {
+                return Err(TransportError::Tls(format!(
+                    "{} is a certificate for node `{named}`, this node is `{}`",
+                    cert.display(),
+                    self.name
+                )));
+            }
+        }
         let roots = roots(&self.ca)?;
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
@@ -94,6 +160,103 @@ impl NodeCert {
 
     fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
         self.current.load_full()
+    }
+
+    /// The node this certificate names.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Signs `words` for `purpose` with this node's key, with the chain that proves whose
+    /// key it is.
+    pub(crate) fn sign(&self, purpose: &str, words: &[u8]) -> Result<Proof, TransportError> {
+        let current = self.current();
+        let signer = current.key.choose_scheme(&schemes()).ok_or_else(|| {
+            TransportError::Tls("the node key fits no signature scheme this node knows".into())
+        })?;
+        let signature = signer
+            .sign(&signed_message(purpose, words))
+            .map_err(|err| TransportError::Tls(format!("signing: {err}")))?;
+        Ok(Proof {
+            scheme: u16::from(signer.scheme()),
+            signature,
+            chain: current.cert.iter().map(|cert| cert.to_vec()).collect(),
+        })
+    }
+
+    /// Checks that `proof` signs `words` for `purpose` with the key of a certificate that
+    /// chains to this cluster's CA and is valid now; returns the node that certificate names.
+    pub(crate) fn check(
+        &self,
+        purpose: &str,
+        words: &[u8],
+        proof: &Proof,
+    ) -> Result<String, TransportError> {
+        let bad = |why: String| TransportError::Tls(format!("a signed record: {why}"));
+        let (leaf, intermediates) = proof
+            .chain
+            .split_first()
+            .ok_or_else(|| bad("it carries no certificate".into()))?;
+        let leaf = CertificateDer::from(leaf.clone());
+        let name = self.check_chain(&leaf, intermediates)?;
+        let scheme = rustls::SignatureScheme::from(proof.scheme);
+        let algorithms = rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .mapping
+            .iter()
+            .find(|(known, _)| *known == scheme)
+            .map(|(_, algorithms)| *algorithms)
+            .ok_or_else(|| {
+                bad(format!(
+                    "signature scheme {scheme:?} is not one this node takes"
+                ))
+            })?;
+        let end_entity = webpki::EndEntityCert::try_from(&leaf)
+            .map_err(|err| bad(format!("the certificate does not parse: {err}")))?;
+        let message = signed_message(purpose, words);
+        algorithms
+            .iter()
+            .find(|algorithm| {
+                end_entity
+                    .verify_signature(**algorithm, &message, &proof.signature)
+                    .is_ok()
+            })
+            .map(|_| name)
+            .ok_or_else(|| bad("the signature does not match its words and certificate".into()))
+    }
+
+    /// The node `leaf` names, once it (with `intermediates`) chains to the CA and is valid now.
+    fn check_chain(
+        &self,
+        leaf: &CertificateDer<'static>,
+        intermediates: &[Vec<u8>],
+    ) -> Result<String, TransportError> {
+        let now = Instant::now();
+        if let Ok(checked) = self.checked.lock()
+            && let Some((name, at)) = checked.get(leaf)
+            && now.duration_since(*at) < CHAIN_RECHECK
+        {
+            return Ok(name.clone());
+        }
+        let intermediates: Vec<CertificateDer<'_>> = intermediates
+            .iter()
+            .map(|cert| CertificateDer::from(cert.as_slice()))
+            .collect();
+        self.peers
+            .verify_client_cert(leaf, &intermediates, rustls::pki_types::UnixTime::now())
+            .map_err(|err| {
+                TransportError::Tls(format!(
+                    "a signed record's certificate is not one of this cluster valid now: {err}"
+                ))
+            })?;
+        let name = node_name(leaf)?;
+        if let Ok(mut checked) = self.checked.lock() {
+            if checked.len() >= MAX_CHECKED {
+                checked.clear();
+            }
+            checked.insert(leaf.clone(), (name.clone(), now));
+        }
+        Ok(name)
     }
 }
 
@@ -245,9 +408,25 @@ impl Identity {
         };
         let ca = CertificateDer::from_pem_slice(ca.as_bytes())
             .map_err(|e| bad("the CA certificate", e))?;
+        let certified = certified_key(node)?;
+        let name = certified
+            .cert
+            .first()
+            .map(node_name)
+            .transpose()?
+            .ok_or_else(|| TransportError::Tls("the node certificate file holds none".into()))?;
+        let peers = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots(&ca)?),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .map_err(|err| TransportError::Tls(err.to_string()))?;
         let node = Arc::new(NodeCert {
-            current: arc_swap::ArcSwap::from_pointee(certified_key(node)?),
+            current: arc_swap::ArcSwap::from_pointee(certified),
             ca,
+            name,
+            peers,
+            checked: Mutex::new(HashMap::new()),
         });
         Ok(Self { node })
     }
@@ -276,16 +455,10 @@ impl Identity {
     ) -> Result<quinn::crypto::rustls::QuicServerConfig, TransportError> {
         let tls = |err: rustls::Error| TransportError::Tls(err.to_string());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(self.roots()?),
-            provider.clone(),
-        )
-        .build()
-        .map_err(|err| TransportError::Tls(err.to_string()))?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls)?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(self.node.peers.clone())
             .with_cert_resolver(self.node.clone());
         config.alpn_protocols = vec![ALPN.to_vec()];
         quinn::crypto::rustls::QuicServerConfig::try_from(config)

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change; a peer speaking another version gets a clear error.
-pub(crate) const PROTOCOL_VERSION: u8 = 3;
+pub(crate) const PROTOCOL_VERSION: u8 = 4;
 /// The largest frame a node accepts (the body limit plus room for headers).
 pub(crate) const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024 + 64 * 1024;
 const HEADER_BYTES: usize = 5;
@@ -46,10 +46,13 @@ pub(crate) enum Frame {
     Gossip {
         members: Vec<Member>,
     },
-    /// The sender is shutting down: forget this incarnation of it now.
+    /// `node` is shutting down: forget this incarnation of it now. Signed by `node`
+    /// ([`goodbye_words`]).
     Goodbye {
+        node: String,
         address: SocketAddr,
         incarnation: u64,
+        proof: Proof,
     },
     /// Nothing to say back; for `OpenStream`: accepted, raw bytes follow both ways.
     Ack,
@@ -65,7 +68,8 @@ pub(crate) enum Frame {
     },
 }
 
-/// One node as the mesh knows it.
+/// One node as the mesh knows it: what the node says of itself, signed by it, so a relay
+/// passes it on but cannot change it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Member {
     pub(crate) node: String,
@@ -73,10 +77,55 @@ pub(crate) struct Member {
     pub(crate) address: SocketAddr,
     /// Changes on every start, so a goodbye or an old rumour never hides a restarted node.
     pub(crate) incarnation: u64,
+    /// Counts up each time the node signs its record anew (every gossip round): only a newer
+    /// beat, which only the node can sign, renews it, so a relay cannot keep a dead node alive.
+    pub(crate) beat: u64,
     /// `(name, version)` of every service it runs.
     pub(crate) services: Vec<(String, String)>,
-    /// How much longer this news is good for, in milliseconds.
+    /// How much longer this news is good for, in milliseconds; relays count it down, so it is
+    /// not signed.
     pub(crate) ttl_ms: u32,
+    /// The node's signature over [`Member::signed_words`].
+    pub(crate) proof: Proof,
+}
+
+/// What a signature of a [`Member`] is for.
+pub(crate) const MEMBER_PURPOSE: &str = "switchyard member record 1";
+/// What a signature of a goodbye is for.
+pub(crate) const GOODBYE_PURPOSE: &str = "switchyard goodbye 1";
+
+impl Member {
+    /// The words the node signs: everything but the relayed `ttl_ms` and the proof itself.
+    pub(crate) fn signed_words(&self) -> Result<Vec<u8>, FrameError> {
+        postcard::to_allocvec(&(
+            &self.node,
+            &self.address,
+            self.incarnation,
+            self.beat,
+            &self.services,
+        ))
+        .map_err(|err| FrameError::Malformed(err.to_string()))
+    }
+}
+
+/// The words a goodbye's signature covers.
+pub(crate) fn goodbye_words(
+    node: &str,
+    address: SocketAddr,
+    incarnation: u64,
+) -> Result<Vec<u8>, FrameError> {
+    postcard::to_allocvec(&(node, address, incarnation))
+        .map_err(|err| FrameError::Malformed(err.to_string()))
+}
+
+/// A node's signature over words about itself, with the certificate chain (DER, the node's
+/// own first) that shows which node signed and that the cluster's CA vouches for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Proof {
+    /// A TLS `SignatureScheme` code.
+    pub(crate) scheme: u16,
+    pub(crate) signature: Vec<u8>,
+    pub(crate) chain: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,13 +253,21 @@ mod tests {
                     node: "a".into(),
                     address: SocketAddr::from(([127, 0, 0, 1], 7000)),
                     incarnation: 42,
+                    beat: 7,
                     services: vec![("hello".into(), "1.0.0".into())],
                     ttl_ms: 2000,
+                    proof: Proof {
+                        scheme: 0x0403,
+                        signature: vec![1, 2],
+                        chain: vec![vec![3, 4]],
+                    },
                 }],
             },
             Frame::Goodbye {
+                node: "a".into(),
                 address: SocketAddr::from(([127, 0, 0, 1], 7000)),
                 incarnation: 42,
+                proof: Proof::default(),
             },
             Frame::Ack,
             Frame::OpenStream {

@@ -6,7 +6,8 @@
 //! demo must not need.
 //!
 //! A session: grant a lease (TTL [`LEASE_TTL_S`], etcd may raise it), put
-//! `<prefix>/nodes/<quic address>` = this node's [`Member`] as JSON under it, read the
+//! `<prefix>/nodes/<quic address>` = this node's [`Member`] as JSON under it (signed, as in
+//! gossip: a node believes an entry only if the node it names signed it), read the
 //! prefix, then watch it from the next revision while renewing the lease every third of its
 //! TTL. Any failure ends the session and a new one starts after [`RETRY`]; what the registry
 //! knew stays until the resync (etcd clients generally keep serving their last view during an
@@ -30,6 +31,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
 use super::{BoxFuture, LEAVE_TIMEOUT, Member, Membership, Registry};
+use crate::transport::{NodeCert, TransportError};
 use client::{Sender, connect, request};
 
 pub(crate) use client::connector;
@@ -76,14 +78,16 @@ pub(crate) struct Etcd {
     /// A connection kept open between requests, with its endpoint: lease keep-alives come
     /// every third of the TTL, and over https each new connection is a TLS handshake.
     kept: Mutex<Option<(String, Sender)>>,
+    /// Signs this node's entry and checks its peers'.
+    cert: Arc<NodeCert>,
     me: Mutex<Member>,
     address: SocketAddr,
     /// Wakes the session to put the new `me` under its lease.
     announced: tokio::sync::Notify,
     lease: Mutex<Option<String>>,
-    /// Peers this backend put into the registry, with their incarnation, for deletes and
-    /// resyncs.
-    known: Mutex<HashMap<SocketAddr, u64>>,
+    /// Peers this backend put into the registry (by their key's address), with their node
+    /// and incarnation, for deletes and resyncs.
+    known: Mutex<HashMap<SocketAddr, (String, u64)>>,
 }
 
 impl Etcd {
@@ -92,20 +96,23 @@ impl Etcd {
         endpoints: Vec<String>,
         prefix: String,
         tls: Option<TlsConnector>,
-        me: Member,
-    ) -> Self {
-        Self {
+        cert: Arc<NodeCert>,
+        mut me: Member,
+    ) -> Result<Self, TransportError> {
+        super::sign(&mut me, &cert)?;
+        Ok(Self {
             registry,
             endpoints,
             prefix,
             tls,
             kept: Mutex::new(None),
+            cert,
             address: me.address,
             me: Mutex::new(me),
             announced: tokio::sync::Notify::new(),
             lease: Mutex::new(None),
             known: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     fn nodes_prefix(&self) -> String {
@@ -247,7 +254,7 @@ impl Etcd {
                 if let Some(address) = self.address_of(kv) {
                     self.drop_peer(address);
                 }
-            } else if let Some(member) = decode_member(kv) {
+            } else if let Some(member) = self.member_of(kv) {
                 self.add_peer(&member);
             }
         }
@@ -258,7 +265,7 @@ impl Etcd {
         let members: Vec<Member> = kvs
             .into_iter()
             .flatten()
-            .filter_map(decode_member)
+            .filter_map(|kv| self.member_of(kv))
             .collect();
         let stale: Vec<SocketAddr> = self
             .known
@@ -283,9 +290,12 @@ impl Etcd {
         if member.address == self.address {
             return;
         }
-        self.registry.learn(member, None);
+        if let Err(error) = self.registry.learn_signed(member, None, &self.cert) {
+            tracing::warn!(key_address = %member.address, %error, "refused an entry in etcd");
+            return;
+        }
         if let Ok(mut known) = self.known.lock() {
-            known.insert(member.address, member.incarnation);
+            known.insert(member.address, (member.node.clone(), member.incarnation));
         }
     }
 
@@ -295,10 +305,21 @@ impl Etcd {
             .lock()
             .ok()
             .and_then(|mut known| known.remove(&address));
-        if let Some(incarnation) = incarnation {
-            tracing::info!(peer = %address, "peer left etcd");
-            self.registry.forget(address, incarnation);
+        if let Some((node, incarnation)) = incarnation {
+            tracing::info!(%node, peer = %address, "peer left etcd");
+            self.registry.forget(&node, incarnation);
         }
+    }
+
+    /// The member an etcd entry holds, if it decodes and is for the address its key names
+    /// (a delete of the key is what removes it).
+    fn member_of(&self, kv: &Value) -> Option<Member> {
+        let member = decode_member(kv)?;
+        if self.address_of(kv) != Some(member.address) {
+            tracing::warn!(node = %member.node, address = %member.address, "refused an etcd entry under another address's key");
+            return None;
+        }
+        Some(member)
     }
 
     fn address_of(&self, kv: &Value) -> Option<SocketAddr> {
@@ -430,6 +451,9 @@ impl Membership for Etcd {
     fn announce(&self, services: Vec<(String, String)>) {
         if let Ok(mut me) = self.me.lock() {
             super::reincarnate(&mut me, services);
+            if let Err(error) = super::sign(&mut me, &self.cert) {
+                tracing::error!(%error, "cannot sign this node's entry; peers will refuse it");
+            }
         }
         // A session that is not running yet (or retrying) puts the new entry when it starts.
         self.announced.notify_one();

@@ -302,6 +302,11 @@ impl Slot {
         }
     }
 
+    /// Whether the current generation names the callers it takes (`accepts_from`).
+    pub(crate) fn picks_callers(&self) -> bool {
+        self.current.load().settings.accepts_from.is_some()
+    }
+
     /// The per-request deadline of the current generation.
     pub(crate) fn timeout(&self) -> Duration {
         self.current.load().settings.timeout
