@@ -179,6 +179,7 @@ impl QueueProbe {
             name: "bench".into(),
             subscriber: "bench".into(),
             concurrency,
+            ordered_by_key: false,
             max_attempts: 1,
             redeliver_after: Duration::from_millis(100),
             max_depth: usize::MAX,

@@ -466,6 +466,61 @@ async fn a_queue_delivered_one_at_a_time_keeps_its_order_while_the_subscriber_is
     );
 }
 
+/// `ordered_by_key`: one key's messages in the order sent, also when one fails and waits for
+/// its redelivery; other keys go on meanwhile.
+#[tokio::test]
+async fn ordered_by_key_a_failing_message_holds_back_the_later_ones_of_its_key_only() {
+    capture_logs();
+    let manifest = node(
+        "",
+        &queue(
+            "keyed",
+            "concurrency = 4\nordered_by_key = true\nredeliver_ms = 150",
+        ),
+    );
+    let node = manifest.start().await;
+    let http = node.http_addr();
+    let sends = [
+        ("a", "fail-until:3 a1"),
+        ("a", "a2"),
+        ("b", "b1"),
+        ("a", "a3"),
+        ("b", "b2"),
+    ];
+    for (key, body) in sends {
+        let reply = send_with(http, "POST", "/send/keyed", body, &[("x-key", key)]).await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+    }
+    wait_for(&node, "keyed", Duration::from_secs(10), |q| {
+        count(q, "delivered") == 5
+    })
+    .await;
+    node.shutdown().await;
+    // Every delivery attempt, in the order the subscriber saw them.
+    let seen: Vec<String> = logs()
+        .lines()
+        .filter(|line| line.contains(" on keyed: "))
+        .filter_map(|line| {
+            let body = line.split(" on keyed: ").nth(1)?;
+            Some(body.split(['"', '\\']).next()?.to_owned())
+        })
+        .collect();
+    let at = |body: &str| {
+        seen.iter()
+            .rposition(|seen| seen == body)
+            .unwrap_or_else(|| panic!("{body} never delivered: {seen:?}"))
+    };
+    let a1_done = at("fail-until:3 a1");
+    assert_eq!(
+        seen.iter().filter(|s| *s == "fail-until:3 a1").count(),
+        3,
+        "{seen:?}"
+    );
+    assert!(a1_done < at("a2") && at("a2") < at("a3"), "{seen:?}");
+    // b went on while a1 waited for its redeliveries.
+    assert!(at("b2") < a1_done, "b waited for a: {seen:?}");
+}
+
 #[tokio::test]
 async fn editing_queues_in_a_watched_manifest_adds_reconfigures_and_removes_them() {
     let jobs = |max_attempts: u32| {

@@ -43,6 +43,7 @@
 //! name = "orders"
 //! subscriber = "hello"        # the service that consumes it
 //! concurrency = 1             # deliveries at once
+//! ordered_by_key = false      # true: one key's messages in order, also across failures
 //! max_attempts = 10           # then the message is dead-lettered
 //! redeliver_ms = 100          # first pause without a policy; doubles per attempt
 //! max_depth = 10000           # owed messages before `send` answers `full`
@@ -102,8 +103,12 @@ pub struct QueueSpec {
     pub name: String,
     /// The service of this node whose `subscriber.on-message` gets the messages.
     pub subscriber: String,
-    /// Deliveries at once (1 keeps the order of sending).
+    /// Deliveries at once (1 keeps the order of sending, as long as none fails).
     pub concurrency: u32,
+    /// Messages of one key go in the order sent, one at a time, also when a delivery fails:
+    /// a failing message holds back the later ones of its key until it is acknowledged or
+    /// dead-lettered; other keys (and messages without a key) go on in parallel.
+    pub ordered_by_key: bool,
     /// Failed deliveries before a message is dead-lettered, whatever the policies say.
     pub max_attempts: u32,
     /// The first pause before a redelivery when no policy decides (doubles per attempt).

@@ -42,6 +42,8 @@ struct RawQueue {
     name: Spanned<String>,
     subscriber: Spanned<String>,
     concurrency: Option<Spanned<u32>>,
+    #[serde(default)]
+    ordered_by_key: bool,
     max_attempts: Option<Spanned<u32>>,
     redeliver_ms: Option<u64>,
     max_depth: Option<Spanned<usize>>,

@@ -88,6 +88,7 @@ pub(super) fn check_queues(
             name,
             subscriber,
             concurrency,
+            ordered_by_key: queue.ordered_by_key,
             max_attempts,
             redeliver_after: Duration::from_millis(
                 queue.redeliver_ms.unwrap_or(defaults::QUEUE_REDELIVER_MS),

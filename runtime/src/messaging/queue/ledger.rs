@@ -16,10 +16,13 @@
 //!   the back of the line;
 //! - a busy subscriber ([`Ledger::not_now`]) is not charged an attempt: the message keeps its
 //!   slot and its place at the front, so a queue delivered one at a time stays in order;
+//! - with `ordered_by_key`, only the first owed message of a key may be delivered: the later
+//!   ones of that key wait while it is delivered, waits for its redelivery or is turned away,
+//!   until it is acknowledged or dead-lettered; other keys and messages without a key go on;
 //! - the pause after a failure is [`after_failure`]'s: the policies' verdict, or the queue's
 //!   own doubling rule, and never a redelivery past `max_attempts`.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +46,11 @@ const COMPACT_AFTER_SETTLED: usize = 4096;
 pub(super) struct Ledger {
     /// Every message still owed, by sequence number.
     owed: BTreeMap<u64, Owed>,
+    /// The owed messages of each key, by sequence number (for `ordered_by_key`).
+    by_key: HashMap<String, BTreeSet<u64>>,
+    /// Ready messages taken out of line because an earlier message of their key is owed;
+    /// the first of them goes back to the front when that one is settled.
+    parked: HashSet<u64>,
     /// Sequence numbers ready to be delivered now, in order.
     ready: VecDeque<u64>,
     /// Messages waiting for a moment, by when it comes.
@@ -101,9 +109,7 @@ impl Ledger {
         };
         for (seq, (message, attempts)) in recovered.pending {
             ledger.ready.push_back(seq);
-            ledger.owed_bytes += weight(&message);
-            let message = Arc::new(message);
-            ledger.owed.insert(seq, Owed { message, attempts });
+            ledger.insert_owed(seq, message, attempts);
         }
         let skip = recovered.dead.len().saturating_sub(RECENT_DEAD_LETTERS);
         ledger.recent_dead = recovered.dead.into_iter().skip(skip).collect();
@@ -120,10 +126,46 @@ impl Ledger {
         self.owed_bytes
     }
 
+    fn insert_owed(&mut self, seq: u64, message: StoredMessage, attempts: u32) {
+        self.owed_bytes += weight(&message);
+        if let Some(key) = &message.key {
+            self.by_key.entry(key.clone()).or_default().insert(seq);
+        }
+        let message = Arc::new(message);
+        self.owed.insert(seq, Owed { message, attempts });
+    }
+
     fn drop_owed(&mut self, seq: u64) {
         if let Some(owed) = self.owed.remove(&seq) {
             self.owed_bytes = self.owed_bytes.saturating_sub(weight(&owed.message));
+            self.parked.remove(&seq);
+            if let Some(key) = &owed.message.key
+                && let Some(seqs) = self.by_key.get_mut(key)
+            {
+                seqs.remove(&seq);
+                match seqs.first() {
+                    None => {
+                        self.by_key.remove(key);
+                    }
+                    // The next of its key, if it was taken out of line, goes first now.
+                    Some(&next) => {
+                        if self.parked.remove(&next) {
+                            self.ready.push_front(next);
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// Whether `owed` (at `seq`) is the first owed message of its key, or has no key.
+    fn first_of_its_key(&self, seq: u64, owed: &Owed) -> bool {
+        owed.message.key.as_ref().is_none_or(|key| {
+            self.by_key
+                .get(key)
+                .and_then(|seqs| seqs.first())
+                .is_none_or(|first| *first == seq)
+        })
     }
 
     pub(super) fn in_flight(&self) -> usize {
@@ -147,15 +189,7 @@ impl Ledger {
             let seq = message.seq;
             debug_assert_eq!(seq, self.next_seq, "messages numbered from next_seq on");
             self.next_seq = seq + 1;
-            self.owed_bytes += weight(&message);
-            let message = Arc::new(message);
-            self.owed.insert(
-                seq,
-                Owed {
-                    message,
-                    attempts: 0,
-                },
-            );
+            self.insert_owed(seq, message, 0);
         }
         first..self.next_seq
     }
@@ -179,22 +213,43 @@ impl Ledger {
         }
     }
 
-    /// The next message to deliver at `now`, if a slot is free and one is ready.
-    pub(super) fn next(&mut self, now: Instant, concurrency: usize) -> Option<Delivery> {
+    /// The next message to deliver at `now`, if a slot is free and one is ready; with
+    /// `ordered_by_key`, the first ready one that is the first owed message of its key.
+    pub(super) fn next(
+        &mut self,
+        now: Instant,
+        concurrency: usize,
+        ordered_by_key: bool,
+    ) -> Option<Delivery> {
         self.wake_due(now);
+        if !ordered_by_key && !self.parked.is_empty() {
+            // The queue no longer keeps keys in order: what waited for its key goes first.
+            let mut parked: Vec<u64> = self.parked.drain().collect();
+            parked.sort_unstable();
+            for seq in parked.into_iter().rev() {
+                self.ready.push_front(seq);
+            }
+        }
         if self.in_flight >= concurrency {
             return None;
         }
         while let Some(seq) = self.ready.pop_front() {
             // A message forgotten or settled while it waited in line is skipped.
-            if let Some(owed) = self.owed.get(&seq) {
-                self.in_flight += 1;
-                return Some(Delivery {
-                    seq,
-                    message: owed.message.clone(),
-                    attempts: owed.attempts,
-                });
+            let Some(owed) = self.owed.get(&seq) else {
+                continue;
+            };
+            if ordered_by_key && !self.first_of_its_key(seq, owed) {
+                // Out of line until the messages of its key before it are settled; each
+                // ready message is looked at once, however long one key holds the others.
+                self.parked.insert(seq);
+                continue;
             }
+            self.in_flight += 1;
+            return Some(Delivery {
+                seq,
+                message: owed.message.clone(),
+                attempts: owed.attempts,
+            });
         }
         None
     }

@@ -318,9 +318,12 @@ impl Queue {
     ) {
         let mut deliveries = JoinSet::new();
         loop {
-            let concurrency = self.spec.load().concurrency as usize;
+            let (concurrency, ordered_by_key) = {
+                let spec = self.spec.load();
+                (spec.concurrency as usize, spec.ordered_by_key)
+            };
             let now = Instant::now();
-            while let Some(delivery) = self.lock().next(now, concurrency) {
+            while let Some(delivery) = self.lock().next(now, concurrency, ordered_by_key) {
                 let queue = self.clone();
                 let subscribers = subscribers.clone();
                 let policies = policies.clone();

@@ -11,6 +11,7 @@ pub(in crate::messaging::queue) fn spec(max_attempts: u32) -> QueueSpec {
         name: "orders".into(),
         subscriber: "fulfilment".into(),
         concurrency: 1,
+        ordered_by_key: false,
         max_attempts,
         redeliver_after: Duration::from_millis(100),
         max_depth: 10,
@@ -50,13 +51,14 @@ fn a_message_is_delivered_only_once_its_send_is_on_disk_and_in_the_order_sent() 
     let second = ledger.owe(vec![message(2)]);
     assert_eq!(ledger.owed(), 3, "owed (and counted for max_depth) at once");
     assert!(
-        ledger.next(now, 3).is_none(),
+        ledger.next(now, 3, false).is_none(),
         "delivered before it was on disk"
     );
     // The later sync reports first: it covers the earlier records too (the log syncs in order).
     ledger.stored(second);
     ledger.stored(first);
-    let order: Vec<u64> = std::iter::from_fn(|| ledger.next(now, 3).map(|d| d.seq)).collect();
+    let order: Vec<u64> =
+        std::iter::from_fn(|| ledger.next(now, 3, false).map(|d| d.seq)).collect();
     assert_eq!(order, vec![0, 1, 2]);
     assert_eq!(ledger.owed_bytes(), 3 * "order 0".len());
     // A send whose record never reached the disk is forgotten, not delivered.
@@ -64,7 +66,7 @@ fn a_message_is_delivered_only_once_its_send_is_on_disk_and_in_the_order_sent() 
     ledger.forget(failed);
     let after = ledger.owe(vec![message(4)]);
     ledger.stored(after);
-    assert_eq!(ledger.next(now, 4).map(|d| d.seq), Some(4));
+    assert_eq!(ledger.next(now, 4, false).map(|d| d.seq), Some(4));
     // Settled messages weigh nothing any more.
     for seq in [0, 1, 2, 4] {
         ledger.acked(seq);
@@ -79,7 +81,7 @@ fn ms(n: u64) -> Duration {
 /// `(seq, attempts)` of the next delivery at `now`.
 fn next(ledger: &mut Ledger, now: Instant) -> Option<(u64, u32)> {
     ledger
-        .next(now, 1)
+        .next(now, 1, false)
         .map(|delivery| (delivery.seq, delivery.attempts))
 }
 
@@ -87,12 +89,12 @@ fn next(ledger: &mut Ledger, now: Instant) -> Option<(u64, u32)> {
 fn at_most_concurrency_deliveries_run_at_once_in_the_order_of_sending() {
     let mut ledger = owing(3);
     let now = Instant::now();
-    let first = ledger.next(now, 2).map(|d| d.seq);
-    let second = ledger.next(now, 2).map(|d| d.seq);
+    let first = ledger.next(now, 2, false).map(|d| d.seq);
+    let second = ledger.next(now, 2, false).map(|d| d.seq);
     assert_eq!((first, second), (Some(0), Some(1)));
-    assert!(ledger.next(now, 2).is_none(), "both slots are taken");
+    assert!(ledger.next(now, 2, false).is_none(), "both slots are taken");
     assert_eq!(ledger.acked(0), Record::Done { seq: 0 });
-    assert_eq!(ledger.next(now, 2).map(|d| d.seq), Some(2));
+    assert_eq!(ledger.next(now, 2, false).map(|d| d.seq), Some(2));
     assert_eq!((ledger.owed(), ledger.in_flight()), (2, 2));
 }
 
@@ -149,7 +151,7 @@ fn redelivery_backs_off_doubling_then_dead_letters_at_max_attempts() {
     let mut delivered_at = Vec::new();
     let start = now;
     loop {
-        let Some(delivery) = ledger.next(now, 1) else {
+        let Some(delivery) = ledger.next(now, 1, false) else {
             now = ledger
                 .next_due()
                 .expect("a failed message waits for its redelivery");
@@ -267,4 +269,76 @@ fn a_mostly_settled_log_is_compacted_to_the_records_of_what_is_owed() {
         .collect();
     assert_eq!(owed, ["sent 0", "failed 0 x1", "sent 2049"]);
     assert!(ledger.compaction().is_none(), "compacted once");
+}
+
+/// A ledger owing messages with these keys (`None`: no key), all on disk.
+fn owing_keyed(keys: &[Option<&str>]) -> Ledger {
+    let mut ledger = Ledger::default();
+    let messages = keys
+        .iter()
+        .zip(0..)
+        .map(|(key, seq)| StoredMessage {
+            key: key.map(str::to_owned),
+            ..message(seq)
+        })
+        .collect();
+    let seqs = ledger.owe(messages);
+    ledger.stored(seqs);
+    ledger
+}
+
+#[test]
+fn ordered_by_key_a_failing_message_holds_back_only_the_later_messages_of_its_key() {
+    let (a, b) = (Some("a"), Some("b"));
+    let mut ledger = owing_keyed(&[a, a, b, None, a]);
+    let now = Instant::now();
+    let next = |ledger: &mut Ledger, at: Instant| ledger.next(at, 4, true).map(|d| d.seq);
+    // 0 (a), then 2 (b) and 3 (no key) in parallel; 1 and 4 wait for 0.
+    assert_eq!(next(&mut ledger, now), Some(0));
+    assert_eq!(next(&mut ledger, now), Some(2));
+    assert_eq!(next(&mut ledger, now), Some(3));
+    assert_eq!(next(&mut ledger, now), None);
+    // 0 fails: 1 still waits, also while 0 waits for its redelivery with its slot freed.
+    ledger.failed(0, 1, Duration::from_millis(100), now);
+    assert_eq!(next(&mut ledger, now), None);
+    let later = now + Duration::from_millis(100);
+    assert_eq!(next(&mut ledger, later), Some(0));
+    // 0 is turned away (busy subscriber): 1 still waits.
+    ledger.not_now(0, later);
+    assert_eq!(next(&mut ledger, later), None);
+    let again = later + NOT_NOW_PAUSE;
+    assert_eq!(next(&mut ledger, again), Some(0));
+    ledger.acked(2);
+    ledger.acked(3);
+    assert_eq!(next(&mut ledger, again), None, "a later `a` overtook 0");
+    // Acknowledged: the next of its key goes, then the one after that.
+    ledger.acked(0);
+    assert_eq!(next(&mut ledger, again), Some(1));
+    assert_eq!(next(&mut ledger, again), None);
+    let dead = DeadLetter {
+        message: message(1),
+        attempts: 1,
+        reason: "gave up".into(),
+        last_error: "boom".into(),
+        at_ms: 0,
+    };
+    // Dead-lettered counts as settled too.
+    ledger.dead_lettered(1, dead);
+    assert_eq!(next(&mut ledger, again), Some(4));
+    ledger.acked(4);
+    assert_eq!((ledger.owed(), ledger.in_flight()), (0, 0));
+}
+
+#[test]
+fn without_ordered_by_key_a_later_message_overtakes_a_failing_one_and_nothing_stays_parked() {
+    let a = Some("a");
+    let mut ledger = owing_keyed(&[a, a, a]);
+    let now = Instant::now();
+    assert_eq!(ledger.next(now, 1, true).map(|d| d.seq), Some(0));
+    assert!(ledger.next(now, 2, true).is_none());
+    ledger.failed(0, 1, Duration::from_millis(100), now);
+    // The queue stops keeping keys in order: the messages that waited go, in order.
+    let order: Vec<u64> =
+        std::iter::from_fn(|| ledger.next(now, 3, false).map(|d| d.seq)).collect();
+    assert_eq!(order, [1, 2]);
 }
