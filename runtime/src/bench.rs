@@ -180,6 +180,7 @@ impl QueueProbe {
             subscriber: "bench".into(),
             concurrency,
             ordered_by_key: false,
+            max_causation_depth: 32,
             max_attempts: 1,
             redeliver_after: Duration::from_millis(100),
             max_depth: usize::MAX,

@@ -521,6 +521,36 @@ async fn ordered_by_key_a_failing_message_holds_back_the_later_ones_of_its_key_o
     assert!(at("b2") < a1_done, "b waited for a: {seen:?}");
 }
 
+/// The loop guard: a subscriber that sends each message it gets back to its own queue makes
+/// a chain that would never end; past `max_causation_depth` the message is dead-lettered with
+/// the chain named.
+#[tokio::test]
+async fn the_loop_guard_dead_letters_a_message_at_the_end_of_too_long_a_chain() {
+    let manifest = node("", &queue("ping", "max_causation_depth = 5"));
+    let node = manifest.start().await;
+    assert_eq!(send_to(&node, "ping", "forward:ping").await.0, 202);
+    let view = wait_for(&node, "ping", Duration::from_secs(10), |q| {
+        count(q, "loops_stopped") == 1
+    })
+    .await;
+    // Depths 1 (sent over HTTP) to 5 were delivered, each sending the next; the 6th was not.
+    assert_eq!(count(&view, "delivered"), 5, "{view:#}");
+    assert_eq!(count(&view, "dead_lettered"), 1, "{view:#}");
+    let dead = &view["recent_dead_letters"][0];
+    let reason = dead["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("loop guard")
+            && reason.contains("depth 6")
+            && reason.contains("mailroom → mailroom → mailroom → mailroom → mailroom → mailroom")
+            && reason.contains("max_causation_depth"),
+        "{reason}"
+    );
+    // Nothing more goes round.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&queue_view(&node, "ping").await, "delivered"), 5);
+    node.shutdown().await;
+}
+
 #[tokio::test]
 async fn editing_queues_in_a_watched_manifest_adds_reconfigures_and_removes_them() {
     let jobs = |max_attempts: u32| {

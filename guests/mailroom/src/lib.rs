@@ -6,7 +6,8 @@
 //!   `x-hold-ms` keeps the instance busy that long first (to make deliveries meet a busy
 //!   subscriber).
 //! - A delivered message whose body starts with `fail-until:N` fails its attempts before the
-//!   N-th; `always-fail` fails every time; `panic` traps; anything else is acknowledged.
+//!   N-th; `always-fail` fails every time; `panic` traps; `forward:Q` is sent on to queue
+//!   `Q` (a loop, when `Q` is the queue it came from); anything else is acknowledged.
 //!   With `config.mode = "refuse"` every message fails (a consumer that is down).
 use switchyard_sdk::{Error, Message, Request, Response, Service, config, log, messaging};
 
@@ -40,6 +41,12 @@ impl Service for Mailroom {
         }
         if body.starts_with("panic") {
             panic!("asked to panic on {}", msg.id());
+        }
+        if let Some(queue) = body.strip_prefix("forward:") {
+            messaging::Message::new(msg.body().to_vec())
+                .send(queue.trim())
+                .map_err(|err| format!("could not forward to {queue}: {err}"))?;
+            return Ok(());
         }
         if body.starts_with("always-fail") {
             return Err(format!("{} always fails (attempt {attempt})", msg.id()));

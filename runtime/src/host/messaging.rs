@@ -29,6 +29,7 @@ impl wit::Host for HostState {
         let mut headers = message.headers;
         // The subscriber learns the sender and attempt from the node, not from the sender.
         crate::call::drop_node_headers(&mut headers);
+        self.causation.then(&self.guest.service).stamp(&mut headers);
         let outgoing = Outgoing {
             kind: message.kind.into(),
             key: message.key,

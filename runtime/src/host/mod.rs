@@ -91,6 +91,9 @@ pub(crate) struct HostState {
     calls_made: u32,
     /// The current request's trace; its calls continue it.
     trace: Option<crate::telemetry::TraceContext>,
+    /// The chain of messages that led to the current work (empty for an HTTP request);
+    /// messages it sends continue it.
+    causation: crate::wire::Causation,
     output: GuestOutput,
     /// The current request's log budget.
     log_budget: log::LogBudget,
@@ -121,6 +124,7 @@ impl HostState {
             deadline: Deadline::after(std::time::Duration::ZERO),
             calls_made: 0,
             trace: None,
+            causation: crate::wire::Causation::default(),
             output,
             log_budget: log::LogBudget::default(),
             pending_calls: Arc::default(),
@@ -140,6 +144,7 @@ impl HostState {
         request_id.clone_into(&mut self.request_id);
         self.deadline = deadline;
         self.trace = traceparent.and_then(crate::telemetry::TraceContext::parse);
+        self.causation = crate::wire::Causation::default();
         self.calls_made = 0;
         self.limiter.exceeded = false;
         self.log_budget = log::LogBudget::default();
@@ -148,6 +153,11 @@ impl HostState {
     /// Log lines and bytes the current request dropped past its budget, if any.
     pub(crate) fn log_dropped(&self) -> Option<(u64, u64)> {
         self.log_budget.dropped()
+    }
+
+    /// The current work handles a message that `causation` led to.
+    pub(crate) fn caused_by(&mut self, causation: crate::wire::Causation) {
+        self.causation = causation;
     }
 
     /// When the current request's time is up.

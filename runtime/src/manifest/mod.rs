@@ -44,6 +44,8 @@
 //! subscriber = "hello"        # the service that consumes it
 //! concurrency = 1             # deliveries at once
 //! ordered_by_key = false      # true: one key's messages in order, also across failures
+//! max_causation_depth = 32    # loop guard: a message at the end of a longer chain of
+//!                             # messages (each sent handling the last) is dead-lettered
 //! max_attempts = 10           # then the message is dead-lettered
 //! redeliver_ms = 100          # first pause without a policy; doubles per attempt
 //! max_depth = 10000           # owed messages before `send` answers `full`
@@ -109,6 +111,10 @@ pub struct QueueSpec {
     /// a failing message holds back the later ones of its key until it is acknowledged or
     /// dead-lettered; other keys (and messages without a key) go on in parallel.
     pub ordered_by_key: bool,
+    /// The loop guard: a message that comes at the end of a longer chain of messages (each
+    /// sent while handling the one before) is dead-lettered instead of delivered, its chain
+    /// named.
+    pub max_causation_depth: u32,
     /// Failed deliveries before a message is dead-lettered, whatever the policies say.
     pub max_attempts: u32,
     /// The first pause before a redelivery when no policy decides (doubles per attempt).
@@ -470,6 +476,9 @@ pub mod defaults {
     pub const QUEUE_MAX_DEPTH: usize = 10_000;
     /// `[[queue]] max_dead_mb`.
     pub const QUEUE_MAX_DEAD_MB: u64 = 256;
+    /// `[[queue]] max_causation_depth`: far past any real chain of handlers, soon enough to
+    /// stop a loop.
+    pub const QUEUE_MAX_CAUSATION_DEPTH: u64 = 32;
 }
 
 impl Manifest {

@@ -318,6 +318,13 @@ fn bad_queues_say_what_to_fix() {
     assert!(err.contains("`max_depth` must be at least 1"), "{err}");
     let err = error_of(&queue("subscriber = \"hello\"\nmax_dead_mb = 0"));
     assert!(err.contains("max_dead_mb"), "{err}");
+    let err = error_of(&queue("subscriber = \"hello\"\nmax_causation_depth = 0"));
+    assert!(err.contains("max_causation_depth"), "{err}");
+    let err = error_of(&queue("subscriber = \"hello\"\nordered_by_key = \"yes\""));
+    assert!(
+        err.contains("switchyard.toml:18:") && err.contains("expected a boolean"),
+        "{err}"
+    );
     let err = error_of(&format!(
         "{}\n[[queue]]\nname = \"jobs\"\nsubscriber = \"hello\"\n",
         queue("subscriber = \"hello\"")

@@ -8,6 +8,7 @@
 //! subscriber = "fulfilment"   # a [[service]] of this node; gets `subscriber.on-message`
 //! concurrency = 1             # deliveries at once (1 keeps the order of sending while none fails)
 //! ordered_by_key = false      # true: a key's messages in order, also across failed deliveries
+//! max_causation_depth = 32    # loop guard: longer chains of messages are dead-lettered
 //! max_attempts = 10           # failed deliveries before a message is dead-lettered
 //! redeliver_ms = 100          # the first pause, doubling per attempt, without a policy
 //! max_depth = 10000           # messages owed before `send` answers `full`

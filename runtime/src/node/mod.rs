@@ -311,7 +311,10 @@ fn guest_message(
     let mut headers = message.headers.clone();
     // Logs written before senders' node headers were dropped may still hold some.
     headers.retain(|(name, _)| {
-        !crate::call::is_node_header(name) || name == "x-switchyard-redriven-from"
+        !crate::call::is_node_header(name)
+            || name == "x-switchyard-redriven-from"
+            || name == crate::wire::CAUSATION_DEPTH_HEADER
+            || name == crate::wire::CAUSATION_CHAIN_HEADER
     });
     headers.push(("x-switchyard-attempt".into(), attempt.to_string()));
     headers.push(("x-switchyard-sender".into(), message.sender.clone()));

@@ -44,6 +44,7 @@ struct RawQueue {
     concurrency: Option<Spanned<u32>>,
     #[serde(default)]
     ordered_by_key: bool,
+    max_causation_depth: Option<Spanned<u64>>,
     max_attempts: Option<Spanned<u32>>,
     redeliver_ms: Option<u64>,
     max_depth: Option<Spanned<usize>>,

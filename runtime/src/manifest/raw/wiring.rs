@@ -84,11 +84,19 @@ pub(super) fn check_queues(
             1..=1_048_576,
             "max_dead_mb",
         )?);
+        let max_causation_depth = super::services::bounded(
+            check,
+            queue.max_causation_depth,
+            defaults::QUEUE_MAX_CAUSATION_DEPTH,
+            1..=1024,
+            "max_causation_depth",
+        )? as u32;
         queues.push(QueueSpec {
             name,
             subscriber,
             concurrency,
             ordered_by_key: queue.ordered_by_key,
+            max_causation_depth,
             max_attempts,
             redeliver_after: Duration::from_millis(
                 queue.redeliver_ms.unwrap_or(defaults::QUEUE_REDELIVER_MS),

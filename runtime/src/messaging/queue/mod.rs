@@ -58,6 +58,8 @@ struct Stats {
     delivered: AtomicU64,
     redelivered: AtomicU64,
     dead_lettered: AtomicU64,
+    /// Messages the loop guard dead-lettered.
+    loops_stopped: AtomicU64,
     /// Dead letters in the file, from earlier runs too.
     dead_total: AtomicU64,
 }
@@ -76,6 +78,8 @@ pub(crate) struct QueueView {
     pub(crate) delivered: u64,
     pub(crate) redelivered: u64,
     pub(crate) dead_lettered: u64,
+    /// Of those, stopped by the loop guard (`max_causation_depth`).
+    pub(crate) loops_stopped: u64,
     /// All dead letters in the dead-letter file.
     pub(crate) dead_letters_total: u64,
     pub(crate) recent_dead_letters: Vec<DeadLetterView>,
@@ -366,7 +370,26 @@ impl Queue {
             message,
             attempts,
         } = delivery;
-        let subscriber = self.spec.load().subscriber.clone();
+        let (subscriber, max_depth) = {
+            let spec = self.spec.load();
+            (spec.subscriber.clone(), spec.max_causation_depth)
+        };
+        let causation = crate::wire::Causation::of(&message.headers);
+        if causation.depth > max_depth {
+            // A loop between services, most likely: each handler sends the next message.
+            let chain = causation.path();
+            tracing::warn!(queue = %self.name, id = %message.id, depth = causation.depth, max_causation_depth = max_depth, %chain, "loop guard: a message at the end of too long a chain of messages is dead-lettered, not delivered");
+            self.stats.loops_stopped.fetch_add(1, Ordering::Relaxed);
+            let reason = format!(
+                "loop guard: this message comes at depth {} of a chain of messages, each sent \
+                 while handling the one before (senders: {chain}); queue `{}` takes chains \
+                 of at most {max_depth} (max_causation_depth)",
+                causation.depth, self.name
+            );
+            self.dead_letter(seq, &message, attempts, reason, "not delivered".into())
+                .await;
+            return;
+        }
         let trace = message
             .trace_context
             .as_deref()
@@ -568,6 +591,7 @@ impl Queue {
             delivered: self.stats.delivered.load(Ordering::Relaxed),
             redelivered: self.stats.redelivered.load(Ordering::Relaxed),
             dead_lettered: self.stats.dead_lettered.load(Ordering::Relaxed),
+            loops_stopped: self.stats.loops_stopped.load(Ordering::Relaxed),
             dead_letters_total: self.stats.dead_total.load(Ordering::Relaxed),
             recent_dead_letters: ledger
                 .recent_dead()

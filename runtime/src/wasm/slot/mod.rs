@@ -364,6 +364,9 @@ impl Slot {
             message.trace_context.as_deref(),
             Duration::MAX,
             async |service, store| {
+                store
+                    .data_mut()
+                    .caused_by(crate::wire::Causation::of(&message.headers));
                 service
                     .switchyard_runtime_subscriber()
                     .call_on_message(store, &message)

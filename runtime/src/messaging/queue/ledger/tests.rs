@@ -12,6 +12,7 @@ pub(in crate::messaging::queue) fn spec(max_attempts: u32) -> QueueSpec {
         subscriber: "fulfilment".into(),
         concurrency: 1,
         ordered_by_key: false,
+        max_causation_depth: 32,
         max_attempts,
         redeliver_after: Duration::from_millis(100),
         max_depth: 10,
