@@ -220,7 +220,7 @@ impl QueueProbe {
             body,
         };
         self.broker
-            .send("bench", "bench", None, outgoing)
+            .send_here("bench", "bench", None, outgoing)
             .await
             .map(drop)
             .map_err(|err| err.to_string())

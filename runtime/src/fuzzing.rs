@@ -99,6 +99,7 @@ mod tests {
                     incarnation: 9,
                     beat: 1,
                     services: vec![("hello".into(), "1.0.0".into())],
+                    queues: Vec::new(),
                     ttl_ms: 2000,
                     proof: crate::wire::frame::Proof {
                         scheme: 0x0403,

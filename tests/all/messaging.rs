@@ -685,3 +685,83 @@ async fn a_redrive_sends_the_dead_letters_again_once_the_subscriber_is_fixed() {
     assert!(body.contains("\"redriven\": 0"), "{body}");
     node.shutdown().await;
 }
+
+/// A queue lives on the node that declares it; a guest on another node sends to it by name,
+/// and a subscriber on another node gets its messages, all over the mesh's QUIC. An owner
+/// that is gone makes a send fail at once, never hang.
+#[tokio::test]
+async fn a_queue_takes_sends_from_and_delivers_to_other_nodes() {
+    capture_logs();
+    // The owner declares `jobs`, consumed by `mailroom`, which runs only on the other node.
+    let owner_manifest = TestManifest::with_node(
+        "name = \"owner\"\nquic = \"127.0.0.1:0\"",
+        &format!(
+            "{}{}",
+            service("hello", "hello", &["GET /hello/{name}"], ""),
+            queue("jobs", "max_attempts = 2\nredeliver_ms = 10")
+        ),
+    );
+    let owner = owner_manifest.start().await;
+    let worker_manifest = TestManifest::with_node(
+        &format!(
+            "name = \"worker\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{}\"]",
+            owner.quic_addr().unwrap()
+        ),
+        &service("mailroom", "mailroom", &["POST /send/{queue}"], ""),
+    );
+    let worker = worker_manifest.start().await;
+    let started = Instant::now();
+    while !admin_get(&worker, "/registry")
+        .await
+        .body
+        .contains("\"jobs\"")
+        || !admin_get(&owner, "/registry")
+            .await
+            .body
+            .contains("mailroom@")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "nodes never met"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The worker's guest sends to the owner's queue; the owner delivers to the worker's guest.
+    let (status, id) = send_to(&worker, "jobs", "remote job").await;
+    assert_eq!(status, 202, "{id}");
+    assert_eq!(id, "jobs-0");
+    let view = wait_for(&owner, "jobs", Duration::from_secs(10), |q| {
+        count(q, "delivered") == 1
+    })
+    .await;
+    assert_eq!(count(&view, "depth"), 0, "{view:#}");
+    assert!(
+        logs().contains("jobs-0 attempt 1 on jobs: remote job"),
+        "the worker's mailroom never got it"
+    );
+    // Failed deliveries on the other node count attempts and dead-letter like local ones.
+    assert_eq!(send_to(&worker, "jobs", "always-fail").await.0, 202);
+    let view = wait_for(&owner, "jobs", Duration::from_secs(20), |q| {
+        count(q, "dead_lettered") == 1
+    })
+    .await;
+    let error = view["recent_dead_letters"][0]["last_error"]
+        .as_str()
+        .unwrap();
+    assert!(error.contains("always fails"), "{error}");
+
+    // The owner dies without a goodbye: a send fails with `unavailable` well within the
+    // sender's deadline.
+    drop(owner);
+    let sent_at = Instant::now();
+    let (status, reason) = send_to(&worker, "jobs", "too late").await;
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.contains("queue unavailable"), "{reason}");
+    assert!(
+        sent_at.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        sent_at.elapsed()
+    );
+    worker.shutdown().await;
+}

@@ -195,9 +195,9 @@ impl Gossip {
 }
 
 impl Membership for Gossip {
-    fn announce(&self, services: Vec<(String, String)>) {
+    fn announce(&self, services: Vec<(String, String)>, queues: Vec<String>) {
         if let Ok(mut me) = self.me.lock() {
-            super::reincarnate(&mut me, services);
+            super::reincarnate(&mut me, services, queues);
             if let Err(error) = super::sign(&mut me, &self.cert) {
                 tracing::error!(%error, "cannot sign this node's record; peers will drop it");
             }
@@ -346,6 +346,7 @@ mod tests {
             incarnation: 5,
             beat: 0,
             services: vec![("hello".into(), "1.0.0".into())],
+            queues: Vec::new(),
             ttl_ms: 0,
             proof: Default::default(),
         };

@@ -54,9 +54,9 @@ pub(crate) trait Membership: Send + Sync {
     fn leave(self: Arc<Self>) -> BoxFuture<'static, ()>;
     /// The backend's name for logs and the admin API.
     fn backend(&self) -> &'static str;
-    /// Announces this node's new set of `(service, version)` (a manifest edit added or removed
-    /// some) under a new incarnation, so peers replace what they knew of it.
-    fn announce(&self, services: Vec<(String, String)>);
+    /// Announces this node's new set of `(service, version)` and of queues (a manifest edit
+    /// added or removed some) under a new incarnation, so peers replace what they knew of it.
+    fn announce(&self, services: Vec<(String, String)>, queues: Vec<String>);
 }
 
 /// What this node knows about its peers, one entry per node name.
@@ -126,6 +126,8 @@ pub(crate) struct PeerView {
     pub(crate) address: SocketAddr,
     pub(crate) node: String,
     pub(crate) services: Vec<String>,
+    /// The queues it declares.
+    pub(crate) queues: Vec<String>,
     /// `null` for entries a backend removes itself (etcd).
     pub(crate) expires_in_ms: Option<u64>,
 }
@@ -370,6 +372,18 @@ impl Registry {
         })
     }
 
+    /// The live peer that declares `queue` (the lowest address, should two claim it).
+    pub(crate) fn owner_of(&self, queue: &str) -> Option<SocketAddr> {
+        let now = Instant::now();
+        let state = self.state.lock().ok()?;
+        state
+            .peers
+            .values()
+            .filter(|entry| entry.live(now) && entry.record.queues.iter().any(|q| q == queue))
+            .map(|entry| entry.record.address)
+            .min()
+    }
+
     /// Live peers that run `name` at a version in `range`, in address order.
     pub(crate) fn candidates(
         &self,
@@ -436,6 +450,7 @@ impl Registry {
                     .iter()
                     .map(|(name, version)| format!("{name}@{version}"))
                     .collect(),
+                queues: entry.record.queues.clone(),
                 expires_in_ms: entry
                     .expires
                     .map(|expires| expires.saturating_duration_since(now).as_millis() as u64),
@@ -448,8 +463,13 @@ impl Registry {
 
 /// `member` with `services`, under an incarnation newer than its current one (to be signed
 /// anew).
-pub(crate) fn reincarnate(member: &mut Member, services: Vec<(String, String)>) {
+pub(crate) fn reincarnate(
+    member: &mut Member,
+    services: Vec<(String, String)>,
+    queues: Vec<String>,
+) {
     member.services = services;
+    member.queues = queues;
     member.incarnation = new_incarnation().max(member.incarnation + 1);
     member.beat = 0;
 }
@@ -476,6 +496,7 @@ mod tests {
             incarnation: 1,
             beat: 0,
             services: Vec::new(),
+            queues: Vec::new(),
             ttl_ms: 0,
             proof: Default::default(),
         };
@@ -514,6 +535,7 @@ mod tests {
             incarnation,
             beat: 0,
             services: vec![("hello".into(), "1.2.0".into())],
+            queues: Vec::new(),
             ttl_ms,
             proof: Default::default(),
         }

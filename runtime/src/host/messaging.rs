@@ -38,8 +38,15 @@ impl wit::Host for HostState {
             body: message.body,
         };
         let queues = self.guest.queues.clone();
+        let budget = self.deadline.remaining();
         let sent = queues
-            .send(&queue, &self.guest.service, Some(trace.header()), outgoing)
+            .send(
+                &queue,
+                &self.guest.service,
+                Some(trace.header()),
+                outgoing,
+                budget,
+            )
             .await;
         sent.map_err(Into::into)
     }

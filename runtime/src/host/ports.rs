@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::call::{ByteStream, Call, CallError, Connection, Instance, Reply, Target};
 use crate::util::BoxFuture;
-use crate::wire::MessageKind;
+pub(crate) use crate::wire::{Outgoing, SendError};
 
 /// Calls, lookups and raw streams to other services, on this node or its peers.
 pub(crate) trait Calls: Send + Sync {
@@ -30,34 +30,14 @@ pub(crate) trait Calls: Send + Sync {
 
 /// Durable sends to queues.
 pub(crate) trait Queues: Send + Sync {
-    /// Returns the message's id once it is stored.
+    /// Returns the message's id once it is stored (on the node that declares the queue),
+    /// or fails within `budget`.
     fn send<'a>(
         &'a self,
         queue: &'a str,
         sender: &'a str,
         trace_context: Option<String>,
         message: Outgoing,
+        budget: Duration,
     ) -> BoxFuture<'a, Result<String, SendError>>;
-}
-
-/// What a guest asks to send.
-pub(crate) struct Outgoing {
-    pub(crate) kind: MessageKind,
-    pub(crate) key: Option<String>,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) reply_to: Option<String>,
-    pub(crate) body: Vec<u8>,
-}
-
-/// Why a `send` was refused. Each message names the queue and what to do.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SendError {
-    #[error("{0}")]
-    UnknownQueue(String),
-    #[error("{0}")]
-    Full(String),
-    #[error("{0}")]
-    TooLarge(String),
-    #[error("{0}")]
-    Unavailable(String),
 }

@@ -5,7 +5,7 @@
 //! ```toml
 //! [[queue]]
 //! name = "orders"
-//! subscriber = "fulfilment"   # a [[service]] of this node; gets `subscriber.on-message`
+//! subscriber = "fulfilment"   # a service of this node (or, with `quic`, of the mesh)
 //! concurrency = 1             # deliveries at once (1 keeps the order of sending while none fails)
 //! ordered_by_key = false      # true: a key's messages in order, also across failed deliveries
 //! max_causation_depth = 32    # loop guard: longer chains of messages are dead-lettered
@@ -23,11 +23,17 @@
 //! Subscribers should make handling idempotent with the message id.
 //!
 //! A queue lives on the node that declares it; its log is under that node's `data_dir`, and a
-//! second node on the same files is refused. Editing `[[queue]]` entries of a running node
+//! second node on the same files is refused. In a mesh ([`mesh`]) a guest on any node sends
+//! to it by name (the send returns once the owner has it on disk, or fails with `unavailable`
+//! within the sender's deadline), and its subscriber may run on any node: a service that does
+//! not run here (or is busy here) gets its deliveries over QUIC. Editing `[[queue]]` entries of a running node
 //! applies them: settings take effect for the next delivery, a new queue opens, a removed one
 //! drains and closes (its files keep what it owes).
 
 mod log;
+mod mesh;
+
+pub(crate) use mesh::MeshQueues;
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use log::check_replay;
@@ -113,6 +119,8 @@ pub(crate) struct Broker {
     delivery: OnceLock<(Arc<dyn Subscribers>, Arc<Policies>)>,
     /// Serializes [`Broker::apply`].
     changing: tokio::sync::Mutex<()>,
+    /// The queues and subscribers of other nodes, when this node is part of a mesh.
+    mesh: OnceLock<Arc<MeshQueues>>,
 }
 
 /// What [`Broker::apply`] changed, as `queue `x` ...` lines.
@@ -137,11 +145,45 @@ impl Broker {
             queues: ArcSwap::from_pointee(queues),
             delivery: OnceLock::new(),
             changing: tokio::sync::Mutex::new(()),
+            mesh: OnceLock::new(),
         })
     }
 
-    /// Appends a message from `sender` to `queue`; resolves with its id once it is on disk.
+    /// Reaches the queues and subscribers of other nodes through `mesh` from now on.
+    pub(crate) fn join_mesh(&self, mesh: Arc<MeshQueues>) {
+        let _ = self.mesh.set(mesh);
+    }
+
+    /// The other nodes' queues and subscribers, when this node is part of a mesh.
+    pub(crate) fn mesh(&self) -> Option<&Arc<MeshQueues>> {
+        self.mesh.get()
+    }
+
+    /// Appends a message from `sender` to `queue`, on this node or on the peer that declares
+    /// it; resolves with its id once it is on disk there, or fails within `budget`.
     pub(crate) async fn send(
+        &self,
+        queue: &str,
+        sender: &str,
+        trace_context: Option<String>,
+        outgoing: Outgoing,
+        budget: std::time::Duration,
+    ) -> Result<String, SendError> {
+        let local = self.queues.load().contains_key(queue);
+        if !local
+            && let Some(mesh) = self.mesh.get()
+            && mesh.knows(queue)
+        {
+            return mesh
+                .send(queue, sender, trace_context, outgoing, budget)
+                .await;
+        }
+        self.send_here(queue, sender, trace_context, outgoing).await
+    }
+
+    /// Appends a message from `sender` to `queue` of this node (a local guest's send, or a
+    /// peer's `Send` frame); resolves with its id once it is on disk.
+    pub(crate) async fn send_here(
         &self,
         queue: &str,
         sender: &str,
@@ -292,6 +334,13 @@ impl Broker {
         problems
     }
 
+    /// The queues it holds, by name.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.queues.load().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     pub(crate) fn views(&self) -> Vec<QueueView> {
         let mut views: Vec<QueueView> = self.queues.load().values().map(|q| q.view()).collect();
         views.sort_by(|a, b| a.name.cmp(&b.name));
@@ -306,8 +355,16 @@ impl Queues for Broker {
         sender: &'a str,
         trace_context: Option<String>,
         message: Outgoing,
+        budget: std::time::Duration,
     ) -> BoxFuture<'a, Result<String, SendError>> {
-        Box::pin(Broker::send(self, queue, sender, trace_context, message))
+        Box::pin(Broker::send(
+            self,
+            queue,
+            sender,
+            trace_context,
+            message,
+            budget,
+        ))
     }
 }
 

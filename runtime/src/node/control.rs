@@ -56,7 +56,11 @@ impl Control {
 
     /// Makes `manifest`'s `[[queue]]` entries the node's queues.
     pub(super) async fn requeue(&self, manifest: &Manifest) -> Result<QueueChanges, ControlError> {
-        Ok(self.broker.apply(&manifest.queues).await?)
+        let changes = self.broker.apply(&manifest.queues).await?;
+        if !changes.is_empty() {
+            self.announce();
+        }
+        Ok(changes)
     }
 
     /// Gives every binding of policy `name` the new config; returns how many there are.
@@ -129,12 +133,17 @@ impl Control {
         manifest: &Manifest,
     ) -> Result<services::Replaced, ControlError> {
         let replaced = self.services.replace(&manifest.services).await?;
-        if !(replaced.added.is_empty() && replaced.removed.is_empty())
-            && let Some(membership) = self.membership.get()
-        {
-            membership.announce(self.services.announced());
+        if !(replaced.added.is_empty() && replaced.removed.is_empty()) {
+            self.announce();
         }
         Ok(replaced)
+    }
+
+    /// Tells peers this node's services and queues as they are now.
+    fn announce(&self) {
+        if let Some(membership) = self.membership.get() {
+            membership.announce(self.services.announced(), self.broker.names());
+        }
     }
 
     /// Makes `manifest`'s `[[policy]]` and `[[bind]]` entries the ones that run.

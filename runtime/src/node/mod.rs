@@ -266,10 +266,42 @@ impl Drop for Node {
     }
 }
 
-/// Hands queued messages to the services' slots. Holds the services weakly: the node owns
+/// Hands queued messages to the services' slots, here or, for a service that does not run
+/// here (or is busy here), on a peer that runs it. Holds the services weakly: the node owns
 /// them, and a delivery after they are gone waits like one to a busy service.
+#[derive(Clone)]
 struct Subscribers {
     services: std::sync::Weak<Services>,
+    /// Peers' subscribers, when this node is part of a mesh.
+    mesh: Option<Arc<messaging::MeshQueues>>,
+}
+
+impl Subscribers {
+    /// Delivers to `service` on this node; `None` if it does not run here.
+    async fn deliver_here(
+        &self,
+        service: &str,
+        queue: &str,
+        message: &messaging::StoredMessage,
+        attempt: u32,
+    ) -> Option<messaging::Delivered> {
+        use messaging::Delivered;
+        let Some(services) = self.services.upgrade() else {
+            return Some(Delivered::NotNow("the node is stopping".into()));
+        };
+        let slot = services.slot(service).ok()?;
+        drop(services);
+        Some(
+            match slot.deliver(guest_message(queue, message, attempt)).await {
+                Ok(Ok(())) => Delivered::Acked,
+                Ok(Err(reason)) => Delivered::Failed(format!("`{service}` refused it: {reason}")),
+                Err(busy @ crate::wasm::SlotError::Busy { .. }) => {
+                    Delivered::NotNow(busy.to_string())
+                }
+                Err(failed) => Delivered::Failed(failed.to_string()),
+            },
+        )
+    }
 }
 
 impl messaging::Subscribers for Subscribers {
@@ -282,21 +314,18 @@ impl messaging::Subscribers for Subscribers {
     ) -> crate::util::BoxFuture<'a, messaging::Delivered> {
         Box::pin(async move {
             use messaging::Delivered;
-            let Some(services) = self.services.upgrade() else {
-                return Delivered::NotNow("the node is stopping".into());
-            };
-            let slot = match services.slot(service) {
-                Ok(slot) => slot,
-                Err(reason) => return Delivered::NotNow(reason.to_string()),
-            };
-            drop(services);
-            match slot.deliver(guest_message(queue, message, attempt)).await {
-                Ok(Ok(())) => Delivered::Acked,
-                Ok(Err(reason)) => Delivered::Failed(format!("`{service}` refused it: {reason}")),
-                Err(busy @ crate::wasm::SlotError::Busy { .. }) => {
-                    Delivered::NotNow(busy.to_string())
+            let here = self.deliver_here(service, queue, message, attempt).await;
+            match (here, &self.mesh) {
+                (Some(Delivered::NotNow(busy)), Some(mesh)) => {
+                    // Busy here: a peer's instance may take it.
+                    match mesh.deliver(service, queue, message, attempt).await {
+                        Delivered::NotNow(_) => Delivered::NotNow(busy),
+                        delivered => delivered,
+                    }
                 }
-                Err(failed) => Delivered::Failed(failed.to_string()),
+                (Some(delivered), _) => delivered,
+                (None, Some(mesh)) => mesh.deliver(service, queue, message, attempt).await,
+                (None, None) => Delivered::NotNow(format!("`{service}` does not run on this node")),
             }
         })
     }
@@ -343,6 +372,10 @@ struct PeerFrames {
     rpc: rpc::PeerHandler,
     /// `None` with etcd discovery: peers do not gossip with this node.
     gossip: Option<Arc<discovery::Gossip>>,
+    /// Takes peers' sends to this node's queues.
+    broker: Arc<messaging::Broker>,
+    /// Takes peers' deliveries to this node's services.
+    subscribers: Subscribers,
 }
 
 impl FrameHandler for PeerFrames {
@@ -357,6 +390,47 @@ impl FrameHandler for PeerFrames {
                         .into(),
                 },
             },
+            Frame::Send {
+                queue,
+                sender,
+                trace_context,
+                message,
+                deadline_ms: _,
+            } => match self
+                .broker
+                .send_here(&queue, &sender, trace_context, message)
+                .await
+            {
+                Ok(id) => Frame::Sent { id },
+                Err(refused) => Frame::NotSent(refused),
+            },
+            Frame::Deliver {
+                service,
+                queue,
+                message,
+                attempt,
+            } => {
+                use messaging::Delivered;
+                let delivered = self
+                    .subscribers
+                    .deliver_here(&service, &queue, &message, attempt)
+                    .await;
+                match delivered {
+                    Some(Delivered::Acked) => Frame::Ack,
+                    Some(Delivered::Failed(why)) => Frame::Failed {
+                        kind: FailureKind::Remote,
+                        message: why,
+                    },
+                    Some(Delivered::NotNow(why)) => Frame::Failed {
+                        kind: FailureKind::Unavailable,
+                        message: why,
+                    },
+                    None => Frame::Failed {
+                        kind: FailureKind::Unavailable,
+                        message: format!("`{service}` does not run on node `{}`", peer.node),
+                    },
+                }
+            }
             frame => self.rpc.handle(peer, frame).await,
         }
     }

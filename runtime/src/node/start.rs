@@ -127,6 +127,11 @@ impl Runtime {
                 .map_err(|err| NodeError::Interrupted(err.to_string()))??
         };
         let broker = Arc::new(broker);
+        for queue in &manifest.queues {
+            if !manifest.services.iter().any(|s| s.name == queue.subscriber) {
+                tracing::info!(queue = %queue.name, subscriber = %queue.subscriber, "the queue's subscriber does not run on this node; its messages go to a node of the mesh that runs it");
+            }
+        }
         let policies = Arc::new(Policies::start(&engine, manifest).await?);
         let remote = mesh.map(|mesh| {
             Arc::new(rpc::Remote::new(
@@ -135,6 +140,12 @@ impl Runtime {
             ))
         });
         let rpc = rpc::Client::new(remote, manifest.balance.clone(), policies.clone());
+        if let Some(mesh) = mesh {
+            broker.join_mesh(Arc::new(messaging::MeshQueues::new(
+                mesh.transport.clone(),
+                mesh.registry.clone(),
+            )));
+        }
         let outbound = Outbound {
             calls: Arc::new(rpc.clone()),
             queues: broker.clone(),
@@ -168,6 +179,14 @@ impl Runtime {
         })
     }
 
+    /// Hands queued messages to this node's services, or to peers' when they do not run here.
+    fn subscribers(&self) -> Subscribers {
+        Subscribers {
+            services: Arc::downgrade(&self.services),
+            mesh: self.broker.mesh().cloned(),
+        }
+    }
+
     /// Serves queue delivery, the ingress and the admin API until `shutdown` flips.
     pub(super) fn serve(
         &self,
@@ -179,9 +198,7 @@ impl Runtime {
         shutdown: watch::Receiver<bool>,
     ) {
         servers.spawn(self.broker.clone().run(
-            Arc::new(Subscribers {
-                services: Arc::downgrade(&self.services),
-            }),
+            Arc::new(self.subscribers()),
             self.policies.clone(),
             shutdown.clone(),
         ));
@@ -239,6 +256,11 @@ pub(super) fn join_mesh(
         incarnation: discovery::new_incarnation(),
         beat: 0,
         proof: Default::default(),
+        queues: manifest
+            .queues
+            .iter()
+            .map(|queue| queue.name.clone())
+            .collect(),
         services: manifest
             .services
             .iter()
@@ -252,6 +274,8 @@ pub(super) fn join_mesh(
             client: runtime.rpc.clone(),
         },
         gossip,
+        broker: runtime.broker.clone(),
+        subscribers: runtime.subscribers(),
     };
     servers.spawn(
         mesh.transport

@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::message::{Outgoing, SendError, StoredMessage};
+
 /// Bumped on any incompatible change; a peer speaking another version gets a clear error.
-pub(crate) const PROTOCOL_VERSION: u8 = 4;
+pub(crate) const PROTOCOL_VERSION: u8 = 5;
 /// The largest frame a node accepts (the body limit plus room for headers).
 pub(crate) const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024 + 64 * 1024;
 const HEADER_BYTES: usize = 5;
@@ -66,6 +68,31 @@ pub(crate) enum Frame {
         /// How long the stream may live, in milliseconds.
         deadline_ms: u32,
     },
+    /// Append `message` from `sender` to `queue`, which the receiving node declares; answered
+    /// `Sent` once it is on disk there, or `NotSent`.
+    Send {
+        queue: String,
+        sender: String,
+        trace_context: Option<String>,
+        message: Outgoing,
+        /// Milliseconds the sender still waits.
+        deadline_ms: u32,
+    },
+    /// The message `Send` stored, by its id.
+    Sent {
+        id: String,
+    },
+    /// Why `Send` stored nothing.
+    NotSent(SendError),
+    /// Deliver `message` of `queue` to `service` on the receiving node (the `attempt`-th
+    /// time); answered `Ack` (acknowledged) or `Failed` (`Unavailable`: not now, the service
+    /// is busy or not here; otherwise a failed attempt).
+    Deliver {
+        service: String,
+        queue: String,
+        message: StoredMessage,
+        attempt: u32,
+    },
 }
 
 /// One node as the mesh knows it: what the node says of itself, signed by it, so a relay
@@ -82,6 +109,8 @@ pub(crate) struct Member {
     pub(crate) beat: u64,
     /// `(name, version)` of every service it runs.
     pub(crate) services: Vec<(String, String)>,
+    /// The queues it declares (a guest on any node sends to them by name).
+    pub(crate) queues: Vec<String>,
     /// How much longer this news is good for, in milliseconds; relays count it down, so it is
     /// not signed.
     pub(crate) ttl_ms: u32,
@@ -103,6 +132,7 @@ impl Member {
             self.incarnation,
             self.beat,
             &self.services,
+            &self.queues,
         ))
         .map_err(|err| FrameError::Malformed(err.to_string()))
     }
@@ -149,6 +179,10 @@ impl Frame {
             Self::Goodbye { .. } => "goodbye",
             Self::Ack => "ack",
             Self::OpenStream { .. } => "open-stream",
+            Self::Send { .. } => "send",
+            Self::Sent { .. } => "sent",
+            Self::NotSent(_) => "not-sent",
+            Self::Deliver { .. } => "deliver",
         }
     }
 }
@@ -255,6 +289,7 @@ mod tests {
                     incarnation: 42,
                     beat: 7,
                     services: vec![("hello".into(), "1.0.0".into())],
+                    queues: vec!["orders".into()],
                     ttl_ms: 2000,
                     proof: Proof {
                         scheme: 0x0403,

@@ -93,6 +93,46 @@ impl Causation {
     }
 }
 
+/// A message as the log keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct StoredMessage {
+    /// Position in the queue; ids and replay order come from it.
+    pub(crate) seq: u64,
+    pub(crate) id: String,
+    pub(crate) kind: MessageKind,
+    pub(crate) key: Option<String>,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) reply_to: Option<String>,
+    pub(crate) trace_context: Option<String>,
+    pub(crate) body: Vec<u8>,
+    /// The service that sent it.
+    pub(crate) sender: String,
+    pub(crate) sent_at_ms: u64,
+}
+
+/// What a guest asks to send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Outgoing {
+    pub(crate) kind: MessageKind,
+    pub(crate) key: Option<String>,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) reply_to: Option<String>,
+    pub(crate) body: Vec<u8>,
+}
+
+/// Why a `send` was refused. Each message names the queue and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub(crate) enum SendError {
+    #[error("{0}")]
+    UnknownQueue(String),
+    #[error("{0}")]
+    Full(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

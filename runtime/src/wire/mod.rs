@@ -8,7 +8,10 @@ pub(crate) mod frame;
 mod message;
 
 pub(crate) use frame::{FailureKind, Frame};
-pub(crate) use message::{CAUSATION_CHAIN_HEADER, CAUSATION_DEPTH_HEADER, Causation, MessageKind};
+pub(crate) use message::{
+    CAUSATION_CHAIN_HEADER, CAUSATION_DEPTH_HEADER, Causation, MessageKind, Outgoing, SendError,
+    StoredMessage,
+};
 
 use crate::call::{Call, CallError, Deadline, Reply, Target};
 use crate::telemetry::TRACE_HEADER;

@@ -448,9 +448,9 @@ impl Etcd {
 }
 
 impl Membership for Etcd {
-    fn announce(&self, services: Vec<(String, String)>) {
+    fn announce(&self, services: Vec<(String, String)>, queues: Vec<String>) {
         if let Ok(mut me) = self.me.lock() {
-            super::reincarnate(&mut me, services);
+            super::reincarnate(&mut me, services, queues);
             if let Err(error) = super::sign(&mut me, &self.cert) {
                 tracing::error!(%error, "cannot sign this node's entry; peers will refuse it");
             }

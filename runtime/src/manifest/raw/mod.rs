@@ -231,7 +231,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> 
     }
     check_duplicate_routes(&services)?;
     let policies = check_policies(&check, raw.policy)?;
-    let queues = check_queues(&check, raw.queue, &services)?;
+    let queues = check_queues(&check, raw.queue, &services, node.quic.is_some())?;
     let bindings = check_bindings(&check, raw.bind, &policies, &services, &queues)?;
     let manifest = Manifest {
         path: path.to_path_buf(),

@@ -10,6 +10,7 @@ pub(super) fn check_queues(
     check: &Checker<'_>,
     raw: Vec<RawQueue>,
     services: &[ServiceSpec],
+    in_mesh: bool,
 ) -> Result<Vec<QueueSpec>, ManifestError> {
     let mut queues: Vec<QueueSpec> = Vec::with_capacity(raw.len());
     for queue in raw {
@@ -23,7 +24,9 @@ pub(super) fn check_queues(
             ));
         }
         let subscriber = queue.subscriber.get_ref().clone();
-        if !services.iter().any(|s| s.name == subscriber) {
+        // In a mesh the subscriber may run on any node; its name must still be a name.
+        check_name(check, &queue.subscriber, "subscriber")?;
+        if !in_mesh && !services.iter().any(|s| s.name == subscriber) {
             let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
             return Err(check.invalid(
                 queue.subscriber.span(),
@@ -31,8 +34,9 @@ pub(super) fn check_queues(
                     "queue `{name}`: its subscriber `{subscriber}` is not a service of this node"
                 ),
                 format!(
-                    "a queue is consumed on the node that declares it; name one of this \
-                     manifest's services ({})",
+                    "without `node.quic` a queue is consumed on the node that declares it; name \
+                     one of this manifest's services ({}), or set `quic` to let a service of \
+                     another node consume it",
                     names_or_none(&known)
                 ),
             ));

@@ -40,30 +40,13 @@ use std::sync::mpsc;
 use storage::LogFile;
 pub(crate) use storage::{Disk, Storage};
 
-use crate::wire::MessageKind;
+pub(crate) use crate::wire::StoredMessage;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 /// The largest record accepted: a message body plus its headers.
 pub(super) const MAX_RECORD_BYTES: usize = 2 * 1024 * 1024;
 const HEADER_BYTES: usize = 8;
-
-/// A message as the log keeps it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct StoredMessage {
-    /// Position in the queue; ids and replay order come from it.
-    pub(crate) seq: u64,
-    pub(crate) id: String,
-    pub(crate) kind: MessageKind,
-    pub(crate) key: Option<String>,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) reply_to: Option<String>,
-    pub(crate) trace_context: Option<String>,
-    pub(crate) body: Vec<u8>,
-    /// The service that sent it.
-    pub(crate) sender: String,
-    pub(crate) sent_at_ms: u64,
-}
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub(super) enum Record {
@@ -840,6 +823,7 @@ pub(crate) fn sample_log() -> Vec<u8> {
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
 mod tests {
     use super::*;
+    use crate::wire::MessageKind;
 
     fn disk() -> Arc<dyn Storage> {
         Arc::new(Disk)

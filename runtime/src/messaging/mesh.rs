@@ -1,0 +1,126 @@
+//! Queues across the mesh. A queue lives on the node that declares it (no central broker);
+//! peers learn which node that is from its signed member record. A guest on another node sends
+//! to it by name: the send goes to the owner as a `Send` frame and returns once the owner has
+//! the message on disk. A queue's subscriber may run on any node: a delivery to a service that
+//! does not run here goes to a node that runs it as a `Deliver` frame, and its answer settles
+//! the message like a local one.
+//!
+//! Both ride the mesh's QUIC transport and are bounded in time: a send within the sender's
+//! deadline (an owner that is down makes it fail with `unavailable`, never hang), a delivery
+//! within [`DELIVERY_TIMEOUT`]. A delivery whose answer is lost (the peer went away mid-way)
+//! is offered again without counting an attempt: at least once, as on one node.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::Delivered;
+use crate::discovery::Registry;
+use crate::transport::Transport;
+use crate::wire::{FailureKind, Frame, Outgoing, SendError, StoredMessage};
+
+/// How long a delivery to another node may take, answer included: past the longest
+/// `timeout_ms` a service is likely to have.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// This node's way to the queues and subscribers of its peers.
+pub(crate) struct MeshQueues {
+    transport: Arc<Transport>,
+    registry: Arc<Registry>,
+    /// Deliveries take the nodes that run a subscriber in turn.
+    next: AtomicUsize,
+}
+
+impl MeshQueues {
+    pub(crate) fn new(transport: Arc<Transport>, registry: Arc<Registry>) -> Self {
+        Self {
+            transport,
+            registry,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether a peer declares `queue`.
+    pub(crate) fn knows(&self, queue: &str) -> bool {
+        self.registry.owner_of(queue).is_some()
+    }
+
+    /// Sends `message` to `queue` on the node that declares it; returns its id once that node
+    /// has it on disk, or why not, within `budget`.
+    pub(crate) async fn send(
+        &self,
+        queue: &str,
+        sender: &str,
+        trace_context: Option<String>,
+        message: Outgoing,
+        budget: Duration,
+    ) -> Result<String, SendError> {
+        let Some(owner) = self.registry.owner_of(queue) else {
+            return Err(SendError::UnknownQueue(format!(
+                "no node of the mesh declares queue `{queue}` (a node that does may be down); \
+                 declare it with [[queue]] in one node's manifest"
+            )));
+        };
+        let frame = Frame::Send {
+            queue: queue.to_owned(),
+            sender: sender.to_owned(),
+            trace_context,
+            message,
+            deadline_ms: u32::try_from(budget.as_millis()).unwrap_or(u32::MAX),
+        };
+        let unavailable = |why: String| {
+            SendError::Unavailable(format!(
+                "queue `{queue}` lives on the node at {owner}, which did not take the message: \
+                 {why}"
+            ))
+        };
+        match self.transport.request(owner, &frame, budget).await {
+            Ok(Frame::Sent { id }) => Ok(id),
+            Ok(Frame::NotSent(refused)) => Err(refused),
+            Ok(Frame::Failed { message, .. }) => Err(unavailable(message)),
+            Ok(other) => Err(unavailable(format!(
+                "it answered with a {} frame",
+                other.kind()
+            ))),
+            Err(error) => Err(unavailable(error.to_string())),
+        }
+    }
+
+    /// Delivers `message` of `queue` to `service` on a peer that runs it (the peers that do,
+    /// in turn).
+    pub(crate) async fn deliver(
+        &self,
+        service: &str,
+        queue: &str,
+        message: &StoredMessage,
+        attempt: u32,
+    ) -> Delivered {
+        let peers = self.registry.candidates(service, None);
+        if peers.is_empty() {
+            return Delivered::NotNow(format!(
+                "`{service}` runs neither on this node nor on a peer it knows"
+            ));
+        }
+        let peer = peers[self.next.fetch_add(1, Ordering::Relaxed) % peers.len()];
+        let frame = Frame::Deliver {
+            service: service.to_owned(),
+            queue: queue.to_owned(),
+            message: message.clone(),
+            attempt,
+        };
+        match self.transport.request(peer, &frame, DELIVERY_TIMEOUT).await {
+            Ok(Frame::Ack) => Delivered::Acked,
+            Ok(Frame::Failed {
+                kind: FailureKind::Unavailable,
+                message,
+            }) => Delivered::NotNow(format!("`{service}` on {peer}: {message}")),
+            Ok(Frame::Failed { message, .. }) => Delivered::Failed(message),
+            Ok(other) => Delivered::NotNow(format!(
+                "`{service}` on {peer} answered a delivery with a {} frame",
+                other.kind()
+            )),
+            // It may have handled it; offered again without an attempt, as at-least-once allows.
+            Err(error) => Delivered::NotNow(format!("`{service}` on {peer}: {error}")),
+        }
+    }
+}
