@@ -62,6 +62,22 @@ impl Message {
         })
     }
 
+    /// Answers this message at its `reply-to`: a requester waiting in
+    /// [`crate::messaging::request`] (on any node), or a queue. Fails with `unknown-queue` when
+    /// the sender asked for no reply, `unavailable` when the requester stopped waiting.
+    pub fn reply(
+        &self,
+        reply: crate::messaging::Message,
+    ) -> Result<(), crate::messaging::SendError> {
+        let to = self.reply_to().ok_or_else(|| {
+            crate::messaging::SendError::UnknownQueue(format!(
+                "message {} asks for no reply (it has no reply-to)",
+                self.id()
+            ))
+        })?;
+        reply.reply(to)
+    }
+
     /// The body decoded as postcard.
     pub fn postcard<T: DeserializeOwned>(&self) -> Result<T, Error> {
         postcard::from_bytes(&self.inner.body).map_err(|err| {

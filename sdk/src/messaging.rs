@@ -1,4 +1,6 @@
-//! Sending messages to this node's durable queues.
+//! Sending messages to durable queues (on this node or any node of the mesh), and
+//! request/response over messages: [`Message::request`] waits for the first reply, which a
+//! consumer sends with [`crate::Message::reply`].
 //!
 //! ```no_run
 //! use switchyard_sdk::{messaging, Error, Request, Response};
@@ -23,7 +25,7 @@ use crate::Error;
 use crate::bindings::switchyard::runtime::messaging as wit;
 use crate::bindings::switchyard::runtime::types::MessageKind;
 
-pub use wit::SendError;
+pub use wit::{RequestError, SendError};
 
 /// A message to build and send; see the module docs.
 #[derive(Debug, Clone)]
@@ -82,6 +84,32 @@ impl Message {
     pub fn send(self, queue: &str) -> Result<String, SendError> {
         wit::send(queue, &self.inner)
     }
+
+    /// Sends it to `queue` as a request and waits at most `timeout` for the first reply
+    /// (request/response over messages; the consumer answers with
+    /// [`crate::Message::reply`]).
+    pub fn request(
+        self,
+        queue: &str,
+        timeout: std::time::Duration,
+    ) -> Result<crate::Message, RequestError> {
+        let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        wit::request(queue, &self.inner, timeout_ms).map(crate::Message::from_wit)
+    }
+
+    /// Sends it as the answer to a message whose `reply-to` is `to`.
+    pub fn reply(self, to: &str) -> Result<(), SendError> {
+        wit::reply(to, &self.inner)
+    }
+}
+
+/// Sends `body` to `queue` as a request and waits at most `timeout` for the first reply.
+pub fn request(
+    queue: &str,
+    body: impl Into<Vec<u8>>,
+    timeout: std::time::Duration,
+) -> Result<crate::Message, RequestError> {
+    Message::new(body).request(queue, timeout)
 }
 
 /// Sends `body` as an event to `queue`; returns its id once it is stored.
@@ -104,5 +132,15 @@ impl From<SendError> for Error {
             SendError::Unavailable(why) => format!("queue unavailable: {why}"),
         };
         Error::new(status, reason)
+    }
+}
+
+impl From<RequestError> for Error {
+    /// No reply in time: 504; not sent: as a failed send.
+    fn from(err: RequestError) -> Self {
+        match err {
+            RequestError::NotSent(send) => send.into(),
+            RequestError::Timeout(why) => Error::new(504, format!("no reply: {why}")),
+        }
     }
 }

@@ -686,39 +686,34 @@ async fn a_redrive_sends_the_dead_letters_again_once_the_subscriber_is_fixed() {
     node.shutdown().await;
 }
 
-/// A queue lives on the node that declares it; a guest on another node sends to it by name,
-/// and a subscriber on another node gets its messages, all over the mesh's QUIC. An owner
-/// that is gone makes a send fail at once, never hang.
-#[tokio::test]
-async fn a_queue_takes_sends_from_and_delivers_to_other_nodes() {
-    capture_logs();
-    // The owner declares `jobs`, consumed by `mailroom`, which runs only on the other node.
-    let owner_manifest = TestManifest::with_node(
-        "name = \"owner\"\nquic = \"127.0.0.1:0\"",
-        &format!(
-            "{}{}",
-            service("hello", "hello", &["GET /hello/{name}"], ""),
-            queue("jobs", "max_attempts = 2\nredeliver_ms = 10")
-        ),
-    );
+/// Node `owner` (with `owner_services`, declaring queue `jobs`) and node `worker` (with
+/// `worker_services`, seeded with the owner), once each knows the other: the owner has heard
+/// of `worker_runs` (e.g. `mailroom@`) and the worker of the owner's queue.
+async fn owner_and_worker(
+    owner_services: &str,
+    worker_services: &str,
+    worker_runs: &str,
+) -> ([TestManifest; 2], switchyard::Node, switchyard::Node) {
+    let owner_manifest =
+        TestManifest::with_node("name = \"owner\"\nquic = \"127.0.0.1:0\"", owner_services);
     let owner = owner_manifest.start().await;
     let worker_manifest = TestManifest::with_node(
         &format!(
             "name = \"worker\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{}\"]",
             owner.quic_addr().unwrap()
         ),
-        &service("mailroom", "mailroom", &["POST /send/{queue}"], ""),
+        worker_services,
     );
     let worker = worker_manifest.start().await;
     let started = Instant::now();
-    while !admin_get(&worker, "/registry")
+    while !admin_get(&owner, "/registry")
         .await
         .body
-        .contains("\"jobs\"")
-        || !admin_get(&owner, "/registry")
+        .contains(worker_runs)
+        || !admin_get(&worker, "/registry")
             .await
             .body
-            .contains("mailroom@")
+            .contains("\"jobs\"")
     {
         assert!(
             started.elapsed() < Duration::from_secs(5),
@@ -726,6 +721,26 @@ async fn a_queue_takes_sends_from_and_delivers_to_other_nodes() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    ([owner_manifest, worker_manifest], owner, worker)
+}
+
+/// A queue lives on the node that declares it; a guest on another node sends to it by name,
+/// and a subscriber on another node gets its messages, all over the mesh's QUIC. An owner
+/// that is gone makes a send fail at once, never hang.
+#[tokio::test]
+async fn a_queue_takes_sends_from_and_delivers_to_other_nodes() {
+    capture_logs();
+    // The owner declares `jobs`, consumed by `mailroom`, which runs only on the other node.
+    let (_manifests, owner, worker) = owner_and_worker(
+        &format!(
+            "{}{}",
+            service("hello", "hello", &["GET /hello/{name}"], ""),
+            queue("jobs", "max_attempts = 2\nredeliver_ms = 10")
+        ),
+        &service("mailroom", "mailroom", &["POST /send/{queue}"], ""),
+        "mailroom@",
+    )
+    .await;
 
     // The worker's guest sends to the owner's queue; the owner delivers to the worker's guest.
     let (status, id) = send_to(&worker, "jobs", "remote job").await;
@@ -764,4 +779,84 @@ async fn a_queue_takes_sends_from_and_delivers_to_other_nodes() {
         sent_at.elapsed()
     );
     worker.shutdown().await;
+}
+
+/// Request/response over messages across nodes: the requester waits for the first reply,
+/// which the consumer on another node sends to its reply address; a request nobody answers in
+/// time ends in 504, and the late reply is refused; a reply to a queue arrives later as a
+/// message (asynchronous request/response).
+#[tokio::test]
+async fn a_request_gets_the_first_reply_from_a_consumer_on_another_node() {
+    capture_logs();
+    // `owner` runs the requester (mailroom) and declares `jobs`, consumed by `replier` (the
+    // mailroom guest too), which runs only on `worker`, and `answers`, consumed here.
+    let (_manifests, owner, worker) = owner_and_worker(
+        &format!(
+            "{}{}{}",
+            service(
+                "mailroom",
+                "mailroom",
+                &["POST /send/{queue}", "POST /request/{queue}"],
+                ""
+            ),
+            "[[queue]]\nname = \"jobs\"\nsubscriber = \"replier\"\nmax_attempts = 1\n",
+            queue("answers", "")
+        ),
+        &service("replier", "mailroom", &["POST /send/{queue}"], ""),
+        "replier@",
+    )
+    .await;
+
+    let reply = send(owner.http_addr(), "POST", "/request/jobs", "reply to me").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "re: reply to me")
+    );
+
+    // Too slow: the requester gives up at its timeout, and the late reply is refused.
+    let asked = Instant::now();
+    let reply = send_with(
+        owner.http_addr(),
+        "POST",
+        "/request/jobs",
+        "reply-after:800",
+        &[("x-timeout-ms", "200")],
+    )
+    .await;
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert!(reply.body.contains("no reply"), "{}", reply.body);
+    assert!(
+        asked.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        asked.elapsed()
+    );
+    let view = wait_for(&owner, "jobs", Duration::from_secs(5), |q| {
+        count(q, "dead_lettered") == 1
+    })
+    .await;
+    let error = view["recent_dead_letters"][0]["last_error"]
+        .as_str()
+        .unwrap();
+    assert!(error.contains("nobody waits for a reply"), "{error}");
+
+    // A reply to a queue comes later, as a message of that queue.
+    let sent = send_with(
+        owner.http_addr(),
+        "POST",
+        "/send/jobs",
+        "reply later",
+        &[("x-reply-to", "answers")],
+    )
+    .await;
+    assert_eq!(sent.status, 202, "{}", sent.body);
+    wait_for(&owner, "answers", Duration::from_secs(5), |q| {
+        count(q, "delivered") == 1
+    })
+    .await;
+    assert!(
+        logs().contains("on answers: re: reply later"),
+        "no async reply"
+    );
+    worker.shutdown().await;
+    owner.shutdown().await;
 }

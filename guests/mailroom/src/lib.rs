@@ -1,8 +1,13 @@
 //! Sends to queues over HTTP and consumes them; how a delivery goes is written in the message,
 //! so tests (and the README's walk-through) can drive redelivery and dead-lettering.
 //!
-//! - `POST /send/{queue}`: sends the request body (header `x-key` becomes the message key) and
-//!   answers `202` with the message id, or the send error's status and reason. Header
+//! - `POST /send/{queue}`: sends the request body (header `x-key` becomes the message key,
+//!   `x-reply-to` its reply-to) and answers `202` with the message id, or the send error's
+//!   status and reason.
+//! - `POST /request/{queue}`: sends the body as a request and answers `200` with the first
+//!   reply's body, waiting at most `x-timeout-ms` (default 2000): `504` when none came.
+//! - A delivered message whose body starts with `reply` is answered at its reply-to with
+//!   `re: <body>`; `reply-after:N` waits N ms first. Header
 //!   `x-hold-ms` keeps the instance busy that long first (to make deliveries meet a busy
 //!   subscriber).
 //! - A delivered message whose body starts with `fail-until:N` fails its attempts before the
@@ -18,12 +23,24 @@ impl Service for Mailroom {
         let queue = req
             .param("queue")
             .ok_or_else(|| Error::not_found("POST /send/{queue}"))?;
+        if req.path().starts_with("/request/") {
+            let timeout = req
+                .header("x-timeout-ms")
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(2000);
+            let reply = messaging::Message::new(req.body().to_vec())
+                .request(queue, std::time::Duration::from_millis(timeout))?;
+            return Ok(Response::text(String::from_utf8_lossy(reply.body()).into_owned()));
+        }
         if let Some(hold) = req.header("x-hold-ms").and_then(|ms| ms.parse().ok()) {
             std::thread::sleep(std::time::Duration::from_millis(hold));
         }
         let mut message = messaging::Message::new(req.body().to_vec());
         if let Some(key) = req.header("x-key") {
             message = message.key(key);
+        }
+        if let Some(to) = req.header("x-reply-to") {
+            message = message.reply_to(to);
         }
         let id = message.send(queue)?;
         Ok(Response::text(id).with_status(202))
@@ -41,6 +58,17 @@ impl Service for Mailroom {
         }
         if body.starts_with("panic") {
             panic!("asked to panic on {}", msg.id());
+        }
+        if body.starts_with("reply") {
+            let wait = body
+                .strip_prefix("reply-after:")
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+            if let Some(ms) = wait {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+            msg.reply(messaging::Message::new(format!("re: {body}")))
+                .map_err(|err| format!("could not reply to {}: {err}", msg.id()))?;
+            return Ok(());
         }
         if let Some(queue) = body.strip_prefix("forward:") {
             messaging::Message::new(msg.body().to_vec())

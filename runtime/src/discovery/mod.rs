@@ -372,6 +372,17 @@ impl Registry {
         })
     }
 
+    /// Where live `node` listens.
+    pub(crate) fn address_of(&self, node: &str) -> Option<SocketAddr> {
+        let now = Instant::now();
+        let state = self.state.lock().ok()?;
+        state
+            .peers
+            .get(node)
+            .filter(|entry| entry.live(now))
+            .map(|entry| entry.record.address)
+    }
+
     /// The live peer that declares `queue` (the lowest address, should two claim it).
     pub(crate) fn owner_of(&self, queue: &str) -> Option<SocketAddr> {
         let now = Instant::now();

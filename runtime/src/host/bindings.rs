@@ -31,6 +31,8 @@ wasmtime::component::bindgen!({
         "switchyard:runtime/quic.[method]bidi-stream.finish": async | trappable,
         "switchyard:runtime/quic.[method]connection.node": trappable,
         "switchyard:runtime/messaging.send": async,
+        "switchyard:runtime/messaging.request": async,
+        "switchyard:runtime/messaging.reply": async,
     },
     exports: { default: async },
     with: {

@@ -1,23 +1,28 @@
-//! `switchyard:runtime/messaging`: durable sends through the [`super::Queues`] port.
+//! `switchyard:runtime/messaging`: durable sends, requests and replies through the
+//! [`super::Queues`] port.
+
+use std::time::Duration;
 
 use super::bindings::imports::messaging::{self as wit, OutgoingMessage};
 use super::bindings::imports::types::MessageKind as WitKind;
-use super::{HostState, Outgoing, SendError};
+use super::{GuestMessage, HostState, Outgoing, RequestError, SendError};
 use crate::telemetry::TraceContext;
-use crate::wire::MessageKind;
+use crate::wire::{MessageKind, StoredMessage};
 
 /// The largest message body a queue takes.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-impl wit::Host for HostState {
-    async fn send(
-        &mut self,
-        queue: String,
+impl HostState {
+    /// `message` as the node sends it to `to` for this guest: its size checked, the sender's
+    /// node headers dropped and this node's causation set; with the trace it continues.
+    fn outgoing(
+        &self,
+        to: &str,
         message: OutgoingMessage,
-    ) -> Result<String, wit::SendError> {
+    ) -> Result<(Outgoing, String), wit::SendError> {
         if message.body.len() > MAX_BODY_BYTES {
             return Err(wit::SendError::TooLarge(format!(
-                "a message to queue `{queue}` has a body of {} bytes; a queue takes at most \
+                "a message to `{to}` has a body of {} bytes; a queue takes at most \
                  {MAX_BODY_BYTES} (store large payloads elsewhere and send a reference)",
                 message.body.len()
             )));
@@ -37,18 +42,91 @@ impl wit::Host for HostState {
             reply_to: message.reply_to,
             body: message.body,
         };
+        Ok((outgoing, trace.header()))
+    }
+}
+
+impl wit::Host for HostState {
+    async fn send(
+        &mut self,
+        queue: String,
+        message: OutgoingMessage,
+    ) -> Result<String, wit::SendError> {
+        let (outgoing, trace) = self.outgoing(&queue, message)?;
         let queues = self.guest.queues.clone();
         let budget = self.deadline.remaining();
         let sent = queues
-            .send(
-                &queue,
-                &self.guest.service,
-                Some(trace.header()),
-                outgoing,
-                budget,
-            )
+            .send(&queue, &self.guest.service, Some(trace), outgoing, budget)
             .await;
         sent.map_err(Into::into)
+    }
+
+    async fn request(
+        &mut self,
+        destination: String,
+        message: OutgoingMessage,
+        timeout_ms: u32,
+    ) -> Result<GuestMessage, wit::RequestError> {
+        let (outgoing, trace) = self
+            .outgoing(&destination, message)
+            .map_err(wit::RequestError::NotSent)?;
+        let queues = self.guest.queues.clone();
+        let timeout = Duration::from_millis(u64::from(timeout_ms)).min(self.deadline.remaining());
+        let replied = queues
+            .request(
+                &destination,
+                &self.guest.service,
+                Some(trace),
+                outgoing,
+                timeout,
+            )
+            .await;
+        match replied {
+            Ok(reply) => Ok(guest_message(&destination, &reply, None)),
+            Err(RequestError::NotSent(error)) => Err(wit::RequestError::NotSent(error.into())),
+            Err(RequestError::Timeout(why)) => Err(wit::RequestError::Timeout(why)),
+        }
+    }
+
+    async fn reply(&mut self, to: String, message: OutgoingMessage) -> Result<(), wit::SendError> {
+        let (outgoing, trace) = self.outgoing(&to, message)?;
+        let queues = self.guest.queues.clone();
+        let budget = self.deadline.remaining();
+        let replied = queues
+            .reply(&to, &self.guest.service, Some(trace), outgoing, budget)
+            .await;
+        replied.map_err(Into::into)
+    }
+}
+
+/// The `message` record a guest gets for `message` of `topic` (a queue, or the destination a
+/// reply answers), with the node's own headers: the sender, and for a delivery its attempt.
+pub(crate) fn guest_message(
+    topic: &str,
+    message: &StoredMessage,
+    attempt: Option<u32>,
+) -> GuestMessage {
+    let mut headers = message.headers.clone();
+    // Logs written before senders' node headers were dropped may still hold some.
+    headers.retain(|(name, _)| {
+        !crate::call::is_node_header(name)
+            || name == "x-switchyard-redriven-from"
+            || name == crate::wire::CAUSATION_DEPTH_HEADER
+            || name == crate::wire::CAUSATION_CHAIN_HEADER
+    });
+    if let Some(attempt) = attempt {
+        headers.push(("x-switchyard-attempt".into(), attempt.to_string()));
+    }
+    headers.push(("x-switchyard-sender".into(), message.sender.clone()));
+    GuestMessage {
+        id: message.id.clone(),
+        kind: message.kind.into(),
+        topic: topic.to_owned(),
+        key: message.key.clone(),
+        headers,
+        reply_to: message.reply_to.clone(),
+        trace_context: message.trace_context.clone(),
+        body: message.body.clone(),
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::call::{ByteStream, Call, CallError, Connection, Instance, Reply, Target};
 use crate::util::BoxFuture;
-pub(crate) use crate::wire::{Outgoing, SendError};
+pub(crate) use crate::wire::{Outgoing, SendError, StoredMessage};
 
 /// Calls, lookups and raw streams to other services, on this node or its peers.
 pub(crate) trait Calls: Send + Sync {
@@ -40,4 +40,33 @@ pub(crate) trait Queues: Send + Sync {
         message: Outgoing,
         budget: Duration,
     ) -> BoxFuture<'a, Result<String, SendError>>;
+    /// Sends `message` to `destination` with a reply address and returns the first reply
+    /// within `timeout`.
+    fn request<'a>(
+        &'a self,
+        destination: &'a str,
+        sender: &'a str,
+        trace_context: Option<String>,
+        message: Outgoing,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<StoredMessage, RequestError>>;
+    /// Answers a message at its `reply-to`, `to` (a waiting requester, or a queue), within
+    /// `budget`.
+    fn reply<'a>(
+        &'a self,
+        to: &'a str,
+        sender: &'a str,
+        trace_context: Option<String>,
+        message: Outgoing,
+        budget: Duration,
+    ) -> BoxFuture<'a, Result<(), SendError>>;
+}
+
+/// Why a request over messages got no reply.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RequestError {
+    #[error(transparent)]
+    NotSent(SendError),
+    #[error("{0}")]
+    Timeout(String),
 }

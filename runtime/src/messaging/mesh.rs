@@ -74,15 +74,47 @@ impl MeshQueues {
                  {why}"
             ))
         };
-        match self.transport.request(owner, &frame, budget).await {
-            Ok(Frame::Sent { id }) => Ok(id),
-            Ok(Frame::NotSent(refused)) => Err(refused),
-            Ok(Frame::Failed { message, .. }) => Err(unavailable(message)),
-            Ok(other) => Err(unavailable(format!(
+        match taken(
+            self.transport.request(owner, &frame, budget).await,
+            &unavailable,
+        )? {
+            Frame::Sent { id } => Ok(id),
+            other => Err(unavailable(format!(
                 "it answered with a {} frame",
                 other.kind()
             ))),
-            Err(error) => Err(unavailable(error.to_string())),
+        }
+    }
+
+    /// Hands `reply` to the requester waiting at `to` on `node`, within `budget`.
+    pub(crate) async fn answer(
+        &self,
+        node: &str,
+        to: &str,
+        reply: StoredMessage,
+        budget: Duration,
+    ) -> Result<(), SendError> {
+        let Some(peer) = self.registry.address_of(node) else {
+            return Err(SendError::Unavailable(format!(
+                "`{to}` is a reply address of node `{node}`, which this node does not know (it \
+                 may be down)"
+            )));
+        };
+        let frame = Frame::Answer {
+            to: to.to_owned(),
+            message: reply,
+        };
+        let unavailable =
+            |why: String| SendError::Unavailable(format!("node `{node}` at {peer}: {why}"));
+        match taken(
+            self.transport.request(peer, &frame, budget).await,
+            &unavailable,
+        )? {
+            Frame::Ack => Ok(()),
+            other => Err(unavailable(format!(
+                "it answered with a {} frame",
+                other.kind()
+            ))),
         }
     }
 
@@ -122,5 +154,19 @@ impl MeshQueues {
             // It may have handled it; offered again without an attempt, as at-least-once allows.
             Err(error) => Delivered::NotNow(format!("`{service}` on {peer}: {error}")),
         }
+    }
+}
+
+/// A peer's answer to a `Send` or an `Answer` frame, or why it did not take the message:
+/// its refusal, or `unavailable` (a failure, or no answer).
+fn taken(
+    answer: Result<Frame, crate::transport::TransportError>,
+    unavailable: &impl Fn(String) -> SendError,
+) -> Result<Frame, SendError> {
+    match answer {
+        Ok(Frame::NotSent(refused)) => Err(refused),
+        Ok(Frame::Failed { message, .. }) => Err(unavailable(message)),
+        Ok(frame) => Ok(frame),
+        Err(error) => Err(unavailable(error.to_string())),
     }
 }

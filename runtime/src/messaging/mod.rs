@@ -30,6 +30,7 @@
 //! applies them: settings take effect for the next delivery, a new queue opens, a removed one
 //! drains and closes (its files keep what it owes).
 
+mod inbox;
 mod log;
 mod mesh;
 
@@ -49,7 +50,7 @@ use arc_swap::ArcSwap;
 
 use tokio::sync::watch;
 
-use crate::host::{Outgoing, Queues, SendError};
+use crate::host::{Outgoing, Queues, RequestError, SendError};
 use crate::manifest::QueueSpec;
 use crate::policy::Policies;
 use crate::util::BoxFuture;
@@ -121,15 +122,21 @@ pub(crate) struct Broker {
     changing: tokio::sync::Mutex<()>,
     /// The queues and subscribers of other nodes, when this node is part of a mesh.
     mesh: OnceLock<Arc<MeshQueues>>,
+    /// This node's guests' requests that wait for a reply.
+    inboxes: inbox::Inboxes,
 }
 
 /// What [`Broker::apply`] changed, as `queue `x` ...` lines.
 pub(crate) type QueueChanges = Vec<String>;
 
 impl Broker {
-    /// Opens every queue's log under `data_dir/queues` and takes back what it owes. Blocking
-    /// (file I/O): call it off the executor.
-    pub(crate) fn open(data_dir: &Path, specs: &[QueueSpec]) -> Result<Self, MessagingError> {
+    /// Opens every queue's log under `data_dir/queues` and takes back what it owes, for node
+    /// `node`. Blocking (file I/O): call it off the executor.
+    pub(crate) fn open(
+        data_dir: &Path,
+        node: &str,
+        specs: &[QueueSpec],
+    ) -> Result<Self, MessagingError> {
         let dir = data_dir.join("queues");
         let storage: Arc<dyn log::Storage> = Arc::new(log::Disk);
         let mut queues = HashMap::new();
@@ -146,6 +153,7 @@ impl Broker {
             delivery: OnceLock::new(),
             changing: tokio::sync::Mutex::new(()),
             mesh: OnceLock::new(),
+            inboxes: inbox::Inboxes::new(node),
         })
     }
 
@@ -205,19 +213,67 @@ impl Broker {
             )));
         };
         drop(queues);
-        let message = StoredMessage {
-            seq: 0,
-            id: String::new(),
-            kind: outgoing.kind,
-            key: outgoing.key,
-            headers: outgoing.headers,
-            reply_to: outgoing.reply_to,
-            trace_context,
-            body: outgoing.body,
-            sender: sender.to_owned(),
-            sent_at_ms: now_ms(),
+        target.send(stored(sender, trace_context, outgoing)).await
+    }
+
+    /// Sends `outgoing` to `destination` with a reply address of this node, and waits at most
+    /// `timeout` for the first reply.
+    pub(crate) async fn request(
+        &self,
+        destination: &str,
+        sender: &str,
+        trace_context: Option<String>,
+        mut outgoing: Outgoing,
+        timeout: std::time::Duration,
+    ) -> Result<StoredMessage, RequestError> {
+        let started = tokio::time::Instant::now();
+        let mut waiting = self.inboxes.open();
+        outgoing.reply_to = Some(waiting.address.clone());
+        self.send(destination, sender, trace_context, outgoing, timeout)
+            .await
+            .map_err(RequestError::NotSent)?;
+        let left = timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, waiting.reply()).await {
+            Ok(Some(reply)) => Ok(reply),
+            _ => Err(RequestError::Timeout(format!(
+                "no reply to the request sent to `{destination}` came within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// Answers a message at its `reply-to`, `to`: a requester waiting on this node or another,
+    /// or else a queue.
+    pub(crate) async fn reply(
+        &self,
+        to: &str,
+        sender: &str,
+        trace_context: Option<String>,
+        outgoing: Outgoing,
+        budget: std::time::Duration,
+    ) -> Result<(), SendError> {
+        let Some((node, _)) = inbox::parse(to) else {
+            return self
+                .send(to, sender, trace_context, outgoing, budget)
+                .await
+                .map(drop);
         };
-        target.send(message).await
+        let mut reply = stored(sender, trace_context, outgoing);
+        reply.id = format!("{to}/reply");
+        if node == self.inboxes.node() {
+            return self.inboxes.answer(to, reply);
+        }
+        match self.mesh.get() {
+            Some(mesh) => mesh.answer(node, to, reply, budget).await,
+            None => Err(SendError::Unavailable(format!(
+                "`{to}` is a reply address of node `{node}`, and this node is in no mesh"
+            ))),
+        }
+    }
+
+    /// Hands a peer's reply to the requester waiting at `to` on this node.
+    pub(crate) fn answer_here(&self, to: &str, reply: StoredMessage) -> Result<(), SendError> {
+        self.inboxes.answer(to, reply)
     }
 
     /// Delivers every queue's messages (and those of queues added later) until `shutdown`,
@@ -366,6 +422,42 @@ impl Queues for Broker {
             budget,
         ))
     }
+
+    fn request<'a>(
+        &'a self,
+        destination: &'a str,
+        sender: &'a str,
+        trace_context: Option<String>,
+        message: Outgoing,
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'a, Result<StoredMessage, RequestError>> {
+        Box::pin(Broker::request(
+            self,
+            destination,
+            sender,
+            trace_context,
+            message,
+            timeout,
+        ))
+    }
+
+    fn reply<'a>(
+        &'a self,
+        to: &'a str,
+        sender: &'a str,
+        trace_context: Option<String>,
+        message: Outgoing,
+        budget: std::time::Duration,
+    ) -> BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(Broker::reply(
+            self,
+            to,
+            sender,
+            trace_context,
+            message,
+            budget,
+        ))
+    }
 }
 
 impl Drop for Broker {
@@ -387,6 +479,22 @@ fn open_queue(
         queue: spec.name.clone(),
         cause,
     })
+}
+
+/// A message from `sender` as a queue stores it (its queue numbers it and gives it its id).
+fn stored(sender: &str, trace_context: Option<String>, outgoing: Outgoing) -> StoredMessage {
+    StoredMessage {
+        seq: 0,
+        id: String::new(),
+        kind: outgoing.kind,
+        key: outgoing.key,
+        headers: outgoing.headers,
+        reply_to: outgoing.reply_to,
+        trace_context,
+        body: outgoing.body,
+        sender: sender.to_owned(),
+        sent_at_ms: now_ms(),
+    }
 }
 
 fn now_ms() -> u64 {

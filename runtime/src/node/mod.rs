@@ -292,7 +292,10 @@ impl Subscribers {
         let slot = services.slot(service).ok()?;
         drop(services);
         Some(
-            match slot.deliver(guest_message(queue, message, attempt)).await {
+            match slot
+                .deliver(crate::host::guest_message(queue, message, Some(attempt)))
+                .await
+            {
                 Ok(Ok(())) => Delivered::Acked,
                 Ok(Err(reason)) => Delivered::Failed(format!("`{service}` refused it: {reason}")),
                 Err(busy @ crate::wasm::SlotError::Busy { .. }) => {
@@ -328,34 +331,6 @@ impl messaging::Subscribers for Subscribers {
                 (None, None) => Delivered::NotNow(format!("`{service}` does not run on this node")),
             }
         })
-    }
-}
-
-/// The `message` record a subscriber gets, with the node's own headers.
-fn guest_message(
-    queue: &str,
-    message: &messaging::StoredMessage,
-    attempt: u32,
-) -> crate::host::GuestMessage {
-    let mut headers = message.headers.clone();
-    // Logs written before senders' node headers were dropped may still hold some.
-    headers.retain(|(name, _)| {
-        !crate::call::is_node_header(name)
-            || name == "x-switchyard-redriven-from"
-            || name == crate::wire::CAUSATION_DEPTH_HEADER
-            || name == crate::wire::CAUSATION_CHAIN_HEADER
-    });
-    headers.push(("x-switchyard-attempt".into(), attempt.to_string()));
-    headers.push(("x-switchyard-sender".into(), message.sender.clone()));
-    crate::host::GuestMessage {
-        id: message.id.clone(),
-        kind: message.kind.into(),
-        topic: queue.to_owned(),
-        key: message.key.clone(),
-        headers,
-        reply_to: message.reply_to.clone(),
-        trace_context: message.trace_context.clone(),
-        body: message.body.clone(),
     }
 }
 
@@ -431,6 +406,10 @@ impl FrameHandler for PeerFrames {
                     },
                 }
             }
+            Frame::Answer { to, message } => match self.broker.answer_here(&to, message) {
+                Ok(()) => Frame::Ack,
+                Err(refused) => Frame::NotSent(refused),
+            },
             frame => self.rpc.handle(peer, frame).await,
         }
     }

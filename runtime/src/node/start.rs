@@ -122,7 +122,8 @@ impl Runtime {
         let engine = Arc::new(engine);
         let broker = {
             let (data_dir, queues) = (manifest.node.data_dir.clone(), manifest.queues.clone());
-            tokio::task::spawn_blocking(move || messaging::Broker::open(&data_dir, &queues))
+            let node = manifest.node.name.clone();
+            tokio::task::spawn_blocking(move || messaging::Broker::open(&data_dir, &node, &queues))
                 .await
                 .map_err(|err| NodeError::Interrupted(err.to_string()))??
         };

@@ -93,6 +93,12 @@ pub(crate) enum Frame {
         message: StoredMessage,
         attempt: u32,
     },
+    /// A reply for the requester waiting at `to` (a reply address of the receiving node);
+    /// answered `Ack`, or `NotSent` when nobody waits there any more.
+    Answer {
+        to: String,
+        message: StoredMessage,
+    },
 }
 
 /// One node as the mesh knows it: what the node says of itself, signed by it, so a relay
@@ -183,6 +189,7 @@ impl Frame {
             Self::Sent { .. } => "sent",
             Self::NotSent(_) => "not-sent",
             Self::Deliver { .. } => "deliver",
+            Self::Answer { .. } => "answer",
         }
     }
 }
