@@ -139,6 +139,7 @@ impl ChainProbe {
             caller: "bench".into(),
             request_id: "bench".into(),
             spread: None,
+            causation: Default::default(),
         };
         self.chain
             .around(call, &Answers)
@@ -263,6 +264,8 @@ pub async fn call_claiming(
         caller: caller.to_owned(),
         request_id: "claimed.1".to_owned(),
         trace_context: None,
+        causation_depth: 0,
+        causation_chain: Vec::new(),
     };
     let answer = transport
         .request(peer, &call, Duration::from_secs(5))

@@ -87,6 +87,8 @@ mod tests {
                 caller: "orders".into(),
                 request_id: "abc.1".into(),
                 trace_context: None,
+                causation_depth: 0,
+                causation_chain: Vec::new(),
             },
             Frame::Failed {
                 kind: FailureKind::Remote,

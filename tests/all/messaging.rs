@@ -549,6 +549,30 @@ async fn the_loop_guard_dead_letters_a_message_at_the_end_of_too_long_a_chain() 
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(count(&queue_view(&node, "ping").await, "delivered"), 5);
     node.shutdown().await;
+
+    // The same loop through a call: the subscriber calls `relay`, which sends the next
+    // message; the chain follows the call.
+    let looping = crate::messaging::node(
+        "",
+        &format!(
+            "{}{}",
+            service("relay", "mailroom", &["POST /relay/{queue}"], ""),
+            queue("ping", "max_causation_depth = 4")
+        ),
+    );
+    let node = looping.start().await;
+    assert_eq!(send_to(&node, "ping", "call-forward:ping").await.0, 202);
+    let view = wait_for(&node, "ping", Duration::from_secs(10), |q| {
+        count(q, "loops_stopped") == 1
+    })
+    .await;
+    assert_eq!(count(&view, "delivered"), 4, "{view:#}");
+    let reason = view["recent_dead_letters"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("depth 5") && reason.contains("mailroom → relay → relay → relay → relay"),
+        "{reason}"
+    );
+    node.shutdown().await;
 }
 
 #[tokio::test]

@@ -12,7 +12,10 @@
 //!   subscriber).
 //! - A delivered message whose body starts with `fail-until:N` fails its attempts before the
 //!   N-th; `always-fail` fails every time; `panic` traps; `forward:Q` is sent on to queue
-//!   `Q` (a loop, when `Q` is the queue it came from); anything else is acknowledged.
+//!   `Q` (a loop, when `Q` is the queue it came from); `call-forward:Q` is handed to service
+//!   `relay` (a mailroom too, routed `POST /relay/{queue}`) with `POST /relay/Q`, which sends
+//!   it on (a loop through a call);
+//!   anything else is acknowledged.
 //!   With `config.mode = "refuse"` every message fails (a consumer that is down).
 use switchyard_sdk::{Error, Message, Request, Response, Service, config, log, messaging};
 
@@ -30,7 +33,9 @@ impl Service for Mailroom {
                 .unwrap_or(2000);
             let reply = messaging::Message::new(req.body().to_vec())
                 .request(queue, std::time::Duration::from_millis(timeout))?;
-            return Ok(Response::text(String::from_utf8_lossy(reply.body()).into_owned()));
+            return Ok(Response::text(
+                String::from_utf8_lossy(reply.body()).into_owned(),
+            ));
         }
         if let Some(hold) = req.header("x-hold-ms").and_then(|ms| ms.parse().ok()) {
             std::thread::sleep(std::time::Duration::from_millis(hold));
@@ -68,6 +73,17 @@ impl Service for Mailroom {
             }
             msg.reply(messaging::Message::new(format!("re: {body}")))
                 .map_err(|err| format!("could not reply to {}: {err}", msg.id()))?;
+            return Ok(());
+        }
+        if let Some(queue) = body.strip_prefix("call-forward:") {
+            let reply =
+                switchyard_sdk::rpc::Call::new("relay", &format!("POST /relay/{}", queue.trim()))
+                    .body(msg.body().to_vec())
+                    .send()
+                    .map_err(|err| format!("relay failed: {err}"))?;
+            if reply.status() != 202 {
+                return Err(format!("relay answered {}", reply.status()));
+            }
             return Ok(());
         }
         if let Some(queue) = body.strip_prefix("forward:") {

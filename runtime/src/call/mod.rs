@@ -190,6 +190,9 @@ pub(crate) struct Call {
     /// Set on copies of one call that race each other (a hedge), so each goes to an instance
     /// the others did not take while there is one.
     pub(crate) spread: Option<Arc<Spread>>,
+    /// The chain of messages that led to the caller's work: messages the callee sends
+    /// continue it (the loop guard follows a loop through calls too).
+    pub(crate) causation: Causation,
 }
 
 /// The instances the racing copies of one call went to.
@@ -314,6 +317,62 @@ pub(crate) struct Connection {
     pub(crate) node: String,
 }
 
+/// Header: how many messages led to this one (1 for one sent while handling no message).
+pub(crate) const CAUSATION_DEPTH_HEADER: &str = "x-switchyard-causation-depth";
+/// Header: the services that sent each message of the chain, first first, comma-separated.
+pub(crate) const CAUSATION_CHAIN_HEADER: &str = "x-switchyard-causation-chain";
+
+/// Where a message comes from in a chain of messages, each sent while handling the one before:
+/// the loop guard stops a chain that grows past a limit (a loop between services).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Causation {
+    /// 0 for work that no message caused (an HTTP request).
+    pub(crate) depth: u32,
+    /// The services that sent each message of the chain.
+    pub(crate) chain: Vec<String>,
+}
+
+impl Causation {
+    /// The causation a message's node headers carry (none: depth 0).
+    pub(crate) fn of(headers: &[(String, String)]) -> Self {
+        let value = |name: &str| {
+            headers
+                .iter()
+                .find(|(header, _)| header == name)
+                .map(|(_, value)| value.as_str())
+        };
+        let depth = value(CAUSATION_DEPTH_HEADER)
+            .and_then(|depth| depth.parse().ok())
+            .unwrap_or(0);
+        let chain = value(CAUSATION_CHAIN_HEADER)
+            .map(|chain| chain.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
+        Self { depth, chain }
+    }
+
+    /// The causation of a message that `sender` sends while handling work of this one.
+    pub(crate) fn then(&self, sender: &str) -> Self {
+        let mut chain = self.chain.clone();
+        chain.push(sender.to_owned());
+        Self {
+            depth: self.depth.saturating_add(1),
+            chain,
+        }
+    }
+
+    /// Sets this causation's headers on a message (after the sender's node headers were
+    /// dropped).
+    pub(crate) fn stamp(&self, headers: &mut Vec<(String, String)>) {
+        headers.push((CAUSATION_DEPTH_HEADER.into(), self.depth.to_string()));
+        headers.push((CAUSATION_CHAIN_HEADER.into(), self.chain.join(",")));
+    }
+
+    /// The chain as a log line and a dead letter name it: `a → b → a`.
+    pub(crate) fn path(&self) -> String {
+        self.chain.join(" → ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,5 +493,18 @@ mod tests {
         assert_eq!(timeout(5000).remaining_ms(), 150);
         tokio::time::advance(Duration::from_millis(200)).await;
         assert_eq!(deadline.remaining(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_chain_grows_by_one_sender_per_message_and_reads_back_from_its_headers() {
+        let first = Causation::default().then("orders");
+        let second = first.then("billing");
+        let mut headers = vec![("x-other".to_owned(), "1".to_owned())];
+        second.stamp(&mut headers);
+        let read = Causation::of(&headers);
+        assert_eq!(read, second);
+        assert_eq!(read.depth, 2);
+        assert_eq!(read.path(), "orders → billing");
+        assert_eq!(Causation::of(&[]), Causation::default());
     }
 }

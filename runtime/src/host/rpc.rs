@@ -178,6 +178,7 @@ impl HostState {
             caller: self.guest.service.clone(),
             request_id: self.next_call_id(),
             spread: None,
+            causation: self.causation.clone(),
         })
     }
 }

@@ -53,6 +53,9 @@ impl Client {
         // Calls from peers too: only this node says who the caller is.
         crate::call::drop_node_headers(&mut headers);
         headers.push(("x-switchyard-caller".into(), call.caller));
+        if call.causation.depth > 0 {
+            call.causation.stamp(&mut headers);
+        }
         let request = GuestRequest {
             method: method.to_owned(),
             path: path.to_owned(),

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::message::{Outgoing, SendError, StoredMessage};
 
 /// Bumped on any incompatible change; a peer speaking another version gets a clear error.
-pub(crate) const PROTOCOL_VERSION: u8 = 5;
+pub(crate) const PROTOCOL_VERSION: u8 = 6;
 /// The largest frame a node accepts (the body limit plus room for headers).
 pub(crate) const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024 + 64 * 1024;
 const HEADER_BYTES: usize = 5;
@@ -33,6 +33,9 @@ pub(crate) enum Frame {
         request_id: String,
         /// W3C `traceparent` of the caller, if any.
         trace_context: Option<String>,
+        /// How many messages, sent by which services, led to the caller's work.
+        causation_depth: u32,
+        causation_chain: Vec<String>,
     },
     Reply {
         status: u16,
@@ -273,6 +276,8 @@ mod tests {
             caller: "orders".into(),
             request_id: "abc.1".into(),
             trace_context: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            causation_depth: 2,
+            causation_chain: vec!["orders".into(), "billing".into()],
         }
     }
 

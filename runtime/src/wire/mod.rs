@@ -7,11 +7,9 @@
 pub(crate) mod frame;
 mod message;
 
+pub(crate) use crate::call::{CAUSATION_CHAIN_HEADER, CAUSATION_DEPTH_HEADER, Causation};
 pub(crate) use frame::{FailureKind, Frame};
-pub(crate) use message::{
-    CAUSATION_CHAIN_HEADER, CAUSATION_DEPTH_HEADER, Causation, MessageKind, Outgoing, SendError,
-    StoredMessage,
-};
+pub(crate) use message::{MessageKind, Outgoing, SendError, StoredMessage};
 
 use crate::call::{Call, CallError, Deadline, Reply, Target};
 use crate::telemetry::TRACE_HEADER;
@@ -34,6 +32,8 @@ impl From<Call> for Frame {
             caller: call.caller,
             request_id: call.request_id,
             trace_context: trace.into_iter().next().map(|(_, value)| value),
+            causation_depth: call.causation.depth,
+            causation_chain: call.causation.chain,
         }
     }
 }
@@ -53,6 +53,8 @@ impl TryFrom<Frame> for Call {
             caller,
             request_id,
             trace_context,
+            causation_depth,
+            causation_chain,
         } = frame
         else {
             return Err(CallError::BadRequest(format!(
@@ -70,6 +72,10 @@ impl TryFrom<Frame> for Call {
             caller,
             request_id,
             spread: None,
+            causation: crate::call::Causation {
+                depth: causation_depth,
+                chain: causation_chain,
+            },
         })
     }
 }
@@ -160,6 +166,7 @@ mod tests {
             caller: "orders".into(),
             request_id: "r.1".into(),
             spread: None,
+            causation: Default::default(),
         };
         tokio::time::advance(std::time::Duration::from_millis(100)).await;
         let frame = Frame::from(call.clone());

@@ -118,6 +118,7 @@ fn call(budget_ms: u64) -> Call {
         caller: "caller".into(),
         request_id: "r".into(),
         spread: None,
+        causation: Default::default(),
     }
 }
 

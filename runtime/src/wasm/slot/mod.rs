@@ -343,6 +343,10 @@ impl Slot {
             traceparent,
             budget,
             async |service, store| {
+                // Set by this node (`rpc::local`) when the caller's work came from a message.
+                store
+                    .data_mut()
+                    .caused_by(crate::call::Causation::of(&request.headers));
                 service
                     .switchyard_runtime_handler()
                     .call_handle(store, &request)
