@@ -884,3 +884,69 @@ async fn a_request_gets_the_first_reply_from_a_consumer_on_another_node() {
     worker.shutdown().await;
     owner.shutdown().await;
 }
+
+/// A queue's subscriber runs on two other nodes: deliveries go to both, and when one of them
+/// dies (no goodbye), its share goes to the other, with no attempt counted and nothing lost.
+#[tokio::test]
+async fn a_dead_subscriber_node_s_messages_go_to_the_service_s_other_nodes() {
+    let (_manifests, owner, first) = owner_and_worker(
+        &format!(
+            "{}{}",
+            service("sender", "mailroom", &["POST /send/{queue}"], ""),
+            queue("jobs", "concurrency = 4")
+        ),
+        &service("mailroom", "mailroom", &["POST /send/{queue}"], ""),
+        "mailroom@",
+    )
+    .await;
+    let second_manifest = TestManifest::with_node(
+        &format!(
+            "name = \"second\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{}\"]",
+            owner.quic_addr().unwrap()
+        ),
+        &service("mailroom", "mailroom", &["POST /send/{queue}"], ""),
+    );
+    let second = second_manifest.start().await;
+    let started = Instant::now();
+    while !admin_get(&owner, "/registry")
+        .await
+        .body
+        .contains("\"second\"")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "second never met"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in 0..10 {
+        assert_eq!(send_to(&owner, "jobs", &format!("before {n}")).await.0, 202);
+    }
+    wait_for(&owner, "jobs", Duration::from_secs(10), |q| {
+        count(q, "delivered") == 10
+    })
+    .await;
+    // Both took a share.
+    let shares = [
+        admin_get(&first, "/services").await.body,
+        admin_get(&second, "/services").await.body,
+    ];
+    for share in &shares {
+        let services: serde_json::Value = serde_json::from_str(share).unwrap();
+        assert!(services[0]["served"].as_u64().unwrap() > 0, "{share}");
+    }
+
+    // `first` dies: the owner still believes in it for a moment, and delivers there in vain.
+    drop(first);
+    for n in 0..20 {
+        assert_eq!(send_to(&owner, "jobs", &format!("after {n}")).await.0, 202);
+    }
+    let view = wait_for(&owner, "jobs", Duration::from_secs(15), |q| {
+        count(q, "delivered") == 30
+    })
+    .await;
+    assert_eq!(count(&view, "redelivered"), 0, "{view:#}");
+    assert_eq!(count(&view, "dead_lettered"), 0, "{view:#}");
+    second.shutdown().await;
+    owner.shutdown().await;
+}
