@@ -32,46 +32,64 @@ pub(crate) fn status(manifest: Option<PathBuf>, args: &AdminArgs) -> Result<()> 
             "{:<20} {:<10} {:>9} {:>9} {:>7} {:>8}",
             service["name"].as_str().unwrap_or("?"),
             service["version"].as_str().unwrap_or("?"),
-            service["in_flight"],
-            service["served"],
-            service["errors"],
-            service["rejected"]
+            service["in_flight"].to_string(),
+            service["served"].to_string(),
+            service["errors"].to_string(),
+            service["rejected"].to_string()
         );
     }
     let queues = queues.as_array().cloned().unwrap_or_default();
     if !queues.is_empty() {
         println!(
-            "{:<20} {:<20} {:>7} {:>9} {:>9} {:>11} {:>6}",
-            "QUEUE", "SUBSCRIBER", "DEPTH", "IN-FLIGHT", "DELIVERED", "REDELIVERED", "DEAD"
+            "{:<20} {:<20} {:>7} {:>9} {:>9} {:>11} {:>6} {:>6}",
+            "QUEUE",
+            "SUBSCRIBER",
+            "DEPTH",
+            "IN-FLIGHT",
+            "DELIVERED",
+            "REDELIVERED",
+            "DEAD",
+            "LOOPS"
         );
     }
     for queue in &queues {
         println!(
-            "{:<20} {:<20} {:>7} {:>9} {:>9} {:>11} {:>6}",
+            "{:<20} {:<20} {:>7} {:>9} {:>9} {:>11} {:>6} {:>6}",
             queue["name"].as_str().unwrap_or("?"),
             queue["subscriber"].as_str().unwrap_or("?"),
-            queue["depth"],
-            queue["in_flight"],
-            queue["delivered"],
-            queue["redelivered"],
-            queue["dead_letters_total"]
+            queue["depth"].to_string(),
+            queue["in_flight"].to_string(),
+            queue["delivered"].to_string(),
+            queue["redelivered"].to_string(),
+            queue["dead_letters_total"].to_string(),
+            queue["loops_stopped"].to_string()
         );
     }
     let peers = registry["peers"].as_array().cloned().unwrap_or_default();
     println!("peers: {}", peers.len());
-    for peer in peers {
-        println!(
-            "  {} {} {}",
-            peer["node"].as_str().unwrap_or("?"),
-            peer["address"].as_str().unwrap_or("?"),
-            peer["services"]
-                .as_array()
-                .map(|s| s
+    let names = |list: &serde_json::Value| {
+        list.as_array()
+            .map(|items| {
+                items
                     .iter()
                     .filter_map(|v| v.as_str())
                     .collect::<Vec<_>>()
-                    .join(" "))
-                .unwrap_or_default()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    for peer in peers {
+        let queues = names(&peer["queues"]);
+        println!(
+            "  {} {} {}{}",
+            peer["node"].as_str().unwrap_or("?"),
+            peer["address"].as_str().unwrap_or("?"),
+            names(&peer["services"]),
+            if queues.is_empty() {
+                String::new()
+            } else {
+                format!(" (queues: {queues})")
+            }
         );
     }
     Ok(())
