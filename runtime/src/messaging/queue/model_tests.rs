@@ -1,7 +1,8 @@
 //! The queue's promise, checked against a disk that fails and crashes ([`SimDisk`]): whatever
 //! the faults, every send that was acknowledged is delivered (or dead-lettered, kept whole),
-//! nothing is delivered that was never sent, and no send that was refused is delivered in the
-//! run that refused it.
+//! nothing is delivered that was never sent, no send that was refused is delivered in the
+//! run that refused it, and (the queue is `ordered_by_key`) no message is delivered while an
+//! earlier one of its key is still owed.
 //!
 //! Each seed runs several lives of one queue on one simulated disk. A life opens the queue
 //! (retrying while injected faults make the open fail), sends a burst of messages while a
@@ -28,12 +29,13 @@ const SENDS_PER_LIFE: usize = 40;
 const FAULTS_PER_MILLE: u32 = 20;
 
 /// Answers deliveries at random (or always acknowledges) and notes each body it got and each
-/// it acknowledged.
+/// it acknowledged, and the key and sequence number of each delivery.
 struct Subscriber {
     rng: Mutex<fastrand::Rng>,
     always_ack: bool,
     got: Mutex<Vec<Vec<u8>>>,
     acked: Mutex<Vec<Vec<u8>>>,
+    order: Mutex<Vec<(Option<String>, u64)>>,
 }
 
 impl Subscriber {
@@ -43,7 +45,25 @@ impl Subscriber {
             always_ack,
             got: Mutex::new(Vec::new()),
             acked: Mutex::new(Vec::new()),
+            order: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Per key, once a message was delivered, no earlier one of its key is delivered again:
+    /// each was settled before the next of its key went out.
+    fn check_order(&self, seed: u64) {
+        let order = self.order.lock().expect("order");
+        let mut latest: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        for (key, seq) in order.iter() {
+            let Some(key) = key else { continue };
+            let last = latest.entry(key).or_insert(*seq);
+            assert!(
+                *seq >= *last,
+                "seed {seed}: message {seq} of key {key} delivered after message {last} of \
+                 its key: {order:?}"
+            );
+            *last = *seq;
+        }
     }
 }
 
@@ -68,6 +88,9 @@ impl Subscribers for Subscriber {
         if let Ok(mut got) = self.got.lock() {
             got.push(body.clone());
         }
+        if let Ok(mut order) = self.order.lock() {
+            order.push((message.key.clone(), message.seq));
+        }
         if matches!(outcome, Delivered::Acked)
             && let Ok(mut acked) = self.acked.lock()
         {
@@ -80,6 +103,7 @@ impl Subscribers for Subscriber {
 fn model_spec() -> QueueSpec {
     QueueSpec {
         concurrency: 3,
+        ordered_by_key: true,
         max_depth: 100_000,
         max_bytes: 64 * 1024 * 1024,
         redeliver_after: Duration::from_millis(5),
@@ -123,7 +147,15 @@ async fn life(storage: &Arc<dyn log::Storage>, seed: u64, life: usize, seen: &mu
         let body = format!("seed {seed} life {life} message {n}");
         seen.sent.insert(body.clone().into_bytes());
         let queue = queue.clone();
-        sends.spawn(async move { (body.clone(), queue.send(message(&body)).await) });
+        // Three keys and keyless messages, so keys hold each other back only within a key.
+        let key = (n % 4 != 3).then(|| format!("k{}", n % 4));
+        sends.spawn(async move {
+            let keyed = StoredMessage {
+                key,
+                ..message(&body)
+            };
+            (body.clone(), queue.send(keyed).await)
+        });
         if n % 8 == 7 {
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
@@ -146,6 +178,7 @@ async fn life(storage: &Arc<dyn log::Storage>, seed: u64, life: usize, seen: &mu
     tokio::time::sleep(Duration::from_millis(20 + 10 * life as u64)).await;
     queue.abort();
     drop(queue);
+    subscriber.check_order(seed);
     // Within this life, nothing of this life was delivered unless its send was acknowledged.
     let prefix = format!("seed {seed} life {life} ").into_bytes();
     for body in subscriber.got.lock().expect("got").iter() {
@@ -201,6 +234,7 @@ async fn check_seed(seed: u64) -> (usize, usize, u64) {
         .await
         .expect("read the dead letters");
     queue.stop().await;
+    subscriber.check_order(seed);
     for body in subscriber.got.lock().expect("got").iter() {
         assert!(
             seen.sent.contains(body),
