@@ -110,6 +110,24 @@ mod tests {
                     },
                 }],
             },
+            Frame::Deliver {
+                service: "billing".into(),
+                queue: "orders".into(),
+                message: crate::wire::StoredMessage {
+                    seq: 3,
+                    id: "orders-3".into(),
+                    kind: crate::wire::MessageKind::Event,
+                    key: Some("k".into()),
+                    headers: vec![("x-a".into(), "b".into())],
+                    reply_to: Some("inbox/a/1".into()),
+                    trace_context: None,
+                    body: b"paid".to_vec(),
+                    sender: "shop".into(),
+                    sent_at_ms: 1,
+                },
+                attempt: 2,
+            },
+            Frame::NotSent(crate::wire::SendError::Full("full".into())),
             Frame::OpenStream {
                 service: "s".into(),
                 range: None,
@@ -125,7 +143,7 @@ mod tests {
     #[test]
     fn mutated_frames_never_panic_and_round_trip() {
         let seeds = frame_seeds();
-        assert_eq!(seeds.len(), 4);
+        assert_eq!(seeds.len(), 6);
         mutate_and_check(&seeds, frame_decode, 5_000);
     }
 
