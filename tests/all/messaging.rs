@@ -790,6 +790,14 @@ async fn a_queue_takes_sends_from_and_delivers_to_other_nodes() {
         .unwrap();
     assert!(error.contains("always fails"), "{error}");
 
+    // A queue no node declares: refused, saying so.
+    let (status, reason) = send_to(&worker, "nope", "lost").await;
+    assert_eq!(status, 500, "{reason}");
+    assert!(
+        reason.contains("no queue named `nope`") && reason.contains("nor does a node of the mesh"),
+        "{reason}"
+    );
+
     // The owner dies without a goodbye: a send fails with `unavailable` well within the
     // sender's deadline.
     drop(owner);

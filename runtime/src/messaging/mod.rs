@@ -202,9 +202,14 @@ impl Broker {
         let Some(target) = queues.get(queue).cloned() else {
             let mut known: Vec<&str> = queues.keys().map(String::as_str).collect();
             known.sort_unstable();
+            let mesh = if self.mesh.get().is_some() {
+                " nor does a node of the mesh that is up;"
+            } else {
+                ";"
+            };
             return Err(SendError::UnknownQueue(format!(
-                "this node has no queue named `{queue}` (it has: {}); declare it with [[queue]] \
-                 in the manifest",
+                "this node has no queue named `{queue}` (it has: {}){mesh} declare it with \
+                 [[queue]] in a manifest",
                 if known.is_empty() {
                     "none".to_owned()
                 } else {
