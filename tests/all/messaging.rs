@@ -958,3 +958,26 @@ async fn a_dead_subscriber_node_s_messages_go_to_the_service_s_other_nodes() {
     second.shutdown().await;
     owner.shutdown().await;
 }
+
+/// A service that only consumes needs no route: it takes no requests, and gets its queue's
+/// messages.
+#[tokio::test]
+async fn a_service_that_only_consumes_needs_no_route() {
+    capture_logs();
+    let consumer = format!(
+        "[[service]]\nname = \"consumer\"\nversion = \"1.0.0\"\ncomponent = \"{}\"\n",
+        guest("mailroom").display()
+    );
+    let manifest = node(
+        "",
+        &format!("{consumer}[[queue]]\nname = \"quiet\"\nsubscriber = \"consumer\"\n"),
+    );
+    let node = manifest.start().await;
+    assert_eq!(send_to(&node, "quiet", "no route needed").await.0, 202);
+    wait_for(&node, "quiet", Duration::from_secs(5), |q| {
+        count(q, "delivered") == 1
+    })
+    .await;
+    assert!(logs().contains("quiet-0 attempt 1 on quiet: no route needed"));
+    node.shutdown().await;
+}

@@ -27,7 +27,7 @@
 //! name = "hello"
 //! version = "1.0.0"
 //! component = "hello.wasm"    # relative to this file
-//! routes = ["GET /hello/{name}"]
+//! routes = ["GET /hello/{name}"]   # none: a service that only consumes messages
 //! max_instances = 64          # concurrent requests; more get 503 at once
 //! requests_per_instance = 1   # 1: a fresh instance per request; more: reuse idle ones
 //! timeout_ms = 5000           # per request; past it: 504

@@ -26,13 +26,7 @@ pub(super) fn check_service(
     })?;
     let component_at = check.at(raw.component.span());
     let component = check.component(&raw.component, &format!("service `{name}`"))?;
-    if raw.routes.is_empty() {
-        return Err(check.invalid(
-            raw.name.span(),
-            format!("service `{name}` has no routes"),
-            "add e.g. routes = [\"GET /hello/{name}\"]",
-        ));
-    }
+    // No routes: a service that only consumes messages (or serves streams) takes no requests.
     let routes = raw
         .routes
         .iter()
