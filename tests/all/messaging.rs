@@ -757,9 +757,10 @@ async fn a_queue_takes_sends_from_and_delivers_to_other_nodes() {
     // The owner declares `jobs`, consumed by `mailroom`, which runs only on the other node.
     let (_manifests, owner, worker) = owner_and_worker(
         &format!(
-            "{}{}",
+            "{}{}{}",
             service("hello", "hello", &["GET /hello/{name}"], ""),
-            queue("jobs", "max_attempts = 2\nredeliver_ms = 10")
+            queue("jobs", "max_attempts = 2\nredeliver_ms = 10"),
+            "[[queue]]\nname = \"orphans\"\nsubscriber = \"ghost\"\n"
         ),
         &service("mailroom", "mailroom", &["POST /send/{queue}"], ""),
         "mailroom@",
@@ -789,6 +790,20 @@ async fn a_queue_takes_sends_from_and_delivers_to_other_nodes() {
         .as_str()
         .unwrap();
     assert!(error.contains("always fails"), "{error}");
+
+    // A queue whose subscriber runs nowhere: its messages wait, and GET /queues says why.
+    let (status, reason) = send_to(&worker, "orphans", "for nobody").await;
+    assert_eq!(status, 202, "{reason}");
+    let view = wait_for(&owner, "orphans", Duration::from_secs(5), |q| {
+        q["waiting_for"].is_string()
+    })
+    .await;
+    let why = view["waiting_for"].as_str().unwrap();
+    assert!(
+        why.contains("`ghost` runs neither on this node nor on a peer it knows"),
+        "{why}"
+    );
+    assert_eq!(count(&view, "depth"), 1);
 
     // A queue no node declares: refused, saying so.
     let (status, reason) = send_to(&worker, "nope", "lost").await;

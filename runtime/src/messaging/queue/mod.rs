@@ -49,6 +49,9 @@ pub(super) struct Queue {
     wake: Arc<Notify>,
     /// Set while a message that failed for good found the dead-letter file full.
     dead_full: std::sync::Mutex<Option<String>>,
+    /// Why the last delivery could not be made (the subscriber busy, or running nowhere),
+    /// until one is made again.
+    waiting_for: std::sync::Mutex<Option<String>>,
     stats: Stats,
 }
 
@@ -82,6 +85,9 @@ pub(crate) struct QueueView {
     pub(crate) loops_stopped: u64,
     /// All dead letters in the dead-letter file.
     pub(crate) dead_letters_total: u64,
+    /// Why the last delivery could not be made (the subscriber busy, or running on no node
+    /// this node knows), until one is made again; `null` otherwise.
+    pub(crate) waiting_for: Option<String>,
     pub(crate) recent_dead_letters: Vec<DeadLetterView>,
 }
 
@@ -118,6 +124,7 @@ impl Queue {
             ledger: Arc::new(std::sync::Mutex::new(ledger)),
             wake: Arc::new(Notify::new()),
             dead_full: std::sync::Mutex::new(None),
+            waiting_for: std::sync::Mutex::new(None),
             stats: Stats::default(),
         };
         queue.stats.dead_total.store(dead_total, Ordering::Relaxed);
@@ -419,6 +426,13 @@ impl Queue {
         span.record("outcome", label);
         span.record("duration_us", duration_us);
         span.in_scope(|| tracing::debug!(outcome = label, duration_us, "delivery done"));
+        *self
+            .waiting_for
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = match &outcome {
+            Delivered::NotNow(reason) => Some(reason.clone()),
+            Delivered::Acked | Delivered::Failed(_) => None,
+        };
         match outcome {
             Delivered::Acked => {
                 let synced = self.settle(|ledger| ledger.acked(seq));
@@ -593,6 +607,11 @@ impl Queue {
             dead_lettered: self.stats.dead_lettered.load(Ordering::Relaxed),
             loops_stopped: self.stats.loops_stopped.load(Ordering::Relaxed),
             dead_letters_total: self.stats.dead_total.load(Ordering::Relaxed),
+            waiting_for: self
+                .waiting_for
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone(),
             recent_dead_letters: ledger
                 .recent_dead()
                 .map(|dead| DeadLetterView {
