@@ -187,7 +187,8 @@ async fn the_queues_retry_policy_spaces_redeliveries_and_dead_letters_when_it_gi
     );
     assert_eq!(dead["body_preview"], "always-fail");
     assert_eq!(dead["sender"], "mailroom");
-    // `switchyard status` shows the queue: depth 0, 1 delivered, 4 redelivered, 1 dead.
+    // `switchyard status` shows the queue: depth 0, 1 delivered, 4 redelivered, 1 dead, no
+    // loop stopped.
     let (admin, token_file) = (
         node.admin_addr().to_string(),
         node.admin_token_file().display().to_string(),
@@ -202,7 +203,7 @@ async fn the_queues_retry_policy_spaces_redeliveries_and_dead_letters_when_it_gi
     let columns: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(
         columns,
-        ["jobs", "mailroom", "0", "0", "1", "4", "1"],
+        ["jobs", "mailroom", "0", "0", "1", "4", "1", "0"],
         "{stdout}"
     );
     node.shutdown().await;
