@@ -1,12 +1,12 @@
 //! Request/response over messages. A requester waits at a reply address of its own node,
-//! `inbox/<node>/<n>`, given to the request as its `reply-to`; a consumer's `reply` to that
+//! `inbox/<node>/<token>`, given to the request as its `reply-to`; a consumer's `reply` to that
 //! address reaches the waiting requester here, or from another node as an `Answer` frame.
 //! Only the first reply counts; a reply to an address nobody waits at any more (the request
-//! timed out) is refused, so the replier learns it was too late.
+//! timed out) is refused, so the replier learns it was too late. The token is 128 random bits:
+//! only a service that got the request can answer it, not one that guesses addresses.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::oneshot;
 
@@ -17,14 +17,13 @@ const PREFIX: &str = "inbox/";
 /// The requests of this node's guests that wait for a reply.
 pub(crate) struct Inboxes {
     node: String,
-    next: AtomicU64,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<StoredMessage>>>,
+    waiting: Mutex<HashMap<String, oneshot::Sender<StoredMessage>>>,
 }
 
 /// One request's reply address, waited at until it is dropped.
 pub(crate) struct Waiting<'a> {
     inboxes: &'a Inboxes,
-    id: u64,
+    token: String,
     pub(crate) address: String,
     reply: Option<oneshot::Receiver<StoredMessage>>,
 }
@@ -38,21 +37,19 @@ impl Waiting<'_> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.inboxes.lock().remove(&self.id);
+        self.inboxes.lock().remove(&self.token);
     }
 }
 
-/// The node and number of a reply address, if `address` is one.
-pub(crate) fn parse(address: &str) -> Option<(&str, u64)> {
-    let (node, id) = address.strip_prefix(PREFIX)?.split_once('/')?;
-    Some((node, id.parse().ok()?))
+/// The node and token of a reply address, if `address` is one.
+pub(crate) fn parse(address: &str) -> Option<(&str, &str)> {
+    address.strip_prefix(PREFIX)?.split_once('/')
 }
 
 impl Inboxes {
     pub(crate) fn new(node: &str) -> Self {
         Self {
             node: node.to_owned(),
-            next: AtomicU64::new(0),
             waiting: Mutex::new(HashMap::new()),
         }
     }
@@ -62,30 +59,33 @@ impl Inboxes {
         &self.node
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<StoredMessage>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<StoredMessage>>> {
         self.waiting
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A new reply address to wait at.
-    pub(crate) fn open(&self) -> Waiting<'_> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn open(&self) -> Result<Waiting<'_>, SendError> {
+        let mut random = [0u8; 16];
+        getrandom::getrandom(&mut random)
+            .map_err(|err| SendError::Unavailable(format!("cannot make a reply address: {err}")))?;
+        let token: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
         let (sender, receiver) = oneshot::channel();
-        self.lock().insert(id, sender);
-        Waiting {
+        self.lock().insert(token.clone(), sender);
+        Ok(Waiting {
             inboxes: self,
-            id,
-            address: format!("{PREFIX}{}/{id}", self.node),
+            address: format!("{PREFIX}{}/{token}", self.node),
+            token,
             reply: Some(receiver),
-        }
+        })
     }
 
     /// Hands `reply` to the requester waiting at `address` (of this node).
     pub(crate) fn answer(&self, address: &str, reply: StoredMessage) -> Result<(), SendError> {
         let waiting = parse(address)
             .filter(|(node, _)| *node == self.node)
-            .and_then(|(_, id)| self.lock().remove(&id));
+            .and_then(|(_, token)| self.lock().remove(token));
         let gone = || {
             SendError::Unavailable(format!(
                 "nobody waits for a reply at `{address}` any more (the request timed out, or \
@@ -97,6 +97,7 @@ impl Inboxes {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used, reason = "tests fail loudly on purpose")]
 mod tests {
     use super::*;
 
@@ -118,15 +119,20 @@ mod tests {
     #[tokio::test]
     async fn the_first_reply_reaches_the_requester_and_a_late_one_is_refused() {
         let inboxes = Inboxes::new("node-a");
-        let mut waiting = inboxes.open();
-        assert_eq!(parse(&waiting.address), Some(("node-a", 0)));
+        let mut waiting = inboxes.open().expect("an address");
+        let (node, token) = parse(&waiting.address).expect("a reply address");
+        assert_eq!((node, token.len()), ("node-a", 32));
+        // Guessing a neighbour's address does not work.
+        let other = inboxes.open().expect("an address");
+        assert_ne!(parse(&other.address), parse(&waiting.address));
+        assert!(inboxes.answer("inbox/node-a/0", reply("guess")).is_err());
         assert!(inboxes.answer(&waiting.address, reply("one")).is_ok());
         let late = inboxes.answer(&waiting.address, reply("two"));
         assert!(matches!(late, Err(SendError::Unavailable(_))), "{late:?}");
         assert_eq!(waiting.reply().await.map(|r| r.body), Some(b"one".to_vec()));
 
         // Stopped waiting: its address is gone.
-        let address = inboxes.open().address.clone();
+        let address = inboxes.open().expect("an address").address.clone();
         assert!(inboxes.answer(&address, reply("x")).is_err());
         assert!(inboxes.answer("inbox/node-b/1", reply("x")).is_err());
         assert_eq!(parse("orders"), None);

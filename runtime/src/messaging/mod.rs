@@ -232,7 +232,7 @@ impl Broker {
         timeout: std::time::Duration,
     ) -> Result<StoredMessage, RequestError> {
         let started = tokio::time::Instant::now();
-        let mut waiting = self.inboxes.open();
+        let mut waiting = self.inboxes.open().map_err(RequestError::NotSent)?;
         outgoing.reply_to = Some(waiting.address.clone());
         self.send(destination, sender, trace_context, outgoing, timeout)
             .await
