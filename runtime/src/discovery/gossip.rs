@@ -197,10 +197,7 @@ impl Gossip {
 impl Membership for Gossip {
     fn announce(&self, services: Vec<(String, String)>, queues: Vec<String>) {
         if let Ok(mut me) = self.me.lock() {
-            super::reincarnate(&mut me, services, queues);
-            if let Err(error) = super::sign(&mut me, &self.cert) {
-                tracing::error!(%error, "cannot sign this node's record; peers will drop it");
-            }
+            super::reincarnate(&mut me, services, queues, &self.cert);
         }
     }
 

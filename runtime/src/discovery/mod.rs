@@ -78,6 +78,13 @@ struct State {
 }
 
 impl State {
+    /// Whether `member`'s incarnation (or a later one) said goodbye lately.
+    fn departed(&self, member: &Member) -> bool {
+        self.departed
+            .get(&member.node)
+            .is_some_and(|(gone, _)| *gone >= member.incarnation)
+    }
+
     fn purge(&mut self, now: Instant) {
         self.peers.retain(|_, entry| entry.live(now));
         self.departed.retain(|_, (_, until)| *until > now);
@@ -214,9 +221,7 @@ impl Registry {
         let Ok(state) = self.state.lock() else {
             return false;
         };
-        if let Some((gone, _)) = state.departed.get(&member.node)
-            && *gone >= member.incarnation
-        {
+        if state.departed(member) {
             return false;
         }
         state.peers.get(&member.node).is_none_or(|known| {
@@ -233,9 +238,7 @@ impl Registry {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        if let Some((gone, _)) = state.departed.get(&member.node)
-            && *gone >= member.incarnation
-        {
+        if state.departed(member) {
             return;
         }
         let expires = ttl.map(|ttl| now + ttl);
@@ -472,17 +475,21 @@ impl Registry {
     }
 }
 
-/// `member` with `services`, under an incarnation newer than its current one (to be signed
-/// anew).
+/// `member` with `services` and `queues`, under an incarnation newer than its current one,
+/// signed anew with `cert` (a failure is logged: peers will drop the record).
 pub(crate) fn reincarnate(
     member: &mut Member,
     services: Vec<(String, String)>,
     queues: Vec<String>,
+    cert: &NodeCert,
 ) {
     member.services = services;
     member.queues = queues;
     member.incarnation = new_incarnation().max(member.incarnation + 1);
     member.beat = 0;
+    if let Err(error) = sign(member, cert) {
+        tracing::error!(%error, "cannot sign this node's record; peers will drop it");
+    }
 }
 
 /// A number that differs between two starts of the same node.

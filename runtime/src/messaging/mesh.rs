@@ -10,6 +10,7 @@
 //! within [`DELIVERY_TIMEOUT`]. A delivery whose answer is lost (the peer went away mid-way)
 //! is offered again without counting an attempt: at least once, as on one node.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -40,27 +41,22 @@ impl MeshQueues {
         }
     }
 
-    /// Whether a peer declares `queue`.
-    pub(crate) fn knows(&self, queue: &str) -> bool {
-        self.registry.owner_of(queue).is_some()
+    /// The peer that declares `queue`, if one does.
+    pub(crate) fn owner_of(&self, queue: &str) -> Option<SocketAddr> {
+        self.registry.owner_of(queue)
     }
 
-    /// Sends `message` to `queue` on the node that declares it; returns its id once that node
-    /// has it on disk, or why not, within `budget`.
+    /// Sends `message` to `queue` on `owner`, the node that declares it; returns its id once
+    /// that node has it on disk, or why not, within `budget`.
     pub(crate) async fn send(
         &self,
+        owner: SocketAddr,
         queue: &str,
         sender: &str,
         trace_context: Option<String>,
         message: Outgoing,
         budget: Duration,
     ) -> Result<String, SendError> {
-        let Some(owner) = self.registry.owner_of(queue) else {
-            return Err(SendError::UnknownQueue(format!(
-                "no node of the mesh declares queue `{queue}` (a node that does may be down); \
-                 declare it with [[queue]] in one node's manifest"
-            )));
-        };
         let frame = Frame::Send {
             queue: queue.to_owned(),
             sender: sender.to_owned(),

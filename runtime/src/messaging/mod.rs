@@ -180,10 +180,10 @@ impl Broker {
         let local = self.queues.load().contains_key(queue);
         if !local
             && let Some(mesh) = self.mesh.get()
-            && mesh.knows(queue)
+            && let Some(owner) = mesh.owner_of(queue)
         {
             return mesh
-                .send(queue, sender, trace_context, outgoing, budget)
+                .send(owner, queue, sender, trace_context, outgoing, budget)
                 .await;
         }
         self.send_here(queue, sender, trace_context, outgoing).await

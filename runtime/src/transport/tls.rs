@@ -55,6 +55,10 @@ pub(crate) struct NodeCert {
     name: String,
     /// Checks that a peer's certificate chains to the CA, for [`NodeCert::check`].
     peers: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    /// The signature schemes this node signs and checks words with (the provider's), taken
+    /// once rather than per record.
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+    schemes: Vec<rustls::SignatureScheme>,
     /// Peer certificates checked lately, with the node each names: a peer's chain is checked
     /// once per [`CHAIN_RECHECK`], its signatures every time.
     checked: Mutex<HashMap<CertificateDer<'static>, (String, Instant)>>,
@@ -65,12 +69,6 @@ pub(crate) struct NodeCert {
 const CHAIN_RECHECK: Duration = Duration::from_secs(60);
 /// Peer certificates remembered as checked at most; the cache starts over past it.
 const MAX_CHECKED: usize = 4096;
-/// Signature schemes this node signs and accepts words with.
-fn schemes() -> Vec<rustls::SignatureScheme> {
-    rustls::crypto::ring::default_provider()
-        .signature_verification_algorithms
-        .supported_schemes()
-}
 
 /// The node a certificate was issued to: its subject's common name, as `switchyard cert node
 /// <name>` writes it.
@@ -171,7 +169,7 @@ impl NodeCert {
     /// key it is.
     pub(crate) fn sign(&self, purpose: &str, words: &[u8]) -> Result<Proof, TransportError> {
         let current = self.current();
-        let signer = current.key.choose_scheme(&schemes()).ok_or_else(|| {
+        let signer = current.key.choose_scheme(&self.schemes).ok_or_else(|| {
             TransportError::Tls("the node key fits no signature scheme this node knows".into())
         })?;
         let signature = signer
@@ -200,8 +198,8 @@ impl NodeCert {
         let leaf = CertificateDer::from(leaf.clone());
         let name = self.check_chain(&leaf, intermediates)?;
         let scheme = rustls::SignatureScheme::from(proof.scheme);
-        let algorithms = rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
+        let algorithms = self
+            .algorithms
             .mapping
             .iter()
             .find(|(known, _)| *known == scheme)
@@ -421,11 +419,14 @@ impl Identity {
         )
         .build()
         .map_err(|err| TransportError::Tls(err.to_string()))?;
+        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
         let node = Arc::new(NodeCert {
             current: arc_swap::ArcSwap::from_pointee(certified),
             ca,
             name,
             peers,
+            algorithms,
+            schemes: algorithms.supported_schemes(),
             checked: Mutex::new(HashMap::new()),
         });
         Ok(Self { node })

@@ -450,10 +450,7 @@ impl Etcd {
 impl Membership for Etcd {
     fn announce(&self, services: Vec<(String, String)>, queues: Vec<String>) {
         if let Ok(mut me) = self.me.lock() {
-            super::reincarnate(&mut me, services, queues);
-            if let Err(error) = super::sign(&mut me, &self.cert) {
-                tracing::error!(%error, "cannot sign this node's entry; peers will refuse it");
-            }
+            super::reincarnate(&mut me, services, queues, &self.cert);
         }
         // A session that is not running yet (or retrying) puts the new entry when it starts.
         self.announced.notify_one();
