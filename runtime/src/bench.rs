@@ -190,7 +190,7 @@ impl QueueProbe {
         };
         let dir = data_dir.to_path_buf();
         let broker = tokio::task::spawn_blocking(move || {
-            crate::messaging::Broker::open(&dir, "bench", std::slice::from_ref(&spec))
+            crate::messaging::Broker::open(&dir, "bench", std::slice::from_ref(&spec), &[])
         })
         .await
         .map_err(|err| err.to_string())?

@@ -79,6 +79,23 @@ enum Command {
         #[command(flatten)]
         admin: cli::AdminArgs,
     },
+    /// Rewind a topic's subscription (or move it forward): it gets the messages the topic keeps
+    /// from there on again.
+    Replay {
+        /// The topic's name in the manifest.
+        topic: String,
+        /// The subscribing service whose cursor moves.
+        #[arg(long)]
+        subscriber: String,
+        /// `beginning`, `latest`, an offset, or an RFC 3339 time.
+        #[arg(long)]
+        from: String,
+        /// The node's manifest (its admin address, token and CA are used).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
     /// Create cluster certificates for mutual TLS between nodes.
     Cert {
         #[command(subcommand)]
@@ -155,6 +172,13 @@ fn main() -> ExitCode {
             manifest,
             admin,
         } => cli::redrive(&queue, manifest, &admin),
+        Command::Replay {
+            topic,
+            subscriber,
+            from,
+            manifest,
+            admin,
+        } => cli::replay(&topic, &subscriber, &from, manifest, &admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

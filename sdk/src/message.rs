@@ -45,6 +45,16 @@ impl Message {
             .map(|(_, value)| value.as_str())
     }
 
+    /// Its place in its queue or topic (delivered and read messages; not replies).
+    pub fn offset(&self) -> Option<u64> {
+        self.header("x-switchyard-offset")?.parse().ok()
+    }
+
+    /// When it was stored, in ms since the Unix epoch (delivered and read messages).
+    pub fn timestamp_ms(&self) -> Option<u64> {
+        self.header("x-switchyard-timestamp")?.parse().ok()
+    }
+
     /// Where the sender wants a reply, if anywhere.
     pub fn reply_to(&self) -> Option<&str> {
         self.inner.reply_to.as_deref()

@@ -1,6 +1,7 @@
-//! Sending messages to durable queues (on this node or any node of the mesh), and
-//! request/response over messages: [`Message::request`] waits for the first reply, which a
-//! consumer sends with [`crate::Message::reply`].
+//! Sending messages to durable queues and publishing them to topics (on this node or any node
+//! of the mesh), reading a topic's history ([`read`]), and request/response over messages:
+//! [`Message::request`] waits for the first reply, which a consumer sends with
+//! [`crate::Message::reply`]; [`Message::request_all`] collects every reply within a window.
 //!
 //! ```no_run
 //! use switchyard_sdk::{messaging, Error, Request, Response};
@@ -15,7 +16,34 @@
 //! }
 //! ```
 //!
-//! The queue's subscriber (a service named in the manifest's `[[queue]]`) gets each message in
+//! A topic keeps its messages and every subscribing service gets each one:
+//!
+//! ```no_run
+//! use switchyard_sdk::{messaging, Error};
+//!
+//! #[derive(serde::Serialize)]
+//! struct OrderPlaced { order: u64, total_cents: u64 }
+//!
+//! fn placed(order: u64) -> Result<u64, Error> {
+//!     let offset = messaging::Message::json(&OrderPlaced { order, total_cents: 1250 })?
+//!         .key(&order.to_string())
+//!         .publish("order-events")?;
+//!     Ok(offset)
+//! }
+//!
+//! /// Rebuilds a total from the whole history, a page at a time.
+//! fn total() -> Result<u64, Error> {
+//!     let (mut from, mut orders) = (0, 0);
+//!     loop {
+//!         let page = messaging::read("order-events", from, 500)?;
+//!         let Some(last) = page.last() else { return Ok(orders) };
+//!         from = last.offset().unwrap_or(from) + 1;
+//!         orders += page.len() as u64;
+//!     }
+//! }
+//! ```
+//!
+//! A queue's subscriber (a service named in the manifest's `[[queue]]`) gets each message in
 //! [`crate::Service::on_message`] at least once: return `Ok` to acknowledge it, `Err` to have
 //! the queue's policies decide on a redelivery. Make handling idempotent with the message id.
 
@@ -85,6 +113,24 @@ impl Message {
         wit::send(queue, &self.inner)
     }
 
+    /// Publishes it to `topic` (a queue takes it too); returns its offset once it is stored.
+    pub fn publish(self, topic: &str) -> Result<u64, SendError> {
+        wit::publish(topic, &self.inner)
+    }
+
+    /// Publishes it to `topic` as a request and returns every reply that arrives within
+    /// `window` (none: an empty list). Each subscriber answers with
+    /// [`crate::Message::reply`].
+    pub fn request_all(
+        self,
+        topic: &str,
+        window: std::time::Duration,
+    ) -> Result<Vec<crate::Message>, RequestError> {
+        let window_ms = u32::try_from(window.as_millis()).unwrap_or(u32::MAX);
+        wit::request_all(topic, &self.inner, window_ms)
+            .map(|replies| replies.into_iter().map(crate::Message::from_wit).collect())
+    }
+
     /// Sends it to `queue` as a request and waits at most `timeout` for the first reply
     /// (request/response over messages; the consumer answers with
     /// [`crate::Message::reply`]).
@@ -112,6 +158,18 @@ pub fn request(
     Message::new(body).request(queue, timeout)
 }
 
+/// Up to `max` stored messages of `topic` from offset `from` on, in order (see the module
+/// docs); empty when there is nothing from there on yet.
+pub fn read(topic: &str, from: u64, max: u32) -> Result<Vec<crate::Message>, SendError> {
+    wit::read(topic, from, max)
+        .map(|messages| messages.into_iter().map(crate::Message::from_wit).collect())
+}
+
+/// Publishes `body` as an event to `topic`; returns its offset once it is stored.
+pub fn publish(topic: &str, body: impl Into<Vec<u8>>) -> Result<u64, SendError> {
+    Message::new(body).publish(topic)
+}
+
 /// Sends `body` as an event to `queue`; returns its id once it is stored.
 pub fn send(queue: &str, body: impl Into<Vec<u8>>) -> Result<String, SendError> {
     Message::new(body).send(queue)
@@ -126,7 +184,7 @@ impl From<SendError> for Error {
             SendError::UnknownQueue(_) | SendError::TooLarge(_) => 500,
         };
         let reason = match err {
-            SendError::UnknownQueue(why) => format!("unknown queue: {why}"),
+            SendError::UnknownQueue(why) => format!("unknown queue or topic: {why}"),
             SendError::Full(why) => format!("queue full: {why}"),
             SendError::TooLarge(why) => format!("message too large: {why}"),
             SendError::Unavailable(why) => format!("queue unavailable: {why}"),

@@ -28,3 +28,4 @@ mod scaffold;
 mod shop;
 mod streams;
 mod swap;
+mod topics;

@@ -294,7 +294,7 @@ async fn bad_sends_are_refused_with_the_reason() {
     let node = manifest.start().await;
     let (status, body) = send_to(&node, "nope", "x").await;
     assert_eq!(status, 500, "{body}");
-    assert!(body.contains("no queue named `nope`"), "{body}");
+    assert!(body.contains("no queue or topic named `nope`"), "{body}");
     assert!(body.contains("jobs"), "{body}");
     assert_eq!(send_to(&node, "jobs", "one").await.0, 202);
     assert_eq!(send_to(&node, "jobs", "two").await.0, 202);
@@ -634,7 +634,7 @@ async fn editing_queues_in_a_watched_manifest_adds_reconfigures_and_removes_them
     );
     let (status, body) = send_to(&node, "later", "x").await;
     assert_eq!(status, 500, "{body}");
-    assert!(body.contains("no queue named `later`"), "{body}");
+    assert!(body.contains("no queue or topic named `later`"), "{body}");
     let report = edit(&format!("{}{later}", jobs(1))).await;
     assert_eq!(
         report.applied,
@@ -664,7 +664,7 @@ async fn a_redrive_sends_the_dead_letters_again_once_the_subscriber_is_fixed() {
     .await;
     let (status, body) = admin_post(&node, "/queues/nope/redrive", Vec::new()).await;
     assert_eq!(status, 404, "{body}");
-    assert!(body.contains("no queue named `nope`"), "{body}");
+    assert!(body.contains("no queue or topic named `nope`"), "{body}");
 
     // The subscriber is fixed (its config edited), then the dead letters are sent again.
     let text = std::fs::read_to_string(&manifest.path)
@@ -810,7 +810,8 @@ async fn a_queue_takes_sends_from_and_delivers_to_other_nodes() {
     let (status, reason) = send_to(&worker, "nope", "lost").await;
     assert_eq!(status, 500, "{reason}");
     assert!(
-        reason.contains("no queue named `nope`") && reason.contains("nor does a node of the mesh"),
+        reason.contains("no queue or topic named `nope`")
+            && reason.contains("nor does a node of the mesh"),
         "{reason}"
     );
 

@@ -6,6 +6,13 @@
 //!   status and reason.
 //! - `POST /request/{queue}`: sends the body as a request and answers `200` with the first
 //!   reply's body, waiting at most `x-timeout-ms` (default 2000): `504` when none came.
+//! - `POST /publish/{topic}`: publishes the body (`x-key` its key) and answers `202` with the
+//!   offset.
+//! - `GET /read/{topic}?from=N&max=M`: answers the stored messages from offset N, one line
+//!   each, `<offset> <key or -> <body>`.
+//! - `POST /request-all/{topic}`: publishes the body as a request and answers `200` with the
+//!   body of every reply that came within `x-window-ms` (default 1000), one per line, sorted.
+//! - Every delivery is logged as `<id> attempt <n> on <topic>: <body>`.
 //! - A delivered message whose body starts with `reply` is answered at its reply-to with
 //!   `re: <body>`; `reply-after:N` waits N ms first. Header
 //!   `x-hold-ms` keeps the instance busy that long first (to make deliveries meet a busy
@@ -26,6 +33,42 @@ impl Service for Mailroom {
         let queue = req
             .param("queue")
             .ok_or_else(|| Error::not_found("POST /send/{queue}"))?;
+        if req.path().starts_with("/read/") {
+            let from = req
+                .query_param("from")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let max = req
+                .query_param("max")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(100);
+            let lines: Vec<String> = messaging::read(queue, from, max)?
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{} {} {}",
+                        m.offset().map_or_else(|| "?".to_owned(), |o| o.to_string()),
+                        m.key().unwrap_or("-"),
+                        String::from_utf8_lossy(m.body())
+                    )
+                })
+                .collect();
+            return Ok(Response::text(lines.join("\n")));
+        }
+        if req.path().starts_with("/request-all/") {
+            let window = req
+                .header("x-window-ms")
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(1000);
+            let replies = messaging::Message::new(req.body().to_vec())
+                .request_all(queue, std::time::Duration::from_millis(window))?;
+            let mut bodies: Vec<String> = replies
+                .iter()
+                .map(|reply| String::from_utf8_lossy(reply.body()).into_owned())
+                .collect();
+            bodies.sort();
+            return Ok(Response::text(bodies.join("\n")));
+        }
         if req.path().starts_with("/request/") {
             let timeout = req
                 .header("x-timeout-ms")
@@ -46,6 +89,10 @@ impl Service for Mailroom {
         }
         if let Some(to) = req.header("x-reply-to") {
             message = message.reply_to(to);
+        }
+        if req.path().starts_with("/publish/") {
+            let offset = message.publish(queue)?;
+            return Ok(Response::text(offset.to_string()).with_status(202));
         }
         let id = message.send(queue)?;
         Ok(Response::text(id).with_status(202))
@@ -71,7 +118,12 @@ impl Service for Mailroom {
             if let Some(ms) = wait {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
             }
-            msg.reply(messaging::Message::new(format!("re: {body}")))
+            let service = config::get("name").unwrap_or_else(|| "mailroom".to_owned());
+            let answer = match config::get("name") {
+                Some(_) => format!("re: {body} from {service}"),
+                None => format!("re: {body}"),
+            };
+            msg.reply(messaging::Message::new(answer))
                 .map_err(|err| format!("could not reply to {}: {err}", msg.id()))?;
             return Ok(());
         }

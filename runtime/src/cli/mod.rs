@@ -12,6 +12,6 @@ pub(crate) use admin::AdminArgs;
 pub(crate) use cert::cert;
 pub(crate) use scaffold::new_guest;
 pub(crate) use status::status;
-pub(crate) use swap::{redrive, swap};
+pub(crate) use swap::{redrive, replay, swap};
 
 use super::{CertCommand, SwapKind};

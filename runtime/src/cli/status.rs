@@ -1,4 +1,4 @@
-//! `switchyard status`: a running node's services, queues and peers, as tables.
+//! `switchyard status`: a running node's services, queues, topics and peers, as tables.
 
 use std::path::PathBuf;
 
@@ -12,12 +12,13 @@ pub(crate) fn status(manifest: Option<PathBuf>, args: &AdminArgs) -> Result<()> 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (services, registry, queues) = runtime.block_on(async {
+    let (services, registry, queues, topics) = runtime.block_on(async {
         let services = api.get("/services").await?;
         let registry = api.get("/registry").await?;
-        // A node from before queues has no /queues: show the rest.
+        // A node from before queues (or topics) has no /queues (/topics): show the rest.
         let queues = api.get("/queues").await.unwrap_or_default();
-        anyhow::Ok((services, registry, queues))
+        let topics = api.get("/topics").await.unwrap_or_default();
+        anyhow::Ok((services, registry, queues, topics))
     })?;
     println!(
         "node {} (admin {admin})",
@@ -65,6 +66,50 @@ pub(crate) fn status(manifest: Option<PathBuf>, args: &AdminArgs) -> Result<()> 
             queue["loops_stopped"].to_string()
         );
     }
+    let topics = topics.as_array().cloned().unwrap_or_default();
+    if !topics.is_empty() {
+        println!(
+            "{:<20} {:<20} {:>9} {:>7} {:>9} {:>9} {:>11} {:>6} {:>7}",
+            "TOPIC",
+            "SUBSCRIBER",
+            "OFFSET",
+            "LAG",
+            "IN-FLIGHT",
+            "DELIVERED",
+            "REDELIVERED",
+            "DEAD",
+            "EXPIRED"
+        );
+    }
+    for topic in &topics {
+        let first = topic["first_offset"]
+            .as_u64()
+            .map_or_else(|| "-".to_owned(), |first| first.to_string());
+        println!(
+            "{:<20} {:<20} {:>9} {:>7} (offsets {first}..{}, {} messages, {} bytes kept)",
+            topic["name"].as_str().unwrap_or("?"),
+            "(topic)",
+            topic["next_offset"].to_string(),
+            "",
+            topic["next_offset"],
+            topic["messages"],
+            topic["bytes"],
+        );
+        for sub in topic["subscriptions"].as_array().into_iter().flatten() {
+            println!(
+                "{:<20} {:<20} {:>9} {:>7} {:>9} {:>9} {:>11} {:>6} {:>7}",
+                "",
+                sub["service"].as_str().unwrap_or("?"),
+                sub["cursor"].to_string(),
+                sub["lag"].to_string(),
+                sub["in_flight"].to_string(),
+                sub["delivered"].to_string(),
+                sub["redelivered"].to_string(),
+                sub["dead_lettered"].to_string(),
+                sub["expired"].to_string()
+            );
+        }
+    }
     let peers = registry["peers"].as_array().cloned().unwrap_or_default();
     println!("peers: {}", peers.len());
     let names = |list: &serde_json::Value| {
@@ -88,7 +133,7 @@ pub(crate) fn status(manifest: Option<PathBuf>, args: &AdminArgs) -> Result<()> 
             if queues.is_empty() {
                 String::new()
             } else {
-                format!(" (queues: {queues})")
+                format!(" (queues and topics: {queues})")
             }
         );
     }

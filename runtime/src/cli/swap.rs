@@ -54,6 +54,41 @@ pub(crate) fn redrive(queue: &str, manifest: Option<PathBuf>, args: &AdminArgs) 
     Ok(())
 }
 
+/// `switchyard replay <topic> --subscriber <service> --from <start>`: rewinds (or moves
+/// forward) a topic's subscription; prints where it starts.
+pub(crate) fn replay(
+    topic: &str,
+    subscriber: &str,
+    from: &str,
+    manifest: Option<PathBuf>,
+    args: &AdminArgs,
+) -> Result<()> {
+    if switchyard::manifest::StartAt::parse(from).is_none() {
+        anyhow::bail!(
+            "--from {from:?} is not a place in a topic; use `beginning`, `latest`, an offset \
+             (e.g. 42) or an RFC 3339 time (e.g. 2026-11-26T08:00:00Z)"
+        );
+    }
+    let api = AdminApi::find(manifest.as_deref(), args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("subscriber", subscriber)
+        .append_pair("from", from)
+        .finish();
+    let path = format!("/topics/{topic}/replay?{query}");
+    let (status, body) = runtime.block_on(api.post(&path, Vec::new()))?;
+    if status != 200 {
+        anyhow::bail!(
+            "the node refused the replay ({status}): {}",
+            body.trim_end()
+        );
+    }
+    println!("{body}");
+    Ok(())
+}
+
 /// How long `swap --wait` follows a swap: the node's probation (3 s) and some slack.
 const PROBATION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 

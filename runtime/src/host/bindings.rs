@@ -33,6 +33,9 @@ wasmtime::component::bindgen!({
         "switchyard:runtime/messaging.send": async,
         "switchyard:runtime/messaging.request": async,
         "switchyard:runtime/messaging.reply": async,
+        "switchyard:runtime/messaging.publish": async,
+        "switchyard:runtime/messaging.read": async,
+        "switchyard:runtime/messaging.request-all": async,
     },
     exports: { default: async },
     with: {

@@ -1,5 +1,5 @@
-//! `switchyard:runtime/messaging`: durable sends, requests and replies through the
-//! [`super::Queues`] port.
+//! `switchyard:runtime/messaging`: durable sends and publishes, reads of history, requests
+//! and replies through the [`super::Queues`] port.
 
 use std::time::Duration;
 
@@ -58,7 +58,60 @@ impl wit::Host for HostState {
         let sent = queues
             .send(&queue, &self.guest.service, Some(trace), outgoing, budget)
             .await;
-        sent.map_err(Into::into)
+        sent.map(|receipt| receipt.id).map_err(Into::into)
+    }
+
+    async fn publish(
+        &mut self,
+        topic: String,
+        message: OutgoingMessage,
+    ) -> Result<u64, wit::SendError> {
+        let (outgoing, trace) = self.outgoing(&topic, message)?;
+        let queues = self.guest.queues.clone();
+        let budget = self.deadline.remaining();
+        let sent = queues
+            .send(&topic, &self.guest.service, Some(trace), outgoing, budget)
+            .await;
+        sent.map(|receipt| receipt.offset).map_err(Into::into)
+    }
+
+    async fn read(
+        &mut self,
+        topic: String,
+        from: u64,
+        max: u32,
+    ) -> Result<Vec<GuestMessage>, wit::SendError> {
+        let queues = self.guest.queues.clone();
+        let budget = self.deadline.remaining();
+        let (messages, _next) = queues.read(&topic, from, max as usize, budget).await?;
+        Ok(messages
+            .iter()
+            .map(|message| guest_message(&topic, message, Received::Read))
+            .collect())
+    }
+
+    async fn request_all(
+        &mut self,
+        topic: String,
+        message: OutgoingMessage,
+        window_ms: u32,
+    ) -> Result<Vec<GuestMessage>, wit::RequestError> {
+        let (outgoing, trace) = self
+            .outgoing(&topic, message)
+            .map_err(wit::RequestError::NotSent)?;
+        let queues = self.guest.queues.clone();
+        let window = Duration::from_millis(u64::from(window_ms)).min(self.deadline.remaining());
+        let replied = queues
+            .request_all(&topic, &self.guest.service, Some(trace), outgoing, window)
+            .await;
+        match replied {
+            Ok(replies) => Ok(replies
+                .iter()
+                .map(|reply| guest_message(&topic, reply, Received::Reply))
+                .collect()),
+            Err(RequestError::NotSent(error)) => Err(wit::RequestError::NotSent(error.into())),
+            Err(RequestError::Timeout(why)) => Err(wit::RequestError::Timeout(why)),
+        }
     }
 
     async fn request(
@@ -82,7 +135,7 @@ impl wit::Host for HostState {
             )
             .await;
         match replied {
-            Ok(reply) => Ok(guest_message(&destination, &reply, None)),
+            Ok(reply) => Ok(guest_message(&destination, &reply, Received::Reply)),
             Err(RequestError::NotSent(error)) => Err(wit::RequestError::NotSent(error.into())),
             Err(RequestError::Timeout(why)) => Err(wit::RequestError::Timeout(why)),
         }
@@ -99,12 +152,24 @@ impl wit::Host for HostState {
     }
 }
 
-/// The `message` record a guest gets for `message` of `topic` (a queue, or the destination a
-/// reply answers), with the node's own headers: the sender, and for a delivery its attempt.
+/// How a guest came to get a message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Received {
+    /// Delivered to its subscriber, the `attempt`-th time.
+    Delivery { attempt: u32 },
+    /// Read from a topic's history.
+    Read,
+    /// A reply to its request.
+    Reply,
+}
+
+/// The `message` record a guest gets for `message` of `topic` (a queue or topic, or the
+/// destination a reply answers), with the node's own headers: the sender; for a delivery its
+/// attempt; for a delivered or read message its offset and when it was stored.
 pub(crate) fn guest_message(
     topic: &str,
     message: &StoredMessage,
-    attempt: Option<u32>,
+    received: Received,
 ) -> GuestMessage {
     let mut headers = message.headers.clone();
     // Logs written before senders' node headers were dropped may still hold some.
@@ -114,8 +179,15 @@ pub(crate) fn guest_message(
             || name == crate::wire::CAUSATION_DEPTH_HEADER
             || name == crate::wire::CAUSATION_CHAIN_HEADER
     });
-    if let Some(attempt) = attempt {
+    if let Received::Delivery { attempt } = received {
         headers.push(("x-switchyard-attempt".into(), attempt.to_string()));
+    }
+    if let Received::Delivery { .. } | Received::Read = received {
+        headers.push(("x-switchyard-offset".into(), message.seq.to_string()));
+        headers.push((
+            "x-switchyard-timestamp".into(),
+            message.sent_at_ms.to_string(),
+        ));
     }
     headers.push(("x-switchyard-sender".into(), message.sender.clone()));
     GuestMessage {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::call::{ByteStream, Call, CallError, Connection, Instance, Reply, Target};
 use crate::util::BoxFuture;
-pub(crate) use crate::wire::{Outgoing, SendError, StoredMessage};
+pub(crate) use crate::wire::{Outgoing, Receipt, SendError, StoredMessage};
 
 /// Calls, lookups and raw streams to other services, on this node or its peers.
 pub(crate) trait Calls: Send + Sync {
@@ -28,10 +28,10 @@ pub(crate) trait Calls: Send + Sync {
     ) -> BoxFuture<'a, Result<ByteStream, CallError>>;
 }
 
-/// Durable sends to queues.
+/// Durable sends to queues and topics, and reads of topics.
 pub(crate) trait Queues: Send + Sync {
-    /// Returns the message's id once it is stored (on the node that declares the queue),
-    /// or fails within `budget`.
+    /// Returns the message's id and offset once it is stored (on the node that declares the
+    /// queue or topic), or fails within `budget`.
     fn send<'a>(
         &'a self,
         queue: &'a str,
@@ -39,7 +39,16 @@ pub(crate) trait Queues: Send + Sync {
         trace_context: Option<String>,
         message: Outgoing,
         budget: Duration,
-    ) -> BoxFuture<'a, Result<String, SendError>>;
+    ) -> BoxFuture<'a, Result<Receipt, SendError>>;
+    /// Up to `max` stored messages of `topic` from offset `from`, and the offset after them,
+    /// within `budget`.
+    fn read<'a>(
+        &'a self,
+        topic: &'a str,
+        from: u64,
+        max: usize,
+        budget: Duration,
+    ) -> BoxFuture<'a, Result<(Vec<StoredMessage>, u64), SendError>>;
     /// Sends `message` to `destination` with a reply address and returns the first reply
     /// within `timeout`.
     fn request<'a>(
@@ -50,6 +59,16 @@ pub(crate) trait Queues: Send + Sync {
         message: Outgoing,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<StoredMessage, RequestError>>;
+    /// Publishes `message` to `destination` with a reply address and returns every reply
+    /// that arrives within `window`.
+    fn request_all<'a>(
+        &'a self,
+        destination: &'a str,
+        sender: &'a str,
+        trace_context: Option<String>,
+        message: Outgoing,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>, RequestError>>;
     /// Answers a message at its `reply-to`, `to` (a waiting requester, or a queue), within
     /// `budget`.
     fn reply<'a>(

@@ -97,6 +97,93 @@ pub struct Manifest {
     pub bindings: Vec<BindSpec>,
     /// `[[queue]]`: durable queues and the service that consumes each.
     pub queues: Vec<QueueSpec>,
+    /// `[[topic]]`: durable topics, what they retain, and the services that subscribe.
+    pub topics: Vec<TopicSpec>,
+}
+
+/// One `[[topic]]`: a log every subscribing service reads at its own pace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    /// Which messages it keeps, whoever has read them.
+    pub retention: Retention,
+    /// The loop guard, as for a queue (`max_causation_depth`).
+    pub max_causation_depth: u32,
+    /// Bytes the dead-letter file may hold (all subscriptions together).
+    pub max_dead_bytes: usize,
+    /// `[[topic.subscription]]`, one per subscribing service.
+    pub subscriptions: Vec<SubscriptionSpec>,
+}
+
+/// What a topic keeps. A message goes when it is older than `max_age` or the topic holds more
+/// than `max_bytes` without it (oldest first), whether its subscribers have read it or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age: Option<Duration>,
+    pub max_bytes: usize,
+    /// Keep only the latest message of each key (a table of the latest state per key).
+    pub compact: bool,
+}
+
+/// One `[[topic.subscription]]`: a service that gets every message of the topic, its
+/// instances competing for them (on any node, in a mesh).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionSpec {
+    pub service: String,
+    /// Where a new subscription starts; a subscription that has a cursor keeps it.
+    pub start: StartAt,
+    pub concurrency: u32,
+    pub ordered_by_key: bool,
+    pub max_attempts: u32,
+    pub redeliver_after: Duration,
+}
+
+/// Where a subscription starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// Messages published from now on.
+    Latest,
+    /// The oldest message the topic still keeps.
+    Beginning,
+    /// This offset (or the oldest kept, if that is later).
+    Offset(u64),
+    /// The first message published at or after this time (ms since the Unix epoch).
+    Time(u64),
+}
+
+impl StartAt {
+    /// Reads `latest`, `beginning`, an offset (`42`) or an RFC 3339 time
+    /// (`2026-11-26T08:00:00Z`).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim() {
+            "latest" => Some(Self::Latest),
+            "beginning" => Some(Self::Beginning),
+            text => {
+                if let Ok(offset) = text.parse::<u64>() {
+                    return Some(Self::Offset(offset));
+                }
+                let at = time::OffsetDateTime::parse(
+                    text,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .ok()?;
+                u64::try_from(at.unix_timestamp_nanos() / 1_000_000)
+                    .ok()
+                    .map(Self::Time)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for StartAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Latest => f.write_str("latest"),
+            Self::Beginning => f.write_str("beginning"),
+            Self::Offset(offset) => write!(f, "offset {offset}"),
+            Self::Time(ms) => write!(f, "time {ms} ms"),
+        }
+    }
 }
 
 /// One `[[queue]]`.
@@ -160,6 +247,8 @@ pub enum BindScope {
     OutgoingFrom(String),
     /// Every failed delivery of this queue (`on-delivery-failure`).
     Queue(String),
+    /// Every failed delivery of this topic, to any of its subscriptions.
+    Topic(String),
 }
 
 impl std::fmt::Display for BindScope {
@@ -168,6 +257,7 @@ impl std::fmt::Display for BindScope {
             BindScope::CallsTo(service) => write!(f, "calls to `{service}`"),
             BindScope::OutgoingFrom(service) => write!(f, "calls from `{service}`"),
             BindScope::Queue(queue) => write!(f, "deliveries of queue `{queue}`"),
+            BindScope::Topic(topic) => write!(f, "deliveries of topic `{topic}`"),
         }
     }
 }
@@ -479,6 +569,8 @@ pub mod defaults {
     /// `[[queue]] max_causation_depth`: far past any real chain of handlers, soon enough to
     /// stop a loop.
     pub const QUEUE_MAX_CAUSATION_DEPTH: u64 = 32;
+    /// `[[topic]] retain_mb`: what a topic keeps (in memory too) when no time limit is set.
+    pub const TOPIC_RETAIN_MB: u64 = 64;
 }
 
 impl Manifest {

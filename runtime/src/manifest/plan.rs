@@ -13,7 +13,7 @@ pub struct Plan {
     /// `[[service]]` entries differ (added, removed, routes, components, limits, config,
     /// env, version): the services step compares them one by one.
     pub services: bool,
-    /// `[[queue]]` entries differ: the broker applies them.
+    /// `[[queue]]` or `[[topic]]` entries differ: the broker applies them.
     pub queues: bool,
     /// `[[policy]]` or `[[bind]]` entries differ: policies are swapped, reconfigured, rebound.
     pub policies: bool,
@@ -34,6 +34,7 @@ pub fn plan(old: &Manifest, new: &Manifest) -> Plan {
         policies,
         bindings,
         queues,
+        topics,
     } = new;
     Plan {
         services: old.services.len() != services.len()
@@ -42,7 +43,7 @@ pub fn plan(old: &Manifest, new: &Manifest) -> Plan {
                 .iter()
                 .zip(services)
                 .any(|(a, b)| service_changed(a, b)),
-        queues: old.queues != *queues,
+        queues: old.queues != *queues || old.topics != *topics,
         policies: old.bindings != *bindings
             || old.policies.len() != policies.len()
             || old

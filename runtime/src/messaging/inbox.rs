@@ -1,23 +1,32 @@
 //! Request/response over messages. A requester waits at a reply address of its own node,
 //! `inbox/<node>/<token>`, given to the request as its `reply-to`; a consumer's `reply` to that
 //! address reaches the waiting requester here, or from another node as an `Answer` frame.
-//! Only the first reply counts; a reply to an address nobody waits at any more (the request
-//! timed out) is refused, so the replier learns it was too late. The token is 128 random bits:
+//! A `request` takes the first reply only; a `request-all` takes every reply that comes within
+//! its window (up to [`MAX_REPLIES`]). A reply to an address nobody waits at any more (the
+//! request timed out, or was answered) is refused, so the replier learns it was too late. The token is 128 random bits:
 //! only a service that got the request can answer it, not one that guesses addresses.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 
 use crate::wire::{SendError, StoredMessage};
 
 const PREFIX: &str = "inbox/";
+/// The most replies one `request-all` collects.
+pub(crate) const MAX_REPLIES: usize = 1024;
 
 /// The requests of this node's guests that wait for a reply.
 pub(crate) struct Inboxes {
     node: String,
-    waiting: Mutex<HashMap<String, oneshot::Sender<StoredMessage>>>,
+    waiting: Mutex<HashMap<String, Waiter>>,
+}
+
+struct Waiter {
+    replies: mpsc::Sender<StoredMessage>,
+    /// Takes only the first reply (`request`); else every one until dropped (`request-all`).
+    first_only: bool,
 }
 
 /// One request's reply address, waited at until it is dropped.
@@ -25,13 +34,13 @@ pub(crate) struct Waiting<'a> {
     inboxes: &'a Inboxes,
     token: String,
     pub(crate) address: String,
-    reply: Option<oneshot::Receiver<StoredMessage>>,
+    replies: mpsc::Receiver<StoredMessage>,
 }
 
 impl Waiting<'_> {
-    /// The first reply (pending forever if none comes: the caller bounds the wait).
+    /// The next reply (pending forever if none comes: the caller bounds the wait).
     pub(crate) async fn reply(&mut self) -> Option<StoredMessage> {
-        self.reply.take()?.await.ok()
+        self.replies.recv().await
     }
 }
 
@@ -59,40 +68,67 @@ impl Inboxes {
         &self.node
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<StoredMessage>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiter>> {
         self.waiting
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A new reply address to wait at.
+    /// A new reply address to wait at for the first reply.
     pub(crate) fn open(&self) -> Result<Waiting<'_>, SendError> {
+        self.open_for(true)
+    }
+
+    /// A new reply address to wait at for every reply, until the [`Waiting`] is dropped.
+    pub(crate) fn open_for_all(&self) -> Result<Waiting<'_>, SendError> {
+        self.open_for(false)
+    }
+
+    fn open_for(&self, first_only: bool) -> Result<Waiting<'_>, SendError> {
         let mut random = [0u8; 16];
         getrandom::getrandom(&mut random)
             .map_err(|err| SendError::Unavailable(format!("cannot make a reply address: {err}")))?;
         let token: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
-        let (sender, receiver) = oneshot::channel();
-        self.lock().insert(token.clone(), sender);
+        let (sender, receiver) = mpsc::channel(if first_only { 1 } else { MAX_REPLIES });
+        let waiter = Waiter {
+            replies: sender,
+            first_only,
+        };
+        self.lock().insert(token.clone(), waiter);
         Ok(Waiting {
             inboxes: self,
             address: format!("{PREFIX}{}/{token}", self.node),
             token,
-            reply: Some(receiver),
+            replies: receiver,
         })
     }
 
     /// Hands `reply` to the requester waiting at `address` (of this node).
     pub(crate) fn answer(&self, address: &str, reply: StoredMessage) -> Result<(), SendError> {
-        let waiting = parse(address)
-            .filter(|(node, _)| *node == self.node)
-            .and_then(|(_, token)| self.lock().remove(token));
         let gone = || {
             SendError::Unavailable(format!(
                 "nobody waits for a reply at `{address}` any more (the request timed out, or \
                  was answered already)"
             ))
         };
-        waiting.ok_or_else(gone)?.send(reply).map_err(|_| gone())
+        let Some((_, token)) = parse(address).filter(|(node, _)| *node == self.node) else {
+            return Err(gone());
+        };
+        let mut waiting = self.lock();
+        let Some(waiter) = waiting.get(token) else {
+            return Err(gone());
+        };
+        let sent = waiter.replies.try_send(reply);
+        if waiter.first_only {
+            waiting.remove(token);
+        }
+        sent.map_err(|refused| match refused {
+            mpsc::error::TrySendError::Full(_) => SendError::Full(format!(
+                "the requester waiting at `{address}` has {MAX_REPLIES} replies already; it \
+                 takes no more"
+            )),
+            mpsc::error::TrySendError::Closed(_) => gone(),
+        })
     }
 }
 
@@ -130,6 +166,17 @@ mod tests {
         let late = inboxes.answer(&waiting.address, reply("two"));
         assert!(matches!(late, Err(SendError::Unavailable(_))), "{late:?}");
         assert_eq!(waiting.reply().await.map(|r| r.body), Some(b"one".to_vec()));
+
+        // Waiting for all: every reply counts until it stops waiting.
+        let mut all = inboxes.open_for_all().expect("an address");
+        for body in ["a", "b"] {
+            assert!(inboxes.answer(&all.address, reply(body)).is_ok());
+        }
+        assert_eq!(all.reply().await.map(|r| r.body), Some(b"a".to_vec()));
+        assert_eq!(all.reply().await.map(|r| r.body), Some(b"b".to_vec()));
+        let address = all.address.clone();
+        drop(all);
+        assert!(inboxes.answer(&address, reply("c")).is_err());
 
         // Stopped waiting: its address is gone.
         let address = inboxes.open().expect("an address").address.clone();

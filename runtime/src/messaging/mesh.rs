@@ -18,7 +18,7 @@ use std::time::Duration;
 use super::Delivered;
 use crate::discovery::Registry;
 use crate::transport::Transport;
-use crate::wire::{FailureKind, Frame, Outgoing, SendError, StoredMessage};
+use crate::wire::{FailureKind, Frame, Outgoing, Receipt, SendError, StoredMessage};
 
 /// How long a delivery to another node may take, answer included: past the longest
 /// `timeout_ms` a service is likely to have.
@@ -56,7 +56,7 @@ impl MeshQueues {
         trace_context: Option<String>,
         message: Outgoing,
         budget: Duration,
-    ) -> Result<String, SendError> {
+    ) -> Result<Receipt, SendError> {
         let frame = Frame::Send {
             queue: queue.to_owned(),
             sender: sender.to_owned(),
@@ -74,7 +74,40 @@ impl MeshQueues {
             self.transport.request(owner, &frame, budget).await,
             &unavailable,
         )? {
-            Frame::Sent { id } => Ok(id),
+            Frame::Sent(receipt) => Ok(receipt),
+            other => Err(unavailable(format!(
+                "it answered with a {} frame",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// Reads up to `max` stored messages of `topic` on `owner` from offset `from`, within
+    /// `budget`.
+    pub(crate) async fn read(
+        &self,
+        owner: SocketAddr,
+        topic: &str,
+        from: u64,
+        max: u32,
+        budget: Duration,
+    ) -> Result<(Vec<StoredMessage>, u64), SendError> {
+        let frame = Frame::Read {
+            topic: topic.to_owned(),
+            from,
+            max,
+        };
+        let unavailable = |why: String| {
+            SendError::Unavailable(format!(
+                "topic `{topic}` lives on the node at {owner}, which did not answer the read: \
+                 {why}"
+            ))
+        };
+        match taken(
+            self.transport.request(owner, &frame, budget).await,
+            &unavailable,
+        )? {
+            Frame::Messages { messages, next } => Ok((messages, next)),
             other => Err(unavailable(format!(
                 "it answered with a {} frame",
                 other.kind()

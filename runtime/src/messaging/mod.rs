@@ -1,4 +1,5 @@
-//! Messaging: durable queues that a node's services send to and one service consumes.
+//! Messaging: durable queues that one service consumes, and durable topics that every
+//! subscribing service reads at its own pace, for the services of a node or of the mesh.
 //!
 //! The manifest declares a queue and its subscriber:
 //!
@@ -14,8 +15,28 @@
 //! max_depth = 10000           # messages owed before `send` answers `full`
 //! ```
 //!
-//! A guest sends with the `messaging` import; `send` returns once the message is in the
-//! queue's log on disk (see [`log`] for the format and the group commit). Delivery is
+//! and a topic, what it keeps and who subscribes:
+//!
+//! ```toml
+//! [[topic]]
+//! name = "order-events"
+//! retain_ms = 604800000       # drop messages older than a week (default: no time limit)
+//! retain_mb = 64              # and the oldest past 64 MiB (the default)
+//! compact = false             # true: keep only the latest message of each key
+//!
+//! [[topic.subscription]]
+//! service = "billing"         # every subscribing service gets every message
+//! start = "beginning"         # or "latest" (default), an offset, or an RFC 3339 time
+//! concurrency = 4             # and ordered_by_key, max_attempts, redeliver_ms, as a queue
+//! ```
+//!
+//! A queue is a topic with one subscription whose messages go once it is done with them: one
+//! implementation ([`topic`]) runs both, and they share one namespace. A topic's subscription
+//! has a durable cursor; `switchyard replay` rewinds it, and a guest reads a topic's history
+//! with `read(topic, from, max)`.
+//!
+//! A guest sends with the `messaging` import; `send` and `publish` return once the message
+//! is in the log on disk (see [`log`] for the format and the group commit). Delivery is
 //! *at least once*: a message is owed until its subscriber acknowledges it (`on-message`
 //! returns `ok`), survives a restart of the node, and is dead-lettered (kept, whole, in the
 //! queue's dead-letter file and listed by `GET /queues`) once the policies bound to the queue
@@ -33,6 +54,7 @@
 mod inbox;
 mod log;
 mod mesh;
+mod topic;
 
 pub(crate) use mesh::MeshQueues;
 
@@ -40,7 +62,6 @@ pub(crate) use mesh::MeshQueues;
 pub(crate) use log::check_replay;
 #[cfg(test)]
 pub(crate) use log::sample_log;
-mod queue;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -51,14 +72,15 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::host::{Outgoing, Queues, RequestError, SendError};
-use crate::manifest::QueueSpec;
+use crate::manifest::{QueueSpec, StartAt, TopicSpec};
 use crate::policy::Policies;
 use crate::util::BoxFuture;
+use crate::wire::Receipt;
 
 pub(crate) use log::StoredMessage;
-pub(crate) use queue::QueueView;
+pub(crate) use topic::{QueueView, TopicView};
 
-use queue::Queue;
+use topic::{LogSpec, Topic};
 
 /// Why the queues could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +93,7 @@ pub struct MessagingError {
 /// Why an operation on a running node's queues did not happen (or only in part).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum QueueError {
-    #[error("this node has no queue named `{name}` (it has: {known})")]
+    #[error("this node has no queue or topic named `{name}` (it has: {known})")]
     Unknown { name: String, known: String },
     #[error(transparent)]
     Log(#[from] MessagingError),
@@ -83,6 +105,20 @@ pub(crate) enum QueueError {
         queue: String,
         redriven: usize,
         cause: log::LogError,
+    },
+    #[error(
+        "`{0}` is a topic: its messages stay, nothing to redrive\n  hint: rewind a subscription with `switchyard replay {0} --subscriber <service> --from <offset>`"
+    )]
+    NotAQueue(String),
+    #[error(
+        "`{0}` is a queue: it has one subscription and keeps no history to replay\n  hint: declare a [[topic]] to replay messages"
+    )]
+    NotATopic(String),
+    #[error("topic `{topic}` has no subscription of service `{service}` (it has: {known})")]
+    UnknownSubscription {
+        topic: String,
+        service: String,
+        known: String,
     },
     #[error("opening the new queues was cut off: {0}")]
     Interrupted(#[from] tokio::task::JoinError),
@@ -110,12 +146,13 @@ pub(crate) trait Subscribers: Send + Sync {
     ) -> BoxFuture<'a, Delivered>;
 }
 
-/// The node's queues. A manifest edit adds, removes and reconfigures them ([`Broker::apply`]).
+/// The node's queues and topics. A manifest edit adds, removes and reconfigures them
+/// ([`Broker::apply`]).
 pub(crate) struct Broker {
-    /// Where the queues' files are.
+    /// Where their files are.
     dir: PathBuf,
     storage: Arc<dyn log::Storage>,
-    queues: ArcSwap<HashMap<String, Arc<Queue>>>,
+    queues: ArcSwap<HashMap<String, Arc<Topic>>>,
     /// Set once delivery runs: what queues added later deliver with.
     delivery: OnceLock<(Arc<dyn Subscribers>, Arc<Policies>)>,
     /// Serializes [`Broker::apply`].
@@ -130,22 +167,21 @@ pub(crate) struct Broker {
 pub(crate) type QueueChanges = Vec<String>;
 
 impl Broker {
-    /// Opens every queue's log under `data_dir/queues` and takes back what it owes, for node
-    /// `node`. Blocking (file I/O): call it off the executor.
+    /// Opens every queue's and topic's log under `data_dir/queues` and takes back what it
+    /// keeps and owes, for node `node`. Blocking (file I/O): call it off the executor.
     pub(crate) fn open(
         data_dir: &Path,
         node: &str,
-        specs: &[QueueSpec],
+        queues: &[QueueSpec],
+        topics: &[TopicSpec],
     ) -> Result<Self, MessagingError> {
         let dir = data_dir.join("queues");
         let storage: Arc<dyn log::Storage> = Arc::new(log::Disk);
-        let mut queues = HashMap::new();
-        for spec in specs {
-            queues.insert(
-                spec.name.clone(),
-                Arc::new(open_queue(&storage, &dir, spec)?),
-            );
+        let mut opened = HashMap::new();
+        for spec in log_specs(queues, topics) {
+            opened.insert(spec.name.clone(), Arc::new(open_log(&storage, &dir, spec)?));
         }
+        let queues = opened;
         Ok(Self {
             dir,
             storage,
@@ -167,8 +203,9 @@ impl Broker {
         self.mesh.get()
     }
 
-    /// Appends a message from `sender` to `queue`, on this node or on the peer that declares
-    /// it; resolves with its id once it is on disk there, or fails within `budget`.
+    /// Appends a message from `sender` to `queue` (a queue or topic), on this node or on the
+    /// peer that declares it; resolves with its id and offset once it is on disk there, or
+    /// fails within `budget`.
     pub(crate) async fn send(
         &self,
         queue: &str,
@@ -176,7 +213,7 @@ impl Broker {
         trace_context: Option<String>,
         outgoing: Outgoing,
         budget: std::time::Duration,
-    ) -> Result<String, SendError> {
+    ) -> Result<Receipt, SendError> {
         let local = self.queues.load().contains_key(queue);
         if !local
             && let Some(mesh) = self.mesh.get()
@@ -190,35 +227,103 @@ impl Broker {
     }
 
     /// Appends a message from `sender` to `queue` of this node (a local guest's send, or a
-    /// peer's `Send` frame); resolves with its id once it is on disk.
+    /// peer's `Send` frame); resolves with its id and offset once it is on disk.
     pub(crate) async fn send_here(
         &self,
         queue: &str,
         sender: &str,
         trace_context: Option<String>,
         outgoing: Outgoing,
-    ) -> Result<String, SendError> {
+    ) -> Result<Receipt, SendError> {
+        let target = self.here(queue)?;
+        let stored = target.send(stored(sender, trace_context, outgoing)).await?;
+        Ok(Receipt {
+            id: stored.id,
+            offset: stored.offset,
+        })
+    }
+
+    /// Queue or topic `name` of this node, or the error that names the ones it has.
+    fn here(&self, name: &str) -> Result<Arc<Topic>, SendError> {
         let queues = self.queues.load();
-        let Some(target) = queues.get(queue).cloned() else {
-            let mut known: Vec<&str> = queues.keys().map(String::as_str).collect();
-            known.sort_unstable();
-            let mesh = if self.mesh.get().is_some() {
-                " nor does a node of the mesh that is up;"
-            } else {
-                ";"
-            };
-            return Err(SendError::UnknownQueue(format!(
-                "this node has no queue named `{queue}` (it has: {}){mesh} declare it with \
-                 [[queue]] in a manifest",
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            )));
+        if let Some(found) = queues.get(name) {
+            return Ok(found.clone());
+        }
+        let mut known: Vec<&str> = queues.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        let mesh = if self.mesh.get().is_some() {
+            " nor does a node of the mesh that is up;"
+        } else {
+            ";"
         };
-        drop(queues);
-        target.send(stored(sender, trace_context, outgoing)).await
+        Err(SendError::UnknownQueue(format!(
+            "this node has no queue or topic named `{name}` (it has: {}){mesh} declare it with \
+             [[queue]] or [[topic]] in a manifest",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        )))
+    }
+
+    /// Up to `max` stored messages of `topic` from offset `from` on, and the offset to read
+    /// from next: from this node or the peer that declares it, within `budget`.
+    pub(crate) async fn read(
+        &self,
+        topic: &str,
+        from: u64,
+        max: usize,
+        budget: std::time::Duration,
+    ) -> Result<(Vec<StoredMessage>, u64), SendError> {
+        let local = self.queues.load().contains_key(topic);
+        if !local
+            && let Some(mesh) = self.mesh.get()
+            && let Some(owner) = mesh.owner_of(topic)
+        {
+            let max = u32::try_from(max).unwrap_or(u32::MAX);
+            return mesh.read(owner, topic, from, max, budget).await;
+        }
+        self.read_here(topic, from, max)
+    }
+
+    /// [`Broker::read`] of a topic of this node (a local guest's, or a peer's `Read` frame).
+    pub(crate) fn read_here(
+        &self,
+        topic: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<(Vec<StoredMessage>, u64), SendError> {
+        Ok(self.here(topic)?.read(from, max))
+    }
+
+    /// Makes subscription `service` of `topic` owe the kept messages from `from` on; returns
+    /// the offset it starts at.
+    pub(crate) async fn rewind(
+        &self,
+        topic: &str,
+        service: &str,
+        from: StartAt,
+    ) -> Result<u64, QueueError> {
+        let found = self.queues.load().get(topic).cloned();
+        match found {
+            Some(found) => found.rewind(service, from).await,
+            None => Err(self.unknown(topic)),
+        }
+    }
+
+    fn unknown(&self, name: &str) -> QueueError {
+        let queues = self.queues.load();
+        let mut known: Vec<&str> = queues.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        QueueError::Unknown {
+            name: name.to_owned(),
+            known: if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            },
+        }
     }
 
     /// Sends `outgoing` to `destination` with a reply address of this node, and waits at most
@@ -245,6 +350,30 @@ impl Broker {
                 timeout.as_millis()
             ))),
         }
+    }
+
+    /// Publishes `outgoing` to `destination` with a reply address of this node, and collects
+    /// every reply that arrives within `window` (publish/async responses: each subscriber of a
+    /// topic may answer). No reply is an empty list, not an error.
+    pub(crate) async fn request_all(
+        &self,
+        destination: &str,
+        sender: &str,
+        trace_context: Option<String>,
+        mut outgoing: Outgoing,
+        window: std::time::Duration,
+    ) -> Result<Vec<StoredMessage>, RequestError> {
+        let until = tokio::time::Instant::now() + window;
+        let mut waiting = self.inboxes.open_for_all().map_err(RequestError::NotSent)?;
+        outgoing.reply_to = Some(waiting.address.clone());
+        self.send(destination, sender, trace_context, outgoing, window)
+            .await
+            .map_err(RequestError::NotSent)?;
+        let mut replies = Vec::new();
+        while let Ok(Some(reply)) = tokio::time::timeout_at(until, waiting.reply()).await {
+            replies.push(reply);
+        }
+        Ok(replies)
     }
 
     /// Answers a message at its `reply-to`, `to`: a requester waiting on this node or another,
@@ -306,56 +435,81 @@ impl Broker {
         while stopping.join_next().await.is_some() {}
     }
 
-    /// Makes `specs` the node's queues: new ones are opened (taking back what their files
-    /// owe) and start delivering, removed ones stop taking sends, finish their deliveries in
-    /// flight and close their files (what they owe stays there for when they come back), and
-    /// the others take their new settings. If a new queue cannot open, nothing changes.
-    pub(crate) async fn apply(&self, specs: &[QueueSpec]) -> Result<QueueChanges, QueueError> {
+    /// Makes `queues` and `topics` the node's: new ones are opened (taking back what their
+    /// files keep and owe) and start delivering, removed ones stop taking sends, finish their
+    /// deliveries in flight and close their files (what they owe stays there for when they
+    /// come back), and the others take their new settings. If a new one cannot open, nothing
+    /// changes. A queue that becomes a topic (or back) is closed and opened again as the other.
+    pub(crate) async fn apply(
+        &self,
+        queues: &[QueueSpec],
+        topics: &[TopicSpec],
+    ) -> Result<QueueChanges, QueueError> {
+        let specs = log_specs(queues, topics);
         let _one_at_a_time = self.changing.lock().await;
         let current = self.queues.load_full();
-        let added: Vec<QueueSpec> = specs
+        let kept = |spec: &LogSpec| {
+            current
+                .get(&spec.name)
+                .filter(|log| log.is_topic() == matches!(spec.kind, topic::Kind::Topic(_)))
+        };
+        let added: Vec<LogSpec> = specs
             .iter()
-            .filter(|spec| !current.contains_key(&spec.name))
+            .filter(|spec| kept(spec).is_none())
             .cloned()
             .collect();
-        let (dir, storage) = (self.dir.clone(), self.storage.clone());
-        let opened = tokio::task::spawn_blocking(move || {
-            added
-                .iter()
-                .map(|spec| open_queue(&storage, &dir, spec).map(Arc::new))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await??;
-
         let mut changes = Vec::new();
         let mut next = HashMap::new();
-        for spec in specs {
-            if let Some(queue) = current.get(&spec.name) {
+        for spec in &specs {
+            if let Some(queue) = kept(spec) {
                 if *queue.spec() != *spec {
                     queue.reconfigure(spec.clone());
-                    changes.push(format!("queue `{}`: settings changed", spec.name));
+                    changes.push(format!("{}: settings changed", spec.what()));
                 }
                 next.insert(spec.name.clone(), queue.clone());
             }
         }
+        let removed: Vec<Arc<Topic>> = current
+            .iter()
+            .filter(|(name, _)| !next.contains_key(*name))
+            .map(|(_, queue)| queue.clone())
+            .collect();
+        // One that changes kind closes before it opens again on the same files.
+        let changing_kind: Vec<&Arc<Topic>> = removed
+            .iter()
+            .filter(|log| specs.iter().any(|spec| spec.name == log.name))
+            .collect();
+        if !changing_kind.is_empty() {
+            let mut without: HashMap<String, Arc<Topic>> = (*current).clone();
+            for log in &changing_kind {
+                without.remove(&log.name);
+            }
+            self.queues.store(Arc::new(without));
+            for log in changing_kind {
+                log.stop().await;
+            }
+        }
+        let (dir, storage) = (self.dir.clone(), self.storage.clone());
+        let opened = tokio::task::spawn_blocking(move || {
+            added
+                .into_iter()
+                .map(|spec| open_log(&storage, &dir, spec).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await??;
         for queue in opened {
-            changes.push(format!("queue `{}` added", queue.name));
+            changes.push(format!("{} added", queue.spec().what()));
             if let Some((subscribers, policies)) = self.delivery.get() {
                 queue.start(subscribers.clone(), policies.clone());
             }
             next.insert(queue.name.clone(), queue);
         }
-        let removed: Vec<Arc<Queue>> = current
-            .iter()
-            .filter(|(name, _)| !next.contains_key(*name))
-            .map(|(_, queue)| queue.clone())
-            .collect();
         self.queues.store(Arc::new(next));
         for queue in removed {
             queue.stop().await;
             changes.push(format!(
-                "queue `{}` removed (what it owes stays in its files)",
-                queue.name
+                "{} removed (what it owes stays in its files)",
+                queue.spec().what()
             ));
         }
         changes.sort();
@@ -364,21 +518,10 @@ impl Broker {
 
     /// Sends queue `name`'s dead letters again; returns how many.
     pub(crate) async fn redrive(&self, name: &str) -> Result<usize, QueueError> {
-        let queues = self.queues.load_full();
-        match queues.get(name) {
+        let found = self.queues.load().get(name).cloned();
+        match found {
             Some(queue) => queue.redrive().await,
-            None => {
-                let mut known: Vec<&str> = queues.keys().map(String::as_str).collect();
-                known.sort_unstable();
-                Err(QueueError::Unknown {
-                    name: name.to_owned(),
-                    known: if known.is_empty() {
-                        "none".into()
-                    } else {
-                        known.join(", ")
-                    },
-                })
-            }
+            None => Err(self.unknown(name)),
         }
     }
 
@@ -403,7 +546,23 @@ impl Broker {
     }
 
     pub(crate) fn views(&self) -> Vec<QueueView> {
-        let mut views: Vec<QueueView> = self.queues.load().values().map(|q| q.view()).collect();
+        let mut views: Vec<QueueView> = self
+            .queues
+            .load()
+            .values()
+            .filter_map(|q| q.queue_view())
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        views
+    }
+
+    pub(crate) fn topic_views(&self) -> Vec<TopicView> {
+        let mut views: Vec<TopicView> = self
+            .queues
+            .load()
+            .values()
+            .filter_map(|q| q.topic_view())
+            .collect();
         views.sort_by(|a, b| a.name.cmp(&b.name));
         views
     }
@@ -417,7 +576,7 @@ impl Queues for Broker {
         trace_context: Option<String>,
         message: Outgoing,
         budget: std::time::Duration,
-    ) -> BoxFuture<'a, Result<String, SendError>> {
+    ) -> BoxFuture<'a, Result<Receipt, SendError>> {
         Box::pin(Broker::send(
             self,
             queue,
@@ -426,6 +585,16 @@ impl Queues for Broker {
             message,
             budget,
         ))
+    }
+
+    fn read<'a>(
+        &'a self,
+        topic: &'a str,
+        from: u64,
+        max: usize,
+        budget: std::time::Duration,
+    ) -> BoxFuture<'a, Result<(Vec<StoredMessage>, u64), SendError>> {
+        Box::pin(Broker::read(self, topic, from, max, budget))
     }
 
     fn request<'a>(
@@ -443,6 +612,24 @@ impl Queues for Broker {
             trace_context,
             message,
             timeout,
+        ))
+    }
+
+    fn request_all<'a>(
+        &'a self,
+        destination: &'a str,
+        sender: &'a str,
+        trace_context: Option<String>,
+        message: Outgoing,
+        window: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>, RequestError>> {
+        Box::pin(Broker::request_all(
+            self,
+            destination,
+            sender,
+            trace_context,
+            message,
+            window,
         ))
     }
 
@@ -475,18 +662,27 @@ impl Drop for Broker {
     }
 }
 
-fn open_queue(
+fn open_log(
     storage: &Arc<dyn log::Storage>,
     dir: &Path,
-    spec: &QueueSpec,
-) -> Result<Queue, MessagingError> {
-    Queue::open(storage, dir, spec.clone()).map_err(|cause| MessagingError {
-        queue: spec.name.clone(),
-        cause,
-    })
+    spec: LogSpec,
+) -> Result<Topic, MessagingError> {
+    let name = spec.name.clone();
+    Topic::open(storage, dir, spec).map_err(|cause| MessagingError { queue: name, cause })
 }
 
-/// A message from `sender` as a queue stores it (its queue numbers it and gives it its id).
+/// Queues and topics as the broker runs them.
+fn log_specs(queues: &[QueueSpec], topics: &[TopicSpec]) -> Vec<LogSpec> {
+    queues
+        .iter()
+        .cloned()
+        .map(LogSpec::from)
+        .chain(topics.iter().cloned().map(LogSpec::from))
+        .collect()
+}
+
+/// A message from `sender` as a log stores it (its queue or topic numbers it and gives it its
+/// id).
 fn stored(sender: &str, trace_context: Option<String>, outgoing: Outgoing) -> StoredMessage {
     StoredMessage {
         seq: 0,

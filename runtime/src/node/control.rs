@@ -54,9 +54,12 @@ impl Control {
         self.rpc.rebalance(balance.clone());
     }
 
-    /// Makes `manifest`'s `[[queue]]` entries the node's queues.
+    /// Makes `manifest`'s `[[queue]]` and `[[topic]]` entries the node's.
     pub(super) async fn requeue(&self, manifest: &Manifest) -> Result<QueueChanges, ControlError> {
-        let changes = self.broker.apply(&manifest.queues).await?;
+        let changes = self
+            .broker
+            .apply(&manifest.queues, &manifest.topics)
+            .await?;
         if !changes.is_empty() {
             self.announce();
         }
@@ -174,6 +177,19 @@ impl http::Operator for Control {
 
     fn problems(&self) -> Vec<String> {
         self.broker.problems()
+    }
+
+    fn topics(&self) -> Vec<crate::messaging::TopicView> {
+        self.broker.topic_views()
+    }
+
+    fn replay(
+        &self,
+        topic: String,
+        subscriber: String,
+        from: crate::manifest::StartAt,
+    ) -> BoxFuture<'_, Result<u64, ControlError>> {
+        Box::pin(async move { Ok(self.broker.rewind(&topic, &subscriber, from).await?) })
     }
 
     fn redrive(&self, queue: String) -> BoxFuture<'_, Result<usize, ControlError>> {

@@ -293,7 +293,11 @@ impl Subscribers {
         drop(services);
         Some(
             match slot
-                .deliver(crate::host::guest_message(queue, message, Some(attempt)))
+                .deliver(crate::host::guest_message(
+                    queue,
+                    message,
+                    crate::host::Received::Delivery { attempt },
+                ))
                 .await
             {
                 Ok(Ok(())) => Delivered::Acked,
@@ -376,9 +380,15 @@ impl FrameHandler for PeerFrames {
                 .send_here(&queue, &sender, trace_context, message)
                 .await
             {
-                Ok(id) => Frame::Sent { id },
+                Ok(receipt) => Frame::Sent(receipt),
                 Err(refused) => Frame::NotSent(refused),
             },
+            Frame::Read { topic, from, max } => {
+                match self.broker.read_here(&topic, from, max as usize) {
+                    Ok((messages, next)) => Frame::Messages { messages, next },
+                    Err(refused) => Frame::NotSent(refused),
+                }
+            }
             Frame::Deliver {
                 service,
                 queue,

@@ -122,10 +122,12 @@ impl Runtime {
         let engine = Arc::new(engine);
         let broker = {
             let (data_dir, queues) = (manifest.node.data_dir.clone(), manifest.queues.clone());
-            let node = manifest.node.name.clone();
-            tokio::task::spawn_blocking(move || messaging::Broker::open(&data_dir, &node, &queues))
-                .await
-                .map_err(|err| NodeError::Interrupted(err.to_string()))??
+            let (node, topics) = (manifest.node.name.clone(), manifest.topics.clone());
+            tokio::task::spawn_blocking(move || {
+                messaging::Broker::open(&data_dir, &node, &queues, &topics)
+            })
+            .await
+            .map_err(|err| NodeError::Interrupted(err.to_string()))??
         };
         let broker = Arc::new(broker);
         for queue in &manifest.queues {
@@ -261,6 +263,7 @@ pub(super) fn join_mesh(
             .queues
             .iter()
             .map(|queue| queue.name.clone())
+            .chain(manifest.topics.iter().map(|topic| topic.name.clone()))
             .collect(),
         services: manifest
             .services

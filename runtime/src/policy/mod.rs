@@ -235,7 +235,7 @@ impl Policies {
                 let reserves = match &bind.scope {
                     BindScope::CallsTo(service) => Some((&mut next.reserve_to, service)),
                     BindScope::OutgoingFrom(service) => Some((&mut next.reserve_from, service)),
-                    BindScope::Queue(_) => None,
+                    BindScope::Queue(_) | BindScope::Topic(_) => None,
                 };
                 if let Some((reserves, service)) = reserves {
                     let kept = reserves.entry(service.clone()).or_default();
@@ -245,7 +245,8 @@ impl Policies {
             let table = match &bind.scope {
                 BindScope::CallsTo(service) => next.calls_to.entry(service.clone()),
                 BindScope::OutgoingFrom(service) => next.outgoing_from.entry(service.clone()),
-                BindScope::Queue(queue) => next.queues.entry(queue.clone()),
+                // Queues and topics share one namespace: one table of delivery chains.
+                BindScope::Queue(name) | BindScope::Topic(name) => next.queues.entry(name.clone()),
             };
             table.or_default().extend(chain);
         }

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::message::{Outgoing, SendError, StoredMessage};
+use super::message::{Outgoing, Receipt, SendError, StoredMessage};
 
 /// Bumped on any incompatible change; a peer speaking another version gets a clear error.
-pub(crate) const PROTOCOL_VERSION: u8 = 6;
+pub(crate) const PROTOCOL_VERSION: u8 = 7;
 /// The largest frame a node accepts (the body limit plus room for headers).
 pub(crate) const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024 + 64 * 1024;
 const HEADER_BYTES: usize = 5;
@@ -81,10 +81,8 @@ pub(crate) enum Frame {
         /// Milliseconds the sender still waits.
         deadline_ms: u32,
     },
-    /// The message `Send` stored, by its id.
-    Sent {
-        id: String,
-    },
+    /// The message `Send` stored: its id and offset.
+    Sent(Receipt),
     /// Why `Send` stored nothing.
     NotSent(SendError),
     /// Deliver `message` of `queue` to `service` on the receiving node (the `attempt`-th
@@ -101,6 +99,18 @@ pub(crate) enum Frame {
     Answer {
         to: String,
         message: StoredMessage,
+    },
+    /// Read up to `max` stored messages of `topic` (on the receiving node) from offset `from`;
+    /// answered `Messages`, or `NotSent` (unknown topic).
+    Read {
+        topic: String,
+        from: u64,
+        max: u32,
+    },
+    /// What `Read` found, and the offset to read from next.
+    Messages {
+        messages: Vec<StoredMessage>,
+        next: u64,
     },
 }
 
@@ -193,6 +203,8 @@ impl Frame {
             Self::NotSent(_) => "not-sent",
             Self::Deliver { .. } => "deliver",
             Self::Answer { .. } => "answer",
+            Self::Read { .. } => "read",
+            Self::Messages { .. } => "messages",
         }
     }
 }

@@ -54,6 +54,13 @@ pub(crate) struct StoredMessage {
     pub(crate) sent_at_ms: u64,
 }
 
+/// Where a sent or published message was stored: its id and its offset in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Receipt {
+    pub(crate) id: String,
+    pub(crate) offset: u64,
+}
+
 /// What a guest asks to send.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Outgoing {

@@ -1,7 +1,8 @@
 //! The admin API: what an operator asks of a running node, as JSON (JSON lives only here).
 //!
-//! Reads (`/health`, `/services`, `/registry`, `/policies`, `/queues`) and changes (a
-//! component upload swaps a service or a policy; a redrive resends a queue's dead letters).
+//! Reads (`/health`, `/services`, `/registry`, `/policies`, `/queues`, `/topics`) and changes
+//! (a component upload swaps a service or a policy; a redrive resends a queue's dead letters;
+//! a replay rewinds a topic's subscription).
 //! Changes go through the [`Operator`] the node implements, so this file knows HTTP and JSON,
 //! not how a swap is done.
 //!
@@ -27,7 +28,8 @@ use sha2::Digest;
 
 use super::ingress::{plain, retry_soon};
 use super::server::Handler;
-use crate::messaging::{QueueError, QueueView};
+use crate::manifest::StartAt;
+use crate::messaging::{QueueError, QueueView, TopicView};
 use crate::policy::{BindingView, PolicyError};
 use crate::router::RouteError;
 use crate::util::BoxFuture;
@@ -50,6 +52,16 @@ pub(crate) trait Operator: Send + Sync {
     fn problems(&self) -> Vec<String>;
     /// `POST /queues/<name>/redrive`: sends the queue's dead letters again; how many.
     fn redrive(&self, queue: String) -> BoxFuture<'_, Result<usize, ControlError>>;
+    /// `GET /topics`.
+    fn topics(&self) -> Vec<TopicView>;
+    /// `POST /topics/<name>/replay?subscriber=<service>&from=<start>`: the subscription owes
+    /// the kept messages from there on; the offset it starts at.
+    fn replay(
+        &self,
+        topic: String,
+        subscriber: String,
+        from: StartAt,
+    ) -> BoxFuture<'_, Result<u64, ControlError>>;
     /// `POST /policies/<name>` with a component: swaps every binding of that policy.
     fn swap_policy(
         &self,
@@ -130,7 +142,7 @@ impl ControlError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::UnknownService { .. }
-            | Self::Queue(QueueError::Unknown { .. })
+            | Self::Queue(QueueError::Unknown { .. } | QueueError::UnknownSubscription { .. })
             | Self::Policy(PolicyError::Unknown(_)) => StatusCode::NOT_FOUND,
             Self::MemoryAbovePool { .. } | Self::PoolTooSmall { .. } => StatusCode::CONFLICT,
             Self::Interrupted(_)
@@ -142,9 +154,10 @@ impl ControlError {
     }
 }
 
-/// The admin API: `GET /health`, `/services`, `/registry`, `/policies`, `/queues`; `POST
-/// /services/<name>` and `/policies/<name>` (hot swap, the body is the new component) and
-/// `/queues/<name>/redrive` (send its dead letters again).
+/// The admin API: `GET /health`, `/services`, `/registry`, `/policies`, `/queues`, `/topics`;
+/// `POST /services/<name>` and `/policies/<name>` (hot swap, the body is the new component),
+/// `/queues/<name>/redrive` (send its dead letters again) and
+/// `/topics/<name>/replay?subscriber=<service>&from=<start>` (rewind a subscription).
 pub(crate) struct Admin {
     node: String,
     services: Arc<Directory>,
@@ -197,6 +210,12 @@ impl Admin {
                 }
             };
         }
+        if let Some(topic) = path
+            .strip_prefix("/topics/")
+            .and_then(|rest| rest.strip_suffix("/replay"))
+        {
+            return self.replay(topic, request.uri().query(), from).await;
+        }
         let (kind, name) = match path.trim_matches('/').split_once('/') {
             Some((kind @ ("services" | "policies"), name)) if !name.is_empty() => {
                 (kind, name.to_owned())
@@ -205,7 +224,7 @@ impl Admin {
                 return plain(
                     StatusCode::NOT_FOUND,
                     format!(
-                        "no admin endpoint POST {path}; try POST /services/<name>, /policies/<name> or /queues/<name>/redrive\n"
+                        "no admin endpoint POST {path}; try POST /services/<name>, /policies/<name>, /queues/<name>/redrive or /topics/<name>/replay\n"
                     ),
                 );
             }
@@ -251,6 +270,60 @@ impl Admin {
             }
             Err(error) => {
                 tracing::warn!(target: "switchyard::audit", action, name, sha256, bytes, %from, %error, "swap refused");
+                refused(&error)
+            }
+        }
+    }
+}
+
+impl Admin {
+    async fn replay(
+        &self,
+        topic: &str,
+        query: Option<&str>,
+        from: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        let mut subscriber = None;
+        let mut start = None;
+        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*key {
+                "subscriber" => subscriber = Some(value.into_owned()),
+                "from" => start = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        let usage = "POST /topics/<name>/replay?subscriber=<service>&from=<beginning|latest|offset|RFC 3339 time>";
+        let Some(subscriber) = subscriber.filter(|s| !s.is_empty()) else {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("a replay names the subscription: {usage}\n"),
+            );
+        };
+        let Some(start) = start.as_deref().map(StartAt::parse) else {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("a replay says where it starts: {usage}\n"),
+            );
+        };
+        let Some(start) = start else {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("`from` is not a place in a topic: {usage}\n"),
+            );
+        };
+        match self
+            .operator
+            .replay(topic.to_owned(), subscriber.clone(), start)
+            .await
+        {
+            Ok(offset) => {
+                tracing::info!(target: "switchyard::audit", action = "replay", topic, subscriber, %start, offset, %from, "subscription rewound");
+                json(
+                    &serde_json::json!({ "topic": topic, "subscriber": subscriber, "offset": offset }),
+                )
+            }
+            Err(error) => {
+                tracing::warn!(target: "switchyard::audit", action = "replay", topic, subscriber, %from, %error, "replay refused");
                 refused(&error)
             }
         }
@@ -315,6 +388,7 @@ impl Handler for Admin {
             }
             "/policies" => json(&self.operator.policies().await),
             "/queues" => json(&self.operator.queues()),
+            "/topics" => json(&self.operator.topics()),
             "/registry" => json(&serde_json::json!({
                 "node": self.node,
                 "peers": self.registry.as_ref().map(|registry| registry.view()).unwrap_or_default(),
@@ -322,7 +396,7 @@ impl Handler for Admin {
             other => plain(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no admin endpoint {other}; try /health, /services, /registry, /policies or /queues\n"
+                    "no admin endpoint {other}; try /health, /services, /registry, /policies, /queues or /topics\n"
                 ),
             ),
         }

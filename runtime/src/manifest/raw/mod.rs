@@ -13,11 +13,12 @@ mod wiring;
 
 use node::check_node;
 use services::{check_duplicate_routes, check_service};
-use wiring::{check_bindings, check_policies, check_queues};
+use wiring::{check_bindings, check_policies, check_queues, check_topics};
 
 use super::{
     BindScope, BindSpec, DiscoverySpec, EtcdTlsSpec, Location, Manifest, ManifestError, NodeSpec,
-    PolicySpec, QueueSpec, RouteSpec, ServiceSpec, TlsSpec, defaults,
+    PolicySpec, QueueSpec, Retention, RouteSpec, ServiceSpec, StartAt, SubscriptionSpec, TlsSpec,
+    TopicSpec, defaults,
 };
 
 #[derive(Deserialize)]
@@ -34,6 +35,35 @@ struct RawManifest {
     bind: Vec<Spanned<RawBind>>,
     #[serde(default)]
     queue: Vec<RawQueue>,
+    #[serde(default)]
+    topic: Vec<RawTopic>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTopic {
+    name: Spanned<String>,
+    retain_ms: Option<Spanned<u64>>,
+    retain_mb: Option<Spanned<u64>>,
+    #[serde(default)]
+    compact: bool,
+    max_causation_depth: Option<Spanned<u64>>,
+    max_dead_mb: Option<Spanned<u64>>,
+    #[serde(default)]
+    subscription: Vec<RawSubscription>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubscription {
+    service: Spanned<String>,
+    /// `"latest"`, `"beginning"`, an offset, or an RFC 3339 time.
+    start: Option<Spanned<toml::Value>>,
+    concurrency: Option<Spanned<u32>>,
+    #[serde(default)]
+    ordered_by_key: bool,
+    max_attempts: Option<Spanned<u32>>,
+    redeliver_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +99,7 @@ struct RawBind {
     calls_to: Option<Spanned<String>>,
     outgoing_from: Option<Spanned<String>>,
     queue: Option<Spanned<String>>,
+    topic: Option<Spanned<String>>,
     reserve_ms: Option<Spanned<u64>>,
 }
 
@@ -232,7 +263,8 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> 
     check_duplicate_routes(&services)?;
     let policies = check_policies(&check, raw.policy)?;
     let queues = check_queues(&check, raw.queue, &services, node.quic.is_some())?;
-    let bindings = check_bindings(&check, raw.bind, &policies, &services, &queues)?;
+    let topics = check_topics(&check, raw.topic, &services, &queues, node.quic.is_some())?;
+    let bindings = check_bindings(&check, raw.bind, &policies, &services, &queues, &topics)?;
     let manifest = Manifest {
         path: path.to_path_buf(),
         node,
@@ -241,6 +273,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> 
         policies,
         bindings,
         queues,
+        topics,
     };
     check_pool(&check, &manifest, pool_at)?;
     Ok(manifest)

@@ -1,4 +1,4 @@
-//! `[[policy]]`, `[[queue]]` and `[[bind]]`: what they name must exist.
+//! `[[policy]]`, `[[queue]]`, `[[topic]]` and `[[bind]]`: what they name must exist.
 
 use std::time::Duration;
 
@@ -81,20 +81,8 @@ pub(super) fn check_queues(
             1..=1_048_576,
             "max_bytes_mb",
         )?);
-        let max_dead_bytes = super::services::mebibytes(super::services::bounded(
-            check,
-            queue.max_dead_mb,
-            defaults::QUEUE_MAX_DEAD_MB,
-            1..=1_048_576,
-            "max_dead_mb",
-        )?);
-        let max_causation_depth = super::services::bounded(
-            check,
-            queue.max_causation_depth,
-            defaults::QUEUE_MAX_CAUSATION_DEPTH,
-            1..=1024,
-            "max_causation_depth",
-        )? as u32;
+        let (max_dead_bytes, max_causation_depth) =
+            dead_and_loop_limits(check, queue.max_dead_mb, queue.max_causation_depth)?;
         queues.push(QueueSpec {
             name,
             subscriber,
@@ -111,6 +99,171 @@ pub(super) fn check_queues(
         });
     }
     Ok(queues)
+}
+
+/// `max_dead_mb` (as bytes) and `max_causation_depth`, which queues and topics share.
+fn dead_and_loop_limits(
+    check: &Checker<'_>,
+    max_dead_mb: Option<Spanned<u64>>,
+    max_causation_depth: Option<Spanned<u64>>,
+) -> Result<(usize, u32), ManifestError> {
+    let max_dead_bytes = super::services::mebibytes(super::services::bounded(
+        check,
+        max_dead_mb,
+        defaults::QUEUE_MAX_DEAD_MB,
+        1..=1_048_576,
+        "max_dead_mb",
+    )?);
+    let max_causation_depth = super::services::bounded(
+        check,
+        max_causation_depth,
+        defaults::QUEUE_MAX_CAUSATION_DEPTH,
+        1..=1024,
+        "max_causation_depth",
+    )? as u32;
+    Ok((max_dead_bytes, max_causation_depth))
+}
+
+pub(super) fn check_topics(
+    check: &Checker<'_>,
+    raw: Vec<RawTopic>,
+    services: &[ServiceSpec],
+    queues: &[QueueSpec],
+    in_mesh: bool,
+) -> Result<Vec<TopicSpec>, ManifestError> {
+    let mut topics: Vec<TopicSpec> = Vec::with_capacity(raw.len());
+    for topic in raw {
+        check_name(check, &topic.name, "topic")?;
+        let name = topic.name.get_ref().clone();
+        if topics.iter().any(|t| t.name == name) {
+            return Err(check.invalid(
+                topic.name.span(),
+                format!("topic `{name}` is declared twice"),
+                "give each [[topic]] its own name",
+            ));
+        }
+        if queues.iter().any(|q| q.name == name) {
+            return Err(check.invalid(
+                topic.name.span(),
+                format!("`{name}` is declared as a [[queue]] and as a [[topic]]"),
+                "queues and topics share one namespace (a queue is a topic with one \
+                 subscription); rename one of them",
+            ));
+        }
+        let max_age = match topic.retain_ms {
+            Some(ms) if *ms.get_ref() == 0 => {
+                return Err(check.invalid(
+                    ms.span(),
+                    format!("topic `{name}`: `retain_ms` must be at least 1"),
+                    "leave it out to keep messages for as long as `retain_mb` allows",
+                ));
+            }
+            Some(ms) => Some(Duration::from_millis(ms.into_inner())),
+            None => None,
+        };
+        let max_bytes = super::services::mebibytes(super::services::bounded(
+            check,
+            topic.retain_mb,
+            defaults::TOPIC_RETAIN_MB,
+            1..=65_536,
+            "retain_mb",
+        )?);
+        let (max_dead_bytes, max_causation_depth) =
+            dead_and_loop_limits(check, topic.max_dead_mb, topic.max_causation_depth)?;
+        let mut subscriptions: Vec<SubscriptionSpec> = Vec::new();
+        for subscription in topic.subscription {
+            check_name(check, &subscription.service, "subscriber")?;
+            let service = subscription.service.get_ref().clone();
+            if subscriptions.iter().any(|s| s.service == service) {
+                return Err(check.invalid(
+                    subscription.service.span(),
+                    format!("topic `{name}`: service `{service}` subscribes twice"),
+                    "a service subscribes once; its instances share the messages",
+                ));
+            }
+            if !in_mesh && !services.iter().any(|s| s.name == service) {
+                let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+                return Err(check.invalid(
+                    subscription.service.span(),
+                    format!(
+                        "topic `{name}`: its subscriber `{service}` is not a service of this node"
+                    ),
+                    format!(
+                        "without `node.quic` a topic is read on the node that declares it; name \
+                         one of this manifest's services ({}), or set `quic` to let a service of \
+                         another node subscribe",
+                        names_or_none(&known)
+                    ),
+                ));
+            }
+            let start = match &subscription.start {
+                None => StartAt::Latest,
+                Some(value) => {
+                    let parsed = match value.get_ref() {
+                        toml::Value::Integer(offset) => {
+                            u64::try_from(*offset).ok().map(StartAt::Offset)
+                        }
+                        toml::Value::String(text) => StartAt::parse(text),
+                        toml::Value::Datetime(at) => StartAt::parse(&at.to_string()),
+                        _ => None,
+                    };
+                    parsed.ok_or_else(|| {
+                        check.invalid(
+                            value.span(),
+                            format!(
+                                "topic `{name}`: subscription `{service}` has `start` = {}, \
+                                 which is not a place in a topic",
+                                value.get_ref()
+                            ),
+                            "use \"latest\" (the default), \"beginning\", an offset (e.g. 42) \
+                             or an RFC 3339 time (e.g. \"2026-11-26T08:00:00Z\")",
+                        )
+                    })?
+                }
+            };
+            let at_least_one = |value: &Option<Spanned<u32>>, key: &str, default: u32| match value {
+                Some(value) if *value.get_ref() == 0 => Err(check.invalid(
+                    value.span(),
+                    format!("topic `{name}`, subscription `{service}`: `{key}` must be at least 1"),
+                    format!("leave it out for the default ({default})"),
+                )),
+                Some(value) => Ok(*value.get_ref()),
+                None => Ok(default),
+            };
+            subscriptions.push(SubscriptionSpec {
+                concurrency: at_least_one(
+                    &subscription.concurrency,
+                    "concurrency",
+                    defaults::QUEUE_CONCURRENCY,
+                )?,
+                max_attempts: at_least_one(
+                    &subscription.max_attempts,
+                    "max_attempts",
+                    defaults::QUEUE_MAX_ATTEMPTS,
+                )?,
+                service,
+                start,
+                ordered_by_key: subscription.ordered_by_key,
+                redeliver_after: Duration::from_millis(
+                    subscription
+                        .redeliver_ms
+                        .unwrap_or(defaults::QUEUE_REDELIVER_MS),
+                ),
+            });
+        }
+        topics.push(TopicSpec {
+            name,
+            retention: Retention {
+                max_age,
+                max_bytes,
+                compact: topic.compact,
+            },
+            max_causation_depth,
+            max_dead_bytes,
+            subscriptions,
+        });
+    }
+    Ok(topics)
 }
 
 pub(super) fn check_policies(
@@ -145,6 +298,7 @@ pub(super) fn check_bindings(
     policies: &[PolicySpec],
     services: &[ServiceSpec],
     queues: &[QueueSpec],
+    topics: &[TopicSpec],
 ) -> Result<Vec<BindSpec>, ManifestError> {
     let mut bindings = Vec::with_capacity(raw.len());
     for bind in raw {
@@ -158,7 +312,10 @@ pub(super) fn check_bindings(
                  set only reserve_ms",
             ));
         }
-        if let (Some(reserve), Some(_)) = (&bind.reserve_ms, &bind.queue) {
+        if let (Some(reserve), Some(_)) = (
+            &bind.reserve_ms,
+            bind.queue.as_ref().or(bind.topic.as_ref()),
+        ) {
             return Err(check.invalid(
                 reserve.span(),
                 "`reserve_ms` is the time a caller keeps for itself; a queue's deliveries have no \
@@ -176,9 +333,9 @@ pub(super) fn check_bindings(
                 ));
             }
         }
-        let scope = match (bind.calls_to, bind.outgoing_from, bind.queue) {
-            (Some(to), None, None) => BindScope::CallsTo(to.into_inner()),
-            (None, Some(from), None) => {
+        let scope = match (bind.calls_to, bind.outgoing_from, bind.queue, bind.topic) {
+            (Some(to), None, None, None) => BindScope::CallsTo(to.into_inner()),
+            (None, Some(from), None, None) => {
                 if !services.iter().any(|s| &s.name == from.get_ref()) {
                     return Err(check.invalid(
                         from.span(),
@@ -191,7 +348,24 @@ pub(super) fn check_bindings(
                 }
                 BindScope::OutgoingFrom(from.into_inner())
             }
-            (None, None, Some(queue)) => {
+            (None, None, None, Some(topic)) => {
+                if !topics.iter().any(|t| &t.name == topic.get_ref()) {
+                    let known: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
+                    return Err(check.invalid(
+                        topic.span(),
+                        format!(
+                            "`topic` names `{}`, which this node does not declare",
+                            topic.get_ref()
+                        ),
+                        format!(
+                            "declare it with [[topic]] (declared: {})",
+                            names_or_none(&known)
+                        ),
+                    ));
+                }
+                BindScope::Topic(topic.into_inner())
+            }
+            (None, None, Some(queue), None) => {
                 if !queues.iter().any(|q| &q.name == queue.get_ref()) {
                     let known: Vec<&str> = queues.iter().map(|q| q.name.as_str()).collect();
                     return Err(check.invalid(
@@ -211,9 +385,10 @@ pub(super) fn check_bindings(
             _ => {
                 return Err(check.invalid(
                     span,
-                    "a [[bind]] needs exactly one of `calls_to`, `outgoing_from` or `queue`",
+                    "a [[bind]] needs exactly one of `calls_to`, `outgoing_from`, `queue` or `topic`",
                     "e.g. calls_to = \"inventory\" (every call to it), outgoing_from = \
-                     \"orders\" (every call it makes) or queue = \"jobs\" (its failed deliveries)",
+                     \"orders\" (every call it makes), queue = \"jobs\" or topic = \"events\" \
+                     (its failed deliveries)",
                 ));
             }
         };

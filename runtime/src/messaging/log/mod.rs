@@ -60,6 +60,37 @@ pub(super) enum Record {
     Done {
         seq: u64,
     },
+    // A topic's records name the subscription (its service); a queue's have one subscription
+    // and keep the records above, which also let a message go. New variants go at the end:
+    // postcard numbers them in order.
+    /// `attempts` deliveries of `seq` to `subscription` have failed so far.
+    FailedFor {
+        subscription: String,
+        seq: u64,
+        attempts: u32,
+    },
+    /// `subscription` is done with `seq` (acknowledged or dead-lettered); the topic keeps it.
+    DoneFor {
+        subscription: String,
+        seq: u64,
+    },
+    /// `subscription` owes every kept message from `seq` on, and nothing before: where a new
+    /// subscription starts, where a replay rewinds it to, and a compacted log's cursor.
+    StartAt {
+        subscription: String,
+        seq: u64,
+    },
+}
+
+/// A topic subscription's place, as its log records left it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct Cursor {
+    /// It owes the messages from here on.
+    pub(super) start: u64,
+    /// Messages after `start` it is done with.
+    pub(super) done: std::collections::BTreeSet<u64>,
+    /// Failed deliveries of messages it still owes.
+    pub(super) attempts: std::collections::HashMap<u64, u32>,
 }
 
 /// A message the queue gave up on, as the dead-letter file keeps it.
@@ -93,8 +124,11 @@ pub(crate) enum LogError {
 /// What replaying a queue's files found.
 #[derive(Debug, Default)]
 pub(super) struct Recovered {
-    /// Messages still owed, by sequence number, with their failed attempts.
+    /// Messages still owed (a queue) or kept (a topic), by sequence number, with a queue's
+    /// failed attempts.
     pub(super) pending: BTreeMap<u64, (StoredMessage, u32)>,
+    /// A topic's subscriptions, by service, as their records left them.
+    pub(super) cursors: std::collections::HashMap<String, Cursor>,
     /// The next free sequence number.
     pub(super) next_seq: u64,
     /// Records in the log that no longer describe a pending message.
@@ -352,6 +386,39 @@ pub(super) fn open(
                 // The `Sent` it settles is settled too.
                 recovered.settled_records += 2;
                 recovered.pending.remove(&seq);
+            }
+            // A seq a record names is never given to a new message: a cursor may point past
+            // messages whose writes failed, and a message that reused their offsets would be
+            // skipped.
+            Record::FailedFor {
+                subscription,
+                seq,
+                attempts,
+            } => {
+                recovered.next_seq = recovered.next_seq.max(seq + 1);
+                recovered.settled_records += 1;
+                let cursor = recovered.cursors.entry(subscription).or_default();
+                cursor.attempts.insert(seq, attempts);
+            }
+            Record::DoneFor { subscription, seq } => {
+                recovered.next_seq = recovered.next_seq.max(seq + 1);
+                recovered.settled_records += 1;
+                let cursor = recovered.cursors.entry(subscription).or_default();
+                cursor.attempts.remove(&seq);
+                if seq >= cursor.start {
+                    cursor.done.insert(seq);
+                }
+            }
+            Record::StartAt { subscription, seq } => {
+                recovered.next_seq = recovered.next_seq.max(seq);
+                recovered.settled_records += 1;
+                recovered.cursors.insert(
+                    subscription,
+                    Cursor {
+                        start: seq,
+                        ..Cursor::default()
+                    },
+                );
             }
         }
     }

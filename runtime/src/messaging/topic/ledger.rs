@@ -1,12 +1,13 @@
-//! What a queue owes and which message goes out next: the delivery state machine, without I/O
-//! and without a clock.
+//! What one subscription owes and which message goes out next: the delivery state machine,
+//! without I/O and without a clock.
 //!
-//! The queue's task shell ([`super::Queue`]) feeds it events (a message sent, a delivery
+//! The topic's task shell ([`super::Topic`]) keeps one per subscription (a queue has one) and
+//! feeds it events (a message sent, a delivery
 //! acknowledged, failed, or turned away because the subscriber is busy) together with the
 //! time they happened, and asks it what to deliver now and when to look again. Each event
 //! that changes what is owed returns the log [`Record`] that describes it; the shell writes
 //! it while it still holds the ledger, so the log's order is the ledger's (compaction relies
-//! on it).
+//! on it); a topic's subscription names itself in it ([`super::named`]).
 //!
 //! The rules it keeps:
 //! - a sent message is delivered only once its record is on disk ([`Ledger::stored`]), so a
@@ -29,18 +30,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::manifest::QueueSpec;
-use crate::messaging::log::{self, DeadLetter, Record, Recovered, StoredMessage};
+use crate::manifest::SubscriptionSpec;
+use crate::messaging::log::{Record, StoredMessage};
 use crate::policy::DeliveryVerdict;
 
 /// The longest pause the default rule waits before a redelivery.
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a message waits when the subscriber cannot take it now.
 pub(super) const NOT_NOW_PAUSE: Duration = Duration::from_millis(50);
-/// Dead letters kept in memory for the admin API (the file keeps all of them).
-pub(super) const RECENT_DEAD_LETTERS: usize = 20;
-/// Settled log records before a compaction is considered.
-const COMPACT_AFTER_SETTLED: usize = 4096;
 
 #[derive(Default)]
 pub(super) struct Ledger {
@@ -63,14 +60,6 @@ pub(super) struct Ledger {
     owed_bytes: usize,
     /// The first sequence number not yet known to be on disk (not ready before it is).
     unstored_from: u64,
-    /// Log records that no longer describe an owed message (compaction's trigger).
-    settled_records: usize,
-    /// Settled records that make a compaction due; `None`: [`COMPACT_AFTER_SETTLED`] (the
-    /// model tests compact far more often).
-    compact_after: Option<usize>,
-    recent_dead: VecDeque<DeadLetter>,
-    /// What the dead-letter file holds: `max_dead_bytes` bounds it.
-    dead_bytes: u64,
 }
 
 struct Owed {
@@ -98,22 +87,61 @@ pub(super) struct Delivery {
 }
 
 impl Ledger {
-    /// What the log said was owed, all of it ready; keeps the last [`RECENT_DEAD_LETTERS`].
-    pub(super) fn recover(recovered: Recovered) -> Self {
+    /// Owes `owed` (what the log said, with failed attempts, in order), all of it ready;
+    /// messages sent from now on are numbered from `next_seq`.
+    pub(super) fn recover(
+        owed: impl IntoIterator<Item = (Arc<StoredMessage>, u32)>,
+        next_seq: u64,
+    ) -> Self {
         let mut ledger = Self {
-            next_seq: recovered.next_seq,
-            unstored_from: recovered.next_seq,
-            settled_records: recovered.settled_records,
-            dead_bytes: recovered.dead_bytes,
+            next_seq,
+            unstored_from: next_seq,
             ..Self::default()
         };
-        for (seq, (message, attempts)) in recovered.pending {
-            ledger.ready.push_back(seq);
-            ledger.insert_owed(seq, message, attempts);
+        for (message, attempts) in owed {
+            ledger.ready.push_back(message.seq);
+            ledger.insert_owed(message, attempts);
         }
-        let skip = recovered.dead.len().saturating_sub(RECENT_DEAD_LETTERS);
-        ledger.recent_dead = recovered.dead.into_iter().skip(skip).collect();
         ledger
+    }
+
+    /// Whether `seq` is owed.
+    pub(super) fn owes(&self, seq: u64) -> bool {
+        self.owed.contains_key(&seq)
+    }
+
+    /// The owed messages in order, with their failed attempts.
+    pub(super) fn owed_messages(&self) -> impl Iterator<Item = (&Arc<StoredMessage>, u32)> {
+        self.owed
+            .values()
+            .map(|owed| (&owed.message, owed.attempts))
+    }
+
+    /// The first message it owes, or else the next it will: its cursor.
+    pub(super) fn cursor(&self) -> u64 {
+        self.owed.keys().next().copied().unwrap_or(self.next_seq)
+    }
+
+    /// Owes exactly the messages of `from` (a rewind, or a move forward): what it owed before
+    /// them is dropped, what it did not owe among them is owed again, ready in order.
+    pub(super) fn rewind(&mut self, from: u64, messages: Vec<Arc<StoredMessage>>) {
+        let before: Vec<u64> = self.owed.range(..from).map(|(seq, _)| *seq).collect();
+        for seq in before {
+            self.drop_owed(seq);
+        }
+        for message in messages {
+            let seq = message.seq;
+            if seq < self.unstored_from && !self.owed.contains_key(&seq) {
+                self.insert_owed(message, 0);
+                self.ready.push_back(seq);
+            }
+        }
+        let mut ready: Vec<u64> = self.ready.drain(..).collect();
+        ready.sort_unstable();
+        ready.dedup();
+        self.ready = ready.into();
+        self.next_seq = self.next_seq.max(from);
+        self.unstored_from = self.unstored_from.max(from);
     }
 
     /// Messages owed: ready, waiting, or being delivered.
@@ -126,12 +154,12 @@ impl Ledger {
         self.owed_bytes
     }
 
-    fn insert_owed(&mut self, seq: u64, message: StoredMessage, attempts: u32) {
+    fn insert_owed(&mut self, message: Arc<StoredMessage>, attempts: u32) {
+        let seq = message.seq;
         self.owed_bytes += weight(&message);
         if let Some(key) = &message.key {
             self.by_key.entry(key.clone()).or_default().insert(seq);
         }
-        let message = Arc::new(message);
         self.owed.insert(seq, Owed { message, attempts });
     }
 
@@ -172,26 +200,22 @@ impl Ledger {
         self.in_flight
     }
 
-    pub(super) fn recent_dead(&self) -> impl Iterator<Item = &DeadLetter> {
-        self.recent_dead.iter()
-    }
-
     /// The sequence number the next sent message gets.
+    #[cfg(test)]
     pub(super) fn next_seq(&self) -> u64 {
         self.next_seq
     }
 
-    /// Owes `messages`, numbered from [`Ledger::next_seq`] on; they are ready once
-    /// [`Ledger::stored`] says their records are on disk.
-    pub(super) fn owe(&mut self, messages: Vec<StoredMessage>) -> Range<u64> {
-        let first = self.next_seq;
-        for message in messages {
-            let seq = message.seq;
-            debug_assert_eq!(seq, self.next_seq, "messages numbered from next_seq on");
-            self.next_seq = seq + 1;
-            self.insert_owed(seq, message, 0);
+    /// Owes `message` if it comes at or after [`Ledger::next_seq`] (a subscription that
+    /// starts at a later offset skips the ones before); it is ready once [`Ledger::stored`]
+    /// says its record is on disk.
+    pub(super) fn owe(&mut self, message: Arc<StoredMessage>) {
+        let seq = message.seq;
+        if seq < self.next_seq {
+            return;
         }
-        first..self.next_seq
+        self.next_seq = seq + 1;
+        self.insert_owed(message, 0);
     }
 
     /// The records of `seqs` are on disk, and every message before them was stored or
@@ -298,7 +322,6 @@ impl Ledger {
         now: Instant,
     ) -> Record {
         self.in_flight -= 1;
-        self.settled_records += 1;
         if let Some(owed) = self.owed.get_mut(&seq) {
             owed.attempts = attempts;
         }
@@ -313,87 +336,25 @@ impl Ledger {
         self.waiting.insert((now + pause, seq, Resume::Back));
     }
 
-    /// `seq` was given up on as `dead`: nothing more is owed, the admin API lists it.
-    pub(super) fn dead_lettered(&mut self, seq: u64, dead: DeadLetter) -> Record {
+    /// `seq` was given up on (its dead letter is on disk): nothing more is owed.
+    pub(super) fn dead_lettered(&mut self, seq: u64) -> Record {
         self.in_flight -= 1;
-        if self.recent_dead.len() == RECENT_DEAD_LETTERS {
-            self.recent_dead.pop_front();
-        }
-        self.recent_dead.push_back(dead);
         self.settle(seq)
     }
 
     fn settle(&mut self, seq: u64) -> Record {
         self.drop_owed(seq);
-        // The `Sent` it settles is settled too.
-        self.settled_records += 2;
         Record::Done { seq }
-    }
-
-    /// What the dead-letter file holds (with the letters being written).
-    pub(super) fn dead_bytes(&self) -> u64 {
-        self.dead_bytes
-    }
-
-    /// Makes room for a dead letter of `bytes` if the file stays within `max` with it.
-    pub(super) fn reserve_dead(&mut self, bytes: usize, max: usize) -> bool {
-        let after = self.dead_bytes.saturating_add(bytes as u64);
-        let fits = after <= max as u64;
-        if fits {
-            self.dead_bytes = after;
-        }
-        fits
-    }
-
-    /// Gives back room [`Ledger::reserve_dead`] made for a letter that was not written.
-    pub(super) fn release_dead(&mut self, bytes: usize) {
-        self.dead_bytes = self.dead_bytes.saturating_sub(bytes as u64);
-    }
-
-    /// Drops the recent dead letters with these message ids (they were sent again, and
-    /// `bytes` of the dead-letter file with them).
-    pub(super) fn forget_dead(&mut self, ids: &[&str], bytes: u64) {
-        self.dead_bytes = self.dead_bytes.saturating_sub(bytes);
-        self.recent_dead
-            .retain(|dead| !ids.contains(&dead.message.id.as_str()));
-    }
-
-    /// Makes a compaction due after `settled` settled records instead of thousands.
-    #[cfg(test)]
-    pub(super) fn compact_after(&mut self, settled: usize) {
-        self.compact_after = Some(settled);
-    }
-
-    /// When the log is mostly settled records: the records that describe what is owed now,
-    /// to replace it with.
-    pub(super) fn compaction(&mut self) -> Option<Vec<u8>> {
-        if self.settled_records < self.compact_after.unwrap_or(COMPACT_AFTER_SETTLED)
-            || self.settled_records < 2 * self.owed.len()
-        {
-            return None;
-        }
-        let mut live = Vec::new();
-        for owed in self.owed.values() {
-            // Records already written once; they fit again.
-            let _ = log::encode(&Record::Sent((*owed.message).clone()), &mut live);
-            if owed.attempts > 0 {
-                let failed = Record::Failed {
-                    seq: owed.message.seq,
-                    attempts: owed.attempts,
-                };
-                let _ = log::encode(&failed, &mut live);
-            }
-        }
-        self.settled_records = 0;
-        Some(live)
     }
 }
 
-/// What follows the `attempts`-th failed delivery of a message of the queue `spec`: the
-/// policies' verdict, or the queue's own rule when none decided (`redeliver_ms` doubling per
-/// attempt, at most [`MAX_BACKOFF`]); never a redelivery past `max_attempts`.
+/// What follows the `attempts`-th failed delivery of a message of `log` (a queue or topic)
+/// to the subscription `spec`: the policies' verdict, or the subscription's own rule when
+/// none decided (`redeliver_ms` doubling per attempt, at most [`MAX_BACKOFF`]); never a
+/// redelivery past `max_attempts`.
 pub(super) fn after_failure(
-    spec: &QueueSpec,
+    log: &str,
+    spec: &SubscriptionSpec,
     verdict: Option<DeliveryVerdict>,
     attempts: u32,
 ) -> DeliveryVerdict {
@@ -402,8 +363,7 @@ pub(super) fn after_failure(
             return DeliveryVerdict::DeadLetter(reason);
         }
         return DeliveryVerdict::DeadLetter(format!(
-            "queue `{}`: failed {attempts} times, its max_attempts",
-            spec.name
+            "{log}: failed {attempts} times, its max_attempts"
         ));
     }
     verdict.unwrap_or_else(|| {

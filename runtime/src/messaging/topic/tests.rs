@@ -66,19 +66,19 @@ pub(super) fn message(body: &str) -> StoredMessage {
 /// numbers, once `deliveries` were made.
 async fn run(
     dir: &std::path::Path,
-    spec: QueueSpec,
+    spec: crate::manifest::QueueSpec,
     script: Vec<Delivered>,
     deliveries: usize,
-) -> (Arc<Queue>, Vec<(u32, u128)>) {
+) -> (Arc<Topic>, Vec<(u32, u128)>) {
     let (seen, mut deliveries_seen) = mpsc::unbounded_channel();
     let subscriber = Scripted {
         script: Mutex::new(script.into_iter()),
         seen,
     };
-    let queue = Arc::new(Queue::open(&disk(), dir, spec).expect("open the queue's log"));
+    let queue = Arc::new(Topic::open(&disk(), dir, spec.into()).expect("open the queue's log"));
     queue.start(Arc::new(subscriber), Arc::new(Policies::default()));
-    let id = queue.send(order()).await.expect("send");
-    assert_eq!(id, "orders-0");
+    let stored = queue.send(order()).await.expect("send");
+    assert_eq!((stored.id.as_str(), stored.offset), ("orders-0", 0));
     let mut made = Vec::new();
     let mut last: Option<Instant> = None;
     for _ in 0..deliveries {
@@ -90,19 +90,27 @@ async fn run(
     (queue, made)
 }
 
+fn view(queue: &Topic) -> QueueView {
+    queue.queue_view().expect("a queue")
+}
+
+fn owed(queue: &Topic) -> usize {
+    view(queue).depth
+}
+
 /// Waits until `done` holds for the queue's view. The clock is paused, but the log writer's
 /// fsyncs take real time: the bound is on real time.
-async fn until(queue: &Queue, done: impl Fn(&QueueView) -> bool) -> QueueView {
+async fn until(queue: &Topic, done: impl Fn(&QueueView) -> bool) -> QueueView {
     let started = std::time::Instant::now();
     while started.elapsed() < std::time::Duration::from_secs(20) {
-        let view = queue.view();
+        let view = view(queue);
         if done(&view) {
             return view;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
-    panic!("the queue never got there: {:?}", queue.view());
+    panic!("the queue never got there: {:?}", view(queue));
 }
 
 #[tokio::test(start_paused = true)]
@@ -146,7 +154,7 @@ async fn redelivery_backs_off_and_a_message_is_dead_lettered_at_max_attempts() {
 async fn a_queue_that_cannot_write_answers_unavailable_says_so_and_recovers_by_itself() {
     let sim = SimDisk::new(3);
     let storage: Arc<dyn log::Storage> = Arc::new(sim.clone());
-    let queue = Queue::open(&storage, std::path::Path::new("/sim"), spec(3)).expect("open");
+    let queue = Topic::open(&storage, std::path::Path::new("/sim"), spec(3).into()).expect("open");
     queue.send(order()).await.expect("the first send");
     assert!(queue.problems().is_empty());
     sim.fail_next(Op::Write, std::io::ErrorKind::StorageFull);
@@ -161,13 +169,13 @@ async fn a_queue_that_cannot_write_answers_unavailable_says_so_and_recovers_by_i
         "{problem}"
     );
     // The refused message is not owed; the next send is written and owed.
-    assert_eq!(queue.lock().owed(), 1);
+    assert_eq!(owed(&queue), 1);
     queue
         .send(order())
         .await
         .expect("a send after the disk has room again");
     assert!(queue.problems().is_empty());
-    assert_eq!(queue.lock().owed(), 2);
+    assert_eq!(owed(&queue), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -177,7 +185,7 @@ async fn past_max_dead_mb_a_failed_message_stays_owed_and_says_so_until_there_is
         .map(|n| Delivered::Failed(format!("boom {n}")))
         .collect();
     // No letter fits in one byte.
-    let full = QueueSpec {
+    let full = crate::manifest::QueueSpec {
         max_dead_bytes: 1,
         ..spec(3)
     };
@@ -191,7 +199,7 @@ async fn past_max_dead_mb_a_failed_message_stays_owed_and_says_so_until_there_is
         "{problem}"
     );
     // Room again: the message is offered once more and, failing, is dead-lettered.
-    queue.reconfigure(spec(3));
+    queue.reconfigure(spec(3).into());
     tokio::time::advance(MAX_BACKOFF).await;
     let view = until(&queue, |view| view.dead_lettered == 1).await;
     assert_eq!(view.depth, 0);

@@ -6,8 +6,8 @@ use super::*;
 use crate::wire::MessageKind;
 
 /// A queue delivered one at a time, first pause 100 ms (the queue shell's tests use it too).
-pub(in crate::messaging::queue) fn spec(max_attempts: u32) -> QueueSpec {
-    QueueSpec {
+pub(in crate::messaging::topic) fn spec(max_attempts: u32) -> crate::manifest::QueueSpec {
+    crate::manifest::QueueSpec {
         name: "orders".into(),
         subscriber: "fulfilment".into(),
         concurrency: 1,
@@ -36,10 +36,25 @@ fn message(seq: u64) -> StoredMessage {
     }
 }
 
+/// The subscription of [`spec`]'s queue.
+fn subscription(max_attempts: u32) -> SubscriptionSpec {
+    let log = super::super::LogSpec::from(spec(max_attempts));
+    log.subscriptions[0].clone()
+}
+
+/// Owes `messages` (numbered in order); returns their sequence numbers.
+fn owe(ledger: &mut Ledger, messages: Vec<StoredMessage>) -> Range<u64> {
+    let first = ledger.next_seq();
+    for message in messages {
+        ledger.owe(Arc::new(message));
+    }
+    first..ledger.next_seq()
+}
+
 /// A ledger owing messages `0..count`, all on disk.
 fn owing(count: u64) -> Ledger {
     let mut ledger = Ledger::default();
-    let seqs = ledger.owe((0..count).map(message).collect());
+    let seqs = owe(&mut ledger, (0..count).map(message).collect());
     ledger.stored(seqs);
     ledger
 }
@@ -48,8 +63,8 @@ fn owing(count: u64) -> Ledger {
 fn a_message_is_delivered_only_once_its_send_is_on_disk_and_in_the_order_sent() {
     let mut ledger = Ledger::default();
     let now = Instant::now();
-    let first = ledger.owe(vec![message(0), message(1)]);
-    let second = ledger.owe(vec![message(2)]);
+    let first = owe(&mut ledger, vec![message(0), message(1)]);
+    let second = owe(&mut ledger, vec![message(2)]);
     assert_eq!(ledger.owed(), 3, "owed (and counted for max_depth) at once");
     assert!(
         ledger.next(now, 3, false).is_none(),
@@ -63,9 +78,9 @@ fn a_message_is_delivered_only_once_its_send_is_on_disk_and_in_the_order_sent() 
     assert_eq!(order, vec![0, 1, 2]);
     assert_eq!(ledger.owed_bytes(), 3 * "order 0".len());
     // A send whose record never reached the disk is forgotten, not delivered.
-    let failed = ledger.owe(vec![message(3)]);
+    let failed = owe(&mut ledger, vec![message(3)]);
     ledger.forget(failed);
-    let after = ledger.owe(vec![message(4)]);
+    let after = owe(&mut ledger, vec![message(4)]);
     ledger.stored(after);
     assert_eq!(ledger.next(now, 4, false).map(|d| d.seq), Some(4));
     // Settled messages weigh nothing any more.
@@ -146,7 +161,7 @@ fn a_failed_delivery_frees_its_slot_waits_its_pause_and_goes_to_the_back_of_the_
 
 #[test]
 fn redelivery_backs_off_doubling_then_dead_letters_at_max_attempts() {
-    let spec = spec(4);
+    let spec = subscription(4);
     let mut ledger = owing(1);
     let mut now = Instant::now();
     let mut delivered_at = Vec::new();
@@ -160,41 +175,31 @@ fn redelivery_backs_off_doubling_then_dead_letters_at_max_attempts() {
         };
         delivered_at.push((now - start).as_millis());
         let attempts = delivery.attempts + 1;
-        match after_failure(&spec, None, attempts) {
+        match after_failure("queue `orders`", &spec, None, attempts) {
             DeliveryVerdict::RedeliverAfter(pause) => {
                 ledger.failed(delivery.seq, attempts, pause, now);
             }
             DeliveryVerdict::DeadLetter(reason) => {
                 assert_eq!(reason, "queue `orders`: failed 4 times, its max_attempts");
-                let dead = DeadLetter {
-                    message: (*delivery.message).clone(),
-                    attempts,
-                    reason,
-                    last_error: "boom".into(),
-                    at_ms: 0,
-                };
-                assert_eq!(
-                    ledger.dead_lettered(delivery.seq, dead),
-                    Record::Done { seq: 0 }
-                );
+                assert_eq!(ledger.dead_lettered(delivery.seq), Record::Done { seq: 0 });
                 break;
             }
         }
     }
     assert_eq!(delivered_at, [0, 100, 300, 700]);
     assert_eq!((ledger.owed(), ledger.in_flight()), (0, 0));
-    let dead: Vec<_> = ledger.recent_dead().map(|d| d.attempts).collect();
-    assert_eq!(dead, [4]);
 }
 
 #[test]
 fn without_policies_redelivery_backs_off_doubling_up_to_its_cap_then_dead_letters() {
-    let spec = spec(12);
+    let spec = subscription(12);
     let pauses: Vec<_> = (1..12)
-        .map(|attempts| match after_failure(&spec, None, attempts) {
-            DeliveryVerdict::RedeliverAfter(pause) => pause.as_millis(),
-            DeliveryVerdict::DeadLetter(reason) => panic!("dead at {attempts}: {reason}"),
-        })
+        .map(
+            |attempts| match after_failure("queue `orders`", &spec, None, attempts) {
+                DeliveryVerdict::RedeliverAfter(pause) => pause.as_millis(),
+                DeliveryVerdict::DeadLetter(reason) => panic!("dead at {attempts}: {reason}"),
+            },
+        )
         .collect();
     assert_eq!(
         pauses,
@@ -203,30 +208,30 @@ fn without_policies_redelivery_backs_off_doubling_up_to_its_cap_then_dead_letter
         ]
     );
     assert_eq!(
-        after_failure(&spec, None, 12),
+        after_failure("queue `orders`", &spec, None, 12),
         DeliveryVerdict::DeadLetter("queue `orders`: failed 12 times, its max_attempts".into())
     );
 }
 
 #[test]
 fn a_policy_decides_within_max_attempts_and_its_dead_letter_reason_is_kept() {
-    let spec = spec(3);
+    let spec = subscription(3);
     let redeliver = Some(DeliveryVerdict::RedeliverAfter(Duration::from_secs(7)));
     assert_eq!(
-        after_failure(&spec, redeliver.clone(), 2),
+        after_failure("queue `orders`", &spec, redeliver.clone(), 2),
         DeliveryVerdict::RedeliverAfter(Duration::from_secs(7))
     );
     assert!(matches!(
-        after_failure(&spec, redeliver, 3),
+        after_failure("queue `orders`", &spec, redeliver, 3),
         DeliveryVerdict::DeadLetter(reason) if reason.contains("max_attempts")
     ));
     let gave_up = Some(DeliveryVerdict::DeadLetter("policy `retry`: enough".into()));
     assert_eq!(
-        after_failure(&spec, gave_up.clone(), 1),
+        after_failure("queue `orders`", &spec, gave_up.clone(), 1),
         DeliveryVerdict::DeadLetter("policy `retry`: enough".into())
     );
     assert_eq!(
-        after_failure(&spec, gave_up, 3),
+        after_failure("queue `orders`", &spec, gave_up, 3),
         DeliveryVerdict::DeadLetter("policy `retry`: enough".into())
     );
 }
@@ -244,34 +249,6 @@ fn a_forgotten_message_is_skipped_even_when_it_is_waiting() {
     assert_eq!(ledger.owed(), 0);
 }
 
-#[test]
-fn a_mostly_settled_log_is_compacted_to_the_records_of_what_is_owed() {
-    let mut ledger = owing(COMPACT_AFTER_SETTLED as u64 / 2 + 2);
-    let now = Instant::now();
-    let (seq, _) = next(&mut ledger, now).expect("a message is ready");
-    ledger.failed(seq, 1, ms(1), now);
-    assert!(
-        ledger.compaction().is_none(),
-        "one settled record is not enough"
-    );
-    for _ in 0..COMPACT_AFTER_SETTLED / 2 {
-        let (seq, _) = next(&mut ledger, now + ms(1)).expect("a message is ready");
-        ledger.acked(seq);
-    }
-    let live = ledger.compaction().expect("the log is mostly settled");
-    let (records, _) = log::decode_all::<Record>(&live);
-    let owed: Vec<_> = records
-        .iter()
-        .map(|record| match record {
-            Record::Sent(message) => format!("sent {}", message.seq),
-            Record::Failed { seq, attempts } => format!("failed {seq} x{attempts}"),
-            Record::Done { seq } => format!("done {seq}"),
-        })
-        .collect();
-    assert_eq!(owed, ["sent 0", "failed 0 x1", "sent 2049"]);
-    assert!(ledger.compaction().is_none(), "compacted once");
-}
-
 /// A ledger owing messages with these keys (`None`: no key), all on disk.
 fn owing_keyed(keys: &[Option<&str>]) -> Ledger {
     let mut ledger = Ledger::default();
@@ -283,7 +260,7 @@ fn owing_keyed(keys: &[Option<&str>]) -> Ledger {
             ..message(seq)
         })
         .collect();
-    let seqs = ledger.owe(messages);
+    let seqs = owe(&mut ledger, messages);
     ledger.stored(seqs);
     ledger
 }
@@ -316,15 +293,8 @@ fn ordered_by_key_a_failing_message_holds_back_only_the_later_messages_of_its_ke
     ledger.acked(0);
     assert_eq!(next(&mut ledger, again), Some(1));
     assert_eq!(next(&mut ledger, again), None);
-    let dead = DeadLetter {
-        message: message(1),
-        attempts: 1,
-        reason: "gave up".into(),
-        last_error: "boom".into(),
-        at_ms: 0,
-    };
     // Dead-lettered counts as settled too.
-    ledger.dead_lettered(1, dead);
+    ledger.dead_lettered(1);
     assert_eq!(next(&mut ledger, again), Some(4));
     ledger.acked(4);
     assert_eq!((ledger.owed(), ledger.in_flight()), (0, 0));

@@ -1,0 +1,493 @@
+//! Topics: a guest publishes (guests/mailroom over HTTP), every subscribing service gets each
+//! message at its own pace, the topic keeps its history within its retention for readers and
+//! for subscriptions that start at the beginning or rewind; cursors and kept messages survive
+//! a restart; on several nodes a topic lives on the node that declares it.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    TestManifest, admin_get, admin_post, capture_logs, get, send, send_with, service,
+    switchyard_cli,
+};
+
+/// A mailroom service called `name` (its replies say its name), with more `config` entries;
+/// `front` and `edge` take the HTTP routes, the others only consume.
+fn mailroom(name: &str, config: &str) -> String {
+    let config = match config {
+        "" => String::new(),
+        more => format!(", {more}"),
+    };
+    let routes: &[&str] = match name {
+        "front" | "edge" => &[
+            "POST /publish/{queue}",
+            "GET /read/{queue}",
+            "POST /request-all/{queue}",
+        ],
+        _ => &[],
+    };
+    service(
+        name,
+        "mailroom",
+        routes,
+        &format!("config = {{ name = \"{name}\"{config} }}"),
+    )
+}
+
+/// `[[topic]] name` with `extra` lines, then a `[[topic.subscription]]` per `(service, lines)`.
+fn topic(name: &str, extra: &str, subscriptions: &[(&str, &str)]) -> String {
+    let mut text = format!("[[topic]]\nname = \"{name}\"\n{extra}\n");
+    for (service, lines) in subscriptions {
+        text.push_str(&format!(
+            "[[topic.subscription]]\nservice = \"{service}\"\n{lines}\n"
+        ));
+    }
+    text
+}
+
+async fn publish(node: &switchyard::Node, topic: &str, key: Option<&str>, body: &str) -> u64 {
+    let path = format!("/publish/{topic}");
+    let reply = match key {
+        Some(key) => send_with(node.http_addr(), "POST", &path, body, &[("x-key", key)]).await,
+        None => send(node.http_addr(), "POST", &path, body).await,
+    };
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    reply.body.parse().unwrap()
+}
+
+/// `GET /read/{topic}?from&max` through the guest: `(offset, key, body)` per message.
+async fn read(node: &switchyard::Node, topic: &str, from: u64, max: u32) -> Vec<String> {
+    let reply = get(
+        node.http_addr(),
+        &format!("/read/{topic}?from={from}&max={max}"),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply
+        .body
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn topic_view(node: &switchyard::Node, name: &str) -> serde_json::Value {
+    let topics: serde_json::Value =
+        serde_json::from_str(&admin_get(node, "/topics").await.body).unwrap();
+    topics
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no topic {name} in {topics}"))
+        .clone()
+}
+
+fn subscription<'a>(view: &'a serde_json::Value, service: &str) -> &'a serde_json::Value {
+    view["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == service)
+        .unwrap_or_else(|| panic!("no subscription {service} in {view:#}"))
+}
+
+fn count(view: &serde_json::Value, key: &str) -> u64 {
+    view[key].as_u64().unwrap_or(u64::MAX)
+}
+
+/// Polls `GET /topics` until `done` holds for topic `name`; fails with the last view.
+async fn wait_for(
+    node: &switchyard::Node,
+    name: &str,
+    within: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let view = topic_view(node, name).await;
+        if done(&view) {
+            return view;
+        }
+        assert!(
+            started.elapsed() < within,
+            "gave up waiting; topic is {view:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Each subscribing service gets every message; the topic keeps them for readers; a
+/// subscription that starts at the beginning gets what was published before it existed; a
+/// rewind (`switchyard replay`) delivers the kept messages again from an offset.
+#[tokio::test]
+async fn a_topic_fans_out_to_every_subscriber_keeps_its_history_and_replays_it() {
+    capture_logs();
+    let services = format!(
+        "{}{}{}",
+        mailroom("front", ""),
+        mailroom("billing", ""),
+        mailroom("shipping", "")
+    );
+    let subscribed = format!(
+        "{services}{}",
+        topic(
+            "events",
+            "",
+            &[
+                ("billing", "concurrency = 4"),
+                ("shipping", "start = \"latest\"")
+            ]
+        )
+    );
+    let manifest = TestManifest::new(&subscribed);
+    let node = manifest.start().await;
+    for n in 0..5 {
+        let offset = publish(&node, "events", None, &format!("order {n}")).await;
+        assert_eq!(offset, n);
+    }
+    let view = wait_for(&node, "events", Duration::from_secs(10), |t| {
+        t["subscriptions"]
+            .as_array()
+            .is_some_and(|subs| subs.iter().all(|s| count(s, "delivered") == 5))
+    })
+    .await;
+    assert_eq!(
+        (
+            count(&view, "next_offset"),
+            count(&view, "messages"),
+            count(&view, "first_offset")
+        ),
+        (5, 5, 0),
+        "{view:#}"
+    );
+    for service in ["billing", "shipping"] {
+        let sub = subscription(&view, service);
+        assert_eq!((count(sub, "lag"), count(sub, "cursor")), (0, 5), "{sub:#}");
+    }
+
+    // Its history, for a guest that rebuilds state: from an offset, at most `max`.
+    assert_eq!(
+        read(&node, "events", 2, 2).await,
+        ["2 - order 2", "3 - order 3"]
+    );
+    assert_eq!(read(&node, "events", 5, 10).await, Vec::<String>::new());
+
+    // A subscription added later, from the beginning: it gets the history too.
+    let with_audit = format!(
+        "{}{}",
+        mailroom("audit", ""),
+        subscribed.replace(
+            "[[topic.subscription]]\nservice = \"billing\"",
+            "[[topic.subscription]]\nservice = \"audit\"\nstart = \"beginning\"\n\n\
+             [[topic.subscription]]\nservice = \"billing\""
+        )
+    );
+    node.shutdown().await;
+    manifest.edit(&format!(
+        "[node]\nname = \"test\"\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+         data_dir = \"data\"\n\n{with_audit}"
+    ));
+    let node = manifest.start().await;
+    let view = wait_for(&node, "events", Duration::from_secs(10), |t| {
+        count(subscription(t, "audit"), "delivered") == 5
+    })
+    .await;
+    // The others kept their cursors across the restart: nothing again for them.
+    assert_eq!(count(subscription(&view, "billing"), "delivered"), 0);
+    assert_eq!(count(subscription(&view, "billing"), "cursor"), 5);
+
+    // A rewind delivers the kept messages again from an offset, to that subscription only.
+    let (admin, token) = (
+        node.admin_addr().to_string(),
+        node.admin_token_file().display().to_string(),
+    );
+    let replay = switchyard_cli(&[
+        "replay",
+        "events",
+        "--subscriber",
+        "billing",
+        "--from",
+        "3",
+        "--admin",
+        &admin,
+        "--token-file",
+        &token,
+    ])
+    .await;
+    assert!(replay.success, "{}", replay.stderr);
+    assert!(replay.stdout.contains("\"offset\": 3"), "{}", replay.stdout);
+    let view = wait_for(&node, "events", Duration::from_secs(10), |t| {
+        count(subscription(t, "billing"), "delivered") == 2
+    })
+    .await;
+    assert_eq!(count(subscription(&view, "shipping"), "delivered"), 0);
+    // From the beginning, through the admin API: all five again.
+    let (status, body) = admin_post(
+        &node,
+        "/topics/events/replay?subscriber=billing&from=beginning",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for(&node, "events", Duration::from_secs(10), |t| {
+        count(subscription(t, "billing"), "delivered") == 7
+    })
+    .await;
+    // A rewind of a subscription that does not exist names the ones that do.
+    let (status, body) = admin_post(
+        &node,
+        "/topics/events/replay?subscriber=nobody&from=0",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("audit, billing, shipping"), "{body}");
+
+    // `switchyard status` shows the topic and each subscription's cursor and lag.
+    let status = switchyard_cli(&["status", "--admin", &admin, "--token-file", &token]).await;
+    assert!(status.success, "{}", status.stderr);
+    let line = status
+        .stdout
+        .lines()
+        .find(|line| line.starts_with(' ') && line.contains("shipping"))
+        .unwrap_or_else(|| panic!("{}", status.stdout));
+    let columns: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(columns[..3], ["shipping", "5", "0"], "{line}");
+    node.shutdown().await;
+}
+
+/// What a subscription owes survives a restart: messages published while its subscriber
+/// failed are delivered after the node comes back. Retention drops old messages by size and
+/// by age; a `compact` topic keeps the latest message of each key, also after a restart.
+#[tokio::test]
+async fn cursors_retention_and_compaction_survive_a_restart() {
+    let topics = format!(
+        "{}{}{}",
+        topic(
+            "owed",
+            "",
+            &[("billing", "max_attempts = 1000\nredeliver_ms = 60000")]
+        ),
+        topic("sized", "retain_mb = 1", &[]),
+        topic("latest", "compact = true", &[])
+    );
+    let refusing = TestManifest::new(&format!(
+        "{}{}{topics}",
+        mailroom("front", ""),
+        mailroom("billing", "mode = \"refuse\""),
+    ));
+    let node = refusing.start().await;
+    for n in 0..3 {
+        publish(&node, "owed", None, &format!("owed {n}")).await;
+    }
+    wait_for(&node, "owed", Duration::from_secs(10), |t| {
+        count(subscription(t, "billing"), "redelivered") == 3
+    })
+    .await;
+    // Size: three messages of 400 KiB do not fit in 1 MiB; the oldest goes.
+    let big = "x".repeat(400 * 1024);
+    for _ in 0..3 {
+        publish(&node, "sized", None, &big).await;
+    }
+    let view = topic_view(&node, "sized").await;
+    assert_eq!(
+        (count(&view, "first_offset"), count(&view, "messages")),
+        (1, 2),
+        "{view:#}"
+    );
+    // Compaction: a later message of a key replaces the earlier one.
+    publish(&node, "latest", Some("a"), "a1").await;
+    publish(&node, "latest", Some("b"), "b1").await;
+    publish(&node, "latest", Some("a"), "a2").await;
+    assert_eq!(read(&node, "latest", 0, 10).await, ["1 b b1", "2 a a2"]);
+    node.shutdown().await;
+
+    // Back with a subscriber that takes them: what was owed is delivered.
+    let dir = refusing.dir.path().to_path_buf();
+    let text = std::fs::read_to_string(&refusing.path)
+        .unwrap()
+        .replace(", mode = \"refuse\"", "");
+    refusing.edit(&text);
+    let node = refusing.start().await;
+    let view = wait_for(&node, "owed", Duration::from_secs(10), |t| {
+        count(subscription(t, "billing"), "delivered") == 3
+    })
+    .await;
+    assert_eq!(count(subscription(&view, "billing"), "lag"), 0, "{view:#}");
+    assert_eq!(read(&node, "latest", 0, 10).await, ["1 b b1", "2 a a2"]);
+    let view = topic_view(&node, "sized").await;
+    assert_eq!(count(&view, "first_offset"), 1, "{view:#}");
+    assert!(dir.join("data/queues/owed.log").exists());
+    node.shutdown().await;
+
+    // Age: a topic that keeps messages 300 ms drops them after that, offsets going on.
+    let aging = TestManifest::new(&format!(
+        "{}{}",
+        mailroom("front", ""),
+        topic("brief", "retain_ms = 300", &[])
+    ));
+    let node = aging.start().await;
+    publish(&node, "brief", None, "soon gone").await;
+    let view = wait_for(&node, "brief", Duration::from_secs(5), |t| {
+        count(t, "messages") == 0
+    })
+    .await;
+    assert!(view["first_offset"].is_null(), "{view:#}");
+    assert_eq!(publish(&node, "brief", None, "next").await, 1);
+    node.shutdown().await;
+}
+
+/// A topic lives on the node that declares it: a guest on another node publishes and reads
+/// by name, subscribers on another node get every message, and a request to every subscriber
+/// collects the replies that come within its window.
+#[tokio::test]
+async fn a_topic_takes_publishes_from_and_delivers_to_other_nodes() {
+    let owner_manifest = TestManifest::with_node(
+        "name = \"owner\"\nquic = \"127.0.0.1:0\"",
+        &format!(
+            "{}{}",
+            mailroom("front", ""),
+            topic(
+                "events",
+                "",
+                &[("billing", "concurrency = 2"), ("shipping", "")]
+            )
+        ),
+    );
+    let owner = owner_manifest.start().await;
+    let worker_manifest = TestManifest::with_node(
+        &format!(
+            "name = \"worker\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{}\"]",
+            owner.quic_addr().unwrap()
+        ),
+        &format!(
+            "{}{}{}",
+            mailroom("edge", ""),
+            mailroom("billing", ""),
+            mailroom("shipping", "")
+        ),
+    );
+    let worker = worker_manifest.start().await;
+    let started = Instant::now();
+    while !admin_get(&owner, "/registry")
+        .await
+        .body
+        .contains("shipping@")
+        || !admin_get(&worker, "/registry")
+            .await
+            .body
+            .contains("\"events\"")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "nodes never met: {} / {}",
+            admin_get(&owner, "/registry").await.body,
+            admin_get(&worker, "/registry").await.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in 0..4 {
+        assert_eq!(publish(&worker, "events", None, &format!("e{n}")).await, n);
+    }
+    wait_for(&owner, "events", Duration::from_secs(10), |t| {
+        t["subscriptions"]
+            .as_array()
+            .is_some_and(|subs| subs.iter().all(|s| count(s, "delivered") == 4))
+    })
+    .await;
+    assert_eq!(read(&worker, "events", 3, 10).await, ["3 - e3"]);
+
+    // Publish/async responses: each subscriber answers; both replies come within the window.
+    let reply = send_with(
+        worker.http_addr(),
+        "POST",
+        "/request-all/events",
+        "reply please",
+        &[("x-window-ms", "1500")],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        reply.body.lines().collect::<Vec<_>>(),
+        [
+            "re: reply please from billing",
+            "re: reply please from shipping"
+        ]
+    );
+    // None answers a message that asks for no reply: an empty list once the window is over.
+    let asked = Instant::now();
+    let reply = send_with(
+        worker.http_addr(),
+        "POST",
+        "/request-all/events",
+        "no answer",
+        &[("x-window-ms", "300")],
+    )
+    .await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, ""));
+    assert!(asked.elapsed() >= Duration::from_millis(300));
+
+    // An owner that is gone makes a publish fail at once.
+    drop(owner);
+    let sent_at = Instant::now();
+    let reply = send(worker.http_addr(), "POST", "/publish/events", "too late").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(sent_at.elapsed() < Duration::from_secs(3));
+    worker.shutdown().await;
+}
+
+/// Bad topics are refused where they are written, and a publish to a topic nobody declares
+/// names the ones there are.
+#[tokio::test]
+async fn bad_topics_are_refused_with_their_place_and_a_fix() {
+    let refused = |text: &str| {
+        let manifest = TestManifest::new(&format!("{}{text}", mailroom("front", "")));
+        switchyard::Manifest::load(&manifest.path)
+            .err()
+            .map(|err| err.to_string())
+            .unwrap_or_else(|| panic!("accepted: {text}"))
+    };
+    let error = refused(&topic("events", "", &[("ghost", "")]));
+    assert!(
+        error.contains("its subscriber `ghost` is not a service of this node")
+            && error.contains("switchyard.toml:"),
+        "{error}"
+    );
+    let error = refused(&topic("events", "", &[("front", "start = \"yesterday\"")]));
+    assert!(
+        error.contains("not a place in a topic") && error.contains("\"beginning\""),
+        "{error}"
+    );
+    let error = refused(&format!(
+        "{}[[queue]]\nname = \"events\"\nsubscriber = \"front\"\n",
+        topic("events", "", &[])
+    ));
+    assert!(
+        error.contains("queues and topics share one namespace"),
+        "{error}"
+    );
+    let error = refused(&topic("events", "retain_mb = 0", &[]));
+    assert!(error.contains("`retain_mb` = 0 is out of range"), "{error}");
+    let error = refused(&topic("events", "", &[("front", ""), ("front", "")]));
+    assert!(error.contains("subscribes twice"), "{error}");
+
+    let manifest = TestManifest::new(&format!(
+        "{}{}",
+        mailroom("front", ""),
+        topic("events", "", &[])
+    ));
+    let node = manifest.start().await;
+    let reply = send(node.http_addr(), "POST", "/publish/nope", "lost").await;
+    assert_eq!(reply.status, 500, "{}", reply.body);
+    assert!(
+        reply
+            .body
+            .contains("no queue or topic named `nope` (it has: events)"),
+        "{}",
+        reply.body
+    );
+    let (status, body) = admin_post(&node, "/queues/events/redrive", Vec::new()).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("switchyard replay events"), "{body}");
+    node.shutdown().await;
+}
