@@ -491,3 +491,135 @@ async fn bad_topics_are_refused_with_their_place_and_a_fix() {
     assert!(body.contains("switchyard replay events"), "{body}");
     node.shutdown().await;
 }
+
+/// `examples/events` as shipped (ports, seeds and data_dir rewritten so tests run side by
+/// side): the README's walk-through, then `analytics` uncommented on both nodes replays the
+/// history from the beginning.
+#[tokio::test]
+async fn the_events_example_runs_as_the_readme_says() {
+    let data = tempfile::tempdir().unwrap();
+    let example = |file: &str, with_analytics: bool, seed: Option<std::net::SocketAddr>| {
+        let path = crate::support::repo_root()
+            .join("examples/events")
+            .join(file);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        for port in ["8081", "8082", "9091", "9092", "7401", "7402"] {
+            text = text.replace(&format!("\"127.0.0.1:{port}\""), "\"127.0.0.1:0\"");
+        }
+        if let Some(seed) = seed {
+            text = text.replace(
+                "seeds = [\"127.0.0.1:0\"]",
+                &format!("seeds = [\"{seed}\"]"),
+            );
+        }
+        let dir = data.path().join(file);
+        text = text
+            .lines()
+            .map(|line| match line.starts_with("data_dir") {
+                true => format!("data_dir = {:?}", dir.display().to_string()),
+                false => line.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        if with_analytics {
+            let at = text.find("# [[").unwrap();
+            let uncommented: Vec<&str> = text[at..]
+                .lines()
+                .map(|line| line.strip_prefix("# ").unwrap_or(line))
+                .collect();
+            text = format!("{}{}", &text[..at], uncommented.join("\n"));
+        }
+        switchyard::Manifest::parse(&text, &path).unwrap_or_else(|err| panic!("{err}"))
+    };
+    let start = |with_analytics: bool| async move {
+        let orders = switchyard::Node::start(&example("orders.toml", with_analytics, None))
+            .await
+            .unwrap();
+        let seed = orders.quic_addr();
+        let fulfilment = switchyard::Node::start(&example("fulfilment.toml", with_analytics, seed))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        while !admin_get(&orders, "/registry")
+            .await
+            .body
+            .contains("shipping@")
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "nodes never met"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (orders, fulfilment)
+    };
+    let (orders, fulfilment) = start(false).await;
+    for n in 1..=3 {
+        let key = format!("order-{n}");
+        assert_eq!(
+            publish(
+                &orders,
+                "order-events",
+                Some(&key),
+                &format!("{key} placed")
+            )
+            .await,
+            n - 1
+        );
+    }
+    assert_eq!(
+        publish(&orders, "order-events", Some("order-1"), "order-1 paid").await,
+        3
+    );
+    assert_eq!(
+        read(&orders, "order-events", 1, 2).await,
+        ["1 order-2 order-2 placed", "2 order-3 order-3 placed"]
+    );
+    let reply = send(
+        orders.http_addr(),
+        "POST",
+        "/request/order-events",
+        "reply-from:billing is order-2 billed?",
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (
+            200,
+            "re: reply-from:billing is order-2 billed? from billing"
+        )
+    );
+    let reply = send_with(
+        orders.http_addr(),
+        "POST",
+        "/request-all/order-events",
+        "reply: who handles order-3?",
+        &[("x-window-ms", "500")],
+    )
+    .await;
+    assert_eq!(
+        reply.body.lines().collect::<Vec<_>>(),
+        [
+            "re: reply: who handles order-3? from billing",
+            "re: reply: who handles order-3? from shipping"
+        ]
+    );
+    wait_for(&orders, "order-events", Duration::from_secs(10), |t| {
+        t["subscriptions"]
+            .as_array()
+            .is_some_and(|subs| subs.iter().all(|s| count(s, "delivered") == 6))
+    })
+    .await;
+    fulfilment.shutdown().await;
+    orders.shutdown().await;
+
+    // analytics, added later, gets the whole history; the others keep their cursors.
+    let (orders, fulfilment) = start(true).await;
+    let view = wait_for(&orders, "order-events", Duration::from_secs(10), |t| {
+        count(subscription(t, "analytics"), "delivered") == 6
+    })
+    .await;
+    assert_eq!(count(subscription(&view, "billing"), "delivered"), 0);
+    fulfilment.shutdown().await;
+    orders.shutdown().await;
+}

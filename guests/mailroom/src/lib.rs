@@ -14,7 +14,10 @@
 //!   body of every reply that came within `x-window-ms` (default 1000), one per line, sorted.
 //! - Every delivery is logged as `<id> attempt <n> on <topic>: <body>`.
 //! - A delivered message whose body starts with `reply` is answered at its reply-to with
-//!   `re: <body>`; `reply-after:N` waits N ms first. Header
+//!   `re: <body>` (`re: <body> from <name>` with `config.name` set); `reply-after:N` waits
+//!   N ms first; `reply-from:S` is answered by the service whose `config.name` is S only (the
+//!   other subscribers of a topic just acknowledge it); a reply nobody waits for any more is
+//!   logged (`the reply came too late`) and the message acknowledged. Header
 //!   `x-hold-ms` keeps the instance busy that long first (to make deliveries meet a busy
 //!   subscriber).
 //! - A delivered message whose body starts with `fail-until:N` fails its attempts before the
@@ -111,6 +114,13 @@ impl Service for Mailroom {
         if body.starts_with("panic") {
             panic!("asked to panic on {}", msg.id());
         }
+        if let Some(rest) = body.strip_prefix("reply-from:") {
+            // Only the service named answers; the other subscribers just take it.
+            let asked = rest.split([' ', ':']).next().unwrap_or_default();
+            if config::get("name").as_deref() != Some(asked) {
+                return Ok(());
+            }
+        }
         if body.starts_with("reply") {
             let wait = body
                 .strip_prefix("reply-after:")
@@ -123,8 +133,15 @@ impl Service for Mailroom {
                 Some(_) => format!("re: {body} from {service}"),
                 None => format!("re: {body}"),
             };
-            msg.reply(messaging::Message::new(answer))
-                .map_err(|err| format!("could not reply to {}: {err}", msg.id()))?;
+            match msg.reply(messaging::Message::new(answer)) {
+                Ok(()) => {}
+                // The requester stopped waiting (or a replaying subscriber meets an old
+                // request): nothing to redo, so the message is still handled.
+                Err(messaging::SendError::Unavailable(why)) => {
+                    log::warn!("{}: the reply came too late: {why}", msg.id());
+                }
+                Err(err) => return Err(format!("could not reply to {}: {err}", msg.id())),
+            }
             return Ok(());
         }
         if let Some(queue) = body.strip_prefix("call-forward:") {
