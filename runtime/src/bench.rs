@@ -239,6 +239,161 @@ impl QueueProbe {
     }
 }
 
+/// A durable topic `bench` with `subscribers` subscriptions, each acknowledging at once
+/// (natively, no guest), and a queue `ask` whose subscriber answers each request at once:
+/// what the broker costs per message, the log's fsync included (or not: `fsync = false` runs
+/// the same code on a log that does not wait for the disk).
+pub struct TopicProbe {
+    broker: Arc<crate::messaging::Broker>,
+    delivered: Arc<std::sync::atomic::AtomicU64>,
+    stop: tokio::sync::watch::Sender<bool>,
+    running: tokio::task::JoinHandle<()>,
+}
+
+/// Acknowledges every delivery; answers one that has a `reply-to`.
+struct AckAndAnswer {
+    delivered: Arc<std::sync::atomic::AtomicU64>,
+    broker: std::sync::OnceLock<std::sync::Weak<crate::messaging::Broker>>,
+}
+
+impl crate::messaging::Subscribers for AckAndAnswer {
+    fn deliver<'a>(
+        &'a self,
+        _service: &'a str,
+        _queue: &'a str,
+        message: &'a crate::messaging::StoredMessage,
+        _attempt: u32,
+    ) -> crate::util::BoxFuture<'a, crate::messaging::Delivered> {
+        self.delivered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async move {
+            let broker = self.broker.get().and_then(std::sync::Weak::upgrade);
+            if let (Some(to), Some(broker)) = (&message.reply_to, broker) {
+                let answer = outgoing(message.body.clone());
+                if let Err(err) = broker
+                    .reply(to, "bench", None, answer, Duration::from_secs(1))
+                    .await
+                {
+                    return crate::messaging::Delivered::Failed(err.to_string());
+                }
+            }
+            crate::messaging::Delivered::Acked
+        })
+    }
+}
+
+fn outgoing(body: Vec<u8>) -> crate::host::Outgoing {
+    crate::host::Outgoing {
+        kind: crate::wire::MessageKind::Event,
+        key: None,
+        headers: Vec::new(),
+        reply_to: None,
+        body,
+    }
+}
+
+impl TopicProbe {
+    /// Opens topic `bench` (with `subscribers` subscriptions, `concurrency` deliveries at once
+    /// each) and queue `ask` under `data_dir`.
+    pub async fn open(
+        data_dir: &Path,
+        subscribers: usize,
+        concurrency: u32,
+        fsync: bool,
+    ) -> Result<Self, String> {
+        let subscription = |n: usize| crate::manifest::SubscriptionSpec {
+            service: format!("sub-{n}"),
+            start: crate::manifest::StartAt::Latest,
+            concurrency,
+            ordered_by_key: false,
+            max_attempts: 1,
+            redeliver_after: Duration::from_millis(100),
+        };
+        let topic = crate::manifest::TopicSpec {
+            name: "bench".into(),
+            retention: crate::manifest::Retention {
+                max_age: None,
+                max_bytes: 4 << 30,
+                compact: false,
+            },
+            max_causation_depth: 32,
+            max_dead_bytes: usize::MAX,
+            subscriptions: (0..subscribers).map(subscription).collect(),
+        };
+        let ask = crate::manifest::QueueSpec {
+            name: "ask".into(),
+            subscriber: "answers".into(),
+            concurrency: 64,
+            ordered_by_key: false,
+            max_causation_depth: 32,
+            max_attempts: 1,
+            redeliver_after: Duration::from_millis(100),
+            max_depth: usize::MAX,
+            max_bytes: usize::MAX,
+            max_dead_bytes: usize::MAX,
+        };
+        let dir = data_dir.to_path_buf();
+        let broker = tokio::task::spawn_blocking(move || {
+            let (queues, topics) = (std::slice::from_ref(&ask), std::slice::from_ref(&topic));
+            match fsync {
+                true => crate::messaging::Broker::open(&dir, "bench", queues, topics),
+                false => crate::messaging::Broker::open_unsynced(&dir, "bench", queues, topics),
+            }
+        })
+        .await
+        .map_err(|err| err.to_string())?
+        .map_err(|err| err.to_string())?;
+        let broker = Arc::new(broker);
+        let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let subscribers = Arc::new(AckAndAnswer {
+            delivered: delivered.clone(),
+            broker: std::sync::OnceLock::new(),
+        });
+        let _ = subscribers.broker.set(Arc::downgrade(&broker));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(broker.clone().run(
+            subscribers,
+            Arc::new(crate::policy::Policies::default()),
+            stopped,
+        ));
+        Ok(Self {
+            broker,
+            delivered,
+            stop,
+            running,
+        })
+    }
+
+    /// Publishes `body` to `bench`; its offset once it is on disk.
+    pub async fn publish(&self, body: Vec<u8>) -> Result<u64, String> {
+        self.broker
+            .send_here("bench", "bench", None, outgoing(body))
+            .await
+            .map(|receipt| receipt.offset)
+            .map_err(|err| err.to_string())
+    }
+
+    /// Sends `body` to `ask` as a request; resolves with the reply's body.
+    pub async fn request(&self, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        self.broker
+            .request("ask", "bench", None, outgoing(body), Duration::from_secs(5))
+            .await
+            .map(|reply| reply.body)
+            .map_err(|err| err.to_string())
+    }
+
+    /// Deliveries acknowledged so far, all subscriptions together (requests included).
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops delivering and closes the logs.
+    pub async fn close(self) {
+        let _ = self.stop.send(true);
+        let _ = self.running.await;
+    }
+}
+
 /// Sends one call to the node at `peer` as the node `identity` names, claiming it comes from
 /// service `caller`: what a node that lies about its callers would send (the tests use it to
 /// show that such a claim is checked). `Ok((status, body))` for a reply, `Err` with the

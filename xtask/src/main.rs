@@ -119,6 +119,7 @@ fn run_command(cli: Cli) -> Result<()> {
             run(&mut demo)
         }
         Cmd::Bench { cargo_args } => {
+            bench_servers()?;
             build_guests(&root.join("guests/Cargo.toml"), &root.join("target/guests"))?;
             let mut bench = cargo(&root);
             // The whole workspace's feature set, as `cargo xtask test` builds it: asking for
@@ -140,6 +141,20 @@ fn test_servers() -> Result<()> {
     )?;
     // The package may start a system etcd on 2379; the tests start their own on free ports.
     eprintln!("xtask: etcd installed");
+    Ok(())
+}
+
+/// Servers the benchmarks start themselves, on free ports, as their baselines: nats-server
+/// (the messaging benchmark).
+fn bench_servers() -> Result<()> {
+    if Path::new("/usr/sbin/nats-server").is_file() || Path::new("/usr/bin/nats-server").is_file() {
+        return Ok(());
+    }
+    toolchain::apt_install(
+        &["nats-server"],
+        "the messaging benchmark compares with nats-server; install it as root",
+    )?;
+    eprintln!("xtask: nats-server installed");
     Ok(())
 }
 

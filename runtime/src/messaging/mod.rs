@@ -175,8 +175,28 @@ impl Broker {
         queues: &[QueueSpec],
         topics: &[TopicSpec],
     ) -> Result<Self, MessagingError> {
+        Self::open_on(Arc::new(log::Disk), data_dir, node, queues, topics)
+    }
+
+    /// [`Broker::open`] on a log that does not wait for the disk: the benchmarks' baseline.
+    #[cfg(feature = "bench")]
+    pub(crate) fn open_unsynced(
+        data_dir: &Path,
+        node: &str,
+        queues: &[QueueSpec],
+        topics: &[TopicSpec],
+    ) -> Result<Self, MessagingError> {
+        Self::open_on(Arc::new(log::UnsyncedDisk), data_dir, node, queues, topics)
+    }
+
+    fn open_on(
+        storage: Arc<dyn log::Storage>,
+        data_dir: &Path,
+        node: &str,
+        queues: &[QueueSpec],
+        topics: &[TopicSpec],
+    ) -> Result<Self, MessagingError> {
         let dir = data_dir.join("queues");
-        let storage: Arc<dyn log::Storage> = Arc::new(log::Disk);
         let mut opened = HashMap::new();
         for spec in log_specs(queues, topics) {
             opened.insert(spec.name.clone(), Arc::new(open_log(&storage, &dir, spec)?));

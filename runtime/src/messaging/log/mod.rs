@@ -38,6 +38,8 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use storage::LogFile;
+#[cfg(feature = "bench")]
+pub(crate) use storage::UnsyncedDisk;
 pub(crate) use storage::{Disk, Storage};
 
 pub(crate) use crate::wire::StoredMessage;

@@ -118,3 +118,58 @@ impl LogFile for File {
         File::set_len(self, len)
     }
 }
+
+/// The real file system, without `fsync`: what a log costs when it does not wait for the disk
+/// (the benchmarks' baseline for what durability costs). Never used by a node.
+#[cfg(feature = "bench")]
+pub(crate) struct UnsyncedDisk;
+
+#[cfg(feature = "bench")]
+struct Unsynced(File);
+
+#[cfg(feature = "bench")]
+impl Storage for UnsyncedDisk {
+    fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        Disk.read(path)
+    }
+
+    fn append(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Box::new(Unsynced(file)))
+    }
+
+    fn replace(&self, path: &Path, contents: &[u8]) -> io::Result<Box<dyn LogFile>> {
+        Disk.replace(path, contents)
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        Disk.create_dir_all(dir)
+    }
+
+    fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Option<Box<dyn Send>>> {
+        Disk.lock(path)
+    }
+}
+
+#[cfg(feature = "bench")]
+impl LogFile for Unsynced {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        Write::write_all(&mut self.0, bytes)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+}

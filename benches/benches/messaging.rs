@@ -1,0 +1,353 @@
+//! Messaging on one node: the embedded broker's topics and request/reply against nats-server
+//! (the Debian package, started here on a free port; async-nats as its client) in the same run
+//! and harness, and what durability costs: publishes acknowledged after `fdatasync` (group
+//! commit) against the same broker on a log that never syncs, and against one writer's
+//! append + `fdatasync` on the same disk.
+//!
+//! Pub/sub: `BENCH_PUBLISHERS` (default 256) concurrent publishers each publish
+//! `BENCH_MESSAGES` (default 100) messages of 16 or 128 bytes, awaiting each publish (ours
+//! returns once the message is on disk; NATS core's once it is buffered for the socket); the
+//! figure is messages per second until every subscriber (1 or 4) has every message. Ours
+//! delivers to native subscribers that acknowledge at once (no guest), as NATS's subscribers
+//! are plain client tasks. Request/reply: one requester, one responder, p50 and p99.
+//!
+//! `cargo xtask bench -- --bench messaging`. `BENCH_DIR` (default `target/bench-data`) must be
+//! on disk: a tmpfs makes every sync free.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use switchyard::bench::TopicProbe;
+use switchyard_benches::{Timed, timed_loop};
+use tokio::process::{Child, Command};
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// nats-server on a free loopback port, stopped when dropped.
+struct NatsServer {
+    _child: Child,
+    url: String,
+}
+
+impl NatsServer {
+    async fn start() -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context(
+                "cannot start nats-server (the Debian package `nats-server`; `cargo xtask \
+                 bench` installs it as root)",
+            )?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "nats-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self {
+            _child: child,
+            url: format!("nats://{addr}"),
+        })
+    }
+}
+
+/// Messages per second until every subscriber has all of them, and the publishes' latencies.
+struct PubSub {
+    publishes: Timed,
+    until_all_delivered: Duration,
+}
+
+impl PubSub {
+    fn rate(&self) -> f64 {
+        self.publishes.count as f64 / self.until_all_delivered.as_secs_f64()
+    }
+}
+
+async fn wait_until(what: &str, done: impl Fn() -> bool) -> Result<()> {
+    let started = Instant::now();
+    while !done() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "gave up waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    Ok(())
+}
+
+async fn ours_pubsub(
+    dir: &std::path::Path,
+    size: usize,
+    subscribers: usize,
+    publishers: usize,
+    each: usize,
+    fsync: bool,
+    name: &'static str,
+) -> Result<PubSub> {
+    let probe = Arc::new(
+        TopicProbe::open(dir, subscribers, 64, fsync)
+            .await
+            .map_err(anyhow::Error::msg)?,
+    );
+    let started = Instant::now();
+    let publishes = {
+        let probe = probe.clone();
+        timed_loop(name, each, publishers, move || {
+            let probe = probe.clone();
+            async move {
+                probe
+                    .publish(vec![b'm'; size])
+                    .await
+                    .map(drop)
+                    .map_err(anyhow::Error::msg)
+            }
+        })
+        .await?
+    };
+    let expected = publishes.count * subscribers as u64;
+    wait_until("every subscription got every message", || {
+        probe.delivered() >= expected
+    })
+    .await?;
+    let until_all_delivered = started.elapsed();
+    if let Ok(probe) = Arc::try_unwrap(probe) {
+        probe.close().await;
+    }
+    Ok(PubSub {
+        publishes,
+        until_all_delivered,
+    })
+}
+
+async fn nats_pubsub(
+    url: &str,
+    subject: &str,
+    size: usize,
+    subscribers: usize,
+    publishers: usize,
+    each: usize,
+) -> Result<PubSub> {
+    let received = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..subscribers {
+        let client = async_nats::connect(url).await?;
+        let mut subscription = client.subscribe(subject.to_owned()).await?;
+        client.flush().await?;
+        let received = received.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            while subscription.next().await.is_some() {
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        clients.push(client);
+    }
+    let publisher = async_nats::connect(url).await?;
+    let payload = Bytes::from(vec![b'm'; size]);
+    let started = Instant::now();
+    let publishes = {
+        let (publisher, subject) = (publisher.clone(), subject.to_owned());
+        timed_loop("nats-server core publish", each, publishers, move || {
+            let (publisher, subject, payload) =
+                (publisher.clone(), subject.clone(), payload.clone());
+            async move { Ok(publisher.publish(subject, payload).await?) }
+        })
+        .await?
+    };
+    publisher.flush().await?;
+    let expected = publishes.count * subscribers as u64;
+    wait_until("every NATS subscriber got every message", || {
+        received.load(Ordering::Relaxed) >= expected
+    })
+    .await?;
+    Ok(PubSub {
+        publishes,
+        until_all_delivered: started.elapsed(),
+    })
+}
+
+/// One writer appending a small record and `fdatasync`ing it, `count` times.
+async fn one_fsync(dir: &std::path::Path, count: usize) -> Result<Timed> {
+    let path = dir.join("floor.log");
+    let file = Arc::new(std::sync::Mutex::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?,
+    ));
+    timed_loop("one writer, append + fdatasync", count, 1, move || {
+        let file = file.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                let mut file = file
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("floor log lock poisoned"))?;
+                file.write_all(&[b'r'; 48])?;
+                file.sync_data()?;
+                Ok::<_, anyhow::Error>(())
+            })
+            .await?
+        }
+    })
+    .await
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let publishers: usize = env_or("BENCH_PUBLISHERS", 256);
+    let each: usize = env_or("BENCH_MESSAGES", 100);
+    let requests: usize = env_or("BENCH_REQUESTS", 2000);
+    let base = std::env::var_os("BENCH_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"),
+        PathBuf::from,
+    );
+    std::fs::create_dir_all(&base)?;
+    let nats = NatsServer::start().await?;
+
+    println!(
+        "messaging, one node ({publishers} publishers x {each} messages; messages/s until \
+         every subscriber has every message)"
+    );
+    for size in [16, 128] {
+        for subscribers in [1, 4] {
+            let dir = tempfile::tempdir_in(&base)?;
+            let ours = ours_pubsub(
+                dir.path(),
+                size,
+                subscribers,
+                publishers,
+                each,
+                true,
+                "switchyard topic publish (fsync)",
+            )
+            .await?;
+            let theirs = nats_pubsub(
+                &nats.url,
+                &format!("bench.{size}.{subscribers}"),
+                size,
+                subscribers,
+                publishers,
+                each,
+            )
+            .await?;
+            println!(
+                "  {size:>3} B 1->{subscribers}: switchyard {:>8.0} msg/s (publish p50 {} us), \
+                 nats-server {:>8.0} msg/s (publish p50 {} us): {:.2}x",
+                ours.rate(),
+                ours.publishes.latency_us(0.5),
+                theirs.rate(),
+                theirs.publishes.latency_us(0.5),
+                ours.rate() / theirs.rate()
+            );
+        }
+    }
+
+    // Request/reply at one requester.
+    let dir = tempfile::tempdir_in(&base)?;
+    let probe = Arc::new(
+        TopicProbe::open(dir.path(), 1, 64, true)
+            .await
+            .map_err(anyhow::Error::msg)?,
+    );
+    let ours = {
+        let probe = probe.clone();
+        timed_loop("switchyard request/reply", requests, 1, move || {
+            let probe = probe.clone();
+            async move {
+                probe
+                    .request(b"ping".to_vec())
+                    .await
+                    .map(drop)
+                    .map_err(anyhow::Error::msg)
+            }
+        })
+        .await?
+    };
+    if let Ok(probe) = Arc::try_unwrap(probe) {
+        probe.close().await;
+    }
+    let responder = async_nats::connect(&nats.url).await?;
+    let mut asked = responder.subscribe("ask").await?;
+    responder.flush().await?;
+    tokio::spawn({
+        let responder = responder.clone();
+        async move {
+            use futures_util::StreamExt;
+            while let Some(request) = asked.next().await {
+                if let Some(reply) = request.reply {
+                    let _ = responder.publish(reply, request.payload).await;
+                }
+            }
+        }
+    });
+    let requester = async_nats::connect(&nats.url).await?;
+    let theirs = timed_loop("nats-server request/reply", requests, 1, move || {
+        let requester = requester.clone();
+        async move {
+            requester
+                .request("ask", Bytes::from_static(b"ping"))
+                .await
+                .map(drop)
+                .map_err(anyhow::Error::from)
+        }
+    })
+    .await?;
+    println!("request/reply, one requester:");
+    println!("  {}", ours.line("requests"));
+    println!("  {}", theirs.line("requests"));
+    println!(
+        "  switchyard p50 {:.2}x nats-server's (its request is stored and fsynced first)",
+        ours.latency_us(0.5) as f64 / theirs.latency_us(0.5) as f64
+    );
+
+    // What durability costs: the same publishes with and without fsync, and one fsync.
+    let (synced_dir, unsynced_dir) = (tempfile::tempdir_in(&base)?, tempfile::tempdir_in(&base)?);
+    let synced = ours_pubsub(
+        synced_dir.path(),
+        128,
+        1,
+        publishers,
+        each,
+        true,
+        "switchyard publish, acked after fsync",
+    )
+    .await?;
+    let unsynced = ours_pubsub(
+        unsynced_dir.path(),
+        128,
+        1,
+        publishers,
+        each,
+        false,
+        "switchyard publish, no fsync",
+    )
+    .await?;
+    let floor = one_fsync(synced_dir.path(), 500).await?;
+    println!("durable publish ({publishers} concurrent publishers, 128 B):");
+    for timed in [&synced.publishes, &unsynced.publishes, &floor] {
+        println!("  {}", timed.line("publishes"));
+    }
+    println!(
+        "  fsync vs no fsync: publishes/s {:.2}x; publish p50 vs one fsync: {:.2}x",
+        synced.publishes.rate() / unsynced.publishes.rate(),
+        synced.publishes.latency_us(0.5) as f64 / floor.latency_us(0.5) as f64
+    );
+    Ok(())
+}
