@@ -486,6 +486,15 @@ async fn bad_topics_are_refused_with_their_place_and_a_fix() {
         "{}",
         reply.body
     );
+    // Larger than a message may be: refused, saying the limit.
+    let big = "x".repeat(1024 * 1024 + 1);
+    let reply = send(node.http_addr(), "POST", "/publish/events", &big).await;
+    assert_eq!(reply.status, 500, "{}", reply.body);
+    assert!(
+        reply.body.contains("message too large") && reply.body.contains("1048576"),
+        "{}",
+        reply.body
+    );
     let (status, body) = admin_post(&node, "/queues/events/redrive", Vec::new()).await;
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("switchyard replay events"), "{body}");
@@ -622,4 +631,74 @@ async fn the_events_example_runs_as_the_readme_says() {
     assert_eq!(count(subscription(&view, "billing"), "delivered"), 0);
     fulfilment.shutdown().await;
     orders.shutdown().await;
+}
+
+/// A subscribing service's instances compete for the topic's messages wherever they run:
+/// with one instance per node busy, deliveries go to the other node's; when a subscriber's
+/// node dies, its share goes to the instances that are left, and nothing is lost.
+#[tokio::test]
+async fn a_subscriptions_instances_on_several_nodes_share_its_messages_and_survive_one_dying() {
+    let owner_manifest = TestManifest::with_node(
+        "name = \"owner\"\nquic = \"127.0.0.1:0\"",
+        &format!(
+            "{}{}",
+            mailroom("front", ""),
+            topic("jobs", "", &[("billing", "concurrency = 4")])
+        ),
+    );
+    let owner = owner_manifest.start().await;
+    let seed = owner.quic_addr().unwrap();
+    let worker = |name: &str| {
+        TestManifest::with_node(
+            &format!("name = \"{name}\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{seed}\"]"),
+            &mailroom("billing", "").replace("config = {", "max_instances = 1\nconfig = {"),
+        )
+    };
+    let (a_manifest, b_manifest) = (worker("worker-a"), worker("worker-b"));
+    let (a, b) = (a_manifest.start().await, b_manifest.start().await);
+    let started = Instant::now();
+    loop {
+        let registry = admin_get(&owner, "/registry").await.body;
+        if registry.contains("worker-a") && registry.contains("worker-b") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "nodes never met"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in 0..12 {
+        publish(&owner, "jobs", None, &format!("hold:100 job {n}")).await;
+    }
+    wait_for(&owner, "jobs", Duration::from_secs(20), |t| {
+        count(subscription(t, "billing"), "delivered") == 12
+    })
+    .await;
+    let served_by = |services: &str| -> u64 {
+        let services: serde_json::Value = serde_json::from_str(services).unwrap();
+        services[0]["served"].as_u64().unwrap()
+    };
+    let on_a = served_by(&admin_get(&a, "/services").await.body);
+    let on_b = served_by(&admin_get(&b, "/services").await.body);
+    assert!(
+        on_a > 0 && on_b > 0,
+        "one node took them all: {on_a} / {on_b}"
+    );
+    assert_eq!(on_a + on_b, 12);
+
+    // Worker A dies without a goodbye, in the middle of a burst: its share goes to B.
+    for n in 0..10 {
+        publish(&owner, "jobs", None, &format!("hold:50 later {n}")).await;
+    }
+    drop(a);
+    let view = wait_for(&owner, "jobs", Duration::from_secs(30), |t| {
+        count(subscription(t, "billing"), "delivered") >= 22
+            && count(subscription(t, "billing"), "lag") == 0
+    })
+    .await;
+    assert_eq!(count(subscription(&view, "billing"), "dead_lettered"), 0);
+    assert!(served_by(&admin_get(&b, "/services").await.body) > on_b);
+    b.shutdown().await;
+    owner.shutdown().await;
 }

@@ -20,6 +20,8 @@
 //!   logged (`the reply came too late`) and the message acknowledged. Header
 //!   `x-hold-ms` keeps the instance busy that long first (to make deliveries meet a busy
 //!   subscriber).
+//! - A delivered message whose body starts with `hold:N` keeps its instance N ms, then is
+//!   acknowledged.
 //! - A delivered message whose body starts with `fail-until:N` fails its attempts before the
 //!   N-th; `always-fail` fails every time; `panic` traps; `forward:Q` is sent on to queue
 //!   `Q` (a loop, when `Q` is the queue it came from); `call-forward:Q` is handed to service
@@ -108,6 +110,12 @@ impl Service for Mailroom {
             .unwrap_or(0);
         let body = String::from_utf8_lossy(msg.body()).into_owned();
         log::info!("{} attempt {attempt} on {}: {body}", msg.id(), msg.topic());
+        if let Some(ms) = body
+            .strip_prefix("hold:")
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         if config::get("mode").as_deref() == Some("refuse") {
             return Err(format!("refusing {} (mode = refuse)", msg.id()));
         }
