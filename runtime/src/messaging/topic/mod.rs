@@ -1384,4 +1384,6 @@ fn clip(mut text: String) -> String {
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]
+mod state_tests;
+#[cfg(test)]
 mod tests;
