@@ -82,6 +82,14 @@ impl Message {
         Ok(Self::new(body).header("content-type", "application/json"))
     }
 
+    /// A message whose body is `value` as postcard (compact binary; the subscriber reads it
+    /// with [`crate::Message::postcard`]).
+    pub fn postcard<T: Serialize + ?Sized>(value: &T) -> Result<Self, Error> {
+        let body = postcard::to_stdvec(value)
+            .map_err(|err| Error::internal(format!("cannot encode the message: {err}")))?;
+        Ok(Self::new(body).header("content-type", "application/postcard"))
+    }
+
     /// Document, command or event (the default).
     pub fn kind(mut self, kind: MessageKind) -> Self {
         self.inner.kind = kind;
