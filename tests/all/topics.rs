@@ -702,3 +702,53 @@ async fn a_subscriptions_instances_on_several_nodes_share_its_messages_and_survi
     b.shutdown().await;
     owner.shutdown().await;
 }
+
+/// Editing a running node's topics: a subscription added starts where it says; a topic turned
+/// into a queue of the same name is refused (a queue would owe all the topic kept) and the
+/// topic goes on as it was.
+#[tokio::test]
+async fn editing_topics_in_a_watched_manifest_applies_them_and_refuses_a_queue_on_a_topic() {
+    let services = format!("{}{}", mailroom("front", ""), mailroom("billing", ""));
+    let manifest = TestManifest::new(&format!("{services}{}", topic("events", "", &[])));
+    let mut node = manifest.start().await;
+    let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
+    node.watch_manifest(Some(reports)).unwrap();
+    let original = std::fs::read_to_string(&manifest.path).unwrap();
+    let head = original[..original.find("[[topic]]").unwrap()].to_owned();
+    for n in 0..3 {
+        publish(&node, "events", None, &format!("before {n}")).await;
+    }
+
+    // A subscription added from offset 1.
+    manifest.edit(&format!(
+        "{head}{}",
+        topic("events", "", &[("billing", "start = 1")])
+    ));
+    let report = crate::support::next_reload(&mut reported).await;
+    assert_eq!(
+        report.applied,
+        ["topic `events`: settings changed"],
+        "{report:?}"
+    );
+    wait_for(&node, "events", Duration::from_secs(5), |t| {
+        count(subscription(t, "billing"), "delivered") == 2
+    })
+    .await;
+
+    // The topic made a queue: refused, the topic stays.
+    manifest.edit(&format!(
+        "{head}[[queue]]\nname = \"events\"\nsubscriber = \"billing\"\n"
+    ));
+    let report = crate::support::next_reload(&mut reported).await;
+    let refused = format!("{report:?}");
+    assert!(
+        refused.contains("a queue of that name would owe every message"),
+        "{refused}"
+    );
+    assert_eq!(publish(&node, "events", None, "after").await, 3);
+    wait_for(&node, "events", Duration::from_secs(5), |t| {
+        count(subscription(t, "billing"), "delivered") == 3
+    })
+    .await;
+    node.shutdown().await;
+}

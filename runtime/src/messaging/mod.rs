@@ -114,6 +114,12 @@ pub(crate) enum QueueError {
         "`{0}` is a queue: it has one subscription and keeps no history to replay\n  hint: declare a [[topic]] to replay messages"
     )]
     NotATopic(String),
+    #[error(
+        "`{0}` is a topic on this node; a queue of that name would owe every message the topic \
+         kept, so the change is refused and the topic goes on\n  hint: give the queue another \
+         name"
+    )]
+    TopicIntoQueue(String),
     #[error("topic `{topic}` has no subscription of service `{service}` (it has: {known})")]
     UnknownSubscription {
         topic: String,
@@ -468,6 +474,12 @@ impl Broker {
         let specs = log_specs(queues, topics);
         let _one_at_a_time = self.changing.lock().await;
         let current = self.queues.load_full();
+        if let Some(spec) = specs.iter().find(|spec| {
+            !matches!(spec.kind, topic::Kind::Topic(_))
+                && current.get(&spec.name).is_some_and(|log| log.is_topic())
+        }) {
+            return Err(QueueError::TopicIntoQueue(spec.name.clone()));
+        }
         let kept = |spec: &LogSpec| {
             current
                 .get(&spec.name)
@@ -478,6 +490,47 @@ impl Broker {
             .filter(|spec| kept(spec).is_none())
             .cloned()
             .collect();
+        let removed: Vec<Arc<Topic>> = current
+            .iter()
+            .filter(|(name, _)| {
+                !specs
+                    .iter()
+                    .any(|spec| &spec.name == *name && kept(spec).is_some())
+            })
+            .map(|(_, queue)| queue.clone())
+            .collect();
+        // One that changes kind closes before it opens again on the same files, and opens
+        // again as it was if the new kind cannot open them.
+        let changing_kind: Vec<Arc<Topic>> = removed
+            .iter()
+            .filter(|log| specs.iter().any(|spec| spec.name == log.name))
+            .cloned()
+            .collect();
+        if !changing_kind.is_empty() {
+            let mut without: HashMap<String, Arc<Topic>> = (*current).clone();
+            for log in &changing_kind {
+                without.remove(&log.name);
+            }
+            self.queues.store(Arc::new(without));
+            for log in &changing_kind {
+                log.stop().await;
+            }
+        }
+        let (dir, storage) = (self.dir.clone(), self.storage.clone());
+        let opened = tokio::task::spawn_blocking(move || {
+            added
+                .into_iter()
+                .map(|spec| open_log(&storage, &dir, spec).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(refused) => {
+                self.restore(changing_kind).await;
+                return Err(refused.into());
+            }
+        };
         let mut changes = Vec::new();
         let mut next = HashMap::new();
         for spec in &specs {
@@ -489,34 +542,6 @@ impl Broker {
                 next.insert(spec.name.clone(), queue.clone());
             }
         }
-        let removed: Vec<Arc<Topic>> = current
-            .iter()
-            .filter(|(name, _)| !next.contains_key(*name))
-            .map(|(_, queue)| queue.clone())
-            .collect();
-        // One that changes kind closes before it opens again on the same files.
-        let changing_kind: Vec<&Arc<Topic>> = removed
-            .iter()
-            .filter(|log| specs.iter().any(|spec| spec.name == log.name))
-            .collect();
-        if !changing_kind.is_empty() {
-            let mut without: HashMap<String, Arc<Topic>> = (*current).clone();
-            for log in &changing_kind {
-                without.remove(&log.name);
-            }
-            self.queues.store(Arc::new(without));
-            for log in changing_kind {
-                log.stop().await;
-            }
-        }
-        let (dir, storage) = (self.dir.clone(), self.storage.clone());
-        let opened = tokio::task::spawn_blocking(move || {
-            added
-                .into_iter()
-                .map(|spec| open_log(&storage, &dir, spec).map(Arc::new))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await??;
         for queue in opened {
             changes.push(format!("{} added", queue.spec().what()));
             if let Some((subscribers, policies)) = self.delivery.get() {
@@ -526,6 +551,7 @@ impl Broker {
         }
         self.queues.store(Arc::new(next));
         for queue in removed {
+            // Stopping twice is harmless: one that changed kind stopped already.
             queue.stop().await;
             changes.push(format!(
                 "{} removed (what it owes stays in its files)",
@@ -534,6 +560,35 @@ impl Broker {
         }
         changes.sort();
         Ok(changes)
+    }
+
+    /// Opens again, as they were, the queues and topics `closed` to change their kind when
+    /// the new kind could not open their files.
+    async fn restore(&self, closed: Vec<Arc<Topic>>) {
+        let mut table: HashMap<String, Arc<Topic>> = (**self.queues.load()).clone();
+        for log in closed {
+            let (dir, storage, spec) = (self.dir.clone(), self.storage.clone(), log.spec());
+            let name = log.name.clone();
+            let reopened = tokio::task::spawn_blocking(move || {
+                open_log(&storage, &dir, (*spec).clone()).map(Arc::new)
+            })
+            .await;
+            match reopened {
+                Ok(Ok(reopened)) => {
+                    if let Some((subscribers, policies)) = self.delivery.get() {
+                        reopened.start(subscribers.clone(), policies.clone());
+                    }
+                    table.insert(name, reopened);
+                }
+                Ok(Err(err)) => {
+                    tracing::error!(queue = %name, error = %err, "could not open it again after its change of kind was refused; it stays closed until the node restarts");
+                }
+                Err(err) => {
+                    tracing::error!(queue = %name, error = %err, "reopening was cut off");
+                }
+            }
+        }
+        self.queues.store(Arc::new(table));
     }
 
     /// Sends queue `name`'s dead letters again; returns how many.

@@ -121,6 +121,13 @@ pub(crate) enum LogError {
     WriterGone(String),
     #[error("a record of {0} bytes is larger than the {MAX_RECORD_BYTES} bytes a log takes")]
     TooLarge(usize),
+    #[error(
+        "{} holds a topic (its subscriptions' places), and a queue cannot take it over: as a \
+         queue it would owe every message the topic kept\n  hint: give the queue another name, \
+         or move the topic's files (its .log and .dead) out of the way if their messages are \
+         not needed", path.display()
+    )]
+    HoldsATopic { path: PathBuf },
 }
 
 /// What replaying a queue's files found.

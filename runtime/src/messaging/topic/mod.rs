@@ -541,6 +541,12 @@ impl Topic {
         spec: LogSpec,
     ) -> Result<Self, log::LogError> {
         let (writer, recovered) = log::open(storage, dir, &spec.name)?;
+        if !spec.is_topic() && !recovered.cursors.is_empty() {
+            // The files do not say what they were; a subscription's record says a topic.
+            return Err(log::LogError::HoldsATopic {
+                path: dir.join(format!("{}.log", spec.name)),
+            });
+        }
         let (state, placed) = State::recover(&spec, recovered, super::now_ms());
         let owed: usize = state.subscriptions.iter().map(|s| s.ledger.owed()).sum();
         if owed > 0 {

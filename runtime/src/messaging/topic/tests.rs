@@ -206,3 +206,38 @@ async fn past_max_dead_mb_a_failed_message_stays_owed_and_says_so_until_there_is
     assert!(queue.problems().is_empty(), "{:?}", queue.problems());
     queue.stop().await;
 }
+
+/// A queue cannot take over a topic's files (it would owe everything the topic kept); a topic
+/// can take over a queue's (its subscriptions start where their specs say).
+#[tokio::test]
+async fn a_queue_refuses_a_topics_files_and_a_topic_takes_a_queues() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topic = LogSpec {
+        kind: Kind::Topic(crate::manifest::Retention {
+            max_age: None,
+            max_bytes: usize::MAX,
+            compact: false,
+        }),
+        ..LogSpec::from(spec(3))
+    };
+    let opened = Topic::open(&disk(), dir.path(), topic.clone()).expect("open the topic");
+    opened.send(order()).await.expect("publish");
+    opened.stop().await;
+    let refused = Topic::open(&disk(), dir.path(), spec(3).into())
+        .err()
+        .expect("a queue on a topic's files");
+    let refused = refused.to_string();
+    assert!(
+        refused.contains("orders.log holds a topic") && refused.contains("another name"),
+        "{refused}"
+    );
+
+    let other = tempfile::tempdir().expect("tempdir");
+    let queue = Topic::open(&disk(), other.path(), spec(3).into()).expect("open the queue");
+    queue.send(order()).await.expect("send");
+    queue.stop().await;
+    let taken = Topic::open(&disk(), other.path(), topic).expect("a topic on a queue's files");
+    let view = taken.topic_view().expect("a topic");
+    assert_eq!((view.next_offset, view.messages), (1, 1));
+    taken.stop().await;
+}
