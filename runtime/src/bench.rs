@@ -149,101 +149,9 @@ impl ChainProbe {
     }
 }
 
-/// One durable queue whose subscriber acknowledges at once (natively, no guest): what the
-/// broker costs per message, the log's fsync included.
-pub struct QueueProbe {
-    broker: Arc<crate::messaging::Broker>,
-    delivered: Arc<std::sync::atomic::AtomicU64>,
-    stop: tokio::sync::watch::Sender<bool>,
-    running: tokio::task::JoinHandle<()>,
-}
-
-struct AckAll(Arc<std::sync::atomic::AtomicU64>);
-
-impl crate::messaging::Subscribers for AckAll {
-    fn deliver<'a>(
-        &'a self,
-        _service: &'a str,
-        _queue: &'a str,
-        _message: &'a crate::messaging::StoredMessage,
-        _attempt: u32,
-    ) -> crate::util::BoxFuture<'a, crate::messaging::Delivered> {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Box::pin(std::future::ready(crate::messaging::Delivered::Acked))
-    }
-}
-
-impl QueueProbe {
-    /// Opens queue `bench` with its log under `data_dir`, delivering `concurrency` at a time.
-    pub async fn open(data_dir: &Path, concurrency: u32) -> Result<Self, String> {
-        let spec = crate::manifest::QueueSpec {
-            name: "bench".into(),
-            subscriber: "bench".into(),
-            concurrency,
-            ordered_by_key: false,
-            max_causation_depth: 32,
-            max_attempts: 1,
-            redeliver_after: Duration::from_millis(100),
-            max_depth: usize::MAX,
-            max_bytes: usize::MAX,
-            max_dead_bytes: usize::MAX,
-        };
-        let dir = data_dir.to_path_buf();
-        let broker = tokio::task::spawn_blocking(move || {
-            crate::messaging::Broker::open(&dir, "bench", std::slice::from_ref(&spec), &[])
-        })
-        .await
-        .map_err(|err| err.to_string())?
-        .map_err(|err| err.to_string())?;
-        let broker = Arc::new(broker);
-        let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let running = tokio::spawn(broker.clone().run(
-            Arc::new(AckAll(delivered.clone())),
-            Arc::new(crate::policy::Policies::default()),
-            stopped,
-        ));
-        Ok(Self {
-            broker,
-            delivered,
-            stop,
-            running,
-        })
-    }
-
-    /// Sends `body`; resolves once it is on disk.
-    pub async fn send(&self, body: Vec<u8>) -> Result<(), String> {
-        let outgoing = crate::host::Outgoing {
-            kind: crate::wire::MessageKind::Event,
-            key: None,
-            headers: Vec::new(),
-            reply_to: None,
-            body,
-        };
-        self.broker
-            .send_here("bench", "bench", None, outgoing)
-            .await
-            .map(drop)
-            .map_err(|err| err.to_string())
-    }
-
-    /// Messages acknowledged so far.
-    pub fn delivered(&self) -> u64 {
-        self.delivered.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Stops delivering and closes the log.
-    pub async fn close(self) {
-        let _ = self.stop.send(true);
-        let _ = self.running.await;
-    }
-}
-
-/// A durable topic `bench` with `subscribers` subscriptions, each acknowledging at once
-/// (natively, no guest), and a queue `ask` whose subscriber answers each request at once:
-/// what the broker costs per message, the log's fsync included (or not: `fsync = false` runs
-/// the same code on a log that does not wait for the disk).
-pub struct TopicProbe {
+/// A broker delivering to native subscribers (no guest) that acknowledge at once and answer
+/// a message that has a `reply-to`; what the probes below share.
+struct Delivering {
     broker: Arc<crate::messaging::Broker>,
     delivered: Arc<std::sync::atomic::AtomicU64>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -292,6 +200,104 @@ fn outgoing(body: Vec<u8>) -> crate::host::Outgoing {
     }
 }
 
+impl Delivering {
+    /// Opens the broker (`open`, off the executor) and delivers until [`Delivering::close`].
+    async fn start(
+        open: impl FnOnce() -> Result<crate::messaging::Broker, crate::messaging::MessagingError>
+        + Send
+        + 'static,
+    ) -> Result<Self, String> {
+        let broker = tokio::task::spawn_blocking(open)
+            .await
+            .map_err(|err| err.to_string())?
+            .map_err(|err| err.to_string())?;
+        let broker = Arc::new(broker);
+        let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let subscribers = Arc::new(AckAndAnswer {
+            delivered: delivered.clone(),
+            broker: std::sync::OnceLock::new(),
+        });
+        let _ = subscribers.broker.set(Arc::downgrade(&broker));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(broker.clone().run(
+            subscribers,
+            Arc::new(crate::policy::Policies::default()),
+            stopped,
+        ));
+        Ok(Self {
+            broker,
+            delivered,
+            stop,
+            running,
+        })
+    }
+
+    async fn send(&self, to: &str, body: Vec<u8>) -> Result<crate::wire::Receipt, String> {
+        self.broker
+            .send_here(to, "bench", None, outgoing(body))
+            .await
+            .map_err(|err| err.to_string())
+    }
+
+    fn delivered(&self) -> u64 {
+        self.delivered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn close(self) {
+        let _ = self.stop.send(true);
+        let _ = self.running.await;
+    }
+}
+
+/// One durable queue whose subscriber acknowledges at once (natively, no guest): what the
+/// broker costs per message, the log's fsync included.
+pub struct QueueProbe(Delivering);
+
+impl QueueProbe {
+    /// Opens queue `bench` with its log under `data_dir`, delivering `concurrency` at a time.
+    pub async fn open(data_dir: &Path, concurrency: u32) -> Result<Self, String> {
+        let spec = crate::manifest::QueueSpec {
+            name: "bench".into(),
+            subscriber: "bench".into(),
+            concurrency,
+            ordered_by_key: false,
+            max_causation_depth: 32,
+            max_attempts: 1,
+            redeliver_after: Duration::from_millis(100),
+            max_depth: usize::MAX,
+            max_bytes: usize::MAX,
+            max_dead_bytes: usize::MAX,
+        };
+        let dir = data_dir.to_path_buf();
+        Delivering::start(move || {
+            crate::messaging::Broker::open(&dir, "bench", std::slice::from_ref(&spec), &[])
+        })
+        .await
+        .map(Self)
+    }
+
+    /// Sends `body`; resolves once it is on disk.
+    pub async fn send(&self, body: Vec<u8>) -> Result<(), String> {
+        self.0.send("bench", body).await.map(drop)
+    }
+
+    /// Messages acknowledged so far.
+    pub fn delivered(&self) -> u64 {
+        self.0.delivered()
+    }
+
+    /// Stops delivering and closes the log.
+    pub async fn close(self) {
+        self.0.close().await;
+    }
+}
+
+/// A durable topic `bench` with `subscribers` subscriptions, each acknowledging at once
+/// (natively, no guest), and a queue `ask` whose subscriber answers each request at once:
+/// what the broker costs per message, the log's fsync included (or not: `fsync = false` runs
+/// the same code on a log that does not wait for the disk).
+pub struct TopicProbe(Delivering);
+
 impl TopicProbe {
     /// Opens topic `bench` (with `subscribers` subscriptions, `concurrency` deliveries at once
     /// each) and queue `ask` under `data_dir`.
@@ -333,7 +339,7 @@ impl TopicProbe {
             max_dead_bytes: usize::MAX,
         };
         let dir = data_dir.to_path_buf();
-        let broker = tokio::task::spawn_blocking(move || {
+        Delivering::start(move || {
             let (queues, topics) = (std::slice::from_ref(&ask), std::slice::from_ref(&topic));
             match fsync {
                 true => crate::messaging::Broker::open(&dir, "bench", queues, topics),
@@ -341,41 +347,21 @@ impl TopicProbe {
             }
         })
         .await
-        .map_err(|err| err.to_string())?
-        .map_err(|err| err.to_string())?;
-        let broker = Arc::new(broker);
-        let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let subscribers = Arc::new(AckAndAnswer {
-            delivered: delivered.clone(),
-            broker: std::sync::OnceLock::new(),
-        });
-        let _ = subscribers.broker.set(Arc::downgrade(&broker));
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let running = tokio::spawn(broker.clone().run(
-            subscribers,
-            Arc::new(crate::policy::Policies::default()),
-            stopped,
-        ));
-        Ok(Self {
-            broker,
-            delivered,
-            stop,
-            running,
-        })
+        .map(Self)
     }
 
     /// Publishes `body` to `bench`; its offset once it is on disk.
     pub async fn publish(&self, body: Vec<u8>) -> Result<u64, String> {
-        self.broker
-            .send_here("bench", "bench", None, outgoing(body))
+        self.0
+            .send("bench", body)
             .await
             .map(|receipt| receipt.offset)
-            .map_err(|err| err.to_string())
     }
 
     /// Sends `body` to `ask` as a request; resolves with the reply's body.
     pub async fn request(&self, body: Vec<u8>) -> Result<Vec<u8>, String> {
-        self.broker
+        self.0
+            .broker
             .request("ask", "bench", None, outgoing(body), Duration::from_secs(5))
             .await
             .map(|reply| reply.body)
@@ -384,13 +370,12 @@ impl TopicProbe {
 
     /// Deliveries acknowledged so far, all subscriptions together (requests included).
     pub fn delivered(&self) -> u64 {
-        self.delivered.load(std::sync::atomic::Ordering::Relaxed)
+        self.0.delivered()
     }
 
     /// Stops delivering and closes the logs.
     pub async fn close(self) {
-        let _ = self.stop.send(true);
-        let _ = self.running.await;
+        self.0.close().await;
     }
 }
 

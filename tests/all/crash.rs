@@ -44,6 +44,55 @@ async fn start(
     child
 }
 
+/// `tasks` senders that POST bodies `<tag><task>-n<n>` to `path` on `http` as fast as it
+/// answers `202`, noting each acknowledged body, until one is not acknowledged within 3 s.
+fn senders(
+    http: SocketAddr,
+    path: &str,
+    tag: &str,
+    tasks: usize,
+    acknowledged: &Arc<Mutex<BTreeSet<String>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..tasks)
+        .map(|task| {
+            let (acknowledged, path) = (acknowledged.clone(), path.to_owned());
+            let tag = format!("{tag}{task}");
+            tokio::spawn(async move {
+                for n in 0.. {
+                    let body = format!("{tag}-n{n}");
+                    let reply = tokio::time::timeout(
+                        Duration::from_secs(3),
+                        send(http, "POST", &path, &body),
+                    )
+                    .await;
+                    match reply {
+                        Ok(reply) if reply.status == 202 => {
+                            acknowledged.lock().unwrap().insert(body);
+                        }
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// The bodies the mailroom guests logged as delivered in the node log `log` (to `service`
+/// only, if given).
+fn delivered(log: &std::path::Path, service: Option<&str>) -> BTreeSet<String> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["target"] == "guest")
+        .filter(|line| service.is_none_or(|service| line["fields"]["service"] == service))
+        .filter_map(|line| {
+            let message = line["fields"]["message"].as_str()?.to_owned();
+            Some(message.rsplit_once(": ")?.1.to_owned())
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn every_acknowledged_send_is_delivered_across_kill_9_restarts() {
     let dir = tempfile::tempdir().unwrap();
@@ -66,27 +115,7 @@ async fn every_acknowledged_send_is_delivered_across_kill_9_restarts() {
     for round in 0..4 {
         let mut node = start(&manifest, &log, http).await;
         // Eight senders, as fast as the node takes them, for a while; then SIGKILL.
-        let senders: Vec<_> = (0..8)
-            .map(|sender| {
-                let acknowledged = acknowledged.clone();
-                tokio::spawn(async move {
-                    for n in 0.. {
-                        let body = format!("r{round}-s{sender}-n{n}");
-                        let reply = tokio::time::timeout(
-                            Duration::from_secs(2),
-                            send(http, "POST", "/send/jobs", &body),
-                        )
-                        .await;
-                        match reply {
-                            Ok(reply) if reply.status == 202 => {
-                                acknowledged.lock().unwrap().insert(body);
-                            }
-                            _ => return,
-                        }
-                    }
-                })
-            })
-            .collect();
+        let senders = senders(http, "/send/jobs", &format!("r{round}-s"), 8, &acknowledged);
         tokio::time::sleep(Duration::from_millis(700 + 200 * round)).await;
         node.start_kill().unwrap();
         node.wait().await.unwrap();
@@ -107,16 +136,7 @@ async fn every_acknowledged_send_is_delivered_across_kill_9_restarts() {
     let mut node = start(&manifest, &log, http).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let missing = loop {
-        let text = std::fs::read_to_string(&log).unwrap();
-        let delivered: BTreeSet<String> = text
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|line| line["target"] == "guest")
-            .filter_map(|line| {
-                let message = line["fields"]["message"].as_str()?.to_owned();
-                Some(message.rsplit_once(": ")?.1.to_owned())
-            })
-            .collect();
+        let delivered = delivered(&log, None);
         let missing: Vec<&String> = acknowledged.difference(&delivered).collect();
         if missing.is_empty() || Instant::now() > deadline {
             break missing.into_iter().cloned().collect::<Vec<_>>();
@@ -205,27 +225,13 @@ async fn every_acknowledged_publish_from_another_node_reaches_every_subscriber_a
             .lock()
             .unwrap()
             .insert(format!("probe {round}"));
-        let publishers: Vec<_> = (0..6)
-            .map(|publisher| {
-                let acknowledged = acknowledged.clone();
-                tokio::spawn(async move {
-                    for n in 0.. {
-                        let body = format!("r{round}-p{publisher}-n{n}");
-                        let reply = tokio::time::timeout(
-                            Duration::from_secs(3),
-                            send(edge_http, "POST", "/publish/events", &body),
-                        )
-                        .await;
-                        match reply {
-                            Ok(reply) if reply.status == 202 => {
-                                acknowledged.lock().unwrap().insert(body);
-                            }
-                            _ => return,
-                        }
-                    }
-                })
-            })
-            .collect();
+        let publishers = senders(
+            edge_http,
+            "/publish/events",
+            &format!("r{round}-p"),
+            6,
+            &acknowledged,
+        );
         tokio::time::sleep(Duration::from_millis(800 + 200 * round)).await;
         owner.start_kill().unwrap();
         owner.wait().await.unwrap();
@@ -244,18 +250,9 @@ async fn every_acknowledged_publish_from_another_node_reaches_every_subscriber_a
     let mut owner = start(&manifest, &log, http).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let missing = loop {
-        let text = std::fs::read_to_string(&log).unwrap();
         let mut missing = Vec::new();
         for service in ["billing", "shipping"] {
-            let delivered: BTreeSet<String> = text
-                .lines()
-                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-                .filter(|line| line["target"] == "guest" && line["fields"]["service"] == service)
-                .filter_map(|line| {
-                    let message = line["fields"]["message"].as_str()?.to_owned();
-                    Some(message.rsplit_once(": ")?.1.to_owned())
-                })
-                .collect();
+            let delivered = delivered(&log, Some(service));
             missing.extend(
                 acknowledged
                     .difference(&delivered)

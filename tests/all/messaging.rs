@@ -6,7 +6,8 @@ use crate::support::admin_get;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    TestManifest, admin_post, capture_logs, guest, logs, send, send_with, service, switchyard_cli,
+    TestManifest, admin_entry, admin_post, capture_logs, count, guest, logs, send, send_with,
+    service, switchyard_cli, wait_for_entry,
 };
 
 /// The mailroom service (sends on `POST /send/{queue}`, consumes), then `rest`.
@@ -32,15 +33,7 @@ async fn send_to(node: &switchyard::Node, queue: &str, body: &str) -> (u16, Stri
 }
 
 async fn queue_view(node: &switchyard::Node, name: &str) -> serde_json::Value {
-    let queues: serde_json::Value =
-        serde_json::from_str(&admin_get(node, "/queues").await.body).unwrap();
-    queues
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["name"] == name)
-        .unwrap_or_else(|| panic!("no queue {name} in {queues}"))
-        .clone()
+    admin_entry(node, "/queues", name).await
 }
 
 /// Polls `GET /queues` until `done` holds for queue `name`; fails with the last view.
@@ -50,22 +43,7 @@ async fn wait_for(
     within: Duration,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
-        let view = queue_view(node, name).await;
-        if done(&view) {
-            return view;
-        }
-        assert!(
-            started.elapsed() < within,
-            "gave up waiting; queue is {view:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn count(view: &serde_json::Value, key: &str) -> u64 {
-    view[key].as_u64().unwrap_or(u64::MAX)
+    wait_for_entry(node, "/queues", name, within, done).await
 }
 
 #[tokio::test]

@@ -284,3 +284,43 @@ pub(crate) async fn wait_for_in_flight(
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// The entry named `name` of the admin listing at `path` (`/queues`, `/topics`).
+pub(crate) async fn admin_entry(node: &Node, path: &str, name: &str) -> serde_json::Value {
+    let listing: serde_json::Value =
+        serde_json::from_str(&admin_get(node, path).await.body).unwrap();
+    listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {path}: {listing}"))
+        .clone()
+}
+
+/// Polls [`admin_entry`] until `done` holds for it; fails with the last one past `within`.
+pub(crate) async fn wait_for_entry(
+    node: &Node,
+    path: &str,
+    name: &str,
+    within: std::time::Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let entry = admin_entry(node, path, name).await;
+        if done(&entry) {
+            return entry;
+        }
+        assert!(
+            started.elapsed() < within,
+            "gave up waiting; {path} has {entry:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A counter of an admin listing's entry (`u64::MAX` when it is missing).
+pub(crate) fn count(entry: &serde_json::Value, key: &str) -> u64 {
+    entry[key].as_u64().unwrap_or(u64::MAX)
+}

@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    TestManifest, admin_get, admin_post, capture_logs, get, send, send_with, service,
-    switchyard_cli,
+    TestManifest, admin_entry, admin_get, admin_post, capture_logs, count, get, send, send_with,
+    service, switchyard_cli, wait_for_entry,
 };
 
 /// A mailroom service called `name` (its replies say its name), with more `config` entries;
@@ -71,15 +71,7 @@ async fn read(node: &switchyard::Node, topic: &str, from: u64, max: u32) -> Vec<
 }
 
 async fn topic_view(node: &switchyard::Node, name: &str) -> serde_json::Value {
-    let topics: serde_json::Value =
-        serde_json::from_str(&admin_get(node, "/topics").await.body).unwrap();
-    topics
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == name)
-        .unwrap_or_else(|| panic!("no topic {name} in {topics}"))
-        .clone()
+    admin_entry(node, "/topics", name).await
 }
 
 fn subscription<'a>(view: &'a serde_json::Value, service: &str) -> &'a serde_json::Value {
@@ -91,10 +83,6 @@ fn subscription<'a>(view: &'a serde_json::Value, service: &str) -> &'a serde_jso
         .unwrap_or_else(|| panic!("no subscription {service} in {view:#}"))
 }
 
-fn count(view: &serde_json::Value, key: &str) -> u64 {
-    view[key].as_u64().unwrap_or(u64::MAX)
-}
-
 /// Polls `GET /topics` until `done` holds for topic `name`; fails with the last view.
 async fn wait_for(
     node: &switchyard::Node,
@@ -102,18 +90,7 @@ async fn wait_for(
     within: Duration,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
-        let view = topic_view(node, name).await;
-        if done(&view) {
-            return view;
-        }
-        assert!(
-            started.elapsed() < within,
-            "gave up waiting; topic is {view:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_entry(node, "/topics", name, within, done).await
 }
 
 /// Each subscribing service gets every message; the topic keeps them for readers; a

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::bindings::imports::messaging::{self as wit, OutgoingMessage};
 use super::bindings::imports::types::MessageKind as WitKind;
-use super::{GuestMessage, HostState, Outgoing, RequestError, SendError};
+use super::{GuestMessage, HostState, Outgoing, Receipt, RequestError, SendError};
 use crate::telemetry::TraceContext;
 use crate::wire::{MessageKind, StoredMessage};
 
@@ -44,6 +44,21 @@ impl HostState {
         };
         Ok((outgoing, trace.header()))
     }
+
+    /// `send` and `publish`: appends `message` to `to` within the guest's deadline.
+    async fn append(
+        &mut self,
+        to: &str,
+        message: OutgoingMessage,
+    ) -> Result<Receipt, wit::SendError> {
+        let (outgoing, trace) = self.outgoing(to, message)?;
+        let queues = self.guest.queues.clone();
+        let budget = self.deadline.remaining();
+        let sent = queues
+            .send(to, &self.guest.service, Some(trace), outgoing, budget)
+            .await;
+        Ok(sent?)
+    }
 }
 
 impl wit::Host for HostState {
@@ -52,13 +67,7 @@ impl wit::Host for HostState {
         queue: String,
         message: OutgoingMessage,
     ) -> Result<String, wit::SendError> {
-        let (outgoing, trace) = self.outgoing(&queue, message)?;
-        let queues = self.guest.queues.clone();
-        let budget = self.deadline.remaining();
-        let sent = queues
-            .send(&queue, &self.guest.service, Some(trace), outgoing, budget)
-            .await;
-        sent.map(|receipt| receipt.id).map_err(Into::into)
+        self.append(&queue, message).await.map(|receipt| receipt.id)
     }
 
     async fn publish(
@@ -66,13 +75,9 @@ impl wit::Host for HostState {
         topic: String,
         message: OutgoingMessage,
     ) -> Result<u64, wit::SendError> {
-        let (outgoing, trace) = self.outgoing(&topic, message)?;
-        let queues = self.guest.queues.clone();
-        let budget = self.deadline.remaining();
-        let sent = queues
-            .send(&topic, &self.guest.service, Some(trace), outgoing, budget)
-            .await;
-        sent.map(|receipt| receipt.offset).map_err(Into::into)
+        self.append(&topic, message)
+            .await
+            .map(|receipt| receipt.offset)
     }
 
     async fn read(
@@ -104,14 +109,10 @@ impl wit::Host for HostState {
         let replied = queues
             .request_all(&topic, &self.guest.service, Some(trace), outgoing, window)
             .await;
-        match replied {
-            Ok(replies) => Ok(replies
-                .iter()
-                .map(|reply| guest_message(&topic, reply, Received::Reply))
-                .collect()),
-            Err(RequestError::NotSent(error)) => Err(wit::RequestError::NotSent(error.into())),
-            Err(RequestError::Timeout(why)) => Err(wit::RequestError::Timeout(why)),
-        }
+        Ok(replied?
+            .iter()
+            .map(|reply| guest_message(&topic, reply, Received::Reply))
+            .collect())
     }
 
     async fn request(
@@ -134,11 +135,7 @@ impl wit::Host for HostState {
                 timeout,
             )
             .await;
-        match replied {
-            Ok(reply) => Ok(guest_message(&destination, &reply, Received::Reply)),
-            Err(RequestError::NotSent(error)) => Err(wit::RequestError::NotSent(error.into())),
-            Err(RequestError::Timeout(why)) => Err(wit::RequestError::Timeout(why)),
-        }
+        Ok(guest_message(&destination, &replied?, Received::Reply))
     }
 
     async fn reply(&mut self, to: String, message: OutgoingMessage) -> Result<(), wit::SendError> {
@@ -218,6 +215,15 @@ impl From<MessageKind> for WitKind {
             MessageKind::Document => Self::Document,
             MessageKind::Command => Self::Command,
             MessageKind::Event => Self::Event,
+        }
+    }
+}
+
+impl From<RequestError> for wit::RequestError {
+    fn from(error: RequestError) -> Self {
+        match error {
+            RequestError::NotSent(error) => Self::NotSent(error.into()),
+            RequestError::Timeout(why) => Self::Timeout(why),
         }
     }
 }

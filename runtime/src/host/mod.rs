@@ -24,7 +24,7 @@ pub(crate) use bindings::streams::StreamServicePre;
 pub(crate) use bindings::{GuestMessage, GuestRequest, GuestResponse, Service, ServicePre};
 pub(crate) use log::{MAX_DECISION_LOG_BYTES, MAX_REQUEST_LOG_BYTES};
 pub(crate) use messaging::{Received, guest_message};
-pub(crate) use ports::{Calls, Outgoing, Queues, RequestError, SendError};
+pub(crate) use ports::{Calls, Outgoing, Queues, Receipt, RequestError, SendError};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -271,12 +271,9 @@ impl Broker {
 
     /// Queue or topic `name` of this node, or the error that names the ones it has.
     fn here(&self, name: &str) -> Result<Arc<Topic>, SendError> {
-        let queues = self.queues.load();
-        if let Some(found) = queues.get(name) {
+        if let Some(found) = self.queues.load().get(name) {
             return Ok(found.clone());
         }
-        let mut known: Vec<&str> = queues.keys().map(String::as_str).collect();
-        known.sort_unstable();
         let mesh = if self.mesh.get().is_some() {
             " nor does a node of the mesh that is up;"
         } else {
@@ -285,11 +282,7 @@ impl Broker {
         Err(SendError::UnknownQueue(format!(
             "this node has no queue or topic named `{name}` (it has: {}){mesh} declare it with \
              [[queue]] or [[topic]] in a manifest",
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
+            self.known()
         )))
     }
 
@@ -339,16 +332,19 @@ impl Broker {
     }
 
     fn unknown(&self, name: &str) -> QueueError {
-        let queues = self.queues.load();
-        let mut known: Vec<&str> = queues.keys().map(String::as_str).collect();
-        known.sort_unstable();
         QueueError::Unknown {
             name: name.to_owned(),
-            known: if known.is_empty() {
-                "none".into()
-            } else {
-                known.join(", ")
-            },
+            known: self.known(),
+        }
+    }
+
+    /// Its queues and topics for an error message: `a, b`, or `none`.
+    fn known(&self) -> String {
+        let names = self.names();
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
         }
     }
 
@@ -475,15 +471,14 @@ impl Broker {
         let _one_at_a_time = self.changing.lock().await;
         let current = self.queues.load_full();
         if let Some(spec) = specs.iter().find(|spec| {
-            !matches!(spec.kind, topic::Kind::Topic(_))
-                && current.get(&spec.name).is_some_and(|log| log.is_topic())
+            !spec.is_topic() && current.get(&spec.name).is_some_and(|log| log.is_topic())
         }) {
             return Err(QueueError::TopicIntoQueue(spec.name.clone()));
         }
         let kept = |spec: &LogSpec| {
             current
                 .get(&spec.name)
-                .filter(|log| log.is_topic() == matches!(spec.kind, topic::Kind::Topic(_)))
+                .filter(|log| log.is_topic() == spec.is_topic())
         };
         let added: Vec<LogSpec> = specs
             .iter()

@@ -26,37 +26,22 @@ pub(super) fn check_queues(
         let subscriber = queue.subscriber.get_ref().clone();
         // In a mesh the subscriber may run on any node; its name must still be a name.
         check_name(check, &queue.subscriber, "subscriber")?;
-        if !in_mesh && !services.iter().any(|s| s.name == subscriber) {
-            let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
-            return Err(check.invalid(
-                queue.subscriber.span(),
-                format!(
-                    "queue `{name}`: its subscriber `{subscriber}` is not a service of this node"
-                ),
-                format!(
-                    "without `node.quic` a queue is consumed on the node that declares it; name \
-                     one of this manifest's services ({}), or set `quic` to let a service of \
-                     another node consume it",
-                    names_or_none(&known)
-                ),
-            ));
+        if !in_mesh {
+            let reads = ("queue", "consumed", "consume it");
+            subscriber_runs_here(check, &queue.subscriber, &name, services, reads)?;
         }
-        let at_least_one = |value: &Option<Spanned<u32>>, key: &str, default: u32| match value {
-            Some(value) if *value.get_ref() == 0 => Err(check.invalid(
-                value.span(),
-                format!("queue `{name}`: `{key}` must be at least 1"),
-                format!("leave it out for the default ({default})"),
-            )),
-            Some(value) => Ok(*value.get_ref()),
-            None => Ok(default),
-        };
+        let what = format!("queue `{name}`");
         let concurrency = at_least_one(
+            check,
             &queue.concurrency,
+            &what,
             "concurrency",
             defaults::QUEUE_CONCURRENCY,
         )?;
         let max_attempts = at_least_one(
+            check,
             &queue.max_attempts,
+            &what,
             "max_attempts",
             defaults::QUEUE_MAX_ATTEMPTS,
         )?;
@@ -99,6 +84,52 @@ pub(super) fn check_queues(
         });
     }
     Ok(queues)
+}
+
+/// `value` of `key` (of `what`, e.g. "queue `jobs`"), which must be at least 1; `default`
+/// when it is left out.
+fn at_least_one(
+    check: &Checker<'_>,
+    value: &Option<Spanned<u32>>,
+    what: &str,
+    key: &str,
+    default: u32,
+) -> Result<u32, ManifestError> {
+    match value {
+        Some(value) if *value.get_ref() == 0 => Err(check.invalid(
+            value.span(),
+            format!("{what}: `{key}` must be at least 1"),
+            format!("leave it out for the default ({default})"),
+        )),
+        Some(value) => Ok(*value.get_ref()),
+        None => Ok(default),
+    }
+}
+
+/// Without `node.quic` a queue's or topic's subscriber must be a service of this node.
+/// `(kind, how, verb)` word the hint: ("queue", "consumed", "consume it").
+fn subscriber_runs_here(
+    check: &Checker<'_>,
+    subscriber: &Spanned<String>,
+    log: &str,
+    services: &[ServiceSpec],
+    (kind, how, verb): (&str, &str, &str),
+) -> Result<(), ManifestError> {
+    let name = subscriber.get_ref();
+    if services.iter().any(|s| &s.name == name) {
+        return Ok(());
+    }
+    let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    Err(check.invalid(
+        subscriber.span(),
+        format!("{kind} `{log}`: its subscriber `{name}` is not a service of this node"),
+        format!(
+            "without `node.quic` a {kind} is {how} on the node that declares it; name one of \
+             this manifest's services ({}), or set `quic` to let a service of another node \
+             {verb}",
+            names_or_none(&known)
+        ),
+    ))
 }
 
 /// `max_dead_mb` (as bytes) and `max_causation_depth`, which queues and topics share.
@@ -181,20 +212,9 @@ pub(super) fn check_topics(
                     "a service subscribes once; its instances share the messages",
                 ));
             }
-            if !in_mesh && !services.iter().any(|s| s.name == service) {
-                let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
-                return Err(check.invalid(
-                    subscription.service.span(),
-                    format!(
-                        "topic `{name}`: its subscriber `{service}` is not a service of this node"
-                    ),
-                    format!(
-                        "without `node.quic` a topic is read on the node that declares it; name \
-                         one of this manifest's services ({}), or set `quic` to let a service of \
-                         another node subscribe",
-                        names_or_none(&known)
-                    ),
-                ));
+            if !in_mesh {
+                let reads = ("topic", "read", "subscribe");
+                subscriber_runs_here(check, &subscription.service, &name, services, reads)?;
             }
             let start = match &subscription.start {
                 None => StartAt::Latest,
@@ -221,23 +241,19 @@ pub(super) fn check_topics(
                     })?
                 }
             };
-            let at_least_one = |value: &Option<Spanned<u32>>, key: &str, default: u32| match value {
-                Some(value) if *value.get_ref() == 0 => Err(check.invalid(
-                    value.span(),
-                    format!("topic `{name}`, subscription `{service}`: `{key}` must be at least 1"),
-                    format!("leave it out for the default ({default})"),
-                )),
-                Some(value) => Ok(*value.get_ref()),
-                None => Ok(default),
-            };
+            let what = format!("topic `{name}`, subscription `{service}`");
             subscriptions.push(SubscriptionSpec {
                 concurrency: at_least_one(
+                    check,
                     &subscription.concurrency,
+                    &what,
                     "concurrency",
                     defaults::QUEUE_CONCURRENCY,
                 )?,
                 max_attempts: at_least_one(
+                    check,
                     &subscription.max_attempts,
+                    &what,
                     "max_attempts",
                     defaults::QUEUE_MAX_ATTEMPTS,
                 )?,

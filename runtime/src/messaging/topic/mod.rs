@@ -109,7 +109,7 @@ impl From<TopicSpec> for LogSpec {
 }
 
 impl LogSpec {
-    fn is_topic(&self) -> bool {
+    pub(crate) fn is_topic(&self) -> bool {
         matches!(self.kind, Kind::Topic(_))
     }
 
@@ -717,19 +717,17 @@ impl Topic {
         let mut messages = Vec::new();
         let mut bytes = 0;
         let mut next = from.max(state.retained.first().unwrap_or(state.next_seq));
-        let candidates: Vec<Arc<StoredMessage>> = match self.spec.load().kind {
-            Kind::Topic(_) => state.retained.from(from).cloned().collect(),
-            Kind::Queue { .. } => state
-                .subscriptions
-                .first()
-                .map(|sub| {
-                    sub.ledger
-                        .owed_messages()
-                        .filter(|(m, _)| m.seq >= from)
-                        .map(|(m, _)| m.clone())
-                        .collect()
-                })
-                .unwrap_or_default(),
+        let candidates: Box<dyn Iterator<Item = &Arc<StoredMessage>>> = match self.spec.load().kind
+        {
+            Kind::Topic(_) => Box::new(state.retained.from(from)),
+            Kind::Queue { .. } => Box::new(
+                state
+                    .subscriptions
+                    .iter()
+                    .take(1)
+                    .flat_map(|sub| sub.ledger.owed_messages().map(|(m, _)| m))
+                    .filter(move |m| m.seq >= from),
+            ),
         };
         for message in candidates {
             if message.seq >= state.unstored_from || messages.len() == max {
@@ -740,7 +738,7 @@ impl Topic {
                 break;
             }
             next = message.seq + 1;
-            messages.push((*message).clone());
+            messages.push(StoredMessage::clone(message));
         }
         (messages, next.min(state.unstored_from))
     }
@@ -1009,7 +1007,13 @@ impl Topic {
     /// Drops a topic's messages that grew too old, and says how long until the next one does.
     fn expire_due(&self, state: &mut State) -> Option<Duration> {
         let spec = self.spec.load();
-        let Kind::Topic(retention) = &spec.kind else {
+        // Size is kept as messages arrive; only age needs the clock.
+        let Kind::Topic(
+            retention @ Retention {
+                max_age: Some(_), ..
+            },
+        ) = &spec.kind
+        else {
             return None;
         };
         let now_ms = super::now_ms();
@@ -1095,14 +1099,11 @@ impl Topic {
         span.record("outcome", label);
         span.record("duration_us", duration_us);
         span.in_scope(|| tracing::debug!(outcome = label, duration_us, "delivery done"));
-        let waiting_for = match &outcome {
-            Delivered::NotNow(reason) => Some(reason.clone()),
-            Delivered::Acked | Delivered::Failed(_) => None,
-        };
-        self.with_subscription(name.as_deref(), |sub| sub.waiting_for = waiting_for);
+        // Each outcome's one lock also notes why the subscriber is waited for, if it is.
         match outcome {
             Delivered::Acked => {
                 let synced = self.settle(name.as_deref(), |sub| {
+                    sub.waiting_for = None;
                     sub.stats.delivered += 1;
                     Some(sub.ledger.acked(seq))
                 });
@@ -1112,6 +1113,7 @@ impl Topic {
                 tracing::debug!(queue = %self.name, %subscriber, id = %message.id, %reason, "subscriber cannot take the message now; offering it again shortly");
                 self.with_subscription(name.as_deref(), |sub| {
                     sub.ledger.not_now(seq, Instant::now());
+                    sub.waiting_for = Some(reason);
                 });
                 self.wake.notify_one();
             }
@@ -1128,12 +1130,14 @@ impl Topic {
                     DeliveryVerdict::RedeliverAfter(pause) => {
                         tracing::info!(queue = %self.name, %subscriber, id = %message.id, attempts, %error, pause_ms = pause.as_millis() as u64, "delivery failed; redelivering");
                         let synced = self.settle(name.as_deref(), |sub| {
+                            sub.waiting_for = None;
                             sub.stats.redelivered += 1;
                             Some(sub.ledger.failed(seq, attempts, pause, Instant::now()))
                         });
                         self.finish(synced).await;
                     }
                     DeliveryVerdict::DeadLetter(reason) => {
+                        self.with_subscription(name.as_deref(), |sub| sub.waiting_for = None);
                         self.dead_letter(name.as_deref(), seq, &message, attempts, reason, error)
                             .await;
                     }
