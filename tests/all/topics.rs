@@ -294,7 +294,10 @@ async fn cursors_retention_and_compaction_survive_a_restart() {
     assert_eq!(read(&node, "latest", 0, 10).await, ["1 b b1", "2 a a2"]);
     let view = topic_view(&node, "sized").await;
     assert_eq!(count(&view, "first_offset"), 1, "{view:#}");
-    assert!(dir.join("data/queues/owed.log").exists());
+    assert!(
+        !segment_files(&dir, "owed").is_empty(),
+        "the topic's log is a folder of segments"
+    );
     node.shutdown().await;
 
     // Age: a topic that keeps messages 300 ms drops them after that, offsets going on.
@@ -311,6 +314,130 @@ async fn cursors_retention_and_compaction_survive_a_restart() {
     .await;
     assert!(view["first_offset"].is_null(), "{view:#}");
     assert_eq!(publish(&node, "brief", None, "next").await, 1);
+    node.shutdown().await;
+}
+
+/// The `.seg` files of log `name` under the node's data dir: `(number, bytes)`, in order.
+fn segment_files(dir: &std::path::Path, name: &str) -> Vec<(u64, u64)> {
+    let mut segments: Vec<(u64, u64)> = std::fs::read_dir(dir.join("data/queues").join(name))
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let number = entry
+                .file_name()
+                .to_str()?
+                .strip_suffix(".seg")?
+                .parse()
+                .ok()?;
+            Some((number, entry.metadata().ok()?.len()))
+        })
+        .collect();
+    segments.sort_unstable();
+    segments
+}
+
+fn total_bytes(segments: &[(u64, u64)]) -> u64 {
+    segments.iter().map(|(_, bytes)| bytes).sum()
+}
+
+/// A topic's log is segments of an eighth of its retention: size retention removes whole old
+/// segments, a `compact` topic's segments of superseded messages are removed or rewritten,
+/// a queue's segments go once their messages are acknowledged; a restart reads the same.
+#[tokio::test]
+async fn retention_removes_whole_segments_and_compaction_rewrites_them() {
+    let text = format!(
+        "{}{}{}{}{}",
+        mailroom("front", ""),
+        mailroom("billing", ""),
+        topic("sized", "retain_mb = 1", &[]),
+        topic("latest", "retain_mb = 1\ncompact = true", &[]),
+        "[[queue]]\nname = \"jobs\"\nsubscriber = \"billing\"\nmax_bytes_mb = 1\n",
+    );
+    let manifest = TestManifest::new(&text);
+    let dir = manifest.dir.path().to_path_buf();
+    let node = manifest.start().await;
+    // 2 MiB through a topic that keeps 1 MiB in segments of 128 KiB.
+    let body = "s".repeat(64 * 1024);
+    for _ in 0..32 {
+        publish(&node, "sized", None, &body).await;
+    }
+    let sized = segment_files(&dir, "sized");
+    assert!(sized[0].0 > 0, "the oldest segments are gone: {sized:?}");
+    let kept = total_bytes(&sized);
+    assert!(
+        (1024 * 1024..=(1024 + 3 * 128) * 1024).contains(&kept),
+        "about the 1 MiB retained is on disk, {kept} bytes: {sized:?}"
+    );
+    let view = topic_view(&node, "sized").await;
+    let first = count(&view, "first_offset");
+    assert!(first > 10, "{view:#}");
+    let read_back = read(&node, "sized", 0, 1).await;
+    assert!(
+        read_back[0].starts_with(&format!("{first} ")),
+        "{read_back:?}"
+    );
+
+    // Two keys, 1.5 MiB of updates: only the latest of each key needs to stay.
+    let update = "c".repeat(48 * 1024);
+    for n in 0..32 {
+        let key = if n % 2 == 0 { "a" } else { "b" };
+        publish(&node, "latest", Some(key), &format!("{n} {update}")).await;
+    }
+    let latest = segment_files(&dir, "latest");
+    assert!(
+        total_bytes(&latest) <= 3 * 128 * 1024,
+        "superseded updates are not kept on disk: {latest:?}"
+    );
+    let heads = |lines: Vec<String>| -> Vec<String> {
+        lines
+            .iter()
+            .map(|line| line.splitn(4, ' ').take(3).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    assert_eq!(
+        heads(read(&node, "latest", 0, 10).await),
+        ["30 a 30", "31 b 31"]
+    );
+
+    // A queue's acknowledged messages leave with their segments.
+    for n in 0..32 {
+        let reply = send(
+            node.http_addr(),
+            "POST",
+            "/publish/jobs",
+            &format!("{n} {body}"),
+        )
+        .await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let jobs = loop {
+        let jobs = segment_files(&dir, "jobs");
+        let queue = admin_entry(&node, "/queues", "jobs").await;
+        if count(&queue, "depth") == 0 && jobs[0].0 > 0 {
+            break jobs;
+        }
+        assert!(Instant::now() < deadline, "{queue:#} {jobs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        total_bytes(&jobs) < 1024 * 1024,
+        "the acknowledged 2 MiB are mostly gone: {jobs:?}"
+    );
+    node.shutdown().await;
+
+    // A restart reads the same from what is left.
+    let node = manifest.start().await;
+    let view = topic_view(&node, "sized").await;
+    assert_eq!(count(&view, "first_offset"), first, "{view:#}");
+    assert_eq!(count(&view, "next_offset"), 32, "{view:#}");
+    assert_eq!(
+        heads(read(&node, "latest", 0, 10).await),
+        ["30 a 30", "31 b 31"]
+    );
+    assert_eq!(publish(&node, "latest", Some("a"), "next").await, 32);
+    let queue = admin_entry(&node, "/queues", "jobs").await;
+    assert_eq!(count(&queue, "depth"), 0, "{queue:#}");
     node.shutdown().await;
 }
 

@@ -1,11 +1,20 @@
-//! A queue's durable log: append-only files of length-prefixed, checksummed postcard records,
-//! written by one thread per queue that commits in groups.
+//! A queue's or topic's durable log: segment files of length-prefixed, checksummed postcard
+//! records, written by one thread per log that commits in groups.
 //!
-//! `<queue>.log` holds what the queue owes: `Sent` (a message), `Failed` (attempts so far) and
-//! `Done` (acknowledged or dead-lettered). Replaying it gives the messages still to deliver,
-//! in the order they were sent. `<queue>.dead` is the dead-letter file: each message the queue
-//! gave up on, whole, with why; the node never deletes it. `<queue>.lock` is held while a node
-//! has the queue open, so two nodes cannot share one log.
+//! The records say what the log owes: `Sent` (a message), `Failed`/`FailedFor` (attempts so
+//! far) and `Done`/`DoneFor` (acknowledged or dead-lettered), per subscription for a topic.
+//! They go to the log's newest segment, `<queue>/<number>.seg` ([`segments`]). When the topic
+//! shell has written a segment's worth of records it asks for a rotation: the writer starts a
+//! new segment whose first records are a checkpoint of what every subscription owes, so replay
+//! reads the state records of the newest segment only, and the messages of the segments before
+//! it. A sealed segment none of whose messages is kept or owed any more is removed whole
+//! (retention, and a queue's acknowledged messages, cost no rewriting); one that holds only a
+//! few live messages among many settled ones is rewritten with the live ones. A log written
+//! before segments existed (`<queue>.log`) becomes the first segment when it is opened.
+//!
+//! `<queue>.dead` is the dead-letter file: each message the queue gave up on, whole, with why;
+//! the node never deletes it. `<queue>.lock` is held while a node has the log open, so two
+//! nodes cannot share one.
 //!
 //! Every append waits for `fsync`. Appends that arrive while a write is in progress are written
 //! and synced together (group commit), so many senders cost one sync. A record is
@@ -13,8 +22,7 @@
 //! cut short by a crash), saying how many bytes it dropped. Damage in the middle (a flipped
 //! byte, a bad sector) costs only the damaged bytes: replay finds the next whole record after
 //! them and goes on, logs an error, keeps the damaged bytes aside in `<file>.damaged` and
-//! rewrites the file without them. When most records are settled, the queue asks for a compaction:
-//! the live messages are written to a new file that replaces the log atomically.
+//! rewrites the file without them.
 //!
 //! A failed write or sync fails its whole batch: the senders hear `unavailable`, the queue says
 //! why (and `/health` with it), and the next batch first cuts both files back to their last
@@ -23,8 +31,9 @@
 //! deliverable only once every message before it is stored or refused.
 //!
 //! The files are reached through [`Storage`] ([`storage`]): [`Disk`] in the node, a simulated
-//! disk that fails and crashes on purpose in the model tests (`queue/model_tests.rs`).
+//! disk that fails and crashes on purpose in the model tests (`topic/model_tests.rs`).
 
+mod segments;
 mod storage;
 
 #[cfg(test)]
@@ -37,6 +46,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
 
+pub(super) use segments::ranges;
+use segments::{Fate, Segment};
 use storage::LogFile;
 #[cfg(feature = "bench")]
 pub(crate) use storage::UnsyncedDisk;
@@ -77,11 +88,101 @@ pub(super) enum Record {
         seq: u64,
     },
     /// `subscription` owes every kept message from `seq` on, and nothing before: where a new
-    /// subscription starts, where a replay rewinds it to, and a compacted log's cursor.
+    /// subscription starts, where a replay rewinds it to.
     StartAt {
         subscription: String,
         seq: u64,
     },
+    /// Opens a checkpoint, the first records of every segment: what each subscription owes
+    /// as of the records before it, which replay need not read again. Offsets from `next_seq`
+    /// on are new; a topic keeps none before `kept_from`.
+    Checkpoint {
+        next_seq: u64,
+        kept_from: u64,
+    },
+    /// In a checkpoint: `subscription` (`None`: a queue's) owes the messages from `start` on,
+    /// but for those a `DoneRanges` names.
+    Owes {
+        subscription: Option<String>,
+        start: u64,
+    },
+    /// In a checkpoint: offsets after its start that `subscription` is done with.
+    DoneRanges {
+        subscription: Option<String>,
+        ranges: Vec<(u64, u64)>,
+    },
+    /// In a checkpoint: failed deliveries of messages `subscription` still owes.
+    Attempts {
+        subscription: Option<String>,
+        attempts: Vec<(u64, u32)>,
+    },
+    /// Closes a checkpoint.
+    CheckpointEnd,
+}
+
+/// Entries per checkpoint record: a checkpoint of any size stays within [`MAX_RECORD_BYTES`].
+const CHECKPOINT_CHUNK: usize = 4096;
+
+/// The checkpoint of a log whose subscriptions owe `owes`, for [`Writer::rotate`].
+pub(super) struct Checkpoint<'a> {
+    pub(super) next_seq: u64,
+    pub(super) kept_from: u64,
+    pub(super) owes: Vec<SubscriptionPlace<'a>>,
+}
+
+/// Where one subscription is, as a checkpoint says it.
+pub(super) struct SubscriptionPlace<'a> {
+    /// `None`: a queue's.
+    pub(super) name: Option<&'a str>,
+    pub(super) start: u64,
+    /// Offsets from `start` on it is done with.
+    pub(super) done: Vec<Range<u64>>,
+    pub(super) attempts: Vec<(u64, u32)>,
+}
+
+impl Checkpoint<'_> {
+    /// Its records.
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        // Each record is small (chunks of CHECKPOINT_CHUNK entries): it always fits.
+        let mut put = |record: Record| {
+            let _ = encode(&record, &mut bytes);
+        };
+        put(Record::Checkpoint {
+            next_seq: self.next_seq,
+            kept_from: self.kept_from,
+        });
+        for place in &self.owes {
+            let subscription = place.name.map(str::to_owned);
+            put(Record::Owes {
+                subscription: subscription.clone(),
+                start: place.start,
+            });
+            for chunk in place.done.chunks(CHECKPOINT_CHUNK) {
+                put(Record::DoneRanges {
+                    subscription: subscription.clone(),
+                    ranges: chunk.iter().map(|range| (range.start, range.end)).collect(),
+                });
+            }
+            for chunk in place.attempts.chunks(CHECKPOINT_CHUNK) {
+                put(Record::Attempts {
+                    subscription: subscription.clone(),
+                    attempts: chunk.to_vec(),
+                });
+            }
+        }
+        put(Record::CheckpointEnd);
+        bytes
+    }
+}
+
+/// A new segment and what may be removed: for [`Writer::rotate`].
+pub(super) struct Rotation {
+    /// The new segment's first records ([`Checkpoint::encode`]); `None`: only remove.
+    pub(super) checkpoint: Option<Vec<u8>>,
+    /// The offsets still kept or owed (sorted, disjoint): a sealed segment holding none of
+    /// them is removed.
+    pub(super) live: Vec<Range<u64>>,
 }
 
 /// A topic subscription's place, as its log records left it.
@@ -124,33 +225,140 @@ pub(crate) enum LogError {
     #[error(
         "{} holds a topic (its subscriptions' places), and a queue cannot take it over: as a \
          queue it would owe every message the topic kept\n  hint: give the queue another name, \
-         or move the topic's files (its .log and .dead) out of the way if their messages are \
-         not needed", path.display()
+         or move the topic's files (that folder of segments and its .dead) out of the way if \
+         their messages are not needed", path.display()
     )]
     HoldsATopic { path: PathBuf },
 }
 
-/// What replaying a queue's files found.
+/// What replaying a log's files found.
 #[derive(Debug, Default)]
 pub(super) struct Recovered {
-    /// Messages still owed (a queue) or kept (a topic), by sequence number, with a queue's
-    /// failed attempts.
-    pub(super) pending: BTreeMap<u64, (StoredMessage, u32)>,
-    /// A topic's subscriptions, by service, as their records left them.
-    pub(super) cursors: std::collections::HashMap<String, Cursor>,
+    /// Every message the segments hold, by sequence number: owed, kept, or not yet removed.
+    pub(super) messages: BTreeMap<u64, StoredMessage>,
+    /// The subscriptions, as their records left them: a topic's by service, a queue's as
+    /// `None` (missing: it owes every message).
+    pub(super) cursors: std::collections::HashMap<Option<String>, Cursor>,
+    /// A topic keeps no message before this.
+    pub(super) kept_from: u64,
     /// The next free sequence number.
     pub(super) next_seq: u64,
-    /// Records in the log that no longer describe a pending message.
-    pub(super) settled_records: usize,
     /// Every dead letter so far, oldest first.
     pub(super) dead: Vec<DeadLetter>,
     /// The bytes they take in the dead-letter file.
     pub(super) dead_bytes: u64,
 }
 
-/// The files of one queue.
+impl Recovered {
+    /// Takes in what `record` says, on top of the records replayed before it. A sequence
+    /// number any record names is never given to a new message: a cursor may point past
+    /// messages whose writes failed, and a message that reused their offsets would be skipped.
+    pub(super) fn apply(&mut self, record: Record) {
+        match record {
+            Record::Sent(message) => {
+                self.next_seq = self.next_seq.max(message.seq + 1);
+                self.messages.insert(message.seq, message);
+            }
+            Record::Failed { seq, attempts } => self.failed(None, seq, attempts),
+            Record::FailedFor {
+                subscription,
+                seq,
+                attempts,
+            } => self.failed(Some(subscription), seq, attempts),
+            Record::Done { seq } => self.done(None, seq),
+            Record::DoneFor { subscription, seq } => self.done(Some(subscription), seq),
+            Record::StartAt { subscription, seq } => self.start(Some(subscription), seq),
+            Record::Checkpoint {
+                next_seq,
+                kept_from,
+            } => {
+                self.cursors.clear();
+                self.next_seq = self.next_seq.max(next_seq);
+                self.kept_from = kept_from;
+            }
+            Record::Owes {
+                subscription,
+                start,
+            } => self.start(subscription, start),
+            Record::DoneRanges {
+                subscription,
+                ranges,
+            } => {
+                // Only offsets of messages replayed so far matter: a checkpoint follows the
+                // messages it sums up, and offsets after it are new.
+                let cursor = self.cursors.entry(subscription).or_default();
+                for (from, to) in ranges {
+                    for (&seq, _) in self.messages.range(from..to.max(from)) {
+                        if seq >= cursor.start {
+                            cursor.done.insert(seq);
+                        }
+                    }
+                }
+            }
+            Record::Attempts {
+                subscription,
+                attempts,
+            } => {
+                let cursor = self.cursors.entry(subscription).or_default();
+                cursor.attempts.extend(attempts);
+            }
+            Record::CheckpointEnd => {}
+        }
+    }
+
+    fn failed(&mut self, subscription: Option<String>, seq: u64, attempts: u32) {
+        self.next_seq = self.next_seq.max(seq + 1);
+        let cursor = self.cursors.entry(subscription).or_default();
+        cursor.attempts.insert(seq, attempts);
+    }
+
+    fn done(&mut self, subscription: Option<String>, seq: u64) {
+        self.next_seq = self.next_seq.max(seq + 1);
+        let cursor = self.cursors.entry(subscription).or_default();
+        cursor.attempts.remove(&seq);
+        if seq >= cursor.start {
+            cursor.done.insert(seq);
+        }
+    }
+
+    fn start(&mut self, subscription: Option<String>, seq: u64) {
+        self.next_seq = self.next_seq.max(seq);
+        self.cursors.insert(
+            subscription,
+            Cursor {
+                start: seq,
+                ..Cursor::default()
+            },
+        );
+    }
+
+    /// The messages subscription `name` owes, in order, with its failed attempts; `None` for
+    /// a topic's subscription the log does not know.
+    pub(super) fn owed_by(&self, name: Option<&str>) -> Option<Vec<(&StoredMessage, u32)>> {
+        let cursor = self.cursors.get(&name.map(str::to_owned));
+        // A queue with no cursor owes every message (a log from before checkpoints).
+        let default = Cursor::default();
+        let cursor = match (cursor, name) {
+            (Some(cursor), _) => cursor,
+            (None, None) => &default,
+            (None, Some(_)) => return None,
+        };
+        Some(
+            self.messages
+                .range(cursor.start..)
+                .filter(|(seq, _)| !cursor.done.contains(seq))
+                .map(|(seq, message)| (message, cursor.attempts.get(seq).copied().unwrap_or(0)))
+                .collect(),
+        )
+    }
+}
+
+/// The files of one log.
 struct Paths {
-    log: PathBuf,
+    /// Where its segments are.
+    segments: PathBuf,
+    /// The single file a log was before segments.
+    legacy: PathBuf,
     dead: PathBuf,
     lock: PathBuf,
 }
@@ -158,7 +366,8 @@ struct Paths {
 impl Paths {
     fn new(dir: &Path, queue: &str) -> Self {
         Self {
-            log: dir.join(format!("{queue}.log")),
+            segments: dir.join(queue),
+            legacy: dir.join(format!("{queue}.log")),
             dead: dir.join(format!("{queue}.dead")),
             lock: dir.join(format!("{queue}.lock")),
         }
@@ -364,7 +573,7 @@ fn keep_aside(
     Ok(aside)
 }
 
-/// Opens queue `queue`'s files in `dir` on `storage` (creating them), takes its lock and
+/// Opens log `queue`'s files in `dir` on `storage` (creating them), takes its lock and
 /// replays it.
 pub(super) fn open(
     storage: &Arc<dyn Storage>,
@@ -377,72 +586,77 @@ pub(super) fn open(
         Some(lock) => lock,
         None => return Err(LogError::Locked { path: paths.lock }),
     };
+    storage
+        .create_dir_all(&paths.segments)
+        .map_err(io_error(&paths.segments))?;
+    migrate(&**storage, &paths, queue)?;
 
+    let numbers = segments::list(&**storage, &paths.segments).map_err(io_error(&paths.segments))?;
+    let mut read = Vec::with_capacity(numbers.len());
+    for number in numbers {
+        let segment = Segment::new(&paths.segments, number);
+        let records = read_valid::<Record>(&**storage, &segment.path, queue)?;
+        read.push((segment, records));
+    }
+    // Every segment is created whole with its checkpoint, so only damage takes one away; then
+    // replay goes on from the one before, and the state records after it.
+    let from = read
+        .iter()
+        .rposition(|(_, records)| segments::opens_with_checkpoint(records));
+    if from.is_some_and(|from| from + 1 < read.len()) {
+        tracing::error!(
+            queue,
+            "the newest segment of the log lost its checkpoint to damage; replaying from the \
+             checkpoint before it"
+        );
+    }
     let mut recovered = Recovered::default();
-    for record in read_valid::<Record>(&**storage, &paths.log, queue)? {
-        match record {
-            Record::Sent(message) => {
-                recovered.next_seq = recovered.next_seq.max(message.seq + 1);
-                recovered.pending.insert(message.seq, (message, 0));
+    let mut sealed = Vec::with_capacity(read.len());
+    for (at, (mut segment, records)) in read.into_iter().enumerate() {
+        let current = from.is_none_or(|from| at >= from);
+        for record in records {
+            if let Record::Sent(message) = &record {
+                segment.note_sent(message.seq..message.seq + 1);
+            } else if !current {
+                continue;
             }
-            Record::Failed { seq, attempts } => {
-                recovered.settled_records += 1;
-                if let Some((_, known)) = recovered.pending.get_mut(&seq) {
-                    *known = attempts;
-                }
-            }
-            Record::Done { seq } => {
-                // The `Sent` it settles is settled too.
-                recovered.settled_records += 2;
-                recovered.pending.remove(&seq);
-            }
-            // A seq a record names is never given to a new message: a cursor may point past
-            // messages whose writes failed, and a message that reused their offsets would be
-            // skipped.
-            Record::FailedFor {
-                subscription,
-                seq,
-                attempts,
-            } => {
-                recovered.next_seq = recovered.next_seq.max(seq + 1);
-                recovered.settled_records += 1;
-                let cursor = recovered.cursors.entry(subscription).or_default();
-                cursor.attempts.insert(seq, attempts);
-            }
-            Record::DoneFor { subscription, seq } => {
-                recovered.next_seq = recovered.next_seq.max(seq + 1);
-                recovered.settled_records += 1;
-                let cursor = recovered.cursors.entry(subscription).or_default();
-                cursor.attempts.remove(&seq);
-                if seq >= cursor.start {
-                    cursor.done.insert(seq);
-                }
-            }
-            Record::StartAt { subscription, seq } => {
-                recovered.next_seq = recovered.next_seq.max(seq);
-                recovered.settled_records += 1;
-                recovered.cursors.insert(
-                    subscription,
-                    Cursor {
-                        start: seq,
-                        ..Cursor::default()
-                    },
-                );
-            }
+            recovered.apply(record);
         }
+        sealed.push(segment);
     }
     recovered.dead = read_valid::<DeadLetter>(&**storage, &paths.dead, queue)?;
     for dead in &recovered.dead {
         recovered.next_seq = recovered.next_seq.max(dead.message.seq + 1);
     }
 
-    let append = |path: &Path| storage.append(path).map_err(io_error(path));
-    let (log, dead) = (append(&paths.log)?, append(&paths.dead)?);
+    let (log, active) = match sealed.pop() {
+        Some(active) => (
+            storage
+                .append(&active.path)
+                .map_err(io_error(&active.path))?,
+            active,
+        ),
+        None => {
+            let active = Segment::new(&paths.segments, 0);
+            let first = Checkpoint {
+                next_seq: recovered.next_seq,
+                kept_from: recovered.next_seq,
+                owes: Vec::new(),
+            };
+            let file = storage
+                .replace(&active.path, &first.encode())
+                .map_err(io_error(&active.path))?;
+            (file, active)
+        }
+    };
+    let dead = storage.append(&paths.dead).map_err(io_error(&paths.dead))?;
     recovered.dead_bytes = dead.len().map_err(io_error(&paths.dead))?;
     let files = Files {
-        log_good: log.len().map_err(io_error(&paths.log))?,
+        log_good: log.len().map_err(io_error(&active.path))?,
         dead_good: recovered.dead_bytes,
         log,
+        active,
+        sealed,
         dead,
         dir_unsynced: false,
         paths,
@@ -450,7 +664,9 @@ pub(super) fn open(
         _lock: lock,
     };
     // The files may be new: their names must survive a crash as their records will.
-    storage.sync_dir(dir).map_err(io_error(dir))?;
+    for dir in [files.paths.segments.as_path(), dir] {
+        storage.sync_dir(dir).map_err(io_error(dir))?;
+    }
     if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
         storage.sync_dir(parent).map_err(io_error(parent))?;
     }
@@ -474,16 +690,60 @@ pub(super) fn open(
     ))
 }
 
+/// Makes a log written before segments (`<queue>.log`) its first segment: an empty checkpoint
+/// and then its records, whose meaning is the same. A crash before the old file is removed
+/// leaves both; the segment is then the truth and the old file goes.
+fn migrate(storage: &dyn Storage, paths: &Paths, queue: &str) -> Result<(), LogError> {
+    if storage
+        .read(&paths.legacy)
+        .map_err(io_error(&paths.legacy))?
+        .is_none()
+    {
+        return Ok(());
+    }
+    let existing = segments::list(storage, &paths.segments).map_err(io_error(&paths.segments))?;
+    if existing.is_empty() {
+        let records = read_valid::<Record>(storage, &paths.legacy, queue)?;
+        let mut contents = Checkpoint {
+            next_seq: 0,
+            kept_from: 0,
+            owes: Vec::new(),
+        }
+        .encode();
+        for record in &records {
+            encode(record, &mut contents)?;
+        }
+        let first = Segment::new(&paths.segments, 0);
+        storage
+            .replace(&first.path, &contents)
+            .and_then(|_| storage.sync_dir(&paths.segments))
+            .map_err(io_error(&first.path))?;
+        tracing::info!(
+            queue,
+            records = records.len(),
+            "moved the log's records into its first segment"
+        );
+    }
+    storage
+        .remove(&paths.legacy)
+        .and_then(|()| sync_parent(storage, &paths.legacy))
+        .map_err(io_error(&paths.legacy))
+}
+
 struct Files {
+    /// The active segment, opened for appending.
     log: Box<dyn LogFile>,
+    active: Segment,
+    /// The segments before it, oldest first.
+    sealed: Vec<Segment>,
     dead: Box<dyn LogFile>,
     /// Each file's length at its last good sync: a failed batch is cut back to it before
     /// the writer tries again, so a half-written record never sits between good ones.
     log_good: u64,
     dead_good: u64,
-    /// A file was replaced but the directory sync that makes the new name durable failed:
-    /// until one succeeds, a crash may bring the old file back, so nothing written to the new
-    /// one counts as stored.
+    /// A file was created or replaced but the directory sync that makes its name durable
+    /// failed: until one succeeds, a crash may bring the old file back (or none), so nothing
+    /// written to the new one counts as stored.
     dir_unsynced: bool,
     paths: Paths,
     storage: Arc<dyn Storage>,
@@ -504,7 +764,8 @@ impl Files {
 
     fn sync_dir_if_needed(&mut self) -> io::Result<()> {
         if self.dir_unsynced {
-            sync_parent(&*self.storage, &self.paths.log)?;
+            self.storage.sync_dir(&self.paths.segments)?;
+            sync_parent(&*self.storage, &self.paths.dead)?;
             self.dir_unsynced = false;
         }
         Ok(())
@@ -517,38 +778,82 @@ impl Files {
         Ok(())
     }
 
-    /// Replaces the file `which` with `contents` (synced); the handle and its good length
+    /// Replaces the dead-letter file with `contents` (synced); the handle and its good length
     /// follow the new file once the rename happened, even if the directory sync then fails.
-    fn replace(&mut self, which: Which, contents: &[u8]) -> io::Result<()> {
-        let path = match which {
-            Which::Log => &self.paths.log,
-            Which::Dead => &self.paths.dead,
-        };
-        let file = self.storage.replace(path, contents)?;
-        match which {
-            Which::Log => (self.log, self.log_good) = (file, contents.len() as u64),
-            Which::Dead => (self.dead, self.dead_good) = (file, contents.len() as u64),
-        }
+    fn replace_dead(&mut self, contents: &[u8]) -> io::Result<()> {
+        self.dead = self.storage.replace(&self.paths.dead, contents)?;
+        self.dead_good = contents.len() as u64;
         self.dir_unsynced = true;
         self.sync_dir_if_needed()
     }
-}
 
-#[derive(Clone, Copy)]
-enum Which {
-    Log,
-    Dead,
+    /// Seals the active segment and starts the next with `checkpoint`. A failure before the
+    /// new segment exists leaves the old one active (`Ok(false)`); once it exists, appends go
+    /// to it, and a failed directory sync is an error (nothing on it counts as stored before
+    /// one succeeds).
+    fn rotate(&mut self, checkpoint: &[u8]) -> io::Result<bool> {
+        // The checkpoint sums up the records before it: they must be on disk first.
+        self.log.sync_data()?;
+        let next = Segment::new(&self.paths.segments, self.active.number + 1);
+        let file = match self.storage.replace(&next.path, checkpoint) {
+            Ok(file) => file,
+            Err(err) => {
+                tracing::warn!(file = %next.path.display(), error = %err, "could not start a new log segment; the current one goes on");
+                return Ok(false);
+            }
+        };
+        self.sealed.push(std::mem::replace(&mut self.active, next));
+        (self.log, self.log_good) = (file, checkpoint.len() as u64);
+        self.dir_unsynced = true;
+        self.sync_dir_if_needed()?;
+        Ok(true)
+    }
+
+    /// Removes the sealed segments that hold nothing in `live` and rewrites those that hold
+    /// little. Only after the newest checkpoint is durable: the sealed segments' state records
+    /// matter until then. A failure leaves a segment as it was, for the next time.
+    fn prune(&mut self, live: &[Range<u64>], queue: &str) {
+        if self.dir_unsynced {
+            return;
+        }
+        let mut changed = false;
+        let storage = self.storage.clone();
+        self.sealed.retain_mut(|segment| {
+            let done = match segment.fate(live) {
+                Fate::Keep => return true,
+                Fate::Remove => storage.remove(&segment.path).map(|()| false),
+                Fate::Rewrite => segment.rewrite(&*storage, live).map(|()| true),
+            };
+            match done {
+                Ok(keep) => {
+                    changed = true;
+                    keep
+                }
+                Err(err) => {
+                    tracing::warn!(queue, file = %segment.path.display(), error = %err, "could not remove or rewrite a settled log segment; trying again later");
+                    true
+                }
+            }
+        });
+        // A removal that a crash undoes brings back settled messages the checkpoint says
+        // are done: harmless, and the next prune removes them again.
+        if changed && let Err(err) = self.storage.sync_dir(&self.paths.segments) {
+            tracing::warn!(queue, error = %err, "could not sync the log's directory after removing segments");
+        }
+    }
 }
 
 enum Command {
-    /// Records for the dead-letter file (first) and the log, synced before `done` is told.
+    /// Records for the dead-letter file (first) and the log, synced before `done` is told;
+    /// `sent`: the messages among them.
     Append {
         dead: Vec<u8>,
         log: Vec<u8>,
+        sent: Range<u64>,
         done: Told,
     },
-    /// Replace the log with these records (the live messages).
-    Compact { log: Vec<u8> },
+    /// Start a new segment (if it says so) and remove what is settled.
+    Rotate(Rotation),
     /// Sync, release the files and their lock, then say so; later appends fail.
     Close { done: oneshot::Sender<()> },
     /// Read every dead letter, and which bytes of the dead-letter file they are.
@@ -584,10 +889,11 @@ impl Writer {
         dead: Vec<u8>,
         log: Vec<u8>,
     ) -> impl Future<Output = Result<(), LogError>> + Send + 'static {
-        self.append_then(dead, log, |_| ())
+        self.append_then(dead, log, 0..0, |_| ())
     }
 
-    /// [`Writer::append`], and `then` is told whether the records are on disk: on the writer
+    /// [`Writer::append`] of records among which are the messages numbered `sent`, and `then`
+    /// is told whether the records are on disk: on the writer
     /// thread, in the order of the appends, before the future resolves, and even if the
     /// future is dropped. What depends on the order of outcomes (a message may be delivered
     /// only once every message sent before it is stored or refused) belongs in `then`. If the
@@ -596,6 +902,7 @@ impl Writer {
         &self,
         dead: Vec<u8>,
         log: Vec<u8>,
+        sent: Range<u64>,
         then: impl FnOnce(bool) + Send + 'static,
     ) -> impl Future<Output = Result<(), LogError>> + Send + 'static {
         let (tell, synced) = oneshot::channel();
@@ -604,10 +911,15 @@ impl Writer {
             let _ = tell.send(outcome);
         });
         // Not told here if the writer is gone: the caller may hold the lock `then` takes.
-        let sent = self.commands.send(Command::Append { dead, log, done });
+        let queued = self.commands.send(Command::Append {
+            dead,
+            log,
+            sent,
+            done,
+        });
         let queue = self.queue.clone();
         async move {
-            sent.map_err(|_| LogError::WriterGone(queue.clone()))?;
+            queued.map_err(|_| LogError::WriterGone(queue.clone()))?;
             match synced.await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(reason)) => Err(LogError::Io {
@@ -667,10 +979,11 @@ impl Writer {
         }
     }
 
-    /// Asks the writer to replace the log with `live` (encoded `Sent`/`Failed` records of every
-    /// message still owed). Must be sent in order with the appends it summarizes.
-    pub(super) fn compact(&self, live: Vec<u8>) {
-        let _ = self.commands.send(Command::Compact { log: live });
+    /// Asks the writer to start a new segment with a checkpoint and to remove or rewrite the
+    /// sealed segments that hold little or nothing live. A checkpoint must be sent in order
+    /// with the appends it sums up.
+    pub(super) fn rotate(&self, rotation: Rotation) {
+        let _ = self.commands.send(Command::Rotate(rotation));
     }
 }
 
@@ -704,7 +1017,7 @@ fn write_loop(
                 Command::Append { done, .. } if closing.is_some() => {
                     done(Err("the queue is closed (the node is stopping)".into()));
                 }
-                Command::Compact { .. } if closing.is_some() => {}
+                Command::Rotate(_) if closing.is_some() => {}
                 // While the files are unwritable the dead-letter file may still hold letters
                 // the repair will cut off: not a file to redrive from.
                 Command::ReadDead { done } => {
@@ -719,36 +1032,44 @@ fn write_loop(
                         None => drop_dead(&mut files, prefix),
                     });
                 }
-                Command::Append { dead, log, done } => {
-                    if broken.is_none()
-                        && let Err(err) = write_pair(&mut files, &dead, &log)
-                    {
-                        broken = Some(err.to_string());
+                Command::Append {
+                    dead,
+                    log,
+                    sent,
+                    done,
+                } => {
+                    if broken.is_none() {
+                        match write_pair(&mut files, &dead, &log) {
+                            Ok(()) => files.active.note_sent(sent),
+                            Err(err) => broken = Some(err.to_string()),
+                        }
                     }
                     wrote_dead |= !dead.is_empty();
                     waiting.push(done);
                 }
-                Command::Compact { log } => {
-                    if broken.is_none() {
-                        // Earlier appends of this batch are in the old file; sync them first so
-                        // the replacement summarizes what is on disk.
-                        let compacted = files
-                            .log
-                            .sync_data()
-                            .and_then(|()| files.replace(Which::Log, &log));
-                        match compacted {
-                            Ok(()) => {
-                                tracing::debug!(queue, bytes = log.len(), "queue log compacted")
+                Command::Rotate(Rotation { checkpoint, live }) => {
+                    if broken.is_some() {
+                        continue;
+                    }
+                    if let Some(checkpoint) = checkpoint {
+                        match files.rotate(&checkpoint) {
+                            Ok(started) => {
+                                tracing::debug!(
+                                    queue,
+                                    started,
+                                    segment = files.active.number,
+                                    "log segment rotation"
+                                )
                             }
-                            // Either the old log is intact (the new one replaces it only once it
-                            // is whole) and the next compaction tries again, or the new one is
-                            // in place but its name not yet durable, which the batch's sync
-                            // below retries.
+                            // The records before it may not be on disk, or the new segment's
+                            // name is not durable: this batch fails, the next repairs.
                             Err(err) => {
-                                tracing::warn!(queue, error = %err, "queue log compaction failed")
+                                broken = Some(err.to_string());
+                                continue;
                             }
                         }
                     }
+                    files.prune(&live, queue);
                 }
             }
         }
@@ -834,7 +1155,7 @@ fn drop_dead(files: &mut Files, prefix: DeadPrefix) -> Result<(), String> {
         .and_then(|len| bytes.get(..len));
     match read {
         Some(read) if crc32fast::hash(read) == prefix.crc => files
-            .replace(Which::Dead, &bytes[read.len()..])
+            .replace_dead(&bytes[read.len()..])
             .map_err(|err| err.to_string()),
         _ => Err("the dead-letter file changed since the redrive read it".into()),
     }
@@ -928,12 +1249,43 @@ mod tests {
         bytes
     }
 
+    /// The first segment's file of log `q` in `dir`.
+    fn first_segment(dir: &Path) -> PathBuf {
+        Segment::new(&dir.join("q"), 0).path
+    }
+
+    /// The first records of a log's first segment.
+    fn empty_checkpoint() -> Vec<u8> {
+        Checkpoint {
+            next_seq: 0,
+            kept_from: 0,
+            owes: Vec::new(),
+        }
+        .encode()
+    }
+
+    /// Writes `bytes` as the first segment of log `q` in `dir`.
+    fn write_first_segment(dir: &Path, bytes: &[u8]) {
+        std::fs::create_dir_all(dir.join("q")).unwrap();
+        std::fs::write(first_segment(dir), bytes).unwrap();
+    }
+
+    /// The messages the queue's subscription owes, by sequence number, with their attempts.
+    fn owed_with_attempts(recovered: &Recovered) -> Vec<(u64, Vec<u8>, u32)> {
+        recovered
+            .owed_by(None)
+            .unwrap()
+            .into_iter()
+            .map(|(message, attempts)| (message.seq, message.body.clone(), attempts))
+            .collect()
+    }
+
     #[tokio::test]
     async fn replay_keeps_what_is_owed_in_order_with_its_attempts() {
         let dir = tempfile::tempdir().unwrap();
         {
             let (writer, recovered) = open(&disk(), dir.path(), "q").unwrap();
-            assert!(recovered.pending.is_empty());
+            assert!(owed_with_attempts(&recovered).is_empty());
             let log = records(&[
                 Record::Sent(message(0, "zero")),
                 Record::Sent(message(1, "one")),
@@ -948,20 +1300,18 @@ mod tests {
         }
         // The writer thread ends when its sender is dropped; wait for its lock to go.
         let recovered = reopen(dir.path()).await;
-        let pending: Vec<_> = recovered
-            .pending
-            .values()
-            .map(|(m, attempts)| (m.body.clone(), *attempts))
+        let pending: Vec<_> = owed_with_attempts(&recovered)
+            .into_iter()
+            .map(|(_, body, attempts)| (body, attempts))
             .collect();
         assert_eq!(pending, vec![(b"zero".to_vec(), 0), (b"two".to_vec(), 3)]);
         assert_eq!(recovered.next_seq, 3);
     }
 
     fn bodies(recovered: &Recovered) -> Vec<Vec<u8>> {
-        recovered
-            .pending
-            .values()
-            .map(|(m, _)| m.body.clone())
+        owed_with_attempts(recovered)
+            .into_iter()
+            .map(|(_, body, _)| body)
             .collect()
     }
 
@@ -993,7 +1343,7 @@ mod tests {
         assert_eq!(writer.unwritable(), None);
         writer.close().await;
         // The log holds exactly the acknowledged records, with no damage between them.
-        let bytes = sim.contents(&dir.join("q.log")).unwrap();
+        let bytes = sim.contents(&first_segment(dir)).unwrap();
         let scan = scan::<Record>(&bytes);
         assert!(scan.damaged.is_empty() && scan.torn_from.is_none());
         let (_, recovered) = open(&storage, dir, "q").unwrap();
@@ -1003,32 +1353,61 @@ mod tests {
         );
     }
 
+    /// A checkpoint of queue `q` that owes `owed` (and nothing else before `next_seq`).
+    fn checkpoint_owing(owed: &[u64], next_seq: u64) -> Rotation {
+        let start = owed.first().copied().unwrap_or(next_seq);
+        let done = (start..next_seq)
+            .filter(|seq| !owed.contains(seq))
+            .collect();
+        Rotation {
+            checkpoint: Some(
+                Checkpoint {
+                    next_seq,
+                    kept_from: next_seq,
+                    owes: vec![SubscriptionPlace {
+                        name: None,
+                        start,
+                        done: ranges(done),
+                        attempts: Vec::new(),
+                    }],
+                }
+                .encode(),
+            ),
+            live: ranges(owed.to_vec()),
+        }
+    }
+
     #[tokio::test]
-    async fn a_compaction_whose_rename_is_not_yet_durable_fails_the_sends_after_it_until_it_is() {
+    async fn a_segment_whose_name_is_not_yet_durable_fails_the_sends_after_it_until_it_is() {
         let (sim, storage, dir, writer) = on_sim(2);
         let mut log = records(&[Record::Sent(message(0, "settled"))]);
         encode(&Record::Done { seq: 0 }, &mut log).unwrap();
         encode(&Record::Sent(message(1, "owed")), &mut log).unwrap();
         writer.append(Vec::new(), log).await.unwrap();
-        // The new log is renamed into place, but the directory sync fails (and again when the
-        // batch ends): until a directory sync succeeds, a crash could bring the old log back,
-        // so an append to the new one must not be acknowledged.
+        // The new segment is renamed into place, but the directory sync fails (and again when
+        // the batch ends): until a directory sync succeeds, a crash could lose the new
+        // segment, so an append to it must not be acknowledged.
         sim.fail_next(sim::Op::SyncDir, io::ErrorKind::Other);
         sim.fail_next(sim::Op::SyncDir, io::ErrorKind::Other);
-        writer.compact(records(&[Record::Sent(message(1, "owed"))]));
-        // In the compaction's batch it fails; in a later one the repair's directory sync
-        // succeeds first: either way an acknowledged send must survive the crash.
-        let unsure = records(&[Record::Sent(message(2, "unsure"))]);
-        let unsure_acked = writer.append(Vec::new(), unsure).await.is_ok();
-        let sure = records(&[Record::Sent(message(3, "sure"))]);
-        writer.append(Vec::new(), sure).await.unwrap();
+        writer.rotate(checkpoint_owing(&[1], 2));
+        // Sends fail until a directory sync succeeds (the repair before a later batch tries
+        // again); whichever are acknowledged must survive the crash.
+        let mut expected = vec![b"owed".to_vec()];
+        let mut acknowledged = 0;
+        for seq in 2..6 {
+            let body = format!("after {seq}");
+            let sent = records(&[Record::Sent(message(seq, &body))]);
+            if writer.append(Vec::new(), sent).await.is_ok() {
+                expected.push(body.into_bytes());
+                acknowledged += 1;
+            }
+        }
+        assert!(
+            (1..4).contains(&acknowledged),
+            "{acknowledged} acknowledged"
+        );
         sim.crash();
         let (_, recovered) = open(&storage, dir, "q").unwrap();
-        let mut expected = vec![b"owed".to_vec()];
-        if unsure_acked {
-            expected.push(b"unsure".to_vec());
-        }
-        expected.push(b"sure".to_vec());
         assert_eq!(bodies(&recovered), expected);
     }
 
@@ -1048,20 +1427,20 @@ mod tests {
     #[tokio::test]
     async fn a_torn_tail_is_cut_off_and_the_records_before_it_survive() {
         let dir = tempfile::tempdir().unwrap();
-        let mut bytes = records(&[Record::Sent(message(0, "kept"))]);
+        let mut bytes = empty_checkpoint();
+        bytes.extend(records(&[Record::Sent(message(0, "kept"))]));
         let torn = records(&[Record::Sent(message(1, "torn"))]);
         bytes.extend_from_slice(&torn[..torn.len() - 3]);
-        std::fs::write(dir.path().join("q.log"), &bytes).unwrap();
+        write_first_segment(dir.path(), &bytes);
         let recovered = reopen(dir.path()).await;
-        assert_eq!(recovered.pending.len(), 1);
-        assert_eq!(recovered.pending[&0].0.body, b"kept");
-        let on_disk = std::fs::metadata(dir.path().join("q.log")).unwrap().len();
+        assert_eq!(bodies(&recovered), [b"kept".to_vec()]);
+        let on_disk = std::fs::metadata(first_segment(dir.path())).unwrap().len();
         assert_eq!(on_disk as usize, bytes.len() - (torn.len() - 3));
     }
 
     /// 60 owed messages as a log, and where each record starts.
     fn sixty() -> (Vec<u8>, Vec<usize>) {
-        let mut bytes = Vec::new();
+        let mut bytes = empty_checkpoint();
         let mut starts = Vec::new();
         for seq in 0..60 {
             starts.push(bytes.len());
@@ -1075,7 +1454,16 @@ mod tests {
     }
 
     fn owed(recovered: &Recovered) -> Vec<u64> {
-        recovered.pending.keys().copied().collect()
+        owed_with_attempts(recovered)
+            .into_iter()
+            .map(|(seq, _, _)| seq)
+            .collect()
+    }
+
+    fn aside_path(dir: &Path) -> PathBuf {
+        let mut name = first_segment(dir).into_os_string();
+        name.push(".damaged");
+        PathBuf::from(name)
     }
 
     #[tokio::test]
@@ -1084,12 +1472,12 @@ mod tests {
         let (mut bytes, starts) = sixty();
         // A flipped byte inside record 30's payload: its checksum fails, its length holds.
         bytes[starts[30] + HEADER_BYTES + 3] ^= 0x40;
-        std::fs::write(dir.path().join("q.log"), &bytes).unwrap();
+        write_first_segment(dir.path(), &bytes);
         let recovered = reopen(dir.path()).await;
         let expected: Vec<u64> = (0..60).filter(|seq| *seq != 30).collect();
         assert_eq!(owed(&recovered), expected);
         assert_eq!(recovered.next_seq, 60);
-        let aside = std::fs::read(dir.path().join("q.log.damaged")).unwrap();
+        let aside = std::fs::read(aside_path(dir.path())).unwrap();
         let damaged = &bytes[starts[30]..starts[31]];
         assert!(
             aside.windows(damaged.len()).any(|w| w == damaged),
@@ -1098,7 +1486,7 @@ mod tests {
         // The log was rewritten without it: the next start finds nothing more to set aside.
         let recovered = reopen(dir.path()).await;
         assert_eq!(owed(&recovered), expected);
-        let again = std::fs::read(dir.path().join("q.log.damaged")).unwrap();
+        let again = std::fs::read(aside_path(dir.path())).unwrap();
         assert_eq!(again.len(), aside.len());
     }
 
@@ -1110,11 +1498,11 @@ mod tests {
         bytes[starts[20] + 1] ^= 0x10;
         // And the last record is torn by a crash.
         bytes.truncate(starts[59] + 5);
-        std::fs::write(dir.path().join("q.log"), &bytes).unwrap();
+        write_first_segment(dir.path(), &bytes);
         let recovered = reopen(dir.path()).await;
         let expected: Vec<u64> = (0..59).filter(|seq| *seq != 20).collect();
         assert_eq!(owed(&recovered), expected);
-        let on_disk = std::fs::read(dir.path().join("q.log")).unwrap();
+        let on_disk = std::fs::read(first_segment(dir.path())).unwrap();
         assert_eq!(
             on_disk.len(),
             starts[59] - (starts[21] - starts[20]),
@@ -1132,7 +1520,8 @@ mod tests {
         let mut zeroed = bytes.clone();
         zeroed[starts[10]..starts[12]].fill(0);
         let found = scan::<Record>(&zeroed);
-        assert_eq!(found.records.len(), 58);
+        // 60 messages and the checkpoint's two records, less the two zeroed.
+        assert_eq!(found.records.len(), 60);
         assert_eq!(found.damaged, vec![starts[10]..starts[12]]);
         assert_eq!(found.torn_from, None);
     }
@@ -1215,11 +1604,17 @@ mod tests {
         }
     }
 
+    /// The segment numbers of log `q` in `dir`.
+    fn segment_numbers(dir: &Path) -> Vec<u64> {
+        segments::list(&Disk, &dir.join("q")).unwrap()
+    }
+
     #[tokio::test]
-    async fn compaction_replaces_the_log_with_the_live_messages_and_appends_go_on() {
+    async fn a_rotation_starts_a_segment_and_removes_or_rewrites_the_settled_ones() {
         let dir = tempfile::tempdir().unwrap();
         {
             let (writer, _) = open(&disk(), dir.path(), "q").unwrap();
+            // Segment 0: messages 0..50, all done but 7.
             let mut log = Vec::new();
             for seq in 0..50 {
                 encode(&Record::Sent(message(seq, "m")), &mut log).unwrap();
@@ -1227,23 +1622,90 @@ mod tests {
                     encode(&Record::Done { seq }, &mut log).unwrap();
                 }
             }
-            writer.append(Vec::new(), log).await.unwrap();
-            writer.compact(records(&[
-                Record::Sent(message(7, "m")),
-                Record::Failed {
+            encode(
+                &Record::Failed {
                     seq: 7,
                     attempts: 2,
                 },
-            ]));
+                &mut log,
+            )
+            .unwrap();
             writer
-                .append(Vec::new(), records(&[Record::Sent(message(50, "after"))]))
+                .append_then(Vec::new(), log, 0..50, |_| ())
                 .await
                 .unwrap();
+            // Segment 1: messages 50..60, all done.
+            let mut log = Vec::new();
+            writer.rotate(checkpoint_owing(&[7], 50));
+            for seq in 50..60 {
+                encode(&Record::Sent(message(seq, "m")), &mut log).unwrap();
+                encode(&Record::Done { seq }, &mut log).unwrap();
+            }
+            writer
+                .append_then(Vec::new(), log, 50..60, |_| ())
+                .await
+                .unwrap();
+            // Segment 2 starts; 7 alone of segment 0 is live (rewritten), nothing of 1 (gone).
+            let mut rotation = checkpoint_owing(&[7], 60);
+            if let Some(checkpoint) = rotation.checkpoint.as_mut() {
+                encode(
+                    &Record::Attempts {
+                        subscription: None,
+                        attempts: vec![(7, 2)],
+                    },
+                    checkpoint,
+                )
+                .unwrap();
+            }
+            writer.rotate(rotation);
+            writer
+                .append_then(
+                    Vec::new(),
+                    records(&[Record::Sent(message(60, "after"))]),
+                    60..61,
+                    |_| (),
+                )
+                .await
+                .unwrap();
+            writer.close().await;
         }
+        assert_eq!(segment_numbers(dir.path()), [0, 2]);
+        let rewritten = std::fs::read(first_segment(dir.path())).unwrap();
+        let (kept, _) = decode_all::<Record>(&rewritten);
+        assert_eq!(
+            kept,
+            [Record::Sent(message(7, "m"))],
+            "the live message alone"
+        );
         let recovered = reopen(dir.path()).await;
-        let seqs: Vec<u64> = recovered.pending.keys().copied().collect();
-        assert_eq!(seqs, vec![7, 50]);
-        assert_eq!(recovered.pending[&7].1, 2);
-        assert_eq!(recovered.settled_records, 1);
+        let owed: Vec<(u64, u32)> = owed_with_attempts(&recovered)
+            .into_iter()
+            .map(|(seq, _, attempts)| (seq, attempts))
+            .collect();
+        assert_eq!(owed, [(7, 2), (60, 0)]);
+        assert_eq!(recovered.next_seq, 61);
+    }
+
+    #[tokio::test]
+    async fn a_log_from_before_segments_becomes_the_first_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = records(&[
+            Record::Sent(message(0, "done")),
+            Record::Sent(message(1, "owed")),
+            Record::Done { seq: 0 },
+            Record::Failed {
+                seq: 1,
+                attempts: 2,
+            },
+        ]);
+        std::fs::write(dir.path().join("q.log"), &legacy).unwrap();
+        let recovered = reopen(dir.path()).await;
+        assert_eq!(owed_with_attempts(&recovered), [(1, b"owed".to_vec(), 2)]);
+        assert_eq!(recovered.next_seq, 2);
+        assert!(!dir.path().join("q.log").exists(), "the old file is gone");
+        assert_eq!(segment_numbers(dir.path()), [0]);
+        // And a restart finds the same in the segment.
+        let again = reopen(dir.path()).await;
+        assert_eq!(owed_with_attempts(&again), [(1, b"owed".to_vec(), 2)]);
     }
 }

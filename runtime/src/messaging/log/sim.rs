@@ -5,7 +5,7 @@
 //! sync. Faults come from a seeded generator (a share of all operations) or a script (the next
 //! operation of a kind): a write that fails after writing part of its bytes (a full disk, an
 //! I/O error, a short write), a sync that fails after writing back part of the file, a failed
-//! cut, replace, read or directory sync. A crash keeps, per file, its synced bytes plus any
+//! cut, replace, read, removal or directory sync. A crash keeps, per file, its synced bytes plus any
 //! prefix of the rest (a torn write), brings back the synced names, and turns every handle
 //! opened before it into one that fails, as the killed process's would.
 
@@ -26,6 +26,7 @@ pub(crate) enum Op {
     SyncDir,
     Read,
     Open,
+    Remove,
 }
 
 /// The simulated disk; clones share it.
@@ -197,6 +198,33 @@ impl Storage for SimDisk {
 
     fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
         Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut state = self.state();
+        if let Some(err) = state.fault(Op::Read) {
+            return Err(err);
+        }
+        Ok(state
+            .names
+            .keys()
+            .filter(|path| path.parent() == Some(dir))
+            .cloned()
+            .collect())
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.state();
+        if let Some(err) = state.fault(Op::Remove) {
+            return Err(err);
+        }
+        match state.names.remove(path) {
+            Some(_) => Ok(()),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} does not exist", path.display()),
+            )),
+        }
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -1,5 +1,6 @@
 //! What a queue's log needs from the disk, and nothing more: whole-file reads, append handles
-//! that write, sync and cut back, an atomic replace, directory syncs and a lock.
+//! that write, sync and cut back, an atomic replace, a directory's names, removal, directory
+//! syncs and a lock.
 //!
 //! The log runs on [`Disk`], the real files. Being a trait, the same writer and replay also run
 //! on the simulated disk of the model tests (`sim.rs`), which fails writes and syncs on purpose
@@ -11,7 +12,7 @@
 //!   until then any prefix of them may survive, or none;
 //! - [`Storage::replace`] leaves the old contents or the new, never a mix, but which of the two
 //!   a crash keeps is only settled by a successful [`Storage::sync_dir`]; the same goes for a
-//!   file's creation.
+//!   file's creation and its removal.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -28,6 +29,10 @@ pub(crate) trait Storage: Send + Sync + 'static {
     fn replace(&self, path: &Path, contents: &[u8]) -> io::Result<Box<dyn LogFile>>;
     /// Creates `dir` and its parents if missing.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// The paths of the files in `dir` (none if it does not exist), in no order.
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
+    /// Removes the file at `path`; durable after [`Storage::sync_dir`].
+    fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes the names in `dir` (created, renamed) survive a crash.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Takes the lock file at `path` for as long as the returned guard lives; `Ok(None)` if
@@ -81,6 +86,26 @@ impl Storage for Disk {
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(err),
+        };
+        let mut paths = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                paths.push(entry.path());
+            }
+        }
+        Ok(paths)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -144,6 +169,14 @@ impl Storage for UnsyncedDisk {
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         Disk.create_dir_all(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        Disk.list(dir)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        Disk.remove(path)
     }
 
     fn sync_dir(&self, _dir: &Path) -> io::Result<()> {

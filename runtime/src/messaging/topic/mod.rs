@@ -47,8 +47,10 @@ const MAX_REASON_BYTES: usize = 4096;
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// Dead letters kept in memory for the admin API (the file keeps all of them).
 const RECENT_DEAD_LETTERS: usize = 20;
-/// Settled log records before a compaction is considered.
-const COMPACT_AFTER_SETTLED: usize = 4096;
+/// The bounds of a log segment's size: an eighth of what the queue or topic holds at most,
+/// so retention drops whole segments of about that size.
+const MIN_SEGMENT_BYTES: usize = 64 * 1024;
+const MAX_SEGMENT_BYTES: usize = 64 * 1024 * 1024;
 /// The header a topic's dead letter names its subscription with.
 const DEAD_FOR_HEADER: &str = "x-switchyard-subscriber";
 /// The most messages one `read` returns, and the bytes of their bodies.
@@ -113,6 +115,15 @@ impl LogSpec {
         matches!(self.kind, Kind::Topic(_))
     }
 
+    /// The bytes of records after which its log starts a new segment.
+    fn segment_bytes(&self) -> usize {
+        let most = match &self.kind {
+            Kind::Queue { max_bytes, .. } => *max_bytes,
+            Kind::Topic(retention) => retention.max_bytes,
+        };
+        (most / 8).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES)
+    }
+
     /// `queue `x`` or `topic `x``, for messages.
     pub(crate) fn what(&self) -> String {
         match self.kind {
@@ -166,10 +177,10 @@ struct State {
     /// A topic's kept messages (a queue keeps what its subscription owes).
     retained: Retained,
     subscriptions: Vec<Subscription>,
-    /// Log records that no longer describe a kept or owed message (compaction's trigger).
-    settled_records: usize,
-    /// Settled records that make a compaction due (the model tests compact far more often).
-    compact_after: usize,
+    /// Bytes of records sent to the log's segment since it started.
+    written: usize,
+    /// Bytes after which the log starts a new segment (the model tests rotate far more often).
+    rotate_after: usize,
     recent_dead: VecDeque<DeadLetter>,
     /// What the dead-letter file holds: `max_dead_bytes` bounds it.
     dead_bytes: u64,
@@ -311,21 +322,21 @@ impl State {
         let mut state = Self {
             next_seq: recovered.next_seq,
             unstored_from: recovered.next_seq,
-            settled_records: recovered.settled_records,
-            compact_after: COMPACT_AFTER_SETTLED,
+            rotate_after: spec.segment_bytes(),
             dead_bytes: recovered.dead_bytes,
             dead_total: recovered.dead.len() as u64,
             ..Self::default()
         };
         let skip = recovered.dead.len().saturating_sub(RECENT_DEAD_LETTERS);
-        state.recent_dead = recovered.dead.into_iter().skip(skip).collect();
+        state.recent_dead = recovered.dead.iter().skip(skip).cloned().collect();
         let mut placed = Vec::new();
         match &spec.kind {
             Kind::Queue { .. } => {
                 let owed = recovered
-                    .pending
-                    .into_values()
-                    .map(|(message, attempts)| (Arc::new(message), attempts));
+                    .owed_by(None)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(message, attempts)| (Arc::new(message.clone()), attempts));
                 if let Some(first) = spec.subscriptions.first() {
                     state.subscriptions.push(Subscription::new(
                         None,
@@ -335,10 +346,18 @@ impl State {
                 }
             }
             Kind::Topic(retention) => {
+                // A queue's files opened as a topic: what the queue was done with is gone.
+                let settled = |seq: &u64| {
+                    recovered
+                        .cursors
+                        .get(&None)
+                        .is_some_and(|queue| *seq < queue.start || queue.done.contains(seq))
+                };
                 let messages: BTreeMap<u64, Arc<StoredMessage>> = recovered
-                    .pending
-                    .into_iter()
-                    .map(|(seq, (message, _))| (seq, Arc::new(message)))
+                    .messages
+                    .range(recovered.kept_from..)
+                    .filter(|(seq, _)| !settled(seq))
+                    .map(|(seq, message)| (*seq, Arc::new(message.clone())))
                     .collect();
                 let mut expired = std::collections::HashSet::new();
                 for message in messages.values() {
@@ -350,16 +369,17 @@ impl State {
                     );
                 }
                 for sub in &spec.subscriptions {
-                    let ledger = match recovered.cursors.get(&sub.service) {
-                        Some(cursor) => {
-                            let owed = messages
-                                .range(cursor.start..)
-                                .filter(|(seq, _)| {
-                                    !cursor.done.contains(seq) && !expired.contains(seq)
-                                })
-                                .map(|(seq, message)| {
-                                    let attempts = cursor.attempts.get(seq).copied().unwrap_or(0);
-                                    (message.clone(), attempts)
+                    let ledger = match recovered.owed_by(Some(&sub.service)) {
+                        Some(owed) => {
+                            // A subscription owes what it owed, also what the topic no longer
+                            // keeps (superseded by a later message of its key), but not what
+                            // retention dropped for everyone.
+                            let owed = owed
+                                .into_iter()
+                                .filter(|(message, _)| !expired.contains(&message.seq))
+                                .map(|(message, attempts)| {
+                                    let kept = messages.get(&message.seq).cloned();
+                                    (kept.unwrap_or_else(|| Arc::new(message.clone())), attempts)
                                 });
                             Ledger::recover(owed, state.next_seq)
                         }
@@ -418,69 +438,64 @@ impl State {
             .find(|sub| sub.name.as_deref() == name)
     }
 
-    /// Every message some subscription owes or the topic keeps, in order.
-    fn live_messages(&self) -> BTreeMap<u64, Arc<StoredMessage>> {
-        let mut live: BTreeMap<u64, Arc<StoredMessage>> = self
-            .retained
-            .from(0)
-            .map(|message| (message.seq, message.clone()))
-            .collect();
+    /// The offsets of every message some subscription owes or the topic keeps.
+    fn live(&self) -> Vec<std::ops::Range<u64>> {
+        let mut seqs: Vec<u64> = self.retained.from(0).map(|message| message.seq).collect();
         for sub in &self.subscriptions {
-            for (message, _) in sub.ledger.owed_messages() {
-                live.entry(message.seq).or_insert_with(|| message.clone());
-            }
+            seqs.extend(sub.ledger.owed_messages().map(|(message, _)| message.seq));
         }
-        live
+        log::ranges(seqs)
     }
 
-    /// When the log is mostly settled records: the records that describe what is kept and
-    /// owed now, to replace it with.
-    fn compaction(&mut self) -> Option<Vec<u8>> {
-        // At least this many messages are live: a cheap test before the exact one.
-        let fewest_live = self
+    /// Once a segment's worth of records is written: a new segment, starting with a
+    /// checkpoint of where every subscription is, and what the sealed ones must keep.
+    fn rotation(&mut self) -> Option<log::Rotation> {
+        if self.written < self.rotate_after {
+            return None;
+        }
+        self.written = 0;
+        Some(log::Rotation {
+            checkpoint: Some(self.checkpoint().encode()),
+            live: self.live(),
+        })
+    }
+
+    /// Where every subscription is: the first offset it owes, the offsets after it that it
+    /// does not owe (the gaps between the ones it does), and its failed attempts.
+    fn checkpoint(&self) -> log::Checkpoint<'_> {
+        let owes = self
             .subscriptions
             .iter()
-            .map(|sub| sub.ledger.owed())
-            .fold(self.retained.len(), usize::max);
-        if self.settled_records < self.compact_after || self.settled_records < 2 * fewest_live {
-            return None;
-        }
-        let live = self.live_messages();
-        if self.settled_records < 2 * live.len() {
-            return None;
-        }
-        let mut bytes = Vec::new();
-        // Records already written once; they fit again.
-        for message in live.values() {
-            let _ = log::encode(&Record::Sent((**message).clone()), &mut bytes);
-        }
-        for sub in &self.subscriptions {
-            let name = sub.name.as_deref();
-            if let Some(name) = name {
+            .map(|sub| {
                 let start = sub.ledger.cursor();
-                let place = Record::StartAt {
-                    subscription: name.to_owned(),
-                    seq: start,
-                };
-                let _ = log::encode(&place, &mut bytes);
-                for seq in live.range(start..).map(|(seq, _)| *seq) {
-                    if !sub.ledger.owes(seq) {
-                        let _ = log::encode(&named(Some(name), Record::Done { seq }), &mut bytes);
+                let mut done = Vec::new();
+                let mut attempts = Vec::new();
+                let mut from = start;
+                for (message, tried) in sub.ledger.owed_messages() {
+                    if message.seq > from {
+                        done.push(from..message.seq);
+                    }
+                    from = from.max(message.seq + 1);
+                    if tried > 0 {
+                        attempts.push((message.seq, tried));
                     }
                 }
-            }
-            for (message, attempts) in sub.ledger.owed_messages() {
-                if attempts > 0 {
-                    let failed = Record::Failed {
-                        seq: message.seq,
-                        attempts,
-                    };
-                    let _ = log::encode(&named(name, failed), &mut bytes);
+                if from < self.next_seq {
+                    done.push(from..self.next_seq);
                 }
-            }
+                log::SubscriptionPlace {
+                    name: sub.name.as_deref(),
+                    start,
+                    done,
+                    attempts,
+                }
+            })
+            .collect();
+        log::Checkpoint {
+            next_seq: self.next_seq,
+            kept_from: self.retained.first().unwrap_or(self.next_seq),
+            owes,
         }
-        self.settled_records = 0;
-        Some(bytes)
     }
 
     /// Drops what the retention of a topic says must go at `now_ms` from what it keeps and
@@ -494,7 +509,6 @@ impl State {
                 }
             }
         }
-        self.settled_records += expired.len();
     }
 
     fn note_dead(&mut self, dead: DeadLetter) {
@@ -541,10 +555,10 @@ impl Topic {
         spec: LogSpec,
     ) -> Result<Self, log::LogError> {
         let (writer, recovered) = log::open(storage, dir, &spec.name)?;
-        if !spec.is_topic() && !recovered.cursors.is_empty() {
-            // The files do not say what they were; a subscription's record says a topic.
+        if !spec.is_topic() && recovered.cursors.keys().any(Option::is_some) {
+            // The files do not say what they were; a named subscription's record says a topic.
             return Err(log::LogError::HoldsATopic {
-                path: dir.join(format!("{}.log", spec.name)),
+                path: dir.join(&spec.name),
             });
         }
         let (state, placed) = State::recover(&spec, recovered, super::now_ms());
@@ -676,7 +690,6 @@ impl Topic {
             }
             if let Kind::Topic(retention) = &spec.kind {
                 let dropped = state.retained.keep(message, retention, now_ms);
-                state.settled_records += dropped.superseded.len();
                 state.expire(&dropped.expired);
             }
         }
@@ -684,27 +697,31 @@ impl Topic {
         // (and readable) only after every message before it is stored or refused, whichever
         // sender task runs first (and even if a sender stops waiting).
         let (shared, wake, told) = (self.state.clone(), self.wake.clone(), seqs.clone());
-        let synced = self.writer.append_then(Vec::new(), bytes, move |stored| {
-            let mut state = lock(&shared);
-            for sub in &mut state.subscriptions {
+        state.written += bytes.len();
+        let synced = self
+            .writer
+            .append_then(Vec::new(), bytes, seqs.clone(), move |stored| {
+                let mut state = lock(&shared);
+                for sub in &mut state.subscriptions {
+                    if stored {
+                        sub.ledger.stored(told.clone());
+                    } else {
+                        sub.ledger.forget(told.clone());
+                    }
+                }
                 if stored {
-                    sub.ledger.stored(told.clone());
+                    state.unstored_from = state.unstored_from.max(told.end);
                 } else {
-                    sub.ledger.forget(told.clone());
+                    for seq in told {
+                        state.retained.remove(seq);
+                    }
                 }
-            }
-            if stored {
-                state.unstored_from = state.unstored_from.max(told.end);
-            } else {
-                for seq in told {
-                    state.retained.remove(seq);
+                drop(state);
+                if stored {
+                    wake.notify_one();
                 }
-            }
-            drop(state);
-            if stored {
-                wake.notify_one();
-            }
-        });
+            });
+        self.rotate_if_due(state);
         Ok((Box::pin(synced), seqs))
     }
 
@@ -772,12 +789,11 @@ impl Topic {
                 });
             };
             sub.ledger.rewind(offset, messages);
-            state.settled_records += 1;
             let record = Record::StartAt {
                 subscription: service.to_owned(),
                 seq: offset,
             };
-            (self.write_locked(Vec::new(), &record), offset)
+            (self.write_locked(&mut state, Vec::new(), &record), offset)
         };
         self.wake.notify_one();
         synced.await.map_err(|cause| MessagingError {
@@ -855,7 +871,7 @@ impl Topic {
                         Some(sub) => sub.spec = sub_spec.clone(),
                         None => {
                             let (ledger, record) = state.place(&sub_spec.service, sub_spec.start);
-                            placed.push(self.write_locked(Vec::new(), &record));
+                            placed.push(self.write_locked(&mut state, Vec::new(), &record));
                             state.subscriptions.push(Subscription::new(
                                 Some(sub_spec.service.clone()),
                                 sub_spec.clone(),
@@ -869,6 +885,7 @@ impl Topic {
             {
                 sub.spec = sub_spec.clone();
             }
+            state.rotate_after = spec.segment_bytes();
             self.spec.store(Arc::new(spec));
             placed
         };
@@ -1021,9 +1038,11 @@ impl Topic {
         if !expired.is_empty() {
             tracing::debug!(topic = %self.name, expired = expired.len(), "retention dropped messages");
             state.expire(&expired);
-            if let Some(live) = state.compaction() {
-                self.writer.compact(live);
-            }
+            // Segments of nothing but expired messages go now, not at the next rotation.
+            self.writer.rotate(log::Rotation {
+                checkpoint: None,
+                live: state.live(),
+            });
         }
         let next = state.retained.next_expiry(retention)?;
         // At least a few ms apart: the wall clock may lag the timer.
@@ -1215,7 +1234,7 @@ impl Topic {
             }
             state.dead_bytes += size;
             let record = named(name, Record::Done { seq });
-            self.write_locked(dead_bytes, &record)
+            self.write_locked(&mut state, dead_bytes, &record)
         };
         if let Err(err) = synced.await {
             tracing::error!(queue = %self.name, id = %message.id, error = %err, "could not write the dead letter; the message stays owed and is offered again later");
@@ -1233,15 +1252,9 @@ impl Topic {
                 let _done = sub.ledger.dead_lettered(seq);
                 sub.stats.dead_lettered += 1;
             }
-            state.settled_records += self.settled_by_done();
             state.note_dead(dead);
         }
-        self.compact_if_due_and_wake();
-    }
-
-    /// Log records a `Done` settles: a queue's lets its `Sent` go too.
-    fn settled_by_done(&self) -> usize {
-        if self.is_topic() { 1 } else { 2 }
+        self.wake.notify_one();
     }
 
     /// Applies a settling event to subscription `name` and sends its record to the writer,
@@ -1251,47 +1264,42 @@ impl Topic {
         name: Option<&str>,
         event: impl FnOnce(&mut Subscription) -> Option<Record>,
     ) -> LogSync {
-        let settled_by_done = self.settled_by_done();
         let mut state = self.lock();
         let Some(record) = state.subscription(name).and_then(event) else {
             return Box::pin(std::future::ready(Ok(())));
         };
-        state.settled_records += match record {
-            Record::Done { .. } => settled_by_done,
-            _ => 1,
-        };
-        self.write_locked(Vec::new(), &named(name, record))
+        self.write_locked(&mut state, Vec::new(), &named(name, record))
     }
 
-    /// Sends `record` (after `dead`, if any) to the writer; call with the state locked.
-    fn write_locked(&self, dead: Vec<u8>, record: &Record) -> LogSync {
+    /// Sends `record` (after `dead`, if any) to the writer, and starts a new segment if one is
+    /// due; call with the state locked.
+    fn write_locked(&self, state: &mut State, dead: Vec<u8>, record: &Record) -> LogSync {
         let mut bytes = Vec::new();
         // These records hold no body; they always fit.
         let _ = log::encode(record, &mut bytes);
-        Box::pin(self.writer.append(dead, bytes))
+        state.written += bytes.len();
+        let synced = Box::pin(self.writer.append(dead, bytes));
+        self.rotate_if_due(state);
+        synced
     }
 
-    /// Wakes the dispatcher for the freed slot, compacts the log if it is mostly settled
-    /// records, then waits for `synced`. The next delivery does not wait for this one's record
-    /// to be on disk: a crash before it is means one more delivery of a handled message, which
-    /// at-least-once allows, and consumers go as fast as the log syncs in groups.
+    /// Under the state's lock, so no record reaches the writer between the checkpoint and the
+    /// new segment it starts.
+    fn rotate_if_due(&self, state: &mut State) {
+        if let Some(rotation) = state.rotation() {
+            self.writer.rotate(rotation);
+        }
+    }
+
+    /// Wakes the dispatcher for the freed slot, then waits for `synced`. The next delivery
+    /// does not wait for this one's record to be on disk: a crash before it is means one more
+    /// delivery of a handled message, which at-least-once allows, and consumers go as fast as
+    /// the log syncs in groups.
     async fn finish(&self, synced: LogSync) {
-        self.compact_if_due_and_wake();
+        self.wake.notify_one();
         if let Err(err) = synced.await {
             tracing::error!(queue = %self.name, error = %err, "could not record a settled message; it may be delivered again after a restart");
         }
-    }
-
-    fn compact_if_due_and_wake(&self) {
-        {
-            // Under the lock: no record may reach the writer between the snapshot and the
-            // compaction that replaces the log with it.
-            let mut state = self.lock();
-            if let Some(live) = state.compaction() {
-                self.writer.compact(live);
-            }
-        }
-        self.wake.notify_one();
     }
 
     /// What is wrong with it now, if anything: its log cannot be written, or its dead-letter
@@ -1365,10 +1373,10 @@ impl Topic {
         })
     }
 
-    /// Makes a compaction due after `settled` settled records instead of thousands.
+    /// Starts a new log segment after `bytes` of records instead of megabytes.
     #[cfg(test)]
-    fn compact_after(&self, settled: usize) {
-        self.lock().compact_after = settled;
+    fn rotate_after(&self, bytes: usize) {
+        self.lock().rotate_after = bytes;
     }
 }
 

@@ -156,7 +156,7 @@ fn open(storage: &Arc<dyn log::Storage>, shape: Shape) -> Arc<Topic> {
     for _ in 0..200 {
         match Topic::open(storage, Path::new("/sim/queues"), model_spec(shape)) {
             Ok(queue) => {
-                queue.compact_after(8);
+                queue.rotate_after(1024);
                 return Arc::new(queue);
             }
             Err(err) => last = Some(err),
@@ -260,7 +260,17 @@ fn owed(queue: &Topic) -> (usize, usize) {
     }
 }
 
-async fn check_seed(seed: u64, shape: Shape) -> (usize, usize, u64) {
+/// What one seed did: sends acknowledged and refused, faults injected, and segments the log
+/// started and removed.
+struct Checked {
+    acknowledged: usize,
+    refused: usize,
+    faults: u64,
+    segments_started: u64,
+    segments_removed: u64,
+}
+
+async fn check_seed(seed: u64, shape: Shape) -> Checked {
     let sim = SimDisk::new(seed);
     let storage: Arc<dyn log::Storage> = Arc::new(sim.clone());
     let mut seen = Seen::default();
@@ -318,26 +328,50 @@ async fn check_seed(seed: u64, shape: Shape) -> (usize, usize, u64) {
                  the log: {:?}",
                 String::from_utf8_lossy(body),
                 seen.ids.get(body),
-                log::decode_all::<Record>(
-                    &sim.contents(Path::new("/sim/queues/orders.log"))
-                        .unwrap_or_default()
-                )
+                log_records(&sim)
+            );
+        }
+    }
+    let segments = log::Storage::list(&sim, Path::new("/sim/queues/orders")).unwrap_or_default();
+    let numbers: Vec<u64> = segments
+        .iter()
+        .filter_map(|path| path.file_stem()?.to_str()?.parse().ok())
+        .collect();
+    let started = numbers.iter().max().copied().unwrap_or(0);
+    Checked {
+        acknowledged: seen.acknowledged.len(),
+        refused: seen.refused,
+        faults: sim.faults(),
+        segments_started: started,
+        segments_removed: (started + 1).saturating_sub(numbers.len() as u64),
+    }
+}
+
+/// Every segment's records, for a failure's message.
+fn log_records(sim: &SimDisk) -> Vec<(String, Vec<String>)> {
+    let dir = Path::new("/sim/queues/orders");
+    let mut names = log::Storage::list(sim, dir).unwrap_or_default();
+    names.sort();
+    names
+        .into_iter()
+        .map(|path| {
+            let records = log::decode_all::<Record>(&sim.contents(&path).unwrap_or_default())
                 .0
                 .iter()
                 .map(|record| match record {
                     Record::Sent(m) => format!("sent {}", m.seq),
                     other => format!("{other:?}"),
                 })
-                .collect::<Vec<_>>()
-            );
-        }
-    }
-    (seen.acknowledged.len(), seen.refused, sim.faults())
+                .collect();
+            (path.display().to_string(), records)
+        })
+        .collect()
 }
 
 #[tokio::test(start_paused = true)]
 async fn whatever_the_disk_does_every_acknowledged_send_is_delivered_and_nothing_else() {
     let (mut acknowledged, mut refused, mut faults) = (0, 0, 0);
+    let (mut started, mut removed) = (0, 0);
     // `MODEL_SEED=n` runs seed n alone, with the queue's log lines, to look into a failure.
     let only: Option<u64> = std::env::var("MODEL_SEED")
         .ok()
@@ -355,14 +389,23 @@ async fn whatever_the_disk_does_every_acknowledged_send_is_delivered_and_nothing
         } else {
             Shape::Topic
         };
-        let (a, r, f) = check_seed(seed, shape).await;
-        acknowledged += a;
-        refused += r;
-        faults += f;
+        let checked = check_seed(seed, shape).await;
+        acknowledged += checked.acknowledged;
+        refused += checked.refused;
+        faults += checked.faults;
+        started += checked.segments_started;
+        removed += checked.segments_removed;
     }
     // The faults bit, and enough sends got through to check much.
-    eprintln!("{acknowledged} sends acknowledged, {refused} refused, {faults} faults injected");
+    eprintln!(
+        "{acknowledged} sends acknowledged, {refused} refused, {faults} faults injected; \
+         {started} log segments started, {removed} removed"
+    );
     assert!(refused > 0 && faults > 0, "the faults never bit");
+    assert!(
+        started > 0 && removed > 0,
+        "the logs never rotated or removed a segment: {started} started, {removed} removed"
+    );
     // A fault fails its whole batch, and batches grow on a busy machine: how many get through
     // varies (from a third to three quarters, measured); an eighth is plenty to check.
     let seeds = if only.is_some() { 1 } else { SEEDS as usize };

@@ -1,5 +1,5 @@
 //! A topic's state without its shell: where subscriptions start, what a restart recovers from
-//! the records, and what a compaction writes. No clock, no disk, no subscriber.
+//! the records, and what a checkpoint writes. No clock, no disk, no subscriber.
 
 #![allow(clippy::expect_used, reason = "tests fail loudly on purpose")]
 
@@ -50,13 +50,13 @@ fn spec(subscriptions: Vec<SubscriptionSpec>) -> LogSpec {
 /// A log that kept messages 0..5 (sent at 0, 100, ... ms) and `cursors`.
 fn recovered(cursors: &[(&str, Cursor)]) -> Recovered {
     Recovered {
-        pending: (0..5)
-            .map(|seq| (seq, (message(seq, None, seq * 100), 0)))
+        messages: (0..5)
+            .map(|seq| (seq, message(seq, None, seq * 100)))
             .collect(),
         next_seq: 5,
         cursors: cursors
             .iter()
-            .map(|(name, cursor)| ((*name).to_owned(), cursor.clone()))
+            .map(|(name, cursor)| (Some((*name).to_owned()), cursor.clone()))
             .collect(),
         ..Recovered::default()
     }
@@ -121,7 +121,7 @@ fn a_new_subscription_starts_where_its_spec_says_and_one_with_a_cursor_keeps_it(
 }
 
 #[test]
-fn a_compaction_writes_the_kept_messages_and_where_each_subscription_is() {
+fn a_checkpoint_says_where_each_subscription_is_and_a_restart_from_it_owes_the_same() {
     let subs = vec![
         subscription("billing", StartAt::Beginning),
         subscription("shipping", StartAt::Beginning),
@@ -138,79 +138,59 @@ fn a_compaction_writes_the_kept_messages_and_where_each_subscription_is() {
             seq => drop(billing.acked(seq)),
         }
     }
-    state.compact_after = 1;
-    state.settled_records = 100;
-    let bytes = state.compaction().expect("due");
-    let (records, _) = log::decode_all::<Record>(&bytes);
+    assert!(state.rotation().is_none(), "not a segment's worth yet");
+    state.rotate_after = 1;
+    state.written = 100;
+    let rotation = state.rotation().expect("due");
+    assert!(state.rotation().is_none(), "rotated once");
+    assert_eq!(
+        rotation.live,
+        log::ranges((0..5).collect()),
+        "every kept message is live"
+    );
+    let checkpoint = rotation.checkpoint.expect("a checkpoint");
+    let (records, _) = log::decode_all::<Record>(&checkpoint);
     let written: Vec<String> = records
         .iter()
         .map(|record| match record {
-            Record::Sent(m) => format!("sent {}", m.seq),
-            Record::StartAt { subscription, seq } => format!("{subscription} from {seq}"),
-            Record::DoneFor { subscription, seq } => format!("{subscription} done {seq}"),
-            Record::FailedFor {
-                subscription,
-                seq,
+            Record::Checkpoint {
+                next_seq,
+                kept_from,
+            } => format!("next {next_seq}, kept from {kept_from}"),
+            Record::Owes {
+                subscription: Some(name),
+                start,
+            } => format!("{name} from {start}"),
+            Record::DoneRanges {
+                subscription: Some(name),
+                ranges,
+            } => format!("{name} done {ranges:?}"),
+            Record::Attempts {
+                subscription: Some(name),
                 attempts,
-            } => format!("{subscription} failed {seq} x{attempts}"),
+            } => format!("{name} attempts {attempts:?}"),
             other => format!("{other:?}"),
         })
         .collect();
     assert_eq!(
         written,
         [
-            "sent 0",
-            "sent 1",
-            "sent 2",
-            "sent 3",
-            "sent 4",
+            "next 5, kept from 0",
             "billing from 2",
-            "billing done 3",
-            "billing failed 2 x1",
+            "billing done [(3, 4)]",
+            "billing attempts [(2, 1)]",
             "shipping from 0",
+            "CheckpointEnd",
         ]
     );
-    assert!(state.compaction().is_none(), "compacted once");
 
-    // What a restart makes of it is what the state was.
+    // What a restart makes of the segments' messages and the checkpoint is what the state was.
     let mut again = Recovered::default();
+    for seq in 0..5 {
+        again.apply(Record::Sent(message(seq, None, seq * 100)));
+    }
     for record in records {
-        match record {
-            Record::Sent(m) => {
-                again.next_seq = again.next_seq.max(m.seq + 1);
-                again.pending.insert(m.seq, (m, 0));
-            }
-            Record::StartAt { subscription, seq } => {
-                again.cursors.insert(
-                    subscription,
-                    Cursor {
-                        start: seq,
-                        ..Cursor::default()
-                    },
-                );
-            }
-            Record::DoneFor { subscription, seq } => {
-                again
-                    .cursors
-                    .entry(subscription)
-                    .or_default()
-                    .done
-                    .insert(seq);
-            }
-            Record::FailedFor {
-                subscription,
-                seq,
-                attempts,
-            } => {
-                again
-                    .cursors
-                    .entry(subscription)
-                    .or_default()
-                    .attempts
-                    .insert(seq, attempts);
-            }
-            _ => {}
-        }
+        again.apply(record);
     }
     let subs = vec![
         subscription("billing", StartAt::Latest),
@@ -220,6 +200,12 @@ fn a_compaction_writes_the_kept_messages_and_where_each_subscription_is() {
     assert!(placed.is_empty());
     assert_eq!(owed(&restarted, "billing"), [2, 4]);
     assert_eq!(owed(&restarted, "shipping"), [0, 1, 2, 3, 4]);
+    let attempts: Vec<u32> = restarted.subscriptions[0]
+        .ledger
+        .owed_messages()
+        .map(|(_, attempts)| attempts)
+        .collect();
+    assert_eq!(attempts, [1, 0]);
 }
 
 #[test]

@@ -228,7 +228,7 @@ async fn a_queue_refuses_a_topics_files_and_a_topic_takes_a_queues() {
         .expect("a queue on a topic's files");
     let refused = refused.to_string();
     assert!(
-        refused.contains("orders.log holds a topic") && refused.contains("another name"),
+        refused.contains("orders holds a topic") && refused.contains("another name"),
         "{refused}"
     );
 
