@@ -303,17 +303,20 @@ impl Broker {
             let max = u32::try_from(max).unwrap_or(u32::MAX);
             return mesh.read(owner, topic, from, max, budget).await;
         }
-        self.read_here(topic, from, max)
+        self.read_here(topic, from, max).await
     }
 
     /// [`Broker::read`] of a topic of this node (a local guest's, or a peer's `Read` frame).
-    pub(crate) fn read_here(
+    pub(crate) async fn read_here(
         &self,
         topic: &str,
         from: u64,
         max: usize,
     ) -> Result<(Vec<StoredMessage>, u64), SendError> {
-        Ok(self.here(topic)?.read(from, max))
+        self.here(topic)?
+            .read(from, max)
+            .await
+            .map_err(|err| SendError::Unavailable(format!("could not read `{topic}`: {err}")))
     }
 
     /// Makes subscription `service` of `topic` owe the kept messages from `from` on; returns

@@ -384,7 +384,7 @@ impl FrameHandler for PeerFrames {
                 Err(refused) => Frame::NotSent(refused),
             },
             Frame::Read { topic, from, max } => {
-                match self.broker.read_here(&topic, from, max as usize) {
+                match self.broker.read_here(&topic, from, max as usize).await {
                     Ok((messages, next)) => Frame::Messages { messages, next },
                     Err(refused) => Frame::NotSent(refused),
                 }

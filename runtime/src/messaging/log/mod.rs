@@ -33,6 +33,7 @@
 //! The files are reached through [`Storage`] ([`storage`]): [`Disk`] in the node, a simulated
 //! disk that fails and crashes on purpose in the model tests (`topic/model_tests.rs`).
 
+mod index;
 mod segments;
 mod storage;
 
@@ -46,6 +47,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
 
+use index::Index;
+pub(crate) use index::Reader;
 pub(super) use segments::ranges;
 use segments::{Fate, Segment};
 use storage::LogFile;
@@ -430,6 +433,8 @@ pub(super) fn decode_all<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> (Vec<T
 /// What replaying a file found: its whole records, and the bytes that were not one.
 struct Scan<T> {
     records: Vec<T>,
+    /// Where each record starts.
+    starts: Vec<usize>,
     /// Byte ranges of the whole records, in order.
     kept: Vec<Range<usize>>,
     /// Damage with whole records after it: skipped, kept aside for an operator.
@@ -456,6 +461,7 @@ impl<T> Scan<T> {
 fn scan<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Scan<T> {
     let mut scan = Scan {
         records: Vec::new(),
+        starts: Vec::new(),
         kept: Vec::new(),
         damaged: Vec::new(),
         torn_from: None,
@@ -464,6 +470,7 @@ fn scan<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Scan<T> {
     while at < bytes.len() {
         if let Some((record, next)) = decode_at(bytes, at) {
             scan.records.push(record);
+            scan.starts.push(at);
             match scan.kept.last_mut() {
                 Some(last) if last.end == at => last.end = next,
                 _ => scan.kept.push(at..next),
@@ -493,6 +500,18 @@ fn read_valid<T: serde::de::DeserializeOwned>(
     path: &Path,
     queue: &str,
 ) -> Result<Vec<T>, LogError> {
+    Ok(read_valid_at(storage, path, queue)?
+        .into_iter()
+        .map(|(_, record)| record)
+        .collect())
+}
+
+/// [`read_valid`], with where each record starts in the file as it is left.
+fn read_valid_at<T: serde::de::DeserializeOwned>(
+    storage: &dyn Storage,
+    path: &Path,
+    queue: &str,
+) -> Result<Vec<(u64, T)>, LogError> {
     let Some(bytes) = storage.read(path).map_err(io_error(path))? else {
         return Ok(Vec::new());
     };
@@ -520,16 +539,28 @@ fn read_valid<T: serde::de::DeserializeOwned>(
              damaged bytes, kept every whole record around them; the damaged bytes are kept \
              aside, and any message in them is lost"
         );
+        let whole = scan.whole_records(&bytes);
         storage
-            .replace(path, &scan.whole_records(&bytes))
+            .replace(path, &whole)
             .and_then(|_| sync_parent(storage, path))
             .map_err(io_error(path))?;
+        // The records moved up over the damage.
+        let moved = self::scan::<T>(&whole);
+        return Ok(positioned(moved.starts, moved.records));
     } else if let Some(torn_from) = scan.torn_from {
         let mut file = storage.append(path).map_err(io_error(path))?;
         file.set_len(torn_from as u64).map_err(io_error(path))?;
         file.sync_data().map_err(io_error(path))?;
     }
-    Ok(scan.records)
+    Ok(positioned(scan.starts, scan.records))
+}
+
+fn positioned<T>(starts: Vec<usize>, records: Vec<T>) -> Vec<(u64, T)> {
+    starts
+        .into_iter()
+        .map(|start| start as u64)
+        .zip(records)
+        .collect()
 }
 
 /// Syncs the directory `path` is in, so its name (created, renamed) survives a crash.
@@ -595,14 +626,14 @@ pub(super) fn open(
     let mut read = Vec::with_capacity(numbers.len());
     for number in numbers {
         let segment = Segment::new(&paths.segments, number);
-        let records = read_valid::<Record>(&**storage, &segment.path, queue)?;
+        let records = read_valid_at::<Record>(&**storage, &segment.path, queue)?;
         read.push((segment, records));
     }
     // Every segment is created whole with its checkpoint, so only damage takes one away; then
     // replay goes on from the one before, and the state records after it.
-    let from = read
-        .iter()
-        .rposition(|(_, records)| segments::opens_with_checkpoint(records));
+    let from = read.iter().rposition(|(_, records)| {
+        segments::opens_with_checkpoint(records.iter().map(|(_, record)| record))
+    });
     if from.is_some_and(|from| from + 1 < read.len()) {
         tracing::error!(
             queue,
@@ -611,17 +642,21 @@ pub(super) fn open(
         );
     }
     let mut recovered = Recovered::default();
+    let mut index = Index::default();
     let mut sealed = Vec::with_capacity(read.len());
     for (at, (mut segment, records)) in read.into_iter().enumerate() {
         let current = from.is_none_or(|from| at >= from);
-        for record in records {
+        let mut messages = Vec::new();
+        for (position, record) in records {
             if let Record::Sent(message) = &record {
                 segment.note_sent(message.seq..message.seq + 1);
+                messages.push((message.seq, position));
             } else if !current {
                 continue;
             }
             recovered.apply(record);
         }
+        index.set(segment.number, segment.path.clone(), messages);
         sealed.push(segment);
     }
     recovered.dead = read_valid::<DeadLetter>(&**storage, &paths.dead, queue)?;
@@ -646,13 +681,18 @@ pub(super) fn open(
             let file = storage
                 .replace(&active.path, &first.encode())
                 .map_err(io_error(&active.path))?;
+            index.set(active.number, active.path.clone(), []);
             (file, active)
         }
     };
+    let index = Arc::new(std::sync::Mutex::new(index));
     let dead = storage.append(&paths.dead).map_err(io_error(&paths.dead))?;
     recovered.dead_bytes = dead.len().map_err(io_error(&paths.dead))?;
+    let log_len = log.len().map_err(io_error(&active.path))?;
     let files = Files {
-        log_good: log.len().map_err(io_error(&active.path))?,
+        log_good: log_len,
+        log_len,
+        index: index.clone(),
         dead_good: recovered.dead_bytes,
         log,
         active,
@@ -685,6 +725,10 @@ pub(super) fn open(
             queue: queue.to_owned(),
             commands,
             broken,
+            reader: Reader {
+                storage: storage.clone(),
+                index,
+            },
         },
         recovered,
     ))
@@ -741,6 +785,10 @@ struct Files {
     /// the writer tries again, so a half-written record never sits between good ones.
     log_good: u64,
     dead_good: u64,
+    /// The active segment's length as written (synced or not).
+    log_len: u64,
+    /// Where its messages are, for readers.
+    index: Arc<std::sync::Mutex<Index>>,
     /// A file was created or replaced but the directory sync that makes its name durable
     /// failed: until one succeeds, a crash may bring the old file back (or none), so nothing
     /// written to the new one counts as stored.
@@ -755,11 +803,31 @@ impl Files {
     /// Cuts both files back to their last good sync and syncs them (and their directory, if a
     /// replacement is not yet durable).
     fn repair(&mut self) -> io::Result<()> {
+        self.index().cut(self.active.number, self.log_good);
+        self.log_len = self.log_good;
         self.log.set_len(self.log_good)?;
         self.dead.set_len(self.dead_good)?;
         self.log.sync_data()?;
         self.dead.sync_data()?;
         self.sync_dir_if_needed()
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends `log` to the active segment (its first records are the messages `sent`).
+    fn append_log(&mut self, log: &[u8], sent: Range<u64>) -> io::Result<()> {
+        let position = self.log_len;
+        self.log.write_all(log)?;
+        self.log_len += log.len() as u64;
+        if !sent.is_empty() {
+            self.index().note(self.active.number, sent.start, position);
+        }
+        self.active.note_sent(sent);
+        Ok(())
     }
 
     fn sync_dir_if_needed(&mut self) -> io::Result<()> {
@@ -802,8 +870,10 @@ impl Files {
                 return Ok(false);
             }
         };
+        self.index().set(next.number, next.path.clone(), []);
         self.sealed.push(std::mem::replace(&mut self.active, next));
         (self.log, self.log_good) = (file, checkpoint.len() as u64);
+        self.log_len = self.log_good;
         self.dir_unsynced = true;
         self.sync_dir_if_needed()?;
         Ok(true)
@@ -818,11 +888,23 @@ impl Files {
         }
         let mut changed = false;
         let storage = self.storage.clone();
+        let index = self.index.clone();
+        let index = || {
+            index
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
         self.sealed.retain_mut(|segment| {
             let done = match segment.fate(live) {
                 Fate::Keep => return true,
-                Fate::Remove => storage.remove(&segment.path).map(|()| false),
-                Fate::Rewrite => segment.rewrite(&*storage, live).map(|()| true),
+                Fate::Remove => storage.remove(&segment.path).map(|()| {
+                    index().remove(segment.number);
+                    false
+                }),
+                Fate::Rewrite => segment.rewrite(&*storage, live).map(|positions| {
+                    index().set(segment.number, segment.path.clone(), positions);
+                    true
+                }),
             };
             match done {
                 Ok(keep) => {
@@ -878,6 +960,7 @@ pub(super) struct Writer {
     commands: mpsc::Sender<Command>,
     /// Why the last write failed, while the files are not writable.
     broken: Arc<std::sync::Mutex<Option<String>>>,
+    reader: Reader,
 }
 
 impl Writer {
@@ -929,6 +1012,11 @@ impl Writer {
                 Err(_) => Err(LogError::WriterGone(queue)),
             }
         }
+    }
+
+    /// Reads stored messages from the log's segments.
+    pub(super) fn reader(&self) -> Reader {
+        self.reader.clone()
     }
 
     /// Why the queue's files cannot be written now, if they cannot (the writer retries with
@@ -1038,11 +1126,10 @@ fn write_loop(
                     sent,
                     done,
                 } => {
-                    if broken.is_none() {
-                        match write_pair(&mut files, &dead, &log) {
-                            Ok(()) => files.active.note_sent(sent),
-                            Err(err) => broken = Some(err.to_string()),
-                        }
+                    if broken.is_none()
+                        && let Err(err) = write_pair(&mut files, &dead, &log, sent)
+                    {
+                        broken = Some(err.to_string());
                     }
                     wrote_dead |= !dead.is_empty();
                     waiting.push(done);
@@ -1109,14 +1196,14 @@ fn write_loop(
     }
 }
 
-fn write_pair(files: &mut Files, dead: &[u8], log: &[u8]) -> io::Result<()> {
+fn write_pair(files: &mut Files, dead: &[u8], log: &[u8], sent: Range<u64>) -> io::Result<()> {
     if !dead.is_empty() {
         // The dead letter is synced before the `Done` that drops the message from the log, so a
         // crash between them keeps the message (delivered again, not lost).
         files.dead.write_all(dead)?;
         files.dead.sync_data()?;
     }
-    files.log.write_all(log)
+    files.append_log(log, sent)
 }
 
 /// The first bytes of the dead-letter file as a redrive read them.
@@ -1684,6 +1771,52 @@ mod tests {
             .collect();
         assert_eq!(owed, [(7, 2), (60, 0)]);
         assert_eq!(recovered.next_seq, 61);
+    }
+
+    #[tokio::test]
+    async fn the_reader_finds_stored_messages_through_the_index_across_rotations_and_rewrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _) = open(&disk(), dir.path(), "q").unwrap();
+        let reader = writer.reader();
+        let body = "b".repeat(900);
+        // Three segments of 30 messages of about 1 KiB: index entries every few messages.
+        for segment in 0..3u64 {
+            for seq in segment * 30..(segment + 1) * 30 {
+                let sent = records(&[Record::Sent(message(seq, &format!("{seq} {body}")))]);
+                writer
+                    .append_then(Vec::new(), sent, seq..seq + 1, |_| ())
+                    .await
+                    .unwrap();
+            }
+            writer.rotate(checkpoint_owing(
+                &(0..(segment + 1) * 30).collect::<Vec<_>>(),
+                (segment + 1) * 30,
+            ));
+        }
+        let seqs = |found: Vec<StoredMessage>| -> Vec<u64> {
+            found.iter().map(|message| message.seq).collect()
+        };
+        assert_eq!(
+            seqs(reader.read(&[17, 18, 44, 89]).unwrap()),
+            [17, 18, 44, 89]
+        );
+        assert_eq!(
+            seqs(reader.read(&(25..35).collect::<Vec<_>>()).unwrap()),
+            (25..35).collect::<Vec<_>>()
+        );
+        assert!(reader.read(&[90, 91]).unwrap().is_empty(), "never sent");
+        let found = reader.read(&[57]).unwrap();
+        assert_eq!(found[0].body, format!("57 {body}").into_bytes());
+        // Segment 0 rewritten to 3 and 4 alone, segment 1 removed: positions moved.
+        let live: Vec<u64> = [3, 4].into_iter().chain(60..90).collect();
+        let mut rotation = checkpoint_owing(&live, 90);
+        rotation.live = ranges(live);
+        writer.rotate(rotation);
+        writer.append(Vec::new(), Vec::new()).await.unwrap();
+        // Segment 3 held no message at all: it went too.
+        assert_eq!(segment_numbers(dir.path()), [0, 2, 4]);
+        assert_eq!(seqs(reader.read(&[3, 4, 20, 45, 61]).unwrap()), [3, 4, 61]);
+        writer.close().await;
     }
 
     #[tokio::test]

@@ -79,8 +79,13 @@ impl Segment {
     }
 
     /// Rewrites it with its live messages only (its other records describe a past that the
-    /// newest checkpoint sums up); the rewrite replaces it atomically.
-    pub(super) fn rewrite(&mut self, storage: &dyn Storage, live: &[Range<u64>]) -> io::Result<()> {
+    /// newest checkpoint sums up); the rewrite replaces it atomically. Returns the offset and
+    /// position of each message it keeps.
+    pub(super) fn rewrite(
+        &mut self,
+        storage: &dyn Storage,
+        live: &[Range<u64>],
+    ) -> io::Result<Vec<(u64, u64)>> {
         let bytes = storage.read(&self.path)?.unwrap_or_default();
         let mut kept = Vec::new();
         let mut rewritten = Self {
@@ -89,17 +94,19 @@ impl Segment {
             sent: None,
             messages: 0,
         };
+        let mut positions = Vec::new();
         for record in scan::<Record>(&bytes).records {
             if let Record::Sent(message) = &record
                 && contains(live, message.seq)
             {
+                positions.push((message.seq, kept.len() as u64));
                 encode(&record, &mut kept).map_err(io::Error::other)?;
                 rewritten.note_sent(message.seq..message.seq + 1);
             }
         }
         storage.replace(&self.path, &kept)?;
         *self = rewritten;
-        Ok(())
+        Ok(positions)
     }
 }
 
@@ -135,10 +142,10 @@ pub(super) fn list(storage: &dyn Storage, dir: &Path) -> io::Result<Vec<u64>> {
 }
 
 /// Whether `records` (a segment's) open with a whole checkpoint.
-pub(super) fn opens_with_checkpoint(records: &[Record]) -> bool {
-    matches!(records.first(), Some(Record::Checkpoint { .. }))
+pub(super) fn opens_with_checkpoint<'a>(records: impl IntoIterator<Item = &'a Record>) -> bool {
+    let mut records = records.into_iter().peekable();
+    matches!(records.peek(), Some(Record::Checkpoint { .. }))
         && records
-            .iter()
             .take_while(|record| !matches!(record, Record::Sent(_)))
             .any(|record| matches!(record, Record::CheckpointEnd))
 }

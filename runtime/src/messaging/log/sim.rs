@@ -167,6 +167,18 @@ impl Storage for SimDisk {
             .map(|&at| state.files[at].seen.clone()))
     }
 
+    fn read_at(&self, path: &Path, at: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+        let mut state = self.state();
+        if let Some(err) = state.fault(Op::Read) {
+            return Err(err);
+        }
+        Ok(state.names.get(path).map(|&file| {
+            let seen = &state.files[file].seen;
+            let from = (at as usize).min(seen.len());
+            seen[from..from.saturating_add(len).min(seen.len())].to_vec()
+        }))
+    }
+
     fn append(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
         let mut state = self.state();
         if let Some(err) = state.fault(Op::Open) {

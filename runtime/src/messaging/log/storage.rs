@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 pub(crate) trait Storage: Send + Sync + 'static {
     /// The whole file; `None` if it does not exist.
     fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
+    /// Up to `len` bytes of the file from byte `at` on (fewer at its end); `None` if it does
+    /// not exist. Called beside the writer, on bytes it synced before.
+    fn read_at(&self, path: &Path, at: u64, len: usize) -> io::Result<Option<Vec<u8>>>;
     /// The file opened for appending, created if missing.
     fn append(&self, path: &Path) -> io::Result<Box<dyn LogFile>>;
     /// Makes `path` hold `contents` (written and synced to a new file that is renamed over
@@ -61,6 +64,18 @@ impl Storage for Disk {
         };
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
+        Ok(Some(bytes))
+    }
+
+    fn read_at(&self, path: &Path, at: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+        let mut file = match File::open(path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        file.seek(SeekFrom::Start(at))?;
+        let mut bytes = Vec::new();
+        file.take(len as u64).read_to_end(&mut bytes)?;
         Ok(Some(bytes))
     }
 
@@ -156,6 +171,10 @@ struct Unsynced(File);
 impl Storage for UnsyncedDisk {
     fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
         Disk.read(path)
+    }
+
+    fn read_at(&self, path: &Path, at: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+        Disk.read_at(path, at, len)
     }
 
     fn append(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {

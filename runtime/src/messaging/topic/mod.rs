@@ -157,6 +157,8 @@ pub(super) struct Topic {
     stop: watch::Sender<bool>,
     dispatcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     writer: Writer,
+    /// Reads stored messages from the log, beside the writer.
+    reader: log::Reader,
     /// Shared with the log writer, which tells it what is stored in the order it was written.
     state: Arc<std::sync::Mutex<State>>,
     /// Wakes the dispatcher: a message is ready, or a delivery slot is free.
@@ -308,6 +310,9 @@ impl From<&DeadLetter> for DeadLetterView {
     }
 }
 
+/// Messages with their bodies, in order.
+type Kept = Vec<Arc<StoredMessage>>;
+
 /// A message stored by a send or publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Stored {
@@ -368,6 +373,8 @@ impl State {
                             .expired,
                     );
                 }
+                // All of it is on disk: readers read it from there.
+                state.retained.stored(0..state.next_seq);
                 for sub in &spec.subscriptions {
                     let ledger = match recovered.owed_by(Some(&sub.service)) {
                         Some(owed) => {
@@ -384,7 +391,12 @@ impl State {
                             Ledger::recover(owed, state.next_seq)
                         }
                         None => {
-                            let (ledger, record) = state.place(&sub.service, sub.start);
+                            let load = |seqs: &[u64]| -> Kept {
+                                seqs.iter()
+                                    .filter_map(|seq| messages.get(seq).cloned())
+                                    .collect()
+                            };
+                            let (ledger, record) = state.place(&sub.service, sub.start, &load);
                             placed.push(record);
                             ledger
                         }
@@ -412,24 +424,54 @@ impl State {
     }
 
     /// A ledger for subscription `service` of this topic owing the kept messages from
-    /// `start` on, and the record that says so.
-    fn place(&self, service: &str, start: StartAt) -> (Ledger, Record) {
+    /// `start` on, and the record that says so; `load` reads the bodies of stored ones.
+    fn place(
+        &self,
+        service: &str,
+        start: StartAt,
+        load: &dyn Fn(&[u64]) -> Kept,
+    ) -> (Ledger, Record) {
         let from = self.offset_of(start);
-        let owed = self
-            .retained
-            .from(from)
-            .filter(|message| message.seq < self.unstored_from)
-            .map(|message| (message.clone(), 0));
-        let mut ledger = Ledger::recover(owed, self.unstored_from.max(from));
+        let (stored, unstored): (Vec<_>, Vec<_>) = self
+            .kept_from(from, load)
+            .into_iter()
+            .partition(|message| message.seq < self.unstored_from);
+        let mut ledger = Ledger::recover(
+            stored.into_iter().map(|message| (message, 0)),
+            self.unstored_from.max(from),
+        );
         // Messages sent but not yet on disk are owed too, ready once stored.
-        for message in self.retained.from(self.unstored_from.max(from)) {
-            ledger.owe(message.clone());
+        for message in unstored {
+            ledger.owe(message);
         }
         let record = Record::StartAt {
             subscription: service.to_owned(),
             seq: from,
         };
         (ledger, record)
+    }
+
+    /// The kept messages from `from` on, in order, with their bodies: from memory while not
+    /// yet on disk, read by `load` from the log otherwise.
+    fn kept_from(&self, from: u64, load: &dyn Fn(&[u64]) -> Kept) -> Kept {
+        let (on_disk, in_memory) = self.kept_split(from);
+        // Not yet stored comes after everything stored.
+        let mut messages = load(&on_disk);
+        messages.extend(in_memory);
+        messages
+    }
+
+    /// The kept messages from `from` on: the offsets of those on disk, and those not yet.
+    fn kept_split(&self, from: u64) -> (Vec<u64>, Kept) {
+        let mut on_disk = Vec::new();
+        let mut in_memory = Vec::new();
+        for kept in self.retained.from(from) {
+            match &kept.message {
+                Some(message) => in_memory.push(message.clone()),
+                None => on_disk.push(kept.seq),
+            }
+        }
+        (on_disk, in_memory)
     }
 
     fn subscription(&mut self, name: Option<&str>) -> Option<&mut Subscription> {
@@ -579,6 +621,7 @@ impl Topic {
             spec: arc_swap::ArcSwap::from_pointee(spec),
             stop: watch::channel(false).0,
             dispatcher: std::sync::Mutex::new(None),
+            reader: writer.reader(),
             writer,
             state: Arc::new(std::sync::Mutex::new(state)),
             wake: Arc::new(Notify::new()),
@@ -711,6 +754,7 @@ impl Topic {
                 }
                 if stored {
                     state.unstored_from = state.unstored_from.max(told.end);
+                    state.retained.stored(told.clone());
                 } else {
                     for seq in told {
                         state.retained.remove(seq);
@@ -727,37 +771,88 @@ impl Topic {
 
     /// Up to `max` stored messages from offset `from` on (and at most [`MAX_READ_BYTES`] of
     /// bodies, but always one if there is one), and the offset after the last; for a queue,
-    /// the messages it still owes.
-    pub(super) fn read(&self, from: u64, max: usize) -> (Vec<StoredMessage>, u64) {
-        let state = self.lock();
+    /// the messages it still owes. A topic's are read from its log.
+    pub(super) async fn read(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Result<(Vec<StoredMessage>, u64), log::LogError> {
         let max = max.clamp(1, MAX_READ_MESSAGES);
-        let mut messages = Vec::new();
-        let mut bytes = 0;
-        let mut next = from.max(state.retained.first().unwrap_or(state.next_seq));
-        let candidates: Box<dyn Iterator<Item = &Arc<StoredMessage>>> = match self.spec.load().kind
-        {
-            Kind::Topic(_) => Box::new(state.retained.from(from)),
-            Kind::Queue { .. } => Box::new(
-                state
-                    .subscriptions
-                    .iter()
-                    .take(1)
-                    .flat_map(|sub| sub.ledger.owed_messages().map(|(m, _)| m))
-                    .filter(move |m| m.seq >= from),
-            ),
+        let (wanted, next) = {
+            let state = self.lock();
+            let mut next = from.max(state.retained.first().unwrap_or(state.next_seq));
+            let mut wanted = Vec::new();
+            let mut bytes = 0;
+            match self.spec.load().kind {
+                Kind::Queue { .. } => {
+                    let owed = state
+                        .subscriptions
+                        .iter()
+                        .take(1)
+                        .flat_map(|sub| sub.ledger.owed_messages().map(|(m, _)| m))
+                        .filter(|m| m.seq >= from && m.seq < state.unstored_from);
+                    let mut messages = Vec::new();
+                    for message in owed.take(max) {
+                        bytes += message.body.len();
+                        if bytes > MAX_READ_BYTES && !messages.is_empty() {
+                            break;
+                        }
+                        next = message.seq + 1;
+                        messages.push(StoredMessage::clone(message));
+                    }
+                    return Ok((messages, next.min(state.unstored_from)));
+                }
+                Kind::Topic(_) => {
+                    let kept = state
+                        .retained
+                        .from(from)
+                        .take_while(|kept| kept.seq < state.unstored_from);
+                    for kept in kept.take(max) {
+                        bytes += kept.weight();
+                        if bytes > MAX_READ_BYTES && !wanted.is_empty() {
+                            break;
+                        }
+                        next = kept.seq + 1;
+                        wanted.push(kept.seq);
+                    }
+                }
+            }
+            (wanted, next.min(state.unstored_from))
         };
-        for message in candidates {
-            if message.seq >= state.unstored_from || messages.len() == max {
-                break;
-            }
-            bytes += message.body.len();
-            if bytes > MAX_READ_BYTES && !messages.is_empty() {
-                break;
-            }
-            next = message.seq + 1;
-            messages.push(StoredMessage::clone(message));
+        Ok((self.read_stored(wanted).await?, next))
+    }
+
+    /// The stored messages `seqs` (ascending) that the log still holds, read off the runtime's
+    /// threads.
+    async fn read_stored(&self, seqs: Vec<u64>) -> Result<Vec<StoredMessage>, log::LogError> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
         }
-        (messages, next.min(state.unstored_from))
+        let reader = self.reader.clone();
+        let read = tokio::task::spawn_blocking(move || reader.read(&seqs)).await;
+        read.map_err(std::io::Error::other)
+            .and_then(|read| read)
+            .map_err(|cause| log::LogError::Io {
+                path: format!("topic `{}`", self.name).into(),
+                cause,
+            })
+    }
+
+    /// The bodies of the stored messages `seqs` (ascending), read from the log; what cannot be
+    /// read is said and left out.
+    fn load(&self, seqs: &[u64]) -> Kept {
+        match self.reader.read(seqs) {
+            Ok(found) => {
+                if found.len() < seqs.len() {
+                    tracing::warn!(topic = %self.name, wanted = seqs.len(), found = found.len(), "some kept messages were no longer in the log (retention dropped them meanwhile?)");
+                }
+                found.into_iter().map(Arc::new).collect()
+            }
+            Err(err) => {
+                tracing::error!(topic = %self.name, error = %err, wanted = seqs.len(), "could not read kept messages from the log; the subscription does not get them");
+                Vec::new()
+            }
+        }
     }
 
     /// Makes subscription `service` owe exactly the kept messages from `from` on (a replay,
@@ -766,27 +861,25 @@ impl Topic {
         if !self.is_topic() {
             return Err(QueueError::NotATopic(self.name.clone()));
         }
+        let offset = self.lock().offset_of(from);
+        if self.lock().subscription(Some(service)).is_none() {
+            return Err(self.unknown_subscription(service));
+        }
+        // Read from the log without the lock; what arrives meanwhile is owed already.
+        let (on_disk, in_memory) = self.lock().kept_split(offset);
+        let stored = self
+            .read_stored(on_disk)
+            .await
+            .map_err(|cause| MessagingError {
+                queue: self.name.clone(),
+                cause,
+            })?;
+        let mut messages: Kept = stored.into_iter().map(Arc::new).collect();
+        messages.extend(in_memory);
         let (synced, offset) = {
             let mut state = self.lock();
-            let offset = state.offset_of(from);
-            let messages: Vec<Arc<StoredMessage>> = state.retained.from(offset).cloned().collect();
             let Some(sub) = state.subscription(Some(service)) else {
-                let known: Vec<String> = self
-                    .spec
-                    .load()
-                    .subscriptions
-                    .iter()
-                    .map(|s| s.service.clone())
-                    .collect();
-                return Err(QueueError::UnknownSubscription {
-                    topic: self.name.clone(),
-                    service: service.to_owned(),
-                    known: if known.is_empty() {
-                        "none".into()
-                    } else {
-                        known.join(", ")
-                    },
-                });
+                return Err(self.unknown_subscription(service));
             };
             sub.ledger.rewind(offset, messages);
             let record = Record::StartAt {
@@ -802,6 +895,25 @@ impl Topic {
         })?;
         tracing::info!(topic = %self.name, subscriber = service, offset, "subscription rewound");
         Ok(offset)
+    }
+
+    fn unknown_subscription(&self, service: &str) -> QueueError {
+        let known: Vec<String> = self
+            .spec
+            .load()
+            .subscriptions
+            .iter()
+            .map(|s| s.service.clone())
+            .collect();
+        QueueError::UnknownSubscription {
+            topic: self.name.clone(),
+            service: service.to_owned(),
+            known: if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            },
+        }
     }
 
     /// Starts delivering (once; later calls do nothing).
@@ -870,7 +982,9 @@ impl Topic {
                     match state.subscription(Some(&sub_spec.service)) {
                         Some(sub) => sub.spec = sub_spec.clone(),
                         None => {
-                            let (ledger, record) = state.place(&sub_spec.service, sub_spec.start);
+                            let load = |seqs: &[u64]| self.load(seqs);
+                            let (ledger, record) =
+                                state.place(&sub_spec.service, sub_spec.start, &load);
                             placed.push(self.write_locked(&mut state, Vec::new(), &record));
                             state.subscriptions.push(Subscription::new(
                                 Some(sub_spec.service.clone()),

@@ -7,6 +7,9 @@
 //! without a key stay until age or size drop them). A subscription that still owes a message
 //! the compaction dropped keeps it: the topic keeps what is owed, it only stops offering it
 //! to new readers. Age and size drop a message for everyone.
+//!
+//! Only what these decisions need stays in memory (offset, key, time, weight); a body stays
+//! only until the message's record is on disk. Readers read bodies from the log's segments.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,11 +21,29 @@ use super::ledger::weight;
 
 #[derive(Default)]
 pub(super) struct Retained {
-    messages: BTreeMap<u64, Arc<StoredMessage>>,
+    messages: BTreeMap<u64, Kept>,
     /// What they weigh ([`weight`]).
     bytes: usize,
     /// The latest message of each key (for `compact`).
     latest: HashMap<String, u64>,
+}
+
+/// A kept message.
+pub(super) struct Kept {
+    pub(super) seq: u64,
+    key: Option<String>,
+    sent_at_ms: u64,
+    /// What it weighs ([`weight`]).
+    weight: usize,
+    /// The message itself, until its record is on disk.
+    pub(super) message: Option<Arc<StoredMessage>>,
+}
+
+impl Kept {
+    /// What it weighs: its body and the rest of its record, near enough.
+    pub(super) fn weight(&self) -> usize {
+        self.weight
+    }
 }
 
 /// What a change to the kept messages dropped.
@@ -50,8 +71,15 @@ impl Retained {
         {
             dropped.superseded.push(earlier);
         }
-        self.bytes += weight(&message);
-        self.messages.insert(message.seq, message);
+        let kept = Kept {
+            seq: message.seq,
+            key: message.key.clone(),
+            sent_at_ms: message.sent_at_ms,
+            weight: weight(&message),
+            message: Some(message),
+        };
+        self.bytes += kept.weight;
+        self.messages.insert(kept.seq, kept);
         dropped.expired = self.trim(retention, now_ms);
         dropped
     }
@@ -79,12 +107,19 @@ impl Retained {
         Some(oldest.sent_at_ms.saturating_add(age.as_millis() as u64))
     }
 
+    /// The messages `seqs` are on disk: their bodies are read from there from now on.
+    pub(super) fn stored(&mut self, seqs: std::ops::Range<u64>) {
+        for (_, kept) in self.messages.range_mut(seqs) {
+            kept.message = None;
+        }
+    }
+
     /// Forgets `seq` (its record never reached the disk); whether it was kept.
     pub(super) fn remove(&mut self, seq: u64) -> bool {
         let Some(message) = self.messages.remove(&seq) else {
             return false;
         };
-        self.bytes = self.bytes.saturating_sub(weight(&message));
+        self.bytes = self.bytes.saturating_sub(message.weight);
         if let Some(key) = &message.key
             && self.latest.get(key) == Some(&seq)
         {
@@ -94,8 +129,8 @@ impl Retained {
     }
 
     /// The kept messages from `from` on, in order.
-    pub(super) fn from(&self, from: u64) -> impl Iterator<Item = &Arc<StoredMessage>> {
-        self.messages.range(from..).map(|(_, message)| message)
+    pub(super) fn from(&self, from: u64) -> impl Iterator<Item = &Kept> {
+        self.messages.range(from..).map(|(_, kept)| kept)
     }
 
     /// The oldest kept offset.
