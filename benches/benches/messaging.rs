@@ -313,7 +313,7 @@ async fn main() -> Result<()> {
     println!("  {}", ours.line("requests"));
     println!("  {}", theirs.line("requests"));
     println!(
-        "  switchyard p50 {:.2}x nats-server's (its request is stored and fsynced first)",
+        "  switchyard p50 {:.2}x nats-server's (its request is delivered as it is written, stored all the same)",
         ours.latency_us(0.5) as f64 / theirs.latency_us(0.5) as f64
     );
 

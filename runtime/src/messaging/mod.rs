@@ -361,19 +361,29 @@ impl Broker {
         mut outgoing: Outgoing,
         timeout: std::time::Duration,
     ) -> Result<StoredMessage, RequestError> {
-        let started = tokio::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut waiting = self.inboxes.open().map_err(RequestError::NotSent)?;
         outgoing.reply_to = Some(waiting.address.clone());
-        self.send(destination, sender, trace_context, outgoing, timeout)
-            .await
-            .map_err(RequestError::NotSent)?;
-        let left = timeout.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, waiting.reply()).await {
-            Ok(Some(reply)) => Ok(reply),
-            _ => Err(RequestError::Timeout(format!(
-                "no reply to the request sent to `{destination}` came within {} ms",
-                timeout.as_millis()
-            ))),
+        // A request is delivered before it is on disk: its reply may come first.
+        let send = self.send(destination, sender, trace_context, outgoing, timeout);
+        tokio::pin!(send);
+        let mut stored = false;
+        loop {
+            tokio::select! {
+                sent = &mut send, if !stored => {
+                    sent.map_err(RequestError::NotSent)?;
+                    stored = true;
+                }
+                reply = tokio::time::timeout_at(deadline, waiting.reply()) => {
+                    return match reply {
+                        Ok(Some(reply)) => Ok(reply),
+                        _ => Err(RequestError::Timeout(format!(
+                            "no reply to the request sent to `{destination}` came within {} ms",
+                            timeout.as_millis()
+                        ))),
+                    };
+                }
+            }
         }
     }
 
@@ -391,14 +401,28 @@ impl Broker {
         let until = tokio::time::Instant::now() + window;
         let mut waiting = self.inboxes.open_for_all().map_err(RequestError::NotSent)?;
         outgoing.reply_to = Some(waiting.address.clone());
-        self.send(destination, sender, trace_context, outgoing, window)
-            .await
-            .map_err(RequestError::NotSent)?;
+        // Replies may come before the request is on disk; a failed send still fails it.
+        let send = self.send(destination, sender, trace_context, outgoing, window);
+        tokio::pin!(send);
+        let mut stored = false;
         let mut replies = Vec::new();
-        while let Ok(Some(reply)) = tokio::time::timeout_at(until, waiting.reply()).await {
-            replies.push(reply);
+        loop {
+            tokio::select! {
+                sent = &mut send, if !stored => {
+                    sent.map_err(RequestError::NotSent)?;
+                    stored = true;
+                }
+                reply = tokio::time::timeout_at(until, waiting.reply()) => match reply {
+                    Ok(Some(reply)) => replies.push(reply),
+                    _ if stored => return Ok(replies),
+                    // The window closed before the send was answered: wait for that answer.
+                    _ => {
+                        (&mut send).await.map_err(RequestError::NotSent)?;
+                        return Ok(replies);
+                    }
+                },
+            }
         }
-        Ok(replies)
     }
 
     /// Answers a message at its `reply-to`, `to`: a requester waiting on this node or another,

@@ -11,7 +11,9 @@
 //!
 //! The rules it keeps:
 //! - a sent message is delivered only once its record is on disk ([`Ledger::stored`]), so a
-//!   subscriber never acts on a message a crash could take back;
+//!   subscriber never acts on a message a crash could take back; but a request whose
+//!   requester waits for its reply ([`Ledger::owe_now`]) is ready at once: the requester
+//!   waits for the reply, not for the disk, and a crash ends its wait anyway;
 //! - at most `concurrency` deliveries at a time;
 //! - a failed delivery counts an attempt and waits its pause with its slot freed, then goes to
 //!   the back of the line;
@@ -60,6 +62,8 @@ pub(super) struct Ledger {
     owed_bytes: usize,
     /// The first sequence number not yet known to be on disk (not ready before it is).
     unstored_from: u64,
+    /// Messages made ready before their records are on disk ([`Ledger::owe_now`]).
+    early: HashSet<u64>,
 }
 
 struct Owed {
@@ -218,22 +222,38 @@ impl Ledger {
         self.insert_owed(message, 0);
     }
 
+    /// [`Ledger::owe`], ready at once instead of once stored: a request whose requester
+    /// waits for the reply. If its record then fails to reach the disk it stays owed (it may
+    /// be in delivery already; its requester heard that the send failed).
+    pub(super) fn owe_now(&mut self, message: Arc<StoredMessage>) {
+        let seq = message.seq;
+        if seq < self.next_seq {
+            return;
+        }
+        self.owe(message);
+        self.early.insert(seq);
+        self.ready.push_back(seq);
+    }
+
     /// The records of `seqs` are on disk, and every message before them was stored or
     /// forgotten already (the log writer tells outcomes in the order of the log): those still
     /// owed become ready, in the order they were sent.
     pub(super) fn stored(&mut self, seqs: Range<u64>) {
         for seq in self.unstored_from..seqs.end {
-            if self.owed.contains_key(&seq) {
+            if !self.early.remove(&seq) && self.owed.contains_key(&seq) {
                 self.ready.push_back(seq);
             }
         }
         self.unstored_from = self.unstored_from.max(seqs.end);
     }
 
-    /// Stops owing `seqs` (their records never reached the disk; their senders were told).
+    /// Stops owing `seqs` (their records never reached the disk; their senders were told),
+    /// but for those delivered early.
     pub(super) fn forget(&mut self, seqs: Range<u64>) {
         for seq in seqs {
-            self.drop_owed(seq);
+            if !self.early.remove(&seq) {
+                self.drop_owed(seq);
+            }
         }
     }
 

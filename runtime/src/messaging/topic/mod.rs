@@ -727,9 +727,20 @@ impl Topic {
         let seqs = state.next_seq..state.next_seq + numbered.len() as u64;
         state.next_seq = seqs.end;
         let now_ms = super::now_ms();
+        let mut early = false;
         for message in numbered {
+            // A requester waits for the reply, not for the disk.
+            let waited_for = message
+                .reply_to
+                .as_deref()
+                .is_some_and(|to| super::inbox::parse(to).is_some());
+            early |= waited_for;
             for sub in &mut state.subscriptions {
-                sub.ledger.owe(message.clone());
+                if waited_for {
+                    sub.ledger.owe_now(message.clone());
+                } else {
+                    sub.ledger.owe(message.clone());
+                }
             }
             if let Kind::Topic(retention) = &spec.kind {
                 let dropped = state.retained.keep(message, retention, now_ms);
@@ -766,6 +777,9 @@ impl Topic {
                 }
             });
         self.rotate_if_due(state);
+        if early {
+            self.wake.notify_one();
+        }
         Ok((Box::pin(synced), seqs))
     }
 

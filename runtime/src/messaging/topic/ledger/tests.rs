@@ -90,6 +90,30 @@ fn a_message_is_delivered_only_once_its_send_is_on_disk_and_in_the_order_sent() 
     assert_eq!((ledger.owed(), ledger.owed_bytes()), (0, 0));
 }
 
+#[test]
+fn a_request_waited_for_is_ready_before_it_is_on_disk_and_delivered_once() {
+    let mut ledger = Ledger::default();
+    let now = Instant::now();
+    let sent = owe(&mut ledger, vec![message(0)]);
+    ledger.owe_now(Arc::new(message(1)));
+    // The request goes out at once; the send before it waits for the disk.
+    let delivery = ledger.next(now, 4, false).expect("the request");
+    assert_eq!(delivery.seq, 1);
+    assert!(ledger.next(now, 4, false).is_none());
+    // Both records reach the disk: the earlier send is ready, the request not again.
+    ledger.stored(sent.start..2);
+    assert_eq!(ledger.next(now, 4, false).map(|d| d.seq), Some(0));
+    assert!(ledger.next(now, 4, false).is_none(), "delivered twice");
+    // A request whose record then fails stays owed: it may be in delivery already.
+    ledger.owe_now(Arc::new(message(2)));
+    ledger.forget(2..3);
+    assert_eq!(ledger.next(now, 4, false).map(|d| d.seq), Some(2));
+    for seq in [1, 0, 2] {
+        ledger.acked(seq);
+    }
+    assert_eq!(ledger.owed(), 0);
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
