@@ -399,6 +399,16 @@ pub(super) fn encode<T: Serialize>(record: &T, into: &mut Vec<u8>) -> Result<(),
     Ok(())
 }
 
+/// `Record::Sent(message)` encoded without a copy of the message: the same bytes, as postcard
+/// writes a variant's index and then its content.
+pub(super) fn encode_sent(message: &StoredMessage, into: &mut Vec<u8>) -> Result<(), LogError> {
+    #[derive(Serialize)]
+    enum SentRef<'a> {
+        Sent(&'a StoredMessage),
+    }
+    encode(&SentRef::Sent(message), into)
+}
+
 /// The record at `at` in `bytes` and where the next one starts, if one is whole there: its
 /// length fits, its checksum matches and it decodes.
 fn decode_at<T: serde::de::DeserializeOwned>(bytes: &[u8], at: usize) -> Option<(T, usize)> {
@@ -692,6 +702,7 @@ pub(super) fn open(
     let files = Files {
         log_good: log_len,
         log_len,
+        pending: Vec::new(),
         index: index.clone(),
         dead_good: recovered.dead_bytes,
         log,
@@ -785,8 +796,11 @@ struct Files {
     /// the writer tries again, so a half-written record never sits between good ones.
     log_good: u64,
     dead_good: u64,
-    /// The active segment's length as written (synced or not).
+    /// The active segment's length as written (synced or not), with `pending`.
     log_len: u64,
+    /// Records for the active segment not yet written: a batch's appends go to the file in
+    /// one write.
+    pending: Vec<u8>,
     /// Where its messages are, for readers.
     index: Arc<std::sync::Mutex<Index>>,
     /// A file was created or replaced but the directory sync that makes its name durable
@@ -805,6 +819,7 @@ impl Files {
     fn repair(&mut self) -> io::Result<()> {
         self.index().cut(self.active.number, self.log_good);
         self.log_len = self.log_good;
+        self.pending.clear();
         self.log.set_len(self.log_good)?;
         self.dead.set_len(self.dead_good)?;
         self.log.sync_data()?;
@@ -818,16 +833,26 @@ impl Files {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends `log` to the active segment (its first records are the messages `sent`).
-    fn append_log(&mut self, log: &[u8], sent: Range<u64>) -> io::Result<()> {
+    /// Appends `log` to the active segment (its first records are the messages `sent`),
+    /// written with the rest of the batch by [`Files::flush`].
+    fn append_log(&mut self, log: &[u8], sent: Range<u64>) {
         let position = self.log_len;
-        self.log.write_all(log)?;
+        self.pending.extend_from_slice(log);
         self.log_len += log.len() as u64;
         if !sent.is_empty() {
             self.index().note(self.active.number, sent.start, position);
         }
         self.active.note_sent(sent);
-        Ok(())
+    }
+
+    /// Writes what [`Files::append_log`] gathered.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let written = self.log.write_all(&self.pending);
+        self.pending.clear();
+        written
     }
 
     fn sync_dir_if_needed(&mut self) -> io::Result<()> {
@@ -861,6 +886,7 @@ impl Files {
     /// one succeeds).
     fn rotate(&mut self, checkpoint: &[u8]) -> io::Result<bool> {
         // The checkpoint sums up the records before it: they must be on disk first.
+        self.flush()?;
         self.log.sync_data()?;
         let next = Segment::new(&self.paths.segments, self.active.number + 1);
         let file = match self.storage.replace(&next.path, checkpoint) {
@@ -1014,6 +1040,17 @@ impl Writer {
         }
     }
 
+    /// [`Writer::append`] of records nobody waits for; a failure is logged with its batch.
+    pub(super) fn append_unawaited(&self, log: Vec<u8>) {
+        let _ = self.commands.send(Command::Append {
+            dead: Vec::new(),
+            log,
+            sent: 0..0,
+            // Zero-sized: no allocation.
+            done: Box::new(|_| ()),
+        });
+    }
+
     /// Reads stored messages from the log's segments.
     pub(super) fn reader(&self) -> Reader {
         self.reader.clone()
@@ -1161,13 +1198,16 @@ fn write_loop(
             }
         }
         if broken.is_none() {
-            let synced = files.log.sync_data().and_then(|()| {
-                if wrote_dead {
-                    files.dead.sync_data()
-                } else {
-                    Ok(())
-                }
-            });
+            let synced = files
+                .flush()
+                .and_then(|()| files.log.sync_data())
+                .and_then(|()| {
+                    if wrote_dead {
+                        files.dead.sync_data()
+                    } else {
+                        Ok(())
+                    }
+                });
             let synced = synced
                 .and_then(|()| files.sync_dir_if_needed())
                 .and_then(|()| files.mark_good());
@@ -1203,7 +1243,8 @@ fn write_pair(files: &mut Files, dead: &[u8], log: &[u8], sent: Range<u64>) -> i
         files.dead.write_all(dead)?;
         files.dead.sync_data()?;
     }
-    files.append_log(log, sent)
+    files.append_log(log, sent);
+    Ok(())
 }
 
 /// The first bytes of the dead-letter file as a redrive read them.
@@ -1666,6 +1707,14 @@ mod tests {
                 Some(MessageKind::Event)
             ]
         );
+    }
+
+    #[test]
+    fn a_message_encoded_without_a_copy_is_the_same_record() {
+        let message = message(3, "body");
+        let mut borrowed = Vec::new();
+        encode_sent(&message, &mut borrowed).unwrap();
+        assert_eq!(borrowed, records(&[Record::Sent(message)]));
     }
 
     #[test]

@@ -721,7 +721,7 @@ impl Topic {
         for (seq, mut message) in (state.next_seq..).zip(messages) {
             message.seq = seq;
             message.id = self.id(seq);
-            log::encode(&Record::Sent(message.clone()), &mut bytes)?;
+            log::encode_sent(&message, &mut bytes)?;
             numbered.push(Arc::new(message));
         }
         let seqs = state.next_seq..state.next_seq + numbered.len() as u64;
@@ -1249,12 +1249,12 @@ impl Topic {
         // Each outcome's one lock also notes why the subscriber is waited for, if it is.
         match outcome {
             Delivered::Acked => {
-                let synced = self.settle(name.as_deref(), |sub| {
+                self.settle(name.as_deref(), |sub| {
                     sub.waiting_for = None;
                     sub.stats.delivered += 1;
                     Some(sub.ledger.acked(seq))
                 });
-                self.finish(synced).await;
+                self.wake.notify_one();
             }
             Delivered::NotNow(reason) => {
                 tracing::debug!(queue = %self.name, %subscriber, id = %message.id, %reason, "subscriber cannot take the message now; offering it again shortly");
@@ -1276,12 +1276,12 @@ impl Topic {
                 match after_failure(&what, &spec, verdict, attempts) {
                     DeliveryVerdict::RedeliverAfter(pause) => {
                         tracing::info!(queue = %self.name, %subscriber, id = %message.id, attempts, %error, pause_ms = pause.as_millis() as u64, "delivery failed; redelivering");
-                        let synced = self.settle(name.as_deref(), |sub| {
+                        self.settle(name.as_deref(), |sub| {
                             sub.waiting_for = None;
                             sub.stats.redelivered += 1;
                             Some(sub.ledger.failed(seq, attempts, pause, Instant::now()))
                         });
-                        self.finish(synced).await;
+                        self.wake.notify_one();
                     }
                     DeliveryVerdict::DeadLetter(reason) => {
                         self.with_subscription(name.as_deref(), |sub| sub.waiting_for = None);
@@ -1387,24 +1387,25 @@ impl Topic {
 
     /// Applies a settling event to subscription `name` and sends its record to the writer,
     /// under one lock so the log's order is the state's.
-    fn settle(
-        &self,
-        name: Option<&str>,
-        event: impl FnOnce(&mut Subscription) -> Option<Record>,
-    ) -> LogSync {
+    ///
+    /// Nobody waits for the record to be on disk: the next delivery goes as soon as a slot is
+    /// free, consumers go as fast as the log syncs in groups, and a crash before the record is
+    /// on disk means one more delivery of a handled message, which at-least-once allows (the
+    /// writer logs a failed batch).
+    fn settle(&self, name: Option<&str>, event: impl FnOnce(&mut Subscription) -> Option<Record>) {
         let mut state = self.lock();
-        let Some(record) = state.subscription(name).and_then(event) else {
-            return Box::pin(std::future::ready(Ok(())));
-        };
-        self.write_locked(&mut state, Vec::new(), &named(name, record))
+        if let Some(record) = state.subscription(name).and_then(event) {
+            let bytes = encoded(&named(name, record));
+            state.written += bytes.len();
+            self.writer.append_unawaited(bytes);
+            self.rotate_if_due(&mut state);
+        }
     }
 
     /// Sends `record` (after `dead`, if any) to the writer, and starts a new segment if one is
     /// due; call with the state locked.
     fn write_locked(&self, state: &mut State, dead: Vec<u8>, record: &Record) -> LogSync {
-        let mut bytes = Vec::new();
-        // These records hold no body; they always fit.
-        let _ = log::encode(record, &mut bytes);
+        let bytes = encoded(record);
         state.written += bytes.len();
         let synced = Box::pin(self.writer.append(dead, bytes));
         self.rotate_if_due(state);
@@ -1416,17 +1417,6 @@ impl Topic {
     fn rotate_if_due(&self, state: &mut State) {
         if let Some(rotation) = state.rotation() {
             self.writer.rotate(rotation);
-        }
-    }
-
-    /// Wakes the dispatcher for the freed slot, then waits for `synced`. The next delivery
-    /// does not wait for this one's record to be on disk: a crash before it is means one more
-    /// delivery of a handled message, which at-least-once allows, and consumers go as fast as
-    /// the log syncs in groups.
-    async fn finish(&self, synced: LogSync) {
-        self.wake.notify_one();
-        if let Err(err) = synced.await {
-            tracing::error!(queue = %self.name, error = %err, "could not record a settled message; it may be delivered again after a restart");
         }
     }
 
@@ -1506,6 +1496,13 @@ impl Topic {
     fn rotate_after(&self, bytes: usize) {
         self.lock().rotate_after = bytes;
     }
+}
+
+/// A record that holds no body: it always fits.
+fn encoded(record: &Record) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let _ = log::encode(record, &mut bytes);
+    bytes
 }
 
 fn lock(state: &std::sync::Mutex<State>) -> std::sync::MutexGuard<'_, State> {
