@@ -1206,14 +1206,16 @@ impl Topic {
                 causation.depth,
                 log_spec.what()
             );
-            self.dead_letter(
+            // Boxed, as are the other rare paths: every delivery's future is moved into its
+            // task, and their state would make it several times larger.
+            Box::pin(self.dead_letter(
                 name.as_deref(),
                 seq,
                 &message,
                 attempts,
                 reason,
                 "not delivered".into(),
-            )
+            ))
             .await;
             return;
         }
@@ -1267,8 +1269,13 @@ impl Topic {
             Delivered::Failed(error) => {
                 let attempts = attempts + 1;
                 let chain = policies.delivery_chain(&self.name);
-                let verdict =
-                    policy::on_delivery_failure(&chain, &self.name, &message.id, attempts).await;
+                let verdict = Box::pin(policy::on_delivery_failure(
+                    &chain,
+                    &self.name,
+                    &message.id,
+                    attempts,
+                ))
+                .await;
                 let what = match &name {
                     Some(service) => format!("{}, subscription `{service}`", log_spec.what()),
                     None => log_spec.what(),
@@ -1285,8 +1292,15 @@ impl Topic {
                     }
                     DeliveryVerdict::DeadLetter(reason) => {
                         self.with_subscription(name.as_deref(), |sub| sub.waiting_for = None);
-                        self.dead_letter(name.as_deref(), seq, &message, attempts, reason, error)
-                            .await;
+                        Box::pin(self.dead_letter(
+                            name.as_deref(),
+                            seq,
+                            &message,
+                            attempts,
+                            reason,
+                            error,
+                        ))
+                        .await;
                     }
                 }
             }
