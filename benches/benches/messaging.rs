@@ -1,6 +1,7 @@
-//! Messaging on one node: the embedded broker's topics and request/reply against nats-server
-//! (the Debian package, started here on a free port; async-nats as its client) in the same run
-//! and harness, and what durability costs: publishes acknowledged after `fdatasync` (group
+//! Messaging: the embedded broker's topics and request/reply against nats-server (the Debian
+//! package, started here on free ports; async-nats as its client) in the same run and
+//! harness, on one node and across two (two nodes of ours over QUIC against two clustered
+//! nats-servers), and what durability costs: publishes acknowledged after `fdatasync` (group
 //! commit) against the same broker on a log that never syncs, and against one writer's
 //! append + `fdatasync` on the same disk.
 //!
@@ -39,13 +40,76 @@ struct NatsServer {
     url: String,
 }
 
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 impl NatsServer {
     async fn start() -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        Self::start_with(&[]).await
+    }
+
+    /// Two servers in a cluster (each routes to the other), as NATS spans two machines.
+    async fn cluster() -> Result<(Self, Self)> {
+        let (one, two) = (free_port()?, free_port()?);
+        let route = |port: u16| format!("nats://127.0.0.1:{port}");
+        let first = Self::start_with(&[
+            "--name",
+            "one",
+            "--cluster_name",
+            "bench",
+            "--cluster",
+            &route(one),
+            "--routes",
+            &route(two),
+        ])
+        .await?;
+        let second = Self::start_with(&[
+            "--name",
+            "two",
+            "--cluster_name",
+            "bench",
+            "--cluster",
+            &route(two),
+            "--routes",
+            &route(one),
+        ])
+        .await?;
+        // Until the route is up, what one server gets the other's subscribers do not.
+        let (probe, watcher) = (
+            async_nats::connect(&first.url).await?,
+            async_nats::connect(&second.url).await?,
+        );
+        let mut seen = watcher.subscribe("bench.route").await?;
+        watcher.flush().await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            probe
+                .publish("bench.route", Bytes::from_static(b"?"))
+                .await?;
+            probe.flush().await?;
+            use futures_util::StreamExt;
+            if tokio::time::timeout(Duration::from_millis(200), seen.next())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the two nats-servers never routed"
+            );
+        }
+        Ok((first, second))
+    }
+
+    async fn start_with(more: &[&str]) -> Result<Self> {
+        let port = free_port()?;
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(more)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -137,6 +201,7 @@ async fn ours_pubsub(
 
 async fn nats_pubsub(
     url: &str,
+    subscribers_url: &str,
     subject: &str,
     size: usize,
     subscribers: usize,
@@ -146,7 +211,7 @@ async fn nats_pubsub(
     let received = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
     for _ in 0..subscribers {
-        let client = async_nats::connect(url).await?;
+        let client = async_nats::connect(subscribers_url).await?;
         let mut subscription = client.subscribe(subject.to_owned()).await?;
         client.flush().await?;
         let received = received.clone();
@@ -180,6 +245,127 @@ async fn nats_pubsub(
         publishes,
         until_all_delivered: started.elapsed(),
     })
+}
+
+/// Pub/sub across two nodes: topics `t1` (one subscription) and `t4` (four) live on node a,
+/// whose publishers publish natively through its broker (as a guest's publish goes after the
+/// WIT call); the subscribing services are mailroom guests on node b (reused instances), so
+/// every delivery crosses QUIC, runs a guest and comes back acknowledged. NATS: two clustered
+/// servers, the publisher on one, the subscribers (plain client tasks) on the other.
+async fn two_nodes(publishers: usize, each: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let guests = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guests/wasm32-wasip2/release");
+    anyhow::ensure!(
+        guests.join("mailroom.wasm").is_file(),
+        "guests are missing: run `cargo xtask bench`"
+    );
+    let manifest = |name: &str, text: &str| -> Result<switchyard::Manifest> {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text)?;
+        Ok(switchyard::Manifest::load(&path)?)
+    };
+    let node = |name: &str, more: &str| {
+        format!(
+            "[node]\nname = \"{name}\"\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+             quic = \"127.0.0.1:0\"\ndata_dir = {:?}\n{more}\n",
+            dir.path().join(name).display().to_string()
+        )
+    };
+    let mut subscribers = String::new();
+    for n in 1..=4 {
+        subscribers.push_str(&format!(
+            "[[service]]\nname = \"sub{n}\"\nversion = \"1.0.0\"\ncomponent = {:?}\n\
+             max_instances = 256\nrequests_per_instance = 100000\nconfig = {{ name = \"sub{n}\" }}\n\n",
+            guests.join("mailroom.wasm").display().to_string()
+        ));
+    }
+    let b = switchyard::Node::start(&manifest("b", &format!("{}{subscribers}", node("b", "")))?)
+        .await?;
+    let b_quic = b.quic_addr().context("node b has no QUIC address")?;
+    let subscription =
+        |n: usize| format!("[[topic.subscription]]\nservice = \"sub{n}\"\nconcurrency = 64\n");
+    let topics = format!(
+        "[[topic]]\nname = \"t1\"\nretain_mb = 1024\n{}\n[[topic]]\nname = \"t4\"\nretain_mb = 1024\n{}",
+        subscription(1),
+        (1..=4).map(subscription).collect::<String>()
+    );
+    let a = switchyard::Node::start(&manifest(
+        "a",
+        &format!("{}{topics}", node("a", &format!("seeds = [\"{b_quic}\"]"))),
+    )?)
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // discovery
+    let publisher = Arc::new(a.bench_publisher());
+    let (nats_one, nats_two) = NatsServer::cluster().await?;
+    println!("messaging, two nodes ({publishers} publishers x {each} messages):");
+    for (topic, subscribers) in [("t1", 1), ("t4", 4)] {
+        // Warm-up: guest instances on b, connections.
+        let warm = publisher.delivered(topic);
+        for _ in 0..200 {
+            publisher
+                .publish(topic, vec![b'w'; 16])
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
+        wait_until("the warm-up was delivered", || {
+            publisher.delivered(topic) >= warm + 200 * subscribers as u64
+        })
+        .await?;
+        let size = 128;
+        let before = publisher.delivered(topic);
+        let started = Instant::now();
+        let publishes = {
+            let publisher = publisher.clone();
+            timed_loop(
+                "switchyard publish across nodes",
+                each,
+                publishers,
+                move || {
+                    let publisher = publisher.clone();
+                    async move {
+                        publisher
+                            .publish(topic, vec![b'm'; size])
+                            .await
+                            .map(drop)
+                            .map_err(anyhow::Error::msg)
+                    }
+                },
+            )
+            .await?
+        };
+        let expected = before + publishes.count * subscribers as u64;
+        wait_until("every subscriber on node b got every message", || {
+            publisher.delivered(topic) >= expected
+        })
+        .await?;
+        let ours = PubSub {
+            publishes,
+            until_all_delivered: started.elapsed(),
+        };
+        let theirs = nats_pubsub(
+            &nats_one.url,
+            &nats_two.url,
+            &format!("across.{subscribers}"),
+            size,
+            subscribers,
+            publishers,
+            each,
+        )
+        .await?;
+        println!(
+            "  {size:>3} B 1->{subscribers}: switchyard {:>8.0} msg/s (publish p50 {} us), \
+             nats-server cluster {:>8.0} msg/s (publish p50 {} us): {:.2}x (aim >= 0.5x)",
+            ours.rate(),
+            ours.publishes.latency_us(0.5),
+            theirs.rate(),
+            theirs.publishes.latency_us(0.5),
+            ours.rate() / theirs.rate()
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
 }
 
 /// One writer appending a small record and `fdatasync`ing it, `count` times.
@@ -239,6 +425,7 @@ async fn main() -> Result<()> {
             )
             .await?;
             let theirs = nats_pubsub(
+                &nats.url,
                 &nats.url,
                 &format!("bench.{size}.{subscribers}"),
                 size,
@@ -316,6 +503,8 @@ async fn main() -> Result<()> {
         "  switchyard p50 {:.2}x nats-server's (its request is delivered as it is written, stored all the same)",
         ours.latency_us(0.5) as f64 / theirs.latency_us(0.5) as f64
     );
+
+    two_nodes(publishers, each).await?;
 
     // What durability costs: the same publishes with and without fsync, and one fsync.
     let (synced_dir, unsynced_dir) = (tempfile::tempdir_in(&base)?, tempfile::tempdir_in(&base)?);

@@ -379,6 +379,43 @@ impl TopicProbe {
     }
 }
 
+/// Publishes through a running node's broker natively (no guest), the way a guest's `publish`
+/// goes once past the WIT call: to a topic of that node or of a peer. What a publish across
+/// the mesh costs, without HTTP and a guest in front of it.
+pub struct NodePublisher(std::sync::Arc<crate::messaging::Broker>);
+
+impl NodePublisher {
+    pub(crate) fn new(broker: std::sync::Arc<crate::messaging::Broker>) -> Self {
+        Self(broker)
+    }
+
+    /// Publishes `body` to `topic`; its offset once the owner has it on disk.
+    pub async fn publish(&self, topic: &str, body: Vec<u8>) -> Result<u64, String> {
+        self.0
+            .send(
+                topic,
+                "bench",
+                None,
+                outgoing(body),
+                Duration::from_secs(10),
+            )
+            .await
+            .map(|receipt| receipt.offset)
+            .map_err(|err| err.to_string())
+    }
+
+    /// Deliveries of `topic` (a topic of this node) acknowledged so far, all subscriptions.
+    pub fn delivered(&self, topic: &str) -> u64 {
+        self.0
+            .topic_views()
+            .iter()
+            .filter(|view| view.name == topic)
+            .flat_map(|view| &view.subscriptions)
+            .map(|sub| sub.delivered)
+            .sum()
+    }
+}
+
 /// Sends one call to the node at `peer` as the node `identity` names, claiming it comes from
 /// service `caller`: what a node that lies about its callers would send (the tests use it to
 /// show that such a claim is checked). `Ok((status, body))` for a reply, `Err` with the

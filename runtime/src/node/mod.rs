@@ -233,6 +233,12 @@ impl Node {
         self.quic_addr
     }
 
+    /// Publishes through this node's broker, for the benchmarks.
+    #[cfg(feature = "bench")]
+    pub fn bench_publisher(&self) -> crate::bench::NodePublisher {
+        crate::bench::NodePublisher::new(self.control.broker.clone())
+    }
+
     /// Stops accepting connections and waits (up to a grace period) for in-flight requests.
     ///
     /// Peers are told first (a goodbye, or the etcd lease revoked) so they stop sending new
