@@ -195,8 +195,31 @@ pub(super) struct Cursor {
     pub(super) start: u64,
     /// Messages after `start` it is done with.
     pub(super) done: std::collections::BTreeSet<u64>,
+    /// Offsets after `start` it is done with, as a checkpoint says them (sorted).
+    pub(super) done_ranges: Vec<Range<u64>>,
     /// Failed deliveries of messages it still owes.
     pub(super) attempts: std::collections::HashMap<u64, u32>,
+}
+
+impl Cursor {
+    /// Whether it owes message `seq`.
+    pub(super) fn owes(&self, seq: u64) -> bool {
+        let at = self.done_ranges.partition_point(|range| range.end <= seq);
+        seq >= self.start
+            && !self.done.contains(&seq)
+            && !self
+                .done_ranges
+                .get(at)
+                .is_some_and(|range| range.contains(&seq))
+    }
+}
+
+/// A kept message no subscription owes, as replay leaves it: without its body (readers read
+/// that from the log), with its length.
+#[derive(Debug)]
+pub(super) struct Bodiless {
+    pub(super) message: StoredMessage,
+    pub(super) body_len: usize,
 }
 
 /// A message the queue gave up on, as the dead-letter file keeps it.
@@ -237,8 +260,11 @@ pub(crate) enum LogError {
 /// What replaying a log's files found.
 #[derive(Debug, Default)]
 pub(super) struct Recovered {
-    /// Every message the segments hold, by sequence number: owed, kept, or not yet removed.
+    /// The messages some subscription owes (or every message, while the log has no
+    /// subscription's record: a queue's from before checkpoints), by sequence number.
     pub(super) messages: BTreeMap<u64, StoredMessage>,
+    /// The other messages from `kept_from` on, without their bodies: what a topic keeps.
+    pub(super) kept: BTreeMap<u64, Bodiless>,
     /// The subscriptions, as their records left them: a topic's by service, a queue's as
     /// `None` (missing: it owes every message).
     pub(super) cursors: std::collections::HashMap<Option<String>, Cursor>,
@@ -287,16 +313,10 @@ impl Recovered {
                 subscription,
                 ranges,
             } => {
-                // Only offsets of messages replayed so far matter: a checkpoint follows the
-                // messages it sums up, and offsets after it are new.
                 let cursor = self.cursors.entry(subscription).or_default();
-                for (from, to) in ranges {
-                    for (&seq, _) in self.messages.range(from..to.max(from)) {
-                        if seq >= cursor.start {
-                            cursor.done.insert(seq);
-                        }
-                    }
-                }
+                cursor
+                    .done_ranges
+                    .extend(ranges.into_iter().map(|(from, to)| from..to.max(from)));
             }
             Record::Attempts {
                 subscription,
@@ -349,10 +369,25 @@ impl Recovered {
         Some(
             self.messages
                 .range(cursor.start..)
-                .filter(|(seq, _)| !cursor.done.contains(seq))
+                .filter(|(seq, _)| cursor.owes(**seq))
                 .map(|(seq, message)| (message, cursor.attempts.get(seq).copied().unwrap_or(0)))
                 .collect(),
         )
+    }
+
+    /// Takes in `message` once every cursor is as the log left it: with its body if some
+    /// subscription owes it, without if it is only kept, not at all if it is settled.
+    fn take(&mut self, mut message: StoredMessage) {
+        let seq = message.seq;
+        // No subscription's record yet: a queue from before checkpoints owes everything.
+        let owed = self.cursors.is_empty() || self.cursors.values().any(|c| c.owes(seq));
+        if owed {
+            self.messages.insert(seq, message);
+        } else if seq >= self.kept_from {
+            let body_len = message.body.len();
+            message.body = Vec::new();
+            self.kept.insert(seq, Bodiless { message, body_len });
+        }
     }
 }
 
@@ -633,18 +668,23 @@ pub(super) fn open(
     migrate(&**storage, &paths, queue)?;
 
     let numbers = segments::list(&**storage, &paths.segments).map_err(io_error(&paths.segments))?;
-    let mut read = Vec::with_capacity(numbers.len());
-    for number in numbers {
-        let segment = Segment::new(&paths.segments, number);
+    // The newest segments first, back to the last whole checkpoint: every segment is created
+    // whole with its checkpoint, so only damage takes one away; then replay goes on from the
+    // one before, and the state records after it.
+    let mut newest = Vec::new();
+    let mut older = numbers.len();
+    while older > 0 {
+        older -= 1;
+        let segment = Segment::new(&paths.segments, numbers[older]);
         let records = read_valid_at::<Record>(&**storage, &segment.path, queue)?;
-        read.push((segment, records));
+        let whole = segments::opens_with_checkpoint(records.iter().map(|(_, record)| record));
+        newest.push((segment, records));
+        if whole {
+            break;
+        }
     }
-    // Every segment is created whole with its checkpoint, so only damage takes one away; then
-    // replay goes on from the one before, and the state records after it.
-    let from = read.iter().rposition(|(_, records)| {
-        segments::opens_with_checkpoint(records.iter().map(|(_, record)| record))
-    });
-    if from.is_some_and(|from| from + 1 < read.len()) {
+    newest.reverse();
+    if newest.len() > 1 {
         tracing::error!(
             queue,
             "the newest segment of the log lost its checkpoint to damage; replaying from the \
@@ -653,22 +693,46 @@ pub(super) fn open(
     }
     let mut recovered = Recovered::default();
     let mut index = Index::default();
-    let mut sealed = Vec::with_capacity(read.len());
-    for (at, (mut segment, records)) in read.into_iter().enumerate() {
-        let current = from.is_none_or(|from| at >= from);
-        let mut messages = Vec::new();
+    let mut sealed = Vec::with_capacity(numbers.len());
+    // Their state records say where every subscription is; their messages are taken once
+    // that is known.
+    let mut recent = Vec::new();
+    let mut newest_segments = Vec::with_capacity(newest.len());
+    for (mut segment, records) in newest {
+        let mut positions = Vec::new();
         for (position, record) in records {
-            if let Record::Sent(message) = &record {
-                segment.note_sent(message.seq..message.seq + 1);
-                messages.push((message.seq, position));
-            } else if !current {
-                continue;
+            match record {
+                Record::Sent(message) => {
+                    segment.note_sent(message.seq..message.seq + 1);
+                    positions.push((message.seq, position));
+                    recovered.next_seq = recovered.next_seq.max(message.seq + 1);
+                    recent.push(message);
+                }
+                record => recovered.apply(record),
             }
-            recovered.apply(record);
         }
-        index.set(segment.number, segment.path.clone(), messages);
+        index.set(segment.number, segment.path.clone(), positions);
+        newest_segments.push(segment);
+    }
+    // The older segments' messages, one segment in memory at a time.
+    for &number in &numbers[..older] {
+        let mut segment = Segment::new(&paths.segments, number);
+        let mut positions = Vec::new();
+        for (position, record) in read_valid_at::<Record>(&**storage, &segment.path, queue)? {
+            if let Record::Sent(message) = record {
+                segment.note_sent(message.seq..message.seq + 1);
+                positions.push((message.seq, position));
+                recovered.next_seq = recovered.next_seq.max(message.seq + 1);
+                recovered.take(message);
+            }
+        }
+        index.set(segment.number, segment.path.clone(), positions);
         sealed.push(segment);
     }
+    for message in recent {
+        recovered.take(message);
+    }
+    sealed.extend(newest_segments);
     recovered.dead = read_valid::<DeadLetter>(&**storage, &paths.dead, queue)?;
     for dead in &recovered.dead {
         recovered.next_seq = recovered.next_seq.max(dead.message.seq + 1);
@@ -1866,6 +1930,51 @@ mod tests {
         assert_eq!(segment_numbers(dir.path()), [0, 2, 4]);
         assert_eq!(seqs(reader.read(&[3, 4, 20, 45, 61]).unwrap()), [3, 4, 61]);
         writer.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_restart_holds_bodies_only_of_what_is_owed_and_the_rest_of_what_is_kept_without() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (writer, _) = open(&disk(), dir.path(), "q").unwrap();
+            for seq in 0..10 {
+                let sent = records(&[Record::Sent(message(seq, &format!("body {seq}")))]);
+                writer
+                    .append_then(Vec::new(), sent, seq..seq + 1, |_| ())
+                    .await
+                    .unwrap();
+            }
+            // A topic that keeps everything from 2 on; billing owes 5 and on, but 7.
+            writer.rotate(Rotation {
+                checkpoint: Some(
+                    Checkpoint {
+                        next_seq: 10,
+                        kept_from: 2,
+                        owes: vec![SubscriptionPlace {
+                            name: Some("billing"),
+                            start: 5,
+                            done: ranges(vec![7]),
+                            attempts: Vec::new(),
+                        }],
+                    }
+                    .encode(),
+                ),
+                live: ranges((2..10).collect()),
+            });
+            writer.close().await;
+        }
+        let recovered = reopen(dir.path()).await;
+        let owed: Vec<u64> = recovered.messages.keys().copied().collect();
+        assert_eq!(owed, [5, 6, 8, 9]);
+        let kept: Vec<(u64, usize, usize)> = recovered
+            .kept
+            .iter()
+            .map(|(seq, kept)| (*seq, kept.message.body.len(), kept.body_len))
+            .collect();
+        assert_eq!(kept, [(2, 0, 6), (3, 0, 6), (4, 0, 6), (7, 0, 6)]);
+        let billing = recovered.owed_by(Some("billing")).unwrap();
+        let seqs: Vec<u64> = billing.iter().map(|(message, _)| message.seq).collect();
+        assert_eq!(seqs, [5, 6, 8, 9]);
     }
 
     #[tokio::test]

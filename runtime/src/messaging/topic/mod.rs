@@ -323,7 +323,13 @@ pub(crate) struct Stored {
 impl State {
     /// What the log said, for `spec`, at `now_ms`; with the records that place subscriptions
     /// the log does not know yet (they start where their spec says).
-    fn recover(spec: &LogSpec, recovered: Recovered, now_ms: u64) -> (Self, Vec<Record>) {
+    /// `load` reads the bodies of stored messages from the log.
+    fn recover(
+        spec: &LogSpec,
+        recovered: Recovered,
+        now_ms: u64,
+        load: &dyn Fn(&[u64]) -> Kept,
+    ) -> (Self, Vec<Record>) {
         let mut state = Self {
             next_seq: recovered.next_seq,
             unstored_from: recovered.next_seq,
@@ -352,51 +358,60 @@ impl State {
             }
             Kind::Topic(retention) => {
                 // A queue's files opened as a topic: what the queue was done with is gone.
-                let settled = |seq: &u64| {
+                let settled = |seq: u64| {
                     recovered
                         .cursors
                         .get(&None)
-                        .is_some_and(|queue| *seq < queue.start || queue.done.contains(seq))
+                        .is_some_and(|queue| !queue.owes(seq))
                 };
-                let messages: BTreeMap<u64, Arc<StoredMessage>> = recovered
+                let owed: BTreeMap<u64, Arc<StoredMessage>> = recovered
                     .messages
-                    .range(recovered.kept_from..)
-                    .filter(|(seq, _)| !settled(seq))
+                    .iter()
                     .map(|(seq, message)| (*seq, Arc::new(message.clone())))
                     .collect();
+                // What it keeps, in order (compaction by key needs it): the owed messages with
+                // their bodies, the others without.
+                let mut kept: Vec<u64> = owed
+                    .range(recovered.kept_from..)
+                    .map(|(seq, _)| *seq)
+                    .chain(recovered.kept.keys().copied())
+                    .filter(|seq| !settled(*seq))
+                    .collect();
+                kept.sort_unstable();
                 let mut expired = std::collections::HashSet::new();
-                for message in messages.values() {
-                    expired.extend(
-                        state
-                            .retained
-                            .keep(message.clone(), retention, now_ms)
-                            .expired,
-                    );
+                for seq in kept {
+                    let dropped = match (owed.get(&seq), recovered.kept.get(&seq)) {
+                        (Some(message), _) => {
+                            state.retained.keep(message.clone(), retention, now_ms)
+                        }
+                        (None, Some(bodiless)) => state.retained.keep_stored(
+                            &bodiless.message,
+                            bodiless.body_len,
+                            retention,
+                            now_ms,
+                        ),
+                        (None, None) => continue,
+                    };
+                    expired.extend(dropped.expired);
                 }
                 // All of it is on disk: readers read it from there.
                 state.retained.stored(0..state.next_seq);
                 for sub in &spec.subscriptions {
                     let ledger = match recovered.owed_by(Some(&sub.service)) {
-                        Some(owed) => {
+                        Some(owes) => {
                             // A subscription owes what it owed, also what the topic no longer
                             // keeps (superseded by a later message of its key), but not what
                             // retention dropped for everyone.
-                            let owed = owed
+                            let owes = owes
                                 .into_iter()
                                 .filter(|(message, _)| !expired.contains(&message.seq))
-                                .map(|(message, attempts)| {
-                                    let kept = messages.get(&message.seq).cloned();
-                                    (kept.unwrap_or_else(|| Arc::new(message.clone())), attempts)
+                                .filter_map(|(message, attempts)| {
+                                    Some((owed.get(&message.seq)?.clone(), attempts))
                                 });
-                            Ledger::recover(owed, state.next_seq)
+                            Ledger::recover(owes, state.next_seq)
                         }
                         None => {
-                            let load = |seqs: &[u64]| -> Kept {
-                                seqs.iter()
-                                    .filter_map(|seq| messages.get(seq).cloned())
-                                    .collect()
-                            };
-                            let (ledger, record) = state.place(&sub.service, sub.start, &load);
+                            let (ledger, record) = state.place(&sub.service, sub.start, load);
                             placed.push(record);
                             ledger
                         }
@@ -603,7 +618,9 @@ impl Topic {
                 path: dir.join(&spec.name),
             });
         }
-        let (state, placed) = State::recover(&spec, recovered, super::now_ms());
+        let reader = writer.reader();
+        let load = |seqs: &[u64]| load_from(&reader, &spec.name, seqs);
+        let (state, placed) = State::recover(&spec, recovered, super::now_ms(), &load);
         let owed: usize = state.subscriptions.iter().map(|s| s.ledger.owed()).sum();
         if owed > 0 {
             tracing::info!(queue = %spec.name, owed, "recovered messages from the log");
@@ -852,21 +869,9 @@ impl Topic {
             })
     }
 
-    /// The bodies of the stored messages `seqs` (ascending), read from the log; what cannot be
-    /// read is said and left out.
+    /// The bodies of the stored messages `seqs` (ascending), read from the log.
     fn load(&self, seqs: &[u64]) -> Kept {
-        match self.reader.read(seqs) {
-            Ok(found) => {
-                if found.len() < seqs.len() {
-                    tracing::warn!(topic = %self.name, wanted = seqs.len(), found = found.len(), "some kept messages were no longer in the log (retention dropped them meanwhile?)");
-                }
-                found.into_iter().map(Arc::new).collect()
-            }
-            Err(err) => {
-                tracing::error!(topic = %self.name, error = %err, wanted = seqs.len(), "could not read kept messages from the log; the subscription does not get them");
-                Vec::new()
-            }
-        }
+        load_from(&self.reader, &self.name, seqs)
     }
 
     /// Makes subscription `service` owe exactly the kept messages from `from` on (a replay,
@@ -1509,6 +1514,26 @@ impl Topic {
     #[cfg(test)]
     fn rotate_after(&self, bytes: usize) {
         self.lock().rotate_after = bytes;
+    }
+}
+
+/// The bodies of the stored messages `seqs` (ascending) of log `name`, read by `reader`; what
+/// cannot be read is said and left out.
+fn load_from(reader: &log::Reader, name: &str, seqs: &[u64]) -> Kept {
+    if seqs.is_empty() {
+        return Vec::new();
+    }
+    match reader.read(seqs) {
+        Ok(found) => {
+            if found.len() < seqs.len() {
+                tracing::warn!(topic = %name, wanted = seqs.len(), found = found.len(), "some kept messages were no longer in the log (retention dropped them meanwhile?)");
+            }
+            found.into_iter().map(Arc::new).collect()
+        }
+        Err(err) => {
+            tracing::error!(topic = %name, error = %err, wanted = seqs.len(), "could not read kept messages from the log; the subscription does not get them");
+            Vec::new()
+        }
     }
 }
 

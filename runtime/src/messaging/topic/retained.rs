@@ -63,14 +63,6 @@ impl Retained {
         retention: &Retention,
         now_ms: u64,
     ) -> Dropped {
-        let mut dropped = Dropped::default();
-        if retention.compact
-            && let Some(key) = &message.key
-            && let Some(earlier) = self.latest.insert(key.clone(), message.seq)
-            && self.remove(earlier)
-        {
-            dropped.superseded.push(earlier);
-        }
         let kept = Kept {
             seq: message.seq,
             key: message.key.clone(),
@@ -78,6 +70,36 @@ impl Retained {
             weight: weight(&message),
             message: Some(message),
         };
+        self.insert(kept, retention, now_ms)
+    }
+
+    /// [`Retained::keep`] of a stored message whose body (of `body_len` bytes) stays on disk.
+    pub(super) fn keep_stored(
+        &mut self,
+        bodiless: &StoredMessage,
+        body_len: usize,
+        retention: &Retention,
+        now_ms: u64,
+    ) -> Dropped {
+        let kept = Kept {
+            seq: bodiless.seq,
+            key: bodiless.key.clone(),
+            sent_at_ms: bodiless.sent_at_ms,
+            weight: weight(bodiless) + body_len,
+            message: None,
+        };
+        self.insert(kept, retention, now_ms)
+    }
+
+    fn insert(&mut self, kept: Kept, retention: &Retention, now_ms: u64) -> Dropped {
+        let mut dropped = Dropped::default();
+        if retention.compact
+            && let Some(key) = &kept.key
+            && let Some(earlier) = self.latest.insert(key.clone(), kept.seq)
+            && self.remove(earlier)
+        {
+            dropped.superseded.push(earlier);
+        }
         self.bytes += kept.weight;
         self.messages.insert(kept.seq, kept);
         dropped.expired = self.trim(retention, now_ms);

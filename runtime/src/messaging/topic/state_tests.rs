@@ -62,6 +62,14 @@ fn recovered(cursors: &[(&str, Cursor)]) -> Recovered {
     }
 }
 
+/// Reads messages as the log would: those of [`recovered`].
+fn load(seqs: &[u64]) -> Vec<Arc<StoredMessage>> {
+    seqs.iter()
+        .filter(|seq| **seq < 5)
+        .map(|seq| Arc::new(message(*seq, None, seq * 100)))
+        .collect()
+}
+
 fn owed(state: &State, service: &str) -> Vec<u64> {
     let sub = state
         .subscriptions
@@ -84,8 +92,9 @@ fn a_new_subscription_starts_where_its_spec_says_and_one_with_a_cursor_keeps_it(
         start: 1,
         done: [2].into(),
         attempts: [(4, 2)].into(),
+        ..Cursor::default()
     };
-    let (state, placed) = State::recover(&spec(subs), recovered(&[("known", known)]), 1000);
+    let (state, placed) = State::recover(&spec(subs), recovered(&[("known", known)]), 1000, &load);
     assert_eq!(owed(&state, "latest"), Vec::<u64>::new());
     assert_eq!(owed(&state, "beginning"), [0, 1, 2, 3, 4]);
     assert_eq!(owed(&state, "offset"), [3, 4]);
@@ -126,7 +135,7 @@ fn a_checkpoint_says_where_each_subscription_is_and_a_restart_from_it_owes_the_s
         subscription("billing", StartAt::Beginning),
         subscription("shipping", StartAt::Beginning),
     ];
-    let (mut state, _) = State::recover(&spec(subs), recovered(&[]), 1000);
+    let (mut state, _) = State::recover(&spec(subs), recovered(&[]), 1000, &load);
     let billing = &mut state.subscriptions[0].ledger;
     billing.stored(0..5);
     let now = Instant::now();
@@ -196,7 +205,7 @@ fn a_checkpoint_says_where_each_subscription_is_and_a_restart_from_it_owes_the_s
         subscription("billing", StartAt::Latest),
         subscription("shipping", StartAt::Latest),
     ];
-    let (restarted, placed) = State::recover(&spec(subs), again, 1000);
+    let (restarted, placed) = State::recover(&spec(subs), again, 1000, &load);
     assert!(placed.is_empty());
     assert_eq!(owed(&restarted, "billing"), [2, 4]);
     assert_eq!(owed(&restarted, "shipping"), [0, 1, 2, 3, 4]);
@@ -211,7 +220,7 @@ fn a_checkpoint_says_where_each_subscription_is_and_a_restart_from_it_owes_the_s
 #[test]
 fn a_rewind_owes_the_kept_messages_from_there_again_and_drops_what_came_before() {
     let subs = vec![subscription("billing", StartAt::Beginning)];
-    let (mut state, _) = State::recover(&spec(subs), recovered(&[]), 1000);
+    let (mut state, _) = State::recover(&spec(subs), recovered(&[]), 1000, &load);
     // What the log holds: the topic keeps no bodies once they are on disk.
     assert!(state.retained.from(0).all(|kept| kept.message.is_none()));
     let kept: Vec<Arc<StoredMessage>> = (0..5)
