@@ -6,7 +6,7 @@
 //! acknowledged, failed, or turned away because the subscriber is busy) together with the
 //! time they happened, and asks it what to deliver now and when to look again. Each event
 //! that changes what is owed returns the log [`Record`] that describes it; the shell writes
-//! it while it still holds the ledger, so the log's order is the ledger's (compaction relies
+//! it while it still holds the ledger, so the log's order is the ledger's (a checkpoint relies
 //! on it); a topic's subscription names itself in it ([`super::named`]).
 //!
 //! The rules it keeps:

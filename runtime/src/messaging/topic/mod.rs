@@ -986,7 +986,7 @@ impl Topic {
 
     /// Takes new settings (a manifest edit); deliveries from now on follow them. A topic's
     /// new subscription starts where its spec says; a removed one is forgotten (its cursor
-    /// goes at the next compaction of the log).
+    /// goes at the log's next rotation).
     pub(super) fn reconfigure(&self, spec: LogSpec) {
         let placed = {
             let mut state = self.lock();
