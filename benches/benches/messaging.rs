@@ -296,7 +296,7 @@ async fn two_nodes(publishers: usize, each: usize) -> Result<()> {
     )?)
     .await?;
     tokio::time::sleep(Duration::from_millis(1500)).await; // discovery
-    let publisher = Arc::new(a.bench_publisher());
+    let publisher = Arc::new(switchyard::bench::NodePublisher::of(&a));
     let (nats_one, nats_two) = NatsServer::cluster().await?;
     println!("messaging, two nodes ({publishers} publishers x {each} messages):");
     for (topic, subscribers) in [("t1", 1), ("t4", 4)] {

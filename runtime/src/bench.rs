@@ -385,8 +385,9 @@ impl TopicProbe {
 pub struct NodePublisher(std::sync::Arc<crate::messaging::Broker>);
 
 impl NodePublisher {
-    pub(crate) fn new(broker: std::sync::Arc<crate::messaging::Broker>) -> Self {
-        Self(broker)
+    /// Publishes through `node`'s broker.
+    pub fn of(node: &crate::node::Node) -> Self {
+        Self(node.broker())
     }
 
     /// Publishes `body` to `topic`; its offset once the owner has it on disk.

@@ -233,10 +233,10 @@ impl Node {
         self.quic_addr
     }
 
-    /// Publishes through this node's broker, for the benchmarks.
+    /// Its broker, for the benchmarks' probes.
     #[cfg(feature = "bench")]
-    pub fn bench_publisher(&self) -> crate::bench::NodePublisher {
-        crate::bench::NodePublisher::new(self.control.broker.clone())
+    pub(crate) fn broker(&self) -> Arc<messaging::Broker> {
+        self.control.broker.clone()
     }
 
     /// Stops accepting connections and waits (up to a grace period) for in-flight requests.
