@@ -143,6 +143,26 @@ impl PubSub {
     }
 }
 
+/// One pub/sub row: ours against `baseline`'s, and the ratio (with `aim`).
+fn compared(
+    size: usize,
+    subscribers: usize,
+    ours: &PubSub,
+    baseline: &str,
+    theirs: &PubSub,
+    aim: &str,
+) -> String {
+    format!(
+        "  {size:>3} B 1->{subscribers}: switchyard {:>8.0} msg/s (publish p50 {} us), \
+         {baseline} {:>8.0} msg/s (publish p50 {} us): {:.2}x{aim}",
+        ours.rate(),
+        ours.publishes.latency_us(0.5),
+        theirs.rate(),
+        theirs.publishes.latency_us(0.5),
+        ours.rate() / theirs.rate()
+    )
+}
+
 async fn wait_until(what: &str, done: impl Fn() -> bool) -> Result<()> {
     let started = Instant::now();
     while !done() {
@@ -354,13 +374,15 @@ async fn two_nodes(publishers: usize, each: usize) -> Result<()> {
         )
         .await?;
         println!(
-            "  {size:>3} B 1->{subscribers}: switchyard {:>8.0} msg/s (publish p50 {} us), \
-             nats-server cluster {:>8.0} msg/s (publish p50 {} us): {:.2}x (aim >= 0.5x)",
-            ours.rate(),
-            ours.publishes.latency_us(0.5),
-            theirs.rate(),
-            theirs.publishes.latency_us(0.5),
-            ours.rate() / theirs.rate()
+            "{}",
+            compared(
+                size,
+                subscribers,
+                &ours,
+                "nats-server cluster",
+                &theirs,
+                " (aim >= 0.5x)"
+            )
         );
     }
     a.shutdown().await;
@@ -435,13 +457,8 @@ async fn main() -> Result<()> {
             )
             .await?;
             println!(
-                "  {size:>3} B 1->{subscribers}: switchyard {:>8.0} msg/s (publish p50 {} us), \
-                 nats-server {:>8.0} msg/s (publish p50 {} us): {:.2}x",
-                ours.rate(),
-                ours.publishes.latency_us(0.5),
-                theirs.rate(),
-                theirs.publishes.latency_us(0.5),
-                ours.rate() / theirs.rate()
+                "{}",
+                compared(size, subscribers, &ours, "nats-server", &theirs, "")
             );
         }
     }

@@ -262,7 +262,7 @@ pub(crate) enum LogError {
 pub(super) struct Recovered {
     /// The messages some subscription owes (or every message, while the log has no
     /// subscription's record: a queue's from before checkpoints), by sequence number.
-    pub(super) messages: BTreeMap<u64, StoredMessage>,
+    pub(super) messages: BTreeMap<u64, Arc<StoredMessage>>,
     /// The other messages from `kept_from` on, without their bodies: what a topic keeps.
     pub(super) kept: BTreeMap<u64, Bodiless>,
     /// The subscriptions, as their records left them: a topic's by service, a queue's as
@@ -286,7 +286,7 @@ impl Recovered {
         match record {
             Record::Sent(message) => {
                 self.next_seq = self.next_seq.max(message.seq + 1);
-                self.messages.insert(message.seq, message);
+                self.messages.insert(message.seq, Arc::new(message));
             }
             Record::Failed { seq, attempts } => self.failed(None, seq, attempts),
             Record::FailedFor {
@@ -357,7 +357,7 @@ impl Recovered {
 
     /// The messages subscription `name` owes, in order, with its failed attempts; `None` for
     /// a topic's subscription the log does not know.
-    pub(super) fn owed_by(&self, name: Option<&str>) -> Option<Vec<(&StoredMessage, u32)>> {
+    pub(super) fn owed_by(&self, name: Option<&str>) -> Option<Vec<(&Arc<StoredMessage>, u32)>> {
         let cursor = self.cursors.get(&name.map(str::to_owned));
         // A queue with no cursor owes every message (a log from before checkpoints).
         let default = Cursor::default();
@@ -379,10 +379,11 @@ impl Recovered {
     /// subscription owes it, without if it is only kept, not at all if it is settled.
     fn take(&mut self, mut message: StoredMessage) {
         let seq = message.seq;
+        self.next_seq = self.next_seq.max(seq + 1);
         // No subscription's record yet: a queue from before checkpoints owes everything.
         let owed = self.cursors.is_empty() || self.cursors.values().any(|c| c.owes(seq));
         if owed {
-            self.messages.insert(seq, message);
+            self.messages.insert(seq, Arc::new(message));
         } else if seq >= self.kept_from {
             let body_len = message.body.len();
             message.body = Vec::new();
@@ -705,7 +706,6 @@ pub(super) fn open(
                 Record::Sent(message) => {
                     segment.note_sent(message.seq..message.seq + 1);
                     positions.push((message.seq, position));
-                    recovered.next_seq = recovered.next_seq.max(message.seq + 1);
                     recent.push(message);
                 }
                 record => recovered.apply(record),
@@ -722,7 +722,6 @@ pub(super) fn open(
             if let Record::Sent(message) = record {
                 segment.note_sent(message.seq..message.seq + 1);
                 positions.push((message.seq, position));
-                recovered.next_seq = recovered.next_seq.max(message.seq + 1);
                 recovered.take(message);
             }
         }

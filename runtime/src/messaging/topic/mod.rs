@@ -20,7 +20,7 @@
 mod ledger;
 mod retained;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -183,6 +183,8 @@ struct State {
     written: usize,
     /// Bytes after which the log starts a new segment (the model tests rotate far more often).
     rotate_after: usize,
+    /// Messages that grew too old since the sealed segments were last pruned.
+    expired_unpruned: usize,
     recent_dead: VecDeque<DeadLetter>,
     /// What the dead-letter file holds: `max_dead_bytes` bounds it.
     dead_bytes: u64,
@@ -326,7 +328,7 @@ impl State {
     /// `load` reads the bodies of stored messages from the log.
     fn recover(
         spec: &LogSpec,
-        recovered: Recovered,
+        mut recovered: Recovered,
         now_ms: u64,
         load: &dyn Fn(&[u64]) -> Kept,
     ) -> (Self, Vec<Record>) {
@@ -339,7 +341,10 @@ impl State {
             ..Self::default()
         };
         let skip = recovered.dead.len().saturating_sub(RECENT_DEAD_LETTERS);
-        state.recent_dead = recovered.dead.iter().skip(skip).cloned().collect();
+        state.recent_dead = std::mem::take(&mut recovered.dead)
+            .into_iter()
+            .skip(skip)
+            .collect();
         let mut placed = Vec::new();
         match &spec.kind {
             Kind::Queue { .. } => {
@@ -347,7 +352,7 @@ impl State {
                     .owed_by(None)
                     .unwrap_or_default()
                     .into_iter()
-                    .map(|(message, attempts)| (Arc::new(message.clone()), attempts));
+                    .map(|(message, attempts)| (message.clone(), attempts));
                 if let Some(first) = spec.subscriptions.first() {
                     state.subscriptions.push(Subscription::new(
                         None,
@@ -364,11 +369,7 @@ impl State {
                         .get(&None)
                         .is_some_and(|queue| !queue.owes(seq))
                 };
-                let owed: BTreeMap<u64, Arc<StoredMessage>> = recovered
-                    .messages
-                    .iter()
-                    .map(|(seq, message)| (*seq, Arc::new(message.clone())))
-                    .collect();
+                let owed = &recovered.messages;
                 // What it keeps, in order (compaction by key needs it): the owed messages with
                 // their bodies, the others without.
                 let mut kept: Vec<u64> = owed
@@ -405,9 +406,7 @@ impl State {
                             let owes = owes
                                 .into_iter()
                                 .filter(|(message, _)| !expired.contains(&message.seq))
-                                .filter_map(|(message, attempts)| {
-                                    Some((owed.get(&message.seq)?.clone(), attempts))
-                                });
+                                .map(|(message, attempts)| (message.clone(), attempts));
                             Ledger::recover(owes, state.next_seq)
                         }
                         None => {
@@ -511,6 +510,7 @@ impl State {
             return None;
         }
         self.written = 0;
+        self.expired_unpruned = 0;
         Some(log::Rotation {
             checkpoint: Some(self.checkpoint().encode()),
             live: self.live(),
@@ -768,7 +768,7 @@ impl Topic {
         // (and readable) only after every message before it is stored or refused, whichever
         // sender task runs first (and even if a sender stops waiting).
         let (shared, wake, told) = (self.state.clone(), self.wake.clone(), seqs.clone());
-        state.written += bytes.len();
+        let written = bytes.len();
         let synced = self
             .writer
             .append_then(Vec::new(), bytes, seqs.clone(), move |stored| {
@@ -793,7 +793,7 @@ impl Topic {
                     wake.notify_one();
                 }
             });
-        self.rotate_if_due(state);
+        self.wrote_locked(state, written);
         if early {
             self.wake.notify_one();
         }
@@ -880,12 +880,15 @@ impl Topic {
         if !self.is_topic() {
             return Err(QueueError::NotATopic(self.name.clone()));
         }
-        let offset = self.lock().offset_of(from);
-        if self.lock().subscription(Some(service)).is_none() {
-            return Err(self.unknown_subscription(service));
-        }
+        let (offset, (on_disk, in_memory)) = {
+            let mut state = self.lock();
+            if state.subscription(Some(service)).is_none() {
+                return Err(self.unknown_subscription(service));
+            }
+            let offset = state.offset_of(from);
+            (offset, state.kept_split(offset))
+        };
         // Read from the log without the lock; what arrives meanwhile is owed already.
-        let (on_disk, in_memory) = self.lock().kept_split(offset);
         let stored = self
             .read_stored(on_disk)
             .await
@@ -1171,11 +1174,17 @@ impl Topic {
         if !expired.is_empty() {
             tracing::debug!(topic = %self.name, expired = expired.len(), "retention dropped messages");
             state.expire(&expired);
-            // Segments of nothing but expired messages go now, not at the next rotation.
-            self.writer.rotate(log::Rotation {
-                checkpoint: None,
-                live: state.live(),
-            });
+            // Segments of nothing but expired messages go before the next rotation, once
+            // about a segment's worth (an eighth of what is kept) has expired: `live` walks
+            // every kept offset, too much for each expiry.
+            state.expired_unpruned += expired.len();
+            if state.expired_unpruned * 8 >= state.retained.len() + state.expired_unpruned {
+                state.expired_unpruned = 0;
+                self.writer.rotate(log::Rotation {
+                    checkpoint: None,
+                    live: state.live(),
+                });
+            }
         }
         let next = state.retained.next_expiry(retention)?;
         // At least a few ms apart: the wall clock may lag the timer.
@@ -1211,16 +1220,14 @@ impl Topic {
                 causation.depth,
                 log_spec.what()
             );
-            // Boxed, as are the other rare paths: every delivery's future is moved into its
-            // task, and their state would make it several times larger.
-            Box::pin(self.dead_letter(
+            self.dead_letter(
                 name.as_deref(),
                 seq,
                 &message,
                 attempts,
                 reason,
                 "not delivered".into(),
-            ))
+            )
             .await;
             return;
         }
@@ -1261,7 +1268,6 @@ impl Topic {
                     sub.stats.delivered += 1;
                     Some(sub.ledger.acked(seq))
                 });
-                self.wake.notify_one();
             }
             Delivered::NotNow(reason) => {
                 tracing::debug!(queue = %self.name, %subscriber, id = %message.id, %reason, "subscriber cannot take the message now; offering it again shortly");
@@ -1274,6 +1280,8 @@ impl Topic {
             Delivered::Failed(error) => {
                 let attempts = attempts + 1;
                 let chain = policies.delivery_chain(&self.name);
+                // Boxed, as is a dead letter: every delivery's future is moved into its task,
+                // and the state of these rare paths would make it several times larger.
                 let verdict = Box::pin(policy::on_delivery_failure(
                     &chain,
                     &self.name,
@@ -1293,19 +1301,11 @@ impl Topic {
                             sub.stats.redelivered += 1;
                             Some(sub.ledger.failed(seq, attempts, pause, Instant::now()))
                         });
-                        self.wake.notify_one();
                     }
                     DeliveryVerdict::DeadLetter(reason) => {
                         self.with_subscription(name.as_deref(), |sub| sub.waiting_for = None);
-                        Box::pin(self.dead_letter(
-                            name.as_deref(),
-                            seq,
-                            &message,
-                            attempts,
-                            reason,
-                            error,
-                        ))
-                        .await;
+                        self.dead_letter(name.as_deref(), seq, &message, attempts, reason, error)
+                            .await;
                     }
                 }
             }
@@ -1320,92 +1320,97 @@ impl Topic {
         }
     }
 
-    async fn dead_letter(
-        self: &Arc<Self>,
-        name: Option<&str>,
+    /// Writes the dead letter, then lets the message go for subscription `name`. Boxed: a
+    /// rare path of every delivery, whose future its state would make several times larger.
+    fn dead_letter<'a>(
+        self: &'a Arc<Self>,
+        name: Option<&'a str>,
         seq: u64,
-        message: &StoredMessage,
+        message: &'a StoredMessage,
         attempts: u32,
         reason: String,
         error: String,
-    ) {
-        tracing::warn!(queue = %self.name, subscriber = name, id = %message.id, attempts, %reason, last_error = %error, "message dead-lettered");
-        let mut kept = message.clone();
-        if let Some(name) = name {
-            kept.headers.retain(|(header, _)| header != DEAD_FOR_HEADER);
-            kept.headers
-                .push((DEAD_FOR_HEADER.to_owned(), name.to_owned()));
-        }
-        let dead = DeadLetter {
-            message: kept,
-            attempts,
-            reason: clip(reason),
-            last_error: clip(error),
-            at_ms: super::now_ms(),
-        };
-        let retry_later = |state: &mut State| {
-            if let Some(sub) = state.subscription(name) {
-                sub.ledger.retry_later(seq, MAX_BACKOFF, Instant::now());
+    ) -> crate::util::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            tracing::warn!(queue = %self.name, subscriber = name, id = %message.id, attempts, %reason, last_error = %error, "message dead-lettered");
+            let mut kept = message.clone();
+            if let Some(name) = name {
+                kept.headers.retain(|(header, _)| header != DEAD_FOR_HEADER);
+                kept.headers
+                    .push((DEAD_FOR_HEADER.to_owned(), name.to_owned()));
             }
-        };
-        let mut dead_bytes = Vec::new();
-        if let Err(err) = log::encode(&dead, &mut dead_bytes) {
-            // Only a message already at the record limit gets here; keep it owed.
-            tracing::error!(queue = %self.name, id = %message.id, error = %err, "cannot write the dead letter; the message stays owed");
-            retry_later(&mut self.lock());
-            self.wake.notify_one();
-            return;
-        }
-        let size = dead_bytes.len() as u64;
-        // Written before the ledger lets the message go: if the write fails, the repair cuts
-        // the letter off again, and the message must still be owed.
-        let synced = {
-            let mut state = self.lock();
-            let spec = self.spec.load();
-            let max = spec.max_dead_bytes;
-            if state.dead_bytes.saturating_add(size) > max as u64 {
-                let problem = format!(
-                    "{}: its dead-letter file holds {} bytes and its max_dead_mb is {}; \
-                     messages that fail for good stay owed (and count against max_depth) until \
-                     `switchyard redrive {}` makes room, or max_dead_mb is raised",
-                    spec.what(),
-                    state.dead_bytes,
-                    max / (1024 * 1024),
-                    self.name
-                );
-                tracing::error!(queue = %self.name, id = %message.id, %problem, "dead-letter file full; the message stays owed and is offered again later");
-                retry_later(&mut state);
-                self.set_dead_full(Some(problem));
+            let dead = DeadLetter {
+                message: kept,
+                attempts,
+                reason: clip(reason),
+                last_error: clip(error),
+                at_ms: super::now_ms(),
+            };
+            let retry_later = |state: &mut State| {
+                if let Some(sub) = state.subscription(name) {
+                    sub.ledger.retry_later(seq, MAX_BACKOFF, Instant::now());
+                }
+            };
+            let mut dead_bytes = Vec::new();
+            if let Err(err) = log::encode(&dead, &mut dead_bytes) {
+                // Only a message already at the record limit gets here; keep it owed.
+                tracing::error!(queue = %self.name, id = %message.id, error = %err, "cannot write the dead letter; the message stays owed");
+                retry_later(&mut self.lock());
                 self.wake.notify_one();
                 return;
             }
-            state.dead_bytes += size;
-            let record = named(name, Record::Done { seq });
-            self.write_locked(&mut state, dead_bytes, &record)
-        };
-        if let Err(err) = synced.await {
-            tracing::error!(queue = %self.name, id = %message.id, error = %err, "could not write the dead letter; the message stays owed and is offered again later");
-            let mut state = self.lock();
-            state.dead_bytes = state.dead_bytes.saturating_sub(size);
-            retry_later(&mut state);
-            self.wake.notify_one();
-            return;
-        }
-        self.set_dead_full(None);
-        {
-            // Its `Done` record is on disk already.
-            let mut state = self.lock();
-            if let Some(sub) = state.subscription(name) {
-                let _done = sub.ledger.dead_lettered(seq);
-                sub.stats.dead_lettered += 1;
+            let size = dead_bytes.len() as u64;
+            // Written before the ledger lets the message go: if the write fails, the repair cuts
+            // the letter off again, and the message must still be owed.
+            let synced = {
+                let mut state = self.lock();
+                let spec = self.spec.load();
+                let max = spec.max_dead_bytes;
+                if state.dead_bytes.saturating_add(size) > max as u64 {
+                    let problem = format!(
+                        "{}: its dead-letter file holds {} bytes and its max_dead_mb is {}; \
+                         messages that fail for good stay owed (and count against max_depth) until \
+                         `switchyard redrive {}` makes room, or max_dead_mb is raised",
+                        spec.what(),
+                        state.dead_bytes,
+                        max / (1024 * 1024),
+                        self.name
+                    );
+                    tracing::error!(queue = %self.name, id = %message.id, %problem, "dead-letter file full; the message stays owed and is offered again later");
+                    retry_later(&mut state);
+                    self.set_dead_full(Some(problem));
+                    self.wake.notify_one();
+                    return;
+                }
+                state.dead_bytes += size;
+                let record = named(name, Record::Done { seq });
+                self.write_locked(&mut state, dead_bytes, &record)
+            };
+            if let Err(err) = synced.await {
+                tracing::error!(queue = %self.name, id = %message.id, error = %err, "could not write the dead letter; the message stays owed and is offered again later");
+                let mut state = self.lock();
+                state.dead_bytes = state.dead_bytes.saturating_sub(size);
+                retry_later(&mut state);
+                self.wake.notify_one();
+                return;
             }
-            state.note_dead(dead);
-        }
-        self.wake.notify_one();
+            self.set_dead_full(None);
+            {
+                // Its `Done` record is on disk already.
+                let mut state = self.lock();
+                if let Some(sub) = state.subscription(name) {
+                    let _done = sub.ledger.dead_lettered(seq);
+                    sub.stats.dead_lettered += 1;
+                }
+                state.note_dead(dead);
+            }
+            self.wake.notify_one();
+        })
     }
 
     /// Applies a settling event to subscription `name` and sends its record to the writer,
-    /// under one lock so the log's order is the state's.
+    /// under one lock so the log's order is the state's; wakes the dispatcher for the slot
+    /// it freed.
     ///
     /// Nobody waits for the record to be on disk: the next delivery goes as soon as a slot is
     /// free, consumers go as fast as the log syncs in groups, and a crash before the record is
@@ -1415,25 +1420,29 @@ impl Topic {
         let mut state = self.lock();
         if let Some(record) = state.subscription(name).and_then(event) {
             let bytes = encoded(&named(name, record));
-            state.written += bytes.len();
+            let len = bytes.len();
             self.writer.append_unawaited(bytes);
-            self.rotate_if_due(&mut state);
+            self.wrote_locked(&mut state, len);
         }
+        drop(state);
+        self.wake.notify_one();
     }
 
     /// Sends `record` (after `dead`, if any) to the writer, and starts a new segment if one is
     /// due; call with the state locked.
     fn write_locked(&self, state: &mut State, dead: Vec<u8>, record: &Record) -> LogSync {
         let bytes = encoded(record);
-        state.written += bytes.len();
+        let len = bytes.len();
         let synced = Box::pin(self.writer.append(dead, bytes));
-        self.rotate_if_due(state);
+        self.wrote_locked(state, len);
         synced
     }
 
-    /// Under the state's lock, so no record reaches the writer between the checkpoint and the
-    /// new segment it starts.
-    fn rotate_if_due(&self, state: &mut State) {
+    /// `bytes` of records went to the writer: starts a new segment if one is due. Under the
+    /// state's lock, so no record reaches the writer between the checkpoint and the new
+    /// segment it starts.
+    fn wrote_locked(&self, state: &mut State, bytes: usize) {
+        state.written += bytes;
         if let Some(rotation) = state.rotation() {
             self.writer.rotate(rotation);
         }

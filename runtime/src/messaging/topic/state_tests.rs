@@ -51,7 +51,7 @@ fn spec(subscriptions: Vec<SubscriptionSpec>) -> LogSpec {
 fn recovered(cursors: &[(&str, Cursor)]) -> Recovered {
     Recovered {
         messages: (0..5)
-            .map(|seq| (seq, message(seq, None, seq * 100)))
+            .map(|seq| (seq, Arc::new(message(seq, None, seq * 100))))
             .collect(),
         next_seq: 5,
         cursors: cursors
