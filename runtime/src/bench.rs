@@ -192,6 +192,7 @@ impl crate::messaging::Subscribers for AckAndAnswer {
 
 fn outgoing(body: Vec<u8>) -> crate::host::Outgoing {
     crate::host::Outgoing {
+        id: None,
         kind: crate::wire::MessageKind::Event,
         key: None,
         headers: Vec::new(),

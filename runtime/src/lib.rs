@@ -50,6 +50,7 @@ mod messaging;
 mod policy;
 mod router;
 mod rpc;
+mod state;
 mod transport;
 mod util;
 mod wasm;

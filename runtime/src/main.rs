@@ -96,6 +96,11 @@ enum Command {
         #[command(flatten)]
         admin: cli::AdminArgs,
     },
+    /// Back up or restore one service's state (through the admin API of the node that runs it).
+    State {
+        #[command(subcommand)]
+        what: StateCommand,
+    },
     /// Create cluster certificates for mutual TLS between nodes.
     Cert {
         #[command(subcommand)]
@@ -118,6 +123,36 @@ enum Command {
 enum SwapKind {
     Service,
     Policy,
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// Write every key of a service as JSON lines (to --out, or stdout).
+    Export {
+        /// The service whose keys are exported.
+        service: String,
+        /// The file to write (written whole, then renamed into place).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The node's manifest (its admin address, token and CA are used).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
+    /// Make an export the whole state of a service (keys not in it are removed), in one
+    /// commit.
+    Import {
+        /// The service whose keys are replaced; the export must be of this service.
+        service: String,
+        /// The file `switchyard state export` wrote.
+        file: PathBuf,
+        /// The node's manifest (its admin address, token and CA are used).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -158,6 +193,24 @@ fn main() -> ExitCode {
         Command::Check { manifest } => check(manifest),
         Command::New { name, dir, sdk } => cli::new_guest(&name, &dir, sdk.as_deref()),
         Command::Cert { what } => cli::cert(what),
+        Command::State {
+            what:
+                StateCommand::Export {
+                    service,
+                    out,
+                    manifest,
+                    admin,
+                },
+        } => cli::export_state(&service, out.as_deref(), manifest, &admin),
+        Command::State {
+            what:
+                StateCommand::Import {
+                    service,
+                    file,
+                    manifest,
+                    admin,
+                },
+        } => cli::import_state(&service, &file, manifest, &admin),
         Command::Status { manifest, admin } => cli::status(manifest, &admin),
         Command::Swap {
             kind,

@@ -3,8 +3,8 @@
 //! A service is a plain Rust type that implements [`Service`], exported with [`export!`]. The
 //! crate is a `cdylib` built for `wasm32-wasip2`; a Switchyard node loads the resulting
 //! component from its manifest and calls [`Service::handle`] once per routed HTTP request, on a
-//! fresh instance each time (so globals do not survive between requests: keep state in other
-//! services or, later, in the `state` interface).
+//! fresh instance each time (so globals do not survive between requests: keep state in
+//! [`state`], the service's own durable keys).
 //!
 //! ```no_run
 //! use switchyard_sdk::{Error, Request, Response, Service};
@@ -39,6 +39,7 @@ pub mod quic;
 mod request;
 mod response;
 pub mod rpc;
+pub mod state;
 
 pub use message::{Message, MessageKind};
 pub use request::Request;
@@ -69,8 +70,8 @@ pub mod policy_bindings {
         default_bindings_module: "switchyard_sdk::policy_bindings",
         runtime_path: "switchyard_sdk::__private::wit_bindgen::rt",
         with: {
-            "switchyard:runtime/log@0.1.6": crate::bindings::switchyard::runtime::log,
-            "switchyard:runtime/types@0.1.6": crate::bindings::switchyard::runtime::types,
+            "switchyard:runtime/log@0.1.7": crate::bindings::switchyard::runtime::log,
+            "switchyard:runtime/types@0.1.7": crate::bindings::switchyard::runtime::types,
         },
     });
 }

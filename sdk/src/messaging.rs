@@ -116,6 +116,11 @@ impl Message {
         self
     }
 
+    /// The message as the WIT interfaces take it.
+    pub(crate) fn into_outgoing(self) -> wit::OutgoingMessage {
+        self.inner
+    }
+
     /// Appends it to `queue`; returns its id once it is stored.
     pub fn send(self, queue: &str) -> Result<String, SendError> {
         wit::send(queue, &self.inner)

@@ -3,46 +3,10 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{guest, send, switchyard_bin};
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// Starts the node of `manifest`, its JSON log appended to `log`; returns once it serves.
-async fn start(
-    manifest: &std::path::Path,
-    log: &std::path::Path,
-    http: SocketAddr,
-) -> tokio::process::Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let child = tokio::process::Command::new(switchyard_bin())
-        .args(["--log-format", "json", "run"])
-        .arg(manifest)
-        .env("SWITCHYARD_LOG", "info,guest=info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(http).await.is_err() {
-        assert!(Instant::now() < deadline, "the node did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child
-}
+use crate::support::{free_port, guest, send, start_binary as start};
 
 /// `tasks` senders that POST bodies `<tag><task>-n<n>` to `path` on `http` as fast as it
 /// answers `202`, noting each acknowledged body, until one is not acknowledged within 3 s.

@@ -26,6 +26,7 @@ mod pool;
 mod rpc;
 mod scaffold;
 mod shop;
+mod state;
 mod streams;
 mod swap;
 mod topics;

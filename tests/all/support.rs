@@ -324,3 +324,42 @@ pub(crate) async fn wait_for_entry(
 pub(crate) fn count(entry: &serde_json::Value, key: &str) -> u64 {
     entry[key].as_u64().unwrap_or(u64::MAX)
 }
+
+/// A free loopback address (bound and released: another process may take it first, rarely).
+pub(crate) fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Starts the node of `manifest`, its JSON log appended to `log`; returns once it serves.
+pub(crate) async fn start_binary(
+    manifest: &std::path::Path,
+    log: &std::path::Path,
+    http: std::net::SocketAddr,
+) -> tokio::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = tokio::process::Command::new(switchyard_bin())
+        .args(["--log-format", "json", "run"])
+        .arg(manifest)
+        .env("SWITCHYARD_LOG", "info,guest=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(http).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child
+}

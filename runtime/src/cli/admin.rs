@@ -91,6 +91,11 @@ impl AdminApi {
             .with_context(|| format!("{}{path} did not answer JSON", self.address))
     }
 
+    /// GETs `path` and returns the status and the body as text (for what is not JSON).
+    pub(crate) async fn get_text(&self, path: &str) -> Result<(u16, String)> {
+        self.request(hyper::Method::GET, path, Vec::new()).await
+    }
+
     pub(crate) async fn post(&self, path: &str, body: Vec<u8>) -> Result<(u16, String)> {
         self.request(hyper::Method::POST, path, body).await
     }

@@ -1,16 +1,18 @@
 //! The `switchyard` command's subcommands that are more than a call into the library: the
-//! admin API client and what uses it (`status`, `swap`, `redrive`), certificates, and the
+//! admin API client and what uses it (`status`, `swap`, `redrive`, `state`), certificates, and the
 //! guest scaffold. Part of the binary only.
 
 mod admin;
 mod cert;
 mod scaffold;
+mod state;
 mod status;
 mod swap;
 
 pub(crate) use admin::AdminArgs;
 pub(crate) use cert::cert;
 pub(crate) use scaffold::new_guest;
+pub(crate) use state::{export as export_state, import as import_state};
 pub(crate) use status::status;
 pub(crate) use swap::{redrive, replay, swap};
 

@@ -1,4 +1,4 @@
-//! `switchyard status`: a running node's services, queues, topics and peers, as tables.
+//! `switchyard status`: a running node's services, queues, topics, state and peers, as tables.
 
 use std::path::PathBuf;
 
@@ -12,13 +12,14 @@ pub(crate) fn status(manifest: Option<PathBuf>, args: &AdminArgs) -> Result<()> 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (services, registry, queues, topics) = runtime.block_on(async {
+    let (services, registry, queues, topics, state) = runtime.block_on(async {
         let services = api.get("/services").await?;
         let registry = api.get("/registry").await?;
         // A node from before queues (or topics) has no /queues (/topics): show the rest.
         let queues = api.get("/queues").await.unwrap_or_default();
         let topics = api.get("/topics").await.unwrap_or_default();
-        anyhow::Ok((services, registry, queues, topics))
+        let state = api.get("/state").await.unwrap_or_default();
+        anyhow::Ok((services, registry, queues, topics, state))
     })?;
     println!(
         "node {} (admin {admin})",
@@ -107,6 +108,39 @@ pub(crate) fn status(manifest: Option<PathBuf>, args: &AdminArgs) -> Result<()> 
                 sub["redelivered"].to_string(),
                 sub["dead_lettered"].to_string(),
                 sub["expired"].to_string()
+            );
+        }
+    }
+    if !state.is_null() {
+        let outbox = &state["outbox"];
+        println!(
+            "state: {} bytes on disk; outbox {} pending (lag {} ms), {} relayed, {} failed sends{}",
+            state["file_bytes"],
+            outbox["pending"],
+            outbox["lag_ms"],
+            outbox["relayed"],
+            outbox["failed"],
+            outbox["last_error"]
+                .as_str()
+                .map(|why| format!("; last: {why}"))
+                .unwrap_or_default()
+        );
+        let services = state["services"].as_array().cloned().unwrap_or_default();
+        if !services.is_empty() {
+            println!(
+                "{:<20} {:>9} {:>12} {:>12}",
+                "STATE OF", "KEYS", "BYTES", "LIMIT"
+            );
+        }
+        for service in services {
+            println!(
+                "{:<20} {:>9} {:>12} {:>12}",
+                service["service"].as_str().unwrap_or("?"),
+                service["keys"].to_string(),
+                service["bytes"].to_string(),
+                service["max_bytes"]
+                    .as_u64()
+                    .map_or("-".to_owned(), |max| max.to_string())
             );
         }
     }

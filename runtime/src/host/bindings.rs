@@ -36,6 +36,11 @@ wasmtime::component::bindgen!({
         "switchyard:runtime/messaging.publish": async,
         "switchyard:runtime/messaging.read": async,
         "switchyard:runtime/messaging.request-all": async,
+        "switchyard:runtime/state.get": async,
+        "switchyard:runtime/state.put": async,
+        "switchyard:runtime/state.delete": async,
+        "switchyard:runtime/state.scan": async,
+        "switchyard:runtime/state.commit": async,
     },
     exports: { default: async },
     with: {
@@ -60,6 +65,7 @@ pub(crate) mod streams {
             "switchyard:runtime/discovery": super::switchyard::runtime::discovery,
             "switchyard:runtime/quic": super::switchyard::runtime::quic,
             "switchyard:runtime/messaging": super::switchyard::runtime::messaging,
+            "switchyard:runtime/state": super::switchyard::runtime::state,
         },
     });
 }
@@ -87,6 +93,6 @@ pub(crate) use self::switchyard::runtime::types::Response as GuestResponse;
 /// The interfaces a guest imports, for the host's implementations.
 pub(crate) mod imports {
     pub(crate) use super::switchyard::runtime::{
-        config, discovery, log, messaging, quic, rpc, types,
+        config, discovery, log, messaging, quic, rpc, state, types,
     };
 }

@@ -15,7 +15,7 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 impl HostState {
     /// `message` as the node sends it to `to` for this guest: its size checked, the sender's
     /// node headers dropped and this node's causation set; with the trace it continues.
-    fn outgoing(
+    pub(super) fn outgoing(
         &self,
         to: &str,
         message: OutgoingMessage,
@@ -36,6 +36,7 @@ impl HostState {
         crate::call::drop_node_headers(&mut headers);
         self.causation.then(&self.guest.service).stamp(&mut headers);
         let outgoing = Outgoing {
+            id: None,
             kind: message.kind.into(),
             key: message.key,
             headers,

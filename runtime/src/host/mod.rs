@@ -17,6 +17,7 @@ mod output;
 mod ports;
 mod quic;
 mod rpc;
+mod state;
 mod types;
 
 pub(crate) use bindings::policy as policy_bindings;
@@ -24,7 +25,10 @@ pub(crate) use bindings::streams::StreamServicePre;
 pub(crate) use bindings::{GuestMessage, GuestRequest, GuestResponse, Service, ServicePre};
 pub(crate) use log::{MAX_DECISION_LOG_BYTES, MAX_REQUEST_LOG_BYTES};
 pub(crate) use messaging::{Received, guest_message};
-pub(crate) use ports::{Calls, Outgoing, Queues, Receipt, RequestError, SendError};
+pub(crate) use ports::{
+    Calls, Committed, OutboxMessage, Outgoing, Queues, Receipt, RequestError, SendError,
+    StateEntry, StateError, StatePage, StateStore, Transaction,
+};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,6 +44,7 @@ use output::GuestOutput;
 pub(crate) struct Outbound {
     pub(crate) calls: Arc<dyn Calls>,
     pub(crate) queues: Arc<dyn Queues>,
+    pub(crate) state: Arc<dyn StateStore>,
 }
 
 /// What every instance of one service generation shares.
@@ -49,6 +54,10 @@ pub(crate) struct GuestContext {
     pub(crate) calls: Arc<dyn Calls>,
     /// Takes the messages it sends.
     pub(crate) queues: Arc<dyn Queues>,
+    /// Keeps its state and outbox.
+    pub(crate) state: Arc<dyn StateStore>,
+    /// How many bytes of keys and values its state may hold.
+    pub(crate) state_max_bytes: u64,
     pub(crate) config: BTreeMap<String, String>,
     pub(crate) env: Vec<(String, String)>,
     /// Calls an instance may hold started and not dropped.

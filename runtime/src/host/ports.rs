@@ -89,3 +89,85 @@ pub(crate) enum RequestError {
     #[error("{0}")]
     Timeout(String),
 }
+
+/// A service's durable key-value state and its outbox (the `state` module implements it).
+/// Every method names the service: a guest reaches only its own keys because the host passes
+/// its service's name, never one the guest chose.
+pub(crate) trait StateStore: Send + Sync {
+    /// The value of `key`, if stored.
+    fn get(&self, service: &str, key: &str) -> Result<Option<StateEntry>, StateError>;
+    /// Up to `limit` keys of `service` starting with `prefix`, after `after`, in key order.
+    fn scan(
+        &self,
+        service: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<StatePage, StateError>;
+    /// Stores `transaction` atomically (writes and outbox, one fsync), keeping `service`'s
+    /// state within `max_bytes`.
+    fn commit<'a>(
+        &'a self,
+        service: &'a str,
+        max_bytes: u64,
+        transaction: Transaction,
+    ) -> BoxFuture<'a, Result<Committed, StateError>>;
+}
+
+/// A stored key, its value and the commit that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StateEntry {
+    pub(crate) key: String,
+    pub(crate) value: Vec<u8>,
+    pub(crate) version: u64,
+}
+
+/// One page of a scan; `next` is the `after` of the next page.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct StatePage {
+    pub(crate) entries: Vec<StateEntry>,
+    pub(crate) next: Option<String>,
+}
+
+/// What a guest commits: the versions it read, its writes and its outbox messages.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Transaction {
+    /// Keys read and their versions then (0: absent); a changed one fails the commit.
+    pub(crate) reads: Vec<(String, u64)>,
+    /// New values, or `None` to delete.
+    pub(crate) writes: Vec<(String, Option<Vec<u8>>)>,
+    pub(crate) messages: Vec<OutboxMessage>,
+}
+
+/// A message a transaction sends once it commits.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct OutboxMessage {
+    /// A queue or topic, anywhere in the mesh.
+    pub(crate) destination: String,
+    /// W3C `traceparent` of the work that committed it.
+    pub(crate) trace_context: Option<String>,
+    pub(crate) message: Outgoing,
+}
+
+/// What a commit stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Committed {
+    pub(crate) version: u64,
+    /// The ids of its outbox messages, in order.
+    pub(crate) message_ids: Vec<String>,
+    /// How many of its deletes removed a stored key.
+    pub(crate) removed: usize,
+}
+
+/// Why a state operation stored nothing. Each message says what and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum StateError {
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
+}

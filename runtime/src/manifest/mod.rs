@@ -34,6 +34,7 @@
 //! memory_limit_mb = 64        # per instance; past it: 500
 //! max_pending_calls = 1024    # rpc.start calls one instance holds; past it: unavailable
 //! max_open_streams = 256      # streams one instance holds open; past it: unavailable
+//! state_max_mb = 64           # keys and values its state keeps; past it: too-large
 //! may_call = ["inventory"]    # optional: the only services it may call (default: any)
 //! accepts_from = ["shop", "@ingress"]  # optional: the only callers it takes; "@ingress": HTTP
 //! config = { greeting = "Hello" }
@@ -417,6 +418,9 @@ pub struct ServiceSpec {
     /// Streams one instance may have opened (`quic` connections' `open-stream`) and not yet
     /// dropped; past it an open answers `unavailable` at once.
     pub max_open_streams: u32,
+    /// Bytes of keys and values its state may hold (`state_max_mb`); a commit past it fails
+    /// with `too-large`.
+    pub state_max_bytes: u64,
     /// The services it may call or open streams to; `None`: any.
     pub may_call: Option<Vec<String>>,
     /// The services whose calls and streams it takes ([`INGRESS_CALLER`] for HTTP clients);
@@ -534,6 +538,8 @@ pub mod defaults {
     pub const DATA_DIR: &str = ".switchyard";
     /// `[[service]] max_instances`.
     pub const MAX_INSTANCES: u32 = 64;
+    /// `[[service]] state_max_mb`: bytes of keys and values one service keeps.
+    pub const STATE_MAX_MB: u64 = 64;
     /// `[[service]] max_open_streams`: far above what a normal guest keeps open.
     pub const MAX_OPEN_STREAMS: u32 = 256;
     /// `max_pending_calls` of a service: far above any fan-out a normal guest makes.

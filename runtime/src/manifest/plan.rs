@@ -71,6 +71,7 @@ fn service_changed(old: &ServiceSpec, new: &ServiceSpec) -> bool {
         memory_limit_bytes,
         max_pending_calls,
         max_open_streams,
+        state_max_bytes,
         may_call,
         accepts_from,
         config,
@@ -90,6 +91,7 @@ fn service_changed(old: &ServiceSpec, new: &ServiceSpec) -> bool {
         || old.memory_limit_bytes != *memory_limit_bytes
         || old.max_pending_calls != *max_pending_calls
         || old.max_open_streams != *max_open_streams
+        || old.state_max_bytes != *state_max_bytes
         || old.may_call != *may_call
         || old.accepts_from != *accepts_from
         || old.config != *config

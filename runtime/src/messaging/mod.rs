@@ -75,6 +75,7 @@ use crate::host::{Outgoing, Queues, RequestError, SendError};
 use crate::manifest::{QueueSpec, StartAt, TopicSpec};
 use crate::policy::Policies;
 use crate::util::BoxFuture;
+use crate::util::now_ms;
 use crate::wire::Receipt;
 
 pub(crate) use log::StoredMessage;
@@ -778,12 +779,12 @@ fn log_specs(queues: &[QueueSpec], topics: &[TopicSpec]) -> Vec<LogSpec> {
         .collect()
 }
 
-/// A message from `sender` as a log stores it (its queue or topic numbers it and gives it its
-/// id).
+/// A message from `sender` as a log stores it (its queue or topic numbers it, and gives it its
+/// id unless the sender fixed one).
 fn stored(sender: &str, trace_context: Option<String>, outgoing: Outgoing) -> StoredMessage {
     StoredMessage {
         seq: 0,
-        id: String::new(),
+        id: outgoing.id.unwrap_or_default(),
         kind: outgoing.kind,
         key: outgoing.key,
         headers: outgoing.headers,
@@ -793,10 +794,4 @@ fn stored(sender: &str, trace_context: Option<String>, outgoing: Outgoing) -> St
         sender: sender.to_owned(),
         sent_at_ms: now_ms(),
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

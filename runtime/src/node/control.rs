@@ -23,6 +23,8 @@ pub(super) struct Control {
     pub(super) policies: Arc<Policies>,
     pub(super) services: Arc<Services>,
     pub(super) broker: Arc<messaging::Broker>,
+    pub(super) state: Arc<crate::state::Store>,
+    pub(super) relay: Arc<crate::state::RelayStats>,
     /// Where changes to the set of services are announced (nodes with QUIC).
     pub(super) membership: std::sync::OnceLock<Arc<dyn crate::discovery::Membership>>,
     /// Components swapped in through the admin API, by `service:<name>` or `policy:<name>`:
@@ -190,6 +192,58 @@ impl http::Operator for Control {
         from: crate::manifest::StartAt,
     ) -> BoxFuture<'_, Result<u64, ControlError>> {
         Box::pin(async move { Ok(self.broker.rewind(&topic, &subscriber, from).await?) })
+    }
+
+    fn state(&self) -> BoxFuture<'_, Result<crate::state::StateView, ControlError>> {
+        Box::pin(async move {
+            let (store, relay, services) = (
+                self.state.clone(),
+                self.relay.clone(),
+                self.services.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                crate::state::view(&store, &relay, |service| services.state_limit(service))
+            })
+            .await?
+            .map_err(ControlError::from)
+        })
+    }
+
+    fn export_state(
+        &self,
+        service: String,
+    ) -> BoxFuture<'_, Result<Vec<crate::host::StateEntry>, ControlError>> {
+        Box::pin(async move {
+            let store = self.state.clone();
+            tokio::task::spawn_blocking(move || store.export(&service))
+                .await?
+                .map_err(ControlError::from)
+        })
+    }
+
+    fn import_state(
+        &self,
+        service: String,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> BoxFuture<'_, Result<usize, ControlError>> {
+        Box::pin(async move {
+            let Some(max_bytes) = self.services.state_limit(&service) else {
+                return Err(ControlError::UnknownService {
+                    known: self
+                        .services
+                        .announced()
+                        .into_iter()
+                        .map(|(name, _)| name)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    name: service,
+                });
+            };
+            let store = self.state.clone();
+            tokio::task::spawn_blocking(move || store.import(&service, max_bytes, entries))
+                .await?
+                .map_err(ControlError::from)
+        })
     }
 
     fn redrive(&self, queue: String) -> BoxFuture<'_, Result<usize, ControlError>> {

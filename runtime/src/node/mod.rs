@@ -96,6 +96,9 @@ pub enum NodeError {
     /// The admin API's token file is missing, short or cannot be created.
     #[error(transparent)]
     AdminToken(#[from] crate::http::TokenError),
+    /// The state store under `data_dir` cannot be opened.
+    #[error("{0}")]
+    State(String),
     /// A blocking load task panicked or was cancelled.
     #[error("loading components was interrupted: {0}")]
     Interrupted(String),

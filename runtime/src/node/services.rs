@@ -78,6 +78,13 @@ impl Services {
             })
     }
 
+    /// The `state_max_mb` (in bytes) of `service`, if it runs here.
+    pub(super) fn state_limit(&self, service: &str) -> Option<u64> {
+        self.directory
+            .get(service)
+            .map(|callee| callee.spec.state_max_bytes)
+    }
+
     /// `(name, version)` of every service, for discovery.
     pub(super) fn announced(&self) -> Vec<(String, String)> {
         let mut announced: Vec<_> = self
@@ -184,6 +191,7 @@ pub(super) fn slot_config(spec: &ServiceSpec) -> SlotConfig {
         memory_limit_bytes: spec.memory_limit_bytes,
         max_pending_calls: spec.max_pending_calls,
         max_open_streams: spec.max_open_streams,
+        state_max_bytes: spec.state_max_bytes,
         may_call: spec.may_call.clone(),
         accepts_from: spec.accepts_from.clone(),
         config: spec.config.clone(),

@@ -19,6 +19,7 @@ use crate::manifest::{DiscoverySpec, Manifest};
 use crate::messaging;
 use crate::policy::Policies;
 use crate::rpc;
+use crate::state;
 use crate::transport::Identity;
 
 /// The node's two TCP listeners, bound before anything slow happens.
@@ -103,6 +104,8 @@ impl AdminAccess {
 /// Everything that runs guests, built from the manifest.
 pub(super) struct Runtime {
     broker: Arc<messaging::Broker>,
+    state: Arc<state::Store>,
+    relay: Arc<state::RelayStats>,
     policies: Arc<Policies>,
     rpc: rpc::Client,
     services: Arc<Services>,
@@ -130,6 +133,15 @@ impl Runtime {
             .map_err(|err| NodeError::Interrupted(err.to_string()))??
         };
         let broker = Arc::new(broker);
+        let state = {
+            let path = manifest.node.data_dir.join("state.redb");
+            tokio::task::spawn_blocking(move || state::Store::open(&path))
+                .await
+                .map_err(|err| NodeError::Interrupted(err.to_string()))?
+                .map_err(|err| NodeError::State(err.to_string()))?
+        };
+        let state = Arc::new(state);
+        let relay = Arc::new(state::RelayStats::default());
         for queue in &manifest.queues {
             if !manifest.services.iter().any(|s| s.name == queue.subscriber) {
                 tracing::info!(queue = %queue.name, subscriber = %queue.subscriber, "the queue's subscriber does not run on this node; its messages go to a node of the mesh that runs it");
@@ -152,6 +164,7 @@ impl Runtime {
         let outbound = Outbound {
             calls: Arc::new(rpc.clone()),
             queues: broker.clone(),
+            state: Arc::new(state::SharedStore::new(&state)),
         };
         let services = Arc::new(
             Services::start(
@@ -170,11 +183,15 @@ impl Runtime {
             policies: policies.clone(),
             services: services.clone(),
             broker: broker.clone(),
+            state: state.clone(),
+            relay: relay.clone(),
             membership: std::sync::OnceLock::new(),
             admin_swaps: std::sync::Mutex::default(),
         });
         Ok(Self {
             broker,
+            state,
+            relay,
             policies,
             rpc,
             services,
@@ -203,6 +220,12 @@ impl Runtime {
         servers.spawn(self.broker.clone().run(
             Arc::new(self.subscribers()),
             self.policies.clone(),
+            shutdown.clone(),
+        ));
+        servers.spawn(state::run_relay(
+            self.state.clone(),
+            self.broker.clone(),
+            self.relay.clone(),
             shutdown.clone(),
         ));
         let ingress = manifest.node.ingress;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::message::{Outgoing, Receipt, SendError, StoredMessage};
 
 /// Bumped on any incompatible change; a peer speaking another version gets a clear error.
-pub(crate) const PROTOCOL_VERSION: u8 = 7;
+pub(crate) const PROTOCOL_VERSION: u8 = 8;
 /// The largest frame a node accepts (the body limit plus room for headers).
 pub(crate) const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024 + 64 * 1024;
 const HEADER_BYTES: usize = 5;

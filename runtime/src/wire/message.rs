@@ -64,6 +64,9 @@ pub(crate) struct Receipt {
 /// What a guest asks to send.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Outgoing {
+    /// The id its sender fixed (an outbox entry's, so that a message relayed twice keeps it
+    /// and its consumer can drop the duplicate); none: the log gives it one.
+    pub(crate) id: Option<String>,
     pub(crate) kind: MessageKind,
     pub(crate) key: Option<String>,
     pub(crate) headers: Vec<(String, String)>,

@@ -12,6 +12,7 @@
 //! `switchyard::audit`): what, the component's SHA-256, from which address, the outcome.
 
 mod access;
+mod state;
 
 pub(crate) use access::{AdminToken, ConnectionInfo, TokenError};
 
@@ -28,10 +29,12 @@ use sha2::Digest;
 
 use super::ingress::{plain, retry_soon};
 use super::server::Handler;
+use crate::host::{StateEntry, StateError};
 use crate::manifest::StartAt;
 use crate::messaging::{QueueError, QueueView, TopicView};
 use crate::policy::{BindingView, PolicyError};
 use crate::router::RouteError;
+use crate::state::StateView;
 use crate::util::BoxFuture;
 use crate::wasm::{Directory, LoadError, SwapError, SwapEvent};
 
@@ -50,6 +53,17 @@ pub(crate) trait Operator: Send + Sync {
     fn queues(&self) -> Vec<QueueView>;
     /// What keeps the node from doing its work now (for `GET /health`): empty when healthy.
     fn problems(&self) -> Vec<String>;
+    /// `GET /state`: the state store's size, usage per service, the outbox's lag.
+    fn state(&self) -> BoxFuture<'_, Result<StateView, ControlError>>;
+    /// `GET /state/<service>/export`: every key of `service`.
+    fn export_state(&self, service: String)
+    -> BoxFuture<'_, Result<Vec<StateEntry>, ControlError>>;
+    /// `POST /state/<service>/import`: makes `entries` the whole state of `service`; how many.
+    fn import_state(
+        &self,
+        service: String,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> BoxFuture<'_, Result<usize, ControlError>>;
     /// `POST /queues/<name>/redrive`: sends the queue's dead letters again; how many.
     fn redrive(&self, queue: String) -> BoxFuture<'_, Result<usize, ControlError>>;
     /// `GET /topics`.
@@ -132,6 +146,8 @@ pub(crate) enum ControlError {
          for {sized} at start. Bind fewer policies, or restart the node"
     )]
     PoolTooSmall { needed: u32, sized: u32 },
+    #[error(transparent)]
+    State(#[from] StateError),
     #[error("the change was cut off: {0}")]
     Interrupted(#[from] tokio::task::JoinError),
 }
@@ -145,6 +161,8 @@ impl ControlError {
             | Self::Queue(QueueError::Unknown { .. } | QueueError::UnknownSubscription { .. })
             | Self::Policy(PolicyError::Unknown(_)) => StatusCode::NOT_FOUND,
             Self::MemoryAbovePool { .. } | Self::PoolTooSmall { .. } => StatusCode::CONFLICT,
+            Self::State(StateError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::State(StateError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Interrupted(_)
             | Self::Queue(QueueError::Interrupted(_) | QueueError::DeadLettersKept { .. }) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -216,6 +234,12 @@ impl Admin {
         {
             return self.replay(topic, request.uri().query(), from).await;
         }
+        if let Some(service) = path
+            .strip_prefix("/state/")
+            .and_then(|rest| rest.strip_suffix("/import"))
+        {
+            return self.import_state(service, request, from).await;
+        }
         let (kind, name) = match path.trim_matches('/').split_once('/') {
             Some((kind @ ("services" | "policies"), name)) if !name.is_empty() => {
                 (kind, name.to_owned())
@@ -224,7 +248,7 @@ impl Admin {
                 return plain(
                     StatusCode::NOT_FOUND,
                     format!(
-                        "no admin endpoint POST {path}; try POST /services/<name>, /policies/<name>, /queues/<name>/redrive or /topics/<name>/replay\n"
+                        "no admin endpoint POST {path}; try POST /services/<name>, /policies/<name>, /queues/<name>/redrive, /topics/<name>/replay or /state/<service>/import\n"
                     ),
                 );
             }
@@ -277,6 +301,44 @@ impl Admin {
 }
 
 impl Admin {
+    async fn import_state(
+        &self,
+        service: &str,
+        request: Request<Incoming>,
+        from: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        let body = http_body_util::Limited::new(request.into_body(), MAX_UPLOAD_BYTES);
+        let file = match http_body_util::BodyExt::collect(body).await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "could not read the export (at most {MAX_UPLOAD_BYTES} bytes): {error}\n"
+                    ),
+                );
+            }
+        };
+        let entries = match state::import(service, &file) {
+            Ok(entries) => entries,
+            Err(why) => return plain(StatusCode::UNPROCESSABLE_ENTITY, format!("{why}\n")),
+        };
+        match self
+            .operator
+            .import_state(service.to_owned(), entries)
+            .await
+        {
+            Ok(keys) => {
+                tracing::info!(target: "switchyard::audit", action = "import state", service, keys, %from, "state imported");
+                json(&serde_json::json!({ "service": service, "imported": keys }))
+            }
+            Err(error) => {
+                tracing::warn!(target: "switchyard::audit", action = "import state", service, %from, %error, "state import refused");
+                refused(&error)
+            }
+        }
+    }
+
     async fn replay(
         &self,
         topic: &str,
@@ -389,6 +451,29 @@ impl Handler for Admin {
             "/policies" => json(&self.operator.policies().await),
             "/queues" => json(&self.operator.queues()),
             "/topics" => json(&self.operator.topics()),
+            "/state" => match self.operator.state().await {
+                Ok(view) => json(&view),
+                Err(error) => refused(&error),
+            },
+            path if path.starts_with("/state/") && path.ends_with("/export") => {
+                let service = &path["/state/".len()..path.len() - "/export".len()];
+                match self.operator.export_state(service.to_owned()).await {
+                    Ok(entries) => match state::export(service, &entries) {
+                        Ok(file) => {
+                            let mut response = Response::new(Full::new(Bytes::from(file)));
+                            response.headers_mut().insert(
+                                CONTENT_TYPE,
+                                HeaderValue::from_static("application/jsonl"),
+                            );
+                            response
+                        }
+                        Err(error) => {
+                            plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n"))
+                        }
+                    },
+                    Err(error) => refused(&error),
+                }
+            }
             "/registry" => json(&serde_json::json!({
                 "node": self.node,
                 "peers": self.registry.as_ref().map(|registry| registry.view()).unwrap_or_default(),
@@ -396,7 +481,7 @@ impl Handler for Admin {
             other => plain(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no admin endpoint {other}; try /health, /services, /registry, /policies, /queues or /topics\n"
+                    "no admin endpoint {other}; try /health, /services, /registry, /policies, /queues, /topics, /state or /state/<service>/export\n"
                 ),
             ),
         }

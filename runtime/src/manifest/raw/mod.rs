@@ -165,6 +165,7 @@ struct RawService {
     memory_limit_mb: Option<Spanned<u64>>,
     max_pending_calls: Option<Spanned<u32>>,
     max_open_streams: Option<Spanned<u32>>,
+    state_max_mb: Option<Spanned<u64>>,
     may_call: Option<Vec<Spanned<String>>>,
     accepts_from: Option<Vec<Spanned<String>>>,
     #[serde(default)]

@@ -99,6 +99,13 @@ pub(super) fn check_service(
         1..=100_000,
         "max_open_streams",
     )?;
+    let state_max_mb = bounded(
+        check,
+        raw.state_max_mb,
+        defaults::STATE_MAX_MB,
+        1..=1_048_576,
+        "state_max_mb",
+    )?;
     let may_call = raw
         .may_call
         .map(|names| allow_list(check, &name, "may_call", names, false))
@@ -119,6 +126,7 @@ pub(super) fn check_service(
         memory_limit_bytes: mebibytes(memory_limit_mb),
         max_pending_calls,
         max_open_streams,
+        state_max_bytes: state_max_mb * 1024 * 1024,
         may_call,
         accepts_from,
         config: raw.config,

@@ -658,6 +658,7 @@ impl Topic {
 
     /// Appends a message; resolves once it is on disk, with its id and offset.
     pub(super) async fn send(&self, message: StoredMessage) -> Result<Stored, SendError> {
+        let fixed_id = (!message.id.is_empty()).then(|| message.id.clone());
         let (synced, seqs) = {
             let mut state = self.lock();
             let spec = self.spec.load();
@@ -714,7 +715,7 @@ impl Topic {
             ))
         })?;
         Ok(Stored {
-            id: self.id(seqs.start),
+            id: fixed_id.unwrap_or_else(|| self.id(seqs.start)),
             offset: seqs.start,
         })
     }
@@ -737,7 +738,9 @@ impl Topic {
         let mut numbered = Vec::with_capacity(messages.len());
         for (seq, mut message) in (state.next_seq..).zip(messages) {
             message.seq = seq;
-            message.id = self.id(seq);
+            if message.id.is_empty() {
+                message.id = self.id(seq);
+            }
             log::encode_sent(&message, &mut bytes)?;
             numbered.push(Arc::new(message));
         }
@@ -1056,6 +1059,8 @@ impl Topic {
             .iter()
             .map(|letter| {
                 let mut message = letter.message.clone();
+                // A redriven message is a new message (with a new id) that names the old one.
+                message.id.clear();
                 message
                     .headers
                     .retain(|(name, _)| name != "x-switchyard-redriven-from");

@@ -37,6 +37,8 @@ pub(crate) struct SlotConfig {
     pub requests_per_instance: u32,
     pub timeout: Duration,
     pub memory_limit_bytes: usize,
+    /// Bytes of keys and values the service's state may hold.
+    pub state_max_bytes: u64,
     pub max_pending_calls: u32,
     pub max_open_streams: u32,
     /// The services it may call; `None`: any.
@@ -74,6 +76,8 @@ impl Generation {
             service: settings.service.clone(),
             calls: outbound.calls.clone(),
             queues: outbound.queues.clone(),
+            state: outbound.state.clone(),
+            state_max_bytes: settings.state_max_bytes,
             config: settings.config.clone(),
             max_pending_calls: settings.max_pending_calls,
             max_open_streams: settings.max_open_streams,

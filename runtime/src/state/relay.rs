@@ -1,0 +1,186 @@
+//! The outbox relay: hands committed outbox messages to the broker, oldest first, and removes
+//! each once its queue or topic has stored it.
+//!
+//! It wakes when a commit fills the outbox, and at start for whatever a crash left there. A
+//! destination that refuses (its node is down, the queue is full or unknown) is skipped for
+//! the rest of the round, so the messages of one destination stay in order while the others
+//! go on; the round is retried after a backoff (doubling, at most [`MAX_BACKOFF`]). A message
+//! is removed only after the broker stored it, so a crash in between sends it again, with the
+//! same id: at-least-once, and a consumer drops the duplicate by its id.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::store::Store;
+use crate::host::Queues;
+
+/// Messages read from the outbox per round.
+const BATCH: usize = 256;
+/// How long one send may take before the relay counts it failed.
+const SEND_BUDGET: Duration = Duration::from_secs(10);
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest the relay waits before retrying a destination that refused.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What the relay did, for `GET /state`.
+#[derive(Debug, Default)]
+pub(crate) struct RelayStats {
+    relayed: AtomicU64,
+    failed: AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl RelayStats {
+    /// Messages relayed since the node started.
+    pub(crate) fn relayed(&self) -> u64 {
+        self.relayed.load(Ordering::Relaxed)
+    }
+
+    /// Sends that failed (and will be retried) since the node started.
+    pub(crate) fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Why the last failed send failed, if one did since the last success.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|last| last.clone())
+    }
+
+    fn note_error(&self, error: Option<String>) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = error;
+        }
+    }
+}
+
+/// Relays `store`'s outbox through `queues` until `shutdown` flips.
+pub(crate) async fn run(
+    store: Arc<Store>,
+    queues: Arc<dyn Queues>,
+    stats: Arc<RelayStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        // Registered before reading, so a commit that lands after the read still wakes us.
+        let filled = store.outbox_filled.notified();
+        let round = relay_round(&store, queues.as_ref(), &stats).await;
+        let wait = match round {
+            Round::Drained => None,
+            Round::More => continue,
+            Round::Refused => {
+                let wait = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                Some(wait)
+            }
+        };
+        if matches!(round, Round::Drained) {
+            backoff = FIRST_BACKOFF;
+        }
+        tokio::select! {
+            () = filled => {}
+            () = sleep_or_forever(wait) => {}
+            _ = shutdown.changed() => break,
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    // Make what was relayed durable, so a clean stop does not send it again.
+    let store = store.clone();
+    let synced = tokio::task::spawn_blocking(move || store.relayed(&[], true)).await;
+    if let Ok(Err(error)) = synced {
+        tracing::warn!(%error, "the outbox relay could not sync its progress; the next start relays those messages again (same ids)");
+    }
+}
+
+async fn sleep_or_forever(wait: Option<Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
+        None => std::future::pending().await,
+    }
+}
+
+enum Round {
+    /// The outbox is empty.
+    Drained,
+    /// A full batch went out: read the next one at once.
+    More,
+    /// A destination refused, or the store failed: try again after a backoff.
+    Refused,
+}
+
+async fn relay_round(store: &Arc<Store>, queues: &dyn Queues, stats: &RelayStats) -> Round {
+    let reader = store.clone();
+    let pending = match tokio::task::spawn_blocking(move || reader.pending(BATCH)).await {
+        Ok(Ok(pending)) => pending,
+        Ok(Err(error)) => {
+            tracing::error!(%error, "the outbox relay cannot read the outbox");
+            stats.note_error(Some(error.to_string()));
+            return Round::Refused;
+        }
+        Err(_) => return Round::Refused,
+    };
+    if pending.is_empty() {
+        return Round::Drained;
+    }
+    let full = pending.len() == BATCH;
+    let mut refused: HashSet<String> = HashSet::new();
+    let mut sent = Vec::with_capacity(pending.len());
+    for (seq, entry) in pending {
+        let destination = entry.message.destination;
+        if refused.contains(&destination) {
+            continue;
+        }
+        let result = queues
+            .send(
+                &destination,
+                &entry.service,
+                entry.message.trace_context,
+                entry.message.message,
+                SEND_BUDGET,
+            )
+            .await;
+        match result {
+            Ok(_) => sent.push(seq),
+            Err(error) => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    service = %entry.service,
+                    %destination,
+                    %error,
+                    "the outbox relay could not hand a message over; it retries (the message stays in the outbox)"
+                );
+                stats.note_error(Some(format!(
+                    "service `{}`, destination `{destination}`: {error}",
+                    entry.service
+                )));
+                refused.insert(destination);
+            }
+        }
+    }
+    if !sent.is_empty() {
+        let count = sent.len() as u64;
+        let marker = store.clone();
+        match tokio::task::spawn_blocking(move || marker.relayed(&sent, false)).await {
+            Ok(Ok(())) => {
+                stats.relayed.fetch_add(count, Ordering::Relaxed);
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "the outbox relay cannot mark messages relayed; they will be sent again (same ids)");
+                stats.note_error(Some(error.to_string()));
+                return Round::Refused;
+            }
+            Err(_) => return Round::Refused,
+        }
+    }
+    if !refused.is_empty() {
+        return Round::Refused;
+    }
+    stats.note_error(None);
+    if full { Round::More } else { Round::Drained }
+}

@@ -1,0 +1,638 @@
+//! The embedded store: one redb database per node (`data_dir/state.redb`).
+//!
+//! redb because it is a pure-Rust, ACID, copy-on-write B-tree with one writer and MVCC
+//! readers, a stable file format and crash safety without a write-ahead log of our own: a
+//! commit is one fsync, which is exactly what the transactional outbox needs (the state and
+//! the outbox in one commit). fjall (an LSM tree) would write faster but journals per keyspace
+//! and has no cross-keyspace commit as simple as redb's.
+//!
+//! Tables: `entries` maps (service, key) to (version, value); `usage` (service) to its (bytes,
+//! keys); `outbox` a sequence number to an [`OutboxEntry`]; `meta` holds the last version, the
+//! next outbox number and the store's random id (which outbox message ids start with, so a
+//! wiped store never reuses an id a consumer has seen).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::host::{Committed, OutboxMessage, StateEntry, StateError, StatePage, Transaction};
+
+const ENTRIES: TableDefinition<(&str, &str), (u64, &[u8])> = TableDefinition::new("entries");
+const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("usage");
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const META_VERSION: &str = "version";
+const META_OUTBOX_NEXT: &str = "outbox-next";
+const META_STORE_ID: &str = "store-id";
+
+/// The longest key a service may store.
+pub(crate) const MAX_KEY_BYTES: usize = 1024;
+/// The largest value a service may store.
+pub(crate) const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Reads, writes and messages one transaction may hold (each).
+pub(crate) const MAX_TRANSACTION_ITEMS: usize = 1000;
+/// Messages one transaction may send.
+pub(crate) const MAX_TRANSACTION_MESSAGES: usize = 100;
+/// Entries one scan page returns at most.
+pub(crate) const MAX_SCAN_ENTRIES: usize = 1000;
+/// Value bytes one scan page returns at most (it stops early past them).
+pub(crate) const MAX_SCAN_BYTES: usize = 8 * 1024 * 1024;
+
+/// A message waiting in the outbox: who committed it, when, and what to send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct OutboxEntry {
+    pub(crate) service: String,
+    pub(crate) committed_at_ms: u64,
+    /// Its `message.id` is set: the id it keeps however often it is relayed.
+    pub(crate) message: OutboxMessage,
+}
+
+/// How much one service stores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct ServiceUsage {
+    pub(crate) service: String,
+    pub(crate) keys: u64,
+    /// Bytes of keys and values.
+    pub(crate) bytes: u64,
+    /// Its `state_max_mb` in bytes, if it runs here.
+    pub(crate) max_bytes: Option<u64>,
+}
+
+/// The node's state store.
+pub(crate) struct Store {
+    db: Database,
+    path: PathBuf,
+    store_id: u64,
+    fsyncs: Arc<AtomicU64>,
+    /// Woken when a commit puts messages in the outbox.
+    pub(super) outbox_filled: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// Every redb failure, named with the store's file and what to do.
+fn unavailable(path: &Path, doing: &str, err: impl Into<redb::Error>) -> StateError {
+    StateError::Unavailable(format!(
+        "the state store {} failed while {doing}: {}; check the disk (space, permissions) and \
+         the node's log",
+        path.display(),
+        err.into()
+    ))
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub(crate) fn open(path: &Path) -> Result<Self, StateError> {
+        let fsyncs = Arc::new(AtomicU64::new(0));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|err| {
+                StateError::Unavailable(format!(
+                    "cannot open the state store {}: {err}; check that `node.data_dir` is a \
+                     writable directory",
+                    path.display()
+                ))
+            })?;
+        let backend = CountingBackend {
+            inner: redb::backends::FileBackend::new(file),
+            fsyncs: fsyncs.clone(),
+        };
+        let db = redb::Builder::new()
+            .create_with_backend(backend)
+            .map_err(|err| match err {
+                redb::DatabaseError::DatabaseAlreadyOpen => StateError::Unavailable(format!(
+                    "the state store {} is open in another process: another node runs with \
+                     this `node.data_dir`; stop it or give this node its own data_dir",
+                    path.display()
+                )),
+                err => unavailable(path, "opening", err),
+            })?;
+        let write = db
+            .begin_write()
+            .map_err(|err| unavailable(path, "opening", err))?;
+        let store_id = {
+            let opened = (|| -> Result<u64, redb::Error> {
+                write.open_table(ENTRIES)?;
+                write.open_table(USAGE)?;
+                write.open_table(OUTBOX)?;
+                let mut meta = write.open_table(META)?;
+                let id = meta.get(META_STORE_ID)?.map(|id| id.value());
+                Ok(match id {
+                    Some(id) => id,
+                    None => {
+                        let id = fastrand::u64(1..);
+                        meta.insert(META_STORE_ID, id)?;
+                        id
+                    }
+                })
+            })();
+            opened.map_err(|err| unavailable(path, "opening", err))?
+        };
+        write
+            .commit()
+            .map_err(|err| unavailable(path, "opening", err))?;
+        Ok(Self {
+            db,
+            path: path.to_owned(),
+            store_id,
+            fsyncs,
+            outbox_filled: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// fsyncs the store's file has had since it opened.
+    pub(crate) fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Where the store's file is.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn failed<'a>(&'a self, doing: &'a str) -> impl Fn(redb::Error) -> StateError + 'a {
+        move |err| unavailable(&self.path, doing, err)
+    }
+
+    /// The value of `service`'s `key`.
+    pub(crate) fn get(&self, service: &str, key: &str) -> Result<Option<StateEntry>, StateError> {
+        check_key(key)?;
+        let read = (|| -> Result<_, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let entries = txn.open_table(ENTRIES)?;
+            Ok(entries.get((service, key))?.map(|found| {
+                let (version, value) = found.value();
+                StateEntry {
+                    key: key.to_owned(),
+                    value: value.to_vec(),
+                    version,
+                }
+            }))
+        })();
+        read.map_err(self.failed("reading"))
+    }
+
+    /// Up to `limit` of `service`'s keys that start with `prefix`, after `after`.
+    pub(crate) fn scan(
+        &self,
+        service: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<StatePage, StateError> {
+        let limit = limit.clamp(1, MAX_SCAN_ENTRIES);
+        let read = (|| -> Result<_, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let entries = txn.open_table(ENTRIES)?;
+            let start = match after {
+                Some(after) if after >= prefix => after,
+                _ => prefix,
+            };
+            let mut page = StatePage::default();
+            let mut bytes = 0;
+            for found in entries.range((service, start)..)? {
+                let (key, value) = found?;
+                let (owner, key) = key.value();
+                if owner != service || !key.starts_with(prefix) {
+                    break;
+                }
+                if Some(key) == after {
+                    continue;
+                }
+                let (version, value) = value.value();
+                if page.entries.len() == limit || bytes + value.len() > MAX_SCAN_BYTES {
+                    page.next = page
+                        .entries
+                        .last()
+                        .map(|last: &StateEntry| last.key.clone());
+                    break;
+                }
+                bytes += value.len();
+                page.entries.push(StateEntry {
+                    key: key.to_owned(),
+                    value: value.to_vec(),
+                    version,
+                });
+            }
+            Ok(page)
+        })();
+        read.map_err(self.failed("scanning"))
+    }
+
+    /// Stores `transaction` for `service` in one commit (one fsync), or nothing.
+    pub(crate) fn commit(
+        &self,
+        service: &str,
+        max_bytes: u64,
+        transaction: Transaction,
+    ) -> Result<Committed, StateError> {
+        check_transaction(&transaction)?;
+        let has_messages = !transaction.messages.is_empty();
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|err| unavailable(&self.path, "starting a commit", err))?;
+        let committed = self.apply(&txn, service, max_bytes, transaction)?;
+        txn.commit()
+            .map_err(|err| unavailable(&self.path, "committing", err))?;
+        if has_messages {
+            self.outbox_filled.notify_one();
+        }
+        Ok(committed)
+    }
+
+    /// Checks the reads, applies the writes and fills the outbox in `txn`; an error leaves
+    /// `txn` to be dropped (aborted) by the caller.
+    fn apply(
+        &self,
+        txn: &redb::WriteTransaction,
+        service: &str,
+        max_bytes: u64,
+        transaction: Transaction,
+    ) -> Result<Committed, StateError> {
+        let failed = self.failed("committing");
+        let redb = |err: redb::StorageError| failed(err.into());
+        let mut entries = txn.open_table(ENTRIES).map_err(|err| failed(err.into()))?;
+        for (key, read_version) in &transaction.reads {
+            let now = entries
+                .get((service, key.as_str()))
+                .map_err(redb)?
+                .map_or(0, |found| found.value().0);
+            if now != *read_version {
+                return Err(StateError::Conflict(format!(
+                    "key `{key}` of service `{service}` is at version {now}, the transaction \
+                     read it at version {read_version}: nothing was stored; read it again and \
+                     retry (the SDK's state::transact does)"
+                )));
+            }
+        }
+        let mut meta = txn.open_table(META).map_err(|err| failed(err.into()))?;
+        let version = meta
+            .get(META_VERSION)
+            .map_err(redb)?
+            .map_or(0, |v| v.value())
+            + 1;
+        meta.insert(META_VERSION, version).map_err(redb)?;
+        let mut usage = txn.open_table(USAGE).map_err(|err| failed(err.into()))?;
+        let (mut bytes, mut keys) = usage
+            .get(service)
+            .map_err(redb)?
+            .map_or((0, 0), |found| found.value());
+        let mut removed = 0;
+        for (key, value) in &transaction.writes {
+            let old = match value {
+                Some(value) => entries
+                    .insert((service, key.as_str()), (version, value.as_slice()))
+                    .map_err(redb)?
+                    .map(|old| old.value().1.len()),
+                None => entries
+                    .remove((service, key.as_str()))
+                    .map_err(redb)?
+                    .map(|old| old.value().1.len()),
+            };
+            if let Some(old_len) = old {
+                bytes = bytes.saturating_sub((key.len() + old_len) as u64);
+                keys = keys.saturating_sub(1);
+                removed += usize::from(value.is_none());
+            }
+            if let Some(value) = value {
+                bytes += (key.len() + value.len()) as u64;
+                keys += 1;
+            }
+        }
+        if bytes > max_bytes {
+            return Err(StateError::TooLarge(format!(
+                "service `{service}` would store {bytes} bytes of keys and values, past its \
+                 state_max_mb ({} MiB): nothing was stored; delete keys, or raise \
+                 state_max_mb in its [[service]] entry",
+                max_bytes / (1024 * 1024)
+            )));
+        }
+        usage.insert(service, (bytes, keys)).map_err(redb)?;
+        let mut message_ids = Vec::with_capacity(transaction.messages.len());
+        if !transaction.messages.is_empty() {
+            let mut outbox = txn.open_table(OUTBOX).map_err(|err| failed(err.into()))?;
+            let mut next = meta
+                .get(META_OUTBOX_NEXT)
+                .map_err(redb)?
+                .map_or(0, |v| v.value());
+            let committed_at_ms = crate::util::now_ms();
+            for mut message in transaction.messages {
+                let id = format!("{:016x}-{next}", self.store_id);
+                message.message.id = Some(id.clone());
+                let entry = OutboxEntry {
+                    service: service.to_owned(),
+                    committed_at_ms,
+                    message,
+                };
+                let bytes = postcard::to_stdvec(&entry).map_err(|err| {
+                    StateError::Invalid(format!("an outbox message cannot be encoded: {err}"))
+                })?;
+                outbox.insert(next, bytes.as_slice()).map_err(redb)?;
+                message_ids.push(id);
+                next += 1;
+            }
+            meta.insert(META_OUTBOX_NEXT, next).map_err(redb)?;
+        }
+        Ok(Committed {
+            version,
+            message_ids,
+            removed,
+        })
+    }
+
+    /// Up to `max` outbox entries, oldest first, with their numbers.
+    pub(crate) fn pending(&self, max: usize) -> Result<Vec<(u64, OutboxEntry)>, StateError> {
+        let read = (|| -> Result<_, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let outbox = txn.open_table(OUTBOX)?;
+            let mut pending = Vec::new();
+            for found in outbox.range(0..)?.take(max) {
+                let (seq, bytes) = found?;
+                pending.push((seq.value(), bytes.value().to_vec()));
+            }
+            Ok(pending)
+        })();
+        let pending = read.map_err(self.failed("reading the outbox"))?;
+        pending
+            .into_iter()
+            .map(|(seq, bytes)| {
+                postcard::from_bytes(&bytes)
+                    .map(|entry| (seq, entry))
+                    .map_err(|err| {
+                        StateError::Unavailable(format!(
+                            "outbox entry {seq} of the state store {} does not decode: {err}; \
+                             the file is damaged or was written by a newer switchyard",
+                            self.path.display()
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    /// Removes relayed outbox entries. Not synced by itself: the next commit's fsync makes it
+    /// durable, and until then a crash only relays them again, with the same ids.
+    pub(crate) fn relayed(&self, seqs: &[u64], sync: bool) -> Result<(), StateError> {
+        let done = (|| -> Result<_, redb::Error> {
+            let mut txn = self.db.begin_write()?;
+            if !sync {
+                txn.set_durability(redb::Durability::None)
+                    .map_err(|err| redb::Error::Corrupted(err.to_string()))?;
+            }
+            {
+                let mut outbox = txn.open_table(OUTBOX)?;
+                for seq in seqs {
+                    outbox.remove(*seq)?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        done.map_err(self.failed("marking outbox entries relayed"))
+    }
+
+    /// Messages in the outbox, and when the oldest was committed (ms since the epoch).
+    pub(crate) fn outbox_depth(&self) -> Result<(u64, Option<u64>), StateError> {
+        let read = (|| -> Result<_, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let outbox = txn.open_table(OUTBOX)?;
+            let depth = outbox.len()?;
+            let oldest = outbox.first()?.map(|(_, bytes)| bytes.value().to_vec());
+            Ok((depth, oldest))
+        })();
+        let (depth, oldest) = read.map_err(self.failed("reading the outbox"))?;
+        let oldest = oldest
+            .and_then(|bytes: Vec<u8>| postcard::from_bytes::<OutboxEntry>(&bytes).ok())
+            .map(|entry| entry.committed_at_ms);
+        Ok((depth, oldest))
+    }
+
+    /// What each service stores, by name.
+    pub(crate) fn usage(&self) -> Result<Vec<ServiceUsage>, StateError> {
+        let read = (|| -> Result<_, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let usage = txn.open_table(USAGE)?;
+            let mut all = Vec::new();
+            for found in usage.range(..)? {
+                let (service, used) = found?;
+                let (bytes, keys) = used.value();
+                all.push(ServiceUsage {
+                    service: service.value().to_owned(),
+                    keys,
+                    bytes,
+                    max_bytes: None,
+                });
+            }
+            Ok(all)
+        })();
+        read.map_err(self.failed("reading usage"))
+    }
+
+    /// Every key of `service`, in key order (for a backup).
+    pub(crate) fn export(&self, service: &str) -> Result<Vec<StateEntry>, StateError> {
+        let read = (|| -> Result<_, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let entries = txn.open_table(ENTRIES)?;
+            let mut all = Vec::new();
+            for found in entries.range((service, "")..)? {
+                let (key, value) = found?;
+                let (owner, key) = key.value();
+                if owner != service {
+                    break;
+                }
+                let (version, value) = value.value();
+                all.push(StateEntry {
+                    key: key.to_owned(),
+                    value: value.to_vec(),
+                    version,
+                });
+            }
+            Ok(all)
+        })();
+        read.map_err(self.failed("exporting"))
+    }
+
+    /// Makes `entries` the whole state of `service` (a restore: keys not among them go), in
+    /// one commit, within `max_bytes`. Returns how many keys it stored.
+    pub(crate) fn import(
+        &self,
+        service: &str,
+        max_bytes: u64,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> Result<usize, StateError> {
+        for (key, value) in &entries {
+            check_key(key)?;
+            if value.len() > MAX_VALUE_BYTES {
+                return Err(StateError::TooLarge(format!(
+                    "the value of key `{key}` has {} bytes, more than the {MAX_VALUE_BYTES} a                      value may have",
+                    value.len()
+                )));
+            }
+        }
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|err| unavailable(&self.path, "importing", err))?;
+        // Read inside the write transaction, so a commit cannot slip a key in between.
+        let old = (|| -> Result<Vec<String>, redb::Error> {
+            let table = txn.open_table(ENTRIES)?;
+            let mut old = Vec::new();
+            for found in table.range((service, "")..)? {
+                let (key, _) = found?;
+                let (owner, key) = key.value();
+                if owner != service {
+                    break;
+                }
+                old.push(key.to_owned());
+            }
+            Ok(old)
+        })()
+        .map_err(self.failed("importing"))?;
+        let count = entries.len();
+        let keep: std::collections::HashSet<&str> =
+            entries.iter().map(|(key, _)| key.as_str()).collect();
+        let writes = old
+            .iter()
+            .filter(|key| !keep.contains(key.as_str()))
+            .map(|key| (key.clone(), None))
+            .chain(
+                entries
+                    .iter()
+                    .map(|(key, value)| (key.clone(), Some(value.clone()))),
+            )
+            .collect();
+        let transaction = Transaction {
+            writes,
+            ..Transaction::default()
+        };
+        self.apply(&txn, service, max_bytes, transaction)?;
+        txn.commit()
+            .map_err(|err| unavailable(&self.path, "importing", err))?;
+        Ok(count)
+    }
+
+    /// The size of the store's file.
+    pub(crate) fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |meta| meta.len())
+    }
+}
+
+fn check_key(key: &str) -> Result<(), StateError> {
+    if key.is_empty() {
+        return Err(StateError::Invalid(
+            "a state key is empty; give every key at least one character".into(),
+        ));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(StateError::TooLarge(format!(
+            "a state key of {} bytes is longer than the {MAX_KEY_BYTES} a key may have; hash \
+             or shorten it",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_transaction(transaction: &Transaction) -> Result<(), StateError> {
+    for (what, count, max) in [
+        ("reads", transaction.reads.len(), MAX_TRANSACTION_ITEMS),
+        ("writes", transaction.writes.len(), MAX_TRANSACTION_ITEMS),
+        (
+            "messages",
+            transaction.messages.len(),
+            MAX_TRANSACTION_MESSAGES,
+        ),
+    ] {
+        if count > max {
+            return Err(StateError::Invalid(format!(
+                "a transaction holds {count} {what}, more than the {max} one may hold; split \
+                 it into several transactions"
+            )));
+        }
+    }
+    for (key, _) in &transaction.reads {
+        check_key(key)?;
+    }
+    for (key, value) in &transaction.writes {
+        check_key(key)?;
+        if let Some(value) = value
+            && value.len() > MAX_VALUE_BYTES
+        {
+            return Err(StateError::TooLarge(format!(
+                "the value of key `{key}` has {} bytes, more than the {MAX_VALUE_BYTES} a value \
+                 may have; split it over several keys or store a reference",
+                value.len()
+            )));
+        }
+    }
+    for message in &transaction.messages {
+        if message.destination.is_empty() {
+            return Err(StateError::Invalid(
+                "a transaction's message has no destination; name a queue or topic".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The file, counting its fsyncs (a commit's cost, and what the benchmark checks).
+#[derive(Debug)]
+struct CountingBackend {
+    inner: redb::backends::FileBackend,
+    fsyncs: Arc<AtomicU64>,
+}
+
+type BackendResult<T> = Result<T, redb::BackendError>;
+type Bound = std::ops::Bound<u64>;
+
+impl redb::StorageBackend for CountingBackend {
+    fn len(&self) -> BackendResult<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> BackendResult<()> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> BackendResult<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> BackendResult<()> {
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> BackendResult<()> {
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> BackendResult<()> {
+        self.inner.close()
+    }
+    fn try_lock_range(&self, start: Bound, end: Bound) -> BackendResult<bool> {
+        self.inner.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(&self, start: Bound, end: Bound) -> BackendResult<bool> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+    fn lock_range(&self, start: Bound, end: Bound) -> BackendResult<()> {
+        self.inner.lock_range(start, end)
+    }
+    fn lock_shared_range(&self, start: Bound, end: Bound) -> BackendResult<()> {
+        self.inner.lock_shared_range(start, end)
+    }
+    fn unlock_range(&self, start: Bound, end: Bound) -> BackendResult<()> {
+        self.inner.unlock_range(start, end)
+    }
+    fn query_lock_range(&self, start: Bound, end: Bound) -> BackendResult<bool> {
+        self.inner.query_lock_range(start, end)
+    }
+}

@@ -1,0 +1,388 @@
+//! The store on a real file in a temporary directory, and the relay against a scripted broker.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "tests fail loudly on purpose"
+)]
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::*;
+use crate::host::{OutboxMessage, Outgoing, Queues, Receipt, RequestError, SendError};
+use crate::wire::{MessageKind, StoredMessage};
+
+const LIMIT: u64 = 1 << 20;
+
+fn open() -> (tempfile::TempDir, Arc<Store>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("state.redb")).expect("open");
+    (dir, Arc::new(store))
+}
+
+fn put(key: &str, value: &[u8]) -> Transaction {
+    Transaction {
+        writes: vec![(key.into(), Some(value.to_vec()))],
+        ..Transaction::default()
+    }
+}
+
+fn message(destination: &str, body: &[u8]) -> OutboxMessage {
+    OutboxMessage {
+        destination: destination.into(),
+        trace_context: None,
+        message: Outgoing {
+            id: None,
+            kind: MessageKind::Event,
+            key: None,
+            headers: Vec::new(),
+            reply_to: None,
+            body: body.to_vec(),
+        },
+    }
+}
+
+#[test]
+fn a_commit_checks_what_it_read_and_stores_all_or_nothing() {
+    let (_dir, store) = open();
+    let first = store.commit("orders", LIMIT, put("o/1", b"new")).unwrap();
+    let read = store.get("orders", "o/1").unwrap().unwrap();
+    assert_eq!(
+        (read.value.as_slice(), read.version),
+        (&b"new"[..], first.version)
+    );
+
+    // Two transactions read version `first`; the second to commit conflicts and stores nothing.
+    let update = |value: &[u8]| Transaction {
+        reads: vec![("o/1".into(), first.version)],
+        writes: vec![
+            ("o/1".into(), Some(value.to_vec())),
+            ("o/2".into(), Some(b"x".to_vec())),
+        ],
+        messages: vec![message("billing", value)],
+    };
+    let won = store.commit("orders", LIMIT, update(b"paid")).unwrap();
+    assert!(won.version > first.version);
+    assert_eq!(won.message_ids.len(), 1);
+    let lost = store.commit("orders", LIMIT, update(b"cancelled"));
+    assert!(
+        matches!(&lost, Err(StateError::Conflict(why)) if why.contains("o/1") && why.contains("retry")),
+        "{lost:?}"
+    );
+    assert_eq!(store.get("orders", "o/1").unwrap().unwrap().value, b"paid");
+    assert_eq!(
+        store.pending(10).unwrap().len(),
+        1,
+        "the lost commit sent nothing"
+    );
+
+    // Reading a key as absent (version 0) conflicts once it exists.
+    let absent = Transaction {
+        reads: vec![("o/1".into(), 0)],
+        ..put("o/1", b"again")
+    };
+    assert!(matches!(
+        store.commit("orders", LIMIT, absent),
+        Err(StateError::Conflict(_))
+    ));
+}
+
+#[test]
+fn each_service_sees_only_its_keys_and_stays_within_its_limit() {
+    let (_dir, store) = open();
+    store
+        .commit("orders", LIMIT, put("shared", b"orders'"))
+        .unwrap();
+    store
+        .commit("billing", LIMIT, put("shared", b"billing's"))
+        .unwrap();
+    assert_eq!(
+        store.get("orders", "shared").unwrap().unwrap().value,
+        b"orders'"
+    );
+    assert_eq!(
+        store.get("billing", "shared").unwrap().unwrap().value,
+        b"billing's"
+    );
+    assert_eq!(store.get("shop", "shared").unwrap(), None);
+    assert_eq!(
+        store.scan("orders", "", None, 100).unwrap().entries.len(),
+        1
+    );
+
+    let big = vec![7; 600];
+    store.commit("small", 1000, put("a", &big)).unwrap();
+    let over = store.commit("small", 1000, put("b", &big));
+    assert!(
+        matches!(&over, Err(StateError::TooLarge(why)) if why.contains("state_max_mb")),
+        "{over:?}"
+    );
+    // Overwriting a key counts its new size, not both.
+    store.commit("small", 1000, put("a", &big)).unwrap();
+    let usage = store.usage().unwrap();
+    let small = usage.iter().find(|u| u.service == "small").unwrap();
+    assert_eq!((small.keys, small.bytes), (1, 601));
+
+    let long_key = "k".repeat(super::store::MAX_KEY_BYTES + 1);
+    assert!(matches!(
+        store.commit("orders", LIMIT, put(&long_key, b"")),
+        Err(StateError::TooLarge(_))
+    ));
+    assert!(matches!(
+        store.commit("orders", LIMIT, put("", b"")),
+        Err(StateError::Invalid(_))
+    ));
+}
+
+#[test]
+fn a_scan_pages_through_a_prefix_in_key_order() {
+    let (_dir, store) = open();
+    for n in 0..25 {
+        store
+            .commit("orders", LIMIT, put(&format!("o/{n:02}"), b"v"))
+            .unwrap();
+    }
+    store.commit("orders", LIMIT, put("p/1", b"v")).unwrap();
+    store.commit("orders", LIMIT, put("o", b"v")).unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.scan("orders", "o/", after.as_deref(), 10).unwrap();
+        seen.extend(page.entries.into_iter().map(|e| e.key));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..25).map(|n| format!("o/{n:02}")).collect();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn a_commit_is_one_fsync_and_the_outbox_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let ids = {
+        let store = Store::open(&path).unwrap();
+        let before = store.fsyncs();
+        let committed = store
+            .commit(
+                "orders",
+                LIMIT,
+                Transaction {
+                    messages: vec![message("billing", b"1"), message("audit", b"2")],
+                    ..put("o/1", b"placed")
+                },
+            )
+            .unwrap();
+        assert_eq!(store.fsyncs() - before, 1, "one commit, one fsync");
+        committed.message_ids
+    };
+    let store = Store::open(&path).unwrap();
+    let pending = store.pending(10).unwrap();
+    let pending_ids: Vec<_> = pending
+        .iter()
+        .map(|(_, entry)| entry.message.message.id.clone().unwrap())
+        .collect();
+    assert_eq!(pending_ids, ids);
+    assert_eq!(pending[0].1.message.destination, "billing");
+    store.relayed(&[pending[0].0], true).unwrap();
+    assert_eq!(store.pending(10).unwrap().len(), 1);
+}
+
+#[test]
+fn an_import_replaces_a_services_keys_and_no_one_elses() {
+    let (_dir, store) = open();
+    store.commit("orders", LIMIT, put("old", b"1")).unwrap();
+    store.commit("orders", LIMIT, put("kept", b"2")).unwrap();
+    store.commit("billing", LIMIT, put("old", b"3")).unwrap();
+    let imported = store
+        .import(
+            "orders",
+            LIMIT,
+            vec![
+                ("kept".into(), b"20".to_vec()),
+                ("new".into(), b"30".to_vec()),
+            ],
+        )
+        .unwrap();
+    assert_eq!(imported, 2);
+    let keys: Vec<_> = store
+        .export("orders")
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("kept".into(), b"20".to_vec()),
+            ("new".into(), b"30".to_vec())
+        ]
+    );
+    assert_eq!(store.get("billing", "old").unwrap().unwrap().value, b"3");
+}
+
+/// A broker that refuses sends to destinations in `down` and records the others.
+#[derive(Default)]
+struct ScriptedBroker {
+    down: Mutex<Vec<String>>,
+    sent: Mutex<VecDeque<(String, String, String)>>,
+}
+
+impl Queues for ScriptedBroker {
+    fn send<'a>(
+        &'a self,
+        queue: &'a str,
+        sender: &'a str,
+        _trace_context: Option<String>,
+        message: Outgoing,
+        _budget: Duration,
+    ) -> crate::util::BoxFuture<'a, Result<Receipt, SendError>> {
+        let refused = self.down.lock().unwrap().iter().any(|down| down == queue);
+        let result = if refused {
+            Err(SendError::Unavailable(format!("`{queue}` is down")))
+        } else {
+            let id = message.id.unwrap_or_default();
+            self.sent
+                .lock()
+                .unwrap()
+                .push_back((queue.to_owned(), sender.to_owned(), id.clone()));
+            Ok(Receipt { id, offset: 0 })
+        };
+        Box::pin(async move { result })
+    }
+
+    fn read<'a>(
+        &'a self,
+        _topic: &'a str,
+        _from: u64,
+        _max: usize,
+        _budget: Duration,
+    ) -> crate::util::BoxFuture<'a, Result<(Vec<StoredMessage>, u64), SendError>> {
+        Box::pin(async { Err(SendError::Unavailable("not in this test".into())) })
+    }
+
+    fn request<'a>(
+        &'a self,
+        _destination: &'a str,
+        _sender: &'a str,
+        _trace_context: Option<String>,
+        _message: Outgoing,
+        _timeout: Duration,
+    ) -> crate::util::BoxFuture<'a, Result<StoredMessage, RequestError>> {
+        Box::pin(async { Err(RequestError::Timeout("not in this test".into())) })
+    }
+
+    fn request_all<'a>(
+        &'a self,
+        _destination: &'a str,
+        _sender: &'a str,
+        _trace_context: Option<String>,
+        _message: Outgoing,
+        _window: Duration,
+    ) -> crate::util::BoxFuture<'a, Result<Vec<StoredMessage>, RequestError>> {
+        Box::pin(async { Err(RequestError::Timeout("not in this test".into())) })
+    }
+
+    fn reply<'a>(
+        &'a self,
+        _to: &'a str,
+        _sender: &'a str,
+        _trace_context: Option<String>,
+        _message: Outgoing,
+        _budget: Duration,
+    ) -> crate::util::BoxFuture<'a, Result<(), SendError>> {
+        Box::pin(async { Err(SendError::Unavailable("not in this test".into())) })
+    }
+}
+
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test]
+async fn the_relay_sends_in_order_keeps_ids_and_retries_a_refusing_destination() {
+    let (_dir, store) = open();
+    let broker = Arc::new(ScriptedBroker::default());
+    broker.down.lock().unwrap().push("audit".into());
+    // Left by an earlier run: relayed at start.
+    let left = store
+        .commit(
+            "orders",
+            LIMIT,
+            Transaction {
+                messages: vec![message("billing", b"1"), message("audit", b"a")],
+                ..Transaction::default()
+            },
+        )
+        .unwrap();
+    let stats = Arc::new(RelayStats::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(run_relay(
+        store.clone(),
+        broker.clone(),
+        stats.clone(),
+        stopped,
+    ));
+    eventually("the first message is relayed", || {
+        broker.sent.lock().unwrap().len() == 1
+    })
+    .await;
+
+    // Woken by a commit; `audit` stays refused and does not hold `billing` back.
+    let later = store
+        .commit(
+            "orders",
+            LIMIT,
+            Transaction {
+                messages: vec![message("billing", b"2")],
+                ..Transaction::default()
+            },
+        )
+        .unwrap();
+    eventually("the second message is relayed", || {
+        broker.sent.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(store.pending(10).unwrap().len(), 1, "audit's message waits");
+    assert!(stats.last_error().is_some_and(|why| why.contains("audit")));
+
+    broker.down.lock().unwrap().clear();
+    eventually("audit's message goes once it is back", || {
+        broker.sent.lock().unwrap().len() == 3
+    })
+    .await;
+    let sent: Vec<_> = broker.sent.lock().unwrap().iter().cloned().collect();
+    assert_eq!(
+        sent,
+        vec![
+            (
+                "billing".into(),
+                "orders".into(),
+                left.message_ids[0].clone()
+            ),
+            (
+                "billing".into(),
+                "orders".into(),
+                later.message_ids[0].clone()
+            ),
+            ("audit".into(), "orders".into(), left.message_ids[1].clone()),
+        ]
+    );
+    eventually("the outbox is empty", || {
+        store.pending(10).unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(stats.relayed(), 3);
+    let _ = stop.send(true);
+    relay.await.unwrap();
+}
