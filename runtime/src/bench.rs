@@ -457,3 +457,150 @@ pub async fn call_claiming(
         other => Err(format!("answered with a {} frame", other.kind())),
     }
 }
+
+/// A state store under a directory, committing as a guest's `state.commit` does (off the
+/// executor, one fsync each), with its outbox relay running against a broker that takes every
+/// message at once: what a commit costs, and what its outbox adds.
+pub struct StateProbe {
+    store: Arc<crate::state::Store>,
+    stop: tokio::sync::watch::Sender<bool>,
+    relay: tokio::task::JoinHandle<()>,
+    relayed: Arc<crate::state::RelayStats>,
+}
+
+impl StateProbe {
+    /// Opens the store at `data_dir/state.redb` and starts its relay (unless `relay` is
+    /// false: then the messages stay in the outbox, which shows what storing them costs).
+    pub async fn open(data_dir: &Path, relay: bool) -> Result<Self, String> {
+        let path = data_dir.join("state.redb");
+        let store = tokio::task::spawn_blocking(move || crate::state::Store::open(&path))
+            .await
+            .map_err(|err| err.to_string())?
+            .map_err(|err| err.to_string())?;
+        let store = Arc::new(store);
+        let relayed = Arc::new(crate::state::RelayStats::default());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let relay = match relay {
+            true => tokio::spawn(crate::state::run_relay(
+                store.clone(),
+                Arc::new(TakesEverything),
+                relayed.clone(),
+                stopped,
+            )),
+            false => tokio::spawn(async {}),
+        };
+        Ok(Self {
+            store,
+            stop,
+            relay,
+            relayed,
+        })
+    }
+
+    /// Commits `value` at `key` for service `bench`, and with `message` a message of that
+    /// many bytes to topic `events` through the outbox.
+    pub async fn commit(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        message: Option<usize>,
+    ) -> Result<(), String> {
+        let transaction = crate::host::Transaction {
+            reads: Vec::new(),
+            writes: vec![(key, Some(value))],
+            messages: message
+                .map(|bytes| crate::host::OutboxMessage {
+                    destination: "events".into(),
+                    trace_context: None,
+                    message: outgoing(vec![b'm'; bytes]),
+                })
+                .into_iter()
+                .collect(),
+        };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.commit("bench", u64::MAX, transaction))
+            .await
+            .map_err(|err| err.to_string())?
+            .map(drop)
+            .map_err(|err| err.to_string())
+    }
+
+    /// fsyncs of the store's file so far.
+    pub fn fsyncs(&self) -> u64 {
+        self.store.fsyncs()
+    }
+
+    /// Messages the relay has handed over so far.
+    pub fn relayed(&self) -> u64 {
+        self.relayed.relayed()
+    }
+
+    /// Stops the relay.
+    pub async fn close(self) {
+        let _ = self.stop.send(true);
+        let _ = self.relay.await;
+    }
+}
+
+/// A broker that stores nothing and takes every send at once.
+struct TakesEverything;
+
+type Sent<'a, T> = crate::util::BoxFuture<'a, Result<T, crate::host::SendError>>;
+type Asked<'a, T> = crate::util::BoxFuture<'a, Result<T, crate::host::RequestError>>;
+
+impl crate::host::Queues for TakesEverything {
+    fn send<'a>(
+        &'a self,
+        _queue: &'a str,
+        _sender: &'a str,
+        _trace_context: Option<String>,
+        message: crate::host::Outgoing,
+        _budget: Duration,
+    ) -> Sent<'a, crate::wire::Receipt> {
+        let id = message.id.unwrap_or_default();
+        Box::pin(async move { Ok(crate::wire::Receipt { id, offset: 0 }) })
+    }
+
+    fn read<'a>(
+        &'a self,
+        _topic: &'a str,
+        _from: u64,
+        _max: usize,
+        _budget: Duration,
+    ) -> Sent<'a, (Vec<crate::wire::StoredMessage>, u64)> {
+        Box::pin(async { Ok((Vec::new(), 0)) })
+    }
+
+    fn request<'a>(
+        &'a self,
+        _destination: &'a str,
+        _sender: &'a str,
+        _trace_context: Option<String>,
+        _message: crate::host::Outgoing,
+        _timeout: Duration,
+    ) -> Asked<'a, crate::wire::StoredMessage> {
+        Box::pin(async { Err(crate::host::RequestError::Timeout("no replies here".into())) })
+    }
+
+    fn request_all<'a>(
+        &'a self,
+        _destination: &'a str,
+        _sender: &'a str,
+        _trace_context: Option<String>,
+        _message: crate::host::Outgoing,
+        _window: Duration,
+    ) -> Asked<'a, Vec<crate::wire::StoredMessage>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn reply<'a>(
+        &'a self,
+        _to: &'a str,
+        _sender: &'a str,
+        _trace_context: Option<String>,
+        _message: crate::host::Outgoing,
+        _budget: Duration,
+    ) -> Sent<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+}

@@ -7,6 +7,10 @@
 //! go on; the round is retried after a backoff (doubling, at most [`MAX_BACKOFF`]). A message
 //! is removed only after the broker stored it, so a crash in between sends it again, with the
 //! same id: at-least-once, and a consumer drops the duplicate by its id.
+//!
+//! Removing relayed messages from the file costs no commit of its own while guests commit:
+//! the next commit carries the removals. Only when none comes within [`REMOVE_AFTER`] does the
+//! relay commit them itself (without an fsync; the next commit's makes it durable).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -23,6 +27,8 @@ const BATCH: usize = 256;
 /// How long one send may take before the relay counts it failed.
 const SEND_BUDGET: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// How long relayed messages wait for a guest's commit to remove them from the file.
+pub(crate) const REMOVE_AFTER: Duration = Duration::from_millis(200);
 /// The longest the relay waits before retrying a destination that refused.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -81,9 +87,11 @@ pub(crate) async fn run(
         if matches!(round, Round::Drained) {
             backoff = FIRST_BACKOFF;
         }
+        let remove = store.has_relayed_unremoved().then_some(REMOVE_AFTER);
         tokio::select! {
             () = filled => {}
             () = sleep_or_forever(wait) => {}
+            () = sleep_or_forever(remove) => remove_relayed(&store, false).await,
             _ = shutdown.changed() => break,
         }
         if *shutdown.borrow() {
@@ -91,10 +99,14 @@ pub(crate) async fn run(
         }
     }
     // Make what was relayed durable, so a clean stop does not send it again.
+    remove_relayed(&store, true).await;
+}
+
+async fn remove_relayed(store: &Arc<Store>, sync: bool) {
     let store = store.clone();
-    let synced = tokio::task::spawn_blocking(move || store.relayed(&[], true)).await;
-    if let Ok(Err(error)) = synced {
-        tracing::warn!(%error, "the outbox relay could not sync its progress; the next start relays those messages again (same ids)");
+    let removed = tokio::task::spawn_blocking(move || store.remove_relayed(sync)).await;
+    if let Ok(Err(error)) = removed {
+        tracing::warn!(%error, "the outbox relay could not remove relayed messages from the store; if the node stops now, the next start relays them again (same ids)");
     }
 }
 
@@ -163,21 +175,10 @@ async fn relay_round(store: &Arc<Store>, queues: &dyn Queues, stats: &RelayStats
             }
         }
     }
-    if !sent.is_empty() {
-        let count = sent.len() as u64;
-        let marker = store.clone();
-        match tokio::task::spawn_blocking(move || marker.relayed(&sent, false)).await {
-            Ok(Ok(())) => {
-                stats.relayed.fetch_add(count, Ordering::Relaxed);
-            }
-            Ok(Err(error)) => {
-                tracing::error!(%error, "the outbox relay cannot mark messages relayed; they will be sent again (same ids)");
-                stats.note_error(Some(error.to_string()));
-                return Round::Refused;
-            }
-            Err(_) => return Round::Refused,
-        }
-    }
+    store.note_relayed(&sent);
+    stats
+        .relayed
+        .fetch_add(sent.len() as u64, Ordering::Relaxed);
     if !refused.is_empty() {
         return Round::Refused;
     }

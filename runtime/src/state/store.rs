@@ -70,6 +70,9 @@ pub(crate) struct Store {
     fsyncs: Arc<AtomicU64>,
     /// Woken when a commit puts messages in the outbox.
     pub(super) outbox_filled: tokio::sync::Notify,
+    /// Outbox entries relayed but still in the file: the next commit removes them in its own
+    /// transaction (no write of their own), or [`Store::remove_relayed`] does when none comes.
+    relayed_unremoved: std::sync::Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -149,6 +152,7 @@ impl Store {
             store_id,
             fsyncs,
             outbox_filled: tokio::sync::Notify::new(),
+            relayed_unremoved: std::sync::Mutex::default(),
         })
     }
 
@@ -245,8 +249,10 @@ impl Store {
             .begin_write()
             .map_err(|err| unavailable(&self.path, "starting a commit", err))?;
         let committed = self.apply(&txn, service, max_bytes, transaction)?;
+        let carried = self.carry_removals(&txn)?;
         txn.commit()
             .map_err(|err| unavailable(&self.path, "committing", err))?;
+        self.removed(&carried);
         if has_messages {
             self.outbox_filled.notify_one();
         }
@@ -353,15 +359,70 @@ impl Store {
         })
     }
 
-    /// Up to `max` outbox entries, oldest first, with their numbers.
+    /// Removes the relayed entries from the outbox in `txn`; which ones (they stay noted as
+    /// relayed until `txn` is committed, so the relay never reads them as pending).
+    fn carry_removals(&self, txn: &redb::WriteTransaction) -> Result<Vec<u64>, StateError> {
+        let carried: Vec<u64> = match self.relayed_unremoved.lock() {
+            Ok(relayed) => relayed.iter().copied().collect(),
+            Err(_) => Vec::new(),
+        };
+        if carried.is_empty() {
+            return Ok(carried);
+        }
+        let removed = (|| -> Result<(), redb::Error> {
+            let mut outbox = txn.open_table(OUTBOX)?;
+            for seq in &carried {
+                outbox.remove(*seq)?;
+            }
+            Ok(())
+        })();
+        removed.map_err(self.failed("removing relayed outbox entries"))?;
+        Ok(carried)
+    }
+
+    fn removed(&self, seqs: &[u64]) {
+        if let Ok(mut relayed) = self.relayed_unremoved.lock() {
+            for seq in seqs {
+                relayed.remove(seq);
+            }
+        }
+    }
+
+    /// Notes outbox entries the broker has stored: they are no longer pending, and leave the
+    /// file with the next commit. A crash before that relays them again, with the same ids.
+    pub(crate) fn note_relayed(&self, seqs: &[u64]) {
+        if let Ok(mut relayed) = self.relayed_unremoved.lock() {
+            relayed.extend(seqs);
+        }
+    }
+
+    /// Whether relayed entries wait to be removed from the file.
+    pub(crate) fn has_relayed_unremoved(&self) -> bool {
+        self.relayed_unremoved
+            .lock()
+            .is_ok_and(|relayed| !relayed.is_empty())
+    }
+
+    /// Up to `max` outbox entries not yet relayed, oldest first, with their numbers.
     pub(crate) fn pending(&self, max: usize) -> Result<Vec<(u64, OutboxEntry)>, StateError> {
+        let relayed = self
+            .relayed_unremoved
+            .lock()
+            .map(|relayed| relayed.clone())
+            .unwrap_or_default();
         let read = (|| -> Result<_, redb::Error> {
             let txn = self.db.begin_read()?;
             let outbox = txn.open_table(OUTBOX)?;
             let mut pending = Vec::new();
-            for found in outbox.range(0..)?.take(max) {
+            for found in outbox.range(0..)? {
                 let (seq, bytes) = found?;
+                if relayed.contains(&seq.value()) {
+                    continue;
+                }
                 pending.push((seq.value(), bytes.value().to_vec()));
+                if pending.len() == max {
+                    break;
+                }
             }
             Ok(pending)
         })();
@@ -382,41 +443,47 @@ impl Store {
             .collect()
     }
 
-    /// Removes relayed outbox entries. Not synced by itself: the next commit's fsync makes it
-    /// durable, and until then a crash only relays them again, with the same ids.
-    pub(crate) fn relayed(&self, seqs: &[u64], sync: bool) -> Result<(), StateError> {
-        let done = (|| -> Result<_, redb::Error> {
-            let mut txn = self.db.begin_write()?;
-            if !sync {
-                txn.set_durability(redb::Durability::None)
-                    .map_err(|err| redb::Error::Corrupted(err.to_string()))?;
-            }
-            {
-                let mut outbox = txn.open_table(OUTBOX)?;
-                for seq in seqs {
-                    outbox.remove(*seq)?;
-                }
-            }
-            txn.commit()?;
-            Ok(())
-        })();
-        done.map_err(self.failed("marking outbox entries relayed"))
+    /// Removes the relayed entries from the file in a commit of their own, when no other
+    /// commit came to carry them: not synced unless `sync` (the next commit's fsync makes it
+    /// durable; until then a crash only relays them again, with the same ids).
+    pub(crate) fn remove_relayed(&self, sync: bool) -> Result<(), StateError> {
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(|err| unavailable(&self.path, "removing relayed outbox entries", err))?;
+        if !sync {
+            txn.set_durability(redb::Durability::None).map_err(|err| {
+                StateError::Unavailable(format!(
+                    "the state store {} refused a non-durable commit: {err}",
+                    self.path.display()
+                ))
+            })?;
+        }
+        let carried = self.carry_removals(&txn)?;
+        txn.commit()
+            .map_err(|err| unavailable(&self.path, "removing relayed outbox entries", err))?;
+        self.removed(&carried);
+        Ok(())
     }
 
-    /// Messages in the outbox, and when the oldest was committed (ms since the epoch).
+    /// Messages in the outbox not yet relayed, and when the oldest was committed (ms since
+    /// the epoch).
     pub(crate) fn outbox_depth(&self) -> Result<(u64, Option<u64>), StateError> {
         let read = (|| -> Result<_, redb::Error> {
             let txn = self.db.begin_read()?;
             let outbox = txn.open_table(OUTBOX)?;
-            let depth = outbox.len()?;
-            let oldest = outbox.first()?.map(|(_, bytes)| bytes.value().to_vec());
-            Ok((depth, oldest))
+            Ok(outbox.len()?)
         })();
-        let (depth, oldest) = read.map_err(self.failed("reading the outbox"))?;
-        let oldest = oldest
-            .and_then(|bytes: Vec<u8>| postcard::from_bytes::<OutboxEntry>(&bytes).ok())
-            .map(|entry| entry.committed_at_ms);
-        Ok((depth, oldest))
+        let stored = read.map_err(self.failed("reading the outbox"))?;
+        let relayed = self
+            .relayed_unremoved
+            .lock()
+            .map_or(0, |relayed| relayed.len() as u64);
+        let oldest = self
+            .pending(1)?
+            .first()
+            .map(|(_, entry)| entry.committed_at_ms);
+        Ok((stored.saturating_sub(relayed), oldest))
     }
 
     /// What each service stores, by name.

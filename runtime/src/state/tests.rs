@@ -188,8 +188,27 @@ fn a_commit_is_one_fsync_and_the_outbox_survives_a_reopen() {
         .collect();
     assert_eq!(pending_ids, ids);
     assert_eq!(pending[0].1.message.destination, "billing");
-    store.relayed(&[pending[0].0], true).unwrap();
-    assert_eq!(store.pending(10).unwrap().len(), 1);
+    store.note_relayed(&[pending[0].0]);
+    assert_eq!(
+        store.pending(10).unwrap().len(),
+        1,
+        "a relayed message is not pending"
+    );
+    assert_eq!(store.outbox_depth().unwrap().0, 1);
+    // The next commit removes it from the file, with its own fsync and no other.
+    let before = store.fsyncs();
+    store.commit("orders", LIMIT, put("o/2", b"x")).unwrap();
+    assert_eq!(store.fsyncs() - before, 1);
+    assert!(!store.has_relayed_unremoved());
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    let left: Vec<_> = store
+        .pending(10)
+        .unwrap()
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect();
+    assert_eq!(left, vec![pending[1].0]);
 }
 
 #[test]

@@ -1,0 +1,121 @@
+//! The transactional outbox's cost: a commit that writes one value and puts one message in
+//! the outbox, against the same store's commit of the value alone, in the same run (issue 16
+//! aim: at most 1.1x the latency, exactly one fsync per commit). Commits run one at a time,
+//! each waiting for its fsync (what one guest's `state.commit` waits for); the relay runs
+//! beside them, handing every message to a broker that takes it at once.
+//!
+//! `cargo xtask bench -- --bench state_outbox`. `BENCH_COMMITS` (default 2000) per round;
+//! `BENCH_DIR` (default `target/bench-data`) must be on disk: a tmpfs makes every sync free.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Result, anyhow};
+use switchyard::bench::StateProbe;
+use switchyard_benches::{Timed, timed_loop};
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `commits` commits on `probe`, one at a time, each of a 128-byte value (and a 128-byte
+/// outbox message with `outbox`); the round and the fsyncs it took.
+async fn round(
+    probe: &Arc<StateProbe>,
+    name: &'static str,
+    commits: usize,
+    outbox: bool,
+) -> Result<(Timed, u64)> {
+    let before = probe.fsyncs();
+    let next = Arc::new(AtomicU64::new(0));
+    let probe_in = probe.clone();
+    let timed = timed_loop(name, commits, 1, move || {
+        let (probe, next) = (probe_in.clone(), next.clone());
+        async move {
+            let key = format!("order/{}", next.fetch_add(1, Ordering::Relaxed) % 1000);
+            probe
+                .commit(key, vec![b'v'; 128], outbox.then_some(128))
+                .await
+                .map_err(|err| anyhow!(err))
+        }
+    })
+    .await?;
+    Ok((timed, probe.fsyncs() - before))
+}
+
+fn line(timed: &Timed, fsyncs: u64) -> String {
+    format!(
+        "  {:<34} {:>7.0} commits/s  p50 {:>5} us  p99 {:>5} us  cpu {:>5.1} us each  {:.2} fsyncs each",
+        timed.name,
+        timed.rate(),
+        timed.latency_us(0.5),
+        timed.latency_us(0.99),
+        timed.cpu_us_each(),
+        fsyncs as f64 / timed.count as f64
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let commits: usize = env_or("BENCH_COMMITS", 2000);
+    let base = std::env::var_os("BENCH_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"),
+        PathBuf::from,
+    );
+    std::fs::create_dir_all(&base)?;
+    let dir = tempfile::tempdir_in(&base)?;
+    let probe = Arc::new(
+        StateProbe::open(dir.path(), true)
+            .await
+            .map_err(|err| anyhow!(err))?,
+    );
+    // The same commits into a store whose relay is stopped: what storing the message costs
+    // by itself (its outbox only grows; the file is warmed alike).
+    let still_dir = tempfile::tempdir_in(&base)?;
+    let still = Arc::new(
+        StateProbe::open(still_dir.path(), false)
+            .await
+            .map_err(|err| anyhow!(err))?,
+    );
+    round(&still, "warm-up", 200, true).await?;
+    // Warm the store's file and cache, then alternate the two kinds so drift hits both alike.
+    round(&probe, "warm-up", 200, true).await?;
+    let (mut plain, mut outbox, mut stored) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        plain.push(round(&probe, "plain commit (1 value)", commits, false).await?);
+        outbox.push(round(&probe, "outbox commit (1 value + 1 message)", commits, true).await?);
+        stored.push(round(&still, "outbox commit, relay stopped", commits, true).await?);
+    }
+    println!(
+        "state store commits, one at a time ({commits} per round, 3 rounds each, alternating)"
+    );
+    for (timed, fsyncs) in plain.iter().chain(&outbox).chain(&stored) {
+        println!("{}", line(timed, *fsyncs));
+    }
+    let median = |rounds: &[(Timed, u64)]| {
+        let mut p50: Vec<u64> = rounds.iter().map(|(t, _)| t.latency_us(0.5)).collect();
+        p50.sort_unstable();
+        p50[p50.len() / 2]
+    };
+    let (plain_p50, outbox_p50, stored_p50) = (median(&plain), median(&outbox), median(&stored));
+    let fsyncs_each = outbox.iter().map(|(_, f)| *f).sum::<u64>() as f64
+        / outbox.iter().map(|(t, _)| t.count).sum::<u64>() as f64;
+    println!(
+        "  outbox vs plain: p50 {outbox_p50} us vs {plain_p50} us = {:.2}x (aim <= 1.1x); \
+         {fsyncs_each:.2} fsyncs per outbox commit (aim 1); {} messages relayed; with the \
+         relay stopped {:.2}x",
+        outbox_p50 as f64 / plain_p50.max(1) as f64,
+        probe.relayed(),
+        stored_p50 as f64 / plain_p50.max(1) as f64,
+    );
+    for probe in [probe, still] {
+        if let Ok(probe) = Arc::try_unwrap(probe) {
+            probe.close().await;
+        }
+    }
+    Ok(())
+}
