@@ -71,10 +71,14 @@ pub(crate) async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = FIRST_BACKOFF;
+    let mut cursor = Cursor {
+        backlog: true,
+        next_unread: 0,
+    };
     loop {
         // Registered before reading, so a commit that lands after the read still wakes us.
         let filled = store.outbox_filled.notified();
-        let round = relay_round(&store, queues.as_ref(), &stats).await;
+        let round = relay_round(&store, queues.as_ref(), &stats, &mut cursor).await;
         let wait = match round {
             Round::Drained => None,
             Round::More => continue,
@@ -126,21 +130,54 @@ enum Round {
     Refused,
 }
 
-async fn relay_round(store: &Arc<Store>, queues: &dyn Queues, stats: &RelayStats) -> Round {
-    let reader = store.clone();
-    let pending = match tokio::task::spawn_blocking(move || reader.pending(BATCH)).await {
-        Ok(Ok(pending)) => pending,
-        Ok(Err(error)) => {
-            tracing::error!(%error, "the outbox relay cannot read the outbox");
-            stats.note_error(Some(error.to_string()));
-            return Round::Refused;
+/// Where the relay reads next. With no backlog it takes what commits hand it in memory (no
+/// read of the file); after a start, a refusal or more commits than memory keeps, it reads the
+/// file until that is drained. Every entry below `next_unread` was read once already: sent (and
+/// noted relayed) or, if refused, left in the file, which the backlog reads again.
+struct Cursor {
+    backlog: bool,
+    next_unread: u64,
+}
+
+async fn relay_round(
+    store: &Arc<Store>,
+    queues: &dyn Queues,
+    stats: &RelayStats,
+    cursor: &mut Cursor,
+) -> Round {
+    // Taken before the file is read: every entry taken is then in what the read sees.
+    let fresh = store.take_fresh();
+    let from_file = cursor.backlog || fresh.overflowed;
+    let pending = if from_file {
+        let reader = store.clone();
+        match tokio::task::spawn_blocking(move || reader.pending(BATCH)).await {
+            Ok(Ok(pending)) => pending,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "the outbox relay cannot read the outbox");
+                stats.note_error(Some(error.to_string()));
+                cursor.backlog = true;
+                return Round::Refused;
+            }
+            Err(_) => {
+                cursor.backlog = true;
+                return Round::Refused;
+            }
         }
-        Err(_) => return Round::Refused,
+    } else {
+        fresh
+            .entries
+            .into_iter()
+            .filter(|(seq, _)| *seq >= cursor.next_unread)
+            .collect()
     };
+    if let Some((last, _)) = pending.last() {
+        cursor.next_unread = cursor.next_unread.max(last + 1);
+    }
     if pending.is_empty() {
+        cursor.backlog = false;
         return Round::Drained;
     }
-    let full = pending.len() == BATCH;
+    let full = from_file && pending.len() == BATCH;
     let mut refused: HashSet<String> = HashSet::new();
     let mut sent = Vec::with_capacity(pending.len());
     for (seq, entry) in pending {
@@ -180,8 +217,14 @@ async fn relay_round(store: &Arc<Store>, queues: &dyn Queues, stats: &RelayStats
         .relayed
         .fetch_add(sent.len() as u64, Ordering::Relaxed);
     if !refused.is_empty() {
+        cursor.backlog = true;
         return Round::Refused;
     }
     stats.note_error(None);
-    if full { Round::More } else { Round::Drained }
+    if full {
+        Round::More
+    } else {
+        cursor.backlog = false;
+        Round::Drained
+    }
 }

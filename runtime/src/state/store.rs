@@ -73,7 +73,23 @@ pub(crate) struct Store {
     /// Outbox entries relayed but still in the file: the next commit removes them in its own
     /// transaction (no write of their own), or [`Store::remove_relayed`] does when none comes.
     relayed_unremoved: std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    /// Outbox entries committed since the relay last looked, in order: the relay takes them
+    /// from here instead of reading the file, while it has no backlog.
+    fresh: std::sync::Mutex<Fresh>,
+    /// Held across a commit and its hand-over to `fresh`, so entries arrive there in order.
+    committing: std::sync::Mutex<()>,
 }
+
+/// [`Store::fresh`]: at most [`MAX_FRESH`] entries; past it they are only in the file, and
+/// `overflowed` sends the relay there.
+#[derive(Debug, Default)]
+pub(crate) struct Fresh {
+    pub(crate) entries: Vec<(u64, OutboxEntry)>,
+    pub(crate) overflowed: bool,
+}
+
+/// Entries the relay may find in memory; more wait in the file.
+const MAX_FRESH: usize = 4096;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,6 +169,8 @@ impl Store {
             fsyncs,
             outbox_filled: tokio::sync::Notify::new(),
             relayed_unremoved: std::sync::Mutex::default(),
+            fresh: std::sync::Mutex::default(),
+            committing: std::sync::Mutex::new(()),
         })
     }
 
@@ -243,17 +261,25 @@ impl Store {
         transaction: Transaction,
     ) -> Result<Committed, StateError> {
         check_transaction(&transaction)?;
-        let has_messages = !transaction.messages.is_empty();
+        let committing = self.committing.lock();
         let txn = self
             .db
             .begin_write()
             .map_err(|err| unavailable(&self.path, "starting a commit", err))?;
-        let committed = self.apply(&txn, service, max_bytes, transaction)?;
+        let (committed, entries) = self.apply(&txn, service, max_bytes, transaction)?;
         let carried = self.carry_removals(&txn)?;
         txn.commit()
             .map_err(|err| unavailable(&self.path, "committing", err))?;
         self.removed(&carried);
-        if has_messages {
+        if !entries.is_empty() {
+            if let Ok(mut fresh) = self.fresh.lock() {
+                if fresh.entries.len() + entries.len() > MAX_FRESH {
+                    fresh.overflowed = true;
+                } else {
+                    fresh.entries.extend(entries);
+                }
+            }
+            drop(committing);
             self.outbox_filled.notify_one();
         }
         Ok(committed)
@@ -267,7 +293,7 @@ impl Store {
         service: &str,
         max_bytes: u64,
         transaction: Transaction,
-    ) -> Result<Committed, StateError> {
+    ) -> Result<(Committed, Vec<(u64, OutboxEntry)>), StateError> {
         let failed = self.failed("committing");
         let redb = |err: redb::StorageError| failed(err.into());
         let mut entries = txn.open_table(ENTRIES).map_err(|err| failed(err.into()))?;
@@ -328,6 +354,7 @@ impl Store {
         }
         usage.insert(service, (bytes, keys)).map_err(redb)?;
         let mut message_ids = Vec::with_capacity(transaction.messages.len());
+        let mut entries = Vec::with_capacity(transaction.messages.len());
         if !transaction.messages.is_empty() {
             let mut outbox = txn.open_table(OUTBOX).map_err(|err| failed(err.into()))?;
             let mut next = meta
@@ -347,16 +374,32 @@ impl Store {
                     StateError::Invalid(format!("an outbox message cannot be encoded: {err}"))
                 })?;
                 outbox.insert(next, bytes.as_slice()).map_err(redb)?;
+                entries.push((next, entry));
                 message_ids.push(id);
                 next += 1;
             }
             meta.insert(META_OUTBOX_NEXT, next).map_err(redb)?;
         }
-        Ok(Committed {
-            version,
-            message_ids,
-            removed,
-        })
+        Ok((
+            Committed {
+                version,
+                message_ids,
+                removed,
+            },
+            entries,
+        ))
+    }
+
+    /// The entries committed since the last call, in order, and whether some went only to
+    /// the file (read it then).
+    pub(crate) fn take_fresh(&self) -> Fresh {
+        self.fresh
+            .lock()
+            .map(|mut fresh| std::mem::take(&mut *fresh))
+            .unwrap_or(Fresh {
+                entries: Vec::new(),
+                overflowed: true,
+            })
     }
 
     /// Removes the relayed entries from the outbox in `txn`; which ones (they stay noted as

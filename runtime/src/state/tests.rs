@@ -405,3 +405,71 @@ async fn the_relay_sends_in_order_keeps_ids_and_retries_a_refusing_destination()
     let _ = stop.send(true);
     relay.await.unwrap();
 }
+
+#[tokio::test]
+async fn the_relay_sends_every_message_once_and_in_order_while_commits_race_it() {
+    let (_dir, store) = open();
+    let broker = Arc::new(ScriptedBroker::default());
+    let stats = Arc::new(RelayStats::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(run_relay(
+        store.clone(),
+        broker.clone(),
+        stats.clone(),
+        stopped,
+    ));
+    // Commits from two threads while the relay runs; `audit` is down for a while in the
+    // middle, so the relay goes from memory to the file and back.
+    let committer = |name: &'static str| {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let mut ids = Vec::new();
+            for n in 0..400 {
+                let committed = store
+                    .commit(
+                        name,
+                        LIMIT,
+                        Transaction {
+                            messages: vec![message("billing", b"b"), message("audit", b"a")],
+                            ..put(&format!("k{n}"), b"v")
+                        },
+                    )
+                    .expect("commit");
+                ids.extend(committed.message_ids);
+            }
+            ids
+        })
+    };
+    let (first, second) = (committer("orders"), committer("refunds"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    broker.down.lock().unwrap().push("audit".into());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    broker.down.lock().unwrap().clear();
+    let mut ids = first.join().unwrap();
+    ids.extend(second.join().unwrap());
+    eventually("every message is relayed", || {
+        broker.sent.lock().unwrap().len() >= ids.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let sent: Vec<_> = broker.sent.lock().unwrap().iter().cloned().collect();
+    assert_eq!(sent.len(), ids.len(), "no message is sent twice");
+    let mut sent_ids: Vec<_> = sent.iter().map(|(_, _, id)| id.clone()).collect();
+    sent_ids.sort();
+    ids.sort();
+    assert_eq!(sent_ids, ids);
+    // Per destination, the outbox's order (ids end in the outbox number).
+    for destination in ["billing", "audit"] {
+        let numbers: Vec<u64> = sent
+            .iter()
+            .filter(|(to, _, _)| to == destination)
+            .map(|(_, _, id)| id.rsplit('-').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "{destination} out of order"
+        );
+    }
+    let _ = stop.send(true);
+    relay.await.unwrap();
+}
