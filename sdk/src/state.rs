@@ -48,6 +48,11 @@
 //!     })
 //! }
 //! ```
+//!
+//! The ids it records stay until [`forget_handled`] removes the old ones: call it now and then
+//! (say, every thousandth message) with a window longer than a duplicate can arrive late (a
+//! relay sends again only after a crash of the sending node, so hours are plenty), or they
+//! grow until the service's `state_max_mb`.
 
 use std::collections::BTreeMap;
 
@@ -218,7 +223,8 @@ impl Transaction {
         if self.get(&key)?.is_some() {
             return Ok(false);
         }
-        self.put(&key, Vec::new());
+        // When it was handled, for forget_handled.
+        self.put(&key, now_ms().to_le_bytes().to_vec());
         Ok(true)
     }
 
@@ -243,6 +249,40 @@ impl Transaction {
             message_ids: committed.message_ids,
         })
     }
+}
+
+/// Removes the ids [`Transaction::first_time`] recorded more than `older_than` ago; how
+/// many. A duplicate of a forgotten message would be handled again, so pick a window longer
+/// than a duplicate can come late.
+pub fn forget_handled(older_than: std::time::Duration) -> Result<usize, StateError> {
+    let cutoff = now_ms().saturating_sub(older_than.as_millis() as u64);
+    let mut old = Vec::new();
+    for entry in scan(HANDLED_PREFIX) {
+        let (key, value) = entry?;
+        let handled_at = value
+            .get(..8)
+            .and_then(|bytes| bytes.try_into().ok())
+            .map_or(0, u64::from_le_bytes);
+        if handled_at < cutoff {
+            old.push(key);
+        }
+    }
+    let forgotten = old.len();
+    // A transaction holds at most 1000 writes.
+    for chunk in old.chunks(1000) {
+        let mut transaction = Transaction::new();
+        for key in chunk {
+            transaction.delete(key);
+        }
+        transaction.commit()?;
+    }
+    Ok(forgotten)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 /// Runs `work` in a fresh [`Transaction`] and commits it; on a conflict, runs it again (at

@@ -32,7 +32,7 @@ fn billing() -> String {
     service(
         "billing",
         "outbox_billing",
-        &["GET /billing", "POST /handle/{id}"],
+        &["GET /billing", "POST /handle/{id}", "POST /forget"],
         "",
     )
 }
@@ -161,6 +161,21 @@ async fn an_order_and_its_event_commit_together_and_billing_bills_each_once() {
         "duplicate"
     );
     assert_eq!(send(http, "POST", "/handle/m-2", "").await.body, "first");
+    // Forgotten ids: none within a day; all with a window of 0 ms (then m-1 is new again).
+    assert_eq!(
+        send(http, "POST", "/forget?older_ms=86400000", "")
+            .await
+            .body,
+        "0"
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let forgotten: usize = send(http, "POST", "/forget?older_ms=0", "")
+        .await
+        .body
+        .parse()
+        .unwrap();
+    assert_eq!(forgotten, 22, "20 billed orders and m-1, m-2");
+    assert_eq!(send(http, "POST", "/handle/m-1", "").await.body, "first");
 
     // Export and import: a backup of orders, restored after a change, and refused for billing.
     let export = admin_get(&node, "/state/orders/export").await;

@@ -7,6 +7,8 @@
 //! - `GET /billing`: `<orders billed> <cents billed>`.
 //! - `POST /handle/{id}`: runs the same once-only check for a made-up message id (`first` or
 //!   `duplicate`), so a test can show the check without a relay.
+//! - `POST /forget?older_ms=N`: forgets the handled ids older than N ms; answers how many.
+//!   Every hundredth billed order forgets those older than a day by itself.
 use serde::Deserialize;
 use switchyard_sdk::{Error, Message, Request, Response, Service, log, state};
 
@@ -20,6 +22,14 @@ struct Billing;
 
 impl Service for Billing {
     fn handle(req: Request) -> Result<Response, Error> {
+        if req.path() == "/forget" {
+            let older_ms = req
+                .query_param("older_ms")
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(86_400_000);
+            let forgotten = state::forget_handled(std::time::Duration::from_millis(older_ms))?;
+            return Ok(Response::text(forgotten.to_string()));
+        }
         if let Some(id) = req.param("id") {
             let first = state::transact(|tx| Ok(tx.first_time(id)?))?;
             return Ok(Response::text(if first { "first" } else { "duplicate" }));
@@ -31,11 +41,13 @@ impl Service for Billing {
 
     fn on_message(msg: Message) -> Result<(), String> {
         let placed: OrderPlaced = msg.json().map_err(|err| err.to_string())?;
+        let mut billed_count = 0;
         let billed = state::transact(|tx| {
             if !tx.first_time(msg.id())? {
                 return Ok(false);
             }
             let count: u64 = tx.get_json("billed/count")?.unwrap_or(0);
+            billed_count = count + 1;
             let cents: u64 = tx.get_json("billed/cents")?.unwrap_or(0);
             tx.put_json("billed/count", &(count + 1))?;
             tx.put_json("billed/cents", &(cents + placed.total_cents))?;
@@ -43,6 +55,12 @@ impl Service for Billing {
             Ok(true)
         })
         .map_err(|err| err.to_string())?;
+        if billed_count % 100 == 0 {
+            let day = std::time::Duration::from_secs(86_400);
+            if let Err(err) = state::forget_handled(day) {
+                log::warn!("could not forget old message ids: {err:?}");
+            }
+        }
         if billed {
             log::info!("billed order {} ({})", placed.order, msg.id());
         } else {
