@@ -4,6 +4,9 @@
 //! each waiting for its fsync (what one guest's `state.commit` waits for); the relay runs
 //! beside them, handing every message to a broker that takes it at once.
 //!
+//! A last row runs 16 committers at once (as 16 guest instances would): group commit shares
+//! the fsyncs among them.
+//!
 //! `cargo xtask bench -- --bench state_outbox`. `BENCH_COMMITS` (default 2000) per round;
 //! `BENCH_DIR` (default `target/bench-data`) must be on disk: a tmpfs makes every sync free.
 
@@ -30,10 +33,21 @@ async fn round(
     commits: usize,
     outbox: bool,
 ) -> Result<(Timed, u64)> {
+    round_of(probe, name, commits, 1, outbox).await
+}
+
+/// `committers` tasks at once, each making `commits` commits one after another.
+async fn round_of(
+    probe: &Arc<StateProbe>,
+    name: &'static str,
+    commits: usize,
+    committers: usize,
+    outbox: bool,
+) -> Result<(Timed, u64)> {
     let before = probe.fsyncs();
     let next = Arc::new(AtomicU64::new(0));
     let probe_in = probe.clone();
-    let timed = timed_loop(name, commits, 1, move || {
+    let timed = timed_loop(name, commits, committers, move || {
         let (probe, next) = (probe_in.clone(), next.clone());
         async move {
             let key = format!("order/{}", next.fetch_add(1, Ordering::Relaxed) % 1000);
@@ -112,6 +126,15 @@ async fn main() -> Result<()> {
         probe.relayed(),
         stored_p50 as f64 / plain_p50.max(1) as f64,
     );
+    let (together, fsyncs) = round_of(
+        &probe,
+        "outbox commit, 16 committers at once",
+        commits / 4,
+        16,
+        true,
+    )
+    .await?;
+    println!("{}", line(&together, fsyncs));
     for probe in [probe, still] {
         if let Ok(probe) = Arc::try_unwrap(probe) {
             probe.close().await;

@@ -78,6 +78,34 @@ pub(crate) struct Store {
     fresh: std::sync::Mutex<Fresh>,
     /// Held across a commit and its hand-over to `fresh`, so entries arrive there in order.
     committing: std::sync::Mutex<()>,
+    /// Transactions waiting for the next group commit.
+    queue: std::sync::Mutex<CommitQueue>,
+}
+
+#[derive(Default)]
+struct CommitQueue {
+    waiting: Vec<Waiting>,
+    /// A caller is committing a batch (and will hand the lead on).
+    leading: bool,
+}
+
+struct Waiting {
+    service: String,
+    max_bytes: u64,
+    transaction: Transaction,
+    answer: std::sync::mpsc::SyncSender<Turn>,
+}
+
+/// What a waiting caller is told: its outcome, or that it leads the next batch.
+enum Turn {
+    Done(Result<Committed, StateError>),
+    Lead,
+}
+
+fn poisoned() -> StateError {
+    StateError::Unavailable(
+        "a commit of the state store was cut off (a thread panicked); retry".into(),
+    )
 }
 
 /// [`Store::fresh`]: at most [`MAX_FRESH`] entries; past it they are only in the file, and
@@ -171,6 +199,7 @@ impl Store {
             relayed_unremoved: std::sync::Mutex::default(),
             fresh: std::sync::Mutex::default(),
             committing: std::sync::Mutex::new(()),
+            queue: std::sync::Mutex::default(),
         })
     }
 
@@ -253,7 +282,12 @@ impl Store {
         read.map_err(self.failed("scanning"))
     }
 
-    /// Stores `transaction` for `service` in one commit (one fsync), or nothing.
+    /// Stores `transaction` for `service`, durably, or nothing.
+    ///
+    /// Group commit: the first caller to find no commit under way leads; it takes every
+    /// transaction waiting, applies each (one that fails leaves no trace) in one redb commit,
+    /// one fsync, answers them all, and hands the lead to a caller that queued meanwhile. So
+    /// one caller alone pays one fsync, and many at once share them.
     pub(crate) fn commit(
         &self,
         service: &str,
@@ -261,32 +295,115 @@ impl Store {
         transaction: Transaction,
     ) -> Result<Committed, StateError> {
         check_transaction(&transaction)?;
-        let committing = self.committing.lock();
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(|err| unavailable(&self.path, "starting a commit", err))?;
-        let (committed, entries) = self.apply(&txn, service, max_bytes, transaction)?;
-        let carried = self.carry_removals(&txn)?;
-        txn.commit()
-            .map_err(|err| unavailable(&self.path, "committing", err))?;
-        self.removed(&carried);
-        if !entries.is_empty() {
-            if let Ok(mut fresh) = self.fresh.lock() {
-                if fresh.entries.len() + entries.len() > MAX_FRESH {
-                    fresh.overflowed = true;
-                } else {
-                    fresh.entries.extend(entries);
-                }
-            }
-            drop(committing);
-            self.outbox_filled.notify_one();
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        let lead = {
+            let mut queue = self.queue.lock().map_err(|_| poisoned())?;
+            queue.waiting.push(Waiting {
+                service: service.to_owned(),
+                max_bytes,
+                transaction,
+                answer,
+            });
+            !std::mem::replace(&mut queue.leading, true)
+        };
+        if lead {
+            self.lead();
         }
-        Ok(committed)
+        loop {
+            match answered.recv() {
+                Ok(Turn::Done(result)) => return result,
+                Ok(Turn::Lead) => self.lead(),
+                Err(_) => return Err(poisoned()),
+            }
+        }
     }
 
-    /// Checks the reads, applies the writes and fills the outbox in `txn`; an error leaves
-    /// `txn` to be dropped (aborted) by the caller.
+    /// Commits what waits as one batch, then passes the lead on (or gives it up).
+    fn lead(&self) {
+        let batch = match self.queue.lock() {
+            Ok(mut queue) => std::mem::take(&mut queue.waiting),
+            Err(_) => return,
+        };
+        self.commit_batch(batch);
+        if let Ok(mut queue) = self.queue.lock() {
+            match queue.waiting.first() {
+                Some(next) => {
+                    let _ = next.answer.send(Turn::Lead);
+                }
+                None => queue.leading = false,
+            }
+        }
+    }
+
+    fn commit_batch(&self, batch: Vec<Waiting>) {
+        let committing = self.committing.lock();
+        let txn = match self.db.begin_write() {
+            Ok(txn) => txn,
+            Err(err) => {
+                let err = unavailable(&self.path, "starting a commit", err);
+                for waiting in batch {
+                    let _ = waiting.answer.send(Turn::Done(Err(err.clone())));
+                }
+                return;
+            }
+        };
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut fresh = Vec::new();
+        for waiting in batch {
+            let applied = self.apply(
+                &txn,
+                &waiting.service,
+                waiting.max_bytes,
+                waiting.transaction,
+            );
+            let applied = applied.map(|(committed, entries)| {
+                fresh.extend(entries);
+                committed
+            });
+            outcomes.push((waiting.answer, applied));
+        }
+        let any_applied = outcomes.iter().any(|(_, applied)| applied.is_ok());
+        let stored = self.carry_removals(&txn).and_then(|carried| {
+            if !any_applied && carried.is_empty() {
+                // Nothing to store: no commit, no fsync.
+                drop(txn);
+                return Ok(carried);
+            }
+            txn.commit()
+                .map_err(|err| unavailable(&self.path, "committing", err))?;
+            Ok(carried)
+        });
+        let stored = match stored {
+            Ok(carried) => {
+                self.removed(&carried);
+                Ok(())
+            }
+            Err(err) => Err(err),
+        };
+        let filled = stored.is_ok() && !fresh.is_empty();
+        if filled && let Ok(mut waiting) = self.fresh.lock() {
+            if waiting.entries.len() + fresh.len() > MAX_FRESH {
+                waiting.overflowed = true;
+            } else {
+                waiting.entries.extend(fresh);
+            }
+        }
+        drop(committing);
+        if filled {
+            self.outbox_filled.notify_one();
+        }
+        for (answer, applied) in outcomes {
+            let result = match (&stored, applied) {
+                (Ok(()), applied) => applied,
+                (Err(err), _) => Err(err.clone()),
+            };
+            let _ = answer.send(Turn::Done(result));
+        }
+    }
+
+    /// Checks the reads and the service's limit, then applies the writes and fills the outbox
+    /// in `txn`. An error comes before any change to `txn`, so the other transactions of its
+    /// batch commit without a trace of this one.
     fn apply(
         &self,
         txn: &redb::WriteTransaction,
@@ -310,30 +427,18 @@ impl Store {
                 )));
             }
         }
-        let mut meta = txn.open_table(META).map_err(|err| failed(err.into()))?;
-        let version = meta
-            .get(META_VERSION)
-            .map_err(redb)?
-            .map_or(0, |v| v.value())
-            + 1;
-        meta.insert(META_VERSION, version).map_err(redb)?;
         let mut usage = txn.open_table(USAGE).map_err(|err| failed(err.into()))?;
         let (mut bytes, mut keys) = usage
             .get(service)
             .map_err(redb)?
             .map_or((0, 0), |found| found.value());
+        // What the writes do to the service's size, before any is made (keys are distinct).
         let mut removed = 0;
         for (key, value) in &transaction.writes {
-            let old = match value {
-                Some(value) => entries
-                    .insert((service, key.as_str()), (version, value.as_slice()))
-                    .map_err(redb)?
-                    .map(|old| old.value().1.len()),
-                None => entries
-                    .remove((service, key.as_str()))
-                    .map_err(redb)?
-                    .map(|old| old.value().1.len()),
-            };
+            let old = entries
+                .get((service, key.as_str()))
+                .map_err(redb)?
+                .map(|old| old.value().1.len());
             if let Some(old_len) = old {
                 bytes = bytes.saturating_sub((key.len() + old_len) as u64);
                 keys = keys.saturating_sub(1);
@@ -352,41 +457,66 @@ impl Store {
                 max_bytes / (1024 * 1024)
             )));
         }
+        let mut outbox_entries = Vec::with_capacity(transaction.messages.len());
+        let mut encoded = Vec::with_capacity(transaction.messages.len());
+        let mut meta = txn.open_table(META).map_err(|err| failed(err.into()))?;
+        let mut next = meta
+            .get(META_OUTBOX_NEXT)
+            .map_err(redb)?
+            .map_or(0, |v| v.value());
+        let committed_at_ms = crate::util::now_ms();
+        for mut message in transaction.messages {
+            message.message.id = Some(format!("{:016x}-{next}", self.store_id));
+            let entry = OutboxEntry {
+                service: service.to_owned(),
+                committed_at_ms,
+                message,
+            };
+            let bytes = postcard::to_stdvec(&entry).map_err(|err| {
+                StateError::Invalid(format!("an outbox message cannot be encoded: {err}"))
+            })?;
+            encoded.push((next, bytes));
+            outbox_entries.push((next, entry));
+            next += 1;
+        }
+        // Checked; from here on only writes.
+        let version = meta
+            .get(META_VERSION)
+            .map_err(redb)?
+            .map_or(0, |v| v.value())
+            + 1;
+        meta.insert(META_VERSION, version).map_err(redb)?;
+        for (key, value) in &transaction.writes {
+            match value {
+                Some(value) => {
+                    entries
+                        .insert((service, key.as_str()), (version, value.as_slice()))
+                        .map_err(redb)?;
+                }
+                None => {
+                    entries.remove((service, key.as_str())).map_err(redb)?;
+                }
+            }
+        }
         usage.insert(service, (bytes, keys)).map_err(redb)?;
-        let mut message_ids = Vec::with_capacity(transaction.messages.len());
-        let mut entries = Vec::with_capacity(transaction.messages.len());
-        if !transaction.messages.is_empty() {
+        if !encoded.is_empty() {
             let mut outbox = txn.open_table(OUTBOX).map_err(|err| failed(err.into()))?;
-            let mut next = meta
-                .get(META_OUTBOX_NEXT)
-                .map_err(redb)?
-                .map_or(0, |v| v.value());
-            let committed_at_ms = crate::util::now_ms();
-            for mut message in transaction.messages {
-                let id = format!("{:016x}-{next}", self.store_id);
-                message.message.id = Some(id.clone());
-                let entry = OutboxEntry {
-                    service: service.to_owned(),
-                    committed_at_ms,
-                    message,
-                };
-                let bytes = postcard::to_stdvec(&entry).map_err(|err| {
-                    StateError::Invalid(format!("an outbox message cannot be encoded: {err}"))
-                })?;
-                outbox.insert(next, bytes.as_slice()).map_err(redb)?;
-                entries.push((next, entry));
-                message_ids.push(id);
-                next += 1;
+            for (seq, bytes) in &encoded {
+                outbox.insert(*seq, bytes.as_slice()).map_err(redb)?;
             }
             meta.insert(META_OUTBOX_NEXT, next).map_err(redb)?;
         }
+        let message_ids = outbox_entries
+            .iter()
+            .filter_map(|(_, entry)| entry.message.message.id.clone())
+            .collect();
         Ok((
             Committed {
                 version,
                 message_ids,
                 removed,
             },
-            entries,
+            outbox_entries,
         ))
     }
 
@@ -675,8 +805,14 @@ fn check_transaction(transaction: &Transaction) -> Result<(), StateError> {
     for (key, _) in &transaction.reads {
         check_key(key)?;
     }
+    let mut written = std::collections::HashSet::with_capacity(transaction.writes.len());
     for (key, value) in &transaction.writes {
         check_key(key)?;
+        if !written.insert(key.as_str()) {
+            return Err(StateError::Invalid(format!(
+                "a transaction writes key `{key}` twice; write each key once (the last value)"
+            )));
+        }
         if let Some(value) = value
             && value.len() > MAX_VALUE_BYTES
         {

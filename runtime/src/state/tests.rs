@@ -473,3 +473,79 @@ async fn the_relay_sends_every_message_once_and_in_order_while_commits_race_it()
     let _ = stop.send(true);
     relay.await.unwrap();
 }
+
+/// `threads` threads each running `work(thread)`, joined; their results.
+fn on_threads<T: Send + 'static>(
+    threads: usize,
+    work: impl Fn(usize) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let work = Arc::new(work);
+    let running: Vec<_> = (0..threads)
+        .map(|thread| {
+            let work = work.clone();
+            std::thread::spawn(move || work(thread))
+        })
+        .collect();
+    running.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn increments_racing_in_one_batch_conflict_and_none_is_lost() {
+    let (_dir, store) = open();
+    store.commit("counter", LIMIT, put("n", b"0")).unwrap();
+    let racing = store.clone();
+    on_threads(8, move |_| {
+        for _ in 0..25 {
+            loop {
+                let read = racing.get("counter", "n").unwrap().unwrap();
+                let value: u64 = std::str::from_utf8(&read.value).unwrap().parse().unwrap();
+                let increment = Transaction {
+                    reads: vec![("n".into(), read.version)],
+                    ..put("n", (value + 1).to_string().as_bytes())
+                };
+                match racing.commit("counter", LIMIT, increment) {
+                    Ok(_) => break,
+                    Err(StateError::Conflict(_)) => continue,
+                    Err(other) => panic!("{other}"),
+                }
+            }
+        }
+    });
+    assert_eq!(store.get("counter", "n").unwrap().unwrap().value, b"200");
+}
+
+#[test]
+fn commits_at_once_share_fsyncs_and_one_that_fails_leaves_the_others_whole() {
+    let (_dir, store) = open();
+    let before = store.fsyncs();
+    let committing = store.clone();
+    let refused: usize = on_threads(16, move |thread| {
+        let mut refused = 0;
+        for n in 0..40 {
+            committing
+                .commit("orders", LIMIT, put(&format!("t{thread}/{n}"), b"v"))
+                .unwrap();
+            // Too large for its service: refused, in whatever batch it lands.
+            let too_big = committing.commit("tiny", 10, put(&format!("t{thread}-{n}"), &[0; 64]));
+            refused += usize::from(matches!(too_big, Err(StateError::TooLarge(_))));
+        }
+        refused
+    })
+    .into_iter()
+    .sum();
+    assert_eq!(refused, 16 * 40);
+    assert_eq!(
+        store
+            .scan("orders", "t3/", None, 100)
+            .unwrap()
+            .entries
+            .len(),
+        40
+    );
+    assert_eq!(store.scan("tiny", "", None, 10).unwrap().entries.len(), 0);
+    let fsyncs = store.fsyncs() - before;
+    assert!(
+        fsyncs < 640,
+        "{fsyncs} fsyncs for 640 stored commits: no group commit"
+    );
+}
