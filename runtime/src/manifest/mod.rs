@@ -418,8 +418,8 @@ pub struct ServiceSpec {
     /// Streams one instance may have opened (`quic` connections' `open-stream`) and not yet
     /// dropped; past it an open answers `unavailable` at once.
     pub max_open_streams: u32,
-    /// Bytes of keys and values its state may hold (`state_max_mb`); a commit past it fails
-    /// with `too-large`.
+    /// Bytes of keys and values its state may hold, with its messages waiting in the outbox
+    /// (`state_max_mb`); a commit past it fails with `too-large`.
     pub state_max_bytes: u64,
     /// The services it may call or open streams to; `None`: any.
     pub may_call: Option<Vec<String>>,

@@ -10,8 +10,11 @@
 //! relay sends what it finds at start.
 //!
 //! Keys are namespaced by service inside the store; the host passes the calling service's name,
-//! so no guest can name another's keys. Each service's bytes are counted in the same commit
-//! and capped by its `state_max_mb`.
+//! so no guest can name another's keys. Each service's bytes (keys, values, and its messages
+//! still in the outbox) are counted in the same commit and capped by its `state_max_mb`.
+//!
+//! Commits are grouped: transactions that arrive while one commits wait and go together in
+//! the next redb commit, one fsync for all (see [`Store::commit`]).
 
 mod relay;
 mod store;

@@ -56,7 +56,7 @@ pub(crate) struct OutboxEntry {
 pub(crate) struct ServiceUsage {
     pub(crate) service: String,
     pub(crate) keys: u64,
-    /// Bytes of keys and values.
+    /// Bytes of keys and values, and of its messages waiting in the outbox.
     pub(crate) bytes: u64,
     /// Its `state_max_mb` in bytes, if it runs here.
     pub(crate) max_bytes: Option<u64>,
@@ -449,14 +449,7 @@ impl Store {
                 keys += 1;
             }
         }
-        if bytes > max_bytes {
-            return Err(StateError::TooLarge(format!(
-                "service `{service}` would store {bytes} bytes of keys and values, past its \
-                 state_max_mb ({} MiB): nothing was stored; delete keys, or raise \
-                 state_max_mb in its [[service]] entry",
-                max_bytes / (1024 * 1024)
-            )));
-        }
+        let mut bytes_after = bytes;
         let mut outbox_entries = Vec::with_capacity(transaction.messages.len());
         let mut encoded = Vec::with_capacity(transaction.messages.len());
         let mut meta = txn.open_table(META).map_err(|err| failed(err.into()))?;
@@ -475,9 +468,19 @@ impl Store {
             let bytes = postcard::to_stdvec(&entry).map_err(|err| {
                 StateError::Invalid(format!("an outbox message cannot be encoded: {err}"))
             })?;
+            // A message waiting in the outbox counts against the service's limit.
+            bytes_after += bytes.len() as u64;
             encoded.push((next, bytes));
             outbox_entries.push((next, entry));
             next += 1;
+        }
+        if bytes_after > max_bytes {
+            return Err(StateError::TooLarge(format!(
+                "service `{service}` would store {bytes_after} bytes of keys, values and outbox messages, past its \
+                 state_max_mb ({} MiB): nothing was stored; delete keys, let its outbox drain (GET /state), or raise \
+                 state_max_mb in its [[service]] entry",
+                max_bytes / (1024 * 1024)
+            )));
         }
         // Checked; from here on only writes.
         let version = meta
@@ -498,7 +501,7 @@ impl Store {
                 }
             }
         }
-        usage.insert(service, (bytes, keys)).map_err(redb)?;
+        usage.insert(service, (bytes_after, keys)).map_err(redb)?;
         if !encoded.is_empty() {
             let mut outbox = txn.open_table(OUTBOX).map_err(|err| failed(err.into()))?;
             for (seq, bytes) in &encoded {
@@ -544,8 +547,24 @@ impl Store {
         }
         let removed = (|| -> Result<(), redb::Error> {
             let mut outbox = txn.open_table(OUTBOX)?;
+            // Each service's usage loses its relayed messages' bytes.
+            let mut freed: std::collections::HashMap<String, u64> = Default::default();
             for seq in &carried {
-                outbox.remove(*seq)?;
+                if let Some(gone) = outbox.remove(*seq)? {
+                    let bytes = gone.value();
+                    // The service is the entry's first field.
+                    if let Ok((service, _)) = postcard::take_from_bytes::<String>(bytes) {
+                        *freed.entry(service).or_default() += bytes.len() as u64;
+                    }
+                }
+            }
+            drop(outbox);
+            let mut usage = txn.open_table(USAGE)?;
+            for (service, bytes) in freed {
+                let used = usage.get(service.as_str())?.map(|used| used.value());
+                if let Some((used, keys)) = used {
+                    usage.insert(service.as_str(), (used.saturating_sub(bytes), keys))?;
+                }
             }
             Ok(())
         })();

@@ -549,3 +549,45 @@ fn commits_at_once_share_fsyncs_and_one_that_fails_leaves_the_others_whole() {
         "{fsyncs} fsyncs for 640 stored commits: no group commit"
     );
 }
+
+#[tokio::test]
+async fn messages_waiting_in_the_outbox_count_against_the_services_limit() {
+    let (_dir, store) = open();
+    let broker = Arc::new(ScriptedBroker::default());
+    broker.down.lock().unwrap().push("billing".into());
+    let stats = Arc::new(RelayStats::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(run_relay(
+        store.clone(),
+        broker.clone(),
+        stats.clone(),
+        stopped,
+    ));
+    let send = |body: usize| Transaction {
+        messages: vec![message("billing", &vec![b'x'; body])],
+        ..Transaction::default()
+    };
+    store.commit("orders", 2000, send(800)).unwrap();
+    store.commit("orders", 2000, send(800)).unwrap();
+    let full = store.commit("orders", 2000, send(800));
+    assert!(
+        matches!(&full, Err(StateError::TooLarge(why)) if why.contains("outbox")),
+        "{full:?}"
+    );
+    let usage = store.usage().unwrap();
+    assert!(usage[0].bytes > 1600, "{usage:?}");
+
+    // The destination comes back: the relay sends them, their bytes are freed.
+    broker.down.lock().unwrap().clear();
+    eventually("the outbox drains", || {
+        broker.sent.lock().unwrap().len() == 2
+    })
+    .await;
+    eventually("their bytes are freed", || {
+        store.usage().unwrap()[0].bytes == 0
+    })
+    .await;
+    store.commit("orders", 2000, send(800)).unwrap();
+    let _ = stop.send(true);
+    relay.await.unwrap();
+}
