@@ -102,6 +102,21 @@ enum Turn {
     Lead,
 }
 
+/// Hands the lead to the first waiting caller, or gives it up, when a leader is done.
+struct PassLead<'a>(&'a Store);
+
+impl Drop for PassLead<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.0.queue();
+        match queue.waiting.first() {
+            Some(next) => {
+                let _ = next.answer.send(Turn::Lead);
+            }
+            None => queue.leading = false,
+        }
+    }
+}
+
 fn poisoned() -> StateError {
     StateError::Unavailable(
         "a commit of the state store was cut off (a thread panicked); retry".into(),
@@ -297,7 +312,7 @@ impl Store {
         check_transaction(&transaction)?;
         let (answer, answered) = std::sync::mpsc::sync_channel(1);
         let lead = {
-            let mut queue = self.queue.lock().map_err(|_| poisoned())?;
+            let mut queue = self.queue();
             queue.waiting.push(Waiting {
                 service: service.to_owned(),
                 max_bytes,
@@ -318,21 +333,21 @@ impl Store {
         }
     }
 
+    /// The commit queue; a panic while it was held leaves it whole (a list and a flag), so a
+    /// poisoned lock is used as it is.
+    fn queue(&self) -> std::sync::MutexGuard<'_, CommitQueue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Commits what waits as one batch, then passes the lead on (or gives it up).
     fn lead(&self) {
-        let batch = match self.queue.lock() {
-            Ok(mut queue) => std::mem::take(&mut queue.waiting),
-            Err(_) => return,
-        };
+        // Passes the lead on however the batch ends, a panic included: else every later
+        // commit would wait for a leader that never comes.
+        let _pass_on = PassLead(self);
+        let batch = std::mem::take(&mut self.queue().waiting);
         self.commit_batch(batch);
-        if let Ok(mut queue) = self.queue.lock() {
-            match queue.waiting.first() {
-                Some(next) => {
-                    let _ = next.answer.send(Turn::Lead);
-                }
-                None => queue.leading = false,
-            }
-        }
     }
 
     fn commit_batch(&self, batch: Vec<Waiting>) {
@@ -361,6 +376,19 @@ impl Store {
                 committed
             });
             outcomes.push((waiting.answer, applied));
+        }
+        // A failure of the store itself may come after some writes of its transaction: then
+        // nothing of the batch is committed.
+        if let Some(err) = outcomes.iter().find_map(|(_, applied)| match applied {
+            Err(err @ StateError::Unavailable(_)) => Some(err.clone()),
+            _ => None,
+        }) {
+            drop(txn);
+            drop(committing);
+            for (answer, _) in outcomes {
+                let _ = answer.send(Turn::Done(Err(err.clone())));
+            }
+            return;
         }
         let any_applied = outcomes.iter().any(|(_, applied)| applied.is_ok());
         let stored = self.carry_removals(&txn).and_then(|carried| {
