@@ -326,3 +326,45 @@ async fn a_kill_9_between_commit_and_relay_loses_no_message() {
     running.start_kill().unwrap();
     running.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_outbox_reaches_a_topic_on_another_node_once_the_nodes_meet() {
+    // The topic and billing live on `ledger`; orders commit on `shop`, possibly before the
+    // nodes know each other: the relay retries until the topic's node is known.
+    let ledger_manifest = TestManifest::with_node(
+        "name = \"ledger\"\nquic = \"127.0.0.1:0\"",
+        &format!("{}{EVENTS}", billing()),
+    );
+    let ledger = ledger_manifest.start().await;
+    let shop_manifest = TestManifest::with_node(
+        &format!(
+            "name = \"shop\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{}\"]",
+            ledger.quic_addr().unwrap()
+        ),
+        &orders(""),
+    );
+    let shop = shop_manifest.start().await;
+    for n in 1..=5 {
+        let placed = send(
+            shop.http_addr(),
+            "POST",
+            &format!("/orders/r{n}"),
+            "{\"total_cents\": 7}",
+        )
+        .await;
+        assert_eq!(placed.status, 201, "{}", placed.body);
+    }
+    let billed = ledger.http_addr();
+    until(
+        "billing on the other node billed 5",
+        Duration::from_secs(15),
+        async || get(billed, "/billing").await.body == "5 35",
+    )
+    .await;
+    let view: serde_json::Value =
+        serde_json::from_str(&admin_get(&shop, "/state").await.body).unwrap();
+    assert_eq!(view["outbox"]["pending"], 0, "{view:#}");
+    assert_eq!(view["outbox"]["relayed"], 5, "{view:#}");
+    shop.shutdown().await;
+    ledger.shutdown().await;
+}
