@@ -623,44 +623,52 @@ impl Store {
             .is_ok_and(|relayed| !relayed.is_empty())
     }
 
-    /// Up to `max` outbox entries not yet relayed, oldest first, with their numbers.
-    pub(crate) fn pending(&self, max: usize) -> Result<Vec<(u64, OutboxEntry)>, StateError> {
+    /// Up to `max` outbox entries not yet relayed and not for a destination in `skip`,
+    /// oldest first, with their numbers.
+    pub(crate) fn pending(
+        &self,
+        max: usize,
+        skip: &std::collections::HashSet<String>,
+    ) -> Result<Vec<(u64, OutboxEntry)>, StateError> {
         let relayed = self
             .relayed_unremoved
             .lock()
             .map(|relayed| relayed.clone())
             .unwrap_or_default();
-        let read = (|| -> Result<_, redb::Error> {
-            let txn = self.db.begin_read()?;
-            let outbox = txn.open_table(OUTBOX)?;
-            let mut pending = Vec::new();
-            for found in outbox.range(0..)? {
-                let (seq, bytes) = found?;
-                if relayed.contains(&seq.value()) {
-                    continue;
-                }
-                pending.push((seq.value(), bytes.value().to_vec()));
-                if pending.len() == max {
-                    break;
-                }
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|err| unavailable(&self.path, "reading the outbox", err))?;
+        let outbox = txn
+            .open_table(OUTBOX)
+            .map_err(|err| unavailable(&self.path, "reading the outbox", err))?;
+        let range = outbox
+            .range(0..)
+            .map_err(|err| unavailable(&self.path, "reading the outbox", err))?;
+        let mut pending = Vec::new();
+        for found in range {
+            let (seq, bytes) =
+                found.map_err(|err| unavailable(&self.path, "reading the outbox", err))?;
+            let seq = seq.value();
+            if relayed.contains(&seq) {
+                continue;
             }
-            Ok(pending)
-        })();
-        let pending = read.map_err(self.failed("reading the outbox"))?;
-        pending
-            .into_iter()
-            .map(|(seq, bytes)| {
-                postcard::from_bytes(&bytes)
-                    .map(|entry| (seq, entry))
-                    .map_err(|err| {
-                        StateError::Unavailable(format!(
-                            "outbox entry {seq} of the state store {} does not decode: {err}; \
-                             the file is damaged or was written by a newer switchyard",
-                            self.path.display()
-                        ))
-                    })
-            })
-            .collect()
+            let entry: OutboxEntry = postcard::from_bytes(bytes.value()).map_err(|err| {
+                StateError::Unavailable(format!(
+                    "outbox entry {seq} of the state store {} does not decode: {err}; the file \
+                     is damaged or was written by a newer switchyard",
+                    self.path.display()
+                ))
+            })?;
+            if skip.contains(&entry.message.destination) {
+                continue;
+            }
+            pending.push((seq, entry));
+            if pending.len() == max {
+                break;
+            }
+        }
+        Ok(pending)
     }
 
     /// Removes the relayed entries from the file in a commit of their own, when no other
@@ -700,7 +708,7 @@ impl Store {
             .lock()
             .map_or(0, |relayed| relayed.len() as u64);
         let oldest = self
-            .pending(1)?
+            .pending(1, &std::collections::HashSet::new())?
             .first()
             .map(|(_, entry)| entry.committed_at_ms);
         Ok((stored.saturating_sub(relayed), oldest))

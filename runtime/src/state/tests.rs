@@ -73,7 +73,7 @@ fn a_commit_checks_what_it_read_and_stores_all_or_nothing() {
     );
     assert_eq!(store.get("orders", "o/1").unwrap().unwrap().value, b"paid");
     assert_eq!(
-        store.pending(10).unwrap().len(),
+        store.pending(10, &Default::default()).unwrap().len(),
         1,
         "the lost commit sent nothing"
     );
@@ -181,7 +181,7 @@ fn a_commit_is_one_fsync_and_the_outbox_survives_a_reopen() {
         committed.message_ids
     };
     let store = Store::open(&path).unwrap();
-    let pending = store.pending(10).unwrap();
+    let pending = store.pending(10, &Default::default()).unwrap();
     let pending_ids: Vec<_> = pending
         .iter()
         .map(|(_, entry)| entry.message.message.id.clone().unwrap())
@@ -190,7 +190,7 @@ fn a_commit_is_one_fsync_and_the_outbox_survives_a_reopen() {
     assert_eq!(pending[0].1.message.destination, "billing");
     store.note_relayed(&[pending[0].0]);
     assert_eq!(
-        store.pending(10).unwrap().len(),
+        store.pending(10, &Default::default()).unwrap().len(),
         1,
         "a relayed message is not pending"
     );
@@ -203,7 +203,7 @@ fn a_commit_is_one_fsync_and_the_outbox_survives_a_reopen() {
     drop(store);
     let store = Store::open(&path).unwrap();
     let left: Vec<_> = store
-        .pending(10)
+        .pending(10, &Default::default())
         .unwrap()
         .into_iter()
         .map(|(seq, _)| seq)
@@ -244,11 +244,13 @@ fn an_import_replaces_a_services_keys_and_no_one_elses() {
     assert_eq!(store.get("billing", "old").unwrap().unwrap().value, b"3");
 }
 
-/// A broker that refuses sends to destinations in `down` and records the others.
+/// A broker that refuses sends to destinations in `down` (counting them) and records the
+/// others.
 #[derive(Default)]
 struct ScriptedBroker {
     down: Mutex<Vec<String>>,
     sent: Mutex<VecDeque<(String, String, String)>>,
+    refused: std::sync::atomic::AtomicUsize,
 }
 
 impl Queues for ScriptedBroker {
@@ -262,6 +264,8 @@ impl Queues for ScriptedBroker {
     ) -> crate::util::BoxFuture<'a, Result<Receipt, SendError>> {
         let refused = self.down.lock().unwrap().iter().any(|down| down == queue);
         let result = if refused {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Err(SendError::Unavailable(format!("`{queue}` is down")))
         } else {
             let id = message.id.unwrap_or_default();
@@ -372,7 +376,11 @@ async fn the_relay_sends_in_order_keeps_ids_and_retries_a_refusing_destination()
         broker.sent.lock().unwrap().len() == 2
     })
     .await;
-    assert_eq!(store.pending(10).unwrap().len(), 1, "audit's message waits");
+    assert_eq!(
+        store.pending(10, &Default::default()).unwrap().len(),
+        1,
+        "audit's message waits"
+    );
     assert!(stats.last_error().is_some_and(|why| why.contains("audit")));
 
     broker.down.lock().unwrap().clear();
@@ -398,7 +406,7 @@ async fn the_relay_sends_in_order_keeps_ids_and_retries_a_refusing_destination()
         ]
     );
     eventually("the outbox is empty", || {
-        store.pending(10).unwrap().is_empty()
+        store.pending(10, &Default::default()).unwrap().is_empty()
     })
     .await;
     assert_eq!(stats.relayed(), 3);
@@ -588,6 +596,51 @@ async fn messages_waiting_in_the_outbox_count_against_the_services_limit() {
     })
     .await;
     store.commit("orders", 2000, send(800)).unwrap();
+    let _ = stop.send(true);
+    relay.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refusing_destination_cools_down_while_the_others_go_on() {
+    let (_dir, store) = open();
+    let broker = Arc::new(ScriptedBroker::default());
+    broker.down.lock().unwrap().push("audit".into());
+    let stats = Arc::new(RelayStats::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(run_relay(
+        store.clone(),
+        broker.clone(),
+        stats.clone(),
+        stopped,
+    ));
+    // 20 commits, each with a message for audit (down) and one for billing.
+    for _ in 0..20 {
+        store
+            .commit(
+                "orders",
+                LIMIT,
+                Transaction {
+                    messages: vec![message("audit", b"a"), message("billing", b"b")],
+                    ..Transaction::default()
+                },
+            )
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    eventually("billing has all 20", || {
+        broker.sent.lock().unwrap().len() == 20
+    })
+    .await;
+    let tried = broker.refused.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        tried < 10,
+        "audit was tried {tried} times in about 40 ms: it should cool down (50 ms, doubling)"
+    );
+    broker.down.lock().unwrap().clear();
+    eventually("audit gets its 20 once back", || {
+        broker.sent.lock().unwrap().len() == 40
+    })
+    .await;
     let _ = stop.send(true);
     relay.await.unwrap();
 }
