@@ -12,14 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use switchyard_benches::{LoadReport, PlainReply, run_load, start_plain_hyper};
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use switchyard_benches::{LoadReport, PlainReply, env_or, run_load, start_plain_hyper};
 
 fn main() -> Result<()> {
     let seconds: u64 = env_or("BENCH_SECONDS", 5);

@@ -16,7 +16,6 @@
 //! on disk: a tmpfs makes every sync free.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -24,15 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use switchyard::bench::TopicProbe;
-use switchyard_benches::{Timed, timed_loop};
+use switchyard_benches::{Timed, env_or, timed_loop};
 use tokio::process::{Child, Command};
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// nats-server on a free loopback port, stopped when dropped.
 struct NatsServer {
@@ -422,11 +414,7 @@ async fn main() -> Result<()> {
     let publishers: usize = env_or("BENCH_PUBLISHERS", 256);
     let each: usize = env_or("BENCH_MESSAGES", 100);
     let requests: usize = env_or("BENCH_REQUESTS", 2000);
-    let base = std::env::var_os("BENCH_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"),
-        PathBuf::from,
-    );
-    std::fs::create_dir_all(&base)?;
+    let base = switchyard_benches::data_dir()?;
     let nats = NatsServer::start().await?;
 
     println!(

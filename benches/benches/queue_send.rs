@@ -9,22 +9,14 @@
 //! a tmpfs would make every sync free).
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use switchyard::bench::QueueProbe;
-use switchyard_benches::timed_loop;
+use switchyard_benches::{env_or, timed_loop};
 
 const BODY: &[u8] = &[b'm'; 256];
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A log that appends one record and syncs it per send, under one lock.
 fn naive_log(path: &std::path::Path) -> Result<Arc<Mutex<std::fs::File>>> {
@@ -53,11 +45,7 @@ fn append_and_sync(file: &Mutex<std::fs::File>) -> Result<()> {
 async fn main() -> Result<()> {
     let senders: usize = env_or("BENCH_SENDERS", 16);
     let sends: usize = env_or("BENCH_SENDS", 300);
-    let base = std::env::var_os("BENCH_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"),
-        PathBuf::from,
-    );
-    std::fs::create_dir_all(&base)?;
+    let base = switchyard_benches::data_dir()?;
     let dir = tempfile::tempdir_in(&base)?;
 
     let probe = Arc::new(

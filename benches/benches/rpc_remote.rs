@@ -27,7 +27,7 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use switchyard::bench::{Identity, SERVER_NAME};
-use switchyard_benches::{RoundClock, Timed, timed_loop};
+use switchyard_benches::{RoundClock, Timed, env_or, timed_loop};
 
 const PAYLOAD: &[u8] = b"Hello, bench!\n";
 
@@ -71,13 +71,6 @@ const LOCAL: [Callee; 2] = [
         profile: "local",
     },
 ];
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {

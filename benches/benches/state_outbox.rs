@@ -10,20 +10,12 @@
 //! `cargo xtask bench -- --bench state_outbox`. `BENCH_COMMITS` (default 2000) per round;
 //! `BENCH_DIR` (default `target/bench-data`) must be on disk: a tmpfs makes every sync free.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Result, anyhow};
 use switchyard::bench::StateProbe;
-use switchyard_benches::{Timed, timed_loop};
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use switchyard_benches::{Timed, env_or, timed_loop};
 
 /// `commits` commits on `probe`, one at a time, each of a 128-byte value (and a 128-byte
 /// outbox message with `outbox`); the round and the fsyncs it took.
@@ -76,11 +68,7 @@ fn line(timed: &Timed, fsyncs: u64) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let commits: usize = env_or("BENCH_COMMITS", 2000);
-    let base = std::env::var_os("BENCH_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"),
-        PathBuf::from,
-    );
-    std::fs::create_dir_all(&base)?;
+    let base = switchyard_benches::data_dir()?;
     let dir = tempfile::tempdir_in(&base)?;
     let probe = Arc::new(
         StateProbe::open(dir.path(), true)

@@ -263,3 +263,23 @@ where
     }
     Ok(clock.finish(name, (each * tasks) as u64, histogram))
 }
+
+/// The value of environment variable `key` parsed as `T` (a bench's knob), else `default`.
+pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Where benches that write to disk keep their files: `BENCH_DIR`, else `target/bench-data`
+/// (created). It must be on disk: a tmpfs makes every sync free.
+pub fn data_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::var_os("BENCH_DIR").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"),
+        std::path::PathBuf::from,
+    );
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the bench data dir {}", dir.display()))?;
+    Ok(dir)
+}

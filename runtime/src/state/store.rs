@@ -76,8 +76,6 @@ pub(crate) struct Store {
     /// Outbox entries committed since the relay last looked, in order: the relay takes them
     /// from here instead of reading the file, while it has no backlog.
     fresh: std::sync::Mutex<Fresh>,
-    /// Held across a commit and its hand-over to `fresh`, so entries arrive there in order.
-    committing: std::sync::Mutex<()>,
     /// Transactions waiting for the next group commit.
     queue: std::sync::Mutex<CommitQueue>,
 }
@@ -213,7 +211,6 @@ impl Store {
             outbox_filled: tokio::sync::Notify::new(),
             relayed_unremoved: std::sync::Mutex::default(),
             fresh: std::sync::Mutex::default(),
-            committing: std::sync::Mutex::new(()),
             queue: std::sync::Mutex::default(),
         })
     }
@@ -268,22 +265,16 @@ impl Store {
             };
             let mut page = StatePage::default();
             let mut bytes = 0;
-            for found in entries.range((service, start)..)? {
-                let (key, value) = found?;
-                let (owner, key) = key.value();
-                if owner != service || !key.starts_with(prefix) {
-                    break;
+            each_key(&entries, service, start, |key, version, value| {
+                if !key.starts_with(prefix) {
+                    return false;
                 }
                 if Some(key) == after {
-                    continue;
+                    return true;
                 }
-                let (version, value) = value.value();
                 if page.entries.len() == limit || bytes + value.len() > MAX_SCAN_BYTES {
-                    page.next = page
-                        .entries
-                        .last()
-                        .map(|last: &StateEntry| last.key.clone());
-                    break;
+                    page.next = page.entries.last().map(|last| last.key.clone());
+                    return false;
                 }
                 bytes += value.len();
                 page.entries.push(StateEntry {
@@ -291,7 +282,8 @@ impl Store {
                     value: value.to_vec(),
                     version,
                 });
-            }
+                true
+            })?;
             Ok(page)
         })();
         read.map_err(self.failed("scanning"))
@@ -350,8 +342,9 @@ impl Store {
         self.commit_batch(batch);
     }
 
+    /// Applies `batch` in one redb commit and answers each caller. Only the leader runs it,
+    /// one batch at a time, so outbox entries reach `fresh` in commit order.
     fn commit_batch(&self, batch: Vec<Waiting>) {
-        let committing = self.committing.lock();
         let txn = match self.db.begin_write() {
             Ok(txn) => txn,
             Err(err) => {
@@ -384,7 +377,6 @@ impl Store {
             _ => None,
         }) {
             drop(txn);
-            drop(committing);
             for (answer, _) in outcomes {
                 let _ = answer.send(Turn::Done(Err(err.clone())));
             }
@@ -401,13 +393,7 @@ impl Store {
                 .map_err(|err| unavailable(&self.path, "committing", err))?;
             Ok(carried)
         });
-        let stored = match stored {
-            Ok(carried) => {
-                self.removed(&carried);
-                Ok(())
-            }
-            Err(err) => Err(err),
-        };
+        let stored = stored.map(|carried| self.removed(&carried));
         let filled = stored.is_ok() && !fresh.is_empty();
         if filled && let Ok(mut waiting) = self.fresh.lock() {
             if waiting.entries.len() + fresh.len() > MAX_FRESH {
@@ -416,7 +402,6 @@ impl Store {
                 waiting.entries.extend(fresh);
             }
         }
-        drop(committing);
         if filled {
             self.outbox_filled.notify_one();
         }
@@ -741,19 +726,14 @@ impl Store {
             let txn = self.db.begin_read()?;
             let entries = txn.open_table(ENTRIES)?;
             let mut all = Vec::new();
-            for found in entries.range((service, "")..)? {
-                let (key, value) = found?;
-                let (owner, key) = key.value();
-                if owner != service {
-                    break;
-                }
-                let (version, value) = value.value();
+            each_key(&entries, service, "", |key, version, value| {
                 all.push(StateEntry {
                     key: key.to_owned(),
                     value: value.to_vec(),
                     version,
                 });
-            }
+                true
+            })?;
             Ok(all)
         })();
         read.map_err(self.failed("exporting"))
@@ -768,13 +748,7 @@ impl Store {
         entries: Vec<(String, Vec<u8>)>,
     ) -> Result<usize, StateError> {
         for (key, value) in &entries {
-            check_key(key)?;
-            if value.len() > MAX_VALUE_BYTES {
-                return Err(StateError::TooLarge(format!(
-                    "the value of key `{key}` has {} bytes, more than the {MAX_VALUE_BYTES} a                      value may have",
-                    value.len()
-                )));
-            }
+            check_write(key, Some(value))?;
         }
         let txn = self
             .db
@@ -784,14 +758,10 @@ impl Store {
         let old = (|| -> Result<Vec<String>, redb::Error> {
             let table = txn.open_table(ENTRIES)?;
             let mut old = Vec::new();
-            for found in table.range((service, "")..)? {
-                let (key, _) = found?;
-                let (owner, key) = key.value();
-                if owner != service {
-                    break;
-                }
+            each_key(&table, service, "", |key, _, _| {
                 old.push(key.to_owned());
-            }
+                true
+            })?;
             Ok(old)
         })()
         .map_err(self.failed("importing"))?;
@@ -840,6 +810,38 @@ fn check_key(key: &str) -> Result<(), StateError> {
     Ok(())
 }
 
+/// A write of `value` (none: a delete) at `key`: the key's and the value's sizes.
+fn check_write(key: &str, value: Option<&Vec<u8>>) -> Result<(), StateError> {
+    check_key(key)?;
+    match value {
+        Some(value) if value.len() > MAX_VALUE_BYTES => Err(StateError::TooLarge(format!(
+            "the value of key `{key}` has {} bytes, more than the {MAX_VALUE_BYTES} a value may \
+             have; split it over several keys or store a reference",
+            value.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Calls `each(key, version, value)` for `service`'s keys from `start` on, in key order,
+/// while it answers `true`.
+fn each_key(
+    entries: &impl ReadableTable<(&'static str, &'static str), (u64, &'static [u8])>,
+    service: &str,
+    start: &str,
+    mut each: impl FnMut(&str, u64, &[u8]) -> bool,
+) -> Result<(), redb::Error> {
+    for found in entries.range((service, start)..)? {
+        let (key, value) = found?;
+        let (owner, key) = key.value();
+        let (version, value) = value.value();
+        if owner != service || !each(key, version, value) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 fn check_transaction(transaction: &Transaction) -> Result<(), StateError> {
     for (what, count, max) in [
         ("reads", transaction.reads.len(), MAX_TRANSACTION_ITEMS),
@@ -862,19 +864,10 @@ fn check_transaction(transaction: &Transaction) -> Result<(), StateError> {
     }
     let mut written = std::collections::HashSet::with_capacity(transaction.writes.len());
     for (key, value) in &transaction.writes {
-        check_key(key)?;
+        check_write(key, value.as_ref())?;
         if !written.insert(key.as_str()) {
             return Err(StateError::Invalid(format!(
                 "a transaction writes key `{key}` twice; write each key once (the last value)"
-            )));
-        }
-        if let Some(value) = value
-            && value.len() > MAX_VALUE_BYTES
-        {
-            return Err(StateError::TooLarge(format!(
-                "the value of key `{key}` has {} bytes, more than the {MAX_VALUE_BYTES} a value \
-                 may have; split it over several keys or store a reference",
-                value.len()
             )));
         }
     }

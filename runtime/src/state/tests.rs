@@ -322,6 +322,36 @@ impl Queues for ScriptedBroker {
     }
 }
 
+/// The relay of `store` running against `broker`, until [`RunningRelay::stop`].
+struct RunningRelay {
+    stats: Arc<RelayStats>,
+    stop: tokio::sync::watch::Sender<bool>,
+    running: tokio::task::JoinHandle<()>,
+}
+
+impl RunningRelay {
+    fn start(store: &Arc<Store>, broker: &Arc<ScriptedBroker>) -> Self {
+        let stats = Arc::new(RelayStats::default());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(run_relay(
+            store.clone(),
+            broker.clone(),
+            stats.clone(),
+            stopped,
+        ));
+        Self {
+            stats,
+            stop,
+            running,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.running.await.unwrap();
+    }
+}
+
 async fn eventually(what: &str, done: impl Fn() -> bool) {
     for _ in 0..500 {
         if done() {
@@ -348,14 +378,8 @@ async fn the_relay_sends_in_order_keeps_ids_and_retries_a_refusing_destination()
             },
         )
         .unwrap();
-    let stats = Arc::new(RelayStats::default());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let relay = tokio::spawn(run_relay(
-        store.clone(),
-        broker.clone(),
-        stats.clone(),
-        stopped,
-    ));
+    let relay = RunningRelay::start(&store, &broker);
+    let stats = relay.stats.clone();
     eventually("the first message is relayed", || {
         broker.sent.lock().unwrap().len() == 1
     })
@@ -410,22 +434,14 @@ async fn the_relay_sends_in_order_keeps_ids_and_retries_a_refusing_destination()
     })
     .await;
     assert_eq!(stats.relayed(), 3);
-    let _ = stop.send(true);
-    relay.await.unwrap();
+    relay.stop().await;
 }
 
 #[tokio::test]
 async fn the_relay_sends_every_message_once_and_in_order_while_commits_race_it() {
     let (_dir, store) = open();
     let broker = Arc::new(ScriptedBroker::default());
-    let stats = Arc::new(RelayStats::default());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let relay = tokio::spawn(run_relay(
-        store.clone(),
-        broker.clone(),
-        stats.clone(),
-        stopped,
-    ));
+    let relay = RunningRelay::start(&store, &broker);
     // Commits from two threads while the relay runs; `audit` is down for a while in the
     // middle, so the relay goes from memory to the file and back.
     let committer = |name: &'static str| {
@@ -478,8 +494,7 @@ async fn the_relay_sends_every_message_once_and_in_order_while_commits_race_it()
             "{destination} out of order"
         );
     }
-    let _ = stop.send(true);
-    relay.await.unwrap();
+    relay.stop().await;
 }
 
 /// `threads` threads each running `work(thread)`, joined; their results.
@@ -563,14 +578,7 @@ async fn messages_waiting_in_the_outbox_count_against_the_services_limit() {
     let (_dir, store) = open();
     let broker = Arc::new(ScriptedBroker::default());
     broker.down.lock().unwrap().push("billing".into());
-    let stats = Arc::new(RelayStats::default());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let relay = tokio::spawn(run_relay(
-        store.clone(),
-        broker.clone(),
-        stats.clone(),
-        stopped,
-    ));
+    let relay = RunningRelay::start(&store, &broker);
     let send = |body: usize| Transaction {
         messages: vec![message("billing", &vec![b'x'; body])],
         ..Transaction::default()
@@ -596,8 +604,7 @@ async fn messages_waiting_in_the_outbox_count_against_the_services_limit() {
     })
     .await;
     store.commit("orders", 2000, send(800)).unwrap();
-    let _ = stop.send(true);
-    relay.await.unwrap();
+    relay.stop().await;
 }
 
 #[tokio::test]
@@ -605,14 +612,7 @@ async fn a_refusing_destination_cools_down_while_the_others_go_on() {
     let (_dir, store) = open();
     let broker = Arc::new(ScriptedBroker::default());
     broker.down.lock().unwrap().push("audit".into());
-    let stats = Arc::new(RelayStats::default());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let relay = tokio::spawn(run_relay(
-        store.clone(),
-        broker.clone(),
-        stats.clone(),
-        stopped,
-    ));
+    let relay = RunningRelay::start(&store, &broker);
     // 20 commits, each with a message for audit (down) and one for billing.
     for _ in 0..20 {
         store
@@ -641,6 +641,5 @@ async fn a_refusing_destination_cools_down_while_the_others_go_on() {
         broker.sent.lock().unwrap().len() == 40
     })
     .await;
-    let _ = stop.send(true);
-    relay.await.unwrap();
+    relay.stop().await;
 }
