@@ -6,8 +6,8 @@ use crate::support::admin_get;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    TestManifest, admin_entry, admin_post, capture_logs, count, guest, logs, send, send_with,
-    service, switchyard_cli, wait_for_entry,
+    Backend, TestManifest, admin_entry, admin_post, capture_logs, count, guest, logs, send,
+    send_with, service, switchyard_cli, wait_for_entry,
 };
 
 /// The mailroom service (sends on `POST /send/{queue}`, consumes), then `rest`.
@@ -21,6 +21,21 @@ fn node(mailroom_extra: &str, rest: &str) -> TestManifest {
             mailroom_extra
         )
     ))
+}
+
+/// [`node`] on `backend`'s messaging engine.
+fn node_on(backend: &Backend, mailroom_extra: &str, rest: &str) -> TestManifest {
+    node(mailroom_extra, &format!("{}{rest}", backend.section()))
+}
+
+/// Whether a queue's view shows its dead letters and no messages owed: on NATS the view of
+/// the streams is refreshed a few times a second, after the counters of this node.
+fn fresh(view: &serde_json::Value) -> bool {
+    count(view, "depth") == 0
+        && view["recent_dead_letters"]
+            .as_array()
+            .is_some_and(|dead| dead.len() as u64 == count(view, "dead_letters_total"))
+        && count(view, "dead_letters_total") > 0
 }
 
 fn queue(name: &str, extra: &str) -> String {
@@ -48,7 +63,19 @@ async fn wait_for(
 
 #[tokio::test]
 async fn messages_a_guest_sends_are_delivered_to_the_subscriber_and_acknowledged() {
-    let manifest = node("", &queue("jobs", "concurrency = 4"));
+    delivered_and_acknowledged(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn on_nats_messages_a_guest_sends_are_delivered_to_the_subscriber_and_acknowledged() {
+    delivered_and_acknowledged(Backend::nats().await).await;
+}
+
+async fn delivered_and_acknowledged(backend: Backend) {
+    let manifest = node(
+        "",
+        &format!("{}{}", backend.section(), queue("jobs", "concurrency = 4")),
+    );
     let node = manifest.start().await;
     let mut ids = Vec::new();
     for n in 0..20 {
@@ -59,11 +86,11 @@ async fn messages_a_guest_sends_are_delivered_to_the_subscriber_and_acknowledged
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 20, "ids are unique: {ids:?}");
+    // On NATS the view of the stream is refreshed a few times a second: wait for both.
     let view = wait_for(&node, "jobs", Duration::from_secs(10), |q| {
-        count(q, "delivered") == 20
+        count(q, "delivered") == 20 && count(q, "depth") == 0
     })
     .await;
-    assert_eq!(count(&view, "depth"), 0, "{view:#}");
     assert_eq!(count(&view, "sent"), 20, "{view:#}");
     assert_eq!(count(&view, "redelivered"), 0, "{view:#}");
     assert_eq!(count(&view, "dead_lettered"), 0, "{view:#}");
@@ -124,6 +151,15 @@ async fn a_delivery_has_a_span_that_continues_the_senders_trace() {
 
 #[tokio::test]
 async fn the_queues_retry_policy_spaces_redeliveries_and_dead_letters_when_it_gives_up() {
+    retry_policy_then_dead_letter(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn on_nats_the_queues_retry_policy_spaces_redeliveries_and_dead_letters_when_it_gives_up() {
+    retry_policy_then_dead_letter(Backend::nats().await).await;
+}
+
+async fn retry_policy_then_dead_letter(backend: Backend) {
     let policy = format!(
         "[[policy]]\nname = \"retry\"\ncomponent = {:?}\n\
          config = {{ max_attempts = \"3\", base_ms = \"200\", max_ms = \"1000\" }}\n\n\
@@ -131,7 +167,8 @@ async fn the_queues_retry_policy_spaces_redeliveries_and_dead_letters_when_it_gi
         guest("policy_retry").display().to_string()
     );
     // The queue's own limit is higher: the policy decides.
-    let manifest = node(
+    let manifest = node_on(
+        &backend,
         "",
         &format!("{}{policy}", queue("jobs", "max_attempts = 10")),
     );
@@ -141,7 +178,7 @@ async fn the_queues_retry_policy_spaces_redeliveries_and_dead_letters_when_it_gi
     let (status, doomed) = send_to(&node, "jobs", "always-fail").await;
     assert_eq!(status, 202);
     let view = wait_for(&node, "jobs", Duration::from_secs(10), |q| {
-        count(q, "delivered") == 1 && count(q, "dead_lettered") == 1
+        count(q, "delivered") == 1 && count(q, "dead_lettered") == 1 && fresh(q)
     })
     .await;
     // Two pauses, each at least half of 200 ms x 2^(attempt-1): 100 + 200 ms at the least.
@@ -189,11 +226,24 @@ async fn the_queues_retry_policy_spaces_redeliveries_and_dead_letters_when_it_gi
 
 #[tokio::test]
 async fn without_a_policy_a_trapping_subscriber_gets_max_attempts_and_the_node_goes_on() {
-    let manifest = node("", &queue("jobs", "max_attempts = 2\nredeliver_ms = 20"));
+    trapping_subscriber_gets_max_attempts(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn on_nats_without_a_policy_a_trapping_subscriber_gets_max_attempts_and_the_node_goes_on() {
+    trapping_subscriber_gets_max_attempts(Backend::nats().await).await;
+}
+
+async fn trapping_subscriber_gets_max_attempts(backend: Backend) {
+    let manifest = node_on(
+        &backend,
+        "",
+        &queue("jobs", "max_attempts = 2\nredeliver_ms = 20"),
+    );
     let node = manifest.start().await;
     assert_eq!(send_to(&node, "jobs", "panic").await.0, 202);
     let view = wait_for(&node, "jobs", Duration::from_secs(5), |q| {
-        count(q, "dead_lettered") == 1
+        count(q, "dead_lettered") == 1 && fresh(q)
     })
     .await;
     let dead = &view["recent_dead_letters"][0];
@@ -449,11 +499,27 @@ async fn a_queue_delivered_one_at_a_time_keeps_its_order_while_the_subscriber_is
 /// its redelivery; other keys go on meanwhile.
 #[tokio::test]
 async fn ordered_by_key_a_failing_message_holds_back_the_later_ones_of_its_key_only() {
+    ordered_by_key_holds_back_its_key(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn on_nats_ordered_by_key_a_failing_message_holds_back_the_later_ones_of_its_key_only() {
+    ordered_by_key_holds_back_its_key(Backend::nats().await).await;
+}
+
+async fn ordered_by_key_holds_back_its_key(backend: Backend) {
     capture_logs();
-    let manifest = node(
+    // Its own name on each backend: both runs log to the one captured log.
+    let name = if backend.is_nats() {
+        "keyed-nats"
+    } else {
+        "keyed"
+    };
+    let manifest = node_on(
+        &backend,
         "",
         &queue(
-            "keyed",
+            name,
             "concurrency = 4\nordered_by_key = true\nredeliver_ms = 150",
         ),
     );
@@ -467,10 +533,17 @@ async fn ordered_by_key_a_failing_message_holds_back_the_later_ones_of_its_key_o
         ("b", "b2"),
     ];
     for (key, body) in sends {
-        let reply = send_with(http, "POST", "/send/keyed", body, &[("x-key", key)]).await;
+        let reply = send_with(
+            http,
+            "POST",
+            &format!("/send/{name}"),
+            body,
+            &[("x-key", key)],
+        )
+        .await;
         assert_eq!(reply.status, 202, "{}", reply.body);
     }
-    wait_for(&node, "keyed", Duration::from_secs(10), |q| {
+    wait_for(&node, name, Duration::from_secs(10), |q| {
         count(q, "delivered") == 5
     })
     .await;
@@ -478,9 +551,9 @@ async fn ordered_by_key_a_failing_message_holds_back_the_later_ones_of_its_key_o
     // Every delivery attempt, in the order the subscriber saw them.
     let seen: Vec<String> = logs()
         .lines()
-        .filter(|line| line.contains(" on keyed: "))
+        .filter(|line| line.contains(&format!(" on {name}: ")))
         .filter_map(|line| {
-            let body = line.split(" on keyed: ").nth(1)?;
+            let body = line.split(&format!(" on {name}: ")).nth(1)?;
             Some(body.split(['"', '\\']).next()?.to_owned())
         })
         .collect();
@@ -505,11 +578,20 @@ async fn ordered_by_key_a_failing_message_holds_back_the_later_ones_of_its_key_o
 /// the chain named.
 #[tokio::test]
 async fn the_loop_guard_dead_letters_a_message_at_the_end_of_too_long_a_chain() {
-    let manifest = node("", &queue("ping", "max_causation_depth = 5"));
+    loop_guard_dead_letters(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn on_nats_the_loop_guard_dead_letters_a_message_at_the_end_of_too_long_a_chain() {
+    loop_guard_dead_letters(Backend::nats().await).await;
+}
+
+async fn loop_guard_dead_letters(backend: Backend) {
+    let manifest = node_on(&backend, "", &queue("ping", "max_causation_depth = 5"));
     let node = manifest.start().await;
     assert_eq!(send_to(&node, "ping", "forward:ping").await.0, 202);
     let view = wait_for(&node, "ping", Duration::from_secs(10), |q| {
-        count(q, "loops_stopped") == 1
+        count(q, "loops_stopped") == 1 && fresh(q)
     })
     .await;
     // Depths 1 (sent over HTTP) to 5 were delivered, each sending the next; the 6th was not.
@@ -531,7 +613,8 @@ async fn the_loop_guard_dead_letters_a_message_at_the_end_of_too_long_a_chain() 
 
     // The same loop through a call: the subscriber calls `relay`, which sends the next
     // message; the chain follows the call.
-    let looping = crate::messaging::node(
+    let looping = node_on(
+        &backend,
         "",
         &format!(
             "{}{}",
@@ -542,7 +625,7 @@ async fn the_loop_guard_dead_letters_a_message_at_the_end_of_too_long_a_chain() 
     let node = looping.start().await;
     assert_eq!(send_to(&node, "ping", "call-forward:ping").await.0, 202);
     let view = wait_for(&node, "ping", Duration::from_secs(10), |q| {
-        count(q, "loops_stopped") == 1
+        count(q, "loops_stopped") == 1 && fresh(q)
     })
     .await;
     assert_eq!(count(&view, "delivered"), 4, "{view:#}");
@@ -593,7 +676,7 @@ async fn editing_queues_in_a_watched_manifest_adds_reconfigures_and_removes_them
     .await;
     assert_eq!(send_to(&node, "jobs", "always-fail").await.0, 202);
     let view = wait_for(&node, "jobs", Duration::from_secs(5), |q| {
-        count(q, "dead_lettered") == 1
+        count(q, "dead_lettered") == 1 && fresh(q)
     })
     .await;
     assert_eq!(view["recent_dead_letters"][0]["attempts"], 1, "{view:#}");
@@ -626,7 +709,17 @@ async fn editing_queues_in_a_watched_manifest_adds_reconfigures_and_removes_them
 
 #[tokio::test]
 async fn a_redrive_sends_the_dead_letters_again_once_the_subscriber_is_fixed() {
-    let manifest = node(
+    redrive_after_fix(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn on_nats_a_redrive_sends_the_dead_letters_again_once_the_subscriber_is_fixed() {
+    redrive_after_fix(Backend::nats().await).await;
+}
+
+async fn redrive_after_fix(backend: Backend) {
+    let manifest = node_on(
+        &backend,
         "config = { mode = \"refuse\" }",
         &queue("jobs", "max_attempts = 1"),
     );
@@ -671,17 +764,18 @@ async fn a_redrive_sends_the_dead_letters_again_once_the_subscriber_is_fixed() {
         redrive.stdout
     );
     let view = wait_for(&node, "jobs", Duration::from_secs(5), |q| {
-        count(q, "delivered") == 2
+        count(q, "delivered") == 2 && count(q, "dead_letters_total") == 0
     })
     .await;
-    assert_eq!(count(&view, "dead_letters_total"), 0, "{view:#}");
     assert_eq!(
         view["recent_dead_letters"],
         serde_json::json!([]),
         "{view:#}"
     );
-    let dead_file = manifest.dir.path().join("data/queues/jobs.dead");
-    assert_eq!(std::fs::metadata(&dead_file).unwrap().len(), 0);
+    if !backend.is_nats() {
+        let dead_file = manifest.dir.path().join("data/queues/jobs.dead");
+        assert_eq!(std::fs::metadata(&dead_file).unwrap().len(), 0);
+    }
     // Nothing is left to send again.
     let (status, body) = admin_post(&node, "/queues/jobs/redrive", Vec::new()).await;
     assert_eq!(status, 200, "{body}");

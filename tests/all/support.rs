@@ -363,3 +363,107 @@ pub(crate) async fn start_binary(
     }
     child
 }
+
+/// A real `nats-server` with JetStream on a free loopback port, its store in a temp dir;
+/// killed when dropped. The README's test command installs it (Debian's `nats-server`).
+pub(crate) struct NatsServer {
+    pub(crate) url: String,
+    pub(crate) addr: SocketAddr,
+    child: Option<std::process::Child>,
+    store: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+impl NatsServer {
+    pub(crate) async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With extra `nats-server` arguments (e.g. `--user`, `--pass`).
+    pub(crate) async fn start_with(args: &[&str]) -> Self {
+        let addr = free_port();
+        let mut server = Self {
+            url: format!("nats://{addr}"),
+            addr,
+            child: None,
+            store: tempfile::tempdir().unwrap(),
+            args: args.iter().map(|arg| (*arg).to_owned()).collect(),
+        };
+        server.restart().await;
+        server
+    }
+
+    /// Starts it (again) on the same port and store.
+    pub(crate) async fn restart(&mut self) {
+        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|path| Path::new(path).is_file())
+            .unwrap_or_else(|| {
+                panic!("nats-server is not installed: run `cargo xtask test` (it installs Debian's nats-server)")
+            });
+        let child = std::process::Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(self.addr.port().to_string())
+            .arg("-sd")
+            .arg(self.store.path())
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `[messaging]` for a node on this server.
+    pub(crate) fn section(&self) -> String {
+        format!(
+            "[messaging]\nbackend = \"nats\"\nservers = [\"{}\"]\n\n",
+            self.url
+        )
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Which messaging engine a semantic test runs on: the same test runs on both.
+pub(crate) enum Backend {
+    Embedded,
+    Nats(NatsServer),
+}
+
+impl Backend {
+    pub(crate) async fn nats() -> Self {
+        Self::Nats(NatsServer::start().await)
+    }
+
+    /// The manifest's `[messaging]` table for it (none for the embedded default).
+    pub(crate) fn section(&self) -> String {
+        match self {
+            Self::Embedded => String::new(),
+            Self::Nats(server) => server.section(),
+        }
+    }
+
+    pub(crate) fn is_nats(&self) -> bool {
+        matches!(self, Self::Nats(_))
+    }
+}

@@ -130,31 +130,40 @@ fn run_command(cli: Cli) -> Result<()> {
     }
 }
 
-/// Servers the tests start themselves, on free ports: etcd (for the etcd discovery backend).
+/// Servers the tests start themselves, on free ports: etcd (the etcd discovery backend) and
+/// nats-server (the NATS JetStream messaging backend).
 fn test_servers() -> Result<()> {
-    if Path::new("/usr/bin/etcd").is_file() || Path::new("/usr/local/bin/etcd").is_file() {
-        return Ok(());
-    }
-    toolchain::apt_install(
-        &["etcd-server"],
+    // The packages may start system services on their usual ports; the tests start their own.
+    installed(
+        &["/usr/bin/etcd", "/usr/local/bin/etcd"],
+        "etcd-server",
         "the etcd discovery tests need an etcd server; install it as root",
     )?;
-    // The package may start a system etcd on 2379; the tests start their own on free ports.
-    eprintln!("xtask: etcd installed");
-    Ok(())
+    nats_server()
 }
 
 /// Servers the benchmarks start themselves, on free ports, as their baselines: nats-server
 /// (the messaging benchmark).
 fn bench_servers() -> Result<()> {
-    if Path::new("/usr/sbin/nats-server").is_file() || Path::new("/usr/bin/nats-server").is_file() {
+    nats_server()
+}
+
+fn nats_server() -> Result<()> {
+    installed(
+        &["/usr/sbin/nats-server", "/usr/bin/nats-server"],
+        "nats-server",
+        "the NATS backend's tests and the messaging benchmark start nats-server; install it \
+         as root",
+    )
+}
+
+/// Installs Debian `package` unless one of `binaries` is there.
+fn installed(binaries: &[&str], package: &str, why: &str) -> Result<()> {
+    if binaries.iter().any(|binary| Path::new(binary).is_file()) {
         return Ok(());
     }
-    toolchain::apt_install(
-        &["nats-server"],
-        "the messaging benchmark compares with nats-server; install it as root",
-    )?;
-    eprintln!("xtask: nats-server installed");
+    toolchain::apt_install(&[package], why)?;
+    eprintln!("xtask: {package} installed");
     Ok(())
 }
 

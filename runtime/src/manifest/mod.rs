@@ -100,6 +100,53 @@ pub struct Manifest {
     pub queues: Vec<QueueSpec>,
     /// `[[topic]]`: durable topics, what they retain, and the services that subscribe.
     pub topics: Vec<TopicSpec>,
+    /// `[messaging]`: which engine keeps the queues and topics.
+    pub messaging: MessagingSpec,
+}
+
+/// `[messaging]`: the engine behind queues, topics and request/reply.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum MessagingSpec {
+    /// Logs under `data_dir`, each on the node that declares it (default).
+    #[default]
+    Embedded,
+    /// NATS JetStream: every node that declares a queue or topic uses the same stream.
+    Nats(NatsSpec),
+}
+
+/// `[messaging] backend = "nats"`: where the servers are and how to reach them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsSpec {
+    /// `nats://host:port` (or `tls://host:port`) URLs, tried in turn.
+    pub servers: Vec<String>,
+    pub auth: NatsAuth,
+    pub tls: Option<NatsTlsSpec>,
+    /// Copies of each stream the servers keep (1 for a single server, 3 for a cluster).
+    pub replicas: usize,
+}
+
+/// How the node proves who it is to NATS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatsAuth {
+    None,
+    /// `credentials = "node.creds"`: a JWT and NKey seed, as `nsc` writes them.
+    Credentials(PathBuf),
+    /// `user = "..."` with `password_file = "..."`.
+    UserPassword {
+        user: String,
+        password_file: PathBuf,
+    },
+    /// `token_file = "..."`.
+    Token(PathBuf),
+}
+
+/// `tls` in `[messaging]`: PEM files (paths resolved against the manifest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsTlsSpec {
+    /// The CA that signed the servers' certificates (else the system's roots).
+    pub ca: Option<PathBuf>,
+    /// This node's client certificate and key, for servers that verify clients.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// One `[[topic]]`: a log every subscribing service reads at its own pace.

@@ -35,7 +35,16 @@ pub fn plan(old: &Manifest, new: &Manifest) -> Plan {
         bindings,
         queues,
         topics,
+        messaging,
     } = new;
+    let mut needs_restart = node_restarts(&old.node, node);
+    if old.messaging != *messaging {
+        needs_restart.push(
+            "`messaging` changed (the messaging backend is chosen at start): restart the node to \
+             apply it"
+                .to_owned(),
+        );
+    }
     Plan {
         services: old.services.len() != services.len()
             || old
@@ -52,7 +61,7 @@ pub fn plan(old: &Manifest, new: &Manifest) -> Plan {
                 .zip(policies)
                 .any(|(a, b)| policy_changed(a, b)),
         balance: old.balance != *balance,
-        needs_restart: node_restarts(&old.node, node),
+        needs_restart,
     }
 }
 

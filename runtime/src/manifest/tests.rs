@@ -415,3 +415,92 @@ fn allow_lists_take_service_names_and_the_ingress_where_it_fits() {
     assert!(err.contains("or \"@ingress\" for HTTP clients"), "{err}");
     assert!(err.contains("switchyard.toml:"), "{err}");
 }
+
+#[test]
+fn the_messaging_backend_is_checked() {
+    let (manifest, _) = parse("[messaging]\nbackend = \"embedded\"\n");
+    let manifest = manifest.unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(manifest.messaging, super::MessagingSpec::Embedded);
+    let (manifest, path) = parse("");
+    assert_eq!(
+        manifest.map(|m| m.messaging).ok(),
+        Some(super::MessagingSpec::Embedded)
+    );
+    drop(path);
+    let password = std::env::temp_dir().join(format!(
+        "switchyard-manifest-test-{}.password",
+        std::process::id()
+    ));
+    std::fs::write(&password, "secret").ok();
+    let (manifest, path) = parse(&format!(
+        "[messaging]\nbackend = \"nats\"\nservers = [\"nats://10.0.0.1:4222\", \
+         \"tls://nats-2:4222\"]\nuser = \"orders\"\npassword_file = {:?}\n\
+         tls = {{ ca = \"ca.pem\" }}\nreplicas = 3\n",
+        password.display().to_string()
+    ));
+    let manifest = manifest.unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(
+        manifest.messaging,
+        super::MessagingSpec::Nats(super::NatsSpec {
+            servers: vec!["nats://10.0.0.1:4222".into(), "tls://nats-2:4222".into()],
+            auth: super::NatsAuth::UserPassword {
+                user: "orders".into(),
+                password_file: password.clone(),
+            },
+            tls: Some(super::NatsTlsSpec {
+                ca: Some(path.with_file_name("ca.pem")),
+                client: None,
+            }),
+            replicas: 3,
+        })
+    );
+    for (body, expected) in [
+        (
+            "backend = \"kafka\"\n",
+            "unknown messaging backend \"kafka\"",
+        ),
+        ("backend = \"nats\"\n", "needs at least one server"),
+        (
+            "backend = \"nats\"\nservers = [\"127.0.0.1:4222\"]\n",
+            "is not nats://HOST:PORT",
+        ),
+        (
+            "backend = \"nats\"\nservers = [\"nats://u:p@a:4222\"]\n",
+            "not in the URL",
+        ),
+        (
+            "backend = \"nats\"\nservers = [\"tls://a:4222\"]\n",
+            "is tls://, but [messaging] has no `tls`",
+        ),
+        (
+            "backend = \"nats\"\nservers = [\"nats://a:4222\"]\ncredentials = \"none.creds\"\n",
+            "`credentials` file",
+        ),
+        (
+            "backend = \"nats\"\nservers = [\"nats://a:4222\"]\nuser = \"x\"\n",
+            "has no `password_file`",
+        ),
+        (
+            "backend = \"nats\"\nservers = [\"nats://a:4222\"]\nuser = \"x\"\n\
+             password_file = \"nats.password\"\ntoken_file = \"nats.password\"\n",
+            "more than one way to authenticate",
+        ),
+        (
+            "backend = \"nats\"\nservers = [\"nats://a:4222\"]\nreplicas = 7\n",
+            "replicas = 7 is out of range",
+        ),
+        (
+            "backend = \"nats\"\nservers = [\"nats://a:4222\"]\ntls = { cert = \"c.pem\" }\n",
+            "names a client certificate or key but not both",
+        ),
+        (
+            "backend = \"embedded\"\nservers = [\"nats://a:4222\"]\n",
+            "`servers` in [messaging] is for the NATS backend",
+        ),
+    ] {
+        let body = format!("[messaging]\n{body}");
+        let err = error_of(&body);
+        assert!(err.contains(expected), "{body}\n=> {err}");
+        assert!(err.contains("switchyard.toml:"), "{err}");
+    }
+}

@@ -54,7 +54,10 @@
 mod inbox;
 mod log;
 mod mesh;
+mod nats;
 mod topic;
+
+use nats::NatsError;
 
 pub(crate) use mesh::MeshQueues;
 
@@ -85,10 +88,27 @@ use topic::{LogSpec, Topic};
 
 /// Why the queues could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("queue `{queue}`: {cause}")]
-pub struct MessagingError {
-    queue: String,
-    cause: log::LogError,
+#[error(transparent)]
+pub struct MessagingError(Failure);
+
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("queue `{queue}`: {cause}")]
+    Log { queue: String, cause: log::LogError },
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+}
+
+impl MessagingError {
+    pub(super) fn log(queue: String, cause: log::LogError) -> Self {
+        Self(Failure::Log { queue, cause })
+    }
+}
+
+impl From<NatsError> for MessagingError {
+    fn from(err: NatsError) -> Self {
+        Self(Failure::Nats(err))
+    }
 }
 
 /// Why an operation on a running node's queues did not happen (or only in part).
@@ -151,6 +171,13 @@ pub(crate) trait Subscribers: Send + Sync {
         message: &'a StoredMessage,
         attempt: u32,
     ) -> BoxFuture<'a, Delivered>;
+
+    /// Whether `service` runs on this node: a node pulls a shared subscription (NATS) only
+    /// for the services it runs.
+    fn runs_here(&self, service: &str) -> bool {
+        let _ = service;
+        true
+    }
 }
 
 /// The node's queues and topics. A manifest edit adds, removes and reconfigures them
@@ -168,6 +195,8 @@ pub(crate) struct Broker {
     mesh: OnceLock<Arc<MeshQueues>>,
     /// This node's guests' requests that wait for a reply.
     inboxes: inbox::Inboxes,
+    /// Set: NATS JetStream keeps the queues and topics, not this node's logs.
+    nats: Option<Arc<nats::Jetstream>>,
 }
 
 /// What [`Broker::apply`] changed, as `queue `x` ...` lines.
@@ -217,11 +246,38 @@ impl Broker {
             changing: tokio::sync::Mutex::new(()),
             mesh: OnceLock::new(),
             inboxes: inbox::Inboxes::new(node),
+            nats: None,
+        })
+    }
+
+    /// The queues and topics on NATS JetStream (`[messaging] backend = "nats"`): connects,
+    /// and makes their streams ready (see [`nats`]).
+    pub(crate) async fn connect_nats(
+        spec: &crate::manifest::NatsSpec,
+        data_dir: &Path,
+        node: &str,
+        queues: &[QueueSpec],
+        topics: &[TopicSpec],
+    ) -> Result<Self, MessagingError> {
+        let backend = nats::Jetstream::connect(spec, node, log_specs(queues, topics)).await?;
+        Ok(Self {
+            dir: data_dir.join("queues"),
+            storage: Arc::new(log::Disk),
+            queues: ArcSwap::from_pointee(HashMap::new()),
+            delivery: OnceLock::new(),
+            changing: tokio::sync::Mutex::new(()),
+            mesh: OnceLock::new(),
+            inboxes: inbox::Inboxes::new(node),
+            nats: Some(Arc::new(backend)),
         })
     }
 
     /// Reaches the queues and subscribers of other nodes through `mesh` from now on.
     pub(crate) fn join_mesh(&self, mesh: Arc<MeshQueues>) {
+        if self.nats.is_some() {
+            // Every node reaches every queue and topic through NATS.
+            return;
+        }
         let _ = self.mesh.set(mesh);
     }
 
@@ -241,6 +297,11 @@ impl Broker {
         outgoing: Outgoing,
         budget: std::time::Duration,
     ) -> Result<Receipt, SendError> {
+        if let Some(nats) = &self.nats {
+            return nats
+                .send(queue, sender, trace_context, outgoing, budget)
+                .await;
+        }
         let local = self.queues.load().contains_key(queue);
         if !local
             && let Some(mesh) = self.mesh.get()
@@ -296,6 +357,9 @@ impl Broker {
         max: usize,
         budget: std::time::Duration,
     ) -> Result<(Vec<StoredMessage>, u64), SendError> {
+        if let Some(nats) = &self.nats {
+            return nats.read(topic, from, max, budget).await;
+        }
         let local = self.queues.load().contains_key(topic);
         if !local
             && let Some(mesh) = self.mesh.get()
@@ -328,6 +392,9 @@ impl Broker {
         service: &str,
         from: StartAt,
     ) -> Result<u64, QueueError> {
+        if let Some(nats) = &self.nats {
+            return nats.rewind(topic, service, from).await;
+        }
         let found = self.queues.load().get(topic).cloned();
         match found {
             Some(found) => found.rewind(service, from).await,
@@ -362,6 +429,11 @@ impl Broker {
         mut outgoing: Outgoing,
         timeout: std::time::Duration,
     ) -> Result<StoredMessage, RequestError> {
+        if let Some(nats) = &self.nats {
+            return nats
+                .request(destination, sender, trace_context, outgoing, timeout)
+                .await;
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut waiting = self.inboxes.open().map_err(RequestError::NotSent)?;
         outgoing.reply_to = Some(waiting.address.clone());
@@ -399,6 +471,11 @@ impl Broker {
         mut outgoing: Outgoing,
         window: std::time::Duration,
     ) -> Result<Vec<StoredMessage>, RequestError> {
+        if let Some(nats) = &self.nats {
+            return nats
+                .request_all(destination, sender, trace_context, outgoing, window)
+                .await;
+        }
         let until = tokio::time::Instant::now() + window;
         let mut waiting = self.inboxes.open_for_all().map_err(RequestError::NotSent)?;
         outgoing.reply_to = Some(waiting.address.clone());
@@ -436,6 +513,11 @@ impl Broker {
         outgoing: Outgoing,
         budget: std::time::Duration,
     ) -> Result<(), SendError> {
+        if let Some(nats) = &self.nats {
+            return nats
+                .reply(to, sender, trace_context, outgoing, budget)
+                .await;
+        }
         let Some((node, _)) = inbox::parse(to) else {
             return self
                 .send(to, sender, trace_context, outgoing, budget)
@@ -468,6 +550,9 @@ impl Broker {
         policies: Arc<Policies>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        if let Some(nats) = &self.nats {
+            return nats.clone().run(subscribers, policies, shutdown).await;
+        }
         {
             let _one_at_a_time = self.changing.lock().await;
             let _ = self.delivery.set((subscribers.clone(), policies.clone()));
@@ -495,6 +580,9 @@ impl Broker {
         queues: &[QueueSpec],
         topics: &[TopicSpec],
     ) -> Result<QueueChanges, QueueError> {
+        if let Some(nats) = &self.nats {
+            return nats.apply(log_specs(queues, topics)).await;
+        }
         let specs = log_specs(queues, topics);
         let _one_at_a_time = self.changing.lock().await;
         let current = self.queues.load_full();
@@ -616,6 +704,9 @@ impl Broker {
 
     /// Sends queue `name`'s dead letters again; returns how many.
     pub(crate) async fn redrive(&self, name: &str) -> Result<usize, QueueError> {
+        if let Some(nats) = &self.nats {
+            return nats.redrive(name).await;
+        }
         let found = self.queues.load().get(name).cloned();
         match found {
             Some(queue) => queue.redrive().await,
@@ -626,6 +717,9 @@ impl Broker {
     /// What is wrong with the queues now, one line each: a log that cannot be written (sends
     /// answer `unavailable` until a write succeeds again), a full dead-letter file.
     pub(crate) fn problems(&self) -> Vec<String> {
+        if let Some(nats) = &self.nats {
+            return nats.problems();
+        }
         let mut problems: Vec<String> = self
             .queues
             .load()
@@ -638,12 +732,18 @@ impl Broker {
 
     /// The queues it holds, by name.
     pub(crate) fn names(&self) -> Vec<String> {
+        if let Some(nats) = &self.nats {
+            return nats.names();
+        }
         let mut names: Vec<String> = self.queues.load().keys().cloned().collect();
         names.sort();
         names
     }
 
     pub(crate) fn views(&self) -> Vec<QueueView> {
+        if let Some(nats) = &self.nats {
+            return nats.views();
+        }
         let mut views: Vec<QueueView> = self
             .queues
             .load()
@@ -655,6 +755,9 @@ impl Broker {
     }
 
     pub(crate) fn topic_views(&self) -> Vec<TopicView> {
+        if let Some(nats) = &self.nats {
+            return nats.topic_views();
+        }
         let mut views: Vec<TopicView> = self
             .queues
             .load()
@@ -766,7 +869,7 @@ fn open_log(
     spec: LogSpec,
 ) -> Result<Topic, MessagingError> {
     let name = spec.name.clone();
-    Topic::open(storage, dir, spec).map_err(|cause| MessagingError { queue: name, cause })
+    Topic::open(storage, dir, spec).map_err(|cause| MessagingError::log(name, cause))
 }
 
 /// Queues and topics as the broker runs them.

@@ -345,6 +345,12 @@ impl messaging::Subscribers for Subscribers {
             }
         })
     }
+
+    fn runs_here(&self, service: &str) -> bool {
+        self.services
+            .upgrade()
+            .is_some_and(|services| services.slot(service).is_ok())
+    }
 }
 
 /// Discovery for a node with a QUIC transport.

@@ -15,7 +15,7 @@ use super::{
 use crate::discovery;
 use crate::host::Outbound;
 use crate::http::{self, Admin, AdminToken, ConnectionLimits, Ingress};
-use crate::manifest::{DiscoverySpec, Manifest};
+use crate::manifest::{DiscoverySpec, Manifest, MessagingSpec};
 use crate::messaging;
 use crate::policy::Policies;
 use crate::rpc;
@@ -123,14 +123,26 @@ impl Runtime {
                 .map_err(|err| NodeError::Interrupted(err.to_string()))??
         };
         let engine = Arc::new(engine);
-        let broker = {
-            let (data_dir, queues) = (manifest.node.data_dir.clone(), manifest.queues.clone());
-            let (node, topics) = (manifest.node.name.clone(), manifest.topics.clone());
-            tokio::task::spawn_blocking(move || {
-                messaging::Broker::open(&data_dir, &node, &queues, &topics)
-            })
-            .await
-            .map_err(|err| NodeError::Interrupted(err.to_string()))??
+        let broker = match &manifest.messaging {
+            MessagingSpec::Embedded => {
+                let (data_dir, queues) = (manifest.node.data_dir.clone(), manifest.queues.clone());
+                let (node, topics) = (manifest.node.name.clone(), manifest.topics.clone());
+                tokio::task::spawn_blocking(move || {
+                    messaging::Broker::open(&data_dir, &node, &queues, &topics)
+                })
+                .await
+                .map_err(|err| NodeError::Interrupted(err.to_string()))??
+            }
+            MessagingSpec::Nats(nats) => {
+                messaging::Broker::connect_nats(
+                    nats,
+                    &manifest.node.data_dir,
+                    &manifest.node.name,
+                    &manifest.queues,
+                    &manifest.topics,
+                )
+                .await?
+            }
         };
         let broker = Arc::new(broker);
         let state = {

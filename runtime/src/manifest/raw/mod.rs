@@ -7,18 +7,20 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+mod messaging;
 mod node;
 mod services;
 mod wiring;
 
+use messaging::check_messaging;
 use node::check_node;
 use services::{check_duplicate_routes, check_service};
 use wiring::{check_bindings, check_policies, check_queues, check_topics};
 
 use super::{
-    BindScope, BindSpec, DiscoverySpec, EtcdTlsSpec, Location, Manifest, ManifestError, NodeSpec,
-    PolicySpec, QueueSpec, Retention, RouteSpec, ServiceSpec, StartAt, SubscriptionSpec, TlsSpec,
-    TopicSpec, defaults,
+    BindScope, BindSpec, DiscoverySpec, EtcdTlsSpec, Location, Manifest, ManifestError,
+    MessagingSpec, NatsAuth, NatsSpec, NatsTlsSpec, NodeSpec, PolicySpec, QueueSpec, Retention,
+    RouteSpec, ServiceSpec, StartAt, SubscriptionSpec, TlsSpec, TopicSpec, defaults,
 };
 
 #[derive(Deserialize)]
@@ -37,6 +39,30 @@ struct RawManifest {
     queue: Vec<RawQueue>,
     #[serde(default)]
     topic: Vec<RawTopic>,
+    messaging: Option<Spanned<RawMessaging>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMessaging {
+    backend: Spanned<String>,
+    #[serde(default)]
+    servers: Vec<Spanned<String>>,
+    credentials: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    tls: Option<Spanned<RawNatsTls>>,
+    replicas: Option<Spanned<usize>>,
+}
+
+/// `[messaging] tls`: how to reach NATS over TLS.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNatsTls {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -266,6 +292,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> 
     let queues = check_queues(&check, raw.queue, &services, node.quic.is_some())?;
     let topics = check_topics(&check, raw.topic, &services, &queues, node.quic.is_some())?;
     let bindings = check_bindings(&check, raw.bind, &policies, &services, &queues, &topics)?;
+    let messaging = check_messaging(&check, raw.messaging)?;
     let manifest = Manifest {
         path: path.to_path_buf(),
         node,
@@ -275,6 +302,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> 
         bindings,
         queues,
         topics,
+        messaging,
     };
     check_pool(&check, &manifest, pool_at)?;
     Ok(manifest)

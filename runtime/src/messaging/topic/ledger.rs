@@ -37,7 +37,7 @@ use crate::messaging::log::{Record, StoredMessage};
 use crate::policy::DeliveryVerdict;
 
 /// The longest pause the default rule waits before a redelivery.
-pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub(in crate::messaging) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a message waits when the subscriber cannot take it now.
 pub(super) const NOT_NOW_PAUSE: Duration = Duration::from_millis(50);
 
@@ -372,7 +372,7 @@ impl Ledger {
 /// to the subscription `spec`: the policies' verdict, or the subscription's own rule when
 /// none decided (`redeliver_ms` doubling per attempt, at most [`MAX_BACKOFF`]); never a
 /// redelivery past `max_attempts`.
-pub(super) fn after_failure(
+pub(in crate::messaging) fn after_failure(
     log: &str,
     spec: &SubscriptionSpec,
     verdict: Option<DeliveryVerdict>,

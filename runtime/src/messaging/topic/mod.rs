@@ -35,7 +35,8 @@ use super::{Delivered, MessagingError, QueueError, SendError, Subscribers};
 use crate::manifest::{QueueSpec, Retention, StartAt, SubscriptionSpec, TopicSpec};
 use crate::policy::{self, DeliveryVerdict, Policies};
 use crate::telemetry::TraceContext;
-use ledger::{Delivery, Ledger, MAX_BACKOFF, after_failure};
+use ledger::{Delivery, Ledger};
+pub(in crate::messaging) use ledger::{MAX_BACKOFF, after_failure};
 use retained::Retained;
 
 /// Resolves once records sent to the writer are on disk.
@@ -52,7 +53,7 @@ const RECENT_DEAD_LETTERS: usize = 20;
 const MIN_SEGMENT_BYTES: usize = 64 * 1024;
 const MAX_SEGMENT_BYTES: usize = 64 * 1024 * 1024;
 /// The header a topic's dead letter names its subscription with.
-const DEAD_FOR_HEADER: &str = "x-switchyard-subscriber";
+pub(in crate::messaging) const DEAD_FOR_HEADER: &str = "x-switchyard-subscriber";
 /// The most messages one `read` returns, and the bytes of their bodies.
 pub(crate) const MAX_READ_MESSAGES: usize = 1000;
 pub(crate) const MAX_READ_BYTES: usize = 8 * 1024 * 1024;
@@ -895,10 +896,7 @@ impl Topic {
         let stored = self
             .read_stored(on_disk)
             .await
-            .map_err(|cause| MessagingError {
-                queue: self.name.clone(),
-                cause,
-            })?;
+            .map_err(|cause| MessagingError::log(self.name.clone(), cause))?;
         let mut messages: Kept = stored.into_iter().map(Arc::new).collect();
         messages.extend(in_memory);
         let (synced, offset) = {
@@ -914,10 +912,9 @@ impl Topic {
             (self.write_locked(&mut state, Vec::new(), &record), offset)
         };
         self.wake.notify_one();
-        synced.await.map_err(|cause| MessagingError {
-            queue: self.name.clone(),
-            cause,
-        })?;
+        synced
+            .await
+            .map_err(|cause| MessagingError::log(self.name.clone(), cause))?;
         tracing::info!(topic = %self.name, subscriber = service, offset, "subscription rewound");
         Ok(offset)
     }
@@ -1047,10 +1044,7 @@ impl Topic {
         if self.is_topic() {
             return Err(QueueError::NotAQueue(self.name.clone()));
         }
-        let failed = |cause| MessagingError {
-            queue: self.name.clone(),
-            cause,
-        };
+        let failed = |cause| MessagingError::log(self.name.clone(), cause);
         let (letters, read) = self.writer.read_dead().await.map_err(failed)?;
         if letters.is_empty() {
             return Ok(0);
