@@ -21,6 +21,7 @@ mod ingress;
 mod limits;
 mod mesh;
 mod messaging;
+mod nats;
 mod policies;
 mod pool;
 mod rpc;

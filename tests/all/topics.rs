@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    TestManifest, admin_entry, admin_get, admin_post, capture_logs, count, get, send, send_with,
-    service, switchyard_cli, wait_for_entry,
+    Backend, TestManifest, admin_entry, admin_get, admin_post, capture_logs, count, get, send,
+    send_with, service, switchyard_cli, wait_for_entry,
 };
 
 /// A mailroom service called `name` (its replies say its name), with more `config` entries;
@@ -98,9 +98,19 @@ async fn wait_for(
 /// rewind (`switchyard replay`) delivers the kept messages again from an offset.
 #[tokio::test]
 async fn a_topic_fans_out_to_every_subscriber_keeps_its_history_and_replays_it() {
+    fans_out_keeps_history_replays(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn on_nats_a_topic_fans_out_to_every_subscriber_keeps_its_history_and_replays_it() {
+    fans_out_keeps_history_replays(Backend::nats().await).await;
+}
+
+async fn fans_out_keeps_history_replays(backend: Backend) {
     capture_logs();
     let services = format!(
-        "{}{}{}",
+        "{}{}{}{}",
+        backend.section(),
         mailroom("front", ""),
         mailroom("billing", ""),
         mailroom("shipping", "")
@@ -122,10 +132,14 @@ async fn a_topic_fans_out_to_every_subscriber_keeps_its_history_and_replays_it()
         let offset = publish(&node, "events", None, &format!("order {n}")).await;
         assert_eq!(offset, n);
     }
+    // On NATS the view of the streams is refreshed a few times a second: wait for all of it.
     let view = wait_for(&node, "events", Duration::from_secs(10), |t| {
-        t["subscriptions"]
-            .as_array()
-            .is_some_and(|subs| subs.iter().all(|s| count(s, "delivered") == 5))
+        count(t, "messages") == 5
+            && t["subscriptions"].as_array().is_some_and(|subs| {
+                subs.iter().all(|s| {
+                    count(s, "delivered") == 5 && count(s, "lag") == 0 && count(s, "cursor") == 5
+                })
+            })
     })
     .await;
     assert_eq!(
@@ -167,6 +181,7 @@ async fn a_topic_fans_out_to_every_subscriber_keeps_its_history_and_replays_it()
     let node = manifest.start().await;
     let view = wait_for(&node, "events", Duration::from_secs(10), |t| {
         count(subscription(t, "audit"), "delivered") == 5
+            && count(subscription(t, "billing"), "cursor") == 5
     })
     .await;
     // The others kept their cursors across the restart: nothing again for them.
@@ -221,6 +236,11 @@ async fn a_topic_fans_out_to_every_subscriber_keeps_its_history_and_replays_it()
     assert!(body.contains("audit, billing, shipping"), "{body}");
 
     // `switchyard status` shows the topic and each subscription's cursor and lag.
+    wait_for(&node, "events", Duration::from_secs(10), |t| {
+        count(subscription(t, "shipping"), "cursor") == 5
+            && count(subscription(t, "billing"), "lag") == 0
+    })
+    .await;
     let status = switchyard_cli(&["status", "--admin", &admin, "--token-file", &token]).await;
     assert!(status.success, "{}", status.stderr);
     let line = status

@@ -289,10 +289,12 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> 
     }
     check_duplicate_routes(&services)?;
     let policies = check_policies(&check, raw.policy)?;
-    let queues = check_queues(&check, raw.queue, &services, node.quic.is_some())?;
-    let topics = check_topics(&check, raw.topic, &services, &queues, node.quic.is_some())?;
-    let bindings = check_bindings(&check, raw.bind, &policies, &services, &queues, &topics)?;
     let messaging = check_messaging(&check, raw.messaging)?;
+    // Through a mesh or through NATS, a service of another node may consume.
+    let shared = node.quic.is_some() || matches!(messaging, MessagingSpec::Nats(_));
+    let queues = check_queues(&check, raw.queue, &services, shared)?;
+    let topics = check_topics(&check, raw.topic, &services, &queues, shared)?;
+    let bindings = check_bindings(&check, raw.bind, &policies, &services, &queues, &topics)?;
     let manifest = Manifest {
         path: path.to_path_buf(),
         node,

@@ -124,9 +124,9 @@ fn subscriber_runs_here(
         subscriber.span(),
         format!("{kind} `{log}`: its subscriber `{name}` is not a service of this node"),
         format!(
-            "without `node.quic` a {kind} is {how} on the node that declares it; name one of \
-             this manifest's services ({}), or set `quic` to let a service of another node \
-             {verb}",
+            "without `node.quic` (or [messaging] on NATS) a {kind} is {how} on the node that \
+             declares it; name one of this manifest's services ({}), or set `quic` to let a \
+             service of another node {verb}",
             names_or_none(&known)
         ),
     ))

@@ -315,6 +315,29 @@ impl Jetstream {
                 Err(err) => return Err(failed(err.to_string())),
             }
         }
+        // Each subscription's cursor exists before the node serves, as an embedded one's
+        // does: a `latest` subscription then gets what is published from now on.
+        let stream_name = codec::stream(&spec.name);
+        let stream = self
+            .js
+            .get_stream(&stream_name)
+            .await
+            .map_err(|err| NatsError::Stream {
+                stream: stream_name.clone(),
+                detail: err.to_string(),
+            })?;
+        for sub in &spec.subscriptions {
+            stream
+                .get_or_create_consumer::<pull::Config>(
+                    &sub.service,
+                    consume::consumer_config(sub, sub.start),
+                )
+                .await
+                .map_err(|err| NatsError::Stream {
+                    stream: stream_name.clone(),
+                    detail: format!("consumer `{}`: {err}", sub.service),
+                })?;
+        }
         if let Ok(mut unready) = self.unready.lock() {
             unready.remove(&spec.name);
         }

@@ -1,0 +1,223 @@
+//! The NATS JetStream backend with a real `nats-server` (the semantic tests that run on both
+//! backends are beside the embedded ones, `on_nats_*`): nodes that share nothing but NATS
+//! talk through it; messages outlive the node that published them; NATS down at start, wrong
+//! credentials and a stream of another kind are clear errors or wait it out.
+
+use std::time::Duration;
+
+use crate::support::{
+    NatsServer, TestManifest, count, free_port, send, send_with, service, start_binary,
+    wait_for_entry,
+};
+
+fn mailroom(name: &str, routes: &[&str]) -> String {
+    service(
+        name,
+        "mailroom",
+        routes,
+        &format!("config = {{ name = \"{name}\" }}"),
+    )
+}
+
+/// Two nodes that share no mesh (no QUIC between them), only a NATS server: one requests,
+/// the other's consumer replies (request/reply and a reply to a queue ride NATS).
+#[tokio::test]
+async fn nodes_that_share_only_nats_request_and_reply_through_it() {
+    let nats = NatsServer::start().await;
+    let queues = "[[queue]]\nname = \"jobs\"\nsubscriber = \"replier\"\nmax_attempts = 1\n\n\
+                  [[queue]]\nname = \"answers\"\nsubscriber = \"mailroom\"\n\n";
+    let asking = TestManifest::new(&format!(
+        "{}{}{queues}",
+        nats.section(),
+        mailroom("mailroom", &["POST /send/{queue}", "POST /request/{queue}"]),
+    ));
+    let answering = TestManifest::new(&format!(
+        "{}{}{queues}",
+        nats.section(),
+        mailroom("replier", &[]),
+    ));
+    let asker = asking.start().await;
+    let replier = answering.start().await;
+
+    let reply = send(asker.http_addr(), "POST", "/request/jobs", "reply to me").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "re: reply to me from replier")
+    );
+    // Too slow: the requester gives up at its timeout.
+    let reply = send_with(
+        asker.http_addr(),
+        "POST",
+        "/request/jobs",
+        "reply-after:800",
+        &[("x-timeout-ms", "200")],
+    )
+    .await;
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert!(reply.body.contains("no reply"), "{}", reply.body);
+    // A reply to a queue comes later, as a message of that queue, on the asking node.
+    let sent = send_with(
+        asker.http_addr(),
+        "POST",
+        "/send/jobs",
+        "reply later",
+        &[("x-reply-to", "answers")],
+    )
+    .await;
+    assert_eq!(sent.status, 202, "{}", sent.body);
+    wait_for_entry(&asker, "/queues", "answers", Duration::from_secs(10), |q| {
+        count(q, "delivered") == 1
+    })
+    .await;
+    // The replier's node pulled `jobs`; the asker's, which does not run `replier`, did not.
+    let jobs = wait_for_entry(&replier, "/queues", "jobs", Duration::from_secs(10), |q| {
+        count(q, "delivered") == 3 && count(q, "depth") == 0
+    })
+    .await;
+    assert_eq!(count(&jobs, "dead_lettered"), 0, "{jobs:#}");
+    let theirs = crate::support::admin_entry(&asker, "/queues", "jobs").await;
+    assert_eq!(count(&theirs, "delivered"), 0, "{theirs:#}");
+    replier.shutdown().await;
+    asker.shutdown().await;
+}
+
+/// Only a replicated engine can pass this: the node that published is killed (`kill -9`)
+/// before any subscriber ran, and a node started afterwards still gets every message.
+#[tokio::test]
+async fn a_topics_messages_outlive_the_node_that_published_them() {
+    let nats = NatsServer::start().await;
+    let topic = "[[topic]]\nname = \"events\"\n\n";
+    let http = free_port();
+    let publishing = TestManifest::new("");
+    std::fs::write(
+        &publishing.path,
+        format!(
+            "[node]\nname = \"publisher\"\nhttp = \"{http}\"\nadmin = \"127.0.0.1:0\"\n\
+             data_dir = \"data\"\n\n{}{}{topic}",
+            nats.section(),
+            mailroom("front", &["POST /publish/{queue}"]),
+        ),
+    )
+    .unwrap();
+    let log = publishing.dir.path().join("node.log");
+    let mut publisher = start_binary(&publishing.path, &log, http).await;
+    for n in 0..20 {
+        let reply = send(http, "POST", "/publish/events", &format!("event {n}")).await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        assert_eq!(reply.body, n.to_string(), "offsets count from 0");
+    }
+    publisher.kill().await.unwrap();
+
+    let subscribing = TestManifest::new(&format!(
+        "{}{}{topic}[[topic.subscription]]\nservice = \"billing\"\nstart = \"beginning\"\n",
+        nats.section(),
+        mailroom("billing", &[]),
+    ));
+    let node = subscribing.start().await;
+    let view = wait_for_entry(&node, "/topics", "events", Duration::from_secs(10), |t| {
+        count(&t["subscriptions"][0], "delivered") == 20
+            && count(&t["subscriptions"][0], "lag") == 0
+    })
+    .await;
+    assert_eq!(count(&view, "messages"), 20, "{view:#}");
+    node.shutdown().await;
+}
+
+/// NATS down at start: the node serves, sends answer `unavailable` naming NATS, and once
+/// the server is up the node reconnects, makes its streams, and delivers.
+#[tokio::test]
+async fn a_node_whose_nats_is_down_serves_and_catches_up_when_it_comes() {
+    let mut nats = NatsServer::start().await;
+    nats.stop();
+    let manifest = TestManifest::new(&format!(
+        "{}{}[[queue]]\nname = \"jobs\"\nsubscriber = \"mailroom\"\n",
+        nats.section(),
+        mailroom("mailroom", &["POST /send/{queue}"]),
+    ));
+    let started = std::time::Instant::now();
+    let node = manifest.start().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "start waited for NATS: {:?}",
+        started.elapsed()
+    );
+    let refused = send(node.http_addr(), "POST", "/send/jobs", "early").await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        refused.body.contains("not connected") && refused.body.contains(&nats.url),
+        "{}",
+        refused.body
+    );
+    // The admin API names the problem.
+    let problems = crate::support::admin_get(&node, "/queues").await;
+    assert_eq!(problems.status, 200, "{}", problems.body);
+
+    nats.restart().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = send(node.http_addr(), "POST", "/send/jobs", "ok later").await;
+        if reply.status == 202 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reconnected: {} {}",
+            reply.status,
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for_entry(&node, "/queues", "jobs", Duration::from_secs(10), |q| {
+        count(q, "delivered") == 1
+    })
+    .await;
+    node.shutdown().await;
+}
+
+/// Wrong credentials stop the start with an error naming the servers; a stream of the same
+/// name made for a queue cannot serve a topic, and the error names it and the difference.
+#[tokio::test]
+async fn wrong_credentials_and_a_stream_of_another_kind_are_named() {
+    let nats = NatsServer::start_with(&["--user", "orders", "--pass", "right"]).await;
+    let manifest = TestManifest::new("");
+    let password = manifest.dir.path().join("nats.password");
+    let with = |password_text: &str, rest: &str| {
+        std::fs::write(&password, password_text).unwrap();
+        TestManifest::new(&format!(
+            "[messaging]\nbackend = \"nats\"\nservers = [\"{}\"]\nuser = \"orders\"\n\
+             password_file = {:?}\n\n{}{rest}",
+            nats.url,
+            password.display().to_string(),
+            mailroom("mailroom", &["POST /send/{queue}"]),
+        ))
+    };
+    let wrong = with("wrong", "");
+    let err = switchyard::Node::start(&wrong.load())
+        .await
+        .err()
+        .map(|err| err.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("refused this node's credentials") && err.contains(&nats.url),
+        "{err}"
+    );
+
+    let queue = with(
+        "right",
+        "[[queue]]\nname = \"events\"\nsubscriber = \"mailroom\"\n",
+    );
+    let node = queue.start().await;
+    node.shutdown().await;
+    let topic = with("right", "[[topic]]\nname = \"events\"\n");
+    let err = switchyard::Node::start(&topic.load())
+        .await
+        .err()
+        .map(|err| err.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("NATS stream `sy-events`")
+            && err.contains("retention is WorkQueue")
+            && err.contains("rename the topic"),
+        "{err}"
+    );
+}
