@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    TestManifest, admin_get, admin_post, admin_request, free_port, get, guest, send, service,
-    start_binary, switchyard_cli,
+    Backend, TestManifest, admin_get, admin_post, admin_request, free_port, get, guest, send,
+    service, start_binary, switchyard_cli,
 };
 
 fn orders(extra: &str) -> String {
@@ -121,7 +121,22 @@ async fn a_service_keeps_its_keys_across_a_swap_and_a_restart() {
 
 #[tokio::test]
 async fn an_order_and_its_event_commit_together_and_billing_bills_each_once() {
-    let manifest = TestManifest::new(&format!("{}{}{EVENTS}", orders(""), billing()));
+    order_and_event_commit_together(Backend::Embedded).await;
+}
+
+/// The same on NATS JetStream: the relay publishes to the topic's stream.
+#[tokio::test]
+async fn on_nats_an_order_and_its_event_commit_together_and_billing_bills_each_once() {
+    order_and_event_commit_together(Backend::nats().await).await;
+}
+
+async fn order_and_event_commit_together(backend: Backend) {
+    let manifest = TestManifest::new(&format!(
+        "{}{}{}{EVENTS}",
+        backend.section(),
+        orders(""),
+        billing()
+    ));
     let node = manifest.start().await;
     let http = node.http_addr();
     for n in 1..=20 {

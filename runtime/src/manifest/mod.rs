@@ -40,6 +40,13 @@
 //! config = { greeting = "Hello" }
 //! env = { RUST_BACKTRACE = "1" }
 //!
+//! [messaging]                 # optional: the embedded broker by default
+//! backend = "nats"            # NATS JetStream (see the messaging module's `nats`)
+//! servers = ["nats://127.0.0.1:4222"]
+//! # credentials = "node.creds", or user = "..." with password_file = "...", or token_file
+//! # tls = { ca = "nats-ca.pem", cert = "c.pem", key = "c.key" }
+//! replicas = 1                # copies of each stream a JetStream cluster keeps
+//!
 //! [[queue]]                   # a durable queue (see the messaging module)
 //! name = "orders"
 //! subscriber = "hello"        # the service that consumes it

@@ -26,10 +26,11 @@ use tracing::{Instrument as _, field};
 
 use super::codec;
 use crate::manifest::{StartAt, SubscriptionSpec};
-use crate::messaging::topic::{DEAD_FOR_HEADER, LogSpec, MAX_BACKOFF, after_failure};
+use crate::messaging::topic::{
+    DEAD_FOR_HEADER, LogSpec, MAX_BACKOFF, after_failure, delivery_trace, loop_guard,
+};
 use crate::messaging::{Delivered, Subscribers};
 use crate::policy::{self, DeliveryVerdict, Policies};
-use crate::telemetry::TraceContext;
 use crate::wire::StoredMessage;
 
 /// A delivered message not acknowledged within this long goes to another consumer.
@@ -325,37 +326,17 @@ impl Subscription {
                 return;
             }
         };
-        let causation = crate::wire::Causation::of(&message.headers);
-        if causation.depth > log.max_causation_depth {
-            let chain = causation.path();
-            tracing::warn!(queue = %name, subscriber = %service, id = %message.id, depth = causation.depth, max_causation_depth = log.max_causation_depth, %chain, "loop guard: a message at the end of too long a chain of messages is dead-lettered, not delivered");
+        if let Some(reason) = loop_guard(&log, service, &message) {
             self.stats.loops_stopped.fetch_add(1, Ordering::Relaxed);
-            let reason = format!(
-                "loop guard: this message comes at depth {} of a chain of messages, each sent \
-                 while handling the one before (senders: {chain}); {} takes chains of at most \
-                 {} (max_causation_depth)",
-                causation.depth,
-                log.what(),
-                log.max_causation_depth
-            );
-            self.dead_letter(
-                &held,
-                &message,
-                held.delivered.saturating_sub(1),
-                reason,
-                "not delivered".into(),
-            )
-            .await;
+            let attempts = held.delivered.saturating_sub(1);
+            self.dead_letter(&held, &message, attempts, reason, "not delivered".into())
+                .await;
             return;
         }
         // Attempts made before this delivery: by any node, as the server counted them.
         let mut attempts = held.delivered.saturating_sub(1);
         loop {
-            let trace = message
-                .trace_context
-                .as_deref()
-                .and_then(TraceContext::parse)
-                .map_or_else(TraceContext::root, |sender| sender.child());
+            let trace = delivery_trace(&message);
             let span = tracing::info_span!(
                 "delivery",
                 queue = %name,

@@ -134,6 +134,40 @@ impl LogSpec {
     }
 }
 
+/// The loop guard: why `message` is dead-lettered instead of delivered to `subscriber`, when
+/// it comes at the end of a longer chain of messages (each sent while handling the one
+/// before) than `log` takes.
+pub(in crate::messaging) fn loop_guard(
+    log: &LogSpec,
+    subscriber: &str,
+    message: &StoredMessage,
+) -> Option<String> {
+    let max_depth = log.max_causation_depth;
+    let causation = crate::wire::Causation::of(&message.headers);
+    if causation.depth <= max_depth {
+        return None;
+    }
+    // A loop between services, most likely: each handler sends the next message.
+    let chain = causation.path();
+    tracing::warn!(queue = %log.name, %subscriber, id = %message.id, depth = causation.depth, max_causation_depth = max_depth, %chain, "loop guard: a message at the end of too long a chain of messages is dead-lettered, not delivered");
+    Some(format!(
+        "loop guard: this message comes at depth {} of a chain of messages, each sent while \
+         handling the one before (senders: {chain}); {} takes chains of at most {max_depth} \
+         (max_causation_depth)",
+        causation.depth,
+        log.what()
+    ))
+}
+
+/// The trace a delivery of `message` continues: its sender's, or a new one.
+pub(in crate::messaging) fn delivery_trace(message: &StoredMessage) -> TraceContext {
+    message
+        .trace_context
+        .as_deref()
+        .and_then(TraceContext::parse)
+        .map_or_else(TraceContext::root, |sender| sender.child())
+}
+
 /// A log record of subscription `name` (`None`: a queue's only one).
 fn named(name: Option<&str>, record: Record) -> Record {
     match (name, record) {
@@ -1204,21 +1238,9 @@ impl Topic {
             attempts,
         } = delivery;
         let log_spec = self.spec.load_full();
-        let max_depth = log_spec.max_causation_depth;
         let subscriber = spec.service.clone();
-        let causation = crate::wire::Causation::of(&message.headers);
-        if causation.depth > max_depth {
-            // A loop between services, most likely: each handler sends the next message.
-            let chain = causation.path();
-            tracing::warn!(queue = %self.name, %subscriber, id = %message.id, depth = causation.depth, max_causation_depth = max_depth, %chain, "loop guard: a message at the end of too long a chain of messages is dead-lettered, not delivered");
+        if let Some(reason) = loop_guard(&log_spec, &subscriber, &message) {
             self.with_subscription(name.as_deref(), |sub| sub.stats.loops_stopped += 1);
-            let reason = format!(
-                "loop guard: this message comes at depth {} of a chain of messages, each sent \
-                 while handling the one before (senders: {chain}); {} takes chains of at most \
-                 {max_depth} (max_causation_depth)",
-                causation.depth,
-                log_spec.what()
-            );
             self.dead_letter(
                 name.as_deref(),
                 seq,
@@ -1230,11 +1252,7 @@ impl Topic {
             .await;
             return;
         }
-        let trace = message
-            .trace_context
-            .as_deref()
-            .and_then(TraceContext::parse)
-            .map_or_else(TraceContext::root, |sender| sender.child());
+        let trace = delivery_trace(&message);
         let span = tracing::info_span!(
             "delivery",
             queue = %self.name,
