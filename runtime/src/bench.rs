@@ -406,6 +406,18 @@ impl NodePublisher {
             .map_err(|err| err.to_string())
     }
 
+    /// Publishes `body` to `topic` with the id `id` fixed, as the outbox relay publishes an
+    /// outbox entry (a message relayed twice keeps its id); its offset.
+    pub async fn publish_as(&self, topic: &str, id: &str, body: Vec<u8>) -> Result<u64, String> {
+        let mut outgoing = outgoing(body);
+        outgoing.id = Some(id.to_owned());
+        self.0
+            .send(topic, "bench", None, outgoing, Duration::from_secs(10))
+            .await
+            .map(|receipt| receipt.offset)
+            .map_err(|err| err.to_string())
+    }
+
     /// Deliveries of `topic` (a topic of this node) acknowledged so far, all subscriptions.
     pub fn delivered(&self, topic: &str) -> u64 {
         self.0

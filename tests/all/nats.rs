@@ -25,16 +25,27 @@ fn mailroom(name: &str, routes: &[&str]) -> String {
 async fn nodes_that_share_only_nats_request_and_reply_through_it() {
     let nats = NatsServer::start().await;
     let queues = "[[queue]]\nname = \"jobs\"\nsubscriber = \"replier\"\nmax_attempts = 1\n\n\
-                  [[queue]]\nname = \"answers\"\nsubscriber = \"mailroom\"\n\n";
+                  [[queue]]\nname = \"answers\"\nsubscriber = \"mailroom\"\n\n\
+                  [[topic]]\nname = \"quotes\"\n\n\
+                  [[topic.subscription]]\nservice = \"replier\"\n\n\
+                  [[topic.subscription]]\nservice = \"quoter\"\n\n";
     let asking = TestManifest::new(&format!(
         "{}{}{queues}",
         nats.section(),
-        mailroom("mailroom", &["POST /send/{queue}", "POST /request/{queue}"]),
+        mailroom(
+            "mailroom",
+            &[
+                "POST /send/{queue}",
+                "POST /request/{queue}",
+                "POST /request-all/{queue}"
+            ]
+        ),
     ));
     let answering = TestManifest::new(&format!(
-        "{}{}{queues}",
+        "{}{}{}{queues}",
         nats.section(),
         mailroom("replier", &[]),
+        mailroom("quoter", &[]),
     ));
     let asker = asking.start().await;
     let replier = answering.start().await;
@@ -43,6 +54,22 @@ async fn nodes_that_share_only_nats_request_and_reply_through_it() {
     assert_eq!(
         (reply.status, reply.body.as_str()),
         (200, "re: reply to me from replier")
+    );
+    // Publish/async responses: every subscriber of the topic answers within the window.
+    let replies = send_with(
+        asker.http_addr(),
+        "POST",
+        "/request-all/quotes",
+        "reply with a quote",
+        &[("x-window-ms", "1000")],
+    )
+    .await;
+    assert_eq!(
+        (replies.status, replies.body.as_str()),
+        (
+            200,
+            "re: reply with a quote from quoter\nre: reply with a quote from replier"
+        )
     );
     // Too slow: the requester gives up at its timeout.
     let reply = send_with(
@@ -220,4 +247,45 @@ async fn wrong_credentials_and_a_stream_of_another_kind_are_named() {
             && err.contains("rename the topic"),
         "{err}"
     );
+}
+
+/// The outbox relay publishes an entry with its id fixed; on NATS the id is `Nats-Msg-Id`,
+/// so an entry relayed twice (the node died after publishing, before marking it relayed) is
+/// stored, and delivered, once.
+#[tokio::test]
+async fn a_message_published_twice_with_one_id_is_stored_once() {
+    let nats = NatsServer::start().await;
+    let manifest = TestManifest::new(&format!(
+        "{}{}[[topic]]\nname = \"events\"\n\n[[topic.subscription]]\nservice = \"billing\"\n",
+        nats.section(),
+        mailroom("billing", &[]),
+    ));
+    let node = manifest.start().await;
+    let publisher = switchyard::bench::NodePublisher::of(&node);
+    let first = publisher
+        .publish_as("events", "0123456789abcdef-1", b"order 1".to_vec())
+        .await
+        .unwrap();
+    let again = publisher
+        .publish_as("events", "0123456789abcdef-1", b"order 1".to_vec())
+        .await
+        .unwrap();
+    let other = publisher
+        .publish_as("events", "0123456789abcdef-2", b"order 2".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        (first, again, other),
+        (0, 0, 1),
+        "the same id is the same message"
+    );
+    let view = wait_for_entry(&node, "/topics", "events", Duration::from_secs(10), |t| {
+        count(&t["subscriptions"][0], "delivered") == 2 && count(t, "messages") == 2
+    })
+    .await;
+    assert_eq!(count(&view, "next_offset"), 2, "{view:#}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let view = crate::support::admin_entry(&node, "/topics", "events").await;
+    assert_eq!(count(&view["subscriptions"][0], "delivered"), 2, "{view:#}");
+    node.shutdown().await;
 }

@@ -1,0 +1,252 @@
+//! The NATS JetStream backend against async-nats used directly, on the same nats-server (the
+//! Debian package with JetStream, started here on a free port, its store on disk) in the same
+//! run.
+//!
+//! Ours: a node with `[messaging] backend = "nats"` and a topic whose subscriber is a mailroom
+//! guest (reused instances, 64 deliveries at once); `BENCH_PUBLISHERS` (default 64) publishers
+//! publish `BENCH_MESSAGES` (default 100) messages of 128 bytes each through the node's broker
+//! natively (the way a guest's `publish` goes once past the WIT call), each awaiting
+//! JetStream's acknowledgement; the figure is messages per second until the guest acknowledged
+//! every one. Theirs: the same publishers publish with async-nats to a stream of the same
+//! settings, awaiting each acknowledgement, and one pull consumer (64 unacknowledged at most)
+//! acknowledges each message as it comes. Aim: at least 0.8x.
+//!
+//! `cargo xtask bench -- --bench nats_backend`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use switchyard_benches::{env_or, timed_loop};
+use tokio::process::{Child, Command};
+
+/// nats-server with JetStream on a free loopback port, stopped when dropped.
+struct NatsServer {
+    _child: Child,
+    _store: tempfile::TempDir,
+    url: String,
+}
+
+impl NatsServer {
+    async fn start(base: &std::path::Path) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let store = tempfile::tempdir_in(base)?;
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context(
+                "cannot start nats-server (the Debian package `nats-server`; `cargo xtask \
+                 bench` installs it as root)",
+            )?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "nats-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self {
+            _child: child,
+            _store: store,
+            url: format!("nats://{addr}"),
+        })
+    }
+}
+
+async fn wait_until(what: &str, done: impl Fn() -> bool) -> Result<()> {
+    let started = Instant::now();
+    while !done() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "gave up waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    Ok(())
+}
+
+/// Messages per second, publish to the last acknowledged delivery, and the publishes' p50.
+struct Run {
+    rate: f64,
+    publish_p50_us: u64,
+}
+
+async fn ours(url: &str, dir: &std::path::Path, publishers: usize, each: usize) -> Result<Run> {
+    let guests = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guests/wasm32-wasip2/release");
+    anyhow::ensure!(
+        guests.join("mailroom.wasm").is_file(),
+        "guests are missing: run `cargo xtask bench`"
+    );
+    let path = dir.join("nats.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[node]\nname = \"bench\"\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+             data_dir = {:?}\n\n[messaging]\nbackend = \"nats\"\nservers = [\"{url}\"]\n\n\
+             [[service]]\nname = \"sub\"\nversion = \"1.0.0\"\ncomponent = {:?}\n\
+             max_instances = 256\nrequests_per_instance = 100000\nconfig = {{ name = \"sub\" }}\n\n\
+             [[topic]]\nname = \"t1\"\nretain_mb = 1024\n\n[[topic.subscription]]\n\
+             service = \"sub\"\nconcurrency = 64\n",
+            dir.join("data").display().to_string(),
+            guests.join("mailroom.wasm").display().to_string()
+        ),
+    )?;
+    let node = switchyard::Node::start(&switchyard::Manifest::load(&path)?).await?;
+    let publisher = Arc::new(switchyard::bench::NodePublisher::of(&node));
+    // Warm-up: guest instances, the consumer's pull.
+    for _ in 0..200 {
+        publisher
+            .publish("t1", vec![b'w'; 16])
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    wait_until("the warm-up was delivered", || {
+        publisher.delivered("t1") >= 200
+    })
+    .await?;
+    let before = publisher.delivered("t1");
+    let started = Instant::now();
+    let publishes = {
+        let publisher = publisher.clone();
+        timed_loop("switchyard on NATS publish", each, publishers, move || {
+            let publisher = publisher.clone();
+            async move {
+                publisher
+                    .publish("t1", vec![b'm'; 128])
+                    .await
+                    .map(drop)
+                    .map_err(anyhow::Error::msg)
+            }
+        })
+        .await?
+    };
+    let expected = before + publishes.count;
+    wait_until("the guest got every message", || {
+        publisher.delivered("t1") >= expected
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    node.shutdown().await;
+    Ok(Run {
+        rate: publishes.count as f64 / elapsed.as_secs_f64(),
+        publish_p50_us: publishes.latency_us(0.5),
+    })
+}
+
+async fn theirs(url: &str, publishers: usize, each: usize) -> Result<Run> {
+    let client = async_nats::connect(url).await?;
+    let js = jetstream::new(client);
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: "direct".into(),
+            subjects: vec!["direct.>".into()],
+            max_bytes: 1 << 30,
+            max_messages_per_subject: -1,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await?;
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("sub".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: 64,
+            ..Default::default()
+        })
+        .await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(64)
+        .messages()
+        .await?;
+    let consuming = tokio::spawn({
+        let received = received.clone();
+        async move {
+            while let Some(Ok(message)) = messages.next().await {
+                tokio::spawn({
+                    let received = received.clone();
+                    async move {
+                        if message.ack().await.is_ok() {
+                            received.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        }
+    });
+    let started = Instant::now();
+    let publishes = {
+        let js = js.clone();
+        timed_loop(
+            "async-nats JetStream publish",
+            each,
+            publishers,
+            move || {
+                let js = js.clone();
+                async move {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", format!("{:016x}", next_id()).as_str());
+                    js.publish_with_headers("direct.n", headers, Bytes::from(vec![b'm'; 128]))
+                        .await?
+                        .await?;
+                    Ok(())
+                }
+            },
+        )
+        .await?
+    };
+    let expected = publishes.count;
+    wait_until("the consumer got every message", || {
+        received.load(Ordering::Relaxed) >= expected
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    consuming.abort();
+    Ok(Run {
+        rate: publishes.count as f64 / elapsed.as_secs_f64(),
+        publish_p50_us: publishes.latency_us(0.5),
+    })
+}
+
+/// A message id, unique within the duplicate window, as ours are.
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed) ^ 0x9e37_79b9_7f4a_7c15
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let publishers: usize = env_or("BENCH_PUBLISHERS", 64);
+    let each: usize = env_or("BENCH_MESSAGES", 100);
+    let base = switchyard_benches::data_dir()?;
+    let nats = NatsServer::start(&base).await?;
+    let dir = tempfile::tempdir_in(&base)?;
+    println!(
+        "NATS JetStream backend ({publishers} publishers x {each} messages of 128 B; messages/s \
+         until the subscriber acknowledged every one)"
+    );
+    let theirs = theirs(&nats.url, publishers, each).await?;
+    let ours = ours(&nats.url, dir.path(), publishers, each).await?;
+    println!(
+        "  switchyard (guest subscriber) {:>8.0} msg/s (publish p50 {} us), async-nats direct \
+         {:>8.0} msg/s (publish p50 {} us): {:.2}x (aim >= 0.8x)",
+        ours.rate,
+        ours.publish_p50_us,
+        theirs.rate,
+        theirs.publish_p50_us,
+        ours.rate / theirs.rate
+    );
+    Ok(())
+}
