@@ -289,3 +289,94 @@ async fn a_message_published_twice_with_one_id_is_stored_once() {
     assert_eq!(count(&view["subscriptions"][0], "delivered"), 2, "{view:#}");
     node.shutdown().await;
 }
+
+/// Editing a watched manifest on NATS: a queue added gets its streams and is pulled; a
+/// queue's settings changed take effect (its stream's limits updated); a queue removed stops
+/// being pulled here, and its stream keeps what it owes for the nodes that still declare it.
+#[tokio::test]
+async fn editing_queues_on_nats_adds_reconfigures_and_stops_pulling_them() {
+    let nats = NatsServer::start().await;
+    let jobs = |max_attempts: u32| {
+        format!(
+            "[[queue]]\nname = \"jobs\"\nsubscriber = \"mailroom\"\nmax_attempts = \
+             {max_attempts}\nredeliver_ms = 20\n\n"
+        )
+    };
+    let later = "[[queue]]\nname = \"later\"\nsubscriber = \"mailroom\"\nmax_depth = 5\n\n";
+    let manifest = TestManifest::new(&format!(
+        "{}{}{}",
+        nats.section(),
+        mailroom("mailroom", &["POST /send/{queue}"]),
+        jobs(5)
+    ));
+    let mut node = manifest.start().await;
+    let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
+    node.watch_manifest(Some(reports)).unwrap();
+    let original = std::fs::read_to_string(&manifest.path).unwrap();
+    let mut edit = async |queues: &str| {
+        let head = &original[..original.find("[[queue]]").unwrap()];
+        manifest.edit(&format!("{head}{queues}"));
+        crate::support::next_reload(&mut reported).await
+    };
+    let unknown = send(node.http_addr(), "POST", "/send/later", "x").await;
+    assert_eq!(unknown.status, 500, "{}", unknown.body);
+    assert!(
+        unknown
+            .body
+            .contains("no queue or topic named `later` exists on NATS"),
+        "{}",
+        unknown.body
+    );
+
+    let report = edit(&format!("{}{later}", jobs(1))).await;
+    assert_eq!(
+        report.applied,
+        vec![
+            "queue `jobs`: settings changed".to_owned(),
+            "queue `later` added".to_owned()
+        ],
+        "{report:?}"
+    );
+    assert_eq!(
+        send(node.http_addr(), "POST", "/send/later", "ok")
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        send(node.http_addr(), "POST", "/send/jobs", "always-fail")
+            .await
+            .status,
+        202
+    );
+    let view = wait_for_entry(&node, "/queues", "jobs", Duration::from_secs(10), |q| {
+        count(q, "dead_lettered") == 1 && count(q, "dead_letters_total") == 1
+    })
+    .await;
+    assert_eq!(view["recent_dead_letters"][0]["attempts"], 1, "{view:#}");
+    wait_for_entry(&node, "/queues", "later", Duration::from_secs(10), |q| {
+        count(q, "delivered") == 1
+    })
+    .await;
+
+    // Removed here: no longer pulled; what is sent to it waits in its stream.
+    let report = edit(&jobs(1)).await;
+    assert_eq!(
+        report.applied,
+        vec!["queue `later` removed (its stream keeps its messages)".to_owned()],
+        "{report:?}"
+    );
+    assert_eq!(
+        send(node.http_addr(), "POST", "/send/later", "kept")
+            .await
+            .status,
+        202
+    );
+    let report = edit(&format!("{}{later}", jobs(1))).await;
+    assert_eq!(report.applied, vec!["queue `later` added".to_owned()]);
+    wait_for_entry(&node, "/queues", "later", Duration::from_secs(10), |q| {
+        count(q, "delivered") == 1 && count(q, "depth") == 0
+    })
+    .await;
+    node.shutdown().await;
+}

@@ -61,6 +61,8 @@ use consume::{Subscription, SubscriptionStats};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the admin API's view of the streams and consumers is refreshed.
 const VIEW_EVERY: Duration = Duration::from_millis(200);
+/// NATS's default `max_payload`, until the servers say theirs.
+const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 /// Dead letters a view shows, the latest.
 const RECENT_DEAD: u64 = 5;
 
@@ -180,6 +182,9 @@ pub(crate) struct Jetstream {
     changing: tokio::sync::Mutex<()>,
     /// Streams that could not be made ready (NATS away at start, or refused): retried.
     unready: std::sync::Mutex<BTreeMap<String, String>>,
+    /// The largest message the servers take (refreshed with the view: the client's copy of
+    /// the server's info is cloned whole on each read).
+    max_payload: std::sync::atomic::AtomicUsize,
 }
 
 impl Jetstream {
@@ -248,7 +253,9 @@ impl Jetstream {
             delivery: OnceLock::new(),
             changing: tokio::sync::Mutex::new(()),
             unready: std::sync::Mutex::default(),
+            max_payload: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_PAYLOAD),
         };
+        backend.note_max_payload();
         let mut table = HashMap::new();
         for spec in logs {
             if backend.connected() {
@@ -260,6 +267,13 @@ impl Jetstream {
         }
         backend.logs.store(Arc::new(table));
         Ok(backend)
+    }
+
+    fn note_max_payload(&self) {
+        if self.connected() {
+            let most = self.client.server_info().max_payload;
+            self.max_payload.store(most, Ordering::Relaxed);
+        }
     }
 
     fn connected(&self) -> bool {
@@ -362,7 +376,7 @@ impl Jetstream {
         if !self.connected() {
             return Err(self.unavailable(&format!("cannot send to `{name}`")));
         }
-        let max_payload = self.client.server_info().max_payload;
+        let max_payload = self.max_payload.load(Ordering::Relaxed);
         if message.body.len() > max_payload {
             return Err(SendError::TooLarge(format!(
                 "a message of {} bytes is over the NATS servers' max_payload of {max_payload} \
@@ -703,6 +717,7 @@ impl Jetstream {
         if !self.connected() {
             return;
         }
+        self.note_max_payload();
         let unready: Vec<String> = self
             .unready
             .lock()
