@@ -380,3 +380,176 @@ async fn editing_queues_on_nats_adds_reconfigures_and_stops_pulling_them() {
     .await;
     node.shutdown().await;
 }
+
+/// `[messaging] tls`: a server that speaks only TLS, verified against the manifest's CA (one
+/// from another CA is refused at start, naming `tls`); and a token read from `token_file`.
+#[tokio::test]
+async fn nats_over_tls_with_a_token() {
+    use rcgen::{CertificateParams, Issuer, KeyPair};
+    let files = tempfile::tempdir().unwrap();
+    let path = |name: &str| files.path().join(name).display().to_string();
+    let ca = switchyard::cert::generate_ca("nats-test").unwrap();
+    std::fs::write(path("ca.pem"), &ca.cert).unwrap();
+    let stranger = switchyard::cert::generate_ca("stranger").unwrap();
+    std::fs::write(path("stranger.pem"), &stranger.cert).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert, KeyPair::from_pem(&ca.key).unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(path("server.pem"), server.pem()).unwrap();
+    std::fs::write(path("server.key"), key.serialize_pem()).unwrap();
+    std::fs::write(path("token"), "s3cret-token\n").unwrap();
+    let nats = NatsServer::start_with(&[
+        "--tls",
+        "--tlscert",
+        &path("server.pem"),
+        "--tlskey",
+        &path("server.key"),
+        "--auth",
+        "s3cret-token",
+    ])
+    .await;
+    let manifest = |ca: &str| {
+        TestManifest::new(&format!(
+            "[messaging]\nbackend = \"nats\"\nservers = [\"tls://{}\"]\ntoken_file = {:?}\n\
+             tls = {{ ca = {:?} }}\n\n{}[[queue]]\nname = \"jobs\"\nsubscriber = \"mailroom\"\n",
+            nats.addr,
+            path("token"),
+            path(ca),
+            mailroom("mailroom", &["POST /send/{queue}"]),
+        ))
+    };
+    let trusted = manifest("ca.pem");
+    let node = trusted.start().await;
+    let sent = send(node.http_addr(), "POST", "/send/jobs", "ok over tls").await;
+    assert_eq!(sent.status, 202, "{}", sent.body);
+    wait_for_entry(&node, "/queues", "jobs", Duration::from_secs(10), |q| {
+        count(q, "delivered") == 1
+    })
+    .await;
+    node.shutdown().await;
+
+    let untrusted = manifest("stranger.pem");
+    let err = switchyard::Node::start(&untrusted.load())
+        .await
+        .err()
+        .map(|err| err.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("check `tls` in [messaging]"), "{err}");
+}
+
+/// A topic's retention on NATS is its stream's limits: by size (the oldest go), by age, and
+/// `compact` (the latest message of each key); offsets go on past what was dropped, as on
+/// the embedded broker; and it all survives a restart of the node.
+#[tokio::test]
+async fn retention_and_compaction_are_the_streams_limits() {
+    let nats = NatsServer::start().await;
+    let topics = "[[topic]]\nname = \"sized\"\nretain_mb = 1\n\n\
+                  [[topic]]\nname = \"latest\"\ncompact = true\n\n\
+                  [[topic]]\nname = \"brief\"\nretain_ms = 300\n\n";
+    let manifest = TestManifest::new(&format!(
+        "{}{}{topics}",
+        nats.section(),
+        mailroom("front", &["POST /publish/{queue}", "GET /read/{queue}"]),
+    ));
+    let publish = async |node: &switchyard::Node, topic: &str, key: Option<&str>, body: &str| {
+        let path = format!("/publish/{topic}");
+        let headers: Vec<(&str, &str)> = key.map(|key| ("x-key", key)).into_iter().collect();
+        let reply = send_with(node.http_addr(), "POST", &path, body, &headers).await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        reply.body.parse::<u64>().unwrap()
+    };
+    let read = async |node: &switchyard::Node, topic: &str| {
+        let reply =
+            crate::support::get(node.http_addr(), &format!("/read/{topic}?from=0&max=10")).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.body
+    };
+    let node = manifest.start().await;
+    let big = "x".repeat(400 * 1024);
+    for _ in 0..3 {
+        publish(&node, "sized", None, &big).await;
+    }
+    let view = wait_for_entry(&node, "/topics", "sized", Duration::from_secs(5), |t| {
+        count(t, "published") == 3 && count(t, "next_offset") == 3
+    })
+    .await;
+    assert_eq!(
+        (count(&view, "first_offset"), count(&view, "messages")),
+        (1, 2),
+        "{view:#}"
+    );
+    publish(&node, "latest", Some("a"), "a1").await;
+    publish(&node, "latest", Some("b"), "b1").await;
+    publish(&node, "latest", Some("a"), "a2").await;
+    assert_eq!(read(&node, "latest").await, "1 b b1\n2 a a2");
+    publish(&node, "brief", None, "soon gone").await;
+    let view = wait_for_entry(&node, "/topics", "brief", Duration::from_secs(5), |t| {
+        count(t, "next_offset") == 1 && count(t, "messages") == 0
+    })
+    .await;
+    assert!(view["first_offset"].is_null(), "{view:#}");
+    assert_eq!(publish(&node, "brief", None, "next").await, 1);
+    node.shutdown().await;
+
+    let node = manifest.start().await;
+    assert_eq!(read(&node, "latest").await, "1 b b1\n2 a a2");
+    node.shutdown().await;
+}
+
+/// `examples/outbox/outbox-nats.toml` as the README runs it (on this test's server, ports
+/// and data dir): an order and its event commit together, billing bills it from the stream.
+#[tokio::test]
+async fn the_outbox_example_runs_on_nats() {
+    let nats = NatsServer::start().await;
+    let root = crate::support::repo_root();
+    let example = std::fs::read_to_string(root.join("examples/outbox/outbox-nats.toml")).unwrap();
+    let text = example
+        .replace("nats://127.0.0.1:4222", &nats.url)
+        .replace("127.0.0.1:8083", "127.0.0.1:0")
+        .replace("127.0.0.1:9093", "127.0.0.1:0")
+        .replace("../../target/switchyard-data/outbox-nats", "data")
+        .replace("../../target/", &format!("{}/target/", root.display()));
+    assert!(
+        text.contains(&nats.url),
+        "the example names its NATS server"
+    );
+    let manifest = TestManifest::new("");
+    manifest.edit(&text);
+    let node = manifest.start().await;
+    let http = node.http_addr();
+    for n in 1..=3 {
+        let placed = send(
+            http,
+            "POST",
+            &format!("/orders/o{n}"),
+            &format!("{{\"total_cents\": {n}00}}"),
+        )
+        .await;
+        assert_eq!(placed.status, 201, "{}", placed.body);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while crate::support::get(http, "/billing").await.body != "3 600" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "billing never billed the orders"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every event is in the stream, and billing's cursor is past them.
+    wait_for_entry(
+        &node,
+        "/topics",
+        "order-events",
+        Duration::from_secs(5),
+        |t| {
+            count(t, "messages") == 3
+                && count(&t["subscriptions"][0], "lag") == 0
+                && count(&t["subscriptions"][0], "cursor") == 3
+        },
+    )
+    .await;
+    node.shutdown().await;
+}

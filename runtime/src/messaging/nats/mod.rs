@@ -212,6 +212,15 @@ impl Jetstream {
                             detail: err.to_string(),
                         });
                     }
+                    // A handshake that fails on the server's certificate comes as I/O.
+                    Kind::Io if spec.tls.is_some() && err.to_string().contains("certificate") => {
+                        return Err(NatsError::Connect {
+                            servers,
+                            detail: err.to_string(),
+                            hint: "check `tls` in [messaging]: the CA must have signed the \
+                                   servers' certificates, for the names in `servers`",
+                        });
+                    }
                     Kind::Tls => {
                         return Err(NatsError::Connect {
                             servers,

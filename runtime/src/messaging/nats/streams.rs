@@ -41,6 +41,10 @@ pub(super) fn log_stream(spec: &LogSpec, replicas: usize) -> Config {
             config.discard = DiscardPolicy::Old;
             config.max_bytes = i64::try_from(retention.max_bytes).unwrap_or(i64::MAX);
             config.max_age = retention.max_age.unwrap_or_default();
+            if !config.max_age.is_zero() {
+                // JetStream refuses a duplicate window longer than what the stream keeps.
+                config.duplicate_window = config.duplicate_window.min(config.max_age);
+            }
             config.max_messages = -1;
             config.max_messages_per_subject = if retention.compact { 1 } else { -1 };
         }
@@ -168,6 +172,9 @@ mod tests {
             (RetentionPolicy::Limits, Duration::from_secs(60), -1, 3)
         );
         assert_eq!(log_stream(&topic(true), 1).max_messages_per_subject, 1);
+        // JetStream refuses a duplicate window past the stream's max age.
+        assert_eq!(topic_stream.duplicate_window, Duration::from_secs(60));
+        assert_eq!(queue_stream.duplicate_window, DUPLICATE_WINDOW);
         assert_eq!(dead_stream(&queue(), 1).max_bytes, 1 << 16);
     }
 
