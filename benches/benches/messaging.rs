@@ -15,7 +15,6 @@
 //! `cargo xtask bench -- --bench messaging`. `BENCH_DIR` (default `target/bench-data`) must be
 //! on disk: a tmpfs makes every sync free.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,14 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use switchyard::bench::TopicProbe;
-use switchyard_benches::{Timed, env_or, timed_loop};
-use tokio::process::{Child, Command};
-
-/// nats-server on a free loopback port, stopped when dropped.
-struct NatsServer {
-    _child: Child,
-    url: String,
-}
+use switchyard_benches::{NatsServer, Timed, env_or, timed_loop};
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -38,89 +30,58 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-impl NatsServer {
-    async fn start() -> Result<Self> {
-        Self::start_with(&[]).await
-    }
-
-    /// Two servers in a cluster (each routes to the other), as NATS spans two machines.
-    async fn cluster() -> Result<(Self, Self)> {
-        let (one, two) = (free_port()?, free_port()?);
-        let route = |port: u16| format!("nats://127.0.0.1:{port}");
-        let first = Self::start_with(&[
-            "--name",
-            "one",
-            "--cluster_name",
-            "bench",
-            "--cluster",
-            &route(one),
-            "--routes",
-            &route(two),
-        ])
-        .await?;
-        let second = Self::start_with(&[
-            "--name",
-            "two",
-            "--cluster_name",
-            "bench",
-            "--cluster",
-            &route(two),
-            "--routes",
-            &route(one),
-        ])
-        .await?;
-        // Until the route is up, what one server gets the other's subscribers do not.
-        let (probe, watcher) = (
-            async_nats::connect(&first.url).await?,
-            async_nats::connect(&second.url).await?,
+/// Two servers in a cluster (each routes to the other), as NATS spans two machines.
+async fn cluster() -> Result<(NatsServer, NatsServer)> {
+    let (one, two) = (free_port()?, free_port()?);
+    let route = |port: u16| format!("nats://127.0.0.1:{port}");
+    let first = NatsServer::start_with(&[
+        "--name",
+        "one",
+        "--cluster_name",
+        "bench",
+        "--cluster",
+        &route(one),
+        "--routes",
+        &route(two),
+    ])
+    .await?;
+    let second = NatsServer::start_with(&[
+        "--name",
+        "two",
+        "--cluster_name",
+        "bench",
+        "--cluster",
+        &route(two),
+        "--routes",
+        &route(one),
+    ])
+    .await?;
+    // Until the route is up, what one server gets the other's subscribers do not.
+    let (probe, watcher) = (
+        async_nats::connect(&first.url).await?,
+        async_nats::connect(&second.url).await?,
+    );
+    let mut seen = watcher.subscribe("bench.route").await?;
+    watcher.flush().await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        probe
+            .publish("bench.route", Bytes::from_static(b"?"))
+            .await?;
+        probe.flush().await?;
+        use futures_util::StreamExt;
+        if tokio::time::timeout(Duration::from_millis(200), seen.next())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the two nats-servers never routed"
         );
-        let mut seen = watcher.subscribe("bench.route").await?;
-        watcher.flush().await?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            probe
-                .publish("bench.route", Bytes::from_static(b"?"))
-                .await?;
-            probe.flush().await?;
-            use futures_util::StreamExt;
-            if tokio::time::timeout(Duration::from_millis(200), seen.next())
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the two nats-servers never routed"
-            );
-        }
-        Ok((first, second))
     }
-
-    async fn start_with(more: &[&str]) -> Result<Self> {
-        let port = free_port()?;
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .args(more)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context(
-                "cannot start nats-server (the Debian package `nats-server`; `cargo xtask \
-                 bench` installs it as root)",
-            )?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "nats-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(Self {
-            _child: child,
-            url: format!("nats://{addr}"),
-        })
-    }
+    Ok((first, second))
 }
 
 /// Messages per second until every subscriber has all of them, and the publishes' latencies.
@@ -309,7 +270,7 @@ async fn two_nodes(publishers: usize, each: usize) -> Result<()> {
     .await?;
     tokio::time::sleep(Duration::from_millis(1500)).await; // discovery
     let publisher = Arc::new(switchyard::bench::NodePublisher::of(&a));
-    let (nats_one, nats_two) = NatsServer::cluster().await?;
+    let (nats_one, nats_two) = cluster().await?;
     println!("messaging, two nodes ({publishers} publishers x {each} messages):");
     for (topic, subscribers) in [("t1", 1), ("t4", 4)] {
         // Warm-up: guest instances on b, connections.
@@ -415,7 +376,7 @@ async fn main() -> Result<()> {
     let each: usize = env_or("BENCH_MESSAGES", 100);
     let requests: usize = env_or("BENCH_REQUESTS", 2000);
     let base = switchyard_benches::data_dir()?;
-    let nats = NatsServer::start().await?;
+    let nats = NatsServer::start_with(&[]).await?;
 
     println!(
         "messaging, one node ({publishers} publishers x {each} messages; messages/s until \

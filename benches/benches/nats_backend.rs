@@ -13,55 +13,15 @@
 //!
 //! `cargo xtask bench -- --bench nats_backend`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use switchyard_benches::{env_or, timed_loop};
-use tokio::process::{Child, Command};
-
-/// nats-server with JetStream on a free loopback port, stopped when dropped.
-struct NatsServer {
-    _child: Child,
-    _store: tempfile::TempDir,
-    url: String,
-}
-
-impl NatsServer {
-    async fn start(base: &std::path::Path) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let store = tempfile::tempdir_in(base)?;
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context(
-                "cannot start nats-server (the Debian package `nats-server`; `cargo xtask \
-                 bench` installs it as root)",
-            )?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "nats-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(Self {
-            _child: child,
-            _store: store,
-            url: format!("nats://{addr}"),
-        })
-    }
-}
+use switchyard_benches::{NatsServer, env_or, timed_loop};
 
 async fn wait_until(what: &str, done: impl Fn() -> bool) -> Result<()> {
     let started = Instant::now();
@@ -231,7 +191,7 @@ async fn main() -> Result<()> {
     let publishers: usize = env_or("BENCH_PUBLISHERS", 64);
     let each: usize = env_or("BENCH_MESSAGES", 100);
     let base = switchyard_benches::data_dir()?;
-    let nats = NatsServer::start(&base).await?;
+    let nats = NatsServer::start_jetstream(&base).await?;
     let dir = tempfile::tempdir_in(&base)?;
     println!(
         "NATS JetStream backend ({publishers} publishers x {each} messages of 128 B; messages/s \

@@ -283,3 +283,54 @@ pub fn data_dir() -> Result<std::path::PathBuf> {
         .with_context(|| format!("cannot create the bench data dir {}", dir.display()))?;
     Ok(dir)
 }
+
+/// nats-server (the Debian package) on a free loopback port, stopped when dropped: the
+/// baseline of the messaging benchmarks, and the server of the NATS backend's.
+pub struct NatsServer {
+    _child: tokio::process::Child,
+    /// Its JetStream store, when it has one.
+    _store: Option<tempfile::TempDir>,
+    pub url: String,
+}
+
+impl NatsServer {
+    /// Core NATS, with `more` arguments (e.g. a cluster's).
+    pub async fn start_with(more: &[&str]) -> Result<Self> {
+        Self::spawn(more, None).await
+    }
+
+    /// With JetStream, its store in a new directory under `base` (on disk).
+    pub async fn start_jetstream(base: &std::path::Path) -> Result<Self> {
+        let store = tempfile::tempdir_in(base)?;
+        let dir = store.path().display().to_string();
+        Self::spawn(&["-js", "-sd", &dir], Some(store)).await
+    }
+
+    async fn spawn(more: &[&str], store: Option<tempfile::TempDir>) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = tokio::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(more)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context(
+                "cannot start nats-server (the Debian package `nats-server`; `cargo xtask \
+                 bench` installs it as root)",
+            )?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "nats-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self {
+            _child: child,
+            _store: store,
+            url: format!("nats://{addr}"),
+        })
+    }
+}

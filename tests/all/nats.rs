@@ -175,9 +175,15 @@ async fn a_node_whose_nats_is_down_serves_and_catches_up_when_it_comes() {
         "{}",
         refused.body
     );
-    // The admin API names the problem.
-    let problems = crate::support::admin_get(&node, "/queues").await;
-    assert_eq!(problems.status, 200, "{}", problems.body);
+    // The node is degraded, and says why.
+    let health = crate::support::admin_get(&node, "/health").await;
+    assert_eq!(health.status, 503, "{}", health.body);
+    assert!(
+        health.body.contains("is not connected")
+            && health.body.contains("its NATS streams are not ready"),
+        "{}",
+        health.body
+    );
 
     nats.restart().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -198,6 +204,8 @@ async fn a_node_whose_nats_is_down_serves_and_catches_up_when_it_comes() {
         count(q, "delivered") == 1
     })
     .await;
+    let health = crate::support::admin_get(&node, "/health").await;
+    assert_eq!(health.status, 200, "{}", health.body);
     node.shutdown().await;
 }
 
