@@ -41,6 +41,14 @@ pub(super) fn subject(name: &str, key: Option<&str>) -> String {
     }
 }
 
+/// Whether a message on `subject` has a key (its order matters with `ordered_by_key`).
+pub(super) fn keyed(subject: &str) -> bool {
+    subject
+        .rsplit('.')
+        .next()
+        .is_some_and(|token| token.starts_with('k'))
+}
+
 /// The dead-letter stream of queue or topic `name`, and the subject of a subscription's.
 pub(super) fn dead_stream(name: &str) -> String {
     format!("sy-dead-{name}")
@@ -220,5 +228,7 @@ mod tests {
         assert_eq!(subject("orders", None), "sy.orders.n");
         assert_eq!(subject("orders", Some("a.b *>")), "sy.orders.k612e62202a3e");
         assert_eq!(subject("orders", Some("")), "sy.orders.k");
+        assert!(keyed(&subject("orders", Some("a"))) && keyed(&subject("k", Some(""))));
+        assert!(!keyed(&subject("k", None)) && !keyed(&subject("kind.k", None)));
     }
 }

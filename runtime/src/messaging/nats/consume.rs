@@ -245,7 +245,7 @@ impl Subscription {
             }
             let sub = self.clone();
             let (live, stop) = (live.clone(), stop.clone());
-            if !self.spec.ordered_by_key || !held.subject.contains(".k") {
+            if !self.spec.ordered_by_key || !codec::keyed(&held.subject) {
                 deliveries.spawn(async move {
                     let _permit = permit;
                     let seq = held.seq;
@@ -528,4 +528,50 @@ async fn report_progress(live: &Live) {
 /// Resolves once `stop` flips (without holding its value, which is not `Send`).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(concurrency: u32, ordered_by_key: bool) -> SubscriptionSpec {
+        SubscriptionSpec {
+            service: "billing".into(),
+            start: StartAt::Latest,
+            concurrency,
+            ordered_by_key,
+            max_attempts: 3,
+            redeliver_after: Duration::from_millis(100),
+        }
+    }
+
+    #[test]
+    fn a_subscription_is_a_durable_consumer_that_acks_each_message() {
+        let config = consumer_config(&spec(4, false), StartAt::Beginning);
+        assert_eq!(config.durable_name.as_deref(), Some("billing"));
+        assert_eq!(config.ack_policy, AckPolicy::Explicit);
+        assert_eq!(config.deliver_policy, DeliverPolicy::All);
+        // The node decides redelivery and dead letters, not the server.
+        assert_eq!(config.max_deliver, -1);
+        assert_eq!(config.max_ack_pending, 4);
+        // Ordered by key: later messages of a failing key wait here, beside the slots.
+        let ordered = consumer_config(&spec(4, true), StartAt::Latest);
+        assert_eq!(ordered.max_ack_pending, 4 * HELD_PER_SLOT as i64);
+        assert!(PROGRESS_EVERY * 3 <= ACK_WAIT);
+    }
+
+    #[test]
+    fn where_a_subscription_starts_maps_to_a_deliver_policy() {
+        assert_eq!(deliver_policy(StartAt::Latest), DeliverPolicy::New);
+        // Offsets are stream sequences minus one.
+        assert_eq!(
+            deliver_policy(StartAt::Offset(0)),
+            DeliverPolicy::ByStartSequence { start_sequence: 1 }
+        );
+        let at = deliver_policy(StartAt::Time(1_764_547_200_000));
+        let DeliverPolicy::ByStartTime { start_time } = at else {
+            panic!("{at:?}");
+        };
+        assert_eq!(start_time.unix_timestamp(), 1_764_547_200);
+    }
 }
