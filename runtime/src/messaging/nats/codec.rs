@@ -10,8 +10,11 @@ use crate::wire::{MessageKind, StoredMessage};
 
 /// JetStream's de-duplication header.
 pub(super) const MSG_ID: &str = "Nats-Msg-Id";
-/// Everything of a message's header but its id, as base64 of postcard.
+/// The rest of a message's header: `FORMAT.` then base64 of postcard.
 const META: &str = "Switchyard-Meta";
+/// The layout of `Switchyard-Meta` (and `Switchyard-Dead`); a node refuses, by name, one it
+/// does not know rather than misreading it.
+const FORMAT: &str = "1";
 /// Why a dead letter is one, beside its `Switchyard-Meta`.
 const DEAD: &str = "Switchyard-Dead";
 
@@ -116,12 +119,21 @@ pub(super) fn encode_dead(message: &StoredMessage, dead: &DeadInfo) -> (HeaderMa
 fn packed<T: Serialize>(value: &T) -> String {
     // Serializing these owned strings and numbers into a Vec cannot fail.
     let bytes = postcard::to_stdvec(value).unwrap_or_default();
-    base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+    format!(
+        "{FORMAT}.{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+    )
 }
 
 fn unpacked<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, String> {
+    let Some((FORMAT, packed)) = text.split_once('.') else {
+        return Err(format!(
+            "format {:?}, this node reads format {FORMAT} (a newer switchyard wrote it?)",
+            text.split_once('.').map_or(text, |(format, _)| format)
+        ));
+    };
     let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(text)
+        .decode(packed)
         .map_err(|err| err.to_string())?;
     postcard::from_bytes(&bytes).map_err(|err| err.to_string())
 }
@@ -218,9 +230,15 @@ mod tests {
             (4, "nats-5", MessageKind::Event)
         );
         let mut headers = HeaderMap::new();
-        headers.insert(META, "!!");
+        headers.insert(META, "1.!!");
         let err = decode(5, Some(&headers), b"").err().unwrap_or_default();
         assert!(err.contains("Switchyard-Meta"), "{err}");
+        headers.insert(META, "2.AAAA");
+        let err = decode(5, Some(&headers), b"").err().unwrap_or_default();
+        assert!(
+            err.contains("format \"2\", this node reads format 1"),
+            "{err}"
+        );
     }
 
     #[test]
