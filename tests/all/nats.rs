@@ -561,3 +561,25 @@ async fn the_outbox_example_runs_on_nats() {
     .await;
     node.shutdown().await;
 }
+
+/// A NATS server without JetStream cannot keep queues: the start fails and says so.
+#[tokio::test]
+async fn a_server_without_jetstream_is_named() {
+    let nats = NatsServer::start_without_jetstream().await;
+    let manifest = TestManifest::new(&format!(
+        "{}{}[[queue]]\nname = \"jobs\"\nsubscriber = \"mailroom\"\n",
+        nats.section(),
+        mailroom("mailroom", &["POST /send/{queue}"]),
+    ));
+    let err = switchyard::Node::start(&manifest.load())
+        .await
+        .err()
+        .map(|err| err.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("NATS stream `sy-jobs`")
+            && err.contains("must run JetStream")
+            && err.contains(&nats.url),
+        "{err}"
+    );
+}

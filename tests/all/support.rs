@@ -372,25 +372,39 @@ pub(crate) struct NatsServer {
     child: Option<std::process::Child>,
     store: tempfile::TempDir,
     args: Vec<String>,
+    jetstream: bool,
 }
 
 impl NatsServer {
+    /// Core NATS only: no JetStream.
+    pub(crate) async fn start_without_jetstream() -> Self {
+        let mut server = Self::unstarted(&[]);
+        server.jetstream = false;
+        server.restart().await;
+        server
+    }
+
     pub(crate) async fn start() -> Self {
         Self::start_with(&[]).await
     }
 
     /// With extra `nats-server` arguments (e.g. `--user`, `--pass`).
     pub(crate) async fn start_with(args: &[&str]) -> Self {
+        let mut server = Self::unstarted(args);
+        server.restart().await;
+        server
+    }
+
+    fn unstarted(args: &[&str]) -> Self {
         let addr = free_port();
-        let mut server = Self {
+        Self {
             url: format!("nats://{addr}"),
             addr,
             child: None,
             store: tempfile::tempdir().unwrap(),
             args: args.iter().map(|arg| (*arg).to_owned()).collect(),
-        };
-        server.restart().await;
-        server
+            jetstream: true,
+        }
     }
 
     /// Starts it (again) on the same port and store.
@@ -402,7 +416,8 @@ impl NatsServer {
                 panic!("nats-server is not installed: run `cargo xtask test` (it installs Debian's nats-server)")
             });
         let child = std::process::Command::new(binary)
-            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .args(if self.jetstream { &["-js"][..] } else { &[] })
+            .args(["-a", "127.0.0.1", "-p"])
             .arg(self.addr.port().to_string())
             .arg("-sd")
             .arg(self.store.path())

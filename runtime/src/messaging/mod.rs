@@ -93,7 +93,9 @@ pub struct MessagingError(Failure);
 
 #[derive(Debug, thiserror::Error)]
 enum Failure {
-    #[error("queue `{queue}`: {cause}")]
+    #[error(
+        "queue `{queue}`: {cause}\n  hint: check [[queue]] and `node.data_dir` in the manifest"
+    )]
     Log { queue: String, cause: log::LogError },
     #[error(transparent)]
     Nats(#[from] NatsError),

@@ -90,8 +90,8 @@ pub enum NodeError {
     /// The manifest file cannot be watched.
     #[error("cannot watch the manifest for changes: {0}")]
     Watch(String),
-    /// A queue's files could not be opened.
-    #[error("{0}\n  hint: check [[queue]] and `node.data_dir` in the manifest")]
+    /// A queue's files could not be opened, or its NATS streams made ready.
+    #[error(transparent)]
     Messaging(#[from] crate::messaging::MessagingError),
     /// The admin API's token file is missing, short or cannot be created.
     #[error(transparent)]

@@ -305,7 +305,23 @@ impl Jetstream {
             let name = wanted.name.clone();
             let failed = |detail: String| NatsError::Stream {
                 stream: name.clone(),
-                detail,
+                // Without JetStream the servers do not answer its API at all.
+                detail: if [
+                    "jetstream not enabled",
+                    "no responders",
+                    "jetstream resource does not exist",
+                ]
+                .iter()
+                .any(|sign| detail.to_lowercase().contains(sign))
+                {
+                    format!(
+                        "{detail}\n  hint: the servers at {} must run JetStream (nats-server -js, \
+                         or `jetstream {{}}` in its configuration)",
+                        self.servers
+                    )
+                } else {
+                    detail
+                },
             };
             match self.js.get_stream(&name).await {
                 Ok(stream) => {
