@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use switchyard::bench::TopicProbe;
-use switchyard_benches::{NatsServer, Timed, env_or, timed_loop};
+use switchyard_benches::{NatsServer, Timed, env_or, timed_loop, wait_until};
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -114,18 +114,6 @@ fn compared(
         theirs.publishes.latency_us(0.5),
         ours.rate() / theirs.rate()
     )
-}
-
-async fn wait_until(what: &str, done: impl Fn() -> bool) -> Result<()> {
-    let started = Instant::now();
-    while !done() {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(120),
-            "gave up waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    Ok(())
 }
 
 async fn ours_pubsub(

@@ -21,19 +21,7 @@ use anyhow::Result;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use switchyard_benches::{NatsServer, env_or, timed_loop};
-
-async fn wait_until(what: &str, done: impl Fn() -> bool) -> Result<()> {
-    let started = Instant::now();
-    while !done() {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(120),
-            "gave up waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    Ok(())
-}
+use switchyard_benches::{NatsServer, env_or, timed_loop, wait_until};
 
 /// Messages per second, publish to the last acknowledged delivery, and the publishes' p50.
 struct Run {

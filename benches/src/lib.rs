@@ -334,3 +334,16 @@ impl NatsServer {
         })
     }
 }
+
+/// Polls `done` every 200 us until it holds; fails naming `what` after two minutes.
+pub async fn wait_until(what: &str, done: impl Fn() -> bool) -> Result<()> {
+    let started = Instant::now();
+    while !done() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "gave up waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    Ok(())
+}
