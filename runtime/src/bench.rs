@@ -48,9 +48,15 @@ impl PolicyProbe {
     /// Loads the policy component at `path` and configures it with `config`.
     pub async fn load(path: &Path, config: &[(&str, &str)]) -> Result<Self, String> {
         let (engine, code) = policy_code(path, config, 16)?;
-        let binding = Binding::start(engine, code, "bench".into(), "bench".into())
-            .await
-            .map_err(|err| err.to_string())?;
+        let binding = Binding::start(
+            engine,
+            code,
+            "bench".into(),
+            "bench".into(),
+            crate::telemetry::Metrics::off(),
+        )
+        .await
+        .map_err(|err| err.to_string())?;
         Ok(Self {
             binding,
             call: crate::policy::CallInfo {
@@ -118,6 +124,7 @@ impl ChainProbe {
                 code.clone(),
                 format!("bench-{layer}"),
                 "bench".into(),
+                crate::telemetry::Metrics::off(),
             )
             .await
             .map_err(|err| err.to_string())?;

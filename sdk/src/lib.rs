@@ -70,8 +70,8 @@ pub mod policy_bindings {
         default_bindings_module: "switchyard_sdk::policy_bindings",
         runtime_path: "switchyard_sdk::__private::wit_bindgen::rt",
         with: {
-            "switchyard:runtime/log@0.1.7": crate::bindings::switchyard::runtime::log,
-            "switchyard:runtime/types@0.1.7": crate::bindings::switchyard::runtime::types,
+            "switchyard:runtime/log@0.1.8": crate::bindings::switchyard::runtime::log,
+            "switchyard:runtime/types@0.1.8": crate::bindings::switchyard::runtime::types,
         },
     });
 }

@@ -129,6 +129,16 @@ pub fn decode_u32(state: &[u8]) -> Result<u32, String> {
     }
 }
 
+/// Tells the node the policy's state is now `state` (a breaker: `"closed"`, `"open"`,
+/// `"half-open"`). The node counts each change into a state in its metrics
+/// (`switchyard_policy_transitions_total`), shows the current one in `GET /policies` and logs
+/// the change; call it when the state changes, not on every call. `state` is 1 to 32 bytes of
+/// `a-z`, `0-9`, `-` and `_`, and a binding takes at most 8 distinct states: the node ignores
+/// anything else, with a warning in its log.
+pub fn report_state(state: &str) {
+    crate::policy_bindings::switchyard::runtime::report::set_state(state);
+}
+
 /// Whether an outcome counts as a failure for breakers and retries: no answer, or a 5xx.
 pub fn is_failure(outcome: &Outcome) -> bool {
     match outcome {

@@ -21,6 +21,7 @@ mod ingress;
 mod limits;
 mod mesh;
 mod messaging;
+mod metrics;
 mod nats;
 mod policies;
 mod pool;

@@ -130,9 +130,14 @@ fn run_command(cli: Cli) -> Result<()> {
     }
 }
 
-/// Servers the tests start themselves, on free ports: etcd (the etcd discovery backend) and
-/// nats-server (the NATS JetStream messaging backend).
+/// Servers the tests start themselves, on free ports: etcd (the etcd discovery backend),
+/// nats-server (the NATS JetStream messaging backend) and Prometheus (which scrapes a node).
 fn test_servers() -> Result<()> {
+    installed(
+        &["/usr/bin/prometheus"],
+        "prometheus",
+        "the metrics test starts Prometheus to scrape a node; install it as root",
+    )?;
     // The packages may start system services on their usual ports; the tests start their own.
     installed(
         &["/usr/bin/etcd", "/usr/local/bin/etcd"],

@@ -30,6 +30,7 @@ struct Breaker {
 impl Breaker {
     fn open(&mut self, why: &str) {
         switchyard_sdk::log::warn!("circuit opens: {why}");
+        policy::report_state("open");
         self.state = State::Open {
             until: Instant::now() + self.open_for,
         };
@@ -53,7 +54,10 @@ impl Policy for Breaker {
             min_calls: config.get_or("min_calls", 10)?,
             open_for: Duration::from_millis(config.get_or("open_ms", 1000)?),
             probes: config.get_or::<u32>("probes", 1)?.max(1),
-            state: State::Closed,
+            state: {
+                policy::report_state("closed");
+                State::Closed
+            },
             consecutive: 0,
             recent: VecDeque::new(),
         })
@@ -67,6 +71,7 @@ impl Policy for Breaker {
                 in_flight: 0,
                 passed: 0,
             };
+            policy::report_state("half-open");
         }
         match &mut self.state {
             State::Closed => BeforeDecision::Proceed,
@@ -115,6 +120,7 @@ impl Policy for Breaker {
                     *passed += 1;
                     if *passed >= self.probes {
                         switchyard_sdk::log::info!("circuit closes: probes succeeded");
+                        policy::report_state("closed");
                         self.state = State::Closed;
                         self.consecutive = 0;
                         self.recent.clear();
@@ -156,6 +162,9 @@ impl Policy for Breaker {
             },
             other => return Err(format!("unknown breaker state {other} in snapshot")),
         };
+        if *kind != 0 {
+            policy::report_state("open");
+        }
         Ok(())
     }
 }

@@ -246,6 +246,20 @@ pub(crate) enum CallError {
     Rejected(String),
 }
 
+impl From<&Result<Reply, CallError>> for crate::telemetry::CallOutcome {
+    /// How the calls counter labels a call's end.
+    fn from(result: &Result<Reply, CallError>) -> Self {
+        match result {
+            Ok(_) => Self::Ok,
+            Err(CallError::Timeout) => Self::Timeout,
+            Err(CallError::Unavailable(_)) => Self::Unavailable,
+            Err(CallError::Remote(_)) => Self::Remote,
+            Err(CallError::BadRequest(_)) => Self::BadRequest,
+            Err(CallError::Rejected(_)) => Self::Rejected,
+        }
+    }
+}
+
 /// Where a call or stream goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Endpoint {

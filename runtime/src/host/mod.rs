@@ -1,6 +1,6 @@
 //! What a guest's imports do: one file per WIT interface, acting on the store state of its
 //! world: [`HostState`] for a service's instance (one request's, or a few in a row), and
-//! [`PolicyState`] for a policy's (which imports only WASI and `log`). The `bindgen!` output
+//! [`PolicyState`] for a policy's (which imports only WASI, `log` and `report`). The `bindgen!` output
 //! for every world is [`bindings`]'s. What reaches beyond the store (other services, queues)
 //! goes through the [`ports`] that `rpc` and `messaging` implement.
 //!
@@ -16,6 +16,7 @@ mod messaging;
 mod output;
 mod ports;
 mod quic;
+mod report;
 mod rpc;
 mod state;
 mod types;
@@ -221,6 +222,8 @@ pub(crate) struct PolicyState {
     name: String,
     /// The current decision's log budget.
     log_budget: log::LogBudget,
+    /// The last state the policy reported (`report.set-state`), until the binding takes it.
+    reported_state: Option<String>,
 }
 
 impl PolicyState {
@@ -234,7 +237,13 @@ impl PolicyState {
             },
             name: format!("policy:{policy}"),
             log_budget: log::LogBudget::new(log::MAX_DECISION_LOG_BYTES),
+            reported_state: None,
         }
+    }
+
+    /// The state the policy reported since the last call of this, if it reported one.
+    pub(crate) fn take_reported_state(&mut self) -> Option<String> {
+        self.reported_state.take()
     }
 
     /// Starts a decision with a fresh log budget.

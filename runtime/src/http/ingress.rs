@@ -21,7 +21,7 @@ use tracing::{Instrument, field};
 
 use super::server::Handler;
 use crate::router::Lookup;
-use crate::telemetry::{TRACE_HEADER, TraceContext};
+use crate::telemetry::{Metrics, TRACE_HEADER, TraceContext};
 use crate::wasm::Directory;
 use crate::wasm::{GuestRequest, GuestResponse, SlotError};
 
@@ -42,12 +42,18 @@ pub(crate) struct Ingress {
     body_budget: Arc<tokio::sync::Semaphore>,
     /// Its size, for the refusal's text.
     body_budget_bytes: usize,
+    metrics: Metrics,
 }
 
 impl Ingress {
-    pub(crate) fn new(services: Arc<Directory>, body_budget_bytes: usize) -> Self {
+    pub(crate) fn new(
+        services: Arc<Directory>,
+        body_budget_bytes: usize,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             services,
+            metrics,
             ids: RequestIds::new(),
             body_budget: Arc::new(tokio::sync::Semaphore::new(
                 body_budget_bytes.min(tokio::sync::Semaphore::MAX_PERMITS),
@@ -152,8 +158,10 @@ impl Handler for Ingress {
             status = field::Empty,
             duration_us = field::Empty,
         );
+        let method = request.method().clone();
+        let mut routed = None;
         let mut response = self
-            .route(request, started, &request_id, &trace)
+            .route(request, started, &request_id, &trace, &mut routed)
             .instrument(span.clone())
             .await;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -164,6 +172,15 @@ impl Handler for Ingress {
         span.record("status", status);
         span.record("duration_us", duration_us);
         span.in_scope(|| tracing::debug!(status, duration_us, "request done"));
+        if let Some(target) = routed {
+            self.metrics.request(
+                target.value.name(),
+                method.as_str(),
+                &target.pattern,
+                status,
+                started.elapsed(),
+            );
+        }
         response
     }
 }
@@ -175,6 +192,7 @@ impl Ingress {
         started: Instant,
         request_id: &str,
         trace: &TraceContext,
+        routed: &mut Option<crate::router::Target<Arc<crate::wasm::Slot>>>,
     ) -> Response<Full<Bytes>> {
         let method = request.method().as_str().to_owned();
         let path = request.uri().path().to_owned();
@@ -200,6 +218,7 @@ impl Ingress {
                 return response;
             }
         };
+        *routed = Some(target.clone());
         let span = tracing::Span::current();
         span.record("service", target.value.name());
         span.record("route", &*target.pattern);

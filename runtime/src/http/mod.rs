@@ -11,7 +11,7 @@ mod ingress;
 mod server;
 
 pub(crate) use admin::{
-    Admin, AdminToken, ControlError, Operator, PolicySwapped, TokenError, Upload,
+    Admin, AdminToken, ControlError, MetricsPage, Operator, PolicySwapped, TokenError, Upload,
 };
 pub(crate) use ingress::Ingress;
 pub(crate) use server::{ConnectionLimits, serve};

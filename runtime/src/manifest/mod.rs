@@ -47,6 +47,10 @@
 //! # tls = { ca = "nats-ca.pem", cert = "c.pem", key = "c.key" }
 //! replicas = 1                # copies of each stream a JetStream cluster keeps
 //!
+//! [telemetry]                 # optional
+//! metrics = true              # default: GET /metrics on the admin API (with its token)
+//! # metrics_addr = "127.0.0.1:9464"  # and here, without the token (for a scraper)
+//!
 //! [[queue]]                   # a durable queue (see the messaging module)
 //! name = "orders"
 //! subscriber = "hello"        # the service that consumes it
@@ -109,6 +113,27 @@ pub struct Manifest {
     pub topics: Vec<TopicSpec>,
     /// `[messaging]`: which engine keeps the queues and topics.
     pub messaging: MessagingSpec,
+    /// `[telemetry]`: metrics.
+    pub telemetry: TelemetrySpec,
+}
+
+/// `[telemetry]`: what the node tells about its traffic beyond its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetrySpec {
+    /// `metrics = false` turns metrics off: nothing is counted, `GET /metrics` answers 404.
+    pub metrics: bool,
+    /// `metrics_addr`: a second listener that serves only `GET /metrics`, without the admin
+    /// token, for a scraper that should not hold it.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl Default for TelemetrySpec {
+    fn default() -> Self {
+        Self {
+            metrics: true,
+            metrics_addr: None,
+        }
+    }
 }
 
 /// `[messaging]`: the engine behind queues, topics and request/reply.

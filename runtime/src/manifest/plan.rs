@@ -36,8 +36,16 @@ pub fn plan(old: &Manifest, new: &Manifest) -> Plan {
         queues,
         topics,
         messaging,
+        telemetry,
     } = new;
     let mut needs_restart = node_restarts(&old.node, node);
+    if old.telemetry != *telemetry {
+        needs_restart.push(
+            "`telemetry` changed (metrics are set up at start): restart the \
+             node to apply it"
+                .to_owned(),
+        );
+    }
     if old.messaging != *messaging {
         needs_restart.push(
             "`messaging` changed (the messaging backend is chosen at start): restart the node to \

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use super::{Manifest, ManifestError};
+use super::{Manifest, ManifestError, TelemetrySpec};
 
 /// A manifest next to a real (empty) component file, so `component` resolves.
 fn parse(body: &str) -> (Result<Manifest, ManifestError>, PathBuf) {
@@ -502,5 +502,34 @@ fn the_messaging_backend_is_checked() {
         let err = error_of(&body);
         assert!(err.contains(expected), "{body}\n=> {err}");
         assert!(err.contains("switchyard.toml:"), "{err}");
+    }
+}
+
+#[test]
+fn telemetry_is_checked_with_its_place() {
+    let (manifest, _) = parse("");
+    let defaults = manifest
+        .map(|m| m.telemetry)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(defaults, TelemetrySpec::default());
+    assert!(defaults.metrics && defaults.metrics_addr.is_none());
+    let (manifest, _) = parse("[telemetry]\nmetrics_addr = \"127.0.0.1:9464\"\n");
+    let telemetry = manifest
+        .map(|m| m.telemetry)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(telemetry.metrics_addr, "127.0.0.1:9464".parse().ok());
+    for (body, says) in [
+        ("metrics_addr = \"nowhere\"", "is not a socket address"),
+        (
+            "metrics = false\nmetrics_addr = \"127.0.0.1:9464\"",
+            "while metrics = false",
+        ),
+        ("metric = true", "unknown field"),
+    ] {
+        let err = error_of(&format!("[telemetry]\n{body}\n"));
+        assert!(
+            err.contains(says) && err.contains("switchyard.toml:"),
+            "{body}: {err}"
+        );
     }
 }

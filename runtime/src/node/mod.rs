@@ -52,7 +52,7 @@ pub enum NodeError {
     },
     /// A listen address is taken or not allowed.
     #[error(
-        "cannot listen on {addr} (`node.{key}` in {}): {cause}\n  hint: another process \
+        "cannot listen on {addr} (`{key}` in {}): {cause}\n  hint: another process \
          holds the port, or pick another one (port 0 picks a free one)", manifest.display()
     )]
     Bind {
@@ -109,6 +109,7 @@ pub struct Node {
     name: String,
     http_addr: SocketAddr,
     admin_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     admin_token_file: std::path::PathBuf,
     quic_addr: Option<SocketAddr>,
     membership: Option<Membership>,
@@ -163,6 +164,7 @@ impl Node {
             }
         }
         let (http_addr, admin_addr) = (listeners.http_addr, listeners.admin_addr);
+        let metrics_addr = listeners.metrics_addr;
         runtime.serve(
             manifest,
             listeners,
@@ -175,6 +177,7 @@ impl Node {
             node = %manifest.node.name,
             http = %http_addr,
             admin = %admin_addr,
+            metrics = ?metrics_addr,
             admin_token = %admin_token_file.display(),
             quic = ?quic_addr,
             services = manifest.services.len(),
@@ -184,6 +187,7 @@ impl Node {
             name: manifest.node.name.clone(),
             http_addr,
             admin_addr,
+            metrics_addr,
             admin_token_file,
             quic_addr,
             membership,
@@ -202,6 +206,11 @@ impl Node {
     /// Where the admin API listens.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Where `GET /metrics` is served without the admin token (`[telemetry] metrics_addr`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The file holding the admin API's bearer token (see `[node] admin_token_file`).

@@ -14,21 +14,25 @@ use super::{
 };
 use crate::discovery;
 use crate::host::Outbound;
-use crate::http::{self, Admin, AdminToken, ConnectionLimits, Ingress};
+use crate::http::{self, Admin, AdminToken, ConnectionLimits, Ingress, MetricsPage};
 use crate::manifest::{DiscoverySpec, Manifest, MessagingSpec};
 use crate::messaging;
 use crate::policy::Policies;
 use crate::rpc;
 use crate::state;
+use crate::telemetry::Metrics;
 use crate::transport::Identity;
 
-/// The node's two TCP listeners, bound before anything slow happens.
+/// The node's TCP listeners, bound before anything slow happens.
 pub(super) struct Listeners {
     http: TcpListener,
     admin: TcpListener,
+    /// `[telemetry] metrics_addr`, when set.
+    metrics: Option<TcpListener>,
     /// Where they listen (the real ports when the manifest said 0).
     pub(super) http_addr: SocketAddr,
     pub(super) admin_addr: SocketAddr,
+    pub(super) metrics_addr: Option<SocketAddr>,
 }
 
 impl Listeners {
@@ -44,15 +48,26 @@ impl Listeners {
         let (http_at, admin_at) = (manifest.node.http, manifest.node.admin);
         let http = TcpListener::bind(http_at)
             .await
-            .map_err(failed("http", http_at))?;
+            .map_err(failed("node.http", http_at))?;
         let admin = TcpListener::bind(admin_at)
             .await
-            .map_err(failed("admin", admin_at))?;
+            .map_err(failed("node.admin", admin_at))?;
+        let (metrics, metrics_addr) = match manifest.telemetry.metrics_addr {
+            Some(at) => {
+                let failed = failed("telemetry.metrics_addr", at);
+                let listener = TcpListener::bind(at).await.map_err(&failed)?;
+                let addr = listener.local_addr().map_err(failed)?;
+                (Some(listener), Some(addr))
+            }
+            None => (None, None),
+        };
         Ok(Self {
-            http_addr: http.local_addr().map_err(failed("http", http_at))?,
-            admin_addr: admin.local_addr().map_err(failed("admin", admin_at))?,
+            http_addr: http.local_addr().map_err(failed("node.http", http_at))?,
+            admin_addr: admin.local_addr().map_err(failed("node.admin", admin_at))?,
+            metrics_addr,
             http,
             admin,
+            metrics,
         })
     }
 }
@@ -110,6 +125,7 @@ pub(super) struct Runtime {
     rpc: rpc::Client,
     services: Arc<Services>,
     pub(super) control: Arc<Control>,
+    metrics: Metrics,
 }
 
 impl Runtime {
@@ -123,6 +139,11 @@ impl Runtime {
                 .map_err(|err| NodeError::Interrupted(err.to_string()))??
         };
         let engine = Arc::new(engine);
+        let metrics = if manifest.telemetry.metrics {
+            Metrics::new()
+        } else {
+            Metrics::off()
+        };
         let broker = match &manifest.messaging {
             MessagingSpec::Embedded => {
                 let (data_dir, queues) = (manifest.node.data_dir.clone(), manifest.queues.clone());
@@ -159,14 +180,19 @@ impl Runtime {
                 tracing::info!(queue = %queue.name, subscriber = %queue.subscriber, "the queue's subscriber does not run on this node; its messages go to a node of the mesh that runs it");
             }
         }
-        let policies = Arc::new(Policies::start(&engine, manifest).await?);
+        let policies = Arc::new(Policies::start(&engine, manifest, metrics.clone()).await?);
         let remote = mesh.map(|mesh| {
             Arc::new(rpc::Remote::new(
                 mesh.transport.clone(),
                 mesh.registry.clone(),
             ))
         });
-        let rpc = rpc::Client::new(remote, manifest.balance.clone(), policies.clone());
+        let rpc = rpc::Client::new(
+            remote,
+            manifest.balance.clone(),
+            policies.clone(),
+            metrics.clone(),
+        );
         if let Some(mesh) = mesh {
             broker.join_mesh(Arc::new(messaging::MeshQueues::new(
                 mesh.transport.clone(),
@@ -208,6 +234,7 @@ impl Runtime {
             rpc,
             services,
             control,
+            metrics,
         })
     }
 
@@ -246,6 +273,7 @@ impl Runtime {
             Arc::new(Ingress::new(
                 self.services.directory().clone(),
                 ingress.body_budget_bytes,
+                self.metrics.clone(),
             )),
             None,
             ConnectionLimits {
@@ -255,6 +283,22 @@ impl Runtime {
             shutdown.clone(),
             SHUTDOWN_GRACE,
         ));
+        let metrics_page = Arc::new(MetricsPage::new(
+            self.metrics.clone(),
+            self.services.directory().clone(),
+            mesh.map(|mesh| mesh.registry.clone()),
+            self.control.clone(),
+        ));
+        if let Some(listener) = listeners.metrics {
+            servers.spawn(http::serve(
+                listener,
+                metrics_page.clone(),
+                None,
+                ADMIN_CONNECTIONS,
+                shutdown.clone(),
+                SHUTDOWN_GRACE,
+            ));
+        }
         servers.spawn(http::serve(
             listeners.admin,
             Arc::new(Admin::new(
@@ -263,6 +307,7 @@ impl Runtime {
                 mesh.map(|mesh| mesh.registry.clone()),
                 self.control.clone(),
                 admin.token,
+                metrics_page,
             )),
             admin.tls,
             ADMIN_CONNECTIONS,

@@ -25,6 +25,7 @@ use super::PolicyError;
 use crate::host::PolicyState;
 use crate::host::policy_bindings::ResiliencePolicy;
 use crate::host::policy_bindings::exports::switchyard::runtime::policy as wit;
+use crate::telemetry::Metrics;
 use crate::wasm::{Engine, LoadedPolicy, Probation, SwapEvent, SwapState, Verdict, epoch_ticks};
 
 pub(crate) use wit::{
@@ -45,7 +46,12 @@ pub(crate) struct Binding {
     pub(crate) scope: String,
     engine: Arc<Engine>,
     live: Mutex<Live>,
+    /// Counts the changes of the state the policy reports.
+    metrics: Metrics,
 }
+
+/// The most distinct states one binding may report: each is a metric label value.
+const MAX_STATES: usize = 8;
 
 /// What a binding runs: a policy's code and its config.
 #[derive(Clone)]
@@ -70,6 +76,9 @@ struct Live {
     /// What the last swap replaced, while the new code is on probation.
     probation: Option<Previous>,
     last_swap: Option<SwapEvent>,
+    /// The state the policy last reported (`report.set-state`), and every one it reported.
+    state: Option<String>,
+    states: Vec<String>,
 }
 
 /// The generation a swap replaced, kept to go back to.
@@ -140,6 +149,8 @@ pub(crate) struct BindingView {
     pub(crate) component_hash: String,
     pub(crate) generation: u64,
     pub(crate) last_swap: Option<SwapEvent>,
+    /// The state the policy last reported (a breaker's `open`), if it reports one.
+    pub(crate) state: Option<String>,
 }
 
 /// A binding locked with its next instance ready: committing it cannot fail, so a policy bound
@@ -159,8 +170,10 @@ impl Binding {
         code: Code,
         policy: String,
         scope: String,
+        metrics: Metrics,
     ) -> Result<Self, PolicyError> {
-        let instance = new_instance(&engine, &code, &policy).await?;
+        let mut instance = new_instance(&engine, &code, &policy).await?;
+        let state = instance.store.data_mut().take_reported_state();
         Ok(Self {
             policy,
             scope,
@@ -171,8 +184,36 @@ impl Binding {
                 generation: 1,
                 probation: None,
                 last_swap: None,
+                states: state.iter().cloned().collect(),
+                state,
             }),
+            metrics,
         })
+    }
+
+    /// Takes the state the live instance reported, if any, and counts a change.
+    fn take_state(&self, live: &mut Live) {
+        let Some(reported) = live
+            .instance
+            .as_mut()
+            .and_then(|instance| instance.store.data_mut().take_reported_state())
+        else {
+            return;
+        };
+        if live.state.as_ref() == Some(&reported) {
+            return;
+        }
+        if !live.states.contains(&reported) {
+            if live.states.len() >= MAX_STATES {
+                tracing::warn!(target: "guest", policy = %self.policy, scope = %self.scope, state = %reported, "report.set-state ignored: a binding takes at most {MAX_STATES} distinct states ({})", live.states.join(", "));
+                return;
+            }
+            live.states.push(reported.clone());
+        }
+        tracing::info!(policy = %self.policy, scope = %self.scope, from = live.state.as_deref().unwrap_or("-"), to = %reported, "policy state changed");
+        self.metrics
+            .policy_transition(&self.policy, &self.scope, &reported);
+        live.state = Some(reported);
     }
 
     pub(crate) async fn view(&self) -> BindingView {
@@ -184,6 +225,7 @@ impl Binding {
             component_hash: live.code.loaded.hash.clone(),
             generation: live.generation,
             last_swap: live.last_swap.clone(),
+            state: live.state.clone(),
         }
     }
 
@@ -277,6 +319,7 @@ impl Binding {
         let mut live = self.live.lock().await;
         self.settle(&mut live);
         let decision = self.run_decision(&mut live, what, call).await;
+        self.take_state(&mut live);
         if let Some(probation) = &live.probation {
             let failed = decision.is_none();
             if let Some(reason) = probation.watch.count(failed) {
@@ -419,6 +462,8 @@ impl Prepared<'_> {
             generation: live.generation,
         });
         live.generation = generation;
+        // What the new instance reported in `configure` and `restore`.
+        binding.take_state(&mut live);
         tracing::debug!(policy = %binding.policy, scope = %binding.scope, generation, "policy instance replaced; the old one is kept through probation");
         generation
     }

@@ -28,6 +28,7 @@ use super::binding::{
     Outcome,
 };
 use crate::call::{Call, CallError, CallService, Candidate, Pick, Reply};
+use crate::telemetry::{Metrics, PolicyDecision};
 use crate::util::BoxFuture;
 
 /// What a chain asks of each of its policies: a [`Binding`], or a scripted stand-in in tests.
@@ -46,6 +47,8 @@ pub(crate) trait Decide: Send + Sync {
     ) -> impl Future<Output = Option<u32>> + Send;
     /// `policy (scope)`, for errors and logs.
     fn label(&self) -> String;
+    /// The `[[policy]]` name and what the binding wraps, for metrics.
+    fn names(&self) -> (&str, &str);
 }
 
 impl Decide for Binding {
@@ -73,16 +76,36 @@ impl Decide for Binding {
     fn label(&self) -> String {
         format!("{} ({})", self.policy, self.scope)
     }
+
+    fn names(&self) -> (&str, &str) {
+        (&self.policy, &self.scope)
+    }
 }
 
 /// The bindings around one call, outermost first.
 pub(crate) struct Chain<D = Binding> {
     layers: Vec<Arc<D>>,
+    /// Counts the decisions that change a call's course.
+    metrics: Metrics,
 }
 
 impl<D: Decide> Chain<D> {
     pub(crate) fn new(layers: Vec<Arc<D>>) -> Self {
-        Self { layers }
+        Self {
+            layers,
+            metrics: Metrics::off(),
+        }
+    }
+
+    /// The same chain, counting its decisions into `metrics`.
+    pub(crate) fn counted(mut self, metrics: &Metrics) -> Self {
+        self.metrics = metrics.clone();
+        self
+    }
+
+    fn count(&self, policy: &D, decision: PolicyDecision) {
+        let (name, scope) = policy.names();
+        self.metrics.policy_decision(name, scope, decision);
     }
 
     /// Nothing bound: the caller skips the chain (and its allocations) altogether.
@@ -116,11 +139,18 @@ impl<D: Decide> Chain<D> {
                 let info = info(&call, attempts.load(Ordering::Relaxed));
                 let hedge_after = match policy.before(&info).await {
                     BeforeDecision::Proceed => None,
-                    BeforeDecision::Hedge(ms) => Some(Duration::from_millis(u64::from(ms))),
+                    BeforeDecision::Hedge(ms) => {
+                        self.count(policy, PolicyDecision::Hedge);
+                        Some(Duration::from_millis(u64::from(ms)))
+                    }
                     BeforeDecision::Reject(reason) => {
+                        self.count(policy, PolicyDecision::Reject);
                         return Err(CallError::Rejected(format!("{}: {reason}", policy.label())));
                     }
-                    BeforeDecision::Respond(canned) => return Ok(canned.into()),
+                    BeforeDecision::Respond(canned) => {
+                        self.count(policy, PolicyDecision::Respond);
+                        return Ok(canned.into());
+                    }
                 };
                 let started = Instant::now();
                 let outcome = match hedge_after {
@@ -130,12 +160,16 @@ impl<D: Decide> Chain<D> {
                 let elapsed = started.elapsed();
                 let pause = match policy.after(&info, &Outcome::from(&outcome), elapsed).await {
                     AfterDecision::Done => return outcome,
-                    AfterDecision::Respond(canned) => return Ok(canned.into()),
+                    AfterDecision::Respond(canned) => {
+                        self.count(policy, PolicyDecision::Fallback);
+                        return Ok(canned.into());
+                    }
                     AfterDecision::RetryAfter(ms) => Duration::from_millis(u64::from(ms)),
                 };
                 if pause >= call.deadline.remaining() {
                     return outcome;
                 }
+                self.count(policy, PolicyDecision::Retry);
                 tokio::time::sleep(pause).await;
                 let attempt = attempts.fetch_add(1, Ordering::Relaxed) + 1;
                 call.request_id = retry_id(&call.request_id, attempt);

@@ -27,6 +27,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 
 use crate::manifest::{BindScope, Manifest};
+use crate::telemetry::Metrics;
 use crate::wasm::{Engine, LoadError, LoadedPolicy};
 
 #[cfg(feature = "bench")]
@@ -70,6 +71,8 @@ pub(crate) struct Policies {
     /// Each declared policy's code and config as last applied, by name: what a binding added
     /// later starts with. Its lock also serializes every change (swap, config, rebind).
     declared: Mutex<HashMap<String, Declared>>,
+    /// What the chains count their decisions into.
+    metrics: Metrics,
 }
 
 /// A declared policy's code and config, and what it replaced while on probation.
@@ -124,8 +127,12 @@ impl Policies {
     pub(crate) async fn start(
         engine: &Arc<Engine>,
         manifest: &Manifest,
+        metrics: Metrics,
     ) -> Result<Self, PolicyError> {
-        let policies = Self::default();
+        let policies = Self {
+            metrics,
+            ..Self::default()
+        };
         policies.rebind(engine, manifest).await?;
         Ok(policies)
     }
@@ -149,7 +156,7 @@ impl Policies {
         if let Some(incoming) = tables.calls_to.get(service) {
             chain.extend(incoming.iter().cloned());
         }
-        Chain::new(chain)
+        Chain::new(chain).counted(&self.metrics)
     }
 
     /// The bindings asked when a delivery of `queue` fails, in order.
@@ -223,6 +230,7 @@ impl Policies {
                                 code.clone(),
                                 name.clone(),
                                 scope.clone(),
+                                self.metrics.clone(),
                             )
                             .await?,
                         )

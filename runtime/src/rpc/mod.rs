@@ -39,6 +39,7 @@ use crate::discovery::Registry;
 use crate::host::Calls;
 use crate::manifest::BalanceSpec;
 use crate::policy::{Chain, Policies};
+use crate::telemetry::Metrics;
 use crate::transport::Transport;
 use crate::util::BoxFuture;
 use crate::wasm::{Callee, Directory};
@@ -58,6 +59,8 @@ pub(crate) struct Client {
     balance: Arc<arc_swap::ArcSwap<BTreeMap<String, BalanceSpec>>>,
     /// `[[bind]]` policies around calls.
     policies: Arc<Policies>,
+    /// Counts every call by caller, callee and outcome.
+    metrics: Metrics,
 }
 
 /// The way to other nodes.
@@ -82,12 +85,14 @@ impl Client {
         remote: Option<Arc<Remote>>,
         balance: BTreeMap<String, BalanceSpec>,
         policies: Arc<Policies>,
+        metrics: Metrics,
     ) -> Self {
         Self {
             directory: Arc::default(),
             remote,
             balance: Arc::new(arc_swap::ArcSwap::from_pointee(balance)),
             policies,
+            metrics,
         }
     }
 
@@ -110,6 +115,18 @@ impl Client {
     ///
     /// Dropping the future drops the callee's instance mid-call; nothing else is affected.
     pub(crate) async fn call(&self, call: Call) -> Result<Reply, CallError> {
+        if !self.metrics.is_on() {
+            return self.call_through_policies(call).await;
+        }
+        let started = std::time::Instant::now();
+        let (caller, callee) = (call.caller.clone(), call.target.service.clone());
+        let result = self.call_through_policies(call).await;
+        self.metrics
+            .call(&caller, &callee, (&result).into(), started.elapsed());
+        result
+    }
+
+    async fn call_through_policies(&self, call: Call) -> Result<Reply, CallError> {
         split_method(&call.method)?;
         let chain = self.policies.chain(&call.caller, &call.target.service);
         if chain.is_empty() {

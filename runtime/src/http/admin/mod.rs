@@ -1,6 +1,7 @@
 //! The admin API: what an operator asks of a running node, as JSON (JSON lives only here).
 //!
-//! Reads (`/health`, `/services`, `/registry`, `/policies`, `/queues`, `/topics`) and changes
+//! Reads (`/health`, `/services`, `/registry`, `/policies`, `/queues`, `/topics`, `/metrics`
+//! in Prometheus's text format) and changes
 //! (a component upload swaps a service or a policy; a redrive resends a queue's dead letters;
 //! a replay rewinds a topic's subscription).
 //! Changes go through the [`Operator`] the node implements, so this file knows HTTP and JSON,
@@ -12,9 +13,11 @@
 //! `switchyard::audit`): what, the component's SHA-256, from which address, the outcome.
 
 mod access;
+mod metrics;
 mod state;
 
 pub(crate) use access::{AdminToken, ConnectionInfo, TokenError};
+pub(crate) use metrics::MetricsPage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -183,6 +186,7 @@ pub(crate) struct Admin {
     operator: Arc<dyn Operator>,
     token: AdminToken,
     compiles: tokio::sync::Semaphore,
+    metrics: Arc<MetricsPage>,
 }
 
 #[derive(serde::Serialize)]
@@ -200,6 +204,7 @@ impl Admin {
         registry: Option<Arc<crate::discovery::Registry>>,
         operator: Arc<dyn Operator>,
         token: AdminToken,
+        metrics: Arc<MetricsPage>,
     ) -> Self {
         Self {
             node,
@@ -208,6 +213,7 @@ impl Admin {
             operator,
             token,
             compiles: tokio::sync::Semaphore::new(MAX_COMPILES),
+            metrics,
         }
     }
 
@@ -448,6 +454,7 @@ impl Handler for Admin {
                     .collect();
                 json(&views)
             }
+            "/metrics" => self.metrics.response().await,
             "/policies" => json(&self.operator.policies().await),
             "/queues" => json(&self.operator.queues()),
             "/topics" => json(&self.operator.topics()),
@@ -481,7 +488,7 @@ impl Handler for Admin {
             other => plain(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no admin endpoint {other}; try /health, /services, /registry, /policies, /queues, /topics, /state or /state/<service>/export\n"
+                    "no admin endpoint {other}; try /health, /services, /registry, /policies, /queues, /topics, /state, /state/<service>/export or /metrics\n"
                 ),
             ),
         }

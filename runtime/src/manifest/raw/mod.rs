@@ -10,17 +10,19 @@ use toml::Spanned;
 mod messaging;
 mod node;
 mod services;
+mod telemetry;
 mod wiring;
 
 use messaging::check_messaging;
 use node::check_node;
 use services::{check_duplicate_routes, check_service};
+use telemetry::check_telemetry;
 use wiring::{check_bindings, check_policies, check_queues, check_topics};
 
 use super::{
     BindScope, BindSpec, DiscoverySpec, EtcdTlsSpec, Location, Manifest, ManifestError,
     MessagingSpec, NatsAuth, NatsSpec, NatsTlsSpec, NodeSpec, PolicySpec, QueueSpec, Retention,
-    RouteSpec, ServiceSpec, StartAt, SubscriptionSpec, TlsSpec, TopicSpec, defaults,
+    RouteSpec, ServiceSpec, StartAt, SubscriptionSpec, TelemetrySpec, TlsSpec, TopicSpec, defaults,
 };
 
 #[derive(Deserialize)]
@@ -40,6 +42,14 @@ struct RawManifest {
     #[serde(default)]
     topic: Vec<RawTopic>,
     messaging: Option<Spanned<RawMessaging>>,
+    telemetry: Option<RawTelemetry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    metrics: Option<bool>,
+    metrics_addr: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -295,6 +305,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> 
     let queues = check_queues(&check, raw.queue, &services, shared)?;
     let topics = check_topics(&check, raw.topic, &services, &queues, shared)?;
     let bindings = check_bindings(&check, raw.bind, &policies, &services, &queues, &topics)?;
+    let telemetry = check_telemetry(&check, raw.telemetry, &node)?;
     let manifest = Manifest {
         path: path.to_path_buf(),
         node,
@@ -305,6 +316,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> 
         queues,
         topics,
         messaging,
+        telemetry,
     };
     check_pool(&check, &manifest, pool_at)?;
     Ok(manifest)

@@ -62,6 +62,10 @@ impl Decide for Scripted {
     fn label(&self) -> String {
         self.name.to_owned()
     }
+
+    fn names(&self) -> (&str, &str) {
+        (self.name, "test")
+    }
 }
 
 /// The end of the call path: attempt `n` (from 1) takes `script(n).0` and answers `.1`.

@@ -154,6 +154,9 @@ struct Counters {
     served: AtomicU64,
     errors: AtomicU64,
     rejected: AtomicU64,
+    /// New generations installed, and of those, rolled back after probation.
+    swaps: AtomicU64,
+    rollbacks: AtomicU64,
 }
 
 /// A snapshot of a slot for the admin API.
@@ -176,6 +179,10 @@ pub(crate) struct SlotStats {
     pub errors: u64,
     /// Requests refused with 503 at `max_instances`.
     pub rejected: u64,
+    /// New generations installed since the node started (a refused swap installs none).
+    pub swaps: u64,
+    /// Of those, rolled back after failing their probation.
+    pub rollbacks: u64,
 }
 
 /// Why a swap was refused; the old generation keeps serving.
@@ -599,6 +606,8 @@ impl Slot {
             served: self.stats.served.load(Ordering::Relaxed),
             errors: self.stats.errors.load(Ordering::Relaxed),
             rejected: self.stats.rejected.load(Ordering::Relaxed),
+            swaps: self.stats.swaps.load(Ordering::Relaxed),
+            rollbacks: self.stats.rollbacks.load(Ordering::Relaxed),
         }
     }
 }

@@ -54,6 +54,7 @@ impl Slot {
         }
         drop(probe);
         self.current.store(next.clone());
+        self.stats.swaps.fetch_add(1, Ordering::Relaxed);
         self.idle.clear();
         if let Ok(mut previous) = self.previous.lock() {
             *previous = Some(old.clone());
@@ -119,6 +120,7 @@ impl Slot {
                     self.idle.clear();
                     tracing::error!(service = %self.started.service, from = next.number, back_to = old.number, %reason, "rolled back");
                     self.mark(next.number, SwapState::RolledBack, Some(reason));
+                    self.stats.rollbacks.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
             }
