@@ -1,7 +1,8 @@
 //! Requests/s and p50/p99 latency through the hello guest, against a plain hyper server
 //! answering the same text, with the same client and concurrency, in the same run. The guest
 //! runs twice: with a fresh instance per request (the default) and with instance reuse
-//! (`requests_per_instance`).
+//! (`requests_per_instance`). A second node, the same but with `[telemetry] metrics = false`,
+//! measures what counting metrics costs (aim: at most 5 % fewer requests/s).
 //!
 //! `cargo xtask bench` (or `cargo bench -p switchyard-benches --bench http_hello`).
 //! Knobs: `BENCH_SECONDS` per round (default 5), `BENCH_CONNECTIONS` (default 32),
@@ -31,7 +32,13 @@ fn main() -> Result<()> {
         .build()?;
 
     let dir = tempfile::tempdir()?;
-    let (node, plain) = servers.block_on(async { start_servers(dir.path()).await })?;
+    let (node, plain) = servers.block_on(async { start_servers(dir.path(), "").await })?;
+    let quiet_dir = tempfile::tempdir()?;
+    // Its plain server goes unused: the baseline is the first one.
+    let (quiet, _) = servers.block_on(async {
+        start_servers(quiet_dir.path(), "[telemetry]\nmetrics = false\n").await
+    })?;
+    let quiet_addr = quiet.http_addr();
 
     // Warm up every target (compiled code, pool slots, connections).
     let addr = node.http_addr();
@@ -40,6 +47,8 @@ fn main() -> Result<()> {
         (plain, "/hello/ada"),
         (addr, "/hello/ada"),
         (addr, "/reuse/ada"),
+        (quiet_addr, "/hello/ada"),
+        (quiet_addr, "/reuse/ada"),
     ] {
         client.block_on(run_load(target, path, connections, warm))?;
     }
@@ -47,31 +56,37 @@ fn main() -> Result<()> {
     let mut plain_rounds = Vec::new();
     let mut fresh_rounds = Vec::new();
     let mut reuse_rounds = Vec::new();
+    let mut fresh_off_rounds = Vec::new();
+    let mut reuse_off_rounds = Vec::new();
     for round in 1..=rounds {
         let p = client.block_on(run_load(plain, "/hello/ada", connections, duration))?;
         let f = client.block_on(run_load(addr, "/hello/ada", connections, duration))?;
+        let fo = client.block_on(run_load(quiet_addr, "/hello/ada", connections, duration))?;
         let r = client.block_on(run_load(addr, "/reuse/ada", connections, duration))?;
+        let ro = client.block_on(run_load(quiet_addr, "/reuse/ada", connections, duration))?;
         println!(
-            "round {round}: plain {} | fresh {} | reuse {}",
+            "round {round}: plain {} | fresh {} | reuse {} | metrics off: fresh {} | reuse {}",
             line(&p),
             line(&f),
-            line(&r)
+            line(&r),
+            line(&fo),
+            line(&ro)
         );
-        if p.errors + f.errors + r.errors > 0 {
-            bail!(
-                "errors: plain {}, fresh {}, reuse {}",
-                p.errors,
-                f.errors,
-                r.errors
-            );
+        let errors = [&p, &f, &r, &fo, &ro].iter().map(|r| r.errors).sum::<u64>();
+        if errors > 0 {
+            bail!("{errors} requests failed in round {round}");
         }
         plain_rounds.push(p);
         fresh_rounds.push(f);
         reuse_rounds.push(r);
+        fresh_off_rounds.push(fo);
+        reuse_off_rounds.push(ro);
     }
     let plain = median(plain_rounds);
     let fresh = median(fresh_rounds);
     let reuse = median(reuse_rounds);
+    let fresh_off = median(fresh_off_rounds);
+    let reuse_off = median(reuse_off_rounds);
     println!();
     println!("http_hello ({connections} connections, {seconds}s x {rounds} rounds, median round)");
     println!("  plain hyper                           : {}", line(&plain));
@@ -80,6 +95,9 @@ fn main() -> Result<()> {
     println!("  aim: >= 0.5x the plain requests/s, p99 <= 2.0x");
     println!("  fresh vs plain: {}", ratios(&fresh, &plain));
     println!("  reuse vs plain: {}", ratios(&reuse, &plain));
+    println!("  metrics on vs off (aim: >= 0.95x requests/s):");
+    println!("    fresh: {}", ratios(&fresh, &fresh_off));
+    println!("    reuse: {}", ratios(&reuse, &reuse_off));
     let report = serde_json::json!({
         "bench": "http_hello",
         "connections": connections,
@@ -90,6 +108,10 @@ fn main() -> Result<()> {
         "switchyard_reuse": summary(&reuse),
         "fresh_vs_plain": ratios(&fresh, &plain),
         "reuse_vs_plain": ratios(&reuse, &plain),
+        "switchyard_fresh_metrics_off": summary(&fresh_off),
+        "switchyard_reuse_metrics_off": summary(&reuse_off),
+        "fresh_metrics_on_vs_off": ratios(&fresh, &fresh_off),
+        "reuse_metrics_on_vs_off": ratios(&reuse, &reuse_off),
     });
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
     std::fs::create_dir_all(&out)?;
@@ -98,6 +120,7 @@ fn main() -> Result<()> {
         serde_json::to_vec_pretty(&report)?,
     )?;
     servers.block_on(node.shutdown());
+    servers.block_on(quiet.shutdown());
     Ok(())
 }
 
@@ -133,7 +156,8 @@ fn median(mut rounds: Vec<LoadReport>) -> LoadReport {
     rounds.swap_remove(rounds.len() / 2)
 }
 
-async fn start_servers(dir: &Path) -> Result<(switchyard::Node, SocketAddr)> {
+/// A node serving `hello` fresh and reused, with `extra` manifest lines, and a plain server.
+async fn start_servers(dir: &Path, extra: &str) -> Result<(switchyard::Node, SocketAddr)> {
     let guest = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/guests/wasm32-wasip2/release/hello.wasm");
     if !guest.is_file() {
@@ -148,7 +172,7 @@ async fn start_servers(dir: &Path) -> Result<(switchyard::Node, SocketAddr)> {
              routes = [\"GET /hello/{{name}}\"]\nmax_instances = 512\n\n[[service]]\n\
              name = \"hello-reuse\"\nversion = \"1.0.0\"\ncomponent = {:?}\n\
              routes = [\"GET /reuse/{{name}}\"]\nmax_instances = 512\n\
-             requests_per_instance = 100000\n",
+             requests_per_instance = 100000\n{extra}",
             guest.display().to_string(),
             guest.display().to_string()
         ),

@@ -244,8 +244,16 @@ async fn a_guest_logging_without_end_is_cut_at_its_per_request_budget_with_one_l
     capture_logs();
     let manifest = faulty("");
     let node = manifest.start().await;
-    // 1,000 lines of 1 KiB: 64 of them fit the 64 KiB budget.
-    let reply = get(node.http_addr(), "/f/chatty/1000").await;
+    // 1,000 lines of 1 KiB: 64 of them fit the 64 KiB budget. The request id is the test's
+    // own: other tests' nodes in this process number their requests the same way.
+    let reply = crate::support::send_with(
+        node.http_addr(),
+        "GET",
+        "/f/chatty/1000",
+        "",
+        &[("x-request-id", "limits-chatty-1")],
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let id = reply.header("x-request-id").unwrap().to_owned();
     let lines: Vec<serde_json::Value> = logs()

@@ -21,7 +21,7 @@ use tracing::{Instrument, field};
 
 use super::server::Handler;
 use crate::router::Lookup;
-use crate::telemetry::{Metrics, TRACE_HEADER, TraceContext};
+use crate::telemetry::{Metrics, RequestLog, TRACE_HEADER, TraceContext};
 use crate::wasm::Directory;
 use crate::wasm::{GuestRequest, GuestResponse, SlotError};
 
@@ -43,6 +43,7 @@ pub(crate) struct Ingress {
     /// Its size, for the refusal's text.
     body_budget_bytes: usize,
     metrics: Metrics,
+    request_log: RequestLog,
 }
 
 impl Ingress {
@@ -50,10 +51,12 @@ impl Ingress {
         services: Arc<Directory>,
         body_budget_bytes: usize,
         metrics: Metrics,
+        request_log: RequestLog,
     ) -> Self {
         Self {
             services,
             metrics,
+            request_log,
             ids: RequestIds::new(),
             body_budget: Arc::new(tokio::sync::Semaphore::new(
                 body_budget_bytes.min(tokio::sync::Semaphore::MAX_PERMITS),
@@ -173,13 +176,28 @@ impl Handler for Ingress {
         span.record("duration_us", duration_us);
         span.in_scope(|| tracing::debug!(status, duration_us, "request done"));
         if let Some(target) = routed {
+            let service = target.value.name();
             self.metrics.request(
-                target.value.name(),
+                service,
                 method.as_str(),
                 &target.pattern,
                 status,
                 started.elapsed(),
             );
+            if self.request_log.sampled(service) {
+                tracing::info!(
+                    target: "switchyard::requests",
+                    kind = "request",
+                    service,
+                    method = method.as_str(),
+                    route = &*target.pattern,
+                    status,
+                    duration_us,
+                    request_id = %request_id,
+                    trace_id = trace.trace_id(),
+                    "request"
+                );
+            }
         }
         response
     }

@@ -50,6 +50,8 @@
 //! [telemetry]                 # optional
 //! metrics = true              # default: GET /metrics on the admin API (with its token)
 //! # metrics_addr = "127.0.0.1:9464"  # and here, without the token (for a scraper)
+//! request_log = 0.01          # share of requests and calls logged (default 0)
+//! request_log_off = ["noisy"] # services never logged
 //!
 //! [[queue]]                   # a durable queue (see the messaging module)
 //! name = "orders"
@@ -113,18 +115,23 @@ pub struct Manifest {
     pub topics: Vec<TopicSpec>,
     /// `[messaging]`: which engine keeps the queues and topics.
     pub messaging: MessagingSpec,
-    /// `[telemetry]`: metrics.
+    /// `[telemetry]`: metrics and request logs.
     pub telemetry: TelemetrySpec,
 }
 
 /// `[telemetry]`: what the node tells about its traffic beyond its log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TelemetrySpec {
     /// `metrics = false` turns metrics off: nothing is counted, `GET /metrics` answers 404.
     pub metrics: bool,
     /// `metrics_addr`: a second listener that serves only `GET /metrics`, without the admin
     /// token, for a scraper that should not hold it.
     pub metrics_addr: Option<SocketAddr>,
+    /// `request_log`: the share (0 to 1) of requests and calls that get one structured log
+    /// line each (target `switchyard::requests`); default 0.
+    pub request_log: f64,
+    /// `request_log_off`: services whose requests and calls never get one.
+    pub request_log_off: Vec<String>,
 }
 
 impl Default for TelemetrySpec {
@@ -132,6 +139,8 @@ impl Default for TelemetrySpec {
         Self {
             metrics: true,
             metrics_addr: None,
+            request_log: 0.0,
+            request_log_off: Vec::new(),
         }
     }
 }

@@ -41,7 +41,7 @@ pub fn plan(old: &Manifest, new: &Manifest) -> Plan {
     let mut needs_restart = node_restarts(&old.node, node);
     if old.telemetry != *telemetry {
         needs_restart.push(
-            "`telemetry` changed (metrics are set up at start): restart the \
+            "`telemetry` changed (metrics and request logs are set up at start): restart the \
              node to apply it"
                 .to_owned(),
         );

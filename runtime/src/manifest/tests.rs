@@ -513,11 +513,16 @@ fn telemetry_is_checked_with_its_place() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(defaults, TelemetrySpec::default());
     assert!(defaults.metrics && defaults.metrics_addr.is_none());
-    let (manifest, _) = parse("[telemetry]\nmetrics_addr = \"127.0.0.1:9464\"\n");
+    let (manifest, _) = parse(&format!(
+        "{GOOD}[telemetry]\nmetrics_addr = \"127.0.0.1:9464\"\nrequest_log = 0.25\n\
+         request_log_off = [\"hello\"]\n"
+    ));
     let telemetry = manifest
         .map(|m| m.telemetry)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(telemetry.metrics_addr, "127.0.0.1:9464".parse().ok());
+    assert_eq!(telemetry.request_log, 0.25);
+    assert_eq!(telemetry.request_log_off, ["hello"]);
     for (body, says) in [
         ("metrics_addr = \"nowhere\"", "is not a socket address"),
         (
@@ -525,6 +530,8 @@ fn telemetry_is_checked_with_its_place() {
             "while metrics = false",
         ),
         ("metric = true", "unknown field"),
+        ("request_log = 1.5", "is not a share between 0 and 1"),
+        ("request_log_off = [\"nobody\"]", "which is no [[service]]"),
     ] {
         let err = error_of(&format!("[telemetry]\n{body}\n"));
         assert!(

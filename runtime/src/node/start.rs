@@ -20,7 +20,7 @@ use crate::messaging;
 use crate::policy::Policies;
 use crate::rpc;
 use crate::state;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, RequestLog};
 use crate::transport::Identity;
 
 /// The node's TCP listeners, bound before anything slow happens.
@@ -126,6 +126,7 @@ pub(super) struct Runtime {
     services: Arc<Services>,
     pub(super) control: Arc<Control>,
     metrics: Metrics,
+    request_log: RequestLog,
 }
 
 impl Runtime {
@@ -144,6 +145,10 @@ impl Runtime {
         } else {
             Metrics::off()
         };
+        let request_log = RequestLog::new(
+            manifest.telemetry.request_log,
+            manifest.telemetry.request_log_off.iter().cloned(),
+        );
         let broker = match &manifest.messaging {
             MessagingSpec::Embedded => {
                 let (data_dir, queues) = (manifest.node.data_dir.clone(), manifest.queues.clone());
@@ -192,6 +197,7 @@ impl Runtime {
             manifest.balance.clone(),
             policies.clone(),
             metrics.clone(),
+            request_log.clone(),
         );
         if let Some(mesh) = mesh {
             broker.join_mesh(Arc::new(messaging::MeshQueues::new(
@@ -235,6 +241,7 @@ impl Runtime {
             services,
             control,
             metrics,
+            request_log,
         })
     }
 
@@ -274,6 +281,7 @@ impl Runtime {
                 self.services.directory().clone(),
                 ingress.body_budget_bytes,
                 self.metrics.clone(),
+                self.request_log.clone(),
             )),
             None,
             ConnectionLimits {

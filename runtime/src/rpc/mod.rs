@@ -39,7 +39,7 @@ use crate::discovery::Registry;
 use crate::host::Calls;
 use crate::manifest::BalanceSpec;
 use crate::policy::{Chain, Policies};
-use crate::telemetry::Metrics;
+use crate::telemetry::{CallOutcome, Metrics, RequestLog, TRACE_HEADER, TraceContext};
 use crate::transport::Transport;
 use crate::util::BoxFuture;
 use crate::wasm::{Callee, Directory};
@@ -61,6 +61,8 @@ pub(crate) struct Client {
     policies: Arc<Policies>,
     /// Counts every call by caller, callee and outcome.
     metrics: Metrics,
+    /// Logs a share of them.
+    request_log: RequestLog,
 }
 
 /// The way to other nodes.
@@ -86,6 +88,7 @@ impl Client {
         balance: BTreeMap<String, BalanceSpec>,
         policies: Arc<Policies>,
         metrics: Metrics,
+        request_log: RequestLog,
     ) -> Self {
         Self {
             directory: Arc::default(),
@@ -93,6 +96,7 @@ impl Client {
             balance: Arc::new(arc_swap::ArcSwap::from_pointee(balance)),
             policies,
             metrics,
+            request_log,
         }
     }
 
@@ -115,14 +119,38 @@ impl Client {
     ///
     /// Dropping the future drops the callee's instance mid-call; nothing else is affected.
     pub(crate) async fn call(&self, call: Call) -> Result<Reply, CallError> {
-        if !self.metrics.is_on() {
+        let logged = self.request_log.sampled(&call.caller);
+        if !self.metrics.is_on() && !logged {
             return self.call_through_policies(call).await;
         }
         let started = std::time::Instant::now();
         let (caller, callee) = (call.caller.clone(), call.target.service.clone());
+        let about = logged.then(|| {
+            (
+                call.method.clone(),
+                call.request_id.clone(),
+                trace_id(&call),
+            )
+        });
         let result = self.call_through_policies(call).await;
+        let outcome = CallOutcome::from(&result);
         self.metrics
-            .call(&caller, &callee, (&result).into(), started.elapsed());
+            .call(&caller, &callee, outcome, started.elapsed());
+        if let Some((method, request_id, trace_id)) = about {
+            tracing::info!(
+                target: "switchyard::requests",
+                kind = "call",
+                caller = %caller,
+                callee = %callee,
+                method = %method,
+                outcome = outcome.label(),
+                status = result.as_ref().ok().map(|reply| reply.status),
+                duration_us = started.elapsed().as_micros() as u64,
+                request_id = %request_id,
+                trace_id = trace_id.as_deref().unwrap_or(""),
+                "call"
+            );
+        }
         result
     }
 
@@ -154,6 +182,15 @@ impl Client {
             .map(|d| d.node().to_owned())
             .unwrap_or_default()
     }
+}
+
+/// The trace id a call carries in its `traceparent` header, if any.
+fn trace_id(call: &Call) -> Option<String> {
+    call.headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(TRACE_HEADER))
+        .and_then(|(_, value)| TraceContext::parse(value))
+        .map(|trace| trace.trace_id().to_owned())
 }
 
 /// The rest of the call path inside a policy chain: route (asking the chain's `pick`) and send.

@@ -118,7 +118,8 @@ pub(crate) enum CallOutcome {
 }
 
 impl CallOutcome {
-    fn label(self) -> &'static str {
+    /// As metrics and request logs write it.
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Ok => "ok",
             Self::Timeout => "timeout",

@@ -1,15 +1,18 @@
-//! What a node tells about itself: its log, trace context, and metrics (Prometheus text).
+//! What a node tells about itself: its log, request logs, trace context, and metrics
+//! (Prometheus text).
 //!
 //! The log's filter comes from `SWITCHYARD_LOG` (then `RUST_LOG`), in `tracing-subscriber`'s
 //! `EnvFilter` syntax, default `info`. Guest log lines use target `guest`, so
 //! `SWITCHYARD_LOG=info,guest=debug` shows guests' debug lines only.
 
 mod metrics;
+mod requests;
 mod trace;
 
 pub(crate) use metrics::{
     CONTENT_TYPE as METRICS_CONTENT_TYPE, CallOutcome, Metrics, PolicyDecision, Scrape,
 };
+pub(crate) use requests::RequestLog;
 pub(crate) use trace::{HEADER as TRACE_HEADER, TraceContext};
 
 /// How text log lines write their fields: the message and every value through [`OneLine`],

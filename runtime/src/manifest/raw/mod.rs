@@ -50,6 +50,9 @@ struct RawManifest {
 struct RawTelemetry {
     metrics: Option<bool>,
     metrics_addr: Option<Spanned<String>>,
+    request_log: Option<Spanned<f64>>,
+    #[serde(default)]
+    request_log_off: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -305,7 +308,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> 
     let queues = check_queues(&check, raw.queue, &services, shared)?;
     let topics = check_topics(&check, raw.topic, &services, &queues, shared)?;
     let bindings = check_bindings(&check, raw.bind, &policies, &services, &queues, &topics)?;
-    let telemetry = check_telemetry(&check, raw.telemetry, &node)?;
+    let telemetry = check_telemetry(&check, raw.telemetry, &node, &services)?;
     let manifest = Manifest {
         path: path.to_path_buf(),
         node,
