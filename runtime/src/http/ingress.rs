@@ -171,19 +171,15 @@ impl Handler for Ingress {
             response.headers_mut().insert(X_REQUEST_ID.clone(), value);
         }
         let status = response.status().as_u16();
-        let duration_us = started.elapsed().as_micros() as u64;
+        let took = started.elapsed();
+        let duration_us = took.as_micros() as u64;
         span.record("status", status);
         span.record("duration_us", duration_us);
         span.in_scope(|| tracing::debug!(status, duration_us, "request done"));
         if let Some(target) = routed {
             let service = target.value.name();
-            self.metrics.request(
-                service,
-                method.as_str(),
-                &target.pattern,
-                status,
-                started.elapsed(),
-            );
+            self.metrics
+                .request(service, method.as_str(), &target.pattern, status, took);
             if self.request_log.sampled(service) {
                 tracing::info!(
                     target: "switchyard::requests",

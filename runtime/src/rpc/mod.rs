@@ -134,8 +134,8 @@ impl Client {
         });
         let result = self.call_through_policies(call).await;
         let outcome = CallOutcome::from(&result);
-        self.metrics
-            .call(&caller, &callee, outcome, started.elapsed());
+        let took = started.elapsed();
+        self.metrics.call(&caller, &callee, outcome, took);
         if let Some((method, request_id, trace_id)) = about {
             tracing::info!(
                 target: "switchyard::requests",
@@ -145,7 +145,7 @@ impl Client {
                 method = %method,
                 outcome = outcome.label(),
                 status = result.as_ref().ok().map(|reply| reply.status),
-                duration_us = started.elapsed().as_micros() as u64,
+                duration_us = took.as_micros() as u64,
                 request_id = %request_id,
                 trace_id = trace_id.as_deref().unwrap_or(""),
                 "call"

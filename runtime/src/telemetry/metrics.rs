@@ -392,27 +392,21 @@ impl Scrape {
             .iter()
             .map(|(key, value)| (*key, (*value).to_owned()))
             .collect();
-        let index = match self.families.iter().position(|f| f.name == name) {
-            Some(index) => index,
-            None => {
-                self.families.push(ScrapeFamily {
-                    name,
-                    help,
-                    counter,
-                    samples: Vec::new(),
-                });
-                self.families.len() - 1
-            }
-        };
-        if let Some(family) = self.families.get_mut(index) {
-            family.samples.push((labels, value));
+        match self.families.iter_mut().find(|family| family.name == name) {
+            Some(family) => family.samples.push((labels, value)),
+            None => self.families.push(ScrapeFamily {
+                name,
+                help,
+                counter,
+                samples: vec![(labels, value)],
+            }),
         }
     }
 }
 
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use prometheus_client::metrics::{MetricType, TypedMetric as _};
+        use prometheus_client::metrics::TypedMetric as _;
         for family in &self.families {
             let name = format!("switchyard_{}", family.name);
             let kind = if family.counter {
@@ -423,11 +417,10 @@ impl Collector for Scrape {
             let mut metric = encoder.encode_descriptor(&name, family.help, None, kind)?;
             for (labels, value) in &family.samples {
                 let sample = metric.encode_family(labels)?;
-                match kind {
-                    MetricType::Counter => {
-                        ConstCounter::new(u64::try_from(*value).unwrap_or(0)).encode(sample)?
-                    }
-                    _ => ConstGauge::new(*value).encode(sample)?,
+                if family.counter {
+                    ConstCounter::new(u64::try_from(*value).unwrap_or(0)).encode(sample)?;
+                } else {
+                    ConstGauge::new(*value).encode(sample)?;
                 }
             }
         }

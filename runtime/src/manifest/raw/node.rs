@@ -37,7 +37,8 @@ pub(super) fn check_node(
         }
         None => "switchyard".to_owned(),
     };
-    let socket = |value: &Spanned<String>, key: &str| socket_address(check, value, key);
+    let socket =
+        |value: &Spanned<String>, key: &str| socket_address(check, value, &format!("node.{key}"));
     let address = |value: Option<Spanned<String>>, default: &str, key: &str| match value {
         None => default
             .parse::<SocketAddr>()
@@ -152,8 +153,9 @@ pub(super) fn check_node(
     })
 }
 
-/// A `node.*` socket address, or an error at its place saying the form.
-fn socket_address(
+/// A socket address under manifest key `key` (`node.http`), or an error at its place saying
+/// the form.
+pub(super) fn socket_address(
     check: &Checker<'_>,
     value: &Spanned<String>,
     key: &str,
@@ -162,7 +164,7 @@ fn socket_address(
         check.invalid(
             value.span(),
             format!(
-                "`node.{key}` = {:?} is not a socket address: {err}",
+                "`{key}` = {:?} is not a socket address: {err}",
                 value.get_ref()
             ),
             "write IP:PORT, e.g. \"127.0.0.1:8080\" or \"0.0.0.0:0\" (0 picks a free port)",
@@ -181,7 +183,7 @@ fn check_advertise(
     let advertise = match advertise {
         None => None,
         Some(value) => {
-            let advertise = socket_address(check, value, "advertise")?;
+            let advertise = socket_address(check, value, "node.advertise")?;
             if quic.is_none() {
                 return Err(check.invalid(
                     value.span(),

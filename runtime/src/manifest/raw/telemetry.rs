@@ -71,16 +71,7 @@ fn metrics_address(
             "remove metrics_addr, or turn metrics on",
         ));
     }
-    let addr = value.get_ref().parse::<SocketAddr>().map_err(|err| {
-        check.invalid(
-            value.span(),
-            format!(
-                "`telemetry.metrics_addr` = {:?} is not a socket address: {err}",
-                value.get_ref()
-            ),
-            "write IP:PORT, e.g. \"127.0.0.1:9464\" (0 picks a free port)",
-        )
-    })?;
+    let addr = super::node::socket_address(check, value, "telemetry.metrics_addr")?;
     let taken = [("node.http", node.http), ("node.admin", node.admin)]
         .into_iter()
         .find(|(_, other)| *other == addr && addr.port() != 0);
