@@ -1,8 +1,10 @@
 //! Requests/s and p50/p99 latency through the hello guest, against a plain hyper server
 //! answering the same text, with the same client and concurrency, in the same run. The guest
 //! runs twice: with a fresh instance per request (the default) and with instance reuse
-//! (`requests_per_instance`). A second node, the same but with `[telemetry] metrics = false`,
-//! measures what counting metrics costs (aim: at most 5 % fewer requests/s).
+//! (`requests_per_instance`). The node counts metrics and exports 1 % of its traces over
+//! OTLP (to a sink in this process); a second node, the same with telemetry off
+//! (`metrics = false`, no `otlp`), measures what that costs (aim: at most 5 % fewer
+//! requests/s).
 //!
 //! `cargo xtask bench` (or `cargo bench -p switchyard-benches --bench http_hello`).
 //! Knobs: `BENCH_SECONDS` per round (default 5), `BENCH_CONNECTIONS` (default 32),
@@ -32,7 +34,14 @@ fn main() -> Result<()> {
         .build()?;
 
     let dir = tempfile::tempdir()?;
-    let (node, plain) = servers.block_on(async { start_servers(dir.path(), "").await })?;
+    let (node, plain) = servers.block_on(async {
+        let collector = start_plain_hyper(PlainReply::Empty).await?;
+        start_servers(
+            dir.path(),
+            &format!("[telemetry]\notlp = \"http://{collector}\"\ntrace_sampling = 0.01\n"),
+        )
+        .await
+    })?;
     let quiet_dir = tempfile::tempdir()?;
     // Its plain server goes unused: the baseline is the first one.
     let (quiet, _) = servers.block_on(async {
@@ -65,7 +74,7 @@ fn main() -> Result<()> {
         let r = client.block_on(run_load(addr, "/reuse/ada", connections, duration))?;
         let ro = client.block_on(run_load(quiet_addr, "/reuse/ada", connections, duration))?;
         println!(
-            "round {round}: plain {} | fresh {} | reuse {} | metrics off: fresh {} | reuse {}",
+            "round {round}: plain {} | fresh {} | reuse {} | telemetry off: fresh {} | reuse {}",
             line(&p),
             line(&f),
             line(&r),
@@ -95,7 +104,7 @@ fn main() -> Result<()> {
     println!("  aim: >= 0.5x the plain requests/s, p99 <= 2.0x");
     println!("  fresh vs plain: {}", ratios(&fresh, &plain));
     println!("  reuse vs plain: {}", ratios(&reuse, &plain));
-    println!("  metrics on vs off (aim: >= 0.95x requests/s):");
+    println!("  telemetry (metrics, 1 % traces) on vs off (aim: >= 0.95x requests/s):");
     println!("    fresh: {}", ratios(&fresh, &fresh_off));
     println!("    reuse: {}", ratios(&reuse, &reuse_off));
     let report = serde_json::json!({
@@ -108,10 +117,10 @@ fn main() -> Result<()> {
         "switchyard_reuse": summary(&reuse),
         "fresh_vs_plain": ratios(&fresh, &plain),
         "reuse_vs_plain": ratios(&reuse, &plain),
-        "switchyard_fresh_metrics_off": summary(&fresh_off),
-        "switchyard_reuse_metrics_off": summary(&reuse_off),
-        "fresh_metrics_on_vs_off": ratios(&fresh, &fresh_off),
-        "reuse_metrics_on_vs_off": ratios(&reuse, &reuse_off),
+        "switchyard_fresh_telemetry_off": summary(&fresh_off),
+        "switchyard_reuse_telemetry_off": summary(&reuse_off),
+        "fresh_telemetry_on_vs_off": ratios(&fresh, &fresh_off),
+        "reuse_telemetry_on_vs_off": ratios(&reuse, &reuse_off),
     });
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
     std::fs::create_dir_all(&out)?;

@@ -5,6 +5,10 @@
 //! scale, the same two rounds call an instance on the caller's own node (in-process, no
 //! socket): what a remote call costs on top of the callee itself.
 //!
+//! Both nodes count metrics and export 1 % of their traces over OTLP (to a sink in this
+//! process); a second pair, the same with telemetry off (`metrics = false`, no `otlp`), runs
+//! the remote rounds again: what telemetry costs (aim: at most 5 % fewer calls/s).
+//!
 //! Each set of rounds runs at 8 concurrent callers (load: calls/s and latency under it) and
 //! at 1 (one call at a time: latency with nothing queued). Every row also gives the process
 //! CPU time per call: at 8 callers on a small machine the rounds are CPU-bound, and a remote
@@ -27,7 +31,7 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use switchyard::bench::{Identity, SERVER_NAME};
-use switchyard_benches::{RoundClock, Timed, env_or, timed_loop};
+use switchyard_benches::{PlainReply, RoundClock, Timed, env_or, start_plain_hyper, timed_loop};
 
 const PAYLOAD: &[u8] = b"Hello, bench!\n";
 
@@ -100,33 +104,45 @@ async fn main() -> Result<()> {
         std::fs::write(
             &path,
             format!(
-                "[node]\n{node}\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n{services}"
+                "[node]\n{node}\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+                 data_dir = \"{name}-data\"\n\n{services}"
             ),
         )?;
         Ok(switchyard::Manifest::load(&path)?)
     };
-    let b = switchyard::Node::start(&manifest(
-        "b",
-        "name = \"b\"\nquic = \"127.0.0.1:0\"",
-        &format!(
-            "{}{}requests_per_instance = 100000\n",
-            service("hello", "hello", "GET /hello/{name}"),
-            service("hello-reuse", "hello", "GET /again/{name}")
-        ),
-    )?)
+    let pair =
+        async |prefix: &str, telemetry: &str| -> Result<(switchyard::Node, switchyard::Node)> {
+            let b = switchyard::Node::start(&manifest(
+                &format!("{prefix}b"),
+                &format!("name = \"{prefix}b\"\nquic = \"127.0.0.1:0\""),
+                &format!(
+                    "{}{}requests_per_instance = 100000\n{telemetry}",
+                    service("hello", "hello", "GET /hello/{name}"),
+                    service("hello-reuse", "hello", "GET /again/{name}")
+                ),
+            )?)
+            .await?;
+            let b_quic = b.quic_addr().context("node b has no QUIC address")?;
+            let a = switchyard::Node::start(&manifest(
+                &format!("{prefix}a"),
+                &format!("name = \"{prefix}a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{b_quic}\"]"),
+                &format!(
+                    "{}{}{}requests_per_instance = 100000\n{telemetry}",
+                    service("faulty", "faulty", "POST /f/{fault}/{arg}"),
+                    service("hello-here-fresh", "hello", "GET /here-fresh/{name}"),
+                    service("hello-here", "hello", "GET /here/{name}")
+                ),
+            )?)
+            .await?;
+            Ok((a, b))
+        };
+    let collector = start_plain_hyper(PlainReply::Empty).await?;
+    let (a, b) = pair(
+        "",
+        &format!("[telemetry]\notlp = \"http://{collector}\"\ntrace_sampling = 0.01\n"),
+    )
     .await?;
-    let b_quic = b.quic_addr().context("node b has no QUIC address")?;
-    let a = switchyard::Node::start(&manifest(
-        "a",
-        &format!("name = \"a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{b_quic}\"]"),
-        &format!(
-            "{}{}{}requests_per_instance = 100000\n",
-            service("faulty", "faulty", "POST /f/{fault}/{arg}"),
-            service("hello-here-fresh", "hello", "GET /here-fresh/{name}"),
-            service("hello-here", "hello", "GET /here/{name}")
-        ),
-    )?)
-    .await?;
+    let (quiet_a, quiet_b) = pair("quiet-", "[telemetry]\nmetrics = false\n").await?;
     tokio::time::sleep(Duration::from_millis(1200)).await; // discovery
 
     if let Ok(only) = std::env::var("BENCH_PROFILE_ONLY") {
@@ -146,6 +162,9 @@ async fn main() -> Result<()> {
     for callee in REMOTE.iter().chain(&LOCAL) {
         switchyard_calls(a.http_addr(), callee, 50, callers).await?;
     }
+    for callee in &REMOTE {
+        switchyard_calls(quiet_a.http_addr(), callee, 50, callers).await?;
+    }
     println!("rpc_remote ({calls} sequential calls per caller)");
     for callers in levels {
         let mut rounds = Vec::new();
@@ -158,9 +177,23 @@ async fn main() -> Result<()> {
         for callee in &LOCAL {
             local.push(switchyard_calls(a.http_addr(), callee, calls, callers).await?);
         }
+        let mut quiet = Vec::new();
+        for callee in &REMOTE {
+            quiet.push(switchyard_calls(quiet_a.http_addr(), callee, calls, callers).await?);
+        }
         println!(" {callers} concurrent caller(s):");
         for outcome in rounds.iter().chain([&quinn, &hyper]).chain(&local) {
             println!("  {}", outcome.line("calls"));
+        }
+        for (ours, off) in rounds.iter().zip(&quiet) {
+            println!(
+                "  {}: telemetry (metrics, 1 % traces) on vs off: calls/s {:.3}x (aim >= 0.95), \
+                 p50 {:.2}x (off: {:.0} calls/s)",
+                ours.name,
+                ours.rate() / off.rate(),
+                ours.latency_us(0.5) as f64 / off.latency_us(0.5) as f64,
+                off.rate()
+            );
         }
         for (ours, here) in rounds.iter().zip(&local) {
             let p50 = ours.latency_us(0.5) as f64 / quinn.latency_us(0.5) as f64;
@@ -184,8 +217,9 @@ async fn main() -> Result<()> {
             );
         }
     }
-    a.shutdown().await;
-    b.shutdown().await;
+    for node in [a, b, quiet_a, quiet_b] {
+        node.shutdown().await;
+    }
     Ok(())
 }
 

@@ -109,6 +109,8 @@ pub enum PlainReply {
     Hello,
     /// The request body.
     Echo,
+    /// Nothing, `200`: an OTLP/HTTP collector's answer (an empty export response).
+    Empty,
 }
 
 /// A plain hyper 1 HTTP/1.1 server on a free loopback port: the baseline the benchmarks
@@ -137,6 +139,7 @@ pub async fn start_plain_hyper(reply: PlainReply) -> Result<SocketAddr> {
                                 );
                                 response
                             }
+                            PlainReply::Empty => hyper::Response::new(Full::new(Bytes::new())),
                             PlainReply::Echo => {
                                 let body =
                                     request.into_body().collect().await.map(|b| b.to_bytes());

@@ -49,6 +49,21 @@ enum Command {
         #[command(flatten)]
         admin: cli::AdminArgs,
     },
+    /// Watch a running node live: requests/s, p50/p99 and error rate per service, calls
+    /// between services, breaker states, queue and topic lag, recent swaps (its admin `/live`,
+    /// the same as the live page at the admin address's `/`).
+    Top {
+        /// The node's manifest (its admin address, token and CA are used).
+        manifest: Option<PathBuf>,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+        /// Redraw every this many milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        interval_ms: u64,
+        /// Print one frame (rates over the last second) and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Hot-swap a running node's service or policy to a new component, without dropping a
     /// request (in-flight requests finish on the old code; a policy keeps its state).
     Swap {
@@ -212,6 +227,17 @@ fn main() -> ExitCode {
                 },
         } => cli::import_state(&service, &file, manifest, &admin),
         Command::Status { manifest, admin } => cli::status(manifest, &admin),
+        Command::Top {
+            manifest,
+            admin,
+            interval_ms,
+            once,
+        } => cli::top(
+            manifest,
+            &admin,
+            std::time::Duration::from_millis(interval_ms.max(100)),
+            once,
+        ),
         Command::Swap {
             kind,
             name,

@@ -17,7 +17,7 @@ fn faulty_routes() -> String {
     )
 }
 
-async fn wait_for_peer_service(admin: &Node, needle: &str) {
+pub(crate) async fn wait_for_peer_service(admin: &Node, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let registry = admin_get(admin, "/registry").await.body;

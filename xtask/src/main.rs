@@ -130,13 +130,19 @@ fn run_command(cli: Cli) -> Result<()> {
     }
 }
 
-/// Servers the tests start themselves, on free ports: etcd (the etcd discovery backend),
-/// nats-server (the NATS JetStream messaging backend) and Prometheus (which scrapes a node).
+/// Servers and programs the tests start themselves, on free ports: etcd (the etcd discovery
+/// backend), nats-server (the NATS JetStream messaging backend), Prometheus (which scrapes a
+/// node) and Chromium (which loads the live page).
 fn test_servers() -> Result<()> {
     installed(
         &["/usr/bin/prometheus"],
         "prometheus",
         "the metrics test starts Prometheus to scrape a node; install it as root",
+    )?;
+    installed(
+        &["/usr/bin/chromium"],
+        "chromium",
+        "the live page's test loads it in headless Chromium; install it as root",
     )?;
     // The packages may start system services on their usual ports; the tests start their own.
     installed(

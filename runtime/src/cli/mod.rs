@@ -1,5 +1,5 @@
 //! The `switchyard` command's subcommands that are more than a call into the library: the
-//! admin API client and what uses it (`status`, `swap`, `redrive`, `state`), certificates, and the
+//! admin API client and what uses it (`status`, `top`, `swap`, `redrive`, `state`), certificates, and the
 //! guest scaffold. Part of the binary only.
 
 mod admin;
@@ -8,6 +8,7 @@ mod scaffold;
 mod state;
 mod status;
 mod swap;
+mod top;
 
 pub(crate) use admin::AdminArgs;
 pub(crate) use cert::cert;
@@ -15,5 +16,6 @@ pub(crate) use scaffold::new_guest;
 pub(crate) use state::{export as export_state, import as import_state};
 pub(crate) use status::status;
 pub(crate) use swap::{redrive, replay, swap};
+pub(crate) use top::top;
 
 use super::{CertCommand, SwapKind};

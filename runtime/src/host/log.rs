@@ -3,6 +3,7 @@
 
 use super::bindings::imports::log::{self, Level};
 use super::{HostState, PolicyState};
+use crate::telemetry::KeyValue;
 
 /// Guest messages are cut here so one guest cannot flood the log with a single line.
 const MAX_MESSAGE_BYTES: usize = 8 * 1024;
@@ -64,12 +65,24 @@ impl LogBudget {
 
 impl log::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
+        if spanned(level) {
+            self.span.event("log", || {
+                vec![
+                    KeyValue::new("log.level", label(level)),
+                    KeyValue::new(
+                        "log.message",
+                        truncate(&message, MAX_MESSAGE_BYTES).to_owned(),
+                    ),
+                ]
+            });
+        }
         let budget = &mut self.log_budget;
         budget.write(&self.guest.service, &self.request_id, level, &message);
     }
 
+    /// A recorded span takes info and above whatever the node's log filter says.
     fn enabled(&mut self, level: Level) -> bool {
-        enabled(level)
+        enabled(level) || (self.span.is_recording() && spanned(level))
     }
 }
 
@@ -91,6 +104,22 @@ fn write(service: &str, request_id: &str, level: Level, message: &str) {
         Level::Info => tracing::info!(target: "guest", service, request_id, "{message}"),
         Level::Warn => tracing::warn!(target: "guest", service, request_id, "{message}"),
         Level::Error => tracing::error!(target: "guest", service, request_id, "{message}"),
+    }
+}
+
+/// Whether a line at `level` becomes an event of the work's span (when it is recorded):
+/// debug and trace lines stay in the log, where the filter decides.
+fn spanned(level: Level) -> bool {
+    matches!(level, Level::Info | Level::Warn | Level::Error)
+}
+
+fn label(level: Level) -> &'static str {
+    match level {
+        Level::Trace => "trace",
+        Level::Debug => "debug",
+        Level::Info => "info",
+        Level::Warn => "warn",
+        Level::Error => "error",
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::bindings::imports::messaging::{self as wit, OutgoingMessage};
 use super::bindings::imports::types::MessageKind as WitKind;
 use super::{GuestMessage, HostState, Outgoing, Receipt, RequestError, SendError};
-use crate::telemetry::TraceContext;
+use crate::telemetry::{KeyValue, Span, SpanKind};
 use crate::wire::{MessageKind, StoredMessage};
 
 /// The largest message body a queue takes.
@@ -14,12 +14,14 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 impl HostState {
     /// `message` as the node sends it to `to` for this guest: its size checked, the sender's
-    /// node headers dropped and this node's causation set; with the trace it continues.
+    /// node headers dropped and this node's causation set; with the producer span its
+    /// `operation` (`send`, `publish`, ...) runs in, whose context the message carries.
     pub(super) fn outgoing(
         &self,
+        operation: &'static str,
         to: &str,
         message: OutgoingMessage,
-    ) -> Result<(Outgoing, String), wit::SendError> {
+    ) -> Result<(Outgoing, Span), wit::SendError> {
         if message.body.len() > MAX_BODY_BYTES {
             return Err(wit::SendError::TooLarge(format!(
                 "a message to `{to}` has a body of {} bytes; a queue takes at most \
@@ -27,10 +29,17 @@ impl HostState {
                 message.body.len()
             )));
         }
-        let trace = self
-            .trace
-            .as_ref()
-            .map_or_else(TraceContext::root, TraceContext::child);
+        let span =
+            self.guest
+                .traces
+                .start(operation, SpanKind::Producer, self.span.trace(), || {
+                    vec![
+                        KeyValue::new("messaging.operation.name", operation),
+                        KeyValue::new("messaging.destination.name", to.to_owned()),
+                        KeyValue::new("switchyard.service", self.guest.service.clone()),
+                    ]
+                });
+        span.rename(|| format!("{operation} {to}"));
         let mut headers = message.headers;
         // The subscriber learns the sender and attempt from the node, not from the sender.
         crate::call::drop_node_headers(&mut headers);
@@ -43,21 +52,31 @@ impl HostState {
             reply_to: message.reply_to,
             body: message.body,
         };
-        Ok((outgoing, trace.header()))
+        Ok((outgoing, span))
     }
 
     /// `send` and `publish`: appends `message` to `to` within the guest's deadline.
     async fn append(
         &mut self,
+        operation: &'static str,
         to: &str,
         message: OutgoingMessage,
     ) -> Result<Receipt, wit::SendError> {
-        let (outgoing, trace) = self.outgoing(to, message)?;
+        let (outgoing, span) = self.outgoing(operation, to, message)?;
         let queues = self.guest.queues.clone();
         let budget = self.deadline.remaining();
         let sent = queues
-            .send(to, &self.guest.service, Some(trace), outgoing, budget)
+            .send(
+                to,
+                &self.guest.service,
+                Some(span.trace().header()),
+                outgoing,
+                budget,
+            )
             .await;
+        if let Err(err) = &sent {
+            span.fail(|| err.to_string());
+        }
         Ok(sent?)
     }
 }
@@ -68,7 +87,9 @@ impl wit::Host for HostState {
         queue: String,
         message: OutgoingMessage,
     ) -> Result<String, wit::SendError> {
-        self.append(&queue, message).await.map(|receipt| receipt.id)
+        self.append("send", &queue, message)
+            .await
+            .map(|receipt| receipt.id)
     }
 
     async fn publish(
@@ -76,7 +97,7 @@ impl wit::Host for HostState {
         topic: String,
         message: OutgoingMessage,
     ) -> Result<u64, wit::SendError> {
-        self.append(&topic, message)
+        self.append("publish", &topic, message)
             .await
             .map(|receipt| receipt.offset)
     }
@@ -102,13 +123,19 @@ impl wit::Host for HostState {
         message: OutgoingMessage,
         window_ms: u32,
     ) -> Result<Vec<GuestMessage>, wit::RequestError> {
-        let (outgoing, trace) = self
-            .outgoing(&topic, message)
+        let (outgoing, span) = self
+            .outgoing("request-all", &topic, message)
             .map_err(wit::RequestError::NotSent)?;
         let queues = self.guest.queues.clone();
         let window = Duration::from_millis(u64::from(window_ms)).min(self.deadline.remaining());
         let replied = queues
-            .request_all(&topic, &self.guest.service, Some(trace), outgoing, window)
+            .request_all(
+                &topic,
+                &self.guest.service,
+                Some(span.trace().header()),
+                outgoing,
+                window,
+            )
             .await;
         Ok(replied?
             .iter()
@@ -122,8 +149,8 @@ impl wit::Host for HostState {
         message: OutgoingMessage,
         timeout_ms: u32,
     ) -> Result<GuestMessage, wit::RequestError> {
-        let (outgoing, trace) = self
-            .outgoing(&destination, message)
+        let (outgoing, span) = self
+            .outgoing("request", &destination, message)
             .map_err(wit::RequestError::NotSent)?;
         let queues = self.guest.queues.clone();
         let timeout = Duration::from_millis(u64::from(timeout_ms)).min(self.deadline.remaining());
@@ -131,7 +158,7 @@ impl wit::Host for HostState {
             .request(
                 &destination,
                 &self.guest.service,
-                Some(trace),
+                Some(span.trace().header()),
                 outgoing,
                 timeout,
             )
@@ -140,11 +167,17 @@ impl wit::Host for HostState {
     }
 
     async fn reply(&mut self, to: String, message: OutgoingMessage) -> Result<(), wit::SendError> {
-        let (outgoing, trace) = self.outgoing(&to, message)?;
+        let (outgoing, span) = self.outgoing("reply", &to, message)?;
         let queues = self.guest.queues.clone();
         let budget = self.deadline.remaining();
         let replied = queues
-            .reply(&to, &self.guest.service, Some(trace), outgoing, budget)
+            .reply(
+                &to,
+                &self.guest.service,
+                Some(span.trace().header()),
+                outgoing,
+                budget,
+            )
             .await;
         replied.map_err(Into::into)
     }

@@ -46,6 +46,8 @@ pub(crate) struct Outbound {
     pub(crate) calls: Arc<dyn Calls>,
     pub(crate) queues: Arc<dyn Queues>,
     pub(crate) state: Arc<dyn StateStore>,
+    /// Records a producer span per message sent.
+    pub(crate) traces: crate::telemetry::Traces,
 }
 
 /// What every instance of one service generation shares.
@@ -57,6 +59,7 @@ pub(crate) struct GuestContext {
     pub(crate) queues: Arc<dyn Queues>,
     /// Keeps its state and outbox.
     pub(crate) state: Arc<dyn StateStore>,
+    pub(crate) traces: crate::telemetry::Traces,
     /// How many bytes of keys and values its state may hold.
     pub(crate) state_max_bytes: u64,
     pub(crate) config: BTreeMap<String, String>,
@@ -100,8 +103,9 @@ pub(crate) struct HostState {
     deadline: Deadline,
     /// Numbers the calls of the current request (their ids are `<request id>.<n>`).
     calls_made: u32,
-    /// The current request's trace; its calls continue it.
-    trace: Option<crate::telemetry::TraceContext>,
+    /// The span of the current work: its log lines are the span's events, its calls and
+    /// messages continue its trace.
+    span: crate::telemetry::SpanHandle,
     /// The chain of messages that led to the current work (empty for an HTTP request);
     /// messages it sends continue it.
     causation: crate::wire::Causation,
@@ -134,7 +138,7 @@ impl HostState {
             request_id: String::new(),
             deadline: Deadline::after(std::time::Duration::ZERO),
             calls_made: 0,
-            trace: None,
+            span: crate::telemetry::SpanHandle::default(),
             causation: crate::wire::Causation::default(),
             output,
             log_budget: log::LogBudget::default(),
@@ -150,11 +154,11 @@ impl HostState {
         &mut self,
         request_id: &str,
         deadline: Deadline,
-        traceparent: Option<&str>,
+        span: crate::telemetry::SpanHandle,
     ) {
         request_id.clone_into(&mut self.request_id);
         self.deadline = deadline;
-        self.trace = traceparent.and_then(crate::telemetry::TraceContext::parse);
+        self.span = span;
         self.causation = crate::wire::Causation::default();
         self.calls_made = 0;
         self.limiter.exceeded = false;

@@ -16,7 +16,7 @@ use wasmtime::component::Resource;
 use super::bindings::imports::rpc::{self as wit, CallOptions};
 use super::{Calls, HostState};
 use crate::call::{self, Call, CallError, Reply, Target};
-use crate::telemetry::{TRACE_HEADER, TraceContext};
+use crate::telemetry::TRACE_HEADER;
 
 /// A call in flight, or its outcome once it arrived.
 #[allow(
@@ -163,12 +163,11 @@ impl HostState {
             .timeout_ms
             .map(|ms| Duration::from_millis(u64::from(ms)));
         let deadline = call::call_deadline(self.deadline, timeout, reserve);
-        let trace = self
-            .trace
-            .as_ref()
-            .map_or_else(TraceContext::root, TraceContext::child);
+        // The rpc client's span for the call is a child of the guest's work.
         headers.retain(|(name, _)| !name.eq_ignore_ascii_case(TRACE_HEADER));
-        headers.push((TRACE_HEADER.to_owned(), trace.header()));
+        if let Some(trace) = self.span.trace() {
+            headers.push((TRACE_HEADER.to_owned(), trace.header()));
+        }
         Ok(Call {
             target,
             method,

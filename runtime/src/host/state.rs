@@ -90,17 +90,17 @@ impl wit::Host for HostState {
         let mut messages = Vec::with_capacity(transaction.messages.len());
         for sent in transaction.messages {
             // The same checks and stamps as a direct send: size, node headers, causation.
-            let (message, trace) =
-                self.outgoing(&sent.destination, sent.message)
-                    .map_err(|err| match err {
-                        WitSendError::TooLarge(why) => wit::StateError::TooLarge(why),
-                        WitSendError::UnknownQueue(why)
-                        | WitSendError::Full(why)
-                        | WitSendError::Unavailable(why) => wit::StateError::Invalid(why),
-                    })?;
+            let (message, span) = self
+                .outgoing("outbox", &sent.destination, sent.message)
+                .map_err(|err| match err {
+                    WitSendError::TooLarge(why) => wit::StateError::TooLarge(why),
+                    WitSendError::UnknownQueue(why)
+                    | WitSendError::Full(why)
+                    | WitSendError::Unavailable(why) => wit::StateError::Invalid(why),
+                })?;
             messages.push(OutboxMessage {
                 destination: sent.destination,
-                trace_context: Some(trace),
+                trace_context: Some(span.trace().header()),
                 message,
             });
         }

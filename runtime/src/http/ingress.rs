@@ -21,7 +21,9 @@ use tracing::{Instrument, field};
 
 use super::server::Handler;
 use crate::router::Lookup;
-use crate::telemetry::{Metrics, RequestLog, TRACE_HEADER, TraceContext};
+use crate::telemetry::{
+    KeyValue, Metrics, RequestLog, SpanKind, TRACE_HEADER, TraceContext, Traces,
+};
 use crate::wasm::Directory;
 use crate::wasm::{GuestRequest, GuestResponse, SlotError};
 
@@ -44,6 +46,7 @@ pub(crate) struct Ingress {
     body_budget_bytes: usize,
     metrics: Metrics,
     request_log: RequestLog,
+    traces: Traces,
 }
 
 impl Ingress {
@@ -52,11 +55,13 @@ impl Ingress {
         body_budget_bytes: usize,
         metrics: Metrics,
         request_log: RequestLog,
+        traces: Traces,
     ) -> Self {
         Self {
             services,
             metrics,
             request_log,
+            traces,
             ids: RequestIds::new(),
             body_budget: Arc::new(tokio::sync::Semaphore::new(
                 body_budget_bytes.min(tokio::sync::Semaphore::MAX_PERMITS),
@@ -144,16 +149,26 @@ impl Handler for Ingress {
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let request_id = client_request_id(&request).unwrap_or_else(|| self.ids.next());
-        let trace = request
+        let parent = request
             .headers()
             .get(TRACE_HEADER)
             .and_then(|value| value.to_str().ok())
-            .and_then(TraceContext::parse)
-            .map_or_else(TraceContext::root, |parent| parent.child());
+            .and_then(TraceContext::parse);
+        // Named "{method} {route}" once routed (HTTP's convention: never the raw path).
+        let exported = self
+            .traces
+            .start("request", SpanKind::Server, parent.as_ref(), || {
+                vec![
+                    KeyValue::new("http.request.method", request.method().as_str().to_owned()),
+                    KeyValue::new("url.path", request.uri().path().to_owned()),
+                    KeyValue::new("switchyard.request_id", request_id.clone()),
+                ]
+            });
+        let trace = *exported.trace();
         let span = tracing::info_span!(
             "request",
             request_id = %request_id,
-            trace_id = trace.trace_id(),
+            trace_id = %trace.trace_id(),
             method = %request.method(),
             path = request.uri().path(),
             service = field::Empty,
@@ -164,7 +179,7 @@ impl Handler for Ingress {
         let method = request.method().clone();
         let mut routed = None;
         let mut response = self
-            .route(request, started, &request_id, &trace, &mut routed)
+            .route(request, started, &request_id, &exported, &mut routed)
             .instrument(span.clone())
             .await;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -176,6 +191,8 @@ impl Handler for Ingress {
         span.record("status", status);
         span.record("duration_us", duration_us);
         span.in_scope(|| tracing::debug!(status, duration_us, "request done"));
+        exported.answered(status);
+        drop(exported);
         if let Some(target) = routed {
             let service = target.value.name();
             self.metrics
@@ -190,7 +207,7 @@ impl Handler for Ingress {
                     status,
                     duration_us,
                     request_id = %request_id,
-                    trace_id = trace.trace_id(),
+                    trace_id = %trace.trace_id(),
                     "request"
                 );
             }
@@ -205,7 +222,7 @@ impl Ingress {
         request: Request<Incoming>,
         started: Instant,
         request_id: &str,
-        trace: &TraceContext,
+        exported: &crate::telemetry::Span,
         routed: &mut Option<crate::router::Target<Arc<crate::wasm::Slot>>>,
     ) -> Response<Full<Bytes>> {
         let method = request.method().as_str().to_owned();
@@ -236,6 +253,13 @@ impl Ingress {
         let span = tracing::Span::current();
         span.record("service", target.value.name());
         span.record("route", &*target.pattern);
+        exported.rename(|| format!("{method} {}", target.pattern));
+        exported.record(|| {
+            vec![
+                KeyValue::new("http.route", target.pattern.to_string()),
+                KeyValue::new("switchyard.service", target.value.name().to_owned()),
+            ]
+        });
 
         // Admitted before a byte of the body is read: a full service answers at once.
         let admission = match target
@@ -276,14 +300,21 @@ impl Ingress {
                 .filter_map(|(name, value)| {
                     Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
                 })
-                .chain(std::iter::once((TRACE_HEADER.to_owned(), trace.header())))
+                .chain(std::iter::once((
+                    TRACE_HEADER.to_owned(),
+                    exported.trace().header(),
+                )))
                 .collect(),
             params,
             body,
             request_id: request_id.to_owned(),
             deadline_ms: crate::call::budget_ms(remaining),
         };
-        match target.value.handle_admitted(admission, guest_request).await {
+        match target
+            .value
+            .handle_admitted(admission, guest_request, exported.handle())
+            .await
+        {
             Ok(response) => into_http(response, parts.method == Method::HEAD),
             Err(error) => error_response(&error, request_id),
         }

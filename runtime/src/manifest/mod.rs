@@ -132,6 +132,24 @@ pub struct TelemetrySpec {
     pub request_log: f64,
     /// `request_log_off`: services whose requests and calls never get one.
     pub request_log_off: Vec<String>,
+    /// `otlp` and its companions: where the node exports its spans, if anywhere.
+    pub otlp: Option<OtlpSpec>,
+}
+
+/// `[telemetry] otlp`: spans exported over OTLP to a collector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpSpec {
+    /// The collector, `http://host:port` (`/v1/traces` is added for HTTP when no path is
+    /// given).
+    pub endpoint: String,
+    /// `otlp_protocol`: `"http/protobuf"` (default) or `"grpc"`.
+    pub grpc: bool,
+    /// `trace_sampling`: the probability (0 to 1) that a new trace is recorded; a trace a
+    /// caller sampled (its `traceparent` says so) always is. Default 1.
+    pub sampling: f64,
+    /// `[telemetry.resource]`: resource attributes added to the node's own
+    /// (`service.name = "switchyard"`, `service.instance.id` = the node's name).
+    pub resource: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for TelemetrySpec {
@@ -141,6 +159,7 @@ impl Default for TelemetrySpec {
             metrics_addr: None,
             request_log: 0.0,
             request_log_off: Vec::new(),
+            otlp: None,
         }
     }
 }

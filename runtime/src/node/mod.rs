@@ -99,6 +99,9 @@ pub enum NodeError {
     /// The state store under `data_dir` cannot be opened.
     #[error("{0}")]
     State(String),
+    /// `[telemetry] otlp`'s exporter could not be built.
+    #[error("{0}")]
+    Telemetry(String),
     /// A blocking load task panicked or was cancelled.
     #[error("loading components was interrupted: {0}")]
     Interrupted(String),
@@ -116,6 +119,8 @@ pub struct Node {
     /// The manifest it started from and what swaps go through, for [`Node::watch_manifest`].
     manifest: Manifest,
     control: Arc<Control>,
+    /// Flushed last at shutdown.
+    traces: crate::telemetry::Traces,
     shutdown: watch::Sender<bool>,
     servers: JoinSet<()>,
 }
@@ -193,6 +198,7 @@ impl Node {
             membership,
             manifest: manifest.clone(),
             control: runtime.control,
+            traces: runtime.traces,
             shutdown,
             servers,
         })
@@ -270,6 +276,10 @@ impl Node {
             let _ = self.shutdown.send(true);
             while self.servers.join_next().await.is_some() {}
         }
+        let traces = self.traces.clone();
+        if traces.is_on() {
+            let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+        }
         tracing::info!(node = %self.name, "stopped");
     }
 }
@@ -292,6 +302,8 @@ struct Subscribers {
     services: std::sync::Weak<Services>,
     /// Peers' subscribers, when this node is part of a mesh.
     mesh: Option<Arc<messaging::MeshQueues>>,
+    /// Records a consumer span per delivery here.
+    traces: crate::telemetry::Traces,
 }
 
 impl Subscribers {
@@ -309,23 +321,41 @@ impl Subscribers {
         };
         let slot = services.slot(service).ok()?;
         drop(services);
-        Some(
-            match slot
-                .deliver(crate::host::guest_message(
-                    queue,
-                    message,
-                    crate::host::Received::Delivery { attempt },
-                ))
-                .await
-            {
-                Ok(Ok(())) => Delivered::Acked,
-                Ok(Err(reason)) => Delivered::Failed(format!("`{service}` refused it: {reason}")),
-                Err(busy @ crate::wasm::SlotError::Busy { .. }) => {
-                    Delivered::NotNow(busy.to_string())
-                }
-                Err(failed) => Delivered::Failed(failed.to_string()),
+        let parent = message
+            .trace_context
+            .as_deref()
+            .and_then(crate::telemetry::TraceContext::parse);
+        let span = self.traces.start(
+            "deliver",
+            crate::telemetry::SpanKind::Consumer,
+            parent.as_ref(),
+            || {
+                use crate::telemetry::KeyValue;
+                vec![
+                    KeyValue::new("messaging.operation.name", "deliver"),
+                    KeyValue::new("messaging.destination.name", queue.to_owned()),
+                    KeyValue::new("messaging.message.id", message.id.clone()),
+                    KeyValue::new("switchyard.subscriber", service.to_owned()),
+                    KeyValue::new("switchyard.attempt", i64::from(attempt)),
+                ]
             },
-        )
+        );
+        span.rename(|| format!("deliver {queue}"));
+        let mut guest_message =
+            crate::host::guest_message(queue, message, crate::host::Received::Delivery { attempt });
+        guest_message.trace_context = Some(span.trace().header());
+        let delivered = slot.deliver(guest_message, span.handle()).await;
+        match &delivered {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => span.fail(|| format!("refused: {reason}")),
+            Err(err) => span.fail(|| err.to_string()),
+        }
+        Some(match delivered {
+            Ok(Ok(())) => Delivered::Acked,
+            Ok(Err(reason)) => Delivered::Failed(format!("`{service}` refused it: {reason}")),
+            Err(busy @ crate::wasm::SlotError::Busy { .. }) => Delivered::NotNow(busy.to_string()),
+            Err(failed) => Delivered::Failed(failed.to_string()),
+        })
     }
 }
 

@@ -20,7 +20,7 @@ use crate::messaging;
 use crate::policy::Policies;
 use crate::rpc;
 use crate::state;
-use crate::telemetry::{Metrics, RequestLog};
+use crate::telemetry::{Metrics, RequestLog, Traces};
 use crate::transport::Identity;
 
 /// The node's TCP listeners, bound before anything slow happens.
@@ -127,6 +127,7 @@ pub(super) struct Runtime {
     pub(super) control: Arc<Control>,
     metrics: Metrics,
     request_log: RequestLog,
+    pub(super) traces: Traces,
 }
 
 impl Runtime {
@@ -149,6 +150,11 @@ impl Runtime {
             manifest.telemetry.request_log,
             manifest.telemetry.request_log_off.iter().cloned(),
         );
+        let traces = match &manifest.telemetry.otlp {
+            None => Traces::off(),
+            Some(otlp) => Traces::export(&otlp_export(otlp, &manifest.node.name))
+                .map_err(|err| NodeError::Telemetry(err.to_string()))?,
+        };
         let broker = match &manifest.messaging {
             MessagingSpec::Embedded => {
                 let (data_dir, queues) = (manifest.node.data_dir.clone(), manifest.queues.clone());
@@ -185,7 +191,8 @@ impl Runtime {
                 tracing::info!(queue = %queue.name, subscriber = %queue.subscriber, "the queue's subscriber does not run on this node; its messages go to a node of the mesh that runs it");
             }
         }
-        let policies = Arc::new(Policies::start(&engine, manifest, metrics.clone()).await?);
+        let policies =
+            Arc::new(Policies::start(&engine, manifest, metrics.clone(), traces.clone()).await?);
         let remote = mesh.map(|mesh| {
             Arc::new(rpc::Remote::new(
                 mesh.transport.clone(),
@@ -198,6 +205,7 @@ impl Runtime {
             policies.clone(),
             metrics.clone(),
             request_log.clone(),
+            traces.clone(),
         );
         if let Some(mesh) = mesh {
             broker.join_mesh(Arc::new(messaging::MeshQueues::new(
@@ -209,6 +217,7 @@ impl Runtime {
             calls: Arc::new(rpc.clone()),
             queues: broker.clone(),
             state: Arc::new(state::SharedStore::new(&state)),
+            traces: traces.clone(),
         };
         let services = Arc::new(
             Services::start(
@@ -242,6 +251,7 @@ impl Runtime {
             control,
             metrics,
             request_log,
+            traces,
         })
     }
 
@@ -250,6 +260,7 @@ impl Runtime {
         Subscribers {
             services: Arc::downgrade(&self.services),
             mesh: self.broker.mesh().cloned(),
+            traces: self.traces.clone(),
         }
     }
 
@@ -282,6 +293,7 @@ impl Runtime {
                 ingress.body_budget_bytes,
                 self.metrics.clone(),
                 self.request_log.clone(),
+                self.traces.clone(),
             )),
             None,
             ConnectionLimits {
@@ -322,6 +334,27 @@ impl Runtime {
             shutdown,
             SHUTDOWN_GRACE,
         ));
+    }
+}
+
+/// The exporter's settings from the manifest's: the node named in the resource unless the
+/// operator names it otherwise.
+fn otlp_export(otlp: &crate::manifest::OtlpSpec, node: &str) -> crate::telemetry::OtlpExport {
+    let mut resource = std::collections::BTreeMap::from([
+        ("service.name".to_owned(), "switchyard".to_owned()),
+        ("service.instance.id".to_owned(), node.to_owned()),
+        ("switchyard.node".to_owned(), node.to_owned()),
+    ]);
+    resource.extend(otlp.resource.clone());
+    crate::telemetry::OtlpExport {
+        endpoint: otlp.endpoint.clone(),
+        protocol: if otlp.grpc {
+            crate::telemetry::OtlpProtocol::Grpc
+        } else {
+            crate::telemetry::OtlpProtocol::HttpProtobuf
+        },
+        sampling: otlp.sampling,
+        resource: resource.into_iter().collect(),
     }
 }
 

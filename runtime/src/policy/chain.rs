@@ -28,7 +28,7 @@ use super::binding::{
     Outcome,
 };
 use crate::call::{Call, CallError, CallService, Candidate, Pick, Reply};
-use crate::telemetry::{Metrics, PolicyDecision};
+use crate::telemetry::{KeyValue, Metrics, PolicyDecision, SpanKind, TraceContext, Traces};
 use crate::util::BoxFuture;
 
 /// What a chain asks of each of its policies: a [`Binding`], or a scripted stand-in in tests.
@@ -87,6 +87,8 @@ pub(crate) struct Chain<D = Binding> {
     layers: Vec<Arc<D>>,
     /// Counts the decisions that change a call's course.
     metrics: Metrics,
+    /// Records them as spans of the call.
+    traces: Traces,
 }
 
 impl<D: Decide> Chain<D> {
@@ -94,18 +96,34 @@ impl<D: Decide> Chain<D> {
         Self {
             layers,
             metrics: Metrics::off(),
+            traces: Traces::off(),
         }
     }
 
-    /// The same chain, counting its decisions into `metrics`.
-    pub(crate) fn counted(mut self, metrics: &Metrics) -> Self {
+    /// The same chain, counting its decisions into `metrics` and recording them as spans.
+    pub(crate) fn observed(mut self, metrics: &Metrics, traces: &Traces) -> Self {
         self.metrics = metrics.clone();
+        self.traces = traces.clone();
         self
     }
 
-    fn count(&self, policy: &D, decision: PolicyDecision) {
+    /// Counts a decision that changed `call`'s course, and records it as a span of the call.
+    fn count(&self, policy: &D, decision: PolicyDecision, call: &Call) {
         let (name, scope) = policy.names();
         self.metrics.policy_decision(name, scope, decision);
+        if self.traces.is_on() {
+            let parent = TraceContext::in_headers(&call.headers);
+            let span = self
+                .traces
+                .start("policy", SpanKind::Internal, parent.as_ref(), || {
+                    vec![
+                        KeyValue::new("switchyard.policy", name.to_owned()),
+                        KeyValue::new("switchyard.policy.scope", scope.to_owned()),
+                        KeyValue::new("switchyard.policy.decision", decision.label()),
+                    ]
+                });
+            span.rename(|| format!("policy {name}: {}", decision.label()));
+        }
     }
 
     /// Nothing bound: the caller skips the chain (and its allocations) altogether.
@@ -140,15 +158,15 @@ impl<D: Decide> Chain<D> {
                 let hedge_after = match policy.before(&info).await {
                     BeforeDecision::Proceed => None,
                     BeforeDecision::Hedge(ms) => {
-                        self.count(policy, PolicyDecision::Hedge);
+                        self.count(policy, PolicyDecision::Hedge, &call);
                         Some(Duration::from_millis(u64::from(ms)))
                     }
                     BeforeDecision::Reject(reason) => {
-                        self.count(policy, PolicyDecision::Reject);
+                        self.count(policy, PolicyDecision::Reject, &call);
                         return Err(CallError::Rejected(format!("{}: {reason}", policy.label())));
                     }
                     BeforeDecision::Respond(canned) => {
-                        self.count(policy, PolicyDecision::Respond);
+                        self.count(policy, PolicyDecision::Respond, &call);
                         return Ok(canned.into());
                     }
                 };
@@ -161,7 +179,7 @@ impl<D: Decide> Chain<D> {
                 let pause = match policy.after(&info, &Outcome::from(&outcome), elapsed).await {
                     AfterDecision::Done => return outcome,
                     AfterDecision::Respond(canned) => {
-                        self.count(policy, PolicyDecision::Fallback);
+                        self.count(policy, PolicyDecision::Fallback, &call);
                         return Ok(canned.into());
                     }
                     AfterDecision::RetryAfter(ms) => Duration::from_millis(u64::from(ms)),
@@ -169,7 +187,7 @@ impl<D: Decide> Chain<D> {
                 if pause >= call.deadline.remaining() {
                     return outcome;
                 }
-                self.count(policy, PolicyDecision::Retry);
+                self.count(policy, PolicyDecision::Retry, &call);
                 tokio::time::sleep(pause).await;
                 let attempt = attempts.fetch_add(1, Ordering::Relaxed) + 1;
                 call.request_id = retry_id(&call.request_id, attempt);

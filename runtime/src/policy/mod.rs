@@ -27,7 +27,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 
 use crate::manifest::{BindScope, Manifest};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, Traces};
 use crate::wasm::{Engine, LoadError, LoadedPolicy};
 
 #[cfg(feature = "bench")]
@@ -73,6 +73,8 @@ pub(crate) struct Policies {
     declared: Mutex<HashMap<String, Declared>>,
     /// What the chains count their decisions into.
     metrics: Metrics,
+    /// What the chains record their decisions with.
+    traces: Traces,
 }
 
 /// A declared policy's code and config, and what it replaced while on probation.
@@ -128,9 +130,11 @@ impl Policies {
         engine: &Arc<Engine>,
         manifest: &Manifest,
         metrics: Metrics,
+        traces: Traces,
     ) -> Result<Self, PolicyError> {
         let policies = Self {
             metrics,
+            traces,
             ..Self::default()
         };
         policies.rebind(engine, manifest).await?;
@@ -156,7 +160,7 @@ impl Policies {
         if let Some(incoming) = tables.calls_to.get(service) {
             chain.extend(incoming.iter().cloned());
         }
-        Chain::new(chain).counted(&self.metrics)
+        Chain::new(chain).observed(&self.metrics, &self.traces)
     }
 
     /// The bindings asked when a delivery of `queue` fails, in order.

@@ -8,6 +8,7 @@ use tracing::Instrument;
 use super::{Callee, Client, Directory};
 use crate::call::{ByteStream, Call, CallError, Reply, Target, budget_ms, split_method};
 use crate::router::Lookup;
+use crate::telemetry::{KeyValue, SpanKind, TraceContext};
 use crate::wasm::{GuestRequest, Slot, SlotError};
 
 /// Bytes buffered each way in a stream between two guests on one node.
@@ -49,7 +50,27 @@ impl Client {
             self.vouch(slot, node, &call.caller)?;
         }
         let budget = call.deadline.remaining().min(slot.timeout());
+        let served = self.traces.start(
+            "serve",
+            SpanKind::Server,
+            TraceContext::in_headers(&call.headers).as_ref(),
+            || {
+                let mut attributes = vec![
+                    KeyValue::new("switchyard.service", name.to_owned()),
+                    KeyValue::new("switchyard.caller", call.caller.clone()),
+                    KeyValue::new("http.request.method", method.to_owned()),
+                    KeyValue::new("http.route", target.pattern.to_string()),
+                    KeyValue::new("switchyard.request_id", call.request_id.clone()),
+                ];
+                if let Some(node) = peer {
+                    attributes.push(KeyValue::new("switchyard.peer", node.to_owned()));
+                }
+                attributes
+            },
+        );
+        served.rename(|| format!("{method} {}", target.pattern));
         let mut headers = call.headers;
+        served.trace().set_in(&mut headers);
         // Calls from peers too: only this node says who the caller is.
         crate::call::drop_node_headers(&mut headers);
         headers.push(("x-switchyard-caller".into(), call.caller));
@@ -68,8 +89,12 @@ impl Client {
         };
         // The slot stops the callee at the request's `deadline_ms`, which is this budget.
         let span = tracing::debug_span!("rpc", callee = name, route = &*target.pattern);
-        let response = slot.handle(request).instrument(span).await?;
-        Ok(response.into())
+        let response = slot.handle(request, served.handle()).instrument(span).await;
+        match &response {
+            Ok(answer) => served.answered(answer.status),
+            Err(err) => served.fail(|| err.to_string()),
+        }
+        Ok(response?.into())
     }
 
     /// A peer's call or stream names its caller. A service that picks its callers

@@ -39,7 +39,9 @@ use crate::discovery::Registry;
 use crate::host::Calls;
 use crate::manifest::BalanceSpec;
 use crate::policy::{Chain, Policies};
-use crate::telemetry::{CallOutcome, Metrics, RequestLog, TRACE_HEADER, TraceContext};
+use crate::telemetry::{
+    CallOutcome, KeyValue, Metrics, RequestLog, SpanKind, TraceContext, Traces,
+};
 use crate::transport::Transport;
 use crate::util::BoxFuture;
 use crate::wasm::{Callee, Directory};
@@ -63,6 +65,8 @@ pub(crate) struct Client {
     metrics: Metrics,
     /// Logs a share of them.
     request_log: RequestLog,
+    /// Records a client span per call, and a server span where this node serves one.
+    traces: Traces,
 }
 
 /// The way to other nodes.
@@ -89,6 +93,7 @@ impl Client {
         policies: Arc<Policies>,
         metrics: Metrics,
         request_log: RequestLog,
+        traces: Traces,
     ) -> Self {
         Self {
             directory: Arc::default(),
@@ -97,6 +102,7 @@ impl Client {
             policies,
             metrics,
             request_log,
+            traces,
         }
     }
 
@@ -118,25 +124,37 @@ impl Client {
     /// # Cancel safety
     ///
     /// Dropping the future drops the callee's instance mid-call; nothing else is affected.
-    pub(crate) async fn call(&self, call: Call) -> Result<Reply, CallError> {
+    pub(crate) async fn call(&self, mut call: Call) -> Result<Reply, CallError> {
+        let span = self.traces.start(
+            "call",
+            SpanKind::Client,
+            TraceContext::in_headers(&call.headers).as_ref(),
+            || {
+                vec![
+                    KeyValue::new("switchyard.caller", call.caller.clone()),
+                    KeyValue::new("switchyard.callee", call.target.service.clone()),
+                    KeyValue::new("switchyard.method", call.method.clone()),
+                    KeyValue::new("switchyard.request_id", call.request_id.clone()),
+                ]
+            },
+        );
+        span.rename(|| format!("call {}", call.target.service));
+        span.trace().set_in(&mut call.headers);
         let logged = self.request_log.sampled(&call.caller);
         if !self.metrics.is_on() && !logged {
-            return self.call_through_policies(call).await;
+            let result = self.call_through_policies(call).await;
+            record_outcome(&span, &result);
+            return result;
         }
         let started = std::time::Instant::now();
         let (caller, callee) = (call.caller.clone(), call.target.service.clone());
-        let about = logged.then(|| {
-            (
-                call.method.clone(),
-                call.request_id.clone(),
-                trace_id(&call),
-            )
-        });
+        let about = logged.then(|| (call.method.clone(), call.request_id.clone()));
         let result = self.call_through_policies(call).await;
+        record_outcome(&span, &result);
         let outcome = CallOutcome::from(&result);
         let took = started.elapsed();
         self.metrics.call(&caller, &callee, outcome, took);
-        if let Some((method, request_id, trace_id)) = about {
+        if let Some((method, request_id)) = about {
             tracing::info!(
                 target: "switchyard::requests",
                 kind = "call",
@@ -147,7 +165,7 @@ impl Client {
                 status = result.as_ref().ok().map(|reply| reply.status),
                 duration_us = took.as_micros() as u64,
                 request_id = %request_id,
-                trace_id = trace_id.as_deref().unwrap_or(""),
+                trace_id = %span.trace().trace_id(),
                 "call"
             );
         }
@@ -184,13 +202,12 @@ impl Client {
     }
 }
 
-/// The trace id a call carries in its `traceparent` header, if any.
-fn trace_id(call: &Call) -> Option<String> {
-    call.headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(TRACE_HEADER))
-        .and_then(|(_, value)| TraceContext::parse(value))
-        .map(|trace| trace.trace_id().to_owned())
+/// Marks a call's span with its outcome.
+fn record_outcome(span: &crate::telemetry::Span, result: &Result<Reply, CallError>) {
+    match result {
+        Ok(reply) => span.answered(reply.status),
+        Err(err) => span.fail(|| err.to_string()),
+    }
 }
 
 /// The rest of the call path inside a policy chain: route (asking the chain's `pick`) and send.

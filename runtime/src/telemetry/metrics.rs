@@ -147,7 +147,7 @@ pub(crate) enum PolicyDecision {
 }
 
 impl PolicyDecision {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Reject => "reject",
             Self::Respond => "respond",

@@ -1,19 +1,24 @@
-//! What a node tells about itself: its log, request logs, trace context, and metrics
-//! (Prometheus text).
+//! What a node tells about itself: its log, request logs, trace context, spans over OTLP,
+//! and metrics (Prometheus text).
 //!
 //! The log's filter comes from `SWITCHYARD_LOG` (then `RUST_LOG`), in `tracing-subscriber`'s
 //! `EnvFilter` syntax, default `info`. Guest log lines use target `guest`, so
 //! `SWITCHYARD_LOG=info,guest=debug` shows guests' debug lines only.
 
+mod live;
 mod metrics;
 mod requests;
 mod trace;
+mod traces;
 
+pub(crate) use live::{LiveTraffic, LiveWindow, Sample, parse as parse_metrics};
 pub(crate) use metrics::{
     CONTENT_TYPE as METRICS_CONTENT_TYPE, CallOutcome, Metrics, PolicyDecision, Scrape,
 };
+pub(crate) use opentelemetry::KeyValue;
 pub(crate) use requests::RequestLog;
 pub(crate) use trace::{HEADER as TRACE_HEADER, TraceContext};
+pub(crate) use traces::{OtlpExport, OtlpProtocol, Span, SpanHandle, SpanKind, Traces};
 
 /// How text log lines write their fields: the message and every value through [`OneLine`],
 /// so text from a guest, a client or a peer (a guest's log line, its output, a panic message,

@@ -41,6 +41,15 @@ impl MetricsPage {
         }
     }
 
+    /// The page's text, `None` when metrics are off.
+    pub(crate) async fn text(&self) -> Option<String> {
+        if !self.metrics.is_on() {
+            return None;
+        }
+        let scrape = self.levels().await;
+        self.metrics.render(scrape)
+    }
+
     /// The page, or `404` when metrics are off.
     pub(crate) async fn response(&self) -> Response<Full<Bytes>> {
         if !self.metrics.is_on() {

@@ -1,18 +1,20 @@
 //! The admin API: what an operator asks of a running node, as JSON (JSON lives only here).
 //!
 //! Reads (`/health`, `/services`, `/registry`, `/policies`, `/queues`, `/topics`, `/metrics`
-//! in Prometheus's text format) and changes
+//! in Prometheus's text format, `/live` and the live page at `/`: see [`live`]) and changes
 //! (a component upload swaps a service or a policy; a redrive resends a queue's dead letters;
 //! a replay rewinds a topic's subscription).
 //! Changes go through the [`Operator`] the node implements, so this file knows HTTP and JSON,
 //! not how a swap is done.
 //!
-//! Every request but `GET /health` is checked by [`access`] (its own `Host`, no foreign
+//! Every request but `GET /health` and `GET /` (the live page's HTML, which holds no data)
+//! is checked by [`access`] (its own `Host`, no foreign
 //! `Origin`, the bearer token) before its body is read; at most [`MAX_COMPILES`] uploads are
 //! read and compiled at once; every change leaves one audit line (target
 //! `switchyard::audit`): what, the component's SHA-256, from which address, the outcome.
 
 mod access;
+mod live;
 mod metrics;
 mod state;
 
@@ -187,6 +189,7 @@ pub(crate) struct Admin {
     token: AdminToken,
     compiles: tokio::sync::Semaphore,
     metrics: Arc<MetricsPage>,
+    live: live::LivePage,
 }
 
 #[derive(serde::Serialize)]
@@ -207,6 +210,7 @@ impl Admin {
         metrics: Arc<MetricsPage>,
     ) -> Self {
         Self {
+            live: live::LivePage::new(node.clone(), metrics.clone(), services.clone()),
             node,
             services,
             registry,
@@ -406,8 +410,9 @@ impl Handler for Admin {
                 "the admin API got a request without its connection\n".into(),
             );
         };
-        let health = request.method() == Method::GET && request.uri().path() == "/health";
-        if let Err(denied) = access::check(&self.token, &request, &connection, !health) {
+        let open =
+            request.method() == Method::GET && matches!(request.uri().path(), "/health" | "/");
+        if let Err(denied) = access::check(&self.token, &request, &connection, !open) {
             tracing::warn!(target: "switchyard::audit", action = "denied", method = %request.method(), path = request.uri().path(), from = %connection.peer, reason = %denied, "admin request refused");
             let mut response = plain(denied.status(), format!("{denied}\n"));
             if denied.status() == StatusCode::UNAUTHORIZED {
@@ -455,6 +460,8 @@ impl Handler for Admin {
                 json(&views)
             }
             "/metrics" => self.metrics.response().await,
+            "/" => live::LivePage::page(),
+            "/live" => self.live.response().await,
             "/policies" => json(&self.operator.policies().await),
             "/queues" => json(&self.operator.queues()),
             "/topics" => json(&self.operator.topics()),
@@ -488,7 +495,7 @@ impl Handler for Admin {
             other => plain(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no admin endpoint {other}; try /health, /services, /registry, /policies, /queues, /topics, /state, /state/<service>/export or /metrics\n"
+                    "no admin endpoint {other}; try / (the live page), /health, /services, /registry, /policies, /queues, /topics, /state, /state/<service>/export, /metrics or /live\n"
                 ),
             ),
         }

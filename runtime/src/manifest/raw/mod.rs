@@ -21,8 +21,9 @@ use wiring::{check_bindings, check_policies, check_queues, check_topics};
 
 use super::{
     BindScope, BindSpec, DiscoverySpec, EtcdTlsSpec, Location, Manifest, ManifestError,
-    MessagingSpec, NatsAuth, NatsSpec, NatsTlsSpec, NodeSpec, PolicySpec, QueueSpec, Retention,
-    RouteSpec, ServiceSpec, StartAt, SubscriptionSpec, TelemetrySpec, TlsSpec, TopicSpec, defaults,
+    MessagingSpec, NatsAuth, NatsSpec, NatsTlsSpec, NodeSpec, OtlpSpec, PolicySpec, QueueSpec,
+    Retention, RouteSpec, ServiceSpec, StartAt, SubscriptionSpec, TelemetrySpec, TlsSpec,
+    TopicSpec, defaults,
 };
 
 #[derive(Deserialize)]
@@ -53,6 +54,10 @@ struct RawTelemetry {
     request_log: Option<Spanned<f64>>,
     #[serde(default)]
     request_log_off: Vec<Spanned<String>>,
+    otlp: Option<Spanned<String>>,
+    otlp_protocol: Option<Spanned<String>>,
+    trace_sampling: Option<Spanned<f64>>,
+    resource: Option<Spanned<std::collections::BTreeMap<String, String>>>,
 }
 
 #[derive(Deserialize)]

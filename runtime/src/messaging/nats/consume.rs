@@ -343,7 +343,7 @@ impl Subscription {
                 id = %message.id,
                 attempt = attempts + 1,
                 subscriber = %service,
-                trace_id = trace.trace_id(),
+                trace_id = %trace.trace_id(),
                 outcome = field::Empty,
             );
             let outcome = self

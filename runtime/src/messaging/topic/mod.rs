@@ -1259,7 +1259,7 @@ impl Topic {
             id = %message.id,
             attempt = attempts + 1,
             subscriber = %subscriber,
-            trace_id = trace.trace_id(),
+            trace_id = %trace.trace_id(),
             outcome = field::Empty,
             duration_us = field::Empty,
         );

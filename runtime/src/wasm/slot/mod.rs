@@ -26,6 +26,7 @@ use crate::call::{ByteStream, CallError, Deadline, Reply};
 use crate::host::{
     GuestContext, GuestMessage, GuestRequest, GuestResponse, HostState, Outbound, Service,
 };
+use crate::telemetry::SpanHandle;
 
 /// What a [`Slot`] needs to know about its service.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +78,7 @@ impl Generation {
             calls: outbound.calls.clone(),
             queues: outbound.queues.clone(),
             state: outbound.state.clone(),
+            traces: outbound.traces.clone(),
             state_max_bytes: settings.state_max_bytes,
             config: settings.config.clone(),
             max_pending_calls: settings.max_pending_calls,
@@ -331,8 +333,12 @@ impl Slot {
     /// # Cancel safety
     ///
     /// Dropping the future drops the instance mid-call; nothing else is affected.
-    pub(crate) async fn handle(&self, request: GuestRequest) -> Result<GuestResponse, SlotError> {
-        self.handle_admitted(self.admit()?, request).await
+    pub(crate) async fn handle(
+        &self,
+        request: GuestRequest,
+        span: SpanHandle,
+    ) -> Result<GuestResponse, SlotError> {
+        self.handle_admitted(self.admit()?, request, span).await
     }
 
     /// [`Slot::handle`] for a request admitted earlier (the ingress admits before it reads
@@ -341,17 +347,13 @@ impl Slot {
         &self,
         admission: Admission,
         request: GuestRequest,
+        span: SpanHandle,
     ) -> Result<GuestResponse, SlotError> {
-        let traceparent = request
-            .headers
-            .iter()
-            .find(|(name, _)| name == crate::telemetry::TRACE_HEADER)
-            .map(|(_, value)| value.as_str());
         let budget = Duration::from_millis(u64::from(request.deadline_ms));
         self.serve(
             admission,
             &request.request_id,
-            traceparent,
+            span,
             budget,
             async |service, store| {
                 // Set by this node (`rpc::local`) when the caller's work came from a message.
@@ -372,11 +374,12 @@ impl Slot {
     pub(crate) async fn deliver(
         &self,
         message: GuestMessage,
+        span: SpanHandle,
     ) -> Result<Result<(), String>, SlotError> {
         self.serve(
             self.admit()?,
             &message.id,
-            message.trace_context.as_deref(),
+            span,
             Duration::MAX,
             async |service, store| {
                 store
@@ -398,7 +401,7 @@ impl Slot {
         &self,
         _admission: Admission,
         request_id: &str,
-        traceparent: Option<&str>,
+        span: SpanHandle,
         budget: Duration,
         call: impl AsyncFnOnce(&Service, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, SlotError> {
@@ -409,7 +412,7 @@ impl Slot {
         let timeout = budget.min(generation.settings.timeout);
         live.store
             .data_mut()
-            .begin_request(request_id, Deadline::after(timeout), traceparent);
+            .begin_request(request_id, Deadline::after(timeout), span);
         let result = self.run(&mut live, &generation, timeout, call).await;
         self.log_output(&live.store, request_id);
         live.served += 1;

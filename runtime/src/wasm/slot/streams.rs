@@ -55,9 +55,11 @@ impl Slot {
         };
         let timeout = budget.min(generation.settings.timeout);
         let mut live = self.new_instance(&generation);
-        live.store
-            .data_mut()
-            .begin_request(request_id, Deadline::after(timeout), None);
+        live.store.data_mut().begin_request(
+            request_id,
+            Deadline::after(timeout),
+            crate::telemetry::SpanHandle::default(),
+        );
         live.store.set_epoch_deadline(1);
         let store = &mut live.store;
         let call = async {

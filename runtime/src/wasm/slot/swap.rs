@@ -34,7 +34,7 @@ impl Slot {
         probe.store.data_mut().begin_request(
             "swap-probe",
             Deadline::after(next.settings.timeout),
-            None,
+            crate::telemetry::SpanHandle::default(),
         );
         probe.store.set_epoch_deadline(1);
         if let Err(err) = next.component.pre.instantiate_async(&mut probe.store).await {
