@@ -67,12 +67,24 @@ fn main() -> Result<()> {
     let mut reuse_rounds = Vec::new();
     let mut fresh_off_rounds = Vec::new();
     let mut reuse_off_rounds = Vec::new();
+    let (mut fresh_ratios, mut reuse_ratios) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         let p = client.block_on(run_load(plain, "/hello/ada", connections, duration))?;
-        let f = client.block_on(run_load(addr, "/hello/ada", connections, duration))?;
-        let fo = client.block_on(run_load(quiet_addr, "/hello/ada", connections, duration))?;
-        let r = client.block_on(run_load(addr, "/reuse/ada", connections, duration))?;
-        let ro = client.block_on(run_load(quiet_addr, "/reuse/ada", connections, duration))?;
+        // On and off run back to back, in turns first, so drift on a shared machine falls
+        // on both alike; their ratio is taken per round.
+        let pair = |path: &'static str| -> Result<(LoadReport, LoadReport)> {
+            let on = || client.block_on(run_load(addr, path, connections, duration));
+            let off = || client.block_on(run_load(quiet_addr, path, connections, duration));
+            Ok(if round % 2 == 1 {
+                let on = on()?;
+                (on, off()?)
+            } else {
+                let off = off()?;
+                (on()?, off)
+            })
+        };
+        let (f, fo) = pair("/hello/ada")?;
+        let (r, ro) = pair("/reuse/ada")?;
         println!(
             "round {round}: plain {} | fresh {} | reuse {} | telemetry off: fresh {} | reuse {}",
             line(&p),
@@ -85,6 +97,8 @@ fn main() -> Result<()> {
         if errors > 0 {
             bail!("{errors} requests failed in round {round}");
         }
+        fresh_ratios.push(f.requests_per_second() / fo.requests_per_second());
+        reuse_ratios.push(r.requests_per_second() / ro.requests_per_second());
         plain_rounds.push(p);
         fresh_rounds.push(f);
         reuse_rounds.push(r);
@@ -107,6 +121,10 @@ fn main() -> Result<()> {
     println!("  telemetry (metrics, 1 % traces) on vs off (aim: >= 0.95x requests/s):");
     println!("    fresh: {}", ratios(&fresh, &fresh_off));
     println!("    reuse: {}", ratios(&reuse, &reuse_off));
+    let (fresh_ratio, reuse_ratio) = (median_of(fresh_ratios), median_of(reuse_ratios));
+    println!(
+        "    median of the rounds' own ratios: fresh {fresh_ratio:.3}x, reuse {reuse_ratio:.3}x"
+    );
     let report = serde_json::json!({
         "bench": "http_hello",
         "connections": connections,
@@ -121,6 +139,8 @@ fn main() -> Result<()> {
         "switchyard_reuse_telemetry_off": summary(&reuse_off),
         "fresh_telemetry_on_vs_off": ratios(&fresh, &fresh_off),
         "reuse_telemetry_on_vs_off": ratios(&reuse, &reuse_off),
+        "fresh_telemetry_on_vs_off_median_round_ratio": fresh_ratio,
+        "reuse_telemetry_on_vs_off_median_round_ratio": reuse_ratio,
     });
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
     std::fs::create_dir_all(&out)?;
@@ -158,6 +178,11 @@ fn summary(report: &LoadReport) -> serde_json::Value {
         "p99_us": report.latency_us(0.99),
         "requests": report.requests,
     })
+}
+
+fn median_of(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn median(mut rounds: Vec<LoadReport>) -> LoadReport {

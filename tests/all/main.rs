@@ -26,6 +26,7 @@ mod metrics;
 mod nats;
 mod policies;
 mod pool;
+mod request_logs;
 mod rpc;
 mod scaffold;
 mod shop;

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message as _;
 
-use crate::support::{TestManifest, admin_entry, send, send_with, service};
+use crate::support::{TestManifest, admin_entry, admin_get, send, send_with, service};
 
 /// One received span with the node (`service.instance.id`) that sent it.
 #[derive(Debug, Clone)]
@@ -214,6 +214,39 @@ async fn a_request_across_two_nodes_and_a_queue_is_one_trace() {
         assert!(Instant::now() < deadline, "the message was never delivered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The QUIC hop shows in both nodes' metrics: A opened a connection and a stream to B.
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    let a_metrics = admin_get(&a, "/metrics").await.body;
+    let b_metrics = admin_get(&b, "/metrics").await.body;
+    assert!(
+        value(
+            &a_metrics,
+            "switchyard_transport_connections{direction=\"out\"}"
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            &a_metrics,
+            "switchyard_transport_streams_total{direction=\"out\"}"
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            &b_metrics,
+            "switchyard_transport_connections{direction=\"in\"}"
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            &b_metrics,
+            "switchyard_transport_streams_total{direction=\"in\"}"
+        ) >= 1.0
+    );
     // Shutting down flushes what the batch exporter holds.
     a.shutdown().await;
     b.shutdown().await;

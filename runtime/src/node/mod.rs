@@ -304,6 +304,8 @@ struct Subscribers {
     mesh: Option<Arc<messaging::MeshQueues>>,
     /// Records a consumer span per delivery here.
     traces: crate::telemetry::Traces,
+    /// Logs a share of them.
+    request_log: crate::telemetry::RequestLog,
 }
 
 impl Subscribers {
@@ -344,11 +346,33 @@ impl Subscribers {
         let mut guest_message =
             crate::host::guest_message(queue, message, crate::host::Received::Delivery { attempt });
         guest_message.trace_context = Some(span.trace().header());
+        let started = std::time::Instant::now();
         let delivered = slot.deliver(guest_message, span.handle()).await;
-        match &delivered {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => span.fail(|| format!("refused: {reason}")),
-            Err(err) => span.fail(|| err.to_string()),
+        let outcome = match &delivered {
+            Ok(Ok(())) => "acked",
+            Ok(Err(reason)) => {
+                span.fail(|| format!("refused: {reason}"));
+                "refused"
+            }
+            Err(crate::wasm::SlotError::Busy { .. }) => "busy",
+            Err(err) => {
+                span.fail(|| err.to_string());
+                "failed"
+            }
+        };
+        if self.request_log.sampled(service) {
+            tracing::info!(
+                target: "switchyard::requests",
+                kind = "delivery",
+                service,
+                queue,
+                id = %message.id,
+                attempt,
+                outcome,
+                duration_us = started.elapsed().as_micros() as u64,
+                trace_id = %span.trace().trace_id(),
+                "delivery"
+            );
         }
         Some(match delivered {
             Ok(Ok(())) => Delivered::Acked,

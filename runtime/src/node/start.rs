@@ -261,6 +261,7 @@ impl Runtime {
             services: Arc::downgrade(&self.services),
             mesh: self.broker.mesh().cloned(),
             traces: self.traces.clone(),
+            request_log: self.request_log.clone(),
         }
     }
 
@@ -307,6 +308,7 @@ impl Runtime {
             self.metrics.clone(),
             self.services.directory().clone(),
             mesh.map(|mesh| mesh.registry.clone()),
+            mesh.map(|mesh| mesh.transport.clone()),
             self.control.clone(),
         ));
         if let Some(listener) = listeners.metrics {

@@ -1,5 +1,6 @@
-//! Request logs: one structured line per sampled request or call, at target
-//! `switchyard::requests`, with its outcome, duration and ids.
+//! Request logs: one structured line per sampled request, call or delivery, at target
+//! `switchyard::requests` (`kind` = `request`, `call` or `delivery`), with its outcome,
+//! duration and ids.
 //!
 //! `[telemetry] request_log` sets the share of requests and calls that get a line (0, the
 //! default, logs none and costs one comparison); `request_log_off` names services whose

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -191,6 +191,22 @@ pub(crate) struct Transport {
     lanes: usize,
     /// Calls take the lanes in turn.
     next_lane: AtomicUsize,
+    /// Peers' connections to this node, by address.
+    incoming: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    /// Streams this node opened to peers, and accepted from them, since it started.
+    streams_opened: AtomicU64,
+    streams_accepted: Arc<AtomicU64>,
+}
+
+/// What the transport holds and has carried, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TransportStats {
+    /// This node's pooled connections to peers.
+    pub(crate) outgoing_connections: u64,
+    /// Peers' connections to this node.
+    pub(crate) incoming_connections: u64,
+    pub(crate) streams_opened: u64,
+    pub(crate) streams_accepted: u64,
 }
 
 impl Transport {
@@ -204,6 +220,9 @@ impl Transport {
             endpoint,
             pool: Mutex::new(HashMap::new()),
             lanes: lanes.clamp(1, MAX_LANES),
+            incoming: Arc::default(),
+            streams_opened: AtomicU64::new(0),
+            streams_accepted: Arc::default(),
             next_lane: AtomicUsize::new(0),
         })
     }
@@ -307,10 +326,25 @@ impl Transport {
                     .map_err(unreachable)?
             }
         };
+        self.streams_opened.fetch_add(1, Ordering::Relaxed);
         send.write_all(bytes)
             .await
             .map_err(|err| TransportError::Io(err.to_string()))?;
         Ok((send, recv))
+    }
+
+    /// Connections held and streams carried, as of now.
+    pub(crate) fn stats(&self) -> TransportStats {
+        let count = |held: usize| u64::try_from(held).unwrap_or(u64::MAX);
+        TransportStats {
+            outgoing_connections: self.pool.lock().map_or(0, |pool| count(pool.len())),
+            incoming_connections: self
+                .incoming
+                .lock()
+                .map_or(0, |held| count(held.values().sum())),
+            streams_opened: self.streams_opened.load(Ordering::Relaxed),
+            streams_accepted: self.streams_accepted.load(Ordering::Relaxed),
+        }
     }
 
     fn pooled(&self, peer: SocketAddr, lane: usize) -> Option<quinn::Connection> {
@@ -360,7 +394,7 @@ impl Transport {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut connections = tokio::task::JoinSet::new();
-        let per_peer: Arc<Mutex<HashMap<SocketAddr, usize>>> = Arc::default();
+        let per_peer = self.incoming.clone();
         loop {
             let incoming = tokio::select! {
                 incoming = self.endpoint.accept() => incoming,
@@ -375,9 +409,10 @@ impl Transport {
                 continue;
             };
             let (handler, stop) = (handler.clone(), shutdown.clone());
+            let accepted = self.streams_accepted.clone();
             connections.spawn(async move {
                 let _slot = slot;
-                serve_connection(incoming, handler, stop).await;
+                serve_connection(incoming, handler, accepted, stop).await;
             });
         }
         while connections.join_next().await.is_some() {}
@@ -438,6 +473,7 @@ impl Drop for PeerSlot {
 async fn serve_connection<H: FrameHandler>(
     incoming: quinn::Incoming,
     handler: Arc<H>,
+    accepted_streams: Arc<AtomicU64>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let remote = incoming.remote_address();
@@ -464,6 +500,7 @@ async fn serve_connection<H: FrameHandler>(
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
         let Ok((send, recv)) = accepted else { break };
+        accepted_streams.fetch_add(1, Ordering::Relaxed);
         // Finished streams are reaped here, not by waiting on them: a wake-up of this task
         // per answered call would cost a task switch per call.
         while streams.try_join_next().is_some() {}

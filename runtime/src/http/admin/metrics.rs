@@ -23,6 +23,7 @@ pub(crate) struct MetricsPage {
     metrics: Metrics,
     services: Arc<Directory>,
     registry: Option<Arc<crate::discovery::Registry>>,
+    transport: Option<Arc<crate::transport::Transport>>,
     operator: Arc<dyn Operator>,
 }
 
@@ -31,12 +32,14 @@ impl MetricsPage {
         metrics: Metrics,
         services: Arc<Directory>,
         registry: Option<Arc<crate::discovery::Registry>>,
+        transport: Option<Arc<crate::transport::Transport>>,
         operator: Arc<dyn Operator>,
     ) -> Self {
         Self {
             metrics,
             services,
             registry,
+            transport,
             operator,
         }
     }
@@ -58,8 +61,7 @@ impl MetricsPage {
                 "metrics are off on this node ([telemetry] metrics = false)\n".into(),
             );
         }
-        let scrape = self.levels().await;
-        let Some(text) = self.metrics.render(scrape) else {
+        let Some(text) = self.text().await else {
             return plain(
                 StatusCode::NOT_FOUND,
                 "metrics are off on this node\n".into(),
@@ -79,6 +81,35 @@ impl MetricsPage {
         self.policy_levels(&mut scrape).await;
         self.queue_levels(&mut scrape);
         self.topic_levels(&mut scrape);
+        if let Some(transport) = &self.transport {
+            let stats = transport.stats();
+            let help = "QUIC connections between this node and its peers, by who opened them";
+            scrape.gauge(
+                "transport_connections",
+                help,
+                [("direction", "out")],
+                stats.outgoing_connections,
+            );
+            scrape.gauge(
+                "transport_connections",
+                help,
+                [("direction", "in")],
+                stats.incoming_connections,
+            );
+            let help = "QUIC streams (one per call, message or raw stream) since the node started";
+            scrape.counter(
+                "transport_streams",
+                help,
+                [("direction", "out")],
+                stats.streams_opened,
+            );
+            scrape.counter(
+                "transport_streams",
+                help,
+                [("direction", "in")],
+                stats.streams_accepted,
+            );
+        }
         if let Some(registry) = &self.registry {
             let peers = registry.view();
             scrape.gauge(
