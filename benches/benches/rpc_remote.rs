@@ -167,19 +167,26 @@ async fn main() -> Result<()> {
     }
     println!("rpc_remote ({calls} sequential calls per caller)");
     for callers in levels {
+        // Each remote round runs back to back with its telemetry-off twin, in turns first, so
+        // drift on a shared machine falls on both alike.
         let mut rounds = Vec::new();
-        for callee in &REMOTE {
-            rounds.push(switchyard_calls(a.http_addr(), callee, calls, callers).await?);
+        let mut quiet = Vec::new();
+        for (turn, callee) in REMOTE.iter().enumerate() {
+            let on = async || switchyard_calls(a.http_addr(), callee, calls, callers).await;
+            let off = async || switchyard_calls(quiet_a.http_addr(), callee, calls, callers).await;
+            if turn % 2 == 0 {
+                rounds.push(on().await?);
+                quiet.push(off().await?);
+            } else {
+                quiet.push(off().await?);
+                rounds.push(on().await?);
+            }
         }
         let quinn = quinn_echo(calls, callers).await?;
         let hyper = hyper_echo(calls, callers).await?;
         let mut local = Vec::new();
         for callee in &LOCAL {
             local.push(switchyard_calls(a.http_addr(), callee, calls, callers).await?);
-        }
-        let mut quiet = Vec::new();
-        for callee in &REMOTE {
-            quiet.push(switchyard_calls(quiet_a.http_addr(), callee, calls, callers).await?);
         }
         println!(" {callers} concurrent caller(s):");
         for outcome in rounds.iter().chain([&quinn, &hyper]).chain(&local) {

@@ -13,8 +13,8 @@
 mod quic;
 mod tls;
 
-pub(crate) use quic::{FrameHandler, Peer, RawStream, encode};
 pub(crate) use quic::Transport;
+pub(crate) use quic::{FrameHandler, Peer, RawStream, encode};
 #[cfg(feature = "bench")]
 pub use tls::Identity;
 #[cfg(not(feature = "bench"))]
