@@ -63,14 +63,15 @@ struct Families {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     service: String,
-    method: String,
+    /// One of HTTP's methods, or `other`: a route for `*` takes any token a client sends.
+    method: &'static str,
     route: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     service: String,
-    method: String,
+    method: &'static str,
     route: String,
     /// `2xx`, `4xx`, ...
     class: &'static str,
@@ -156,6 +157,17 @@ impl PolicyDecision {
             Self::Fallback => "fallback",
         }
     }
+}
+
+/// `method` as a label: the methods HTTP defines keep their names, anything else is `other`.
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("other")
 }
 
 fn status_class(status: u16) -> &'static str {
@@ -250,7 +262,7 @@ impl Metrics {
         };
         let route = RouteLabels {
             service: service.to_owned(),
-            method: method.to_owned(),
+            method: method_label(method),
             route: route.to_owned(),
         };
         families
@@ -460,6 +472,10 @@ mod tests {
             503,
             Duration::from_millis(1),
         );
+        // A route for `*` takes any method token a client makes up: one `other` series.
+        for made_up in ["BREW", "WHEN"] {
+            metrics.request("hello", made_up, "/any", 200, Duration::from_millis(1));
+        }
         metrics.call(
             "shop",
             "inventory",
@@ -478,6 +494,17 @@ mod tests {
             3u64,
         );
         let text = metrics.render(scrape).unwrap_or_default();
+        assert_eq!(
+            line(
+                &text,
+                "switchyard_requests_total{service=\"hello\",method=\"other\",route=\"/any\",class=\"2xx\"}"
+            ),
+            Some(
+                "switchyard_requests_total{service=\"hello\",method=\"other\",route=\"/any\",class=\"2xx\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("BREW"), "{text}");
         assert_eq!(
             line(
                 &text,
