@@ -334,6 +334,17 @@ async fn gossip_spreads_beyond_seeds_and_a_goodbye_is_heard_at_once() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let registry = admin_get(&b, "/registry").await.body;
     assert!(!registry.contains("hello@"), "C came back: {registry}");
+    // B's metrics tell both peers' states.
+    let metrics = admin_get(&b, "/metrics").await.body;
+    for series in [
+        "switchyard_mesh_peer_state{node=\"node-a\",state=\"live\"} 1",
+        "switchyard_mesh_peer_state{node=\"node-c\",state=\"departed\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == series),
+            "no {series}:\n{metrics}"
+        );
+    }
     b.shutdown().await;
     a.shutdown().await;
 }

@@ -447,6 +447,32 @@ impl Registry {
         found
     }
 
+    /// Every node this one knows of, with where it stands at `now`: `live`, `expired` (its
+    /// record ran out and is not yet purged) or `departed` (it said goodbye lately). Sorted
+    /// by node name.
+    pub(crate) fn peer_states(&self, now: Instant) -> Vec<(String, &'static str)> {
+        let Ok(state) = self.state.lock() else {
+            return Vec::new();
+        };
+        let mut states: Vec<(String, &'static str)> = state
+            .peers
+            .iter()
+            .map(|(node, entry)| {
+                let label = if entry.live(now) { "live" } else { "expired" };
+                (node.clone(), label)
+            })
+            .chain(
+                state
+                    .departed
+                    .iter()
+                    .filter(|(node, (_, until))| *until > now && !state.peers.contains_key(*node))
+                    .map(|(node, _)| (node.clone(), "departed")),
+            )
+            .collect();
+        states.sort();
+        states
+    }
+
     pub(crate) fn view(&self) -> Vec<PeerView> {
         let now = Instant::now();
         let Ok(state) = self.state.lock() else {

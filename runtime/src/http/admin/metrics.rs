@@ -111,6 +111,15 @@ impl MetricsPage {
             );
         }
         if let Some(registry) = &self.registry {
+            for (node, state) in registry.peer_states(tokio::time::Instant::now()) {
+                scrape.gauge(
+                    "mesh_peer_state",
+                    "Where a known node stands: live, expired (its record ran out) or departed \
+                     (it said goodbye); 1 for its current state",
+                    [("node", node.as_str()), ("state", state)],
+                    1u8,
+                );
+            }
             let peers = registry.view();
             scrape.gauge(
                 "mesh_peers",
