@@ -402,3 +402,29 @@ async fn a_bad_otlp_setting_is_refused_with_its_place() {
         assert!(err.contains("switchyard.toml:"), "{telemetry}: {err}");
     }
 }
+
+/// A collector that is not there costs the spans, not the requests, and the log says so.
+#[tokio::test]
+async fn an_absent_collector_is_reported_in_the_log_and_requests_go_on() {
+    crate::support::capture_logs();
+    let nobody = crate::support::free_port();
+    let manifest = TestManifest::new(&format!(
+        "{}[telemetry]\notlp = \"http://{nobody}\"\n",
+        service("hello", "hello", &["GET /hello/{name}"], ""),
+    ));
+    let node = manifest.start().await;
+    for _ in 0..3 {
+        assert_eq!(
+            send(node.http_addr(), "GET", "/hello/x", "").await.status,
+            200
+        );
+    }
+    node.shutdown().await;
+    let logs = crate::support::logs();
+    assert!(
+        logs.lines()
+            .any(|line| line.contains("spans could not be exported")
+                && line.contains(&nobody.to_string())),
+        "{logs}"
+    );
+}

@@ -15,6 +15,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _, TracerProvider as _};
@@ -101,6 +102,11 @@ impl Traces {
                 .build(),
         }
         .map_err(|err| failed(err.to_string()))?;
+        let exporter = Reporting {
+            inner: exporter,
+            endpoint: export.endpoint.clone(),
+            failing: AtomicBool::new(false),
+        };
         let resource = opentelemetry_sdk::Resource::builder()
             .with_attributes(
                 export
@@ -169,6 +175,55 @@ impl Traces {
         {
             tracing::warn!(error = %err, "the OTLP exporter did not flush every span");
         }
+    }
+}
+
+/// The OTLP exporter, saying in the node's log when spans do not get through (the SDK says
+/// nothing without its internal-logs feature): once when exports start failing, once when
+/// they work again.
+#[derive(Debug)]
+struct Reporting {
+    inner: opentelemetry_otlp::SpanExporter,
+    endpoint: String,
+    failing: AtomicBool,
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for Reporting {
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        let spans = batch.len();
+        let export = self.inner.export(batch);
+        async move {
+            let result = export.await;
+            match &result {
+                Err(error) if !self.failing.swap(true, Ordering::Relaxed) => tracing::warn!(
+                    endpoint = %self.endpoint,
+                    %error,
+                    spans,
+                    "spans could not be exported to the OTLP collector and were dropped; \
+                     check [telemetry] otlp and the collector (said again when it recovers)"
+                ),
+                Ok(()) if self.failing.swap(false, Ordering::Relaxed) => {
+                    tracing::info!(endpoint = %self.endpoint, "spans reach the OTLP collector again");
+                }
+                _ => {}
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
     }
 }
 
