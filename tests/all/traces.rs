@@ -172,7 +172,7 @@ fn one<'a>(spans: &'a [Received], what: &str, matches: impl Fn(&Received) -> boo
 }
 
 /// A request to node A whose guest calls node B over QUIC, where the callee sends a message
-/// that B delivers: one trace, seven spans on two nodes, each naming its parent.
+/// that B delivers: one trace, five spans on two nodes, each naming its parent.
 #[tokio::test]
 async fn a_request_across_two_nodes_and_a_queue_is_one_trace() {
     let (collector, collected) = http_collector().await;
