@@ -1,9 +1,9 @@
 //! Request logs: one structured line per request, call and delivery (target
 //! `switchyard::requests`), sampled, with a per-service switch.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::{TestManifest, admin_entry, capture_logs, count, logs, send_with, service};
+use crate::support::{TestManifest, capture_logs, count, logs, send_with, service, wait_for_entry};
 
 /// The request-log lines of trace `trace_id`, as JSON.
 fn lines_of(trace_id: &str) -> Vec<serde_json::Value> {
@@ -49,11 +49,14 @@ async fn a_request_its_call_and_the_delivery_it_caused_get_one_line_each() {
     )
     .await;
     assert_eq!(quiet.status, 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while count(&admin_entry(&node, "/queues", "logged").await, "delivered") < 1 {
-        assert!(Instant::now() < deadline, "the message was never delivered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_entry(
+        &node,
+        "/queues",
+        "logged",
+        Duration::from_secs(10),
+        |queue| count(queue, "delivered") >= 1,
+    )
+    .await;
     node.shutdown().await;
 
     let lines = lines_of(trace_id);

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message as _;
 
-use crate::support::{TestManifest, admin_entry, admin_get, send, send_with, service};
+use crate::support::{TestManifest, admin_get, count, send, send_with, service, wait_for_entry};
 
 /// One received span with the node (`service.instance.id`) that sent it.
 #[derive(Debug, Clone)]
@@ -209,11 +209,10 @@ async fn a_request_across_two_nodes_and_a_queue_is_one_trace() {
     )
     .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while crate::support::count(&admin_entry(&b, "/queues", "traced").await, "delivered") < 1 {
-        assert!(Instant::now() < deadline, "the message was never delivered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_entry(&b, "/queues", "traced", Duration::from_secs(10), |queue| {
+        count(queue, "delivered") >= 1
+    })
+    .await;
     // The QUIC hop shows in both nodes' metrics: A opened a connection and a stream to B.
     let value = |text: &str, series: &str| -> f64 {
         text.lines()

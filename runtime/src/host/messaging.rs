@@ -29,17 +29,18 @@ impl HostState {
                 message.body.len()
             )));
         }
-        let span =
-            self.guest
-                .traces
-                .start(operation, SpanKind::Producer, self.span.trace(), || {
-                    vec![
-                        KeyValue::new("messaging.operation.name", operation),
-                        KeyValue::new("messaging.destination.name", to.to_owned()),
-                        KeyValue::new("switchyard.service", self.guest.service.clone()),
-                    ]
-                });
-        span.rename(|| format!("{operation} {to}"));
+        let span = self.guest.traces.start(
+            || format!("{operation} {to}").into(),
+            SpanKind::Producer,
+            self.span.trace(),
+            || {
+                vec![
+                    KeyValue::new("messaging.operation.name", operation),
+                    KeyValue::new("messaging.destination.name", to.to_owned()),
+                    KeyValue::new("switchyard.service", self.guest.service.clone()),
+                ]
+            },
+        );
         let mut headers = message.headers;
         // The subscriber learns the sender and attempt from the node, not from the sender.
         crate::call::drop_node_headers(&mut headers);

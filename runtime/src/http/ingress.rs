@@ -155,15 +155,18 @@ impl Handler for Ingress {
             .and_then(|value| value.to_str().ok())
             .and_then(TraceContext::parse);
         // Named "{method} {route}" once routed (HTTP's convention: never the raw path).
-        let exported = self
-            .traces
-            .start("request", SpanKind::Server, parent.as_ref(), || {
+        let exported = self.traces.start(
+            || "request".into(),
+            SpanKind::Server,
+            parent.as_ref(),
+            || {
                 vec![
                     KeyValue::new("http.request.method", request.method().as_str().to_owned()),
                     KeyValue::new("url.path", request.uri().path().to_owned()),
                     KeyValue::new("switchyard.request_id", request_id.clone()),
                 ]
-            });
+            },
+        );
         let trace = *exported.trace();
         let span = tracing::info_span!(
             "request",

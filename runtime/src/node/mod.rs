@@ -328,7 +328,7 @@ impl Subscribers {
             .as_deref()
             .and_then(crate::telemetry::TraceContext::parse);
         let span = self.traces.start(
-            "deliver",
+            || format!("deliver {queue}").into(),
             crate::telemetry::SpanKind::Consumer,
             parent.as_ref(),
             || {
@@ -342,22 +342,24 @@ impl Subscribers {
                 ]
             },
         );
-        span.rename(|| format!("deliver {queue}"));
         let mut guest_message =
             crate::host::guest_message(queue, message, crate::host::Received::Delivery { attempt });
         guest_message.trace_context = Some(span.trace().header());
         let started = std::time::Instant::now();
         let delivered = slot.deliver(guest_message, span.handle()).await;
-        let outcome = match &delivered {
-            Ok(Ok(())) => "acked",
+        let (outcome, delivered) = match delivered {
+            Ok(Ok(())) => ("acked", Delivered::Acked),
             Ok(Err(reason)) => {
                 span.fail(|| format!("refused: {reason}"));
-                "refused"
+                let why = format!("`{service}` refused it: {reason}");
+                ("refused", Delivered::Failed(why))
             }
-            Err(crate::wasm::SlotError::Busy { .. }) => "busy",
-            Err(err) => {
-                span.fail(|| err.to_string());
-                "failed"
+            Err(busy @ crate::wasm::SlotError::Busy { .. }) => {
+                ("busy", Delivered::NotNow(busy.to_string()))
+            }
+            Err(failed) => {
+                span.fail(|| failed.to_string());
+                ("failed", Delivered::Failed(failed.to_string()))
             }
         };
         if self.request_log.sampled(service) {
@@ -374,12 +376,7 @@ impl Subscribers {
                 "delivery"
             );
         }
-        Some(match delivered {
-            Ok(Ok(())) => Delivered::Acked,
-            Ok(Err(reason)) => Delivered::Failed(format!("`{service}` refused it: {reason}")),
-            Err(busy @ crate::wasm::SlotError::Busy { .. }) => Delivered::NotNow(busy.to_string()),
-            Err(failed) => Delivered::Failed(failed.to_string()),
-        })
+        Some(delivered)
     }
 }
 

@@ -113,16 +113,19 @@ impl<D: Decide> Chain<D> {
         self.metrics.policy_decision(name, scope, decision);
         if self.traces.is_on() {
             let parent = TraceContext::in_headers(&call.headers);
-            let span = self
-                .traces
-                .start("policy", SpanKind::Internal, parent.as_ref(), || {
+            // Zero length: the decision is the event; the span ends as it is dropped.
+            let _decided = self.traces.start(
+                || format!("policy {name}: {}", decision.label()).into(),
+                SpanKind::Internal,
+                parent.as_ref(),
+                || {
                     vec![
                         KeyValue::new("switchyard.policy", name.to_owned()),
                         KeyValue::new("switchyard.policy.scope", scope.to_owned()),
                         KeyValue::new("switchyard.policy.decision", decision.label()),
                     ]
-                });
-            span.rename(|| format!("policy {name}: {}", decision.label()));
+                },
+            );
         }
     }
 

@@ -51,7 +51,7 @@ impl Client {
         }
         let budget = call.deadline.remaining().min(slot.timeout());
         let served = self.traces.start(
-            "serve",
+            || format!("{method} {}", target.pattern).into(),
             SpanKind::Server,
             TraceContext::in_headers(&call.headers).as_ref(),
             || {
@@ -68,7 +68,6 @@ impl Client {
                 attributes
             },
         );
-        served.rename(|| format!("{method} {}", target.pattern));
         let mut headers = call.headers;
         served.trace().set_in(&mut headers);
         // Calls from peers too: only this node says who the caller is.

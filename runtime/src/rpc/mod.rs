@@ -126,7 +126,7 @@ impl Client {
     /// Dropping the future drops the callee's instance mid-call; nothing else is affected.
     pub(crate) async fn call(&self, mut call: Call) -> Result<Reply, CallError> {
         let span = self.traces.start(
-            "call",
+            || format!("call {}", call.target.service).into(),
             SpanKind::Client,
             TraceContext::in_headers(&call.headers).as_ref(),
             || {
@@ -138,7 +138,6 @@ impl Client {
                 ]
             },
         );
-        span.rename(|| format!("call {}", call.target.service));
         span.trace().set_in(&mut call.headers);
         let logged = self.request_log.sampled(&call.caller);
         if !self.metrics.is_on() && !logged {

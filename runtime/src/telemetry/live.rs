@@ -120,59 +120,52 @@ struct Totals {
     calls: BTreeMap<(String, String), Counted>,
 }
 
+impl Counted {
+    /// Adds a counter sample; `failed` ones count as errors too.
+    fn add(&mut self, sample: &Sample, failed: bool) {
+        self.count += sample.value;
+        if failed {
+            self.errors += sample.value;
+        }
+    }
+
+    /// Adds a histogram bucket sample (`le` its upper bound).
+    fn add_bucket(&mut self, sample: &Sample) {
+        if let Ok(bound) = sample.label("le").parse::<f64>() {
+            *self.buckets.entry(OrderedBound(bound)).or_default() += sample.value;
+        }
+    }
+}
+
 impl Totals {
     fn of(samples: &[Sample]) -> Self {
         let mut totals = Self::default();
         for sample in samples {
+            let service = || sample.label("service").to_owned();
+            let pair = || {
+                let key = |label| sample.label(label).to_owned();
+                (key("caller"), key("callee"))
+            };
             match sample.name.as_str() {
-                "switchyard_requests_total" => {
-                    let traffic = totals
-                        .services
-                        .entry(sample.label("service").to_owned())
-                        .or_default();
-                    traffic.count += sample.value;
-                    if sample.label("class") == "5xx" {
-                        traffic.errors += sample.value;
-                    }
-                }
+                "switchyard_requests_total" => totals
+                    .services
+                    .entry(service())
+                    .or_default()
+                    .add(sample, sample.label("class") == "5xx"),
                 "switchyard_request_duration_seconds_bucket" => {
-                    let Ok(bound) = sample.label("le").parse::<f64>() else {
-                        continue;
-                    };
-                    *totals
+                    totals
                         .services
-                        .entry(sample.label("service").to_owned())
+                        .entry(service())
                         .or_default()
-                        .buckets
-                        .entry(OrderedBound(bound))
-                        .or_default() += sample.value;
+                        .add_bucket(sample);
                 }
-                "switchyard_calls_total" => {
-                    let pair = (
-                        sample.label("caller").to_owned(),
-                        sample.label("callee").to_owned(),
-                    );
-                    let traffic = totals.calls.entry(pair).or_default();
-                    traffic.count += sample.value;
-                    if sample.label("outcome") != "ok" {
-                        traffic.errors += sample.value;
-                    }
-                }
+                "switchyard_calls_total" => totals
+                    .calls
+                    .entry(pair())
+                    .or_default()
+                    .add(sample, sample.label("outcome") != "ok"),
                 "switchyard_call_duration_seconds_bucket" => {
-                    let Ok(bound) = sample.label("le").parse::<f64>() else {
-                        continue;
-                    };
-                    let pair = (
-                        sample.label("caller").to_owned(),
-                        sample.label("callee").to_owned(),
-                    );
-                    *totals
-                        .calls
-                        .entry(pair)
-                        .or_default()
-                        .buckets
-                        .entry(OrderedBound(bound))
-                        .or_default() += sample.value;
+                    totals.calls.entry(pair()).or_default().add_bucket(sample);
                 }
                 _ => {}
             }

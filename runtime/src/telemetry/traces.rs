@@ -132,11 +132,11 @@ impl Traces {
         })
     }
 
-    /// Starts a span of `kind` under `parent` (a new trace without one). `attributes` is
-    /// asked only if the span is recorded.
+    /// Starts a span of `kind` under `parent` (a new trace without one). Its `name` and
+    /// `attributes` are asked only if the span is recorded.
     pub(crate) fn start(
         &self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl FnOnce() -> Cow<'static, str>,
         kind: SpanKind,
         parent: Option<&TraceContext>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
@@ -156,7 +156,7 @@ impl Traces {
             Some(parent) => Context::new().with_remote_span_context(parent.as_remote_parent()),
             None => Context::new(),
         };
-        let builder = exporting.tracer.span_builder(name).with_kind(kind);
+        let builder = exporting.tracer.span_builder(name()).with_kind(kind);
         let mut span = exporting.tracer.build_with_context(builder, &parent_cx);
         let trace = TraceContext::of(span.span_context());
         span.set_attributes(attributes());
@@ -248,7 +248,7 @@ pub(crate) struct Span {
 
 impl Span {
     /// A span this node does not record: a new hop of `parent`'s trace, or a new trace.
-    pub(crate) fn unrecorded(parent: Option<&TraceContext>) -> Self {
+    fn unrecorded(parent: Option<&TraceContext>) -> Self {
         Self {
             trace: parent.map_or_else(TraceContext::root, TraceContext::child),
             recording: None,
@@ -267,7 +267,8 @@ impl Span {
         }
     }
 
-    /// Renames the span, the name asked only if the span is recorded.
+    /// Renames the span (the ingress knows its route only after it started), the name asked
+    /// only if the span is recorded.
     pub(crate) fn rename(&self, name: impl FnOnce() -> String) {
         if let Some(cx) = &self.recording {
             cx.span().update_name(name());

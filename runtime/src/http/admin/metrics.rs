@@ -55,16 +55,10 @@ impl MetricsPage {
 
     /// The page, or `404` when metrics are off.
     pub(crate) async fn response(&self) -> Response<Full<Bytes>> {
-        if !self.metrics.is_on() {
-            return plain(
-                StatusCode::NOT_FOUND,
-                "metrics are off on this node ([telemetry] metrics = false)\n".into(),
-            );
-        }
         let Some(text) = self.text().await else {
             return plain(
                 StatusCode::NOT_FOUND,
-                "metrics are off on this node\n".into(),
+                "metrics are off on this node ([telemetry] metrics = false)\n".into(),
             );
         };
         let mut response = Response::new(Full::new(Bytes::from(text)));
@@ -83,32 +77,23 @@ impl MetricsPage {
         self.topic_levels(&mut scrape);
         if let Some(transport) = &self.transport {
             let stats = transport.stats();
-            let help = "QUIC connections between this node and its peers, by who opened them";
-            scrape.gauge(
-                "transport_connections",
-                help,
-                [("direction", "out")],
-                stats.outgoing_connections,
-            );
-            scrape.gauge(
-                "transport_connections",
-                help,
-                [("direction", "in")],
-                stats.incoming_connections,
-            );
-            let help = "QUIC streams (one per call, message or raw stream) since the node started";
-            scrape.counter(
-                "transport_streams",
-                help,
-                [("direction", "out")],
-                stats.streams_opened,
-            );
-            scrape.counter(
-                "transport_streams",
-                help,
-                [("direction", "in")],
-                stats.streams_accepted,
-            );
+            for (direction, held, streams) in [
+                ("out", stats.outgoing_connections, stats.streams_opened),
+                ("in", stats.incoming_connections, stats.streams_accepted),
+            ] {
+                scrape.gauge(
+                    "transport_connections",
+                    "QUIC connections between this node and its peers, by who opened them",
+                    [("direction", direction)],
+                    held,
+                );
+                scrape.counter(
+                    "transport_streams",
+                    "QUIC streams (one per call, message or raw stream) since the node started",
+                    [("direction", direction)],
+                    streams,
+                );
+            }
         }
         if let Some(registry) = &self.registry {
             for (node, state) in registry.peer_states(tokio::time::Instant::now()) {
