@@ -134,6 +134,15 @@ mod tests {
                 caller: "c".into(),
                 deadline_ms: 1,
             },
+            Frame::Traffic {
+                calls: vec![crate::telemetry::CallTraffic {
+                    caller: "orders".into(),
+                    callee: "billing".into(),
+                    count: 12,
+                    errors: 1,
+                    buckets: vec![(500, 3), (1_000, 11), (u64::MAX, 12)],
+                }],
+            },
         ]
         .iter()
         .filter_map(|frame| frame::encode(frame).ok())
@@ -143,7 +152,7 @@ mod tests {
     #[test]
     fn mutated_frames_never_panic_and_round_trip() {
         let seeds = frame_seeds();
-        assert_eq!(seeds.len(), 6);
+        assert_eq!(seeds.len(), 7);
         mutate_and_check(&seeds, frame_decode, 5_000);
     }
 

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use std::time::Duration;
+
 use crate::support::{TestManifest, admin_get, repo_root, send, service};
 
 /// `faulty` calls `hello`; some of its requests trap.
@@ -208,6 +210,96 @@ async fn switchyard_top_shows_the_same_numbers() {
     let faulty = line("faulty ");
     assert_eq!(faulty[4], "33.3%", "{}", top.stdout);
     let call = line("faulty -> hello");
-    assert_eq!(call.last().map(String::as_str), Some("4"), "{}", top.stdout);
+    // caller, ->, callee, calls/s, p50, p99, errors, total, then the nodes the callers run on.
+    assert_eq!(call[7], "4", "{}", top.stdout);
+    assert_eq!(
+        call.get(8).map(String::as_str),
+        Some("test"),
+        "{}",
+        top.stdout
+    );
     node.shutdown().await;
+}
+
+/// The graph is the mesh's: the page of a node that makes no calls shows the calls its
+/// peer's services make, with the node they came from.
+#[tokio::test]
+async fn the_call_graph_spans_the_mesh() {
+    let b_manifest = TestManifest::with_node(
+        "name = \"node-b\"\nquic = \"127.0.0.1:0\"",
+        &service("hello", "hello", &["GET /hello/{name}"], ""),
+    );
+    let b = b_manifest.start().await;
+    let a_manifest = TestManifest::with_node(
+        &format!(
+            "name = \"node-a\"\nquic = \"127.0.0.1:0\"\nseeds = [\"{}\"]",
+            b.quic_addr().unwrap()
+        ),
+        &service("faulty", "faulty", &["POST /f/{fault}"], ""),
+    );
+    let a = a_manifest.start().await;
+    crate::mesh::wait_for_peer_service(&a, "hello").await;
+    crate::mesh::wait_for_peer_service(&b, "faulty").await;
+    // B's first look hears A: what A counted before it is history, not the window's.
+    let first = admin_get(&b, "/live").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let first: serde_json::Value = serde_json::from_str(&first.body).unwrap();
+    assert_eq!(first["call_nodes"], serde_json::json!(["node-b", "node-a"]));
+
+    for _ in 0..4 {
+        let reply = send(a.http_addr(), "POST", "/f/call", "hello\nGET /hello/mesh").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let live = admin_get(&b, "/live").await;
+    let live: serde_json::Value = serde_json::from_str(&live.body).unwrap();
+    let calls = live["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{live}");
+    assert_eq!(
+        (&calls[0]["caller"], &calls[0]["callee"], &calls[0]["total"]),
+        (
+            &serde_json::json!("faulty"),
+            &serde_json::json!("hello"),
+            &serde_json::json!(4)
+        ),
+        "{live}"
+    );
+    assert_eq!(calls[0]["nodes"], serde_json::json!(["node-a"]), "{live}");
+    assert!(calls[0]["per_second"].as_f64().unwrap() > 0.0, "{live}");
+    assert_eq!(calls[0]["error_rate"], serde_json::json!(0.0), "{live}");
+
+    // Chromium shows the edge on B's page, with where its callers run.
+    let token = std::fs::read_to_string(b.admin_token_file()).unwrap();
+    let url = format!("http://{}/#token={}", b.admin_addr(), token.trim());
+    let dom = tokio::task::spawn_blocking(move || chromium(&url, &["--dump-dom"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        field(&dom, "data-call=\"faulty/hello\"", "total"),
+        "4",
+        "{dom}"
+    );
+    assert_eq!(
+        field(&dom, "data-call=\"faulty/hello\"", "nodes"),
+        "node-a",
+        "{dom}"
+    );
+    assert!(dom.contains("data-edge=\"faulty/hello\""), "{dom}");
+
+    // A gone, B's graph keeps A's last totals only while A is a live member.
+    a.shutdown().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let live = admin_get(&b, "/live").await;
+        let live: serde_json::Value = serde_json::from_str(&live.body).unwrap();
+        if live["call_nodes"] == serde_json::json!(["node-b"]) {
+            assert_eq!(live["calls"], serde_json::json!([]), "{live}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B still draws A's calls after A left: {live}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.shutdown().await;
 }

@@ -101,20 +101,25 @@ fn frame(view: &Value) -> String {
     if !calls.is_empty() {
         let _ = writeln!(
             out,
-            "\n{:<32} {:>9} {:>9} {:>9} {:>7} {:>9}",
+            "\n{:<32} {:>9} {:>9} {:>9} {:>7} {:>9}  FROM NODES",
             "CALLER -> CALLEE", "CALLS/S", "P50 MS", "P99 MS", "ERRORS", "TOTAL"
         );
     }
     for call in calls {
         let _ = writeln!(
             out,
-            "{:<32} {:>9} {:>9} {:>9} {:>7} {:>9}",
+            "{:<32} {:>9} {:>9} {:>9} {:>7} {:>9}  {}",
             format!("{} -> {}", text(&call["caller"]), text(&call["callee"])),
             number(&call["per_second"], 1),
             number(&call["p50_ms"], 2),
             number(&call["p99_ms"], 2),
             percent(&call["error_rate"]),
-            call["total"]
+            call["total"],
+            rows(&call, "nodes")
+                .iter()
+                .map(text)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let policies = rows(view, "policies");

@@ -430,6 +430,8 @@ struct PeerFrames {
     broker: Arc<messaging::Broker>,
     /// Takes peers' deliveries to this node's services.
     subscribers: Subscribers,
+    /// Tells a peer's live page the calls this node's services made.
+    metrics: crate::telemetry::Metrics,
 }
 
 impl FrameHandler for PeerFrames {
@@ -494,6 +496,9 @@ impl FrameHandler for PeerFrames {
             Frame::Answer { to, message } => match self.broker.answer_here(&to, message) {
                 Ok(()) => Frame::Ack,
                 Err(refused) => Frame::NotSent(refused),
+            },
+            Frame::AskTraffic => Frame::Traffic {
+                calls: self.metrics.call_traffic(),
             },
             frame => self.rpc.handle(peer, frame).await,
         }

@@ -330,6 +330,7 @@ impl Runtime {
                 self.control.clone(),
                 admin.token,
                 metrics_page,
+                mesh.map(|mesh| mesh.transport.clone()),
             )),
             admin.tls,
             ADMIN_CONNECTIONS,
@@ -403,6 +404,7 @@ pub(super) fn join_mesh(
         gossip,
         broker: runtime.broker.clone(),
         subscribers: runtime.subscribers(),
+        metrics: runtime.metrics.clone(),
     };
     servers.spawn(
         mesh.transport

@@ -333,6 +333,15 @@ impl Metrics {
             .inc();
     }
 
+    /// This node's call totals by pair, for a peer drawing the mesh's call graph; none when
+    /// metrics are off.
+    pub(crate) fn call_traffic(&self) -> Vec<super::CallTraffic> {
+        self.render(Scrape::default())
+            .map_or_else(Vec::new, |text| {
+                super::live::call_traffic(&super::live::parse(&text))
+            })
+    }
+
     /// Every counter, and the levels in `scrape`, in Prometheus's text format; `None` when
     /// metrics are off.
     pub(crate) fn render(&self, scrape: Scrape) -> Option<String> {

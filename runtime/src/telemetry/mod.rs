@@ -11,7 +11,9 @@ mod requests;
 mod trace;
 mod traces;
 
-pub(crate) use live::{LiveTraffic, LiveWindow, Sample, parse as parse_metrics};
+pub(crate) use live::{
+    CallTraffic, LiveTraffic, LiveWindow, MAX_CALL_PAIRS, Sample, parse as parse_metrics,
+};
 pub(crate) use metrics::{
     CONTENT_TYPE as METRICS_CONTENT_TYPE, CallOutcome, Metrics, PolicyDecision, Scrape,
 };

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use super::message::{Outgoing, Receipt, SendError, StoredMessage};
+use crate::telemetry::CallTraffic;
 
 /// Bumped on any incompatible change; a peer speaking another version gets a clear error.
 pub(crate) const PROTOCOL_VERSION: u8 = 8;
@@ -112,6 +113,13 @@ pub(crate) enum Frame {
         messages: Vec<StoredMessage>,
         next: u64,
     },
+    /// How many calls the receiving node's services made, by caller and callee; answered
+    /// `Traffic` (empty with its metrics off). The live page asks every peer for the mesh's
+    /// call graph.
+    AskTraffic,
+    Traffic {
+        calls: Vec<CallTraffic>,
+    },
 }
 
 /// One node as the mesh knows it: what the node says of itself, signed by it, so a relay
@@ -205,6 +213,8 @@ impl Frame {
             Self::Answer { .. } => "answer",
             Self::Read { .. } => "read",
             Self::Messages { .. } => "messages",
+            Self::AskTraffic => "ask-traffic",
+            Self::Traffic { .. } => "traffic",
         }
     }
 }

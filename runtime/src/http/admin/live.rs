@@ -6,7 +6,9 @@
 //! the address's fragment (`http://admin/#token=...`, never sent to the server) or asks for
 //! it, and keeps it for the tab only. `/live` is behind the token like every other endpoint.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -16,9 +18,17 @@ use hyper::Response;
 use serde::Serialize;
 
 use super::MetricsPage;
+use crate::discovery::Registry;
 use crate::http::ingress::plain;
-use crate::telemetry::{LiveTraffic, LiveWindow, Sample, parse_metrics};
+use crate::telemetry::{
+    CallTraffic, LiveTraffic, LiveWindow, MAX_CALL_PAIRS, Sample, parse_metrics,
+};
+use crate::transport::Transport;
 use crate::wasm::{Directory, SwapEvent};
+use crate::wire::frame::Frame;
+
+/// How long a look waits for peers' call totals; a peer slower than that shows its last.
+const PEER_BUDGET: Duration = Duration::from_millis(500);
 
 const PAGE: &str = include_str!("live.html");
 
@@ -28,6 +38,11 @@ pub(crate) struct LivePage {
     metrics: Arc<MetricsPage>,
     services: Arc<Directory>,
     window: Mutex<LiveWindow>,
+    /// The peers to ask for their calls (none on a node without a mesh).
+    mesh: Option<(Arc<Registry>, Arc<Transport>)>,
+    /// What each live peer answered last: one that misses a look keeps its last totals
+    /// rather than dropping out of the graph for a beat.
+    peer_calls: Mutex<BTreeMap<String, Vec<CallTraffic>>>,
 }
 
 /// `GET /live`.
@@ -84,13 +99,70 @@ struct LastSwap {
 }
 
 impl LivePage {
-    pub(crate) fn new(node: String, metrics: Arc<MetricsPage>, services: Arc<Directory>) -> Self {
+    pub(crate) fn new(
+        node: String,
+        metrics: Arc<MetricsPage>,
+        services: Arc<Directory>,
+        mesh: Option<(Arc<Registry>, Arc<Transport>)>,
+    ) -> Self {
         Self {
+            window: Mutex::new(LiveWindow::starting(&node, std::time::Instant::now())),
             node,
             metrics,
             services,
-            window: Mutex::new(LiveWindow::starting(std::time::Instant::now())),
+            mesh,
+            peer_calls: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Every live peer's call totals: asked at once, each within [`PEER_BUDGET`].
+    async fn peer_calls(&self) -> Vec<(String, Vec<CallTraffic>)> {
+        let Some((registry, transport)) = &self.mesh else {
+            return Vec::new();
+        };
+        let members: Vec<_> = registry
+            .members()
+            .into_iter()
+            .filter(|member| member.node != self.node)
+            .collect();
+        let mut asks = tokio::task::JoinSet::new();
+        for member in &members {
+            let (transport, node, address) =
+                (transport.clone(), member.node.clone(), member.address);
+            asks.spawn(async move {
+                let answer = transport
+                    .request(address, &Frame::AskTraffic, PEER_BUDGET)
+                    .await;
+                (node, answer)
+            });
+        }
+        let mut answers = Vec::new();
+        while let Some(joined) = asks.join_next().await {
+            match joined {
+                Ok((node, Ok(Frame::Traffic { calls }))) if calls.len() <= MAX_CALL_PAIRS => {
+                    answers.push((node, calls));
+                }
+                Ok((node, Ok(other))) => tracing::debug!(
+                    peer = %node,
+                    answer = other.kind(),
+                    "peer did not tell its calls (a node of an older version, or too many pairs)"
+                ),
+                Ok((node, Err(error))) => {
+                    tracing::debug!(peer = %node, %error, "peer did not tell its calls");
+                }
+                Err(error) => tracing::debug!(%error, "asking a peer for its calls failed"),
+            }
+        }
+        let mut known = match self.peer_calls.lock() {
+            Ok(known) => known,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        known.retain(|node, _| members.iter().any(|member| &member.node == node));
+        known.extend(answers);
+        known
+            .iter()
+            .map(|(node, calls)| (node.clone(), calls.clone()))
+            .collect()
     }
 
     /// The page.
@@ -124,11 +196,14 @@ impl LivePage {
             );
         };
         let samples = parse_metrics(&text);
+        let peers = self.peer_calls().await;
         let traffic = match self.window.lock() {
-            Ok(mut window) => window.look(std::time::Instant::now(), &samples),
-            Err(poisoned) => poisoned
-                .into_inner()
-                .look(std::time::Instant::now(), &samples),
+            Ok(mut window) => window.look(std::time::Instant::now(), &samples, &peers),
+            Err(poisoned) => {
+                poisoned
+                    .into_inner()
+                    .look(std::time::Instant::now(), &samples, &peers)
+            }
         };
         let view = LiveView {
             node: self.node.clone(),

@@ -208,9 +208,15 @@ impl Admin {
         operator: Arc<dyn Operator>,
         token: AdminToken,
         metrics: Arc<MetricsPage>,
+        transport: Option<Arc<crate::transport::Transport>>,
     ) -> Self {
         Self {
-            live: live::LivePage::new(node.clone(), metrics.clone(), services.clone()),
+            live: live::LivePage::new(
+                node.clone(),
+                metrics.clone(),
+                services.clone(),
+                registry.clone().zip(transport),
+            ),
             node,
             services,
             registry,
