@@ -35,3 +35,4 @@ mod streams;
 mod swap;
 mod topics;
 mod traces;
+mod wasi_http;

@@ -11,6 +11,7 @@
 mod bindings;
 mod config;
 mod discovery;
+mod http;
 mod log;
 mod messaging;
 mod output;
@@ -24,6 +25,7 @@ mod types;
 pub(crate) use bindings::policy as policy_bindings;
 pub(crate) use bindings::streams::StreamServicePre;
 pub(crate) use bindings::{GuestMessage, GuestRequest, GuestResponse, Service, ServicePre};
+pub(crate) use http::{Proxy, ProxyPre, serve as serve_http};
 pub(crate) use log::{MAX_DECISION_LOG_BYTES, MAX_REQUEST_LOG_BYTES};
 pub(crate) use messaging::{Received, guest_message};
 pub(crate) use ports::{
@@ -96,6 +98,9 @@ impl GuestContext {
 pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    /// Where its outgoing `wasi:http` requests go.
+    outgoing: http::OutgoingHttp,
     pub(crate) limiter: MemoryLimiter,
     guest: Arc<GuestContext>,
     request_id: String,
@@ -130,6 +135,8 @@ impl HostState {
         Self {
             wasi: wasi.build(),
             table: ResourceTable::new(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            outgoing: http::OutgoingHttp::new(guest.clone()),
             limiter: MemoryLimiter {
                 limit: memory_limit_bytes,
                 exceeded: false,
@@ -158,6 +165,7 @@ impl HostState {
     ) {
         request_id.clone_into(&mut self.request_id);
         self.deadline = deadline;
+        self.outgoing.begin(request_id, deadline, &span);
         self.span = span;
         self.causation = crate::wire::Causation::default();
         self.calls_made = 0;
@@ -172,6 +180,7 @@ impl HostState {
 
     /// The current work handles a message that `causation` led to.
     pub(crate) fn caused_by(&mut self, causation: crate::wire::Causation) {
+        self.outgoing.caused_by(&causation);
         self.causation = causation;
     }
 
@@ -210,9 +219,11 @@ impl WasiView for HostState {
     }
 }
 
-/// Adds WASI and the `switchyard:runtime` imports of the `service` world to `linker`.
+/// Adds WASI (`wasi:http` included) and the `switchyard:runtime` imports of the `service`
+/// world to `linker`: one linker serves SDK guests and standard `wasi:http/proxy` components.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
     Service::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)
 }
 

@@ -16,7 +16,9 @@ use super::budget::Budget;
 use super::cache::ComponentCache;
 use super::{EPOCH_TICK, EngineError, LoadError};
 use crate::host::policy_bindings::ResiliencePolicyPre;
-use crate::host::{self, HostState, PolicyState, ServicePre, StreamServicePre};
+use crate::host::{
+    self, HostState, PolicyState, Proxy, ProxyPre, Service, ServicePre, StreamServicePre,
+};
 use crate::manifest::PoolPlan;
 
 /// Engine settings a node chooses; everything else is fixed here.
@@ -42,21 +44,69 @@ pub(crate) struct Engine {
     budget: Arc<Budget>,
 }
 
-/// A component compiled, checked against the `service` world and ready to instantiate.
+/// A component compiled, checked against the `service` world (or `wasi:http/proxy`) and
+/// ready to instantiate.
 #[derive(Clone)]
 pub struct LoadedComponent {
-    pub(crate) pre: ServicePre<HostState>,
-    /// Set when the component exports `stream-handler` (world `stream-service`).
-    pub(crate) streams: Option<StreamServicePre<HostState>>,
+    pub(crate) exports: Exports,
     /// SHA-256 of the component file, hex.
     pub hash: String,
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
 }
 
+/// Which world a service's component serves.
+#[derive(Clone)]
+pub(crate) enum Exports {
+    /// Ours (`switchyard:runtime/service`, an SDK guest); `streams` is set when it exports
+    /// `stream-handler` (world `stream-service`).
+    Service {
+        pre: ServicePre<HostState>,
+        streams: Option<StreamServicePre<HostState>>,
+    },
+    /// A standard `wasi:http/proxy` component: it serves HTTP requests only.
+    HttpProxy(ProxyPre<HostState>),
+}
+
+/// One instance of a service's component.
+pub(crate) enum Instance {
+    Service(Service),
+    HttpProxy(Proxy),
+}
+
+impl LoadedComponent {
+    /// Instantiates the component in `store`.
+    pub(crate) async fn instantiate(
+        &self,
+        store: &mut wasmtime::Store<HostState>,
+    ) -> wasmtime::Result<Instance> {
+        Ok(match &self.exports {
+            Exports::Service { pre, .. } => Instance::Service(pre.instantiate_async(store).await?),
+            Exports::HttpProxy(pre) => Instance::HttpProxy(pre.instantiate_async(store).await?),
+        })
+    }
+
+    /// The `stream-handler` export, if the component has one.
+    pub(crate) fn streams(&self) -> Option<&StreamServicePre<HostState>> {
+        match &self.exports {
+            Exports::Service { streams, .. } => streams.as_ref(),
+            Exports::HttpProxy(_) => None,
+        }
+    }
+
+    /// The world it serves, as logs and the admin API name it.
+    pub(crate) fn world(&self) -> &'static str {
+        match &self.exports {
+            Exports::Service { .. } => "switchyard:runtime/service",
+            Exports::HttpProxy(_) => "wasi:http/proxy",
+        }
+    }
+}
+
 impl std::fmt::Debug for LoadedComponent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedComponent")
+            .field("world", &self.world())
             .field("hash", &self.hash)
             .field("from_cache", &self.from_cache)
             .finish_non_exhaustive()
@@ -167,22 +217,32 @@ impl Engine {
             .linker
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
-        let pre = ServicePre::new(instance_pre.clone()).map_err(wrong_world)?;
-        let streams = StreamServicePre::new(instance_pre).ok();
+        // Our world first; a component that is not ours may be a standard wasi:http one.
+        let exports = match ServicePre::new(instance_pre.clone()) {
+            Ok(pre) => Exports::Service {
+                pre,
+                streams: StreamServicePre::new(instance_pre).ok(),
+            },
+            Err(not_ours) => match ProxyPre::new(instance_pre) {
+                Ok(proxy) => Exports::HttpProxy(proxy),
+                Err(_) => return Err(wrong_world(not_ours)),
+            },
+        };
+        let loaded = LoadedComponent {
+            exports,
+            hash,
+            from_cache,
+        };
         tracing::info!(
             component = %path.display(),
-            hash = &hash[..12],
+            world = loaded.world(),
+            hash = &loaded.hash[..12],
             from_cache,
-            streams = streams.is_some(),
+            streams = loaded.streams().is_some(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "component ready"
         );
-        Ok(LoadedComponent {
-            pre,
-            streams,
-            hash,
-            from_cache,
-        })
+        Ok(loaded)
     }
 
     /// Reads, compiles (or loads from cache) and type-checks a `resilience-policy` component.

@@ -21,6 +21,7 @@ mod table;
 pub(crate) use probation::{Probation, SwapState, Verdict};
 
 pub(crate) use crate::host::{GuestRequest, GuestResponse};
+use engine::Instance;
 pub(crate) use engine::LoadedPolicy;
 pub(crate) use engine::{Engine, EngineConfig, LoadedComponent};
 pub(crate) use slot::{Slot, SlotConfig, SlotError, SlotStats, SwapError, SwapEvent};
@@ -65,8 +66,9 @@ pub enum LoadError {
     /// A valid component, but not one of the `service` world.
     #[error(
         "{} does not fit the `switchyard:runtime/service` world: {reason}\n  hint: build it with \
-         switchyard-sdk and `switchyard_sdk::export!(YourType)`; a guest may import only \
-         switchyard:runtime and wasi interfaces", path.display()
+         switchyard-sdk and `switchyard_sdk::export!(YourType)`, or as a standard \
+         `wasi:http/proxy` component (exporting `wasi:http/incoming-handler@0.2.x`); a guest \
+         may import only switchyard:runtime and wasi interfaces", path.display()
     )]
     WrongWorld { path: PathBuf, reason: String },
     /// A valid component, but not a policy.

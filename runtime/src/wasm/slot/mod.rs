@@ -21,11 +21,9 @@ use super::probation::SwapState;
 mod streams;
 mod swap;
 
-use super::{Engine, LoadedComponent};
+use super::{Engine, Instance, LoadedComponent};
 use crate::call::{ByteStream, CallError, Deadline, Reply};
-use crate::host::{
-    GuestContext, GuestMessage, GuestRequest, GuestResponse, HostState, Outbound, Service,
-};
+use crate::host::{GuestContext, GuestMessage, GuestRequest, GuestResponse, HostState, Outbound};
 use crate::telemetry::SpanHandle;
 
 /// What a [`Slot`] needs to know about its service.
@@ -144,7 +142,7 @@ pub(crate) struct Slot {
 /// A store and, once instantiated, its instance.
 struct LiveInstance {
     store: Store<HostState>,
-    service: Option<Service>,
+    instance: Option<Instance>,
     served: u32,
     generation: u64,
 }
@@ -355,15 +353,22 @@ impl Slot {
             &request.request_id,
             span,
             budget,
-            async |service, store| {
+            async |instance, store| {
                 // Set by this node (`rpc::local`) when the caller's work came from a message.
                 store
                     .data_mut()
                     .caused_by(crate::call::Causation::of(&request.headers));
-                service
-                    .switchyard_runtime_handler()
-                    .call_handle(store, &request)
-                    .await
+                match instance {
+                    Instance::Service(service) => {
+                        service
+                            .switchyard_runtime_handler()
+                            .call_handle(store, &request)
+                            .await
+                    }
+                    Instance::HttpProxy(proxy) => {
+                        crate::host::serve_http(proxy, store, &request).await
+                    }
+                }
             },
         )
         .await
@@ -381,14 +386,25 @@ impl Slot {
             &message.id,
             span,
             Duration::MAX,
-            async |service, store| {
+            async |instance, store| {
                 store
                     .data_mut()
                     .caused_by(crate::wire::Causation::of(&message.headers));
-                service
-                    .switchyard_runtime_subscriber()
-                    .call_on_message(store, &message)
-                    .await
+                match instance {
+                    Instance::Service(service) => {
+                        service
+                            .switchyard_runtime_subscriber()
+                            .call_on_message(store, &message)
+                            .await
+                    }
+                    // The manifest check keeps queues and topics from naming one; a swap to
+                    // one leaves its messages failing until dead-lettered or swapped back.
+                    Instance::HttpProxy(_) => Ok(Err(
+                        "this version is a wasi:http/proxy component, which takes no messages \
+                         (it exports no `subscriber`); build the subscriber with switchyard-sdk"
+                            .to_owned(),
+                    )),
+                }
             },
         )
         .await
@@ -403,7 +419,7 @@ impl Slot {
         request_id: &str,
         span: SpanHandle,
         budget: Duration,
-        call: impl AsyncFnOnce(&Service, &mut Store<HostState>) -> wasmtime::Result<T>,
+        call: impl AsyncFnOnce(&Instance, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, SlotError> {
         let generation = self.current.load_full();
         let mut live = self
@@ -484,7 +500,7 @@ impl Slot {
         store.epoch_deadline_callback(on_epoch_tick);
         LiveInstance {
             store,
-            service: None,
+            instance: None,
             served: 0,
             generation: generation.number,
         }
@@ -495,22 +511,18 @@ impl Slot {
         live: &mut LiveInstance,
         generation: &Generation,
         timeout: Duration,
-        call: impl AsyncFnOnce(&Service, &mut Store<HostState>) -> wasmtime::Result<T>,
+        call: impl AsyncFnOnce(&Instance, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, SlotError> {
         live.store.set_epoch_deadline(1);
-        let LiveInstance { store, service, .. } = live;
+        let LiveInstance {
+            store, instance, ..
+        } = live;
         let work = async {
-            let service = match service {
-                Some(service) => service,
-                None => service.insert(
-                    generation
-                        .component
-                        .pre
-                        .instantiate_async(&mut *store)
-                        .await?,
-                ),
+            let instance = match instance {
+                Some(instance) => instance,
+                None => instance.insert(generation.component.instantiate(&mut *store).await?),
             };
-            call(service, &mut *store).await
+            call(instance, &mut *store).await
         };
         // Epoch ticks stop guest code that computes (it yields each tick, so this timer fires
         // on time too); this stops time spent awaiting host calls.

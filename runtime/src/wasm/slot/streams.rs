@@ -5,7 +5,7 @@ use super::*;
 impl Slot {
     /// Fails unless the component serves streams.
     pub(crate) fn check_streams(&self) -> Result<(), SlotError> {
-        match self.current.load().component.streams {
+        match self.current.load().component.streams() {
             Some(_) => Ok(()),
             None => Err(SlotError::NoStreams {
                 service: self.started.service.clone(),
@@ -50,7 +50,7 @@ impl Slot {
         budget: Duration,
     ) -> Result<(), SlotError> {
         let generation = self.current.load_full();
-        let Some(pre) = &generation.component.streams else {
+        let Some(pre) = generation.component.streams() else {
             return self.check_streams();
         };
         let timeout = budget.min(generation.settings.timeout);

@@ -37,7 +37,7 @@ impl Slot {
             crate::telemetry::SpanHandle::default(),
         );
         probe.store.set_epoch_deadline(1);
-        if let Err(err) = next.component.pre.instantiate_async(&mut probe.store).await {
+        if let Err(err) = next.component.instantiate(&mut probe.store).await {
             let reason = format!("the new generation does not instantiate: {err:#}");
             tracing::error!(service = %self.started.service, %reason, "swap refused; the old generation keeps serving");
             self.record(

@@ -1,0 +1,378 @@
+//! `wasi:http`: serving standard `wasi:http/proxy` components, and where any guest's
+//! outgoing HTTP requests go.
+//!
+//! A component built with wstd, Spin's SDK, componentize-py or jco exports
+//! `wasi:http/incoming-handler` instead of our `handler`. The node serves it behind the same
+//! routes, limits, deadline, swap and policies as an SDK guest: [`serve`] turns the node's
+//! [`GuestRequest`] into a `wasi:http` incoming request, calls `handle`, and reads the response
+//! the guest sets (its body too, while the guest writes it, up to [`MAX_RESPONSE_BYTES`])
+//! back into a [`GuestResponse`]. Everything around the call stays the node's.
+//!
+//! Outgoing requests (`wasi:http/outgoing-handler`, so JS `fetch`, Python's and Rust's HTTP
+//! clients) to `http://<service>/...` become mesh calls from the guest's service: its
+//! `may_call`, the policies bound to the call, what is left of its deadline, its trace and
+//! its causation chain, as `rpc.call` would. A call that fails answers as a proxy would
+//! (`504` timeout, `503` unavailable, `403` rejected, `400` bad request, `502` the callee
+//! failed; `x-switchyard-error` names which). Any other host is refused (`HttpRequestDenied`,
+//! and a log line naming the host): the node does not open connections to the outside on a
+//! guest's behalf.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use wasmtime::Store;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
+
+pub(crate) use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
+
+use super::{GuestContext, GuestRequest, GuestResponse, HostState};
+use crate::call::{self, Call, CallError, Deadline, Target};
+use crate::telemetry::{SpanHandle, TRACE_HEADER};
+
+/// The largest response body the node takes from a `wasi:http` guest, as for SDK guests'
+/// bodies (the ingress's request limit).
+pub(crate) const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// The largest request body a guest's outgoing request may carry into a mesh call.
+const MAX_OUTGOING_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Serves `request` on `proxy`: the guest's `handle` and the reading of its response run
+/// together, so a guest that streams its body (writes after setting the response) is read as
+/// it writes, and one that never sets a response fails when `handle` returns.
+pub(crate) async fn serve(
+    proxy: &Proxy,
+    store: &mut Store<HostState>,
+    request: &GuestRequest,
+) -> wasmtime::Result<GuestResponse> {
+    let incoming = incoming_request(request)?;
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let (incoming, out) = {
+        let mut view = store.data_mut().http();
+        (
+            view.new_incoming_request(Scheme::Http, incoming)?,
+            view.new_response_outparam(sender)?,
+        )
+    };
+    let handled = proxy
+        .wasi_http_incoming_handler()
+        .call_handle(&mut *store, incoming, out);
+    let read = async {
+        let response = match receiver.await {
+            Ok(Ok(response)) => response,
+            Ok(Err(code)) => {
+                return Err(wasmtime::format_err!(
+                    "the guest answered with the error {code:?} instead of a response"
+                ));
+            }
+            // The guest returned (or trapped) without `response-outparam.set`.
+            Err(_) => return Ok(None),
+        };
+        let (parts, body) = response.into_parts();
+        let limited = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES);
+        let body = limited.collect().await.map_err(|error| {
+            wasmtime::format_err!("reading the guest's response body failed: {error}")
+        })?;
+        Ok(Some(GuestResponse {
+            status: parts.status.as_u16(),
+            headers: parts
+                .headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+                })
+                .collect(),
+            body: body.to_bytes().to_vec(),
+        }))
+    };
+    let (handled, read) = tokio::join!(handled, read);
+    handled?;
+    read?.ok_or_else(|| {
+        wasmtime::format_err!(
+            "the guest's `wasi:http/incoming-handler.handle` returned without setting a \
+             response (`response-outparam.set`)"
+        )
+    })
+}
+
+/// The node's request as a `wasi:http` one: same method, path, query, headers and body; the
+/// authority is the service's name (what `http://<service>/` calls it by).
+fn incoming_request(
+    request: &GuestRequest,
+) -> wasmtime::Result<hyper::Request<http_body_util::combinators::BoxBody<Bytes, HttpError>>> {
+    let target = match &request.query {
+        Some(query) => format!("{}?{query}", request.path),
+        None => request.path.clone(),
+    };
+    let mut builder = hyper::Request::builder()
+        .method(request.method.as_str())
+        .uri(target);
+    for (name, value) in &request.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    if !request
+        .headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        builder = builder.header("host", "localhost");
+    }
+    let body = Full::new(Bytes::from(request.body.clone()))
+        .map_err(|never| match never {})
+        .boxed();
+    builder
+        .body(body)
+        .map_err(|error| wasmtime::format_err!("the request does not fit wasi:http: {error}"))
+}
+
+/// The `wasi:http` hooks of one instance: where its outgoing requests go.
+pub(crate) struct OutgoingHttp {
+    guest: Arc<GuestContext>,
+    /// Of the current request: its id, deadline, span and causation (see [`OutgoingHttp::begin`]).
+    request_id: String,
+    deadline: Deadline,
+    span: SpanHandle,
+    causation: crate::wire::Causation,
+    sent: Arc<AtomicU32>,
+}
+
+impl OutgoingHttp {
+    pub(crate) fn new(guest: Arc<GuestContext>) -> Self {
+        Self {
+            guest,
+            request_id: String::new(),
+            deadline: Deadline::after(std::time::Duration::ZERO),
+            span: SpanHandle::default(),
+            causation: crate::wire::Causation::default(),
+            sent: Arc::default(),
+        }
+    }
+
+    /// The instance starts work `request_id`, due by `deadline`, traced by `span`.
+    pub(crate) fn begin(&mut self, request_id: &str, deadline: Deadline, span: &SpanHandle) {
+        request_id.clone_into(&mut self.request_id);
+        self.deadline = deadline;
+        self.span = span.clone();
+        self.causation = crate::wire::Causation::default();
+        self.sent = Arc::default();
+    }
+
+    /// The current work handles a message that `causation` led to.
+    pub(crate) fn caused_by(&mut self, causation: &crate::wire::Causation) {
+        self.causation = causation.clone();
+    }
+
+    /// The mesh call an outgoing request to `http://<service>/...` is, or why it is refused.
+    fn mesh_call(
+        &self,
+        service: &str,
+        request: &http::request::Parts,
+        body: Vec<u8>,
+    ) -> Result<Call, CallError> {
+        let target = Target::parse(service)?;
+        self.guest.may_call(&target.service)?;
+        let path = request
+            .uri
+            .path_and_query()
+            .map_or("/", |path| path.as_str());
+        let mut headers: Vec<(String, String)> = request
+            .headers
+            .iter()
+            .filter(|(name, _)| !is_hop_by_hop(name.as_str()) && *name != http::header::HOST)
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect();
+        call::drop_node_headers(&mut headers);
+        headers.retain(|(name, _)| !name.eq_ignore_ascii_case(TRACE_HEADER));
+        if let Some(trace) = self.span.trace() {
+            headers.push((TRACE_HEADER.to_owned(), trace.header()));
+        }
+        let reserve = self
+            .guest
+            .calls
+            .reserve(&self.guest.service, &target.service);
+        let n = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
+        Ok(Call {
+            target,
+            method: format!("{} {path}", request.method),
+            body,
+            headers,
+            deadline: call::call_deadline(self.deadline, None, reserve),
+            caller: self.guest.service.clone(),
+            request_id: format!("{}.http{n}", self.request_id),
+            spread: None,
+            causation: self.causation.clone(),
+        })
+    }
+}
+
+/// Whether `name` is for one connection only (RFC 9110 §7.6.1), not for the callee.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+    )
+}
+
+/// The mesh service an outgoing request's host names, if it names one: a bare name (no dot,
+/// not an address) over plain `http`.
+fn mesh_service(uri: &http::Uri) -> Option<&str> {
+    let host = uri.host()?;
+    let plain = uri.scheme_str().is_none_or(|scheme| scheme == "http");
+    let bare = !host.contains('.')
+        && !host.contains(':')
+        && !host.starts_with('[')
+        && host != "localhost"
+        && host.parse::<std::net::IpAddr>().is_err();
+    (plain && bare && uri.port().is_none()).then_some(host)
+}
+
+/// The answer a guest's HTTP client gets for a call that failed: what a proxy in front of
+/// the callee would answer (Envoy and linkerd do the same), with the reason as the body and
+/// its kind in `x-switchyard-error`, so `fetch` and friends see an HTTP status, not a broken
+/// connection.
+fn failed_call_response(error: &CallError) -> (http::StatusCode, &'static str) {
+    use http::StatusCode;
+    match error {
+        CallError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        CallError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        CallError::Rejected(_) => (StatusCode::FORBIDDEN, "rejected"),
+        CallError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+        CallError::Remote(_) => (StatusCode::BAD_GATEWAY, "remote"),
+    }
+}
+
+fn response(
+    status: u16,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> Result<http::Response<WasiBody>, HttpError> {
+    let mut response = http::Response::builder().status(status);
+    for (name, value) in headers {
+        response = response.header(name.as_str(), value.as_str());
+    }
+    response
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .map_err(|error| HttpError::InternalError(Some(error.to_string())))
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                ),
+                HttpError,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for OutgoingHttp {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> SendFuture {
+        let service = self.guest.service.clone();
+        let request_id = self.request_id.clone();
+        let Some(callee) = mesh_service(request.uri()).map(str::to_owned) else {
+            tracing::warn!(
+                service = %service,
+                request_id = %request_id,
+                url = %request.uri(),
+                "outgoing HTTP refused: a guest's requests go to mesh services only, as \
+                 http://<service>/<path>"
+            );
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        };
+        let calls = self.guest.calls.clone();
+        let (parts, body) = request.into_parts();
+        // Checked now, while `self` is here to check it with; the body is read in the future.
+        let prepared = self.mesh_call(&callee, &parts, Vec::new());
+        Box::new(async move {
+            let result = match prepared {
+                Ok(mut call) => {
+                    let body = http_body_util::Limited::new(body, MAX_OUTGOING_BODY_BYTES)
+                        .collect()
+                        .await
+                        .map_err(|_| {
+                            HttpError::HttpRequestBodySize(Some(MAX_OUTGOING_BODY_BYTES as u64))
+                        })?;
+                    call.body = body.to_bytes().to_vec();
+                    calls.call(call).await
+                }
+                Err(refused) => Err(refused),
+            };
+            let response = match result {
+                Ok(reply) => response(reply.status, &reply.headers, reply.body)?,
+                Err(error) => {
+                    tracing::warn!(service = %service, request_id = %request_id, callee = %callee, %error, "outgoing HTTP call failed");
+                    let (status, kind) = failed_call_response(&error);
+                    response(
+                        status.as_u16(),
+                        &[
+                            ("content-type".into(), "text/plain; charset=utf-8".into()),
+                            ("x-switchyard-error".into(), kind.into()),
+                        ],
+                        format!("{error}\n").into_bytes(),
+                    )?
+                }
+            };
+            let done: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
+                Box::new(std::future::ready(Ok(())));
+            Ok((response, done))
+        })
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outgoing,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
+mod tests {
+    use super::mesh_service;
+
+    #[test]
+    fn only_bare_service_names_over_plain_http_are_mesh_calls() {
+        let of = |url: &str| mesh_service(&url.parse().unwrap()).map(str::to_owned);
+        assert_eq!(
+            of("http://inventory/items/42").as_deref(),
+            Some("inventory")
+        );
+        assert_eq!(of("/relative"), None);
+        for outside in [
+            "https://inventory/items",
+            "http://example.com/",
+            "http://localhost/",
+            "http://127.0.0.1/",
+            "http://[::1]/",
+            "http://inventory:8080/",
+        ] {
+            assert_eq!(of(outside), None, "{outside}");
+        }
+    }
+}
