@@ -307,10 +307,11 @@ fn check(path: PathBuf) -> Result<()> {
     );
     for (spec, component) in manifest.services.iter().zip(components) {
         println!(
-            "  {} {} sha256:{} ({})",
+            "  {} {} sha256:{} ({}, {})",
             spec.name,
             spec.version,
             &component.hash[..16],
+            component.world(),
             if component.from_cache {
                 "compiled, from cache"
             } else {

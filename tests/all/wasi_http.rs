@@ -158,3 +158,25 @@ async fn a_wasi_http_component_swaps_in_for_an_sdk_guest_and_back() {
     );
     node.shutdown().await;
 }
+
+/// A queue cannot deliver to a component that takes no messages: `check` and `run` say so
+/// with the service's place in the manifest.
+#[test]
+fn a_queue_naming_a_wasi_http_component_as_subscriber_is_refused() {
+    let manifest = TestManifest::new(&format!(
+        "{}[[queue]]\nname = \"jobs\"\nsubscriber = \"spin\"\n",
+        service("spin", "http_spin", &["GET /spin/{*rest}"], ""),
+    ));
+    let loaded = switchyard::Manifest::load(&manifest.path).unwrap();
+    let err = switchyard::node::check(&loaded)
+        .expect_err("check refuses it")
+        .to_string();
+    assert!(
+        err.contains("switchyard.toml:") && err.contains("service `spin`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("wasi:http/proxy component, which takes no messages, but queue `jobs`"),
+        "{err}"
+    );
+}

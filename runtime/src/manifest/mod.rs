@@ -687,6 +687,21 @@ pub mod defaults {
 }
 
 impl Manifest {
+    /// The first queue or topic subscription that delivers to `service`, as a sentence's
+    /// subject (`queue `orders``), if any does.
+    pub(crate) fn consumer_of(&self, service: &str) -> Option<String> {
+        self.queues
+            .iter()
+            .find(|queue| queue.subscriber == service)
+            .map(|queue| format!("queue `{}`", queue.name))
+            .or_else(|| {
+                self.topics
+                    .iter()
+                    .find(|topic| topic.subscriptions.iter().any(|s| s.service == service))
+                    .map(|topic| format!("topic `{}`", topic.name))
+            })
+    }
+
     /// Reads and checks the manifest at `path`. Component files must exist; whether they are
     /// valid components is checked when the node loads them.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ManifestError> {

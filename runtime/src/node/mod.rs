@@ -521,13 +521,21 @@ fn load_all(manifest: &Manifest) -> Result<(Engine, Vec<LoadedComponent>), NodeE
         .services
         .iter()
         .map(|spec| {
-            engine
-                .load(&spec.component)
-                .map_err(|cause| NodeError::Load {
-                    service: spec.name.clone(),
-                    at: spec.component_at.clone(),
-                    cause,
-                })
+            let failed = |cause| NodeError::Load {
+                service: spec.name.clone(),
+                at: spec.component_at.clone(),
+                cause,
+            };
+            let component = engine.load(&spec.component).map_err(failed)?;
+            match manifest.consumer_of(&spec.name) {
+                Some(consumer) if !component.takes_messages() => {
+                    Err(failed(LoadError::TakesNoMessages {
+                        path: spec.component.clone(),
+                        consumer,
+                    }))
+                }
+                _ => Ok(component),
+            }
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((engine, components))

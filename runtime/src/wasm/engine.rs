@@ -94,8 +94,13 @@ impl LoadedComponent {
         }
     }
 
-    /// The world it serves, as logs and the admin API name it.
-    pub(crate) fn world(&self) -> &'static str {
+    /// Whether it exports `subscriber` (a `wasi:http/proxy` component does not).
+    pub(crate) fn takes_messages(&self) -> bool {
+        matches!(self.exports, Exports::Service { .. })
+    }
+
+    /// The world it serves, as logs and `switchyard check` name it.
+    pub fn world(&self) -> &'static str {
         match &self.exports {
             Exports::Service { .. } => "switchyard:runtime/service",
             Exports::HttpProxy(_) => "wasi:http/proxy",

@@ -77,6 +77,13 @@ pub enum LoadError {
          it with switchyard-sdk and `switchyard_sdk::export_policy!(YourType)`", path.display()
     )]
     NotAPolicy { path: PathBuf, reason: String },
+    /// A `wasi:http/proxy` component where messages are to be delivered.
+    #[error(
+        "{} is a wasi:http/proxy component, which takes no messages, but {consumer} names its \
+         service as subscriber\n  hint: build the subscriber with switchyard-sdk (it exports \
+         `subscriber`), or subscribe another service", path.display()
+    )]
+    TakesNoMessages { path: PathBuf, consumer: String },
 }
 
 /// Why the engine could not be built (a configuration the host cannot satisfy).
