@@ -252,3 +252,64 @@ fn certificates_are_valid_for_the_days_asked_and_a_year_by_default() {
     assert_eq!(days_valid("edge.pem"), 2.0 + hour);
     assert_eq!(days_valid("core.pem"), 365.0 + hour);
 }
+
+/// `check` and `run` accept and refuse the same manifests: each case goes through
+/// `Manifest::load` + `node::check` (what `switchyard check` runs) and `Node::start` (what
+/// `switchyard run` runs), and a refusal names its place in the file.
+#[tokio::test]
+async fn check_and_run_accept_and_refuse_the_same_manifests() {
+    use crate::support::{TestManifest, service};
+    let cases: &[(&str, &[&str], bool)] = &[
+        ("hello", &["GET /hello/{name}"], true),
+        ("hello", &["GET /files/{*rest}"], true),
+        ("hello", &["* /", "* /{*rest}"], true),
+        ("hello", &["GET /hello/{name}", "GET /hello/{who}"], false),
+        ("hello", &["GET /files/{*rest}/tail"], false),
+        ("hello", &["GET /files/{a}{b}"], false),
+        (
+            "hello",
+            &["GET /x/{id}", "GET /x/{id}/y", "GET /x/me"],
+            true,
+        ),
+        ("hello", &["GET /a/{x}/b", "GET /a/{y}/c"], true),
+        ("hello", &["GET /{*rest}", "GET /{name}"], false),
+        (
+            "hello",
+            &["GET /hello/{na-me}", "GET /hello/{name}x"],
+            false,
+        ),
+        ("hello", &["GET hello"], false),
+    ];
+    for (service_name, routes, good) in cases {
+        let manifest = TestManifest::new(&service(service_name, "hello", routes, ""));
+        let checked = switchyard::Manifest::load(&manifest.path)
+            .map_err(|err| err.to_string())
+            .and_then(|loaded| {
+                switchyard::node::check(&loaded)
+                    .map(drop)
+                    .map_err(|err| err.to_string())
+            });
+        let started = match switchyard::Manifest::load(&manifest.path) {
+            Ok(loaded) => match switchyard::Node::start(&loaded).await {
+                Ok(node) => {
+                    node.shutdown().await;
+                    Ok(())
+                }
+                Err(err) => Err(err.to_string()),
+            },
+            Err(err) => Err(err.to_string()),
+        };
+        assert_eq!(
+            checked.is_ok(),
+            started.is_ok(),
+            "{routes:?}: check says {checked:?}, run says {started:?}"
+        );
+        assert_eq!(checked.is_ok(), *good, "{routes:?}: {checked:?}");
+        if let Err(refused) = checked {
+            assert!(
+                refused.contains("switchyard.toml:"),
+                "{routes:?}: {refused}"
+            );
+        }
+    }
+}

@@ -20,6 +20,9 @@ async fn hello_answers_from_wasm_with_path_params_and_config() {
         Some("text/plain; charset=utf-8")
     );
     assert!(reply.header("x-request-id").is_some());
+    // Path parameters reach the guest percent-decoded.
+    let reply = get(node.http_addr(), "/hello/J%C3%BCrgen%20X").await;
+    assert_eq!(reply.body, "Hi, Jürgen X!\n");
     node.shutdown().await;
 }
 

@@ -236,7 +236,7 @@ async fn swaps_every_second_under_load_drop_no_request_and_leak_no_generation() 
         let (status, report) = admin_post(&node, "/services/greet", component).await;
         assert_eq!(status, 200, "service swap {second}: {report}");
         let report: serde_json::Value = serde_json::from_str(&report).unwrap();
-        swap_ms.push(report["swap_ms"].as_f64().unwrap());
+        swap_ms.push(report["swap_us"].as_u64().unwrap() as f64 / 1000.0);
         for (name, component) in [("breaker", &breaker), ("retry", &retry)] {
             let (status, report) =
                 admin_post(&node, &format!("/policies/{name}"), component.clone()).await;

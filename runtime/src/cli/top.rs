@@ -182,7 +182,9 @@ fn frame(view: &Value) -> String {
             text(&swap["service"]),
             format!("{} -> {}", swap["from_generation"], swap["to_generation"]),
             text(&swap["state"]),
-            number(&swap["swap_ms"], 1)
+            swap["swap_us"]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |us| format!("{:.1}", us / 1000.0))
         );
     }
     out

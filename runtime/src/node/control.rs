@@ -95,7 +95,7 @@ impl Control {
                 policy: name.to_owned(),
                 bindings: generations.len(),
                 generations,
-                swap_ms: started.elapsed().as_secs_f64() * 1000.0,
+                swap_us: started.elapsed().as_micros() as u64,
             }),
             Err(err) => {
                 tracing::error!(policy = %name, error = %err, "policy swap refused; the old version keeps running");

@@ -453,7 +453,7 @@ impl Prepared<'_> {
             to_hash: live.code.loaded.hash.clone(),
             state: SwapState::Probation,
             reason: None,
-            swap_ms: started.elapsed().as_secs_f64() * 1000.0,
+            swap_us: started.elapsed().as_micros() as u64,
         });
         live.probation = Some(Previous {
             watch: watch.clone(),

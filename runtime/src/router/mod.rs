@@ -71,6 +71,9 @@ impl<T: Clone> Router<T> {
             })
     }
 
+    /// What serves `method path`, with the values the pattern captured, percent-decoded
+    /// (`/hello/J%C3%BCrgen` gives `name` = `Jürgen`; a `{*rest}` is decoded too, so an
+    /// encoded `%2F` in it becomes `/`). `path` is as the client sent it.
     pub(crate) fn lookup(&self, method: &str, path: &str) -> Lookup<T> {
         for key in [method, "*"] {
             if let Some(found) = self
@@ -83,7 +86,7 @@ impl<T: Clone> Router<T> {
                     params: found
                         .params
                         .iter()
-                        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                        .map(|(name, value)| (name.to_owned(), decoded(value)))
                         .collect(),
                 };
             }
@@ -99,5 +102,50 @@ impl<T: Clone> Router<T> {
         }
         allowed.sort();
         Lookup::WrongMethod(allowed)
+    }
+}
+
+/// `value` percent-decoded; bytes that are not UTF-8 once decoded become U+FFFD (a WIT
+/// string is UTF-8), the rest of the value kept.
+fn decoded(value: &str) -> String {
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Lookup, Router};
+
+    fn params(router: &Router<u8>, path: &str) -> Vec<(String, String)> {
+        match router.lookup("GET", path) {
+            Lookup::Found { params, .. } => params,
+            _ => panic!("{path} not found"),
+        }
+    }
+
+    #[test]
+    fn captured_values_are_percent_decoded() {
+        let mut router = Router::default();
+        assert!(router.add("GET", "/hello/{name}", "hello", 1).is_ok());
+        assert!(router.add("GET", "/files/{*rest}", "files", 2).is_ok());
+        assert_eq!(
+            params(&router, "/hello/J%C3%BCrgen%20X"),
+            [("name".to_owned(), "Jürgen X".to_owned())]
+        );
+        assert_eq!(
+            params(&router, "/files/a%2Fb/c%25"),
+            [("rest".to_owned(), "a/b/c%".to_owned())]
+        );
+        // Not UTF-8 once decoded: replaced, never refused or dropped.
+        assert_eq!(
+            params(&router, "/hello/%FFok"),
+            [("name".to_owned(), "\u{FFFD}ok".to_owned())]
+        );
+        // Not a valid escape: kept as written.
+        assert_eq!(
+            params(&router, "/hello/100%"),
+            [("name".to_owned(), "100%".to_owned())]
+        );
     }
 }

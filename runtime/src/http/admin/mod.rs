@@ -117,7 +117,8 @@ pub(crate) struct PolicySwapped {
     pub(crate) bindings: usize,
     /// Each binding's new generation.
     pub(crate) generations: Vec<u64>,
-    pub(crate) swap_ms: f64,
+    /// How long the swap took, in whole microseconds.
+    pub(crate) swap_us: u64,
 }
 
 /// Why a change to a running node was refused; what was running keeps running. The admin API

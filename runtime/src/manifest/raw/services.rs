@@ -222,7 +222,15 @@ fn check_route(check: &Checker<'_>, raw: &Spanned<String>) -> Result<RouteSpec, 
             hint,
         ));
     }
-    for segment in pattern.split('/') {
+    let segments: Vec<&str> = pattern.split('/').collect();
+    for (n, segment) in segments.iter().enumerate() {
+        if segment.starts_with("{*") && n + 1 < segments.len() {
+            return Err(check.invalid(
+                raw.span(),
+                format!("route {text:?}: `{segment}` takes the rest of the path, so it must be the last segment"),
+                "move it to the end (\"* /files/{*rest}\"), or capture one segment with `{name}`",
+            ));
+        }
         let opens = segment.matches('{').count();
         let closes = segment.matches('}').count();
         let whole = segment.starts_with('{') && segment.ends_with('}');
@@ -277,6 +285,41 @@ pub(super) fn check_duplicate_routes(services: &[ServiceSpec]) -> Result<(), Man
                 }
             }
             seen.insert((route.method.clone(), shape), (&service.name, route));
+        }
+    }
+    check_routes_insert(services)
+}
+
+/// Inserts every route into a path router per method, as the node's router does when it
+/// serves them, so that whatever it would refuse is refused here, with the route's place:
+/// `check` and `run` accept the same manifests.
+fn check_routes_insert(services: &[ServiceSpec]) -> Result<(), ManifestError> {
+    let mut by_method: HashMap<&str, matchit::Router<(&str, &RouteSpec)>> = HashMap::new();
+    for service in services {
+        for route in &service.routes {
+            let router = by_method.entry(route.method.as_str()).or_default();
+            if let Err(refused) = router.insert(route.pattern.as_str(), (&service.name, route)) {
+                let other = match &refused {
+                    matchit::InsertError::Conflict { with } => router.at(with).ok().map(|found| {
+                        format!(
+                            " (route `{}` of service `{}`, at {})",
+                            found.value.1, found.value.0, found.value.1.at
+                        )
+                    }),
+                    _ => None,
+                };
+                return Err(ManifestError::Invalid {
+                    at: route.at.clone(),
+                    message: format!(
+                        "route `{route}` of service `{}` cannot be served: {refused}{}",
+                        service.name,
+                        other.unwrap_or_default()
+                    ),
+                    hint: "make the routes differ in a fixed segment, or merge them into one \
+                           service's route"
+                        .into(),
+                });
+            }
         }
     }
     Ok(())

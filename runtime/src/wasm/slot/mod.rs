@@ -115,7 +115,8 @@ pub(crate) struct SwapEvent {
     pub to_hash: String,
     pub state: SwapState,
     pub reason: Option<String>,
-    pub swap_ms: f64,
+    /// How long the swap took, in whole microseconds.
+    pub swap_us: u64,
 }
 
 /// Where one service's requests run: its current component and its limits.

@@ -60,7 +60,7 @@ impl Slot {
             *previous = Some(old.clone());
         }
         let event = self.record(&old, &next, SwapState::Probation, None, started);
-        tracing::info!(service = %self.started.service, generation = next.number, hash = &next.component.hash[..12], swap_ms = event.swap_ms, "swapped; new requests go to the new generation");
+        tracing::info!(service = %self.started.service, generation = next.number, hash = &next.component.hash[..12], swap_us = event.swap_us, "swapped; new requests go to the new generation");
         let slot = self.clone();
         tokio::spawn(async move { slot.watch_probation(old, next).await });
         Ok(event)
@@ -146,7 +146,7 @@ impl Slot {
             to_hash: next.component.hash.clone(),
             state,
             reason,
-            swap_ms: started.elapsed().as_secs_f64() * 1000.0,
+            swap_us: started.elapsed().as_micros() as u64,
         };
         if let Ok(mut last) = self.last_swap.lock() {
             *last = Some(event.clone());
