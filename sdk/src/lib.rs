@@ -40,6 +40,8 @@ mod request;
 mod response;
 pub mod rpc;
 pub mod state;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
 pub use message::{Message, MessageKind};
 pub use request::Request;
@@ -122,16 +124,24 @@ macro_rules! export {
 
 /// The `config` table the operator gave this service in the manifest (`[service.config]`).
 pub mod config {
+    #[cfg(target_arch = "wasm32")]
     use crate::bindings::switchyard::runtime::config as wit;
 
-    /// The value for `key`, if the manifest sets one.
+    /// The value for `key`, if the manifest sets one ([`crate::testing::set_config`] on
+    /// the host).
     pub fn get(key: &str) -> Option<String> {
-        wit::get(key)
+        #[cfg(target_arch = "wasm32")]
+        return wit::get(key);
+        #[cfg(not(target_arch = "wasm32"))]
+        return crate::testing::config_get(key);
     }
 
     /// Every key and value, sorted by key.
     pub fn all() -> Vec<(String, String)> {
-        wit::get_all()
+        #[cfg(target_arch = "wasm32")]
+        return wit::get_all();
+        #[cfg(not(target_arch = "wasm32"))]
+        return crate::testing::config_all();
     }
 }
 
@@ -150,7 +160,10 @@ pub mod discovery {
     /// Healthy instances of `service` (`"name"` or `"name@<semver range>"`), this node's
     /// first. `Err` says why the name is malformed.
     pub fn resolve(service: &str) -> Result<Vec<Instance>, String> {
-        wit::resolve(service)
+        #[cfg(target_arch = "wasm32")]
+        return wit::resolve(service);
+        #[cfg(not(target_arch = "wasm32"))]
+        return crate::testing::resolve(service);
     }
 }
 
@@ -166,12 +179,22 @@ pub mod log {
 
     /// Writes `message` at `level`.
     pub fn write(level: Level, message: &str) {
+        #[cfg(target_arch = "wasm32")]
         wit::log(level, message);
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::testing::log(level, message);
     }
 
-    /// Whether a line at `level` would be written; the macros check it before formatting.
+    /// Whether a line at `level` would be written; the macros check it before formatting
+    /// (on the host every level is, into [`crate::testing::logs`]).
     pub fn enabled(level: Level) -> bool {
-        wit::enabled(level)
+        #[cfg(target_arch = "wasm32")]
+        return wit::enabled(level);
+        #[cfg(not(target_arch = "wasm32"))]
+        return {
+            let _ = level;
+            true
+        };
     }
 
     #[doc(inline)]

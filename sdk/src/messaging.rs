@@ -123,12 +123,18 @@ impl Message {
 
     /// Appends it to `queue`; returns its id once it is stored.
     pub fn send(self, queue: &str) -> Result<String, SendError> {
-        wit::send(queue, &self.inner)
+        #[cfg(target_arch = "wasm32")]
+        return wit::send(queue, &self.inner);
+        #[cfg(not(target_arch = "wasm32"))]
+        return crate::testing::send(queue, &self.inner);
     }
 
     /// Publishes it to `topic` (a queue takes it too); returns its offset once it is stored.
     pub fn publish(self, topic: &str) -> Result<u64, SendError> {
-        wit::publish(topic, &self.inner)
+        #[cfg(target_arch = "wasm32")]
+        return wit::publish(topic, &self.inner);
+        #[cfg(not(target_arch = "wasm32"))]
+        return crate::testing::publish(topic, &self.inner);
     }
 
     /// Publishes it to `topic` as a request and returns every reply that arrives within
@@ -140,8 +146,14 @@ impl Message {
         window: std::time::Duration,
     ) -> Result<Vec<crate::Message>, RequestError> {
         let window_ms = u32::try_from(window.as_millis()).unwrap_or(u32::MAX);
-        wit::request_all(topic, &self.inner, window_ms)
-            .map(|replies| replies.into_iter().map(crate::Message::from_wit).collect())
+        #[cfg(target_arch = "wasm32")]
+        let replies = wit::request_all(topic, &self.inner, window_ms)?;
+        #[cfg(not(target_arch = "wasm32"))]
+        let replies = {
+            let _ = window_ms;
+            crate::testing::request_all(topic, &self.inner)
+        };
+        Ok(replies.into_iter().map(crate::Message::from_wit).collect())
     }
 
     /// Sends it to `queue` as a request and waits at most `timeout` for the first reply
@@ -153,12 +165,22 @@ impl Message {
         timeout: std::time::Duration,
     ) -> Result<crate::Message, RequestError> {
         let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-        wit::request(queue, &self.inner, timeout_ms).map(crate::Message::from_wit)
+        #[cfg(target_arch = "wasm32")]
+        let reply = wit::request(queue, &self.inner, timeout_ms)?;
+        #[cfg(not(target_arch = "wasm32"))]
+        let reply = {
+            let _ = timeout_ms;
+            crate::testing::request(queue, &self.inner)?
+        };
+        Ok(crate::Message::from_wit(reply))
     }
 
     /// Sends it as the answer to a message whose `reply-to` is `to`.
     pub fn reply(self, to: &str) -> Result<(), SendError> {
-        wit::reply(to, &self.inner)
+        #[cfg(target_arch = "wasm32")]
+        return wit::reply(to, &self.inner);
+        #[cfg(not(target_arch = "wasm32"))]
+        return crate::testing::reply_with(to, &self.inner);
     }
 }
 
@@ -174,8 +196,11 @@ pub fn request(
 /// Up to `max` stored messages of `topic` from offset `from` on, in order (see the module
 /// docs); empty when there is nothing from there on yet.
 pub fn read(topic: &str, from: u64, max: u32) -> Result<Vec<crate::Message>, SendError> {
-    wit::read(topic, from, max)
-        .map(|messages| messages.into_iter().map(crate::Message::from_wit).collect())
+    #[cfg(target_arch = "wasm32")]
+    let messages = wit::read(topic, from, max)?;
+    #[cfg(not(target_arch = "wasm32"))]
+    let messages = crate::testing::read(topic, from, max);
+    Ok(messages.into_iter().map(crate::Message::from_wit).collect())
 }
 
 /// Publishes `body` as an event to `topic`; returns its offset once it is stored.

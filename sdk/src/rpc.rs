@@ -97,35 +97,80 @@ impl Call {
 
     /// Sends the call and waits for the reply.
     pub fn send(self) -> Result<Reply, CallError> {
-        wit::call(&self.service, &self.method, &self.body, &self.options).map(Reply)
+        #[cfg(target_arch = "wasm32")]
+        return wit::call(&self.service, &self.method, &self.body, &self.options).map(Reply);
+        #[cfg(not(target_arch = "wasm32"))]
+        return crate::testing::call(
+            &self.service,
+            &self.method,
+            &self.body,
+            &self.options.headers,
+        )
+        .map(Reply);
     }
 
     /// Sends the call without waiting; calls started together run in parallel.
     pub fn start(self) -> Pending {
-        Pending(wit::start(
+        #[cfg(target_arch = "wasm32")]
+        return Pending(InFlight::Node(wit::start(
             &self.service,
             &self.method,
             &self.body,
             &self.options,
-        ))
+        )));
+        #[cfg(not(target_arch = "wasm32"))]
+        return Pending(InFlight::Answered(crate::testing::call(
+            &self.service,
+            &self.method,
+            &self.body,
+            &self.options.headers,
+        )));
     }
 }
 
 /// A call in flight.
 #[derive(Debug)]
-pub struct Pending(wit::PendingCall);
+pub struct Pending(InFlight);
+
+#[derive(Debug)]
+enum InFlight {
+    /// Running at the node.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    Node(wit::PendingCall),
+    /// Answered already (by a host-side fake).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    Answered(Result<wit::Reply, CallError>),
+}
 
 impl Pending {
     /// Waits for the reply.
     pub fn wait(self) -> Result<Reply, CallError> {
-        self.0.wait().map(Reply)
+        match self.0 {
+            InFlight::Node(call) => call.wait().map(Reply),
+            InFlight::Answered(answer) => answer.map(Reply),
+        }
     }
 }
 
 /// Waits until one of `calls` has its reply and returns its index.
 pub fn wait_any(calls: &[Pending]) -> usize {
-    let borrowed: Vec<&wit::PendingCall> = calls.iter().map(|call| &call.0).collect();
-    wit::wait_any(&borrowed) as usize
+    if let Some(answered) = calls
+        .iter()
+        .position(|call| matches!(call.0, InFlight::Answered(_)))
+    {
+        return answered;
+    }
+    let running: Vec<(usize, &wit::PendingCall)> = calls
+        .iter()
+        .enumerate()
+        .filter_map(|(n, call)| match &call.0 {
+            InFlight::Node(pending) => Some((n, pending)),
+            InFlight::Answered(_) => None,
+        })
+        .collect();
+    let borrowed: Vec<&wit::PendingCall> = running.iter().map(|(_, call)| *call).collect();
+    let first = wit::wait_any(&borrowed) as usize;
+    running.get(first).map_or(first, |(n, _)| *n)
 }
 
 /// Waits for every call; the results are in the same order.
