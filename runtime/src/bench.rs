@@ -26,6 +26,7 @@ fn policy_code(
                 max_idle: 1,
                 policy_instances: max_instances,
                 slot_bytes: 64 << 20,
+                per_instance: Default::default(),
             },
         })
         .map_err(|err| err.to_string())?,

@@ -124,3 +124,29 @@ fn check_refuses_what_the_budget_can_never_hold_with_the_numbers_and_the_key() {
         "{err}"
     );
 }
+
+/// The pool's slots are shaped for the components the manifest names; a swap to one that
+/// needs more core instances per instance (componentize-py's need 14) is refused with the
+/// numbers and what to do, and the old version keeps serving.
+#[tokio::test]
+async fn a_component_bigger_than_the_pools_slots_is_refused_at_load() {
+    let manifest = TestManifest::new(&service("hello", "hello", &["GET /hello/{name}"], ""));
+    let node = manifest.start().await;
+    let instances: String = (0..12)
+        .map(|_| "(core instance (instantiate $m))")
+        .collect();
+    let big = wat::parse_str(format!(
+        "(component (core module $m (memory 1)) {instances})"
+    ))
+    .unwrap();
+    let (status, reason) = crate::support::admin_post(&node, "/services/hello", big).await;
+    assert_eq!(status, 422, "{reason}");
+    assert!(
+        reason.contains("needs 12 core instances")
+            && reason.contains("sized at start for 8 core instances")
+            && reason.contains("restart the node"),
+        "{reason}"
+    );
+    assert_eq!(get(node.http_addr(), "/hello/still").await.status, 200);
+    node.shutdown().await;
+}

@@ -86,7 +86,7 @@ mod pool;
 mod raw;
 
 pub use plan::{Plan, plan};
-pub use pool::PoolPlan;
+pub use pool::{InstanceShape, PoolPlan};
 
 use std::collections::BTreeMap;
 use std::fmt;

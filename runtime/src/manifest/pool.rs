@@ -37,6 +37,39 @@ pub struct PoolPlan {
     pub policy_instances: u32,
     /// The largest linear memory an instance may have: what each slot reserves.
     pub slot_bytes: usize,
+    /// What one instance of the largest component takes from the pool.
+    pub per_instance: InstanceShape,
+}
+
+/// The core instances, linear memories and tables one component instance takes from the
+/// pool. A `wasm32-wasip2` Rust guest has a handful of core instances and one or two
+/// memories; componentize-py's take 14 core instances, so the node sizes its pool from the
+/// components its manifest names ([`PoolPlan::fit`]), and refuses (at load, with the numbers)
+/// a later one that needs more than the pool has per instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceShape {
+    pub core_instances: u32,
+    pub memories: u32,
+    pub tables: u32,
+}
+
+impl Default for InstanceShape {
+    fn default() -> Self {
+        Self {
+            core_instances: 8,
+            memories: PoolPlan::MEMORIES_PER_INSTANCE,
+            tables: 4,
+        }
+    }
+}
+
+impl InstanceShape {
+    /// Whether an instance needing `needs` fits a slot of this shape.
+    pub fn holds(&self, needs: &InstanceShape) -> bool {
+        needs.core_instances <= self.core_instances
+            && needs.memories <= self.memories
+            && needs.tables <= self.tables
+    }
 }
 
 impl PoolPlan {
@@ -60,7 +93,16 @@ impl PoolPlan {
             max_idle: (budget.max_instances / 4).max(1),
             policy_instances: Self::policy_instances_needed(manifest).saturating_add(POLICY_ROOM),
             slot_bytes: largest.max(MIN_SLOT_BYTES).next_power_of_two(),
+            per_instance: InstanceShape::default(),
         }
+    }
+
+    /// Widens each slot to hold an instance needing `needs` (a component the node serves).
+    pub fn fit(&mut self, needs: &InstanceShape) {
+        let shape = &mut self.per_instance;
+        shape.core_instances = shape.core_instances.max(needs.core_instances);
+        shape.memories = shape.memories.max(needs.memories);
+        shape.tables = shape.tables.max(needs.tables);
     }
 
     /// Policy instances `manifest`'s bindings need at most: 3 per policy of each binding.
@@ -82,7 +124,7 @@ impl PoolPlan {
     /// The address space the pool's linear memories reserve.
     pub fn reserved_bytes(&self) -> u64 {
         u64::from(self.pool_instances())
-            .saturating_mul(u64::from(Self::MEMORIES_PER_INSTANCE))
+            .saturating_mul(u64::from(self.per_instance.memories))
             .saturating_mul((self.slot_bytes as u64).saturating_add(Self::GUARD_BYTES))
     }
 }

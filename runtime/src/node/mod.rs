@@ -516,7 +516,15 @@ pub fn check(manifest: &Manifest) -> Result<Vec<LoadedComponent>, NodeError> {
 }
 
 fn load_all(manifest: &Manifest) -> Result<(Engine, Vec<LoadedComponent>), NodeError> {
-    let engine = Engine::new(&engine_config(manifest))?;
+    let mut config = engine_config(manifest);
+    // The pool's slots are shaped for the largest of the components it will serve; a file
+    // that cannot be read is reported by its load below.
+    for spec in &manifest.services {
+        if let Ok(bytes) = std::fs::read(&spec.component) {
+            config.pool.fit(&crate::wasm::needs(&bytes));
+        }
+    }
+    let engine = Engine::new(&config)?;
     let components = manifest
         .services
         .iter()

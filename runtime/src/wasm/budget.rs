@@ -140,6 +140,7 @@ mod tests {
             max_idle: idle,
             policy_instances: 0,
             slot_bytes: 64 << 20,
+            per_instance: Default::default(),
         }))
     }
 

@@ -125,16 +125,17 @@ impl Engine {
         let mut pool = PoolingAllocationConfig::default();
         let plan = &config.pool;
         let instances = plan.pool_instances().max(1);
+        // Every slot is shaped for the largest component the manifest named (see
+        // `InstanceShape`); one component cannot take more than a slot's share.
+        let shape = plan.per_instance;
         pool.total_component_instances(instances)
-            // A wasip2 std guest has a handful of core instances and one or two memories.
-            .total_core_instances(instances.saturating_mul(8))
-            .total_memories(instances.saturating_mul(PoolPlan::MEMORIES_PER_INSTANCE))
-            .total_tables(instances.saturating_mul(4))
+            .total_core_instances(instances.saturating_mul(shape.core_instances))
+            .total_memories(instances.saturating_mul(shape.memories))
+            .total_tables(instances.saturating_mul(shape.tables))
             .total_stacks(instances)
-            // One component cannot take more than a few instances' share of the pool.
-            .max_core_instances_per_component(64)
-            .max_memories_per_component(4)
-            .max_tables_per_component(16)
+            .max_core_instances_per_component(shape.core_instances)
+            .max_memories_per_component(shape.memories)
+            .max_tables_per_component(shape.tables)
             .max_memory_size(plan.slot_bytes)
             // Reuse a slot's pages instead of unmapping them: with the kernel's PAGEMAP_SCAN
             // (Linux 6.7+) only the pages a request dirtied are reset, so a resident 8 MiB
@@ -213,6 +214,14 @@ impl Engine {
         bytes: &[u8],
     ) -> Result<LoadedComponent, LoadError> {
         let started = Instant::now();
+        let needs = super::needs(bytes);
+        if !self.pool.per_instance.holds(&needs) {
+            return Err(LoadError::TooBigForPool {
+                path: path.to_path_buf(),
+                needs,
+                slot: self.pool.per_instance,
+            });
+        }
         let (component, hash, from_cache) = self.compile(path, bytes)?;
         let wrong_world = |err: wasmtime::Error| LoadError::WrongWorld {
             path: path.to_path_buf(),

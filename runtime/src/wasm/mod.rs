@@ -84,6 +84,70 @@ pub enum LoadError {
          `subscriber`), or subscribe another service", path.display()
     )]
     TakesNoMessages { path: PathBuf, consumer: String },
+    /// More core instances, memories or tables per instance than the pool's slots hold.
+    #[error(
+        "{} needs {} core instances, {} memories and {} tables per instance; this node's pool \
+         was sized at start for {} core instances, {} memories and {} tables (the most its \
+         manifest's components needed)\n  hint: name this component in the manifest and \
+         restart the node, so the pool is sized for it", path.display(), needs.core_instances,
+         needs.memories, needs.tables, slot.core_instances, slot.memories, slot.tables
+    )]
+    TooBigForPool {
+        path: PathBuf,
+        needs: crate::manifest::InstanceShape,
+        slot: crate::manifest::InstanceShape,
+    },
+}
+
+/// What one instance of the component in `bytes` takes from the pool: the core instances it
+/// creates (each `instantiate` of a core module) and the memories and tables those define.
+/// Modules are counted in the order they are defined, as the index space of a flat component
+/// (what wasm-component-ld and componentize-py write) numbers them; an index beyond that (a
+/// nested component's) counts as the largest module. Bytes that do not parse need nothing
+/// here; compiling them says what is wrong.
+pub(crate) fn needs(bytes: &[u8]) -> crate::manifest::InstanceShape {
+    use wasmparser::{Instance, Payload};
+    // (memories, tables) each core module defines, in the order they appear.
+    let mut modules: Vec<(u32, u32)> = Vec::new();
+    let mut instantiated: Vec<u32> = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else { break };
+        match payload {
+            Payload::ModuleSection { .. } => modules.push((0, 0)),
+            Payload::MemorySection(reader) => {
+                if let Some(module) = modules.last_mut() {
+                    module.0 += reader.count();
+                }
+            }
+            Payload::TableSection(reader) => {
+                if let Some(module) = modules.last_mut() {
+                    module.1 += reader.count();
+                }
+            }
+            Payload::InstanceSection(reader) => {
+                for instance in reader.into_iter().flatten() {
+                    if let Instance::Instantiate { module_index, .. } = instance {
+                        instantiated.push(module_index);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let largest = modules
+        .iter()
+        .fold((0, 0), |(m, t), (mm, tt)| (m.max(*mm), t.max(*tt)));
+    let mut needs = crate::manifest::InstanceShape {
+        core_instances: u32::try_from(instantiated.len()).unwrap_or(u32::MAX),
+        memories: 0,
+        tables: 0,
+    };
+    for index in instantiated {
+        let (memories, tables) = modules.get(index as usize).copied().unwrap_or(largest);
+        needs.memories = needs.memories.saturating_add(memories);
+        needs.tables = needs.tables.saturating_add(tables);
+    }
+    needs
 }
 
 /// Why the engine could not be built (a configuration the host cannot satisfy).
@@ -91,4 +155,28 @@ pub enum LoadError {
 #[error("cannot start the wasm engine: {reason}")]
 pub struct EngineError {
     reason: String,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
+mod tests {
+    #[test]
+    fn a_component_needs_what_its_core_instances_define() {
+        let component = wat::parse_str(
+            r#"(component
+                (core module $big (memory 1) (memory 1) (table 1 funcref))
+                (core module $small)
+                (core instance (instantiate $big))
+                (core instance (instantiate $big))
+                (core instance (instantiate $small))
+            )"#,
+        )
+        .unwrap();
+        let needs = super::needs(&component);
+        assert_eq!(
+            (needs.core_instances, needs.memories, needs.tables),
+            (3, 4, 2)
+        );
+        assert_eq!(super::needs(b"not wasm").core_instances, 0);
+    }
 }

@@ -346,7 +346,7 @@ fn check_pool(
             "the instance pool would reserve {} GiB of address space ({} slots x {} memories x              {} MiB, the largest memory_limit_mb rounded up to a power of two, plus guard              pages); a node reserves at most {} GiB",
             plan.reserved_bytes() >> 30,
             plan.pool_instances(),
-            super::PoolPlan::MEMORIES_PER_INSTANCE,
+            plan.per_instance.memories,
             plan.slot_bytes >> 20,
             super::pool::MAX_RESERVED_BYTES >> 30
         ),
