@@ -120,6 +120,7 @@ fn incoming_request(
     {
         builder = builder.header("host", "localhost");
     }
+    // A copy: the slot holds the request by reference while the guest runs.
     let body = Full::new(Bytes::from(request.body.clone()))
         .map_err(|never| match never {})
         .boxed();
@@ -166,12 +167,8 @@ impl OutgoingHttp {
     }
 
     /// The mesh call an outgoing request to `http://<service>/...` is, or why it is refused.
-    fn mesh_call(
-        &self,
-        service: &str,
-        request: &http::request::Parts,
-        body: Vec<u8>,
-    ) -> Result<Call, CallError> {
+    /// The body is left empty: the caller reads it into the call.
+    fn mesh_call(&self, service: &str, request: &http::request::Parts) -> Result<Call, CallError> {
         let target = Target::parse(service)?;
         self.guest.may_call(&target.service)?;
         let path = request
@@ -199,7 +196,7 @@ impl OutgoingHttp {
         Ok(Call {
             target,
             method: format!("{} {path}", request.method),
-            body,
+            body: Vec::new(),
             headers,
             deadline: call::call_deadline(self.deadline, None, reserve),
             caller: self.guest.service.clone(),
@@ -304,7 +301,7 @@ impl WasiHttpHooks for OutgoingHttp {
         let calls = self.guest.calls.clone();
         let (parts, body) = request.into_parts();
         // Checked now, while `self` is here to check it with; the body is read in the future.
-        let prepared = self.mesh_call(&callee, &parts, Vec::new());
+        let prepared = self.mesh_call(&callee, &parts);
         Box::new(async move {
             let result = match prepared {
                 Ok(mut call) => {

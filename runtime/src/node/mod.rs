@@ -516,25 +516,35 @@ pub fn check(manifest: &Manifest) -> Result<Vec<LoadedComponent>, NodeError> {
 }
 
 fn load_all(manifest: &Manifest) -> Result<(Engine, Vec<LoadedComponent>), NodeError> {
+    // Each file is read once: its bytes shape the pool's slots (the largest component the
+    // node will serve), then compile. A file that cannot be read fails as its load would.
     let mut config = engine_config(manifest);
-    // The pool's slots are shaped for the largest of the components it will serve; a file
-    // that cannot be read is reported by its load below.
-    for spec in &manifest.services {
-        if let Ok(bytes) = std::fs::read(&spec.component) {
-            config.pool.fit(&crate::wasm::needs(&bytes));
-        }
-    }
-    let engine = Engine::new(&config)?;
-    let components = manifest
+    let files = manifest
         .services
         .iter()
         .map(|spec| {
+            let bytes = std::fs::read(&spec.component).map_err(|cause| NodeError::Load {
+                service: spec.name.clone(),
+                at: spec.component_at.clone(),
+                cause: LoadError::Read {
+                    path: spec.component.clone(),
+                    cause,
+                },
+            })?;
+            config.pool.fit(&crate::wasm::needs(&bytes));
+            Ok((spec, bytes))
+        })
+        .collect::<Result<Vec<_>, NodeError>>()?;
+    let engine = Engine::new(&config)?;
+    let components = files
+        .into_iter()
+        .map(|(spec, bytes)| {
             let failed = |cause| NodeError::Load {
                 service: spec.name.clone(),
                 at: spec.component_at.clone(),
                 cause,
             };
-            let component = engine.load(&spec.component).map_err(failed)?;
+            let component = engine.load_bytes(&spec.component, &bytes).map_err(failed)?;
             match manifest.consumer_of(&spec.name) {
                 Some(consumer) if !component.takes_messages() => {
                     Err(failed(LoadError::TakesNoMessages {
