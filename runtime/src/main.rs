@@ -121,16 +121,38 @@ enum Command {
         #[command(subcommand)]
         what: CertCommand,
     },
-    /// Create a new guest crate that builds and serves out of the box.
+    /// Create a new guest project (Rust, Python or JavaScript) that builds and serves out of
+    /// the box.
     New {
-        /// Name of the service and crate (lower-case letters, digits, hyphens).
+        /// Name of the service and project (lower-case letters, digits, hyphens).
         name: String,
+        /// The guest's language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: cli::Lang,
         /// Directory to create it in.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// Path of the switchyard-sdk crate (defaults to the one this binary was built from).
+        /// Path of a switchyard-sdk crate for a Rust guest (by default the SDK this binary
+        /// carries, written out into Switchyard's home).
         #[arg(long)]
         sdk: Option<PathBuf>,
+    },
+    /// Build a guest project into `build/<name>.wasm` (Rust with cargo, Python with
+    /// componentize-py, JavaScript with ComponentizeJS).
+    Build {
+        /// The project's directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build a guest project, serve it from its manifest, and rebuild and swap it on every
+    /// save; a failed build is printed while the last good version keeps serving.
+    Dev {
+        /// The project's directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The manifest to run (default: the project's switchyard.toml).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
     },
 }
 
@@ -206,7 +228,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { manifest } => run(manifest),
         Command::Check { manifest } => check(manifest),
-        Command::New { name, dir, sdk } => cli::new_guest(&name, &dir, sdk.as_deref()),
+        Command::New {
+            name,
+            lang,
+            dir,
+            sdk,
+        } => cli::new_guest(&name, &dir, lang, sdk.as_deref()),
+        Command::Build { dir } => cli::build(&dir),
+        Command::Dev { dir, manifest } => cli::dev(&dir, manifest.as_deref()),
         Command::Cert { what } => cli::cert(what),
         Command::State {
             what:
@@ -285,7 +314,7 @@ fn run(manifest: PathBuf) -> Result<()> {
     })
 }
 
-async fn wait_for_stop_signal() -> Result<()> {
+pub(crate) async fn wait_for_stop_signal() -> Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
     tokio::select! {

@@ -18,6 +18,7 @@ mod cli;
 mod crash;
 mod etcd;
 mod ingress;
+mod languages;
 mod limits;
 mod live;
 mod mesh;

@@ -1,9 +1,11 @@
-//! `switchyard new` makes a crate that builds and serves out of the box.
+//! `switchyard new` makes a crate that builds and serves out of the box, anywhere (it depends
+//! on the SDK the binary carries), quickly after the first (one shared target directory); and
+//! `switchyard dev` keeps a node serving its latest save.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{repo_root, switchyard_bin};
+use crate::support::{switchyard_bin, switchyard_home, switchyard_in_home};
 
 struct KillOnDrop(Child);
 
@@ -20,6 +22,7 @@ fn a_new_guest_builds_and_serves() {
     let out = Command::new(switchyard_bin())
         .args(["new", "greeter-svc", "--dir"])
         .arg(dir.path())
+        .env("SWITCHYARD_HOME", switchyard_home())
         .output()
         .unwrap();
     assert!(
@@ -47,26 +50,35 @@ fn a_new_guest_builds_and_serves() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 
-    // Build it the way the README says (the xtask binary `cargo xtask test` built).
-    let xtask = repo_root().join("target/release/xtask");
-    let build = Command::new(&xtask)
-        .args(["build-guests", "--path"])
-        .arg(&crate_dir)
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run {}: {err}", xtask.display()));
+    // It depends on the SDK the binary carries, written into Switchyard's home (no path into
+    // a source checkout), and has serde.
+    let cargo_toml = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
+    let home = switchyard_home().canonicalize().unwrap();
     assert!(
-        build.status.success(),
-        "{}",
-        String::from_utf8_lossy(&build.stderr)
+        cargo_toml.contains(&format!("path = \"{}/sdk/", home.display())),
+        "{cargo_toml}"
     );
+    assert!(cargo_toml.contains("serde = "), "{cargo_toml}");
+
+    // Build it the way the README says.
+    switchyard_in_home(&["build".as_ref(), crate_dir.as_os_str()]);
+    // A second guest's first build reuses what the first compiled: only the crate itself.
+    switchyard_in_home(&[
+        "new".as_ref(),
+        "second-svc".as_ref(),
+        "--dir".as_ref(),
+        dir.path().as_os_str(),
+    ]);
+    let second = switchyard_in_home(&["build".as_ref(), dir.path().join("second-svc").as_os_str()]);
+    let compiled: Vec<&str> = second
+        .lines()
+        .filter(|line| line.trim_start().starts_with("Compiling"))
+        .collect();
+    assert_eq!(compiled.len(), 1, "{second}");
+    assert!(compiled[0].contains("second-svc"), "{second}");
 
     // Serve it on free ports and ask it something.
-    let manifest = crate_dir.join("switchyard.toml");
-    let text = std::fs::read_to_string(&manifest)
-        .unwrap()
-        .replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("127.0.0.1:9090", "127.0.0.1:0");
-    std::fs::write(&manifest, text).unwrap();
+    let manifest = on_free_ports(&crate_dir);
     let node = Command::new(switchyard_bin())
         .arg("run")
         .arg(&manifest)
@@ -120,4 +132,128 @@ fn strip_ansi(line: &str) -> String {
         }
     }
     out
+}
+
+/// What `switchyard dev` must beat on a save of the hello guest: the aim is 2 s (measured on
+/// an idle machine and reported in the issue's note); this bound only catches a loop that
+/// stopped working, since the test shares two cores with the rest of the suite.
+const SAVE_TO_SERVING_BOUND: Duration = Duration::from_secs(20);
+
+#[test]
+fn dev_serves_each_save_and_keeps_the_last_good_build() {
+    let dir = tempfile::tempdir().unwrap();
+    switchyard_in_home(&[
+        "new".as_ref(),
+        "dev-hello".as_ref(),
+        "--dir".as_ref(),
+        dir.path().as_os_str(),
+    ]);
+    let project = dir.path().join("dev-hello");
+    on_free_ports(&project);
+
+    let dev = Command::new(switchyard_bin())
+        .arg("dev")
+        .arg(&project)
+        .env("SWITCHYARD_HOME", switchyard_home())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut dev = KillOnDrop(dev);
+    let lines = forward_lines(&mut dev.0);
+    let serving = wait_for_line(&lines, "dev: serving", Duration::from_secs(300));
+    let addr: std::net::SocketAddr = serving
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ask = || {
+        runtime
+            .block_on(crate::support::get(addr, "/dev-hello/ada"))
+            .body
+    };
+    assert_eq!(ask(), "Hello, ada!\n");
+
+    // A save: the new build answers soon after.
+    let source = project.join("src/lib.rs");
+    let code = std::fs::read_to_string(&source).unwrap();
+    let saved = Instant::now();
+    std::fs::write(
+        &source,
+        code.replace("{name}!", "{name}, from the new build!"),
+    )
+    .unwrap();
+    while ask() != "Hello, ada, from the new build!\n" {
+        assert!(
+            saved.elapsed() < SAVE_TO_SERVING_BOUND,
+            "the save never served"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "switchyard dev: save → new version answering in {} ms",
+        saved.elapsed().as_millis()
+    );
+
+    // A save that does not compile: the error is printed, the last good build keeps serving.
+    std::fs::write(&source, code.replace("struct", "strut")).unwrap();
+    wait_for_line(&lines, "dev: build failed", Duration::from_secs(120));
+    let error = wait_for_line(&lines, "error", Duration::from_secs(5));
+    assert!(error.contains("error"), "{error}");
+    assert_eq!(ask(), "Hello, ada, from the new build!\n");
+
+    // Fixed again, it serves again.
+    std::fs::write(&source, &code).unwrap();
+    wait_for_line(&lines, "swapped to the new build", Duration::from_secs(120));
+    assert_eq!(ask(), "Hello, ada!\n");
+}
+
+/// Moves the scaffold's manifest to free ports (its 8080 and 9090 may be taken); its path.
+fn on_free_ports(project: &std::path::Path) -> std::path::PathBuf {
+    let manifest = project.join("switchyard.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9090", "127.0.0.1:0");
+    std::fs::write(&manifest, text).unwrap();
+    manifest
+}
+
+/// The child's stderr, line by line, on a channel (so the child never blocks on a full pipe).
+fn forward_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(strip_ansi(&line)).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// The next line that contains `needle`, skipping the others.
+fn wait_for_line(
+    lines: &std::sync::mpsc::Receiver<String>,
+    needle: &str,
+    within: Duration,
+) -> String {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(line) => seen.push(line),
+            Err(err) => panic!(
+                "no line with {needle:?} within {within:?} ({err}); the lines before:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
 }

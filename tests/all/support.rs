@@ -102,10 +102,15 @@ impl TestManifest {
 
 /// `[[service]]` for a guest component, with extra TOML lines.
 pub(crate) fn service(name: &str, guest_name: &str, routes: &[&str], extra: &str) -> String {
+    service_at(name, &guest(guest_name), routes, extra)
+}
+
+/// `[[service]]` for the component at `path`, with extra TOML lines.
+pub(crate) fn service_at(name: &str, path: &Path, routes: &[&str], extra: &str) -> String {
     let routes: Vec<String> = routes.iter().map(|r| format!("{r:?}")).collect();
     format!(
         "[[service]]\nname = \"{name}\"\nversion = \"1.0.0\"\ncomponent = {:?}\nroutes = [{}]\n{extra}\n",
-        guest(guest_name).display().to_string(),
+        path.display().to_string(),
         routes.join(", ")
     )
 }
@@ -481,4 +486,42 @@ impl Backend {
     pub(crate) fn is_nats(&self) -> bool {
         matches!(self, Self::Nats(_))
     }
+}
+
+/// Switchyard's home for the tests (`SWITCHYARD_HOME`): the SDK the binary carries, the Rust
+/// guests' shared target directory and the pinned componentize-py and ComponentizeJS, kept
+/// under `target/` so every test and every run on a checkout share them.
+pub(crate) fn switchyard_home() -> PathBuf {
+    repo_root().join("target/switchyard-home")
+}
+
+/// `switchyard <args>` (blocking) with the tests' home; returns its stderr, panics on failure.
+pub(crate) fn switchyard_in_home(args: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new(switchyard_bin())
+        .args(args)
+        .env("SWITCHYARD_HOME", switchyard_home())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "switchyard {args:?} failed:\n{}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+/// A guest project of `guests/` in another language, built by `switchyard build` once per
+/// test run (tests that share it wait for the first build); its component's path.
+pub(crate) fn built_project(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let dir = repo_root().join("guests").join(name);
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !built.iter().any(|done| done == name) {
+        switchyard_in_home(&["build".as_ref(), dir.as_os_str()]);
+        built.push(name.to_owned());
+    }
+    dir.join("build").join(format!("{name}.wasm"))
 }

@@ -269,8 +269,9 @@ impl Checker<'_> {
                     "component file {} of {owner} does not exist",
                     component.display()
                 ),
-                "paths are relative to the manifest's directory; build guests with \
-                 `cargo xtask build-guests`",
+                "paths are relative to the manifest's directory; build a guest project with \
+                 `switchyard build <its directory>` (in this repository: `cargo xtask \
+                 build-guests`)",
             ));
         }
         Ok(component)
