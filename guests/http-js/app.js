@@ -8,7 +8,10 @@ async function handle(request) {
   const via = url.pathname.match(/^\/js-http\/via\/([^/]+)\/(.+)$/);
   if (via) {
     const [, service, rest] = via;
-    const reply = await fetch(`http://${service}/${rest}`);
+    // A version range travels as a header: a WHATWG URL cannot carry `http://hello@1/`.
+    const range = request.headers.get("x-want-version");
+    const init = range ? { headers: { "x-switchyard-version": range } } : {};
+    const reply = await fetch(`http://${service}/${rest}`, init);
     return new Response(`${service} said (${reply.status}): ${await reply.text()}`, { headers });
   }
   return new Response(`Hello from JavaScript: ${request.method} ${url.pathname}\n`, { headers });

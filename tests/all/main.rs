@@ -25,6 +25,7 @@ mod mesh;
 mod messaging;
 mod metrics;
 mod nats;
+mod outbound;
 mod policies;
 mod pool;
 mod request_logs;

@@ -105,6 +105,17 @@ pub(crate) fn service(name: &str, guest_name: &str, routes: &[&str], extra: &str
     service_at(name, &guest(guest_name), routes, extra)
 }
 
+/// `[[service]]` for wstd's published proxy example: `GET /proxy/<rest>` is sent on to
+/// `<target><rest>` (the example forwards that path only), with extra TOML lines.
+pub(crate) fn wstd_proxy(name: &str, target: &str, extra: &str) -> String {
+    service(
+        name,
+        "http-wstd-proxy",
+        &["GET /proxy/{*rest}"],
+        &format!("env = {{ TARGET_URL = \"{target}\" }}\n{extra}"),
+    )
+}
+
 /// `[[service]]` for the component at `path`, with extra TOML lines.
 pub(crate) fn service_at(name: &str, path: &Path, routes: &[&str], extra: &str) -> String {
     let routes: Vec<String> = routes.iter().map(|r| format!("{r:?}")).collect();

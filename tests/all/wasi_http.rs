@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    TestManifest, admin_get, admin_post, built_project, guest, send, send_with, service, service_at,
+    TestManifest, admin_get, admin_post, built_project, guest, send, send_with, service,
+    service_at, wstd_proxy,
 };
 
 fn manifest() -> TestManifest {
@@ -112,12 +113,7 @@ async fn outgoing_requests_to_a_service_are_mesh_calls_and_others_are_refused() 
     ] {
         let manifest = TestManifest::new(&format!(
             "{}{}",
-            service(
-                "gateway",
-                "http-wstd-proxy",
-                &["GET /proxy/{*rest}"],
-                &format!("env = {{ TARGET_URL = \"{target}\" }}\nmay_call = [\"hello\"]"),
-            ),
+            wstd_proxy("gateway", target, "may_call = [\"hello\"]"),
             service("spin", "http_spin", &["GET /spin/{*rest}"], ""),
         ));
         crate::support::capture_logs();
@@ -238,6 +234,22 @@ async fn python_and_javascript_wasi_http_components_serve_and_fetch_through_the_
         (reply.status, reply.body.as_str()),
         (200, "hello said (200): Hello, ada!\n")
     );
+    // With a version range (the `x-switchyard-version` header): hello is 1.0.0.
+    for (range, status) in [("^1", 200), ("2", 503)] {
+        let reply = send_with(
+            addr,
+            "GET",
+            "/js-http/via/hello/hello/ada",
+            "",
+            &[("x-want-version", range)],
+        )
+        .await;
+        assert!(
+            reply.body.starts_with(&format!("hello said ({status})")),
+            "{range}: {}",
+            reply.body
+        );
+    }
 
     // Reused instances answer right, request after request.
     for round in 0..20 {
@@ -260,4 +272,31 @@ async fn python_and_javascript_wasi_http_components_serve_and_fetch_through_the_
         assert_eq!(spin.status, 200, "{}", spin.body);
     }
     node.shutdown().await;
+}
+
+/// An outgoing request names the versions that may answer: as the URL's user and host
+/// (`http://hello@1/`, for clients whose URL parser takes it, like Rust's `http`).
+#[tokio::test]
+async fn an_outgoing_request_can_name_a_version_range() {
+    // wstd's example forwards only /proxy/...: one node per range.
+    for (range, answers) in [("1", true), ("~1.0", true), ("2", false)] {
+        let manifest = TestManifest::new(&format!(
+            "{}{}",
+            wstd_proxy("gateway", &format!("http://hello@{range}/"), ""),
+            service("hello", "hello", &["GET /hello/{name}"], ""),
+        ));
+        let node = manifest.start().await;
+        let reply = send(node.http_addr(), "GET", "/proxy/hello/ada", "").await;
+        if answers {
+            assert_eq!(reply.body, "Hello, ada!\n", "hello@{range}");
+        } else {
+            assert_eq!(
+                reply.header("x-switchyard-error"),
+                Some("unavailable"),
+                "hello@{range}: {}",
+                reply.body
+            );
+        }
+        node.shutdown().await;
+    }
 }

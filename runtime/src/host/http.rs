@@ -13,9 +13,11 @@
 //! `may_call`, the policies bound to the call, what is left of its deadline, its trace and
 //! its causation chain, as `rpc.call` would. A call that fails answers as a proxy would
 //! (`504` timeout, `503` unavailable, `403` rejected, `400` bad request, `502` the callee
-//! failed; `x-switchyard-error` names which). Any other host is refused (`HttpRequestDenied`,
-//! and a log line naming the host): the node does not open connections to the outside on a
-//! guest's behalf.
+//! failed; `x-switchyard-error` names which); `http://inventory@1/`, or a request header
+//! `x-switchyard-version: ^1`, adds a version range. A
+//! request to any other host goes out only if the service's `allowed_outbound_hosts` lists it
+//! (see [`super::outbound`]), through the same policies; otherwise it is refused
+//! (`HttpRequestDenied`, and a log line naming the URL and the manifest key).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -37,6 +39,9 @@ use crate::telemetry::{SpanHandle, TRACE_HEADER};
 /// The largest response body the node takes from a `wasi:http` guest, as for SDK guests'
 /// bodies (the ingress's request limit).
 pub(crate) const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// The header of an outgoing request that names the versions of the mesh service that may
+/// answer (a semver range, as in `rpc.call("inventory@^1", ..)`); the node removes it.
+const VERSION_HEADER: &str = "x-switchyard-version";
 /// The largest request body a guest's outgoing request may carry into a mesh call.
 const MAX_OUTGOING_BODY_BYTES: usize = 16 * 1024 * 1024;
 
@@ -166,11 +171,33 @@ impl OutgoingHttp {
         self.causation = causation.clone();
     }
 
-    /// The mesh call an outgoing request to `http://<service>/...` is, or why it is refused.
-    /// The body is left empty: the caller reads it into the call.
-    fn mesh_call(&self, service: &str, request: &http::request::Parts) -> Result<Call, CallError> {
-        let target = Target::parse(service)?;
-        self.guest.may_call(&target.service)?;
+    /// The call an outgoing request is: to the mesh service `target` names (checked against
+    /// `may_call`), or to a host outside the mesh (`outside`, already allowed). The body is
+    /// left empty: the caller reads it into the call.
+    fn prepare_call(
+        &self,
+        target: Target,
+        outside: bool,
+        request: &http::request::Parts,
+    ) -> Result<Call, CallError> {
+        let mut target = target;
+        if !outside {
+            if let Some(range) = request.headers.get(VERSION_HEADER) {
+                // For clients whose URL parser cannot carry a range (a WHATWG parser, as in
+                // JS `fetch`, reads `http://inventory@1/` as the address 0.0.0.1).
+                let range = range
+                    .to_str()
+                    .map_err(|_| CallError::BadRequest(format!("{VERSION_HEADER} is not text")))?;
+                if target.range.is_some() {
+                    return Err(CallError::BadRequest(format!(
+                        "the URL and {VERSION_HEADER} both give a version range for `{}`; give one",
+                        target.service
+                    )));
+                }
+                target = Target::parse(&format!("{}@{range}", target.service))?;
+            }
+            self.guest.may_call(&target.service)?;
+        }
         let path = request
             .uri
             .path_and_query()
@@ -221,17 +248,63 @@ fn is_hop_by_hop(name: &str) -> bool {
     )
 }
 
-/// The mesh service an outgoing request's host names, if it names one: a bare name (no dot,
-/// not an address) over plain `http`.
-fn mesh_service(uri: &http::Uri) -> Option<&str> {
-    let host = uri.host()?;
-    let plain = uri.scheme_str().is_none_or(|scheme| scheme == "http");
-    let bare = !host.contains('.')
-        && !host.contains(':')
-        && !host.starts_with('[')
-        && host != "localhost"
-        && host.parse::<std::net::IpAddr>().is_err();
-    (plain && bare && uri.port().is_none()).then_some(host)
+/// Where an outgoing request goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Destination {
+    /// A mesh service: `http://inventory/...`, or with a semver range as the URL's user part
+    /// and the range as its host, `http://inventory@1/...`, `http://inventory@~1.2/...`
+    /// (`^` cannot be written in a URL's host; a bare version means `^`).
+    Mesh(String),
+    /// A host outside the mesh, allowed or not by the service's `allowed_outbound_hosts`.
+    Outside {
+        https: bool,
+        host: String,
+        port: u16,
+    },
+}
+
+fn destination(uri: &http::Uri) -> Option<Destination> {
+    let authority = uri.authority()?;
+    let https = match uri.scheme_str() {
+        None | Some("http") => false,
+        Some("https") => true,
+        Some(_) => return None,
+    };
+    let bare = |host: &str| {
+        !host.is_empty()
+            && !host.contains(['.', ':', '[', '@'])
+            && host != "localhost"
+            && host.parse::<std::net::IpAddr>().is_err()
+    };
+    if !https {
+        if let Some((service, range)) = authority.as_str().split_once('@')
+            && bare(service)
+        {
+            return Some(Destination::Mesh(format!("{service}@{range}")));
+        }
+        if bare(authority.host()) && authority.port().is_none() && !authority.as_str().contains('@')
+        {
+            return Some(Destination::Mesh(authority.host().to_owned()));
+        }
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    Some(Destination::Outside {
+        https,
+        host: host.to_ascii_lowercase(),
+        port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
+    })
+}
+
+/// The callee name of a call outside the mesh (what `[[bind]] calls_to` and the metrics use):
+/// the host, with the port when it is not the scheme's.
+fn outside_callee(https: bool, host: &str, port: u16) -> String {
+    match (https, port) {
+        (true, 443) | (false, 80) => host.to_owned(),
+        _ => format!("{host}:{port}"),
+    }
 }
 
 /// The answer a guest's HTTP client gets for a call that failed: what a proxy in front of
@@ -288,20 +361,44 @@ impl WasiHttpHooks for OutgoingHttp {
     ) -> SendFuture {
         let service = self.guest.service.clone();
         let request_id = self.request_id.clone();
-        let Some(callee) = mesh_service(request.uri()).map(str::to_owned) else {
+        let refuse = |why: &str| {
             tracing::warn!(
                 service = %service,
                 request_id = %request_id,
                 url = %request.uri(),
-                "outgoing HTTP refused: a guest's requests go to mesh services only, as \
-                 http://<service>/<path>"
+                "outgoing HTTP refused: {why}"
             );
-            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+            Box::new(async { Err(HttpError::HttpRequestDenied) }) as SendFuture
         };
+        let (target, outside) = match destination(request.uri()) {
+            None => {
+                return refuse(
+                    "only http and https URLs with a host are sent: http://<service>/<path> \
+                     for the mesh, or a host the service's allowed_outbound_hosts lists",
+                );
+            }
+            Some(Destination::Mesh(target)) => match Target::parse(&target) {
+                Ok(target) => (target, None),
+                Err(error) => return refuse(&error.to_string()),
+            },
+            Some(Destination::Outside { https, host, port }) => {
+                match self.guest.outside.endpoint(&service, https, &host, port) {
+                    Ok(endpoint) => (
+                        Target {
+                            service: outside_callee(https, &host, port),
+                            range: None,
+                        },
+                        Some(endpoint),
+                    ),
+                    Err(error) => return refuse(&error.to_string()),
+                }
+            }
+        };
+        let callee = target.service.clone();
         let calls = self.guest.calls.clone();
         let (parts, body) = request.into_parts();
         // Checked now, while `self` is here to check it with; the body is read in the future.
-        let prepared = self.mesh_call(&callee, &parts);
+        let prepared = self.prepare_call(target, outside.is_some(), &parts);
         Box::new(async move {
             let result = match prepared {
                 Ok(mut call) => {
@@ -312,7 +409,10 @@ impl WasiHttpHooks for OutgoingHttp {
                             HttpError::HttpRequestBodySize(Some(MAX_OUTGOING_BODY_BYTES as u64))
                         })?;
                     call.body = body.to_bytes().to_vec();
-                    calls.call(call).await
+                    match &outside {
+                        Some(endpoint) => calls.call_outside(call, endpoint).await,
+                        None => calls.call(call).await,
+                    }
                 }
                 Err(refused) => Err(refused),
             };
@@ -351,25 +451,39 @@ impl WasiHttpView for HostState {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
 mod tests {
-    use super::mesh_service;
+    use super::{Destination, destination};
 
     #[test]
-    fn only_bare_service_names_over_plain_http_are_mesh_calls() {
-        let of = |url: &str| mesh_service(&url.parse().unwrap()).map(str::to_owned);
-        assert_eq!(
-            of("http://inventory/items/42").as_deref(),
-            Some("inventory")
-        );
+    fn bare_names_over_plain_http_are_mesh_calls_and_the_rest_goes_outside() {
+        let of = |url: &str| destination(&url.parse().unwrap());
+        let mesh = |name: &str| Some(Destination::Mesh(name.to_owned()));
+        let outside = |https: bool, host: &str, port: u16| {
+            Some(Destination::Outside {
+                https,
+                host: host.to_owned(),
+                port,
+            })
+        };
+        assert_eq!(of("http://inventory/items/42"), mesh("inventory"));
+        assert_eq!(of("http://inventory@1/items/42"), mesh("inventory@1"));
+        assert_eq!(of("http://inventory@~1.2/items"), mesh("inventory@~1.2"));
         assert_eq!(of("/relative"), None);
-        for outside in [
-            "https://inventory/items",
-            "http://example.com/",
-            "http://localhost/",
-            "http://127.0.0.1/",
-            "http://[::1]/",
-            "http://inventory:8080/",
-        ] {
-            assert_eq!(of(outside), None, "{outside}");
-        }
+        assert_eq!(of("ftp://files/x"), None);
+        assert_eq!(
+            of("https://inventory/items"),
+            outside(true, "inventory", 443)
+        );
+        assert_eq!(of("http://Example.com/"), outside(false, "example.com", 80));
+        assert_eq!(of("http://localhost/"), outside(false, "localhost", 80));
+        assert_eq!(of("http://127.0.0.1/"), outside(false, "127.0.0.1", 80));
+        assert_eq!(of("http://[::1]:8080/"), outside(false, "::1", 8080));
+        assert_eq!(
+            of("http://inventory:8080/"),
+            outside(false, "inventory", 8080)
+        );
+        assert_eq!(
+            of("https://api.example.com:8443/v1"),
+            outside(true, "api.example.com", 8443)
+        );
     }
 }

@@ -14,6 +14,7 @@ mod discovery;
 mod http;
 mod log;
 mod messaging;
+mod outbound;
 mod output;
 mod ports;
 mod quic;
@@ -28,6 +29,7 @@ pub(crate) use bindings::{GuestMessage, GuestRequest, GuestResponse, Service, Se
 pub(crate) use http::{Proxy, ProxyPre, serve as serve_http};
 pub(crate) use log::{MAX_DECISION_LOG_BYTES, MAX_REQUEST_LOG_BYTES};
 pub(crate) use messaging::{Received, guest_message};
+pub(crate) use outbound::OutboundHosts;
 pub(crate) use ports::{
     Calls, Committed, OutboxMessage, Outgoing, Queues, Receipt, RequestError, SendError,
     StateEntry, StateError, StatePage, StateStore, Transaction,
@@ -72,6 +74,8 @@ pub(crate) struct GuestContext {
     pub(crate) max_open_streams: u32,
     /// The services it may call or open streams to; `None`: any.
     pub(crate) may_call: Option<Vec<String>>,
+    /// The hosts outside the mesh its outgoing HTTP may reach.
+    pub(crate) outside: Arc<OutboundHosts>,
 }
 
 impl GuestContext {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::call::{ByteStream, Call, CallError, Connection, Instance, Reply, Target};
+use crate::call::{ByteStream, Call, CallError, CallService, Connection, Instance, Reply, Target};
 use crate::util::BoxFuture;
 pub(crate) use crate::wire::{Outgoing, Receipt, SendError, StoredMessage};
 
@@ -12,6 +12,14 @@ pub(crate) use crate::wire::{Outgoing, Receipt, SendError, StoredMessage};
 pub(crate) trait Calls: Send + Sync {
     /// Runs `call` through the policies bound to it and returns the callee's reply.
     fn call(&self, call: Call) -> BoxFuture<'_, Result<Reply, CallError>>;
+    /// Runs `call` through the policies bound to it (by its caller, and by its target's name
+    /// as the callee) to `endpoint` instead of a routed instance: a guest's request to a host
+    /// outside the mesh. Traced, counted and logged as a call.
+    fn call_outside<'a>(
+        &'a self,
+        call: Call,
+        endpoint: &'a dyn CallService,
+    ) -> BoxFuture<'a, Result<Reply, CallError>>;
     /// The time a call from `caller` to `service` leaves its caller, if the node's bindings
     /// set it (`reserve_ms`).
     fn reserve(&self, caller: &str, service: &str) -> Option<Duration>;

@@ -37,6 +37,8 @@
 //! state_max_mb = 64           # keys and values its state keeps; past it: too-large
 //! may_call = ["inventory"]    # optional: the only services it may call (default: any)
 //! accepts_from = ["shop", "@ingress"]  # optional: the only callers it takes; "@ingress": HTTP
+//! allowed_outbound_hosts = ["https://api.example.com"]  # outgoing HTTP outside the mesh
+//! outbound_ca = "partner-ca.pem"  # optional: trusted there instead of the system's roots
 //! config = { greeting = "Hello" }
 //! env = { RUST_BACKTRACE = "1" }
 //!
@@ -533,10 +535,110 @@ pub struct ServiceSpec {
     /// The services whose calls and streams it takes ([`INGRESS_CALLER`] for HTTP clients);
     /// `None`: anyone's.
     pub accepts_from: Option<Vec<String>>,
+    /// Where its outgoing HTTP may go outside the mesh, and whom it trusts there.
+    pub outbound: OutboundSpec,
     /// Strings handed to the guest through the `config` interface.
     pub config: BTreeMap<String, String>,
     /// Environment variables the guest sees (it sees no others).
     pub env: BTreeMap<String, String>,
+}
+
+/// `allowed_outbound_hosts` and `outbound_ca` of a service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboundSpec {
+    /// Empty: nothing outside the mesh.
+    pub hosts: Vec<OutboundHost>,
+    /// PEM file of the CAs its HTTPS requests trust; `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+}
+
+impl OutboundSpec {
+    /// Whether a request to `scheme://host:port` is allowed.
+    pub fn allows(&self, https: bool, host: &str, port: u16) -> bool {
+        self.hosts
+            .iter()
+            .any(|allowed| allowed.allows(https, host, port))
+    }
+}
+
+/// One `allowed_outbound_hosts` entry: `https://api.example.com`, `https://*.example.com:8443`,
+/// `http://localhost:*` (Spin's syntax). Without a port, the scheme's own (80, 443).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundHost {
+    pub https: bool,
+    /// Lower-case; `*` any host, `*.example.com` any name under example.com.
+    pub host: String,
+    /// `None`: any port.
+    pub port: Option<u16>,
+}
+
+impl OutboundHost {
+    /// Parses an entry; the error says what is wrong with it (the caller adds where).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or("has no scheme (http:// or https://)")?;
+        let https = match scheme {
+            "https" => true,
+            "http" => false,
+            other => {
+                return Err(format!(
+                    "has scheme `{other}`; only http and https are sent"
+                ));
+            }
+        };
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err("has a path, query or user; name the host and port only".into());
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, "*")) => (host, None),
+            Some((host, port)) => {
+                let port = port
+                    .parse::<u16>()
+                    .map_err(|_| format!("has port `{port}`, not a number or `*`"))?;
+                (host, Some(port))
+            }
+            None => (rest, Some(if https { 443 } else { 80 })),
+        };
+        let name = host.strip_prefix("*.").unwrap_or(host);
+        let valid_name = host == "*"
+            || !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+        if !valid_name {
+            return Err(format!(
+                "has host `{host}`, not a host name, IPv4 address, `*` or `*.domain`"
+            ));
+        }
+        Ok(Self {
+            https,
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    pub fn allows(&self, https: bool, host: &str, port: u16) -> bool {
+        let host = host.to_ascii_lowercase();
+        let host_fits = match self.host.strip_prefix("*.") {
+            _ if self.host == "*" => true,
+            Some(domain) => host
+                .strip_suffix(domain)
+                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+            None => host == self.host,
+        };
+        self.https == https && host_fits && self.port.is_none_or(|allowed| allowed == port)
+    }
+}
+
+impl fmt::Display for OutboundHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.https { "https" } else { "http" };
+        match self.port {
+            Some(port) => write!(f, "{scheme}://{}:{port}", self.host),
+            None => write!(f, "{scheme}://{}:*", self.host),
+        }
+    }
 }
 
 /// The `accepts_from` entry that lets HTTP clients in through the ingress (no service is

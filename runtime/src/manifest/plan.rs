@@ -91,6 +91,7 @@ fn service_changed(old: &ServiceSpec, new: &ServiceSpec) -> bool {
         state_max_bytes,
         may_call,
         accepts_from,
+        outbound,
         config,
         env,
     } = new;
@@ -111,6 +112,7 @@ fn service_changed(old: &ServiceSpec, new: &ServiceSpec) -> bool {
         || old.state_max_bytes != *state_max_bytes
         || old.may_call != *may_call
         || old.accepts_from != *accepts_from
+        || old.outbound != *outbound
         || old.config != *config
         || old.env != *env
 }

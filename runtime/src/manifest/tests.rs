@@ -540,3 +540,50 @@ fn telemetry_is_checked_with_its_place() {
         );
     }
 }
+
+#[test]
+fn outbound_hosts_are_patterns_and_their_ca_must_hold_certificates() {
+    let (manifest, _) = parse(&format!(
+        "{GOOD}allowed_outbound_hosts = [\"https://api.example.com\", \"http://*.internal:*\", \
+         \"https://localhost:8443\"]\n"
+    ));
+    let manifest = manifest.unwrap_or_else(|err| panic!("{err}"));
+    let outbound = &manifest.services[0].outbound;
+    assert!(outbound.allows(true, "api.example.com", 443));
+    assert!(outbound.allows(true, "API.Example.com", 443));
+    assert!(!outbound.allows(false, "api.example.com", 80), "scheme");
+    assert!(!outbound.allows(true, "api.example.com", 8443), "port");
+    assert!(!outbound.allows(true, "evil-api.example.com", 443));
+    assert!(outbound.allows(false, "db.internal", 5984));
+    assert!(outbound.allows(false, "a.b.internal", 1));
+    assert!(
+        !outbound.allows(false, "internal", 80),
+        "a subdomain, not the domain"
+    );
+    assert!(outbound.allows(true, "localhost", 8443));
+    assert!(!outbound.allows(true, "localhost", 443));
+
+    for (entry, says) in [
+        ("api.example.com", "has no scheme"),
+        ("ftp://files.example.com", "only http and https"),
+        ("https://api.example.com/v1", "has a path"),
+        ("https://api.example.com:http", "not a number or `*`"),
+        ("https://exa mple.com", "not a host name"),
+    ] {
+        let err = error_of(&format!("{GOOD}allowed_outbound_hosts = [{entry:?}]\n"));
+        assert!(
+            err.contains(says) && err.contains("switchyard.toml:"),
+            "{entry}: {err}"
+        );
+    }
+    let err = error_of(&format!("{GOOD}outbound_ca = \"nowhere.pem\"\n"));
+    assert!(err.contains("no allowed_outbound_hosts"), "{err}");
+    let err = error_of(&format!(
+        "{GOOD}allowed_outbound_hosts = [\"https://a.example\"]\noutbound_ca = \"nowhere.pem\"\n"
+    ));
+    assert!(err.contains("does not exist"), "{err}");
+    let err = error_of(&format!(
+        "{GOOD}allowed_outbound_hosts = [\"https://a.example\"]\noutbound_ca = \"svc.wasm\"\n"
+    ));
+    assert!(err.contains("holds no certificate"), "{err}");
+}

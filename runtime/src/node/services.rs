@@ -194,6 +194,7 @@ pub(super) fn slot_config(spec: &ServiceSpec) -> SlotConfig {
         state_max_bytes: spec.state_max_bytes,
         may_call: spec.may_call.clone(),
         accepts_from: spec.accepts_from.clone(),
+        outbound: spec.outbound.clone(),
         config: spec.config.clone(),
         env: spec.env.clone(),
     }

@@ -124,7 +124,18 @@ impl Client {
     /// # Cancel safety
     ///
     /// Dropping the future drops the callee's instance mid-call; nothing else is affected.
-    pub(crate) async fn call(&self, mut call: Call) -> Result<Reply, CallError> {
+    pub(crate) async fn call(&self, call: Call) -> Result<Reply, CallError> {
+        self.call_to(call, None).await
+    }
+
+    /// A call that goes through the policies, traces, metrics and request log like any other
+    /// and then to `outside` (a host beyond the mesh) instead of a routed instance, or, with
+    /// `None`, routed.
+    async fn call_to(
+        &self,
+        mut call: Call,
+        outside: Option<&dyn CallService>,
+    ) -> Result<Reply, CallError> {
         let span = self.traces.start(
             || format!("call {}", call.target.service).into(),
             SpanKind::Client,
@@ -141,14 +152,14 @@ impl Client {
         span.trace().set_in(&mut call.headers);
         let logged = self.request_log.sampled(&call.caller);
         if !self.metrics.is_on() && !logged {
-            let result = self.call_through_policies(call).await;
+            let result = self.call_through_policies(call, outside).await;
             record_outcome(&span, &result);
             return result;
         }
         let started = std::time::Instant::now();
         let (caller, callee) = (call.caller.clone(), call.target.service.clone());
         let about = logged.then(|| (call.method.clone(), call.request_id.clone()));
-        let result = self.call_through_policies(call).await;
+        let result = self.call_through_policies(call, outside).await;
         record_outcome(&span, &result);
         let outcome = CallOutcome::from(&result);
         let took = started.elapsed();
@@ -171,17 +182,25 @@ impl Client {
         result
     }
 
-    async fn call_through_policies(&self, call: Call) -> Result<Reply, CallError> {
+    async fn call_through_policies(
+        &self,
+        call: Call,
+        outside: Option<&dyn CallService>,
+    ) -> Result<Reply, CallError> {
         split_method(&call.method)?;
         let chain = self.policies.chain(&call.caller, &call.target.service);
-        if chain.is_empty() {
-            return self.routed(call, None).await;
+        match (outside, chain.is_empty()) {
+            (Some(outside), true) => outside.call(call).await,
+            (Some(outside), false) => chain.around(call, outside).await,
+            (None, true) => self.routed(call, None).await,
+            (None, false) => {
+                let routed = Routed {
+                    client: self,
+                    chain: &chain,
+                };
+                chain.around(call, &routed).await
+            }
         }
-        let routed = Routed {
-            client: self,
-            chain: &chain,
-        };
-        chain.around(call, &routed).await
     }
 
     fn directory(&self) -> Option<Arc<Directory>> {
@@ -224,6 +243,14 @@ impl CallService for Routed<'_> {
 impl Calls for Client {
     fn call(&self, call: Call) -> BoxFuture<'_, Result<Reply, CallError>> {
         Box::pin(Client::call(self, call))
+    }
+
+    fn call_outside<'a>(
+        &'a self,
+        call: Call,
+        endpoint: &'a dyn CallService,
+    ) -> BoxFuture<'a, Result<Reply, CallError>> {
+        Box::pin(self.call_to(call, Some(endpoint)))
     }
 
     fn reserve(&self, caller: &str, service: &str) -> Option<Duration> {

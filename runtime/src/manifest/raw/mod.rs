@@ -213,6 +213,9 @@ struct RawService {
     may_call: Option<Vec<Spanned<String>>>,
     accepts_from: Option<Vec<Spanned<String>>>,
     #[serde(default)]
+    allowed_outbound_hosts: Vec<Spanned<String>>,
+    outbound_ca: Option<Spanned<String>>,
+    #[serde(default)]
     config: BTreeMap<String, String>,
     #[serde(default)]
     env: BTreeMap<String, String>,

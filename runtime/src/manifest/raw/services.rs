@@ -114,6 +114,7 @@ pub(super) fn check_service(
         .accepts_from
         .map(|names| allow_list(check, &name, "accepts_from", names, true))
         .transpose()?;
+    let outbound = check_outbound(check, &name, raw.allowed_outbound_hosts, raw.outbound_ca)?;
     Ok(ServiceSpec {
         name,
         version,
@@ -129,9 +130,86 @@ pub(super) fn check_service(
         state_max_bytes: state_max_mb * 1024 * 1024,
         may_call,
         accepts_from,
+        outbound,
         config: raw.config,
         env: raw.env,
     })
+}
+
+/// `allowed_outbound_hosts` and `outbound_ca`: which hosts outside the mesh the service's
+/// outgoing HTTP may reach, and whom it trusts there.
+fn check_outbound(
+    check: &Checker<'_>,
+    service: &str,
+    hosts: Vec<Spanned<String>>,
+    ca: Option<Spanned<String>>,
+) -> Result<crate::manifest::OutboundSpec, ManifestError> {
+    let hosts = hosts
+        .into_iter()
+        .map(|host| {
+            crate::manifest::OutboundHost::parse(host.get_ref()).map_err(|why| {
+                check.invalid(
+                    host.span(),
+                    format!(
+                        "service `{service}`: allowed_outbound_hosts entry {:?} {why}",
+                        host.get_ref()
+                    ),
+                    "write scheme://host[:port]: e.g. \"https://api.example.com\", \
+                     \"https://*.example.com:8443\", \"http://localhost:*\"",
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ca = match ca {
+        None => None,
+        Some(ca) => {
+            if hosts.is_empty() {
+                return Err(check.invalid(
+                    ca.span(),
+                    format!("service `{service}` has an outbound_ca but no allowed_outbound_hosts"),
+                    "list the hosts it may reach in allowed_outbound_hosts, or remove outbound_ca",
+                ));
+            }
+            let path = check.resolve(ca.get_ref());
+            if !path.is_file() {
+                return Err(check.invalid(
+                    ca.span(),
+                    format!(
+                        "service `{service}`: outbound_ca file {} does not exist",
+                        path.display()
+                    ),
+                    "name a PEM file of the CA certificates its outgoing HTTPS trusts (relative \
+                     to the manifest), or remove the key to trust the system's roots",
+                ));
+            }
+            if let Err(why) = read_ca_certificates(&path) {
+                return Err(check.invalid(
+                    ca.span(),
+                    format!("service `{service}`: outbound_ca {}: {why}", path.display()),
+                    "name a PEM file holding one or more CA certificates \
+                     (-----BEGIN CERTIFICATE-----)",
+                ));
+            }
+            Some(path)
+        }
+    };
+    Ok(crate::manifest::OutboundSpec { hosts, ca })
+}
+
+/// How many certificates the PEM file at `path` holds, or why it cannot be used as CAs.
+fn read_ca_certificates(path: &std::path::Path) -> Result<usize, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|err| err.to_string())?;
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        cert.map_err(|err| format!("not PEM certificates: {err}"))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err("holds no certificate".into());
+    }
+    Ok(count)
 }
 
 /// The service names of an allow-list (`may_call`, `accepts_from`), each checked; the

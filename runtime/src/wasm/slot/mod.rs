@@ -44,6 +44,8 @@ pub(crate) struct SlotConfig {
     pub may_call: Option<Vec<String>>,
     /// The callers it takes (`@ingress`: HTTP clients); `None`: anyone.
     pub accepts_from: Option<Vec<String>>,
+    /// Where its outgoing HTTP may go outside the mesh.
+    pub outbound: crate::manifest::OutboundSpec,
     pub config: BTreeMap<String, String>,
     pub env: BTreeMap<String, String>,
 }
@@ -82,6 +84,7 @@ impl Generation {
             max_pending_calls: settings.max_pending_calls,
             max_open_streams: settings.max_open_streams,
             may_call: settings.may_call.clone(),
+            outside: Arc::new(crate::host::OutboundHosts::new(settings.outbound.clone())),
             env: settings
                 .env
                 .iter()
