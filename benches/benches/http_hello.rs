@@ -15,7 +15,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use switchyard_benches::{LoadReport, PlainReply, env_or, run_load, start_plain_hyper};
+use switchyard_benches::{
+    LoadReport, PlainReply, env_or, line, median, median_of, ratios, run_load, start_plain_hyper,
+    summary,
+};
 
 fn main() -> Result<()> {
     let seconds: u64 = env_or("BENCH_SECONDS", 5);
@@ -151,43 +154,6 @@ fn main() -> Result<()> {
     servers.block_on(node.shutdown());
     servers.block_on(quiet.shutdown());
     Ok(())
-}
-
-fn line(report: &LoadReport) -> String {
-    format!(
-        "{:>8.0} req/s  p50 {:>5} us  p99 {:>6} us",
-        report.requests_per_second(),
-        report.latency_us(0.5),
-        report.latency_us(0.99)
-    )
-}
-
-fn ratios(ours: &LoadReport, plain: &LoadReport) -> String {
-    format!(
-        "{:.2}x requests/s, p50 {:.2}x, p99 {:.2}x",
-        ours.requests_per_second() / plain.requests_per_second(),
-        ours.latency_us(0.5) as f64 / plain.latency_us(0.5) as f64,
-        ours.latency_us(0.99) as f64 / plain.latency_us(0.99) as f64
-    )
-}
-
-fn summary(report: &LoadReport) -> serde_json::Value {
-    serde_json::json!({
-        "requests_per_second": report.requests_per_second(),
-        "p50_us": report.latency_us(0.5),
-        "p99_us": report.latency_us(0.99),
-        "requests": report.requests,
-    })
-}
-
-fn median_of(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-fn median(mut rounds: Vec<LoadReport>) -> LoadReport {
-    rounds.sort_by(|a, b| a.requests_per_second().total_cmp(&b.requests_per_second()));
-    rounds.swap_remove(rounds.len() / 2)
 }
 
 /// A node serving `hello` fresh and reused, with `extra` manifest lines, and a plain server.

@@ -350,3 +350,45 @@ pub async fn wait_until(what: &str, done: impl Fn() -> bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// One load run as a line of a report.
+pub fn line(report: &LoadReport) -> String {
+    format!(
+        "{:>8.0} req/s  p50 {:>5} us  p99 {:>6} us",
+        report.requests_per_second(),
+        report.latency_us(0.5),
+        report.latency_us(0.99)
+    )
+}
+
+/// `ours` against `baseline`: requests/s, p50 and p99 as ratios.
+pub fn ratios(ours: &LoadReport, plain: &LoadReport) -> String {
+    format!(
+        "{:.2}x requests/s, p50 {:.2}x, p99 {:.2}x",
+        ours.requests_per_second() / plain.requests_per_second(),
+        ours.latency_us(0.5) as f64 / plain.latency_us(0.5) as f64,
+        ours.latency_us(0.99) as f64 / plain.latency_us(0.99) as f64
+    )
+}
+
+/// One load run as JSON, for `target/bench-results`.
+pub fn summary(report: &LoadReport) -> serde_json::Value {
+    serde_json::json!({
+        "requests_per_second": report.requests_per_second(),
+        "p50_us": report.latency_us(0.5),
+        "p99_us": report.latency_us(0.99),
+        "requests": report.requests,
+    })
+}
+
+/// The median of per-round values.
+pub fn median_of(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The round with the median requests/s.
+pub fn median(mut rounds: Vec<LoadReport>) -> LoadReport {
+    rounds.sort_by(|a, b| a.requests_per_second().total_cmp(&b.requests_per_second()));
+    rounds.swap_remove(rounds.len() / 2)
+}

@@ -120,6 +120,7 @@ fn run_command(cli: Cli) -> Result<()> {
         }
         Cmd::Bench { cargo_args } => {
             bench_servers()?;
+            wasmtime_cli(&root)?;
             build_guests(&root.join("guests/Cargo.toml"), &root.join("target/guests"))?;
             let mut bench = cargo(&root);
             // The whole workspace's feature set, as `cargo xtask test` builds it: asking for
@@ -157,6 +158,32 @@ fn test_servers() -> Result<()> {
 /// (the messaging benchmark).
 fn bench_servers() -> Result<()> {
     nats_server()
+}
+
+/// `wasmtime serve`, the wasi_http benchmark's baseline: wasmtime-cli 48.0.8 from crates.io
+/// under `target/tools` (a 10-15 minute build on 2 cores, once per checkout), unless
+/// `WASMTIME` names a wasmtime 48 binary.
+fn wasmtime_cli(root: &Path) -> Result<()> {
+    let tools = root.join("target/tools/wasmtime-48");
+    if std::env::var_os("WASMTIME").is_some() || tools.join("bin/wasmtime").is_file() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing wasmtime-cli 48.0.8 into {} (once)",
+        tools.display()
+    );
+    let mut install = cargo(root);
+    install
+        .args([
+            "install",
+            "wasmtime-cli",
+            "--version",
+            "48.0.8",
+            "--locked",
+            "--root",
+        ])
+        .arg(&tools);
+    run(&mut install)
 }
 
 fn nats_server() -> Result<()> {

@@ -72,7 +72,7 @@ pub(crate) fn dev(dir: &Path, manifest: Option<&Path>) -> Result<()> {
             sources.display()
         );
 
-        let stop = super::super::wait_for_stop_signal();
+        let stop = crate::wait_for_stop_signal();
         tokio::pin!(stop);
         loop {
             tokio::select! {
