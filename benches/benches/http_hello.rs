@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use switchyard_benches::{
-    LoadReport, PlainReply, env_or, line, median, median_of, ratios, run_load, start_plain_hyper,
-    summary,
+    LoadReport, PlainReply, env_or, line, median, median_of, ratios, run_load,
+    server_and_client_runtimes, start_plain_hyper, summary,
 };
 
 fn main() -> Result<()> {
@@ -26,15 +26,7 @@ fn main() -> Result<()> {
     let rounds: usize = env_or("BENCH_ROUNDS", 3);
     let duration = Duration::from_secs(seconds);
 
-    // Servers and client get separate runtimes so neither starves the other's scheduler.
-    let servers = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let client = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let (servers, client) = server_and_client_runtimes()?;
 
     let dir = tempfile::tempdir()?;
     let (node, plain) = servers.block_on(async {

@@ -16,7 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use switchyard_benches::{env_or, line, median, median_of, ratios, run_load, summary};
+use switchyard_benches::{
+    env_or, line, median, median_of, ratios, run_load, server_and_client_runtimes, summary,
+};
 
 fn main() -> Result<()> {
     let seconds: u64 = env_or("BENCH_SECONDS", 5);
@@ -27,14 +29,7 @@ fn main() -> Result<()> {
     let component = guest(&root, "http-wstd-server")?;
     let hello = guest(&root, "hello")?;
 
-    let servers = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let client = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let (servers, client) = server_and_client_runtimes()?;
 
     let dir = tempfile::tempdir()?;
     let manifest_path = dir.path().join("switchyard.toml");

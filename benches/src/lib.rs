@@ -392,3 +392,15 @@ pub fn median(mut rounds: Vec<LoadReport>) -> LoadReport {
     rounds.sort_by(|a, b| a.requests_per_second().total_cmp(&b.requests_per_second()));
     rounds.swap_remove(rounds.len() / 2)
 }
+
+/// Two runtimes of two workers each, one for the servers and one for the load client, so
+/// neither starves the other's scheduler.
+pub fn server_and_client_runtimes() -> Result<(tokio::runtime::Runtime, tokio::runtime::Runtime)> {
+    let build = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    };
+    Ok((build()?, build()?))
+}
