@@ -9,7 +9,7 @@
 //! The manifest itself is not reloaded here (its directory is the project's, where every
 //! source save would wake the node's manifest watcher too): edit it, then restart `dev`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -97,25 +97,17 @@ pub(crate) fn dev(dir: &Path, manifest: Option<&Path>) -> Result<()> {
     })
 }
 
-/// The manifest's service whose component is the project's build.
+/// The manifest's service whose component is the project's build. Both files exist (the
+/// project was built, and the manifest loaded only because its components exist), so their
+/// canonical paths tell.
 fn served_by(manifest: &Manifest, project: &Project, manifest_path: &Path) -> Result<String> {
     let built = project.component();
-    let base = manifest_path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let same = |component: &Path| {
-        let component = if component.is_absolute() {
-            component.to_path_buf()
-        } else {
-            base.join(component)
-        };
-        lexically_normal(&component) == lexically_normal(&built)
-    };
+    let canonical = |path: &Path| path.canonicalize().ok();
+    let wanted = canonical(&built);
     match manifest
         .services
         .iter()
-        .find(|service| same(&service.component))
+        .find(|service| wanted.is_some() && canonical(&service.component) == wanted)
     {
         Some(service) => Ok(service.name.to_string()),
         None => bail!(
@@ -126,22 +118,6 @@ fn served_by(manifest: &Manifest, project: &Project, manifest_path: &Path) -> Re
             project.dir.display()
         ),
     }
-}
-
-/// `a/./b/../c` as `a/c`, without asking the file system (the component may not exist yet).
-fn lexically_normal(path: &Path) -> PathBuf {
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut out = PathBuf::new();
-    for part in absolute.components() {
-        match part {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 async fn rebuild_and_swap(project: &Project, home: &Home, api: &AdminApi, service: &str) {

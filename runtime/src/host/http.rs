@@ -34,7 +34,7 @@ pub(crate) use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 use super::{GuestContext, GuestRequest, GuestResponse, HostState};
 use crate::call::{self, Call, CallError, Deadline, Target};
-use crate::telemetry::{SpanHandle, TRACE_HEADER};
+use crate::telemetry::SpanHandle;
 
 /// The largest response body the node takes from a `wasi:http` guest, as for SDK guests'
 /// bodies (the ingress's request limit).
@@ -171,38 +171,36 @@ impl OutgoingHttp {
         self.causation = causation.clone();
     }
 
-    /// The call an outgoing request is: to the mesh service `target` names (checked against
-    /// `may_call`), or to a host outside the mesh (`outside`, already allowed). The body is
-    /// left empty: the caller reads it into the call.
-    fn prepare_call(
-        &self,
-        target: Target,
-        outside: bool,
-        request: &http::request::Parts,
-    ) -> Result<Call, CallError> {
+    /// The mesh service `target` names, narrowed by an `x-switchyard-version` header, if
+    /// `may_call` lets the guest call it.
+    fn mesh_target(&self, target: Target, headers: &http::HeaderMap) -> Result<Target, CallError> {
         let mut target = target;
-        if !outside {
-            if let Some(range) = request.headers.get(VERSION_HEADER) {
-                // For clients whose URL parser cannot carry a range (a WHATWG parser, as in
-                // JS `fetch`, reads `http://inventory@1/` as the address 0.0.0.1).
-                let range = range
-                    .to_str()
-                    .map_err(|_| CallError::BadRequest(format!("{VERSION_HEADER} is not text")))?;
-                if target.range.is_some() {
-                    return Err(CallError::BadRequest(format!(
-                        "the URL and {VERSION_HEADER} both give a version range for `{}`; give one",
-                        target.service
-                    )));
-                }
-                target = Target::parse(&format!("{}@{range}", target.service))?;
+        if let Some(range) = headers.get(VERSION_HEADER) {
+            // For clients whose URL parser cannot carry a range (a WHATWG parser, as in JS
+            // `fetch`, reads `http://inventory@1/` as the address 0.0.0.1).
+            let range = range
+                .to_str()
+                .map_err(|_| CallError::BadRequest(format!("{VERSION_HEADER} is not text")))?;
+            if target.range.is_some() {
+                return Err(CallError::BadRequest(format!(
+                    "the URL and {VERSION_HEADER} both give a version range for `{}`; give one",
+                    target.service
+                )));
             }
-            self.guest.may_call(&target.service)?;
+            target = Target::parse(&format!("{}@{range}", target.service))?;
         }
+        self.guest.may_call(&target.service)?;
+        Ok(target)
+    }
+
+    /// The call an outgoing request to `target` is. The body is left empty: the caller reads
+    /// it into the call.
+    fn prepare_call(&self, target: Target, request: &http::request::Parts) -> Call {
         let path = request
             .uri
             .path_and_query()
             .map_or("/", |path| path.as_str());
-        let mut headers: Vec<(String, String)> = request
+        let headers = request
             .headers
             .iter()
             .filter(|(name, _)| !is_hop_by_hop(name.as_str()) && *name != http::header::HOST)
@@ -210,17 +208,13 @@ impl OutgoingHttp {
                 Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
             })
             .collect();
-        call::drop_node_headers(&mut headers);
-        headers.retain(|(name, _)| !name.eq_ignore_ascii_case(TRACE_HEADER));
-        if let Some(trace) = self.span.trace() {
-            headers.push((TRACE_HEADER.to_owned(), trace.header()));
-        }
+        let headers = super::call_headers(headers, &self.span);
         let reserve = self
             .guest
             .calls
             .reserve(&self.guest.service, &target.service);
         let n = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok(Call {
+        Call {
             target,
             method: format!("{} {path}", request.method),
             body: Vec::new(),
@@ -230,7 +224,7 @@ impl OutgoingHttp {
             request_id: format!("{}.http{n}", self.request_id),
             spread: None,
             causation: self.causation.clone(),
-        })
+        }
     }
 }
 
@@ -298,15 +292,6 @@ fn destination(uri: &http::Uri) -> Option<Destination> {
     })
 }
 
-/// The callee name of a call outside the mesh (what `[[bind]] calls_to` and the metrics use):
-/// the host, with the port when it is not the scheme's.
-fn outside_callee(https: bool, host: &str, port: u16) -> String {
-    match (https, port) {
-        (true, 443) | (false, 80) => host.to_owned(),
-        _ => format!("{host}:{port}"),
-    }
-}
-
 /// The answer a guest's HTTP client gets for a call that failed: what a proxy in front of
 /// the callee would answer (Envoy and linkerd do the same), with the reason as the body and
 /// its kind in `x-switchyard-error`, so `fetch` and friends see an HTTP status, not a broken
@@ -370,7 +355,9 @@ impl WasiHttpHooks for OutgoingHttp {
             );
             Box::new(async { Err(HttpError::HttpRequestDenied) }) as SendFuture
         };
-        let (target, outside) = match destination(request.uri()) {
+        // The call's target (or why the guest may not make it: answered as a failed call)
+        // and, for a host outside the mesh, where it goes instead of a routed instance.
+        let (target, callee, outside) = match destination(request.uri()) {
             None => {
                 return refuse(
                     "only http and https URLs with a host are sent: http://<service>/<path> \
@@ -378,27 +365,26 @@ impl WasiHttpHooks for OutgoingHttp {
                 );
             }
             Some(Destination::Mesh(target)) => match Target::parse(&target) {
-                Ok(target) => (target, None),
+                Ok(target) => {
+                    let callee = target.service.clone();
+                    (self.mesh_target(target, request.headers()), callee, None)
+                }
                 Err(error) => return refuse(&error.to_string()),
             },
             Some(Destination::Outside { https, host, port }) => {
                 match self.guest.outside.endpoint(&service, https, &host, port) {
-                    Ok(endpoint) => (
-                        Target {
-                            service: outside_callee(https, &host, port),
-                            range: None,
-                        },
-                        Some(endpoint),
-                    ),
+                    Ok(endpoint) => {
+                        let target = endpoint.target();
+                        (Ok(target.clone()), target.service, Some(endpoint))
+                    }
                     Err(error) => return refuse(&error.to_string()),
                 }
             }
         };
-        let callee = target.service.clone();
         let calls = self.guest.calls.clone();
         let (parts, body) = request.into_parts();
-        // Checked now, while `self` is here to check it with; the body is read in the future.
-        let prepared = self.prepare_call(target, outside.is_some(), &parts);
+        // Prepared now, while `self` is here to do it with; the body is read in the future.
+        let prepared = target.map(|target| self.prepare_call(target, &parts));
         Box::new(async move {
             let result = match prepared {
                 Ok(mut call) => {

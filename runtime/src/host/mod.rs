@@ -225,6 +225,22 @@ impl WasiView for HostState {
 
 /// Adds WASI (`wasi:http` included) and the `switchyard:runtime` imports of the `service`
 /// world to `linker`: one linker serves SDK guests and standard `wasi:http/proxy` components.
+/// The headers a guest's call carries on: none of the node's own (`x-switchyard-*`: the
+/// node sets those), and the trace context of the guest's current work in place of any the
+/// guest wrote, so the call's span is a child of that work.
+fn call_headers(
+    mut headers: Vec<(String, String)>,
+    span: &crate::telemetry::SpanHandle,
+) -> Vec<(String, String)> {
+    use crate::telemetry::TRACE_HEADER;
+    crate::call::drop_node_headers(&mut headers);
+    headers.retain(|(name, _)| !name.eq_ignore_ascii_case(TRACE_HEADER));
+    if let Some(trace) = span.trace() {
+        headers.push((TRACE_HEADER.to_owned(), trace.header()));
+    }
+    headers
+}
+
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;

@@ -21,7 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::call::{Call, CallError, CallService, Reply, split_method};
+use crate::call::{Call, CallError, CallService, Reply, Target, split_method};
 use crate::manifest::OutboundSpec;
 use crate::util::BoxFuture;
 
@@ -142,6 +142,23 @@ impl CallService for ExternalEndpoint {
 }
 
 impl ExternalEndpoint {
+    /// The host as a URL names it: with the port only when it is not the scheme's. Also the
+    /// call's callee (what `[[bind]] calls_to` and the metrics use).
+    fn authority(&self) -> String {
+        match (self.tls.is_some(), self.port) {
+            (true, 443) | (false, 80) => self.host.clone(),
+            _ => format!("{}:{}", self.host, self.port),
+        }
+    }
+
+    /// The call's target: the host, by [`ExternalEndpoint::authority`], any version.
+    pub(crate) fn target(&self) -> Target {
+        Target {
+            service: self.authority(),
+            range: None,
+        }
+    }
+
     async fn send(&self, call: Call) -> Result<Reply, CallError> {
         let (host, port) = (self.host.as_str(), self.port);
         let tcp = tokio::net::TcpStream::connect((host, port))
@@ -176,14 +193,10 @@ impl ExternalEndpoint {
             Some(query) => format!("{path}?{query}"),
             None => path.to_owned(),
         };
-        let authority = match (self.tls.is_some(), self.port) {
-            (true, 443) | (false, 80) => self.host.clone(),
-            _ => format!("{}:{}", self.host, self.port),
-        };
         let mut request = http::Request::builder()
             .method(verb)
             .uri(target)
-            .header(http::header::HOST, authority);
+            .header(http::header::HOST, self.authority());
         for (name, value) in &call.headers {
             request = request.header(name.as_str(), value.as_str());
         }

@@ -16,7 +16,6 @@ use wasmtime::component::Resource;
 use super::bindings::imports::rpc::{self as wit, CallOptions};
 use super::{Calls, HostState};
 use crate::call::{self, Call, CallError, Reply, Target};
-use crate::telemetry::TRACE_HEADER;
 
 /// A call in flight, or its outcome once it arrived.
 #[allow(
@@ -149,9 +148,8 @@ impl HostState {
     ) -> Result<Call, CallError> {
         let target = Target::parse(service)?;
         self.guest.may_call(&target.service)?;
-        let mut headers = options.headers;
-        let asked = asked_reserve(&headers)?;
-        call::drop_node_headers(&mut headers);
+        let asked = asked_reserve(&options.headers)?;
+        let headers = super::call_headers(options.headers, &self.span);
         let reserve = match asked {
             Some(reserve) => Some(reserve),
             None => self
@@ -163,11 +161,6 @@ impl HostState {
             .timeout_ms
             .map(|ms| Duration::from_millis(u64::from(ms)));
         let deadline = call::call_deadline(self.deadline, timeout, reserve);
-        // The rpc client's span for the call is a child of the guest's work.
-        headers.retain(|(name, _)| !name.eq_ignore_ascii_case(TRACE_HEADER));
-        if let Some(trace) = self.span.trace() {
-            headers.push((TRACE_HEADER.to_owned(), trace.header()));
-        }
         Ok(Call {
             target,
             method,

@@ -183,10 +183,7 @@ impl Project {
                 })?;
             }
             Lang::Python => {
-                let (wit, world) = match &self.wit {
-                    Some(other) => other.clone(),
-                    None => (home.sdk()?.wit, "service".to_owned()),
-                };
+                let (wit, world) = self.world(home)?;
                 let tools = home.componentize_py()?;
                 let mut componentize = Command::new(python());
                 componentize
@@ -207,10 +204,7 @@ impl Project {
                 run_build(&mut componentize, "componentize-py", |_| None)?;
             }
             Lang::Js => {
-                let (wit, world) = match &self.wit {
-                    Some(other) => other.clone(),
-                    None => (home.sdk()?.wit, "service".to_owned()),
-                };
+                let (wit, world) = self.world(home)?;
                 let componentize_js = home.componentize_js()?;
                 let mut componentize = Command::new(componentize_js);
                 componentize
@@ -233,6 +227,17 @@ impl Project {
             started.elapsed().as_secs_f64()
         );
         Ok(out)
+    }
+}
+
+impl Project {
+    /// The WIT package and world a Python or JS project is built against: its own, or the
+    /// SDK's `service` world this binary carries.
+    fn world(&self, home: &Home) -> Result<(PathBuf, String)> {
+        match &self.wit {
+            Some(other) => Ok(other.clone()),
+            None => Ok((home.sdk()?.wit, "service".to_owned())),
+        }
     }
 }
 

@@ -48,30 +48,33 @@ pub(crate) fn new_guest(name: &str, dir: &Path, lang: Lang, sdk: Option<&Path>) 
                 (".gitignore", "target/\nbuild/\n.switchyard/\n".to_owned()),
             ]
         }
-        Lang::Python => vec![
-            ("pyproject.toml", PYPROJECT.replace("__NAME__", name)),
-            ("app.py", PYTHON_APP.replace("__NAME__", name)),
-            (
-                "switchyard.toml",
-                manifest(name, NOTES_ROUTES, &notes_queue(name)),
-            ),
-            (
-                ".gitignore",
-                "build/\n__pycache__/\n.switchyard/\n".to_owned(),
-            ),
-        ],
-        Lang::Js => vec![
-            ("package.json", PACKAGE_JSON.replace("__NAME__", name)),
-            ("app.js", JS_APP.replace("__NAME__", name)),
-            (
-                "switchyard.toml",
-                manifest(name, NOTES_ROUTES, &notes_queue(name)),
-            ),
-            (
-                ".gitignore",
-                "build/\nnode_modules/\n.switchyard/\n".to_owned(),
-            ),
-        ],
+        Lang::Python | Lang::Js => {
+            let (project_file, project, app_file, app, ignored) = match lang {
+                Lang::Python => (
+                    "pyproject.toml",
+                    PYPROJECT,
+                    "app.py",
+                    PYTHON_APP,
+                    "__pycache__/",
+                ),
+                _ => (
+                    "package.json",
+                    PACKAGE_JSON,
+                    "app.js",
+                    JS_APP,
+                    "node_modules/",
+                ),
+            };
+            vec![
+                (project_file, project.replace("__NAME__", name)),
+                (app_file, app.replace("__NAME__", name)),
+                (
+                    "switchyard.toml",
+                    manifest(name, NOTES_ROUTES, &notes_queue(name)),
+                ),
+                (".gitignore", format!("build/\n{ignored}\n.switchyard/\n")),
+            ]
+        }
     };
     for (file, contents) in files {
         let path = root.join(file);
