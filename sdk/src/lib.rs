@@ -32,6 +32,8 @@
 // The generated bindings name this crate by path (`switchyard_sdk::...`), also from inside it.
 extern crate self as switchyard_sdk;
 
+#[cfg(feature = "grpc")]
+pub mod grpc;
 mod message;
 pub mod messaging;
 pub mod policy;
@@ -72,8 +74,8 @@ pub mod policy_bindings {
         default_bindings_module: "switchyard_sdk::policy_bindings",
         runtime_path: "switchyard_sdk::__private::wit_bindgen::rt",
         with: {
-            "switchyard:runtime/log@0.1.8": crate::bindings::switchyard::runtime::log,
-            "switchyard:runtime/types@0.1.8": crate::bindings::switchyard::runtime::types,
+            "switchyard:runtime/log@0.1.9": crate::bindings::switchyard::runtime::log,
+            "switchyard:runtime/types@0.1.9": crate::bindings::switchyard::runtime::types,
         },
     });
 }

@@ -78,6 +78,8 @@ struct Fakes {
     instances: BTreeMap<String, Vec<Instance>>,
     logs: Vec<(Level, String)>,
     published: u64,
+    #[cfg(feature = "grpc")]
+    grpc_sent: Vec<Vec<u8>>,
 }
 
 thread_local! {
@@ -146,6 +148,18 @@ pub fn calls() -> Vec<RecordedCall> {
 /// The messages sent so far, in order.
 pub fn sent() -> Vec<SentMessage> {
     with(|fakes| fakes.sent.clone())
+}
+
+/// The framed gRPC messages a server-streaming handler sent so far, in order.
+#[cfg(feature = "grpc")]
+pub fn grpc_sent() -> Vec<Vec<u8>> {
+    with(|fakes| fakes.grpc_sent.clone())
+}
+
+#[cfg(feature = "grpc")]
+pub(crate) fn grpc_send(framed: Vec<u8>) -> Result<(), String> {
+    with(|fakes| fakes.grpc_sent.push(framed));
+    Ok(())
 }
 
 /// The lines logged so far, in order.

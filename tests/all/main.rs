@@ -17,6 +17,8 @@ mod cache;
 mod cli;
 mod crash;
 mod etcd;
+mod grpc;
+mod http2;
 mod ingress;
 mod languages;
 mod limits;

@@ -189,6 +189,24 @@ pub(crate) async fn send_bytes(
     }
 }
 
+/// `GET path` on a fresh HTTP/1.1 connection, or why it got no answer.
+pub(crate) async fn try_get(addr: SocketAddr, path: &str) -> anyhow::Result<Reply> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = Request::get(path)
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::new()))?;
+    let (parts, body) = sender.send_request(request).await?.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
 pub(crate) async fn get(addr: SocketAddr, path: &str) -> Reply {
     send(addr, "GET", path, "").await
 }
@@ -535,4 +553,56 @@ pub(crate) fn built_project(name: &str) -> PathBuf {
         built.push(name.to_owned());
     }
     dir.join("build").join(format!("{name}.wasm"))
+}
+
+/// A CA that issues `localhost` certificates into PEM files.
+pub(crate) struct Pki {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_pem: String,
+}
+
+impl Pki {
+    pub(crate) fn new(name: &str) -> Self {
+        let ca = switchyard::cert::generate_ca(name).unwrap();
+        let issuer =
+            rcgen::Issuer::from_ca_cert_pem(&ca.cert, rcgen::KeyPair::from_pem(&ca.key).unwrap())
+                .unwrap();
+        Self {
+            issuer,
+            ca_pem: ca.cert,
+        }
+    }
+
+    pub(crate) fn write_ca(&self, path: &Path) {
+        std::fs::write(path, &self.ca_pem).unwrap();
+    }
+
+    /// A leaf for `localhost` named `common_name`, written as editors and certificate
+    /// managers do: a new file renamed over the old.
+    pub(crate) fn issue(&self, common_name: &str, cert: &Path, key: &Path) {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        let pair = rcgen::KeyPair::generate().unwrap();
+        let leaf = params.signed_by(&pair, &self.issuer).unwrap();
+        for (path, text) in [(key, pair.serialize_pem()), (cert, leaf.pem())] {
+            let scratch = path.with_extension("new");
+            std::fs::write(&scratch, text).unwrap();
+            std::fs::rename(&scratch, path).unwrap();
+        }
+    }
+
+    pub(crate) fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(
+                <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::from_pem_slice(
+                    self.ca_pem.as_bytes(),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        roots
+    }
 }

@@ -41,6 +41,7 @@ wasmtime::component::bindgen!({
         "switchyard:runtime/state.delete": async,
         "switchyard:runtime/state.scan": async,
         "switchyard:runtime/state.commit": async,
+        "switchyard:runtime/grpc.send": async,
     },
     exports: { default: async },
     with: {
@@ -66,6 +67,7 @@ pub(crate) mod streams {
             "switchyard:runtime/quic": super::switchyard::runtime::quic,
             "switchyard:runtime/messaging": super::switchyard::runtime::messaging,
             "switchyard:runtime/state": super::switchyard::runtime::state,
+            "switchyard:runtime/grpc": super::switchyard::runtime::grpc,
         },
     });
 }

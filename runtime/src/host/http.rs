@@ -81,11 +81,23 @@ pub(crate) async fn serve(
         let body = limited.collect().await.map_err(|error| {
             wasmtime::format_err!("reading the guest's response body failed: {error}")
         })?;
+        // A gRPC answer's status is in its trailers; the ingress's gRPC layer reads it from
+        // the guest's headers (and sends it as trailers again), as it does for SDK guests.
+        let grpc = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+        let trailers = body
+            .trailers()
+            .filter(|_| grpc)
+            .cloned()
+            .unwrap_or_default();
         Ok(Some(GuestResponse {
             status: parts.status.as_u16(),
             headers: parts
                 .headers
                 .iter()
+                .chain(trailers.iter())
                 .filter_map(|(name, value)| {
                     Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
                 })

@@ -11,6 +11,7 @@
 mod bindings;
 mod config;
 mod discovery;
+mod grpc;
 mod http;
 mod log;
 mod messaging;
@@ -26,6 +27,7 @@ mod types;
 pub(crate) use bindings::policy as policy_bindings;
 pub(crate) use bindings::streams::StreamServicePre;
 pub(crate) use bindings::{GuestMessage, GuestRequest, GuestResponse, Service, ServicePre};
+pub(crate) use grpc::{ANSWER_STREAM_DEPTH, AnswerStream};
 pub(crate) use http::{Proxy, ProxyPre, serve as serve_http};
 pub(crate) use log::{MAX_DECISION_LOG_BYTES, MAX_REQUEST_LOG_BYTES};
 pub(crate) use messaging::{Received, guest_message};
@@ -127,6 +129,8 @@ pub(crate) struct HostState {
     open_streams: Arc<std::sync::atomic::AtomicU32>,
     /// Bytes of replies its pending calls hold, bounded by its memory limit.
     replies: Arc<rpc::ReplyBudget>,
+    /// Set while it answers a gRPC call: where `grpc.send` puts the answer's messages.
+    answer_stream: Option<AnswerStream>,
 }
 
 impl HostState {
@@ -156,6 +160,7 @@ impl HostState {
             pending_calls: Arc::default(),
             open_streams: Arc::default(),
             replies: Arc::new(rpc::ReplyBudget::new(memory_limit_bytes)),
+            answer_stream: None,
         }
     }
 
@@ -175,6 +180,17 @@ impl HostState {
         self.calls_made = 0;
         self.limiter.exceeded = false;
         self.log_budget = log::LogBudget::default();
+        self.answer_stream = None;
+    }
+
+    /// The current request is a gRPC call whose streamed messages go to `stream`.
+    pub(crate) fn answer_into(&mut self, stream: AnswerStream) {
+        self.answer_stream = Some(stream);
+    }
+
+    /// The gRPC call's stream, if any, ends: its answer may be completed.
+    pub(crate) fn end_answer(&mut self) {
+        self.answer_stream = None;
     }
 
     /// Log lines and bytes the current request dropped past its budget, if any.

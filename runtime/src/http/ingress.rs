@@ -19,13 +19,19 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tracing::{Instrument, field};
 
+use super::grpc::{self, Code};
 use super::server::Handler;
+use crate::manifest::GRPC_METHOD;
 use crate::router::Lookup;
 use crate::telemetry::{
     KeyValue, Metrics, RequestLog, SpanKind, TRACE_HEADER, TraceContext, Traces,
 };
 use crate::wasm::Directory;
 use crate::wasm::{GuestRequest, GuestResponse, SlotError};
+
+/// What the ingress answers with: a whole body, or a gRPC answer's stream of messages.
+pub(super) type IngressBody =
+    http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
 
 /// Request bodies above this get `413`.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -80,31 +86,43 @@ enum BodyRefused {
 }
 
 impl BodyRefused {
-    fn response(&self, budget_bytes: usize) -> Response<Full<Bytes>> {
+    /// The gRPC status of the refusal.
+    fn code(&self) -> Code {
         match self {
-            Self::TooLarge => plain(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {MAX_BODY_BYTES} bytes\n"),
+            Self::TooLarge => Code::RESOURCE_EXHAUSTED,
+            Self::Slow(_) => Code::DEADLINE_EXCEEDED,
+            Self::OverBudget => Code::UNAVAILABLE,
+            Self::Broken(_) => Code::CANCELLED,
+        }
+    }
+
+    fn text(&self, budget_bytes: usize) -> String {
+        match self {
+            Self::TooLarge => format!("request body is larger than {MAX_BODY_BYTES} bytes\n"),
+            Self::Slow(timeout) => format!(
+                "the request body did not arrive within the service's timeout ({} ms)\n",
+                timeout.as_millis()
             ),
-            Self::Slow(timeout) => plain(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within the service's timeout ({} ms)\n",
-                    timeout.as_millis()
-                ),
+            Self::OverBudget => format!(
+                "this node holds {} MiB of request bodies already (its body_budget_mb); retry\n",
+                budget_bytes / (1024 * 1024)
             ),
-            Self::OverBudget => retry_soon(plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "this node holds {} MiB of request bodies already (its body_budget_mb); \
-                     retry\n",
-                    budget_bytes / (1024 * 1024)
-                ),
-            )),
-            Self::Broken(error) => plain(
-                StatusCode::BAD_REQUEST,
-                format!("could not read the request body: {error}\n"),
-            ),
+            Self::Broken(error) => format!("could not read the request body: {error}\n"),
+        }
+    }
+
+    fn response(&self, budget_bytes: usize) -> Response<Full<Bytes>> {
+        let status = match self {
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Slow(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::OverBudget => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Broken(_) => StatusCode::BAD_REQUEST,
+        };
+        let response = plain(status, self.text(budget_bytes));
+        if matches!(self, Self::OverBudget) {
+            retry_soon(response)
+        } else {
+            response
         }
     }
 }
@@ -146,7 +164,9 @@ async fn read_body(
 }
 
 impl Handler for Ingress {
-    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    type Body = IngressBody;
+
+    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<IngressBody> {
         let started = Instant::now();
         let request_id = client_request_id(&request).unwrap_or_else(|| self.ids.next());
         let parent = request
@@ -227,16 +247,36 @@ impl Ingress {
         request_id: &str,
         exported: &crate::telemetry::Span,
         routed: &mut Option<crate::router::Target<Arc<crate::wasm::Slot>>>,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<IngressBody> {
         let method = request.method().as_str().to_owned();
         let path = request.uri().path().to_owned();
-        let (target, params) = match self.services.guard().router.lookup(&method, &path) {
+        let grpc_call = request.method() == Method::POST && grpc::is_grpc(request.headers());
+        let looked_up = if grpc_call { GRPC_METHOD } else { &method };
+        let (target, params) = match self.services.guard().router.lookup(looked_up, &path) {
             Lookup::Found { target, params } => (target, params),
+            Lookup::NotFound | Lookup::WrongMethod(_) if grpc_call => {
+                return grpc::trailers_only(
+                    Code::UNIMPLEMENTED,
+                    &format!(
+                        "no gRPC method {path} here (a service takes one with the route \
+                         \"grpc {path}\")"
+                    ),
+                );
+            }
             Lookup::NotFound => {
-                return plain(
+                return whole(plain(
                     StatusCode::NOT_FOUND,
                     format!("no route for {method} {path}\n"),
-                );
+                ));
+            }
+            Lookup::WrongMethod(allowed) if allowed == [GRPC_METHOD] => {
+                return whole(plain(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!(
+                        "{path} is a gRPC method: call it with a gRPC client (HTTP/2, POST, \
+                         content-type application/grpc)\n"
+                    ),
+                ));
             }
             Lookup::WrongMethod(allowed) => {
                 let mut response = plain(
@@ -249,7 +289,24 @@ impl Ingress {
                 if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
                     response.headers_mut().insert(http::header::ALLOW, value);
                 }
-                return response;
+                return whole(response);
+            }
+        };
+        // A gRPC call to a plain route (a wasi:http component serving gRPC on `* /...`) is
+        // plain HTTP to the node: the component speaks gRPC itself.
+        let grpc_route = &*target.method == GRPC_METHOD;
+        if grpc_route && request.version() != http::Version::HTTP_2 {
+            return grpc::trailers_only(
+                Code::INTERNAL,
+                "gRPC needs HTTP/2 (its status travels in trailers); connect with HTTP/2",
+            );
+        }
+        // What is refused before the guest runs: as an HTTP answer, or a gRPC status.
+        let refuse = |code: Code, message: String, response: Response<Full<Bytes>>| {
+            if grpc_route {
+                grpc::trailers_only(code, &message)
+            } else {
+                whole(response)
             }
         };
         *routed = Some(target.clone());
@@ -271,7 +328,13 @@ impl Ingress {
             .and_then(|()| target.value.admit())
         {
             Ok(admission) => admission,
-            Err(error) => return error_response(&error, request_id),
+            Err(error) => {
+                return refuse(
+                    Code::of(&error),
+                    error.to_string(),
+                    error_response(&error, request_id),
+                );
+            }
         };
         let (parts, body) = request.into_parts();
         let declared = parts
@@ -279,16 +342,36 @@ impl Ingress {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
-            return BodyRefused::TooLarge.response(self.body_budget_bytes);
+            let refused = BodyRefused::TooLarge;
+            let response = refused.response(self.body_budget_bytes);
+            return refuse(
+                refused.code(),
+                refused.text(self.body_budget_bytes),
+                response,
+            );
         }
-        // The body arrives within the request's own timeout; the guest gets what is left.
-        let timeout = target.value.timeout();
+        // The body arrives within the request's own timeout (a gRPC client's `grpc-timeout`
+        // may shorten it); the guest gets what is left.
+        let mut timeout = target.value.timeout();
+        if grpc_route {
+            match grpc::timeout(&parts.headers) {
+                Ok(asked) => timeout = asked.map_or(timeout, |asked| asked.min(timeout)),
+                Err(malformed) => return grpc::trailers_only(Code::INVALID_ARGUMENT, &malformed),
+            }
+        }
         let deadline = tokio::time::Instant::from_std(started) + timeout;
-        let (body, _body_permits) =
-            match read_body(body, &self.body_budget, deadline, timeout).await {
-                Ok(read) => read,
-                Err(refused) => return refused.response(self.body_budget_bytes),
-            };
+        let (body, body_permits) = match read_body(body, &self.body_budget, deadline, timeout).await
+        {
+            Ok(read) => read,
+            Err(refused) => {
+                let response = refused.response(self.body_budget_bytes);
+                return refuse(
+                    refused.code(),
+                    refused.text(self.body_budget_bytes),
+                    response,
+                );
+            }
+        };
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let guest_request = GuestRequest {
             method: parts.method.as_str().to_owned(),
@@ -313,15 +396,36 @@ impl Ingress {
             request_id: request_id.to_owned(),
             deadline_ms: crate::call::budget_ms(remaining),
         };
-        match target
-            .value
-            .handle_admitted(admission, guest_request, exported.handle())
-            .await
-        {
-            Ok(response) => into_http(response, parts.method == Method::HEAD),
-            Err(error) => error_response(&error, request_id),
+        if grpc_route {
+            let (sender, frames) = tokio::sync::mpsc::channel(crate::host::ANSWER_STREAM_DEPTH);
+            let (slot, span) = (target.value.clone(), exported.handle());
+            let call: grpc::Call = Box::pin(async move {
+                let _body_permits = body_permits;
+                slot.handle_admitted(admission, guest_request, span, Some(sender))
+                    .await
+            });
+            let (response, code) = grpc::answer(call, frames).await;
+            if let Some(code) = code {
+                exported.record(|| vec![KeyValue::new("rpc.grpc.status_code", code.number())]);
+            }
+            return response;
         }
+        let _body_permits = body_permits;
+        whole(
+            match target
+                .value
+                .handle_admitted(admission, guest_request, exported.handle(), None)
+                .await
+            {
+                Ok(response) => into_http(response, parts.method == Method::HEAD),
+                Err(error) => error_response(&error, request_id),
+            },
+        )
     }
+}
+
+fn whole(response: Response<Full<Bytes>>) -> Response<IngressBody> {
+    response.map(|body| body.map_err(|never| match never {}).boxed_unsync())
 }
 
 /// The one place where a failed guest call becomes an HTTP answer.
@@ -355,7 +459,7 @@ fn error_response(error: &SlotError, request_id: &str) -> Response<Full<Bytes>> 
 
 /// Headers that describe the connection or the message's framing: hyper sets them from the
 /// body it sends, and a handler's say would make the response lie about itself.
-const FRAMING_HEADERS: &[&str] = &[
+pub(super) const FRAMING_HEADERS: &[&str] = &[
     "connection",
     "content-length",
     "keep-alive",

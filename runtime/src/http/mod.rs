@@ -7,11 +7,14 @@
 //! request id; the log has the details under the same id).
 
 mod admin;
+mod grpc;
 mod ingress;
 mod server;
+mod tls;
 
 pub(crate) use admin::{
     Admin, AdminToken, ControlError, MetricsPage, Operator, PolicySwapped, TokenError, Upload,
 };
 pub(crate) use ingress::Ingress;
-pub(crate) use server::{ConnectionLimits, serve};
+pub(crate) use server::{ConnectionLimits, WholeBody, serve};
+pub(crate) use tls::{EdgeCert, EdgeTlsError, edge_tls};

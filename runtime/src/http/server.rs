@@ -1,7 +1,14 @@
-//! The HTTP server loop shared by the ingress and the admin API: accept, serve HTTP/1.1
-//! connections (over TLS when given an acceptor) with a [`Handler`], and on shutdown stop
-//! accepting and let open connections finish within a grace period. Each request carries its
-//! connection's [`ConnectionInfo`] in its extensions.
+//! The HTTP server loop shared by the ingress and the admin API: accept, serve HTTP/1.1 and
+//! HTTP/2 connections (over TLS when given an acceptor, the protocol picked by ALPN; in clear
+//! text by the client's first bytes, so an HTTP/2 client with prior knowledge is served too)
+//! with a [`Handler`], and on shutdown stop accepting and let open connections finish within a
+//! grace period. Each request carries its connection's [`ConnectionInfo`] in its extensions.
+//!
+//! An HTTP/2 connection multiplexes requests, so its bounds are per connection and per stream:
+//! streams open at once, the header list, both flow-control windows, and the streams a client
+//! may reset before the node took them (the "rapid reset" flood: past it the connection gets
+//! `GOAWAY` with `ENHANCE_YOUR_CALM`). Every request on a stream gets the same body limits and
+//! deadlines as one on its own connection.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,7 +21,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -30,20 +36,55 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct ConnectionLimits {
     /// Connections open at once; a connection past it is closed as soon as it is accepted.
     pub(crate) max_connections: usize,
-    /// A connection that sends no request, or not all of a request's headers, for this long
-    /// is closed; so is one that takes none of the response's bytes for this long.
+    /// A connection that has no request in progress for this long is closed (HTTP/2: `GOAWAY`,
+    /// then closed); so is an HTTP/1.1 one that sends not all of a request's headers for this
+    /// long, and one that takes none of the response's bytes for this long.
     pub(crate) idle_timeout: Duration,
+    /// Bytes of one request's headers (HTTP/1.1: the read buffer; HTTP/2: the header list).
+    pub(crate) max_header_bytes: u32,
+    /// HTTP/2 streams open at once on one connection.
+    pub(crate) max_concurrent_streams: u32,
+    /// HTTP/2 flow-control window of each stream, in bytes.
+    pub(crate) stream_window: u32,
+    /// HTTP/2 flow-control window of the whole connection, in bytes.
+    pub(crate) connection_window: u32,
+    /// HTTP/2 streams a client may open and reset before the node takes them up.
+    pub(crate) max_pending_resets: u32,
+    /// An HTTP/2 connection is pinged this often; a ping unanswered for as long closes it.
+    pub(crate) keepalive: Duration,
+}
+
+impl ConnectionLimits {
+    /// hyper's and h2's own defaults for what a public edge does not name.
+    pub(crate) const fn with(max_connections: usize, idle_timeout: Duration) -> Self {
+        Self {
+            max_connections,
+            idle_timeout,
+            max_header_bytes: 16 * 1024,
+            max_concurrent_streams: 100,
+            stream_window: 1024 * 1024,
+            connection_window: 1024 * 1024,
+            max_pending_resets: 20,
+            keepalive: Duration::from_secs(20),
+        }
+    }
 }
 
 /// Something that answers HTTP requests.
 pub(crate) trait Handler: Send + Sync + 'static {
+    /// The response body: whole, or a stream of frames that may end with trailers.
+    type Body: hyper::body::Body<Data = Bytes, Error = Infallible> + Send + 'static;
+
     fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
-    ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+    ) -> impl Future<Output = Response<Self::Body>> + Send;
 }
 
-/// Accepts HTTP/1.1 connections on `listener` until `shutdown` flips, then lets open
+/// A response body sent whole.
+pub(crate) type WholeBody = Full<Bytes>;
+
+/// Accepts HTTP/1.1 and HTTP/2 connections on `listener` until `shutdown` flips, then lets open
 /// connections finish their requests for up to `grace`. With `tls`, every connection is
 /// TLS first.
 pub(crate) async fn serve<H: Handler>(
@@ -54,12 +95,10 @@ pub(crate) async fn serve<H: Handler>(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
-    let open = Arc::new(tokio::sync::Semaphore::new(
-        limits
-            .max_connections
-            .min(tokio::sync::Semaphore::MAX_PERMITS),
-    ));
+    let slots = limits
+        .max_connections
+        .min(tokio::sync::Semaphore::MAX_PERMITS);
+    let open = Arc::new(tokio::sync::Semaphore::new(slots));
     let mut turned_away = TurnedAway::default();
     loop {
         let accepted = tokio::select! {
@@ -89,21 +128,23 @@ pub(crate) async fn serve<H: Handler>(
             peer,
             tls: tls.is_some(),
         };
-        let (tls, handler, watcher) = (tls.clone(), handler.clone(), graceful.watcher());
+        let (tls, handler, stop) = (tls.clone(), handler.clone(), shutdown.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let Some(acceptor) = tls else {
-                return run_connection(stream, info, handler, limits, watcher).await;
+                return run_connection(stream, info, handler, limits, stop).await;
             };
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => run_connection(stream, info, handler, limits, watcher).await,
+                Ok(Ok(stream)) => run_connection(stream, info, handler, limits, stop).await,
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
+    // Every open connection holds a slot: all slots back means all connections closed.
+    let all = u32::try_from(slots).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, open.acquire_many(all))
         .await
         .is_err()
     {
@@ -114,29 +155,154 @@ pub(crate) async fn serve<H: Handler>(
     }
 }
 
-/// Serves one HTTP/1.1 connection on `io`, every request tagged with `info`, until it ends or
-/// the shutdown's grace period is over.
+/// Serves one HTTP/1.1 or HTTP/2 connection on `io`, every request tagged with `info`, until
+/// it ends, has been idle for `idle_timeout`, or the shutdown's grace period is over.
 async fn run_connection<H: Handler, I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: I,
     info: ConnectionInfo,
     handler: Arc<H>,
     limits: ConnectionLimits,
-    watcher: Watcher,
+    mut shutdown: watch::Receiver<bool>,
 ) {
-    let service = service_fn(move |mut request: Request<Incoming>| {
-        let handler = handler.clone();
-        request.extensions_mut().insert(info);
-        async move { Ok::<_, Infallible>(handler.handle(request).await) }
-    });
-    let connection = hyper::server::conn::http1::Builder::new()
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |mut request: Request<Incoming>| {
+            let handler = handler.clone();
+            let busy = activity.begin();
+            request.extensions_mut().insert(info);
+            async move {
+                let response = handler.handle(request).await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.idle_timeout)
-        .serve_connection(
-            TokioIo::new(write_deadline(io, limits.idle_timeout)),
-            service,
-        );
-    if let Err(error) = watcher.watch(connection).await {
-        tracing::debug!(peer = %info.peer, %error, "connection ended with an error");
+        // hyper refuses a buffer under 8 KiB; headers past it get `431`.
+        .max_buf_size((limits.max_header_bytes as usize).max(8192));
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes)
+        .initial_stream_window_size(limits.stream_window)
+        .initial_connection_window_size(limits.connection_window)
+        .max_pending_accept_reset_streams(limits.max_pending_resets as usize)
+        .keep_alive_interval(limits.keepalive)
+        .keep_alive_timeout(limits.keepalive);
+    let connection = builder.serve_connection(
+        TokioIo::new(write_deadline(io, limits.idle_timeout)),
+        service,
+    );
+    let mut connection = std::pin::pin!(connection);
+    let closing = async {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => {}
+            () = activity.idle_for(limits.idle_timeout) => {
+                tracing::debug!(peer = %info.peer, "connection idle; closing it");
+            }
+        }
+    };
+    // Closing lets the requests in progress finish (HTTP/2: `GOAWAY` first).
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = closing => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = ended {
+        let error = causes(&*error);
+        // h2 closes a connection that floods it with resets or bad frames with this reason.
+        // ("detected excessive load generating behavior" is how h2 words that reason.)
+        if error.contains("ENHANCE_YOUR_CALM") || error.contains("excessive load") {
+            tracing::warn!(
+                peer = %info.peer,
+                %error,
+                "closed an HTTP/2 connection that reset or broke too many streams (a rapid \
+                 reset flood?); max_pending_resets in [node] sets how many it may"
+            );
+        } else {
+            tracing::debug!(peer = %info.peer, %error, "connection ended with an error");
+        }
+    }
+}
+
+/// `error` and its sources, outermost first ("http2 error: ..." says little on its own).
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Requests in progress on one connection, and since when it has had none.
+struct Activity {
+    in_progress: std::sync::Mutex<(usize, Option<tokio::time::Instant>)>,
+}
+
+/// One request in progress; dropping it ends it.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_progress: std::sync::Mutex::new((0, Some(tokio::time::Instant::now()))),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.change(|(count, _)| *count += 1);
+        Busy(self.clone())
+    }
+
+    fn change(&self, f: impl FnOnce(&mut (usize, Option<tokio::time::Instant>))) {
+        let mut state = self
+            .in_progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut state);
+        if state.0 == 0 {
+            state.1 = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// Resolves once no request has been in progress for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let since = {
+                let state = self
+                    .in_progress
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match *state {
+                    (0, since) => since,
+                    _ => None,
+                }
+            };
+            match since {
+                Some(since) if since.elapsed() >= timeout => return,
+                Some(since) => tokio::time::sleep_until(since + timeout).await,
+                // Busy, or not started: look again a timeout later.
+                None => tokio::time::sleep(timeout).await,
+            }
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.change(|(count, _)| *count = count.saturating_sub(1));
     }
 }
 

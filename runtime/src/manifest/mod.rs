@@ -9,6 +9,14 @@
 //! max_connections = 4096      # ingress connections at once; more are closed at once
 //! idle_timeout_ms = 30000     # a connection silent (or not reading) this long is closed
 //! body_budget_mb = 256        # request bodies held at once, all requests; past it: 503
+//! max_header_kb = 16          # one request's headers (HTTP/2: its header list); past it: 431
+//! max_concurrent_streams = 100  # HTTP/2 streams open at once per connection
+//! stream_window_kb = 1024     # HTTP/2 flow-control window per stream
+//! connection_window_kb = 1024 # and per connection
+//! max_pending_resets = 20     # HTTP/2 streams reset before taken ("rapid reset"); past it: GOAWAY
+//! keepalive_ms = 20000        # HTTP/2 ping interval; a ping unanswered as long closes it
+//! # http_tls = { cert = "edge.pem", key = "edge.key" }  # HTTPS at the ingress (h2, http/1.1)
+//! #   client_ca = "clients-ca.pem" in it: clients must present a certificate it signed
 //! max_instances = 1024        # service instances running at once, all services; past it: 503
 //! max_memory_mb = 8192        # their memory_limit_mb added up; past it: 503
 //! data_dir = ".switchyard"    # compiled-component cache; relative to this file
@@ -28,6 +36,7 @@
 //! version = "1.0.0"
 //! component = "hello.wasm"    # relative to this file
 //! routes = ["GET /hello/{name}"]   # none: a service that only consumes messages
+//! # gRPC methods: routes = ["grpc /shop.Orders/Place", "grpc /shop.Orders/Watch"]
 //! max_instances = 64          # concurrent requests; more get 503 at once
 //! requests_per_instance = 1   # 1: a fresh instance per request; more: reuse idle ones
 //! timeout_ms = 5000           # per request; past it: 504
@@ -424,6 +433,8 @@ pub struct NodeSpec {
     pub admin_token_file: Option<PathBuf>,
     /// What the ingress holds for its clients at most.
     pub ingress: IngressLimits,
+    /// `[node] http_tls`: the ingress serves HTTPS (HTTP/2 or HTTP/1.1 by ALPN) with it.
+    pub http_tls: Option<HttpTlsSpec>,
     /// `[node] max_instances`, `max_memory_mb`: what all services run with together.
     pub pool: PoolBudget,
     /// Where the node keeps its compiled-component cache.
@@ -451,6 +462,31 @@ pub struct IngressLimits {
     pub idle_timeout: Duration,
     /// Bytes of request bodies held at once, across requests; past it a request gets `503`.
     pub body_budget_bytes: usize,
+    /// Bytes of one request's headers (HTTP/2: its header list).
+    pub max_header_bytes: u32,
+    /// HTTP/2 streams open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 flow-control window per stream.
+    pub stream_window_bytes: u32,
+    /// HTTP/2 flow-control window per connection.
+    pub connection_window_bytes: u32,
+    /// HTTP/2 streams a client may reset before the node takes them up; past it the connection
+    /// is closed with `ENHANCE_YOUR_CALM` (the "rapid reset" attack).
+    pub max_pending_resets: u32,
+    /// HTTP/2 keep-alive: ping interval, and how long a ping may go unanswered.
+    pub keepalive: Duration,
+}
+
+/// `[node] http_tls`: PEM files (paths resolved against the manifest). The files are read at
+/// start and again whenever they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTlsSpec {
+    /// The ingress's certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// Set: clients must present a certificate this CA signed (mutual TLS at the edge).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `[node] max_instances`, `max_memory_mb`: the node's budget of running instances.
@@ -648,12 +684,17 @@ pub const INGRESS_CALLER: &str = "@ingress";
 /// `"GET /hello/{name}"`, split and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
-    /// Upper-case method, or `*` for any.
+    /// Upper-case method, or `*` for any, or [`GRPC_METHOD`]: the route takes gRPC calls
+    /// (`POST` with `application/grpc`, over HTTP/2) of the one method its path names, and
+    /// the ingress speaks gRPC for it (deadline from `grpc-timeout`, status in trailers).
     pub method: String,
     /// Path pattern; `{name}` captures one segment, `{*name}` the rest of the path.
     pub pattern: String,
     pub at: Location,
 }
+
+/// The method of a `grpc /package.Service/Method` route, upper-cased as methods are.
+pub const GRPC_METHOD: &str = "GRPC";
 
 impl fmt::Display for RouteSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -763,6 +804,16 @@ pub mod defaults {
     pub const IDLE_TIMEOUT_MS: u64 = 30_000;
     /// `[node] body_budget_mb`.
     pub const BODY_BUDGET_MB: u64 = 256;
+    /// `[node] max_header_kb`.
+    pub const MAX_HEADER_KB: u32 = 16;
+    /// `[node] max_concurrent_streams`: what h2 and most servers allow.
+    pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+    /// `[node] stream_window_kb`, `connection_window_kb`.
+    pub const WINDOW_KB: u32 = 1024;
+    /// `[node] max_pending_resets`: h2's own default.
+    pub const MAX_PENDING_RESETS: u32 = 20;
+    /// `[node] keepalive_ms`.
+    pub const KEEPALIVE_MS: u64 = 20_000;
     /// `[[service]] requests_per_instance`: a fresh instance per request.
     pub const REQUESTS_PER_INSTANCE: u32 = 1;
     /// `[[service]] timeout_ms`.

@@ -136,6 +136,7 @@ fn node_restarts(old: &NodeSpec, new: &NodeSpec) -> Vec<String> {
         admin,
         admin_token_file,
         ingress,
+        http_tls,
         pool,
         data_dir,
         quic,
@@ -166,9 +167,15 @@ fn node_restarts(old: &NodeSpec, new: &NodeSpec) -> Vec<String> {
             "the admin API reads its token from the file named at start",
         ),
         (
-            "node.max_connections, idle_timeout_ms or body_budget_mb",
+            "node.max_connections, idle_timeout_ms, body_budget_mb or an HTTP/2 limit",
             old.ingress != *ingress,
             "the ingress is built with them at start",
+        ),
+        (
+            "node.http_tls",
+            old.http_tls != *http_tls,
+            "the ingress's TLS is set up at start (changed contents of its files are reloaded \
+             while it runs)",
         ),
         (
             "node.max_instances or max_memory_mb",

@@ -1,11 +1,12 @@
 //! Renewed certificate files are picked up while the node runs: the files named by
-//! `[node.tls]` are looked at every [`CHECK_EVERY`], and when either changed, the pair is
-//! loaded, checked (the key matches, the certificate chains to the cluster CA, is valid now and
-//! names the node role) and swapped in for every TLS configuration that presents it (QUIC both
-//! ways, the admin API). Connections open keep the certificate they shook hands with; the next
-//! handshake uses the new one. A pair that fails the checks is logged and the old one stays.
+//! `[node.tls]` (and by `[node] http_tls`) are looked at every [`CHECK_EVERY`], and when either
+//! changed, the pair is loaded, checked (the key matches; a node certificate also chains to the
+//! cluster CA, is valid now and names the node role) and swapped in for every TLS configuration
+//! that presents it (QUIC both ways, the admin API; the ingress). Connections open keep the
+//! certificate they shook hands with; the next handshake uses the new one. A pair that fails
+//! the checks is logged and the old one stays.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,22 +25,51 @@ fn stamp(path: &PathBuf) -> Stamp {
     Some((metadata.modified().ok()?, metadata.len()))
 }
 
+/// Something that presents a certificate and takes a renewed one from its files.
+pub(super) trait Presenter: Send + Sync + 'static {
+    /// Loads and checks the pair and presents it from now on; an error leaves the old one.
+    fn reload(&self, cert: &Path, key: &Path) -> Result<(), String>;
+}
+
+impl Presenter for NodeCert {
+    fn reload(&self, cert: &Path, key: &Path) -> Result<(), String> {
+        NodeCert::reload(self, cert, key).map_err(|error| error.to_string())
+    }
+}
+
+impl Presenter for crate::http::EdgeCert {
+    fn reload(&self, cert: &Path, key: &Path) -> Result<(), String> {
+        crate::http::EdgeCert::reload(self, cert, key).map_err(|error| error.to_string())
+    }
+}
+
+/// Which certificate files are watched, for the log lines.
+#[derive(Clone, Copy)]
+pub(super) enum Files {
+    /// `[node.tls]`: the node's certificate.
+    Node,
+    /// `[node] http_tls`: the ingress's.
+    Ingress,
+}
+
 /// Watches `cert` and `key` until `shutdown`, reloading `presenters` when they change. The
 /// files are first looked at now, not when the task first runs: a change right after the
 /// node started is a change.
 pub(super) fn watch(
-    presenters: Vec<Arc<NodeCert>>,
+    files: Files,
+    presenters: Vec<Arc<dyn Presenter>>,
     cert: PathBuf,
     key: PathBuf,
     shutdown: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let seen = (stamp(&cert), stamp(&key));
-    watch_from(seen, presenters, cert, key, shutdown)
+    watch_from(files, seen, presenters, cert, key, shutdown)
 }
 
 async fn watch_from(
+    files: Files,
     mut seen: (Stamp, Stamp),
-    presenters: Vec<Arc<NodeCert>>,
+    presenters: Vec<Arc<dyn Presenter>>,
     cert: PathBuf,
     key: PathBuf,
     mut shutdown: watch::Receiver<bool>,
@@ -57,26 +87,30 @@ async fn watch_from(
         }
         seen = now;
         // Reading and checking a certificate is quick, but it is file I/O.
-        let files = (presenters.clone(), cert.clone(), key.clone());
+        let pair = (presenters.clone(), cert.clone(), key.clone());
         let reloaded = tokio::task::spawn_blocking(move || {
-            let (presenters, cert, key) = files;
+            let (presenters, cert, key) = pair;
             presenters
                 .iter()
                 .try_for_each(|presenter| presenter.reload(&cert, &key))
         })
         .await;
+        let (what, key_name) = match files {
+            Files::Node => ("node certificate", "[node.tls]"),
+            Files::Ingress => ("ingress certificate", "[node] http_tls"),
+        };
         match reloaded {
             Ok(Ok(())) => tracing::info!(
                 cert = %cert.display(),
-                "node certificate reloaded; new connections use it"
+                "{what} reloaded; new connections use it"
             ),
             Ok(Err(error)) => tracing::error!(
                 %error,
-                "the changed [node.tls] files were not taken; the node keeps its old \
-                 certificate (write the certificate and its key, then check them with \
+                "the changed {key_name} files were not taken; the node keeps its old \
+                 {what} (write the certificate and its key, then check them with \
                  `openssl x509 -noout -dates -in <cert>`)"
             ),
-            Err(error) => tracing::error!(%error, "reloading the node certificate was cut off"),
+            Err(error) => tracing::error!(%error, "reloading the {what} was cut off"),
         }
     }
 }

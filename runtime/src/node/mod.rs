@@ -67,6 +67,9 @@ pub enum NodeError {
     /// A policy did not load or refused its configuration.
     #[error("{0}\n  hint: check [[policy]] and [[bind]] in the manifest")]
     Policy(#[from] crate::policy::PolicyError),
+    /// The ingress's certificate, key or client CA (`[node] http_tls`) is not usable.
+    #[error("{0}\n  hint: check `http_tls` in [node]")]
+    EdgeTls(#[from] crate::http::EdgeTlsError),
     /// The QUIC transport could not start (address, certificates).
     #[error("{0}\n  hint: check `node.quic` and `[node.tls]` in the manifest")]
     Transport(#[from] crate::transport::TransportError),
@@ -133,8 +136,14 @@ impl Node {
     /// (engine and components, queues, policies, the rpc client, the services), start the
     /// mesh (peer frames and discovery), then serve HTTP, the admin API and queue delivery.
     pub async fn start(manifest: &Manifest) -> Result<Self, NodeError> {
-        let listeners = start::Listeners::bind(manifest).await?;
+        let mut listeners = start::Listeners::bind(manifest).await?;
         let admin = start::AdminAccess::new(manifest)?;
+        let edge = manifest
+            .node
+            .http_tls
+            .as_ref()
+            .map(crate::http::edge_tls)
+            .transpose()?;
         let admin_token_file = admin.token.path().to_owned();
         let mesh = manifest
             .node
@@ -153,14 +162,16 @@ impl Node {
             membership = Some(joined);
         }
         if let Some(tls) = &manifest.node.tls {
-            let presenters: Vec<_> = mesh
+            let presenters: Vec<Arc<dyn certificates::Presenter>> = mesh
                 .as_ref()
                 .map(|mesh| mesh.node_cert.clone())
                 .into_iter()
                 .chain(admin.node_cert())
+                .map(|cert| cert as Arc<dyn certificates::Presenter>)
                 .collect();
             if !presenters.is_empty() {
                 servers.spawn(certificates::watch(
+                    certificates::Files::Node,
                     presenters,
                     tls.cert.clone(),
                     tls.key.clone(),
@@ -168,8 +179,18 @@ impl Node {
                 ));
             }
         }
+        if let (Some(tls), Some(edge)) = (&manifest.node.http_tls, &edge) {
+            servers.spawn(certificates::watch(
+                certificates::Files::Ingress,
+                vec![edge.1.clone() as Arc<dyn certificates::Presenter>],
+                tls.cert.clone(),
+                tls.key.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
         let (http_addr, admin_addr) = (listeners.http_addr, listeners.admin_addr);
         let metrics_addr = listeners.metrics_addr;
+        listeners.http_tls = edge.map(|(acceptor, _)| acceptor);
         runtime.serve(
             manifest,
             listeners,

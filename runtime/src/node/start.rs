@@ -29,6 +29,8 @@ pub(super) struct Listeners {
     admin: TcpListener,
     /// `[telemetry] metrics_addr`, when set.
     metrics: Option<TcpListener>,
+    /// `[node] http_tls`: the ingress's connections are TLS first.
+    pub(super) http_tls: Option<tokio_rustls::TlsAcceptor>,
     /// Where they listen (the real ports when the manifest said 0).
     pub(super) http_addr: SocketAddr,
     pub(super) admin_addr: SocketAddr,
@@ -68,15 +70,14 @@ impl Listeners {
             http,
             admin,
             metrics,
+            http_tls: None,
         })
     }
 }
 
 /// The admin API serves a few operators and scripts, not the public.
-const ADMIN_CONNECTIONS: ConnectionLimits = ConnectionLimits {
-    max_connections: 64,
-    idle_timeout: std::time::Duration::from_secs(30),
-};
+const ADMIN_CONNECTIONS: ConnectionLimits =
+    ConnectionLimits::with(64, std::time::Duration::from_secs(30));
 
 /// Who may use the admin API, and over what.
 pub(super) struct AdminAccess {
@@ -296,10 +297,16 @@ impl Runtime {
                 self.request_log.clone(),
                 self.traces.clone(),
             )),
-            None,
+            listeners.http_tls,
             ConnectionLimits {
                 max_connections: usize::try_from(ingress.max_connections).unwrap_or(usize::MAX),
                 idle_timeout: ingress.idle_timeout,
+                max_header_bytes: ingress.max_header_bytes,
+                max_concurrent_streams: ingress.max_concurrent_streams,
+                stream_window: ingress.stream_window_bytes,
+                connection_window: ingress.connection_window_bytes,
+                max_pending_resets: ingress.max_pending_resets,
+                keepalive: ingress.keepalive,
             },
             shutdown.clone(),
             SHUTDOWN_GRACE,

@@ -11,6 +11,8 @@ pub(crate) struct Target<T> {
     pub(crate) value: T,
     /// The pattern as written, e.g. `/hello/{name}` (for logs and spans).
     pub(crate) pattern: Arc<str>,
+    /// The method it was added for (upper-case, or `*`).
+    pub(crate) method: Arc<str>,
 }
 
 /// The result of looking a request up.
@@ -58,6 +60,7 @@ impl<T: Clone> Router<T> {
         let target = Target {
             value,
             pattern: pattern.into(),
+            method: method.into(),
         };
         self.by_method
             .entry(method.to_owned())

@@ -335,6 +335,8 @@ impl MetricsPage {
 
 impl Handler for MetricsPage {
     /// The listener of `[telemetry] metrics_addr`: `GET /metrics` and nothing else.
+    type Body = crate::http::WholeBody;
+
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
         if request.method() == Method::GET && request.uri().path() == "/metrics" {
             return self.response().await;

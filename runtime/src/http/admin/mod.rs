@@ -410,6 +410,8 @@ impl Admin {
 }
 
 impl Handler for Admin {
+    type Body = crate::http::WholeBody;
+
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let Some(connection) = request.extensions().get::<ConnectionInfo>().copied() else {
             return plain(

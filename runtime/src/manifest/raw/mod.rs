@@ -20,10 +20,10 @@ use telemetry::check_telemetry;
 use wiring::{check_bindings, check_policies, check_queues, check_topics};
 
 use super::{
-    BindScope, BindSpec, DiscoverySpec, EtcdTlsSpec, Location, Manifest, ManifestError,
-    MessagingSpec, NatsAuth, NatsSpec, NatsTlsSpec, NodeSpec, OtlpSpec, PolicySpec, QueueSpec,
-    Retention, RouteSpec, ServiceSpec, StartAt, SubscriptionSpec, TelemetrySpec, TlsSpec,
-    TopicSpec, defaults,
+    BindScope, BindSpec, DiscoverySpec, EtcdTlsSpec, HttpTlsSpec, Location, Manifest,
+    ManifestError, MessagingSpec, NatsAuth, NatsSpec, NatsTlsSpec, NodeSpec, OtlpSpec, PolicySpec,
+    QueueSpec, Retention, RouteSpec, ServiceSpec, StartAt, SubscriptionSpec, TelemetrySpec,
+    TlsSpec, TopicSpec, defaults,
 };
 
 #[derive(Deserialize)]
@@ -157,6 +157,13 @@ struct RawNode {
     max_connections: Option<Spanned<u32>>,
     idle_timeout_ms: Option<Spanned<u64>>,
     body_budget_mb: Option<Spanned<u64>>,
+    max_header_kb: Option<Spanned<u32>>,
+    max_concurrent_streams: Option<Spanned<u32>>,
+    stream_window_kb: Option<Spanned<u32>>,
+    connection_window_kb: Option<Spanned<u32>>,
+    max_pending_resets: Option<Spanned<u32>>,
+    keepalive_ms: Option<Spanned<u64>>,
+    http_tls: Option<Spanned<RawHttpTls>>,
     max_instances: Option<Spanned<u32>>,
     max_memory_mb: Option<Spanned<u64>>,
     data_dir: Option<String>,
@@ -185,6 +192,16 @@ struct RawEtcdTls {
     ca: String,
     cert: Option<String>,
     key: Option<String>,
+}
+
+/// `[node] http_tls`: the ingress's certificate, and the CA its clients' certificates must
+/// chain to when it asks for them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpTls {
+    cert: String,
+    key: String,
+    client_ca: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -221,8 +238,9 @@ struct RawService {
     env: BTreeMap<String, String>,
 }
 
+/// Route methods; `GRPC` takes gRPC calls of one method (see [`RouteSpec`]).
 const METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "*",
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "GRPC", "*",
 ];
 
 struct Checker<'a> {

@@ -21,6 +21,13 @@ pub(super) fn check_node(
         max_connections: None,
         idle_timeout_ms: None,
         body_budget_mb: None,
+        max_header_kb: None,
+        max_concurrent_streams: None,
+        stream_window_kb: None,
+        connection_window_kb: None,
+        max_pending_resets: None,
+        keepalive_ms: None,
+        http_tls: None,
         max_instances: None,
         max_memory_mb: None,
         data_dir: None,
@@ -109,7 +116,54 @@ pub(super) fn check_node(
             1..=1_048_576,
             "body_budget_mb",
         )?),
+        max_header_bytes: super::services::bounded(
+            check,
+            raw.max_header_kb,
+            defaults::MAX_HEADER_KB,
+            1..=1024,
+            "max_header_kb",
+        )? * 1024,
+        max_concurrent_streams: super::services::bounded(
+            check,
+            raw.max_concurrent_streams,
+            defaults::MAX_CONCURRENT_STREAMS,
+            1..=100_000,
+            "max_concurrent_streams",
+        )?,
+        // HTTP/2 caps a window at 2^31 - 1 bytes.
+        stream_window_bytes: super::services::bounded(
+            check,
+            raw.stream_window_kb,
+            defaults::WINDOW_KB,
+            16..=2_097_151,
+            "stream_window_kb",
+        )? * 1024,
+        connection_window_bytes: super::services::bounded(
+            check,
+            raw.connection_window_kb,
+            defaults::WINDOW_KB,
+            16..=2_097_151,
+            "connection_window_kb",
+        )? * 1024,
+        max_pending_resets: super::services::bounded(
+            check,
+            raw.max_pending_resets,
+            defaults::MAX_PENDING_RESETS,
+            1..=100_000,
+            "max_pending_resets",
+        )?,
+        keepalive: Duration::from_millis(super::services::bounded(
+            check,
+            raw.keepalive_ms,
+            defaults::KEEPALIVE_MS,
+            1000..=3_600_000,
+            "keepalive_ms",
+        )?),
     };
+    let http_tls = raw
+        .http_tls
+        .map(|tls| check_http_tls(check, tls))
+        .transpose()?;
     let pool = crate::manifest::PoolBudget {
         max_instances: super::services::bounded(
             check,
@@ -143,6 +197,7 @@ pub(super) fn check_node(
         admin,
         admin_token_file,
         ingress,
+        http_tls,
         pool,
         data_dir,
         quic,
@@ -239,6 +294,35 @@ fn check_tls(check: &Checker<'_>, tls: Spanned<RawTls>) -> Result<TlsSpec, Manif
         }
     }
     Ok(paths)
+}
+
+/// `[node] http_tls`: the certificate and key files, and the client CA if given, must exist.
+fn check_http_tls(
+    check: &Checker<'_>,
+    tls: Spanned<RawHttpTls>,
+) -> Result<HttpTlsSpec, ManifestError> {
+    let span = tls.span();
+    let tls = tls.into_inner();
+    let spec = HttpTlsSpec {
+        cert: check.resolve(&tls.cert),
+        key: check.resolve(&tls.key),
+        client_ca: tls.client_ca.as_deref().map(|ca| check.resolve(ca)),
+    };
+    for path in [&spec.cert, &spec.key].into_iter().chain(&spec.client_ca) {
+        if !path.is_file() {
+            return Err(check.invalid(
+                span.clone(),
+                format!(
+                    "`node.http_tls` names {}, which does not exist",
+                    path.display()
+                ),
+                "give the PEM files of the ingress's certificate (its chain) and private key, \
+                 e.g. http_tls = { cert = \"edge.pem\", key = \"edge.key\" } (paths relative to \
+                 this file)",
+            ));
+        }
+    }
+    Ok(spec)
 }
 
 fn check_discovery(

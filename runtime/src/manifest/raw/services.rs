@@ -293,6 +293,14 @@ fn check_route(check: &Checker<'_>, raw: &Spanned<String>) -> Result<RouteSpec, 
         ));
     }
     let pattern = pattern.trim();
+    if method == crate::manifest::GRPC_METHOD && !is_grpc_path(pattern) {
+        return Err(check.invalid(
+            raw.span(),
+            format!("route {text:?}: a gRPC route names one method as /package.Service/Method"),
+            "write e.g. \"grpc /shop.Orders/Place\" (the path gRPC clients call: the proto \
+             package, service and method names, no parameters)",
+        ));
+    }
     if !pattern.starts_with('/') || pattern.contains(char::is_whitespace) {
         return Err(check.invalid(
             raw.span(),
@@ -331,6 +339,25 @@ fn check_route(check: &Checker<'_>, raw: &Spanned<String>) -> Result<RouteSpec, 
         pattern: pattern.to_owned(),
         at: check.at(raw.span()),
     })
+}
+
+/// `/package.Service/Method`: two segments of identifier characters and dots, no parameters.
+fn is_grpc_path(pattern: &str) -> bool {
+    let identifier = |part: &str, dots: bool| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || (dots && c == '.'))
+            && !part.starts_with('.')
+            && !part.ends_with('.')
+    };
+    match pattern
+        .strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+    {
+        Some((service, method)) => identifier(service, true) && identifier(method, false),
+        None => false,
+    }
 }
 
 /// Two routes collide when they match the same requests: same method (or `*`) and the same

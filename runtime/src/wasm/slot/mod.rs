@@ -340,16 +340,19 @@ impl Slot {
         request: GuestRequest,
         span: SpanHandle,
     ) -> Result<GuestResponse, SlotError> {
-        self.handle_admitted(self.admit()?, request, span).await
+        self.handle_admitted(self.admit()?, request, span, None)
+            .await
     }
 
     /// [`Slot::handle`] for a request admitted earlier (the ingress admits before it reads
     /// the body, so a full service answers `503` at once instead of after a slow upload).
+    /// With `answer`, the request is a gRPC call whose streamed messages go there.
     pub(crate) async fn handle_admitted(
         &self,
         admission: Admission,
         request: GuestRequest,
         span: SpanHandle,
+        answer: Option<crate::host::AnswerStream>,
     ) -> Result<GuestResponse, SlotError> {
         let budget = Duration::from_millis(u64::from(request.deadline_ms));
         self.serve(
@@ -362,17 +365,23 @@ impl Slot {
                 store
                     .data_mut()
                     .caused_by(crate::call::Causation::of(&request.headers));
-                match instance {
+                if let Some(answer) = answer {
+                    store.data_mut().answer_into(answer);
+                }
+                let answered = match instance {
                     Instance::Service(service) => {
                         service
                             .switchyard_runtime_handler()
-                            .call_handle(store, &request)
+                            .call_handle(&mut *store, &request)
                             .await
                     }
                     Instance::HttpProxy(proxy) => {
                         crate::host::serve_http(proxy, store, &request).await
                     }
-                }
+                };
+                // The stream ends with the call, also on an instance kept for reuse.
+                store.data_mut().end_answer();
+                answered
             },
         )
         .await

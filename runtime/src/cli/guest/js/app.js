@@ -3,11 +3,11 @@
 // `switchyard build` turns this module into a component of the `switchyard:runtime/service`
 // world. Imports are the world's interfaces; the two exports are the world's `handler` and
 // `subscriber`. A WIT `result` error arrives as a thrown value whose `payload` says why.
-import * as config from "switchyard:runtime/config@0.1.8";
-import { log } from "switchyard:runtime/log@0.1.8";
-import * as messaging from "switchyard:runtime/messaging@0.1.8";
-import * as rpc from "switchyard:runtime/rpc@0.1.8";
-import * as state from "switchyard:runtime/state@0.1.8";
+import * as config from "switchyard:runtime/config@0.1.9";
+import { log } from "switchyard:runtime/log@0.1.9";
+import * as messaging from "switchyard:runtime/messaging@0.1.9";
+import * as rpc from "switchyard:runtime/rpc@0.1.9";
+import * as state from "switchyard:runtime/state@0.1.9";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();

@@ -1,0 +1,68 @@
+//! The `shop.Orders` gRPC service of examples/grpc: a unary method and a server-streaming one,
+//! typed on the messages generated from orders.proto.
+
+use std::time::Duration;
+
+use switchyard_sdk::grpc::{self, Sender, Status};
+use switchyard_sdk::{Error, Request, Response, Service};
+
+/// The types generated from orders.proto at build time.
+mod shop {
+    include!(concat!(env!("OUT_DIR"), "/shop.rs"));
+}
+
+struct Orders;
+
+impl Service for Orders {
+    fn handle(req: Request) -> Result<Response, Error> {
+        match req.path() {
+            "/shop.Orders/Place" => grpc::unary(&req, place),
+            "/shop.Orders/Track" => grpc::server_streaming(&req, track),
+            _ => grpc::unimplemented(&req),
+        }
+    }
+}
+
+fn place(order: shop::Order, req: &Request) -> Result<shop::Placed, Status> {
+    if order.items.is_empty() {
+        return Err(
+            Status::invalid_argument("an order needs at least one item")
+                .with_metadata("x-order-problem", "no-items"),
+        );
+    }
+    match order.customer.as_str() {
+        // Test hooks: a customer whose order takes longer than any sane deadline, and one
+        // whose order makes the handler fail.
+        "slowpoke" => std::thread::sleep(Duration::from_secs(5)),
+        "gremlin" => panic!("the gremlin broke the order handler"),
+        _ => {}
+    }
+    Ok(shop::Placed {
+        id: format!("{}-{}", order.customer, order.items.len()),
+        total_items: order.items.iter().map(|item| item.quantity).sum(),
+        note: req.header("x-order-note").unwrap_or_default().to_owned(),
+    })
+}
+
+fn track(tracking: shop::Tracking, out: &mut Sender, _req: &Request) -> Result<(), Status> {
+    if tracking.steps > 1000 {
+        return Err(Status::new(
+            grpc::Code::OutOfRange,
+            "an order is tracked for at most 1000 steps",
+        ));
+    }
+    for step in 1..=tracking.steps {
+        if step > 1 {
+            std::thread::sleep(Duration::from_millis(u64::from(tracking.interval_ms)));
+        }
+        let state = if step == tracking.steps { "delivered" } else { "on its way" };
+        out.send(&shop::Progress {
+            id: tracking.id.clone(),
+            step,
+            state: state.to_owned(),
+        })?;
+    }
+    Ok(())
+}
+
+switchyard_sdk::export!(Orders);

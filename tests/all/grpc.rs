@@ -1,0 +1,266 @@
+//! gRPC through the ingress to a guest (`grpc /shop.Orders/...` routes), checked with gRPC's
+//! reference implementation: Python's `grpcio` (the C core) as the client, over h2c and TLS.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::support::{TestManifest, repo_root, send_with, service};
+
+/// Pinned: the reference client the interop tests speak to.
+const GRPCIO: &str = "1.76.0";
+
+/// A Python with grpcio and grpcio-tools (a venv under target/tools, made once), and the
+/// directory of the stubs generated from examples/grpc/orders.proto.
+fn grpcio() -> &'static (PathBuf, PathBuf) {
+    static READY: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    READY.get_or_init(|| {
+        let home = repo_root().join(format!("target/tools/grpcio-{GRPCIO}"));
+        let python = home.join("venv/bin/python");
+        let run = |command: &mut Command| {
+            let output = command.output().unwrap();
+            assert!(
+                output.status.success(),
+                "{command:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        if !python.is_file() {
+            run(Command::new("python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(home.join("venv")));
+            run(Command::new(&python).args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                &format!("grpcio=={GRPCIO}"),
+                &format!("grpcio-tools=={GRPCIO}"),
+            ]));
+        }
+        let stubs = home.join("stubs");
+        std::fs::create_dir_all(&stubs).unwrap();
+        let protos = repo_root().join("examples/grpc");
+        run(Command::new(&python)
+            .args(["-m", "grpc_tools.protoc"])
+            .arg(format!("-I{}", protos.display()))
+            .arg(format!("--python_out={}", stubs.display()))
+            .arg(format!("--grpc_python_out={}", stubs.display()))
+            .arg(protos.join("orders.proto")));
+        (python, stubs)
+    })
+}
+
+/// Runs tests/grpc/orders_client.py against `target` (with `ca`: over TLS) and returns what
+/// it saw.
+async fn python_client(target: String, ca: Option<PathBuf>) -> serde_json::Value {
+    tokio::task::spawn_blocking(move || {
+        let (python, stubs) = grpcio();
+        let mut command = Command::new(python);
+        command
+            .arg(repo_root().join("tests/grpc/orders_client.py"))
+            .arg(stubs)
+            .arg(&target);
+        if let Some(ca) = &ca {
+            command.arg(ca);
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "the grpcio client failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(&output.stdout)))
+    })
+    .await
+    .unwrap()
+}
+
+fn orders_service() -> String {
+    service(
+        "orders",
+        "grpc_orders",
+        &["grpc /shop.Orders/Place", "grpc /shop.Orders/Track"],
+        "",
+    )
+}
+
+fn check_what_grpcio_saw(seen: &serde_json::Value) {
+    // Unary, with metadata in and the message typed both ways.
+    assert_eq!(seen["place"]["code"], "OK", "{seen}");
+    assert_eq!(seen["place"]["id"], "ada-2");
+    assert_eq!(seen["place"]["total_items"], 3);
+    assert_eq!(seen["place"]["note"], "gift wrap");
+    // A Status from the handler, with its trailing metadata.
+    assert_eq!(seen["no_items"]["code"], "INVALID_ARGUMENT", "{seen}");
+    assert_eq!(
+        seen["no_items"]["details"],
+        "an order needs at least one item"
+    );
+    assert_eq!(seen["no_items"]["trailing"]["x-order-problem"], "no-items");
+    // grpc-timeout is the guest's deadline.
+    assert_eq!(seen["slow"]["code"], "DEADLINE_EXCEEDED", "{seen}");
+    assert!(seen["slow"]["seconds"].as_f64().unwrap() < 4.0, "{seen}");
+    // A panic is INTERNAL, without the guest's internals.
+    assert_eq!(seen["gremlin"]["code"], "INTERNAL", "{seen}");
+    assert!(
+        !seen["gremlin"]["details"]
+            .as_str()
+            .unwrap()
+            .contains("gremlin broke"),
+        "{seen}"
+    );
+    // A method without a route.
+    assert_eq!(seen["unknown_method"]["code"], "UNIMPLEMENTED", "{seen}");
+    assert!(
+        seen["unknown_method"]["details"]
+            .as_str()
+            .unwrap()
+            .contains("/shop.Orders/Cancel")
+    );
+    // Server streaming: every message, each as it is produced (the first arrives well before
+    // the last is made, 2 x 400 ms later).
+    let track = seen["track"].as_array().unwrap();
+    let steps: Vec<_> = track.iter().map(|p| p["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [1, 2, 3], "{seen}");
+    assert_eq!(track[2]["state"], "delivered");
+    let first = track[0]["at"].as_f64().unwrap();
+    let last = track[2]["at"].as_f64().unwrap();
+    assert!(last - first >= 0.7, "the messages came together: {seen}");
+    // A streaming method's error after no messages.
+    assert_eq!(seen["too_many_steps"]["code"], "OUT_OF_RANGE", "{seen}");
+}
+
+#[tokio::test]
+async fn grpcio_calls_a_guest_over_h2c_unary_streaming_deadlines_statuses_and_metadata() {
+    crate::support::capture_logs();
+    let manifest = TestManifest::with_node("name = \"grpc\"", &orders_service());
+    let node = manifest.start().await;
+    let seen = python_client(node.http_addr().to_string(), None).await;
+    check_what_grpcio_saw(&seen);
+    // The deadline came from grpc-timeout (the service's own timeout is 30 s): the node
+    // stopped the guest itself.
+    assert!(
+        crate::support::logs()
+            .lines()
+            .any(|line| line.contains("service `orders` did not answer within")),
+        "the node did not stop the slow guest at the client's deadline"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn grpcio_calls_a_guest_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::support::Pki::new("grpc test CA");
+    let (ca_path, cert_path, key_path) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("edge.pem"),
+        dir.path().join("edge.key"),
+    );
+    pki.write_ca(&ca_path);
+    pki.issue("edge", &cert_path, &key_path);
+    let manifest = TestManifest::with_node(
+        &format!(
+            "name = \"grpc-tls\"\nhttp_tls = {{ cert = {:?}, key = {:?} }}",
+            cert_path.display().to_string(),
+            key_path.display().to_string()
+        ),
+        &orders_service(),
+    );
+    let node = manifest.start().await;
+    let target = format!("localhost:{}", node.http_addr().port());
+    let seen = python_client(target, Some(ca_path)).await;
+    check_what_grpcio_saw(&seen);
+    node.shutdown().await;
+}
+
+/// One gRPC-shaped request over HTTP/2 with prior knowledge: status, headers and trailers.
+async fn h2_call(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, hyper::HeaderMap, Option<hyper::HeaderMap>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut request = Request::post(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = sender
+        .send_request(request.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.unwrap();
+    (status, parts.headers, collected.trailers().cloned())
+}
+
+#[tokio::test]
+async fn what_is_not_a_proper_grpc_call_gets_a_clear_answer() {
+    let manifest = TestManifest::with_node("name = \"grpc-bad\"", &orders_service());
+    let node = manifest.start().await;
+    let addr = node.http_addr();
+    // Plain HTTP to a gRPC method: 415, saying how to call it.
+    let reply = send_with(addr, "POST", "/shop.Orders/Place", "{}", &[]).await;
+    assert_eq!(reply.status, 415, "{}", reply.body);
+    assert!(reply.body.contains("gRPC method"), "{}", reply.body);
+    // gRPC over HTTP/1.1 cannot carry its status in trailers.
+    let reply = send_with(
+        addr,
+        "POST",
+        "/shop.Orders/Place",
+        "",
+        &[("content-type", "application/grpc")],
+    )
+    .await;
+    assert_eq!(reply.header("grpc-status"), Some("13"), "{}", reply.body);
+    assert!(reply.header("grpc-message").unwrap().contains("HTTP/2"));
+    // A malformed grpc-timeout, and a body that is not a framed message.
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers")];
+    let (status, headers, _) = h2_call(
+        addr,
+        "/shop.Orders/Place",
+        &[grpc[0], grpc[1], ("grpc-timeout", "soon")],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers.get("grpc-status").unwrap(), "3", "{headers:?}");
+    let (_, headers, _) = h2_call(addr, "/shop.Orders/Place", &grpc, b"junk".to_vec()).await;
+    assert_eq!(headers.get("grpc-status").unwrap(), "3");
+    assert!(
+        headers
+            .get("grpc-message")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("length-prefixed")
+    );
+    // A good call: the message in the body, the status in trailers.
+    let order = [
+        0x0a, 0x02, b'a', b'l', 0x12, 0x05, 0x0a, 0x01, b'x', 0x10, 0x04,
+    ];
+    let mut framed = vec![0, 0, 0, 0, order.len() as u8];
+    framed.extend_from_slice(&order);
+    let (status, headers, trailers) = h2_call(addr, "/shop.Orders/Place", &grpc, framed).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers.get("content-type").unwrap(), "application/grpc");
+    assert!(headers.get("grpc-status").is_none());
+    assert_eq!(trailers.unwrap().get("grpc-status").unwrap(), "0");
+    node.shutdown().await;
+}

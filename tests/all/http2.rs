@@ -1,0 +1,445 @@
+//! The ingress speaks HTTP/2 beside HTTP/1.1: in clear text with prior knowledge, and over TLS
+//! (`[node] http_tls`) by ALPN, with its limits, certificate reload and client certificates.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+
+use crate::support::{Pki, TestManifest, get, service};
+
+fn services() -> String {
+    format!(
+        "{}{}",
+        service("hello", "hello", &["GET /hello/{name}"], ""),
+        service(
+            "faulty",
+            "faulty",
+            &["GET /f/{fault}/{arg}"],
+            "max_instances = 16"
+        )
+    )
+}
+
+/// A raw h2 client connection (prior knowledge) and its driver's outcome.
+async fn h2_client(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    (client, tokio::spawn(connection))
+}
+
+fn h2_get(addr: SocketAddr, path: &str) -> Request<()> {
+    Request::get(format!("http://{addr}{path}"))
+        .body(())
+        .unwrap()
+}
+
+async fn h2_body(response: h2::client::ResponseFuture) -> (u16, String) {
+    let response = response.await.unwrap();
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    (status, String::from_utf8_lossy(&text).into_owned())
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_and_http1_share_the_port_within_the_stream_limits() {
+    let manifest = TestManifest::with_node(
+        "name = \"h2\"\nmax_concurrent_streams = 2\nmax_header_kb = 2",
+        &services(),
+    );
+    let node = manifest.start().await;
+    let addr = node.http_addr();
+
+    // HTTP/1.1 as before.
+    let reply = get(addr, "/hello/ada").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // HTTP/2 through hyper's client: the same answer, as HTTP/2.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(
+            Request::get(format!("http://{addr}/hello/ada"))
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-request-id"));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("ada"), "{body:?}");
+
+    // The node tells clients its stream limit, and three slow requests on one connection take
+    // two rounds: the third waits for a stream.
+    let (client, _driver) = h2_client(addr).await;
+    let mut client = client.ready().await.unwrap();
+    let (response, _) = client
+        .send_request(h2_get(addr, "/hello/settings"), true)
+        .unwrap();
+    assert_eq!(h2_body(response).await.0, 200);
+    assert_eq!(client.current_max_send_streams(), 2);
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        client = client.ready().await.unwrap();
+        let (response, _) = client
+            .send_request(h2_get(addr, "/f/sleep/700"), true)
+            .unwrap();
+        answers.push(tokio::spawn(h2_body(response)));
+    }
+    for answer in answers {
+        let (status, body) = answer.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "three 700 ms requests on two streams took {:?}",
+        started.elapsed()
+    );
+
+    // A header list past max_header_kb is refused; the connection serves on.
+    let (mut client, _driver) = h2_client(addr).await;
+    let big = Request::get(format!("http://{addr}/hello/big"))
+        .header("x-big", "b".repeat(4096))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(big, true).unwrap();
+    match response.await {
+        Ok(response) => assert_eq!(response.status(), 431),
+        Err(error) => assert!(
+            error.reason().is_some(),
+            "the oversized header list ended with {error}"
+        ),
+    }
+    let mut client = client.ready().await.unwrap();
+    let (response, _) = client
+        .send_request(h2_get(addr, "/hello/small"), true)
+        .unwrap();
+    assert_eq!(h2_body(response).await.0, 200);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rapid_reset_flood_ends_its_connection_and_the_node_serves_on() {
+    crate::support::capture_logs();
+    let manifest = TestManifest::with_node(
+        "name = \"reset\"\nmax_pending_resets = 10\nidle_timeout_ms = 600",
+        &services(),
+    );
+    let node = manifest.start().await;
+    let addr = node.http_addr();
+    let (client, driver) = h2_client(addr).await;
+    let mut client = client.ready().await.unwrap();
+    // Open and cancel streams as fast as the client can write them (CVE-2023-44487).
+    let mut flood_error = None;
+    for _ in 0..5_000 {
+        client = match client.ready().await {
+            Ok(client) => client,
+            Err(error) => {
+                flood_error = Some(error);
+                break;
+            }
+        };
+        match client.send_request(h2_get(addr, "/f/sleep/1000"), true) {
+            Ok((_, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(error) => {
+                flood_error = Some(error);
+                break;
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .expect("the flooding connection is closed")
+        .unwrap();
+    // The client sees GOAWAY(ENHANCE_YOUR_CALM), or a broken pipe when the node closed the
+    // socket while it was still writing; the node's log says which it was.
+    let error = ended
+        .err()
+        .or(flood_error)
+        .expect("the connection ended in an error");
+    assert!(
+        error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || error.is_io(),
+        "the flood ended with {error}"
+    );
+    let logs = crate::support::logs();
+    assert!(
+        logs.lines().any(|line| line.contains("rapid reset")
+            && line.contains("excessive load")
+            && line.contains("WARN")),
+        "the node did not say why it closed the connection"
+    );
+    // Others are served as before.
+    let (client, _driver) = h2_client(addr).await;
+    let mut client = client.ready().await.unwrap();
+    let (response, _) = client
+        .send_request(h2_get(addr, "/hello/next"), true)
+        .unwrap();
+    assert_eq!(h2_body(response).await.0, 200);
+    assert_eq!(get(addr, "/hello/again").await.status, 200);
+
+    // A connection with nothing in progress for idle_timeout_ms is closed (GOAWAY, no error).
+    let (_client, driver) = h2_client(addr).await;
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .expect("an idle HTTP/2 connection is closed");
+    assert!(ended.unwrap().is_ok());
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    node.shutdown().await;
+}
+
+fn client_config(
+    pki: &Pki,
+    alpn: &[&[u8]],
+    identity: Option<(&Path, &Path)>,
+) -> Arc<rustls::ClientConfig> {
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(pki.roots());
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A TLS connection to the ingress: the protocol ALPN chose and the server certificate's
+/// common name.
+async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<(
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Option<Vec<u8>>,
+    String,
+)> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await?;
+    // TLS 1.3 sends a refusal of the client's certificate after the handshake: a read sees it.
+    let (_, session) = tls.get_mut();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let leaf = session.peer_certificates().unwrap()[0].clone();
+    let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let name = parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Ok((tls, alpn, name))
+}
+
+/// `GET path` over an open TLS connection, as HTTP/2 or HTTP/1.1.
+async fn over_tls(
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    h2: bool,
+    path: &str,
+) -> Result<(hyper::Version, u16), hyper::Error> {
+    let request = Request::get(format!("https://localhost{path}"))
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = if h2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+        tokio::spawn(connection);
+        sender.send_request(request).await?
+    } else {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(connection);
+        sender.send_request(request).await?
+    };
+    Ok((response.version(), response.status().as_u16()))
+}
+
+#[tokio::test]
+async fn https_at_the_ingress_picks_the_protocol_by_alpn_and_reloads_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("edge.pem"), dir.path().join("edge.key"));
+    let pki = Pki::new("edge test CA");
+    pki.issue("edge-1", &cert, &key);
+    let manifest = TestManifest::with_node(
+        &format!(
+            "name = \"edge\"\nhttp_tls = {{ cert = {:?}, key = {:?} }}",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+        &services(),
+    );
+    let node = manifest.start().await;
+    let addr = node.http_addr();
+
+    let (tls, alpn, name) = tls_connect(addr, client_config(&pki, &[b"h2", b"http/1.1"], None))
+        .await
+        .unwrap();
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(name, "edge-1");
+    assert_eq!(
+        over_tls(tls, true, "/hello/tls").await.unwrap(),
+        (hyper::Version::HTTP_2, 200)
+    );
+    let (tls, alpn, _) = tls_connect(addr, client_config(&pki, &[b"http/1.1"], None))
+        .await
+        .unwrap();
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(
+        over_tls(tls, false, "/hello/tls").await.unwrap(),
+        (hyper::Version::HTTP_11, 200)
+    );
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::support::try_get(addr, "/hello/plain"),
+    )
+    .await
+    .expect("a plain request to the TLS port ends");
+    assert!(
+        plain.is_err(),
+        "plain HTTP was served: {:?}",
+        plain.map(|r| r.status)
+    );
+
+    // A connection open before the renewal keeps working; new handshakes get the new one.
+    let (kept, _, _) = tls_connect(addr, client_config(&pki, &[b"h2"], None))
+        .await
+        .unwrap();
+    let (mut kept, kept_driver) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(kept))
+            .await
+            .unwrap();
+    tokio::spawn(kept_driver);
+    pki.issue("edge-2", &cert, &key);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, _, name) = tls_connect(addr, client_config(&pki, &[b"h2"], None))
+            .await
+            .unwrap();
+        if name == "edge-2" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was not presented"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let response = kept
+        .send_request(
+            Request::get("https://localhost/hello/kept")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // A renewal whose key does not match is refused; the node keeps presenting edge-2.
+    let other = dir.path().join("other.key");
+    pki.issue("edge-3", &dir.path().join("other.pem"), &other);
+    std::fs::copy(&other, &key).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, _, name) = tls_connect(addr, client_config(&pki, &[b"h2"], None))
+        .await
+        .unwrap();
+    assert_eq!(name, "edge-2");
+    node.shutdown().await;
+
+    // At start, a key that does not match is a clear error naming both files.
+    let error = match switchyard::Node::start(&manifest.load()).await {
+        Ok(_) => panic!("a node started with a key that does not match its certificate"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("does not match the certificate") && error.contains("edge.key"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn with_a_client_ca_only_clients_with_its_certificates_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("edge.pem"), dir.path().join("edge.key"));
+    let servers = Pki::new("server CA");
+    servers.issue("edge", &cert, &key);
+    let clients = Pki::new("client CA");
+    let client_ca = dir.path().join("clients.pem");
+    clients.write_ca(&client_ca);
+    let (client_cert, client_key) = (dir.path().join("app.pem"), dir.path().join("app.key"));
+    clients.issue("app", &client_cert, &client_key);
+    let (rogue_cert, rogue_key) = (dir.path().join("rogue.pem"), dir.path().join("rogue.key"));
+    servers.issue("rogue", &rogue_cert, &rogue_key);
+    let manifest = TestManifest::with_node(
+        &format!(
+            "name = \"mtls\"\nhttp_tls = {{ cert = {:?}, key = {:?}, client_ca = {:?} }}",
+            cert.display().to_string(),
+            key.display().to_string(),
+            client_ca.display().to_string()
+        ),
+        &services(),
+    );
+    let node = manifest.start().await;
+    let addr = node.http_addr();
+
+    let with_cert = client_config(&servers, &[b"h2"], Some((&client_cert, &client_key)));
+    let (tls, _, _) = tls_connect(addr, with_cert).await.unwrap();
+    assert_eq!(
+        over_tls(tls, true, "/hello/mtls").await.unwrap(),
+        (hyper::Version::HTTP_2, 200)
+    );
+    for (what, config) in [
+        ("no certificate", client_config(&servers, &[b"h2"], None)),
+        (
+            "a certificate of another CA",
+            client_config(&servers, &[b"h2"], Some((&rogue_cert, &rogue_key))),
+        ),
+    ] {
+        let refused = match tls_connect(addr, config).await {
+            Err(_) => true,
+            Ok((tls, _, _)) => over_tls(tls, true, "/hello/mtls").await.is_err(),
+        };
+        assert!(refused, "a client with {what} was served");
+    }
+    node.shutdown().await;
+}
