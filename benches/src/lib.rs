@@ -404,3 +404,81 @@ pub fn server_and_client_runtimes() -> Result<(tokio::runtime::Runtime, tokio::r
     };
     Ok((build()?, build()?))
 }
+
+/// Sends the gRPC call `path` with the framed message `body` on `connections` HTTP/2
+/// connections (prior knowledge), `streams` calls in flight on each, for `duration`; each
+/// call that ends `grpc-status: 0` in its trailers with a message counts.
+pub async fn run_grpc_load(
+    addr: SocketAddr,
+    path: &str,
+    body: Bytes,
+    connections: usize,
+    streams: usize,
+    duration: Duration,
+) -> Result<LoadReport> {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(connections * streams);
+    for _ in 0..connections {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await?;
+        tokio::spawn(connection);
+        for _ in 0..streams {
+            let (sender, path, body) = (sender.clone(), path.to_owned(), body.clone());
+            tasks.push(tokio::spawn(async move {
+                grpc_stream_loop(sender, &path, body, deadline).await
+            }));
+        }
+    }
+    let mut total = LoadReport {
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        histogram: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+    };
+    for task in tasks {
+        let (requests, errors, histogram) = task.await.context("load task panicked")??;
+        total.requests += requests;
+        total.errors += errors;
+        total.histogram.add(histogram)?;
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
+async fn grpc_stream_loop(
+    mut sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    path: &str,
+    body: Bytes,
+    deadline: Instant,
+) -> Result<(u64, u64, Histogram<u64>)> {
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut requests, mut errors) = (0, 0);
+    while Instant::now() < deadline {
+        let request = hyper::Request::post(format!("http://bench{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(body.clone()))?;
+        let started = Instant::now();
+        let response = sender.send_request(request).await?;
+        let ok = response.status() == 200;
+        let collected = response.into_body().collect().await?;
+        let status_ok = collected
+            .trailers()
+            .and_then(|trailers| trailers.get("grpc-status"))
+            .is_some_and(|status| status == "0");
+        let message = collected.to_bytes();
+        histogram.record((started.elapsed().as_micros() as u64).max(1))?;
+        if ok && status_ok && !message.is_empty() {
+            requests += 1;
+        } else {
+            errors += 1;
+        }
+    }
+    Ok((requests, errors, histogram))
+}

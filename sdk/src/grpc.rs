@@ -143,7 +143,11 @@ impl std::error::Error for Status {}
 
 /// The one message of a gRPC request (unary and server-streaming methods take one), decoded.
 pub fn decode<M: Message + Default>(req: &Request) -> Result<M, Status> {
-    let body = req.body();
+    decode_framed(req.body())
+}
+
+/// One length-prefixed message, decoded.
+fn decode_framed<M: Message + Default>(body: &[u8]) -> Result<M, Status> {
     let Some((&compressed, rest)) = body.split_first() else {
         return Err(Status::invalid_argument(
             "the request holds no gRPC message",
@@ -246,6 +250,75 @@ where
     })
 }
 
+/// Calls the unary gRPC method `method` (`/package.Service/Method`) of the mesh service
+/// `service` (`"name"` or `"name@<semver range>"`), which serves it on a `grpc` route: through
+/// the caller's bound policies, within what is left of the current request's deadline, on
+/// this node or another. The callee's [`Status`] comes back as the `Err`; a call that got no
+/// answer is `DEADLINE_EXCEEDED`, `UNAVAILABLE`, `PERMISSION_DENIED` (refused by a policy or
+/// allow-list) or `INTERNAL`.
+pub fn call<In, Out>(service: &str, method: &str, message: &In) -> Result<Out, Status>
+where
+    In: Message,
+    Out: Message + Default,
+{
+    use crate::rpc::CallError;
+    let reply = crate::rpc::Call::new(service, &format!("GRPC {method}"))
+        .header("content-type", "application/grpc")
+        .body(encode(message))
+        .send()
+        .map_err(|error| match error {
+            CallError::Timeout => Status::new(
+                Code::DeadlineExceeded,
+                format!("{service} did not answer {method} in time"),
+            ),
+            CallError::Unavailable(why) => Status::new(Code::Unavailable, why),
+            CallError::Rejected(why) => Status::new(Code::PermissionDenied, why),
+            CallError::Remote(why) => Status::new(Code::Internal, why),
+            CallError::BadRequest(why) => Status::new(Code::Internal, why),
+        })?;
+    let code = match reply.header("grpc-status") {
+        Some(number) => code_of(number),
+        None if reply.status() == 200 => Code::Ok,
+        None => Code::Unknown,
+    };
+    if code != Code::Ok {
+        let message = reply
+            .header("grpc-message")
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(reply.body()).trim().to_owned());
+        return Err(Status::new(code, message));
+    }
+    decode_framed(reply.body())
+}
+
+fn code_of(number: &str) -> Code {
+    const CODES: [Code; 17] = [
+        Code::Ok,
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+    number
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|index| CODES.get(index).copied())
+        .unwrap_or(Code::Unknown)
+}
+
 /// Answers a method this service does not implement: `UNIMPLEMENTED`, naming it.
 pub fn unimplemented(req: &Request) -> Result<Response, Error> {
     Ok(Status::new(
@@ -268,7 +341,7 @@ mod tests {
         count: u32,
     }
 
-    fn call(body: Vec<u8>) -> Request {
+    fn grpc_request(body: Vec<u8>) -> Request {
         Request::builder("POST", "/shop.Orders/Place")
             .header("content-type", "application/grpc")
             .body(body)
@@ -281,7 +354,7 @@ mod tests {
             item: "tea".into(),
             count: 2,
         };
-        let response = unary(&call(encode(&order)), |order: Order, _| {
+        let response = unary(&grpc_request(encode(&order)), |order: Order, _| {
             Ok(Order {
                 count: order.count * 10,
                 ..order
@@ -294,9 +367,12 @@ mod tests {
             .build();
         assert_eq!(decode::<Order>(&answer).unwrap().count, 20);
 
-        let refused = unary(&call(encode(&order)), |_: Order, _| -> Result<Order, _> {
-            Err(Status::not_found("no tea").with_metadata("X-Shop", "1"))
-        })
+        let refused = unary(
+            &grpc_request(encode(&order)),
+            |_: Order, _| -> Result<Order, _> {
+                Err(Status::not_found("no tea").with_metadata("X-Shop", "1"))
+            },
+        )
         .unwrap();
         assert_eq!(refused.header("grpc-status"), Some("5"));
         assert_eq!(refused.header("grpc-message"), Some("no tea"));
@@ -317,22 +393,49 @@ mod tests {
             (compressed, Code::Unimplemented),
             (vec![0, 0, 0, 0, 2, 0xff, 0xff], Code::InvalidArgument),
         ] {
-            assert_eq!(decode::<Order>(&call(body)).unwrap_err().code(), code);
+            assert_eq!(
+                decode::<Order>(&grpc_request(body)).unwrap_err().code(),
+                code
+            );
         }
+    }
+
+    #[test]
+    fn a_mesh_call_decodes_the_answer_and_brings_back_the_callee_status() {
+        crate::testing::reset();
+        let order = Order {
+            item: "tea".into(),
+            count: 1,
+        };
+        crate::testing::reply("stock", "GRPC /shop.Stock/Take", 200, encode(&order));
+        let taken: Order = super::call("stock", "/shop.Stock/Take", &order).unwrap();
+        assert_eq!(taken, order);
+        let calls = crate::testing::calls();
+        assert_eq!(calls[0].method, "GRPC /shop.Stock/Take");
+        crate::testing::fail(
+            "stock",
+            "GRPC /shop.Stock/Take",
+            crate::rpc::CallError::Timeout,
+        );
+        let late = super::call::<_, Order>("stock", "/shop.Stock/Take", &order).unwrap_err();
+        assert_eq!(late.code(), Code::DeadlineExceeded);
     }
 
     #[test]
     fn a_stream_sends_each_answer_and_ends_with_the_status() {
         crate::testing::reset();
-        let response = server_streaming(&call(encode(&Order::default())), |_: Order, out, _| {
-            for count in 1..=3 {
-                out.send(&Order {
-                    item: "tea".into(),
-                    count,
-                })?;
-            }
-            Ok(())
-        })
+        let response = server_streaming(
+            &grpc_request(encode(&Order::default())),
+            |_: Order, out, _| {
+                for count in 1..=3 {
+                    out.send(&Order {
+                        item: "tea".into(),
+                        count,
+                    })?;
+                }
+                Ok(())
+            },
+        )
         .unwrap();
         assert!(response.body().is_empty());
         let sent = crate::testing::grpc_sent();

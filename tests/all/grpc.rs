@@ -84,12 +84,19 @@ async fn python_client(target: String, ca: Option<PathBuf>) -> serde_json::Value
     .unwrap()
 }
 
+/// `orders` serves Place and Track; `front` (the same component) serves PlaceUpstream by
+/// calling `orders` through the mesh.
 fn orders_service() -> String {
     service(
         "orders",
         "grpc_orders",
         &["grpc /shop.Orders/Place", "grpc /shop.Orders/Track"],
         "",
+    ) + &service(
+        "front",
+        "grpc_orders",
+        &["grpc /shop.Orders/PlaceUpstream"],
+        "config = { upstream = \"orders\" }",
     )
 }
 
@@ -137,6 +144,23 @@ fn check_what_grpcio_saw(seen: &serde_json::Value) {
     assert!(last - first >= 0.7, "the messages came together: {seen}");
     // A streaming method's error after no messages.
     assert_eq!(seen["too_many_steps"]["code"], "OUT_OF_RANGE", "{seen}");
+    // A guest calling a gRPC method of another service: the answer, the callee's status and
+    // the caller's deadline all cross the mesh.
+    assert_eq!(seen["upstream"]["id"], "bob-2", "{seen}");
+    assert_eq!(seen["upstream"]["note"], "via orders");
+    assert_eq!(
+        seen["upstream_no_items"]["code"], "INVALID_ARGUMENT",
+        "{seen}"
+    );
+    assert_eq!(
+        seen["upstream_no_items"]["details"],
+        "an order needs at least one item"
+    );
+    assert_eq!(seen["upstream_slow"]["code"], "DEADLINE_EXCEEDED", "{seen}");
+    assert!(
+        seen["upstream_slow"]["seconds"].as_f64().unwrap() < 4.0,
+        "{seen}"
+    );
 }
 
 #[tokio::test]

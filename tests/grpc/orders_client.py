@@ -76,4 +76,17 @@ try:
 except grpc.RpcError as error:
     seen["too_many_steps"] = failure(error)
 
+# Through the mesh: the `front` service calls `orders` with the SDK's grpc::call.
+placed = orders.PlaceUpstream(shop.Order(customer="bob", items=items), timeout=30)
+seen["upstream"] = {"id": placed.id, "note": placed.note}
+try:
+    orders.PlaceUpstream(shop.Order(customer="bob"), timeout=30)
+except grpc.RpcError as error:
+    seen["upstream_no_items"] = failure(error)
+started = time.monotonic()
+try:
+    orders.PlaceUpstream(shop.Order(customer="slowpoke", items=items), timeout=0.5)
+except grpc.RpcError as error:
+    seen["upstream_slow"] = failure(error) | {"seconds": time.monotonic() - started}
+
 print(json.dumps(seen))

@@ -18,6 +18,7 @@ impl Service for Orders {
         match req.path() {
             "/shop.Orders/Place" => grpc::unary(&req, place),
             "/shop.Orders/Track" => grpc::server_streaming(&req, track),
+            "/shop.Orders/PlaceUpstream" => grpc::unary(&req, place_upstream),
             _ => grpc::unimplemented(&req),
         }
     }
@@ -42,6 +43,16 @@ fn place(order: shop::Order, req: &Request) -> Result<shop::Placed, Status> {
         total_items: order.items.iter().map(|item| item.quantity).sum(),
         note: req.header("x-order-note").unwrap_or_default().to_owned(),
     })
+}
+
+/// Places the order with the `upstream` service's `Place` (another service of the mesh): its
+/// status, deadline and policies carry over.
+fn place_upstream(order: shop::Order, _req: &Request) -> Result<shop::Placed, Status> {
+    let upstream = switchyard_sdk::config::get("upstream")
+        .ok_or_else(|| Status::failed_precondition("set config `upstream` to a service"))?;
+    let mut placed: shop::Placed = grpc::call(&upstream, "/shop.Orders/Place", &order)?;
+    placed.note = format!("via {upstream}");
+    Ok(placed)
 }
 
 fn track(tracking: shop::Tracking, out: &mut Sender, _req: &Request) -> Result<(), Status> {
