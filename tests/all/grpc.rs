@@ -288,3 +288,185 @@ async fn what_is_not_a_proper_grpc_call_gets_a_clear_answer() {
     assert_eq!(trailers.unwrap().get("grpc-status").unwrap(), "0");
     node.shutdown().await;
 }
+
+/// tests/grpc/orders_server.py under grpcio, on a free port (over TLS with `tls`); killed
+/// when dropped.
+async fn python_server(tls: Option<(PathBuf, PathBuf)>) -> (tokio::process::Child, u16) {
+    let (python, stubs) = tokio::task::spawn_blocking(|| grpcio().clone())
+        .await
+        .unwrap();
+    let mut command = tokio::process::Command::new(python);
+    command
+        .arg(repo_root().join("tests/grpc/orders_server.py"))
+        .arg(stubs)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Some((cert, key)) = &tls {
+        command.arg(cert).arg(key);
+    }
+    let mut child = command.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the grpcio server starts")
+        .unwrap()
+        .expect("the grpcio server prints its port");
+    let port = line.strip_prefix("port ").unwrap().parse().unwrap();
+    (child, port)
+}
+
+/// `shop.Order { customer, items: [tea x 2, cup x 1] }` (or no items), framed.
+fn framed_order(customer: &str, items: bool) -> Vec<u8> {
+    let mut order = vec![0x0a, customer.len() as u8];
+    order.extend_from_slice(customer.as_bytes());
+    if items {
+        order.extend_from_slice(&[0x12, 0x07, 0x0a, 0x03, b't', b'e', b'a', 0x10, 0x02]);
+        order.extend_from_slice(&[0x12, 0x07, 0x0a, 0x03, b'c', b'u', b'p', 0x10, 0x01]);
+    }
+    let mut framed = vec![0, 0, 0, 0, order.len() as u8];
+    framed.extend_from_slice(&order);
+    framed
+}
+
+#[tokio::test]
+async fn a_guest_calls_a_grpcio_server_outside_the_mesh_over_h2c_and_tls_only_where_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::support::Pki::new("partner CA");
+    let (ca, cert, key) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("partner.pem"),
+        dir.path().join("partner.key"),
+    );
+    pki.write_ca(&ca);
+    pki.issue("partner", &cert, &key);
+    let (_plain_server, plain_port) = python_server(None).await;
+    let (_tls_server, tls_port) = python_server(Some((cert, key))).await;
+    let front = |name: &str, route: &str, upstream: &str, allowed: &str| {
+        service(
+            name,
+            "grpc_orders",
+            &[route],
+            &format!(
+                "config = {{ upstream = \"{upstream}\" }}\nallowed_outbound_hosts = [\"{allowed}\"]\n\
+                 outbound_ca = {:?}",
+                ca.display().to_string()
+            ),
+        )
+    };
+    // Each upstream gets its own node: the fronts share the one route.
+    for (upstream, allowed) in [
+        (
+            format!("http://127.0.0.1:{plain_port}"),
+            format!("http://127.0.0.1:{plain_port}"),
+        ),
+        (
+            format!("https://localhost:{tls_port}"),
+            format!("https://localhost:{tls_port}"),
+        ),
+    ] {
+        let manifest = TestManifest::with_node(
+            "name = \"outside\"",
+            &front(
+                "front",
+                "grpc /shop.Orders/PlaceUpstream",
+                &upstream,
+                &allowed,
+            ),
+        );
+        let node = manifest.start().await;
+        let grpc = [("content-type", "application/grpc"), ("te", "trailers")];
+        let (status, _, trailers) = h2_call(
+            node.http_addr(),
+            "/shop.Orders/PlaceUpstream",
+            &grpc,
+            framed_order("ada", true),
+        )
+        .await;
+        let trailers = trailers.unwrap_or_default();
+        assert_eq!(status, 200);
+        assert_eq!(
+            trailers.get("grpc-status").map(|v| v.to_str().unwrap()),
+            Some("0"),
+            "{upstream}: {trailers:?}"
+        );
+        // The answer came from Python, with the caller's deadline and trace context.
+        let (_, _, body) = h2_body_call(node.http_addr(), framed_order("ada", true)).await;
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("py-ada"), "{upstream}: {text}");
+        assert!(
+            text.contains("deadline set trace set"),
+            "{upstream}: {text}"
+        );
+        assert!(
+            text.contains(&format!("via {upstream}")),
+            "{upstream}: {text}"
+        );
+        // Python's status and message come back through the guest.
+        let (_, headers, trailers) = h2_call(
+            node.http_addr(),
+            "/shop.Orders/PlaceUpstream",
+            &grpc,
+            framed_order("ada", false),
+        )
+        .await;
+        let ended = trailers.unwrap_or(headers);
+        assert_eq!(ended.get("grpc-status").unwrap(), "3", "{ended:?}");
+        assert_eq!(ended.get("grpc-message").unwrap(), "python wants items");
+        node.shutdown().await;
+    }
+
+    // A host the manifest does not list: refused before anything is sent.
+    let manifest = TestManifest::with_node(
+        "name = \"outside\"",
+        &front(
+            "front",
+            "grpc /shop.Orders/PlaceUpstream",
+            &format!("http://127.0.0.1:{plain_port}"),
+            "http://127.0.0.1:1",
+        ),
+    );
+    let node = manifest.start().await;
+    let (_, headers, trailers) = h2_call(
+        node.http_addr(),
+        "/shop.Orders/PlaceUpstream",
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+        framed_order("ada", true),
+    )
+    .await;
+    let ended = trailers.unwrap_or(headers);
+    assert_eq!(ended.get("grpc-status").unwrap(), "7", "{ended:?}");
+    assert!(
+        ended
+            .get("grpc-message")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("allowed_outbound_hosts"),
+        "{ended:?}"
+    );
+    node.shutdown().await;
+}
+
+/// `PlaceUpstream` with `order`: status, trailers and the answer's bytes.
+async fn h2_body_call(
+    addr: std::net::SocketAddr,
+    order: Vec<u8>,
+) -> (u16, Option<hyper::HeaderMap>, Vec<u8>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = Request::post(format!("http://{addr}/shop.Orders/PlaceUpstream"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from(order)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    (status, trailers, collected.to_bytes().to_vec())
+}

@@ -51,7 +51,10 @@ fn place_upstream(order: shop::Order, _req: &Request) -> Result<shop::Placed, St
     let upstream = switchyard_sdk::config::get("upstream")
         .ok_or_else(|| Status::failed_precondition("set config `upstream` to a service"))?;
     let mut placed: shop::Placed = grpc::call(&upstream, "/shop.Orders/Place", &order)?;
-    placed.note = format!("via {upstream}");
+    placed.note = match placed.note.as_str() {
+        "" => format!("via {upstream}"),
+        note => format!("{note} via {upstream}"),
+    };
     Ok(placed)
 }
 

@@ -241,7 +241,7 @@ impl OutgoingHttp {
 }
 
 /// Whether `name` is for one connection only (RFC 9110 §7.6.1), not for the callee.
-fn is_hop_by_hop(name: &str) -> bool {
+pub(super) fn is_hop_by_hop(name: &str) -> bool {
     matches!(
         name,
         "connection"
@@ -267,6 +267,20 @@ enum Destination {
         host: String,
         port: u16,
     },
+}
+
+/// `service` when an rpc call names a URL of a host outside the mesh (`https://host[:port]`,
+/// `http://host:port`): its scheme, host and port. Mesh names (and `http://<service>`) are
+/// `None`.
+pub(super) fn outside_url(service: &str) -> Option<(bool, String, u16)> {
+    if !service.starts_with("http://") && !service.starts_with("https://") {
+        return None;
+    }
+    let uri = service.parse::<http::Uri>().ok()?;
+    match destination(&uri)? {
+        Destination::Outside { https, host, port } => Some((https, host, port)),
+        Destination::Mesh(_) => None,
+    }
 }
 
 fn destination(uri: &http::Uri) -> Option<Destination> {

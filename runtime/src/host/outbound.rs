@@ -9,8 +9,11 @@
 //! and metrics; the innermost layer is an [`ExternalEndpoint`] instead of a routed instance.
 //!
 //! HTTPS is verified against the system's roots, or only against the CAs of the service's
-//! `outbound_ca`. Each request opens its own connection (HTTP/1.1): simple and isolated,
-//! not pooled.
+//! `outbound_ca`. Each request opens its own connection: simple and isolated, not pooled. It
+//! speaks HTTP/1.1, or HTTP/2 when TLS's ALPN picks `h2`; a gRPC call (an rpc call with method
+//! `GRPC /package.Service/Method`, which is how `switchyard_sdk::grpc::call` reaches a URL)
+//! always speaks HTTP/2 (with prior knowledge over plain TCP), and its trailers
+//! (`grpc-status`, ...) come back among the reply's headers.
 
 use std::sync::{Arc, OnceLock};
 
@@ -84,6 +87,14 @@ impl OutboundHosts {
     }
 }
 
+/// Whether `call` is a gRPC call (`GRPC /package.Service/Method`).
+fn is_grpc(call: &Call) -> bool {
+    call.method
+        .trim_start()
+        .strip_prefix(crate::manifest::GRPC_METHOD)
+        .is_some_and(|rest| rest.starts_with(' '))
+}
+
 /// The HTTPS client settings of a service: its `outbound_ca`, or the system's roots.
 fn tls_connector(spec: &OutboundSpec) -> Result<tokio_rustls::TlsConnector, String> {
     let mut roots = rustls::RootCertStore::empty();
@@ -119,6 +130,8 @@ fn tls_connector(spec: &OutboundSpec) -> Result<tokio_rustls::TlsConnector, Stri
     .map_err(|err| err.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
+    let mut config = config;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
@@ -168,7 +181,10 @@ impl ExternalEndpoint {
             })?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
-            None => self.exchange(tcp, call).await,
+            None => {
+                let http2 = is_grpc(&call);
+                self.exchange(tcp, call, http2).await
+            }
             Some(connector) => {
                 let name = ServerName::try_from(host.to_owned()).map_err(|err| {
                     CallError::BadRequest(format!("`{host}` is not a TLS server name: {err}"))
@@ -176,12 +192,18 @@ impl ExternalEndpoint {
                 let tls = connector.connect(name, tcp).await.map_err(|err| {
                     CallError::Unavailable(format!("TLS with {host}:{port} failed: {err}"))
                 })?;
-                self.exchange(tls, call).await
+                let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                if is_grpc(&call) && !http2 {
+                    return Err(CallError::Unavailable(format!(
+                        "{host}:{port} did not agree to HTTP/2 (ALPN h2), which gRPC needs"
+                    )));
+                }
+                self.exchange(tls, call, http2).await
             }
         }
     }
 
-    async fn exchange<Io>(&self, io: Io, call: Call) -> Result<Reply, CallError>
+    async fn exchange<Io>(&self, io: Io, call: Call, http2: bool) -> Result<Reply, CallError>
     where
         Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -189,31 +211,56 @@ impl ExternalEndpoint {
             CallError::Unavailable(format!("{what} {}:{}: {err}", self.host, self.port))
         };
         let (verb, path, query) = split_method(&call.method)?;
+        let grpc = verb == crate::manifest::GRPC_METHOD;
         let target = match query {
             Some(query) => format!("{path}?{query}"),
             None => path.to_owned(),
         };
-        let mut request = http::Request::builder()
-            .method(verb)
-            .uri(target)
-            .header(http::header::HOST, self.authority());
+        let mut request = http::Request::builder();
+        if http2 {
+            // HTTP/2 names the host in the URI (`:authority`), not in a Host header.
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            request = request.uri(format!("{scheme}://{}{target}", self.authority()));
+        } else {
+            request = request
+                .uri(target)
+                .header(http::header::HOST, self.authority());
+        }
+        request = request.method(if grpc { "POST" } else { verb });
         for (name, value) in &call.headers {
             request = request.header(name.as_str(), value.as_str());
+        }
+        if grpc {
+            request = request
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .header(http::header::TE, "trailers");
+            // grpc-timeout: what is left of the caller's deadline, in milliseconds.
+            let left = call.deadline.remaining().as_millis().min(99_999_999);
+            request = request.header("grpc-timeout", format!("{left}m"));
         }
         let request = request
             .body(Full::new(Bytes::from(call.body)))
             .map_err(|err| CallError::BadRequest(format!("cannot send this request: {err}")))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        let response = if http2 {
+            let (mut sender, connection) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                TokioIo::new(io),
+            )
             .await
-            .map_err(|err| unavailable("cannot speak HTTP/1.1 with", err))?;
-        // The connection runs beside the exchange and ends with it (the sender is dropped).
-        tokio::spawn(connection);
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|err| unavailable("no answer from", err))?;
+            .map_err(|err| unavailable("cannot speak HTTP/2 with", err))?;
+            // The connection runs beside the exchange and ends with it (the sender is dropped).
+            tokio::spawn(connection);
+            sender.send_request(request).await
+        } else {
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+                .await
+                .map_err(|err| unavailable("cannot speak HTTP/1.1 with", err))?;
+            tokio::spawn(connection);
+            sender.send_request(request).await
+        }
+        .map_err(|err| unavailable("no answer from", err))?;
         let (parts, body) = response.into_parts();
-        let body = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES)
+        let collected = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES)
             .collect()
             .await
             .map_err(|err| {
@@ -222,12 +269,15 @@ impl ExternalEndpoint {
                      are taken): {err}",
                     self.host, self.port
                 ))
-            })?
-            .to_bytes()
-            .to_vec();
+            })?;
+        // A gRPC answer's status is in its trailers; the reply carries them as headers.
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let body = collected.to_bytes().to_vec();
         let headers = parts
             .headers
             .iter()
+            .chain(trailers.iter())
+            .filter(|(name, _)| !super::http::is_hop_by_hop(name.as_str()))
             .filter_map(|(name, value)| {
                 Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
             })

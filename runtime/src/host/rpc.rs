@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use wasmtime::component::Resource;
 
 use super::bindings::imports::rpc::{self as wit, CallOptions};
+use super::outbound::ExternalEndpoint;
 use super::{Calls, HostState};
 use crate::call::{self, Call, CallError, Reply, Target};
 
@@ -139,15 +140,30 @@ impl HostState {
     /// its `timeout-ms` and what is left of the caller's own less the caller's reserve (the
     /// call's `x-switchyard-reserve-ms` header, else the bindings' `reserve_ms`, else
     /// [`call::default_reserve`]).
+    /// The call to `service`: a mesh service (`"name"`, `"name@range"`), or a URL of a host
+    /// outside the mesh that the service's `allowed_outbound_hosts` lists (`"https://host"`,
+    /// `"http://host:port"`), which also gets the endpoint the call goes to.
     fn prepare_call(
         &mut self,
         service: &str,
         method: String,
         body: Vec<u8>,
         options: CallOptions,
-    ) -> Result<Call, CallError> {
-        let target = Target::parse(service)?;
-        self.guest.may_call(&target.service)?;
+    ) -> Result<(Call, Option<ExternalEndpoint>), CallError> {
+        let (target, outside) = match super::http::outside_url(service) {
+            Some((https, host, port)) => {
+                let endpoint =
+                    self.guest
+                        .outside
+                        .endpoint(&self.guest.service, https, &host, port)?;
+                (endpoint.target(), Some(endpoint))
+            }
+            None => {
+                let target = Target::parse(service)?;
+                self.guest.may_call(&target.service)?;
+                (target, None)
+            }
+        };
         let asked = asked_reserve(&options.headers)?;
         let headers = super::call_headers(options.headers, &self.span);
         let reserve = match asked {
@@ -161,7 +177,7 @@ impl HostState {
             .timeout_ms
             .map(|ms| Duration::from_millis(u64::from(ms)));
         let deadline = call::call_deadline(self.deadline, timeout, reserve);
-        Ok(Call {
+        let call = Call {
             target,
             method,
             body,
@@ -171,7 +187,8 @@ impl HostState {
             request_id: self.next_call_id(),
             spread: None,
             causation: self.causation.clone(),
-        })
+        };
+        Ok((call, outside))
     }
 }
 
@@ -220,8 +237,14 @@ fn asked_reserve(headers: &[(String, String)]) -> Result<Option<Duration>, CallE
 }
 
 /// Runs `call` through `calls`, or answers the error that stopped it from being made.
-async fn run(calls: &dyn Calls, call: Result<Call, CallError>) -> Result<Reply, CallError> {
-    calls.call(call?).await
+async fn run(
+    calls: &dyn Calls,
+    prepared: Result<(Call, Option<ExternalEndpoint>), CallError>,
+) -> Result<Reply, CallError> {
+    match prepared? {
+        (call, None) => calls.call(call).await,
+        (call, Some(endpoint)) => calls.call_outside(call, &endpoint).await,
+    }
 }
 
 impl wit::Host for HostState {
