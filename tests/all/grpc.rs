@@ -178,6 +178,20 @@ async fn grpcio_calls_a_guest_over_h2c_unary_streaming_deadlines_statuses_and_me
             .any(|line| line.contains("service `orders` did not answer within")),
         "the node did not stop the slow guest at the client's deadline"
     );
+    // Failed calls count as the HTTP status their code means: INVALID_ARGUMENT 4xx,
+    // DEADLINE_EXCEEDED and INTERNAL 5xx.
+    let metrics = crate::support::admin_get(&node, "/metrics").await.body;
+    for class in ["2xx", "4xx", "5xx"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|line| line.starts_with("switchyard_requests_total{")
+                    && line.contains("service=\"orders\"")
+                    && line.contains("route=\"/shop.Orders/Place\"")
+                    && line.contains(&format!("class=\"{class}\""))),
+            "no {class} line for orders' Place in:\n{metrics}"
+        );
+    }
     node.shutdown().await;
 }
 

@@ -69,6 +69,25 @@ impl Code {
     pub(crate) const UNAVAILABLE: Self = Self(14);
     pub(crate) const UNAUTHENTICATED: Self = Self(16);
 
+    /// The HTTP status this code means (the table gRPC gateways use), for the ingress's
+    /// metrics and request log: the call itself answers HTTP 200 whatever its code.
+    pub(super) fn http_status(self) -> u16 {
+        match self.0 {
+            0 => 200,
+            1 => 499,
+            3 | 9 | 11 => 400,
+            4 => 504,
+            5 => 404,
+            6 | 10 => 409,
+            7 => 403,
+            8 => 429,
+            12 => 501,
+            14 => 503,
+            16 => 401,
+            _ => 500,
+        }
+    }
+
     /// Its number, as `grpc-status` carries it.
     pub(crate) fn number(self) -> i64 {
         i64::from(self.0)
@@ -146,6 +165,7 @@ pub(super) fn trailers_only(code: Code, message: &str) -> Response<IngressBody> 
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_GRPC));
     status_into(headers, code, message);
+    response.extensions_mut().insert(code);
     response
 }
 
@@ -263,6 +283,7 @@ pub(super) async fn answer(
             );
             grpc_headers(response.headers_mut());
             response.headers_mut().extend(metadata);
+            response.extensions_mut().insert(code);
             (response, Some(code))
         }
         Ok(frame) => {

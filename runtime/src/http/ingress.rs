@@ -208,7 +208,12 @@ impl Handler for Ingress {
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(X_REQUEST_ID.clone(), value);
         }
-        let status = response.status().as_u16();
+        // A gRPC call answered whole is counted and logged under the HTTP status its code
+        // means (a streamed one, whose code comes later, under 200).
+        let status = response
+            .extensions()
+            .get::<Code>()
+            .map_or(response.status().as_u16(), |code| code.http_status());
         let took = started.elapsed();
         let duration_us = took.as_micros() as u64;
         span.record("status", status);
