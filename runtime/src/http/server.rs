@@ -73,7 +73,7 @@ impl ConnectionLimits {
 /// Something that answers HTTP requests.
 pub(crate) trait Handler: Send + Sync + 'static {
     /// The response body: whole, or a stream of frames that may end with trailers.
-    type Body: hyper::body::Body<Data = Bytes, Error = Infallible> + Send + 'static;
+    type Body: hyper::body::Body<Data = Bytes, Error = Infallible> + Send + Unpin + 'static;
 
     fn handle(
         self: Arc<Self>,
@@ -173,8 +173,10 @@ async fn run_connection<H: Handler, I: AsyncRead + AsyncWrite + Unpin + Send + '
             request.extensions_mut().insert(info);
             async move {
                 let response = handler.handle(request).await;
-                drop(busy);
-                Ok::<_, Infallible>(response)
+                // A request is in progress until its answer's body is sent: a streamed answer
+                // (a gRPC server stream) keeps its connection from closing as idle. Dropping the
+                // body, sent or abandoned, ends it.
+                Ok::<_, Infallible>(response.map(|body| WhileSent { body, _busy: busy }))
             }
         })
     };
@@ -300,6 +302,33 @@ impl Activity {
     }
 }
 
+/// A response body that holds its request in progress until it is sent or dropped.
+struct WhileSent<B> {
+    body: B,
+    _busy: Busy,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for WhileSent<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    // Forwarded so hyper still sees a whole body's length (`Content-Length`) and its end.
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.change(|(count, _)| *count = count.saturating_sub(1));
@@ -347,9 +376,62 @@ impl TurnedAway {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on purpose")]
 mod tests {
+    use http_body_util::BodyExt;
     use tokio::io::AsyncWriteExt;
 
     use super::*;
+
+    /// Answers with five chunks two seconds apart.
+    struct Trickle;
+
+    impl Handler for Trickle {
+        type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+        async fn handle(self: Arc<Self>, _request: Request<Incoming>) -> Response<Self::Body> {
+            let chunks = futures_util::stream::unfold(0, |sent| async move {
+                if sent == 5 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let chunk = hyper::body::Frame::data(Bytes::from_static(b"x"));
+                Some((Ok(chunk), sent + 1))
+            });
+            Response::new(http_body_util::StreamBody::new(chunks).boxed_unsync())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_busy_until_its_streamed_answer_is_sent_then_idle() {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let (_stop, stop) = watch::channel(false);
+        let limits = ConnectionLimits::with(1, Duration::from_secs(3));
+        let address = "127.0.0.1:1".parse().unwrap();
+        let info = ConnectionInfo {
+            local: address,
+            peer: address,
+            tls: false,
+        };
+        let server = tokio::spawn(run_connection(ours, info, Arc::new(Trickle), limits, stop));
+        let (mut client, connection) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(theirs))
+                .await
+                .unwrap();
+        let client_connection = tokio::spawn(connection);
+        let started = tokio::time::Instant::now();
+        for _ in 0..2 {
+            // Ten seconds of answer, past the idle timeout of three: the connection stays open
+            // for the next request.
+            client.ready().await.unwrap();
+            let response = client.send_request(Request::new(Full::default())).await;
+            let body = response.unwrap().into_body().collect().await.unwrap();
+            assert_eq!(body.to_bytes().as_ref(), b"xxxxx");
+        }
+        assert_eq!(started.elapsed(), Duration::from_secs(20));
+        // Then nothing for the idle timeout: the node closes it.
+        server.await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(23));
+        client_connection.await.unwrap().unwrap();
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_stops_reading_fails_the_write_after_the_deadline() {
