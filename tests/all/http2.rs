@@ -443,3 +443,179 @@ async fn with_a_client_ca_only_clients_with_its_certificates_are_served() {
     }
     node.shutdown().await;
 }
+
+/// One HTTP/2 frame as it came off the wire.
+struct RawFrame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const WINDOW_UPDATE: u8 = 0x8;
+
+/// Reads the next frame, `None` once the node closed the connection.
+async fn read_frame(tcp: &mut tokio::net::TcpStream) -> Option<RawFrame> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    tcp.read_exact(&mut head).await.ok()?;
+    let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0; length];
+    tcp.read_exact(&mut payload).await.ok()?;
+    Some(RawFrame {
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+        payload,
+    })
+}
+
+fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let length = (payload.len() as u32).to_be_bytes();
+    let mut bytes = vec![length[1], length[2], length[3], kind, flags, 0, 0, 0, 0];
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// A bare HTTP/2 client: the preface and empty settings, then the node's settings acknowledged.
+/// Returns the node's settings (identifier, value) and its first connection window update.
+async fn raw_h2(addr: SocketAddr) -> (tokio::net::TcpStream, Vec<(u16, u32)>, u32) {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, &[]));
+    tcp.write_all(&hello).await.unwrap();
+    let (mut settings, mut window_update) = (None, None);
+    while settings.is_none() || window_update.is_none() {
+        let frame = read_frame(&mut tcp).await.expect("the node's first frames");
+        match frame.kind {
+            SETTINGS if frame.flags & 1 == 0 => {
+                settings = Some(
+                    frame
+                        .payload
+                        .chunks(6)
+                        .map(|s| {
+                            let id = u16::from_be_bytes([s[0], s[1]]);
+                            (id, u32::from_be_bytes([s[2], s[3], s[4], s[5]]))
+                        })
+                        .collect::<Vec<_>>(),
+                );
+            }
+            WINDOW_UPDATE if frame.stream == 0 => {
+                let p = &frame.payload;
+                window_update = Some(u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff);
+            }
+            _ => {}
+        }
+    }
+    tcp.write_all(&frame(SETTINGS, 1, &[])).await.unwrap();
+    (tcp, settings.unwrap(), window_update.unwrap())
+}
+
+#[tokio::test]
+async fn flow_control_windows_and_keepalive_pings_are_the_manifests() {
+    let manifest = TestManifest::with_node(
+        "name = \"windows\"\nstream_window_kb = 16\nconnection_window_kb = 100\n\
+         keepalive_ms = 1000\nidle_timeout_ms = 60000",
+        &format!(
+            "{}{}",
+            services(),
+            service("upload", "hello", &["POST /up/{name}"], "")
+        ),
+    );
+    let node = manifest.start().await;
+    let addr = node.http_addr();
+
+    // On the wire: the stream window in the settings, the connection's grown to its size.
+    let (mut tcp, settings, window_update) = raw_h2(addr).await;
+    const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    assert!(
+        settings.contains(&(INITIAL_WINDOW_SIZE, 16 * 1024)),
+        "settings {settings:?}"
+    );
+    assert_eq!(window_update + 65_535, 100 * 1024);
+
+    // A client may send that much on a stream, and no more than the connection's window on
+    // all of them, before the node takes it: 16 KiB, 16, ... and the rest of 100.
+    let (client, _driver) = h2_client(addr).await;
+    let mut client = client.ready().await.unwrap();
+    let (response, _) = client
+        .send_request(h2_get(addr, "/hello/first"), true)
+        .unwrap();
+    assert_eq!(h2_body(response).await.0, 200);
+    let mut granted = Vec::new();
+    let mut uploads = Vec::new();
+    for n in 0..7 {
+        client = client.ready().await.unwrap();
+        let upload = Request::post(format!("http://{addr}/up/{n}"))
+            .body(())
+            .unwrap();
+        let (_response, mut stream) = client.send_request(upload, false).unwrap();
+        stream.reserve_capacity(64 * 1024);
+        let capacity = tokio::time::timeout(
+            Duration::from_secs(5),
+            std::future::poll_fn(|cx| stream.poll_capacity(cx)),
+        )
+        .await
+        .expect("the node grants a window")
+        .unwrap()
+        .unwrap();
+        granted.push(capacity);
+        uploads.push(stream);
+    }
+    assert_eq!(
+        granted,
+        [16_384, 16_384, 16_384, 16_384, 16_384, 16_384, 4_096],
+        "windows granted"
+    );
+    drop(uploads);
+
+    // Keep-alive: a ping every second of silence; a client that answers keeps its connection.
+    use tokio::io::AsyncWriteExt;
+    let started = Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_millis(3500) {
+        let Ok(frame) = tokio::time::timeout(Duration::from_secs(2), read_frame(&mut tcp)).await
+        else {
+            panic!("no ping within two keep-alive intervals");
+        };
+        let frame = frame.expect("the node closed a connection that answers its pings");
+        if frame.kind == PING && frame.flags & 1 == 0 {
+            pings += 1;
+            tcp.write_all(&self::frame(PING, 1, &frame.payload))
+                .await
+                .unwrap();
+        }
+    }
+    assert!(pings >= 2, "{pings} pings in 3.5 s at keepalive_ms = 1000");
+
+    // One that does not is closed a keep-alive interval after the unanswered ping.
+    let (mut silent, _, _) = raw_h2(addr).await;
+    let started = Instant::now();
+    let mut pinged = None;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut silent))
+            .await
+            .expect("the node closes a connection that does not answer its pings");
+        match frame {
+            Some(frame) if frame.kind == PING && frame.flags & 1 == 0 => {
+                pinged.get_or_insert(started.elapsed());
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let pinged = pinged.expect("a ping before the close");
+    assert!(
+        pinged >= Duration::from_millis(900),
+        "pinged after {pinged:?}"
+    );
+    assert!(
+        started.elapsed() >= pinged + Duration::from_millis(900),
+        "closed {:?} after the ping",
+        started.elapsed() - pinged
+    );
+    node.shutdown().await;
+}

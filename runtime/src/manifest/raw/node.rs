@@ -142,7 +142,8 @@ pub(super) fn check_node(
             check,
             raw.connection_window_kb,
             defaults::WINDOW_KB,
-            16..=2_097_151,
+            // Every HTTP/2 connection starts with a 64 KiB window; it may only grow from there.
+            64..=2_097_151,
             "connection_window_kb",
         )? * 1024,
         max_pending_resets: super::services::bounded(
