@@ -61,11 +61,20 @@ fn grpcio() -> &'static (PathBuf, PathBuf) {
 /// Runs tests/grpc/orders_client.py against `target` (with `ca`: over TLS) and returns what
 /// it saw.
 async fn python_client(target: String, ca: Option<PathBuf>) -> serde_json::Value {
+    grpcio_script("orders_client.py", target, ca).await
+}
+
+/// Runs the grpcio client `script` of tests/grpc against `target` and returns what it saw.
+async fn grpcio_script(
+    script: &'static str,
+    target: String,
+    ca: Option<PathBuf>,
+) -> serde_json::Value {
     tokio::task::spawn_blocking(move || {
         let (python, stubs) = grpcio();
         let mut command = Command::new(python);
         command
-            .arg(repo_root().join("tests/grpc/orders_client.py"))
+            .arg(repo_root().join("tests/grpc").join(script))
             .arg(stubs)
             .arg(&target);
         if let Some(ca) = &ca {
@@ -483,4 +492,42 @@ async fn h2_body_call(
     let collected = response.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned();
     (status, trailers, collected.to_bytes().to_vec())
+}
+
+#[tokio::test]
+async fn grpcio_calls_a_plain_wasi_http_component_serving_grpc() {
+    // grpc-wstd knows nothing of Switchyard: wstd, prost, the framing and trailers by hand.
+    let manifest = TestManifest::with_node(
+        "name = \"grpc-wasi-http\"",
+        &service(
+            "orders",
+            "grpc-wstd",
+            &["grpc /shop.Orders/Place", "grpc /shop.Orders/Track"],
+            "",
+        ),
+    );
+    let node = manifest.start().await;
+    let seen = grpcio_script("wasi_http_client.py", node.http_addr().to_string(), None).await;
+    assert_eq!(
+        seen["place"],
+        serde_json::json!({"id": "wasi-http-ada", "total_items": 5, "note": "by wasi:http", "code": "OK"}),
+        "{seen}"
+    );
+    // Its status and message, written as response trailers, reach the client as gRPC's.
+    assert_eq!(
+        seen["no_items"],
+        serde_json::json!({"code": "INVALID_ARGUMENT", "details": "an order needs items"}),
+        "{seen}"
+    );
+    // Messages written 400 ms apart arrive as they are written, not all at the end.
+    let track = seen["track"].as_array().unwrap();
+    let steps: Vec<_> = track.iter().map(|p| p["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [1, 2, 3], "{seen}");
+    assert_eq!(track[2]["state"], "step 3 of 3");
+    let (first, last) = (
+        track[0]["at"].as_f64().unwrap(),
+        track[2]["at"].as_f64().unwrap(),
+    );
+    assert!(last - first >= 0.7, "the stream arrived at once: {seen}");
+    node.shutdown().await;
 }

@@ -6,7 +6,10 @@
 //! routes, limits, deadline, swap and policies as an SDK guest: [`serve`] turns the node's
 //! [`GuestRequest`] into a `wasi:http` incoming request, calls `handle`, and reads the response
 //! the guest sets (its body too, while the guest writes it, up to [`MAX_RESPONSE_BYTES`])
-//! back into a [`GuestResponse`]. Everything around the call stays the node's.
+//! back into a [`GuestResponse`]. On a `grpc` route a `application/grpc` body is not
+//! collected: its bytes go to the ingress as the guest writes them (a server stream stays a
+//! stream) and its trailers become the answer's status. Everything around the call stays the
+//! node's.
 //!
 //! Outgoing requests (`wasi:http/outgoing-handler`, so JS `fetch`, Python's and Rust's HTTP
 //! clients) to `http://<service>/...` become mesh calls from the guest's service: its
@@ -23,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body_util::{BodyExt, Full};
 use wasmtime::Store;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -54,6 +58,8 @@ pub(crate) async fn serve(
     request: &GuestRequest,
 ) -> wasmtime::Result<GuestResponse> {
     let incoming = incoming_request(request)?;
+    // On a `grpc` route the ingress takes the answer's messages as they are written.
+    let answer_stream = store.data().answer_stream.clone();
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (incoming, out) = {
         let mut view = store.data_mut().http();
@@ -77,21 +83,27 @@ pub(crate) async fn serve(
             Err(_) => return Ok(None),
         };
         let (parts, body) = response.into_parts();
-        let limited = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES);
-        let body = limited.collect().await.map_err(|error| {
-            wasmtime::format_err!("reading the guest's response body failed: {error}")
-        })?;
         // A gRPC answer's status is in its trailers; the ingress's gRPC layer reads it from
         // the guest's headers (and sends it as trailers again), as it does for SDK guests.
         let grpc = parts
             .headers
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
-        let trailers = body
-            .trailers()
-            .filter(|_| grpc)
-            .cloned()
-            .unwrap_or_default();
+        let (body, trailers) = match answer_stream.filter(|_| grpc) {
+            Some(stream) => (Bytes::new(), stream_answer(body, &stream).await?),
+            None => {
+                let limited = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES);
+                let body = limited.collect().await.map_err(|error| {
+                    wasmtime::format_err!("reading the guest's response body failed: {error}")
+                })?;
+                let trailers = body
+                    .trailers()
+                    .filter(|_| grpc)
+                    .cloned()
+                    .unwrap_or_default();
+                (body.to_bytes(), trailers)
+            }
+        };
         Ok(Some(GuestResponse {
             status: parts.status.as_u16(),
             headers: parts
@@ -102,7 +114,7 @@ pub(crate) async fn serve(
                     Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
                 })
                 .collect(),
-            body: body.to_bytes().to_vec(),
+            body: body.to_vec(),
         }))
     };
     let (handled, read) = tokio::join!(handled, read);
@@ -113,6 +125,34 @@ pub(crate) async fn serve(
              response (`response-outparam.set`)"
         )
     })
+}
+
+/// Hands the messages of a gRPC answer to the ingress as the guest writes them (the client's
+/// flow control holds the guest back through the bounded stream) and returns its trailers.
+async fn stream_answer<B>(mut body: B, stream: &super::AnswerStream) -> wasmtime::Result<HeaderMap>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut trailers = HeaderMap::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| {
+            wasmtime::format_err!("reading the guest's gRPC answer failed: {error}")
+        })?;
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) => stream
+                .send(data)
+                .await
+                .map_err(|_| wasmtime::format_err!("the client of this gRPC call went away"))?,
+            Err(frame) => {
+                if let Ok(more) = frame.into_trailers() {
+                    trailers.extend(more);
+                }
+            }
+        }
+    }
+    Ok(trailers)
 }
 
 /// The node's request as a `wasi:http` one: same method, path, query, headers and body; the
