@@ -531,3 +531,63 @@ async fn grpcio_calls_a_plain_wasi_http_component_serving_grpc() {
     assert!(last - first >= 0.7, "the stream arrived at once: {seen}");
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_guests_grpc_calls_go_through_the_policies_bound_to_them_judged_by_their_code() {
+    // A breaker around the calls to orders (front makes them): orders answers UNAVAILABLE (HTTP 200 with
+    // grpc-status 14), which the breaker counts as a failure; after two it opens.
+    let breaker = format!(
+        "[[policy]]\nname = \"breaker\"\ncomponent = {:?}\n\
+         config = {{ consecutive_failures = \"2\", open_ms = \"60000\" }}\n\
+         [[bind]]\npolicies = [\"breaker\"]\ncalls_to = \"orders\"\n",
+        crate::support::guest("policy_breaker")
+            .display()
+            .to_string()
+    );
+    let manifest = TestManifest::with_node(
+        "name = \"grpc-policies\"",
+        &format!("{}{breaker}", orders_service()),
+    );
+    let node = manifest.start().await;
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers")];
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (status, headers, trailers) = h2_call(
+            node.http_addr(),
+            "/shop.Orders/PlaceUpstream",
+            &grpc,
+            framed_order("paused", true),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let status = trailers.unwrap_or(headers);
+        let text = |name: &str| {
+            status
+                .get(name)
+                .map(|value| value.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        seen.push((text("grpc-status"), text("grpc-message")));
+    }
+    assert_eq!(seen[0], ("14".to_owned(), "orders are paused".to_owned()));
+    assert_eq!(seen[1], seen[0]);
+    // The third never reached orders: the breaker refused it.
+    assert_ne!(seen[2].0, "0", "{seen:?}");
+    assert!(seen[2].1.contains("circuit open"), "{seen:?}");
+    // A good order is refused too while the breaker is open.
+    let (_, headers, trailers) = h2_call(
+        node.http_addr(),
+        "/shop.Orders/PlaceUpstream",
+        &grpc,
+        framed_order("ada", true),
+    )
+    .await;
+    let status = trailers.unwrap_or(headers);
+    assert!(
+        status
+            .get("grpc-message")
+            .is_some_and(|message| message.to_str().unwrap().contains("circuit open")),
+        "{status:?}"
+    );
+    node.shutdown().await;
+}

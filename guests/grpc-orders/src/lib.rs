@@ -32,10 +32,11 @@ fn place(order: shop::Order, req: &Request) -> Result<shop::Placed, Status> {
         );
     }
     match order.customer.as_str() {
-        // Test hooks: a customer whose order takes longer than any sane deadline, and one
-        // whose order makes the handler fail.
+        // Test hooks: a customer whose order takes longer than any sane deadline, one whose
+        // order makes the handler fail, and one whose orders are refused for now.
         "slowpoke" => std::thread::sleep(Duration::from_secs(5)),
         "gremlin" => panic!("the gremlin broke the order handler"),
+        "paused" => return Err(Status::unavailable("orders are paused")),
         _ => {}
     }
     Ok(shop::Placed {

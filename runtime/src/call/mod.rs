@@ -231,6 +231,43 @@ pub(crate) struct Reply {
     pub(crate) body: Vec<u8>,
 }
 
+impl Reply {
+    /// A gRPC answer is HTTP 200 whatever its outcome, its code in `grpc-status`: as a
+    /// reply, its status is the HTTP status that code means, so the policies around the call
+    /// (a breaker counting 5xx, a retry on 503), metrics and logs judge a failed gRPC call
+    /// as they judge any failed call. A reply that is not `200` keeps its status.
+    pub(crate) fn judged_as_grpc(mut self) -> Self {
+        let code = self
+            .headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("grpc-status"))
+            .and_then(|(_, value)| value.trim().parse::<u32>().ok());
+        if let (200, Some(code)) = (self.status, code) {
+            self.status = grpc_code_http_status(code);
+        }
+        self
+    }
+}
+
+/// The HTTP status a gRPC status code means: the table gRPC's HTTP gateways use (unknown
+/// codes are `500`).
+pub(crate) fn grpc_code_http_status(code: u32) -> u16 {
+    match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500,
+    }
+}
+
 /// Why a call has no reply. Mirrors `call-error` in `wit/rpc.wit`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum CallError {
@@ -390,6 +427,27 @@ impl Causation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grpc_answer_is_judged_by_its_code_and_other_replies_keep_their_status() {
+        let reply = |status, grpc_status: Option<&str>| Reply {
+            status,
+            headers: grpc_status
+                .map(|code| vec![("Grpc-Status".to_owned(), code.to_owned())])
+                .unwrap_or_default(),
+            body: Vec::new(),
+        };
+        let judged = |status, code| reply(status, code).judged_as_grpc().status;
+        assert_eq!(judged(200, Some("0")), 200);
+        assert_eq!(judged(200, Some("14")), 503);
+        assert_eq!(judged(200, Some(" 4 ")), 504);
+        assert_eq!(judged(200, Some("3")), 400);
+        assert_eq!(judged(200, Some("99")), 500);
+        // No code, an unreadable one, or a status that already says what went wrong.
+        assert_eq!(judged(200, None), 200);
+        assert_eq!(judged(200, Some("x")), 200);
+        assert_eq!(judged(502, Some("0")), 502);
+    }
 
     #[test]
     fn headers_only_the_node_sets_are_dropped_whatever_their_case() {

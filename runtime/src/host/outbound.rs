@@ -282,10 +282,11 @@ impl ExternalEndpoint {
                 Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
             })
             .collect();
-        Ok(Reply {
+        let reply = Reply {
             status: parts.status.as_u16(),
             headers,
             body,
-        })
+        };
+        Ok(if grpc { reply.judged_as_grpc() } else { reply })
     }
 }

@@ -72,20 +72,7 @@ impl Code {
     /// The HTTP status this code means (the table gRPC gateways use), for the ingress's
     /// metrics and request log: the call itself answers HTTP 200 whatever its code.
     pub(super) fn http_status(self) -> u16 {
-        match self.0 {
-            0 => 200,
-            1 => 499,
-            3 | 9 | 11 => 400,
-            4 => 504,
-            5 => 404,
-            6 | 10 => 409,
-            7 => 403,
-            8 => 429,
-            12 => 501,
-            14 => 503,
-            16 => 401,
-            _ => 500,
-        }
+        crate::call::grpc_code_http_status(u32::from(self.0))
     }
 
     /// Its number, as `grpc-status` carries it.

@@ -14,12 +14,21 @@ pub(super) enum Candidates {
 }
 
 impl Client {
-    /// One attempt: route (asking `pick`, if several instances fit), then send.
+    /// One attempt: route (asking `pick`, if several instances fit), then send. A gRPC
+    /// answer's status is the HTTP status its code means ([`Reply::judged_as_grpc`]).
     pub(super) async fn routed(
         &self,
         call: Call,
         pick: Option<&dyn Pick>,
     ) -> Result<Reply, CallError> {
+        let grpc =
+            call.method.split_once(' ').map(|(verb, _)| verb) == Some(crate::manifest::GRPC_METHOD);
+        let reply = self.routed_to_one(call, pick).await?;
+        Ok(if grpc { reply.judged_as_grpc() } else { reply })
+    }
+
+    /// Routes `call` to one instance (asking `pick`, if any) and sends it there.
+    async fn routed_to_one(&self, call: Call, pick: Option<&dyn Pick>) -> Result<Reply, CallError> {
         let spread = call.spread.as_deref();
         let endpoint = match self.candidates(&call.target, spread.is_some())? {
             Candidates::One(endpoint) => endpoint,
