@@ -398,7 +398,8 @@ async fn https_at_the_ingress_picks_the_protocol_by_alpn_and_reloads_its_certifi
 }
 
 #[tokio::test]
-async fn with_a_client_ca_only_clients_with_its_certificates_are_served() {
+async fn with_a_client_ca_only_its_clients_are_served_the_guest_knows_them_and_a_renewed_ca_is_taken()
+ {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("edge.pem"), dir.path().join("edge.key"));
     let servers = Pki::new("server CA");
@@ -441,7 +442,79 @@ async fn with_a_client_ca_only_clients_with_its_certificates_are_served() {
         };
         assert!(refused, "a client with {what} was served");
     }
+
+    // The guest learns who the client is from its verified certificate, and only from it.
+    let with_cert = client_config(&servers, &[b"h2"], Some((&client_cert, &client_key)));
+    let (tls, _, _) = tls_connect(addr, with_cert.clone()).await.unwrap();
+    let mut open = h2_over_tls(tls).await;
+    let identity = ["Subject=\"CN=app\";DNS=localhost"];
+    assert_eq!(echo_over(&mut open, "CN=forged").await.unwrap(), identity);
+
+    // A renewed client CA file is taken without a restart: the next handshakes check against
+    // it, while the connection already open serves on.
+    let renewed = Pki::new("renewed client CA");
+    let (next_cert, next_key) = (dir.path().join("next.pem"), dir.path().join("next.key"));
+    renewed.issue("next", &next_cert, &next_key);
+    let scratch = dir.path().join("clients.new");
+    renewed.write_ca(&scratch);
+    std::fs::rename(&scratch, &client_ca).unwrap();
+    let with_next = client_config(&servers, &[b"h2"], Some((&next_cert, &next_key)));
+    let started = Instant::now();
+    loop {
+        if let Ok((tls, _, _)) = tls_connect(addr, with_next.clone()).await
+            && let Ok((_, 200)) = over_tls(tls, true, "/hello/renewed").await
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "a client of the renewed CA is still refused"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let refused = match tls_connect(addr, with_cert).await {
+        Err(_) => true,
+        Ok((tls, _, _)) => over_tls(tls, true, "/hello/mtls").await.is_err(),
+    };
+    assert!(refused, "a client of the replaced CA was still served");
+    assert_eq!(echo_over(&mut open, "").await.unwrap(), identity);
     node.shutdown().await;
+}
+
+/// An HTTP/2 connection over `tls`, kept open.
+async fn h2_over_tls(
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// The client certificate headers the faulty guest got on a request that claims the
+/// certificate `forged` (unless empty) itself.
+async fn echo_over(
+    sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    forged: &str,
+) -> Result<Vec<String>, hyper::Error> {
+    let mut request = Request::get("https://localhost/f/echo/who");
+    if !forged.is_empty() {
+        request = request.header("x-switchyard-client-cert", format!("Subject=\"{forged}\""));
+    }
+    let response = sender
+        .send_request(request.body(Empty::new()).unwrap())
+        .await?;
+    let body = response.into_body().collect().await?.to_bytes();
+    let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    Ok(echoed["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|pair| pair[0] == "x-switchyard-client-cert")
+        .map(|pair| pair[1].as_str().unwrap().to_owned())
+        .collect())
 }
 
 /// One HTTP/2 frame as it came off the wire.

@@ -19,8 +19,10 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tracing::{Instrument, field};
 
+use super::admin::ConnectionInfo;
 use super::grpc::{self, Code};
 use super::server::Handler;
+use super::tls::CLIENT_CERT_HEADER;
 use crate::manifest::GRPC_METHOD;
 use crate::router::Lookup;
 use crate::telemetry::{
@@ -395,6 +397,13 @@ impl Ingress {
                     TRACE_HEADER.to_owned(),
                     exported.trace().header(),
                 )))
+                .chain(
+                    parts
+                        .extensions
+                        .get::<ConnectionInfo>()
+                        .and_then(|connection| connection.client_cert.as_deref())
+                        .map(|identity| (CLIENT_CERT_HEADER.to_owned(), identity.to_owned())),
+                )
                 .collect(),
             params,
             body,

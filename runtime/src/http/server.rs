@@ -127,6 +127,7 @@ pub(crate) async fn serve<H: Handler>(
             local,
             peer,
             tls: tls.is_some(),
+            client_cert: None,
         };
         let (tls, handler, stop) = (tls.clone(), handler.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -135,7 +136,20 @@ pub(crate) async fn serve<H: Handler>(
                 return run_connection(stream, info, handler, limits, stop).await;
             };
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => run_connection(stream, info, handler, limits, stop).await,
+                Ok(Ok(stream)) => {
+                    let client_cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(super::tls::client_identity)
+                        .map(Arc::from);
+                    let info = ConnectionInfo {
+                        client_cert,
+                        ..info
+                    };
+                    run_connection(stream, info, handler, limits, stop).await
+                }
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
@@ -165,12 +179,13 @@ async fn run_connection<H: Handler, I: AsyncRead + AsyncWrite + Unpin + Send + '
     mut shutdown: watch::Receiver<bool>,
 ) {
     let activity = Arc::new(Activity::new());
+    let peer = info.peer;
     let service = {
         let activity = activity.clone();
         service_fn(move |mut request: Request<Incoming>| {
             let handler = handler.clone();
             let busy = activity.begin();
-            request.extensions_mut().insert(info);
+            request.extensions_mut().insert(info.clone());
             async move {
                 let response = handler.handle(request).await;
                 // A request is in progress until its answer's body is sent: a streamed answer
@@ -207,7 +222,7 @@ async fn run_connection<H: Handler, I: AsyncRead + AsyncWrite + Unpin + Send + '
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => {}
             () = activity.idle_for(limits.idle_timeout) => {
-                tracing::debug!(peer = %info.peer, "connection idle; closing it");
+                tracing::debug!(%peer, "connection idle; closing it");
             }
         }
     };
@@ -225,13 +240,13 @@ async fn run_connection<H: Handler, I: AsyncRead + AsyncWrite + Unpin + Send + '
         // ("detected excessive load generating behavior" is how h2 words that reason.)
         if error.contains("ENHANCE_YOUR_CALM") || error.contains("excessive load") {
             tracing::warn!(
-                peer = %info.peer,
+                %peer,
                 %error,
                 "closed an HTTP/2 connection that reset or broke too many streams (a rapid \
                  reset flood?); max_pending_resets in [node] sets how many it may"
             );
         } else {
-            tracing::debug!(peer = %info.peer, %error, "connection ended with an error");
+            tracing::debug!(%peer, %error, "connection ended with an error");
         }
     }
 }
@@ -410,6 +425,7 @@ mod tests {
             local: address,
             peer: address,
             tls: false,
+            client_cert: None,
         };
         let server = tokio::spawn(run_connection(ours, info, Arc::new(Trickle), limits, stop));
         let (mut client, connection) =

@@ -4,14 +4,23 @@
 //!
 //! ALPN offers `h2` first and `http/1.1` second, so a gRPC client gets HTTP/2 and a browser or
 //! `curl --http1.1` the protocol it asks for. A connection keeps the certificate it shook hands
-//! with; the next handshake presents the new one.
+//! with; the next handshake presents the new one, and checks client certificates against the
+//! `client_ca` file as it is then (it is reloaded with the pair). Hints of acceptable client
+//! CAs are not sent (the CA list can change under a running config): a client offers the one
+//! certificate it has.
+//!
+//! A verified client certificate is the request's client identity: the guest finds it in the
+//! `x-switchyard-client-cert` header (see [`client_identity`]), which no client can set.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::manifest::HttpTlsSpec;
 
@@ -43,9 +52,56 @@ pub enum EdgeTlsError {
     Config(String),
 }
 
-/// The certificate the ingress presents; [`EdgeCert::reload`] swaps it.
+/// The certificate the ingress presents, and the client CAs it checks; [`EdgeCert::reload`]
+/// swaps them.
 pub(crate) struct EdgeCert {
     current: ArcSwap<CertifiedKey>,
+    client_cas: Option<(PathBuf, Arc<ClientCas>)>,
+    sessions: Arc<Sessions>,
+}
+
+/// How many TLS sessions the ingress keeps for resumption (rustls's default).
+const SESSIONS_KEPT: usize = 256;
+
+/// The ingress's resumable TLS sessions, forgotten at once when the client CAs change.
+#[derive(Debug)]
+struct Sessions {
+    current: ArcSwap<Arc<rustls::server::ServerSessionMemoryCache>>,
+}
+
+impl Sessions {
+    fn new() -> Self {
+        Self {
+            current: ArcSwap::from_pointee(rustls::server::ServerSessionMemoryCache::new(
+                SESSIONS_KEPT,
+            )),
+        }
+    }
+
+    fn forget_all(&self) {
+        self.current
+            .store(Arc::new(rustls::server::ServerSessionMemoryCache::new(
+                SESSIONS_KEPT,
+            )));
+    }
+}
+
+impl rustls::server::StoresServerSessions for Sessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.current.load().put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.current.load().get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.current.load().take(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
 }
 
 impl std::fmt::Debug for EdgeCert {
@@ -58,9 +114,122 @@ impl EdgeCert {
     /// Replaces the certificate with the one in `cert` and `key`, once the key is checked to
     /// match it; on an error the old one stays.
     pub(crate) fn reload(&self, cert: &Path, key: &Path) -> Result<(), EdgeTlsError> {
-        self.current.store(Arc::new(certified_key(cert, key)?));
+        let certified = certified_key(cert, key)?;
+        // Both are checked before either is swapped: a bad CA file keeps the old pair too.
+        let verifier = match &self.client_cas {
+            Some((path, _)) => Some(client_verifier(path)?),
+            None => None,
+        };
+        if let (Some((_, cas)), Some(verifier)) = (&self.client_cas, verifier) {
+            cas.current.store(Arc::new(verifier));
+            // A resumed session skips the client certificate check: forget every session
+            // made under the old CAs, so their clients shake hands with the new ones.
+            self.sessions.forget_all();
+        }
+        self.current.store(Arc::new(certified));
         Ok(())
     }
+
+    /// The client CA file, watched beside the pair.
+    pub(crate) fn client_ca_file(&self) -> Option<&Path> {
+        self.client_cas.as_ref().map(|(path, _)| path.as_path())
+    }
+}
+
+/// Checks client certificates against the CAs of the `client_ca` file as last loaded.
+#[derive(Debug)]
+pub(crate) struct ClientCas {
+    current: ArcSwap<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ClientCertVerifier for ClientCas {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current
+            .load()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current.load().supported_verify_schemes()
+    }
+}
+
+/// A verifier of client certificates issued by the CAs in `ca`.
+fn client_verifier(ca: &Path) -> Result<Arc<dyn ClientCertVerifier>, EdgeTlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in certificates(ca, "a PEM file of CA certificates")? {
+        roots.add(der).map_err(|err| EdgeTlsError::Pem {
+            path: ca.to_owned(),
+            what: "a CA certificate rustls accepts",
+            reason: err.to_string(),
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+        .build()
+        .map_err(|err| EdgeTlsError::Config(format!("client_ca {}: {err}", ca.display())))
+}
+
+/// The request header that carries the client's verified certificate to the guest (a node
+/// header: one a client sends is dropped).
+pub(crate) const CLIENT_CERT_HEADER: &str = "x-switchyard-client-cert";
+
+/// What the guest learns of a verified client certificate, in the form Envoy's
+/// `x-forwarded-client-cert` uses: `Subject="CN=app,O=shop";DNS=app.example;URI=spiffe://...`
+/// (a quote or backslash in the subject is escaped with a backslash).
+pub(crate) fn client_identity(leaf: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let subject = parsed
+        .subject()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
+    let mut identity = format!("Subject=\"{subject}\"");
+    if let Ok(Some(names)) = parsed.subject_alternative_name() {
+        for name in &names.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(dns) => {
+                    identity.push_str(&format!(";DNS={dns}"));
+                }
+                x509_parser::extensions::GeneralName::URI(uri) => {
+                    identity.push_str(&format!(";URI={uri}"));
+                }
+                _ => {}
+            }
+        }
+    }
+    Some(identity)
 }
 
 impl rustls::server::ResolvesServerCert for EdgeCert {
@@ -76,32 +245,30 @@ impl rustls::server::ResolvesServerCert for EdgeCert {
 pub(crate) fn edge_tls(
     spec: &HttpTlsSpec,
 ) -> Result<(tokio_rustls::TlsAcceptor, Arc<EdgeCert>), EdgeTlsError> {
+    let client_cas = match &spec.client_ca {
+        Some(ca) => Some((
+            ca.clone(),
+            Arc::new(ClientCas {
+                current: ArcSwap::from_pointee(client_verifier(ca)?),
+            }),
+        )),
+        None => None,
+    };
     let cert = Arc::new(EdgeCert {
         current: ArcSwap::from_pointee(certified_key(&spec.cert, &spec.key)?),
+        client_cas,
+        sessions: Arc::new(Sessions::new()),
     });
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|err| EdgeTlsError::Config(err.to_string()))?;
-    let builder = match &spec.client_ca {
+    let builder = match &cert.client_cas {
         None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for der in certificates(ca, "a PEM file of CA certificates")? {
-                roots.add(der).map_err(|err| EdgeTlsError::Pem {
-                    path: ca.clone(),
-                    what: "a CA certificate rustls accepts",
-                    reason: err.to_string(),
-                })?;
-            }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                    .build()
-                    .map_err(|err| EdgeTlsError::Config(format!("client_ca: {err}")))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some((_, cas)) => builder.with_client_cert_verifier(cas.clone()),
     };
     let mut config = builder.with_cert_resolver(cert.clone());
+    config.session_storage = cert.sessions.clone();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), cert))
 }

@@ -1,8 +1,8 @@
 //! Renewed certificate files are picked up while the node runs: the files named by
-//! `[node.tls]` (and by `[node] http_tls`) are looked at every [`CHECK_EVERY`], and when either
-//! changed, the pair is loaded, checked (the key matches; a node certificate also chains to the
-//! cluster CA, is valid now and names the node role) and swapped in for every TLS configuration
-//! that presents it (QUIC both ways, the admin API; the ingress). Connections open keep the
+//! `[node.tls]` (and by `[node] http_tls`, with its `client_ca`) are looked at every
+//! [`CHECK_EVERY`], and when one changed, the pair is loaded, checked (the key matches; a node
+//! certificate also chains to the cluster CA, is valid now and names the node role) and swapped
+//! in for every TLS configuration that presents it (QUIC both ways, the admin API; the ingress). Connections open keep the
 //! certificate they shook hands with; the next handshake uses the new one. A pair that fails
 //! the checks is logged and the old one stays.
 
@@ -20,7 +20,7 @@ const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// What a file looked like: its modification time and length.
 type Stamp = Option<(SystemTime, u64)>;
 
-fn stamp(path: &PathBuf) -> Stamp {
+fn stamp(path: &Path) -> Stamp {
     let metadata = std::fs::metadata(path).ok()?;
     Some((metadata.modified().ok()?, metadata.len()))
 }
@@ -29,6 +29,11 @@ fn stamp(path: &PathBuf) -> Stamp {
 pub(super) trait Presenter: Send + Sync + 'static {
     /// Loads and checks the pair and presents it from now on; an error leaves the old one.
     fn reload(&self, cert: &Path, key: &Path) -> Result<(), String>;
+
+    /// Other files it reads on a reload (the ingress's client CAs), watched with the pair.
+    fn also_reads(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
 }
 
 impl Presenter for NodeCert {
@@ -40,6 +45,13 @@ impl Presenter for NodeCert {
 impl Presenter for crate::http::EdgeCert {
     fn reload(&self, cert: &Path, key: &Path) -> Result<(), String> {
         crate::http::EdgeCert::reload(self, cert, key).map_err(|error| error.to_string())
+    }
+
+    fn also_reads(&self) -> Vec<PathBuf> {
+        self.client_ca_file()
+            .map(Path::to_owned)
+            .into_iter()
+            .collect()
     }
 }
 
@@ -62,13 +74,26 @@ pub(super) fn watch(
     key: PathBuf,
     shutdown: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let seen = (stamp(&cert), stamp(&key));
+    let seen = stamps(&presenters, &cert, &key);
     watch_from(files, seen, presenters, cert, key, shutdown)
+}
+
+/// What every watched file looks like now: the pair's, then those the presenters also read.
+fn stamps(presenters: &[Arc<dyn Presenter>], cert: &Path, key: &Path) -> Vec<Stamp> {
+    [cert.to_path_buf(), key.to_path_buf()]
+        .into_iter()
+        .chain(
+            presenters
+                .iter()
+                .flat_map(|presenter| presenter.also_reads()),
+        )
+        .map(|path| stamp(&path))
+        .collect()
 }
 
 async fn watch_from(
     files: Files,
-    mut seen: (Stamp, Stamp),
+    mut seen: Vec<Stamp>,
     presenters: Vec<Arc<dyn Presenter>>,
     cert: PathBuf,
     key: PathBuf,
@@ -81,7 +106,7 @@ async fn watch_from(
             _ = ticker.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        let now = (stamp(&cert), stamp(&key));
+        let now = stamps(&presenters, &cert, &key);
         if now == seen {
             continue;
         }

@@ -15,6 +15,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use http::StatusCode;
 use http::header::{AUTHORIZATION, HOST, ORIGIN};
@@ -22,11 +23,14 @@ use subtle::ConstantTimeEq;
 
 /// Where a connection came from and arrived at (the server puts it in each request's
 /// extensions).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ConnectionInfo {
     pub(crate) local: SocketAddr,
     pub(crate) peer: SocketAddr,
     pub(crate) tls: bool,
+    /// The client certificate verified at the TLS handshake, described for the guest
+    /// (`crate::http::client_identity`); `None` without one.
+    pub(crate) client_cert: Option<Arc<str>>,
 }
 
 /// The admin API's bearer token, kept in a file.
@@ -232,6 +236,7 @@ mod tests {
             local: "127.0.0.1:9090".parse().unwrap(),
             peer: "127.0.0.1:50000".parse().unwrap(),
             tls: false,
+            client_cert: None,
         }
     }
 

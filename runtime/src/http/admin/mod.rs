@@ -413,7 +413,7 @@ impl Handler for Admin {
     type Body = crate::http::WholeBody;
 
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        let Some(connection) = request.extensions().get::<ConnectionInfo>().copied() else {
+        let Some(connection) = request.extensions().get::<ConnectionInfo>().cloned() else {
             return plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the admin API got a request without its connection\n".into(),
