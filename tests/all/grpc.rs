@@ -151,6 +151,10 @@ fn check_what_grpcio_saw(seen: &serde_json::Value) {
     let first = track[0]["at"].as_f64().unwrap();
     let last = track[2]["at"].as_f64().unwrap();
     assert!(last - first >= 0.7, "the messages came together: {seen}");
+    // A stream that fails midway: the message sent before, then the code in the trailers.
+    assert_eq!(seen["lost"]["steps"], serde_json::json!([1]), "{seen}");
+    assert_eq!(seen["lost"]["code"], "DATA_LOSS", "{seen}");
+    assert_eq!(seen["lost"]["details"], "the order was lost in transit");
     // A streaming method's error after no messages.
     assert_eq!(seen["too_many_steps"]["code"], "OUT_OF_RANGE", "{seen}");
     // A guest calling a gRPC method of another service: the answer, the callee's status and
@@ -201,6 +205,24 @@ async fn grpcio_calls_a_guest_over_h2c_unary_streaming_deadlines_statuses_and_me
             "no {class} line for orders' Place in:\n{metrics}"
         );
     }
+    // A streamed call counts when its trailers are sent: the order lost midway (300 ms after
+    // its first message) under the status DATA_LOSS means (500), and the time of every call
+    // spans its last message (the 3-step tracking sends for 800 ms).
+    let track = |line: &str| line.contains("route=\"/shop.Orders/Track\"");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("switchyard_requests_total{")
+                && track(line)
+                && line.contains("class=\"5xx\"")),
+        "no 5xx line for orders' Track in:\n{metrics}"
+    );
+    let track_seconds: f64 = metrics
+        .lines()
+        .find(|line| line.starts_with("switchyard_request_duration_seconds_sum{") && track(line))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no duration of orders' Track in:\n{metrics}"));
+    assert!(track_seconds >= 0.75, "Track took {track_seconds} s in all");
     node.shutdown().await;
 }
 

@@ -71,6 +71,13 @@ seen["track"] = [
     for p in orders.Track(shop.Tracking(id="o-1", steps=3, interval_ms=400), timeout=30)
 ]
 
+lost = []
+try:
+    for p in orders.Track(shop.Tracking(id="lost", steps=3, interval_ms=300), timeout=30):
+        lost.append(p.step)
+except grpc.RpcError as error:
+    seen["lost"] = dict(failure(error), steps=lost)
+
 try:
     list(orders.Track(shop.Tracking(id="o-2", steps=5000), timeout=30))
 except grpc.RpcError as error:

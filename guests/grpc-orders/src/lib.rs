@@ -70,6 +70,10 @@ fn track(tracking: shop::Tracking, out: &mut Sender, _req: &Request) -> Result<(
         if step > 1 {
             std::thread::sleep(Duration::from_millis(u64::from(tracking.interval_ms)));
         }
+        // Test hook: an order lost after its first step, a stream that fails midway.
+        if step == 2 && tracking.id == "lost" {
+            return Err(Status::new(grpc::Code::DataLoss, "the order was lost in transit"));
+        }
         let state = if step == tracking.steps { "delivered" } else { "on its way" };
         out.send(&shop::Progress {
             id: tracking.id.clone(),

@@ -14,7 +14,9 @@
 //!   messages were streamed (the response headers left with the first message);
 //! - a guest that answers with an HTTP status instead gets the gRPC code that status means
 //!   ([`Code::from_http`]), and what stopped the guest ([`SlotError`]) gets its code too;
-//! - an answer without messages is "trailers-only": one HEADERS frame with the status.
+//! - an answer without messages is "trailers-only": one HEADERS frame with the status;
+//! - a call is counted and logged under the HTTP status its code means, once its code is
+//!   known: a streamed answer when its trailers are sent ([`reporting_end`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -284,8 +286,82 @@ pub(super) async fn answer(
                 .boxed_unsync(),
             );
             grpc_headers(response.headers_mut());
+            response.extensions_mut().insert(Streaming);
             (response, None)
         }
+    }
+}
+
+/// Marks an answer whose code comes with its trailers, after messages still being sent.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Streaming;
+
+/// Called once with a streamed answer's code.
+pub(super) type OnEnd = Box<dyn FnOnce(Code) + Send>;
+
+/// `body`, calling `on_end` with the code in its trailers as they are sent, or with
+/// `CANCELLED` if it is dropped before (the client reset the stream or went away).
+pub(super) fn reporting_end(body: IngressBody, on_end: OnEnd) -> IngressBody {
+    ReportingEnd {
+        body,
+        on_end: Some(on_end),
+    }
+    .boxed_unsync()
+}
+
+struct ReportingEnd {
+    body: IngressBody,
+    on_end: Option<OnEnd>,
+}
+
+impl ReportingEnd {
+    fn end(&mut self, code: Code) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(code);
+        }
+    }
+}
+
+impl hyper::body::Body for ReportingEnd {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = trailers
+                        .get("grpc-status")
+                        .and_then(|value| value.to_str().ok())
+                        .map_or(Code::UNKNOWN, Code::parse);
+                    this.end(code);
+                }
+            }
+            // Trailers always end a streamed answer; an end without them is not a success.
+            Poll::Ready(None) => this.end(Code::UNKNOWN),
+            Poll::Ready(Some(Err(never))) => match *never {},
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for ReportingEnd {
+    fn drop(&mut self) {
+        self.end(Code::CANCELLED);
     }
 }
 

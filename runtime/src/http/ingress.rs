@@ -210,18 +210,68 @@ impl Handler for Ingress {
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(X_REQUEST_ID.clone(), value);
         }
+        let done = Done {
+            started,
+            method,
+            routed,
+            request_id,
+            exported,
+            span,
+        };
+        // A streamed gRPC answer is done when its trailers are sent: it is counted then,
+        // under its code, with the time it took to send.
+        if response.extensions().get::<grpc::Streaming>().is_some() {
+            let ingress = self.clone();
+            let (parts, body) = response.into_parts();
+            let body = grpc::reporting_end(
+                body,
+                Box::new(move |code: Code| {
+                    done.exported
+                        .record(|| vec![KeyValue::new("rpc.grpc.status_code", code.number())]);
+                    ingress.done(done, code.http_status());
+                }),
+            );
+            return Response::from_parts(parts, body);
+        }
         // A gRPC call answered whole is counted and logged under the HTTP status its code
-        // means (a streamed one, whose code comes later, under 200).
+        // means.
         let status = response
             .extensions()
             .get::<Code>()
             .map_or(response.status().as_u16(), |code| code.http_status());
+        self.done(done, status);
+        response
+    }
+}
+
+/// What the request log, metrics and trace need once a request is answered.
+struct Done {
+    started: Instant,
+    method: Method,
+    routed: Option<crate::router::Target<Arc<crate::wasm::Slot>>>,
+    request_id: String,
+    exported: crate::telemetry::Span,
+    span: tracing::Span,
+}
+
+impl Ingress {
+    /// Counts, logs and ends the trace span of a request answered with `status`.
+    fn done(&self, done: Done, status: u16) {
+        let Done {
+            started,
+            method,
+            routed,
+            request_id,
+            exported,
+            span,
+        } = done;
         let took = started.elapsed();
         let duration_us = took.as_micros() as u64;
         span.record("status", status);
         span.record("duration_us", duration_us);
         span.in_scope(|| tracing::debug!(status, duration_us, "request done"));
         exported.answered(status);
+        let trace_id = exported.trace().trace_id();
         drop(exported);
         if let Some(target) = routed {
             let service = target.value.name();
@@ -237,12 +287,11 @@ impl Handler for Ingress {
                     status,
                     duration_us,
                     request_id = %request_id,
-                    trace_id = %trace.trace_id(),
+                    trace_id = %trace_id,
                     "request"
                 );
             }
         }
-        response
     }
 }
 
