@@ -261,6 +261,42 @@ where
     In: Message,
     Out: Message + Default,
 {
+    decode_framed(&answer_of(service, method, message)?)
+}
+
+/// Calls the server-streaming gRPC method `method` of `service` as [`call`] does, and returns
+/// every message it sent, in order, once it ended: the answer is collected whole (up to
+/// 16 MiB) before this returns. A callee that fails midway answers its [`Status`] only.
+pub fn call_streaming<In, Out>(
+    service: &str,
+    method: &str,
+    message: &In,
+) -> Result<Vec<Out>, Status>
+where
+    In: Message,
+    Out: Message + Default,
+{
+    let answer = answer_of(service, method, message)?;
+    let mut rest = answer.as_slice();
+    let mut messages = Vec::new();
+    while !rest.is_empty() {
+        let length = rest
+            .get(1..5)
+            .map(|bytes| u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize)
+            .filter(|length| rest.len() >= 5 + length)
+            .ok_or_else(|| {
+                Status::internal(format!(
+                    "{service} answered {method} with a message cut short"
+                ))
+            })?;
+        messages.push(decode_framed(&rest[..5 + length])?);
+        rest = &rest[5 + length..];
+    }
+    Ok(messages)
+}
+
+/// The framed messages of a successful answer to `method`, or the call's [`Status`].
+fn answer_of<In: Message>(service: &str, method: &str, message: &In) -> Result<Vec<u8>, Status> {
     use crate::rpc::CallError;
     let reply = crate::rpc::Call::new(service, &format!("GRPC {method}"))
         .header("content-type", "application/grpc")
@@ -288,7 +324,7 @@ where
             .unwrap_or_else(|| String::from_utf8_lossy(reply.body()).trim().to_owned());
         return Err(Status::new(code, message));
     }
-    decode_framed(reply.body())
+    Ok(reply.into_body())
 }
 
 fn code_of(number: &str) -> Code {
@@ -419,6 +455,40 @@ mod tests {
         );
         let late = super::call::<_, Order>("stock", "/shop.Stock/Take", &order).unwrap_err();
         assert_eq!(late.code(), Code::DeadlineExceeded);
+    }
+
+    #[test]
+    fn a_streaming_call_decodes_every_message_and_refuses_a_cut_one() {
+        crate::testing::reset();
+        let answers: Vec<u8> = (1..=3)
+            .flat_map(|count| {
+                encode(&Order {
+                    item: "tea".into(),
+                    count,
+                })
+            })
+            .collect();
+        crate::testing::reply("stock", "GRPC /shop.Stock/Watch", 200, answers.clone());
+        let seen: Vec<Order> =
+            call_streaming("stock", "/shop.Stock/Watch", &Order::default()).unwrap();
+        assert_eq!(
+            seen.iter().map(|order| order.count).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        crate::testing::reply("stock", "GRPC /shop.Stock/Watch", 200, Vec::new());
+        let none: Vec<Order> =
+            call_streaming("stock", "/shop.Stock/Watch", &Order::default()).unwrap();
+        assert!(none.is_empty());
+        crate::testing::reply(
+            "stock",
+            "GRPC /shop.Stock/Watch",
+            200,
+            answers[..answers.len() - 1].to_vec(),
+        );
+        let cut = call_streaming::<_, Order>("stock", "/shop.Stock/Watch", &Order::default())
+            .unwrap_err();
+        assert_eq!(cut.code(), Code::Internal);
+        assert!(cut.message().contains("cut short"), "{cut}");
     }
 
     #[test]

@@ -202,6 +202,11 @@ impl Reply {
         &self.0.body
     }
 
+    /// The raw body, taken out of the reply.
+    pub fn into_body(self) -> Vec<u8> {
+        self.0.body
+    }
+
     /// The body as UTF-8 text.
     pub fn text(&self) -> Result<&str, Error> {
         std::str::from_utf8(&self.0.body)

@@ -104,7 +104,10 @@ fn orders_service() -> String {
     ) + &service(
         "front",
         "grpc_orders",
-        &["grpc /shop.Orders/PlaceUpstream"],
+        &[
+            "grpc /shop.Orders/PlaceUpstream",
+            "grpc /shop.Orders/TrackUpstream",
+        ],
         "config = { upstream = \"orders\" }",
     )
 }
@@ -168,6 +171,18 @@ fn check_what_grpcio_saw(seen: &serde_json::Value) {
     assert_eq!(
         seen["upstream_no_items"]["details"],
         "an order needs at least one item"
+    );
+    // A guest calling a server-streaming method of another service gets every message, in
+    // order, and a stream that failed midway as its status.
+    assert_eq!(
+        seen["track_upstream"],
+        serde_json::json!([1, 2, 3]),
+        "{seen}"
+    );
+    assert_eq!(seen["track_upstream_lost"]["code"], "DATA_LOSS", "{seen}");
+    assert_eq!(
+        seen["track_upstream_lost"]["details"],
+        "the order was lost in transit"
     );
     assert_eq!(seen["upstream_slow"]["code"], "DEADLINE_EXCEEDED", "{seen}");
     assert!(
@@ -391,7 +406,7 @@ async fn a_guest_calls_a_grpcio_server_outside_the_mesh_over_h2c_and_tls_only_wh
         service(
             name,
             "grpc_orders",
-            &[route],
+            &[route, "grpc /shop.Orders/TrackUpstream"],
             &format!(
                 "config = {{ upstream = \"{upstream}\" }}\nallowed_outbound_hosts = [\"{allowed}\"]\n\
                  outbound_ca = {:?}",
@@ -436,7 +451,12 @@ async fn a_guest_calls_a_grpcio_server_outside_the_mesh_over_h2c_and_tls_only_wh
             "{upstream}: {trailers:?}"
         );
         // The answer came from Python, with the caller's deadline and trace context.
-        let (_, _, body) = h2_body_call(node.http_addr(), framed_order("ada", true)).await;
+        let (_, _, body) = h2_body_call(
+            node.http_addr(),
+            "/shop.Orders/PlaceUpstream",
+            framed_order("ada", true),
+        )
+        .await;
         let text = String::from_utf8_lossy(&body);
         assert!(text.contains("py-ada"), "{upstream}: {text}");
         assert!(
@@ -445,6 +465,30 @@ async fn a_guest_calls_a_grpcio_server_outside_the_mesh_over_h2c_and_tls_only_wh
         );
         assert!(
             text.contains(&format!("via {upstream}")),
+            "{upstream}: {text}"
+        );
+        // A server-streaming method of Python's, called by the guest: every message, in
+        // order, collected when the stream ended.
+        let tracking = [0x0a, 0x02, b'p', b'y', 0x10, 0x03];
+        let mut framed = vec![0, 0, 0, 0, tracking.len() as u8];
+        framed.extend_from_slice(&tracking);
+        let (_, trailers, body) =
+            h2_body_call(node.http_addr(), "/shop.Orders/TrackUpstream", framed).await;
+        assert_eq!(
+            trailers
+                .as_ref()
+                .and_then(|t| t.get("grpc-status"))
+                .unwrap(),
+            "0",
+            "{upstream}: {trailers:?}"
+        );
+        let text = String::from_utf8_lossy(&body);
+        let steps: Vec<_> = ["py step 1", "py step 2", "py step 3"]
+            .iter()
+            .map(|step| text.find(step))
+            .collect();
+        assert!(
+            steps.iter().all(Option::is_some) && steps.is_sorted(),
             "{upstream}: {text}"
         );
         // Python's status and message come back through the guest.
@@ -493,10 +537,11 @@ async fn a_guest_calls_a_grpcio_server_outside_the_mesh_over_h2c_and_tls_only_wh
     node.shutdown().await;
 }
 
-/// `PlaceUpstream` with `order`: status, trailers and the answer's bytes.
+/// The method at `path` with the framed `message`: status, trailers and the answer's bytes.
 async fn h2_body_call(
     addr: std::net::SocketAddr,
-    order: Vec<u8>,
+    path: &str,
+    message: Vec<u8>,
 ) -> (u16, Option<hyper::HeaderMap>, Vec<u8>) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) =
@@ -504,10 +549,10 @@ async fn h2_body_call(
             .await
             .unwrap();
     tokio::spawn(connection);
-    let request = Request::post(format!("http://{addr}/shop.Orders/PlaceUpstream"))
+    let request = Request::post(format!("http://{addr}{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .body(Full::new(Bytes::from(order)))
+        .body(Full::new(Bytes::from(message)))
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
     let status = response.status().as_u16();

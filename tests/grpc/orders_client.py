@@ -96,4 +96,13 @@ try:
 except grpc.RpcError as error:
     seen["upstream_slow"] = failure(error) | {"seconds": time.monotonic() - started}
 
+# A server-streaming method called through the mesh with grpc::call_streaming.
+seen["track_upstream"] = [
+    p.step for p in orders.TrackUpstream(shop.Tracking(id="o-3", steps=3), timeout=30)
+]
+try:
+    list(orders.TrackUpstream(shop.Tracking(id="lost", steps=3), timeout=30))
+except grpc.RpcError as error:
+    seen["track_upstream_lost"] = failure(error)
+
 print(json.dumps(seen))

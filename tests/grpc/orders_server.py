@@ -1,4 +1,4 @@
-"""grpcio (gRPC's C core) as a server of shop.Orders/Place, for a guest to call.
+"""grpcio (gRPC's C core) as a server of shop.Orders/Place and Track, for a guest to call.
 
 Usage: orders_server.py <stubs dir> [<cert PEM> <key PEM> for TLS]
 Listens on a free loopback port, prints `port <n>` when ready, serves until killed.
@@ -27,6 +27,10 @@ class Orders(orders_pb2_grpc.OrdersServicer):
             note=f"deadline {'set' if context.time_remaining() is not None else 'none'}"
             f" trace {'set' if 'traceparent' in metadata else 'none'}",
         )
+
+    def Track(self, tracking, context):
+        for step in range(1, tracking.steps + 1):
+            yield shop.Progress(id=tracking.id, step=step, state=f"py step {step}")
 
 
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))

@@ -19,6 +19,7 @@ impl Service for Orders {
             "/shop.Orders/Place" => grpc::unary(&req, place),
             "/shop.Orders/Track" => grpc::server_streaming(&req, track),
             "/shop.Orders/PlaceUpstream" => grpc::unary(&req, place_upstream),
+            "/shop.Orders/TrackUpstream" => grpc::server_streaming(&req, track_upstream),
             _ => grpc::unimplemented(&req),
         }
     }
@@ -57,6 +58,19 @@ fn place_upstream(order: shop::Order, _req: &Request) -> Result<shop::Placed, St
         note => format!("{note} via {upstream}"),
     };
     Ok(placed)
+}
+
+/// Follows the order with the `upstream` service's `Track`: its messages, collected when its
+/// stream ended, are sent on one by one.
+fn track_upstream(tracking: shop::Tracking, out: &mut Sender, _req: &Request) -> Result<(), Status> {
+    let upstream = switchyard_sdk::config::get("upstream")
+        .ok_or_else(|| Status::failed_precondition("set config `upstream` to a service"))?;
+    let steps: Vec<shop::Progress> =
+        grpc::call_streaming(&upstream, "/shop.Orders/Track", &tracking)?;
+    for step in &steps {
+        out.send(step)?;
+    }
+    Ok(())
 }
 
 fn track(tracking: shop::Tracking, out: &mut Sender, _req: &Request) -> Result<(), Status> {

@@ -9,7 +9,7 @@ use super::{Callee, Client, Directory};
 use crate::call::{ByteStream, Call, CallError, Reply, Target, budget_ms, split_method};
 use crate::router::Lookup;
 use crate::telemetry::{KeyValue, SpanKind, TraceContext};
-use crate::wasm::{GuestRequest, Slot, SlotError};
+use crate::wasm::{GuestRequest, GuestResponse, Slot, SlotError};
 
 /// Bytes buffered each way in a stream between two guests on one node.
 const STREAM_BUFFER: usize = 64 * 1024;
@@ -88,7 +88,13 @@ impl Client {
         };
         // The slot stops the callee at the request's `deadline_ms`, which is this budget.
         let span = tracing::debug_span!("rpc", callee = name, route = &*target.pattern);
-        let response = slot.handle(request, served.handle()).instrument(span).await;
+        let response = if method == crate::manifest::GRPC_METHOD {
+            collecting_streamed(slot, request, served.handle())
+                .instrument(span)
+                .await
+        } else {
+            slot.handle(request, served.handle()).instrument(span).await
+        };
         match &response {
             Ok(answer) => served.answered(answer.status),
             Err(err) => served.fail(|| err.to_string()),
@@ -123,6 +129,61 @@ impl Client {
         let directory = self.running_directory()?;
         Ok(local_callee(&directory, target)?.slot.clone())
     }
+}
+
+/// The most a gRPC answer collected for a calling guest may hold: what one wire frame carries.
+const MAX_COLLECTED_ANSWER: usize = 16 * 1024 * 1024;
+
+/// Runs a gRPC call for a guest, which waits for one reply: the messages a server-streaming
+/// method sends as it goes are collected, in order, ahead of its final answer's body. Past
+/// [`MAX_COLLECTED_ANSWER`] the callee's next send fails (as if its client left) and the
+/// call ends `RESOURCE_EXHAUSTED`.
+async fn collecting_streamed(
+    slot: &Slot,
+    request: GuestRequest,
+    span: crate::telemetry::SpanHandle,
+) -> Result<GuestResponse, SlotError> {
+    let (sender, mut frames) = tokio::sync::mpsc::channel(crate::host::ANSWER_STREAM_DEPTH);
+    let handled = async {
+        slot.handle_admitted(slot.admit()?, request, span, Some(sender))
+            .await
+    };
+    let collected = async move {
+        let mut collected = Vec::new();
+        while let Some(frame) = frames.recv().await {
+            if collected.len() + frame.len() > MAX_COLLECTED_ANSWER {
+                return None;
+            }
+            collected.extend_from_slice(&frame);
+        }
+        Some(collected)
+    };
+    let (handled, collected) = tokio::join!(handled, collected);
+    let mut response = handled?;
+    match collected {
+        Some(mut collected) => {
+            collected.append(&mut response.body);
+            response.body = collected;
+        }
+        None => {
+            response.headers.retain(|(name, _)| {
+                !name.eq_ignore_ascii_case("grpc-status")
+                    && !name.eq_ignore_ascii_case("grpc-message")
+            });
+            response.headers.push(("grpc-status".into(), "8".into()));
+            response.headers.push((
+                "grpc-message".into(),
+                format!(
+                    "the streamed answer of {} is over {} MiB, the most a calling guest takes \
+                     at once",
+                    slot.name(),
+                    MAX_COLLECTED_ANSWER / (1024 * 1024)
+                ),
+            ));
+            response.body.clear();
+        }
+    }
+    Ok(response)
 }
 
 /// `target`'s service on this node, if it runs at a version that fits.
