@@ -658,3 +658,46 @@ async fn a_guests_grpc_calls_go_through_the_policies_bound_to_them_judged_by_the
     );
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_grpc_example_runs_as_the_readme_says() {
+    let data = tempfile::tempdir().unwrap();
+    let path = repo_root().join("examples/grpc/switchyard.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"127.0.0.1:8080\"", "\"127.0.0.1:0\"")
+        .replace("\"127.0.0.1:9090\"", "\"127.0.0.1:0\"")
+        .replace(
+            "data_dir = \"../../target/switchyard-data\"",
+            &format!("data_dir = {:?}", data.path().display().to_string()),
+        );
+    let manifest = switchyard::Manifest::parse(&text, &path).unwrap_or_else(|err| panic!("{err}"));
+    let node = switchyard::Node::start(&manifest).await.unwrap();
+    let target = node.http_addr().to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        let (python, _) = grpcio();
+        Command::new(python)
+            .arg(repo_root().join("examples/grpc/client.py"))
+            .arg(target)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // What the README shows, line for line.
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let shown = readme
+        .split("```text\nPlace: ")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .map(|rest| format!("Place: {rest}"))
+        .expect("the README shows the example's output");
+    assert_eq!(printed, shown);
+    node.shutdown().await;
+}
