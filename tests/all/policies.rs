@@ -412,11 +412,17 @@ async fn a_policy_picks_the_instance_a_call_goes_to() {
 
 #[tokio::test]
 async fn editing_policies_in_a_watched_manifest_applies_config_and_bindings_keeping_state() {
+    // Wall-clock margins a loaded machine keeps: the breaker stays open 2 s (a reload takes
+    // far less), and the limit earns one call per 10 s (three calls take far less).
     let breaker = |config: &str| policy("breaker", "policy_breaker", config);
-    let limit = policy("limit", "policy_rate_limit", "rate = \"1\", burst = \"2\"");
+    let limit = policy(
+        "limit",
+        "policy_rate_limit",
+        "rate = \"0.1\", burst = \"2\"",
+    );
     let bind_breaker = "policies = [\"breaker\"]\ncalls_to = \"flaky\"";
     let manifest = node_with(
-        &breaker("consecutive_failures = \"3\", open_ms = \"300\""),
+        &breaker("consecutive_failures = \"3\", open_ms = \"2000\""),
         bind_breaker,
     );
     let mut node = manifest.start().await;
@@ -445,7 +451,7 @@ async fn editing_policies_in_a_watched_manifest_applies_config_and_bindings_keep
 
     // New config: fresh instances that carry the state over, so the breaker is still open.
     let report = edit(
-        &breaker("consecutive_failures = \"1\", open_ms = \"300\""),
+        &breaker("consecutive_failures = \"1\", open_ms = \"2000\""),
         bind_breaker,
     )
     .await;
@@ -460,17 +466,17 @@ async fn editing_policies_in_a_watched_manifest_applies_config_and_bindings_keep
     );
     assert!(open(&node).await, "the new config lost the open state");
     // ... and the new config counts: one failure now opens it.
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(call(&node, "GET /flaky/echo").await.0, 200);
     assert_eq!(call(&node, "GET /flaky/status/503").await.0, 503);
     assert!(open(&node).await, "consecutive_failures = 1 did not apply");
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(call(&node, "GET /flaky/echo").await.0, 200);
 
     // A new policy and binding: it starts, the breaker's binding keeps its instance.
     let both = format!(
         "{}{limit}",
-        breaker("consecutive_failures = \"1\", open_ms = \"300\"")
+        breaker("consecutive_failures = \"1\", open_ms = \"2000\"")
     );
     let report = edit(
         &both,
