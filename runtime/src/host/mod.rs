@@ -28,7 +28,7 @@ pub(crate) use bindings::policy as policy_bindings;
 pub(crate) use bindings::streams::StreamServicePre;
 pub(crate) use bindings::{GuestMessage, GuestRequest, GuestResponse, Service, ServicePre};
 pub(crate) use grpc::{ANSWER_STREAM_DEPTH, AnswerStream};
-pub(crate) use http::{Proxy, ProxyPre, serve as serve_http};
+pub(crate) use http::{MAX_RESPONSE_BYTES, Proxy, ProxyPre, serve as serve_http};
 pub(crate) use log::{MAX_DECISION_LOG_BYTES, MAX_REQUEST_LOG_BYTES};
 pub(crate) use messaging::{Received, guest_message};
 pub(crate) use outbound::OutboundHosts;

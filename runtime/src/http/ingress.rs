@@ -257,36 +257,30 @@ struct Done {
 impl Ingress {
     /// Counts, logs and ends the trace span of a request answered with `status`.
     fn done(&self, done: Done, status: u16) {
-        let Done {
-            started,
-            method,
-            routed,
-            request_id,
-            exported,
-            span,
-        } = done;
-        let took = started.elapsed();
+        let took = done.started.elapsed();
         let duration_us = took.as_micros() as u64;
+        let span = &done.span;
         span.record("status", status);
         span.record("duration_us", duration_us);
         span.in_scope(|| tracing::debug!(status, duration_us, "request done"));
-        exported.answered(status);
-        let trace_id = exported.trace().trace_id();
-        drop(exported);
-        if let Some(target) = routed {
+        done.exported.answered(status);
+        let trace_id = done.exported.trace().trace_id();
+        drop(done.exported);
+        if let Some(target) = done.routed {
             let service = target.value.name();
+            let method = done.method.as_str();
             self.metrics
-                .request(service, method.as_str(), &target.pattern, status, took);
+                .request(service, method, &target.pattern, status, took);
             if self.request_log.sampled(service) {
                 tracing::info!(
                     target: "switchyard::requests",
                     kind = "request",
                     service,
-                    method = method.as_str(),
+                    method,
                     route = &*target.pattern,
                     status,
                     duration_us,
-                    request_id = %request_id,
+                    request_id = %done.request_id,
                     trace_id = %trace_id,
                     "request"
                 );

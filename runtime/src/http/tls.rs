@@ -72,17 +72,16 @@ struct Sessions {
 impl Sessions {
     fn new() -> Self {
         Self {
-            current: ArcSwap::from_pointee(rustls::server::ServerSessionMemoryCache::new(
-                SESSIONS_KEPT,
-            )),
+            current: ArcSwap::from_pointee(Self::empty()),
         }
     }
 
     fn forget_all(&self) {
-        self.current
-            .store(Arc::new(rustls::server::ServerSessionMemoryCache::new(
-                SESSIONS_KEPT,
-            )));
+        self.current.store(Arc::new(Self::empty()));
+    }
+
+    fn empty() -> Arc<rustls::server::ServerSessionMemoryCache> {
+        rustls::server::ServerSessionMemoryCache::new(SESSIONS_KEPT)
     }
 }
 
@@ -116,11 +115,12 @@ impl EdgeCert {
     pub(crate) fn reload(&self, cert: &Path, key: &Path) -> Result<(), EdgeTlsError> {
         let certified = certified_key(cert, key)?;
         // Both are checked before either is swapped: a bad CA file keeps the old pair too.
-        let verifier = match &self.client_cas {
-            Some((path, _)) => Some(client_verifier(path)?),
-            None => None,
-        };
-        if let (Some((_, cas)), Some(verifier)) = (&self.client_cas, verifier) {
+        let verifier = self
+            .client_cas
+            .as_ref()
+            .map(|(path, cas)| Ok::<_, EdgeTlsError>((cas, client_verifier(path)?)))
+            .transpose()?;
+        if let Some((cas, verifier)) = verifier {
             cas.current.store(Arc::new(verifier));
             // A resumed session skips the client certificate check: forget every session
             // made under the old CAs, so their clients shake hands with the new ones.

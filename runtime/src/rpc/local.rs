@@ -131,12 +131,9 @@ impl Client {
     }
 }
 
-/// The most a gRPC answer collected for a calling guest may hold: what one wire frame carries.
-const MAX_COLLECTED_ANSWER: usize = 16 * 1024 * 1024;
-
 /// Runs a gRPC call for a guest, which waits for one reply: the messages a server-streaming
 /// method sends as it goes are collected, in order, ahead of its final answer's body. Past
-/// [`MAX_COLLECTED_ANSWER`] the callee's next send fails (as if its client left) and the
+/// [`crate::host::MAX_RESPONSE_BYTES`] (a guest's largest answer) the callee's next send fails (as if its client left) and the
 /// call ends `RESOURCE_EXHAUSTED`.
 async fn collecting_streamed(
     slot: &Slot,
@@ -151,7 +148,7 @@ async fn collecting_streamed(
     let collected = async move {
         let mut collected = Vec::new();
         while let Some(frame) = frames.recv().await {
-            if collected.len() + frame.len() > MAX_COLLECTED_ANSWER {
+            if collected.len() + frame.len() > crate::host::MAX_RESPONSE_BYTES {
                 return None;
             }
             collected.extend_from_slice(&frame);
@@ -177,7 +174,7 @@ async fn collecting_streamed(
                     "the streamed answer of {} is over {} MiB, the most a calling guest takes \
                      at once",
                     slot.name(),
-                    MAX_COLLECTED_ANSWER / (1024 * 1024)
+                    crate::host::MAX_RESPONSE_BYTES / (1024 * 1024)
                 ),
             ));
             response.body.clear();
