@@ -2,9 +2,9 @@
 //! `[node.tls]` (and by `[node] http_tls`, with its `client_ca`) are looked at every
 //! [`CHECK_EVERY`], and when one changed, the pair is loaded, checked (the key matches; a node
 //! certificate also chains to the cluster CA, is valid now and names the node role) and swapped
-//! in for every TLS configuration that presents it (QUIC both ways, the admin API; the ingress). Connections open keep the
-//! certificate they shook hands with; the next handshake uses the new one. A pair that fails
-//! the checks is logged and the old one stays.
+//! in for every TLS configuration that presents it (QUIC both ways, the admin API; the
+//! ingress). Connections open keep the certificate they shook hands with; the next handshake
+//! uses the new one. A pair that fails the checks is logged and the old one stays.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

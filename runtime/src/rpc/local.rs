@@ -133,8 +133,8 @@ impl Client {
 
 /// Runs a gRPC call for a guest, which waits for one reply: the messages a server-streaming
 /// method sends as it goes are collected, in order, ahead of its final answer's body. Past
-/// [`crate::host::MAX_RESPONSE_BYTES`] (a guest's largest answer) the callee's next send fails (as if its client left) and the
-/// call ends `RESOURCE_EXHAUSTED`.
+/// [`crate::host::MAX_RESPONSE_BYTES`] (a guest's largest answer) the callee's next send
+/// fails (as if its client left) and the call ends `RESOURCE_EXHAUSTED`.
 async fn collecting_streamed(
     slot: &Slot,
     request: GuestRequest,
