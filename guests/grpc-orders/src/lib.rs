@@ -27,10 +27,8 @@ impl Service for Orders {
 
 fn place(order: shop::Order, req: &Request) -> Result<shop::Placed, Status> {
     if order.items.is_empty() {
-        return Err(
-            Status::invalid_argument("an order needs at least one item")
-                .with_metadata("x-order-problem", "no-items"),
-        );
+        return Err(Status::invalid_argument("an order needs at least one item")
+            .with_metadata("x-order-problem", "no-items"));
     }
     match order.customer.as_str() {
         // Test hooks: a customer whose order takes longer than any sane deadline, one whose
@@ -50,8 +48,7 @@ fn place(order: shop::Order, req: &Request) -> Result<shop::Placed, Status> {
 /// Places the order with the `upstream` service's `Place` (another service of the mesh): its
 /// status, deadline and policies carry over.
 fn place_upstream(order: shop::Order, _req: &Request) -> Result<shop::Placed, Status> {
-    let upstream = switchyard_sdk::config::get("upstream")
-        .ok_or_else(|| Status::failed_precondition("set config `upstream` to a service"))?;
+    let upstream = upstream()?;
     let mut placed: shop::Placed = grpc::call(&upstream, "/shop.Orders/Place", &order)?;
     placed.note = match placed.note.as_str() {
         "" => format!("via {upstream}"),
@@ -62,15 +59,24 @@ fn place_upstream(order: shop::Order, _req: &Request) -> Result<shop::Placed, St
 
 /// Follows the order with the `upstream` service's `Track`: its messages, collected when its
 /// stream ended, are sent on one by one.
-fn track_upstream(tracking: shop::Tracking, out: &mut Sender, _req: &Request) -> Result<(), Status> {
-    let upstream = switchyard_sdk::config::get("upstream")
-        .ok_or_else(|| Status::failed_precondition("set config `upstream` to a service"))?;
+fn track_upstream(
+    tracking: shop::Tracking,
+    out: &mut Sender,
+    _req: &Request,
+) -> Result<(), Status> {
+    let upstream = upstream()?;
     let steps: Vec<shop::Progress> =
         grpc::call_streaming(&upstream, "/shop.Orders/Track", &tracking)?;
     for step in &steps {
         out.send(step)?;
     }
     Ok(())
+}
+
+/// The service the `...Upstream` methods call (config `upstream`).
+fn upstream() -> Result<String, Status> {
+    switchyard_sdk::config::get("upstream")
+        .ok_or_else(|| Status::failed_precondition("set config `upstream` to a service"))
 }
 
 fn track(tracking: shop::Tracking, out: &mut Sender, _req: &Request) -> Result<(), Status> {
@@ -86,9 +92,16 @@ fn track(tracking: shop::Tracking, out: &mut Sender, _req: &Request) -> Result<(
         }
         // Test hook: an order lost after its first step, a stream that fails midway.
         if step == 2 && tracking.id == "lost" {
-            return Err(Status::new(grpc::Code::DataLoss, "the order was lost in transit"));
+            return Err(Status::new(
+                grpc::Code::DataLoss,
+                "the order was lost in transit",
+            ));
         }
-        let state = if step == tracking.steps { "delivered" } else { "on its way" };
+        let state = if step == tracking.steps {
+            "delivered"
+        } else {
+            "on its way"
+        };
         out.send(&shop::Progress {
             id: tracking.id.clone(),
             step,
