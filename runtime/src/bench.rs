@@ -550,6 +550,11 @@ impl StateProbe {
         self.store.fsyncs()
     }
 
+    /// Writes to the store's file so far (a commit writes each page it changed).
+    pub fn writes(&self) -> u64 {
+        self.store.writes()
+    }
+
     /// Messages the relay has handed over so far.
     pub fn relayed(&self) -> u64 {
         self.relayed.relayed()

@@ -16,6 +16,7 @@
 //! Commits are grouped: transactions that arrive while one commits wait and go together in
 //! the next redb commit, one fsync for all (see [`Store::commit`]).
 
+mod book;
 mod relay;
 mod store;
 

@@ -212,6 +212,111 @@ fn a_commit_is_one_fsync_and_the_outbox_survives_a_reopen() {
 }
 
 #[test]
+fn a_message_in_a_commit_writes_no_more_pages_than_the_commit_without_it() {
+    let (_dir, store) = open();
+    // Settle the file's first allocations.
+    for n in 0..4 {
+        store
+            .commit("orders", LIMIT, put(&format!("o/{n}"), b"placed"))
+            .unwrap();
+    }
+    let writes_of = |transaction: Transaction| {
+        let before = store.writes();
+        store.commit("orders", LIMIT, transaction).unwrap();
+        store.writes() - before
+    };
+    let plain = writes_of(put("o/1", b"paid"));
+    let with_message = Transaction {
+        messages: vec![message("billing", b"paid")],
+        ..put("o/2", b"paid")
+    };
+    assert_eq!(writes_of(with_message.clone()), plain);
+    // The relay's removal rides on the next commit, on the same page.
+    let pending = store.pending(10, &Default::default()).unwrap();
+    store.note_relayed(&[pending[0].0]);
+    assert_eq!(writes_of(with_message), plain);
+    assert!(!store.has_relayed_unremoved());
+    assert_eq!(store.outbox_depth().unwrap().0, 1);
+}
+
+#[test]
+fn a_file_written_with_a_table_each_for_meta_usage_and_outbox_is_taken_in_whole() {
+    use redb::{ReadableDatabase, TableDefinition, TableHandle};
+    const ENTRIES: TableDefinition<(&str, &str), (u64, &[u8])> = TableDefinition::new("entries");
+    const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("usage");
+    const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+    const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let waiting = |seq: u64| store::OutboxEntry {
+        service: "orders".into(),
+        committed_at_ms: 1,
+        message: OutboxMessage {
+            message: Outgoing {
+                id: Some(format!("000000000000002a-{seq}")),
+                ..message("billing", b"x").message
+            },
+            ..message("billing", b"x")
+        },
+    };
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let write = db.begin_write().unwrap();
+        {
+            let mut entries = write.open_table(ENTRIES).unwrap();
+            entries
+                .insert(("orders", "o/1"), (7, &b"paid"[..]))
+                .unwrap();
+            let mut usage = write.open_table(USAGE).unwrap();
+            usage.insert("orders", (900, 1)).unwrap();
+            let mut outbox = write.open_table(OUTBOX).unwrap();
+            for seq in [1, 2] {
+                let bytes = postcard::to_stdvec(&waiting(seq)).unwrap();
+                outbox.insert(seq, bytes.as_slice()).unwrap();
+            }
+            let mut meta = write.open_table(META).unwrap();
+            meta.insert("version", 7).unwrap();
+            meta.insert("outbox-next", 3).unwrap();
+            meta.insert("store-id", 42).unwrap();
+        }
+        write.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let found = store.get("orders", "o/1").unwrap().unwrap();
+    assert_eq!((found.version, found.value.as_slice()), (7, &b"paid"[..]));
+    let pending = store.pending(10, &Default::default()).unwrap();
+    assert_eq!(pending, vec![(1, waiting(1)), (2, waiting(2))]);
+    assert_eq!(store.outbox_depth().unwrap().0, 2);
+    let usage = store.usage().unwrap();
+    assert_eq!(
+        (usage[0].service.as_str(), usage[0].bytes, usage[0].keys),
+        ("orders", 900, 1)
+    );
+    // Counters go on from where they were: the next version, the next id of the same store.
+    let committed = store
+        .commit(
+            "orders",
+            LIMIT,
+            Transaction {
+                messages: vec![message("billing", b"y")],
+                ..put("o/2", b"placed")
+            },
+        )
+        .unwrap();
+    assert_eq!(committed.version, 8);
+    assert_eq!(committed.message_ids, vec!["000000000000002a-3".to_owned()]);
+    drop(store);
+    let db = redb::Database::open(&path).unwrap();
+    let read = db.begin_read().unwrap();
+    let tables: Vec<String> = read
+        .list_tables()
+        .unwrap()
+        .map(|table| table.name().to_owned())
+        .collect();
+    assert_eq!(tables, vec!["book".to_owned(), "entries".to_owned()]);
+}
+
+#[test]
 fn an_import_replaces_a_services_keys_and_no_one_elses() {
     let (_dir, store) = open();
     store.commit("orders", LIMIT, put("old", b"1")).unwrap();
