@@ -538,9 +538,8 @@ impl StateProbe {
                 .collect(),
         };
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.commit("bench", u64::MAX, transaction))
+        crate::state::commit_off_executor(store, "bench".into(), u64::MAX, transaction)
             .await
-            .map_err(|err| err.to_string())?
             .map(drop)
             .map_err(|err| err.to_string())
     }

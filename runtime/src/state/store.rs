@@ -71,7 +71,8 @@ pub(crate) struct Store {
     path: PathBuf,
     store_id: u64,
     counts: Arc<FileCounts>,
-    /// Woken when a commit puts messages in the outbox.
+    /// Woken when a commit put messages in the outbox, by its caller once it has the
+    /// outcome ([`Store::announce`]).
     pub(super) outbox_filled: tokio::sync::Notify,
     /// Outbox entries relayed but still in the file: the next commit removes them in its own
     /// transaction (no write of their own), or [`Store::remove_relayed`] does when none comes.
@@ -295,13 +296,36 @@ impl Store {
         read.map_err(self.failed("scanning"))
     }
 
-    /// Stores `transaction` for `service`, durably, or nothing.
+    /// [`Store::commit_unannounced`] and [`Store::announce`] on the calling thread, for tests
+    /// that commit from plain threads.
+    #[cfg(test)]
+    pub(crate) fn commit(
+        &self,
+        service: &str,
+        max_bytes: u64,
+        transaction: Transaction,
+    ) -> Result<Committed, StateError> {
+        let committed = self.commit_unannounced(service, max_bytes, transaction)?;
+        self.announce(&committed);
+        Ok(committed)
+    }
+
+    /// Wakes the relay if `committed` put messages in the outbox.
+    pub(super) fn announce(&self, committed: &Committed) {
+        if !committed.message_ids.is_empty() {
+            self.outbox_filled.notify_one();
+        }
+    }
+
+    /// Stores `transaction` for `service`, durably, or nothing. The caller wakes the relay
+    /// with [`Store::announce`] once it has the outcome (see [`super::commit_off_executor`]
+    /// for why not here).
     ///
     /// Group commit: the first caller to find no commit under way leads; it takes every
     /// transaction waiting, applies each (one that fails leaves no trace) in one redb commit,
     /// one fsync, answers them all, and hands the lead to a caller that queued meanwhile. So
     /// one caller alone pays one fsync, and many at once share them.
-    pub(crate) fn commit(
+    pub(super) fn commit_unannounced(
         &self,
         service: &str,
         max_bytes: u64,
@@ -407,9 +431,6 @@ impl Store {
             } else {
                 waiting.entries.extend(fresh);
             }
-        }
-        if filled {
-            self.outbox_filled.notify_one();
         }
         for (answer, applied) in outcomes {
             let result = match (&stored, applied) {

@@ -467,6 +467,56 @@ async fn eventually(what: &str, done: impl Fn() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_caller_went_away_still_wakes_the_relay() {
+    let (_dir, store) = open();
+    let broker = Arc::new(ScriptedBroker::default());
+    let relay = RunningRelay::start(&store, &broker);
+    // The relay's first round (whatever a crash left) is done before the commits start.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for n in 0..3 {
+        let committing = commit_off_executor(
+            store.clone(),
+            "orders".into(),
+            LIMIT,
+            Transaction {
+                messages: vec![message("billing", format!("{n}").as_bytes())],
+                ..put(&format!("o/{n}"), b"placed")
+            },
+        );
+        // Polled once (the commit starts on its thread), then dropped before its outcome.
+        {
+            let mut committing = std::pin::pin!(committing);
+            let polled = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(committing.as_mut().poll(cx).is_pending())
+            })
+            .await;
+            assert!(polled, "a commit does not end at its first poll");
+        }
+        eventually("the relay got the message of a dropped commit", || {
+            broker.sent.lock().unwrap().len() == n + 1
+        })
+        .await;
+    }
+    // And one whose caller waits is relayed as well.
+    let committed = commit_off_executor(
+        store.clone(),
+        "orders".into(),
+        LIMIT,
+        Transaction {
+            messages: vec![message("billing", b"3")],
+            ..put("o/3", b"placed")
+        },
+    )
+    .await
+    .unwrap();
+    eventually("the relay got the message", || {
+        broker.sent.lock().unwrap().back().map(|(_, _, id)| id) == committed.message_ids.first()
+    })
+    .await;
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn the_relay_sends_in_order_keeps_ids_and_retries_a_refusing_destination() {
     let (_dir, store) = open();
