@@ -16,18 +16,20 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use switchyard_benches::{NatsServer, env_or, median_of, timed_loop, wait_until};
+use switchyard_benches::{NatsServer, RoundClock, env_or, median_of, timed_loop, wait_until};
 
-/// Messages per second, publish to the last acknowledged delivery, and the publishes' p50.
+/// Messages per second, publish to the last acknowledged delivery, the publishes' p50, and
+/// this process's CPU per message over the same span (nats-server's is not in it).
 struct Run {
     rate: f64,
     publish_p50_us: u64,
+    cpu_us_each: f64,
 }
 
 async fn ours(url: &str, dir: &std::path::Path, publishers: usize, each: usize) -> Result<Run> {
@@ -65,7 +67,7 @@ async fn ours(url: &str, dir: &std::path::Path, publishers: usize, each: usize) 
     })
     .await?;
     let before = publisher.delivered("t1");
-    let started = Instant::now();
+    let clock = RoundClock::start();
     let publishes = {
         let publisher = publisher.clone();
         timed_loop("switchyard on NATS publish", each, publishers, move || {
@@ -85,11 +87,12 @@ async fn ours(url: &str, dir: &std::path::Path, publishers: usize, each: usize) 
         publisher.delivered("t1") >= expected
     })
     .await?;
-    let elapsed = started.elapsed();
+    let round = clock.finish("switchyard", publishes.count, publishes.histogram.clone());
     node.shutdown().await;
     Ok(Run {
-        rate: publishes.count as f64 / elapsed.as_secs_f64(),
+        rate: round.rate(),
         publish_p50_us: publishes.latency_us(0.5),
+        cpu_us_each: round.cpu_us_each(),
     })
 }
 
@@ -135,7 +138,7 @@ async fn theirs(url: &str, publishers: usize, each: usize) -> Result<Run> {
             }
         }
     });
-    let started = Instant::now();
+    let clock = RoundClock::start();
     let publishes = {
         let js = js.clone();
         timed_loop(
@@ -161,11 +164,12 @@ async fn theirs(url: &str, publishers: usize, each: usize) -> Result<Run> {
         received.load(Ordering::Relaxed) >= expected
     })
     .await?;
-    let elapsed = started.elapsed();
+    let round = clock.finish("async-nats", publishes.count, publishes.histogram.clone());
     consuming.abort();
     Ok(Run {
-        rate: publishes.count as f64 / elapsed.as_secs_f64(),
+        rate: round.rate(),
         publish_p50_us: publishes.latency_us(0.5),
+        cpu_us_each: round.cpu_us_each(),
     })
 }
 
@@ -195,9 +199,15 @@ async fn main() -> Result<()> {
         let ours = ours(&nats.url, dir.path(), publishers, each).await?;
         let ratio = ours.rate / theirs.rate;
         println!(
-            "  round {round}: switchyard (guest subscriber) {:>8.0} msg/s (publish p50 {} us), \
-             async-nats direct {:>8.0} msg/s (publish p50 {} us): {ratio:.2}x",
-            ours.rate, ours.publish_p50_us, theirs.rate, theirs.publish_p50_us,
+            "  round {round}: switchyard (guest subscriber) {:>8.0} msg/s (publish p50 {} us, cpu \
+             {:.1} us each), async-nats direct {:>8.0} msg/s (publish p50 {} us, cpu {:.1} us \
+             each): {ratio:.2}x",
+            ours.rate,
+            ours.publish_p50_us,
+            ours.cpu_us_each,
+            theirs.rate,
+            theirs.publish_p50_us,
+            theirs.cpu_us_each,
         );
         ratios.push(ratio);
     }

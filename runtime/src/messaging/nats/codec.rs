@@ -65,7 +65,8 @@ pub(super) fn dead_subject(name: &str, service: &str) -> String {
     format!("sy-dead.{name}.{service}")
 }
 
-#[derive(Serialize, Deserialize)]
+/// What a message carries besides its body, as its `Switchyard-Meta` header holds it.
+#[derive(Deserialize)]
 struct Meta {
     id: String,
     kind: MessageKind,
@@ -74,6 +75,20 @@ struct Meta {
     reply_to: Option<String>,
     trace_context: Option<String>,
     sender: String,
+    sent_at_ms: u64,
+}
+
+/// [`Meta`] borrowed from the message it is written for: the same fields in the same order,
+/// so the same bytes (postcard writes a `&str` as it writes a `String`, a slice as a `Vec`).
+#[derive(Serialize)]
+struct MetaOf<'a> {
+    id: &'a str,
+    kind: MessageKind,
+    key: Option<&'a str>,
+    headers: &'a [(String, String)],
+    reply_to: Option<&'a str>,
+    trace_context: Option<&'a str>,
+    sender: &'a str,
     sent_at_ms: u64,
 }
 
@@ -88,14 +103,14 @@ pub(super) struct DeadInfo {
 
 /// The headers and payload of `message`.
 pub(super) fn encode(message: &StoredMessage) -> (HeaderMap, bytes::Bytes) {
-    let meta = Meta {
-        id: message.id.clone(),
+    let meta = MetaOf {
+        id: &message.id,
         kind: message.kind,
-        key: message.key.clone(),
-        headers: message.headers.clone(),
-        reply_to: message.reply_to.clone(),
-        trace_context: message.trace_context.clone(),
-        sender: message.sender.clone(),
+        key: message.key.as_deref(),
+        headers: &message.headers,
+        reply_to: message.reply_to.as_deref(),
+        trace_context: message.trace_context.as_deref(),
+        sender: &message.sender,
         sent_at_ms: message.sent_at_ms,
     };
     let mut headers = HeaderMap::new();
@@ -219,6 +234,38 @@ mod tests {
         assert_eq!(
             headers.get(MSG_ID).map(|id| id.as_str()),
             Some("billing/41/abc-1")
+        );
+    }
+
+    #[test]
+    fn the_meta_header_is_written_as_an_owned_meta_would_be() {
+        // The layout nodes of earlier builds wrote and read: owned fields, in this order.
+        #[derive(Serialize)]
+        struct Owned {
+            id: String,
+            kind: MessageKind,
+            key: Option<String>,
+            headers: Vec<(String, String)>,
+            reply_to: Option<String>,
+            trace_context: Option<String>,
+            sender: String,
+            sent_at_ms: u64,
+        }
+        let sent = message();
+        let owned = Owned {
+            id: sent.id.clone(),
+            kind: sent.kind,
+            key: sent.key.clone(),
+            headers: sent.headers.clone(),
+            reply_to: sent.reply_to.clone(),
+            trace_context: sent.trace_context.clone(),
+            sender: sent.sender.clone(),
+            sent_at_ms: sent.sent_at_ms,
+        };
+        let (headers, _) = encode(&sent);
+        assert_eq!(
+            headers.get(META).map(|meta| meta.as_str().to_owned()),
+            Some(packed(&owned))
         );
     }
 
