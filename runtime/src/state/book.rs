@@ -163,15 +163,34 @@ pub(super) fn each_outbox<E: From<StorageError>>(
     Ok(())
 }
 
-/// Moves the rows of a file written before `book` (tables `meta`, `usage`, `outbox`) into it
-/// and drops those tables, inside `write`. Nothing to do for a newer file.
+/// Left where the table `meta` was, with other types, so that a switchyard from before
+/// `book` refuses to open the store (redb names the type mismatch of `meta`) instead of
+/// starting over beside it with fresh counters, a new store id and an empty outbox.
+pub(super) const TRIPWIRE: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+/// Makes the file one with `book`, inside `write`: moves the rows of a file written before it
+/// (tables `meta`, `usage`, `outbox`) into it, drops those tables, and sets the [`TRIPWIRE`].
 pub(super) fn take_in_old_tables(write: &WriteTransaction) -> Result<(), redb::Error> {
-    use before_book::{META, OUTBOX as OLD_OUTBOX, USAGE as OLD_USAGE};
     let names: Vec<String> = write
         .list_tables()?
         .map(|table| table.name().to_owned())
         .collect();
     let has = |table: &str| names.iter().any(|name| name == table);
+    if !has(BOOK.name()) {
+        move_old_tables(write, &has)?;
+    }
+    write.open_table(TRIPWIRE)?.insert(
+        "moved-to",
+        "book (an older switchyard cannot open this store)",
+    )?;
+    Ok(())
+}
+
+fn move_old_tables(
+    write: &WriteTransaction,
+    has: &dyn Fn(&str) -> bool,
+) -> Result<(), redb::Error> {
+    use before_book::{META, OUTBOX as OLD_OUTBOX, USAGE as OLD_USAGE};
     if !(has(META.name()) || has(OLD_USAGE.name()) || has(OLD_OUTBOX.name())) {
         return Ok(());
     }
