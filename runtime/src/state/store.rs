@@ -223,6 +223,7 @@ impl Store {
     }
 
     /// Writes to the store's file since it opened.
+    #[cfg(any(test, feature = "bench"))]
     pub(crate) fn writes(&self) -> u64 {
         self.counts.writes.load(Ordering::Relaxed)
     }

@@ -31,6 +31,7 @@ use crate::messaging::topic::{
 };
 use crate::messaging::{Delivered, Subscribers};
 use crate::policy::{self, DeliveryVerdict, Policies};
+use crate::util::BoxFuture;
 use crate::wire::StoredMessage;
 
 /// A delivered message not acknowledged within this long goes to another consumer.
@@ -208,6 +209,9 @@ impl Subscription {
         let mut progress = tokio::time::interval(PROGRESS_EVERY);
         let mut moved_away = tokio::time::interval(NOT_HERE_PAUSE);
         let outcome = loop {
+            // Finished deliveries are reaped here rather than in the select below: waiting on
+            // them there would wake this loop once more for every message.
+            while deliveries.try_join_next().is_some() {}
             // Without a permit, pull nothing more: the server holds the rest for other nodes.
             let permit = if self.spec.ordered_by_key {
                 None
@@ -226,7 +230,6 @@ impl Subscription {
                     if self.subscribers.runs_here(&self.spec.service) { continue; }
                     break Err("its service no longer runs on this node".to_owned());
                 }
-                Some(_) = deliveries.join_next(), if !deliveries.is_empty() => continue,
             };
             let message = match next {
                 Some(Ok(message)) => message,
@@ -293,7 +296,7 @@ impl Subscription {
             .unwrap_or_default();
         for held in waiting {
             forget(&live, held.seq);
-            let _ = held.acker.ack_with(AckKind::Nak(None)).await;
+            let _ = answer(&held.acker, AckKind::Nak(None)).await;
         }
         // Deliveries in flight end (a pause before a redelivery ends early, with a nak).
         while deliveries.join_next().await.is_some() {}
@@ -315,13 +318,13 @@ impl Subscription {
                 let placeholder = codec::decode(held.seq, None, &held.message.payload)
                     .unwrap_or_else(|_| unreachable_message(held.seq));
                 let reason = format!("message at offset {} cannot be read: {err}", held.seq - 1);
-                self.dead_letter(
+                Box::pin(self.dead_letter(
                     &held,
                     &placeholder,
                     held.delivered,
                     reason,
                     "not delivered".into(),
-                )
+                ))
                 .await;
                 return;
             }
@@ -329,7 +332,7 @@ impl Subscription {
         if let Some(reason) = loop_guard(&log, service, &message) {
             self.stats.loops_stopped.fetch_add(1, Ordering::Relaxed);
             let attempts = held.delivered.saturating_sub(1);
-            self.dead_letter(&held, &message, attempts, reason, "not delivered".into())
+            Box::pin(self.dead_letter(&held, &message, attempts, reason, "not delivered".into()))
                 .await;
             return;
         }
@@ -356,7 +359,7 @@ impl Subscription {
                     span.record("outcome", "acked");
                     self.stats.waiting(None);
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    if let Err(err) = held.acker.ack_with(AckKind::Ack).await {
+                    if let Err(err) = answer(&held.acker, AckKind::Ack).await {
                         // The server redelivers it: the subscriber sees it twice.
                         tracing::warn!(queue = %name, id = %message.id, %err, "could not acknowledge a delivered message to NATS; it will come again");
                     }
@@ -367,7 +370,7 @@ impl Subscription {
                     if !self.subscribers.runs_here(service) {
                         // Another node that runs it may take it now.
                         self.stats.waiting(Some(reason));
-                        let _ = held.acker.ack_with(AckKind::Nak(None)).await;
+                        let _ = answer(&held.acker, AckKind::Nak(None)).await;
                         return;
                     }
                     self.stats.waiting(Some(reason));
@@ -396,14 +399,14 @@ impl Subscription {
                             self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
                             if !self.spec.ordered_by_key {
                                 // The server redelivers it after the pause, to any node.
-                                let _ = held.acker.ack_with(AckKind::Nak(Some(pause))).await;
+                                let _ = answer(&held.acker, AckKind::Nak(Some(pause))).await;
                                 return;
                             }
                             pause
                         }
                         DeliveryVerdict::DeadLetter(reason) => {
                             self.stats.waiting(None);
-                            self.dead_letter(&held, &message, attempts, reason, error)
+                            Box::pin(self.dead_letter(&held, &message, attempts, reason, error))
                                 .await;
                             return;
                         }
@@ -416,7 +419,7 @@ impl Subscription {
                 _ = stopped(&mut stop) => true,
             };
             if stopping {
-                let _ = held.acker.ack_with(AckKind::Nak(None)).await;
+                let _ = answer(&held.acker, AckKind::Nak(None)).await;
                 return;
             }
         }
@@ -457,7 +460,7 @@ impl Subscription {
         match stored {
             Ok(()) => {
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                let _ = held.acker.ack_with(AckKind::Term).await;
+                let _ = answer(&held.acker, AckKind::Term).await;
             }
             Err(err) => {
                 tracing::error!(queue = %name, id = %message.id, %err, "the dead-letter stream refused the message; it stays owed");
@@ -467,10 +470,17 @@ impl Subscription {
                     self.log.load().what(),
                     codec::dead_stream(&name)
                 )));
-                let _ = held.acker.ack_with(AckKind::Nak(Some(MAX_BACKOFF))).await;
+                let _ = answer(&held.acker, AckKind::Nak(Some(MAX_BACKOFF))).await;
             }
         }
     }
+}
+
+/// Tells the server what became of a message. Boxed: async-nats' acknowledgement future is
+/// about 650 bytes, and awaited in place it would make every delivery task that much larger,
+/// which each spawn copies.
+fn answer(acker: &Acker, kind: AckKind) -> BoxFuture<'_, Result<(), async_nats::Error>> {
+    Box::pin(acker.ack_with(kind))
 }
 
 fn unreachable_message(seq: u64) -> StoredMessage {
