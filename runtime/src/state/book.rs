@@ -1,9 +1,10 @@
 //! The store's `book` table: its sections and how their rows are encoded. Why one table holds
 //! them is in the [`store`](super::store) module docs.
 //!
-//! A key is (section, name), sections numbered: `counter` rows map a name to a little-endian `u64`; `usage` rows
-//! a service to its bytes and keys (two little-endian `u64`s); `outbox` rows a sequence number
-//! (big-endian, so they sort in order) to a postcard-encoded outbox entry.
+//! A key is (section, name), sections numbered: `counter` rows map a name to a little-endian
+//! `u64`; `usage` rows a service to its bytes and keys (two little-endian `u64`s); `outbox`
+//! rows a sequence number (big-endian, so they sort in order) to a postcard-encoded outbox
+//! entry.
 
 use redb::{ReadableTable, StorageError, Table, TableDefinition, TableHandle, WriteTransaction};
 
@@ -91,17 +92,29 @@ pub(super) fn usages(
     book: &impl ReadableTable<Key, &'static [u8]>,
 ) -> Result<Vec<(String, u64, u64)>, StorageError> {
     let mut all = Vec::new();
-    for found in book.range((USAGE, &[][..])..)? {
+    each_row(book, USAGE, |service, row| {
+        let service = String::from_utf8_lossy(service).into_owned();
+        let (bytes, keys) = decode_usage(row, &service)?;
+        all.push((service, bytes, keys));
+        Ok::<_, StorageError>(true)
+    })?;
+    Ok(all)
+}
+
+/// Calls `each(name, row)` for the rows of `section` in key order while it answers `Ok(true)`.
+fn each_row<E: From<StorageError>>(
+    book: &impl ReadableTable<Key, &'static [u8]>,
+    section: u8,
+    mut each: impl FnMut(&[u8], &[u8]) -> Result<bool, E>,
+) -> Result<(), E> {
+    for found in book.range((section, &[][..])..)? {
         let (key, row) = found?;
-        let (section, service) = key.value();
-        if section != USAGE {
+        let (in_section, name) = key.value();
+        if in_section != section || !each(name, row.value())? {
             break;
         }
-        let service = String::from_utf8_lossy(service).into_owned();
-        let (bytes, keys) = decode_usage(row.value(), &service)?;
-        all.push((service, bytes, keys));
     }
-    Ok(all)
+    Ok(())
 }
 
 /// Puts the outbox entry `seq` (encoded).
@@ -147,26 +160,18 @@ pub(super) fn each_outbox<E: From<StorageError>>(
     book: &impl ReadableTable<Key, &'static [u8]>,
     mut each: impl FnMut(u64, &[u8]) -> Result<bool, E>,
 ) -> Result<(), E> {
-    for found in book.range((OUTBOX, &[][..])..)? {
-        let (key, entry) = found?;
-        let (section, seq) = key.value();
-        if section != OUTBOX {
-            break;
-        }
+    each_row(book, OUTBOX, |seq, entry| {
         let seq = <[u8; 8]>::try_from(seq)
             .map(u64::from_be_bytes)
             .map_err(|_| damaged("outbox", seq.len()))?;
-        if !each(seq, entry.value())? {
-            break;
-        }
-    }
-    Ok(())
+        each(seq, entry)
+    })
 }
 
 /// Left where the table `meta` was, with other types, so that a switchyard from before
 /// `book` refuses to open the store (redb names the type mismatch of `meta`) instead of
 /// starting over beside it with fresh counters, a new store id and an empty outbox.
-pub(super) const TRIPWIRE: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const TRIPWIRE: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 /// Makes the file one with `book`, inside `write`: moves the rows of a file written before it
 /// (tables `meta`, `usage`, `outbox`) into it, drops those tables, and sets the [`TRIPWIRE`].
@@ -191,9 +196,6 @@ fn move_old_tables(
     has: &dyn Fn(&str) -> bool,
 ) -> Result<(), redb::Error> {
     use before_book::{META, OUTBOX as OLD_OUTBOX, USAGE as OLD_USAGE};
-    if !(has(META.name()) || has(OLD_USAGE.name()) || has(OLD_OUTBOX.name())) {
-        return Ok(());
-    }
     let mut book = write.open_table(BOOK)?;
     if has(META.name()) {
         let meta = write.open_table(META)?;
@@ -223,10 +225,11 @@ fn move_old_tables(
     Ok(())
 }
 
-/// The tables of files written before `book`.
+/// The tables of files written before `book` (the state tests write such a file with them).
 pub(super) mod before_book {
     use redb::TableDefinition;
-    pub(crate) const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("usage");
-    pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
-    pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    pub(in crate::state) const USAGE: TableDefinition<&str, (u64, u64)> =
+        TableDefinition::new("usage");
+    pub(in crate::state) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+    pub(in crate::state) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 }

@@ -135,57 +135,57 @@ impl StateStore for SharedStore {
 /// Why not from the blocking thread that committed: waking the relay there wakes a parked
 /// runtime worker (a futex wake and two context switches per commit, about a tenth of a lone
 /// commit's latency on two cores), while a task woken from a worker goes to that worker's own
-/// queue and runs when the caller yields. A caller whose future is dropped
-/// before the outcome arrives must not leave the messages unannounced: whichever side comes
-/// second, the commit or the drop, wakes the relay.
+/// queue and runs when the caller yields. A caller whose future is dropped before the outcome
+/// arrives must not leave the messages unannounced: whichever side comes second, the commit or
+/// the caller's [`Announcer`], wakes the relay.
 pub(crate) async fn commit_off_executor(
     store: Arc<Store>,
     service: String,
     max_bytes: u64,
     transaction: Transaction,
 ) -> Result<Committed, StateError> {
-    let handover = Arc::new(Handover::default());
-    let mut guard = AnnounceIfDropped {
+    let announcer = Announcer {
         store: store.clone(),
-        handover: handover.clone(),
-        armed: true,
+        handover: Arc::default(),
     };
-    let committer = store.clone();
+    let handover = announcer.handover.clone();
     let committed = tokio::task::spawn_blocking(move || {
-        let committed = committer.commit_unannounced(&service, max_bytes, transaction);
+        let committed = store.commit_unannounced(&service, max_bytes, transaction);
         if let Ok(committed) = &committed
-            && !handover.hand_over()
+            && !handover.hand_over(committed)
         {
-            committer.announce(committed);
+            store.announce(committed);
         }
         committed
     })
     .await;
-    guard.armed = false;
-    let committed = committed
-        .map_err(|err| StateError::Unavailable(format!("a commit was interrupted: {err}")))??;
-    store.announce(&committed);
-    Ok(committed)
+    // Announces here, on this task's worker, if the commit put messages in the outbox.
+    drop(announcer);
+    committed.map_err(|err| StateError::Unavailable(format!("a commit was interrupted: {err}")))?
 }
 
-/// Who announces a commit: the waiting task, or, once it is gone, the committing thread.
+/// Who wakes the relay for a commit with messages: the waiting task, or, once it is gone, the
+/// committing thread.
 #[derive(Default)]
 struct Handover(std::sync::atomic::AtomicU8);
 
 const WAITING: u8 = 0;
+/// Committed with messages, for the waiter to announce.
 const COMMITTED: u8 = 1;
 const GONE: u8 = 2;
 
 impl Handover {
-    /// Called by the committer: whether the waiter is still there to announce.
-    fn hand_over(&self) -> bool {
-        self.0
-            .compare_exchange(WAITING, COMMITTED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+    /// Called by the committer: whether the waiter takes `committed` over (it is still there
+    /// and there is something to announce).
+    fn hand_over(&self, committed: &Committed) -> bool {
+        committed.message_ids.is_empty()
+            || self
+                .0
+                .compare_exchange(WAITING, COMMITTED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 
-    /// Called when the waiter goes: whether the commit already happened (so the waiter must
-    /// announce it, nobody else will).
+    /// Called when the waiter goes: whether a commit with messages was handed to it.
     fn leave(&self) -> bool {
         self.0
             .compare_exchange(WAITING, GONE, Ordering::AcqRel, Ordering::Acquire)
@@ -193,18 +193,16 @@ impl Handover {
     }
 }
 
-/// Announces the commit if the waiting future is dropped before its outcome arrived (while
-/// `armed`).
-struct AnnounceIfDropped {
+/// The waiting side of a [`Handover`]: dropped when the outcome arrived, or with the caller's
+/// future before that.
+struct Announcer {
     store: Arc<Store>,
     handover: Arc<Handover>,
-    armed: bool,
 }
 
-impl Drop for AnnounceIfDropped {
+impl Drop for Announcer {
     fn drop(&mut self) {
-        if self.armed && self.handover.leave() {
-            // Committed, maybe with messages: waking the relay for nothing costs one round.
+        if self.handover.leave() {
             self.store.outbox_filled.notify_one();
         }
     }

@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use super::book::{self, BOOK, OUTBOX_NEXT, STORE_ID, VERSION};
 use crate::host::{Committed, OutboxMessage, StateEntry, StateError, StatePage, Transaction};
 
-const ENTRIES: TableDefinition<(&str, &str), (u64, &[u8])> = TableDefinition::new("entries");
+pub(super) const ENTRIES: TableDefinition<(&str, &str), (u64, &[u8])> =
+    TableDefinition::new("entries");
 
 /// The longest key a service may store.
 pub(crate) const MAX_KEY_BYTES: usize = 1024;

@@ -241,11 +241,9 @@ fn a_message_in_a_commit_writes_no_more_pages_than_the_commit_without_it() {
 
 #[test]
 fn a_file_written_with_a_table_each_for_meta_usage_and_outbox_is_taken_in_whole() {
-    use redb::{ReadableDatabase, TableDefinition, TableHandle};
-    const ENTRIES: TableDefinition<(&str, &str), (u64, &[u8])> = TableDefinition::new("entries");
-    const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("usage");
-    const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
-    const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    use super::book::before_book::{META, OUTBOX, USAGE};
+    use super::store::ENTRIES;
+    use redb::{ReadableDatabase, TableHandle};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
     let waiting = |seq: u64| store::OutboxEntry {

@@ -66,7 +66,7 @@ pub(super) fn dead_subject(name: &str, service: &str) -> String {
 }
 
 /// What a message carries besides its body, as its `Switchyard-Meta` header holds it.
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Meta {
     id: String,
     kind: MessageKind,
@@ -239,20 +239,9 @@ mod tests {
 
     #[test]
     fn the_meta_header_is_written_as_an_owned_meta_would_be() {
-        // The layout nodes of earlier builds wrote and read: owned fields, in this order.
-        #[derive(Serialize)]
-        struct Owned {
-            id: String,
-            kind: MessageKind,
-            key: Option<String>,
-            headers: Vec<(String, String)>,
-            reply_to: Option<String>,
-            trace_context: Option<String>,
-            sender: String,
-            sent_at_ms: u64,
-        }
+        // What nodes of earlier builds wrote (and every node reads): the owned layout.
         let sent = message();
-        let owned = Owned {
+        let owned = Meta {
             id: sent.id.clone(),
             kind: sent.kind,
             key: sent.key.clone(),
