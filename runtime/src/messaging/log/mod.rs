@@ -669,6 +669,7 @@ pub(super) fn open(
     migrate(&**storage, &paths, queue)?;
 
     let numbers = segments::list(&**storage, &paths.segments).map_err(io_error(&paths.segments))?;
+    tracing::debug!(queue, segments = ?numbers, "replaying the log");
     // The newest segments first, back to the last whole checkpoint: every segment is created
     // whole with its checkpoint, so only damage takes one away; then replay goes on from the
     // one before, and the state records after it.
@@ -984,7 +985,11 @@ impl Files {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
         };
         self.sealed.retain_mut(|segment| {
-            let done = match segment.fate(live) {
+            let fate = segment.fate(live);
+            if !matches!(fate, Fate::Keep) {
+                tracing::debug!(queue, segment = segment.number, ?fate, "pruning a sealed log segment");
+            }
+            let done = match fate {
                 Fate::Keep => return true,
                 Fate::Remove => storage.remove(&segment.path).map(|()| {
                     index().remove(segment.number);
@@ -1570,7 +1575,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_segment_whose_name_is_not_yet_durable_fails_the_sends_after_it_until_it_is() {
-        let (sim, storage, dir, writer) = on_sim(2);
+        let (sim, _, dir, writer) = on_sim(2);
         let mut log = records(&[Record::Sent(message(0, "settled"))]);
         encode(&Record::Done { seq: 0 }, &mut log).unwrap();
         encode(&Record::Sent(message(1, "owed")), &mut log).unwrap();
@@ -1598,7 +1603,8 @@ mod tests {
             "{acknowledged} acknowledged"
         );
         sim.crash();
-        let (_, recovered) = open(&storage, dir, "q").unwrap();
+        let restarted: Arc<dyn Storage> = Arc::new(sim.restarted());
+        let (_, recovered) = open(&restarted, dir, "q").unwrap();
         assert_eq!(bodies(&recovered), expected);
     }
 

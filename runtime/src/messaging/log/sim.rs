@@ -6,8 +6,10 @@
 //! operation of a kind): a write that fails after writing part of its bytes (a full disk, an
 //! I/O error, a short write), a sync that fails after writing back part of the file, a failed
 //! cut, replace, read, removal or directory sync. A crash keeps, per file, its synced bytes plus any
-//! prefix of the rest (a torn write), brings back the synced names, and turns every handle
-//! opened before it into one that fails, as the killed process's would.
+//! prefix of the rest (a torn write), brings back the synced names, and fences off the process
+//! that ran before it: its handles and its disk ([`SimDisk::restarted`] is the next process's)
+//! fail every operation from then on, as a killed process does nothing more. Without that, a
+//! writer thread still running after the crash could remove or rewrite the next life's segments.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -29,10 +31,12 @@ pub(crate) enum Op {
     Remove,
 }
 
-/// The simulated disk; clones share it.
+/// The simulated disk as one process sees it; clones share it.
 #[derive(Clone)]
 pub(crate) struct SimDisk {
     state: Arc<Mutex<State>>,
+    /// The crashes before this process started: once another comes, it can do nothing more.
+    epoch: u64,
 }
 
 struct State {
@@ -67,7 +71,28 @@ impl SimDisk {
                 scripted: VecDeque::new(),
                 faults: 0,
             })),
+            epoch: 0,
         }
+    }
+
+    /// The same disk as a process started after the last crash sees it.
+    pub(crate) fn restarted(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+            epoch: self.state().epoch,
+        }
+    }
+
+    /// The disk's state for an operation of this process, or an error if the disk crashed
+    /// since it started.
+    fn live(&self) -> io::Result<MutexGuard<'_, State>> {
+        let state = self.state();
+        if state.epoch != self.epoch {
+            return Err(io::Error::other(
+                "the process that opened this disk crashed",
+            ));
+        }
+        Ok(state)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -92,7 +117,8 @@ impl SimDisk {
     }
 
     /// Loses power: every file keeps its synced bytes and maybe part of the rest, every
-    /// directory its synced names; handles opened before fail from now on.
+    /// directory its synced names; the processes before it (their disks and handles) fail
+    /// from now on.
     pub(crate) fn crash(&self) {
         let mut state = self.state();
         let State { files, rng, .. } = &mut *state;
@@ -157,7 +183,7 @@ impl State {
 
 impl Storage for SimDisk {
     fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
-        let mut state = self.state();
+        let mut state = self.live()?;
         if let Some(err) = state.fault(Op::Read) {
             return Err(err);
         }
@@ -168,7 +194,7 @@ impl Storage for SimDisk {
     }
 
     fn read_at(&self, path: &Path, at: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
-        let mut state = self.state();
+        let mut state = self.live()?;
         if let Some(err) = state.fault(Op::Read) {
             return Err(err);
         }
@@ -180,7 +206,7 @@ impl Storage for SimDisk {
     }
 
     fn append(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
-        let mut state = self.state();
+        let mut state = self.live()?;
         if let Some(err) = state.fault(Op::Open) {
             return Err(err);
         }
@@ -191,12 +217,12 @@ impl Storage for SimDisk {
         Ok(Box::new(Handle {
             disk: self.clone(),
             at,
-            epoch: state.epoch,
+            epoch: self.epoch,
         }))
     }
 
     fn replace(&self, path: &Path, contents: &[u8]) -> io::Result<Box<dyn LogFile>> {
-        let mut state = self.state();
+        let mut state = self.live()?;
         if let Some(err) = state.fault(Op::Replace) {
             return Err(err);
         }
@@ -204,16 +230,17 @@ impl Storage for SimDisk {
         Ok(Box::new(Handle {
             disk: self.clone(),
             at,
-            epoch: state.epoch,
+            epoch: self.epoch,
         }))
     }
 
     fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
+        drop(self.live()?);
         Ok(())
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        let mut state = self.state();
+        let mut state = self.live()?;
         if let Some(err) = state.fault(Op::Read) {
             return Err(err);
         }
@@ -226,7 +253,7 @@ impl Storage for SimDisk {
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
-        let mut state = self.state();
+        let mut state = self.live()?;
         if let Some(err) = state.fault(Op::Remove) {
             return Err(err);
         }
@@ -240,7 +267,7 @@ impl Storage for SimDisk {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let mut state = self.state();
+        let mut state = self.live()?;
         if let Some(err) = state.fault(Op::SyncDir) {
             return Err(err);
         }
@@ -257,6 +284,7 @@ impl Storage for SimDisk {
     }
 
     fn lock(&self, _path: &Path) -> io::Result<Option<Box<dyn Send>>> {
+        drop(self.live()?);
         Ok(Some(Box::new(())))
     }
 }
@@ -269,7 +297,7 @@ struct Handle {
 }
 
 impl Handle {
-    /// The disk's state, or an error if the disk crashed since this handle was opened.
+    /// The disk's state, or an error if the disk crashed since this handle's process started.
     fn live(&self) -> io::Result<MutexGuard<'_, State>> {
         let state = self.disk.state();
         if state.epoch != self.epoch {
