@@ -25,14 +25,31 @@ use futures_util::StreamExt as _;
 use switchyard_benches::{NatsServer, RoundClock, env_or, median_of, timed_loop, wait_until};
 
 /// Messages per second, publish to the last acknowledged delivery, the publishes' p50, and
-/// this process's CPU per message over the same span (nats-server's is not in it).
+/// this process's and nats-server's CPU per message over the same span.
 struct Run {
     rate: f64,
     publish_p50_us: u64,
     cpu_us_each: f64,
+    server_cpu_us_each: f64,
 }
 
-async fn ours(url: &str, dir: &std::path::Path, publishers: usize, each: usize) -> Result<Run> {
+/// nats-server's CPU per message between `before` and now.
+fn server_cpu_each(nats: &NatsServer, before: Option<Duration>, count: u64) -> f64 {
+    match (before, nats.cpu_time()) {
+        (Some(before), Some(after)) if count > 0 => {
+            after.saturating_sub(before).as_secs_f64() * 1e6 / count as f64
+        }
+        _ => f64::NAN,
+    }
+}
+
+async fn ours(
+    nats: &NatsServer,
+    dir: &std::path::Path,
+    publishers: usize,
+    each: usize,
+) -> Result<Run> {
+    let url = &nats.url;
     let guests = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/guests/wasm32-wasip2/release");
     anyhow::ensure!(
@@ -67,6 +84,7 @@ async fn ours(url: &str, dir: &std::path::Path, publishers: usize, each: usize) 
     })
     .await?;
     let before = publisher.delivered("t1");
+    let server_before = nats.cpu_time();
     let clock = RoundClock::start();
     let publishes = {
         let publisher = publisher.clone();
@@ -93,11 +111,12 @@ async fn ours(url: &str, dir: &std::path::Path, publishers: usize, each: usize) 
         rate: round.rate(),
         publish_p50_us: publishes.latency_us(0.5),
         cpu_us_each: round.cpu_us_each(),
+        server_cpu_us_each: server_cpu_each(nats, server_before, round.count),
     })
 }
 
-async fn theirs(url: &str, publishers: usize, each: usize) -> Result<Run> {
-    let client = async_nats::connect(url).await?;
+async fn theirs(nats: &NatsServer, publishers: usize, each: usize) -> Result<Run> {
+    let client = async_nats::connect(&nats.url).await?;
     let js = jetstream::new(client);
     let stream = js
         .create_stream(jetstream::stream::Config {
@@ -138,6 +157,7 @@ async fn theirs(url: &str, publishers: usize, each: usize) -> Result<Run> {
             }
         }
     });
+    let server_before = nats.cpu_time();
     let clock = RoundClock::start();
     let publishes = {
         let js = js.clone();
@@ -170,6 +190,7 @@ async fn theirs(url: &str, publishers: usize, each: usize) -> Result<Run> {
         rate: round.rate(),
         publish_p50_us: publishes.latency_us(0.5),
         cpu_us_each: round.cpu_us_each(),
+        server_cpu_us_each: server_cpu_each(nats, server_before, round.count),
     })
 }
 
@@ -195,19 +216,21 @@ async fn main() -> Result<()> {
     // and the median of the per-round ratios counts.
     let mut ratios = Vec::with_capacity(rounds);
     for round in 0..rounds {
-        let theirs = theirs(&nats.url, publishers, each).await?;
-        let ours = ours(&nats.url, dir.path(), publishers, each).await?;
+        let theirs = theirs(&nats, publishers, each).await?;
+        let ours = ours(&nats, dir.path(), publishers, each).await?;
         let ratio = ours.rate / theirs.rate;
         println!(
             "  round {round}: switchyard (guest subscriber) {:>8.0} msg/s (publish p50 {} us, cpu \
-             {:.1} us each), async-nats direct {:>8.0} msg/s (publish p50 {} us, cpu {:.1} us \
-             each): {ratio:.2}x",
+             {:.1} us each, nats-server {:.1}), async-nats direct {:>8.0} msg/s (publish p50 {} \
+             us, cpu {:.1} us each, nats-server {:.1}): {ratio:.2}x",
             ours.rate,
             ours.publish_p50_us,
             ours.cpu_us_each,
+            ours.server_cpu_us_each,
             theirs.rate,
             theirs.publish_p50_us,
             theirs.cpu_us_each,
+            theirs.server_cpu_us_each,
         );
         ratios.push(ratio);
     }

@@ -290,7 +290,7 @@ pub fn data_dir() -> Result<std::path::PathBuf> {
 /// nats-server (the Debian package) on a free loopback port, stopped when dropped: the
 /// baseline of the messaging benchmarks, and the server of the NATS backend's.
 pub struct NatsServer {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     /// Its JetStream store, when it has one.
     _store: Option<tempfile::TempDir>,
     pub url: String,
@@ -331,10 +331,24 @@ impl NatsServer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(Self {
-            _child: child,
+            child,
             _store: store,
             url: format!("nats://{addr}"),
         })
+    }
+
+    /// The CPU time the server has used so far (user and system, from `/proc`; Linux only),
+    /// to set beside a client's per message.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let pid = self.child.id()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command (which may hold spaces) in parentheses.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let per_second = rustix::param::clock_ticks_per_second();
+        Some(Duration::from_nanos(
+            ticks.checked_mul(1_000_000_000)? / per_second,
+        ))
     }
 }
 
@@ -384,7 +398,13 @@ pub fn summary(report: &LoadReport) -> serde_json::Value {
 /// The median of per-round values.
 pub fn median_of(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    let middle = values.len() / 2;
+    match values.len() {
+        0 => f64::NAN,
+        // An even count has two middles: taking the upper one alone would flatter a ratio.
+        len if len % 2 == 0 => (values[middle - 1] + values[middle]) / 2.0,
+        _ => values[middle],
+    }
 }
 
 /// The round with the median requests/s.
@@ -481,4 +501,16 @@ async fn grpc_stream_loop(
         }
     }
     Ok((requests, errors, histogram))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_of;
+
+    #[test]
+    fn the_median_of_an_even_count_is_between_its_two_middles() {
+        assert_eq!(median_of(vec![0.9, 0.7, 0.8]), 0.8);
+        assert_eq!(median_of(vec![0.87, 0.85, 0.68, 0.77]), 0.81);
+        assert!(median_of(Vec::new()).is_nan());
+    }
 }
