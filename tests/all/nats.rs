@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use crate::support::{
-    NatsServer, TestManifest, count, free_port, send, send_with, service, start_binary,
-    wait_for_entry,
+    NatsServer, TestManifest, admin_get, count, free_port, get, send, send_with, service,
+    start_binary, wait_for_entry,
 };
 
 fn mailroom(name: &str, routes: &[&str]) -> String {
@@ -582,4 +582,52 @@ async fn a_server_without_jetstream_is_named() {
             && err.contains(&nats.url),
         "{err}"
     );
+}
+
+/// A node asks JetStream about its streams (for `/topics`, `/queues` and `/metrics`) every
+/// 200 ms only while someone reads those; unread, every 2 s: each look costs the servers API
+/// requests per topic, from every node. Counted by the server itself (`/jsz`, `api.total`).
+#[tokio::test]
+async fn a_node_asks_jetstream_about_its_streams_often_only_while_someone_looks() {
+    let monitor = free_port();
+    let nats = NatsServer::start_with(&["-m", &monitor.port().to_string()]).await;
+    let manifest = TestManifest::new(&format!(
+        "{}{}[[topic]]\nname = \"a\"\n\n[[topic]]\nname = \"b\"\n\n",
+        nats.section(),
+        mailroom("front", &["POST /publish/{queue}"]),
+    ));
+    let node = manifest.start().await;
+    let api_requests = async || {
+        let reply = get(monitor, "/jsz").await;
+        let jsz: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        count(&jsz["api"], "total")
+    };
+    // The streams are made at start; the first looks follow.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let before = api_requests().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let unread = api_requests().await - before;
+
+    let before = api_requests().await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        assert_eq!(admin_get(&node, "/topics").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let read = api_requests().await - before;
+    eprintln!("JetStream API requests in 3 s: {unread} unread, {read} while read");
+
+    // A look is two requests per topic here (its stream, its dead letters' stream): unread,
+    // one look every 2 s (at 200 ms it was 15 looks, 60 requests, in 3 s); read, one per
+    // 200 ms tick.
+    assert!(
+        unread <= 3 * 4,
+        "{unread} API requests in 3 s while nobody looked"
+    );
+    assert!(
+        read >= 30 && read > 2 * unread,
+        "{read} API requests in 3 s while /topics was read every 50 ms ({unread} unread)"
+    );
+    node.shutdown().await;
 }

@@ -36,7 +36,7 @@ mod consume;
 mod streams;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -59,12 +59,24 @@ use consume::{Subscription, SubscriptionStats};
 
 /// How long the node waits for NATS at start before it serves without it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How often the admin API's view of the streams and consumers is refreshed.
+/// How often streams that are not ready are tried again, and how fresh the admin API's view
+/// of the streams and consumers is kept while someone reads it.
 const VIEW_EVERY: Duration = Duration::from_millis(200);
+/// How often that view is refreshed while nobody reads it. Each refresh costs the servers
+/// two or three JetStream API requests per queue or topic, from every node: at
+/// [`VIEW_EVERY`] alone a mesh of many nodes and topics would keep them busy answering.
+const VIEW_UNREAD_EVERY: Duration = Duration::from_secs(2);
 /// NATS's default `max_payload`, until the servers say theirs.
 const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 /// Dead letters a view shows, the latest.
 const RECENT_DEAD: u64 = 5;
+
+/// Whether the view of the streams is refreshed at `now`: at each tick while someone reads it
+/// (`read` since the last refresh), else once [`VIEW_UNREAD_EVERY`] has passed since the last
+/// (`looked`).
+fn view_due(read: bool, looked: Option<tokio::time::Instant>, now: tokio::time::Instant) -> bool {
+    read || looked.is_none_or(|looked| now.saturating_duration_since(looked) >= VIEW_UNREAD_EVERY)
+}
 
 /// Why the NATS backend could not start.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +197,9 @@ pub(crate) struct Jetstream {
     /// The largest message the servers take (refreshed with the view: the client's copy of
     /// the server's info is cloned whole on each read).
     max_payload: std::sync::atomic::AtomicUsize,
+    /// Someone read the view since it was last refreshed: the next refresh comes at
+    /// [`VIEW_EVERY`] rather than [`VIEW_UNREAD_EVERY`].
+    view_read: AtomicBool,
 }
 
 impl Jetstream {
@@ -262,6 +277,7 @@ impl Jetstream {
             delivery: OnceLock::new(),
             changing: tokio::sync::Mutex::new(()),
             unready: std::sync::Mutex::default(),
+            view_read: AtomicBool::new(false),
             max_payload: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_PAYLOAD),
         };
         backend.note_max_payload();
@@ -694,6 +710,7 @@ impl Jetstream {
             }
         }
         let mut tick = tokio::time::interval(VIEW_EVERY);
+        let mut looked = None;
         loop {
             let stopping = tokio::select! {
                 _ = tick.tick() => false,
@@ -702,7 +719,13 @@ impl Jetstream {
             if stopping {
                 break;
             }
-            self.refresh().await;
+            let read = self.view_read.swap(false, Ordering::Relaxed);
+            let now = tokio::time::Instant::now();
+            let look = view_due(read, looked, now);
+            if look {
+                looked = Some(now);
+            }
+            self.refresh(look).await;
         }
         let _one_at_a_time = self.changing.lock().await;
         for log in self.logs.load().values() {
@@ -737,8 +760,9 @@ impl Jetstream {
         }
     }
 
-    /// Streams that were not ready (NATS away at start) are made so; the view is refreshed.
-    async fn refresh(&self) {
+    /// Streams that were not ready (NATS away at start) are made so; with `look`, the view is
+    /// refreshed.
+    async fn refresh(&self, look: bool) {
         if !self.connected() {
             return;
         }
@@ -756,6 +780,9 @@ impl Jetstream {
                 tracing::error!(queue = %name, error = %err, "stream not ready");
                 self.note_unready(&name, err.to_string());
             }
+        }
+        if !look {
+            return;
         }
         for log in self.logs.load().values() {
             let seen = self.look(&log.spec.load()).await;
@@ -1012,6 +1039,7 @@ impl Jetstream {
     }
 
     pub(crate) fn views(&self) -> Vec<QueueView> {
+        self.view_read.store(true, Ordering::Relaxed);
         let mut views: Vec<QueueView> = self
             .logs
             .load()
@@ -1051,6 +1079,7 @@ impl Jetstream {
     }
 
     pub(crate) fn topic_views(&self) -> Vec<TopicView> {
+        self.view_read.store(true, Ordering::Relaxed);
         let mut views: Vec<TopicView> = self
             .logs
             .load()
