@@ -226,8 +226,7 @@ impl Handler for Ingress {
             let body = grpc::reporting_end(
                 body,
                 Box::new(move |code: Code| {
-                    done.exported
-                        .record(|| vec![KeyValue::new("rpc.grpc.status_code", code.number())]);
+                    done.exported.record(|| grpc_status_attribute(code));
                     ingress.done(done, code.http_status());
                 }),
             );
@@ -463,7 +462,7 @@ impl Ingress {
             });
             let (response, code) = grpc::answer(call, frames).await;
             if let Some(code) = code {
-                exported.record(|| vec![KeyValue::new("rpc.grpc.status_code", code.number())]);
+                exported.record(|| grpc_status_attribute(code));
             }
             return response;
         }
@@ -486,6 +485,12 @@ fn whole(response: Response<Full<Bytes>>) -> Response<IngressBody> {
 }
 
 /// The one place where a failed guest call becomes an HTTP answer.
+/// The span attribute of a gRPC call's status, whether the call was answered whole or
+/// streamed (then known only at its trailers).
+fn grpc_status_attribute(code: Code) -> Vec<KeyValue> {
+    vec![KeyValue::new("rpc.grpc.status_code", code.number())]
+}
+
 fn error_response(error: &SlotError, request_id: &str) -> Response<Full<Bytes>> {
     let status = match error {
         SlotError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
