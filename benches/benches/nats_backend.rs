@@ -115,7 +115,8 @@ async fn ours(
     })
 }
 
-async fn theirs(nats: &NatsServer, publishers: usize, each: usize) -> Result<Run> {
+async fn theirs(nats: &NatsServer, round: usize, publishers: usize, each: usize) -> Result<Run> {
+    let consumer_name = format!("sub-{round}");
     let client = async_nats::connect(&nats.url).await?;
     let js = jetstream::new(client);
     let stream = js
@@ -130,7 +131,9 @@ async fn theirs(nats: &NatsServer, publishers: usize, each: usize) -> Result<Run
         .await?;
     let consumer: jetstream::consumer::PullConsumer = stream
         .create_consumer(jetstream::consumer::pull::Config {
-            durable_name: Some("sub".into()),
+            // A consumer per round, deleted after it: a pull request the last round's consumer
+            // left open on the server would take messages nobody reads (until ack_wait).
+            durable_name: Some(consumer_name.clone()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             max_ack_pending: 64,
             ..Default::default()
@@ -186,6 +189,7 @@ async fn theirs(nats: &NatsServer, publishers: usize, each: usize) -> Result<Run
     .await?;
     let round = clock.finish("async-nats", publishes.count, publishes.histogram.clone());
     consuming.abort();
+    stream.delete_consumer(&consumer_name).await?;
     Ok(Run {
         rate: round.rate(),
         publish_p50_us: publishes.latency_us(0.5),
@@ -216,7 +220,7 @@ async fn main() -> Result<()> {
     // and the median of the per-round ratios counts.
     let mut ratios = Vec::with_capacity(rounds);
     for round in 0..rounds {
-        let theirs = theirs(&nats, publishers, each).await?;
+        let theirs = theirs(&nats, round, publishers, each).await?;
         let ours = ours(&nats, dir.path(), publishers, each).await?;
         let ratio = ours.rate / theirs.rate;
         println!(
