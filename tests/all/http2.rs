@@ -443,6 +443,14 @@ async fn with_a_client_ca_only_its_clients_are_served_the_guest_knows_them_and_a
         assert!(refused, "a client with {what} was served");
     }
 
+    // The certificate request names the CA it takes, so a client with several certificates
+    // can offer the right one.
+    assert_eq!(
+        hints_named(addr, &servers).await,
+        ["client CA (Switchyard cluster CA)"],
+        "the CAs named to the client"
+    );
+
     // The guest learns who the client is from its verified certificate, and only from it.
     let with_cert = client_config(&servers, &[b"h2"], Some((&client_cert, &client_key)));
     let (tls, _, _) = tls_connect(addr, with_cert.clone()).await.unwrap();
@@ -477,8 +485,58 @@ async fn with_a_client_ca_only_its_clients_are_served_the_guest_knows_them_and_a
         Ok((tls, _, _)) => over_tls(tls, true, "/hello/mtls").await.is_err(),
     };
     assert!(refused, "a client of the replaced CA was still served");
+    assert_eq!(
+        hints_named(addr, &servers).await,
+        ["renewed client CA (Switchyard cluster CA)"]
+    );
     assert_eq!(echo_over(&mut open, "").await.unwrap(), identity);
     node.shutdown().await;
+}
+
+/// The common names of the CAs the ingress at `addr` names in its certificate request (the
+/// client offers no certificate, so the handshake is refused after).
+async fn hints_named(addr: SocketAddr, servers: &Pki) -> Vec<String> {
+    #[derive(Debug, Default)]
+    struct Hints(std::sync::Mutex<Vec<Vec<u8>>>);
+    impl rustls::client::ResolvesClientCert for Hints {
+        fn resolve(
+            &self,
+            root_hint_subjects: &[&[u8]],
+            _schemes: &[rustls::SignatureScheme],
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            *self.0.lock().unwrap() = root_hint_subjects.iter().map(|s| s.to_vec()).collect();
+            None
+        }
+
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+    let hints = Arc::new(Hints::default());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(servers.roots())
+    .with_client_cert_resolver(hints.clone());
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let _ = tls_connect(addr, Arc::new(config)).await;
+    let seen = hints.0.lock().unwrap().clone();
+    seen.iter()
+        .map(|subject| {
+            let (_, name) =
+                <x509_parser::x509::X509Name as x509_parser::prelude::FromDer<_>>::from_der(
+                    subject,
+                )
+                .unwrap();
+            name.iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
 }
 
 /// An HTTP/2 connection over `tls`, kept open.

@@ -16,5 +16,5 @@ pub(crate) use admin::{
     Admin, AdminToken, ControlError, MetricsPage, Operator, PolicySwapped, TokenError, Upload,
 };
 pub(crate) use ingress::Ingress;
-pub(crate) use server::{ConnectionLimits, WholeBody, serve};
+pub(crate) use server::{ConnectionLimits, ServerTls, WholeBody, serve};
 pub(crate) use tls::{EdgeCert, EdgeTlsError, edge_tls};

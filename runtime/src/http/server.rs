@@ -84,13 +84,37 @@ pub(crate) trait Handler: Send + Sync + 'static {
 /// A response body sent whole.
 pub(crate) type WholeBody = Full<Bytes>;
 
+/// The TLS config a listener accepts connections with. A handshake starts with the config of
+/// the moment; [`ServerTls::replace`] swaps it whole for the ones after (what a config holds
+/// by value, such as the client CAs it names, changes only that way).
+#[derive(Debug)]
+pub(crate) struct ServerTls {
+    current: arc_swap::ArcSwap<rustls::ServerConfig>,
+}
+
+impl ServerTls {
+    pub(crate) fn new(config: rustls::ServerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            current: arc_swap::ArcSwap::from_pointee(config),
+        })
+    }
+
+    pub(crate) fn replace(&self, config: rustls::ServerConfig) {
+        self.current.store(Arc::new(config));
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.load_full())
+    }
+}
+
 /// Accepts HTTP/1.1 and HTTP/2 connections on `listener` until `shutdown` flips, then lets open
 /// connections finish their requests for up to `grace`. With `tls`, every connection is
 /// TLS first.
 pub(crate) async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerTls>>,
     limits: ConnectionLimits,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
@@ -132,7 +156,7 @@ pub(crate) async fn serve<H: Handler>(
         let (tls, handler, stop) = (tls.clone(), handler.clone(), shutdown.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let Some(acceptor) = tls else {
+            let Some(acceptor) = tls.map(|tls| tls.acceptor()) else {
                 return run_connection(stream, info, handler, limits, stop).await;
             };
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

@@ -5,9 +5,9 @@
 //! ALPN offers `h2` first and `http/1.1` second, so a gRPC client gets HTTP/2 and a browser or
 //! `curl --http1.1` the protocol it asks for. A connection keeps the certificate it shook hands
 //! with; the next handshake presents the new one, and checks client certificates against the
-//! `client_ca` file as it is then (it is reloaded with the pair). Hints of acceptable client
-//! CAs are not sent (the CA list can change under a running config): a client offers the one
-//! certificate it has.
+//! `client_ca` file as it is then (it is reloaded with the pair), and names those CAs to the
+//! client (the `certificate_authorities` of its certificate request), so that a client with
+//! several certificates offers one they issued.
 //!
 //! A verified client certificate is the request's client identity: the guest finds it in the
 //! `x-switchyard-client-cert` header (see [`client_identity`]), which no client can set.
@@ -16,12 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
+use super::server::ServerTls;
 use crate::manifest::HttpTlsSpec;
 
 /// Why the ingress's TLS could not be set up or reloaded.
@@ -55,51 +54,28 @@ pub enum EdgeTlsError {
 /// The certificate the ingress presents, and the client CAs it checks; [`EdgeCert::reload`]
 /// swaps them.
 pub(crate) struct EdgeCert {
-    current: ArcSwap<CertifiedKey>,
-    client_cas: Option<(PathBuf, Arc<ClientCas>)>,
-    sessions: Arc<Sessions>,
+    key: Arc<EdgeKey>,
+    client_ca: Option<PathBuf>,
+    /// What the ingress accepts connections with: rebuilt whole when the client CAs change,
+    /// as rustls sends their names from the config a handshake starts with.
+    accepting: Arc<ServerTls>,
 }
 
 /// How many TLS sessions the ingress keeps for resumption (rustls's default).
 const SESSIONS_KEPT: usize = 256;
 
-/// The ingress's resumable TLS sessions, forgotten at once when the client CAs change.
+/// The certificate and key the ingress presents, swapped in place.
 #[derive(Debug)]
-struct Sessions {
-    current: ArcSwap<Arc<rustls::server::ServerSessionMemoryCache>>,
+struct EdgeKey {
+    current: ArcSwap<CertifiedKey>,
 }
 
-impl Sessions {
-    fn new() -> Self {
-        Self {
-            current: ArcSwap::from_pointee(Self::empty()),
-        }
-    }
-
-    fn forget_all(&self) {
-        self.current.store(Arc::new(Self::empty()));
-    }
-
-    fn empty() -> Arc<rustls::server::ServerSessionMemoryCache> {
-        rustls::server::ServerSessionMemoryCache::new(SESSIONS_KEPT)
-    }
-}
-
-impl rustls::server::StoresServerSessions for Sessions {
-    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        self.current.load().put(key, value)
-    }
-
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.current.load().get(key)
-    }
-
-    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.current.load().take(key)
-    }
-
-    fn can_cache(&self) -> bool {
-        true
+impl rustls::server::ResolvesServerCert for EdgeKey {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.load_full())
     }
 }
 
@@ -111,77 +87,25 @@ impl std::fmt::Debug for EdgeCert {
 
 impl EdgeCert {
     /// Replaces the certificate with the one in `cert` and `key`, once the key is checked to
-    /// match it; on an error the old one stays.
+    /// match it, and the client CAs with the `client_ca` file as it is now; on an error the
+    /// old ones stay.
     pub(crate) fn reload(&self, cert: &Path, key: &Path) -> Result<(), EdgeTlsError> {
         let certified = certified_key(cert, key)?;
         // Both are checked before either is swapped: a bad CA file keeps the old pair too.
-        let verifier = self
-            .client_cas
-            .as_ref()
-            .map(|(path, cas)| Ok::<_, EdgeTlsError>((cas, client_verifier(path)?)))
-            .transpose()?;
-        if let Some((cas, verifier)) = verifier {
-            cas.current.store(Arc::new(verifier));
-            // A resumed session skips the client certificate check: forget every session
-            // made under the old CAs, so their clients shake hands with the new ones.
-            self.sessions.forget_all();
+        let verifier = self.client_ca.as_deref().map(client_verifier).transpose()?;
+        if let Some(verifier) = verifier {
+            // The new config comes with an empty session cache: a resumed session skips the
+            // client certificate check, so clients of the old CAs shake hands with the new.
+            self.accepting
+                .replace(server_config(self.key.clone(), Some(verifier))?);
         }
-        self.current.store(Arc::new(certified));
+        self.key.current.store(Arc::new(certified));
         Ok(())
     }
 
     /// The client CA file, watched beside the pair.
     pub(crate) fn client_ca_file(&self) -> Option<&Path> {
-        self.client_cas.as_ref().map(|(path, _)| path.as_path())
-    }
-}
-
-/// Checks client certificates against the CAs of the `client_ca` file as last loaded.
-#[derive(Debug)]
-pub(crate) struct ClientCas {
-    current: ArcSwap<Arc<dyn ClientCertVerifier>>,
-}
-
-impl ClientCertVerifier for ClientCas {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.current
-            .load()
-            .verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current
-            .load()
-            .verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current
-            .load()
-            .verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current.load().supported_verify_schemes()
+        self.client_ca.as_deref()
     }
 }
 
@@ -232,45 +156,41 @@ pub(crate) fn client_identity(leaf: &CertificateDer<'_>) -> Option<String> {
     Some(identity)
 }
 
-impl rustls::server::ResolvesServerCert for EdgeCert {
-    fn resolve(
-        &self,
-        _hello: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.current.load_full())
-    }
-}
-
-/// The acceptor for the ingress's connections, and the certificate it presents (to reload).
-pub(crate) fn edge_tls(
-    spec: &HttpTlsSpec,
-) -> Result<(tokio_rustls::TlsAcceptor, Arc<EdgeCert>), EdgeTlsError> {
-    let client_cas = match &spec.client_ca {
-        Some(ca) => Some((
-            ca.clone(),
-            Arc::new(ClientCas {
-                current: ArcSwap::from_pointee(client_verifier(ca)?),
-            }),
-        )),
-        None => None,
-    };
-    let cert = Arc::new(EdgeCert {
-        current: ArcSwap::from_pointee(certified_key(&spec.cert, &spec.key)?),
-        client_cas,
-        sessions: Arc::new(Sessions::new()),
-    });
+/// The ingress's TLS config: `verifier` checks client certificates (and names their CAs to
+/// the client), if any.
+fn server_config(
+    key: Arc<EdgeKey>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<rustls::ServerConfig, EdgeTlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|err| EdgeTlsError::Config(err.to_string()))?;
-    let builder = match &cert.client_cas {
+    let builder = match verifier {
         None => builder.with_no_client_auth(),
-        Some((_, cas)) => builder.with_client_cert_verifier(cas.clone()),
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
     };
-    let mut config = builder.with_cert_resolver(cert.clone());
-    config.session_storage = cert.sessions.clone();
+    let mut config = builder.with_cert_resolver(key);
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSIONS_KEPT);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), cert))
+    Ok(config)
+}
+
+/// What the ingress accepts connections with, and the certificate it presents (to reload).
+pub(crate) fn edge_tls(
+    spec: &HttpTlsSpec,
+) -> Result<(Arc<ServerTls>, Arc<EdgeCert>), EdgeTlsError> {
+    let verifier = spec.client_ca.as_deref().map(client_verifier).transpose()?;
+    let key = Arc::new(EdgeKey {
+        current: ArcSwap::from_pointee(certified_key(&spec.cert, &spec.key)?),
+    });
+    let accepting = ServerTls::new(server_config(key.clone(), verifier)?);
+    let cert = Arc::new(EdgeCert {
+        key,
+        client_ca: spec.client_ca.clone(),
+        accepting: accepting.clone(),
+    });
+    Ok((accepting, cert))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, EdgeTlsError> {
@@ -362,9 +282,9 @@ mod tests {
         );
 
         let (_, presented) = edge_tls(&HttpTlsSpec { key, ..spec }).unwrap();
-        let before = presented.current.load_full();
+        let before = presented.key.current.load_full();
         assert!(presented.reload(&cert, &other_key).is_err());
-        assert!(Arc::ptr_eq(&before, &presented.current.load_full()));
+        assert!(Arc::ptr_eq(&before, &presented.key.current.load_full()));
     }
 
     #[test]

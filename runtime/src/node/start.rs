@@ -30,7 +30,7 @@ pub(super) struct Listeners {
     /// `[telemetry] metrics_addr`, when set.
     metrics: Option<TcpListener>,
     /// `[node] http_tls`: the ingress's connections are TLS first.
-    pub(super) http_tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(super) http_tls: Option<Arc<crate::http::ServerTls>>,
     /// Where they listen (the real ports when the manifest said 0).
     pub(super) http_addr: SocketAddr,
     pub(super) admin_addr: SocketAddr,
@@ -84,7 +84,7 @@ pub(super) struct AdminAccess {
     pub(super) token: AdminToken,
     /// Set when the admin API listens off loopback (the manifest check allows that only
     /// with `[node.tls]`): it is served over TLS with the node's certificate.
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<crate::http::ServerTls>>,
     /// The certificate the TLS acceptor presents, to reload it.
     node_cert: Option<Arc<crate::transport::NodeCert>>,
 }
@@ -98,7 +98,7 @@ impl AdminAccess {
                 let identity = Identity::from_files(&files.ca, &files.cert, &files.key)?;
                 let config = identity.https_server()?;
                 (
-                    Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+                    Some(crate::http::ServerTls::new(config)),
                     Some(identity.node_cert()),
                 )
             }
