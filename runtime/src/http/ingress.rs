@@ -484,13 +484,13 @@ fn whole(response: Response<Full<Bytes>>) -> Response<IngressBody> {
     response.map(|body| body.map_err(|never| match never {}).boxed_unsync())
 }
 
-/// The one place where a failed guest call becomes an HTTP answer.
 /// The span attribute of a gRPC call's status, whether the call was answered whole or
 /// streamed (then known only at its trailers).
 fn grpc_status_attribute(code: Code) -> Vec<KeyValue> {
     vec![KeyValue::new("rpc.grpc.status_code", code.number())]
 }
 
+/// The one place where a failed guest call becomes an HTTP answer.
 fn error_response(error: &SlotError, request_id: &str) -> Response<Full<Bytes>> {
     let status = match error {
         SlotError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -103,6 +103,11 @@ impl EdgeCert {
         Ok(())
     }
 
+    /// What the ingress's listener accepts connections with.
+    pub(crate) fn accepting(&self) -> Arc<ServerTls> {
+        self.accepting.clone()
+    }
+
     /// The client CA file, watched beside the pair.
     pub(crate) fn client_ca_file(&self) -> Option<&Path> {
         self.client_ca.as_deref()
@@ -176,21 +181,17 @@ fn server_config(
     Ok(config)
 }
 
-/// What the ingress accepts connections with, and the certificate it presents (to reload).
-pub(crate) fn edge_tls(
-    spec: &HttpTlsSpec,
-) -> Result<(Arc<ServerTls>, Arc<EdgeCert>), EdgeTlsError> {
+/// The ingress's TLS: what it accepts connections with ([`EdgeCert::accepting`]) and presents.
+pub(crate) fn edge_tls(spec: &HttpTlsSpec) -> Result<Arc<EdgeCert>, EdgeTlsError> {
     let verifier = spec.client_ca.as_deref().map(client_verifier).transpose()?;
     let key = Arc::new(EdgeKey {
         current: ArcSwap::from_pointee(certified_key(&spec.cert, &spec.key)?),
     });
-    let accepting = ServerTls::new(server_config(key.clone(), verifier)?);
-    let cert = Arc::new(EdgeCert {
+    Ok(Arc::new(EdgeCert {
+        accepting: ServerTls::new(server_config(key.clone(), verifier)?),
         key,
         client_ca: spec.client_ca.clone(),
-        accepting: accepting.clone(),
-    });
-    Ok((accepting, cert))
+    }))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, EdgeTlsError> {
@@ -281,7 +282,7 @@ mod tests {
             "{text}"
         );
 
-        let (_, presented) = edge_tls(&HttpTlsSpec { key, ..spec }).unwrap();
+        let presented = edge_tls(&HttpTlsSpec { key, ..spec }).unwrap();
         let before = presented.key.current.load_full();
         assert!(presented.reload(&cert, &other_key).is_err());
         assert!(Arc::ptr_eq(&before, &presented.key.current.load_full()));

@@ -88,7 +88,7 @@ impl Inboxes {
         let mut random = [0u8; 16];
         getrandom::getrandom(&mut random)
             .map_err(|err| SendError::Unavailable(format!("cannot make a reply address: {err}")))?;
-        let token: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+        let token = hex::encode(random);
         let (sender, receiver) = mpsc::channel(if first_only { 1 } else { MAX_REPLIES });
         let waiter = Waiter {
             replies: sender,

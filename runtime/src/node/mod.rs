@@ -182,7 +182,7 @@ impl Node {
         if let (Some(tls), Some(edge)) = (&manifest.node.http_tls, &edge) {
             servers.spawn(certificates::watch(
                 certificates::Files::Ingress,
-                vec![edge.1.clone() as Arc<dyn certificates::Presenter>],
+                vec![edge.clone() as Arc<dyn certificates::Presenter>],
                 tls.cert.clone(),
                 tls.key.clone(),
                 shutdown_rx.clone(),
@@ -190,7 +190,7 @@ impl Node {
         }
         let (http_addr, admin_addr) = (listeners.http_addr, listeners.admin_addr);
         let metrics_addr = listeners.metrics_addr;
-        listeners.http_tls = edge.map(|(acceptor, _)| acceptor);
+        listeners.http_tls = edge.map(|edge| edge.accepting());
         runtime.serve(
             manifest,
             listeners,

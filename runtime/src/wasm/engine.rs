@@ -300,7 +300,7 @@ impl Engine {
                 head: bytes.iter().take(8).copied().collect(),
             });
         }
-        let hash = hex(&Sha256::digest(bytes));
+        let hash = hex::encode(Sha256::digest(bytes));
         let cached = self
             .cache
             .as_ref()
@@ -355,14 +355,4 @@ fn spawn_epoch_ticker(engine: wasmtime::Engine, stop: Arc<AtomicBool>) -> std::i
             }
         })
         .map(drop)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
 }

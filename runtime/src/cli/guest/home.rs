@@ -246,12 +246,7 @@ fn contents_hash() -> String {
     for dir in [&SDK_SOURCES, &WIT] {
         hash_dir(dir, &mut hasher);
     }
-    hasher
-        .finalize()
-        .iter()
-        .take(6)
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex::encode(&hasher.finalize()[..6])
 }
 
 fn hash_dir(dir: &Dir<'_>, hasher: &mut Sha256) {

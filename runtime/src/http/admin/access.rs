@@ -123,7 +123,7 @@ fn create(path: &Path) -> Result<(), TokenError> {
     };
     let mut bytes = [0u8; 32];
     getrandom::getrandom(&mut bytes).map_err(TokenError::Random)?;
-    let token: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    let token = hex::encode(bytes);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(failed)?;
     }

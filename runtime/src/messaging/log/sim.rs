@@ -89,7 +89,7 @@ impl SimDisk {
         let state = self.state();
         if state.epoch != self.epoch {
             return Err(io::Error::other(
-                "the process that opened this disk crashed",
+                "this process crashed: the disk takes nothing more from it",
             ));
         }
         Ok(state)
@@ -217,7 +217,6 @@ impl Storage for SimDisk {
         Ok(Box::new(Handle {
             disk: self.clone(),
             at,
-            epoch: self.epoch,
         }))
     }
 
@@ -230,7 +229,6 @@ impl Storage for SimDisk {
         Ok(Box::new(Handle {
             disk: self.clone(),
             at,
-            epoch: self.epoch,
         }))
     }
 
@@ -291,27 +289,14 @@ impl Storage for SimDisk {
 
 /// An open file of the simulated disk.
 struct Handle {
+    /// The process that opened it: once the disk crashes, every operation fails.
     disk: SimDisk,
     at: usize,
-    epoch: u64,
-}
-
-impl Handle {
-    /// The disk's state, or an error if the disk crashed since this handle's process started.
-    fn live(&self) -> io::Result<MutexGuard<'_, State>> {
-        let state = self.disk.state();
-        if state.epoch != self.epoch {
-            return Err(io::Error::other(
-                "the process that opened this file crashed",
-            ));
-        }
-        Ok(state)
-    }
 }
 
 impl LogFile for Handle {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let mut state = self.live()?;
+        let mut state = self.disk.live()?;
         if let Some(err) = state.fault(Op::Write) {
             let part = if err.kind() == io::ErrorKind::Other && state.rng.bool() {
                 state.rng.usize(..=bytes.len())
@@ -326,7 +311,7 @@ impl LogFile for Handle {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
-        let mut state = self.live()?;
+        let mut state = self.disk.live()?;
         if let Some(err) = state.fault(Op::Sync) {
             // Part of the file may have been written back before the error.
             let seen_len = state.files[self.at].seen.len();
@@ -343,12 +328,12 @@ impl LogFile for Handle {
     }
 
     fn len(&self) -> io::Result<u64> {
-        let state = self.live()?;
+        let state = self.disk.live()?;
         Ok(state.files[self.at].seen.len() as u64)
     }
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
-        let mut state = self.live()?;
+        let mut state = self.disk.live()?;
         if let Some(err) = state.fault(Op::SetLen) {
             return Err(err);
         }

@@ -34,13 +34,7 @@ pub(super) fn subjects(name: &str) -> String {
 pub(super) fn subject(name: &str, key: Option<&str>) -> String {
     match key {
         None => format!("sy.{name}.n"),
-        Some(key) => {
-            let mut subject = format!("sy.{name}.k");
-            for byte in key.bytes() {
-                subject.push_str(&format!("{byte:02x}"));
-            }
-            subject
-        }
+        Some(key) => format!("sy.{name}.k{}", hex::encode(key)),
     }
 }
 
