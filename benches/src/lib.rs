@@ -250,9 +250,10 @@ where
     let mut running = Vec::new();
     for _ in 0..tasks {
         let make = make.clone();
-        // A plain list per task, not a histogram: one histogram is about 140 KB of zeroed
-        // counts, and hundreds of them inside the round cost the round tens of milliseconds
-        // of page faults (measured: 12% of a pub/sub round's CPU at 256 publishers).
+        // A plain list per task, merged into one histogram at the end: a histogram is about
+        // 140 KB of zeroed counts, and hundreds of them inside the round cost it tens of
+        // milliseconds of page faults (measured: 12% of a pub/sub round's CPU at 256
+        // publishers).
         running.push(tokio::spawn(async move {
             let mut latencies_us = Vec::with_capacity(each);
             for _ in 0..each {
@@ -263,16 +264,13 @@ where
             Ok::<_, anyhow::Error>(latencies_us)
         }));
     }
-    let mut latencies_us = Vec::with_capacity(each * tasks);
-    for task in running {
-        latencies_us.extend(task.await??);
-    }
-    let round = clock.finish(name, (each * tasks) as u64, Histogram::new(3)?);
     let mut histogram = Histogram::new_with_bounds(1, 60_000_000, 3)?;
-    for latency in latencies_us {
-        histogram.record(latency)?;
+    for task in running {
+        for latency in task.await?? {
+            histogram.record(latency)?;
+        }
     }
-    Ok(Timed { histogram, ..round })
+    Ok(clock.finish(name, (each * tasks) as u64, histogram))
 }
 
 /// The value of environment variable `key` parsed as `T` (a bench's knob), else `default`.
