@@ -3,20 +3,23 @@
 //! twice with one id once), and the rest of the header rides in one `Switchyard-Meta` header.
 
 use async_nats::HeaderMap;
+use async_nats::header::{HeaderName, NATS_MESSAGE_ID};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::wire::{MessageKind, StoredMessage};
 
-/// JetStream's de-duplication header.
-pub(super) const MSG_ID: &str = "Nats-Msg-Id";
+/// JetStream's de-duplication header. Names are `HeaderName`s, not `&str`s: async-nats
+/// reads `Nats-Msg-Id` off the wire as its standard name, which a name made from a `&str`
+/// does not equal (and a `&str` name is allocated at every use).
+pub(super) const MSG_ID: HeaderName = NATS_MESSAGE_ID;
 /// The rest of a message's header: `FORMAT.` then base64 of postcard.
-const META: &str = "Switchyard-Meta";
+const META: HeaderName = HeaderName::from_static("Switchyard-Meta");
 /// The layout of `Switchyard-Meta` (and `Switchyard-Dead`); a node refuses, by name, one it
 /// does not know rather than misreading it.
 const FORMAT: &str = "1";
 /// Why a dead letter is one, beside its `Switchyard-Meta`.
-const DEAD: &str = "Switchyard-Dead";
+const DEAD: HeaderName = HeaderName::from_static("Switchyard-Dead");
 
 /// The stream of queue or topic `name`.
 pub(super) fn stream(name: &str) -> String {
@@ -108,8 +111,8 @@ pub(super) fn encode(message: &StoredMessage) -> (HeaderMap, bytes::Bytes) {
         sent_at_ms: message.sent_at_ms,
     };
     let mut headers = HeaderMap::new();
-    headers.insert(MSG_ID, message.id.as_str());
-    headers.insert(META, packed(&meta).as_str());
+    headers.insert(MSG_ID, message.id.clone());
+    headers.insert(META, packed(&meta));
     (headers, bytes::Bytes::copy_from_slice(&message.body))
 }
 
@@ -119,19 +122,20 @@ pub(super) fn encode_dead(message: &StoredMessage, dead: &DeadInfo) -> (HeaderMa
     let (mut headers, body) = encode(message);
     headers.insert(
         MSG_ID,
-        format!("{}/{}/{}", dead.subscriber, message.seq, message.id).as_str(),
+        format!("{}/{}/{}", dead.subscriber, message.seq, message.id),
     );
-    headers.insert(DEAD, packed(dead).as_str());
+    headers.insert(DEAD, packed(dead));
     (headers, body)
 }
 
 fn packed<T: Serialize>(value: &T) -> String {
     // Serializing these owned strings and numbers into a Vec cannot fail.
     let bytes = postcard::to_stdvec(value).unwrap_or_default();
-    format!(
-        "{FORMAT}.{}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
-    )
+    let mut text = String::with_capacity(FORMAT.len() + 1 + bytes.len().div_ceil(3) * 4);
+    text.push_str(FORMAT);
+    text.push('.');
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode_string(bytes, &mut text);
+    text
 }
 
 fn unpacked<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, String> {
@@ -259,6 +263,12 @@ mod tests {
             (plain.seq, plain.id.as_str(), plain.kind),
             (4, "nats-5", MessageKind::Event)
         );
+        // Another client's id, named as async-nats names a header it reads off the wire.
+        let mut headers = HeaderMap::new();
+        let name: HeaderName = "Nats-Msg-Id".parse().unwrap_or(META);
+        headers.insert(name, "order-7");
+        let theirs = decode(6, Some(&headers), b"raw").unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!((theirs.seq, theirs.id.as_str()), (5, "order-7"));
         let mut headers = HeaderMap::new();
         headers.insert(META, "1.!!");
         let err = decode(5, Some(&headers), b"").err().unwrap_or_default();

@@ -486,14 +486,21 @@ impl Jetstream {
     ) -> StoredMessage {
         let mut message = super::stored(sender, trace_context, outgoing);
         if message.id.is_empty() {
-            message.id = format!(
-                "{}-{:016x}{:016x}",
-                self.node,
-                fastrand::u64(..),
-                fastrand::u64(..)
-            );
+            message.id = self.new_id();
         }
         message
+    }
+
+    /// `<node>-` and 32 random hex digits: unique within JetStream's duplicate window.
+    fn new_id(&self) -> String {
+        let mut digits = [0u8; 32];
+        // 32 digits hold 16 bytes: this cannot fail.
+        let _ = hex::encode_to_slice(fastrand::u128(..).to_be_bytes(), &mut digits);
+        let mut id = String::with_capacity(self.node.len() + 1 + digits.len());
+        id.push_str(&self.node);
+        id.push('-');
+        id.extend(digits.iter().map(|&digit| char::from(digit)));
+        id
     }
 
     pub(crate) async fn send(
@@ -974,12 +981,7 @@ impl Jetstream {
             message
                 .headers
                 .retain(|(header, _)| header != DEAD_FOR_HEADER);
-            message.id = format!(
-                "{}-{:016x}{:016x}",
-                self.node,
-                fastrand::u64(..),
-                fastrand::u64(..)
-            );
+            message.id = self.new_id();
             self.publish(name, &message, Duration::from_secs(5))
                 .await
                 .map_err(|err| failed(err.to_string()))?;
