@@ -1188,8 +1188,10 @@ fn write_loop(
 ) {
     let mut broken: Option<String> = None;
     let mut closing = None;
+    // Kept from batch to batch: grown once to the batch size under load, not every batch.
+    let (mut batch, mut waiting) = (Vec::new(), Vec::new());
     while let Ok(first) = inbox.recv() {
-        let mut batch = vec![first];
+        batch.push(first);
         batch.extend(inbox.try_iter());
         // A failed batch left the files as they were at the last good sync plus whatever
         // was half-written: cut that off and try again with this batch.
@@ -1202,9 +1204,8 @@ fn write_loop(
                 Err(err) => broken = Some(format!("still cannot write: {err}")),
             }
         }
-        let mut waiting = Vec::new();
         let mut wrote_dead = false;
-        for command in batch {
+        for command in batch.drain(..) {
             match command {
                 Command::Close { done } => closing = Some(done),
                 Command::Append { done, .. } if closing.is_some() => {
@@ -1290,7 +1291,7 @@ fn write_loop(
         if let Ok(mut shared) = shared.lock() {
             shared.clone_from(&broken);
         }
-        for done in waiting {
+        for done in waiting.drain(..) {
             done(match &broken {
                 None => Ok(()),
                 Some(reason) => Err(reason.clone()),
