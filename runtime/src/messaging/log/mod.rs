@@ -880,13 +880,18 @@ struct Files {
 impl Files {
     /// Cuts both files back to their last good sync and syncs them (and their directory, if a
     /// replacement is not yet durable).
+    ///
+    /// The log is cut, durably, before the dead-letter file: a failed batch may have put a
+    /// dead letter and the `Done` that lets its message go on disk both, and if a crash kept
+    /// that `Done` but not the letter, the message would be gone. (A cut not yet synced may
+    /// or may not survive a crash, each file on its own.)
     fn repair(&mut self) -> io::Result<()> {
         self.index().cut(self.active.number, self.log_good);
         self.log_len = self.log_good;
         self.pending.clear();
         self.log.set_len(self.log_good)?;
-        self.dead.set_len(self.dead_good)?;
         self.log.sync_data()?;
+        self.dead.set_len(self.dead_good)?;
         self.dead.sync_data()?;
         self.sync_dir_if_needed()
     }
@@ -949,6 +954,8 @@ impl Files {
     /// to it, and a failed directory sync is an error (nothing on it counts as stored before
     /// one succeeds).
     fn rotate(&mut self, checkpoint: &[u8]) -> io::Result<bool> {
+        // Every dead letter so far is synced (each is as it is written).
+        let dead_len = self.dead.len()?;
         // The checkpoint sums up the records before it: they must be on disk first.
         self.flush()?;
         self.log.sync_data()?;
@@ -963,6 +970,9 @@ impl Files {
         self.index().set(next.number, next.path.clone(), []);
         self.sealed.push(std::mem::replace(&mut self.active, next));
         (self.log, self.log_good) = (file, checkpoint.len() as u64);
+        // The sealed segment is out of a repair's reach, `Done`s of this batch's dead letters
+        // included: should the batch still fail, those letters must stay.
+        self.dead_good = dead_len;
         self.log_len = self.log_good;
         self.dir_unsynced = true;
         self.sync_dir_if_needed()?;
@@ -1607,6 +1617,101 @@ mod tests {
         let restarted: Arc<dyn Storage> = Arc::new(sim.restarted());
         let (_, recovered) = open(&restarted, dir, "q").unwrap();
         assert_eq!(bodies(&recovered), expected);
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_whose_done_may_be_on_disk_outlives_a_failed_repair_and_a_crash() {
+        // What a crash keeps of a cut that was not synced is drawn per seed.
+        for seed in 0..32 {
+            let (sim, _, dir, writer) = on_sim(seed);
+            let sent = records(&[Record::Sent(message(0, "doomed"))]);
+            writer.append(Vec::new(), sent).await.unwrap();
+            // The letter and its `Done` are synced (the letter's sync, the log's), then the
+            // batch's last sync (the dead-letter file's again) fails: the batch failed.
+            sim.fail_after(sim::Op::Sync, 2, io::ErrorKind::Other);
+            let mut letter = Vec::new();
+            encode(
+                &DeadLetter {
+                    message: message(0, "doomed"),
+                    attempts: 3,
+                    reason: "gave up".into(),
+                    last_error: "boom".into(),
+                    at_ms: 0,
+                },
+                &mut letter,
+            )
+            .unwrap();
+            let done = records(&[Record::Done { seq: 0 }]);
+            assert!(writer.append(letter, done).await.is_err(), "seed {seed}");
+            // The repair before the next batch cuts both back, and a sync of it fails; then
+            // the power goes.
+            sim.fail_next(sim::Op::Sync, io::ErrorKind::Other);
+            let later = records(&[Record::Sent(message(1, "later"))]);
+            assert!(
+                writer.append(Vec::new(), later).await.is_err(),
+                "seed {seed}"
+            );
+            sim.crash();
+            let restarted: Arc<dyn Storage> = Arc::new(sim.restarted());
+            let (writer, recovered) = open(&restarted, dir, "q").unwrap();
+            let owed = bodies(&recovered).contains(&b"doomed".to_vec());
+            let (letters, _) = writer.read_dead().await.unwrap();
+            let dead = letters.iter().any(|l| l.message.body == b"doomed");
+            assert!(
+                owed || dead,
+                "seed {seed}: the message is neither owed nor a dead letter"
+            );
+            writer.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_whose_done_a_rotation_sealed_outlives_the_failed_batch() {
+        let (sim, _, dir, writer) = on_sim(7);
+        let sent = records(&[Record::Sent(message(0, "doomed"))]);
+        writer.append(Vec::new(), sent).await.unwrap();
+        // The sealed segment (with the `Done`) will be synced and the new one renamed into
+        // place, but the directory sync fails, and again in the repair before the next batch.
+        sim.fail_next(sim::Op::SyncDir, io::ErrorKind::Other);
+        sim.fail_next(sim::Op::SyncDir, io::ErrorKind::Other);
+        // The letter with its `Done`, then a rotation, in one batch: the writer takes them
+        // together once the write it waits on is let through.
+        let held = sim.hold();
+        let busy = writer.append(Vec::new(), records(&[Record::Sent(message(1, "busy"))]));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut letter = Vec::new();
+        encode(
+            &DeadLetter {
+                message: message(0, "doomed"),
+                attempts: 3,
+                reason: "gave up".into(),
+                last_error: "boom".into(),
+                at_ms: 0,
+            },
+            &mut letter,
+        )
+        .unwrap();
+        let dead_lettered = writer.append(letter, records(&[Record::Done { seq: 0 }]));
+        // The checkpoint was taken before the letter was on disk: it still owes message 0.
+        writer.rotate(checkpoint_owing(&[0, 1], 2));
+        drop(held);
+        busy.await.unwrap();
+        assert!(dead_lettered.await.is_err());
+        let later = records(&[Record::Sent(message(2, "later"))]);
+        assert!(writer.append(Vec::new(), later).await.is_err());
+        // The power goes: the new segment's name was never durable; the sealed segment's
+        // `Done` lets message 0 go, so its letter must still be there.
+        sim.crash();
+        let restarted: Arc<dyn Storage> = Arc::new(sim.restarted());
+        let (writer, recovered) = open(&restarted, dir, "q").unwrap();
+        let owed = bodies(&recovered).contains(&b"doomed".to_vec());
+        let (letters, _) = writer.read_dead().await.unwrap();
+        let dead = letters.iter().any(|l| l.message.body == b"doomed");
+        assert!(
+            owed || dead,
+            "the message is neither owed nor a dead letter"
+        );
+        writer.close().await;
     }
 
     async fn reopen(dir: &Path) -> Recovered {

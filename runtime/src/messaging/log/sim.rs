@@ -31,6 +31,9 @@ pub(crate) enum Op {
     Remove,
 }
 
+/// Every disk operation waits while this lives ([`SimDisk::hold`]).
+pub(crate) struct Held<'a>(#[allow(dead_code, reason = "held for its lock")] MutexGuard<'a, State>);
+
 /// The simulated disk as one process sees it; clones share it.
 #[derive(Clone)]
 pub(crate) struct SimDisk {
@@ -48,7 +51,8 @@ struct State {
     rng: fastrand::Rng,
     /// Chance per thousand that an operation fails.
     fault_per_mille: u32,
-    scripted: VecDeque<(Op, io::ErrorKind)>,
+    /// Failures to come: an op, how many of it pass first, the error.
+    scripted: VecDeque<(Op, usize, io::ErrorKind)>,
     faults: u64,
 }
 
@@ -101,6 +105,12 @@ impl SimDisk {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Holds every disk operation back until the returned guard is dropped: lets a test queue
+    /// commands while a writer waits, so that they reach it as one batch.
+    pub(crate) fn hold(&self) -> Held<'_> {
+        Held(self.state())
+    }
+
     /// From now on, this share (per thousand) of all operations fails.
     pub(crate) fn set_fault_rate(&self, per_mille: u32) {
         self.state().fault_per_mille = per_mille;
@@ -108,7 +118,12 @@ impl SimDisk {
 
     /// The next `op` fails with `kind` (a write after writing half its bytes).
     pub(crate) fn fail_next(&self, op: Op, kind: io::ErrorKind) {
-        self.state().scripted.push_back((op, kind));
+        self.fail_after(op, 0, kind);
+    }
+
+    /// The `op` after the next `passing` ones fails with `kind`.
+    pub(crate) fn fail_after(&self, op: Op, passing: usize, kind: io::ErrorKind) {
+        self.state().scripted.push_back((op, passing, kind));
     }
 
     /// How many operations failed on purpose so far.
@@ -152,8 +167,12 @@ impl SimDisk {
 impl State {
     /// The error `op` fails with now, if it fails.
     fn fault(&mut self, op: Op) -> Option<io::Error> {
-        let kind = match self.scripted.front() {
-            Some(&(next, kind)) if next == op => {
+        let kind = match self.scripted.front_mut() {
+            Some((next, passing, _)) if *next == op && *passing > 0 => {
+                *passing -= 1;
+                None
+            }
+            Some(&mut (next, _, kind)) if next == op => {
                 self.scripted.pop_front();
                 Some(kind)
             }

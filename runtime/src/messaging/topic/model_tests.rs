@@ -186,6 +186,7 @@ async fn life(
     life: usize,
     seen: &mut Seen,
 ) {
+    tracing::info!(seed, life, ?shape, "a life starts");
     let queue = open(storage, shape);
     let subscriber = Subscriber::new(seed * 100 + life as u64, false);
     queue.start(subscriber.clone(), Arc::new(Policies::default()));
@@ -285,6 +286,7 @@ async fn check_seed(seed: u64, shape: Shape) -> Checked {
     // A last life on a healthy disk delivers what is still owed.
     sim.set_fault_rate(0);
     let storage: Arc<dyn log::Storage> = Arc::new(sim.restarted());
+    tracing::info!(seed, "the last life starts");
     let queue = open(&storage, shape);
     let subscriber = Subscriber::new(seed, true);
     queue.start(subscriber.clone(), Arc::new(Policies::default()));
@@ -376,11 +378,13 @@ fn log_records(sim: &SimDisk) -> Vec<(String, Vec<String>)> {
 async fn whatever_the_disk_does_every_acknowledged_send_is_delivered_and_nothing_else() {
     let (mut acknowledged, mut refused, mut faults) = (0, 0, 0);
     let (mut started, mut removed) = (0, 0);
-    // `MODEL_SEED=n` runs seed n alone, with the queue's log lines, to look into a failure.
+    // `MODEL_SEED=n` runs seed n alone, with the queue's log lines, to look into a failure
+    // (a rare one may need the timing of a long run: `MODEL_SEEDS` with `MODEL_LOG`).
     let only: Option<u64> = std::env::var("MODEL_SEED")
         .ok()
         .and_then(|s| s.parse().ok());
-    if only.is_some() {
+    // `MODEL_LOG=1` keeps the log lines of a whole run (shown if it fails).
+    if only.is_some() || std::env::var_os("MODEL_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_max_level(tracing::Level::DEBUG)
