@@ -1318,9 +1318,12 @@ fn write_loop(
 fn write_pair(files: &mut Files, dead: &[u8], log: &[u8], sent: Range<u64>) -> io::Result<()> {
     if !dead.is_empty() {
         // The dead letter is synced before the `Done` that drops the message from the log, so a
-        // crash between them keeps the message (delivered again, not lost).
+        // crash between them keeps the message (delivered again, not lost). A dead-letter file
+        // that replaced another (a redrive) is the file at its path after a crash only once
+        // its directory is synced: until then the letter is not on disk either.
         files.dead.write_all(dead)?;
         files.dead.sync_data()?;
+        files.sync_dir_if_needed()?;
     }
     files.append_log(log, sent);
     Ok(())
@@ -1695,12 +1698,71 @@ mod tests {
         // The checkpoint was taken before the letter was on disk: it still owes message 0.
         writer.rotate(checkpoint_owing(&[0, 1], 2));
         drop(held);
-        busy.await.unwrap();
+        let _ = busy.await;
         assert!(dead_lettered.await.is_err());
         let later = records(&[Record::Sent(message(2, "later"))]);
         assert!(writer.append(Vec::new(), later).await.is_err());
         // The power goes: the new segment's name was never durable; the sealed segment's
         // `Done` lets message 0 go, so its letter must still be there.
+        sim.crash();
+        let restarted: Arc<dyn Storage> = Arc::new(sim.restarted());
+        let (writer, recovered) = open(&restarted, dir, "q").unwrap();
+        let owed = bodies(&recovered).contains(&b"doomed".to_vec());
+        let (letters, _) = writer.read_dead().await.unwrap();
+        let dead = letters.iter().any(|l| l.message.body == b"doomed");
+        assert!(
+            owed || dead,
+            "the message is neither owed nor a dead letter"
+        );
+        writer.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_written_after_a_redrive_whose_rename_is_not_durable_is_not_lost() {
+        let (sim, _, dir, writer) = on_sim(9);
+        let sent = records(&[
+            Record::Sent(message(0, "redriven")),
+            Record::Sent(message(1, "doomed")),
+        ]);
+        writer.append(Vec::new(), sent).await.unwrap();
+        let letter = |seq: u64, body: &str| {
+            let mut bytes = Vec::new();
+            encode(
+                &DeadLetter {
+                    message: message(seq, body),
+                    attempts: 3,
+                    reason: "gave up".into(),
+                    last_error: "boom".into(),
+                    at_ms: 0,
+                },
+                &mut bytes,
+            )
+            .unwrap();
+            bytes
+        };
+        let done = |seq: u64| records(&[Record::Done { seq }]);
+        writer.append(letter(0, "redriven"), done(0)).await.unwrap();
+        // In one batch: a redrive replaces the dead-letter file with what is left of it
+        // (nothing), the new file is renamed into place, but the directory sync fails (after
+        // a crash, the old file is the one at the path); the next letter goes to the new file,
+        // and the directory sync at the batch's end fails again.
+        let (_, read) = writer.read_dead().await.unwrap();
+        sim.fail_next(sim::Op::SyncDir, io::ErrorKind::Other);
+        sim.fail_next(sim::Op::SyncDir, io::ErrorKind::Other);
+        // Held, the writer waits (on a batch of its own, or with this one) while both
+        // commands are queued: they reach it in one batch.
+        let held = sim.hold();
+        let busy = writer.append(Vec::new(), records(&[Record::Sent(message(2, "busy"))]));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut dropping = Box::pin(writer.drop_dead(read));
+        // Polled once: the command is queued.
+        assert!(futures_util::FutureExt::now_or_never(&mut dropping).is_none());
+        let dead_lettered = writer.append(letter(1, "doomed"), done(1));
+        drop(held);
+        // (It may have waited in the same batch.)
+        let _ = busy.await;
+        assert!(dropping.await.is_err());
+        assert!(dead_lettered.await.is_err());
         sim.crash();
         let restarted: Arc<dyn Storage> = Arc::new(sim.restarted());
         let (writer, recovered) = open(&restarted, dir, "q").unwrap();

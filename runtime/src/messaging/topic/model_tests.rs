@@ -383,11 +383,16 @@ async fn whatever_the_disk_does_every_acknowledged_send_is_delivered_and_nothing
     let only: Option<u64> = std::env::var("MODEL_SEED")
         .ok()
         .and_then(|s| s.parse().ok());
-    // `MODEL_LOG=1` keeps the log lines of a whole run (shown if it fails).
-    if only.is_some() || std::env::var_os("MODEL_LOG").is_some() {
+    // `MODEL_LOG=debug` (or `info`, lighter) keeps the log lines of a whole run (shown if it
+    // fails).
+    let level = std::env::var("MODEL_LOG")
+        .ok()
+        .and_then(|level| level.parse::<tracing::Level>().ok())
+        .or(only.map(|_| tracing::Level::DEBUG));
+    if let Some(level) = level {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
-            .with_max_level(tracing::Level::DEBUG)
+            .with_max_level(level)
             .try_init();
     }
     // `MODEL_SEEDS=n` runs seeds 0..n instead of the usual few, to hunt for a rare failure.
