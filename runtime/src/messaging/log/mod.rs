@@ -1622,6 +1622,35 @@ mod tests {
         assert_eq!(bodies(&recovered), expected);
     }
 
+    /// The dead-letter record of message `seq` (`body`), as the topic writes it.
+    fn dead_letter(seq: u64, body: &str) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        encode(
+            &DeadLetter {
+                message: message(seq, body),
+                attempts: 3,
+                reason: "gave up".into(),
+                last_error: "boom".into(),
+                at_ms: 0,
+            },
+            &mut bytes,
+        )
+        .unwrap();
+        bytes
+    }
+
+    /// After a crash of `sim`: whether the message `body` of queue `q` is still owed or kept
+    /// as a dead letter (else it is lost).
+    async fn owed_or_dead_after_restart(sim: &sim::SimDisk, dir: &Path, body: &[u8]) -> bool {
+        let restarted: Arc<dyn Storage> = Arc::new(sim.restarted());
+        let (writer, recovered) = open(&restarted, dir, "q").unwrap();
+        let owed = bodies(&recovered).iter().any(|owed| owed == body);
+        let (letters, _) = writer.read_dead().await.unwrap();
+        let dead = letters.iter().any(|l| l.message.body == body);
+        writer.close().await;
+        owed || dead
+    }
+
     #[tokio::test]
     async fn a_dead_letter_whose_done_may_be_on_disk_outlives_a_failed_repair_and_a_crash() {
         // What a crash keeps of a cut that was not synced is drawn per seed.
@@ -1632,20 +1661,9 @@ mod tests {
             // The letter and its `Done` are synced (the letter's sync, the log's), then the
             // batch's last sync (the dead-letter file's again) fails: the batch failed.
             sim.fail_after(sim::Op::Sync, 2, io::ErrorKind::Other);
-            let mut letter = Vec::new();
-            encode(
-                &DeadLetter {
-                    message: message(0, "doomed"),
-                    attempts: 3,
-                    reason: "gave up".into(),
-                    last_error: "boom".into(),
-                    at_ms: 0,
-                },
-                &mut letter,
-            )
-            .unwrap();
             let done = records(&[Record::Done { seq: 0 }]);
-            assert!(writer.append(letter, done).await.is_err(), "seed {seed}");
+            let dead_lettered = writer.append(dead_letter(0, "doomed"), done);
+            assert!(dead_lettered.await.is_err(), "seed {seed}");
             // The repair before the next batch cuts both back, and a sync of it fails; then
             // the power goes.
             sim.fail_next(sim::Op::Sync, io::ErrorKind::Other);
@@ -1655,16 +1673,10 @@ mod tests {
                 "seed {seed}"
             );
             sim.crash();
-            let restarted: Arc<dyn Storage> = Arc::new(sim.restarted());
-            let (writer, recovered) = open(&restarted, dir, "q").unwrap();
-            let owed = bodies(&recovered).contains(&b"doomed".to_vec());
-            let (letters, _) = writer.read_dead().await.unwrap();
-            let dead = letters.iter().any(|l| l.message.body == b"doomed");
             assert!(
-                owed || dead,
+                owed_or_dead_after_restart(&sim, dir, b"doomed").await,
                 "seed {seed}: the message is neither owed nor a dead letter"
             );
-            writer.close().await;
         }
     }
 
@@ -1682,19 +1694,10 @@ mod tests {
         let held = sim.hold();
         let busy = writer.append(Vec::new(), records(&[Record::Sent(message(1, "busy"))]));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let mut letter = Vec::new();
-        encode(
-            &DeadLetter {
-                message: message(0, "doomed"),
-                attempts: 3,
-                reason: "gave up".into(),
-                last_error: "boom".into(),
-                at_ms: 0,
-            },
-            &mut letter,
-        )
-        .unwrap();
-        let dead_lettered = writer.append(letter, records(&[Record::Done { seq: 0 }]));
+        let dead_lettered = writer.append(
+            dead_letter(0, "doomed"),
+            records(&[Record::Done { seq: 0 }]),
+        );
         // The checkpoint was taken before the letter was on disk: it still owes message 0.
         writer.rotate(checkpoint_owing(&[0, 1], 2));
         drop(held);
@@ -1705,16 +1708,10 @@ mod tests {
         // The power goes: the new segment's name was never durable; the sealed segment's
         // `Done` lets message 0 go, so its letter must still be there.
         sim.crash();
-        let restarted: Arc<dyn Storage> = Arc::new(sim.restarted());
-        let (writer, recovered) = open(&restarted, dir, "q").unwrap();
-        let owed = bodies(&recovered).contains(&b"doomed".to_vec());
-        let (letters, _) = writer.read_dead().await.unwrap();
-        let dead = letters.iter().any(|l| l.message.body == b"doomed");
         assert!(
-            owed || dead,
+            owed_or_dead_after_restart(&sim, dir, b"doomed").await,
             "the message is neither owed nor a dead letter"
         );
-        writer.close().await;
     }
 
     #[tokio::test]
@@ -1725,23 +1722,11 @@ mod tests {
             Record::Sent(message(1, "doomed")),
         ]);
         writer.append(Vec::new(), sent).await.unwrap();
-        let letter = |seq: u64, body: &str| {
-            let mut bytes = Vec::new();
-            encode(
-                &DeadLetter {
-                    message: message(seq, body),
-                    attempts: 3,
-                    reason: "gave up".into(),
-                    last_error: "boom".into(),
-                    at_ms: 0,
-                },
-                &mut bytes,
-            )
-            .unwrap();
-            bytes
-        };
         let done = |seq: u64| records(&[Record::Done { seq }]);
-        writer.append(letter(0, "redriven"), done(0)).await.unwrap();
+        writer
+            .append(dead_letter(0, "redriven"), done(0))
+            .await
+            .unwrap();
         // In one batch: a redrive replaces the dead-letter file with what is left of it
         // (nothing), the new file is renamed into place, but the directory sync fails (after
         // a crash, the old file is the one at the path); the next letter goes to the new file,
@@ -1757,23 +1742,17 @@ mod tests {
         let mut dropping = Box::pin(writer.drop_dead(read));
         // Polled once: the command is queued.
         assert!(futures_util::FutureExt::now_or_never(&mut dropping).is_none());
-        let dead_lettered = writer.append(letter(1, "doomed"), done(1));
+        let dead_lettered = writer.append(dead_letter(1, "doomed"), done(1));
         drop(held);
         // (It may have waited in the same batch.)
         let _ = busy.await;
         assert!(dropping.await.is_err());
         assert!(dead_lettered.await.is_err());
         sim.crash();
-        let restarted: Arc<dyn Storage> = Arc::new(sim.restarted());
-        let (writer, recovered) = open(&restarted, dir, "q").unwrap();
-        let owed = bodies(&recovered).contains(&b"doomed".to_vec());
-        let (letters, _) = writer.read_dead().await.unwrap();
-        let dead = letters.iter().any(|l| l.message.body == b"doomed");
         assert!(
-            owed || dead,
+            owed_or_dead_after_restart(&sim, dir, b"doomed").await,
             "the message is neither owed nor a dead letter"
         );
-        writer.close().await;
     }
 
     async fn reopen(dir: &Path) -> Recovered {

@@ -493,14 +493,7 @@ impl Jetstream {
 
     /// `<node>-` and 32 random hex digits: unique within JetStream's duplicate window.
     fn new_id(&self) -> String {
-        let mut digits = [0u8; 32];
-        // 32 digits hold 16 bytes: this cannot fail.
-        let _ = hex::encode_to_slice(fastrand::u128(..).to_be_bytes(), &mut digits);
-        let mut id = String::with_capacity(self.node.len() + 1 + digits.len());
-        id.push_str(&self.node);
-        id.push('-');
-        id.extend(digits.iter().map(|&digit| char::from(digit)));
-        id
+        format!("{}-{:032x}", self.node, fastrand::u128(..))
     }
 
     pub(crate) async fn send(

@@ -757,13 +757,7 @@ impl Topic {
 
     /// The id of the message at `seq`.
     fn id(&self, seq: u64) -> String {
-        let mut digits = itoa::Buffer::new();
-        let seq = digits.format(seq);
-        let mut id = String::with_capacity(self.name.len() + 1 + seq.len());
-        id.push_str(&self.name);
-        id.push('-');
-        id.push_str(seq);
-        id
+        format!("{}-{seq}", self.name)
     }
 
     /// Numbers `messages` from the next offset, gives them their ids, sends their records to
