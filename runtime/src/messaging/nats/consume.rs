@@ -252,7 +252,9 @@ impl Subscription {
                 deliveries.spawn(async move {
                     let _permit = permit;
                     let seq = held.seq;
-                    sub.deliver(held, stop).await;
+                    // Boxed: the delivery's state is ~1.7 KiB, which the task would otherwise
+                    // copy as it is spawned and as it moves through its stages.
+                    Box::pin(sub.deliver(held, stop)).await;
                     forget(&live, seq);
                 });
                 continue;
