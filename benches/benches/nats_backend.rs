@@ -12,7 +12,8 @@
 //! acknowledges each message as it comes. The two alternate for `BENCH_ROUNDS` (default 3)
 //! rounds; the median of the per-round ratios counts. Aim: at least 0.8x.
 //!
-//! `cargo xtask bench -- --bench nats_backend`.
+//! `cargo xtask bench -- --bench nats_backend`. `BENCH_SIDE=switchyard` (or `async-nats`)
+//! runs that side's rounds only, for a profile of one side; it prints no ratio.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -223,6 +224,22 @@ async fn main() -> Result<()> {
     );
     // The server's own speed drifts (its store grows, the disk is shared): the two alternate,
     // and the median of the per-round ratios counts.
+    let side = std::env::var("BENCH_SIDE").unwrap_or_default();
+    if !side.is_empty() {
+        for round in 0..rounds {
+            let run = match side.as_str() {
+                "switchyard" => ours(&nats, dir.path(), publishers, each).await?,
+                "async-nats" => theirs(&nats, round, publishers, each).await?,
+                other => anyhow::bail!("BENCH_SIDE={other}: use switchyard or async-nats"),
+            };
+            println!(
+                "  round {round}: {side} {:>8.0} msg/s (publish p50 {} us, cpu {:.1} us each, \
+                 nats-server {:.1})",
+                run.rate, run.publish_p50_us, run.cpu_us_each, run.server_cpu_us_each
+            );
+        }
+        return Ok(());
+    }
     let mut ratios = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let theirs = theirs(&nats, round, publishers, each).await?;

@@ -202,6 +202,7 @@ impl Subscription {
             .await
             .map_err(|err| format!("pulling: {err}"))?;
         self.set_problem(None);
+        let (acks, acking) = ack_funnel(self.name());
         let permits = Arc::new(Semaphore::new(slots));
         let live: Live = Arc::default();
         let keyed: Arc<std::sync::Mutex<HashMap<String, VecDeque<Held>>>> = Arc::default();
@@ -247,14 +248,14 @@ impl Subscription {
                 live.insert(held.seq, held.acker.clone());
             }
             let sub = self.clone();
-            let (live, stop) = (live.clone(), stop.clone());
+            let (live, stop, acks) = (live.clone(), stop.clone(), acks.clone());
             if !self.spec.ordered_by_key || !codec::keyed(&held.subject) {
                 deliveries.spawn(async move {
                     let _permit = permit;
                     let seq = held.seq;
                     // Boxed: the delivery's state is ~1.7 KiB, which the task would otherwise
                     // copy as it is spawned and as it moves through its stages.
-                    Box::pin(sub.deliver(held, stop)).await;
+                    Box::pin(sub.deliver(held, stop, &acks)).await;
                     forget(&live, seq);
                 });
                 continue;
@@ -277,7 +278,7 @@ impl Subscription {
                 while let Some(held) = next {
                     let permit = permits.acquire().await;
                     let seq = held.seq;
-                    sub.deliver(held, stop.clone()).await;
+                    sub.deliver(held, stop.clone(), &acks).await;
                     forget(&live, seq);
                     drop(permit);
                     next = keyed.lock().ok().and_then(|mut keyed| {
@@ -302,11 +303,13 @@ impl Subscription {
         }
         // Deliveries in flight end (a pause before a redelivery ends early, with a nak).
         while deliveries.join_next().await.is_some() {}
+        drop(acks);
+        let _ = acking.await;
         outcome
     }
 
     /// Delivers `held` until it is acknowledged, handed back, or dead-lettered.
-    async fn deliver(&self, held: Held, mut stop: watch::Receiver<bool>) {
+    async fn deliver(&self, held: Held, mut stop: watch::Receiver<bool>, acks: &Acks) {
         let log = self.log.load_full();
         let name = log.name.clone();
         let service = &self.spec.service;
@@ -361,9 +364,9 @@ impl Subscription {
                     span.record("outcome", "acked");
                     self.stats.waiting(None);
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    if let Err(err) = answer(&held.acker, AckKind::Ack).await {
-                        // The server redelivers it: the subscriber sees it twice.
-                        tracing::warn!(queue = %name, id = %message.id, %err, "could not acknowledge a delivered message to NATS; it will come again");
+                    if let Err(unsent) = acks.send((held.acker, message.id)) {
+                        let (acker, id) = unsent.0;
+                        acknowledge(&name, &acker, &id).await;
                     }
                     return;
                 }
@@ -475,6 +478,34 @@ impl Subscription {
                 let _ = answer(&held.acker, AckKind::Nak(Some(MAX_BACKOFF))).await;
             }
         }
+    }
+}
+
+/// Acknowledgements on their way to the server, with the ids they are for.
+type Acks = tokio::sync::mpsc::UnboundedSender<(Arc<Acker>, String)>;
+
+/// One task that sends a pull session's acknowledgements: those that queue up while it sends
+/// go out back to back, so the client's connection writes them in fewer system calls (~13%
+/// fewer `writev`s per message in the nats_backend bench). The queue holds at most the
+/// session's unacknowledged messages (the consumer's `max_ack_pending`); an acknowledgement
+/// lost with it (the node killed) means a redelivery, which at-least-once allows.
+fn ack_funnel(name: String) -> (Acks, tokio::task::JoinHandle<()>) {
+    let (acks, mut queued) = tokio::sync::mpsc::unbounded_channel::<(Arc<Acker>, String)>();
+    let acking = tokio::spawn(async move {
+        let mut batch = Vec::new();
+        while queued.recv_many(&mut batch, 256).await > 0 {
+            for (acker, id) in batch.drain(..) {
+                acknowledge(&name, &acker, &id).await;
+            }
+        }
+    });
+    (acks, acking)
+}
+
+async fn acknowledge(name: &str, acker: &Acker, id: &str) {
+    if let Err(err) = answer(acker, AckKind::Ack).await {
+        // The server redelivers it: the subscriber sees it twice.
+        tracing::warn!(queue = %name, %id, %err, "could not acknowledge a delivered message to NATS; it will come again");
     }
 }
 
