@@ -13,7 +13,9 @@
 //! are plain client tasks. Request/reply: one requester, one responder, p50 and p99.
 //!
 //! `cargo xtask bench -- --bench messaging`. `BENCH_DIR` (default `target/bench-data`) must be
-//! on disk: a tmpfs makes every sync free.
+//! on disk: a tmpfs makes every sync free. `BENCH_PARTS` (default all: `one-node`,
+//! `request-reply`, `two-nodes`, `durable`, comma-separated) runs some parts only, for a
+//! profile of one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -365,14 +367,37 @@ async fn main() -> Result<()> {
     let requests: usize = env_or("BENCH_REQUESTS", 2000);
     let base = switchyard_benches::data_dir()?;
     let nats = NatsServer::start_with(&[]).await?;
+    let parts = std::env::var("BENCH_PARTS").unwrap_or_default();
+    let runs = |part: &str| parts.is_empty() || parts.split(',').any(|wanted| wanted == part);
 
+    if runs("one-node") {
+        one_node(&base, &nats, publishers, each).await?;
+    }
+    if runs("request-reply") {
+        request_reply(&base, &nats, requests).await?;
+    }
+    if runs("two-nodes") {
+        two_nodes(publishers, each).await?;
+    }
+    if runs("durable") {
+        durable(&base, publishers, each).await?;
+    }
+    Ok(())
+}
+
+async fn one_node(
+    base: &std::path::Path,
+    nats: &NatsServer,
+    publishers: usize,
+    each: usize,
+) -> Result<()> {
     println!(
         "messaging, one node ({publishers} publishers x {each} messages; messages/s until \
          every subscriber has every message)"
     );
     for size in [16, 128] {
         for subscribers in [1, 4] {
-            let dir = tempfile::tempdir_in(&base)?;
+            let dir = tempfile::tempdir_in(base)?;
             let ours = ours_pubsub(
                 dir.path(),
                 size,
@@ -400,8 +425,12 @@ async fn main() -> Result<()> {
         }
     }
 
-    // Request/reply at one requester.
-    let dir = tempfile::tempdir_in(&base)?;
+    Ok(())
+}
+
+/// Request/reply at one requester.
+async fn request_reply(base: &std::path::Path, nats: &NatsServer, requests: usize) -> Result<()> {
+    let dir = tempfile::tempdir_in(base)?;
     let probe = Arc::new(
         TopicProbe::open(dir.path(), 1, 64, true)
             .await
@@ -458,10 +487,12 @@ async fn main() -> Result<()> {
         ours.latency_us(0.5) as f64 / theirs.latency_us(0.5) as f64
     );
 
-    two_nodes(publishers, each).await?;
+    Ok(())
+}
 
-    // What durability costs: the same publishes with and without fsync, and one fsync.
-    let (synced_dir, unsynced_dir) = (tempfile::tempdir_in(&base)?, tempfile::tempdir_in(&base)?);
+/// What durability costs: the same publishes with and without fsync, and one fsync.
+async fn durable(base: &std::path::Path, publishers: usize, each: usize) -> Result<()> {
+    let (synced_dir, unsynced_dir) = (tempfile::tempdir_in(base)?, tempfile::tempdir_in(base)?);
     let synced = ours_pubsub(
         synced_dir.path(),
         128,

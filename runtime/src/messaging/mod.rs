@@ -153,15 +153,7 @@ pub(crate) enum QueueError {
     Interrupted(#[from] tokio::task::JoinError),
 }
 
-/// How one delivery went.
-pub(crate) enum Delivered {
-    /// The subscriber acknowledged it.
-    Acked,
-    /// The subscriber refused it or failed on it (counts an attempt).
-    Failed(String),
-    /// The subscriber cannot take it right now (busy, not running); it waits, no attempt.
-    NotNow(String),
-}
+pub(crate) use crate::wire::Delivered;
 
 /// Hands a message to a service's `subscriber.on-message` (implemented by the node).
 pub(crate) trait Subscribers: Send + Sync {

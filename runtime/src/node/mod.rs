@@ -514,6 +514,55 @@ impl FrameHandler for PeerFrames {
                     },
                 }
             }
+            Frame::DeliverMany {
+                service,
+                queue,
+                deliveries,
+            } => {
+                // Each on its own task, as one `Deliver` frame each would be: a guest that
+                // waits does not hold up the others, and the calls spread over the cores.
+                let (service, queue): (Arc<str>, Arc<str>) = (service.into(), queue.into());
+                let count = deliveries.len();
+                let mut running = tokio::task::JoinSet::new();
+                for (index, (message, attempt)) in deliveries.into_iter().enumerate() {
+                    let (subscribers, service, queue) =
+                        (self.subscribers.clone(), service.clone(), queue.clone());
+                    running.spawn(async move {
+                        let delivered = subscribers
+                            .deliver_here(&service, &queue, &message, attempt)
+                            .await;
+                        (index, delivered)
+                    });
+                }
+                // `None`: its task ended without an outcome (it panicked); offered again.
+                let mut outcomes: Vec<Option<messaging::Delivered>> = vec![None; count];
+                while let Some(joined) = running.join_next().await {
+                    if let Ok((index, delivered)) = joined
+                        && let Some(slot) = outcomes.get_mut(index)
+                    {
+                        *slot = Some(delivered.unwrap_or_else(|| {
+                            messaging::Delivered::NotNow(format!(
+                                "`{service}` does not run on node `{}`",
+                                peer.node
+                            ))
+                        }));
+                    }
+                }
+                Frame::Delivered {
+                    outcomes: outcomes
+                        .into_iter()
+                        .map(|outcome| {
+                            outcome.unwrap_or_else(|| {
+                                messaging::Delivered::NotNow(format!(
+                                    "the delivery to `{service}` on node `{}` ended without an \
+                                     outcome",
+                                    peer.node
+                                ))
+                            })
+                        })
+                        .collect(),
+                }
+            }
             Frame::Answer { to, message } => match self.broker.answer_here(&to, message) {
                 Ok(()) => Frame::Ack,
                 Err(refused) => Frame::NotSent(refused),

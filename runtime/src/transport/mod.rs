@@ -51,4 +51,8 @@ pub enum TransportError {
     /// The peer sent something that is not a frame of our protocol.
     #[error("bad frame: {0}")]
     Frame(String),
+    /// The peer could not read our frame and reset the stream: a frame newer than the
+    /// switchyard it runs (or a malformed one), which it did not act on.
+    #[error("peer {peer} could not read the frame (it may run an older switchyard)")]
+    Unreadable { peer: SocketAddr },
 }

@@ -138,6 +138,10 @@ impl RawStream {
     }
 }
 
+/// The code a node resets a stream with when it cannot read the frame on it; the sender sees
+/// [`TransportError::Unreadable`] and knows the frame was not acted on.
+const UNREADABLE_FRAME: u32 = 1;
+
 /// Reads exactly one length-prefixed frame from `recv` (the bytes after it stay unread),
 /// within [`FRAME_READ_TIMEOUT`]. The buffer grows as bytes arrive, so a peer that declares
 /// 16 MiB and sends a byte costs a byte, not 16 MiB.
@@ -265,7 +269,14 @@ impl Transport {
             let answer = recv
                 .read_to_end(MAX_FRAME_BYTES)
                 .await
-                .map_err(|err| TransportError::Io(err.to_string()))?;
+                .map_err(|err| match err {
+                    quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))
+                        if code == UNREADABLE_FRAME.into() =>
+                    {
+                        TransportError::Unreadable { peer }
+                    }
+                    err => TransportError::Io(err.to_string()),
+                })?;
             frame::decode(&answer).map_err(|err| TransportError::Frame(err.to_string()))
         };
         tokio::time::timeout(timeout, exchange)
@@ -546,8 +557,8 @@ async fn answer_stream<H: FrameHandler>(
         Ok(frame) => frame,
         Err(error) => {
             tracing::warn!(node = %peer.node, remote = %peer.address, %error, "closed a stream: unreadable, malformed or oversize frame");
-            let _ = send.reset(1u32.into());
-            let _ = recv.stop(1u32.into());
+            let _ = send.reset(UNREADABLE_FRAME.into());
+            let _ = recv.stop(UNREADABLE_FRAME.into());
             return;
         }
     };
@@ -640,6 +651,28 @@ mod tests {
             connection.close_reason().is_none(),
             "the connection did not survive"
         );
+    }
+
+    #[tokio::test]
+    async fn a_frame_the_peer_cannot_read_comes_back_as_unreadable() {
+        // What an older node sees of a frame added after it: a variant it does not know.
+        let identity = Identity::development("test").unwrap();
+        let (addr, _stop) = server(&identity).await;
+        let client = Transport::bind("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+        let newer = [0, 0, 0, 3, frame::PROTOCOL_VERSION, 0xc8, 0x01];
+        let answer = client
+            .request_encoded(addr, &newer, Duration::from_secs(5))
+            .await;
+        assert!(
+            matches!(answer, Err(TransportError::Unreadable { peer }) if peer == addr),
+            "{answer:?}"
+        );
+        // A frame it reads is answered on the same connection.
+        let answer = client
+            .request(addr, &Frame::Ack, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(answer, Frame::Gossip { .. }));
     }
 
     #[tokio::test]

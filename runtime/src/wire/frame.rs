@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::message::{Outgoing, Receipt, SendError, StoredMessage};
+use super::message::{Delivered, Outgoing, Receipt, SendError, StoredMessage};
 use crate::telemetry::CallTraffic;
 
 /// Bumped on any incompatible change; a peer speaking another version gets a clear error.
@@ -120,6 +120,19 @@ pub(crate) enum Frame {
     Traffic {
         calls: Vec<CallTraffic>,
     },
+    /// `Deliver` for several messages of `queue` at once, each with its attempt; answered
+    /// `Delivered` with one outcome per message, in their order (or `Failed` for all). A node
+    /// that predates this frame cannot read it and resets the stream, acting on none of them:
+    /// the sender then sends that node one `Deliver` per message.
+    DeliverMany {
+        service: String,
+        queue: String,
+        deliveries: Vec<(StoredMessage, u32)>,
+    },
+    /// The outcomes of a `DeliverMany`.
+    Delivered {
+        outcomes: Vec<Delivered>,
+    },
 }
 
 /// One node as the mesh knows it: what the node says of itself, signed by it, so a relay
@@ -215,6 +228,8 @@ impl Frame {
             Self::Messages { .. } => "messages",
             Self::AskTraffic => "ask-traffic",
             Self::Traffic { .. } => "traffic",
+            Self::DeliverMany { .. } => "deliver-many",
+            Self::Delivered { .. } => "delivered",
         }
     }
 }
@@ -303,6 +318,21 @@ mod tests {
         }
     }
 
+    fn stored(seq: u64) -> StoredMessage {
+        StoredMessage {
+            seq,
+            id: format!("orders-{seq}"),
+            kind: super::super::MessageKind::Event,
+            key: Some("order-1".into()),
+            headers: vec![("x-a".into(), "b".into())],
+            reply_to: None,
+            trace_context: None,
+            body: b"placed".to_vec(),
+            sender: "orders".into(),
+            sent_at_ms: 1_700_000_000_000,
+        }
+    }
+
     #[test]
     fn frames_round_trip() {
         for frame in [
@@ -344,6 +374,18 @@ mod tests {
                 range: None,
                 caller: "edge".into(),
                 deadline_ms: 5000,
+            },
+            Frame::DeliverMany {
+                service: "billing".into(),
+                queue: "orders".into(),
+                deliveries: vec![(stored(7), 1), (stored(8), 3)],
+            },
+            Frame::Delivered {
+                outcomes: vec![
+                    Delivered::Acked,
+                    Delivered::NotNow("busy".into()),
+                    Delivered::Failed("refused".into()),
+                ],
             },
         ] {
             let bytes = encode(&frame).unwrap_or_default();

@@ -74,6 +74,17 @@ pub(crate) struct Outgoing {
     pub(crate) body: Vec<u8>,
 }
 
+/// How one delivery went (a peer tells it for each message of a `DeliverMany` frame).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Delivered {
+    /// The subscriber acknowledged it.
+    Acked,
+    /// The subscriber refused it or failed on it (counts an attempt).
+    Failed(String),
+    /// The subscriber cannot take it right now (busy, not running); it waits, no attempt.
+    NotNow(String),
+}
+
 /// Why a `send` was refused. Each message names the queue and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub(crate) enum SendError {

@@ -9,7 +9,7 @@ mod message;
 
 pub(crate) use crate::call::{CAUSATION_CHAIN_HEADER, CAUSATION_DEPTH_HEADER, Causation};
 pub(crate) use frame::{FailureKind, Frame};
-pub(crate) use message::{MessageKind, Outgoing, Receipt, SendError, StoredMessage};
+pub(crate) use message::{Delivered, MessageKind, Outgoing, Receipt, SendError, StoredMessage};
 
 use crate::call::{Call, CallError, Deadline, Reply, Target};
 use crate::telemetry::TRACE_HEADER;
