@@ -528,9 +528,11 @@ impl FrameHandler for PeerFrames {
                     let (subscribers, service, queue) =
                         (self.subscribers.clone(), service.clone(), queue.clone());
                     running.spawn(async move {
-                        let delivered = subscribers
-                            .deliver_here(&service, &queue, &message, attempt)
-                            .await;
+                        // Boxed: its state is ~3 KiB, which the task would copy as it is
+                        // spawned and as it finishes.
+                        let delivered =
+                            Box::pin(subscribers.deliver_here(&service, &queue, &message, attempt))
+                                .await;
                         (index, delivered)
                     });
                 }

@@ -1040,6 +1040,8 @@ enum Command {
     },
     /// Start a new segment (if it says so) and remove what is settled.
     Rotate(Rotation),
+    /// From now on, tell this whether the messages of each batch are on disk.
+    OnStored(StoredHook),
     /// Sync, release the files and their lock, then say so; later appends fail.
     Close { done: oneshot::Sender<()> },
     /// Read every dead letter, and which bytes of the dead-letter file they are.
@@ -1056,6 +1058,10 @@ enum Command {
 
 /// Told on the writer thread whether an append is on disk (`Err`: why not).
 type Told = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Told on the writer thread whether the messages numbered so are on disk (`false`: they
+/// never will be); see [`Writer::on_stored`].
+pub(super) type StoredHook = Box<dyn FnMut(Range<u64>, bool) + Send>;
 
 /// Sends records to a queue's writer thread. Commands are written in the order they are sent.
 #[derive(Clone)]
@@ -1076,28 +1082,40 @@ impl Writer {
         dead: Vec<u8>,
         log: Vec<u8>,
     ) -> impl Future<Output = Result<(), LogError>> + Send + 'static {
-        self.append_then(dead, log, 0..0, |_| ())
+        self.append_with(dead, log, 0..0)
     }
 
-    /// [`Writer::append`] of records among which are the messages numbered `sent`, and `then`
-    /// is told whether the records are on disk: on the writer
-    /// thread, in the order of the appends, before the future resolves, and even if the
-    /// future is dropped. What depends on the order of outcomes (a message may be delivered
-    /// only once every message sent before it is stored or refused) belongs in `then`. If the
-    /// writer is gone (the queue closed), `then` is never told: nothing will be stored again.
-    pub(super) fn append_then(
+    /// [`Writer::append`] of records among which are the messages numbered `sent`: the hook
+    /// set with [`Writer::on_stored`] is told whether they are on disk.
+    pub(super) fn append_sent(
+        &self,
+        log: Vec<u8>,
+        sent: Range<u64>,
+    ) -> impl Future<Output = Result<(), LogError>> + Send + 'static {
+        self.append_with(Vec::new(), log, sent)
+    }
+
+    /// Sets what is told whether the messages of [`Writer::append_sent`]s are on disk: on the
+    /// writer thread, once per batch (adjacent appends' numbers as one range), in the order
+    /// of the appends, before their futures resolve, and even if those are dropped. What
+    /// depends on the order of outcomes (a message may be delivered only once every message
+    /// sent before it is stored or refused) belongs here; one call per batch takes the
+    /// caller's lock once, not once per append. Set it before the first `append_sent`. If
+    /// the writer is gone (the queue closed), it is never told: nothing will be stored again.
+    pub(super) fn on_stored(&self, hook: StoredHook) {
+        let _ = self.commands.send(Command::OnStored(hook));
+    }
+
+    fn append_with(
         &self,
         dead: Vec<u8>,
         log: Vec<u8>,
         sent: Range<u64>,
-        then: impl FnOnce(bool) + Send + 'static,
     ) -> impl Future<Output = Result<(), LogError>> + Send + 'static {
         let (tell, synced) = oneshot::channel();
         let done: Told = Box::new(move |outcome: Result<(), String>| {
-            then(outcome.is_ok());
             let _ = tell.send(outcome);
         });
-        // Not told here if the writer is gone: the caller may hold the lock `then` takes.
         let queued = self.commands.send(Command::Append {
             dead,
             log,
@@ -1200,6 +1218,11 @@ fn write_loop(
     let mut closing = None;
     // Kept from batch to batch: grown once to the batch size under load, not every batch.
     let (mut batch, mut waiting) = (Vec::new(), Vec::new());
+    let mut on_stored: Option<StoredHook> = None;
+    // The numbers of the messages appended in this batch, adjacent ones merged; `true` for
+    // those refused outright (the queue closing).
+    let mut sent: Vec<(Range<u64>, bool)> = Vec::new();
+
     while let Ok(first) = inbox.recv() {
         batch.push(first);
         batch.extend(inbox.try_iter());
@@ -1218,9 +1241,13 @@ fn write_loop(
         for command in batch.drain(..) {
             match command {
                 Command::Close { done } => closing = Some(done),
-                Command::Append { done, .. } if closing.is_some() => {
-                    done(Err("the queue is closed (the node is stopping)".into()));
+                Command::Append {
+                    done, sent: range, ..
+                } if closing.is_some() => {
+                    note_sent(&mut sent, range, true);
+                    waiting.push((done, Some("the queue is closed (the node is stopping)")));
                 }
+                Command::OnStored(hook) => on_stored = Some(hook),
                 Command::Rotate(_) if closing.is_some() => {}
                 // While the files are unwritable the dead-letter file may still hold letters
                 // the repair will cut off: not a file to redrive from.
@@ -1239,16 +1266,17 @@ fn write_loop(
                 Command::Append {
                     dead,
                     log,
-                    sent,
+                    sent: range,
                     done,
                 } => {
                     if broken.is_none()
-                        && let Err(err) = write_pair(&mut files, &dead, &log, sent)
+                        && let Err(err) = write_pair(&mut files, &dead, &log, range.clone())
                     {
                         broken = Some(err.to_string());
                     }
                     wrote_dead |= !dead.is_empty();
-                    waiting.push(done);
+                    note_sent(&mut sent, range, false);
+                    waiting.push((done, None));
                 }
                 Command::Rotate(Rotation { checkpoint, live }) => {
                     if broken.is_some() {
@@ -1301,10 +1329,16 @@ fn write_loop(
         if let Ok(mut shared) = shared.lock() {
             shared.clone_from(&broken);
         }
-        for done in waiting.drain(..) {
-            done(match &broken {
-                None => Ok(()),
-                Some(reason) => Err(reason.clone()),
+        for (range, refused) in sent.drain(..) {
+            if let Some(hook) = on_stored.as_mut() {
+                hook(range, !refused && broken.is_none());
+            }
+        }
+        for (done, refused) in waiting.drain(..) {
+            done(match (refused, &broken) {
+                (Some(why), _) => Err(why.to_owned()),
+                (None, None) => Ok(()),
+                (None, Some(reason)) => Err(reason.clone()),
             });
         }
         if let Some(done) = closing {
@@ -1312,6 +1346,19 @@ fn write_loop(
             let _ = done.send(());
             return;
         }
+    }
+}
+
+/// Adds `range` to a batch's `sent`, merged with the last range if adjacent and alike.
+fn note_sent(sent: &mut Vec<(Range<u64>, bool)>, range: Range<u64>, refused: bool) {
+    if range.is_empty() {
+        return;
+    }
+    match sent.last_mut() {
+        Some((last, was_refused)) if last.end == range.start && *was_refused == refused => {
+            last.end = range.end;
+        }
+        _ => sent.push((range, refused)),
     }
 }
 
@@ -1982,10 +2029,7 @@ mod tests {
                 &mut log,
             )
             .unwrap();
-            writer
-                .append_then(Vec::new(), log, 0..50, |_| ())
-                .await
-                .unwrap();
+            writer.append_sent(log, 0..50).await.unwrap();
             // Segment 1: messages 50..60, all done.
             let mut log = Vec::new();
             writer.rotate(checkpoint_owing(&[7], 50));
@@ -1993,10 +2037,7 @@ mod tests {
                 encode(&Record::Sent(message(seq, "m")), &mut log).unwrap();
                 encode(&Record::Done { seq }, &mut log).unwrap();
             }
-            writer
-                .append_then(Vec::new(), log, 50..60, |_| ())
-                .await
-                .unwrap();
+            writer.append_sent(log, 50..60).await.unwrap();
             // Segment 2 starts; 7 alone of segment 0 is live (rewritten), nothing of 1 (gone).
             let mut rotation = checkpoint_owing(&[7], 60);
             if let Some(checkpoint) = rotation.checkpoint.as_mut() {
@@ -2011,12 +2052,7 @@ mod tests {
             }
             writer.rotate(rotation);
             writer
-                .append_then(
-                    Vec::new(),
-                    records(&[Record::Sent(message(60, "after"))]),
-                    60..61,
-                    |_| (),
-                )
+                .append_sent(records(&[Record::Sent(message(60, "after"))]), 60..61)
                 .await
                 .unwrap();
             writer.close().await;
@@ -2048,10 +2084,7 @@ mod tests {
         for segment in 0..3u64 {
             for seq in segment * 30..(segment + 1) * 30 {
                 let sent = records(&[Record::Sent(message(seq, &format!("{seq} {body}")))]);
-                writer
-                    .append_then(Vec::new(), sent, seq..seq + 1, |_| ())
-                    .await
-                    .unwrap();
+                writer.append_sent(sent, seq..seq + 1).await.unwrap();
             }
             writer.rotate(checkpoint_owing(
                 &(0..(segment + 1) * 30).collect::<Vec<_>>(),
@@ -2091,10 +2124,7 @@ mod tests {
             let (writer, _) = open(&disk(), dir.path(), "q").unwrap();
             for seq in 0..10 {
                 let sent = records(&[Record::Sent(message(seq, &format!("body {seq}")))]);
-                writer
-                    .append_then(Vec::new(), sent, seq..seq + 1, |_| ())
-                    .await
-                    .unwrap();
+                writer.append_sent(sent, seq..seq + 1).await.unwrap();
             }
             // A topic that keeps everything from 2 on; billing owes 5 and on, but 7.
             writer.rotate(Rotation {

@@ -668,6 +668,11 @@ impl Topic {
             // Queued for the writer now; a crash before it is on disk places them again.
             drop(writer.append(Vec::new(), bytes));
         }
+        let (state, wake) = (
+            Arc::new(std::sync::Mutex::new(state)),
+            Arc::new(Notify::new()),
+        );
+        writer.on_stored(stored_hook(state.clone(), wake.clone()));
         Ok(Self {
             name: spec.name.clone(),
             spec: arc_swap::ArcSwap::from_pointee(spec),
@@ -675,8 +680,8 @@ impl Topic {
             dispatcher: std::sync::Mutex::new(None),
             reader: writer.reader(),
             writer,
-            state: Arc::new(std::sync::Mutex::new(state)),
-            wake: Arc::new(Notify::new()),
+            state,
+            wake,
             dead_full: std::sync::Mutex::new(None),
             sent: AtomicU64::new(0),
         })
@@ -802,35 +807,9 @@ impl Topic {
                 state.expire(&dropped.expired);
             }
         }
-        // Told on the writer thread, in the order of the log: a message becomes deliverable
-        // (and readable) only after every message before it is stored or refused, whichever
-        // sender task runs first (and even if a sender stops waiting).
-        let (shared, wake, told) = (self.state.clone(), self.wake.clone(), seqs.clone());
+        // The writer tells `stored_hook` whether they are on disk.
         let written = bytes.len();
-        let synced = self
-            .writer
-            .append_then(Vec::new(), bytes, seqs.clone(), move |stored| {
-                let mut state = lock(&shared);
-                for sub in &mut state.subscriptions {
-                    if stored {
-                        sub.ledger.stored(told.clone());
-                    } else {
-                        sub.ledger.forget(told.clone());
-                    }
-                }
-                if stored {
-                    state.unstored_from = state.unstored_from.max(told.end);
-                    state.retained.stored(told.clone());
-                } else {
-                    for seq in told {
-                        state.retained.remove(seq);
-                    }
-                }
-                drop(state);
-                if stored {
-                    wake.notify_one();
-                }
-            });
+        let synced = self.writer.append_sent(bytes, seqs.clone());
         self.wrote_locked(state, written);
         if early {
             self.wake.notify_one();
@@ -1545,6 +1524,35 @@ impl Topic {
 
 /// The bodies of the stored messages `seqs` (ascending) of log `name`, read by `reader`; what
 /// cannot be read is said and left out.
+/// What the writer tells, on its thread and in the order of the log, once a batch of sent
+/// messages is on disk (or never will be): a message becomes deliverable (and readable) only
+/// after every message before it is stored or refused, whichever sender task runs first (and
+/// even if a sender stops waiting).
+fn stored_hook(shared: Arc<std::sync::Mutex<State>>, wake: Arc<Notify>) -> log::StoredHook {
+    Box::new(move |told, stored| {
+        let mut state = lock(&shared);
+        for sub in &mut state.subscriptions {
+            if stored {
+                sub.ledger.stored(told.clone());
+            } else {
+                sub.ledger.forget(told.clone());
+            }
+        }
+        if stored {
+            state.unstored_from = state.unstored_from.max(told.end);
+            state.retained.stored(told.clone());
+        } else {
+            for seq in told {
+                state.retained.remove(seq);
+            }
+        }
+        drop(state);
+        if stored {
+            wake.notify_one();
+        }
+    })
+}
+
 fn load_from(reader: &log::Reader, name: &str, seqs: &[u64]) -> Kept {
     if seqs.is_empty() {
         return Vec::new();
