@@ -316,30 +316,22 @@ impl Batches {
             queue: queue.clone(),
             deliveries,
         };
-        let all = |outcome: Delivered, tells: Vec<oneshot::Sender<Delivered>>| {
-            for told in tells {
-                let _ = told.send(outcome.clone());
-            }
-        };
-        match self
+        let answer = self
             .transport
             .request(*peer, &frame, DELIVERY_TIMEOUT)
-            .await
-        {
-            Ok(Frame::Delivered { outcomes }) if outcomes.len() == tells.len() => {
+            .await;
+        match batch_outcomes(service, *peer, tells.len(), answer) {
+            BatchAnswer::Each(outcomes) => {
                 for (told, outcome) in tells.into_iter().zip(outcomes) {
                     let _ = told.send(outcome);
                 }
             }
-            Ok(Frame::Delivered { outcomes }) => all(
-                Delivered::NotNow(format!(
-                    "`{service}` on {peer} answered {} outcomes for {} deliveries",
-                    outcomes.len(),
-                    tells.len()
-                )),
-                tells,
-            ),
-            Err(TransportError::Unreadable { .. }) => {
+            BatchAnswer::All(outcome) => {
+                for told in tells {
+                    let _ = told.send(outcome.clone());
+                }
+            }
+            BatchAnswer::OneByOne => {
                 tracing::info!(%peer, "peer cannot read batched deliveries (an older switchyard?); sending it one message per frame");
                 if let Ok(mut singles) = self.singles.lock() {
                     singles.insert(*peer, Instant::now() + SINGLES_FOR);
@@ -361,14 +353,39 @@ impl Batches {
                     });
                 }
             }
-            Ok(Frame::Ack) => all(
-                Delivered::NotNow(format!(
-                    "`{service}` on {peer} answered batched deliveries with an ack frame"
-                )),
-                tells,
-            ),
-            answer => all(outcome_of(service, *peer, answer), tells),
         }
+    }
+}
+
+/// What a peer's answer to a `DeliverMany` of `count` deliveries says became of them.
+#[derive(Debug, PartialEq)]
+enum BatchAnswer {
+    /// One outcome per delivery, in their order.
+    Each(Vec<Delivered>),
+    /// The same for every one of them.
+    All(Delivered),
+    /// The peer could not read the frame and acted on none: send them one by one.
+    OneByOne,
+}
+
+fn batch_outcomes(
+    service: &str,
+    peer: SocketAddr,
+    count: usize,
+    answer: Result<Frame, TransportError>,
+) -> BatchAnswer {
+    match answer {
+        Ok(Frame::Delivered { outcomes }) if outcomes.len() == count => BatchAnswer::Each(outcomes),
+        Ok(Frame::Delivered { outcomes }) => BatchAnswer::All(Delivered::NotNow(format!(
+            "`{service}` on {peer} answered {} outcomes for {count} deliveries",
+            outcomes.len()
+        ))),
+        Err(TransportError::Unreadable { .. }) => BatchAnswer::OneByOne,
+        // An acknowledgement of what? Nothing is let go on it.
+        Ok(Frame::Ack) => BatchAnswer::All(Delivered::NotNow(format!(
+            "`{service}` on {peer} answered batched deliveries with an ack frame"
+        ))),
+        answer => BatchAnswer::All(outcome_of(service, peer, answer)),
     }
 }
 
@@ -448,6 +465,55 @@ mod tests {
             attempt: 1,
             told,
         }
+    }
+
+    #[test]
+    fn a_batch_answer_settles_each_delivery_or_all_or_falls_back_to_one_by_one() {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 7000));
+        let outcomes = vec![Delivered::Acked, Delivered::Failed("refused".into())];
+        assert_eq!(
+            batch_outcomes(
+                "billing",
+                peer,
+                2,
+                Ok(Frame::Delivered {
+                    outcomes: outcomes.clone()
+                })
+            ),
+            BatchAnswer::Each(outcomes.clone())
+        );
+        // An older node: it reset the stream without acting on any of them.
+        assert_eq!(
+            batch_outcomes("billing", peer, 2, Err(TransportError::Unreadable { peer })),
+            BatchAnswer::OneByOne
+        );
+        // Nothing is let go on an answer that does not account for every delivery.
+        let not_now = |answer| {
+            matches!(
+                batch_outcomes("billing", peer, 3, answer),
+                BatchAnswer::All(Delivered::NotNow(_))
+            )
+        };
+        assert!(not_now(Ok(Frame::Delivered { outcomes })));
+        assert!(not_now(Ok(Frame::Ack)));
+        assert!(not_now(Err(TransportError::TimedOut { peer })));
+        assert!(not_now(Ok(Frame::Failed {
+            kind: FailureKind::Unavailable,
+            message: "stopping".into()
+        })));
+        // A refusal of the frame as a whole counts an attempt for each, as for one `Deliver`.
+        assert_eq!(
+            batch_outcomes(
+                "billing",
+                peer,
+                3,
+                Ok(Frame::Failed {
+                    kind: FailureKind::Remote,
+                    message: "broken".into()
+                })
+            ),
+            BatchAnswer::All(Delivered::Failed("broken".into()))
+        );
     }
 
     #[test]
