@@ -401,6 +401,25 @@ impl Subscribers {
     }
 }
 
+impl Subscribers {
+    /// Delivers to `service` on this node for peer `node`: a service that does not run here
+    /// is not now (the peer offers it again, maybe elsewhere).
+    async fn deliver_for_peer(
+        &self,
+        service: &str,
+        queue: &str,
+        message: &messaging::StoredMessage,
+        attempt: u32,
+        node: &str,
+    ) -> messaging::Delivered {
+        self.deliver_here(service, queue, message, attempt)
+            .await
+            .unwrap_or_else(|| {
+                messaging::Delivered::NotNow(format!("`{service}` does not run on node `{node}`"))
+            })
+    }
+}
+
 impl messaging::Subscribers for Subscribers {
     fn deliver<'a>(
         &'a self,
@@ -496,21 +515,17 @@ impl FrameHandler for PeerFrames {
                 use messaging::Delivered;
                 let delivered = self
                     .subscribers
-                    .deliver_here(&service, &queue, &message, attempt)
+                    .deliver_for_peer(&service, &queue, &message, attempt, &peer.node)
                     .await;
                 match delivered {
-                    Some(Delivered::Acked) => Frame::Ack,
-                    Some(Delivered::Failed(why)) => Frame::Failed {
+                    Delivered::Acked => Frame::Ack,
+                    Delivered::Failed(why) => Frame::Failed {
                         kind: FailureKind::Remote,
                         message: why,
                     },
-                    Some(Delivered::NotNow(why)) => Frame::Failed {
+                    Delivered::NotNow(why) => Frame::Failed {
                         kind: FailureKind::Unavailable,
                         message: why,
-                    },
-                    None => Frame::Failed {
-                        kind: FailureKind::Unavailable,
-                        message: format!("`{service}` does not run on node `{}`", peer.node),
                     },
                 }
             }
@@ -522,48 +537,40 @@ impl FrameHandler for PeerFrames {
                 // Each on its own task, as one `Deliver` frame each would be: a guest that
                 // waits does not hold up the others, and the calls spread over the cores.
                 let (service, queue): (Arc<str>, Arc<str>) = (service.into(), queue.into());
-                let count = deliveries.len();
+                let node: Arc<str> = peer.node.clone();
+                // What a delivery whose task ended without an outcome (it panicked) answers:
+                // offered again.
+                let cut_off = messaging::Delivered::NotNow(format!(
+                    "the delivery to `{service}` on node `{node}` ended without an outcome"
+                ));
+                let mut outcomes = vec![cut_off; deliveries.len()];
                 let mut running = tokio::task::JoinSet::new();
                 for (index, (message, attempt)) in deliveries.into_iter().enumerate() {
-                    let (subscribers, service, queue) =
-                        (self.subscribers.clone(), service.clone(), queue.clone());
+                    let (subscribers, service, queue, node) = (
+                        self.subscribers.clone(),
+                        service.clone(),
+                        queue.clone(),
+                        node.clone(),
+                    );
                     running.spawn(async move {
                         // Boxed: its state is ~3 KiB, which the task would copy as it is
                         // spawned and as it finishes.
-                        let delivered =
-                            Box::pin(subscribers.deliver_here(&service, &queue, &message, attempt))
-                                .await;
+                        let delivered = Box::pin(
+                            subscribers
+                                .deliver_for_peer(&service, &queue, &message, attempt, &node),
+                        )
+                        .await;
                         (index, delivered)
                     });
                 }
-                // `None`: its task ended without an outcome (it panicked); offered again.
-                let mut outcomes: Vec<Option<messaging::Delivered>> = vec![None; count];
                 while let Some(joined) = running.join_next().await {
                     if let Ok((index, delivered)) = joined
                         && let Some(slot) = outcomes.get_mut(index)
                     {
-                        *slot = Some(delivered.unwrap_or_else(|| {
-                            messaging::Delivered::NotNow(format!(
-                                "`{service}` does not run on node `{}`",
-                                peer.node
-                            ))
-                        }));
+                        *slot = delivered;
                     }
                 }
-                Frame::Delivered {
-                    outcomes: outcomes
-                        .into_iter()
-                        .map(|outcome| {
-                            outcome.unwrap_or_else(|| {
-                                messaging::Delivered::NotNow(format!(
-                                    "the delivery to `{service}` on node `{}` ended without an \
-                                     outcome",
-                                    peer.node
-                                ))
-                            })
-                        })
-                        .collect(),
-                }
+                Frame::Delivered { outcomes }
             }
             Frame::Answer { to, message } => match self.broker.answer_here(&to, message) {
                 Ok(()) => Frame::Ack,

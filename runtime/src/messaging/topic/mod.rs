@@ -1522,8 +1522,6 @@ impl Topic {
     }
 }
 
-/// The bodies of the stored messages `seqs` (ascending) of log `name`, read by `reader`; what
-/// cannot be read is said and left out.
 /// What the writer tells, on its thread and in the order of the log, once a batch of sent
 /// messages is on disk (or never will be): a message becomes deliverable (and readable) only
 /// after every message before it is stored or refused, whichever sender task runs first (and
@@ -1553,6 +1551,8 @@ fn stored_hook(shared: Arc<std::sync::Mutex<State>>, wake: Arc<Notify>) -> log::
     })
 }
 
+/// The bodies of the stored messages `seqs` (ascending) of log `name`, read by `reader`; what
+/// cannot be read is said and left out.
 fn load_from(reader: &log::Reader, name: &str, seqs: &[u64]) -> Kept {
     if seqs.is_empty() {
         return Vec::new();
